@@ -1,0 +1,58 @@
+"""The settings of one private training run, checked once, frozen."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+POLICIES = ("mixed", "ghost", "per_sample", "auto")
+BACKENDS = ("inductor", "eager")
+REDUCTIONS = ("mean", "sum")
+CLIPPING = ("abadi", "automatic")
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """DP-SGD settings: grad = (Σ_i C_i·g_i + N(0, σ²R²I)) / n."""
+
+    max_grad_norm: float
+    noise_multiplier: float
+    loss_reduction: str = "mean"
+    expected_batch_size: int | None = None
+    policy: str = "mixed"
+    backend: str = "inductor"
+    seed: int | None = None
+    secure_noise: bool = False
+    clipping: str = "abadi"
+    clip_stability: float = 0.01
+    clip_groups: tuple[tuple[str, ...], ...] | None = None
+    clip_group_norms: tuple[float, ...] | None = None
+    param_names: tuple[str, ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        check(self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm),
+              f"max_grad_norm must be a positive finite number, got {self.max_grad_norm}")
+        check(self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier),
+              f"noise_multiplier must be >= 0 and finite, got {self.noise_multiplier}")
+        check(self.loss_reduction in REDUCTIONS, f"loss_reduction must be one of {REDUCTIONS}, got {self.loss_reduction!r}")
+        check(self.policy in POLICIES, f"policy must be one of {POLICIES}, got {self.policy!r}")
+        check(self.backend in BACKENDS, f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        check(self.clipping in CLIPPING, f"clipping must be one of {CLIPPING}, got {self.clipping!r}")
+        check(self.clip_stability > 0, f"clip_stability must be > 0, got {self.clip_stability}")
+        check(self.expected_batch_size is None or self.expected_batch_size > 0,
+              f"expected_batch_size must be a positive integer, got {self.expected_batch_size}")
+        check(self.loss_reduction == "mean" or self.expected_batch_size is None,
+              "expected_batch_size normalises a 'mean' loss; with loss_reduction='sum' the gradient is "
+              "not divided, so leave expected_batch_size unset or use loss_reduction='mean'")
+        if self.clip_groups is not None:
+            norms = self.clip_group_norms
+            check(norms is None or len(norms) == len(self.clip_groups),
+                  "clip_group_norms needs one bound per clip group")
+            check(norms is None or all(r > 0 for r in norms), "every clip group bound must be > 0")
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise ConfigError(message) unless condition holds."""
+    if not condition:
+        raise ConfigError(message)

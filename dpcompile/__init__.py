@@ -1,0 +1,10 @@
+"""dpcompile: differentially private training of PyTorch models as a compiler pass."""
+from . import passes
+from .api import DPModel, dpcompile
+from .backend import DPBackend, backend
+from .config import DPConfig
+from .errors import ConfigError, DPCompileError, GraphBreakError, SampleMixingError, UnsupportedOpError
+from .passes.export import to_networkx
+
+__all__ = ["dpcompile", "backend", "DPModel", "DPBackend", "DPConfig", "to_networkx", "passes",
+           "DPCompileError", "ConfigError", "UnsupportedOpError", "SampleMixingError", "GraphBreakError"]

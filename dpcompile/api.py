@@ -1,0 +1,65 @@
+"""dpcompile(model, ...): the model, compiled so that loss.backward() leaves DP-SGD gradients in .grad."""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+import torch.fx.experimental._config as fx_config
+from torch import nn
+
+from .backend import DPBackend
+from .config import DPConfig
+from .report import PlanReport, plan_report
+
+
+class DPModel(nn.Module):
+    """Runs the model through the DP backend; shares its parameters and its state_dict keys."""
+
+    def __init__(self, model: nn.Module, config: DPConfig) -> None:
+        super().__init__()
+        self.module = model
+        self.config = config
+        self.backend = DPBackend(config, {id(p): n for n, p in model.named_parameters()})
+        object.__setattr__(self, "_compiled", torch.compile(model, backend=self.backend, fullgraph=True, dynamic=False))
+
+    def forward(self, *args, **kwargs):
+        batch = next((a.shape[0] for a in args if isinstance(a, torch.Tensor) and a.dim() > 0), None)
+        for a in (*args, *kwargs.values()):
+            if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == batch:
+                torch._dynamo.mark_dynamic(a, 0)  # only the batch dimension is dynamic
+        with fx_config.patch(backed_size_oblivious=True):  # batch sizes 0 and 1 share the graph
+            out = self._compiled(*args, **kwargs)
+        if self.backend.error is not None:
+            raise self.backend.error
+        return out
+
+    @property
+    def graphs(self) -> dict[str, fx.GraphModule]:
+        """Captured forward, backward before and after rewriting (after the first forward call)."""
+        return self.backend.graphs
+
+    @property
+    def compilations(self) -> int:
+        """How many times the model was captured (recompiles included)."""
+        return self.backend.compilations
+
+    def explain(self) -> PlanReport:
+        """The per-layer plan: sizes, both methods' costs, the decision and why."""
+        if "backward_rewritten" not in self.graphs:
+            raise RuntimeError("the plan is made at the first forward call; run one batch first")
+        return plan_report(self.graphs["backward_rewritten"])
+
+    def state_dict(self, *args, **kwargs):
+        return self.module.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.module.load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def dpcompile(model: nn.Module, *, max_grad_norm: float, noise_multiplier: float, loss_reduction: str = "mean",
+              expected_batch_size: int | None = None, policy: str = "mixed", backend: str = "inductor",
+              seed: int | None = None, **privacy) -> DPModel:
+    """Compile model for DP-SGD: after loss.backward(), .grad = (Σ_i C_i g_i + N(0, σ²R²)) / n."""
+    config = DPConfig(max_grad_norm=max_grad_norm, noise_multiplier=noise_multiplier,
+                      loss_reduction=loss_reduction, expected_batch_size=expected_batch_size,
+                      policy=policy, backend=backend, seed=seed, **privacy)
+    return DPModel(model, config)

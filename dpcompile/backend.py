@@ -1,0 +1,129 @@
+"""The torch.compile backend: capture (Dynamo + AOTAutograd), the DP passes, lowering.
+
+    torch.compile(model, backend=dpcompile.backend(max_grad_norm=1.0, noise_multiplier=1.0), fullgraph=True)
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+
+import sympy
+import torch
+import torch.fx as fx
+from functorch.compile import make_boxed_func
+from torch._dynamo.backends.common import aot_autograd
+from torch._functorch.partitioners import min_cut_rematerialization_partition
+from torch._inductor.decomposition import select_decomp_table
+
+from . import passes
+from .config import DPConfig
+from .ops import NoiseSource
+
+log = logging.getLogger(__name__)
+
+
+class DPBackend:
+    """Compiles a captured model so its backward yields DP-SGD gradients; keeps every stage's graph."""
+
+    def __init__(self, config: DPConfig, param_names: dict[int, str] | None = None) -> None:
+        self.config = config
+        self.param_names = param_names or {}
+        self.noise = NoiseSource(config.noise_multiplier * config.max_grad_norm, config.seed, config.secure_noise)
+        self.graphs: dict[str, fx.GraphModule] = {}
+        self.error: BaseException | None = None
+        self.compilations = 0
+
+    def __call__(self, gm: fx.GraphModule, example_inputs):
+        self.compilations += 1
+        self.graphs["dynamo"] = gm
+        ctx = self.context(gm, example_inputs)
+        compile_aot = aot_autograd(
+            fw_compiler=self.compile_forward,
+            bw_compiler=lambda g, ex: self.compile_backward(g, ex, ctx),
+            decompositions=select_decomp_table(),
+            partition_fn=min_cut_rematerialization_partition,
+        )
+        return compile_aot(gm, example_inputs)
+
+    def context(self, gm: fx.GraphModule, example_inputs) -> passes.PassContext:
+        """Which inputs are trainable parameters (and their names), and the batch symbol."""
+        placeholders = list(gm.graph.find_nodes(op="placeholder"))
+        params, batch = [], None
+        for i, (node, value) in enumerate(zip(placeholders, example_inputs)):
+            if isinstance(value, torch.nn.Parameter):
+                if value.requires_grad:
+                    params.append(passes.ParamSpec(self.param_names.get(id(value)) or source_name(node), i))
+            elif batch is None and isinstance(value, torch.Tensor) and value.dim() > 0:
+                batch = passes.meta.shape_of_value(node.meta["example_value"])[0]
+        if batch is None:
+            raise passes.meta.DPCompileError("the model has no tensor input, so there is no batch dimension")
+        names = tuple(p.name for p in params)
+        groups = self.config.clip_groups or (names,)
+        bounds = self.config.clip_group_norms or split_bound(self.config.max_grad_norm, len(groups))
+        clip = passes.ClipSpec(
+            groups=groups, bounds=bounds, loss_reduction=self.config.loss_reduction,
+            expected_batch_size=self.config.expected_batch_size, clipping=self.config.clipping,
+            clip_stability=self.config.clip_stability, noise_handle=self.noise.handle)
+        return passes.PassContext(tuple(params), batch, self.config.policy, clip)
+
+    def compile_forward(self, gm: fx.GraphModule, example_inputs):
+        self.graphs["forward"] = gm
+        return self.lower(gm, example_inputs, backward=False)
+
+    def compile_backward(self, gm: fx.GraphModule, example_inputs, ctx: passes.PassContext):
+        self.graphs["backward"] = gm
+        try:
+            with full_fp32():
+                rewritten = passes.run_pipeline(gm, ctx)
+                self.graphs["backward_rewritten"] = rewritten
+                compiled = self.lower(rewritten, example_inputs, backward=True)
+        except BaseException as exc:  # AOTAutograd may only log this: keep it for the next step
+            self.error = exc
+            raise
+        return fp32_boxed(compiled)
+
+    def lower(self, gm: fx.GraphModule, example_inputs, backward: bool):
+        """Inductor kernels, or the graph run as it is (backend='eager')."""
+        if self.config.backend == "eager":
+            return make_boxed_func(gm.forward)
+        from torch._inductor.compile_fx import compile_fx_inner
+        return compile_fx_inner(gm, example_inputs, is_backward=backward)
+
+
+def split_bound(bound: float, groups: int) -> tuple[float, ...]:
+    """R_g = R/√G for G clip groups, so the whole clipped gradient has norm at most R."""
+    return tuple(bound / groups**0.5 for _ in range(groups))
+
+
+def source_name(node: fx.Node) -> str:
+    """A parameter's dotted name from Dynamo's source, e.g. L['self']._modules['fc']._parameters['weight']."""
+    source = node.meta.get("grapharg").source.name if node.meta.get("grapharg") else node.name
+    source = source() if callable(source) else source
+    parts = re.findall(r"_(?:modules|parameters)\['([^']+)'\]", str(source))
+    return ".".join(parts) or node.name
+
+
+@contextlib.contextmanager
+def full_fp32():
+    """No TF32 in cuBLAS or cuDNN: a per-sample norm that comes out low breaks the privacy bound."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def fp32_boxed(compiled):
+    """A boxed compiled backward that runs without TF32."""
+    def run(args):
+        with full_fp32():
+            return compiled(args)
+    run._boxed_call = True
+    return run
+
+
+def backend(**settings) -> DPBackend:
+    """A torch.compile backend for DP-SGD: torch.compile(model, backend=backend(...), fullgraph=True)."""
+    return DPBackend(DPConfig(**settings))

@@ -1,0 +1,130 @@
+"""Poisson sampling: every example joins each batch independently with probability q."""
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+
+from ..errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+_CONFIG_KEYS = ("num_samples", "sample_rate", "steps")
+
+
+class PoissonBatchSampler(Sampler[list[int]]):
+    """Yields `steps` batches of indices per epoch, each index included with probability `sample_rate`.
+
+    With `seed` the batches are reproducible. `secure=True` seeds from OS entropy (`secrets`) and
+    reseeds at every new epoch, so the stream is not reproducible; without either a seed is still
+    drawn from OS entropy once and kept in `state_dict()`. The generator is torch's Mersenne
+    Twister: a saved state reveals the batches that follow, so keep checkpoints private.
+    Batches are drawn lazily; `state_dict()` counts the batches handed out, so with a DataLoader
+    that prefetches (num_workers > 0) it runs ahead of the training loop.
+    """
+
+    def __init__(self, num_samples: int, sample_rate: float, steps: int | None = None,
+                 seed: int | None = None, secure: bool = False) -> None:
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
+            raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}")
+        if not (isinstance(sample_rate, (int, float)) and 0 < sample_rate <= 1):
+            raise ConfigError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
+        if steps is None:
+            steps = max(1, round(1 / sample_rate))
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+            raise ConfigError(f"steps must be a positive integer, got {steps!r}")
+        if secure and seed is not None:
+            raise ConfigError("secure=True draws its seed from OS entropy; pass either seed or secure=True, not both")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ConfigError(f"seed must be an integer, got {seed!r}")
+        self.num_samples, self.sample_rate, self.steps = num_samples, float(sample_rate), steps
+        self.secure = secure
+        self.seed = secrets.randbits(63) if seed is None else seed
+        self.epoch, self._step = 0, 0
+        self._generator = torch.Generator().manual_seed(self.seed)
+        logger.debug("PoissonBatchSampler(n=%d, q=%g, steps=%d, secure=%s)", num_samples, sample_rate, steps, secure)
+
+    def __len__(self) -> int:
+        """Number of batches per epoch."""
+        return self.steps
+
+    def __iter__(self) -> Iterator[list[int]]:
+        """Continue the current epoch, or start a new one if the last one is finished."""
+        if self._step >= self.steps:
+            self.epoch, self._step = self.epoch + 1, 0
+            if self.secure:
+                self._generator.manual_seed(secrets.randbits(63))
+        while self._step < self.steps:
+            mask = torch.rand(self.num_samples, generator=self._generator) < self.sample_rate
+            self._step += 1
+            yield mask.nonzero().flatten().tolist()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Configuration, position within the epoch and generator state."""
+        return {"num_samples": self.num_samples, "sample_rate": self.sample_rate, "steps": self.steps,
+                "seed": self.seed, "secure": self.secure, "epoch": self.epoch, "step": self._step,
+                "generator_state": self._generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from `state_dict()` of a sampler with the same num_samples, sample_rate and steps."""
+        missing = {*_CONFIG_KEYS, "seed", "step", "generator_state"} - set(state)
+        if missing:
+            raise ConfigError(f"not a PoissonBatchSampler state: missing {sorted(missing)}")
+        for key in _CONFIG_KEYS:
+            if state[key] != getattr(self, key):
+                raise ConfigError(f"sampler state has {key}={state[key]!r} but this sampler has "
+                                  f"{key}={getattr(self, key)!r}; create the sampler with the saved setting")
+        if not 0 <= state["step"] <= self.steps:
+            raise ConfigError(f"sampler state step {state['step']!r} is outside [0, {self.steps}]")
+        self._generator.set_state(state["generator_state"])
+        self.seed, self._step = state["seed"], state["step"]
+        self.epoch = state.get("epoch", 0)
+
+
+class _PoissonCollate:
+    """Collates a batch; an empty batch becomes 0-length tensors shaped like a collated dataset[0]."""
+
+    def __init__(self, dataset: Dataset, collate_fn: Callable[[list], Any]) -> None:
+        self.dataset, self.collate_fn, self._empty = dataset, collate_fn, None
+
+    def __call__(self, batch: list) -> Any:
+        """Collate `batch`, or build the empty batch."""
+        if batch:
+            return self.collate_fn(batch)
+        if self._empty is None:
+            self._empty = _truncate(self.collate_fn([self.dataset[0]]))
+        return self._empty
+
+
+def _truncate(x: Any) -> Any:
+    """Cut every tensor in a collated batch to batch size 0, keeping the container types."""
+    if isinstance(x, torch.Tensor):
+        return x[:0]
+    if isinstance(x, Mapping):
+        return type(x)({k: _truncate(v) for k, v in x.items()})
+    if isinstance(x, tuple) and hasattr(x, "_fields"):
+        return type(x)(*(_truncate(v) for v in x))
+    if isinstance(x, (list, tuple)):
+        if all(isinstance(v, (str, bytes)) for v in x):
+            return type(x)()  # a collated batch of strings
+        return type(x)(_truncate(v) for v in x)
+    return x
+
+
+def poisson_loader(dataset: Dataset, sample_rate: float, *, steps: int | None = None, seed: int | None = None,
+                   secure: bool = False, **dataloader_kwargs: Any) -> DataLoader:
+    """DataLoader over Poisson-sampled batches; save `loader.batch_sampler.state_dict()` to resume."""
+    clash = {"batch_size", "shuffle", "sampler", "batch_sampler", "drop_last"} & set(dataloader_kwargs)
+    if clash:
+        raise ConfigError(f"poisson_loader chooses the batches itself; do not pass {sorted(clash)}")
+    try:
+        num_samples = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        raise ConfigError("poisson_loader needs a map-style dataset with a length") from None
+    sampler = PoissonBatchSampler(num_samples, sample_rate, steps=steps, seed=seed, secure=secure)
+    collate = _PoissonCollate(dataset, dataloader_kwargs.pop("collate_fn", None) or default_collate)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, **dataloader_kwargs)

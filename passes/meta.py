@@ -1,0 +1,79 @@
+"""The node.meta keys dpcompile's analyses write, in one place.
+
+- ``dp_site``   on a backward node whose value is (a term of) a parameter gradient: a ``Site``
+  (rule, operand nodes, constants, symbolic ``LayerShape``), written by ``shapes.annotate_sites``.
+- ``dp_plan``   on the same nodes: a ``Decision`` (method, both methods' ``Cost``, reason),
+  written by ``plan.plan_sites``.
+- ``dp_params`` in ``GraphModule.meta``: a tuple of ``ParamGrad`` (parameter name, backward output
+  index, the ``dp_site`` nodes that make up its gradient), written by ``shapes.annotate_sites``.
+- ``dp_batch``  in ``GraphModule.meta``: the sympy expression of the batch size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import sympy
+import torch
+import torch.fx as fx
+
+from dpcompile.errors import DPCompileError  # noqa: F401  (re-exported for passes)
+
+SITE = "dp_site"
+PLAN = "dp_plan"
+PARAMS = "dp_params"
+BATCH = "dp_batch"
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """Sizes of a generalized linear layer: B samples, T positions, d inputs, p outputs, per group."""
+
+    B: sympy.Expr
+    T: sympy.Expr
+    d: sympy.Expr
+    p: sympy.Expr
+    groups: int = 1
+
+
+@dataclass(frozen=True)
+class Site:
+    """One parameter-gradient term and what its rule needs to recompute it per sample."""
+
+    rule: str
+    inputs: tuple[fx.Node, ...]
+    consts: dict[str, Any] = field(default_factory=dict, hash=False)
+    shape: LayerShape | None = None
+    op: str = ""
+
+
+@dataclass(frozen=True)
+class ParamGrad:
+    """A trainable parameter, where its gradient leaves the backward graph, and its terms."""
+
+    name: str
+    output_index: int
+    sites: tuple[fx.Node, ...]
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """A trainable parameter: its name and its position among the backward graph's outputs."""
+
+    name: str
+    output_index: int
+
+
+@dataclass(frozen=True)
+class PassContext:
+    """What the passes need beyond the graph: parameters, batch symbol, policy, clipping."""
+
+    params: tuple[ParamSpec, ...]
+    batch: sympy.Expr
+    policy: str
+    clip: Any  # rewrite.ClipSpec
+
+
+def shape_of_value(value) -> tuple[sympy.Expr, ...]:
+    """A (fake) tensor's shape as sympy expressions."""
+    return tuple(s.node.expr if isinstance(s, torch.SymInt) else sympy.Integer(int(s)) for s in value.shape)

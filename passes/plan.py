@@ -1,0 +1,95 @@
+"""Plan pass: per parameter-gradient term, each method's cost as sympy expressions, and the choice.
+
+Policies: "mixed" is the paper's rule (ghost iff 2T² < p·d; Bu, Mao & Xu, NeurIPS 2022);
+"ghost" / "per_sample" force one; "auto" compares estimated time (FLOPs at the arithmetic rate plus
+bytes written and read at the memory rate) and breaks near-ties by memory. Decisions use the shape
+environment's hints and add no guards: they change speed, never the result.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy
+import torch.fx as fx
+from torch._guards import detect_fake_mode
+
+from .meta import PARAMS, PLAN, SITE, PassContext, Site
+from .rules import Cost, rule_for
+
+FLOPS_PER_SECOND = 50e12  # fp32 matrix work, H100 class
+BYTES_PER_SECOND = 3e12
+NEAR_TIE = 0.1
+# Per-sample conv gradients: the batch-folded grouped convolution beat unfold+matmul for small
+# channel counts and lost for large ones (../shared/notes/compiler-facts.md, H100).
+GROUPED_CONV_MAX_WEIGHT = 128 * 128 * 9
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The method for one site, the costs it weighed (expressions and numbers now) and why."""
+
+    method: str
+    costs: dict[str, Cost]
+    numbers: dict[str, tuple[float, float]]
+    reason: str
+    impl: str = ""
+
+
+def shape_hints(gm: fx.GraphModule) -> dict:
+    """The shape environment's current values of the size symbols."""
+    vals = [n.meta.get("val") for n in gm.graph.nodes if "val" in n.meta]
+    mode = detect_fake_mode(vals)
+    env = getattr(mode, "shape_env", None)
+    if env is None:
+        return {}
+    return dict(getattr(env, "backed_var_to_val", None) or env.var_to_val)
+
+
+def evaluate(expr, hints: dict) -> float:
+    """A size expression's value on the hints, without touching the shape environment."""
+    return float(sympy.sympify(expr).xreplace(hints))
+
+
+def estimated_seconds(cost: Cost, hints: dict) -> float:
+    """FLOPs at the arithmetic rate plus the extra bytes written and read once."""
+    return evaluate(cost.flops, hints) / FLOPS_PER_SECOND + 2 * evaluate(cost.bytes, hints) / BYTES_PER_SECOND
+
+
+def choose(policy: str, site: Site, costs: dict[str, Cost], hints: dict) -> tuple[str, str]:
+    """(method, reason) for one site under a policy."""
+    if len(costs) == 1:
+        return next(iter(costs)), "the only method for this op"
+    if policy in costs:
+        return policy, f"policy '{policy}'"
+    s = site.shape
+    if policy == "mixed":
+        lhs, rhs = evaluate(2 * s.T**2, hints), evaluate(s.p * s.d, hints)
+        return ("ghost", f"2T²={lhs:g} < p·d={rhs:g}") if lhs < rhs else ("per_sample", f"2T²={lhs:g} ≥ p·d={rhs:g}")
+    seconds = {m: estimated_seconds(c, hints) for m, c in costs.items()}
+    best = min(seconds, key=seconds.get)
+    other = next(m for m in costs if m != best)
+    if seconds[other] <= seconds[best] * (1 + NEAR_TIE) and evaluate(costs[other].bytes, hints) < evaluate(costs[best].bytes, hints):
+        best, other = other, best
+        return best, f"near tie on time ({seconds[best]*1e3:.3g} vs {seconds[other]*1e3:.3g} ms est.), less memory"
+    return best, f"est. {seconds[best]*1e3:.3g} ms vs {seconds[other]*1e3:.3g} ms for {other}"
+
+
+def plan_sites(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
+    """Write dp_plan (a Decision) next to every dp_site."""
+    hints, policy = shape_hints(gm), ctx.policy
+    for param in gm.meta[PARAMS]:
+        for node in param.sites:
+            site = node.meta[SITE]
+            costs = rule_for(node).cost(site)
+            method, reason = choose(policy, site, costs, hints)
+            numbers = {m: (evaluate(c.flops, hints), evaluate(c.bytes, hints)) for m, c in costs.items()}
+            node.meta[PLAN] = Decision(method, costs, numbers, reason, conv_impl(site, method))
+    return gm
+
+
+def conv_impl(site: Site, method: str) -> str:
+    """How a convolution's per-sample gradients are formed: 'grouped' or 'unfold'."""
+    if site.rule != "conv" or method != "per_sample":
+        return ""
+    weight_numel = site.shape.p * site.shape.groups * site.shape.d
+    return "grouped" if int(weight_numel) <= GROUPED_CONV_MAX_WEIGHT else "unfold"

@@ -1,0 +1,68 @@
+"""The rule table: per op family, how to recompute a parameter-gradient term per sample.
+
+A rule knows, for the ATen ops in ``ops`` whose value is a parameter-gradient term:
+- ``match(node, batch)``: the operands and constants it needs (a ``Site``), or an error message;
+- ``per_sample(site, *tensors)``: the per-sample gradients, shape (B, *node's shape);
+- ``ghost_norm_sq(site, *tensors)``: per-sample squared norms without per-sample gradients (optional);
+- ``clipped_sum(site, clip, *tensors)``: Σ_i clip_i·g_i in one weight-gradient op (book-keeping);
+- ``cost(site)``: each method the site allows, with its ``Cost`` as sympy expressions.
+Adding an op family is one module here plus its cases in tests/rule_cases.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import sympy
+import torch.fx as fx
+from torch import Tensor
+
+from ..meta import LayerShape, Site
+
+WORD = 4  # bytes of a float32
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Work of one method for one site: FLOPs and extra bytes held, as sympy expressions."""
+
+    flops: sympy.Expr
+    bytes: sympy.Expr
+
+
+class Rule(Protocol):
+    family: str
+    ops: tuple
+    methods: tuple[str, ...]
+
+    def match(self, node: fx.Node, batch: sympy.Expr) -> Site | str: ...
+    def per_sample(self, site: Site, *tensors: Tensor) -> Tensor: ...
+    def ghost_norm_sq(self, site: Site, *tensors: Tensor) -> Tensor: ...
+    def clipped_sum(self, site: Site, clip: Tensor, *tensors: Tensor) -> Tensor: ...
+    def cost(self, site: Site) -> dict[str, Cost]: ...
+
+
+RULES: dict[object, Rule] = {}
+
+
+def register(rule: Rule) -> Rule:
+    """Put a rule in the table under each of its ops."""
+    for op in rule.ops:
+        assert op not in RULES, f"two rules claim {op}"
+        RULES[op] = rule
+    return rule
+
+
+def rule_for(node: fx.Node) -> Rule | None:
+    """The rule for a parameter-gradient term node (a getitem is looked up by its producer)."""
+    target = node.target
+    if target is _getitem and isinstance(node.args[0], fx.Node):
+        target = node.args[0].target
+    return RULES.get(target)
+
+
+import operator  # noqa: E402
+
+_getitem = operator.getitem
+
+from . import conv, linear, reduction  # noqa: E402,F401  (each module registers its rule)

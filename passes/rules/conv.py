@@ -1,0 +1,122 @@
+"""Convolutions (1-D, 2-D, 3-D; stride, padding, dilation, groups): aten.convolution_backward.
+
+Per sample i and group: g_i = G_i U_iᵀ, where U_i = unfold(x_i) (d × T) and G_i (p × T).
+Ghost: ‖g_i‖² = Σ_ts (U_iᵀU_i)_ts (G_iᵀG_i)_ts. Per-sample gradients either by unfold + matmul or
+by one convolution_backward with the batch folded into the groups. Bias: g_i = Σ_t G_i.
+"""
+from __future__ import annotations
+
+from math import prod
+
+import sympy
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..meta import LayerShape, Site
+from . import WORD, Cost, register
+from .layout import shape_of
+
+aten = torch.ops.aten
+ARG_NAMES = ("grad_out", "input", "weight", "bias_sizes", "stride", "padding", "dilation",
+             "transposed", "output_padding", "groups", "output_mask")
+
+
+def conv_args(node: fx.Node) -> dict:
+    """convolution_backward's arguments by name."""
+    return dict(zip(ARG_NAMES, node.args))
+
+
+def unfold_nd(x: Tensor, kernel: list[int], stride, padding, dilation) -> Tensor:
+    """Patches of x (B, C, *S) as (B, C·prod(kernel), T), channel-major like a conv weight."""
+    if len(kernel) == 2:
+        return F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
+    if len(kernel) == 1:
+        return F.unfold(x.unsqueeze(2), [1, kernel[0]], dilation=[1, dilation[0]],
+                        padding=[0, padding[0]], stride=[1, stride[0]])
+    channels, k = x.shape[1], prod(kernel)
+    eye = torch.eye(k, dtype=x.dtype, device=x.device).reshape(k, 1, *kernel).repeat(channels, 1, 1, 1, 1)
+    patches = F.conv3d(x, eye, stride=stride, padding=padding, dilation=dilation, groups=channels)
+    return patches.flatten(2)
+
+
+class ConvRule:
+    family = "conv"
+    ops = (aten.convolution_backward.default,)
+    methods = ("ghost", "per_sample")
+
+    def match(self, node: fx.Node, batch: sympy.Expr) -> Site | str:
+        conv = node.args[0]
+        a = conv_args(conv)
+        if a["transposed"]:
+            return "transposed convolutions have no per-sample rule yet"
+        g_shape, x_shape, w_shape = shape_of(a["grad_out"]), shape_of(a["input"]), shape_of(a["weight"])
+        if sympy.simplify(g_shape[0] - batch) != 0 or sympy.simplify(x_shape[0] - batch) != 0:
+            return f"its batch dim ({g_shape[0]}) is not the model's batch ({batch})"
+        groups = a["groups"]
+        consts = {k: list(a[k]) for k in ("stride", "padding", "dilation")}
+        consts.update(groups=groups, kernel=[int(k) for k in w_shape[2:]], param=node.args[1])
+        T = prod(g_shape[2:])
+        if node.args[1] == 2:
+            shape = LayerShape(B=batch, T=T, d=sympy.Integer(1), p=w_shape[0])
+            return Site("conv_bias", (a["grad_out"],), consts, shape, op="aten.convolution_backward")
+        d = w_shape[1] * prod(w_shape[2:])
+        shape = LayerShape(B=batch, T=T, d=d, p=w_shape[0] / groups, groups=groups)
+        return Site("conv", (a["grad_out"], a["input"], a["weight"]), consts, shape, op="aten.convolution_backward")
+
+    def _unfolded(self, site: Site, g: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """U (B, groups, d, T) and G (B, groups, p, T)."""
+        c, groups = site.consts, site.consts["groups"]
+        u = unfold_nd(x, c["kernel"], c["stride"], c["padding"], c["dilation"])
+        B = g.shape[0]
+        return u.reshape(B, groups, -1, u.shape[-1]), g.reshape(B, groups, -1, u.shape[-1])
+
+    def per_sample(self, site: Site, g: Tensor, *rest: Tensor) -> Tensor:
+        """Per-sample weight (B, C_out, C_in/groups, *k) or bias (B, C_out) gradients."""
+        if site.rule == "conv_bias":
+            return g.flatten(2).sum(2)
+        x, w = rest
+        if site.consts.get("impl", "unfold") == "grouped":
+            return self._per_sample_grouped(site, g, x, w)
+        u, gg = self._unfolded(site, g, x)
+        return torch.einsum("bgpt,bgdt->bgpd", gg, u).reshape(g.shape[0], *w.shape)
+
+    def _per_sample_grouped(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
+        """One convolution_backward with the batch folded into the groups."""
+        c, B = site.consts, g.shape[0]
+        w_fold = w.new_empty((B * w.shape[0], *w.shape[1:]))
+        _, gw, _ = aten.convolution_backward(
+            g.reshape(1, B * g.shape[1], *g.shape[2:]), x.reshape(1, B * x.shape[1], *x.shape[2:]), w_fold,
+            None, c["stride"], c["padding"], c["dilation"], False, [0] * len(c["kernel"]),
+            B * c["groups"], [False, True, False])
+        return gw.reshape(B, *w.shape)
+
+    def ghost_norm_sq(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
+        """Σ_groups Σ_ts (UᵀU ∘ GᵀG)_ts per sample."""
+        u, gg = self._unfolded(site, g, x)
+        gram_u = torch.einsum("bgdt,bgds->bgts", u, u)
+        gram_g = torch.einsum("bgpt,bgps->bgts", gg, gg)
+        return (gram_u * gram_g).flatten(1).sum(1)
+
+    def clipped_sum(self, site: Site, clip: Tensor, g: Tensor, *rest: Tensor) -> Tensor:
+        """One weight-gradient convolution on clip-scaled output gradients."""
+        g = g * clip.to(g.dtype).view(-1, *([1] * (g.dim() - 1)))
+        if site.rule == "conv_bias":
+            return g.flatten(2).sum((0, 2))
+        x, w = rest
+        c = site.consts
+        return aten.convolution_backward(g, x, w, None, c["stride"], c["padding"], c["dilation"], False,
+                                         [0] * len(c["kernel"]), c["groups"], [False, True, False])[1]
+
+    def cost(self, site: Site) -> dict[str, Cost]:
+        s, g = site.shape, site.shape.groups
+        if site.rule == "conv_bias":  # per-sample bias gradient: a sum over positions
+            return {"per_sample": Cost(flops=s.B * s.T * s.p, bytes=s.B * s.p * WORD)}
+        per_sample = Cost(flops=2 * s.B * s.T * s.p * s.d * g, bytes=s.B * s.p * s.d * g * WORD)
+        ghost = Cost(flops=2 * s.B * g * s.T**2 * (s.p + s.d) + 2 * s.B * g * s.T**2,
+                     bytes=(2 * s.B * g * s.T**2 + s.B * g * s.d * s.T) * WORD)
+        return {"ghost": ghost, "per_sample": per_sample}
+
+
+register(ConvRule())

@@ -1,0 +1,86 @@
+"""Parameter gradients that are sums over the batch of a per-sample tensor: biases of linear layers,
+class tokens, position embeddings, layer scales, norm affines after decomposition.
+
+Per sample i: g_i = Σ over the summed dims other than the batch of X_i. Instantiated (B × |param|).
+"""
+from __future__ import annotations
+
+import sympy
+import torch
+import torch.fx as fx
+from torch import Tensor
+
+from ..meta import LayerShape, Site
+from . import WORD, Cost, register
+from .layout import find_rows_layout, shape_of, to_batch_rows
+
+aten = torch.ops.aten
+
+
+def _summed_dims(node: fx.Node) -> list[int]:
+    """The dims a sum node reduces, non-negative, sorted."""
+    rank = len(node.args[0].meta["val"].shape)
+    dims = node.args[1] if node.target is aten.sum.dim_IntList and len(node.args) > 1 else None
+    dims = range(rank) if dims is None or len(dims) == 0 else dims
+    return sorted(d % rank for d in dims)
+
+
+class SumRule:
+    family = "reduction"
+    ops = (aten.sum.dim_IntList, aten.sum.default)
+    methods = ("per_sample",)
+
+    def match(self, node: fx.Node, batch: sympy.Expr) -> Site | str:
+        x = node.args[0]
+        shape, dims = shape_of(x), _summed_dims(node)
+        kept = [s for i, s in enumerate(shape) if i not in dims]
+        numel = sympy.Integer(1)
+        for s in kept:
+            numel *= s
+        explicit = [d for d in dims if sympy.simplify(shape[d] - batch) == 0]
+        if len(explicit) == 1:
+            consts = {"batch_dim": explicit[0], "dims": dims, "lead": None}
+            return Site("reduction", (x,), consts, LayerShape(batch, _positions(shape, dims) / batch, 1, numel),
+                        op=str(node.target))
+        if dims != list(range(len(dims))):
+            return f"it sums dims {dims}, none of which is the batch ({batch})"
+        rows = sympy.Integer(1)
+        for d in dims:
+            rows *= shape[d]
+        layout = find_rows_layout(x, rows, batch)
+        if layout is None:
+            return f"the batch ({batch}) cannot be found among the {rows} summed rows"
+        consts = {"batch_dim": layout.batch_dim, "dims": dims, "lead": layout.lead}
+        return Site("reduction", (x, layout.anchor), consts, LayerShape(batch, rows / batch, 1, numel),
+                    op=str(node.target))
+
+    def per_sample(self, site: Site, x: Tensor, anchor: Tensor | None = None) -> Tensor:
+        """g_i = Σ_{summed dims except batch} X_i, shape (B, *kept dims)."""
+        c = site.consts
+        if c["lead"] is None:
+            others = [d for d in c["dims"] if d != c["batch_dim"]]
+            return x.sum(others).movedim(c["batch_dim"] - sum(d < c["batch_dim"] for d in others), 0) \
+                if others else x.movedim(c["batch_dim"], 0)
+        ndims = len(c["dims"])
+        flat = x.reshape(-1, *x.shape[ndims:])
+        return to_batch_rows(flat, anchor, c["lead"], c["batch_dim"]).sum(1)
+
+    def clipped_sum(self, site: Site, clip: Tensor, *tensors: Tensor) -> Tensor:
+        """Σ_i c_i g_i from the per-sample gradients."""
+        g = self.per_sample(site, *tensors)
+        return torch.tensordot(clip.to(g.dtype), g, dims=1)
+
+    def cost(self, site: Site) -> dict[str, Cost]:
+        s = site.shape
+        return {"per_sample": Cost(flops=s.B * s.T * s.p, bytes=s.B * s.p * WORD)}
+
+
+def _positions(shape, dims) -> sympy.Expr:
+    """Product of the summed sizes (batch included)."""
+    out = sympy.Integer(1)
+    for d in dims:
+        out *= shape[d]
+    return out
+
+
+register(SumRule())

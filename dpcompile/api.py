@@ -8,6 +8,7 @@ from torch import nn
 
 from .backend import DPBackend
 from .config import DPConfig
+from .errors import GraphBreakError
 from .report import PlanReport, plan_report
 
 
@@ -26,8 +27,18 @@ class DPModel(nn.Module):
         for a in (*args, *kwargs.values()):
             if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == batch:
                 torch._dynamo.mark_dynamic(a, 0)  # only the batch dimension is dynamic
-        with fx_config.patch(backed_size_oblivious=True):  # batch sizes 0 and 1 share the graph
-            out = self._compiled(*args, **kwargs)
+        try:
+            with fx_config.patch(backed_size_oblivious=True):  # batch sizes 0 and 1 share the graph
+                out = self._compiled(*args, **kwargs)
+        except torch._dynamo.exc.Unsupported as exc:
+            raise GraphBreakError(
+                f"the model does not capture as one graph ({type(exc).__name__}: {str(exc).splitlines()[0]}). "
+                "The clip factor needs every layer's norm, so the forward must be one graph: remove the "
+                "data-dependent Python control flow or unsupported call named above.") from exc
+        except Exception as exc:
+            if self.backend.error is not None:
+                raise self.backend.error from exc
+            raise
         if self.backend.error is not None:
             raise self.backend.error
         return out

@@ -39,7 +39,7 @@ class DPBackend:
         self.graphs["dynamo"] = gm
         ctx = self.context(gm, example_inputs)
         compile_aot = aot_autograd(
-            fw_compiler=self.compile_forward,
+            fw_compiler=lambda g, ex: self.compile_forward(g, ex, ctx),
             bw_compiler=lambda g, ex: self.compile_backward(g, ex, ctx),
             decompositions=select_decomp_table(),
             partition_fn=min_cut_rematerialization_partition,
@@ -67,8 +67,13 @@ class DPBackend:
             clip_stability=self.config.clip_stability, noise_handle=self.noise.handle)
         return passes.PassContext(tuple(params), batch, self.config.policy, clip)
 
-    def compile_forward(self, gm: fx.GraphModule, example_inputs):
+    def compile_forward(self, gm: fx.GraphModule, example_inputs, ctx: passes.PassContext):
         self.graphs["forward"] = gm
+        try:
+            passes.check_sample_independence(gm, ctx)
+        except BaseException as exc:
+            self.error = exc
+            raise
         return self.lower(gm, example_inputs, backward=False)
 
     def compile_backward(self, gm: fx.GraphModule, example_inputs, ctx: passes.PassContext):

@@ -9,6 +9,7 @@ from .meta import LayerShape, ParamGrad, ParamSpec, PassContext, Site
 from .plan import Decision, plan_sites
 from .rewrite import ClipSpec, rewrite_backward
 from .rules import RULES, Cost
+from .safety import check_sample_independence
 from .shapes import annotate_sites
 
 PIPELINE = (annotate_sites, plan_sites, rewrite_backward)
@@ -21,6 +22,6 @@ def run_pipeline(backward: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     return backward
 
 
-__all__ = ["PIPELINE", "run_pipeline", "annotate_sites", "plan_sites", "rewrite_backward", "ClipSpec",
+__all__ = ["PIPELINE", "check_sample_independence", "run_pipeline", "annotate_sites", "plan_sites", "rewrite_backward", "ClipSpec",
            "PassContext", "ParamSpec", "ParamGrad", "Site", "LayerShape", "Decision", "Cost", "RULES",
            "to_networkx"]

@@ -109,7 +109,12 @@ def emit_norm(graph: fx.Graph, node: fx.Node, inputs: Sequence[fx.Node], param: 
     if method == "ghost":
         norm = emit(graph, full_precision(lambda *t: rule.ghost_norm_sq(site, *t)), inputs, f"dp_norm_sq_{name}")
         return norm, None
-    per_sample = emit(graph, lambda *t: rule.per_sample(site, *t), inputs, f"dp_per_sample_{name}")
+    shape = node.meta["val"].shape
+
+    def per_sample_fn(*t):
+        g = rule.per_sample(site, *t)
+        return g.reshape(g.shape[0], *shape)
+    per_sample = emit(graph, per_sample_fn, inputs, f"dp_per_sample_{name}")
     norm = emit(graph, full_precision(lambda g: g.flatten(1).square().sum(1)), [per_sample], f"dp_norm_sq_{name}")
     return norm, per_sample
 

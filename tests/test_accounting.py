@@ -21,7 +21,7 @@ def direct_epsilon(mechanism, entries, delta):
 
 @pytest.mark.parametrize("mechanism", ["pld", "rdp"])
 def test_matches_dp_accounting(mechanism):
-    entries = [(1.1, 0.01, 300), (0.9, 0.02, 200)]
+    entries = [(1.5, 0.01, 300), (1.2, 0.02, 200)]
     acc = Accountant(mechanism)
     for sigma, q, n in entries:
         acc.record(sigma, q, n)
@@ -79,7 +79,7 @@ def test_state_round_trip():
     assert other.history[-1] == (1.5, 0.02, 25)
 
 
-@pytest.mark.parametrize("target", [1.0, 2.0])
+@pytest.mark.parametrize("target", [0.5, 1.0])
 def test_calibration_pld(target):
     sigma = calibrate_noise_multiplier(target, 1e-5, 0.01, 500)
     acc = Accountant()
@@ -131,10 +131,19 @@ def test_mechanism_and_state_refusals():
         Accountant("rdp").load_state_dict({"mechanism": "rdp", "history": [[-1.0, 0.01, 10]]})
 
 
-@pytest.mark.parametrize("target", [0.0, -1.0, math.inf, 1e-12])
+@pytest.mark.parametrize("target", [0.0, -1.0, math.inf, math.nan])
 def test_calibration_unreachable(target):
     with pytest.raises(ConfigError, match="unreachable"):
         calibrate_noise_multiplier(target, 1e-5, 0.01, 100, mechanism="rdp")
+
+
+def test_calibration_tiny_target_is_met_with_a_warning(caplog):
+    # dp-accounting's RDP conversion reports epsilon 0 at very large noise, so the tolerance cannot be met.
+    sigma = calibrate_noise_multiplier(1e-12, 1e-5, 0.01, 100, mechanism="rdp")
+    acc = Accountant("rdp")
+    acc.record(sigma, 0.01, 100)
+    assert acc.epsilon(1e-5) <= 1e-12
+    assert "calibration stopped" in caplog.text
 
 
 def test_calibration_refusals():

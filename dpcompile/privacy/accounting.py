@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from numbers import Integral, Real
 from typing import Any
 
 import dp_accounting
@@ -25,17 +26,17 @@ Entry = tuple[float, float, int]
 
 def _check_step(noise_multiplier: float, sample_rate: float, steps: int) -> None:
     """Refuse a noise multiplier, sample rate or step count no accountant accepts."""
-    if not (isinstance(noise_multiplier, (int, float)) and noise_multiplier >= 0 and math.isfinite(noise_multiplier)):
+    if not (isinstance(noise_multiplier, Real) and noise_multiplier >= 0 and math.isfinite(noise_multiplier)):
         raise ConfigError(f"noise_multiplier must be a finite number >= 0, got {noise_multiplier!r}")
-    if not (isinstance(sample_rate, (int, float)) and 0 < sample_rate <= 1):
+    if not (isinstance(sample_rate, Real) and 0 < sample_rate <= 1):
         raise ConfigError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+    if isinstance(steps, bool) or not isinstance(steps, Integral) or steps < 0:
         raise ConfigError(f"steps must be an integer >= 0, got {steps!r}")
 
 
 def _check_delta(delta: float) -> None:
     """Refuse a delta outside (0, 1)."""
-    if not (isinstance(delta, (int, float)) and 0 < delta < 1):
+    if not (isinstance(delta, Real) and 0 < delta < 1):
         raise ConfigError(f"delta must be in (0, 1), got {delta!r}")
 
 
@@ -81,7 +82,7 @@ class Accountant:
         _check_step(noise_multiplier, sample_rate, steps)
         if steps == 0:
             return
-        sigma, q = float(noise_multiplier), float(sample_rate)
+        sigma, q, steps = float(noise_multiplier), float(sample_rate), int(steps)
         if self._history and self._history[-1][:2] == [sigma, q]:
             self._history[-1][2] += steps
         else:
@@ -128,7 +129,7 @@ class Accountant:
 
 def steps_for(epochs: float, sample_rate: float) -> int:
     """Number of steps for `epochs` expected passes over the data: ceil(epochs / sample_rate)."""
-    if not (isinstance(epochs, (int, float)) and 0 < epochs < math.inf):
+    if not (isinstance(epochs, Real) and 0 < epochs < math.inf):
         raise ConfigError(f"epochs must be a positive finite number, got {epochs!r}")
     _check_step(1.0, sample_rate, 0)
     ratio = epochs / sample_rate
@@ -145,7 +146,7 @@ def calibrate_noise_multiplier(target_epsilon: float, target_delta: float, sampl
     _check_step(1.0, sample_rate, steps)
     if not 0 < tolerance < 1:
         raise ConfigError(f"tolerance must be in (0, 1), got {tolerance!r}")
-    if not (isinstance(target_epsilon, (int, float)) and 0 < target_epsilon < math.inf):
+    if not (isinstance(target_epsilon, Real) and 0 < target_epsilon < math.inf):
         raise ConfigError(f"target_epsilon {target_epsilon!r} is unreachable: it must be a positive finite number")
     if steps == 0:
         raise ConfigError("steps must be > 0: with no steps epsilon is 0 for every noise multiplier")
@@ -153,7 +154,7 @@ def calibrate_noise_multiplier(target_epsilon: float, target_delta: float, sampl
     @functools.cache
     def eps(sigma: float) -> float:
         """Epsilon after `steps` steps at this noise multiplier."""
-        return _epsilon(((sigma, float(sample_rate), steps),), target_delta, mechanism, discretization)
+        return _epsilon(((sigma, float(sample_rate), int(steps)),), target_delta, mechanism, discretization)
 
     high = 1.0
     while eps(high) > target_epsilon:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable, Iterator, Mapping
+from numbers import Integral, Real
 from typing import Any
 
 import torch
@@ -29,21 +30,21 @@ class PoissonBatchSampler(Sampler[list[int]]):
 
     def __init__(self, num_samples: int, sample_rate: float, steps: int | None = None,
                  seed: int | None = None, secure: bool = False) -> None:
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
+        if isinstance(num_samples, bool) or not isinstance(num_samples, Integral) or num_samples <= 0:
             raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}")
-        if not (isinstance(sample_rate, (int, float)) and 0 < sample_rate <= 1):
+        if not (isinstance(sample_rate, Real) and 0 < sample_rate <= 1):
             raise ConfigError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
         if steps is None:
             steps = max(1, round(1 / sample_rate))
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+        if isinstance(steps, bool) or not isinstance(steps, Integral) or steps <= 0:
             raise ConfigError(f"steps must be a positive integer, got {steps!r}")
         if secure and seed is not None:
             raise ConfigError("secure=True draws its seed from OS entropy; pass either seed or secure=True, not both")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, Integral)):
             raise ConfigError(f"seed must be an integer, got {seed!r}")
-        self.num_samples, self.sample_rate, self.steps = num_samples, float(sample_rate), steps
+        self.num_samples, self.sample_rate, self.steps = int(num_samples), float(sample_rate), int(steps)
         self.secure = secure
-        self.seed = secrets.randbits(63) if seed is None else seed
+        self.seed = secrets.randbits(63) if seed is None else int(seed)
         self.epoch, self._step = 0, 0
         self._generator = torch.Generator().manual_seed(self.seed)
         logger.debug("PoissonBatchSampler(n=%d, q=%g, steps=%d, secure=%s)", num_samples, sample_rate, steps, secure)

@@ -55,7 +55,8 @@ class ConvRule:
         if sympy.simplify(g_shape[0] - batch) != 0 or sympy.simplify(x_shape[0] - batch) != 0:
             return f"its batch dim ({g_shape[0]}) is not the model's batch ({batch})"
         groups = a["groups"]
-        consts = {k: list(a[k]) for k in ("stride", "padding", "dilation")}
+        dims = len(w_shape) - 2
+        consts = {k: list(a[k]) * dims if len(a[k]) == 1 else list(a[k]) for k in ("stride", "padding", "dilation")}
         consts.update(groups=groups, kernel=[int(k) for k in w_shape[2:]], param=node.args[1])
         T = prod(g_shape[2:])
         if node.args[1] == 2:

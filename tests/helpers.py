@@ -1,0 +1,79 @@
+"""Shared checks: dpcompile's .grad against the torch.func reference, in float64."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from conftest import BACKEND, DEVICE
+from reference import dp_reference, per_sample_grads
+from torch import nn
+
+import dpcompile
+
+RTOL = 1e-10
+
+
+def squared_error(out, y, reduction="mean"):
+    """Σ over non-batch dims of (out - y)², then mean or sum over the batch: one term per sample."""
+    per_sample = (out - y).square().flatten(1).sum(1)
+    return per_sample.mean() if reduction == "mean" else per_sample.sum()
+
+
+@dataclass(frozen=True)
+class Case:
+    """A model for one rule family, and how to draw a batch (inputs, targets) of size B."""
+
+    name: str
+    model: Callable[[], nn.Module]
+    inputs: Callable[[int], torch.Tensor]
+    loss: Callable = squared_error
+
+
+def batch_for(case: Case, model: nn.Module, B: int, seed: int):
+    """Inputs and random targets shaped like the model's output."""
+    torch.manual_seed(seed)
+    x = case.inputs(B).to(DEVICE)
+    with torch.no_grad():
+        y = torch.randn_like(model(x))
+    return x, y
+
+
+def clip_bound_between(model, case, x, y) -> float:
+    """A bound R with samples on both sides of it: the median per-sample norm."""
+    g = per_sample_grads(model, x, y, case.loss)
+    norms = torch.sqrt(sum(v.flatten(1).square().sum(1) for v in g.values()))
+    bound = norms.median().item()
+    assert (norms > bound * 1.001).any() and (norms < bound * 0.999).any(), "need samples on both sides of R"
+    return bound
+
+
+def max_relative_error(model, reference) -> float:
+    """Largest ‖grad − ref‖ / ‖ref‖ over the trainable parameters."""
+    errs = []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, f"{name} got no gradient"
+            errs.append(((p.grad - reference[name]).norm() / reference[name].norm().clamp_min(1e-300)).item())
+    return max(errs)
+
+
+def check_against_reference(case: Case, policy="mixed", reduction="mean", batches=(3, 5), backend=None,
+                            bound=None, expected_batch_size=None, **kwargs):
+    """Compile once, run several batch sizes, compare every .grad with the clipped per-sample reference."""
+    torch.manual_seed(0)
+    model = case.model().to(DEVICE, torch.float64)
+    x0, y0 = batch_for(case, model, batches[0], seed=1)
+    bound = bound or clip_bound_between(model, case, x0, y0)
+    dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, policy=policy,
+                             backend=backend or BACKEND, loss_reduction=reduction,
+                             expected_batch_size=expected_batch_size, **kwargs)
+    for i, B in enumerate(batches):
+        x, y = (x0, y0) if i == 0 else batch_for(case, model, B, seed=10 + i)
+        model.zero_grad(set_to_none=True)
+        case.loss(dp(x), y, reduction).backward()
+        ref, _ = dp_reference(model, x, y, bound, reduction, expected_batch_size, loss=case.loss)
+        err = max_relative_error(model, ref)
+        assert err < RTOL, f"{case.name} policy={policy} B={B}: relative error {err:.3g}"
+    assert dp.compilations == 1, f"recompiled: {dp.compilations} captures for batch sizes {batches}"
+    return dp

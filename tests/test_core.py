@@ -1,0 +1,137 @@
+"""dpcompile's gradients equal the torch.func reference: every rule, policy, reduction, batch size."""
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DEVICE
+from helpers import Case, check_against_reference, squared_error
+from rule_cases import CASES
+from torch import nn
+
+import dpcompile
+from dpcompile.passes import RULES
+
+ALL_CASES = [case for cases in CASES.values() for case in cases]
+
+
+def test_every_rule_has_cases():
+    families = {rule.family for rule in RULES.values()}
+    assert families <= set(CASES), f"rules without test cases: {families - set(CASES)}"
+
+
+@pytest.mark.parametrize("case", ALL_CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("policy", ["mixed", "ghost", "per_sample", "auto"])
+def test_matches_reference(case, policy):
+    check_against_reference(case, policy=policy)
+
+
+@pytest.mark.parametrize("case", [CASES["conv"][0], CASES["linear"][2]], ids=lambda c: c.name)
+def test_sum_reduction(case):
+    check_against_reference(case, reduction="sum")
+
+
+def test_expected_batch_size_normalises():
+    check_against_reference(CASES["conv"][-1], expected_batch_size=16)
+
+
+@pytest.mark.parametrize("bound", [1e-4, 1e4], ids=["all_clipped", "none_clipped"])
+def test_each_clip_branch_alone(bound):
+    dp = check_against_reference(CASES["conv"][-1], bound=bound)
+    assert dp.explain().rows
+
+
+def test_grouped_conv_per_sample_path():
+    """Both ways of instantiating per-sample conv gradients are exercised and correct."""
+    dp = check_against_reference(CASES["conv"][1], policy="per_sample")
+    assert {r.impl for r in dp.explain() if r.op.endswith("convolution_backward") and r.d != "1"} == {"grouped"}
+    big = Case("conv_unfold", lambda: nn.Sequential(nn.Conv2d(128, 160, 3)), lambda B: torch.randn(B, 128, 4, 4, dtype=torch.float64))
+    dp = check_against_reference(big, policy="per_sample")
+    assert "unfold" in {r.impl for r in dp.explain()}
+
+
+def test_batch_size_one_and_many_share_a_graph():
+    case = CASES["cnn_head"] if "cnn_head" in CASES else CASES["conv"][-1]
+    dp = check_against_reference(case, batches=(4, 1, 7))
+    assert dp.compilations == 1
+
+
+def test_cross_entropy_and_frozen_parameters():
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4)).double().to(DEVICE)
+    model[0].weight.requires_grad_(False)
+    case = Case("frozen", lambda: model, lambda B: torch.randn(B, 6, dtype=torch.float64),
+                loss=lambda out, y, reduction="mean": F.cross_entropy(out, y.argmax(1), reduction=reduction))
+    check_against_reference(case)
+    assert model[0].weight.grad is None
+
+
+def test_noise_has_stated_std():
+    """grad(noise) − grad(no noise) = N(0, σ²R²)/n elementwise: mean 0, std σR/n."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(100, 100)).double().to(DEVICE)
+    x, y = torch.randn(8, 100, dtype=torch.float64, device=DEVICE), torch.randn(8, 100, dtype=torch.float64, device=DEVICE)
+    sigma, bound = 1.3, 0.7
+    grads = []
+    for noise in (0.0, sigma):
+        dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=noise, backend="eager", seed=3)
+        model.zero_grad()
+        squared_error(dp(x), y).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    diff = grads[1] - grads[0]
+    expected = sigma * bound / 8
+    assert abs(diff.std().item() / expected - 1) < 0.03
+    assert abs(diff.mean().item()) < 4 * expected / diff.numel() ** 0.5
+
+
+def test_seed_reproduces_noise():
+    model = nn.Linear(5, 3).double()
+    x, y = torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    out = []
+    for _ in range(2):
+        dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0, backend="eager", seed=7)
+        model.zero_grad()
+        squared_error(dp(x), y).backward()
+        out.append(model.weight.grad.clone())
+    assert torch.equal(out[0], out[1])
+
+
+def test_state_dict_keys_unchanged():
+    model = nn.Sequential(nn.Linear(3, 2))
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0)
+    assert list(dp.state_dict()) == list(model.state_dict())
+    assert {id(p) for p in dp.parameters()} == {id(p) for p in model.parameters()}
+
+
+def test_backend_in_users_torch_compile():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(12, 2)).double()
+    x, y = torch.randn(5, 2, 4, 4, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    compiled = torch.compile(model, backend=dpcompile.backend(max_grad_norm=0.05, noise_multiplier=0.0, backend="eager"),
+                             fullgraph=True)
+    torch._dynamo.mark_dynamic(x, 0)
+    squared_error(compiled(x), y).backward()
+    from reference import dp_reference
+    ref, _ = dp_reference(model, x, y, 0.05, loss=squared_error)
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, ref[n], rtol=1e-10, atol=0)
+
+
+def test_explain_and_graphs():
+    dp = check_against_reference(CASES["conv"][-1])
+    report = dp.explain()
+    rows = {r.param: r for r in report}
+    assert set(rows) == {"0.weight", "0.bias", "3.weight", "3.bias"}
+    assert rows["0.weight"].T == "16" and rows["0.weight"].d == "27" and rows["0.weight"].p == "4"
+    assert rows["0.weight"].method in ("ghost", "per_sample") and rows["0.weight"].reason
+    assert "ghost" in rows["0.weight"].costs and "per_sample" in rows["0.weight"].costs
+    assert "0.weight" in str(report)
+    code = dp.graphs["backward_rewritten"].code
+    for name in ("dp_clip_factor", "dp_norm_sq_0_weight", "dp_clipped_3_weight", "dp_grad"):
+        assert name in code
+    g = dpcompile.to_networkx(dp.graphs["backward_rewritten"])
+    assert g.number_of_nodes() == len(dp.graphs["backward_rewritten"].graph.nodes)
+    assert "dp_clip_factor" in g and g.in_degree("dp_clip_factor") > 0
+
+
+@pytest.mark.inductor
+@pytest.mark.parametrize("policy", ["mixed", "auto"])
+def test_inductor_matches_reference(policy):
+    check_against_reference(CASES["conv"][-1], policy=policy, backend="inductor")

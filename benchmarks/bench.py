@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -71,6 +72,9 @@ class _PassesFinder:
 sys.meta_path.append(_PassesFinder)
 
 T0 = time.time()
+warnings.filterwarnings("ignore", message="Secure RNG turned off")
+warnings.filterwarnings("ignore", message="Full backward hook is firing")
+warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented the batching")
 
 
 def log(*a) -> None:
@@ -384,12 +388,12 @@ def time_method(cfg: Config, method: str, base: nn.Module, base_oop: nn.Module |
 # --check: dpcompile's clipped gradient against a torch.func per-sample reference
 # ------------------------------------------------------------------------------------------------
 
-def reference_grad(model: nn.Module, x, y, clip: float | None):
-    """Per-sample grads by vmap(grad); C_i = min(1, R/(||g_i||+1e-6)); ref = (sum_i C_i g_i) / B.
-    Also scale[k] = (sum_i C_i ||g_ik||) / B: the size of the summands, against which fp32 rounding is
-    judged (a parameter whose per-sample gradients nearly cancel has a tiny ||ref|| and a large relative error
-    even between two exact implementations)."""
+def reference_grad(model: nn.Module, x, y, clip: float | None, dtype=torch.float32):
+    """torch.func reference: per-sample grads g_i by vmap(grad), C_i = min(1, R/(||g_i||+1e-6)),
+    ref = (sum_i C_i g_i) / B, computed in `dtype`. clip=None: R = median ||g_i|| (half get clipped)."""
     from torch.func import functional_call, grad, vmap
+    model = copy.deepcopy(model).to(dtype)
+    x = x.to(dtype) if x.is_floating_point() else x
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
 
@@ -399,15 +403,33 @@ def reference_grad(model: nn.Module, x, y, clip: float | None):
     g = vmap(grad(loss_i), in_dims=(None, 0, 0))(params, x, y)
     norms = torch.sqrt(sum(v.flatten(1).pow(2).sum(1) for v in g.values()))
     if clip is None:
-        clip = float(norms.median())           # about half the samples get clipped
+        clip = float(norms.median())
     c = (clip / (norms + 1e-6)).clamp(max=1.0)
-    b = x.shape[0]
-    ref = {k: torch.einsum("b,b...->...", c, v) / b for k, v in g.items()}
-    scale = {k: float((c * v.flatten(1).norm(dim=1)).sum() / b) for k, v in g.items()}
-    return ref, clip, norms, scale
+    ref = {k: torch.einsum("b,b...->...", c, v) / x.shape[0] for k, v in g.items()}
+    return ref, clip, norms
+
+
+def rel_errors(grads: dict, ref: dict) -> tuple[dict, float]:
+    """Per-parameter ||a-b||/||b|| in float64, and the same over the whole gradient."""
+    per, d2, r2 = {}, 0.0, 0.0
+    for k, r in ref.items():
+        if grads.get(k) is None:
+            continue
+        d = float((grads[k].double() - r.double()).norm())
+        n = float(r.double().norm())
+        per[k] = d / max(n, 1e-30)
+        d2, r2 = d2 + d * d, r2 + n * n
+    return per, math.sqrt(d2) / max(math.sqrt(r2), 1e-30)
+
+
+FLOOR_FACTOR = 3.0
 
 
 def run_check(args, device, results: dict) -> None:
+    """dpcompile (sigma=0) against the torch.func reference in fp32 (the printed error) and in float64.
+    PASS: every parameter's error against float64 is below max(tol, FLOOR_FACTOR x the fp32 reference's own error
+    against float64), the same for the whole gradient, and every parameter has a gradient. (Some gradients,
+    e.g. of a GroupNorm weight, are near-cancelling sums that lose digits in fp32 in any implementation.)"""
     import dpcompile
     prev = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -422,51 +444,49 @@ def run_check(args, device, results: dict) -> None:
             x = torch.randn(args.check_batch, *shape, generator=g).to(device)
             y = torch.randint(0, ncls, (args.check_batch,), generator=g).to(device)
             try:
-                ref, clip, norms, scale = reference_grad(base, x, y, args.check_clip)
+                ref64, clip, norms = reference_grad(base, x, y, args.check_clip, torch.float64)
+                ref32, _, _ = reference_grad(base, x, y, clip, torch.float32)
             except Exception as e:  # noqa: BLE001
                 log(f"check {name}: reference failed: {first_line(e)}")
                 out.append({"model": name, "status": "fails", "error": "reference: " + first_line(e)})
                 continue
+            floor, floor_all = rel_errors(ref32, ref64)
             clipped = float((norms > clip).float().mean())
             for policy in args.policies:
                 if over_budget(args):
                     out.append({"model": name, "policy": policy, "status": "skipped (budget)"})
                     continue
                 rec = {"model": name, "policy": policy, "backend": args.dp_backend, "clip": clip,
-                       "frac_clipped": clipped, "batch": args.check_batch}
+                       "frac_clipped": clipped, "batch": args.check_batch, "fp32_floor": floor_all}
+                model = dp = None
                 try:
                     reset_dynamo()
                     model = copy.deepcopy(base)
                     dp = dpcompile.dpcompile(model, max_grad_norm=clip, noise_multiplier=0.0, policy=policy,
                                              backend=args.dp_backend)
                     loss_fn(dp(x), y).backward()
-                    worst, worst_name, worst_cond, worst_cond_name = 0.0, None, 0.0, None
-                    missing, d2, r2 = [], 0.0, 0.0
-                    for k, p in model.named_parameters():
-                        if p.grad is None:
-                            missing.append(k)
-                            continue
-                        diff = float((p.grad - ref[k]).norm())
-                        d2, r2 = d2 + diff ** 2, r2 + float(ref[k].norm()) ** 2
-                        rel = diff / max(float(ref[k].norm()), 1e-30)
-                        cond = diff / max(scale[k], 1e-30)
-                        if rel > worst:
-                            worst, worst_name = rel, k
-                        if cond > worst_cond:
-                            worst_cond, worst_cond_name = cond, k
-                    total = math.sqrt(d2) / max(math.sqrt(r2), 1e-30)
-                    rec.update(status="ok", max_rel_err=worst, worst_param=worst_name, total_rel_err=total,
-                               max_err_over_scale=worst_cond, worst_param_scale=worst_cond_name,
-                               missing_grads=missing, passed=(worst_cond < args.check_tol and not missing))
-                    log(f"check {name} policy={policy}: max relative error {worst:.2e} ({worst_name}); "
-                        f"whole gradient {total:.2e}; max ‖Δ‖/Σ‖C_i g_i‖ {worst_cond:.2e} ({worst_cond_name}); "
-                        f"R={clip:.3g}, {clipped:.0%} clipped; {'PASS' if rec['passed'] else 'FAIL'}"
+                    grads = {k: p.grad for k, p in model.named_parameters()}
+                    missing = [k for k, v in grads.items() if v is None]
+                    e32, e32_all = rel_errors(grads, ref32)
+                    e64, e64_all = rel_errors(grads, ref64)
+                    ratio = {k: e64[k] / max(args.check_tol, FLOOR_FACTOR * floor[k]) for k in e64}
+                    ratio_all = e64_all / max(args.check_tol, FLOOR_FACTOR * floor_all)
+                    k32 = max(e32, key=e32.get)
+                    kr = max(ratio, key=ratio.get)
+                    passed = max(ratio.values()) <= 1 and ratio_all <= 1 and not missing
+                    rec.update(status="ok", max_rel_err=e32[k32], worst_param=k32, total_rel_err=e32_all,
+                               max_rel_err_f64=max(e64.values()), total_rel_err_f64=e64_all,
+                               worst_over_allowed=ratio[kr], worst_over_allowed_param=kr, missing_grads=missing,
+                               passed=passed, per_param_f32=e32, per_param_f64=e64, fp32_floor_per_param=floor)
+                    log(f"check {name} policy={policy}: max relative error {e32[k32]:.2e} ({k32}) vs fp32 torch.func, "
+                        f"whole gradient {e32_all:.2e}; vs float64: whole {e64_all:.2e}, worst/allowed "
+                        f"{ratio[kr]:.2f} ({kr}); R={clip:.3g}, {clipped:.0%} clipped; {'PASS' if passed else 'FAIL'}"
                         + (f"; no grad: {missing}" if missing else ""))
                 except Exception as e:  # noqa: BLE001
                     rec.update(status="fails", error=first_line(e), traceback=traceback.format_exc())
                     log(f"check {name} policy={policy}: fails: {first_line(e)}")
                 out.append(rec)
-                del model
+                del model, dp
                 free_memory()
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
@@ -536,17 +556,20 @@ def markdown(results: dict, args) -> str:
             L.append(f"| {c['name']} | (config) | fails: {c['error']} | | | | | | |")
     if results.get("check"):
         L += ["", "## Gradient check (dpcompile, σ=0, vs torch.func per-sample reference, TF32 off)", "",
-              "| model | policy | max relative error ‖Δ‖/‖ref‖ (param) | whole gradient | max ‖Δ‖/(Σ_i C_i‖g_i‖/B) (param) | R | clipped | result |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| model | policy | max relative error vs fp32 torch.func (param) | whole gradient | "
+              "vs float64: whole | worst error ÷ allowed (param) | R | clipped | result |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in results["check"]:
             if r.get("status") == "ok":
                 L.append(f"| {r['model']} | {r['policy']} | {r['max_rel_err']:.2e} ({r['worst_param']}) | "
-                         f"{r['total_rel_err']:.2e} | {r['max_err_over_scale']:.2e} ({r['worst_param_scale']}) | "
-                         f"{r['clip']:.3g} | {r['frac_clipped']:.0%} | {'PASS' if r['passed'] else 'FAIL'} |")
+                         f"{r['total_rel_err']:.2e} | {r['total_rel_err_f64']:.2e} | {r['worst_over_allowed']:.2f} "
+                         f"({r['worst_over_allowed_param']}) | {r['clip']:.3g} | {r['frac_clipped']:.0%} | "
+                         f"{'PASS' if r['passed'] else 'FAIL'} |")
             else:
-                L.append(f"| {r['model']} | {r.get('policy', '')} | {r['status']}: {r.get('error', '')} | | | | | |")
-        L += ["", f"PASS: every parameter's error is below {args.check_tol:g} of the size of its summed per-sample "
-                  "terms (a near-cancelling sum makes ‖Δ‖/‖ref‖ large even between exact implementations)."]
+                L.append(f"| {r['model']} | {r.get('policy', '')} | {r['status']}: {r.get('error', '')} | | | | | | |")
+        L += ["", f"Errors are ‖Δ‖/‖ref‖. Allowed, per parameter and for the whole gradient: max({args.check_tol:g}, "
+                  f"{FLOOR_FACTOR} × the fp32 torch.func reference's own error against float64). PASS: all within, no missing "
+                  "gradient."]
     if results.get("skipped"):
         L += ["", f"Skipped (budget of {args.budget_seconds} s): {', '.join(results['skipped'])}"]
     return "\n".join(L) + "\n"
@@ -594,7 +617,8 @@ def parse_args(argv=None):
     p.add_argument("--check-models", default="small_cnn", help=f"for --check; known: {', '.join(CHECK_MODELS)}")
     p.add_argument("--check-batch", type=int, default=8)
     p.add_argument("--check-clip", type=float, default=None, help="R for --check (default: median per-sample norm)")
-    p.add_argument("--check-tol", type=float, default=1e-4)
+    p.add_argument("--check-tol", type=float, default=1e-4,
+                   help="relative error always allowed in --check (more where fp32 itself loses digits)")
     p.add_argument("--budget-seconds", type=float, default=None, help="skip what is left after this many seconds")
     p.add_argument("--out", default=os.environ.get("OUT") or os.path.join(".", "runs"))
     p.add_argument("--name", default=None, help="file stem for the outputs (default bench-<UTC time>)")

@@ -5,6 +5,7 @@ import torch
 import torch.fx as fx
 import torch.fx.experimental._config as fx_config
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from .backend import DPBackend
 from .config import DPConfig
@@ -24,6 +25,10 @@ class DPModel(nn.Module):
 
     def forward(self, *args, **kwargs):
         batch = next((a.shape[0] for a in args if isinstance(a, torch.Tensor) and a.dim() > 0), None)
+        if batch == 0:  # an empty (Poisson) batch: one all-zero sample carries the noise-only step
+            args, kwargs = _pad_empty_batch(args), {k: v for k, v in zip(kwargs, _pad_empty_batch(kwargs.values()))}
+            return tree_map(lambda t: t[:0] if isinstance(t, torch.Tensor) and t.dim() > 0 else t,
+                            self.forward(*args, **kwargs))
         for a in (*args, *kwargs.values()):
             if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == batch:
                 torch._dynamo.mark_dynamic(a, 0)  # only the batch dimension is dynamic
@@ -74,3 +79,10 @@ def dpcompile(model: nn.Module, *, max_grad_norm: float, noise_multiplier: float
                       loss_reduction=loss_reduction, expected_batch_size=expected_batch_size,
                       policy=policy, backend=backend, seed=seed, **privacy)
     return DPModel(model, config)
+
+
+def _pad_empty_batch(values):
+    """Empty-batch tensors replaced by one zero sample; its output gradient, and so its clipped
+    per-sample gradient, is zero, so the step adds noise only."""
+    return tuple(v.new_zeros((1, *v.shape[1:])) if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == 0
+                 else v for v in values)

@@ -72,3 +72,24 @@ def gaussian_noise(like: Tensor, numel: int, handle: int) -> Tensor:
 def _(like: Tensor, numel: int, handle: int) -> Tensor:
     dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
     return like.new_empty(numel, dtype=dtype)
+
+
+@torch.library.custom_op("dpcompile::per_sample_conv_weight_grad", mutates_args=())
+def per_sample_conv_weight_grad(grad_out: Tensor, input: Tensor, weight_shape: list[int], stride: list[int],
+                                padding: list[int], dilation: list[int], groups: int) -> Tensor:
+    """Per-sample conv weight gradients (B, *weight_shape): one convolution_backward with the batch
+    folded into the groups, in full fp32 (an opaque op, so the batch size stays symbolic)."""
+    B = grad_out.shape[0]
+    if B == 0:
+        return grad_out.new_zeros((0, *weight_shape))
+    folded_weight = grad_out.new_empty((B * weight_shape[0], *weight_shape[1:]))
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        _, grad_weight, _ = torch.ops.aten.convolution_backward(
+            grad_out.reshape(1, -1, *grad_out.shape[2:]), input.reshape(1, -1, *input.shape[2:]), folded_weight,
+            None, stride, padding, dilation, False, [0] * len(stride), B * groups, [False, True, False])
+    return grad_weight.view(B, *weight_shape)
+
+
+@per_sample_conv_weight_grad.register_fake
+def _(grad_out, input, weight_shape, stride, padding, dilation, groups):
+    return grad_out.new_empty((grad_out.shape[0], *weight_shape))

@@ -1,6 +1,7 @@
 """Build graph nodes from plain torch functions: trace on the operands' fake values, copy in, name."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch.fx as fx
@@ -10,12 +11,20 @@ from torch.utils._pytree import tree_map
 
 
 def trace_snippet(fn: Callable, args: Sequence[fx.Node]) -> fx.GraphModule:
-    """ATen graph of fn(*args), traced on the fake values (symbolic shapes) the args carry."""
+    """ATen graph of fn(*args), traced on the fake values (symbolic shapes) the args carry, with
+    inductor's decompositions (the same op set as the captured graphs)."""
     values = [a.meta["val"] for a in args]
     fake_mode = detect_fake_mode(values)
     assert fake_mode is not None, "emit needs nodes that carry fake values (meta['val'])"
     with fake_mode:
-        return make_fx(fn)(*values)
+        return make_fx(fn, decomposition_table=decompositions())(*values)
+
+
+@functools.cache
+def decompositions() -> dict:
+    """Inductor's decomposition table."""
+    from torch._inductor.decomposition import select_decomp_table
+    return select_decomp_table()
 
 
 def emit(graph: fx.Graph, fn: Callable, args: Sequence[fx.Node], name: str):

@@ -150,8 +150,13 @@ def emit_clipped_sum(graph, node, inputs, term, clip, param) -> fx.Node:
     name = f"dp_clipped_{safe_name(param.name)}"
     _, per_sample = term
     if per_sample is not None:
-        return emit(graph, lambda c, g: torch.tensordot(c.to(g.dtype), g, dims=1).reshape(shape), [clip, per_sample], name)
+        return emit(graph, lambda c, g: weighted_sum(c, g).reshape(shape), [clip, per_sample], name)
     return emit(graph, lambda c, *t: rule.clipped_sum(site, c, *t).reshape(shape), [clip, *inputs], name)
+
+
+def weighted_sum(c: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Σ_i c_i g_i over the leading (batch) dim, as one matrix product."""
+    return torch.mm(c.to(g.dtype).unsqueeze(0), g.reshape(g.shape[0], -1))
 
 
 def emit_finish(graph, spec: ClipSpec, clip: fx.Node, grads: list[fx.Node]) -> list[fx.Node]:

@@ -59,7 +59,7 @@ def max_relative_error(model, reference) -> float:
 
 
 def check_against_reference(case: Case, policy="mixed", reduction="mean", batches=(3, 5), backend=None,
-                            bound=None, expected_batch_size=None, **kwargs):
+                            bound=None, expected_batch_size=None, max_compilations=1, **kwargs):
     """Compile once, run several batch sizes, compare every .grad with the clipped per-sample reference."""
     torch.manual_seed(0)
     model = case.model().to(DEVICE, torch.float64)
@@ -75,5 +75,5 @@ def check_against_reference(case: Case, policy="mixed", reduction="mean", batche
         ref, _ = dp_reference(model, x, y, bound, reduction, expected_batch_size, loss=case.loss)
         err = max_relative_error(model, ref)
         assert err < RTOL, f"{case.name} policy={policy} B={B}: relative error {err:.3g}"
-    assert dp.compilations == 1, f"recompiled: {dp.compilations} captures for batch sizes {batches}"
+    assert dp.compilations <= max_compilations, f"recompiled: {dp.compilations} captures for batch sizes {batches}"
     return dp

@@ -14,6 +14,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor
 
+from dpcompile.ops import per_sample_conv_weight_grad
+
 from ..meta import LayerShape, Site
 from . import WORD, Cost, register
 from .layout import shape_of
@@ -70,8 +72,8 @@ class ConvRule:
         """U (B, groups, d, T) and G (B, groups, p, T)."""
         c, groups = site.consts, site.consts["groups"]
         u = unfold_nd(x, c["kernel"], c["stride"], c["padding"], c["dilation"])
-        B = g.shape[0]
-        return u.reshape(B, groups, -1, u.shape[-1]), g.reshape(B, groups, -1, u.shape[-1])
+        B, T = g.shape[0], u.shape[-1]
+        return (u.reshape(B, groups, u.shape[1] // groups, T), g.reshape(B, groups, g.shape[1] // groups, T))
 
     def per_sample(self, site: Site, g: Tensor, *rest: Tensor) -> Tensor:
         """Per-sample weight (B, C_out, C_in/groups, *k) or bias (B, C_out) gradients."""
@@ -84,14 +86,9 @@ class ConvRule:
         return torch.einsum("bgpt,bgdt->bgpd", gg, u).reshape(g.shape[0], *w.shape)
 
     def _per_sample_grouped(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
-        """One convolution_backward with the batch folded into the groups."""
-        c, B = site.consts, g.shape[0]
-        w_fold = w.new_empty((B * w.shape[0], *w.shape[1:]))
-        _, gw, _ = aten.convolution_backward(
-            g.reshape(1, B * g.shape[1], *g.shape[2:]), x.reshape(1, B * x.shape[1], *x.shape[2:]), w_fold,
-            None, c["stride"], c["padding"], c["dilation"], False, [0] * len(c["kernel"]),
-            B * c["groups"], [False, True, False])
-        return gw.reshape(B, *w.shape)
+        """One convolution_backward with the batch folded into the groups (an opaque runtime op)."""
+        c = site.consts
+        return per_sample_conv_weight_grad(g, x, list(w.shape), c["stride"], c["padding"], c["dilation"], c["groups"])
 
     def ghost_norm_sq(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
         """Σ_groups Σ_ts (UᵀU ∘ GᵀG)_ts per sample."""

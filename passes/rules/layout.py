@@ -62,5 +62,6 @@ def find_rows_layout(node: fx.Node, rows: sympy.Expr, batch: sympy.Expr) -> Rows
 def to_batch_rows(x: Tensor, anchor: Tensor, lead: int, batch_dim: int) -> Tensor:
     """View x (rows, *rest) as (B, T, *rest) using the anchor's leading dims."""
     lead_shape = anchor.shape[:lead]
+    positions = prod(s for i, s in enumerate(lead_shape) if i != batch_dim)
     x = x.reshape(*lead_shape, *x.shape[1:]).movedim(batch_dim, 0)
-    return x.reshape(lead_shape[batch_dim], -1, *x.shape[lead:])
+    return x.reshape(lead_shape[batch_dim], positions, *x.shape[lead:])

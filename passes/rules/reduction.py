@@ -68,7 +68,7 @@ class SumRule:
     def clipped_sum(self, site: Site, clip: Tensor, *tensors: Tensor) -> Tensor:
         """Σ_i c_i g_i from the per-sample gradients."""
         g = self.per_sample(site, *tensors)
-        return torch.tensordot(clip.to(g.dtype), g, dims=1)
+        return torch.mm(clip.to(g.dtype).unsqueeze(0), g.reshape(g.shape[0], -1))
 
     def cost(self, site: Site) -> dict[str, Cost]:
         s = site.shape

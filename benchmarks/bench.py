@@ -709,6 +709,8 @@ def main(argv=None) -> dict:
                         print(r["explain"], flush=True)
                 else:
                     log(f"{cname} {m}: {r['status']}: {r.get('error', '')}")
+                    if m.startswith("dp_") and r.get("traceback"):  # dpcompile's own failures: show where
+                        print("    " + "\n    ".join(r["traceback"].strip().splitlines()[-6:]), flush=True)
                 reset_dynamo()
                 free_memory()
                 save(results, args)

@@ -10,6 +10,7 @@ from torch.utils._pytree import tree_map
 from .backend import DPBackend
 from .config import DPConfig
 from .errors import GraphBreakError
+from .passes.safety import refuse_unsupported_modules
 from .report import PlanReport, plan_report
 
 
@@ -18,6 +19,7 @@ class DPModel(nn.Module):
 
     def __init__(self, model: nn.Module, config: DPConfig) -> None:
         super().__init__()
+        refuse_unsupported_modules(model)
         self.module = model
         self.config = config
         self.backend = DPBackend(config, {id(p): n for n, p in model.named_parameters()})

@@ -46,7 +46,7 @@ MIXING_OPS = {
         aten._softmax.default, aten._log_softmax.default, aten.any.dims, aten.all.dims,
         aten.index_select.default, aten.gather.default, aten.roll.default, aten.flip.default)},
     **{op: _reduced(99) for op in (aten.sum.default, aten.mean.default, aten.max.default, aten.min.default,
-                                   aten.prod.default, aten.amax.default)},
+                                   aten.prod.default)},
     aten.mm.default: _contracted, aten.bmm.default: _contracted,
     aten._native_batch_norm_legit_functional.default: lambda n, r: [0],
     aten.native_batch_norm.default: lambda n, r: [0],
@@ -100,3 +100,21 @@ def check_sample_independence(forward: fx.GraphModule, ctx: PassContext) -> fx.G
                 f"module {where(node)}: {node.target} mixes samples across dim(s) {dims} of the batch, so "
                 f"per-sample gradients do not exist and no clipping bound would hold.{hint}")
     return forward
+
+
+# Module classes refused before capture, with what to do instead.
+REFUSED_MODULES = {
+    torch.nn.RNNBase: "recurrent layers (nn.RNN, nn.LSTM, nn.GRU) do not capture as one graph; write the "
+                      "recurrence with nn.Linear cells in a Python loop over time (that is supported), or "
+                      "use a convolutional or attention model",
+}
+
+
+def refuse_unsupported_modules(model: torch.nn.Module) -> None:
+    """Raise UnsupportedOpError naming the first submodule of a refused class."""
+    from dpcompile.errors import UnsupportedOpError
+    for path, module in model.named_modules():
+        for cls, advice in REFUSED_MODULES.items():
+            if isinstance(module, cls) and any(p.requires_grad for p in module.parameters()):
+                raise UnsupportedOpError(f"module '{path or '<model>'}' ({type(module).__name__}): {advice}. "
+                                         "Or freeze it (requires_grad=False).")

@@ -82,6 +82,8 @@ def plan_sites(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
             site = node.meta[SITE]
             costs = rule_for(node).cost(site)
             method, reason = choose(policy, site, costs, hints)
+            if len(param.sites) > 1:
+                method, reason = "per_sample", f"shared parameter used {len(param.sites)} times: uses summed per sample"
             numbers = {m: (evaluate(c.flops, hints), evaluate(c.bytes, hints)) for m, c in costs.items()}
             node.meta[PLAN] = Decision(method, costs, numbers, reason, conv_impl(site, method))
     return gm
@@ -91,5 +93,7 @@ def conv_impl(site: Site, method: str) -> str:
     """How a convolution's per-sample gradients are formed: 'grouped' or 'unfold'."""
     if site.rule != "conv" or method != "per_sample":
         return ""
+    if site.consts.get("transposed"):
+        return "unfold"
     weight_numel = site.shape.p * site.shape.groups * site.shape.d
     return "grouped" if int(weight_numel) <= GROUPED_CONV_MAX_WEIGHT else "unfold"

@@ -42,12 +42,6 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     """A new GraphModule: the backward graph with clipped, noised, normalised parameter gradients."""
     spec: ClipSpec = ctx.clip
     params: tuple[ParamGrad, ...] = gm.meta[PARAMS]
-    for p in params:
-        if len(p.sites) > 1:
-            from dpcompile.errors import UnsupportedOpError
-            raise UnsupportedOpError(
-                f"parameter '{p.name}' is used {len(p.sites)} times (tied or shared); its per-sample norm is "
-                "the norm of the sum of its uses, which this version does not compute yet. Untie it.")
     site_param = {node: p for p in params for node in p.sites}
     deferred = set().union(*(nx.descendants(to_networkx(gm), n.name) for n in site_param))
     deferred = {n for n in gm.graph.nodes if n.name in deferred and n.op != "output"} | set(site_param)
@@ -64,7 +58,9 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         if node.target is aten.convolution_backward.default:
             drop_parameter_outputs(env[node], node, site_param)
 
-    clip = emit_clip_factors(graph, spec, params, terms)
+    norms = {p.name: [terms[n][0] for n in p.sites] if len(p.sites) == 1 else [emit_shared_norm(graph, gm, p, terms)]
+             for p in params}
+    clip = emit_clip_factors(graph, spec, norms)
     for node, p in site_param.items():
         env[node] = emit_clipped_sum(graph, node, [env[a] for a in node.meta[SITE].inputs], terms[node], clip[p.name], p)
     for node in gm.graph.nodes:
@@ -105,7 +101,7 @@ def planned_site(node: fx.Node):
 def emit_norm(graph: fx.Graph, node: fx.Node, inputs: Sequence[fx.Node], param: ParamGrad) -> tuple:
     """(squared norm per sample, per-sample gradients or None) for one term."""
     rule, site, method = rule_for(node), planned_site(node), node.meta[PLAN].method
-    name = safe_name(param.name)
+    name = safe_name(param.name) + (f"_use{param.sites.index(node)}" if len(param.sites) > 1 else "")
     if method == "ghost":
         norm = emit(graph, full_precision(lambda *t: rule.ghost_norm_sq(site, *t)), inputs, f"dp_norm_sq_{name}")
         return norm, None
@@ -115,13 +111,56 @@ def emit_norm(graph: fx.Graph, node: fx.Node, inputs: Sequence[fx.Node], param: 
         g = rule.per_sample(site, *t)
         return g.reshape(g.shape[0], *shape)
     per_sample = emit(graph, per_sample_fn, inputs, f"dp_per_sample_{name}")
+    if len(param.sites) > 1:
+        return None, per_sample
     norm = emit(graph, full_precision(lambda g: g.flatten(1).square().sum(1)), [per_sample], f"dp_norm_sq_{name}")
     return norm, per_sample
 
 
-def emit_clip_factors(graph: fx.Graph, spec: ClipSpec, params, terms) -> dict[str, fx.Node]:
+def emit_shared_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, terms) -> fx.Node:
+    """A parameter used several times: its per-sample gradient is the sum of its uses' (through the
+    graph's own relabelling ops, vmapped over the batch), and its norm is that sum's norm."""
+    output = gm.graph.output_node().args[0][param.output_index]
+    between = nx.ancestors(to_networkx(gm), output.name) | {output.name}
+    reached = set().union(*(nx.descendants(to_networkx(gm), t.name) for t in param.sites))
+    chain = [n for n in gm.graph.nodes if n.name in between and n.name in reached]
+
+    def combine(*term_values):
+        env = dict(zip(param.sites, term_values))
+
+        def value(n: fx.Node):  # chain nodes, and constants (zero bases of scatters) they read
+            if n not in env:
+                assert n.op == "call_function", f"a shared parameter's gradient reads {n.op} {n.name}"
+                args, kwargs = fx.map_arg(n.args, value), fx.map_arg(n.kwargs, value)
+                env[n] = pad_into_zeros(*args) if n.target in PADDABLE_SCATTERS else n.target(*args, **kwargs)
+            return env[n]
+        for n in chain:
+            value(n)
+        return env[output]
+
+    name = safe_name(param.name)
+    per_sample = emit(graph, lambda *gs: torch.func.vmap(combine)(*gs), [terms[t][1] for t in param.sites],
+                      f"dp_per_sample_{name}")
+    return emit(graph, full_precision(lambda g: g.flatten(1).square().sum(1)), [per_sample], f"dp_norm_sq_{name}")
+
+
+PADDABLE_SCATTERS = {aten.slice_scatter.default, aten.select_scatter.default}
+
+
+def pad_into_zeros(base, src, dim, *where):
+    """base + (src written into a slice of zeros), as a zero pad: vmaps without fixing the batch size."""
+    dim, size = dim % base.dim(), base.shape[dim]
+    if len(where) == 1:  # select_scatter(base, src, dim, index)
+        start, stop, step = slice(where[0], where[0] + 1 or None).indices(size)
+        src = src.unsqueeze(dim)
+    else:  # slice_scatter(base, src, dim, start, end, step)
+        start, stop, step = slice(*(list(where) + [None, None, None])[:3]).indices(size)
+    assert step == 1, "strided slices of a shared parameter are not supported"
+    return base + torch.nn.functional.pad(src, [0, 0] * (base.dim() - 1 - dim) + [start, size - stop])
+
+
+def emit_clip_factors(graph: fx.Graph, spec: ClipSpec, by_param: dict[str, list[fx.Node]]) -> dict[str, fx.Node]:
     """One clip factor per sample for each clip group; returns parameter name -> factor node."""
-    by_param = {p.name: [terms[n][0] for n in p.sites] for p in params}
     factors = {}
     for gi, (names, bound) in enumerate(zip(spec.groups, spec.bounds)):
         norms = [n for name in names for n in by_param.get(name, [])]

@@ -114,6 +114,12 @@ def refuse_unsupported_modules(model: torch.nn.Module) -> None:
     """Raise UnsupportedOpError naming the first submodule of a refused class."""
     from dpcompile.errors import UnsupportedOpError
     for path, module in model.named_modules():
+        if isinstance(module, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and module.weight.requires_grad \
+                and (module.scale_grad_by_freq or module.sparse):
+            raise UnsupportedOpError(
+                f"module '{path or '<model>'}' ({type(module).__name__}): scale_grad_by_freq counts indices over "
+                "the whole batch (it mixes samples) and sparse gradients are not clipped per sample; set "
+                "scale_grad_by_freq=False and sparse=False.")
         for cls, advice in REFUSED_MODULES.items():
             if isinstance(module, cls) and any(p.requires_grad for p in module.parameters()):
                 raise UnsupportedOpError(f"module '{path or '<model>'}' ({type(module).__name__}): {advice}. "

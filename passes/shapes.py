@@ -18,10 +18,19 @@ LINEAR_IN_TERM = ORDER_PRESERVING | {aten.t.default, aten.permute.default, aten.
                                      aten.expand.default, aten.squeeze.dim, aten.unsqueeze.default}
 
 
+# Ops that write a gradient term into part of a (usually zero) base: the gradient of a slice of a parameter.
+SCATTERS = {aten.slice_scatter.default, aten.select_scatter.default, aten.diagonal_scatter.default,
+            aten.as_strided_scatter.default}
+ZEROS = {aten.full.default, aten.zeros.default, aten.new_zeros.default}
+
+
 def gradient_terms(node: fx.Node) -> list[fx.Node]:
     """The nodes whose sum, through linear relabelling ops, is this gradient."""
     if node.target is aten.add.Tensor and all(isinstance(a, fx.Node) for a in node.args[:2]):
         return gradient_terms(node.args[0]) + gradient_terms(node.args[1])
+    if node.target in SCATTERS:
+        base, src = node.args[:2]
+        return gradient_terms(src) + ([] if base.target in ZEROS else gradient_terms(base))
     if node.target in LINEAR_IN_TERM and isinstance(node.args[0], fx.Node):
         return gradient_terms(node.args[0])
     return [node]

@@ -65,4 +65,4 @@ import operator  # noqa: E402
 
 _getitem = operator.getitem
 
-from . import conv, linear, reduction  # noqa: E402,F401  (each module registers its rule)
+from . import conv, embedding, linear, reduction  # noqa: E402,F401  (each module registers its rule)

@@ -1,8 +1,9 @@
-"""Convolutions (1-D, 2-D, 3-D; stride, padding, dilation, groups): aten.convolution_backward.
+"""Convolutions (1-D, 2-D, 3-D; stride, padding, dilation, groups; transposed): aten.convolution_backward.
 
 Per sample i and group: g_i = G_i U_iᵀ, where U_i = unfold(x_i) (d × T) and G_i (p × T).
 Ghost: ‖g_i‖² = Σ_ts (U_iᵀU_i)_ts (G_iᵀG_i)_ts. Per-sample gradients either by unfold + matmul or
 by one convolution_backward with the batch folded into the groups. Bias: g_i = Σ_t G_i.
+A transposed convolution swaps the roles: its weight gradient is x_i unfold(G_i)ᵀ, over x's positions.
 """
 from __future__ import annotations
 
@@ -51,26 +52,29 @@ class ConvRule:
     def match(self, node: fx.Node, batch: sympy.Expr) -> Site | str:
         conv = node.args[0]
         a = conv_args(conv)
-        if a["transposed"]:
-            return "transposed convolutions have no per-sample rule yet"
         g_shape, x_shape, w_shape = shape_of(a["grad_out"]), shape_of(a["input"]), shape_of(a["weight"])
         if sympy.simplify(g_shape[0] - batch) != 0 or sympy.simplify(x_shape[0] - batch) != 0:
             return f"its batch dim ({g_shape[0]}) is not the model's batch ({batch})"
         groups = a["groups"]
         dims = len(w_shape) - 2
         consts = {k: list(a[k]) * dims if len(a[k]) == 1 else list(a[k]) for k in ("stride", "padding", "dilation")}
-        consts.update(groups=groups, kernel=[int(k) for k in w_shape[2:]], param=node.args[1])
+        consts.update(groups=groups, kernel=[int(k) for k in w_shape[2:]], param=node.args[1],
+                      transposed=bool(a["transposed"]), output_padding=list(a["output_padding"]))
         T = prod(g_shape[2:])
         if node.args[1] == 2:
             shape = LayerShape(B=batch, T=T, d=sympy.Integer(1), p=w_shape[0])
             return Site("conv_bias", (a["grad_out"],), consts, shape, op="aten.convolution_backward")
         d = w_shape[1] * prod(w_shape[2:])
         shape = LayerShape(B=batch, T=T, d=d, p=w_shape[0] / groups, groups=groups)
+        if a["transposed"]:  # weight (C_in, C_out/groups, *k): unfold the output gradient over x's positions
+            shape = LayerShape(B=batch, T=prod(x_shape[2:]), d=d, p=w_shape[0] / groups, groups=groups)
         return Site("conv", (a["grad_out"], a["input"], a["weight"]), consts, shape, op="aten.convolution_backward")
 
     def _unfolded(self, site: Site, g: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        """U (B, groups, d, T) and G (B, groups, p, T)."""
+        """U (B, groups, d, T) and G (B, groups, p, T); g_i = G_i U_iᵀ per group."""
         c, groups = site.consts, site.consts["groups"]
+        if c["transposed"]:
+            g, x = x, g
         u = unfold_nd(x, c["kernel"], c["stride"], c["padding"], c["dilation"])
         B, T = g.shape[0], u.shape[-1]
         return (u.reshape(B, groups, u.shape[1] // groups, T), g.reshape(B, groups, g.shape[1] // groups, T))
@@ -80,7 +84,7 @@ class ConvRule:
         if site.rule == "conv_bias":
             return g.flatten(2).sum(2)
         x, w = rest
-        if site.consts.get("impl", "unfold") == "grouped":
+        if site.consts.get("impl", "unfold") == "grouped" and not site.consts["transposed"]:
             return self._per_sample_grouped(site, g, x, w)
         u, gg = self._unfolded(site, g, x)
         return torch.einsum("bgpt,bgdt->bgpd", gg, u).reshape(g.shape[0], *w.shape)
@@ -104,8 +108,8 @@ class ConvRule:
             return g.flatten(2).sum((0, 2))
         x, w = rest
         c = site.consts
-        return aten.convolution_backward(g, x, w, None, c["stride"], c["padding"], c["dilation"], False,
-                                         [0] * len(c["kernel"]), c["groups"], [False, True, False])[1]
+        return aten.convolution_backward(g, x, w, None, c["stride"], c["padding"], c["dilation"], c["transposed"],
+                                         c["output_padding"], c["groups"], [False, True, False])[1]
 
     def cost(self, site: Site) -> dict[str, Cost]:
         s, g = site.shape, site.shape.groups

@@ -1,4 +1,5 @@
-"""Linear layers and any matmul weight gradient: mm(t(P), Q) with rows of P and Q = (batch × positions).
+"""Linear layers and any matmul weight gradient: mm(X, Q) = Pᵀ Q with P = Xᵀ, where the rows of P
+and Q are (batch × positions) in some order; bmm with a batch of one (einsum, raw `x @ W`) too.
 
 Per sample i: g_i = P_iᵀ Q_i (m × n). Ghost: ‖g_i‖² = Σ_ts (P_i P_iᵀ)_ts (Q_i Q_iᵀ)_ts.
 """
@@ -26,44 +27,51 @@ def _transposed_source(node: fx.Node) -> fx.Node | None:
     return node.args[0]
 
 
+def _matrix_source(node: fx.Node) -> fx.Node:
+    """For a bmm operand of batch one, the 2-D tensor it views (when it is a plain view)."""
+    return node.args[0] if node.target in (aten.view.default, aten.unsqueeze.default) else node
+
+
 class MatmulRule:
     family = "linear"
-    ops = (aten.mm.default,)
+    ops = (aten.mm.default, aten.bmm.default)
     methods = ("ghost", "per_sample")
 
     def match(self, node: fx.Node, batch: sympy.Expr) -> Site | str:
-        first, q = node.args
-        p = _transposed_source(first)
-        if p is None:
-            return "its first operand is not a transposed (rows × features) matrix"
-        rows = shape_of(p)[0]
-        layout = find_rows_layout(p, rows, batch) or find_rows_layout(q, rows, batch)
+        x, q = node.args
+        if node.target is aten.bmm.default and shape_of(node)[0] != 1:
+            return "it is a batched matmul over more than one matrix (an expanded parameter is summed after it)"
+        x_shape, q_shape = shape_of(x)[-2:], shape_of(q)[-2:]
+        rows = x_shape[1]
+        candidates = [c for c in (_transposed_source(x), q, _matrix_source(q)) if c is not None]
+        layout = next((lay for c in candidates if (lay := find_rows_layout(c, rows, batch))), None)
         if layout is None:
-            return f"the batch ({batch}) cannot be found among the {rows} rows of its operands"
-        m, n = shape_of(p)[1], shape_of(q)[1]
-        shape = LayerShape(B=batch, T=sympy.simplify(rows / batch), d=n, p=m)
-        return Site("linear", (p, q, layout.anchor), {"lead": layout.lead, "batch_dim": layout.batch_dim},
-                    shape, op="aten.mm")
+            return f"the batch ({batch}) cannot be found among the {rows} contracted rows of its operands"
+        shape = LayerShape(B=batch, T=sympy.simplify(rows / batch), d=q_shape[1], p=x_shape[0])
+        return Site("linear", (x, q, layout.anchor), {"lead": layout.lead, "batch_dim": layout.batch_dim},
+                    shape, op=str(node.target))
 
-    def _rows(self, site: Site, p: Tensor, q: Tensor, anchor: Tensor) -> tuple[Tensor, Tensor]:
+    def _rows(self, site: Site, x: Tensor, q: Tensor, anchor: Tensor) -> tuple[Tensor, Tensor]:
+        """P and Q as (B, T, features); x is Pᵀ (m × rows), possibly with a leading batch of one."""
         lead, bdim = site.consts["lead"], site.consts["batch_dim"]
+        p, q = x.reshape(x.shape[-2:]).t(), q.reshape(q.shape[-2:])
         return to_batch_rows(p, anchor, lead, bdim), to_batch_rows(q, anchor, lead, bdim)
 
-    def per_sample(self, site: Site, p: Tensor, q: Tensor, anchor: Tensor) -> Tensor:
+    def per_sample(self, site: Site, x: Tensor, q: Tensor, anchor: Tensor) -> Tensor:
         """g_i = P_iᵀ Q_i, shape (B, m, n)."""
-        p, q = self._rows(site, p, q, anchor)
+        p, q = self._rows(site, x, q, anchor)
         return torch.bmm(p.transpose(1, 2), q)
 
-    def ghost_norm_sq(self, site: Site, p: Tensor, q: Tensor, anchor: Tensor) -> Tensor:
+    def ghost_norm_sq(self, site: Site, x: Tensor, q: Tensor, anchor: Tensor) -> Tensor:
         """‖P_iᵀ Q_i‖² = Σ_ts (P_i P_iᵀ ∘ Q_i Q_iᵀ)_ts; for T = 1 it is ‖P_i‖²‖Q_i‖²."""
-        p, q = self._rows(site, p, q, anchor)
+        p, q = self._rows(site, x, q, anchor)
         if site.shape.T == 1:
             return p.square().sum((1, 2)) * q.square().sum((1, 2))
         return (torch.bmm(p, p.transpose(1, 2)) * torch.bmm(q, q.transpose(1, 2))).sum((1, 2))
 
-    def clipped_sum(self, site: Site, clip: Tensor, p: Tensor, q: Tensor, anchor: Tensor) -> Tensor:
+    def clipped_sum(self, site: Site, clip: Tensor, x: Tensor, q: Tensor, anchor: Tensor) -> Tensor:
         """Σ_i c_i P_iᵀ Q_i as one matmul over all rows."""
-        p, q = self._rows(site, p, q, anchor)
+        p, q = self._rows(site, x, q, anchor)
         p = p * clip.to(p.dtype).view(-1, 1, 1)
         return torch.mm(p.flatten(0, 1).t(), q.flatten(0, 1))
 

@@ -1,0 +1,89 @@
+"""Embedding tables: the gradient scatters output gradients into the rows named by the indices.
+
+Per sample i: g_i = Σ_t e_{idx_t} ⊗ v_t (V × D), padding positions masked out.
+Ghost: ‖g_i‖² = Σ_ts [idx_t = idx_s] ⟨v_t, v_s⟩. Per-sample: a scatter into (B, V, D).
+"""
+from __future__ import annotations
+
+import sympy
+import torch
+import torch.fx as fx
+from torch import Tensor
+
+from ..meta import LayerShape, Site
+from . import WORD, Cost, register
+from .layout import shape_of
+
+aten = torch.ops.aten
+
+
+class EmbeddingRule:
+    family = "embedding"
+    ops = (aten._unsafe_masked_index_put_accumulate.default, aten.embedding_dense_backward.default,
+           aten._unsafe_index_put.default, aten.index_put.default)
+    methods = ("ghost", "per_sample")
+
+    def match(self, node: fx.Node, batch: sympy.Expr) -> Site | str:
+        if node.target is aten.embedding_dense_backward.default:
+            values, indices, num_weights, padding_idx, by_freq = node.args[:5]
+            if by_freq:
+                return "scale_grad_by_freq counts indices over the whole batch, which mixes samples"
+            mask, table = None, (num_weights, shape_of(values)[-1])
+        elif node.target is aten._unsafe_masked_index_put_accumulate.default:
+            base, mask, (indices,), values = node.args[:4]
+            padding_idx, table = None, shape_of(base)
+        else:
+            base, index_list, values = node.args[:3]
+            if not (len(node.args) > 3 and node.args[3]) or len(index_list) != 1:
+                return "it is an index_put that does not accumulate rows of a table"
+            (indices,), mask, padding_idx, table = index_list, None, None, shape_of(base)
+        idx_shape = shape_of(indices)
+        if not idx_shape or sympy.simplify(idx_shape[0] - batch) != 0:
+            return f"its indices {idx_shape} do not have the batch ({batch}) as their first dim"
+        positions = sympy.Integer(1)
+        for s in idx_shape:
+            positions *= s
+        shape = LayerShape(B=batch, T=positions / batch, d=table[1], p=table[0])
+        inputs = (indices, values) if mask is None else (indices, values, mask)
+        return Site("embedding", inputs, {"padding_idx": padding_idx, "table": tuple(int(t) for t in table)},
+                    shape, op=str(node.target))
+
+    def _rows(self, site: Site, idx: Tensor, values: Tensor, mask: Tensor | None = None):
+        """Indices (B, N) and masked values (B, N, D)."""
+        B, D = idx.shape[0], values.shape[-1]
+        idx = idx.reshape(B, -1) if idx.dim() != 2 else idx
+        values = values.reshape(B, idx.shape[1], D)
+        if mask is not None:
+            values = values * mask.reshape(B, idx.shape[1], 1)
+        elif site.consts["padding_idx"] is not None and site.consts["padding_idx"] >= 0:
+            values = values * (idx != site.consts["padding_idx"]).unsqueeze(-1)
+        return idx, values
+
+    def per_sample(self, site: Site, *tensors: Tensor) -> Tensor:
+        """g_i scattered into (B, V, D)."""
+        idx, values = self._rows(site, *tensors)
+        B, N = idx.shape
+        rows = torch.arange(B, device=idx.device).unsqueeze(1).expand(B, N)
+        out = values.new_zeros((B, *site.consts["table"]))
+        return out.index_put((rows, idx), values, accumulate=True)
+
+    def ghost_norm_sq(self, site: Site, *tensors: Tensor) -> Tensor:
+        """Σ_ts [idx_t = idx_s] ⟨v_t, v_s⟩ per sample."""
+        idx, values = self._rows(site, *tensors)
+        same = (idx.unsqueeze(2) == idx.unsqueeze(1)).to(values.dtype)
+        return (same * torch.bmm(values, values.transpose(1, 2))).sum((1, 2))
+
+    def clipped_sum(self, site: Site, clip: Tensor, *tensors: Tensor) -> Tensor:
+        """One scatter-add of clip-scaled values."""
+        idx, values = self._rows(site, *tensors)
+        values = values * clip.to(values.dtype).view(-1, 1, 1)
+        out = values.new_zeros(site.consts["table"])
+        return out.index_put((idx.flatten(),), values.flatten(0, 1), accumulate=True)
+
+    def cost(self, site: Site) -> dict[str, Cost]:
+        s = site.shape
+        return {"ghost": Cost(flops=2 * s.B * s.T**2 * (s.d + 1), bytes=2 * s.B * s.T**2 * WORD),
+                "per_sample": Cost(flops=s.B * s.T * s.d, bytes=s.B * s.p * s.d * WORD)}
+
+
+register(EmbeddingRule())

@@ -54,6 +54,7 @@ class ParamGrad:
     name: str
     output_index: int
     sites: tuple[fx.Node, ...]
+    shared: bool = False  # terms add onto each other: the per-sample norm needs their per-sample sum
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ def plan_sites(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
             site = node.meta[SITE]
             costs = rule_for(node).cost(site)
             method, reason = choose(policy, site, costs, hints)
-            if len(param.sites) > 1:
+            if param.shared:
                 method, reason = "per_sample", f"shared parameter used {len(param.sites)} times: uses summed per sample"
             numbers = {m: (evaluate(c.flops, hints), evaluate(c.bytes, hints)) for m, c in costs.items()}
             node.meta[PLAN] = Decision(method, costs, numbers, reason, conv_impl(site, method))

@@ -58,7 +58,7 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         if node.target is aten.convolution_backward.default:
             drop_parameter_outputs(env[node], node, site_param)
 
-    norms = {p.name: [terms[n][0] for n in p.sites] if len(p.sites) == 1 else [emit_shared_norm(graph, gm, p, terms)]
+    norms = {p.name: [emit_shared_norm(graph, gm, p, terms)] if p.shared else [terms[n][0] for n in p.sites]
              for p in params}
     clip = emit_clip_factors(graph, spec, norms)
     for node, p in site_param.items():
@@ -111,7 +111,7 @@ def emit_norm(graph: fx.Graph, node: fx.Node, inputs: Sequence[fx.Node], param: 
         g = rule.per_sample(site, *t)
         return g.reshape(g.shape[0], *shape)
     per_sample = emit(graph, per_sample_fn, inputs, f"dp_per_sample_{name}")
-    if len(param.sites) > 1:
+    if param.shared:
         return None, per_sample
     norm = emit(graph, full_precision(lambda g: g.flatten(1).square().sum(1)), [per_sample], f"dp_norm_sq_{name}")
     return norm, per_sample

@@ -28,12 +28,28 @@ def gradient_terms(node: fx.Node) -> list[fx.Node]:
     """The nodes whose sum, through linear relabelling ops, is this gradient."""
     if node.target is aten.add.Tensor and all(isinstance(a, fx.Node) for a in node.args[:2]):
         return gradient_terms(node.args[0]) + gradient_terms(node.args[1])
+    if node.target is aten.cat.default:
+        return [t for part in node.args[0] for t in gradient_terms(part)]
     if node.target in SCATTERS:
         base, src = node.args[:2]
         return gradient_terms(src) + ([] if base.target in ZEROS else gradient_terms(base))
     if node.target in LINEAR_IN_TERM and isinstance(node.args[0], fx.Node):
         return gradient_terms(node.args[0])
     return [node]
+
+
+def terms_overlap(node: fx.Node) -> bool:
+    """Whether gradient terms are added onto each other (a shared parameter), rather than placed in
+    disjoint parts of it (cat), where per-sample squared norms simply add."""
+    if node.target is aten.add.Tensor and all(isinstance(a, fx.Node) for a in node.args[:2]):
+        return True
+    if node.target is aten.cat.default:
+        return any(terms_overlap(part) for part in node.args[0])
+    if node.target in SCATTERS:
+        return node.args[0].target not in ZEROS or terms_overlap(node.args[1])
+    if node.target in LINEAR_IN_TERM and isinstance(node.args[0], fx.Node):
+        return terms_overlap(node.args[0])
+    return False
 
 
 def describe_op(node: fx.Node) -> str:
@@ -59,7 +75,7 @@ def annotate_sites(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         terms = gradient_terms(grad)
         for term in terms:
             term.meta[SITE] = match_term(term, spec, batch)
-        found.append(ParamGrad(spec.name, spec.output_index, tuple(terms)))
+        found.append(ParamGrad(spec.name, spec.output_index, tuple(terms), terms_overlap(grad)))
     gm.meta[PARAMS], gm.meta[BATCH] = tuple(found), batch
     return gm
 

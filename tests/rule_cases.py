@@ -55,6 +55,43 @@ class RawParameters(nn.Module):
         return (torch.cat([self.token.expand(B, -1, -1), x], 1)[:, :6] + self.pos) * self.scale
 
 
+class Attention(nn.Module):
+    """Self-attention through nn.MultiheadAttention or F.scaled_dot_product_attention."""
+
+    def __init__(self, kind: str, width: int = 6, heads: int = 2):
+        super().__init__()
+        self.kind, self.heads = kind, heads
+        self.mha = nn.MultiheadAttention(width, heads, batch_first=kind != "mha_seq_first")
+        self.qkv, self.out = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        (self.mha if kind.startswith("sdpa") else nn.ModuleList([self.qkv, self.out])).requires_grad_(False)
+
+    def forward(self, x):  # (B, T, width)
+        if self.kind == "mha_seq_first":  # the module's own layout is (T, B, width)
+            return self.mha(x.transpose(0, 1), x.transpose(0, 1), x.transpose(0, 1))[0].transpose(0, 1)
+        if self.kind == "mha":
+            return self.mha(x, x, x, need_weights=False)[0]
+        B, T, W = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=self.kind == "sdpa_causal")
+        return self.out(y.transpose(1, 2).reshape(B, T, W))
+
+
+class GraphFeatures(nn.Module):
+    """In-place ops, views and a torch.no_grad section inside the model."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        h.mul_(2).relu_()
+        with torch.no_grad():
+            scale = self.b.weight.norm()  # no gradient flows through this
+        h = h.view(*h.shape[:-1], 2, 4).flip(-1).reshape(*h.shape)
+        return self.b(h) / scale
+
+
 class Shared(nn.Module):
     """One parameter used several times: its per-sample gradient is the sum of its uses."""
 
@@ -104,12 +141,22 @@ CASES: dict[str, list[Case]] = {
     ],
     "raw_parameters": [Case(f"raw_{k}", lambda k=k: RawParameters(k), sequences(5, 6)) for k in
                        ("matmul", "einsum", "functional_linear", "addmm", "bmm", "baddbmm", "token_pos_scale")],
+    "attention": [Case(k, lambda k=k: Attention(k), sequences(5, 6)) for k in
+                  ("mha", "mha_seq_first", "sdpa", "sdpa_causal")],
+    "graph_features": [Case("inplace_views_no_grad", GraphFeatures, sequences(3, 6))],
     "shared_parameters": [
         Case("block_twice", lambda: Shared("block_twice"), sequences(5, 6)),
         Case("tied_embedding", lambda: Shared("tied_embedding"), tokens(10, 5)),
         Case("weight_slice_reused", lambda: Shared("slice"), sequences(5, 6)),
     ],
     "reduction": [
+        Case("layer_norm", seq(nn.Linear(6, 6), nn.LayerNorm(6)), sequences(4, 6)),
+        Case("layer_norm_2d", seq(nn.LayerNorm([4, 6]), nn.Linear(6, 2)), sequences(4, 6)),
+        Case("group_norm", seq(nn.Conv2d(2, 6, 3), nn.GroupNorm(3, 6)), images(2, 5, 5)),
+        Case("rms_norm", seq(nn.Linear(6, 6), nn.RMSNorm(6)), sequences(4, 6)),
+        Case("instance_norm1d", seq(nn.Conv1d(3, 4, 1), nn.InstanceNorm1d(4, affine=True)), images(3, 7)),
+        Case("instance_norm2d", seq(nn.Conv2d(2, 3, 1), nn.InstanceNorm2d(3, affine=True)), images(2, 4, 4)),
+        Case("instance_norm3d", seq(nn.InstanceNorm3d(2, affine=True), nn.Conv3d(2, 2, 1)), images(2, 3, 3, 3)),
         Case("prelu", seq(nn.Linear(5, 4, bias=False), nn.PReLU()), lambda B: torch.randn(B, 5, dtype=torch.float64)),
         Case("prelu_channels", seq(nn.Conv2d(2, 3, 1, bias=False), nn.PReLU(3)), images(2, 3, 3)),
     ],

@@ -138,6 +138,8 @@ CASES: dict[str, list[Case]] = {
         Case("embedding", seq(nn.Embedding(10, 6), nn.Linear(6, 3)), tokens(10, 5)),
         Case("embedding_padding_idx", seq(nn.Embedding(7, 4, padding_idx=0)), tokens(7, 6)),
         Case("embedding_2d_indices", seq(nn.Embedding(9, 3)), lambda B: torch.randint(0, 9, (B, 2, 3))),
+        Case("embedding_bag_sum", seq(nn.EmbeddingBag(8, 3, mode="sum")), tokens(8, 5)),
+        Case("embedding_bag_mean_padding", seq(nn.EmbeddingBag(8, 3, mode="mean", padding_idx=0)), tokens(8, 5)),
     ],
     "raw_parameters": [Case(f"raw_{k}", lambda k=k: RawParameters(k), sequences(5, 6)) for k in
                        ("matmul", "einsum", "functional_linear", "addmm", "bmm", "baddbmm", "token_pos_scale")],

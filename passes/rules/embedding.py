@@ -20,10 +20,12 @@ aten = torch.ops.aten
 class EmbeddingRule:
     family = "embedding"
     ops = (aten._unsafe_masked_index_put_accumulate.default, aten.embedding_dense_backward.default,
-           aten._unsafe_index_put.default, aten.index_put.default)
+           aten._unsafe_index_put.default, aten.index_put.default, aten._embedding_bag_backward.default)
     methods = ("ghost", "per_sample")
 
     def match(self, node: fx.Node, batch: sympy.Expr) -> Site | str:
+        if node.target is aten._embedding_bag_backward.default:
+            return self._match_bag(node, batch)
         if node.target is aten.embedding_dense_backward.default:
             values, indices, num_weights, padding_idx, by_freq = node.args[:5]
             if by_freq:
@@ -48,7 +50,42 @@ class EmbeddingRule:
         return Site("embedding", inputs, {"padding_idx": padding_idx, "table": tuple(int(t) for t in table)},
                     shape, op=str(node.target))
 
-    def _rows(self, site: Site, idx: Tensor, values: Tensor, mask: Tensor | None = None):
+    def _match_bag(self, node: fx.Node, batch: sympy.Expr) -> Site | str:
+        """EmbeddingBag with a 2-D input: bag i is sample i, its N indices scatter grad_i (sum) or
+        grad_i / bag_size_i (mean), times per-sample weights if any."""
+        grad, indices, _offsets, _offset2bag, bag_size, _max, num_weights, by_freq, mode = node.args[:9]
+        weights = node.args[10] if len(node.args) > 10 else None
+        padding_idx = node.args[11] if len(node.args) > 11 else -1
+        if by_freq or mode not in (0, 1):
+            return "only sum and mean bags without scale_grad_by_freq have a per-sample rule"
+        if sympy.simplify(shape_of(grad)[0] - batch) != 0:
+            return "its bags are not the samples (use a 2-D input: one bag per sample)"
+        positions = shape_of(indices)[0] / batch
+        shape = LayerShape(B=batch, T=positions, d=shape_of(grad)[1], p=sympy.sympify(num_weights))
+        inputs = (indices, grad, bag_size) + ((weights,) if weights is not None else ())
+        return Site("embedding_bag", inputs, {"mode": mode, "padding_idx": padding_idx,
+                    "table": (int(num_weights), int(shape_of(grad)[1]))}, shape, op=str(node.target))
+
+    def _rows(self, site: Site, *tensors: Tensor):
+        """Indices (B, N) and masked values (B, N, D)."""
+        if site.rule == "embedding_bag":
+            return self._bag_rows(site, *tensors)
+        return self._table_rows(site, *tensors)
+
+    def _bag_rows(self, site: Site, idx: Tensor, grad: Tensor, bag_size: Tensor, weights: Tensor | None = None):
+        """Each sample's bag: every index gets grad_i (÷ bag size for mean, × its weight)."""
+        B, D = grad.shape
+        idx = idx.reshape(B, -1)
+        values = grad.unsqueeze(1).expand(B, idx.shape[1], D)
+        if site.consts["mode"] == 1:
+            values = values / bag_size.clamp(min=1).to(values.dtype).view(B, 1, 1)
+        if weights is not None:
+            values = values * weights.reshape(B, -1, 1)
+        if site.consts["padding_idx"] is not None and site.consts["padding_idx"] >= 0:
+            values = values * (idx != site.consts["padding_idx"]).unsqueeze(-1)
+        return idx, values
+
+    def _table_rows(self, site: Site, idx: Tensor, values: Tensor, mask: Tensor | None = None):
         """Indices (B, N) and masked values (B, N, D)."""
         B, D = idx.shape[0], values.shape[-1]
         idx = idx.reshape(B, -1) if idx.dim() != 2 else idx

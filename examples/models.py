@@ -171,10 +171,12 @@ class WideBlock(nn.Module):
         return y + (x if self.shortcut is None else self.shortcut(o))
 
 
-def wrn16_4(num_classes: int = 10, depth: int = 16, widen: int = 4) -> nn.Module:
-    """WideResNet-16-4 (Zagoruyko & Komodakis) with GroupNorm, for 32x32 images."""
+def wrn16_4(num_classes: int = 10, depth: int = 16, widen: int = 4, base: int = 16) -> nn.Module:
+    """WideResNet-16-4 (Zagoruyko & Komodakis) with GroupNorm, for 32x32 images. base: the stem's
+    width (16 in the paper; stages base·widen, 2·base·widen, 4·base·widen); a small base gives a
+    tiny WRN-16-4 with the same layout for tests."""
     n = (depth - 4) // 6
-    widths = [16, 16 * widen, 32 * widen, 64 * widen]
+    widths = [base, base * widen, 2 * base * widen, 4 * base * widen]
     layers: list[nn.Module] = [conv3x3(3, widths[0])]
     c = widths[0]
     for i, w in enumerate(widths[1:]):

@@ -54,7 +54,7 @@ class ParamGrad:
     name: str
     output_index: int
     sites: tuple[fx.Node, ...]
-    shared: bool = False  # terms add onto each other: the per-sample norm needs their per-sample sum
+    shared: bool = False  # terms are added or scaled: the per-sample norm follows the graph's ops after them
 
 
 @dataclass(frozen=True)
@@ -78,3 +78,15 @@ class PassContext:
 def shape_of_value(value) -> tuple[sympy.Expr, ...]:
     """A (fake) tensor's shape as sympy expressions."""
     return tuple(s.node.expr if isinstance(s, torch.SymInt) else sympy.Integer(int(s)) for s in value.shape)
+
+
+def involves_batch(size: sympy.Expr, batch: sympy.Expr) -> bool:
+    """Whether a dimension's size depends on the batch size (equals it, for a static batch)."""
+    if batch.free_symbols:
+        return bool(size.free_symbols & batch.free_symbols)
+    return size == batch
+
+
+def is_batched(value, batch: sympy.Expr) -> bool:
+    """Whether a (fake) tensor has a dimension whose size involves the batch."""
+    return isinstance(value, torch.Tensor) and any(involves_batch(s, batch) for s in shape_of_value(value))

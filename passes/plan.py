@@ -83,7 +83,8 @@ def plan_sites(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
             costs = rule_for(node).cost(site)
             method, reason = choose(policy, site, costs, hints)
             if param.shared:
-                method, reason = "per_sample", f"shared parameter used {len(param.sites)} times: uses summed per sample"
+                method, reason = "per_sample", (f"shared parameter used {len(param.sites)} times: uses summed per sample"
+                                                if len(param.sites) > 1 else "gradient scaled after the batch sum")
             numbers = {m: (evaluate(c.flops, hints), evaluate(c.bytes, hints)) for m, c in costs.items()}
             node.meta[PLAN] = Decision(method, costs, numbers, reason, conv_impl(site, method))
     return gm

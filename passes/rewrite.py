@@ -58,7 +58,7 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         if node.target is aten.convolution_backward.default:
             drop_parameter_outputs(env[node], node, site_param)
 
-    norms = {p.name: [emit_shared_norm(graph, gm, p, terms)] if p.shared else [terms[n][0] for n in p.sites]
+    norms = {p.name: [emit_shared_norm(graph, gm, p, terms, env)] if p.shared else [terms[n][0] for n in p.sites]
              for p in params}
     clip = emit_clip_factors(graph, spec, norms)
     for node, p in site_param.items():
@@ -117,31 +117,32 @@ def emit_norm(graph: fx.Graph, node: fx.Node, inputs: Sequence[fx.Node], param: 
     return norm, per_sample
 
 
-def emit_shared_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, terms) -> fx.Node:
-    """A parameter used several times: its per-sample gradient is the sum of its uses' (through the
-    graph's own relabelling ops, vmapped over the batch), and its norm is that sum's norm."""
+def emit_shared_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, terms, env) -> fx.Node:
+    """A parameter whose terms are added (used several times) or scaled: its per-sample gradient is
+    the graph's own ops after the terms applied to their per-sample values (vmapped over the batch),
+    and its norm is that gradient's norm."""
     output = gm.graph.output_node().args[0][param.output_index]
     between = nx.ancestors(to_networkx(gm), output.name) | {output.name}
     reached = set().union(*(nx.descendants(to_networkx(gm), t.name) for t in param.sites))
     chain = [n for n in gm.graph.nodes if n.name in between and n.name in reached]
+    inside = set(chain) | set(param.sites)
+    outside = list(dict.fromkeys(a for n in chain for a in n.all_input_nodes if a not in inside))
 
-    def combine(*term_values):
-        env = dict(zip(param.sites, term_values))
+    def per_sample(*values):
+        term_values, outside_values = values[:len(param.sites)], values[len(param.sites):]
 
-        def value(n: fx.Node):  # chain nodes, and constants (zero bases of scatters) they read
-            if n not in env:
-                assert n.op == "call_function", f"a shared parameter's gradient reads {n.op} {n.name}"
-                args, kwargs = fx.map_arg(n.args, value), fx.map_arg(n.kwargs, value)
-                env[n] = pad_into_zeros(*args) if n.target in PADDABLE_SCATTERS else n.target(*args, **kwargs)
-            return env[n]
-        for n in chain:
-            value(n)
-        return env[output]
+        def combine(*one_sample):
+            vals = {**dict(zip(param.sites, one_sample)), **dict(zip(outside, outside_values))}
+            for n in chain:
+                args, kwargs = fx.map_arg(n.args, vals.__getitem__), fx.map_arg(n.kwargs, vals.__getitem__)
+                vals[n] = pad_into_zeros(*args) if n.target in PADDABLE_SCATTERS else n.target(*args, **kwargs)
+            return vals[output]
+        return torch.func.vmap(combine)(*term_values)
 
     name = safe_name(param.name)
-    per_sample = emit(graph, lambda *gs: torch.func.vmap(combine)(*gs), [terms[t][1] for t in param.sites],
-                      f"dp_per_sample_{name}")
-    return emit(graph, full_precision(lambda g: g.flatten(1).square().sum(1)), [per_sample], f"dp_norm_sq_{name}")
+    inputs = [terms[t][1] for t in param.sites] + [env[n] for n in outside]
+    per_sample_node = emit(graph, per_sample, inputs, f"dp_per_sample_{name}")
+    return emit(graph, full_precision(lambda g: g.flatten(1).square().sum(1)), [per_sample_node], f"dp_norm_sq_{name}")
 
 
 PADDABLE_SCATTERS = {aten.slice_scatter.default, aten.select_scatter.default}

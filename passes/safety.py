@@ -17,7 +17,7 @@ import torch.fx as fx
 from dpcompile.errors import SampleMixingError
 
 from .export import to_networkx
-from .meta import PassContext, shape_of_value
+from .meta import PassContext, involves_batch, is_batched, shape_of_value
 
 aten = torch.ops.aten
 
@@ -36,28 +36,44 @@ def _contracted(node: fx.Node, rank: int) -> list[int]:
     return [rank - 1]
 
 
+def _picked(node: fx.Node, rank: int) -> list[int]:
+    """select/slice/narrow: the dim they pick from (a full slice picks nothing)."""
+    dim = node.args[1] % rank if len(node.args) > 1 else 0
+    if node.target is aten.slice.Tensor:
+        start, end, step = (list(node.args[2:]) + [None, None, 1])[:3]
+        if start in (None, 0) and (end is None or (isinstance(end, int) and end >= 2**62)) and step == 1:
+            return []
+    return [dim]
+
+
+def _indexed(node: fx.Node, rank: int) -> list[int]:
+    """index.Tensor: the dims given an index tensor."""
+    return [d for d, index in enumerate(node.args[1]) if index is not None]
+
+
+def _reversed(node: fx.Node, rank: int) -> list[int]:
+    """prims.rev / flip: the dims reversed."""
+    return [d % rank for d in node.args[1]]
+
+
 # op -> which dims of its first input it mixes across
 MIXING_OPS = {
+    aten.select.int: _picked, aten.slice.Tensor: _picked, aten.narrow.default: _picked,
+    aten.index.Tensor: _indexed, aten._unsafe_index.Tensor: _indexed,
+    torch.ops.prims.rev.default: _reversed, aten.flip.default: _reversed,
     **{op: _reduced(1) for op in (
         aten.sum.dim_IntList, aten.mean.dim, aten.var.correction, aten.var_mean.correction,
         aten.std.correction, aten.amax.default, aten.amin.default, aten.max.dim, aten.min.dim,
         aten.prod.dim_int, aten.logsumexp.default, aten.argmax.default, aten.argmin.default,
         aten.cumsum.default, aten.cumprod.default, aten.sort.default, aten.topk.default,
         aten._softmax.default, aten._log_softmax.default, aten.any.dims, aten.all.dims,
-        aten.index_select.default, aten.gather.default, aten.roll.default, aten.flip.default)},
+        aten.index_select.default, aten.gather.default, aten.roll.default)},
     **{op: _reduced(99) for op in (aten.sum.default, aten.mean.default, aten.max.default, aten.min.default,
                                    aten.prod.default)},
     aten.mm.default: _contracted, aten.bmm.default: _contracted,
     aten._native_batch_norm_legit_functional.default: lambda n, r: [0],
     aten.native_batch_norm.default: lambda n, r: [0],
 }
-
-
-def involves_batch(size: sympy.Expr, batch: sympy.Expr) -> bool:
-    """Whether a dimension's size depends on the batch size."""
-    if batch.free_symbols:
-        return bool(size.free_symbols & batch.free_symbols)
-    return False
 
 
 def mixing_dims(node: fx.Node, batch: sympy.Expr) -> list[int]:
@@ -86,9 +102,7 @@ def where(node: fx.Node) -> str:
 def check_sample_independence(forward: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     """Raise SampleMixingError naming the module and op of the first sample-mixing node."""
     graph = to_networkx(forward)
-    batched = {n for n in forward.graph.find_nodes(op="placeholder")
-               if "val" in n.meta and isinstance(n.meta["val"], torch.Tensor)
-               and any(involves_batch(s, ctx.batch) for s in shape_of_value(n.meta["val"]))}
+    batched = {n for n in forward.graph.find_nodes(op="placeholder") if is_batched(n.meta.get("val"), ctx.batch)}
     reached = set().union(*(nx.descendants(graph, n.name) for n in batched)) if batched else set()
     for node in forward.graph.nodes:
         if node.name in reached and (dims := mixing_dims(node, ctx.batch)):
@@ -104,9 +118,9 @@ def check_sample_independence(forward: fx.GraphModule, ctx: PassContext) -> fx.G
 
 # Module classes refused before capture, with what to do instead.
 REFUSED_MODULES = {
-    torch.nn.RNNBase: "recurrent layers (nn.RNN, nn.LSTM, nn.GRU) do not capture as one graph; write the "
-                      "recurrence with nn.Linear cells in a Python loop over time (that is supported), or "
-                      "use a convolutional or attention model",
+    torch.nn.RNNBase: "recurrent layers (nn.RNN, nn.LSTM, nn.GRU), trainable or frozen, do not capture as one "
+                      "graph; write the recurrence with nn.Linear cells in a Python loop over time (that is "
+                      "supported), or use a convolutional or attention model",
 }
 
 
@@ -121,6 +135,70 @@ def refuse_unsupported_modules(model: torch.nn.Module) -> None:
                 "the whole batch (it mixes samples) and sparse gradients are not clipped per sample; set "
                 "scale_grad_by_freq=False and sparse=False.")
         for cls, advice in REFUSED_MODULES.items():
-            if isinstance(module, cls) and any(p.requires_grad for p in module.parameters()):
-                raise UnsupportedOpError(f"module '{path or '<model>'}' ({type(module).__name__}): {advice}. "
-                                         "Or freeze it (requires_grad=False).")
+            if isinstance(module, cls):
+                raise UnsupportedOpError(f"module '{path or '<model>'}' ({type(module).__name__}): {advice}.")
+
+
+def check_samples_independent(model: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    """Refuse a model whose output for one sample changes when only another sample's input changes.
+
+    A numerical check on the first batch, beside the graph check: it also catches mixing hidden in
+    views or data-dependent indexing. Runs the model twice without gradients (same random state,
+    buffers restored) and names the first module whose other-sample outputs moved."""
+    batch = next((a.shape[0] for a in args if isinstance(a, torch.Tensor) and a.dim() > 0), 0)
+    if batch < 2:
+        return
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    runs = [_recorded_outputs(model, args, kwargs), _recorded_outputs(model, *_changed_first_sample(args, kwargs, batch))]
+    with torch.no_grad():
+        for k, v in model.named_buffers():
+            v.copy_(buffers[k])
+    for (path, first), (_, second) in zip(*runs):
+        if _others_moved(first, second, batch):
+            from dpcompile.errors import SampleMixingError
+            module = type(model.get_submodule(path)).__name__ if path else type(model).__name__
+            raise SampleMixingError(
+                f"module '{path or '<model>'}' ({module}): its output for sample 1 changed when only sample 0's "
+                "input changed, so it mixes samples (indexing, slicing, reversing, reshaping or reducing across "
+                "the batch) and per-sample gradients do not exist. Make the computation per sample.")
+
+
+def _recorded_outputs(model, args, kwargs) -> list[tuple[str, object]]:
+    """Every module's output, in the order modules finish, under a fixed random state."""
+    outputs, hooks = [], []
+    for path, module in model.named_modules():
+        hooks.append(module.register_forward_hook(lambda m, i, o, path=path: outputs.append((path, o))))
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=_devices(args)):
+            torch.manual_seed(0)
+            model(*args, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return outputs
+
+
+def _devices(args) -> list:
+    return sorted({a.device.index or 0 for a in args if isinstance(a, torch.Tensor) and a.is_cuda})
+
+
+def _changed_first_sample(args, kwargs, batch):
+    """The inputs with sample 0 replaced (floats: new random values; integers: sample 1's row)."""
+    def change(v):
+        if not isinstance(v, torch.Tensor) or v.dim() == 0 or v.shape[0] != batch:
+            return v
+        v = v.clone()
+        v[0] = torch.randn_like(v[0]) * (v.std() + 1) if v.is_floating_point() else v[1]
+        return v
+    return tuple(change(a) for a in args), {k: change(v) for k, v in kwargs.items()}
+
+
+def _others_moved(first, second, batch) -> bool:
+    """Whether any batched tensor in two outputs differs outside sample 0."""
+    a = [t for t in torch.utils._pytree.tree_leaves(first) if isinstance(t, torch.Tensor)]
+    b = [t for t in torch.utils._pytree.tree_leaves(second) if isinstance(t, torch.Tensor)]
+    for x, y in zip(a, b):
+        if x.dim() and x.shape == y.shape and x.shape[0] == batch and x.is_floating_point():
+            if not torch.allclose(x[1:], y[1:], rtol=1e-5, atol=1e-6 * (x[1:].abs().max().item() + 1e-30)):
+                return True
+    return False

@@ -2,14 +2,16 @@
 annotate it with a ``Site`` (operands and the sympy sizes B, T, d, p)."""
 from __future__ import annotations
 
+import networkx as nx
 import sympy
 import torch
 import torch.fx as fx
 
 from dpcompile.errors import UnsupportedOpError
 
-from .meta import BATCH, PARAMS, SITE, ParamGrad, ParamSpec, PassContext
+from .meta import BATCH, PARAMS, SITE, ParamGrad, ParamSpec, PassContext, is_batched
 from .rules import rule_for
+from .export import to_networkx
 from .rules.layout import ORDER_PRESERVING
 
 aten = torch.ops.aten
@@ -24,32 +26,63 @@ SCATTERS = {aten.slice_scatter.default, aten.select_scatter.default, aten.diagon
 ZEROS = {aten.full.default, aten.zeros.default, aten.new_zeros.default}
 
 
-def gradient_terms(node: fx.Node) -> list[fx.Node]:
-    """The nodes whose sum, through linear relabelling ops, is this gradient."""
+SCALINGS = {aten.mul.Tensor, aten.div.Tensor}
+
+
+def scaled_term(node: fx.Node, constant: set[fx.Node]) -> fx.Node | None:
+    """For term·c or term/c with c free of the batch (a number, or a tensor of parameters and
+    buffers only, like eval-mode BatchNorm's rsqrt(running_var)): the term."""
+    if node.target not in SCALINGS:
+        return None
+    a, b = node.args[:2]
+    is_const = lambda v: not isinstance(v, fx.Node) or v in constant  # noqa: E731
+    if isinstance(a, fx.Node) and a not in constant and is_const(b):
+        return a
+    if node.target is aten.mul.Tensor and isinstance(b, fx.Node) and b not in constant and is_const(a):
+        return b
+    return None
+
+
+def gradient_terms(node: fx.Node, constant: set[fx.Node]) -> list[fx.Node]:
+    """The nodes that make up this gradient through ops linear in them (add, cat, scatter into
+    zeros, relabelling views, scaling by batch-free tensors)."""
     if node.target is aten.add.Tensor and all(isinstance(a, fx.Node) for a in node.args[:2]):
-        return gradient_terms(node.args[0]) + gradient_terms(node.args[1])
+        return gradient_terms(node.args[0], constant) + gradient_terms(node.args[1], constant)
     if node.target is aten.cat.default:
-        return [t for part in node.args[0] for t in gradient_terms(part)]
+        return [t for part in node.args[0] for t in gradient_terms(part, constant)]
     if node.target in SCATTERS:
         base, src = node.args[:2]
-        return gradient_terms(src) + ([] if base.target in ZEROS else gradient_terms(base))
+        return gradient_terms(src, constant) + ([] if base.target in ZEROS else gradient_terms(base, constant))
     if node.target in LINEAR_IN_TERM and isinstance(node.args[0], fx.Node):
-        return gradient_terms(node.args[0])
+        return gradient_terms(node.args[0], constant)
+    if (term := scaled_term(node, constant)) is not None:
+        return gradient_terms(term, constant)
     return [node]
 
 
-def terms_overlap(node: fx.Node) -> bool:
-    """Whether gradient terms are added onto each other (a shared parameter), rather than placed in
-    disjoint parts of it (cat), where per-sample squared norms simply add."""
+def needs_chain(node: fx.Node, constant: set[fx.Node]) -> bool:
+    """Whether the per-sample norm must follow the graph's ops after the terms: terms added onto each
+    other (a shared parameter) or scaled. Terms placed in disjoint parts (cat) or only relabelled
+    keep their norms, which then simply add."""
     if node.target is aten.add.Tensor and all(isinstance(a, fx.Node) for a in node.args[:2]):
         return True
+    if scaled_term(node, constant) is not None:
+        return True
     if node.target is aten.cat.default:
-        return any(terms_overlap(part) for part in node.args[0])
+        return any(needs_chain(part, constant) for part in node.args[0])
     if node.target in SCATTERS:
-        return node.args[0].target not in ZEROS or terms_overlap(node.args[1])
+        return node.args[0].target not in ZEROS or needs_chain(node.args[1], constant)
     if node.target in LINEAR_IN_TERM and isinstance(node.args[0], fx.Node):
-        return terms_overlap(node.args[0])
+        return needs_chain(node.args[0], constant)
     return False
+
+
+def batch_free_nodes(gm: fx.GraphModule, batch: sympy.Expr) -> set[fx.Node]:
+    """Nodes that depend on no batched input (only on parameters, buffers and constants)."""
+    graph = to_networkx(gm)
+    batched = [n.name for n in gm.graph.find_nodes(op="placeholder") if is_batched(n.meta.get("val"), batch)]
+    tainted = set(batched).union(*(nx.descendants(graph, b) for b in batched)) if batched else set()
+    return {n for n in gm.graph.nodes if n.name not in tainted and n.op != "output"}
 
 
 def describe_op(node: fx.Node) -> str:
@@ -67,15 +100,16 @@ def module_of(param_name: str) -> str:
 def annotate_sites(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     """Write dp_site on each parameter-gradient term and dp_params/dp_batch on the module."""
     outputs, batch = gm.graph.output_node().args[0], ctx.batch
+    constant = batch_free_nodes(gm, batch)
     found = []
     for spec in ctx.params:
         grad = outputs[spec.output_index]
         if grad is None:
             continue
-        terms = gradient_terms(grad)
+        terms = gradient_terms(grad, constant)
         for term in terms:
             term.meta[SITE] = match_term(term, spec, batch)
-        found.append(ParamGrad(spec.name, spec.output_index, tuple(terms), terms_overlap(grad)))
+        found.append(ParamGrad(spec.name, spec.output_index, tuple(terms), needs_chain(grad, constant)))
     gm.meta[PARAMS], gm.meta[BATCH] = tuple(found), batch
     return gm
 

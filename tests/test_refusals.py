@@ -1,0 +1,293 @@
+"""Refusals name the module path and the op; dpcompile.fix turns a refused BatchNorm model into one that works."""
+import pytest
+import torch
+from conftest import DEVICE
+from helpers import Case, check_against_reference
+from torch import nn
+
+import dpcompile
+from dpcompile.errors import GraphBreakError, SampleMixingError, UnsupportedOpError
+from dpcompile.fix import fix
+
+F64 = torch.float64
+
+
+def compile_and_step(model: nn.Module, x: torch.Tensor) -> None:
+    """One DP step (eager backend, no noise): the refusals surface here."""
+    dp = dpcompile.dpcompile(model.to(DEVICE, F64), max_grad_norm=1.0, noise_multiplier=0.0, backend="eager")
+    dp(x.to(DEVICE)).square().sum().backward()
+
+
+class Net(nn.Module):
+    """features (a layer, the block under test, ReLU) then a linear head: modules have readable paths."""
+
+    def __init__(self, layer: nn.Module, block: nn.Module, features_out: int):
+        super().__init__()
+        self.features = nn.Sequential(layer, block, nn.ReLU())
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(features_out, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class Lambda(nn.Module):
+    """A module around a function, so the function's ops carry the module's path."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+class Centered(nn.Module):
+    """linear -> center (a per-batch statistic) -> linear."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.inp, self.center, self.out = nn.Linear(4, 6), Lambda(fn), nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.center(self.inp(x)))
+
+
+# (name, builder of the features' first layer and the norm over C=6 channels, input of batch B, features_out)
+BATCHNORMS = [
+    ("bn1d_NC", lambda bn: Net(nn.Linear(4, 6, bias=False), bn(6), 6), lambda B: torch.randn(B, 4, dtype=F64)),
+    ("bn1d_NCL", lambda bn: Net(nn.Conv1d(2, 6, 3, bias=False), bn(6), 18), lambda B: torch.randn(B, 2, 5, dtype=F64)),
+    ("bn2d", lambda bn: Net(nn.Conv2d(2, 6, 3, bias=False), bn(6), 24), lambda B: torch.randn(B, 2, 4, 4, dtype=F64)),
+    ("bn3d", lambda bn: Net(nn.Conv3d(2, 6, 2, bias=False), bn(6), 24), lambda B: torch.randn(B, 2, 3, 3, 2, dtype=F64)),
+]
+BN_CLASS = {"bn1d_NC": nn.BatchNorm1d, "bn1d_NCL": nn.BatchNorm1d, "bn2d": nn.BatchNorm2d, "bn3d": nn.BatchNorm3d}
+
+
+# ------------------------------------------------------------------------------------------------
+# BatchNorm: refused in training mode, fixed by dpcompile.fix, allowed in eval mode
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, build, inputs", BATCHNORMS, ids=[b[0] for b in BATCHNORMS])
+def test_batchnorm_training_refused_then_fixed(name, build, inputs):
+    bn_class = BN_CLASS[name]
+    torch.manual_seed(0)
+    model = build(bn_class)
+    with pytest.raises(SampleMixingError) as err:
+        compile_and_step(model, inputs(3))
+    message = str(err.value)
+    assert f"'features.1' ({bn_class.__name__})" in message and "aten." in message and "mean" in message
+    assert "dpcompile.fix(model)" in message
+    assert fix(model) == [f"features.1: {bn_class.__name__}(6) -> GroupNorm(2, 6)"]
+    check_against_reference(Case(f"{name}_fixed", lambda: model, inputs))
+
+
+def eval_batchnorm(trainable: tuple[str, ...]):
+    """Conv -> BatchNorm2d in eval mode (running statistics) -> head; only the named affine params trainable."""
+    model = Net(nn.Conv2d(2, 6, 3, bias=False), nn.BatchNorm2d(6), 24)
+    bn = model.features[1]
+    with torch.no_grad():  # running statistics and affine away from their initial values
+        bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.5, 0.5)
+    bn.eval()
+    for name, p in bn.named_parameters():
+        p.requires_grad_(name in trainable)
+    return model
+
+
+EVAL_INPUTS = BATCHNORMS[2][2]
+
+
+@pytest.mark.parametrize("trainable", [(), ("bias",)], ids=["affine_frozen", "bias_trainable"])
+def test_batchnorm_eval_mode_not_refused(trainable):
+    """Eval-mode BatchNorm normalises with running statistics: no mixing, and the result matches the reference."""
+    check_against_reference(Case("bn_eval", lambda: eval_batchnorm(trainable), EVAL_INPUTS))
+
+
+class ScaledByFunctionOfParameter(nn.Module):
+    """y = x · exp(p): p's gradient is Σ_b(g·x) · exp(p), a scale applied after the batch sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.p = nn.Linear(4, 5), nn.Parameter(torch.randn(5) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inp(x) * self.p.exp()
+
+
+@pytest.mark.parametrize("case", [
+    Case("bn_eval_weight_trainable", lambda: eval_batchnorm(("weight", "bias")), EVAL_INPUTS),
+    Case("param_through_exp", ScaledByFunctionOfParameter, lambda B: torch.randn(B, 4, dtype=F64)),
+], ids=lambda c: c.name)
+def test_gradient_scaled_after_batch_sum(case):
+    """BatchNorm eval's weight gradient is Σ_b(g·(x−μ))·rsqrt(var+eps): linear in the per-sample term."""
+    check_against_reference(case)
+
+
+# ------------------------------------------------------------------------------------------------
+# Other sample mixing inside the model
+# ------------------------------------------------------------------------------------------------
+
+MIXERS = [
+    ("mean", lambda x: x - x.mean(0), "aten.mean.dim"),
+    ("sum_keepdim", lambda x: x + x.sum(0, keepdim=True), "aten.sum.dim_IntList"),
+    ("mean_all", lambda x: x - x.mean(), "aten.mean.default"),
+    ("std", lambda x: x / x.std(0), "aten.var.correction"),
+    ("max", lambda x: x - x.max(0).values, "aten.max.dim"),
+    ("softmax_over_batch", lambda x: torch.softmax(x, 0), "aten.amax.default"),
+    ("sort", lambda x: x.sort(0).values, "aten.sort.default"),
+    ("cumsum", lambda x: x.cumsum(0), "aten.cumsum.default"),
+    ("attention_across_batch", lambda x: torch.softmax(x @ x.T, 1) @ x, "aten.amax.default"),
+]
+
+
+@pytest.mark.parametrize("name, fn, op", MIXERS, ids=[m[0] for m in MIXERS])
+def test_batch_statistic_refused(name, fn, op):
+    with pytest.raises(SampleMixingError) as err:
+        compile_and_step(Centered(fn), torch.randn(3, 4, dtype=F64))
+    message = str(err.value)
+    assert "module 'center' (Lambda)" in message and op in message
+    assert "per sample" in message
+
+
+INDEXERS = [
+    ("first_sample", lambda x: x - x[0], "aten.select.int"),
+    ("slice", lambda x: x + x[:1], "aten.slice.Tensor"),
+    ("flip", lambda x: x.flip(0), "prims.rev.default"),
+    ("roll", lambda x: x.roll(1, 0), "aten.index.Tensor"),
+    ("permute_samples", lambda x: x[torch.arange(x.shape[0] - 1, -1, -1)], "aten.index.Tensor"),
+    # a reshape that moves values between samples: no single op mixes; the numerical check finds it
+    ("reshape_across_batch", lambda x: x.reshape(6, -1).sum(0).reshape(-1, 1).expand(-1, 6), "sample 0's input"),
+]
+
+
+@pytest.mark.parametrize("name, fn, op", INDEXERS, ids=[m[0] for m in INDEXERS])
+def test_batch_indexing_refused(name, fn, op):
+    with pytest.raises(SampleMixingError) as err:
+        compile_and_step(Centered(fn), torch.randn(3, 4, dtype=F64))
+    assert "module 'center' (Lambda)" in str(err.value) and op in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------------
+# Graph breaks, RNNs, parameters whose gradient op has no rule
+# ------------------------------------------------------------------------------------------------
+
+def branchy(x: torch.Tensor) -> torch.Tensor:
+    if x.sum() > 0:  # data-dependent Python branch
+        return x * 2
+    return x
+
+
+def test_graph_break_refused():
+    with pytest.raises(GraphBreakError) as err:
+        compile_and_step(Centered(branchy), torch.randn(3, 4, dtype=F64))
+    assert "Data-dependent branching" in str(err.value)
+    assert "if x.sum() > 0" in str(err.value.__cause__)  # Dynamo's own message has the user's source line
+
+
+@pytest.mark.xfail(strict=True, reason="GraphBreakError keeps only the first line of Dynamo's message: the user "
+                                       "frame ('from user code', exc.real_stack) is dropped though the text says "
+                                       "'named above'")
+def test_graph_break_names_the_source():
+    with pytest.raises(GraphBreakError) as err:
+        compile_and_step(Centered(branchy), torch.randn(3, 4, dtype=F64))
+    assert "test_refusals.py" in str(err.value) and "if x.sum() > 0" in str(err.value)
+
+
+class Recurrent(nn.Module):
+    def __init__(self, cell: type[nn.RNNBase]):
+        super().__init__()
+        self.rnn, self.fc = cell(4, 5, batch_first=True), nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.rnn(x)[0][:, -1])
+
+
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU, nn.RNN], ids=lambda c: c.__name__)
+def test_rnn_refused_up_front(cell):
+    with pytest.raises(UnsupportedOpError) as err:
+        dpcompile.dpcompile(Recurrent(cell), max_grad_norm=1.0, noise_multiplier=0.0, backend="eager")
+    assert f"module 'rnn' ({cell.__name__})" in str(err.value) and "recurrent" in str(err.value)
+
+
+def test_frozen_rnn_refused_too():
+    """A frozen nn.LSTM breaks the graph as well, so it is refused up front, not at the first step."""
+    model = Recurrent(nn.LSTM)
+    model.rnn.requires_grad_(False)
+    with pytest.raises(UnsupportedOpError, match="module 'rnn' \\(LSTM\\)"):
+        dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, backend="eager")
+
+
+def test_embedding_bag_max_refused():
+    model = nn.Sequential(nn.EmbeddingBag(10, 4, mode="max"), nn.Linear(4, 2))
+    with pytest.raises(UnsupportedOpError) as err:
+        compile_and_step(model, torch.randint(0, 10, (3, 5)))
+    message = str(err.value)
+    assert "parameter '0.weight' of module '0'" in message and "aten._embedding_bag_backward" in message
+
+
+def test_weight_norm_parametrization_refused():
+    model = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(4, 3)))
+    with pytest.raises(UnsupportedOpError) as err:
+        compile_and_step(model, torch.randn(3, 4, dtype=F64))
+    message = str(err.value)
+    assert "parameter '0.parametrizations.weight.original" in message
+    assert "aten._weight_norm_interface_backward" in message
+
+
+# ------------------------------------------------------------------------------------------------
+# fix(model)
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("channels, groups", [(64, 32), (96, 32), (48, 16), (24, 8), (12, 4), (6, 2), (7, 1)])
+def test_fix_group_count(channels, groups):
+    model = nn.Sequential(nn.BatchNorm2d(channels))
+    assert fix(model) == [f"0: BatchNorm2d({channels}) -> GroupNorm({groups}, {channels})"]
+    assert isinstance(model[0], nn.GroupNorm) and model[0].num_groups == groups
+
+
+def test_fix_nested_paths_and_kinds():
+    block = nn.Module()
+    block.conv1, block.bn1 = nn.Conv2d(3, 64, 3), nn.BatchNorm2d(64)
+    model = nn.Module()
+    model.layer1 = nn.Sequential(block)
+    model.heads = nn.ModuleList([nn.BatchNorm1d(10, affine=False), nn.SyncBatchNorm(48), nn.BatchNorm3d(8)])
+    model.inorm = nn.InstanceNorm2d(4, affine=True)
+    assert fix(model) == [
+        "layer1.0.bn1: BatchNorm2d(64) -> GroupNorm(32, 64)",
+        "heads.0: BatchNorm1d(10, affine=False) -> GroupNorm(2, 10, affine=False)",
+        "heads.1: SyncBatchNorm(48) -> GroupNorm(16, 48)",
+        "heads.2: BatchNorm3d(8) -> GroupNorm(8, 8)",
+    ]
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert isinstance(model.inorm, nn.InstanceNorm2d)
+    assert model.heads[0].weight is None and model.heads[0].bias is None
+
+
+def test_fix_keeps_parameters_and_settings():
+    bn = nn.BatchNorm2d(8, eps=1e-3).to(F64)
+    with torch.no_grad():
+        bn.weight.uniform_(), bn.bias.uniform_()
+    bn.bias.requires_grad_(False)
+    bn.eval()
+    model = nn.Sequential(bn)
+    fix(model)
+    gn = model[0]
+    assert gn.eps == 1e-3 and gn.weight.dtype == F64 and not gn.training
+    assert torch.equal(gn.weight, bn.weight) and torch.equal(gn.bias, bn.bias)
+    assert gn.weight.requires_grad and not gn.bias.requires_grad
+    assert gn.weight is not bn.weight  # a new Parameter: rebuild the optimizer after fix(model)
+
+
+def test_fix_shared_batchnorm_stays_shared():
+    bn = nn.BatchNorm1d(4)
+    model = nn.Sequential(nn.Linear(4, 4), bn, nn.Linear(4, 4), bn)
+    assert fix(model) == ["1: BatchNorm1d(4) -> GroupNorm(4, 4)", "3: BatchNorm1d(4) -> GroupNorm(4, 4)"]
+    assert model[1] is model[3]
+
+
+def test_fix_nothing_to_do_and_refusals():
+    model = nn.Sequential(nn.Linear(3, 3), nn.GroupNorm(1, 3))
+    assert fix(model) == []
+    with pytest.raises(ValueError, match="in place"):
+        fix(nn.BatchNorm2d(4))
+    with pytest.raises(ValueError, match="forward"):
+        fix(nn.Sequential(nn.LazyBatchNorm2d()))

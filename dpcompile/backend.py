@@ -111,17 +111,20 @@ def source_name(node: fx.Node) -> str:
 
 @contextlib.contextmanager
 def full_fp32():
-    """No TF32 in cuBLAS or cuDNN: a per-sample norm that comes out low breaks the privacy bound."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    """No TF32 in matrix products, where the per-sample norms are computed (Gram matrices, unfolded
+    per-sample gradients): a norm that comes out low breaks the privacy bound. Per-sample convolution
+    gradients turn cuDNN's TF32 off themselves (dpcompile.ops); the model's own convolutions keep
+    the user's cuDNN setting, as in non-private training."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def fp32_boxed(compiled):
-    """A boxed compiled backward that runs without TF32."""
+    """A boxed compiled backward whose matrix products run without TF32."""
     def run(args):
         with full_fp32():
             return compiled(args)

@@ -32,16 +32,16 @@ def conv_args(node: fx.Node) -> dict:
 
 
 def unfold_nd(x: Tensor, kernel: list[int], stride, padding, dilation) -> Tensor:
-    """Patches of x (B, C, *S) as (B, C·prod(kernel), T), channel-major like a conv weight."""
+    """Patches of x (B, C, *S) as (B, C·prod(kernel), T), channel-major like a conv weight (exact copies,
+    no arithmetic: im2col for 2-D, strided views otherwise)."""
     if len(kernel) == 2:
         return F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
-    if len(kernel) == 1:
-        return F.unfold(x.unsqueeze(2), [1, kernel[0]], dilation=[1, dilation[0]],
-                        padding=[0, padding[0]], stride=[1, stride[0]])
-    channels, k = x.shape[1], prod(kernel)
-    eye = torch.eye(k, dtype=x.dtype, device=x.device).reshape(k, 1, *kernel).repeat(channels, 1, 1, 1, 1)
-    patches = F.conv3d(x, eye, stride=stride, padding=padding, dilation=dilation, groups=channels)
-    return patches.flatten(2)
+    n, (B, C) = len(kernel), x.shape[:2]
+    x = F.pad(x, [p for p in reversed(padding) for _ in (0, 1)])
+    for i, (k, s, d) in enumerate(zip(kernel, stride, dilation)):
+        x = x.unfold(2 + i, (k - 1) * d + 1, s)[..., ::d]
+    x = x.permute(0, 1, *range(2 + n, 2 + 2 * n), *range(2, 2 + n))  # (B, C, *kernel, *positions)
+    return x.reshape(B, C * prod(kernel), prod(x.shape[2 + n:]))
 
 
 class ConvRule:

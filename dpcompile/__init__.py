@@ -5,6 +5,8 @@ from .backend import DPBackend, backend
 from .config import DPConfig
 from .errors import ConfigError, DPCompileError, GraphBreakError, SampleMixingError, UnsupportedOpError
 from .passes.export import to_networkx
+from .privacy import Accountant, PoissonBatchSampler, PrivacyEngine, calibrate_noise_multiplier, poisson_loader
 
 __all__ = ["dpcompile", "backend", "DPModel", "DPBackend", "DPConfig", "to_networkx", "passes",
-           "DPCompileError", "ConfigError", "UnsupportedOpError", "SampleMixingError", "GraphBreakError"]
+           "DPCompileError", "ConfigError", "UnsupportedOpError", "SampleMixingError", "GraphBreakError",
+           "Accountant", "PoissonBatchSampler", "PrivacyEngine", "calibrate_noise_multiplier", "poisson_loader"]

@@ -1,6 +1,10 @@
 """dpcompile(model, ...): the model, compiled so that loss.backward() leaves DP-SGD gradients in .grad."""
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 import torch.fx as fx
 import torch.fx.experimental._config as fx_config
@@ -9,20 +13,29 @@ from torch.utils._pytree import tree_map
 
 from .backend import DPBackend
 from .config import DPConfig
-from .errors import GraphBreakError
+from .errors import ConfigError, GraphBreakError
 from .passes.safety import refuse_unsupported_modules
+from .privacy.engine import (PrivacyEngine, check_accumulation, check_normaliser, dataset_size, poisson_sampler_of,
+                             resolve_noise, sample_rate_of)
 from .report import PlanReport, plan_report
 
 
 class DPModel(nn.Module):
-    """Runs the model through the DP backend; shares its parameters and its state_dict keys."""
+    """Runs the model through the DP backend; shares its parameters and its state_dict keys.
 
-    def __init__(self, model: nn.Module, config: DPConfig) -> None:
+    `state_dict()` is the model's. The privacy state is `dp_model.privacy` (a PrivacyEngine):
+    `privacy.epsilon(delta)`, `.steps`, `.noise_multiplier`, `.sample_rate`, `.accumulating()`, and
+    `privacy.state_dict()` / `load_state_dict()` (settings fingerprint, accountant history, step
+    count, noise generator state, Poisson sampler position) to checkpoint next to the model's.
+    """
+
+    def __init__(self, model: nn.Module, config: DPConfig, **privacy) -> None:
         super().__init__()
         refuse_unsupported_modules(model)
         self.module = model
         self.config = config
         self.backend = DPBackend(config, {id(p): n for n, p in model.named_parameters()})
+        self.privacy = PrivacyEngine(config, self.backend.noise, **privacy)
         object.__setattr__(self, "_compiled", torch.compile(model, backend=self.backend, fullgraph=True, dynamic=False))
 
     def forward(self, *args, **kwargs):
@@ -73,14 +86,67 @@ class DPModel(nn.Module):
         return self.module.load_state_dict(state_dict, strict=strict, assign=assign)
 
 
-def dpcompile(model: nn.Module, *, max_grad_norm: float, noise_multiplier: float, loss_reduction: str = "mean",
-              expected_batch_size: int | None = None, policy: str = "mixed", backend: str = "inductor",
-              seed: int | None = None, **privacy) -> DPModel:
-    """Compile model for DP-SGD: after loss.backward(), .grad = (Σ_i C_i g_i + N(0, σ²R²)) / n."""
-    config = DPConfig(max_grad_norm=max_grad_norm, noise_multiplier=noise_multiplier,
-                      loss_reduction=loss_reduction, expected_batch_size=expected_batch_size,
-                      policy=policy, backend=backend, seed=seed, **privacy)
-    return DPModel(model, config)
+def dpcompile(model: nn.Module, *, max_grad_norm: float, noise_multiplier: float | None = None,
+              target_epsilon: float | None = None, target_delta: float | None = None, epochs: float | None = None,
+              steps: int | None = None, sample_rate: float | None = None, data_loader: Any = None,
+              accountant: str = "pld", gradient_accumulation_steps: int = 1, loss_reduction: str = "mean",
+              expected_batch_size: int | None = None, clipping: str = "abadi",
+              clip_groups: str | Sequence[Sequence[str]] = "flat", clip_group_norms: Sequence[float] | None = None,
+              secure_noise: bool = False, policy: str = "mixed", backend: str = "inductor", seed: int | None = None,
+              **options) -> DPModel:
+    """Compile model for DP-SGD: after loss.backward(), .grad = (Σ_i C_i g_i + N(0, σ²R²)) / n.
+
+    σ is noise_multiplier, or calibrated from target_epsilon at target_delta for `steps` (or `epochs`)
+    logical steps at sample_rate q (or data_loader's, a poisson_loader). n = expected_batch_size for
+    'mean' (default round(q·N) when data_loader gives N), 1 for 'sum'. With
+    gradient_accumulation_steps=k, noise is added (and a step counted) on every k-th backward only;
+    with Poisson batches split each one into k micro-batches (`batch.tensor_split(k)`, empty ones
+    included). clip_groups: 'flat', 'per_layer' (one group per module) or lists of parameter names;
+    group g is clipped to R_g (clip_group_norms, default R/√G). `options`: other DPConfig fields.
+    """
+    sampler = poisson_sampler_of(data_loader)
+    sample_rate = sample_rate_of(sample_rate, sampler)
+    n = dataset_size(data_loader, sampler)
+    if expected_batch_size is None and loss_reduction == "mean" and sample_rate is not None and n is not None:
+        expected_batch_size = max(1, round(sample_rate * n))
+    config = DPConfig(max_grad_norm=max_grad_norm, noise_multiplier=noise_multiplier or 0.0,
+                      loss_reduction=loss_reduction, expected_batch_size=expected_batch_size, policy=policy,
+                      backend=backend, seed=seed, clipping=clipping, secure_noise=secure_noise,
+                      clip_groups=clip_groups_of(model, clip_groups),
+                      clip_group_norms=tuple(clip_group_norms) if clip_group_norms is not None else None, **options)
+    check_accumulation(gradient_accumulation_steps, config)
+    if sample_rate is not None:
+        check_normaliser(config)
+    sigma, planned = resolve_noise(noise_multiplier=noise_multiplier, target_epsilon=target_epsilon,
+                                   target_delta=target_delta, sample_rate=sample_rate, epochs=epochs, steps=steps,
+                                   accountant=accountant)
+    config = dataclasses.replace(config, noise_multiplier=sigma)
+    return DPModel(model, config, sample_rate=sample_rate, accountant=accountant, target_delta=target_delta,
+                   gradient_accumulation_steps=gradient_accumulation_steps, planned_steps=planned,
+                   data_loader=sampler)
+
+
+def clip_groups_of(model: nn.Module, spec: str | Sequence[Sequence[str]] | None) -> tuple[tuple[str, ...], ...] | None:
+    """'flat' -> None (one group); 'per_layer' -> trainable parameters grouped by module; names checked."""
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    if spec is None or spec == "flat":
+        return None
+    if spec == "per_layer":
+        groups: dict[str, list[str]] = {}
+        for name in trainable:
+            groups.setdefault(name.rpartition(".")[0], []).append(name)
+        return tuple(tuple(g) for g in groups.values())
+    if isinstance(spec, str):
+        raise ConfigError(f"clip_groups must be 'flat', 'per_layer' or lists of parameter names, got {spec!r}")
+    groups_t = tuple(tuple(g) for g in spec)
+    listed = {n for g in groups_t for n in g}
+    unknown = listed - {n for n, _ in model.named_parameters()}
+    if unknown:
+        raise ConfigError(f"clip_groups name parameters the model does not have: {sorted(unknown)}")
+    missing = [n for n in trainable if n not in listed]
+    if missing:
+        raise ConfigError(f"every trainable parameter must be in a clip group; missing: {missing}")
+    return groups_t
 
 
 def _pad_empty_batch(values):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
@@ -45,11 +46,25 @@ class DPConfig:
         check(self.loss_reduction == "mean" or self.expected_batch_size is None,
               "expected_batch_size normalises a 'mean' loss; with loss_reduction='sum' the gradient is "
               "not divided, so leave expected_batch_size unset or use loss_reduction='mean'")
+        check(not (self.secure_noise and self.seed is not None),
+              "secure_noise=True seeds the noise from OS entropy; pass either seed or secure_noise=True, not both")
+        check(self.clip_groups is not None or self.clip_group_norms is None,
+              "clip_group_norms needs clip_groups (one bound per group)")
         if self.clip_groups is not None:
+            check(len(self.clip_groups) > 0 and all(len(g) > 0 for g in self.clip_groups),
+                  "clip_groups must be non-empty groups of parameter names")
+            repeated = sorted(n for n, k in Counter(n for g in self.clip_groups for n in g).items() if k > 1)
+            check(not repeated, f"a parameter is in several clip groups: {repeated}")
             norms = self.clip_group_norms
             check(norms is None or len(norms) == len(self.clip_groups),
                   "clip_group_norms needs one bound per clip group")
-            check(norms is None or all(r > 0 for r in norms), "every clip group bound must be > 0")
+            check(norms is None or all(r > 0 and math.isfinite(r) for r in norms),
+                  "every clip group bound must be a positive finite number")
+            total = math.sqrt(sum(r * r for r in norms)) if norms else 0.0
+            check(total <= self.max_grad_norm * (1 + 1e-9),
+                  f"clip_group_norms give a total sensitivity √(Σ R_g²) = {total:.6g} above max_grad_norm="
+                  f"{self.max_grad_norm}, which sets the noise std σ·R: raise max_grad_norm to {total:.6g} "
+                  "or lower the group bounds")
 
 
 def check(condition: bool, message: str) -> None:

@@ -22,11 +22,13 @@ _HANDLES = itertools.count(1)
 class NoiseSource:
     """N(0, std²) draws from a generator per device; std = σ·R; off during accumulation micro-steps."""
 
-    def __init__(self, std: float, seed: int | None = None, secure: bool = False) -> None:
+    def __init__(self, std: float, seed: int | None = None, secure: bool = False, every: int = 1) -> None:
         self.std, self.secure, self.enabled = float(std), secure, True
         self.seed = secrets.randbits(63) if secure or seed is None else int(seed)
         self.generators: dict[str, torch.Generator] = {}
-        self.draws = 0
+        self.every = every  # gradient accumulation: noise on every `every`-th enabled call only
+        self.calls = 0      # enabled calls (backwards) so far
+        self.draws = 0      # noisy calls so far = logical DP-SGD steps (counted even when std is 0)
         self.handle = next(_HANDLES)
         _SOURCES[self.handle] = self
 
@@ -40,23 +42,38 @@ class NoiseSource:
     def draw(self, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         """numel independent N(0, std²) values (zeros when disabled or std is 0)."""
         dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        if not self.enabled or self.std == 0.0:
+        if not self.step() or self.std == 0.0:
             return torch.zeros(numel, dtype=dtype, device=device)
-        self.draws += 1
         gen = self.generator(device)
         if not self.secure:
             return torch.randn(numel, generator=gen, dtype=dtype, device=device).mul_(self.std)
         total = sum(torch.randn(numel, generator=gen, dtype=torch.float64, device=device) for _ in range(SECURE_DRAWS))
         return total.mul_(self.std / math.sqrt(SECURE_DRAWS)).to(dtype)
 
+    def step(self) -> bool:
+        """Count one backward; True if it is a noisy one (enabled, and the `every`-th enabled call)."""
+        if not self.enabled:
+            return False
+        self.calls += 1
+        if self.calls % self.every:
+            return False
+        self.draws += 1
+        return True
+
     def state_dict(self) -> dict:
-        """Seed and generator states (not reproducible across runs in secure mode by design)."""
-        return {"seed": self.seed, "draws": self.draws,
-                "generators": {k: g.get_state() for k, g in self.generators.items()}}
+        """Counters, seed and generator states; in secure mode the counters only (a saved seed or
+        generator state would reveal the noise of every later step)."""
+        counts = {"draws": self.draws, "calls": self.calls}
+        if self.secure:
+            return counts
+        return {**counts, "seed": self.seed, "generators": {k: g.get_state() for k, g in self.generators.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue exactly where a saved source stopped."""
-        self.seed, self.draws = state["seed"], state["draws"]
+        """Continue exactly where a saved source stopped (secure mode: counters only, fresh entropy)."""
+        self.draws, self.calls = int(state["draws"]), int(state.get("calls", state["draws"] * self.every))
+        if self.secure:
+            return
+        self.seed = state["seed"]
         self.generators = {}
         for key, gen_state in state["generators"].items():
             self.generator(torch.device(key)).set_state(gen_state)

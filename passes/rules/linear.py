@@ -54,7 +54,7 @@ class MatmulRule:
     def _rows(self, site: Site, x: Tensor, q: Tensor, anchor: Tensor) -> tuple[Tensor, Tensor]:
         """P and Q as (B, T, features); x is Pᵀ (m × rows), possibly with a leading batch of one."""
         lead, bdim = site.consts["lead"], site.consts["batch_dim"]
-        p, q = x.reshape(x.shape[-2:]).t(), q.reshape(q.shape[-2:])
+        p, q = (x[0] if x.dim() == 3 else x).t(), q[0] if q.dim() == 3 else q  # (a reshape would guard B != 1)
         return to_batch_rows(p, anchor, lead, bdim), to_batch_rows(q, anchor, lead, bdim)
 
     def per_sample(self, site: Site, x: Tensor, q: Tensor, anchor: Tensor) -> Tensor:

@@ -1,0 +1,245 @@
+"""The privacy engine of a DPModel: what was spent, accumulation, and resumable state.
+
+A logical DP-SGD step is counted exactly when the noise op draws: NoiseSource.draws grows once per
+noisy backward, and `epsilon()` first records the steps drawn since it last looked into the
+Accountant (σ and q are fixed for a model, so recording late changes nothing). Micro-steps without
+noise (gradient accumulation) are never counted; a step with σ = 0 is counted and makes ε infinite.
+
+Secure noise (`secure_noise=True`): the generator is seeded from OS entropy and its seed and state
+are never saved. Floating-point caveat: a Gaussian sampler on floats does not produce an exact
+Gaussian; the set of values it can return leaves gaps that depend on the mean, so a released value
+can reveal which input produced it (Mironov 2012 for Laplace; Holohan & Braghin 2021,
+arXiv:2107.10138, for Gaussian samplers). As they propose, secure mode returns the sum of 4 float64
+draws scaled by 1/2, whose support has no such gaps at the output precision. It is a mitigation,
+not a proof: torch's generators (Mersenne Twister on CPU, Philox on GPU) are not cryptographic.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from ..config import DPConfig
+from ..errors import ConfigError
+from ..ops import NoiseSource
+from .accounting import Accountant, _check_delta, calibrate_noise_multiplier, steps_for
+from .sampling import PoissonBatchSampler
+
+logger = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+STATE_KEYS = {"version", "config", "steps", "accountant", "noise", "sampler"}
+
+
+class PrivacyEngine:
+    """ε(δ) spent by a DPModel's noisy steps (Poisson rate q, σ), noise-free micro-steps, resumable state."""
+
+    def __init__(self, config: DPConfig, noise: NoiseSource, *, sample_rate: float | None = None,
+                 accountant: str = "pld", gradient_accumulation_steps: int = 1, target_delta: float | None = None,
+                 planned_steps: int | None = None, data_loader: Any = None) -> None:
+        check_accumulation(gradient_accumulation_steps, config)
+        self.config, self.noise = config, noise
+        self.sampler = poisson_sampler_of(data_loader)
+        self.sample_rate = sample_rate_of(sample_rate, self.sampler)
+        self.accountant = Accountant(accountant)
+        self.gradient_accumulation_steps = noise.every = int(gradient_accumulation_steps)
+        self.target_delta, self.planned_steps = target_delta, planned_steps
+        if target_delta is not None:
+            _check_delta(target_delta)
+        if self.sample_rate is not None:
+            check_normaliser(config)
+
+    @property
+    def noise_multiplier(self) -> float:
+        """σ: the noise std is σ·R (calibrated when the model was made from a target ε)."""
+        return self.config.noise_multiplier
+
+    @property
+    def max_grad_norm(self) -> float:
+        """R: every sample's clipped gradient has norm ≤ R."""
+        return self.config.max_grad_norm
+
+    @property
+    def steps(self) -> int:
+        """Logical (noisy) steps taken so far."""
+        return self.noise.draws
+
+    def epsilon(self, delta: float | None = None) -> float:
+        """ε spent so far at δ (default: target_delta): the accountant over `steps` Poisson Gaussian steps."""
+        delta = self.target_delta if delta is None else delta
+        if delta is None:
+            raise ConfigError("epsilon needs a delta: pass epsilon(delta=...) or dpcompile(target_delta=...)")
+        if self.sample_rate is None:
+            raise ConfigError("the sample rate is unknown, so epsilon cannot be computed: pass "
+                              "dpcompile(sample_rate=...) or data_loader=poisson_loader(...)")
+        self._sync()
+        if self.planned_steps is not None and self.steps > self.planned_steps:
+            logger.warning("%d steps taken, more than the %d that noise_multiplier was calibrated for: "
+                           "epsilon is above the target", self.steps, self.planned_steps)
+        return self.accountant.epsilon(delta)
+
+    def _sync(self) -> None:
+        """Record the noisy steps drawn since the last sync."""
+        new = self.steps - self.accountant.steps
+        if new > 0 and self.sample_rate is not None:
+            self.accountant.record(self.noise_multiplier, self.sample_rate, new)
+
+    @contextlib.contextmanager
+    def accumulating(self) -> Iterator[None]:
+        """Backward passes inside add no noise and count no step (nor towards gradient_accumulation_steps):
+        the micro-steps of a logical batch; the backward after the block adds the noise once."""
+        saved, self.noise.enabled = self.noise.enabled, False
+        try:
+            yield
+        finally:
+            self.noise.enabled = saved
+
+    def attach(self, data_loader: Any) -> None:
+        """Take q from a Poisson loader (or check it) and keep its sampler position in state_dict()."""
+        sampler = poisson_sampler_of(data_loader)
+        if sampler is None:
+            raise ConfigError("attach() takes a poisson_loader or a DataLoader with a PoissonBatchSampler")
+        if self.sample_rate is None and self.steps > 0:
+            raise ConfigError("steps were taken with no sample rate; attach the loader before training")
+        sample_rate = sample_rate_of(self.sample_rate, sampler)
+        check_normaliser(self.config)
+        self.sampler, self.sample_rate = sampler, sample_rate
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings a checkpoint must share to be resumed by this engine."""
+        c = self.config
+        return {"noise_multiplier": c.noise_multiplier, "max_grad_norm": c.max_grad_norm,
+                "sample_rate": self.sample_rate, "loss_reduction": c.loss_reduction,
+                "expected_batch_size": c.expected_batch_size, "clipping": c.clipping,
+                "clip_stability": c.clip_stability if c.clipping == "automatic" else None,
+                "clip_groups": [list(g) for g in c.clip_groups] if c.clip_groups else None,
+                "clip_group_norms": list(c.clip_group_norms) if c.clip_group_norms else None,
+                "accountant": self.accountant.mechanism, "secure_noise": c.secure_noise,
+                "gradient_accumulation_steps": self.gradient_accumulation_steps}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data (torch.load(weights_only=True) reads it): settings, step count, accountant
+        history, noise counters and generator states, Poisson sampler position."""
+        self._sync()
+        if self.noise.calls % self.gradient_accumulation_steps:
+            logger.warning("state saved in the middle of a logical step (%d of %d micro-steps): the "
+                           "accumulated .grad is not part of it", self.noise.calls % self.gradient_accumulation_steps,
+                           self.gradient_accumulation_steps)
+        return {"version": STATE_VERSION, "config": self.fingerprint(), "steps": self.steps,
+                "accountant": self.accountant.state_dict(), "noise": self.noise.state_dict(),
+                "sampler": self.sampler.state_dict() if self.sampler is not None else None}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from state_dict() of an engine with the same settings; refuse any other (ConfigError)."""
+        if not isinstance(state, Mapping) or set(state) != STATE_KEYS:
+            raise ConfigError(f"not a privacy engine state: expected a dict with keys {sorted(STATE_KEYS)}")
+        if state["version"] != STATE_VERSION:
+            raise ConfigError(f"privacy state version {state['version']!r}; this dpcompile reads {STATE_VERSION}")
+        check_same_settings(state["config"], self.fingerprint())
+        if (state["sampler"] is None) != (self.sampler is None):
+            saved, here = ("a", "no") if self.sampler is None else ("no", "a")
+            raise ConfigError(f"the checkpoint has {saved} Poisson sampler position but this model has {here} "
+                              "data loader: pass the same data_loader= as the saved run")
+        steps = state["steps"]
+        if state["noise"]["draws"] != steps:
+            raise ConfigError(f"corrupt privacy state: {steps} steps but {state['noise']['draws']} noise draws")
+        accountant = Accountant(self.accountant.mechanism)
+        accountant.load_state_dict(state["accountant"])
+        if accountant.steps not in (0, steps) or self.sample_rate is not None and accountant.steps != steps:
+            raise ConfigError(f"corrupt privacy state: {steps} steps but {accountant.steps} in the accountant")
+        if self.sampler is not None:
+            self.sampler.load_state_dict(state["sampler"])
+        self.noise.load_state_dict(state["noise"])
+        self.accountant = accountant
+
+    def __repr__(self) -> str:
+        return (f"PrivacyEngine(noise_multiplier={self.noise_multiplier:.6g}, max_grad_norm={self.max_grad_norm}, "
+                f"sample_rate={self.sample_rate}, steps={self.steps}, accountant={self.accountant.mechanism!r})")
+
+
+def check_same_settings(saved: Mapping[str, Any], current: dict[str, Any]) -> None:
+    """ConfigError naming every setting in which a checkpoint differs from this run."""
+    if not isinstance(saved, Mapping):
+        raise ConfigError("not a privacy engine state: 'config' must be a dict")
+    keys = sorted(set(saved) | set(current))
+    diffs = [f"{k}: saved {saved.get(k, '<absent>')!r}, here {current.get(k, '<absent>')!r}"
+             for k in keys if saved.get(k, "<absent>") != current.get(k, "<absent>")]
+    if diffs:
+        raise ConfigError("the checkpoint was saved with other privacy settings (" + "; ".join(diffs) +
+                          "); resuming would misstate the privacy spent. Create the model with the saved settings")
+
+
+def check_accumulation(k: Any, config: DPConfig) -> None:
+    """k must be a positive integer; a 'mean' loss accumulated over k > 1 micro-batches needs a fixed n."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"gradient_accumulation_steps must be a positive integer, got {k!r}")
+    if k > 1 and config.loss_reduction == "mean" and config.expected_batch_size is None:
+        raise ConfigError("gradient accumulation with loss_reduction='mean' needs expected_batch_size (the "
+                          "logical batch size, divided by once per logical step), or loss_reduction='sum'")
+
+
+def check_normaliser(config: DPConfig) -> None:
+    """With Poisson sampling the batch size is private: a 'mean' loss must divide by a fixed size."""
+    if config.loss_reduction == "mean" and config.expected_batch_size is None:
+        raise ConfigError("with Poisson sampling and loss_reduction='mean' the gradient must be divided by the "
+                          "expected batch size q·N, not by the (private) actual batch size: pass "
+                          "expected_batch_size=round(sample_rate * len(dataset)), data_loader=poisson_loader(...), "
+                          "or loss_reduction='sum'")
+
+
+def poisson_sampler_of(data_loader: Any) -> PoissonBatchSampler | None:
+    """The PoissonBatchSampler of a loader (or the sampler itself); None for None or another loader."""
+    if data_loader is None or isinstance(data_loader, PoissonBatchSampler):
+        return data_loader
+    sampler = getattr(data_loader, "batch_sampler", None)
+    if isinstance(sampler, PoissonBatchSampler):
+        return sampler
+    logger.warning("data_loader does not sample with a PoissonBatchSampler; the accountant assumes Poisson "
+                   "sampling at sample_rate, so epsilon is only an estimate for this loader")
+    return None
+
+
+def sample_rate_of(sample_rate: float | None, sampler: PoissonBatchSampler | None) -> float | None:
+    """q from the argument or the loader's sampler; they must agree."""
+    if sample_rate is not None and not (isinstance(sample_rate, (int, float)) and 0 < sample_rate <= 1):
+        raise ConfigError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
+    if sampler is None:
+        return None if sample_rate is None else float(sample_rate)
+    if sample_rate is not None and not math.isclose(sample_rate, sampler.sample_rate, rel_tol=1e-12):
+        raise ConfigError(f"sample_rate={sample_rate} but the data loader samples at {sampler.sample_rate}")
+    return sampler.sample_rate
+
+
+def dataset_size(data_loader: Any, sampler: PoissonBatchSampler | None) -> int | None:
+    """N, the number of examples the loader (or its Poisson sampler) samples from; None if unknown."""
+    if sampler is not None:
+        return sampler.num_samples
+    try:
+        return len(data_loader.dataset)
+    except (AttributeError, TypeError):
+        return None
+
+
+def resolve_noise(*, noise_multiplier: float | None, target_epsilon: float | None, target_delta: float | None,
+                  sample_rate: float | None, epochs: float | None, steps: int | None,
+                  accountant: str) -> tuple[float, int | None]:
+    """(σ, steps it was calibrated for): σ as given, or the smallest σ with ε(steps) ≤ target_epsilon."""
+    if target_epsilon is None:
+        if noise_multiplier is None:
+            raise ConfigError("pass noise_multiplier, or target_epsilon (with target_delta, sample_rate and "
+                              "epochs or steps) to calibrate it")
+        if epochs is not None or steps is not None:
+            raise ConfigError("epochs and steps only serve to calibrate noise_multiplier from target_epsilon")
+        return noise_multiplier, None
+    if noise_multiplier is not None:
+        raise ConfigError("pass either noise_multiplier or target_epsilon (which calibrates it), not both")
+    if target_delta is None or sample_rate is None or (epochs is None) == (steps is None):
+        raise ConfigError("calibrating noise_multiplier from target_epsilon needs target_delta, sample_rate "
+                          "(or a poisson data_loader) and exactly one of epochs or steps")
+    steps = steps_for(epochs, sample_rate) if epochs is not None else steps
+    sigma = calibrate_noise_multiplier(target_epsilon, target_delta, sample_rate, steps, mechanism=accountant)
+    logger.info("noise_multiplier=%.6g reaches epsilon<=%g at delta=%g after %d steps at q=%g",
+                sigma, target_epsilon, target_delta, steps, sample_rate)
+    return sigma, steps

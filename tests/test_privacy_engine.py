@@ -1,0 +1,341 @@
+"""The privacy engine: clipping styles, accumulation, Poisson batches, accounting, noise, resumable state."""
+import io
+
+import pytest
+import torch
+from conftest import BACKEND, DEVICE
+from helpers import max_relative_error, squared_error
+from reference import dp_reference
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import dpcompile
+from dpcompile import Accountant, ConfigError, poisson_loader
+
+F64 = dict(dtype=torch.float64, device=DEVICE)
+_G = torch.Generator().manual_seed(0)
+DATA = TensorDataset(torch.randn(24, 5, generator=_G, dtype=torch.float64),
+                     torch.randn(24, 3, generator=_G, dtype=torch.float64))
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).to(**F64)
+
+
+def batch(B, seed=1, d_in=5, d_out=3):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(B, d_in, generator=g, dtype=torch.float64), torch.randn(B, d_out, generator=g, dtype=torch.float64)
+    return x.to(DEVICE), y.to(DEVICE)
+
+
+def flat_grad(model):
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def dp_grads(model, x, y, **kwargs):
+    """.grad after one dpcompile'd backward of a 'mean' squared error."""
+    kwargs = {"noise_multiplier": 0.0, "backend": BACKEND, **kwargs}
+    dp = dpcompile.dpcompile(model, **kwargs)
+    model.zero_grad(set_to_none=True)
+    squared_error(dp(x), y, kwargs.get("loss_reduction", "mean")).backward()
+    return dp
+
+
+# --- clipping styles against the torch.func reference ---
+
+@pytest.mark.parametrize("bound", [0.05, 50.0])
+def test_automatic_clipping(bound):
+    model, (x, y) = mlp(), batch(7)
+    dp_grads(model, x, y, max_grad_norm=bound, clipping="automatic", clip_stability=0.05)
+    ref, _ = dp_reference(model, x, y, bound, loss=squared_error, clipping="automatic", clip_stability=0.05)
+    assert max_relative_error(model, ref) < 1e-10
+
+
+def test_per_layer_clipping():
+    model, (x, y) = mlp(), batch(7)
+    dp = dp_grads(model, x, y, max_grad_norm=4.2, clip_groups="per_layer")
+    groups = [["0.weight", "0.bias"], ["2.weight", "2.bias"]]
+    assert [list(g) for g in dp.config.clip_groups] == groups
+    ref, norms = dp_reference(model, x, y, 4.2, loss=squared_error, groups=groups)
+    assert all((n > 4.2 / 2**0.5).any() and (n < 4.2 / 2**0.5).any() for n in norms), "both clip branches per group"
+    assert max_relative_error(model, ref) < 1e-10
+
+
+@pytest.mark.parametrize("clipping", ["abadi", "automatic"])
+def test_per_group_clipping_with_own_bounds(clipping):
+    model, (x, y) = mlp(), batch(6)
+    groups, bounds = [["0.weight", "2.weight"], ["0.bias", "2.bias"]], [0.6, 0.8]
+    dp_grads(model, x, y, max_grad_norm=1.0, clip_groups=groups, clip_group_norms=bounds, clipping=clipping)
+    ref, _ = dp_reference(model, x, y, 1.0, loss=squared_error, groups=groups, bounds=bounds, clipping=clipping)
+    assert max_relative_error(model, ref) < 1e-10
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(clip_groups=[["0.weight", "0.bias"], ["2.weight"]]), "missing"),
+    (dict(clip_groups=[["0.weight", "0.bias", "2.weight", "2.bias", "9.weight"]]), "does not have"),
+    (dict(clip_groups=[["0.weight", "0.bias"], ["0.bias", "2.weight", "2.bias"]]), "several"),
+    (dict(clip_groups="per_module"), "per_layer"),
+    (dict(clip_groups="per_layer", clip_group_norms=[0.8, 0.8]), "sensitivity"),
+    (dict(clip_group_norms=[1.0]), "needs clip_groups"),
+])
+def test_refuses_bad_clip_groups(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        dpcompile.dpcompile(mlp(), max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND, **kwargs)
+
+
+# --- gradient accumulation ---
+
+@pytest.mark.parametrize("manual", [False, True], ids=["every_k", "context"])
+def test_accumulation_equals_one_batch(manual):
+    model, (x, y) = mlp(), batch(11)
+    k, n = 3, 11
+    dp = dpcompile.dpcompile(model, max_grad_norm=0.2, noise_multiplier=0.0, backend=BACKEND, expected_batch_size=n,
+                             gradient_accumulation_steps=1 if manual else k)
+    model.zero_grad(set_to_none=True)
+    for i, (xm, ym) in enumerate(zip(x.tensor_split(k), y.tensor_split(k))):
+        if manual and i < k - 1:
+            with dp.privacy.accumulating():
+                squared_error(dp(xm), ym).backward()
+        else:
+            squared_error(dp(xm), ym).backward()
+    ref, _ = dp_reference(model, x, y, 0.2, "mean", n, loss=squared_error)
+    assert max_relative_error(model, ref) < 1e-10
+    assert dp.privacy.steps == 1 and dp.compilations == 1
+
+
+def test_accumulation_adds_noise_once():
+    """Accumulated grad − noise-free accumulated grad = N(0, σ²R²)/n: std σR/n, not √k·σR/n."""
+    torch.manual_seed(0)
+    model = nn.Linear(100, 100).to(**F64)
+    x, y = batch(16, d_in=100, d_out=100)
+    sigma, bound, k, n = 1.3, 0.7, 4, 16
+    grads, engines = [], []
+    for noise in (0.0, sigma):
+        dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=noise, backend=BACKEND, seed=3,
+                                 expected_batch_size=n, gradient_accumulation_steps=k, sample_rate=0.5)
+        model.zero_grad(set_to_none=True)
+        for i, (xm, ym) in enumerate(zip(x.tensor_split(k), y.tensor_split(k))):
+            squared_error(dp(xm), ym).backward()
+            grads.append(flat_grad(model))
+        engines.append(dp.privacy)
+    clean, noisy = grads[:k], grads[k:]
+    assert all(torch.allclose(c, d, rtol=1e-12, atol=0) for c, d in zip(clean[:-1], noisy[:-1])), "noise before step k"
+    diff = noisy[-1] - clean[-1]
+    assert abs(diff.std().item() / (sigma * bound / n) - 1) < 0.03
+    assert engines[1].steps == 1 and engines[1].noise.calls == k
+    for xm, ym in zip(x.tensor_split(k), y.tensor_split(k)):  # a second logical step
+        squared_error(dp(xm), ym).backward()
+    assert dp.privacy.steps == 2
+    direct = Accountant()
+    direct.record(sigma, 0.5, 2)
+    assert dp.privacy.epsilon(1e-5) == direct.epsilon(1e-5)
+
+
+def test_poisson_batches_split_into_micro_batches():
+    """A Poisson logical batch split into k micro-batches (some empty) is one noisy step."""
+    model = mlp()
+    loader = poisson_loader(DATA, 0.1, steps=6, seed=3)
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND, data_loader=loader,
+                             gradient_accumulation_steps=3, seed=0)
+    for x, y in loader:
+        for xm, ym in zip(x.tensor_split(3), y.tensor_split(3)):
+            squared_error(dp(xm), ym).backward()
+    assert dp.privacy.steps == 6 and dp.privacy.noise.calls == 18
+
+
+# --- Poisson batches, accounting, calibration ---
+
+@pytest.mark.parametrize("shape", [(4,), (3, 4)], ids=["2d", "3d"])
+def test_poisson_batches_do_not_recompile(shape):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2)).to(**F64)
+    data = TensorDataset(torch.randn(20, *shape, dtype=torch.float64), torch.randn(20, *shape[:-1], 2, dtype=torch.float64))
+    loader = poisson_loader(data, 0.1, steps=12, seed=2)
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.1, backend=BACKEND, data_loader=loader, seed=0)
+    assert dp.config.expected_batch_size == 2  # round(q·N)
+    sizes = []
+    for x, y in loader:
+        model.zero_grad(set_to_none=True)
+        squared_error(dp(x.to(DEVICE)), y.to(DEVICE)).backward()
+        assert torch.isfinite(flat_grad(model)).all() and flat_grad(model).abs().min() > 0  # noise every step
+        sizes.append(x.shape[0])
+    assert 0 in sizes and 1 in sizes and len(set(sizes)) >= 3, sizes
+    assert dp.compilations == 1, f"recompiled for batch sizes {sizes}"
+    assert dp.privacy.steps == 12
+    direct = Accountant()
+    direct.record(1.1, 0.1, 12)
+    assert dp.privacy.epsilon(1e-5) == direct.epsilon(1e-5)
+
+
+def test_rdp_accountant_and_zero_noise():
+    model, (x, y) = mlp(), batch(4)
+    dp = dp_grads(model, x, y, max_grad_norm=1.0, noise_multiplier=1.5, sample_rate=0.1, expected_batch_size=4,
+                  accountant="rdp")
+    direct = Accountant("rdp")
+    direct.record(1.5, 0.1, 1)
+    assert dp.privacy.epsilon(1e-6) == direct.epsilon(1e-6)
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, backend=BACKEND, sample_rate=0.1,
+                             loss_reduction="sum")
+    assert dp.privacy.epsilon(1e-5) == 0.0  # no step yet
+    squared_error(dp(x), y, "sum").backward()
+    assert dp.privacy.steps == 1 and dp.privacy.epsilon(1e-5) == float("inf")
+
+
+def test_calibration_from_target_epsilon():
+    model = mlp()
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, target_epsilon=2.0, target_delta=1e-5, epochs=5,
+                             sample_rate=0.05, expected_batch_size=4, backend=BACKEND)
+    sigma = dp.privacy.noise_multiplier
+    assert dp.privacy.planned_steps == 100 and sigma > 0
+    assert dp.backend.noise.std == sigma * 1.0
+    direct = Accountant()
+    direct.record(sigma, 0.05, 100)
+    assert 0.99 * 2.0 <= direct.epsilon(1e-5) <= 2.0
+    dp.privacy.noise.draws = 100  # as if 100 steps were taken
+    assert dp.privacy.epsilon() == direct.epsilon(1e-5)  # delta defaults to target_delta
+
+
+# --- noise ---
+
+def noisy_grads(**kwargs):
+    model, (x, y) = mlp(), batch(4)
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND, **kwargs)
+    out = []
+    for _ in range(2):
+        model.zero_grad(set_to_none=True)
+        squared_error(dp(x), y).backward()
+        out.append(flat_grad(model))
+    return torch.cat(out), dp
+
+
+def test_seed_reproduces_noise():
+    a, _ = noisy_grads(seed=5)
+    b, _ = noisy_grads(seed=5)
+    c, _ = noisy_grads(seed=6)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_secure_noise_differs_between_runs():
+    a, dp = noisy_grads(secure_noise=True)
+    b, _ = noisy_grads(secure_noise=True)
+    assert not torch.equal(a, b)
+    state = dp.privacy.state_dict()["noise"]
+    assert set(state) == {"draws", "calls"}, "a secure run must not save its seed or generator state"
+    with pytest.raises(ConfigError, match="secure_noise"):
+        noisy_grads(secure_noise=True, seed=1)
+
+
+# --- resumable state ---
+
+def run_setup(model_seed=0, **kwargs):
+    torch.manual_seed(model_seed)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).to(**F64)
+    loader = poisson_loader(DATA, 0.25, steps=5, seed=kwargs.pop("loader_seed", 9))
+    settings = dict(max_grad_norm=0.5, noise_multiplier=1.1, backend=BACKEND, data_loader=loader, seed=4) | kwargs
+    dp = dpcompile.dpcompile(model, **settings)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    return model, dp, opt, loader
+
+
+def batches(loader):
+    while True:
+        yield from loader
+
+
+def train(model, dp, opt, it, steps):
+    for _ in range(steps):
+        x, y = next(it)
+        opt.zero_grad(set_to_none=True)
+        squared_error(dp(x.to(DEVICE)), y.to(DEVICE)).backward()
+        opt.step()
+
+
+def checkpoint(model, dp, opt):
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "dp": dp.privacy.state_dict()}, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def test_resume_equals_uninterrupted():
+    model, dp, opt, loader = run_setup()
+    it = batches(loader)
+    train(model, dp, opt, it, 3)
+    saved = checkpoint(model, dp, opt)
+    train(model, dp, opt, it, 4)  # crosses into the loader's second epoch
+
+    model2, dp2, opt2, loader2 = run_setup(model_seed=1, loader_seed=123, seed=77)
+    model2.load_state_dict(saved["model"])
+    opt2.load_state_dict(saved["opt"])
+    dp2.privacy.load_state_dict(saved["dp"])
+    assert dp2.privacy.steps == 3
+    train(model2, dp2, opt2, batches(loader2), 4)
+    for p, q in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(p, q)
+    assert dp2.privacy.steps == dp.privacy.steps == 7
+    assert dp2.privacy.epsilon(1e-5) == dp.privacy.epsilon(1e-5)
+    assert dp2.privacy.state_dict()["accountant"] == dp.privacy.state_dict()["accountant"]
+
+
+@pytest.mark.parametrize("other", [dict(noise_multiplier=1.2), dict(max_grad_norm=0.4), dict(clipping="automatic"),
+                                   dict(accountant="rdp"), dict(loss_reduction="sum"), dict(expected_batch_size=5),
+                                   dict(clip_groups="per_layer"), dict(data_loader=None, sample_rate=0.25, expected_batch_size=6)])
+def test_refuses_checkpoint_of_other_settings(other):
+    model, dp, opt, _ = run_setup()
+    state = dp.privacy.state_dict()
+    _, dp2, _, _ = run_setup(**other)
+    with pytest.raises(ConfigError, match="checkpoint"):
+        dp2.privacy.load_state_dict(state)
+    with pytest.raises(ConfigError):
+        dp2.privacy.load_state_dict({"steps": 0})
+
+
+# --- bad input, refused before training ---
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(noise_multiplier=-1.0), "noise_multiplier"),
+    (dict(max_grad_norm=0.0), "max_grad_norm"),
+    (dict(max_grad_norm=-1.0), "max_grad_norm"),
+    (dict(sample_rate=0.0, loss_reduction="sum"), "sample_rate"),
+    (dict(sample_rate=1.5, loss_reduction="sum"), "sample_rate"),
+    (dict(target_delta=1.0), "delta"),
+    (dict(noise_multiplier=None, target_epsilon=1.0, target_delta=1.5, steps=10, sample_rate=0.1,
+          loss_reduction="sum"), "delta"),
+    (dict(noise_multiplier=None, target_epsilon=0.0, target_delta=1e-5, steps=10, sample_rate=0.1,
+          loss_reduction="sum"), "unreachable"),
+    (dict(noise_multiplier=None, target_epsilon=float("inf"), target_delta=1e-5, steps=10, sample_rate=0.1,
+          loss_reduction="sum"), "unreachable"),
+    (dict(noise_multiplier=None, target_epsilon=1.0, target_delta=1e-5, sample_rate=0.1, loss_reduction="sum"),
+     "epochs or steps"),
+    (dict(target_epsilon=1.0, target_delta=1e-5, steps=10, sample_rate=0.1, loss_reduction="sum"), "not both"),
+    (dict(noise_multiplier=None), "noise_multiplier"),
+    (dict(steps=10), "target_epsilon"),
+    (dict(loss_reduction="sum", expected_batch_size=8), "expected_batch_size"),
+    (dict(gradient_accumulation_steps=2), "expected_batch_size"),
+    (dict(gradient_accumulation_steps=0, expected_batch_size=8), "gradient_accumulation_steps"),
+    (dict(sample_rate=0.1), "expected batch size"),
+    (dict(accountant="moments", loss_reduction="sum"), "mechanism"),
+    (dict(data_loader=poisson_loader(DATA, 0.25), sample_rate=0.5), "sample_rate"),
+])
+def test_refuses_bad_input(kwargs, match):
+    settings = dict(max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND) | kwargs
+    with pytest.raises(ConfigError, match=match):
+        dpcompile.dpcompile(mlp(), **settings)
+
+
+def test_attach_loader_after_compiling():
+    model = mlp()
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND, sample_rate=0.25,
+                             expected_batch_size=6)
+    with pytest.raises(ConfigError, match="sample_rate"):
+        dp.privacy.attach(poisson_loader(DATA, 0.5))
+    loader = poisson_loader(DATA, 0.25, seed=1)
+    dp.privacy.attach(loader)
+    next(iter(loader))
+    assert dp.privacy.state_dict()["sampler"]["step"] == 1
+
+
+def test_model_state_dict_keys_unchanged():
+    model, dp, _, _ = run_setup()
+    assert list(dp.state_dict()) == list(model.state_dict())

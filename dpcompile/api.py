@@ -14,7 +14,7 @@ from torch.utils._pytree import tree_map
 from .backend import DPBackend
 from .config import DPConfig
 from .errors import ConfigError, GraphBreakError
-from .passes.safety import refuse_unsupported_modules
+from .passes.safety import check_samples_independent, refuse_unsupported_modules
 from .privacy.engine import (PrivacyEngine, check_accumulation, check_normaliser, dataset_size, poisson_sampler_of,
                              resolve_noise, sample_rate_of)
 from .report import PlanReport, plan_report
@@ -37,6 +37,7 @@ class DPModel(nn.Module):
         self.backend = DPBackend(config, {id(p): n for n, p in model.named_parameters()})
         self.privacy = PrivacyEngine(config, self.backend.noise, **privacy)
         object.__setattr__(self, "_compiled", torch.compile(model, backend=self.backend, fullgraph=True, dynamic=False))
+        self._checked_captures = 0
 
     def forward(self, *args, **kwargs):
         batch = next((a.shape[0] for a in args if isinstance(a, torch.Tensor) and a.dim() > 0), None)
@@ -48,19 +49,23 @@ class DPModel(nn.Module):
             if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == batch:
                 torch._dynamo.mark_dynamic(a, 0)  # only the batch dimension is dynamic
         try:
-            with fx_config.patch(backed_size_oblivious=True):  # batch sizes 0 and 1 share the graph
+            with fx_config.patch(backed_size_oblivious=True), _recompile_limit(64):  # sizes 0 and 1 share the graph
                 out = self._compiled(*args, **kwargs)
         except torch._dynamo.exc.Unsupported as exc:
+            where = "\n".join([line for line in str(exc).splitlines() if line.strip()][:12])
             raise GraphBreakError(
-                f"the model does not capture as one graph ({type(exc).__name__}: {str(exc).splitlines()[0]}). "
-                "The clip factor needs every layer's norm, so the forward must be one graph: remove the "
-                "data-dependent Python control flow or unsupported call named above.") from exc
+                f"the model does not capture as one graph. The clip factor needs every layer's norm, so the "
+                f"forward must be one graph: remove the data-dependent Python control flow or unsupported call "
+                f"that Dynamo names here:\n{where}") from exc
         except Exception as exc:
             if self.backend.error is not None:
                 raise self.backend.error from exc
             raise
         if self.backend.error is not None:
             raise self.backend.error
+        if self._checked_captures < self.backend.compilations:  # a new graph: check it numerically too
+            check_samples_independent(self.module, args, kwargs)
+            self._checked_captures = self.backend.compilations
         return out
 
     @property
@@ -147,6 +152,13 @@ def clip_groups_of(model: nn.Module, spec: str | Sequence[Sequence[str]] | None)
     if missing:
         raise ConfigError(f"every trainable parameter must be in a clip group; missing: {missing}")
     return groups_t
+
+
+def _recompile_limit(limit: int):
+    """Room for many compiled models in one process (each adds cache entries to the same forward code)."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    return config.patch(**{name: max(limit, getattr(config, name))})
 
 
 def _pad_empty_batch(values):

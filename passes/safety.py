@@ -150,9 +150,9 @@ def check_samples_independent(model: torch.nn.Module, args: tuple, kwargs: dict)
         return
     buffers = {k: v.clone() for k, v in model.named_buffers()}
     runs = [_recorded_outputs(model, args, kwargs), _recorded_outputs(model, *_changed_first_sample(args, kwargs, batch))]
-    with torch.no_grad():
+    with torch.no_grad():  # through .data: the real step's autograd saw these buffers at their version
         for k, v in model.named_buffers():
-            v.copy_(buffers[k])
+            v.data.copy_(buffers[k])
     for (path, first), (_, second) in zip(*runs):
         if _others_moved(first, second, batch):
             from dpcompile.errors import SampleMixingError

@@ -183,9 +183,6 @@ def test_graph_break_refused():
     assert "if x.sum() > 0" in str(err.value.__cause__)  # Dynamo's own message has the user's source line
 
 
-@pytest.mark.xfail(strict=True, reason="GraphBreakError keeps only the first line of Dynamo's message: the user "
-                                       "frame ('from user code', exc.real_stack) is dropped though the text says "
-                                       "'named above'")
 def test_graph_break_names_the_source():
     with pytest.raises(GraphBreakError) as err:
         compile_and_step(Centered(branchy), torch.randn(3, 4, dtype=F64))

@@ -8,6 +8,7 @@ environment's hints and add no guards: they change speed, never the result.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import prod
 
 import sympy
 import torch.fx as fx
@@ -19,9 +20,9 @@ from .rules import Cost, rule_for
 FLOPS_PER_SECOND = 50e12  # fp32 matrix work, H100 class
 BYTES_PER_SECOND = 3e12
 NEAR_TIE = 0.1
-# Per-sample conv gradients: the batch-folded grouped convolution beat unfold+matmul for small
-# channel counts and lost for large ones (../shared/notes/compiler-facts.md, H100).
-GROUPED_CONV_MAX_WEIGHT = 128 * 128 * 9
+# Per-sample conv gradients in full fp32 (H100, torch 2.11, benchmarks/layer_costs.py): the
+# batch-folded grouped convolution beat unfold + matmul only for (nearly) depthwise convolutions.
+GROUPED_CONV_MAX_CHANNELS_PER_GROUP = 4
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,8 @@ def evaluate(expr, hints: dict) -> float:
 
 
 def estimated_seconds(cost: Cost, hints: dict) -> float:
-    """FLOPs at the arithmetic rate plus the extra bytes written and read once."""
-    return evaluate(cost.flops, hints) / FLOPS_PER_SECOND + 2 * evaluate(cost.bytes, hints) / BYTES_PER_SECOND
+    """FLOPs at the arithmetic rate plus the bytes moved at the memory rate."""
+    return evaluate(cost.flops, hints) / FLOPS_PER_SECOND + evaluate(cost.moved, hints) / BYTES_PER_SECOND
 
 
 def choose(policy: str, site: Site, costs: dict[str, Cost], hints: dict) -> tuple[str, str]:
@@ -96,5 +97,5 @@ def conv_impl(site: Site, method: str) -> str:
         return ""
     if site.consts.get("transposed"):
         return "unfold"
-    weight_numel = site.shape.p * site.shape.groups * site.shape.d
-    return "grouped" if int(weight_numel) <= GROUPED_CONV_MAX_WEIGHT else "unfold"
+    channels_per_group = site.shape.d / prod(site.consts["kernel"])
+    return "grouped" if int(channels_per_group) <= GROUPED_CONV_MAX_CHANNELS_PER_GROUP else "unfold"

@@ -39,9 +39,9 @@ def _contracted(node: fx.Node, rank: int) -> list[int]:
 def _picked(node: fx.Node, rank: int) -> list[int]:
     """select/slice/narrow: the dim they pick from (a full slice picks nothing)."""
     dim = node.args[1] % rank if len(node.args) > 1 else 0
-    if node.target is aten.slice.Tensor:
-        start, end, step = (list(node.args[2:]) + [None, None, 1])[:3]
-        if start in (None, 0) and (end is None or (isinstance(end, int) and end >= 2**62)) and step == 1:
+    if node.target is aten.slice.Tensor and "val" in node.meta:  # a slice that keeps every row picks nothing
+        before, after = shape_of_value(node.args[0].meta["val"])[dim], shape_of_value(node.meta["val"])[dim]
+        if sympy.simplify(before - after) == 0:
             return []
     return [dim]
 

@@ -2,22 +2,27 @@
 from __future__ import annotations
 
 import math
+import os
 
+import pytest
 import torch
 from conftest import BACKEND, DEVICE
 from helpers import RTOL, Case, clip_bound_between, max_relative_error, squared_error
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
 from reference import dp_reference, per_sample_grads
 from torch import nn
 
 import dpcompile
 
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
+
 POLICIES = st.sampled_from(("mixed", "ghost", "per_sample", "auto"))
 SMOOTH = {"tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU}
 UNBOUNDED = ("gelu", "silu", "leaky_relu")  # gradients grow with the input scale: norms exceed R
 CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 SIZES = st.integers(1, 7)
+SCALE = float(os.environ.get("DPCOMPILE_TEST_EXAMPLES", "1"))  # multiplies every max_examples (deeper runs)
 SETTINGS = dict(deadline=None, derandomize=True, print_blob=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
@@ -29,6 +34,7 @@ def linear_cases(draw, max_layers: int = 3, activations=tuple(SMOOTH)) -> Case:
     widths = draw(st.lists(SIZES, min_size=2, max_size=max_layers + 1))
     biases = draw(st.lists(st.booleans(), min_size=len(widths) - 1, max_size=len(widths) - 1))
     act = draw(st.sampled_from(activations))
+    assume(not (os.environ.get("TMP_EXPLORE") and any(a == b == 1 for a, b in zip(widths, widths[1:])) and math.prod(middle) > 1))  # TMP
 
     def model() -> nn.Module:
         layers = []
@@ -102,6 +108,9 @@ def sample_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Te
 def pick_bound(model: nn.Module, case: Case, data, mode: str) -> float:
     """'between': median norm of the first batch; 'tiny'/'huge': far below/above every norm."""
     if mode == "between":
+        first = sample_norms(model, *data[0])
+        median = first.median()
+        assume((first > median * 1.001).any() and (first < median * 0.999).any())  # else norms too close to split
         return clip_bound_between(model, case, *data[0])
     norms = torch.cat([sample_norms(model, x, y) for x, y in data])
     assert norms.min() > 0, "a sample with zero gradient: tiny bound would not clip it"
@@ -143,7 +152,7 @@ BOUNDS = st.sampled_from(("between", "between", "tiny", "huge"))
 REDUCTIONS = st.sampled_from(("mean", "sum"))
 
 
-@settings(max_examples=14, **SETTINGS)
+@settings(max_examples=round(14 * SCALE), **SETTINGS)
 @given(case=linear_cases(), policy=POLICIES, reduction=REDUCTIONS, mode=BOUNDS,
        sizes=st.tuples(st.integers(3, 7), st.integers(1, 9)), seed=st.integers(0, 2**16))
 def test_linear_matches_reference(case, policy, reduction, mode, sizes, seed):
@@ -152,7 +161,7 @@ def test_linear_matches_reference(case, policy, reduction, mode, sizes, seed):
     assert dp.compilations <= 1 + (1 in sizes), f"recompiled: {dp.compilations} captures for batch sizes {sizes}"
 
 
-@settings(max_examples=6, **SETTINGS)
+@settings(max_examples=round(6 * SCALE), **SETTINGS)
 @given(case=linear_cases(), policy=POLICIES, batch=st.integers(2, 7), seed=st.integers(0, 2**16))
 def test_linear_batch_one_shares_the_graph(case, policy, batch, seed):
     """Batch sizes B and 1 run through one capture (api.py: 'batch sizes 0 and 1 share the graph')."""
@@ -160,7 +169,7 @@ def test_linear_batch_one_shares_the_graph(case, policy, batch, seed):
     assert dp.compilations == 1, f"recompiled: {dp.compilations} captures for batch sizes ({batch}, 1)"
 
 
-@settings(max_examples=20, **SETTINGS)
+@settings(max_examples=round(20 * SCALE), **SETTINGS)
 @given(case=conv_cases(), policy=POLICIES, reduction=REDUCTIONS, mode=BOUNDS,
        sizes=st.tuples(st.integers(3, 7), st.integers(2, 9)), seed=st.integers(0, 2**16))
 def test_conv_matches_reference(case, policy, reduction, mode, sizes, seed):
@@ -180,7 +189,7 @@ def total_norm(grads: dict[str, torch.Tensor]) -> float:
     return math.sqrt(sum(g.square().sum().item() for g in grads.values()))
 
 
-@settings(max_examples=12, **SETTINGS)
+@settings(max_examples=round(12 * SCALE), **SETTINGS)
 @given(case=st.one_of(linear_cases(max_layers=2, activations=UNBOUNDED), conv_cases(activations=UNBOUNDED)),
        policy=POLICIES, batch=st.integers(2, 6), scale=st.floats(10, 1000), bound=st.floats(0.1, 10),
        seed=st.integers(0, 2**16))
@@ -192,7 +201,7 @@ def test_each_sample_contribution_is_bounded(case, policy, batch, scale, bound, 
     ((x, y),) = draw_batches(case, model, (batch,), scale)
     norms = sample_norms(model, x, y)
     note(f"per-sample norms {norms.tolist()}")
-    assert (norms > bound).any(), f"no sample above R={bound}: norms {norms.tolist()}"
+    assume((norms > bound).any())  # some sample must be clipped for the bound to be tested
     dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, policy=policy,
                              backend=BACKEND, loss_reduction="sum")
     total = grads_of(dp, model, x, y)

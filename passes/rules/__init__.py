@@ -24,10 +24,30 @@ WORD = 4  # bytes of a float32
 
 @dataclass(frozen=True)
 class Cost:
-    """Work of one method for one site: FLOPs and extra bytes held, as sympy expressions."""
+    """Work of one method for one site, its clipped sum included: FLOPs, extra bytes held, and the
+    bytes moved through memory for them (default: written once, read once), as sympy expressions."""
 
     flops: sympy.Expr
     bytes: sympy.Expr
+    traffic: sympy.Expr | None = None
+
+    @property
+    def moved(self) -> sympy.Expr:
+        return 2 * self.bytes if self.traffic is None else self.traffic
+
+
+def generalized_linear_costs(s: LayerShape) -> dict[str, "Cost"]:
+    """g_i = P_iᵀ Q_i (p × d per group, T positions). Ghost: two Gram matrices, 2BT²(p+d) (for T = 1,
+    ‖P_i‖²‖Q_i‖²), then the book-keeping weight-gradient op, 2BTpd. Per-sample: the products, 2BTpd,
+    then the clip-weighted sum, 2Bpd; the B·p·d per-sample gradients are written, read for the norm
+    and read for the sum."""
+    g = s.groups
+    clipped = 2 * s.B * s.T * s.p * s.d * g
+    gram = 2 * s.B * (s.p + s.d) * g if s.T == 1 else 2 * s.B * g * s.T**2 * (s.p + s.d)
+    gram_bytes = 2 * s.B * g * WORD if s.T == 1 else 2 * s.B * g * s.T**2 * WORD
+    per_sample_bytes = s.B * s.p * s.d * g * WORD
+    return {"ghost": Cost(gram + clipped, gram_bytes),
+            "per_sample": Cost(clipped + 2 * s.B * s.p * s.d * g, per_sample_bytes, 3 * per_sample_bytes)}
 
 
 class Rule(Protocol):

@@ -18,7 +18,7 @@ from torch import Tensor
 from dpcompile.ops import per_sample_conv_weight_grad
 
 from ..meta import LayerShape, Site
-from . import WORD, Cost, register
+from . import WORD, Cost, generalized_linear_costs, register
 from .layout import shape_of
 
 aten = torch.ops.aten
@@ -112,13 +112,10 @@ class ConvRule:
                                          c["output_padding"], c["groups"], [False, True, False])[1]
 
     def cost(self, site: Site) -> dict[str, Cost]:
-        s, g = site.shape, site.shape.groups
+        s = site.shape
         if site.rule == "conv_bias":  # per-sample bias gradient: a sum over positions
             return {"per_sample": Cost(flops=s.B * s.T * s.p, bytes=s.B * s.p * WORD)}
-        per_sample = Cost(flops=2 * s.B * s.T * s.p * s.d * g, bytes=s.B * s.p * s.d * g * WORD)
-        ghost = Cost(flops=2 * s.B * g * s.T**2 * (s.p + s.d) + 2 * s.B * g * s.T**2,
-                     bytes=(2 * s.B * g * s.T**2 + s.B * g * s.d * s.T) * WORD)
-        return {"ghost": ghost, "per_sample": per_sample}
+        return generalized_linear_costs(s)
 
 
 register(ConvRule())

@@ -118,9 +118,10 @@ class EmbeddingRule:
         return out.index_put((idx.flatten(),), values.flatten(0, 1), accumulate=True)
 
     def cost(self, site: Site) -> dict[str, Cost]:
-        s = site.shape
-        return {"ghost": Cost(flops=2 * s.B * s.T**2 * (s.d + 1), bytes=2 * s.B * s.T**2 * WORD),
-                "per_sample": Cost(flops=s.B * s.T * s.d, bytes=s.B * s.p * s.d * WORD)}
+        s = site.shape  # p: table rows, d: width. Both scatter B·T·d values for the clipped sum.
+        table = s.B * s.p * s.d * WORD
+        return {"ghost": Cost(flops=2 * s.B * s.T**2 * (s.d + 1) + s.B * s.T * s.d, bytes=2 * s.B * s.T**2 * WORD),
+                "per_sample": Cost(flops=2 * s.B * s.T * s.d + 2 * s.B * s.p * s.d, bytes=table, traffic=4 * table)}
 
 
 register(EmbeddingRule())

@@ -21,7 +21,28 @@ ORDER_PRESERVING = {
     aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.clone.default,
     aten.alias.default, aten.detach.default, aten.contiguous.default,
     torch.ops.prims.convert_element_type.default, aten._to_copy.default,
+    aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default, aten.unsqueeze.default,
 }
+PERMUTES = {aten.permute.default, aten.t.default, aten.transpose.int}
+
+
+def keeps_order(node: fx.Node) -> bool:
+    """Whether node relabels its input's elements without reordering them: an order-preserving
+    view, or a permute that only moves size-one dims."""
+    if node.target in ORDER_PRESERVING:
+        return True
+    if node.target not in PERMUTES:
+        return False
+    sizes = shape_of(node.args[0])
+    rank = len(sizes)
+    if node.target is aten.permute.default:
+        order = [d % rank for d in node.args[1]]
+    else:
+        a, b = (0, 1) if node.target is aten.t.default else (node.args[1] % rank, node.args[2] % rank)
+        order = list(range(rank))
+        order[a], order[b] = order[b], order[a]
+    moved = [d for d in order if sizes[d] != 1]
+    return moved == sorted(moved)
 
 
 def size_expr(s) -> sympy.Expr:
@@ -54,7 +75,7 @@ def find_rows_layout(node: fx.Node, rows: sympy.Expr, batch: sympy.Expr) -> Rows
                     return RowsLayout(node, lead, hits[0])
                 break
         src = node.args[0] if node.args else None
-        if node.target not in ORDER_PRESERVING or not isinstance(src, fx.Node):
+        if not isinstance(src, fx.Node) or not keeps_order(node):
             return None
         node = src
 

@@ -11,7 +11,7 @@ import torch.fx as fx
 from torch import Tensor
 
 from ..meta import LayerShape, Site
-from . import WORD, Cost, register
+from . import Cost, generalized_linear_costs, register
 from .layout import find_rows_layout, shape_of, to_batch_rows
 
 aten = torch.ops.aten
@@ -76,11 +76,7 @@ class MatmulRule:
         return torch.mm(p.flatten(0, 1).t(), q.flatten(0, 1))
 
     def cost(self, site: Site) -> dict[str, Cost]:
-        s = site.shape
-        return {
-            "ghost": Cost(flops=2 * s.B * s.T**2 * (s.p + s.d) + 2 * s.B * s.T**2, bytes=2 * s.B * s.T**2 * WORD),
-            "per_sample": Cost(flops=2 * s.B * s.T * s.p * s.d, bytes=s.B * s.p * s.d * WORD),
-        }
+        return generalized_linear_costs(site.shape)
 
 
 register(MatmulRule())

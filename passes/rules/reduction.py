@@ -5,6 +5,8 @@ Per sample i: g_i = Σ over the summed dims other than the batch of X_i. Instant
 """
 from __future__ import annotations
 
+from math import prod
+
 import sympy
 import torch
 import torch.fx as fx
@@ -47,7 +49,7 @@ class SumRule:
         rows = sympy.Integer(1)
         for d in dims:
             rows *= shape[d]
-        layout = find_rows_layout(x, rows, batch)
+        layout = next((lay for c in _row_sources(x, len(dims), rows) if (lay := find_rows_layout(c, rows, batch))), None)
         if layout is None:
             return f"the batch ({batch}) cannot be found among the {rows} summed rows"
         consts = {"batch_dim": layout.batch_dim, "dims": dims, "lead": layout.lead}
@@ -73,6 +75,21 @@ class SumRule:
     def cost(self, site: Site) -> dict[str, Cost]:
         s = site.shape
         return {"per_sample": Cost(flops=s.B * s.T * s.p, bytes=s.B * s.p * WORD)}
+
+
+ELEMENTWISE = {aten.mul.Tensor, aten.div.Tensor, aten.add.Tensor, aten.sub.Tensor, aten.neg.default}
+
+
+def _row_sources(x: fx.Node, ndims: int, rows: sympy.Expr) -> list[fx.Node]:
+    """x, and for an elementwise x (a decomposed small matmul is mul then sum) its operands whose
+    leading dims hold the same rows in the same order."""
+    sources = [x]
+    if x.target in ELEMENTWISE:
+        for a in x.args:
+            if isinstance(a, fx.Node) and len(shape_of(a)) >= ndims and \
+                    sympy.simplify(prod(shape_of(a)[:ndims]) - rows) == 0:
+                sources.append(a)
+    return sources
 
 
 def _positions(shape, dims) -> sympy.Expr:

@@ -52,7 +52,9 @@ class DPModel(nn.Module):
             with fx_config.patch(backed_size_oblivious=True), _recompile_limit(64):  # sizes 0 and 1 share the graph
                 out = self._compiled(*args, **kwargs)
         except torch._dynamo.exc.Unsupported as exc:
-            where = "\n".join([line for line in str(exc).splitlines() if line.strip()][:12])
+            lines = [line for line in str(exc).splitlines() if line.strip()]
+            user = next((i for i, line in enumerate(lines) if line.startswith("from user code")), len(lines))
+            where = "\n".join(lines[:1] + lines[user:user + 12])
             raise GraphBreakError(
                 f"the model does not capture as one graph. The clip factor needs every layer's norm, so the "
                 f"forward must be one graph: remove the data-dependent Python control flow or unsupported call "

@@ -140,7 +140,7 @@ def test_poisson_batches_split_into_micro_batches():
                              gradient_accumulation_steps=3, seed=0)
     for x, y in loader:
         for xm, ym in zip(x.tensor_split(3), y.tensor_split(3)):
-            squared_error(dp(xm), ym).backward()
+            squared_error(dp(xm.to(DEVICE)), ym.to(DEVICE)).backward()
     assert dp.privacy.steps == 6 and dp.privacy.noise.calls == 18
 
 

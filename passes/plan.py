@@ -20,7 +20,7 @@ from .rules import Cost, rule_for
 FLOPS_PER_SECOND = 50e12  # fp32 matrix work, H100 class
 BYTES_PER_SECOND = 3e12
 NEAR_TIE = 0.1
-# Per-sample conv gradients in full fp32 (H100, torch 2.11, benchmarks/layer_costs.py): the
+# Per-sample conv gradients in full fp32 (H100 and H200, torch 2.11, benchmarks/layer_costs.py): the
 # batch-folded grouped convolution beat unfold + matmul only for (nearly) depthwise convolutions.
 GROUPED_CONV_MAX_CHANNELS_PER_GROUP = 4
 
@@ -98,4 +98,5 @@ def conv_impl(site: Site, method: str) -> str:
     if site.consts.get("transposed"):
         return "unfold"
     channels_per_group = site.shape.d / prod(site.consts["kernel"])
-    return "grouped" if int(channels_per_group) <= GROUPED_CONV_MAX_CHANNELS_PER_GROUP else "unfold"
+    grouped = site.shape.groups > 1 and int(channels_per_group) <= GROUPED_CONV_MAX_CHANNELS_PER_GROUP
+    return "grouped" if grouped else "unfold"

@@ -14,6 +14,7 @@ import torch.fx as fx
 from functorch.compile import make_boxed_func
 from torch._dynamo.backends.common import aot_autograd
 from torch._functorch.partitioners import min_cut_rematerialization_partition
+from torch._guards import detect_fake_mode
 from torch._inductor.decomposition import select_decomp_table
 
 from . import passes
@@ -38,6 +39,9 @@ class DPBackend:
         self.compilations += 1
         self.graphs["dynamo"] = gm
         ctx = self.context(gm, example_inputs)
+        if self.config.backend == "inductor":  # inductor's own AOT path (layouts, strides), our passes inside
+            from torch._inductor.compile_fx import compile_fx
+            return compile_fx(gm, example_inputs, inner_compile=lambda g, ex, **kw: self.inductor_inner(g, ex, ctx, **kw))
         compile_aot = aot_autograd(
             fw_compiler=lambda g, ex: self.compile_forward(g, ex, ctx),
             bw_compiler=lambda g, ex: self.compile_backward(g, ex, ctx),
@@ -88,12 +92,65 @@ class DPBackend:
             raise
         return fp32_boxed(compiled)
 
+    def inductor_inner(self, gm: fx.GraphModule, example_inputs, ctx: passes.PassContext, **kwargs):
+        """Inductor's inner compiler, with the safety check on the forward and the DP passes on the backward."""
+        from torch._inductor.compile_fx import compile_fx_inner
+        backward = kwargs.get("is_backward", False)
+        self.graphs["backward" if backward else "forward"] = gm
+        try:
+            if backward:
+                example_inputs = restride_saved_tensors(gm, example_inputs)
+                with full_fp32():
+                    gm = passes.run_pipeline(gm, ctx)
+                    self.graphs["backward_rewritten"] = gm
+                    with analyses_set_aside(gm):
+                        return compile_fx_inner(gm, example_inputs, **kwargs)
+            passes.check_sample_independence(gm, ctx)
+            return compile_fx_inner(gm, example_inputs, **kwargs)
+        except BaseException as exc:  # AOTAutograd may only log a backward error: keep it for the next step
+            self.error = exc
+            raise
+
     def lower(self, gm: fx.GraphModule, example_inputs, backward: bool):
         """Inductor kernels, or the graph run as it is (backend='eager')."""
         if self.config.backend == "eager":
             return make_boxed_func(gm.forward)
         from torch._inductor.compile_fx import compile_fx_inner
         return compile_fx_inner(gm, example_inputs, is_backward=backward)
+
+
+@contextlib.contextmanager
+def analyses_set_aside(gm: fx.GraphModule):
+    """The dp_ analyses in gm.meta (they point into the captured graph) kept out of inductor's graph
+    cache key while it compiles; back afterwards for explain()."""
+    kept = {k: gm.meta.pop(k) for k in list(gm.meta) if k.startswith("dp_")}
+    try:
+        yield
+    finally:
+        gm.meta.update(kept)
+
+
+def restride_saved_tensors(gm: fx.GraphModule, example_inputs):
+    """Saved activations whose strides came back from the compiled forward as numbers for this batch
+    size (a permuted layout: (6, 3, 18, 1) for sizes (B, 2, 5, 3) at B = 3) get the same dim order
+    with strides that follow the symbolic sizes; reshaping them in the rewrite would otherwise fix B."""
+    fixed = list(example_inputs)
+    for i, (node, value) in enumerate(zip(gm.graph.find_nodes(op="placeholder"), example_inputs)):
+        if not isinstance(value, torch.Tensor) or not any(isinstance(s, torch.SymInt) for s in value.shape):
+            continue
+        if any(isinstance(s, torch.SymInt) for s in value.stride()):
+            continue
+        order = sorted(range(value.dim()), key=lambda d: (value.stride()[d], -d))  # innermost first
+        strides, step = [0] * value.dim(), 1
+        for d in order:
+            strides[d], step = step, step * value.shape[d]
+        hints = [int(s.node.hint) if isinstance(s, torch.SymInt) else s for s in strides]
+        if hints != list(value.stride()) or all(not isinstance(s, torch.SymInt) for s in strides):
+            continue
+        with detect_fake_mode([value]):
+            fixed[i] = torch.empty_strided(value.shape, strides, dtype=value.dtype, device=value.device)
+        node.meta["val"] = fixed[i]
+    return fixed
 
 
 def split_bound(bound: float, groups: int) -> tuple[float, ...]:

@@ -40,11 +40,14 @@ def batch_for(case: Case, model: nn.Module, B: int, seed: int):
 
 
 def clip_bound_between(model, case, x, y) -> float:
-    """A bound R with samples on both sides of it: the median per-sample norm."""
+    """A bound R with samples on both sides of it: midway between the two middle distinct norms."""
     g = per_sample_grads(model, x, y, case.loss)
     norms = torch.sqrt(sum(v.flatten(1).square().sum(1) for v in g.values()))
-    bound = norms.median().item()
-    assert (norms > bound * 1.001).any() and (norms < bound * 0.999).any(), "need samples on both sides of R"
+    distinct = torch.unique(norms)
+    assert len(distinct) >= 2, f"need two different per-sample norms, got {norms.tolist()}"
+    k = len(distinct) // 2
+    bound = ((distinct[k - 1] + distinct[k]) / 2).item()
+    assert (norms > bound).any() and (norms < bound).any(), "need samples on both sides of R"
     return bound
 
 

@@ -90,3 +90,19 @@ def involves_batch(size: sympy.Expr, batch: sympy.Expr) -> bool:
 def is_batched(value, batch: sympy.Expr) -> bool:
     """Whether a (fake) tensor has a dimension whose size involves the batch."""
     return isinstance(value, torch.Tensor) and any(involves_batch(s, batch) for s in shape_of_value(value))
+
+
+def resolved_batch(gm, batch: sympy.Expr) -> sympy.Expr:
+    """The batch size as this graph knows it: the shape environment's replacement if it has one, or the
+    symbol's value when no tensor shape in the graph mentions it (a graph specialised to a batch of one)."""
+    from torch._guards import detect_fake_mode
+    values = [n.meta["val"] for n in gm.graph.nodes if isinstance(n.meta.get("val"), torch.Tensor)]
+    env = getattr(detect_fake_mode(values), "shape_env", None)
+    if env is None or not batch.free_symbols:
+        return batch
+    batch = sympy.sympify(env.replace(batch))
+    mentioned = set().union(*(shape_of_value(v)[i].free_symbols for v in values for i in range(v.dim())))
+    if batch.free_symbols and not batch.free_symbols & mentioned:
+        hints = getattr(env, "backed_var_to_val", None) or env.var_to_val
+        return sympy.sympify(batch.xreplace(hints))
+    return batch

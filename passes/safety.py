@@ -17,7 +17,7 @@ import torch.fx as fx
 from dpcompile.errors import SampleMixingError
 
 from .export import to_networkx
-from .meta import PassContext, involves_batch, is_batched, shape_of_value
+from .meta import PassContext, involves_batch, is_batched, resolved_batch, shape_of_value
 
 aten = torch.ops.aten
 
@@ -101,11 +101,11 @@ def where(node: fx.Node) -> str:
 
 def check_sample_independence(forward: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     """Raise SampleMixingError naming the module and op of the first sample-mixing node."""
-    graph = to_networkx(forward)
-    batched = {n for n in forward.graph.find_nodes(op="placeholder") if is_batched(n.meta.get("val"), ctx.batch)}
+    graph, batch = to_networkx(forward), resolved_batch(forward, ctx.batch)
+    batched = {n for n in forward.graph.find_nodes(op="placeholder") if is_batched(n.meta.get("val"), batch)}
     reached = set().union(*(nx.descendants(graph, n.name) for n in batched)) if batched else set()
     for node in forward.graph.nodes:
-        if node.name in reached and (dims := mixing_dims(node, ctx.batch)):
+        if node.name in reached and (dims := mixing_dims(node, batch)):
             hint = (" BatchNorm in training mode normalises with statistics of the whole batch: call "
                     "dpcompile.fix(model) to replace it with GroupNorm, or put it in eval mode."
                     if "norm" in str(node.target) or "BatchNorm" in where(node) else

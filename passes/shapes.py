@@ -9,7 +9,7 @@ import torch.fx as fx
 
 from dpcompile.errors import UnsupportedOpError
 
-from .meta import BATCH, PARAMS, SITE, ParamGrad, ParamSpec, PassContext, is_batched
+from .meta import BATCH, PARAMS, SITE, ParamGrad, ParamSpec, PassContext, is_batched, resolved_batch
 from .rules import rule_for
 from .export import to_networkx
 from .rules.layout import ORDER_PRESERVING
@@ -99,7 +99,7 @@ def module_of(param_name: str) -> str:
 
 def annotate_sites(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     """Write dp_site on each parameter-gradient term and dp_params/dp_batch on the module."""
-    outputs, batch = gm.graph.output_node().args[0], ctx.batch
+    outputs, batch = gm.graph.output_node().args[0], resolved_batch(gm, ctx.batch)
     constant = batch_free_nodes(gm, batch)
     found = []
     for spec in ctx.params:

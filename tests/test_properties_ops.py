@@ -1,0 +1,82 @@
+"""Hypothesis over shapes for the op families beyond linear and conv (tests/test_properties.py):
+embeddings, norm layers, attention, transposed convolutions, shared parameters."""
+from __future__ import annotations
+
+import os
+
+import torch
+from helpers import Case, check_against_reference
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from rule_cases import Attention, Shared
+from torch import nn
+
+SETTINGS = dict(deadline=None, derandomize=True, max_examples=int(os.environ.get("DPCOMPILE_HYPOTHESIS_EXAMPLES", 5)),
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+POLICIES = st.sampled_from(["mixed", "ghost", "per_sample", "auto"])
+BATCHES = st.tuples(st.integers(3, 6), st.integers(2, 8))
+
+
+def run(case: Case, policy: str, batches) -> None:
+    torch._dynamo.reset()
+    check_against_reference(case, policy=policy, batches=batches)
+
+
+@settings(**SETTINGS)
+@given(vocab=st.integers(3, 12), dim=st.integers(1, 5), length=st.integers(1, 6), padding=st.booleans(),
+       bag=st.sampled_from([None, "sum", "mean"]), policy=POLICIES, batches=BATCHES)
+def test_embeddings(vocab, dim, length, padding, bag, policy, batches):
+    table = (nn.EmbeddingBag(vocab, dim, mode=bag, padding_idx=0 if padding else None) if bag
+             else nn.Embedding(vocab, dim, padding_idx=0 if padding else None))
+    run(Case("embedding", lambda: nn.Sequential(table, nn.Linear(dim, 2)),
+             lambda B: torch.randint(0, vocab, (B, length))), policy, batches)
+
+
+NORMS = {
+    "layer": lambda c: nn.LayerNorm(c), "group": lambda c: nn.GroupNorm(1 if c % 2 else 2, c),
+    "rms": lambda c: nn.RMSNorm(c), "instance": lambda c: nn.InstanceNorm1d(c, affine=True),
+}
+
+
+@settings(**SETTINGS)
+@given(kind=st.sampled_from(sorted(NORMS)), channels=st.integers(2, 6), length=st.integers(2, 6),
+       policy=POLICIES, batches=BATCHES)
+def test_norm_layers(kind, channels, length, policy, batches):
+    if kind in ("group", "instance"):  # (B, C, L) layouts
+        model = lambda: nn.Sequential(nn.Conv1d(3, channels, 1), NORMS[kind](channels))  # noqa: E731
+        inputs = lambda B: torch.randn(B, 3, length, dtype=torch.float64)  # noqa: E731
+    else:
+        model = lambda: nn.Sequential(nn.Linear(3, channels), NORMS[kind](channels))  # noqa: E731
+        inputs = lambda B: torch.randn(B, length, 3, dtype=torch.float64)  # noqa: E731
+    run(Case(kind, model, inputs), policy, batches)
+
+
+@settings(**SETTINGS)
+@given(kind=st.sampled_from(["mha", "mha_seq_first", "sdpa", "sdpa_causal"]), heads=st.sampled_from([1, 2, 3]),
+       head_dim=st.integers(1, 3), length=st.integers(1, 5), policy=POLICIES, batches=BATCHES)
+def test_attention(kind, heads, head_dim, length, policy, batches):
+    width = heads * head_dim
+    run(Case(kind, lambda: Attention(kind, width, heads),
+             lambda B: torch.randn(B, length, width, dtype=torch.float64)), policy, batches)
+
+
+@settings(**SETTINGS)
+@given(dims=st.integers(1, 3), groups=st.sampled_from([1, 2]), per_in=st.integers(1, 2), per_out=st.integers(1, 2),
+       kernel=st.integers(1, 3), stride=st.integers(1, 2), padding=st.integers(0, 1), bias=st.booleans(),
+       size=st.integers(2, 4), policy=POLICIES, batches=BATCHES)
+def test_transposed_convolutions(dims, groups, per_in, per_out, kernel, stride, padding, bias, size, policy, batches):
+    layer = [nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d][dims - 1]
+    in_c, out_c = groups * per_in, groups * per_out
+    padding = min(padding, kernel - 1)
+    run(Case("convT", lambda: nn.Sequential(layer(in_c, out_c, kernel, stride=stride, padding=padding,
+                                                  groups=groups, bias=bias)),
+             lambda B: torch.randn(B, in_c, *[size] * dims, dtype=torch.float64)), policy, batches)
+
+
+@settings(**SETTINGS)
+@given(kind=st.sampled_from(["block_twice", "tied_embedding", "slice"]), length=st.integers(1, 5),
+       policy=POLICIES, batches=BATCHES)
+def test_shared_parameters(kind, length, policy, batches):
+    inputs = ((lambda B: torch.randint(0, 10, (B, length))) if kind == "tied_embedding"
+              else (lambda B: torch.randn(B, length, 6, dtype=torch.float64)))
+    run(Case(kind, lambda: Shared(kind), inputs), policy, batches)

@@ -40,6 +40,11 @@ class DPModel(nn.Module):
         self._checked_captures = 0
 
     def forward(self, *args, **kwargs):
+        if torch.backends.cuda.matmul.allow_tf32 and any(isinstance(a, torch.Tensor) and a.is_cuda for a in args):
+            raise ConfigError("per-sample norms are computed with matrix products, and TF32 would make them come out "
+                              "low (so a sample could exceed the clipping bound): set "
+                              "torch.backends.cuda.matmul.allow_tf32 = False (PyTorch's default), or "
+                              "torch.set_float32_matmul_precision('highest').")
         batch = next((a.shape[0] for a in args if isinstance(a, torch.Tensor) and a.dim() > 0), None)
         if batch == 0:  # an empty (Poisson) batch: one all-zero sample carries the noise-only step
             args, kwargs = _pad_empty_batch(args), {k: v for k, v in zip(kwargs, _pad_empty_batch(kwargs.values()))}

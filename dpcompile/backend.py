@@ -41,14 +41,13 @@ class DPBackend:
         ctx = self.context(gm, example_inputs)
         if self.config.backend == "inductor":  # inductor's own AOT path (layouts, strides), our passes inside
             from torch._inductor.compile_fx import compile_fx
-            return compile_fx(gm, example_inputs, inner_compile=lambda g, ex, **kw: self.inductor_inner(g, ex, ctx, **kw))
-        compile_aot = aot_autograd(
-            fw_compiler=lambda g, ex: self.compile_forward(g, ex, ctx),
-            bw_compiler=lambda g, ex: self.compile_backward(g, ex, ctx),
+            return compile_fx(gm, example_inputs, inner_compile=lambda g, ex, **kw: self.compile_graph(g, ex, ctx, kw))
+        return aot_autograd(
+            fw_compiler=lambda g, ex: self.compile_graph(g, ex, ctx, {}),
+            bw_compiler=lambda g, ex: self.compile_graph(g, ex, ctx, {"is_backward": True}),
             decompositions=select_decomp_table(),
             partition_fn=min_cut_rematerialization_partition,
-        )
-        return compile_aot(gm, example_inputs)
+        )(gm, example_inputs)
 
     def context(self, gm: fx.GraphModule, example_inputs) -> passes.PassContext:
         """Which inputs are trainable parameters (and their names), and the batch symbol."""
@@ -71,52 +70,31 @@ class DPBackend:
             clip_stability=self.config.clip_stability, noise_handle=self.noise.handle)
         return passes.PassContext(tuple(params), batch, self.config.policy, clip)
 
-    def compile_forward(self, gm: fx.GraphModule, example_inputs, ctx: passes.PassContext):
-        self.graphs["forward"] = gm
-        try:
-            passes.check_sample_independence(gm, ctx)
-        except BaseException as exc:
-            self.error = exc
-            raise
-        return self.lower(gm, example_inputs, backward=False)
-
-    def compile_backward(self, gm: fx.GraphModule, example_inputs, ctx: passes.PassContext):
-        self.graphs["backward"] = gm
-        try:
-            with full_fp32():
-                rewritten = passes.run_pipeline(gm, ctx)
-                self.graphs["backward_rewritten"] = rewritten
-                compiled = self.lower(rewritten, example_inputs, backward=True)
-        except BaseException as exc:  # AOTAutograd may only log this: keep it for the next step
-            self.error = exc
-            raise
-        return fp32_boxed(compiled)
-
-    def inductor_inner(self, gm: fx.GraphModule, example_inputs, ctx: passes.PassContext, **kwargs):
-        """Inductor's inner compiler, with the safety check on the forward and the DP passes on the backward."""
-        from torch._inductor.compile_fx import compile_fx_inner
+    def compile_graph(self, gm: fx.GraphModule, example_inputs, ctx: passes.PassContext, kwargs: dict):
+        """The forward: the safety check. The backward: the DP passes. Then lowering."""
         backward = kwargs.get("is_backward", False)
         self.graphs["backward" if backward else "forward"] = gm
         try:
-            if backward:
-                example_inputs = restride_saved_tensors(gm, example_inputs)
-                with full_fp32():
-                    gm = passes.run_pipeline(gm, ctx)
-                    self.graphs["backward_rewritten"] = gm
-                    with analyses_set_aside(gm):
-                        return compile_fx_inner(gm, example_inputs, **kwargs)
-            passes.check_sample_independence(gm, ctx)
-            return compile_fx_inner(gm, example_inputs, **kwargs)
+            if not backward:
+                passes.check_sample_independence(gm, ctx)
+                return self.lower(gm, example_inputs, kwargs)
+            example_inputs = restride_saved_tensors(gm, example_inputs)
+            with full_fp32():
+                gm = passes.run_pipeline(gm, ctx)
+                self.graphs["backward_rewritten"] = gm
+                with analyses_set_aside(gm):
+                    compiled = self.lower(gm, example_inputs, kwargs)
+            return compiled if self.config.backend == "inductor" else fp32_boxed(compiled)
         except BaseException as exc:  # AOTAutograd may only log a backward error: keep it for the next step
             self.error = exc
             raise
 
-    def lower(self, gm: fx.GraphModule, example_inputs, backward: bool):
+    def lower(self, gm: fx.GraphModule, example_inputs, kwargs: dict):
         """Inductor kernels, or the graph run as it is (backend='eager')."""
         if self.config.backend == "eager":
             return make_boxed_func(gm.forward)
         from torch._inductor.compile_fx import compile_fx_inner
-        return compile_fx_inner(gm, example_inputs, is_backward=backward)
+        return compile_fx_inner(gm, example_inputs, **kwargs)
 
 
 @contextlib.contextmanager

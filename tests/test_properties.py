@@ -87,7 +87,8 @@ def conv_cases(draw, activations=tuple(SMOOTH)) -> Case:
     act = draw(st.sampled_from(activations))
 
     def model() -> nn.Module:
-        conv = CONVS[d](in_c, out_c, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias)
+        conv = CONVS[d](in_c, out_c, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                        bias=bias)
         if head is None:
             return nn.Sequential(conv)
         return nn.Sequential(conv, SMOOTH[act](), nn.Flatten(), nn.Linear(out_c * math.prod(out), head))
@@ -156,14 +157,16 @@ def compare_with_reference(case: Case, policy: str, reduction: str, mode: str, s
 
 BOUNDS = st.sampled_from(("between", "between", "tiny", "huge"))
 REDUCTIONS = st.sampled_from(("mean", "sum"))
-BATCHES_WITH_ONE = st.integers(1, 7).flatmap(lambda a: st.tuples(st.just(a), st.integers(max(1, 3 - a), 9)))  # ≥ 3 samples
+# two batch sizes from 1..9, at least 3 samples in all (a median bound with samples on both sides)
+BATCHES_WITH_ONE = st.integers(1, 7).flatmap(lambda a: st.tuples(st.just(a), st.integers(max(1, 3 - a), 9)))
 
 
-@settings(max_examples=round(60 * SCALE), **SETTINGS)
+@settings(max_examples=round(50 * SCALE), **SETTINGS)
 @given(case=linear_cases(), policy=POLICIES, reduction=REDUCTIONS, mode=BOUNDS,
        sizes=BATCHES_WITH_ONE, seed=st.integers(0, 2**16))
 def test_linear_matches_reference(case, policy, reduction, mode, sizes, seed):
     """Batch size 1 included; whether it recompiles is test_linear_batch_one_shares_the_graph's concern."""
+    assume(not (1 in sizes and has_width_one(case)))  # refused at B=1: test_width_one_batch_one_is_refused_not_wrong
     dp = compare_with_reference(case, policy, reduction, mode, sizes, seed)
     assert dp.compilations <= 1 + (1 in sizes), f"recompiled: {dp.compilations} captures for batch sizes {sizes}"
 
@@ -178,7 +181,7 @@ def test_linear_batch_one_shares_the_graph(case, policy, batch, seed):
     assert dp.compilations == 1, f"recompiled: {dp.compilations} captures for batch sizes ({batch}, 1)"
 
 
-@settings(max_examples=round(80 * SCALE), **SETTINGS)
+@settings(max_examples=round(60 * SCALE), **SETTINGS)
 @given(case=conv_cases(), policy=POLICIES, reduction=REDUCTIONS, mode=BOUNDS,
        sizes=st.tuples(st.integers(3, 7), st.integers(2, 9)), seed=st.integers(0, 2**16))
 def test_conv_matches_reference(case, policy, reduction, mode, sizes, seed):

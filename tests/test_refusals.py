@@ -288,3 +288,16 @@ def test_fix_nothing_to_do_and_refusals():
         fix(nn.BatchNorm2d(4))
     with pytest.raises(ValueError, match="forward"):
         fix(nn.Sequential(nn.LazyBatchNorm2d()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="TF32 applies to CUDA matrix products")
+def test_tf32_matmul_refused():
+    model = nn.Linear(4, 2).cuda()
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, backend="eager")
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with pytest.raises(dpcompile.ConfigError, match="allow_tf32"):
+            dp(torch.randn(3, 4, device="cuda"))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved

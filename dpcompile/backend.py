@@ -41,7 +41,12 @@ class DPBackend:
         ctx = self.context(gm, example_inputs)
         if self.config.backend == "inductor":  # inductor's own AOT path (layouts, strides), our passes inside
             from torch._inductor.compile_fx import compile_fx
-            return compile_fx(gm, example_inputs, inner_compile=lambda g, ex, **kw: self.compile_graph(g, ex, ctx, kw))
+            # AOTAutograd's cache is keyed on the captured graph, not on our rewrite (R, σ, noise source):
+            # a hit would skip the passes and reuse another model's backward. Inductor's own graph cache
+            # keys on the rewritten graph and stays on.
+            with torch._functorch.config.patch(enable_autograd_cache=False):
+                return compile_fx(gm, example_inputs,
+                                  inner_compile=lambda g, ex, **kw: self.compile_graph(g, ex, ctx, kw))
         return aot_autograd(
             fw_compiler=lambda g, ex: self.compile_graph(g, ex, ctx, {}),
             bw_compiler=lambda g, ex: self.compile_graph(g, ex, ctx, {"is_backward": True}),

@@ -153,3 +153,13 @@ def test_explain_and_graphs():
 @pytest.mark.parametrize("policy", ["mixed", "auto"])
 def test_inductor_matches_reference(policy):
     check_against_reference(CASES["conv"][-1], policy=policy, backend="inductor")
+
+
+@pytest.mark.inductor
+def test_inductor_caches_never_reuse_another_models_backward():
+    """Two models with the same architecture and different bounds compile to different backwards:
+    AOTAutograd's cache keys on the captured graph, so it must not serve the second one."""
+    for bound in (1e-3, 1e3):
+        torch._dynamo.reset()
+        dp = check_against_reference(CASES["conv"][-1], backend="inductor", bound=bound)
+        assert "backward_rewritten" in dp.graphs

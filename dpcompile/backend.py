@@ -8,7 +8,6 @@ import contextlib
 import logging
 import re
 
-import sympy
 import torch
 import torch.fx as fx
 from functorch.compile import make_boxed_func

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 import torch.fx as fx
 
 from .passes.meta import PARAMS, PLAN, SITE
-from .passes.plan import shape_hints
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ import sys
 import time
 import traceback
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -222,40 +222,31 @@ def environment(device: torch.device) -> dict:
 # Methods: each returns (step function, extra info) for a fresh copy of the model
 # ------------------------------------------------------------------------------------------------
 
-def setup_eager(model, x, y, args, policy=None):
+def sgd_step(forward, model, x, y, args):
+    """One training step through `forward`, updating `model`'s parameters with SGD."""
     opt = torch.optim.SGD(model.parameters(), lr=args.lr)
 
     def step():
-        loss = loss_fn(model(x), y)
+        loss = loss_fn(forward(x), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    return step, {}
+    return step
+
+
+def setup_eager(model, x, y, args, policy=None):
+    return sgd_step(model, model, x, y, args), {}
 
 
 def setup_compile(model, x, y, args, policy=None):
-    cmodel = torch.compile(model)
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr)
-
-    def step():
-        loss = loss_fn(cmodel(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return step, {}
+    return sgd_step(torch.compile(model), model, x, y, args), {}
 
 
 def setup_dpcompile(model, x, y, args, policy="mixed"):
     import dpcompile
     dp_model = dpcompile.dpcompile(model, max_grad_norm=args.max_grad_norm, noise_multiplier=args.noise_multiplier,
                                    policy=policy, backend=args.dp_backend)
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr)
-
-    def step():
-        loss = loss_fn(dp_model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    step = sgd_step(dp_model, model, x, y, args)
 
     def explain():
         try:

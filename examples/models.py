@@ -60,11 +60,15 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        if self.inplace_residual:
-            out += identity
-        else:
-            out = out + identity
-        return self.relu(out)
+        return self.relu(add_residual(out, identity, self.inplace_residual))
+
+
+def add_residual(out: torch.Tensor, identity: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """out + identity; in place as torchvision does (`out += identity`), which Opacus's hooks reject."""
+    if inplace:
+        out += identity
+        return out
+    return out + identity
 
 
 class Bottleneck(nn.Module):
@@ -90,11 +94,7 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        if self.inplace_residual:
-            out += identity
-        else:
-            out = out + identity
-        return self.relu(out)
+        return self.relu(add_residual(out, identity, self.inplace_residual))
 
 
 class ResNet(nn.Module):

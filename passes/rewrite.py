@@ -122,8 +122,9 @@ def emit_shared_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, term
     the graph's own ops after the terms applied to their per-sample values (vmapped over the batch),
     and its norm is that gradient's norm."""
     output = gm.graph.output_node().args[0][param.output_index]
-    between = nx.ancestors(to_networkx(gm), output.name) | {output.name}
-    reached = set().union(*(nx.descendants(to_networkx(gm), t.name) for t in param.sites))
+    dag = to_networkx(gm)
+    between = nx.ancestors(dag, output.name) | {output.name}
+    reached = set().union(*(nx.descendants(dag, t.name) for t in param.sites))
     chain = [n for n in gm.graph.nodes if n.name in between and n.name in reached]
     inside = set(chain) | set(param.sites)
     outside = list(dict.fromkeys(a for n in chain for a in n.all_input_nodes if a not in inside))

@@ -43,38 +43,36 @@ def scaled_term(node: fx.Node, constant: set[fx.Node]) -> fx.Node | None:
     return None
 
 
-def gradient_terms(node: fx.Node, constant: set[fx.Node]) -> list[fx.Node]:
-    """The nodes that make up this gradient through ops linear in them (add, cat, scatter into
-    zeros, relabelling views, scaling by batch-free tensors)."""
+def linear_parts(node: fx.Node, constant: set[fx.Node]) -> tuple[list[fx.Node], bool] | None:
+    """For an op linear in gradient terms (add, cat, scatter into a base, relabelling view, scaling by a
+    batch-free tensor): the operands that carry terms, and whether it adds or scales them, after which
+    per-sample norms no longer simply add. None for any other op."""
     if node.target is aten.add.Tensor and all(isinstance(a, fx.Node) for a in node.args[:2]):
-        return gradient_terms(node.args[0], constant) + gradient_terms(node.args[1], constant)
+        return list(node.args[:2]), True
     if node.target is aten.cat.default:
-        return [t for part in node.args[0] for t in gradient_terms(part, constant)]
+        return list(node.args[0]), False
     if node.target in SCATTERS:
         base, src = node.args[:2]
-        return gradient_terms(src, constant) + ([] if base.target in ZEROS else gradient_terms(base, constant))
+        return ([src], False) if base.target in ZEROS else ([src, base], True)
     if node.target in LINEAR_IN_TERM and isinstance(node.args[0], fx.Node):
-        return gradient_terms(node.args[0], constant)
+        return [node.args[0]], False
     if (term := scaled_term(node, constant)) is not None:
-        return gradient_terms(term, constant)
-    return [node]
+        return [term], True
+    return None
+
+
+def gradient_terms(node: fx.Node, constant: set[fx.Node]) -> list[fx.Node]:
+    """The nodes that make up this gradient through ops linear in them."""
+    parts = linear_parts(node, constant)
+    return [node] if parts is None else [t for part in parts[0] for t in gradient_terms(part, constant)]
 
 
 def needs_chain(node: fx.Node, constant: set[fx.Node]) -> bool:
-    """Whether the per-sample norm must follow the graph's ops after the terms: terms added onto each
-    other (a shared parameter) or scaled. Terms placed in disjoint parts (cat) or only relabelled
-    keep their norms, which then simply add."""
-    if node.target is aten.add.Tensor and all(isinstance(a, fx.Node) for a in node.args[:2]):
-        return True
-    if scaled_term(node, constant) is not None:
-        return True
-    if node.target is aten.cat.default:
-        return any(needs_chain(part, constant) for part in node.args[0])
-    if node.target in SCATTERS:
-        return node.args[0].target not in ZEROS or needs_chain(node.args[1], constant)
-    if node.target in LINEAR_IN_TERM and isinstance(node.args[0], fx.Node):
-        return needs_chain(node.args[0], constant)
-    return False
+    """Whether the per-sample norm must follow the graph's ops after the terms (terms added onto each
+    other, as for a shared parameter, or scaled); terms only relabelled or placed in disjoint parts
+    (cat) keep their norms, which then simply add."""
+    parts = linear_parts(node, constant)
+    return parts is not None and (parts[1] or any(needs_chain(part, constant) for part in parts[0]))
 
 
 def batch_free_nodes(gm: fx.GraphModule, batch: sympy.Expr) -> set[fx.Node]:

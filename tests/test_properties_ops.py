@@ -6,12 +6,13 @@ import os
 
 import torch
 from helpers import Case, check_against_reference
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from rule_cases import Attention, Shared
 from torch import nn
 
-SETTINGS = dict(deadline=None, derandomize=True, max_examples=int(os.environ.get("DPCOMPILE_HYPOTHESIS_EXAMPLES", 5)),
+SCALE = float(os.environ.get("DPCOMPILE_TEST_EXAMPLES", "1"))  # multiplies max_examples (deeper runs)
+SETTINGS = dict(deadline=None, derandomize=True, max_examples=int(5 * SCALE),
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 POLICIES = st.sampled_from(["mixed", "ghost", "per_sample", "auto"])
 BATCHES = st.tuples(st.integers(3, 6), st.integers(2, 8))
@@ -42,6 +43,12 @@ NORMS = {
 @given(kind=st.sampled_from(sorted(NORMS)), channels=st.integers(2, 6), length=st.integers(2, 6),
        policy=POLICIES, batches=BATCHES)
 def test_norm_layers(kind, channels, length, policy, batches):
+    # Two elements normalise to ±1 whatever their values: the gradients of the layers before such a
+    # group are eps-sized differences of O(1) terms, and float64 rounding alone (summation order on
+    # CUDA) exceeds the 1e-10 tolerance. A mean-centred group needs three elements to be well posed.
+    centred_group_size = {"layer": channels, "instance": length,
+                          "group": channels // (1 if channels % 2 else 2) * length}
+    assume(centred_group_size.get(kind, 3) >= 3)
     if kind in ("group", "instance"):  # (B, C, L) layouts
         model = lambda: nn.Sequential(nn.Conv1d(3, channels, 1), NORMS[kind](channels))  # noqa: E731
         inputs = lambda B: torch.randn(B, 3, length, dtype=torch.float64)  # noqa: E731

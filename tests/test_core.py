@@ -156,6 +156,14 @@ def test_inductor_matches_reference(policy):
 
 
 @pytest.mark.inductor
+def test_inductor_finds_the_batch_through_folded_views():
+    """Inductor's graph passes fold the views between a matmul's output and the next weight
+    gradient; the batch is found by walking through the matmul (GPU suite, inductor backend)."""
+    slice_reused = next(c for c in CASES["shared_parameters"] if c.name == "weight_slice_reused")
+    check_against_reference(slice_reused, backend="inductor")
+
+
+@pytest.mark.inductor
 def test_inductor_caches_never_reuse_another_models_backward():
     """Two models with the same architecture and different bounds compile to different backwards:
     AOTAutograd's cache keys on the captured graph, so it must not serve the second one."""

@@ -2,7 +2,9 @@
 
 The rows of a flattened weight-gradient operand are not always batch-first (sequence-first
 attention gives (T, B, d) seen as (T·B, d)). We walk back through order-preserving views to a
-node whose leading dims show the batch symbol on its own, and reorder from there.
+node whose leading dims show the batch symbol on its own, and reorder from there. A matrix
+product keeps the rows of its left operand (row r of A·W is row r of A times W), so the walk goes
+through it too: inductor's graph passes fold the views that would otherwise lead back to the batch.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ ORDER_PRESERVING = {
     aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default, aten.unsqueeze.default,
 }
 PERMUTES = {aten.permute.default, aten.t.default, aten.transpose.int}
+# Matrix products and the argument whose rows they keep: mm(A, W), addmm(bias, A, W).
+ROW_KEEPING_PRODUCTS = {aten.mm.default: 0, aten.addmm.default: 1}
 
 
 def keeps_order(node: fx.Node) -> bool:
@@ -74,10 +78,22 @@ def find_rows_layout(node: fx.Node, rows: sympy.Expr, batch: sympy.Expr) -> Rows
                 if len(hits) == 1:
                     return RowsLayout(node, lead, hits[0])
                 break
-        src = node.args[0] if node.args else None
-        if not isinstance(src, fx.Node) or not keeps_order(node):
+        src = row_source(node)
+        if src is None:
             return None
         node = src
+
+
+def row_source(node: fx.Node) -> fx.Node | None:
+    """The node whose rows (leading-dim order) node keeps: the input of an order-preserving view,
+    or the left operand of a matrix product; None if there is none."""
+    if node.target in ROW_KEEPING_PRODUCTS:
+        src = node.args[ROW_KEEPING_PRODUCTS[node.target]]
+    elif node.args and keeps_order(node):
+        src = node.args[0]
+    else:
+        return None
+    return src if isinstance(src, fx.Node) else None
 
 
 def to_batch_rows(x: Tensor, anchor: Tensor, lead: int, batch_dim: int) -> Tensor:

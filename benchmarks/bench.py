@@ -184,8 +184,10 @@ def first_line(e: BaseException) -> str:
 
 
 def git_rev() -> str | None:
+    """HEAD's short hash, with "-dirty" when the working tree differs from it (a copied checkout can
+    carry an older .git than its files)."""
     try:
-        return subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
+        return subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True,
                               text=True, timeout=5).stdout.strip() or None
     except Exception:  # noqa: BLE001
         return None

@@ -47,7 +47,7 @@ def test_norm_layers(kind, channels, length, policy, batches):
     # group are eps-sized differences of O(1) terms, and float64 rounding alone (summation order on
     # CUDA) exceeds the 1e-10 tolerance. A mean-centred group needs three elements to be well posed.
     centred_group_size = {"layer": channels, "instance": length,
-                          "group": channels // (1 if channels % 2 else 2) * length}
+                          "group": channels // NORMS["group"](channels).num_groups * length}
     assume(centred_group_size.get(kind, 3) >= 3)
     if kind in ("group", "instance"):  # (B, C, L) layouts
         model = lambda: nn.Sequential(nn.Conv1d(3, channels, 1), NORMS[kind](channels))  # noqa: E731

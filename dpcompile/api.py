@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,24 +10,28 @@ import torch
 import torch.fx as fx
 import torch.fx.experimental._config as fx_config
 from torch import nn
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
 from .backend import DPBackend
 from .config import DPConfig
-from .errors import ConfigError, GraphBreakError
-from .passes.safety import check_samples_independent, refuse_unsupported_modules
-from .privacy.engine import (PrivacyEngine, check_accumulation, check_normaliser, dataset_size, poisson_sampler_of,
-                             resolve_noise, sample_rate_of)
+from .errors import ConfigError, DPCompileError, GraphBreakError
+from .passes.safety import refuse_unsupported_modules
+from .privacy.engine import (COPY_MESSAGE, PrivacyEngine, dataset_size, poisson_sampler_of, resolve_noise,
+                             sample_rate_of)
 from .report import PlanReport, plan_report
 
 
 class DPModel(nn.Module):
     """Runs the model through the DP backend; shares its parameters and its state_dict keys.
 
-    `state_dict()` is the model's. The privacy state is `dp_model.privacy` (a PrivacyEngine):
-    `privacy.epsilon(delta)`, `.steps`, `.noise_multiplier`, `.sample_rate`, `.accumulating()`, and
-    `privacy.state_dict()` / `load_state_dict()` (settings fingerprint, accountant history, step
-    count, noise generator state, Poisson sampler position) to checkpoint next to the model's.
+    `state_dict()` is the model's. The privacy state is `dp_model.privacy` (a PrivacyEngine, its one
+    owner): `privacy.epsilon(delta)`, `.steps`, `.noise_multiplier`, `.sample_rate`, `.dropped_samples`,
+    `.accumulating()`, `.drop_accumulated()`, and `privacy.state_dict()` / `load_state_dict()`
+    (settings fingerprint, accountant history, step count, noise generator state, Poisson sampler
+    position, dropped samples) to checkpoint next to the model's. While the DP model lives, an
+    optimizer step over its parameters must apply exactly one noisy release (ReleaseError otherwise).
+    The batch is dim 0 of the call's tensor arguments (positional, keyword, nested), which must agree.
+    A DPModel is not copied or pickled: save both state_dict()s instead.
     """
 
     def __init__(self, model: nn.Module, config: DPConfig, **privacy) -> None:
@@ -34,25 +39,27 @@ class DPModel(nn.Module):
         refuse_unsupported_modules(model)
         self.module = model
         self.config = config
-        self.backend = DPBackend(config, {id(p): n for n, p in model.named_parameters()})
-        self.privacy = PrivacyEngine(config, self.backend.noise, **privacy)
+        self.privacy = PrivacyEngine(config, **privacy)  # the one owner of the privacy state
+        self.privacy.track((n, p) for n, p in model.named_parameters() if p.requires_grad)
+        weakref.finalize(self, self.privacy.untrack)  # Dynamo's backend cache outlives us; the guard must not
+        self.backend = DPBackend(config, {id(p): n for n, p in model.named_parameters()}, self.privacy)
         object.__setattr__(self, "_compiled", torch.compile(model, backend=self.backend, fullgraph=True, dynamic=False))
-        self._checked_captures = 0
 
     def forward(self, *args, **kwargs):
-        if torch.backends.cuda.matmul.allow_tf32 and any(isinstance(a, torch.Tensor) and a.is_cuda for a in args):
+        leaves = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        batch = batch_size(leaves)
+        if torch.backends.cuda.matmul.allow_tf32 and any(t.is_cuda for t in leaves):
             raise ConfigError("per-sample norms are computed with matrix products, and TF32 would make them come out "
                               "low (so a sample could exceed the clipping bound): set "
                               "torch.backends.cuda.matmul.allow_tf32 = False (PyTorch's default), or "
                               "torch.set_float32_matmul_precision('highest').")
-        batch = next((a.shape[0] for a in args if isinstance(a, torch.Tensor) and a.dim() > 0), None)
         if batch == 0:  # an empty (Poisson) batch: one all-zero sample carries the noise-only step
-            args, kwargs = _pad_empty_batch(args), {k: v for k, v in zip(kwargs, _pad_empty_batch(kwargs.values()))}
+            args, kwargs = tree_map(_pad_empty_batch, (args, kwargs))
             return tree_map(lambda t: t[:0] if isinstance(t, torch.Tensor) and t.dim() > 0 else t,
                             self.forward(*args, **kwargs))
-        for a in (*args, *kwargs.values()):
-            if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == batch:
-                torch._dynamo.mark_dynamic(a, 0)  # only the batch dimension is dynamic
+        for t in leaves:
+            if t.dim() > 0:
+                torch._dynamo.mark_dynamic(t, 0)  # only the batch dimension is dynamic
         try:
             with fx_config.patch(backed_size_oblivious=True), _recompile_limit(64):  # sizes 0 and 1 share the graph
                 out = self._compiled(*args, **kwargs)
@@ -70,9 +77,6 @@ class DPModel(nn.Module):
             raise
         if self.backend.error is not None:
             raise self.backend.error
-        if self._checked_captures < self.backend.compilations:  # a new graph: check it numerically too
-            check_samples_independent(self.module, args, kwargs)
-            self._checked_captures = self.backend.compilations
         return out
 
     @property
@@ -93,6 +97,12 @@ class DPModel(nn.Module):
 
     def state_dict(self, *args, **kwargs):
         return self.module.state_dict(*args, **kwargs)
+
+    def __reduce_ex__(self, protocol):
+        raise DPCompileError(COPY_MESSAGE)
+
+    def __deepcopy__(self, memo):
+        raise DPCompileError(COPY_MESSAGE)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         return self.module.load_state_dict(state_dict, strict=strict, assign=assign)
@@ -121,21 +131,18 @@ def dpcompile(model: nn.Module, *, max_grad_norm: float, noise_multiplier: float
     n = dataset_size(data_loader, sampler)
     if expected_batch_size is None and loss_reduction == "mean" and sample_rate is not None and n is not None:
         expected_batch_size = max(1, round(sample_rate * n))
-    config = DPConfig(max_grad_norm=max_grad_norm, noise_multiplier=noise_multiplier or 0.0,
+    config = DPConfig(max_grad_norm=max_grad_norm, noise_multiplier=0.0 if noise_multiplier is None else noise_multiplier,
                       loss_reduction=loss_reduction, expected_batch_size=expected_batch_size, policy=policy,
                       backend=backend, seed=seed, clipping=clipping, secure_noise=secure_noise,
                       clip_groups=clip_groups_of(model, clip_groups),
                       clip_group_norms=tuple(clip_group_norms) if clip_group_norms is not None else None, **options)
-    check_accumulation(gradient_accumulation_steps, config)
-    if sample_rate is not None:
-        check_normaliser(config)
     sigma, planned = resolve_noise(noise_multiplier=noise_multiplier, target_epsilon=target_epsilon,
                                    target_delta=target_delta, sample_rate=sample_rate, epochs=epochs, steps=steps,
                                    accountant=accountant)
     config = dataclasses.replace(config, noise_multiplier=sigma)
     return DPModel(model, config, sample_rate=sample_rate, accountant=accountant, target_delta=target_delta,
                    gradient_accumulation_steps=gradient_accumulation_steps, planned_steps=planned,
-                   data_loader=sampler)
+                   data_loader=sampler)  # the engine checks accumulation and the normaliser
 
 
 def clip_groups_of(model: nn.Module, spec: str | Sequence[Sequence[str]] | None) -> tuple[tuple[str, ...], ...] | None:
@@ -168,8 +175,27 @@ def _recompile_limit(limit: int):
     return config.patch(**{name: max(limit, getattr(config, name))})
 
 
-def _pad_empty_batch(values):
-    """Empty-batch tensors replaced by one zero sample; its output gradient, and so its clipped
+def _pad_empty_batch(value):
+    """An empty-batch tensor replaced by one zero sample; its output gradient, and so its clipped
     per-sample gradient, is zero, so the step adds noise only."""
-    return tuple(v.new_zeros((1, *v.shape[1:])) if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == 0
-                 else v for v in values)
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == 0:
+        return value.new_zeros((1, *value.shape[1:]))
+    return value
+
+
+def batch_size(leaves: list[torch.Tensor]) -> int:
+    """B = dim 0 of every tensor argument of dim ≥ 1 (they must agree); inputs must not require grad."""
+    sizes = {tuple(t.shape[:1]) for t in leaves if t.dim() > 0}
+    if not sizes:
+        raise ConfigError("the call has no tensor argument with a batch dimension: the samples are along dim 0 "
+                          "of the model's tensor arguments (positional, keyword, or inside dicts/lists/tuples)")
+    if len(sizes) > 1:
+        raise ConfigError(f"the tensor arguments disagree on the batch size (dim 0): {sorted(s[0] for s in sizes)}. "
+                          "Every tensor argument of the DP model is per-sample along dim 0; a tensor shared by all "
+                          "samples (a mask, a position table, a codebook) belongs in the model as a buffer "
+                          "(module.register_buffer) or parameter, not in the call")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in leaves):
+        raise ConfigError("an input of the DP model requires grad: a trainable layer in front of the DP model "
+                          "would receive raw, unclipped per-sample gradients through it. Put the trainable layers "
+                          "inside the model passed to dpcompile, or detach the input")
+    return sizes.pop()[0]

@@ -18,7 +18,7 @@ from torch._inductor.decomposition import select_decomp_table
 
 from . import passes
 from .config import DPConfig
-from .ops import NoiseSource
+from .privacy.engine import PrivacyEngine
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +26,12 @@ log = logging.getLogger(__name__)
 class DPBackend:
     """Compiles a captured model so its backward yields DP-SGD gradients; keeps every stage's graph."""
 
-    def __init__(self, config: DPConfig, param_names: dict[int, str] | None = None) -> None:
+    def __init__(self, config: DPConfig, param_names: dict[int, str] | None = None,
+                 privacy: PrivacyEngine | None = None) -> None:
         self.config = config
         self.param_names = param_names or {}
-        self.noise = NoiseSource(config.noise_multiplier * config.max_grad_norm, config.seed, config.secure_noise)
+        self.privacy = privacy if privacy is not None else PrivacyEngine(config)  # owns noise, counters, guards
+        self.noise = self.privacy  # the noise op's owner (its .handle goes into the rewritten graph)
         self.graphs: dict[str, fx.GraphModule] = {}
         self.error: BaseException | None = None
         self.compilations = 0
@@ -38,33 +40,34 @@ class DPBackend:
         self.compilations += 1
         self.graphs["dynamo"] = gm
         ctx = self.context(gm, example_inputs)
+        checked = passes.safety.SampleCheck(copy_graph(gm), ctx.batch, self.user_inputs)
         if self.config.backend == "inductor":  # inductor's own AOT path (layouts, strides), our passes inside
             from torch._inductor.compile_fx import compile_fx
             # AOTAutograd's cache is keyed on the captured graph, not on our rewrite (R, σ, noise source):
             # a hit would skip the passes and reuse another model's backward. Inductor's own graph cache
             # keys on the rewritten graph and stays on.
             with torch._functorch.config.patch(enable_autograd_cache=False):
-                return compile_fx(gm, example_inputs,
-                                  inner_compile=lambda g, ex, **kw: self.compile_graph(g, ex, ctx, kw))
-        return aot_autograd(
-            fw_compiler=lambda g, ex: self.compile_graph(g, ex, ctx, {}),
-            bw_compiler=lambda g, ex: self.compile_graph(g, ex, ctx, {"is_backward": True}),
-            decompositions=select_decomp_table(),
-            partition_fn=min_cut_rematerialization_partition,
-        )(gm, example_inputs)
+                compiled = compile_fx(gm, example_inputs,
+                                      inner_compile=lambda g, ex, **kw: self.compile_graph(g, ex, ctx, kw))
+        else:
+            compiled = aot_autograd(
+                fw_compiler=lambda g, ex: self.compile_graph(g, ex, ctx, {}),
+                bw_compiler=lambda g, ex: self.compile_graph(g, ex, ctx, {"is_backward": True}),
+                decompositions=select_decomp_table(),
+                partition_fn=min_cut_rematerialization_partition,
+            )(gm, example_inputs)
+        return checked.before(compiled)
 
     def context(self, gm: fx.GraphModule, example_inputs) -> passes.PassContext:
-        """Which inputs are trainable parameters (and their names), and the batch symbol."""
+        """Which inputs are trainable parameters (and their names), and the batch symbol: dim 0 of the
+        user's tensor arguments (never of parameters, buffers or constants)."""
         placeholders = list(gm.graph.find_nodes(op="placeholder"))
-        params, batch = [], None
+        params = []
         for i, (node, value) in enumerate(zip(placeholders, example_inputs)):
-            if isinstance(value, torch.nn.Parameter):
-                if value.requires_grad:
-                    params.append(passes.ParamSpec(self.param_names.get(id(value)) or source_name(node), i))
-            elif batch is None and isinstance(value, torch.Tensor) and value.dim() > 0:
-                batch = passes.meta.shape_of_value(node.meta["example_value"])[0]
-        if batch is None:
-            raise passes.meta.DPCompileError("the model has no tensor input, so there is no batch dimension")
+            if isinstance(value, torch.nn.Parameter) and value.requires_grad:
+                params.append(passes.ParamSpec(self.param_names.get(id(value)) or source_name(node), i))
+        self.user_inputs = user_input_positions(placeholders, example_inputs)
+        batch = batch_symbol(placeholders, self.user_inputs)
         names = tuple(p.name for p in params)
         groups = self.config.clip_groups or (names,)
         bounds = self.config.clip_group_norms or split_bound(self.config.max_grad_norm, len(groups))
@@ -80,7 +83,9 @@ class DPBackend:
         self.graphs["backward" if backward else "forward"] = gm
         try:
             if not backward:
-                passes.check_sample_independence(gm, ctx)
+                captured = len(self.graphs["dynamo"].graph.find_nodes(op="placeholder"))
+                same = len(gm.graph.find_nodes(op="placeholder")) == captured  # AOT keeps Dynamo's inputs in order
+                passes.check_sample_independence(gm, ctx, self.user_inputs if same else None)
                 return self.lower(gm, example_inputs, kwargs)
             example_inputs = restride_saved_tensors(gm, example_inputs)
             with full_fp32():
@@ -135,6 +140,65 @@ def restride_saved_tensors(gm: fx.GraphModule, example_inputs):
     return fixed
 
 
+MODULE_STATE = re.compile(r"\._(?:parameters|buffers|modules)\[")
+
+
+def _root(source) -> object:
+    """The source a Dynamo source is reached from (L['x'] for L['x']['a'][0])."""
+    while getattr(source, "base", None) is not None:
+        source = source.base
+    return source
+
+
+def _source_of(node: fx.Node):
+    grapharg = node.meta.get("grapharg")
+    return getattr(grapharg, "source", None)
+
+
+def _name(source) -> str:
+    name = source.name
+    return str(name() if callable(name) else name)
+
+
+def user_input_positions(placeholders: list[fx.Node], example_inputs) -> tuple[int, ...]:
+    """Placeholders that are the user's tensor arguments (positional, keyword, items of dicts, lists
+    and tuples passed in): rooted at a local of the call that is not the module, and no parameter."""
+    sources = [_source_of(n) for n in placeholders]
+    module_locals = {"self"} | {getattr(_root(s), "local_name", None) for s in sources
+                                if s is not None and MODULE_STATE.search(_name(s))}
+    return tuple(i for i, (s, v) in enumerate(zip(sources, example_inputs))
+                 if isinstance(v, torch.Tensor) and not isinstance(v, torch.nn.Parameter) and s is not None
+                 and type(_root(s)).__name__ == "LocalSource" and _root(s).local_name not in module_locals)
+
+
+def batch_symbol(placeholders: list[fx.Node], user_inputs: tuple[int, ...]):
+    """Dim 0 of the user's tensor arguments: the one dynamic size they share (or, for a graph
+    specialised to one batch size, the first one's)."""
+    sizes = [(placeholders[i], passes.meta.shape_of_value(placeholders[i].meta["example_value"]))
+             for i in user_inputs]
+    sizes = [(node, shape[0]) for node, shape in sizes if shape]
+    if not sizes:
+        raise passes.meta.DPCompileError(
+            "the model has no tensor argument with a batch dimension (parameters, buffers and constants never "
+            "define the batch): pass the batch as a tensor argument whose dim 0 is the sample index")
+    env = getattr(detect_fake_mode([n.meta["example_value"] for n, _ in sizes]), "shape_env", None)
+    dynamic = {env.replace(size) if env is not None else size for _, size in sizes if size.free_symbols}
+    if len(dynamic) > 1:
+        names = ", ".join(f"{_name(_source_of(n))}: {s}" for n, s in sizes)
+        raise passes.meta.DPCompileError(
+            f"the tensor arguments disagree on the batch size (dim 0): {names}; every tensor argument of the call "
+            "must hold the batch along dim 0")
+    return next(iter(dynamic)) if dynamic else sizes[0][1]
+
+
+def copy_graph(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of the captured graph (nodes and meta shallow-copied), safe from the lowering's in-place passes."""
+    graph = fx.Graph()
+    output = graph.graph_copy(gm.graph, {})
+    graph.output(output)
+    return fx.GraphModule(gm, graph)
+
+
 def split_bound(bound: float, groups: int) -> tuple[float, ...]:
     """R_g = R/√G for G clip groups, so the whole clipped gradient has norm at most R."""
     return tuple(bound / groups**0.5 for _ in range(groups))
@@ -171,6 +235,12 @@ def fp32_boxed(compiled):
     return run
 
 
+PRIVACY_SETTINGS = ("sample_rate", "accountant", "gradient_accumulation_steps", "target_delta", "data_loader")
+
+
 def backend(**settings) -> DPBackend:
-    """A torch.compile backend for DP-SGD: torch.compile(model, backend=backend(...), fullgraph=True)."""
-    return DPBackend(DPConfig(**settings))
+    """A torch.compile backend for DP-SGD: torch.compile(model, backend=backend(...), fullgraph=True).
+    Its privacy state (ε, steps, noise, accumulation) is `.privacy`, a PrivacyEngine."""
+    privacy = {k: settings.pop(k) for k in PRIVACY_SETTINGS if k in settings}
+    config = DPConfig(**settings)
+    return DPBackend(config, privacy=PrivacyEngine(config, **privacy))

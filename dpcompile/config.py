@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -32,6 +33,17 @@ class DPConfig:
     param_names: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
+        for name in ("max_grad_norm", "noise_multiplier", "clip_stability"):
+            object.__setattr__(self, name, real_number(name, getattr(self, name)))
+        if self.expected_batch_size is not None:
+            object.__setattr__(self, "expected_batch_size", integer("expected_batch_size", self.expected_batch_size))
+        if self.seed is not None:
+            seed = integer("seed", self.seed)
+            check(0 <= seed < 2**63, f"seed must be an integer in [0, 2**63), got {seed}")
+            object.__setattr__(self, "seed", seed)
+        if self.clip_group_norms is not None:
+            object.__setattr__(self, "clip_group_norms",
+                               tuple(real_number("clip_group_norms", r) for r in self.clip_group_norms))
         check(self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm),
               f"max_grad_norm must be a positive finite number, got {self.max_grad_norm}")
         check(self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier),
@@ -65,6 +77,21 @@ class DPConfig:
                   f"clip_group_norms give a total sensitivity √(Σ R_g²) = {total:.6g} above max_grad_norm="
                   f"{self.max_grad_norm}, which sets the noise std σ·R: raise max_grad_norm to {total:.6g} "
                   "or lower the group bounds")
+
+
+def real_number(name: str, value: object) -> float:
+    """value as a float if it is a real number (Python or NumPy scalar), else ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        hint = " (a tensor: pass t.item())" if hasattr(value, "item") and hasattr(value, "shape") else ""
+        raise ConfigError(f"{name} must be a real number{hint}, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def integer(name: str, value: object) -> int:
+    """value as an int if it is an integer (Python or NumPy scalar), else ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    return int(value)
 
 
 def check(condition: bool, message: str) -> None:

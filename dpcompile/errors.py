@@ -19,3 +19,8 @@ class GraphBreakError(DPCompileError):
 
 class ConfigError(DPCompileError, ValueError):
     """An invalid privacy or compiler setting, caught before training starts."""
+
+
+class ReleaseError(DPCompileError):
+    """A gradient would leave without exactly one noisy DP-SGD release: un-noised clipped sums, raw
+    gradients, several releases in one optimizer step, or two forwards of one DP model in one backward."""

@@ -20,9 +20,9 @@ from .emit import emit
 from .export import to_networkx
 from .meta import PARAMS, PLAN, SITE, ParamGrad, PassContext
 from .rules import rule_for
+from .rules.bounds import gamma, masked, per_sample_bound, round_down, stored_norm_bound, unit_roundoff
 
 aten = torch.ops.aten
-LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -60,15 +60,17 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
 
     norms = {p.name: [emit_shared_norm(graph, gm, p, terms, env)] if p.shared else [terms[n][0] for n in p.sites]
              for p in params}
-    clip = emit_clip_factors(graph, spec, norms)
+    clip, dropped = emit_clip_factors(graph, spec, norms)
+    rounded: dict = {}
     for node, p in site_param.items():
-        env[node] = emit_clipped_sum(graph, node, [env[a] for a in node.meta[SITE].inputs], terms[node], clip[p.name], p)
+        factor = clip_in_dtype(graph, clip[p.name], node.meta["val"].dtype, rounded)
+        env[node] = emit_clipped_sum(graph, node, [env[a] for a in node.meta[SITE].inputs], terms[node], factor, p)
     for node in gm.graph.nodes:
         if node in deferred and node not in site_param:
             env[node] = graph.node_copy(node, lambda n: env[n])
 
     outputs = list(fx.map_arg(gm.graph.output_node().args[0], lambda n: env[n]))
-    finals = emit_finish(graph, spec, next(iter(clip.values())), [outputs[p.output_index] for p in params])
+    finals = emit_finish(graph, spec, next(iter(clip.values())), [outputs[p.output_index] for p in params], dropped)
     for p, final in zip(params, finals):
         outputs[p.output_index] = final
     graph.output(tuple(outputs))
@@ -85,13 +87,6 @@ def safe_name(param_name: str) -> str:
     return param_name.replace(".", "_")
 
 
-def full_precision(fn: Callable) -> Callable:
-    """fn on float32 copies of half-precision tensors (norms must not come out low)."""
-    def wrapped(*ts):
-        return fn(*(t.float() if t.dtype in LOW_PRECISION else t for t in ts))
-    return wrapped
-
-
 def planned_site(node: fx.Node):
     """The node's Site with the planned per-sample implementation filled in."""
     site, decision = node.meta[SITE], node.meta[PLAN]
@@ -99,12 +94,12 @@ def planned_site(node: fx.Node):
 
 
 def emit_norm(graph: fx.Graph, node: fx.Node, inputs: Sequence[fx.Node], param: ParamGrad) -> tuple:
-    """(squared norm per sample, per-sample gradients or None) for one term."""
+    """(certified norm [s, e] per sample (B, 2), per-sample gradients or None) for one term; for a use of a
+    shared parameter (margin ‖ĝ_i − g_i‖ per sample, per-sample gradients)."""
     rule, site, method = rule_for(node), planned_site(node), node.meta[PLAN].method
     name = safe_name(param.name) + (f"_use{param.sites.index(node)}" if len(param.sites) > 1 else "")
     if method == "ghost":
-        norm = emit(graph, full_precision(lambda *t: rule.ghost_norm_sq(site, *t)), inputs, f"dp_norm_sq_{name}")
-        return norm, None
+        return emit(graph, lambda *t: rule.ghost_norm_bound(site, *t), inputs, f"dp_norm_sq_{name}"), None
     shape = node.meta["val"].shape
 
     def per_sample_fn(*t):
@@ -112,15 +107,18 @@ def emit_norm(graph: fx.Graph, node: fx.Node, inputs: Sequence[fx.Node], param: 
         return g.reshape(g.shape[0], *shape)
     per_sample = emit(graph, per_sample_fn, inputs, f"dp_per_sample_{name}")
     if param.shared:
-        return None, per_sample
-    norm = emit(graph, full_precision(lambda g: g.flatten(1).square().sum(1)), [per_sample], f"dp_norm_sq_{name}")
-    return norm, per_sample
+        return emit(graph, lambda *t: rule.per_sample_margin(site, *t), inputs, f"dp_margin_{name}"), per_sample
+    bound = emit(graph, lambda g, *t: per_sample_bound(g, rule.per_sample_margin(site, *t)), [per_sample, *inputs],
+                 f"dp_norm_sq_{name}")
+    return bound, per_sample
 
 
 def emit_shared_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, terms, env) -> fx.Node:
     """A parameter whose terms are added (used several times) or scaled: its per-sample gradient is
-    the graph's own ops after the terms applied to their per-sample values (vmapped over the batch),
-    and its norm is that gradient's norm."""
+    the graph's own ops after the terms applied to their per-sample values (vmapped over the batch).
+    Certified norm: ‖g_i‖ ≤ (1 + 2u)‖ĝ_i‖ + 2γ_{L+1}‖|chain|(|ĝ|)‖ + Σ margins, where |chain| is the chain of
+    L ops on absolute values (an elementwise bound on what rounding in the chain, or in the clipped
+    terms it is applied to, can move)."""
     output = gm.graph.output_node().args[0][param.output_index]
     dag = to_networkx(gm)
     between = nx.ancestors(dag, output.name) | {output.name}
@@ -128,22 +126,48 @@ def emit_shared_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, term
     chain = [n for n in gm.graph.nodes if n.name in between and n.name in reached]
     inside = set(chain) | set(param.sites)
     outside = list(dict.fromkeys(a for n in chain for a in n.all_input_nodes if a not in inside))
+    k = len(param.sites)
 
-    def per_sample(*values):
-        term_values, outside_values = values[:len(param.sites)], values[len(param.sites):]
-
+    def run_chain(term_values, outside_values, absolute: bool):
         def combine(*one_sample):
             vals = {**dict(zip(param.sites, one_sample)), **dict(zip(outside, outside_values))}
             for n in chain:
                 args, kwargs = fx.map_arg(n.args, vals.__getitem__), fx.map_arg(n.kwargs, vals.__getitem__)
-                vals[n] = pad_into_zeros(*args) if n.target in PADDABLE_SCATTERS else n.target(*args, **kwargs)
+                target = n.target
+                if absolute:
+                    target, args = absolute_op(target, args)
+                vals[n] = pad_into_zeros(*args) if target in PADDABLE_SCATTERS else target(*args, **kwargs)
             return vals[output]
         return torch.func.vmap(combine)(*term_values)
 
+    def certified_norm(*values):
+        term_values, margins, outside_values = values[:k], values[k:2 * k], values[2 * k:]
+        combined = run_chain(term_values, outside_values, False)
+        magnitude = run_chain([t.abs() for t in term_values],
+                              [o.abs() if isinstance(o, torch.Tensor) and o.is_floating_point() else o
+                               for o in outside_values], True)
+        u = max(unit_roundoff(t.dtype) for t in (*term_values, combined, magnitude))
+        rounding = 2 * gamma(len(chain) + 1, u) * (1 + 2 * u) * stored_norm_bound(magnitude).sqrt()
+        return per_sample_bound(combined, torch.stack(margins).sum(0) + rounding)
+
     name = safe_name(param.name)
-    inputs = [terms[t][1] for t in param.sites] + [env[n] for n in outside]
-    per_sample_node = emit(graph, per_sample, inputs, f"dp_per_sample_{name}")
-    return emit(graph, full_precision(lambda g: g.flatten(1).square().sum(1)), [per_sample_node], f"dp_norm_sq_{name}")
+    inputs = [terms[t][1] for t in param.sites] + [terms[t][0] for t in param.sites] + [env[n] for n in outside]
+    return emit(graph, certified_norm, inputs, f"dp_norm_sq_{name}")
+
+
+SIGN_FREE = {aten.sub.Tensor: aten.add.Tensor, aten.sub.Scalar: aten.add.Scalar}
+SCALING = {aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar, aten.add.Tensor, aten.add.Scalar}
+
+
+def absolute_op(target, args):
+    """The op on absolute values that bounds |op(a, b)| elementwise for the linear ops of a chain:
+    a − b ↦ |a| + |b|, −a ↦ |a|, numbers as their absolute values."""
+    if target is aten.neg.default:
+        return aten.alias.default, args
+    target = SIGN_FREE.get(target, target)
+    if target in SCALING:
+        args = tuple(abs(a) if isinstance(a, (int, float)) else a for a in args)
+    return target, args
 
 
 PADDABLE_SCATTERS = {aten.slice_scatter.default, aten.select_scatter.default}
@@ -161,27 +185,65 @@ def pad_into_zeros(base, src, dim, *where):
     return base + torch.nn.functional.pad(src, [0, 0] * (base.dim() - 1 - dim) + [start, size - stop])
 
 
-def emit_clip_factors(graph: fx.Graph, spec: ClipSpec, by_param: dict[str, list[fx.Node]]) -> dict[str, fx.Node]:
-    """One clip factor per sample for each clip group; returns parameter name -> factor node."""
+def emit_clip_factors(graph: fx.Graph, spec: ClipSpec, by_param: dict[str, list[fx.Node]]) -> tuple[dict, fx.Node]:
+    """One clip factor per sample for each clip group (0 for a sample whose certified norm is not finite
+    in any group); returns (parameter name -> factor node, number of dropped samples node)."""
+    groups = [(gi, names, bound, [n for name in names for n in by_param.get(name, [])])
+              for gi, (names, bound) in enumerate(zip(spec.groups, spec.bounds))]
+    groups = [g for g in groups if g[3]]
+    sizes = [len(g[3]) for g in groups]
+
+    def group_norms(*bounds):
+        out, start = [], 0
+        for k in sizes:
+            out.append(certified_group_norm(bounds[start:start + k]))
+            start += k
+        return torch.stack(out)
+    norms = emit(graph, group_norms, [n for g in groups for n in g[3]], "dp_certified_norms")
+    dropped = emit(graph, lambda n: (~torch.isfinite(n).all(0)).sum(), [norms], "dp_dropped_samples")
     factors = {}
-    for gi, (names, bound) in enumerate(zip(spec.groups, spec.bounds)):
-        norms = [n for name in names for n in by_param.get(name, [])]
-        if not norms:
-            continue
+    for row, (gi, names, bound, _) in enumerate(groups):
         suffix = "" if len(spec.groups) == 1 else f"_group{gi}"
-        fn = lambda *sq, bound=bound: clip_factor(torch.stack(sq).sum(0), bound, spec)  # noqa: E731
-        factor = emit(graph, fn, norms, f"dp_clip_factor{suffix}")
+        factor = emit(graph, group_clip_factor(row, bound, spec), [norms], f"dp_clip_factor{suffix}")
         factors.update({name: factor for name in names})
-    return factors
+    return factors, dropped
 
 
-def clip_factor(norm_sq: torch.Tensor, bound: float, spec: ClipSpec) -> torch.Tensor:
-    """C_i = min(1, R/(‖g_i‖ + 1e-6)) (Abadi) or R/(‖g_i‖ + γ) (automatic), ‖g_i‖ of the sample's own loss."""
-    scale = norm_sq.shape[0] if spec.loss_reduction == "mean" else 1
-    norm = norm_sq.sqrt() * scale
+def group_clip_factor(row: int, bound: float, spec: ClipSpec) -> Callable:
+    """norms -> the clip factors of group `row` (a one-argument function, for tracing)."""
+    return lambda norms: clip_factor(norms, row, bound, spec)
+
+
+SAFETY = 1 + 2.0**-40  # the few float64 operations on a norm after its bound terms (≤ 40 · 2^-53)
+
+
+def certified_group_norm(bounds: Sequence[torch.Tensor]) -> torch.Tensor:
+    """N_i = (√(Σ s) + Σ e)·(1 + 2^-40) over a group's terms [s, e]: ≥ ‖g_i‖ and ≥ ‖clipped_i‖ / c_i
+    (Minkowski: ‖Σ_k (g_k + err_k)‖ ≤ ‖g‖ + Σ_k ‖err_k‖)."""
+    total = torch.stack(list(bounds)).sum(0)
+    return (total[:, 0].sqrt() + total[:, 1]) * SAFETY
+
+
+def clip_factor(norms: torch.Tensor, row: int, bound: float, spec: ClipSpec) -> torch.Tensor:
+    """C_i = min(1, R/(N_i + 1e-6)) (Abadi) or R/(N_i + γ) (automatic), N_i the certified norm of the
+    sample's own loss; 0 where any group's N_i is not finite (the sample is dropped). Float64."""
+    scale = norms.shape[1] if spec.loss_reduction == "mean" else 1
+    norm = norms[row] * scale
     if spec.clipping == "automatic":
-        return bound / (norm + spec.clip_stability)
-    return (bound / (norm + 1e-6)).clamp(max=1.0)
+        factor = bound / (norm + spec.clip_stability)
+    else:
+        factor = (bound / (norm + 1e-6)).clamp(max=1.0)
+    return torch.where(torch.isfinite(norms).all(0), factor, torch.zeros_like(factor))
+
+
+def clip_in_dtype(graph: fx.Graph, factor: fx.Node, dtype: torch.dtype, cache: dict) -> fx.Node:
+    """The (float64) clip factor rounded down to a term's dtype, once per factor and dtype."""
+    if dtype == factor.meta["val"].dtype:
+        return factor
+    if (factor, dtype) not in cache:
+        cache[factor, dtype] = emit(graph, lambda c: round_down(c, dtype), [factor],
+                                    f"{factor.name}_{str(dtype).removeprefix('torch.')}")
+    return cache[factor, dtype]
 
 
 def emit_clipped_sum(graph, node, inputs, term, clip, param) -> fx.Node:
@@ -196,29 +258,32 @@ def emit_clipped_sum(graph, node, inputs, term, clip, param) -> fx.Node:
 
 
 def weighted_sum(c: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Σ_i c_i g_i over the leading (batch) dim, as one matrix product."""
-    return torch.mm(c.to(g.dtype).unsqueeze(0), g.reshape(g.shape[0], -1))
+    """Σ_i c_i g_i over the leading (batch) dim, as one matrix product; c rounded down to g's dtype and
+    dropped samples (c_i = 0) masked out (0·inf would be NaN)."""
+    g = masked(g.reshape(g.shape[0], -1), c)
+    return torch.mm(round_down(c, g.dtype).unsqueeze(0), g)
 
 
-def emit_finish(graph, spec: ClipSpec, clip: fx.Node, grads: list[fx.Node]) -> list[fx.Node]:
-    """grad = (scale·clipped + noise) / n for every parameter, with one noise draw for all."""
+def emit_finish(graph, spec: ClipSpec, clip: fx.Node, grads: list[fx.Node], dropped: fx.Node) -> list[fx.Node]:
+    """grad = (scale·clipped + noise) / n for every parameter, with one noise draw for all (which also
+    counts the dropped samples)."""
     from dpcompile.ops import gaussian_noise
 
-    def finish(c, *gs):
+    def finish(c, dropped, *gs):
         batch = c.shape[0]
         scale = batch if spec.loss_reduction == "mean" else 1
         n = spec.expected_batch_size or scale
         if spec.noise_handle is None:
             return tuple(g * scale / n for g in gs)
         numels = [g.numel() for g in gs]
-        noise = gaussian_noise(gs[0], sum(numels), spec.noise_handle)
+        noise = gaussian_noise(gs[0], sum(numels), spec.noise_handle, dropped)
         outs, start = [], 0
         for g, k in zip(gs, numels):
             outs.append((g * scale + noise[start:start + k].view(g.shape).to(g.dtype)) / n)
             start += k
         return tuple(outs)
 
-    return list(emit(graph, finish, [clip, *grads], "dp_grad"))
+    return list(emit(graph, finish, [clip, dropped, *grads], "dp_grad"))
 
 
 def drop_parameter_outputs(new_node: fx.Node, old_node: fx.Node, site_param) -> None:

@@ -1,92 +1,576 @@
-"""Safety pass: refuse a forward graph in which a computation mixes samples along the batch.
+"""Safety pass: every op that touches the batch must say how it keeps samples apart (an allowlist).
 
-Per-sample gradients exist only if sample i's output depends on sample i's input alone. We find
-every node that depends on a batched input (networkx descendants) and refuse any of them that
-reduces, contracts, scans, sorts or indexes over a dimension whose size involves the batch symbol
-(BatchNorm in training mode decomposes to exactly such a mean and variance).
+Per-sample gradients exist only if sample i's output depends on sample i's input alone. We follow
+where the batch sits in every tensor computed from the user's inputs: a layout (dim, k) means that
+dim's index is (o·B + b)·k + j for sample b (k = 1: the dim is the batch itself; a flattened (B, T)
+gives k = T). Each op on a batched operand has a rule that gives its output's layout or refuses it:
+pointwise ops, views keeping the batch as its own factor, reductions and scans over other dims,
+matrix products not contracting it, convolutions, norms, attention, embeddings, indexing along other
+dims. An op with no rule is refused (UnsupportedOpError), an op that mixes samples too
+(SampleMixingError), naming the module and the op. A numerical check on each new capture
+(``SampleCheck``) runs the captured graph twice with sample 0 changed, as a second line.
 """
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
-import networkx as nx
 import sympy
 import torch
 import torch.fx as fx
+from torch.utils._pytree import tree_leaves
 
-from dpcompile.errors import SampleMixingError
+from dpcompile.errors import DPCompileError, SampleMixingError, UnsupportedOpError
 
-from .export import to_networkx
-from .meta import PassContext, involves_batch, is_batched, resolved_batch, shape_of_value
+from .meta import PassContext, resolved_batch, shape_of_value
 
-aten = torch.ops.aten
-
-
-def _reduced(dims_at: int):
-    """Dims argument at position dims_at (None or [] meaning every dim)."""
-    def dims(node: fx.Node, rank: int) -> list[int]:
-        d = node.args[dims_at] if len(node.args) > dims_at else node.kwargs.get("dim")
-        d = [d] if isinstance(d, int) else d
-        return list(range(rank)) if not d else [x % rank for x in d]
-    return dims
+aten, prims = torch.ops.aten, torch.ops.prims
+Layout = tuple[int, sympy.Expr]  # (dim, k): the batch's position in a tensor
 
 
-def _contracted(node: fx.Node, rank: int) -> list[int]:
-    """mm/bmm: the first operand's last dim is summed over."""
-    return [rank - 1]
+class Mixing(Exception):
+    """An op's operands hold the batch where the op would mix samples (the message says how)."""
 
 
-def _picked(node: fx.Node, rank: int) -> list[int]:
-    """select/slice/narrow: the dim they pick from (a full slice picks nothing)."""
-    dim = node.args[1] % rank if len(node.args) > 1 else 0
-    if node.target is aten.slice.Tensor and "val" in node.meta:  # a slice that keeps every row picks nothing
-        before, after = shape_of_value(node.args[0].meta["val"])[dim], shape_of_value(node.meta["val"])[dim]
-        if sympy.simplify(before - after) == 0:
-            return []
-    return [dim]
+class NoRule(Exception):
+    """An op on a batched operand that no rule accepts."""
 
 
-def _indexed(node: fx.Node, rank: int) -> list[int]:
-    """index.Tensor: the dims given an index tensor."""
-    return [d for d, index in enumerate(node.args[1]) if index is not None]
+def batch_factor(size: sympy.Expr, batch: sympy.Expr) -> sympy.Expr | None:
+    """m with size = B·m and m a whole number free of B, else None."""
+    if batch == 0:
+        return None
+    m = sympy.simplify(size / batch)
+    if (m.free_symbols & batch.free_symbols) or sympy.denom(sympy.together(m)) != 1 or m == 0:
+        return None
+    return m
 
 
-def _reversed(node: fx.Node, rank: int) -> list[int]:
-    """prims.rev / flip: the dims reversed."""
-    return [d % rank for d in node.args[1]]
+def _same(a: sympy.Expr, b: sympy.Expr) -> bool:
+    return sympy.simplify(a - b) == 0
 
 
-# op -> which dims of its first input it mixes across
-MIXING_OPS = {
-    aten.select.int: _picked, aten.slice.Tensor: _picked, aten.narrow.default: _picked,
-    aten.index.Tensor: _indexed, aten._unsafe_index.Tensor: _indexed,
-    torch.ops.prims.rev.default: _reversed, aten.flip.default: _reversed,
-    **{op: _reduced(1) for op in (
-        aten.sum.dim_IntList, aten.mean.dim, aten.var.correction, aten.var_mean.correction,
-        aten.std.correction, aten.amax.default, aten.amin.default, aten.max.dim, aten.min.dim,
-        aten.prod.dim_int, aten.logsumexp.default, aten.argmax.default, aten.argmin.default,
-        aten.cumsum.default, aten.cumprod.default, aten.sort.default, aten.topk.default,
-        aten._softmax.default, aten._log_softmax.default, aten.any.dims, aten.all.dims,
-        aten.index_select.default, aten.gather.default, aten.roll.default)},
-    **{op: _reduced(99) for op in (aten.sum.default, aten.mean.default, aten.max.default, aten.min.default,
-                                   aten.prod.default)},
-    aten.mm.default: _contracted, aten.bmm.default: _contracted,
-    aten._native_batch_norm_legit_functional.default: lambda n, r: [0],
-    aten.native_batch_norm.default: lambda n, r: [0],
+def _shape(x) -> tuple[sympy.Expr, ...]:
+    return shape_of_value(x.meta["val"])
+
+
+def _tensor(x) -> bool:
+    return isinstance(x, fx.Node) and isinstance(x.meta.get("val"), torch.Tensor)
+
+
+def arg(node: fx.Node, name: str, default=None):
+    """An op's argument by its schema name (positional or keyword), or the schema's default."""
+    schema = getattr(node.target, "_schema", None)
+    if name in node.kwargs:
+        return node.kwargs[name]
+    if schema is None:
+        return default
+    for i, a in enumerate(schema.arguments):
+        if a.name == name:
+            if i < len(node.args) and not a.kwarg_only:
+                return node.args[i]
+            return a.default_value if a.has_default_value() else default
+    return default
+
+
+def _dims(value, rank: int) -> list[int]:
+    """A dim argument (int, list, None or [] meaning all dims) as non-negative dims."""
+    if value is None or (isinstance(value, (list, tuple)) and not value):
+        return list(range(rank))
+    return [d % rank for d in ([value] if isinstance(value, int) else value)] if rank else []
+
+
+class Layouts:
+    """The layouts found so far (node -> Layout, or a tuple of them for ops with several outputs)."""
+
+    def __init__(self, batch: sympy.Expr):
+        self.batch, self.of = batch, {}
+
+    def get(self, x) -> Layout | None:
+        lay = self.of.get(x) if isinstance(x, fx.Node) else None
+        return lay if lay and isinstance(lay[0], int) else None
+
+    def batched(self, node: fx.Node) -> list[fx.Node]:
+        """node's operands that carry the batch (data computed from the user's inputs)."""
+        return [x for x in tree_leaves((node.args, node.kwargs)) if isinstance(x, fx.Node) and x in self.of]
+
+    def by_size(self, value, size: sympy.Expr, k: sympy.Expr, near: int | None = None) -> Layout | None:
+        """The layout of an output whose batch dim is the one of size `size` (the dim `near` if it fits)."""
+        if not isinstance(value, torch.Tensor):
+            return None
+        shape = shape_of_value(value)
+        if near is not None and near < len(shape) and _same(shape[near], size):
+            return (near, k)
+        hits = [d for d, s in enumerate(shape) if _same(s, size)]
+        if len(hits) == 1:
+            return (hits[0], k)
+        hits = [d for d, s in enumerate(shape) if batch_factor(s, self.batch) is not None]
+        return (hits[0], k) if len(hits) == 1 and _same(shape[hits[0]], size) else None
+
+    def each_output(self, node: fx.Node, lay: Layout, src: fx.Node):
+        """The same batch dim in every tensor output (found by its size): tuple outputs too."""
+        size = _shape(src)[lay[0]]
+        val = node.meta.get("val")
+        if isinstance(val, (tuple, list)):
+            return tuple(self.by_size(v, size, lay[1], lay[0]) for v in val)
+        return self.by_size(val, size, lay[1], lay[0])
+
+
+# ------------------------------------------------------------------------------------------------
+# Rules: (node, layouts) -> the output's layout; raise Mixing when the op would mix samples
+# ------------------------------------------------------------------------------------------------
+
+def aligned(node: fx.Node, L: Layouts, operands: list, out_rank: int) -> Layout | None:
+    """Broadcasting operands: each batched one's batch dim, right-aligned, must land on the same
+    output dim with the same k, and must not be broadcast."""
+    found = None
+    for x in operands:
+        lay = L.get(x)
+        if lay is None or not _tensor(x):
+            continue
+        shape = _shape(x)
+        d = lay[0] + out_rank - len(shape)
+        if found is not None and (found[0] != d or not _same(found[1], lay[1])):
+            raise Mixing("combines operands that hold the batch in different places (element i of one meets "
+                         "another sample's element of the other)")
+        found = (d, lay[1])
+    return found
+
+
+def pointwise(node: fx.Node, L: Layouts):
+    """Elementwise with broadcasting: the batch stays where it is."""
+    val = node.meta.get("val")
+    if not isinstance(val, torch.Tensor):
+        raise NoRule("an elementwise op without a tensor result")
+    rank = val.dim()
+    lay = aligned(node, L, tree_leaves((node.args, node.kwargs)), rank)
+    if isinstance(val, torch.Tensor) and lay is not None and batch_factor(shape_of_value(val)[lay[0]], L.batch) is None:
+        raise Mixing("broadcasts or reduces the batch dim")
+    return lay
+
+
+def first_operand(node: fx.Node, L: Layouts):
+    """Ops elementwise in their first operand whose other operands are per-channel constants."""
+    if any(L.get(x) is not None for x in L.batched(node) if x is not node.args[0]):
+        raise NoRule("has a batched operand other than its first")
+    return L.each_output(node, L.get(node.args[0]), node.args[0])
+
+
+def view(node: fx.Node, L: Layouts):
+    """A reshape keeps samples apart iff some output dim holds the batch as its own factor: the
+    batch's inner extent (k times the sizes after its dim) is k' times the sizes after that dim."""
+    src = node.args[0]
+    (d, k), shape, out = L.get(src), _shape(src), _shape(node)
+    inner = k * sympy.Mul(*shape[d + 1:])
+    for e, size in enumerate(out):
+        k2 = sympy.simplify(inner / sympy.Mul(*out[e + 1:]))
+        if k2.free_symbols & L.batch.free_symbols or sympy.denom(sympy.together(k2)) != 1 or k2 == 0:
+            continue
+        if batch_factor(size, L.batch * k2) is not None:
+            return (e, k2)
+    raise Mixing(f"reshapes {list(shape)} to {list(out)}, which splits the batch dim or moves other values "
+                 "between samples")
+
+
+def _strides(value) -> tuple[sympy.Expr, ...]:
+    return tuple(s.node.expr if isinstance(s, torch.SymInt) else sympy.Integer(int(s)) for s in value.stride())
+
+
+def _contiguous(value) -> bool:
+    """Whether a (fake) tensor's strides are row-major for its sizes (size-one dims ignored)."""
+    shape, expected = shape_of_value(value), sympy.Integer(1)
+    for size, stride in reversed(list(zip(shape, _strides(value)))):
+        if size != 1 and not _same(stride, expected):
+            return False
+        expected = expected * size
+    return True
+
+
+def as_strided(node: fx.Node, L: Layouts):
+    """as_strided that re-reads a row-major tensor row-major from offset 0 is a reshape."""
+    src, val = node.args[0], node.meta["val"]
+    offset = node.args[3] if len(node.args) > 3 else node.kwargs.get("storage_offset", 0)
+    if not (offset in (0, None) and _contiguous(src.meta["val"]) and _contiguous(val)
+            and _same(sympy.Mul(*_shape(src)), sympy.Mul(*_shape(node)))):
+        raise NoRule("it is not a row-major reshape of a row-major tensor")
+    return view(node, L)
+
+
+def expand(node: fx.Node, L: Layouts):
+    return aligned(node, L, [node.args[0]], len(_shape(node)))
+
+
+def unsqueeze(node: fx.Node, L: Layouts):
+    d, k = L.get(node.args[0])
+    dim = node.args[1] % (len(_shape(node.args[0])) + 1)
+    return (d + (dim <= d), k)
+
+
+def squeeze(node: fx.Node, L: Layouts):
+    d, k = L.get(node.args[0])
+    shape = _shape(node.args[0])
+    dims = _dims(node.args[1] if len(node.args) > 1 else None, len(shape))
+    return (d - sum(1 for e in dims if e < d and shape[e] == 1), k)
+
+
+def permute(node: fx.Node, L: Layouts):
+    d, k = L.get(node.args[0])
+    rank = len(_shape(node.args[0]))
+    if node.target is aten.permute.default:
+        order = [p % rank for p in node.args[1]]
+    else:
+        a, b = (node.args[1] % rank, node.args[2] % rank) if node.target is aten.transpose.int else (0, 1)
+        order = list(range(rank))
+        if rank > 1:
+            order[a], order[b] = order[b], order[a]
+    return (order.index(d), k)
+
+
+def picks(node: fx.Node, L: Layouts):
+    """select/slice/narrow/split/unbind/unfold along a dim: allowed along other dims than the batch's."""
+    src = node.args[0]
+    d, k = L.get(src)
+    shape = _shape(src)
+    dim = arg(node, "dim", None)
+    dim = (arg(node, "dimension", 0) if dim is None else dim) % len(shape)
+    if dim == d:
+        full = node.target in (aten.slice.Tensor, aten.narrow.default) and _same(_shape(node)[d], shape[d])
+        if not full:
+            raise Mixing(f"picks part of dim {d}, which holds the batch")
+    if node.target is aten.select.int or node.target is aten.unbind.int:
+        d = d - (dim < d)
+    val = node.meta["val"]
+    return tuple((d, k) for _ in val) if isinstance(val, (tuple, list)) else (d, k)
+
+
+def reverse(node: fx.Node, L: Layouts):
+    """flip / prims.rev / roll: allowed along other dims."""
+    d, k = L.get(node.args[0])
+    rank = len(_shape(node.args[0]))
+    dims = arg(node, "dims", None)
+    if dims is None:
+        dims = node.args[1]
+    if not dims or d in _dims(dims, rank):
+        raise Mixing(f"reorders along dim {d}, which holds the batch")
+    return (d, k)
+
+
+def reduction(node: fx.Node, L: Layouts):
+    """Reductions, scans, sorts and softmax over dims other than the batch's."""
+    src = node.args[0]
+    d, k = L.get(src)
+    rank = len(_shape(src))
+    dims = arg(node, "dim", None)
+    dims = _dims(dims, rank) if node.target not in WHOLE else list(range(rank))
+    if d in dims:
+        raise Mixing(f"reduces, scans or sorts across dim(s) {dims}, and dim {d} holds the batch")
+    val = node.meta.get("val")
+    out = lambda v: None if not isinstance(v, torch.Tensor) else (d if v.dim() == rank else d - sum(e < d for e in dims), k)  # noqa: E731
+    return tuple(out(v) for v in val) if isinstance(val, (tuple, list)) else out(val)
+
+
+def matmul(node: fx.Node, L: Layouts):
+    """mm/addmm/bmm/baddbmm: the contracted dim must not hold the batch; rows of A or columns of B
+    may; for bmm the leading dim may, in both alike."""
+    batched3 = node.target in (aten.bmm.default, aten.baddbmm.default)
+    a, b = node.args[1:3] if node.target in (aten.addmm.default, aten.baddbmm.default) else node.args[:2]
+    la, lb = L.get(a), L.get(b)
+    rank = 3 if batched3 else 2
+    out = []
+    if la is not None:
+        if la[0] == rank - 1:
+            raise Mixing("contracts dim {} of its first operand, which holds the batch".format(la[0]))
+        out.append(la)
+    if lb is not None:
+        if lb[0] == rank - 2:
+            raise Mixing("contracts dim {} of its second operand, which holds the batch".format(lb[0]))
+        out.append(lb)
+    if len(out) == 2 and (out[0][0] != out[1][0] or out[0][0] != 0 or not _same(out[0][1], out[1][1])):
+        raise Mixing("multiplies two batched operands whose batches meet across samples (a pairwise product)")
+    lay = out[0] if out else None
+    if node.target in (aten.addmm.default, aten.baddbmm.default) and L.get(node.args[0]) is not None:
+        bias = aligned(node, L, [node.args[0]], rank)
+        if lay is not None and (bias[0] != lay[0] or not _same(bias[1], lay[1])):
+            raise Mixing("adds a batched term whose batch is not where the product's is")
+        lay = bias
+    return lay
+
+
+def convolution(node: fx.Node, L: Layouts):
+    """Convolution: samples along dim 0 of the input, weight and bias per model."""
+    lay = L.get(node.args[0])
+    if lay is None or lay[0] != 0 or any(L.get(x) is not None for x in node.args[1:3]):
+        raise Mixing("convolves a tensor whose batch is not its dim 0 (or a batched weight)")
+    return lay
+
+
+def per_sample_norm(node: fx.Node, L: Layouts):
+    """layer/group norm: statistics per sample (layer norm: over the trailing normalised dims)."""
+    src = node.args[0]
+    lay = L.get(src)
+    if any(L.get(x) is not None for x in node.args[1:3]):
+        raise NoRule("has a batched weight or bias")
+    rank = len(_shape(src))
+    if node.target is aten.native_group_norm.default:
+        ok = lay[0] == 0
+    else:
+        ok = lay[0] < rank - len(node.args[1])
+    if not ok:
+        raise Mixing(f"normalises over dims that include dim {lay[0]}, which holds the batch")
+    return tuple(L.by_size(v, _shape(src)[lay[0]], lay[1], lay[0]) for v in node.meta["val"])
+
+
+def batch_norm(node: fx.Node, L: Layouts):
+    """Batch norm: in eval mode running statistics (per channel, dim 1); in training mode statistics
+    over every dim but 1, so only a batch folded into the channels (instance norm) is per sample."""
+    src = node.args[0]
+    lay = L.get(src)
+    training = node.target is not aten._native_batch_norm_legit_no_training.default and arg(node, "training", False)
+    if any(L.get(x) is not None for x in node.args[1:5] if isinstance(x, fx.Node)):
+        raise NoRule("has batched weights or statistics")
+    if training and lay[0] != 1:
+        raise Mixing(f"normalises with statistics over the batch (dim {lay[0]})")
+    return tuple(L.by_size(v, _shape(src)[lay[0]], lay[1], lay[0]) for v in node.meta["val"])
+
+
+def attention(node: fx.Node, L: Layouts):
+    """Scaled dot-product attention: the batch in a leading dim (not the sequence or feature dims)."""
+    q = node.args[0]
+    rank = len(_shape(q))
+    lay = aligned(node, L, [x for x in tree_leaves((node.args, node.kwargs)) if _tensor(x)], rank)
+    if lay is None or lay[0] >= rank - 2:
+        raise Mixing("attends across the batch (it is in the sequence or feature dims)")
+    size = next(_shape(x)[lay[0] - rank + len(_shape(x))] for x in L.batched(node) if _tensor(x))
+    val = node.meta["val"]
+    return tuple(L.by_size(v, size, lay[1], lay[0]) for v in val) if isinstance(val, (tuple, list)) \
+        else L.by_size(val, size, lay[1], lay[0])
+
+
+def embedding(node: fx.Node, L: Layouts):
+    """embedding(weight, indices): a row per index, the indices' batch kept."""
+    if L.get(node.args[0]) is not None:
+        raise NoRule("looks up a batched table")
+    return L.get(node.args[1])
+
+
+def embedding_bag(node: fx.Node, L: Layouts):
+    """One bag per sample: 2-D input flattened batch-first, offsets from sizes only."""
+    weight, indices, offsets = node.args[:3]
+    lay = L.get(indices)
+    if L.get(weight) is not None or L.get(offsets) is not None or lay is None or lay[0] != 0:
+        raise NoRule("has a batched table or offsets")
+    factors = [batch_factor(shape_of_value(v)[0], L.batch) if v.dim() else None for v in node.meta["val"]]
+    return tuple(None if k is None else (0, k) for k in factors)
+
+
+def index_select(node: fx.Node, L: Layouts):
+    src, dim, index = node.args[:3]
+    ls, li = L.get(src), L.get(index)
+    dim %= len(_shape(src))
+    if ls is not None and (li is not None or dim == ls[0]):
+        raise Mixing(f"selects along dim {dim} of a tensor whose batch is dim {ls[0]}, or by batched indices")
+    return ls if ls is not None else (dim, li[1])
+
+
+def gather(node: fx.Node, L: Layouts):
+    """gather along a dim other than the batch's, with indices holding the batch in the same dim."""
+    src, dim, index = node.args[:3]
+    ls, li = L.get(src), L.get(index)
+    dim %= len(_shape(src))
+    if ls is not None and (dim == ls[0] or (li is not None and li != ls)
+                           or (li is None and not _same(_shape(index)[ls[0]], _shape(src)[ls[0]]))):
+        raise Mixing(f"gathers along dim {dim} or with indices not aligned with the batch (dim {ls[0]})")
+    return ls or li
+
+
+def index(node: fx.Node, L: Layouts):
+    """x[i, j, ...]: tensor indices only on dims other than the batch's; a batched index into a
+    batch-free tensor (a lookup) keeps the index's batch."""
+    src, indices = node.args[:2]
+    ls = L.get(src)
+    used = [e for e, i in enumerate(indices) if i is not None]
+    batched = [i for i in indices if i is not None and L.get(i) is not None]
+    rank = len(torch.broadcast_shapes(*[i.meta["val"].shape for i in indices if i is not None]))
+    adjacent = used == list(range(used[0], used[-1] + 1))
+    if ls is None:
+        lay = aligned(node, L, batched, rank)
+        return ((used[0] if adjacent else 0) + lay[0], lay[1])
+    d = ls[0]
+    if d in used or batched:
+        raise Mixing(f"indexes dim {d}, which holds the batch, or indexes with batched indices")
+    if adjacent:
+        return (d if d < used[0] else d - len(used) + rank, ls[1])
+    return (rank + sum(1 for e in range(d) if e not in used), ls[1])
+
+
+def scatter(node: fx.Node, L: Layouts):
+    """scatter/index_add/index_copy/slice_scatter/select_scatter along a dim other than the batch's,
+    every batched operand holding the batch in the same dim as the result."""
+    base, dim = node.args[0], arg(node, "dim", 0)
+    rank = len(_shape(base))
+    dim %= rank
+    result = L.get(base)
+    for x in L.batched(node)[0:]:
+        lay = L.get(x)
+        if lay is None or x is base:
+            continue
+        d = lay[0] + (node.target is aten.select_scatter.default and dim <= lay[0])
+        if x is arg(node, "index") and node.target in (aten.index_add.default, aten.index_copy.default):
+            raise Mixing("scatters with batched indices")
+        if result is not None and (result[0] != d or not _same(result[1], lay[1])):
+            raise Mixing("writes values of one sample into another sample's rows")
+        if result is None and not _same(_shape(base)[d], _shape(x)[lay[0]]):
+            raise Mixing("writes batched values into a tensor that has no row per sample (it sums samples)")
+        result = (d, lay[1])
+    if result[0] == dim:
+        raise Mixing(f"writes along dim {dim}, which holds the batch")
+    return result
+
+
+def index_put(node: fx.Node, L: Layouts):
+    """x[i] = v with indices on dims other than the batch's, indices and values free of the batch."""
+    base, indices = node.args[:2]
+    lay = L.get(base)
+    if lay is None or any(L.get(x) is not None for x in L.batched(node) if x is not base) \
+            or (lay[0] < len(indices) and indices[lay[0]] is not None):
+        raise Mixing("writes with batched indices or values, or along the batch dim")
+    return lay
+
+
+def concat(node: fx.Node, L: Layouts):
+    """cat/stack along a dim other than the batch's, every batched piece holding it in the same dim."""
+    pieces, dim = node.args[0], arg(node, "dim", 0)
+    rank = len(_shape(pieces[0]))
+    lay = aligned(node, L, [p for p in pieces if len(_shape(p)) == rank], rank)
+    if node.target is aten.stack.default:
+        dim %= rank + 1
+        if lay is None or any(not _same(_shape(p)[lay[0]], _shape(pieces[0])[lay[0]]) for p in pieces):
+            raise Mixing("stacks tensors whose batch dims differ")
+        return (lay[0] + (dim <= lay[0]), lay[1])
+    dim %= rank
+    if lay is None or dim == lay[0] or any(len(_shape(p)) == rank and not _same(_shape(p)[lay[0]],
+                                                                                   _shape(node)[lay[0]]) for p in pieces):
+        raise Mixing(f"concatenates along dim {dim}, which holds the batch, or with pieces of another batch size")
+    return lay
+
+
+def spatial(n: int) -> Callable:
+    """Pools, padding and upsampling over the last n dims: the batch must be in a leading dim."""
+    def rule(node: fx.Node, L: Layouts):
+        lay = L.get(node.args[0])
+        rank = len(_shape(node.args[0]))
+        if any(L.get(x) is not None for x in L.batched(node) if x is not node.args[0]):
+            raise NoRule("has a batched operand other than its first")
+        if lay[0] >= rank - n:
+            raise Mixing(f"works over the last {n} dims, and dim {lay[0]} holds the batch")
+        return L.each_output(node, lay, node.args[0])
+    return rule
+
+
+def pad(node: fx.Node, L: Layouts):
+    """constant_pad_nd: padding dims other than the batch's."""
+    lay = L.get(node.args[0])
+    rank, amounts = len(_shape(node.args[0])), node.args[1]
+    padded = [rank - 1 - i // 2 for i, a in enumerate(amounts) if a != 0]
+    if lay[0] in padded:
+        raise Mixing(f"pads dim {lay[0]}, which holds the batch")
+    return lay
+
+
+def triangle(node: fx.Node, L: Layouts):
+    """tril/triu act on the last two dims."""
+    lay = L.get(node.args[0])
+    if lay[0] >= len(_shape(node.args[0])) - 2:
+        raise Mixing("masks a matrix whose rows or columns hold the batch")
+    return lay
+
+
+def getitem(node: fx.Node, L: Layouts):
+    lay = L.of.get(node.args[0])
+    return lay[node.args[1]] if isinstance(lay, tuple) and lay and not isinstance(lay[0], int) else lay
+
+
+def buffer_write(node: fx.Node, L: Layouts):
+    """copy_ into an input: a batched value only into a batched input, same layout."""
+    dst, src = node.args[:2]
+    if L.get(src) is not None and L.get(dst) is None:
+        raise Mixing("stores a value computed from the batch in a buffer or constant, so later batches would "
+                     "depend on these samples")
+    if L.get(src) is not None and (L.get(dst)[0] != L.get(src)[0] or not _same(L.get(dst)[1], L.get(src)[1])):
+        raise Mixing("writes one sample's values into another sample's rows")
+    return L.get(dst)
+
+
+def no_tensor(node: fx.Node, L: Layouts):
+    """Shape queries (sym_size and friends): they read no sample's values."""
+    return None
+
+
+def scalar_of_batch(node: fx.Node, L: Layouts):
+    raise Mixing("turns a batched value into one Python number used for every sample")
+
+
+SAME = (aten.clone.default, aten._to_copy.default, aten.alias.default, aten.detach.default, aten.contiguous.default,
+        aten.lift_fresh_copy.default, aten.copy.default, aten.masked_fill.Tensor, aten.masked_fill.Scalar,
+        aten.bernoulli.p, aten.bernoulli.default, aten.native_dropout.default, aten.where.self,
+        prims.convert_element_type.default, aten.view_as_real.default, aten.view_as_complex.default,
+        aten.bucketize.Tensor, aten.positive.default, aten.dropout.default)
+DATA_FREE = (aten.zeros_like.default, aten.ones_like.default, aten.empty_like.default, aten.full_like.default,
+             aten.rand_like.default, aten.randn_like.default, aten.randint_like.default, aten.new_zeros.default,
+             aten.new_ones.default, aten.new_empty.default, aten.new_full.default, aten.fill.Scalar,
+             aten.zero.default, aten.new_empty_strided.default)
+WHOLE = (aten.sum.default, aten.mean.default, aten.max.default, aten.min.default, aten.prod.default,
+         aten.median.default, aten.nanmedian.default, aten.all.default, aten.any.default, aten.std.default,
+         aten.var.default)
+REDUCTIONS = WHOLE + (
+    aten.sum.dim_IntList, aten.mean.dim, aten.var.correction, aten.var_mean.correction, aten.std.correction,
+    aten.std_mean.correction, aten.amax.default, aten.amin.default, aten.max.dim, aten.min.dim, aten.prod.dim_int,
+    aten.logsumexp.default, aten.argmax.default, aten.argmin.default, aten.cumsum.default, aten.cumprod.default,
+    aten.cummax.default, aten.cummin.default, aten.logcumsumexp.default, aten.sort.default, aten.sort.stable,
+    aten.topk.default, aten.kthvalue.default, aten.median.dim, aten.nanmedian.dim, aten.mode.default,
+    aten._softmax.default, aten._log_softmax.default, aten.softmax.int, aten.log_softmax.int, aten.any.dims,
+    aten.any.dim, aten.all.dim, aten.all.dims, aten.linalg_vector_norm.default, aten.nansum.default,
+    aten.count_nonzero.dim_IntList, aten.aminmax.default)
+RULES: dict = {
+    **{op: reduction for op in REDUCTIONS},
+    **{op: no_tensor for op in (aten.sym_size.int, aten.sym_stride.int, aten.sym_numel.default,
+                                 aten.sym_storage_offset.default, aten._assert_async.msg,
+                                 aten._functional_assert_async.msg)},
+    **{op: view for op in (aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.view_copy.default)},
+    **{op: permute for op in (aten.permute.default, aten.transpose.int, aten.t.default)},
+    **{op: picks for op in (aten.select.int, aten.slice.Tensor, aten.narrow.default, aten.split.Tensor,
+                            aten.split_with_sizes.default, aten.unbind.int, aten.unfold.default, aten.chunk.default)},
+    **{op: reverse for op in (aten.flip.default, prims.rev.default, aten.roll.default)},
+    **{op: matmul for op in (aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default)},
+    **{op: per_sample_norm for op in (aten.native_layer_norm.default, aten.native_group_norm.default)},
+    **{op: batch_norm for op in (aten.native_batch_norm.default, aten._native_batch_norm_legit_functional.default,
+                                 aten._native_batch_norm_legit.default, aten._native_batch_norm_legit.no_stats,
+                                 aten._native_batch_norm_legit_no_training.default)},
+    **{getattr(aten, name).default: attention for name in (
+        "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+        "scaled_dot_product_attention", "_scaled_dot_product_attention_math") if hasattr(aten, name)},
+    **{op: scatter for op in (aten.scatter.src, aten.scatter.value, aten.scatter.reduce, aten.scatter.value_reduce,
+                              aten.scatter_add.default, aten.scatter_reduce.two, aten.index_add.default,
+                              aten.index_copy.default, aten.slice_scatter.default, aten.select_scatter.default)},
+    **{op: spatial(n) for n, ops in {
+        1: ("avg_pool1d", "adaptive_avg_pool1d", "reflection_pad1d", "replication_pad1d", "upsample_nearest1d",
+            "upsample_linear1d"),
+        2: ("avg_pool2d", "max_pool2d_with_indices", "_adaptive_avg_pool2d", "adaptive_max_pool2d",
+            "reflection_pad2d", "replication_pad2d", "upsample_nearest2d", "upsample_bilinear2d", "_low_memory_max_pool2d_with_offsets"),
+        3: ("avg_pool3d", "max_pool3d_with_indices", "_adaptive_avg_pool3d", "adaptive_max_pool3d",
+            "reflection_pad3d", "replication_pad3d", "upsample_nearest3d", "upsample_trilinear3d"),
+    }.items() for name in ops if hasattr(aten, name) for op in [getattr(aten, name).default]},
+    aten.as_strided.default: as_strided, aten.expand.default: expand, aten.unsqueeze.default: unsqueeze, aten.squeeze.dim: squeeze,
+    aten.squeeze.dims: squeeze, aten.squeeze.default: squeeze, aten.convolution.default: convolution,
+    aten.embedding.default: embedding, aten._embedding_bag.default: embedding_bag,
+    aten._embedding_bag_forward_only.default: embedding_bag, aten.index_select.default: index_select,
+    aten.gather.default: gather, aten.index.Tensor: index, aten._unsafe_index.Tensor: index,
+    aten.index_put.default: index_put, aten._unsafe_index_put.default: index_put, aten.cat.default: concat,
+    aten.stack.default: concat, aten.constant_pad_nd.default: pad, aten.tril.default: triangle,
+    aten.triu.default: triangle, aten.copy_.default: buffer_write, aten._prelu_kernel.default: first_operand,
+    aten._local_scalar_dense.default: scalar_of_batch, aten.repeat.default: expand,
 }
-
-
-def mixing_dims(node: fx.Node, batch: sympy.Expr) -> list[int]:
-    """The dims of node's first input that it mixes and whose size involves the batch."""
-    rule = MIXING_OPS.get(node.target)
-    src = node.args[0] if node.args else None
-    if rule is None or not isinstance(src, fx.Node) or "val" not in src.meta:
-        return []
-    if node.target in (aten._native_batch_norm_legit_functional.default, aten.native_batch_norm.default) \
-            and not node.args[5]:
-        return []  # eval mode: running statistics, no mixing
-    shape = shape_of_value(src.meta["val"])
-    return [d for d in rule(node, len(shape)) if d < len(shape) and involves_batch(shape[d], batch)]
 
 
 def where(node: fx.Node) -> str:
@@ -99,20 +583,82 @@ def where(node: fx.Node) -> str:
     return f"'{path}' ({getattr(cls, '__name__', cls)})"
 
 
-def check_sample_independence(forward: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
-    """Raise SampleMixingError naming the module and op of the first sample-mixing node."""
-    graph, batch = to_networkx(forward), resolved_batch(forward, ctx.batch)
-    batched = {n for n in forward.graph.find_nodes(op="placeholder") if is_batched(n.meta.get("val"), batch)}
-    reached = set().union(*(nx.descendants(graph, n.name) for n in batched)) if batched else set()
+def rule_of(node: fx.Node) -> Callable | None:
+    """The rule that accepts node on batched operands (pointwise ops by their tag)."""
+    if node.target in RULES:
+        return RULES[node.target]
+    if node.target in SAME or torch.Tag.pointwise in getattr(node.target, "tags", ()):
+        return pointwise
+    if getattr(node.target, "__name__", "") == "getitem":
+        return getitem
+    return None
+
+
+def _input_layout(node: fx.Node, batch: sympy.Expr) -> Layout | None:
+    """A user input holds the batch in dim 0 (or, failing that, its first dim of a batch size)."""
+    value = node.meta.get("val")
+    if not isinstance(value, torch.Tensor):
+        return None
+    dims = [d for d, s in enumerate(shape_of_value(value)) if s.free_symbols & batch.free_symbols or s == batch]
+    return (dims[0], sympy.Integer(1)) if dims else None
+
+
+def _refusal(node: fx.Node, exc: Exception) -> DPCompileError:
+    op = str(node.target)
+    if isinstance(exc, Mixing):
+        hint = (" BatchNorm in training mode normalises with statistics of the whole batch: call "
+                "dpcompile.fix(model) to replace it with GroupNorm, or put it in eval mode."
+                if "norm" in op or "BatchNorm" in where(node) else
+                " Make the computation per sample (no reductions, sorting, indexing or reshaping across the batch).")
+        return SampleMixingError(f"module {where(node)}: {op} {exc}, so it mixes samples: per-sample gradients "
+                                 f"do not exist and no clipping bound would hold.{hint}")
+    reason = f" ({exc})" if str(exc) else ""
+    return UnsupportedOpError(
+        f"module {where(node)}: {op} takes an operand computed from the batch and no rule says how it keeps "
+        f"samples apart{reason}, so per-sample gradients cannot be shown to exist. Make the computation per "
+        "sample with supported ops (elementwise, reductions over other dims, matrix products, convolutions, "
+        "norms, attention, embeddings), or add a rule to passes/safety.py.")
+
+
+_ASSERT_OPS = (("_assert_async", "msg"), ("_assert_async", "default"), ("_functional_assert_async", "msg"),
+               ("_assert_scalar", "default"))
+ASSERTS = {op for name, overload in _ASSERT_OPS if (op := getattr(getattr(aten, name, None), overload, None))}
+
+
+def assertion_only(graph: fx.Graph) -> set[fx.Node]:
+    """Nodes whose values only feed input checks (one_hot's range assert): they reach no output."""
+    only: set[fx.Node] = set()
+    for node in reversed(graph.nodes):
+        if node.users and all(u.target in ASSERTS or u in only for u in node.users):
+            only.add(node)
+    return only
+
+
+def check_sample_independence(forward: fx.GraphModule, ctx: PassContext,
+                              user_inputs: tuple[int, ...] | None = None) -> fx.GraphModule:
+    """Raise SampleMixingError / UnsupportedOpError at the first node on the batch that no rule accepts."""
+    batch = resolved_batch(forward, ctx.batch)
+    if not batch.free_symbols and batch <= 1:
+        return forward  # a graph for one sample: nothing to mix
+    layouts = Layouts(batch)
+    for i, node in enumerate(forward.graph.find_nodes(op="placeholder")):
+        if (user_inputs is None or i in user_inputs) and (lay := _input_layout(node, batch)) is not None:
+            layouts.of[node] = lay
+    checks = assertion_only(forward.graph)
     for node in forward.graph.nodes:
-        if node.name in reached and (dims := mixing_dims(node, batch)):
-            hint = (" BatchNorm in training mode normalises with statistics of the whole batch: call "
-                    "dpcompile.fix(model) to replace it with GroupNorm, or put it in eval mode."
-                    if "norm" in str(node.target) or "BatchNorm" in where(node) else
-                    " Make the computation per sample (no reductions, sorting or indexing across the batch).")
-            raise SampleMixingError(
-                f"module {where(node)}: {node.target} mixes samples across dim(s) {dims} of the batch, so "
-                f"per-sample gradients do not exist and no clipping bound would hold.{hint}")
+        if node.op != "call_function" or not layouts.batched(node) or node.target in DATA_FREE or node in checks:
+            continue
+        rule = rule_of(node)
+        try:
+            if rule is None:
+                raise NoRule("")
+            lay = rule(node, layouts)
+        except (Mixing, NoRule) as exc:
+            raise _refusal(node, exc) from None
+        except Exception as exc:  # a rule that cannot read this call's arguments: no rule applies
+            raise _refusal(node, NoRule(f"its arguments are not understood: {exc}")) from exc
+        if lay and (isinstance(lay[0], int) or any(lay)):
+            layouts.of[node] = lay
     return forward
 
 
@@ -139,66 +685,186 @@ def refuse_unsupported_modules(model: torch.nn.Module) -> None:
                 raise UnsupportedOpError(f"module '{path or '<model>'}' ({type(module).__name__}): {advice}.")
 
 
-def check_samples_independent(model: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-    """Refuse a model whose output for one sample changes when only another sample's input changes.
+# ------------------------------------------------------------------------------------------------
+# The numerical check: the captured graph run twice, sample 0 changed
+# ------------------------------------------------------------------------------------------------
 
-    A numerical check on the first batch, beside the graph check: it also catches mixing hidden in
-    views or data-dependent indexing. Runs the model twice without gradients (same random state,
-    buffers restored) and names the first module whose other-sample outputs moved."""
-    batch = next((a.shape[0] for a in args if isinstance(a, torch.Tensor) and a.dim() > 0), 0)
-    if batch < 2:
-        return
-    buffers = {k: v.clone() for k, v in model.named_buffers()}
-    runs = [_recorded_outputs(model, args, kwargs), _recorded_outputs(model, *_changed_first_sample(args, kwargs, batch))]
-    with torch.no_grad():  # through .data: the real step's autograd saw these buffers at their version
-        for k, v in model.named_buffers():
-            v.data.copy_(buffers[k])
-    for (path, first), (_, second) in zip(*runs):
-        if _others_moved(first, second, batch):
-            from dpcompile.errors import SampleMixingError
-            module = type(model.get_submodule(path)).__name__ if path else type(model).__name__
+class SampleCheck:
+    """On the first call with samples, run the Dynamo graph eagerly twice (same random state,
+    inputs cloned) with only sample 0 of the user's inputs changed (a batch of one is doubled
+    first), and refuse it at the first node where another sample's value moved."""
+
+    def __init__(self, gm: fx.GraphModule, batch: sympy.Expr, user_inputs: tuple[int, ...]):
+        self.gm, self.batch, self.user_inputs, self.done = gm, batch, user_inputs, False
+        self.placeholders = list(gm.graph.find_nodes(op="placeholder"))
+
+    def before(self, compiled: Callable) -> Callable:
+        """compiled, checking its first call's inputs first."""
+        boxed = getattr(compiled, "_boxed_call", False)
+
+        def run(*args):
+            if not self.done:
+                self.check(list(args[0]) if len(args) == 1 and isinstance(args[0], list) else list(args))
+            return compiled(*args)
+        run._boxed_call = boxed
+        return run
+
+    def _batch_dims(self, node: fx.Node, value=None) -> list[int]:
+        """The dims of a node's value (or of one of its outputs) whose size is the batch."""
+        value = node.meta.get("example_value") if value is None else value
+        if not isinstance(value, torch.Tensor):
+            return []
+        return [d for d, s in enumerate(shape_of_value(value)) if _same(s, self.batch)]
+
+    def _node_moved(self, node: fx.Node, values: list) -> bool:
+        example = node.meta.get("example_value")
+        if isinstance(example, (tuple, list)) and all(isinstance(v, (tuple, list)) for v in values):
+            return any(_moved([a, b], self._batch_dims(node, e)) for e, a, b in zip(example, *values))
+        return _moved(values, self._batch_dims(node))
+
+    def check(self, args: list) -> None:
+        """Raise SampleMixingError naming the first node whose other samples moved."""
+        sizes = [a.shape[d] for n, a in zip(self.placeholders, args) if isinstance(a, torch.Tensor)
+                 for d in self._batch_dims(n)]
+        size = sizes[0] if sizes else (int(self.batch) if not self.batch.free_symbols else 0)
+        if size == 0 or (size == 1 and not self.batch.free_symbols):
+            self.done = size == 1  # a graph for one sample cannot mix; an empty batch: check the next one
+            return
+        args = self._doubled(args) if size == 1 else args
+        runs = (self._inputs(args, change=False), self._inputs(args, change=True))
+        try:
+            moved = self._first_moved(runs)
+        except DPCompileError:
+            raise
+        except Exception as exc:
+            raise DPCompileError(
+                f"the sample-independence check could not run the captured graph on a batch with sample 0 changed "
+                f"({type(exc).__name__}: {exc}); make the model run on any values of its inputs") from exc
+        self.done = True
+        if moved is not None:
             raise SampleMixingError(
-                f"module '{path or '<model>'}' ({module}): its output for sample 1 changed when only sample 0's "
-                "input changed, so it mixes samples (indexing, slicing, reversing, reshaping or reducing across "
-                "the batch) and per-sample gradients do not exist. Make the computation per sample.")
+                f"module {where(moved)}: {_op_name(moved)} changed another sample's values when only sample 0's "
+                "input changed (the captured graph run twice), so it mixes samples: per-sample gradients do not "
+                "exist and no clipping bound would hold. Make the computation per sample (no reductions, sorting, "
+                "indexing or reshaping across the batch).")
 
+    def _doubled(self, args: list) -> list:
+        """The inputs of a batch of two, made of the one sample twice."""
+        out = []
+        for node, a in zip(self.placeholders, args):
+            if isinstance(a, torch.Tensor):
+                for d in self._batch_dims(node):
+                    a = torch.cat([a, a], d)
+            elif isinstance(a, int) and isinstance(node.meta.get("example_value"), torch.SymInt):
+                expr = node.meta["example_value"].node.expr
+                if expr.free_symbols & self.batch.free_symbols:
+                    a = int(expr.xreplace({s: 2 for s in self.batch.free_symbols}))
+            out.append(a)
+        return out
 
-def _recorded_outputs(model, args, kwargs) -> list[tuple[str, object]]:
-    """Every module's output, in the order modules finish, under a fixed random state."""
-    outputs, hooks = [], []
-    for path, module in model.named_modules():
-        hooks.append(module.register_forward_hook(lambda m, i, o, path=path: outputs.append((path, o))))
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=_devices(args)):
+    def _inputs(self, args: list, change: bool) -> list:
+        """Parameters detached, other tensors cloned (in-place ops stay here); sample 0 changed."""
+        out = []
+        for i, (node, a) in enumerate(zip(self.placeholders, args)):
+            if isinstance(a, torch.nn.Parameter):
+                a = a.detach()
+            elif isinstance(a, torch.Tensor):
+                a = a.detach().clone()
+                if change and i in self.user_inputs and 0 in self._batch_dims(node):
+                    a[0] = _other_sample(a)
+            out.append(a)
+        return out
+
+    def _first_moved(self, runs) -> fx.Node | None:
+        """Both runs node by node (each with its own random state); the first node that moved."""
+        interpreters = [fx.Interpreter(self.gm) for _ in runs]
+        with torch.no_grad(), torch.random.fork_rng(devices=_cuda_devices(runs[0])):
             torch.manual_seed(0)
-            model(*args, **kwargs)
-    finally:
-        for h in hooks:
-            h.remove()
-    return outputs
+            states = [_rng_state() for _ in runs]
+            last_use = {}
+            for node in self.gm.graph.nodes:
+                for x in node.all_input_nodes:
+                    last_use[x] = node
+            for node in self.gm.graph.nodes:
+                if node.op == "output":
+                    return None
+                values = []
+                for r, (interp, inputs) in enumerate(zip(interpreters, runs)):
+                    if node.op == "placeholder":
+                        interp.env[node] = inputs[self.placeholders.index(node)]
+                    else:
+                        _set_rng_state(states[r])
+                        interp.env[node] = interp.run_node(node)
+                        states[r] = _rng_state()
+                    values.append(interp.env[node])
+                if node.op != "placeholder" and self._node_moved(node, values):
+                    return node
+                for x in node.all_input_nodes:
+                    if last_use.get(x) is node:
+                        for interp in interpreters:
+                            interp.env.pop(x, None)
+        return None
 
 
-def _devices(args) -> list:
-    return sorted({a.device.index or 0 for a in args if isinstance(a, torch.Tensor) and a.is_cuda})
+def _op_name(node: fx.Node) -> str:
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    if node.op == "call_module":
+        return str(node.target)
+    module = getattr(node.target, "__module__", "") or ""
+    name = getattr(node.target, "__name__", str(node.target))
+    return f"torch.{name}" if module.startswith("torch") and not module.startswith("torch.nn") else \
+        f"{module}.{name}" if module else name
 
 
-def _changed_first_sample(args, kwargs, batch):
-    """The inputs with sample 0 replaced (floats: new random values; integers: sample 1's row)."""
-    def change(v):
-        if not isinstance(v, torch.Tensor) or v.dim() == 0 or v.shape[0] != batch:
-            return v
-        v = v.clone()
-        v[0] = torch.randn_like(v[0]) * (v.std() + 1) if v.is_floating_point() else v[1]
-        return v
-    return tuple(change(a) for a in args), {k: change(v) for k, v in kwargs.items()}
+def _cuda_devices(inputs: list) -> list[int]:
+    return sorted({a.device.index or 0 for a in inputs if isinstance(a, torch.Tensor) and a.is_cuda})
 
 
-def _others_moved(first, second, batch) -> bool:
-    """Whether any batched tensor in two outputs differs outside sample 0."""
-    a = [t for t in torch.utils._pytree.tree_leaves(first) if isinstance(t, torch.Tensor)]
-    b = [t for t in torch.utils._pytree.tree_leaves(second) if isinstance(t, torch.Tensor)]
-    for x, y in zip(a, b):
-        if x.dim() and x.shape == y.shape and x.shape[0] == batch and x.is_floating_point():
-            if not torch.allclose(x[1:], y[1:], rtol=1e-5, atol=1e-6 * (x[1:].abs().max().item() + 1e-30)):
-                return True
-    return False
+def _rng_state():
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
+
+
+def _set_rng_state(state) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])
+
+
+def _other_sample(a: torch.Tensor) -> torch.Tensor:
+    """New values for sample 0: floats finite random values at the data's scale; integers and
+    booleans sample 0's values rolled, or sample 1's where that differs (valid indices stay valid)."""
+    if a.is_floating_point() or a.is_complex():
+        finite = a[torch.isfinite(a)] if not a.is_complex() else a[torch.isfinite(a)].abs()
+        scale = (finite.double().std().nan_to_num(0).item() if finite.numel() > 1 else 0.0) + 1.0
+        return torch.randn(a[0].shape, dtype=a.dtype, device=a.device, generator=_generator(a.device)) * scale
+    if a.shape[0] > 1 and not torch.equal(a[0], a[1]):
+        return a[1]
+    return a[0].flatten().roll(1).reshape(a[0].shape)
+
+
+def _generator(device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(1234)
+    return g
+
+
+def _moved(values: list, dims: list[int]) -> bool:
+    """Whether the second run's value differs from the first's outside sample 0 (along every batch dim)."""
+    a, b = values
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or not dims or a.shape != b.shape:
+        return False
+    for d in dims:
+        if d >= a.dim() or a.shape[d] < 2:
+            return False
+        a, b = a.narrow(d, 1, a.shape[d] - 1), b.narrow(d, 1, b.shape[d] - 1)
+    if a.is_complex():
+        a, b = torch.view_as_real(a), torch.view_as_real(b)
+    if not a.is_floating_point():
+        return not torch.equal(a, b)
+    a, b = a.double(), b.double()
+    finite = torch.isfinite(a)
+    scale = a[finite].abs().max().item() if finite.any() else 0.0
+    rtol = 1e-5 if values[0].dtype in (torch.float32, torch.float64, torch.complex64, torch.complex128) else 2e-2
+    same = (a == b) | (a.isnan() & b.isnan()) | ((a - b).abs() <= rtol * (b.abs() + 0.1 * scale))
+    return not bool(same.all())

@@ -135,7 +135,7 @@ MIXERS = [
     ("softmax_over_batch", lambda x: torch.softmax(x, 0), "aten.amax.default"),
     ("sort", lambda x: x.sort(0).values, "aten.sort.default"),
     ("cumsum", lambda x: x.cumsum(0), "aten.cumsum.default"),
-    ("attention_across_batch", lambda x: torch.softmax(x @ x.T, 1) @ x, "aten.amax.default"),
+    ("attention_across_batch", lambda x: torch.softmax(x @ x.T, 1) @ x, "aten.mm.default"),
 ]
 
 
@@ -154,8 +154,8 @@ INDEXERS = [
     ("flip", lambda x: x.flip(0), "prims.rev.default"),
     ("roll", lambda x: x.roll(1, 0), "aten.index.Tensor"),
     ("permute_samples", lambda x: x[torch.arange(x.shape[0] - 1, -1, -1)], "aten.index.Tensor"),
-    # a reshape that moves values between samples: no single op mixes; the numerical check finds it
-    ("reshape_across_batch", lambda x: x.reshape(6, -1).sum(0).reshape(-1, 1).expand(-1, 6), "sample 0's input"),
+    # a reshape that moves values between samples: the safety pass follows where the batch sits
+    ("reshape_across_batch", lambda x: x.reshape(6, -1).sum(0).reshape(-1, 1).expand(-1, 6), "aten.view.default"),
 ]
 
 

@@ -1,9 +1,15 @@
-"""The privacy engine of a DPModel: what was spent, accumulation, and resumable state.
+"""The privacy engine of a DPModel: the one owner of its privacy state.
 
-A logical DP-SGD step is counted exactly when the noise op draws: NoiseSource.draws grows once per
-noisy backward, and `epsilon()` first records the steps drawn since it last looked into the
-Accountant (σ and q are fixed for a model, so recording late changes nothing). Micro-steps without
-noise (gradient accumulation) are never counted; a step with σ = 0 is counted and makes ε infinite.
+Constructed once from the DPConfig, it owns the noise generators, the counters (backwards, noisy
+draws = logical steps, dropped samples), the accountant, the accumulation state, and the guards on
+releases (dpcompile.privacy.guard). The compiled backward's noise op
+`dpcompile::gaussian_noise(like, numel, handle, dropped)` finds it by handle (dpcompile.ops) and
+calls `release()`, which refuses a second DP forward in the same autograd graph task (one sample
+would contribute twice with one noise draw), counts the backward, and draws the noise. A logical
+step is counted exactly when noise is drawn; `epsilon()` first records the steps drawn since it last
+looked into the Accountant (σ and q are fixed, so recording late changes nothing). Micro-steps
+without noise (gradient accumulation) are never counted; a step with σ = 0 is counted and makes ε
+infinite.
 
 Secure noise (`secure_noise=True`): the generator is seeded from OS entropy and its seed and state
 are never saved. Floating-point caveat: a Gaussian sampler on floats does not produce an exact
@@ -18,38 +24,140 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterator, Mapping
+import numbers
+import secrets
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from ..config import DPConfig
-from ..errors import ConfigError
-from ..ops import NoiseSource
+from ..errors import ConfigError, DPCompileError, ReleaseError
+from ..ops import gaussian, register_owner
+from . import guard
 from .accounting import Accountant, _check_delta, calibrate_noise_multiplier, steps_for
 from .sampling import PoissonBatchSampler
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 1
-STATE_KEYS = {"version", "config", "steps", "accountant", "noise", "sampler"}
+STATE_VERSION = 2  # 2: "dropped" (samples dropped for a non-finite norm); 1 is read as 0 dropped
+STATE_KEYS = {"version", "config", "steps", "accountant", "noise", "sampler", "dropped"}
+DROPPED_CHECK_EVERY = 100  # noisy steps between reads of the on-device dropped-sample counter
 
 
 class PrivacyEngine:
-    """ε(δ) spent by a DPModel's noisy steps (Poisson rate q, σ), noise-free micro-steps, resumable state."""
+    """ε(δ) spent by a DP model's noisy steps (Poisson rate q, σ); noise, counters, accumulation, resumable state."""
 
-    def __init__(self, config: DPConfig, noise: NoiseSource, *, sample_rate: float | None = None,
-                 accountant: str = "pld", gradient_accumulation_steps: int = 1, target_delta: float | None = None,
+    def __init__(self, config: DPConfig, *, sample_rate: float | None = None, accountant: str = "pld",
+                 gradient_accumulation_steps: int = 1, target_delta: float | None = None,
                  planned_steps: int | None = None, data_loader: Any = None) -> None:
         check_accumulation(gradient_accumulation_steps, config)
-        self.config, self.noise = config, noise
+        self.config = config
         self.sampler = poisson_sampler_of(data_loader)
         self.sample_rate = sample_rate_of(sample_rate, self.sampler)
         self.accountant = Accountant(accountant)
-        self.gradient_accumulation_steps = noise.every = int(gradient_accumulation_steps)
+        self.gradient_accumulation_steps = self.every = int(gradient_accumulation_steps)
         self.target_delta, self.planned_steps = target_delta, planned_steps
         if target_delta is not None:
             _check_delta(target_delta)
         if self.sample_rate is not None:
             check_normaliser(config)
+        self.std, self.secure = config.noise_multiplier * config.max_grad_norm, config.secure_noise
+        self.seed = secrets.randbits(63) if self.secure or config.seed is None else int(config.seed)
+        self.generators: dict[str, torch.Generator] = {}
+        self.enabled = True  # False inside accumulating()
+        self.calls = 0       # enabled backwards so far
+        self.draws = 0       # noisy backwards so far = logical DP-SGD steps (counted even when std is 0)
+        self._dropped: dict[str, Tensor] = {}  # per device, on device: samples dropped (non-finite norm)
+        self._dropped_saved = 0                # dropped samples restored from a checkpoint
+        self._dropped_warned = False
+        self._task: tuple[int, str] | None = None  # (autograd graph task, kind) of the last noise op call
+        self.handle = register_owner(self)
+
+    # --- what the compiled backward calls ---
+
+    def release(self, numel: int, dtype: torch.dtype, device: torch.device, dropped: Tensor) -> Tensor:
+        """This backward's noise: N(0, std²) on a noisy backward, zeros on a micro-step; counts both."""
+        task = torch._C._current_graph_task_id()
+        if task >= 0 and self._task is not None and self._task[0] == task:
+            raise ReleaseError(
+                "two forward calls of the same DP model meet in one backward (e.g. (dp(view1).sum() + "
+                "dp(view2).sum()).backward()): one sample would contribute twice to a step that is clipped and "
+                "noised once. Pass all views of a sample in one call, as extra dims of each sample (e.g. "
+                "dp(torch.stack([view1, view2], dim=1)), the model handling dim 1), so they are clipped together; "
+                "or run separate backwards inside privacy.accumulating() for separate batches")
+        noisy = self.step()
+        self._task = (task, guard.NOISY if noisy else guard.UNNOISED)
+        self._count_dropped(dropped)
+        if noisy and self.draws % DROPPED_CHECK_EVERY == 0:
+            self._warn_dropped()
+        if not noisy or self.std == 0.0:
+            return torch.zeros(numel, dtype=dtype, device=device)
+        return gaussian(numel, self.std, self.generator(device), self.secure, dtype, device)
+
+    def backward_kind(self, task: int) -> str | None:
+        """guard.NOISY / UNNOISED if this engine's noise op ran in autograd graph task `task`, else None."""
+        return self._task[1] if self._task is not None and self._task[0] == task and task >= 0 else None
+
+    def step(self) -> bool:
+        """Count one backward; True if it is a noisy one (enabled, and the `every`-th enabled call)."""
+        if not self.enabled:
+            return False
+        self.calls += 1
+        if self.calls % self.every:
+            return False
+        self.draws += 1
+        return True
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """The generator on a device, seeded on first use."""
+        key = str(device)
+        if key not in self.generators:
+            self.generators[key] = torch.Generator(device=device).manual_seed(self.seed)
+        return self.generators[key]
+
+    def track(self, named_params: Iterable[tuple[str, Tensor]]) -> None:
+        """Guard these trainable parameters: an optimizer step over them must apply exactly one noisy release."""
+        guard.track(self, named_params)
+
+    def untrack(self) -> None:
+        """Stop guarding the parameters (called when the DP model that owns this engine is collected)."""
+        guard.untrack(self)
+
+    @property
+    def noise(self) -> "PrivacyEngine":
+        """The noise source is the engine itself (draws, calls, std, seed, generators)."""
+        return self
+
+    # --- dropped samples ---
+
+    def _count_dropped(self, dropped: Tensor) -> None:
+        """Add this backward's dropped samples on their device (no host sync)."""
+        key = str(dropped.device)
+        total = self._dropped.get(key)
+        dropped = dropped.detach().to(torch.int64)
+        self._dropped[key] = dropped.clone() if total is None else total + dropped
+
+    @property
+    def dropped_samples(self) -> int:
+        """Samples whose norm was not finite (NaN/inf), so their clip factor was 0: reads the device counter."""
+        total = self._dropped_saved + sum(int(t.item()) for t in self._dropped.values())
+        if total and not self._dropped_warned:
+            self._dropped_warned = True
+            message = (f"{total} sample(s) had a non-finite gradient norm and were dropped from their step "
+                       "(clip factor 0); check the data for NaN/inf or extreme values")
+            logger.warning(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+        return total
+
+    def _warn_dropped(self) -> None:
+        """Read the dropped-sample counter (and warn once if non-zero) at a point where a sync is acceptable."""
+        if not self._dropped_warned:
+            self.dropped_samples
+
+    # --- accounting ---
 
     @property
     def noise_multiplier(self) -> float:
@@ -64,7 +172,7 @@ class PrivacyEngine:
     @property
     def steps(self) -> int:
         """Logical (noisy) steps taken so far."""
-        return self.noise.draws
+        return self.draws
 
     def epsilon(self, delta: float | None = None) -> float:
         """ε spent so far at δ (default: target_delta): the accountant over `steps` Poisson Gaussian steps."""
@@ -75,6 +183,7 @@ class PrivacyEngine:
             raise ConfigError("the sample rate is unknown, so epsilon cannot be computed: pass "
                               "dpcompile(sample_rate=...) or data_loader=poisson_loader(...)")
         self._sync()
+        self._warn_dropped()
         if self.planned_steps is not None and self.steps > self.planned_steps:
             logger.warning("%d steps taken, more than the %d that noise_multiplier was calibrated for: "
                            "epsilon is above the target", self.steps, self.planned_steps)
@@ -86,15 +195,22 @@ class PrivacyEngine:
         if new > 0 and self.sample_rate is not None:
             self.accountant.record(self.noise_multiplier, self.sample_rate, new)
 
+    # --- accumulation ---
+
     @contextlib.contextmanager
     def accumulating(self) -> Iterator[None]:
         """Backward passes inside add no noise and count no step (nor towards gradient_accumulation_steps):
         the micro-steps of a logical batch; the backward after the block adds the noise once."""
-        saved, self.noise.enabled = self.noise.enabled, False
+        saved, self.enabled = self.enabled, False
         try:
             yield
         finally:
-            self.noise.enabled = saved
+            self.enabled = saved
+
+    def drop_accumulated(self) -> None:
+        """Drop an incomplete logical batch: its clipped sums (.grad set to None) and its micro-step count."""
+        self.calls -= self.calls % self.every
+        guard.drop(self)
 
     def attach(self, data_loader: Any) -> None:
         """Take q from a Poisson loader (or check it) and keep its sampler position in state_dict()."""
@@ -106,6 +222,8 @@ class PrivacyEngine:
         sample_rate = sample_rate_of(self.sample_rate, sampler)
         check_normaliser(self.config)
         self.sampler, self.sample_rate = sampler, sample_rate
+
+    # --- resumable state ---
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a checkpoint must share to be resumed by this engine."""
@@ -119,24 +237,46 @@ class PrivacyEngine:
                 "accountant": self.accountant.mechanism, "secure_noise": c.secure_noise,
                 "gradient_accumulation_steps": self.gradient_accumulation_steps}
 
+    def noise_state(self) -> dict[str, Any]:
+        """Counters, seed and generator states; in secure mode the counters only (a saved seed or
+        generator state would reveal the noise of every later step)."""
+        counts = {"draws": self.draws, "calls": self.calls}
+        if self.secure:
+            return counts
+        return {**counts, "seed": self.seed, "generators": {k: g.get_state() for k, g in self.generators.items()}}
+
+    def load_noise_state(self, state: Mapping[str, Any]) -> None:
+        """Continue exactly where a saved engine stopped (secure mode: counters only, fresh entropy)."""
+        self.draws, self.calls = int(state["draws"]), int(state.get("calls", state["draws"] * self.every))
+        if self.secure:
+            return
+        self.seed = state["seed"]
+        self.generators = {}
+        for key, gen_state in state["generators"].items():
+            self.generator(torch.device(key)).set_state(gen_state)
+
     def state_dict(self) -> dict[str, Any]:
         """Plain data (torch.load(weights_only=True) reads it): settings, step count, accountant
-        history, noise counters and generator states, Poisson sampler position."""
+        history, noise counters and generator states, Poisson sampler position, dropped samples."""
         self._sync()
-        if self.noise.calls % self.gradient_accumulation_steps:
+        if self.calls % self.gradient_accumulation_steps:
             logger.warning("state saved in the middle of a logical step (%d of %d micro-steps): the "
-                           "accumulated .grad is not part of it", self.noise.calls % self.gradient_accumulation_steps,
+                           "accumulated .grad is not part of it", self.calls % self.gradient_accumulation_steps,
                            self.gradient_accumulation_steps)
         return {"version": STATE_VERSION, "config": self.fingerprint(), "steps": self.steps,
-                "accountant": self.accountant.state_dict(), "noise": self.noise.state_dict(),
-                "sampler": self.sampler.state_dict() if self.sampler is not None else None}
+                "accountant": self.accountant.state_dict(), "noise": self.noise_state(),
+                "sampler": self.sampler.state_dict() if self.sampler is not None else None,
+                "dropped": self.dropped_samples}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume from state_dict() of an engine with the same settings; refuse any other (ConfigError)."""
-        if not isinstance(state, Mapping) or set(state) != STATE_KEYS:
+        if not isinstance(state, Mapping) or "version" not in state:
             raise ConfigError(f"not a privacy engine state: expected a dict with keys {sorted(STATE_KEYS)}")
-        if state["version"] != STATE_VERSION:
-            raise ConfigError(f"privacy state version {state['version']!r}; this dpcompile reads {STATE_VERSION}")
+        if state["version"] not in (1, STATE_VERSION):
+            raise ConfigError(f"privacy state version {state['version']!r}; this dpcompile reads 1 and {STATE_VERSION}")
+        keys = STATE_KEYS if state["version"] == STATE_VERSION else STATE_KEYS - {"dropped"}
+        if set(state) != keys:
+            raise ConfigError(f"not a privacy engine state: expected a dict with keys {sorted(keys)}")
         check_same_settings(state["config"], self.fingerprint())
         if (state["sampler"] is None) != (self.sampler is None):
             saved, here = ("a", "no") if self.sampler is None else ("no", "a")
@@ -151,12 +291,26 @@ class PrivacyEngine:
             raise ConfigError(f"corrupt privacy state: {steps} steps but {accountant.steps} in the accountant")
         if self.sampler is not None:
             self.sampler.load_state_dict(state["sampler"])
-        self.noise.load_state_dict(state["noise"])
+        self.load_noise_state(state["noise"])
         self.accountant = accountant
+        self._dropped, self._dropped_saved = {}, int(state.get("dropped", 0))
+
+    # --- copies ---
+
+    def __reduce_ex__(self, protocol):
+        raise DPCompileError(COPY_MESSAGE)
+
+    def __deepcopy__(self, memo):
+        raise DPCompileError(COPY_MESSAGE)
 
     def __repr__(self) -> str:
         return (f"PrivacyEngine(noise_multiplier={self.noise_multiplier:.6g}, max_grad_norm={self.max_grad_norm}, "
                 f"sample_rate={self.sample_rate}, steps={self.steps}, accountant={self.accountant.mechanism!r})")
+
+
+COPY_MESSAGE = ("a DP model and its privacy engine cannot be copied, pickled or saved whole: a copy would share "
+                "or fork the noise source and step count. Save dp_model.state_dict() and "
+                "dp_model.privacy.state_dict(), and load them into a new dpcompile(...) model with the same settings")
 
 
 def check_same_settings(saved: Mapping[str, Any], current: dict[str, Any]) -> None:
@@ -203,8 +357,11 @@ def poisson_sampler_of(data_loader: Any) -> PoissonBatchSampler | None:
 
 def sample_rate_of(sample_rate: float | None, sampler: PoissonBatchSampler | None) -> float | None:
     """q from the argument or the loader's sampler; they must agree."""
-    if sample_rate is not None and not (isinstance(sample_rate, (int, float)) and 0 < sample_rate <= 1):
-        raise ConfigError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
+    if sample_rate is not None:
+        real = isinstance(sample_rate, numbers.Real) and not isinstance(sample_rate, bool)
+        if not (real and 0 < sample_rate <= 1):
+            raise ConfigError(f"sample_rate must be a number in (0, 1], got {sample_rate!r}")
+        sample_rate = float(sample_rate)
     if sampler is None:
         return None if sample_rate is None else float(sample_rate)
     if sample_rate is not None and not math.isclose(sample_rate, sampler.sample_rate, rel_tol=1e-12):

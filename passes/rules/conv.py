@@ -19,6 +19,9 @@ from dpcompile.ops import per_sample_conv_weight_grad
 
 from ..meta import LayerShape, Site
 from . import WORD, Cost, generalized_linear_costs, register
+from .bounds import (F64, SUBNORMAL, U64, accumulation_dtype, certified, clipped_product_margin,
+                     full_precision, gamma, gram_sum_bound, masked, masked_scaled, row_norms, unit_roundoff,
+                     upper_sum)
 from .layout import shape_of
 
 aten = torch.ops.aten
@@ -101,13 +104,58 @@ class ConvRule:
         gram_g = torch.einsum("bgpt,bgps->bgts", gg, gg)
         return (gram_u * gram_g).flatten(1).sum(1)
 
+    def _position_norms(self, site: Site, g: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Upper bounds on ‖u_t‖ and ‖g_t‖ per group and position, (B, groups, T) float64, without
+        unfolding x: the channel-summed squares of x, unfolded (a window sum over a single channel per group)."""
+        c, groups = site.consts, site.consts["groups"]
+        if c["transposed"]:
+            g, x = x, g
+        B = g.shape[0]
+        sq = x.to(F64).square()
+        sq = sq.reshape(B, groups, sq.shape[1] // groups, *sq.shape[2:]).sum(2)
+        windows = unfold_nd(sq, c["kernel"], c["stride"], c["padding"], c["dilation"])
+        T = windows.shape[-1]
+        d = x.shape[1] // groups * prod(c["kernel"])
+        r_sq = windows.reshape(B, groups, prod(c["kernel"]), T).sum(2) * (1 + gamma(d, U64))
+        if x.dtype == F64:
+            r_sq = r_sq * (1 + U64) + d * SUBNORMAL[F64]
+        rho = row_norms(g.reshape(B, groups, g.shape[1] // groups, T), dims=(2,))
+        return r_sq.sqrt() * (1 + U64), rho
+
+    def ghost_norm_bound(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
+        """[s, e]: the Gram form plus its error bound, and the clipped sum's rounding per unit c, (u + γ_T)·M_i
+        (mkldnn's direct or GEMM weight gradient on CPU, a GEMM on unfolded inputs on CUDA)."""
+        r, rho = self._position_norms(site, g, x)
+        m = upper_sum(r * rho, [1, 2])
+        u, gg = self._unfolded(site, full_precision(g), full_precision(x))
+        uu, eta = unit_roundoff(u.dtype), SUBNORMAL[u.dtype]
+        gram_u = torch.einsum("bgdt,bgds->bgts", u, u)
+        gram_g = torch.einsum("bgpt,bgps->bgts", gg, gg)
+        d, p = u.shape[2], gg.shape[2]
+        s = gram_sum_bound(gram_u, gram_g, r, rho, gamma(d, uu), d * eta, gamma(p, uu), p * eta)
+        margin = clipped_product_margin(m, g.dtype, r.shape[-1])
+        return certified(s, margin, g.dtype)
+
+    def per_sample_margin(self, site: Site, g: Tensor, *rest: Tensor) -> Tensor:
+        """‖ĝ_i − g_i‖ ≤ γ_T·M_i (an accumulation over T positions; the grouped runtime op is assumed to
+        use a direct or GEMM algorithm, see the README). Bias: γ_T·Σ_t ‖g_t‖."""
+        if site.rule == "conv_bias":
+            rho = row_norms(g.flatten(2), dims=(1,))
+            return gamma(rho.shape[1], unit_roundoff(accumulation_dtype(g.dtype))) * upper_sum(rho, [1])
+        r, rho = self._position_norms(site, g, rest[0])
+        return gamma(r.shape[-1], unit_roundoff(accumulation_dtype(g.dtype))) * upper_sum(r * rho, [1, 2])
+
     def clipped_sum(self, site: Site, clip: Tensor, g: Tensor, *rest: Tensor) -> Tensor:
-        """One weight-gradient convolution on clip-scaled output gradients."""
-        g = g * clip.to(g.dtype).view(-1, *([1] * (g.dim() - 1)))
+        """One weight-gradient convolution on clip-scaled output gradients (dropped samples masked out)."""
+        g = masked_scaled(g, clip)
         if site.rule == "conv_bias":
             return g.flatten(2).sum((0, 2))
         x, w = rest
+        x = masked(x, clip)
         c = site.consts
+        if g.is_cuda:  # cuDNN may pick FFT/Winograd weight gradients, outside γ_T·M: a GEMM on the unfolded input
+            u, gg = self._unfolded(site, g, x)
+            return torch.einsum("bgpt,bgdt->gpd", gg, u).reshape(w.shape)
         return aten.convolution_backward(g, x, w, None, c["stride"], c["padding"], c["dilation"], c["transposed"],
                                          c["output_padding"], c["groups"], [False, True, False])[1]
 

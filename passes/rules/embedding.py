@@ -12,6 +12,8 @@ from torch import Tensor
 
 from ..meta import LayerShape, Site
 from . import WORD, Cost, register
+from .bounds import (SUBNORMAL, accumulation_dtype, certified, clipped_product_margin, full_precision, gamma,
+                     gram_sum_bound, masked_scaled, row_norms, unit_roundoff, upper_sum)
 from .layout import shape_of
 
 aten = torch.ops.aten
@@ -97,12 +99,46 @@ class EmbeddingRule:
         return idx, values
 
     def per_sample(self, site: Site, *tensors: Tensor) -> Tensor:
-        """g_i scattered into (B, V, D)."""
+        """g_i scattered into (B, V, D) (accumulated in float32 for half-precision values)."""
         idx, values = self._rows(site, *tensors)
         B, N = idx.shape
         rows = torch.arange(B, device=idx.device).unsqueeze(1).expand(B, N)
-        out = values.new_zeros((B, *site.consts["table"]))
-        return out.index_put((rows, idx), values, accumulate=True)
+        out = values.new_zeros((B, *site.consts["table"]), dtype=accumulation_dtype(values.dtype))
+        return out.index_put((rows, idx), values.to(out.dtype), accumulate=True).to(values.dtype)
+
+    def _value_roundings(self, site: Site, tensors) -> int:
+        """Roundings between the stored operands and the values: a mean bag's division and a bag's
+        weights, 2 each (a division may run as a reciprocal and a product)."""
+        if site.rule != "embedding_bag":
+            return 0
+        return 2 * ((site.consts["mode"] == 1) + (len(tensors) > 3))
+
+    def _margins(self, site: Site, tensors, values: Tensor) -> tuple[Tensor, Tensor]:
+        """(‖v_t‖ per position (B, N), 2γ_k·Σ_t ‖v_t‖: the values' own rounding, k roundings each)."""
+        rho = row_norms(values)
+        k = self._value_roundings(site, tensors)
+        return rho, 2 * gamma(k, unit_roundoff(values.dtype)) * upper_sum(rho, [1])
+
+    def ghost_norm_bound(self, site: Site, *tensors: Tensor) -> Tensor:
+        """[s, e]: Σ_ts [idx_t = idx_s] ⟨v_t, v_s⟩ plus its error bound; e: the scatter's rounding per unit c,
+        (u + γ_N)·Σ_t ‖v_t‖, and the values' own rounding."""
+        idx, values = self._rows(site, *tensors)
+        rho, value_err = self._margins(site, tensors, values)
+        vf = full_precision(values)
+        u, eta, D = unit_roundoff(vf.dtype), SUBNORMAL[vf.dtype], vf.shape[-1]
+        same = (idx.unsqueeze(2) == idx.unsqueeze(1)).to(vf.dtype)
+        gram = torch.bmm(vf, vf.transpose(1, 2))
+        ones = torch.ones_like(rho)
+        s = gram_sum_bound(same.unsqueeze(1), gram.unsqueeze(1), ones.unsqueeze(1), rho.unsqueeze(1),
+                           0.0, 0.0, gamma(D, u), D * eta)
+        m = upper_sum(rho, [1])
+        return certified(s, clipped_product_margin(m, values.dtype, idx.shape[1]) + value_err, values.dtype)
+
+    def per_sample_margin(self, site: Site, *tensors: Tensor) -> Tensor:
+        """γ_N·Σ_t ‖v_t‖ (rows summed over N positions) and the values' own rounding."""
+        idx, values = self._rows(site, *tensors)
+        rho, value_err = self._margins(site, tensors, values)
+        return gamma(idx.shape[1], unit_roundoff(accumulation_dtype(values.dtype))) * upper_sum(rho, [1]) + value_err
 
     def ghost_norm_sq(self, site: Site, *tensors: Tensor) -> Tensor:
         """Σ_ts [idx_t = idx_s] ⟨v_t, v_s⟩ per sample."""
@@ -111,11 +147,11 @@ class EmbeddingRule:
         return (same * torch.bmm(values, values.transpose(1, 2))).sum((1, 2))
 
     def clipped_sum(self, site: Site, clip: Tensor, *tensors: Tensor) -> Tensor:
-        """One scatter-add of clip-scaled values."""
+        """One scatter-add of clip-scaled values (dropped samples masked out; float32 for half precision)."""
         idx, values = self._rows(site, *tensors)
-        values = values * clip.to(values.dtype).view(-1, 1, 1)
-        out = values.new_zeros(site.consts["table"])
-        return out.index_put((idx.flatten(),), values.flatten(0, 1), accumulate=True)
+        values = masked_scaled(values, clip)
+        out = values.new_zeros(site.consts["table"], dtype=accumulation_dtype(values.dtype))
+        return out.index_put((idx.flatten(),), values.flatten(0, 1).to(out.dtype), accumulate=True).to(values.dtype)
 
     def cost(self, site: Site) -> dict[str, Cost]:
         s = site.shape  # p: table rows, d: width. Both scatter B·T·d values for the clipped sum.

@@ -12,6 +12,8 @@ from torch import Tensor
 
 from ..meta import LayerShape, Site
 from . import Cost, generalized_linear_costs, register
+from .bounds import (SUBNORMAL, accumulation_dtype, certified, clipped_product_margin, full_precision, gamma,
+                     gram_sum_bound, masked, masked_scaled, row_norms, unit_roundoff, upper_sum)
 from .layout import find_rows_layout, shape_of, to_batch_rows
 
 aten = torch.ops.aten
@@ -69,10 +71,33 @@ class MatmulRule:
             return p.square().sum((1, 2)) * q.square().sum((1, 2))
         return (torch.bmm(p, p.transpose(1, 2)) * torch.bmm(q, q.transpose(1, 2))).sum((1, 2))
 
-    def clipped_sum(self, site: Site, clip: Tensor, x: Tensor, q: Tensor, anchor: Tensor) -> Tensor:
-        """Σ_i c_i P_iᵀ Q_i as one matmul over all rows."""
+    def ghost_norm_bound(self, site: Site, x: Tensor, q: Tensor, anchor: Tensor) -> Tensor:
+        """[s, e]: s ≥ ‖P_iᵀQ_i‖² (T = 1: (‖p‖‖q‖)²; else the Gram form plus its error bound), e the
+        clipped sum's rounding per unit c, (u + γ_T)·M_i with M_i = Σ_t ‖p_t‖‖q_t‖."""
         p, q = self._rows(site, x, q, anchor)
-        p = p * clip.to(p.dtype).view(-1, 1, 1)
+        r, rho = row_norms(p), row_norms(q)
+        m = upper_sum(r * rho, [1])
+        if site.shape.T == 1:
+            s = m.square()
+        else:
+            pf, qf = full_precision(p), full_precision(q)
+            u, eta = unit_roundoff(pf.dtype), SUBNORMAL[pf.dtype]
+            dp, dq = pf.shape[-1], qf.shape[-1]
+            a, b = torch.bmm(pf, pf.transpose(1, 2)), torch.bmm(qf, qf.transpose(1, 2))
+            s = gram_sum_bound(a.unsqueeze(1), b.unsqueeze(1), r.unsqueeze(1), rho.unsqueeze(1),
+                               gamma(dp, u), dp * eta, gamma(dq, u), dq * eta)
+        return certified(s, clipped_product_margin(m, p.dtype, p.shape[1]), p.dtype)
+
+    def per_sample_margin(self, site: Site, x: Tensor, q: Tensor, anchor: Tensor) -> Tensor:
+        """‖ĝ_i − g_i‖ ≤ γ_T·M_i for the products' accumulation over T positions."""
+        p, q = self._rows(site, x, q, anchor)
+        m = upper_sum(row_norms(p) * row_norms(q), [1])
+        return gamma(p.shape[1], unit_roundoff(accumulation_dtype(p.dtype))) * m
+
+    def clipped_sum(self, site: Site, clip: Tensor, x: Tensor, q: Tensor, anchor: Tensor) -> Tensor:
+        """Σ_i c_i P_iᵀ Q_i as one matmul over all rows (dropped samples masked out)."""
+        p, q = self._rows(site, x, q, anchor)
+        p, q = masked_scaled(p, clip), masked(q, clip)
         return torch.mm(p.flatten(0, 1).t(), q.flatten(0, 1))
 
     def cost(self, site: Site) -> dict[str, Cost]:

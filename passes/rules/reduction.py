@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ..meta import LayerShape, Site
 from . import WORD, Cost, register
+from .bounds import accumulation_dtype, gamma, masked, round_down, row_norms, unit_roundoff, upper_sum
 from .layout import find_rows_layout, shape_of, to_batch_rows
 
 aten = torch.ops.aten
@@ -67,10 +68,28 @@ class SumRule:
         flat = x.reshape(-1, *x.shape[ndims:])
         return to_batch_rows(flat, anchor, c["lead"], c["batch_dim"]).sum(1)
 
+    def _position_rows(self, site: Site, x: Tensor, anchor: Tensor | None = None) -> Tensor:
+        """X_i as (B, T, K): the summed positions, and the kept elements of each."""
+        c = site.consts
+        if c["lead"] is None:
+            others = [d for d in c["dims"] if d != c["batch_dim"]]
+            kept = [d for d in range(x.dim()) if d not in c["dims"]]
+            xp = x.permute(c["batch_dim"], *others, *kept)
+            T, K = prod(x.shape[d] for d in others), prod(x.shape[d] for d in kept)
+            return xp.reshape(xp.shape[0], T, K)
+        flat = x.reshape(-1, *x.shape[len(c["dims"]):])
+        rows = to_batch_rows(flat, anchor, c["lead"], c["batch_dim"])
+        return rows.flatten(2) if rows.dim() > 2 else rows.unsqueeze(-1)
+
+    def per_sample_margin(self, site: Site, x: Tensor, anchor: Tensor | None = None) -> Tensor:
+        """‖ĝ_i − g_i‖ ≤ γ_T·Σ_t ‖x_t‖ (a sum over T positions)."""
+        rows = self._position_rows(site, x, anchor)
+        return gamma(rows.shape[1], unit_roundoff(accumulation_dtype(x.dtype))) * upper_sum(row_norms(rows), [1])
+
     def clipped_sum(self, site: Site, clip: Tensor, *tensors: Tensor) -> Tensor:
-        """Σ_i c_i g_i from the per-sample gradients."""
-        g = self.per_sample(site, *tensors)
-        return torch.mm(clip.to(g.dtype).unsqueeze(0), g.reshape(g.shape[0], -1))
+        """Σ_i c_i g_i from the per-sample gradients (dropped samples masked out)."""
+        g = masked(self.per_sample(site, *tensors).flatten(1), clip)
+        return torch.mm(round_down(clip, g.dtype).unsqueeze(0), g)
 
     def cost(self, site: Site) -> dict[str, Cost]:
         s = site.shape

@@ -1,0 +1,182 @@
+"""Release guards: an optimizer step may only apply gradients that one noisy DP backward released.
+
+Every trainable parameter of a live DP model is tracked (a weak registry). Two hooks on it see each
+accumulation into .grad: before it, whether .grad continues what was recorded (same tensor, same
+version) or starts afresh (None, or zeroed/replaced since); after it, what this backward was:
+noisy (the engine's noise op drew in this autograd graph task), un-noised (a DP micro-step) or raw
+(no DP backward in this task). Global optimizer step pre-hooks refuse a step over a parameter whose
+.grad holds un-noised clipped sums, raw gradients, or several noisy releases; post-hooks mark the
+release consumed. Optimizers over other parameters are untouched.
+"""
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+from torch.utils.hooks import unserializable_hook
+from torch.utils.weak import WeakIdKeyDictionary
+
+from ..errors import ReleaseError
+
+NOISY, UNNOISED, RAW = "noisy", "unnoised", "raw"
+
+
+class TaskOwner(Protocol):
+    """The privacy engine: which autograd graph task its noise op ran in, and whether it drew noise."""
+
+    def backward_kind(self, task: int) -> str | None: ...
+
+
+class GradState:
+    """What a tracked parameter's .grad holds: counts of noisy / un-noised / raw accumulations since its last step."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.engines = name, weakref.WeakSet()
+        self.grad: weakref.ref | None = None
+        self.version = -1
+        self.continuing = False
+        self.noisy = self.unnoised = self.raw = 0
+
+    def same_grad(self, grad: torch.Tensor | None) -> bool:
+        """grad is the tensor recorded after the last accumulation, unmodified since."""
+        return grad is not None and self.grad is not None and self.grad() is grad and grad._version == self.version
+
+    def record(self, grad: torch.Tensor | None) -> None:
+        self.grad = None if grad is None else weakref.ref(grad)
+        self.version = -1 if grad is None else grad._version
+
+    def reset(self) -> None:
+        self.noisy = self.unnoised = self.raw = 0
+
+    def accumulated(self, kind: str) -> None:
+        """One backward's gradient added: a noisy one absorbs the un-noised micro-steps before it."""
+        if not self.continuing:
+            self.reset()
+        if kind == NOISY:
+            self.noisy, self.unnoised = self.noisy + 1, 0
+        elif kind == UNNOISED:
+            self.unnoised += 1
+        else:
+            self.raw += 1
+
+    def problem(self) -> str | None:
+        """Why .grad may not be applied, or None."""
+        if self.raw:
+            return (f"the gradient of parameter '{self.name}' comes from a backward that did not run through the "
+                    "DP model (the wrapped model was called directly, or it is used outside the DP model): it is "
+                    "neither clipped nor noised. Call the DP model, not the model it wraps, and clear the "
+                    "gradients (opt.zero_grad()) before the next DP backward")
+        if self.unnoised:
+            return (f"the gradient of parameter '{self.name}' holds clipped per-sample sums without noise "
+                    f"({self.unnoised} backward(s) inside privacy.accumulating() or an incomplete "
+                    "gradient_accumulation_steps cycle since the last noisy backward). Finish the logical batch "
+                    "with its noisy backward (the last micro-batch, outside accumulating(); an empty batch does), "
+                    "or drop the partial batch with dp_model.privacy.drop_accumulated()")
+        if self.noisy > 1:
+            return (f"{self.noisy} noisy backwards were accumulated into the gradient of parameter '{self.name}' "
+                    "for one optimizer step: a step applies one noisy release of one batch. Clear the gradients "
+                    "(opt.zero_grad()) after each step, and accumulate micro-batches with "
+                    "gradient_accumulation_steps=k or privacy.accumulating(), which add the noise once")
+        return None
+
+
+_TRACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()  # parameter -> GradState
+_HOOKED_OPTIMIZERS = False
+
+
+def track(engine: TaskOwner, named_params: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Guard these trainable parameters' releases for `engine` (hooks installed once per parameter)."""
+    install_optimizer_hooks()
+    for name, p in named_params:
+        state = _TRACKED.get(p)
+        if state is None:
+            state = _TRACKED[p] = GradState(name)
+            hook_parameter(p, state)
+        state.engines.add(engine)
+
+
+def hook_parameter(p: torch.Tensor, state: GradState) -> None:
+    """Before an accumulation: does it continue the recorded .grad? After: count it by the backward's kind."""
+    ref = weakref.ref(p)
+
+    @unserializable_hook
+    def before(grad):
+        param = ref()
+        state.continuing = param is not None and state.same_grad(param.grad)
+
+    @unserializable_hook
+    def after(param):
+        state.accumulated(kind_of_backward(state))
+        state.record(param.grad)
+
+    p.register_hook(before)
+    p.register_post_accumulate_grad_hook(after)
+
+
+def kind_of_backward(state: GradState) -> str:
+    """NOISY / UNNOISED if one of the parameter's engines drew in the current autograd graph task, else RAW."""
+    task = torch._C._current_graph_task_id()
+    kinds = {engine.backward_kind(task) for engine in list(state.engines)}
+    return NOISY if NOISY in kinds else UNNOISED if UNNOISED in kinds else RAW
+
+
+def tracked_params(optimizer: torch.optim.Optimizer) -> Iterable[tuple[torch.Tensor, GradState]]:
+    """The optimizer's parameters that belong to a live DP model, with their states."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = _TRACKED.get(p)
+            if state is not None and len(state.engines):
+                yield p, state
+
+
+def before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """Refuse the step (before it changes anything) unless every DP gradient is one noisy release."""
+    if not len(_TRACKED):
+        return
+    for p, state in tracked_params(optimizer):
+        if p.grad is None:
+            continue
+        if state.grad is None or state.grad() is not p.grad:  # in-place changes since (clipping, zeroing) are fine
+            raise ReleaseError(f"the gradient of parameter '{state.name}' was not produced by a backward through "
+                               "the DP model (.grad was set by hand, or was there before the DP model was made): "
+                               "clear it with opt.zero_grad() and run the DP model's backward")
+        problem = state.problem()
+        if problem:
+            raise ReleaseError(problem)
+
+
+def after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """The release was applied: the gradients now count as consumed (a later backward adds to nothing new)."""
+    if not len(_TRACKED):
+        return
+    for p, state in tracked_params(optimizer):
+        state.reset()
+        if p.grad is not None:
+            state.record(p.grad)
+
+
+def install_optimizer_hooks() -> None:
+    """torch's global optimizer step hooks, once per process."""
+    global _HOOKED_OPTIMIZERS
+    if not _HOOKED_OPTIMIZERS:
+        register_optimizer_step_pre_hook(before_step)
+        register_optimizer_step_post_hook(after_step)
+        _HOOKED_OPTIMIZERS = True
+
+
+def drop(engine: TaskOwner) -> None:
+    """Set to None the .grad of every parameter `engine` guards, and forget what it held."""
+    for p, state in list(_TRACKED.items()):
+        if engine in state.engines:
+            p.grad = None
+            state.reset()
+            state.record(None)
+
+
+def untrack(engine: TaskOwner) -> None:
+    """Stop guarding `engine`'s parameters (its DP model is gone)."""
+    for state in list(_TRACKED.values()):
+        state.engines.discard(engine)

@@ -1,0 +1,138 @@
+"""Floating-point error bounds that make per-sample norms certified upper bounds (Higham, Accuracy and
+Stability of Numerical Algorithms, ch. 3). A dot product of length n in a dtype of unit roundoff u, with
+gradual underflow (smallest subnormal η), errs by at most γ_n·Σ|x_k y_k| + n·η, γ_n = n·u/(1 − n·u).
+
+A term's certified norm is a (B, 2) float64 tensor [s, e] per sample: ‖g_i‖ ≤ √s + e for the exact
+per-sample gradient g_i of the operands as stored, and the term's clipped sum for a one-sample batch
+with factor c has norm ≤ c·(√s + e). The clip factor uses N_i = √(Σ s) + Σ e over a group's terms.
+All bound arithmetic runs in float64 (products of float32 values are exact there).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+F64 = torch.float64
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+UNIT_ROUNDOFF = {torch.float64: 2.0**-53, torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+SUBNORMAL = {torch.float64: 2.0**-1074, torch.float32: 2.0**-149, torch.bfloat16: 2.0**-133, torch.float16: 2.0**-24}
+U64 = UNIT_ROUNDOFF[F64]
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """u of a floating dtype."""
+    return UNIT_ROUNDOFF[dtype]
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype sums run in: float32 for half precision (assumed of matmuls, convolutions and reductions:
+    fp32 accumulation), the dtype itself otherwise."""
+    return torch.float32 if dtype in LOW_PRECISION else dtype
+
+
+def gamma(n, u: float) -> float:
+    """γ_n = n·u / (1 − n·u); inf when n·u ≥ 1/2 (no useful bound)."""
+    nu = n * u
+    return nu / (1 - nu) if nu < 0.5 else math.inf
+
+
+def upper_sum(x: Tensor, dims) -> Tensor:
+    """An upper bound on the exact sum of non-negative float64 x over dims: fl(Σ)·(1 + γ_n)."""
+    n = math.prod(x.shape[d] for d in dims) if dims else 1
+    return x.sum(dims) * (1 + gamma(n, U64)) if dims else x
+
+
+def row_norms(x: Tensor, dims=(-1,)) -> Tensor:
+    """Upper bounds on the 2-norms of x over dims (exact squares of float32 values, float64 sums)."""
+    x64 = x.to(F64)
+    n = math.prod(x.shape[d] for d in dims)
+    sq = upper_sum(x64.square(), [d % x.dim() for d in dims])
+    if x.dtype == F64:  # squares rounded (u) or underflowed (η)
+        sq = sq * (1 + U64) + n * SUBNORMAL[F64]
+    return sq.sqrt() * (1 + U64)
+
+
+def round_down(c: Tensor, dtype: torch.dtype) -> Tensor:
+    """c (float64, ≥ 0) in dtype, never rounded up (a clip factor must not grow)."""
+    if c.dtype == dtype:
+        return c
+    low = c.to(dtype)
+    return torch.where(low.to(c.dtype) > c, torch.nextafter(low, torch.zeros_like(low)), low)
+
+
+def keep_mask(c: Tensor) -> Tensor:
+    """Samples that contribute (c > 0): dropped ones have c = 0 and may hold NaN or inf."""
+    return c > 0
+
+
+def masked_scaled(x: Tensor, c: Tensor) -> Tensor:
+    """c_i·x_i with c rounded down to x's dtype; x_i zeroed where c_i = 0 (0·inf would be NaN)."""
+    shape = (-1, *([1] * (x.dim() - 1)))
+    return torch.where(keep_mask(c).view(shape), x * round_down(c, x.dtype).view(shape), torch.zeros((), dtype=x.dtype,
+                                                                                                    device=x.device))
+
+
+def masked(x: Tensor, c: Tensor) -> Tensor:
+    """x with sample i zeroed where c_i = 0."""
+    shape = (-1, *([1] * (x.dim() - 1)))
+    return torch.where(keep_mask(c).view(shape), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def gram_sum_bound(a: Tensor, b: Tensor, r: Tensor, rho: Tensor, ga: float, ea: float, gb: float, eb: float) -> Tensor:
+    """Upper bound on S = Σ_{g,t,s} A_ts·B_ts per sample from computed Grams Â, B̂ (B, G, T, T) with
+    |Â − A| ≤ ga·r_t r_s + ea and |B̂ − B| ≤ gb·ρ_t ρ_s + eb (r, ρ: (B, G, T) float64):
+    S ≤ fl64(Σ ÂB̂) + γ_{n}·Σ|ÂB̂| + Σ (|Â|·δB + δA·|B̂| + δA·δB), the last in closed form.
+    Cost: O(B·G·T²) elementwise work, no matrix products."""
+    a, b = a.to(F64), b.to(F64)
+    dims = (1, 2, 3)
+    n = math.prod(a.shape[1:])
+    prod = a * b
+    s = prod.sum(dims)
+    err = gamma(n + 1, U64) * prod.abs().sum(dims)
+    outer = lambda v: v.unsqueeze(-1) * v.unsqueeze(-2)  # noqa: E731
+    if gb:
+        err = err + gb * (a.abs() * outer(rho)).sum(dims)
+    if ga:
+        err = err + ga * (b.abs() * outer(r)).sum(dims)
+    if eb:
+        err = err + eb * a.abs().sum(dims)
+    if ea:
+        err = err + ea * b.abs().sum(dims)
+    m, sr, srho = (r * rho).sum(-1), r.sum(-1), rho.sum(-1)  # (B, G)
+    t2 = a.shape[-1] * a.shape[-2]
+    err = err + (ga * gb * m.square() + ga * eb * sr.square() + ea * gb * srho.square() + ea * eb * t2).sum(1)
+    return (s + err * (1 + gamma(n + 8, U64))).clamp(min=0)
+
+
+def certified(norm_sq: Tensor, linear: Tensor, out_dtype: torch.dtype) -> Tensor:
+    """[s, e] (B, 2) for a term whose result is rounded once more to out_dtype: ×(1 + u_out)."""
+    grow = 1 + unit_roundoff(out_dtype)
+    return torch.stack([norm_sq * grow**2, linear * grow], 1)
+
+
+def clipped_product_margin(m: Tensor, operand_dtype: torch.dtype, length, product_u: float | None = None) -> Tensor:
+    """Error per unit of c of Σ_t fl(c·p_t) q_tᵀ over `length` positions: (u_s + γ_len·(1 + u_s))·M with
+    M = Σ_t ‖p_t‖‖q_t‖, u_s the operand dtype's u (plus the products' own rounding, product_u, on tensor
+    cores), γ in the accumulation dtype."""
+    u_s = unit_roundoff(operand_dtype) + (product_u or 0.0)
+    return (u_s + gamma(length, unit_roundoff(accumulation_dtype(operand_dtype))) * (1 + u_s)) * m
+
+
+def stored_norm_bound(g: Tensor) -> Tensor:
+    """Upper bound on ‖ĝ_i‖² of a stored per-sample tensor (B, ...), float64 squares and sums."""
+    flat = g.flatten(1) if g.dim() > 1 else g.unsqueeze(1)
+    return row_norms(flat).square() * (1 + 3 * U64)
+
+
+def per_sample_bound(g: Tensor, margin: Tensor) -> Tensor:
+    """[s, e] for an instantiated ĝ_i (rounded once to its dtype from an exact-ish accumulation):
+    ‖g_i‖ ≤ (1 + 2u)‖ĝ_i‖ + margin and the clip-weighted copy c·ĝ_i rounds by at most (1 + u)."""
+    grow = 1 + 2 * unit_roundoff(g.dtype)
+    return torch.stack([stored_norm_bound(g) * grow**2, margin], 1)
+
+
+def full_precision(t: Tensor) -> Tensor:
+    """t in float32 if half precision (exact): norms' products run in float32 or float64."""
+    return t.float() if t.dtype in LOW_PRECISION else t

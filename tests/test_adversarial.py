@@ -1,0 +1,829 @@
+"""Issue 8's attacks, each as a test: no input, model or call pattern lets a sample contribute more than R
+to a released gradient, or a gradient leave without noise. Norm-bound unit tests: test_norm_bounds.py."""
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.fx.experimental._config as fx_config
+from conftest import BACKEND, DEVICE
+from helpers import Case, check_against_reference, max_relative_error, squared_error
+from hypothesis import example, given, note, settings
+from hypothesis import strategies as st
+from reference import dp_reference, per_sample_grads
+from torch import nn
+
+import dpcompile
+from dpcompile import ConfigError, DPCompileError, ReleaseError
+from dpcompile.errors import SampleMixingError
+from dpcompile.privacy.engine import STATE_VERSION
+
+
+# ------------------------------------------------------------------------------------------------
+# Attacks 1 and 7: cancelling ghost norms, corrupt samples (certified norms)
+# ------------------------------------------------------------------------------------------------
+
+R = 1.0
+SLACK = 1 + 1e-6
+POLICIES = ("mixed", "ghost", "per_sample")
+
+
+def released_norm(model: nn.Module) -> float:
+    """‖.grad‖ over all trainable parameters (float64)."""
+    grads = [p.grad.double() for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads), "released gradient is not finite"
+    return torch.sqrt(sum(g.square().sum() for g in grads)).item()
+
+
+def release(model: nn.Module, x: torch.Tensor, G: torch.Tensor, policy="mixed", backend=BACKEND, **kwargs) -> float:
+    """The released gradient's norm for the per-sample loss Σ out·G (noise off, sum reduction), on DEVICE."""
+    model, x, G = model.to(DEVICE), x.to(DEVICE), G.to(DEVICE)
+    dp = dpcompile.dpcompile(model, max_grad_norm=R, noise_multiplier=0.0, loss_reduction="sum", policy=policy,
+                             backend=backend, **kwargs)
+    model.zero_grad(set_to_none=True)
+    (dp(x) * G).sum().backward()
+    return released_norm(model)
+
+
+def crafted_linear(b: float, scale: float = 250.0, dtype=torch.float32):
+    """Issue 8 attack 1 (sample 0; sample 1 has a zero output gradient): Linear(16, 1, bias=False), input scale·1 at
+    two positions, output gradients b and 1 − b: ‖g_0‖ = 4·scale, the Gram terms ~ (16·scale²·b)²."""
+    model = nn.Linear(16, 1, bias=False).to(dtype)
+    x = torch.full((2, 2, 16), scale, dtype=dtype)
+    G = torch.zeros(2, 2, 1, dtype=dtype)
+    G[0, :, 0] = torch.tensor([b, 1 - b], dtype=dtype)
+    return model, x, G
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("b", [1e4, 10002.96])
+def test_linear_cancellation(policy, b):
+    assert release(*crafted_linear(b), policy=policy) <= R * SLACK
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_linear_float64_large_magnitudes(policy):
+    """Float64 cancels at 2^20 inputs and 2^40 output gradients ((1 − b)² needs 80 bits)."""
+    assert release(*crafted_linear(2.0**40, 2.0**20, torch.float64), policy=policy) <= R * SLACK
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_embedding_repeated_token(policy):
+    """A token repeated in one sample: the index-equality Gram Σ_ts [i_t = i_s]⟨v_t, v_s⟩ cancels."""
+    model = nn.Embedding(10, 4)
+    x = torch.tensor([[3, 3], [1, 2]])
+    G = torch.zeros(2, 2, 4)
+    G[0, 0], G[0, 1] = 250.0 * 1e4, 250.0 * (1 - 1e4)
+    assert release(model, x, G, policy=policy) <= R * SLACK
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_conv1d_cancellation(policy):
+    model = nn.Conv1d(4, 1, 3, bias=False)
+    x = torch.full((2, 4, 4), 250.0)
+    G = torch.zeros(2, 1, 2)
+    G[0, 0] = torch.tensor([1e4, 1 - 1e4])
+    assert release(model, x, G, policy=policy) <= R * SLACK
+
+
+class Tied(nn.Module):
+    """GPT-style: the output layer is the embedding table."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(6, 16)
+        with torch.no_grad():
+            self.emb.weight.fill_(250.0)
+
+    def forward(self, x):
+        return self.emb(x) @ self.emb.weight.t()
+
+
+def test_tied_parameter():
+    x = torch.tensor([[3, 3], [1, 2]])
+    G = torch.zeros(2, 2, 6)
+    G[0, 0, 3], G[0, 1, 3] = 1e4, 1 - 1e4
+    assert release(Tied(), x, G) <= R * SLACK
+
+
+def test_per_layer_groups():
+    """clip_groups='per_layer': each group within R/√2, the sample within R."""
+    model = nn.Sequential(nn.Linear(16, 1, bias=False), nn.Linear(1, 1, bias=False))
+    _, x, G = crafted_linear(1e4)
+    with torch.no_grad():
+        model[1].weight.fill_(1.0)
+    assert release(model, x, G, policy="ghost", clip_groups="per_layer") <= R * SLACK
+    for p in model.parameters():
+        assert p.grad.double().norm().item() <= R / 2**0.5 * SLACK
+
+
+@pytest.mark.parametrize("policy", ("ghost", "per_sample"))
+def test_bf16_autocast(policy):
+    """bf16 operands (norms from float32 upcasts, clipped sums in bf16): the bound holds there too."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 1)).to(DEVICE)
+    dp = dpcompile.dpcompile(model, max_grad_norm=R, noise_multiplier=0.0, loss_reduction="sum", policy=policy,
+                             backend=BACKEND)
+    x = torch.randn(2, 5, 16, device=DEVICE) * 300
+    G = torch.zeros(2, 5, 1, device=DEVICE)
+    G[0, :, 0] = torch.tensor([1e4, -1e4, 3e3, -3e3, 1.0])
+    with torch.autocast(torch.device(DEVICE).type, torch.bfloat16):
+        out = dp(x)
+    (out.float() * G).sum().backward()
+    assert released_norm(model) <= R * SLACK
+
+
+_COMPILED: dict = {}
+
+
+def compiled_linear(method: str, dtype: torch.dtype, backend: str = BACKEND):
+    """One compiled Linear(8, 1) per (method, dtype, backend), reused across examples (same shapes: no recompile)."""
+    key = (method, dtype, backend)
+    if key not in _COMPILED:
+        model = nn.Linear(8, 1, bias=False).to(DEVICE, dtype)
+        dp = dpcompile.dpcompile(model, max_grad_norm=R, noise_multiplier=0.0, loss_reduction="sum", policy=method,
+                                 backend=backend)
+        _COMPILED[key] = model, dp
+    return _COMPILED[key]
+
+
+def cancelling_release(method, dtype, x_exp, b_exp, positions, backend=BACKEND) -> float:
+    """Sample 0: input 10^x_exp at every position, output gradients b, −b, …, closing with 1 − (the others' sum)."""
+    model, dp = compiled_linear(method, dtype, backend)
+    x = torch.full((2, 3, 8), 10.0**x_exp, dtype=dtype, device=DEVICE)
+    G = torch.zeros(2, 3, 1, dtype=dtype, device=DEVICE)
+    b = 10.0**b_exp
+    G[0, :positions, 0] = torch.tensor([b * (-1) ** k for k in range(positions)], dtype=dtype)
+    G[0, positions - 1, 0] = 1 - G[0, :positions - 1, 0].sum()
+    model.zero_grad(set_to_none=True)
+    (dp(x) * G).sum().backward()
+    return released_norm(model)
+
+
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(method=st.sampled_from(("ghost", "per_sample")), dtype=st.sampled_from((torch.float32, torch.float64)),
+       x_exp=st.floats(0, 8), b_exp=st.floats(0, 8), positions=st.integers(2, 3))
+@example(method="ghost", dtype=torch.float32, x_exp=2.4, b_exp=4.0, positions=2)
+@example(method="ghost", dtype=torch.float32, x_exp=0.0, b_exp=6.0, positions=3)
+@example(method="ghost", dtype=torch.float64, x_exp=6.0, b_exp=8.0, positions=2)
+@example(method="per_sample", dtype=torch.float32, x_exp=8.0, b_exp=8.0, positions=3)
+def test_property_cancelling_terms_stay_within_R(method, dtype, x_exp, b_exp, positions):
+    released = cancelling_release(method, dtype, x_exp, b_exp, positions)
+    note(f"released norm {released}")
+    assert released <= R * SLACK
+
+
+@pytest.mark.inductor
+def test_cancellation_inductor():
+    for method in ("ghost", "per_sample"):
+        assert cancelling_release(method, torch.float32, 2.4, 4.0, 2, backend="inductor") <= R * SLACK
+
+
+def dropped_samples(dp) -> int:
+    """The privacy engine's dropped-sample count (dp.privacy.dropped_samples, or the noise source's)."""
+    value = getattr(getattr(dp, "privacy", None), "dropped_samples", None)
+    if value is None:
+        value = dp.backend.noise.dropped_samples
+    return value() if callable(value) else int(value)
+
+
+def corrupt_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv1d(2, 3, 3), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 4, 2)).to(DEVICE, torch.float64)
+
+
+def squared(out, y, reduction="sum"):
+    return (out - y).square().flatten(1).sum(1).sum()
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e200])
+def test_corrupt_sample_is_dropped(policy, bad):
+    """One NaN / inf / overflowing sample of 8: a finite release equal to the reference over the other 7."""
+    model = corrupt_model()
+    dp = dpcompile.dpcompile(model, max_grad_norm=0.5, noise_multiplier=0.0, loss_reduction="sum", policy=policy,
+                             backend=BACKEND)
+    torch.manual_seed(1)
+    x, y = torch.randn(8, 2, 6, dtype=torch.float64, device=DEVICE), torch.randn(8, 2, dtype=torch.float64, device=DEVICE)
+    squared(dp(x), y).backward()  # a clean first batch: capture and checks
+    model.zero_grad(set_to_none=True)
+    before = dropped_samples(dp)
+    x[5, 1, 2] = bad
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        squared(dp(x), y).backward()
+        assert dropped_samples(dp) - before == 1
+    keep = torch.arange(8, device=DEVICE) != 5
+    ref, _ = dp_reference(model, x[keep], y[keep], 0.5, "sum", loss=squared)
+    for name, p in model.named_parameters():
+        assert torch.isfinite(p.grad).all(), name
+        assert torch.allclose(p.grad, ref[name], rtol=1e-10, atol=1e-300), name
+
+
+def test_huge_finite_sample_is_clipped_not_dropped():
+    """A 1e30 sample in float64 has a finite norm: clipped to R like any other, nothing dropped."""
+    model = corrupt_model()
+    dp = dpcompile.dpcompile(model, max_grad_norm=0.5, noise_multiplier=0.0, loss_reduction="sum", backend=BACKEND)
+    torch.manual_seed(1)
+    x, y = torch.randn(8, 2, 6, dtype=torch.float64, device=DEVICE), torch.randn(8, 2, dtype=torch.float64, device=DEVICE)
+    squared(dp(x), y).backward()
+    model.zero_grad(set_to_none=True)
+    x[2] *= 1e30
+    squared(dp(x), y).backward()
+    assert dropped_samples(dp) == 0
+    ref, _ = dp_reference(model, x, y, 0.5, "sum", loss=squared)
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, ref[name], rtol=1e-10, atol=0), name
+
+
+def test_huge_float32_sample_gives_a_finite_release():
+    """1e30 in float32: its norm overflows, it is dropped; the release stays finite."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 2)).to(DEVICE)
+    dp = dpcompile.dpcompile(model, max_grad_norm=0.5, noise_multiplier=0.0, loss_reduction="sum", backend=BACKEND)
+    x, y = torch.randn(8, 6, device=DEVICE), torch.randn(8, 2, device=DEVICE)
+    squared(dp(x), y).backward()
+    model.zero_grad(set_to_none=True)
+    x[3] = 1e30
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        squared(dp(x), y * 1e30).backward()
+    for p in model.parameters():
+        assert torch.isfinite(p.grad).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# Attacks 2 and 3: the batch is the user's; mixing cannot escape the safety pass
+# ------------------------------------------------------------------------------------------------
+
+FLOAT64 = torch.float64
+
+
+def cause(exc: BaseException, cls: type) -> BaseException | None:
+    """exc or the first exception of class cls in its cause chain (Dynamo wraps backend errors)."""
+    while exc is not None and not isinstance(exc, cls):
+        exc = exc.__cause__ or getattr(exc, "inner_exception", None) or exc.__context__
+    return exc
+
+
+def compiled(model: nn.Module, **settings) -> dpcompile.DPModel:
+    return dpcompile.dpcompile(model.to(DEVICE, FLOAT64), max_grad_norm=1.0, noise_multiplier=0.0, backend=BACKEND,
+                               **settings)
+
+
+# ------------------------------------------------------------------------------------------------
+# Buffers never define the batch
+# ------------------------------------------------------------------------------------------------
+
+class PositionalEncoding(nn.Module):
+    """The PyTorch tutorial's pattern: x + pe[:T], the buffer registered before or after the layer."""
+
+    def __init__(self, buffer_first: bool, d: int = 4, max_len: int = 16):
+        super().__init__()
+        self.sliced = max_len != 5
+        if buffer_first:
+            self.register_buffer("pe", torch.randn(max_len, d))
+        self.fc = nn.Linear(d, 2)
+        if not buffer_first:
+            self.register_buffer("pe", torch.randn(max_len, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x + (self.pe[: x.size(1)] if self.sliced else self.pe))
+
+
+LAYOUTS = [(True, 16), (False, 16), (True, 5)]
+LAYOUT_IDS = ["buffer_first", "buffer_last", "buffer_first_unsliced"]
+
+
+@pytest.mark.parametrize("buffer_first, max_len", LAYOUTS, ids=LAYOUT_IDS)
+def test_positional_encoding_buffer_is_not_the_batch(buffer_first, max_len):
+    torch.manual_seed(0)
+    case = Case("pe", lambda: PositionalEncoding(buffer_first, max_len=max_len), lambda B: torch.randn(B, 5, 4, dtype=FLOAT64))
+    dp = check_against_reference(case, batches=(3, 5))
+    rows = {r.param: r for r in dp.explain()}
+    assert rows["fc.weight"].T == "5" and rows["fc.weight"].d == "4"
+    assert rows["fc.weight"].B not in ("5", "16") and not rows["fc.weight"].B.isdigit()  # the batch symbol
+
+
+@pytest.mark.parametrize("buffer_first, max_len", LAYOUTS, ids=LAYOUT_IDS)
+def test_positional_encoding_one_sample_is_clipped_to_R(buffer_first, max_len):
+    """A sample's released gradient (noise 0, sum reduction) has norm at most R."""
+    torch.manual_seed(1)
+    model = PositionalEncoding(buffer_first, max_len=max_len).to(DEVICE, FLOAT64)
+    x, y = torch.randn(3, 5, 4, dtype=FLOAT64, device=DEVICE) * 10, torch.randn(3, 5, 2, dtype=FLOAT64, device=DEVICE)
+    loss = lambda out, y, reduction="sum": ((out - y).square().flatten(1).sum(1) * torch.tensor(  # noqa: E731
+        [1.0, 0.0, 0.0], dtype=FLOAT64, device=DEVICE)).sum()
+    g = per_sample_grads(model, x, y, loss)
+    norm = torch.sqrt(sum(v[0].square().sum() for v in g.values())).item()
+    bound = norm / 7
+    dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, backend=BACKEND, loss_reduction="sum")
+    loss(dp(x), y).backward()
+    released = torch.sqrt(sum(p.grad.square().sum() for p in model.parameters())).item()
+    assert released <= bound * (1 + 1e-6), f"one sample contributes {released / bound:.3g} R"
+    assert released >= bound * (1 - 1e-6)
+
+
+def test_no_tensor_argument_refused():
+    class Constant(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+            self.register_buffer("c", torch.randn(3, 4))
+
+        def forward(self, scale: float) -> torch.Tensor:
+            return self.fc(self.c * scale)
+
+    dp = torch.compile(Constant().double(), fullgraph=True,
+                       backend=dpcompile.backend(max_grad_norm=1.0, noise_multiplier=0.0, backend=BACKEND))
+    with pytest.raises(Exception) as err:
+        dp(2.0)
+    assert cause(err.value, DPCompileError) is not None and "batch" in str(cause(err.value, DPCompileError))
+
+
+# ------------------------------------------------------------------------------------------------
+# Mixing ops: refused whatever the call form
+# ------------------------------------------------------------------------------------------------
+
+class Center(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+class Mixer(nn.Module):
+    """linear -> fn (under module path 'center') -> linear; the input by position, keyword or in a dict."""
+
+    def __init__(self, fn, dict_input: bool = False):
+        super().__init__()
+        self.inp, self.center, self.out = nn.Linear(4, 6), Center(fn), nn.Linear(6, 2)
+        self.dict_input = dict_input
+
+    def forward(self, x):
+        x = x["x"] if self.dict_input else x
+        return self.out(self.center(self.inp(x)))
+
+
+def cummax0(x: torch.Tensor) -> torch.Tensor:
+    return torch.cummax(x, 0).values
+
+
+def assert_refused(exc: BaseException, op: str) -> None:
+    err = cause(exc, DPCompileError)
+    assert err is not None, f"not a DPCompileError: {exc!r}"
+    assert "module 'center' (Center)" in str(err) and op in str(err), str(err)
+
+
+@pytest.mark.parametrize("form", ["first_batch_of_one", "keyword", "dict", "backend"])
+def test_cummax_across_batch_refused(form):
+    x = torch.randn(1 if form == "first_batch_of_one" else 3, 4, dtype=FLOAT64, device=DEVICE)
+    model = Mixer(cummax0, dict_input=form == "dict")
+    with pytest.raises(Exception) as err:
+        if form == "backend":
+            torch._dynamo.mark_dynamic(x, 0)
+            run = torch.compile(model.to(DEVICE, FLOAT64), fullgraph=True, backend=dpcompile.backend(
+                max_grad_norm=1.0, noise_multiplier=0.0, backend=BACKEND))
+            run(x).sum().backward()
+        else:
+            dp = compiled(model)
+            out = dp(x=x) if form == "keyword" else dp({"x": x}) if form == "dict" else dp(x)
+            out.sum().backward()
+    assert isinstance(cause(err.value, DPCompileError), SampleMixingError)
+    assert_refused(err.value, "cummax")
+
+
+def zeros_index(x: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(x.shape, dtype=torch.long, device=x.device)
+
+
+ISSUE_OPS = [
+    ("median", lambda x: x - x.median(0).values, lambda x: x - x.median(1, keepdim=True).values),
+    ("cummax", cummax0, lambda x: torch.cummax(x, 1).values),
+    ("kthvalue", lambda x: x - x.kthvalue(1, 0).values, lambda x: x - x.kthvalue(2, 1, keepdim=True).values),
+    ("logcumsumexp", lambda x: torch.logcumsumexp(x, 0), lambda x: torch.logcumsumexp(x, 1)),
+    ("scatter_add", lambda x: torch.zeros_like(x).scatter_add(0, zeros_index(x), x),
+     lambda x: torch.zeros_like(x).scatter_add(1, zeros_index(x), x)),
+    ("index_add", lambda x: torch.zeros_like(x).index_add(0, torch.zeros(x.shape[0], dtype=torch.long, device=x.device), x),
+     lambda x: torch.zeros_like(x).index_add(1, torch.zeros(x.shape[1], dtype=torch.long, device=x.device), x)),
+]
+
+
+@pytest.mark.parametrize("name, across, along", ISSUE_OPS, ids=[o[0] for o in ISSUE_OPS])
+def test_issue_ops_across_batch_refused(name, across, along):
+    """Refused across the batch even after a first batch of one (no numerical check can see two samples)."""
+    with pytest.raises(DPCompileError) as err:
+        compiled(Mixer(across))(torch.randn(1, 4, dtype=FLOAT64, device=DEVICE)).sum().backward()
+    assert_refused(err.value, "aten.")
+
+
+@pytest.mark.parametrize("name, across, along", ISSUE_OPS[:3], ids=[o[0] for o in ISSUE_OPS[:3]])
+def test_issue_ops_along_other_dims_accepted(name, across, along):
+    check_against_reference(Case(f"{name}_dim1", lambda: Mixer(along), lambda B: torch.randn(B, 4, dtype=FLOAT64)))
+
+
+# ------------------------------------------------------------------------------------------------
+# NaN inputs, sequence-first outputs
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fn", [torch.relu, cummax0], ids=["per_sample", "mixing"])
+def test_nan_in_first_batch_does_not_crash(fn):
+    x = torch.randn(4, 4, dtype=FLOAT64, device=DEVICE)
+    x[2, 1], x[0, 3] = float("nan"), float("inf")
+    try:
+        compiled(Mixer(fn))(x).sum().backward()
+    except DPCompileError:
+        assert fn is cummax0
+    else:
+        assert fn is torch.relu
+
+
+class SequenceFirst(nn.Module):
+    """fc on x.transpose(0, 1): the output is (T, B, p), its dim 0 not the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.transpose(0, 1))
+
+
+def test_sequence_first_output_not_refused():
+    torch.manual_seed(0)
+    model = SequenceFirst().to(DEVICE, FLOAT64)
+    x = torch.randn(3, 3, 4, dtype=FLOAT64, device=DEVICE)  # T == B
+    dp = compiled(model, loss_reduction="sum")
+    dp(x).square().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------------
+# The numerical check on its own (second line): the captured graph, sample 0 changed
+# ------------------------------------------------------------------------------------------------
+
+def capture(fn, x: torch.Tensor) -> tuple:
+    """fn's Dynamo graph as DPBackend sees it (its SampleCheck), and the call's flat inputs."""
+    from dpcompile.passes.safety import SampleCheck
+    seen = {}
+
+    def keep(gm, example_inputs):
+        backend = dpcompile.DPBackend(dpcompile.DPConfig(max_grad_norm=1.0, noise_multiplier=0.0))
+        ctx = backend.context(gm, example_inputs)
+        seen["check"], seen["args"] = SampleCheck(gm, ctx.batch, backend.user_inputs), list(example_inputs)
+        return gm.forward
+
+    torch._dynamo.mark_dynamic(x, 0)
+    with fx_config.patch(backed_size_oblivious=True):
+        torch.compile(fn, backend=keep, fullgraph=True, dynamic=False)(x)
+    return seen["check"], seen["args"]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_numerical_check_finds_mixing(batch):
+    x = torch.randn(batch, 4, dtype=FLOAT64)
+    x[-1, 0] = float("nan")  # NaN-aware comparison; sample 0 gets finite values
+    check, args = capture(lambda x: torch.cummax(x * 2, 0).values + 1, x)
+    with pytest.raises(SampleMixingError, match="cummax"):
+        check.check(args)
+
+
+@pytest.mark.parametrize("fn", [lambda x: (x * 2).transpose(0, 1).cumsum(0), lambda x: torch.cummax(x, 1).values],
+                         ids=["sequence_first", "along_dim1"])
+def test_numerical_check_accepts_per_sample(fn):
+    x = torch.randn(3, 3, dtype=FLOAT64)
+    x[1, 2] = float("nan")
+    check, args = capture(fn, x)
+    check.check(args)
+
+
+def test_arguments_disagreeing_on_the_batch_refused():
+    """Two tensor arguments with different dynamic dim-0 sizes: no single batch, refused."""
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+            return self.fc(x) + z.sum()
+
+    x, z = torch.randn(3, 4, dtype=FLOAT64), torch.randn(5, 4, dtype=FLOAT64)
+    torch._dynamo.mark_dynamic(x, 0), torch._dynamo.mark_dynamic(z, 0)
+    run = torch.compile(Two().double(), fullgraph=True,
+                        backend=dpcompile.backend(max_grad_norm=1.0, noise_multiplier=0.0, backend=BACKEND))
+    with pytest.raises(Exception) as err:
+        run(x, z).sum().backward()
+    assert "disagree on the batch size" in str(cause(err.value, DPCompileError))
+
+
+# ------------------------------------------------------------------------------------------------
+# Attacks 4, 5 and 6: one release per step, no un-noised release, copies; batch rules, settings
+# ------------------------------------------------------------------------------------------------
+
+F64 = dict(dtype=torch.float64, device=DEVICE)
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).to(**F64)
+
+
+def data(B, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, 5, generator=g, dtype=torch.float64).to(DEVICE),
+            torch.randn(B, 3, generator=g, dtype=torch.float64).to(DEVICE))
+
+
+def make(model=None, **kwargs):
+    model = model if model is not None else mlp()
+    settings = dict(max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND, seed=0, sample_rate=0.01,
+                    loss_reduction="sum") | kwargs
+    return model, dpcompile.dpcompile(model, **settings)
+
+
+def params(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def unchanged(model, before):
+    return all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
+# --- attack 4: two forwards, one step ---
+
+def test_two_forwards_in_one_backward_are_refused():
+    """(dp(v1) + dp(v2)).backward() would let one sample contribute 2R under one noise draw, counted as two steps."""
+    model, dp = make()
+    x, _ = data(1)
+    with pytest.raises(ReleaseError, match="views of a sample in one call"):
+        (dp(x).sum() + dp(x * 2).sum()).backward()
+    assert all(p.grad is None for p in model.parameters()), "nothing may be released"
+    assert dp.privacy.steps <= 1
+    model.zero_grad(set_to_none=True)  # the model keeps working afterwards
+    dp(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_two_noisy_backwards_into_one_step_are_refused():
+    model, dp = make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = data(4)
+    squared_error(dp(x), y, "sum").backward()
+    squared_error(dp(x), y, "sum").backward()  # the same batch released twice into one .grad
+    before = params(model)
+    with pytest.raises(DPCompileError, match="2 noisy backwards"):
+        opt.step()
+    assert unchanged(model, before)
+    opt.zero_grad()
+    squared_error(dp(x), y, "sum").backward()
+    opt.step()
+    assert not unchanged(model, before)
+
+
+# --- attack 5: releases without noise, raw gradients ---
+
+def test_step_after_accumulating_only_is_refused():
+    model, dp = make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = params(model)
+    for seed in (1, 2):
+        x, y = data(3, seed)
+        with dp.privacy.accumulating():
+            squared_error(dp(x), y, "sum").backward()
+    with pytest.raises(ReleaseError, match="without noise"):
+        opt.step()
+    assert unchanged(model, before) and dp.privacy.steps == 0
+
+
+def test_incomplete_accumulation_at_epoch_end_is_refused():
+    model, dp = make(gradient_accumulation_steps=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = data(5)
+    for xm, ym in zip(x.tensor_split(3), y.tensor_split(3)):  # one complete logical batch
+        squared_error(dp(xm), ym, "sum").backward()
+    opt.step()
+    opt.zero_grad()
+    for xm, ym in zip(x[:2].tensor_split(2), y[:2].tensor_split(2)):  # the epoch ends after 2 of 3 micro-batches
+        squared_error(dp(xm), ym, "sum").backward()
+    before = params(model)
+    with pytest.raises(DPCompileError, match="drop_accumulated"):
+        opt.step()
+    assert unchanged(model, before) and dp.privacy.steps == 1
+    dp.privacy.drop_accumulated()
+    assert all(p.grad is None for p in model.parameters())
+    for xm, ym in zip(x.tensor_split(3), y.tensor_split(3)):  # the next epoch starts a fresh cycle
+        squared_error(dp(xm), ym, "sum").backward()
+    opt.step()
+    assert dp.privacy.steps == 2 and dp.privacy.calls == 6
+
+
+def test_trainable_layer_in_front_is_refused():
+    model, dp = make()
+    front = nn.Linear(5, 5).to(**F64)
+    x, _ = data(4)
+    with pytest.raises(DPCompileError, match="inside the model"):
+        dp(front(x))
+    with torch.no_grad():  # no backward possible: fine
+        dp(front(x))
+
+
+def test_gradients_of_the_raw_model_are_refused():
+    model, dp = make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = data(4)
+    squared_error(model(x), y, "sum").backward()  # the wrapped model called directly
+    with pytest.raises(DPCompileError, match="did not run through the DP model"):
+        opt.step()
+    opt.zero_grad()
+    squared_error(dp(x), y, "sum").backward()
+    squared_error(model(x), y, "sum").backward()  # raw gradient added to a DP release
+    with pytest.raises(DPCompileError, match="did not run through the DP model"):
+        opt.step()
+
+
+def test_patterns_that_keep_working():
+    model, dp = make(gradient_accumulation_steps=2)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    other = nn.Linear(5, 3).to(**F64)  # a non-DP model with its own optimizer: untouched
+    other_opt = torch.optim.SGD(other.parameters(), lr=0.1)
+    x, y = data(6)
+    for i in range(3):
+        opt.zero_grad(set_to_none=i % 2 == 0)
+        for xm, ym in zip(x.tensor_split(2), y.tensor_split(2)):
+            squared_error(dp(xm), ym, "sum").backward()
+        dp(x)  # a forward with grad enabled, never backpropagated
+        with torch.no_grad():
+            dp(x)  # evaluation
+        opt.step()
+        squared_error(other(x), y).backward()
+        other_opt.step()
+    with dp.privacy.accumulating():
+        squared_error(dp(x[:2]), y[:2], "sum").backward()
+    squared_error(dp(x[2:]), y[2:], "sum").backward()  # a complete cycle: odd micro-step, then the noisy one
+    squared_error(dp(x[2:]), y[2:], "sum").backward()
+    opt.step()
+    assert dp.privacy.steps == 4
+
+
+def test_parameters_are_free_once_the_dp_model_is_gone():
+    """The guard follows live DP models only: after `del dp`, the wrapped model trains without DP."""
+    import gc
+    model, dp = make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = data(4)
+    squared_error(dp(x), y, "sum").backward()
+    opt.step()
+    opt.zero_grad()
+    squared_error(model(x), y, "sum").backward()
+    with pytest.raises(ReleaseError):
+        opt.step()
+    del dp
+    gc.collect()
+    opt.step()
+
+
+# --- attack 6: copies ---
+
+@pytest.mark.parametrize("how", ["deepcopy", "deepcopy_after_forward", "pickle", "torch_save"])
+def test_copies_are_refused_clearly(how):
+    model, dp = make()
+    if how == "deepcopy_after_forward":
+        x, y = data(3)
+        squared_error(dp(x), y, "sum").backward()
+    copy_it = {"deepcopy": copy.deepcopy, "deepcopy_after_forward": copy.deepcopy, "pickle": pickle.dumps,
+               "torch_save": lambda m: torch.save(m, io.BytesIO())}[how]
+    with pytest.raises(DPCompileError, match=r"dp_model.state_dict\(\) and dp_model.privacy.state_dict\(\)"):
+        copy_it(dp)
+    with pytest.raises(DPCompileError, match="privacy.state_dict"):
+        copy_it(dp.privacy)
+    torch.save(model, io.BytesIO())  # the wrapped model itself still saves and copies
+    twin = copy.deepcopy(model)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters()))
+
+
+# --- the batch is the user's: dim 0 of every tensor argument ---
+
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(5, 3), nn.Linear(2, 3)
+
+    def forward(self, x, extra=None, *, batch=None):
+        if batch is not None:
+            x, extra = batch["x"], batch["pair"][1]
+        return torch.tanh(self.a(x)) + self.b(extra)
+
+
+def two_inputs(B, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, d, generator=g, dtype=torch.float64).to(DEVICE) for d in (5, 2, 3)]
+
+
+class Packed(nn.Module):
+    """TwoInputs with both inputs in one tensor (the reference's single-input form)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, z):
+        return self.inner(z[:, :5], z[:, 5:])
+
+
+@pytest.mark.parametrize("form", ["kwargs", "nested_dict"])
+def test_keyword_and_nested_calls_compile_once_and_match_the_reference(form):
+    torch.manual_seed(0)
+    model = TwoInputs().to(**F64)
+    _, dp = make(model, noise_multiplier=0.0, max_grad_norm=0.3)
+    for B in (3, 5, 1, 0, 4):
+        x, e, y = two_inputs(B, seed=B)
+        model.zero_grad(set_to_none=True)
+        if form == "kwargs":
+            out = dp(x=x, extra=e)
+        else:
+            out = dp(None, batch={"x": x, "pair": [torch.tensor(1.0), e]})
+        squared_error(out, y, "sum").backward()
+        if B == 0:
+            assert out.shape == (0, 3) and all(p.grad.abs().max() == 0 for p in model.parameters())
+            continue
+        ref, norms = dp_reference(Packed(model), torch.cat([x, e], 1), y, 0.3, "sum", loss=squared_error)
+        if B > 1:
+            assert (norms[0] > 0.3).any(), "the bound must clip"
+        assert max_relative_error(model, {k.removeprefix("inner."): v for k, v in ref.items()}) < 1e-10
+    assert dp.compilations == 1
+
+
+def test_arguments_that_disagree_on_the_batch_are_refused():
+    model, dp = make(TwoInputs().to(**F64))
+    x, e, _ = two_inputs(4)
+    with pytest.raises(ConfigError, match="buffer"):
+        dp(x, extra=e[:3])
+    with pytest.raises(ConfigError, match="buffer"):
+        dp(None, batch={"x": x, "pair": [e, e[:1]]})
+
+
+# --- bad settings: DPCompileErrors that say what to do ---
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(max_grad_norm=torch.tensor(1.0)), "max_grad_norm.*item"),
+    (dict(max_grad_norm="1.0"), "max_grad_norm must be a real number"),
+    (dict(noise_multiplier="a lot"), "noise_multiplier must be a real number"),
+    (dict(noise_multiplier=torch.ones(3)), "noise_multiplier"),
+    (dict(seed=2**70), "seed"),
+    (dict(seed=1.5), "seed must be an integer"),
+])
+def test_bad_settings_are_refused_at_construction(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        make(**kwargs)
+
+
+def test_numpy_scalars_are_accepted():
+    model, dp = make(sample_rate=np.float32(0.25), max_grad_norm=np.float64(0.5), noise_multiplier=np.float32(1.5),
+                     seed=np.int64(3))
+    assert type(dp.privacy.sample_rate) is float and dp.privacy.sample_rate == 0.25
+    x, y = data(3)
+    squared_error(dp(x), y, "sum").backward()
+    assert dp.privacy.steps == 1 and dp.privacy.epsilon(1e-5) > 0
+
+
+# --- one owner of the privacy state ---
+
+def test_one_engine_owns_noise_counters_and_dropped_samples():
+    model, dp = make()
+    engine = dp.privacy
+    assert dp.backend.privacy is engine and engine.noise is engine
+    x, y = data(3)
+    squared_error(dp(x), y, "sum").backward()
+    assert engine.steps == engine.calls == 1 and engine.dropped_samples == 0
+    noise = torch.ops.dpcompile.gaussian_noise(x, 4, engine.handle, torch.tensor(2))  # a backward that dropped 2
+    assert noise.shape == (4,) and engine.steps == 2
+    with pytest.warns(RuntimeWarning, match="2 sample"):
+        assert engine.dropped_samples == 2
+    state = engine.state_dict()
+    assert state["version"] == STATE_VERSION == 2 and state["dropped"] == 2
+    _, dp2 = make(mlp())
+    dp2.privacy.load_state_dict(state)
+    with pytest.warns(RuntimeWarning, match="2 sample"):
+        assert dp2.privacy.steps == 2 and dp2.privacy.dropped_samples == 2
+    old = {k: v for k, v in state.items() if k != "dropped"} | {"version": 1}  # a version-1 checkpoint
+    _, dp3 = make(mlp())
+    dp3.privacy.load_state_dict(old)
+    assert dp3.privacy.steps == 2 and dp3.privacy.dropped_samples == 0
+
+
+def test_backend_factory_has_its_own_engine():
+    model = mlp()
+    be = dpcompile.backend(max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND, sample_rate=0.1,
+                           loss_reduction="sum", seed=0)
+    assert be.privacy.sample_rate == 0.1 and be.noise is be.privacy
+    compiled = torch.compile(model, backend=be, fullgraph=True)
+    x, y = data(4)
+    torch._dynamo.mark_dynamic(x, 0)
+    squared_error(compiled(x), y, "sum").backward()
+    assert be.privacy.steps == 1 and be.privacy.epsilon(1e-5) > 0

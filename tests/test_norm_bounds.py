@@ -1,0 +1,293 @@
+"""Certified norms per rule, on plain tensors (no Dynamo): √s + e bounds the exact per-sample gradient's norm
+(computed in float64 from float32 operands, or exactly in integers for float64 operands), bounds the clipped
+sum's norm per unit of the clip factor, and is close to the exact norm on ordinary data."""
+from __future__ import annotations
+
+import pytest
+import sympy
+import torch
+from torch import nn
+
+from dpcompile.passes.meta import LayerShape, Site
+from dpcompile.passes.rules.bounds import per_sample_bound, stored_norm_bound
+from dpcompile.passes.rules.conv import ConvRule
+from dpcompile.passes.rules.embedding import EmbeddingRule
+from dpcompile.passes.rules.linear import MatmulRule
+from dpcompile.passes.rules.reduction import SumRule
+
+aten = torch.ops.aten
+CLOSE = 1e-3
+
+
+def certified_norm(bound: torch.Tensor) -> torch.Tensor:
+    """√s + e per sample."""
+    return bound[:, 0].sqrt() + bound[:, 1]
+
+
+def linear_site(B, T, d, p) -> Site:
+    return Site("linear", (), {"lead": 2, "batch_dim": 0}, LayerShape(*(sympy.Integer(v) for v in (B, T, d, p))))
+
+
+def linear_operands(p_rows: torch.Tensor, q_rows: torch.Tensor):
+    """(x = Pᵀ, q, anchor) as the matmul rule sees them, from P (B, T, m) and Q (B, T, n)."""
+    B, T = p_rows.shape[:2]
+    return p_rows.flatten(0, 1).t(), q_rows.flatten(0, 1), torch.empty(B, T, 1)
+
+
+def exact_linear(p_rows, q_rows) -> torch.Tensor:
+    """‖P_iᵀQ_i‖ in float64 (exact products of float32 values; float64 sums)."""
+    return torch.bmm(p_rows.double().transpose(1, 2), q_rows.double()).flatten(1).norm(dim=1)
+
+
+def cancelling(dtype, scale=250.0, b=1e4, d=16):
+    """The issue's attack 1: p_t = scale·1, q = [b, 1 − b]: ‖g‖ = scale·√d, the Gram terms ~ (scale·b)²·d²."""
+    p_rows = torch.full((1, 2, d), scale, dtype=dtype)
+    q_rows = torch.tensor([[[b], [1 - b]]], dtype=dtype)
+    return p_rows, q_rows
+
+
+def release_norm(rule, site, bound, *operands) -> tuple[float, float]:
+    """(‖clipped_sum‖ with c = 1/N, 1 + 1e-6): a one-sample release must stay within R = 1."""
+    c = (1.0 / certified_norm(bound)).to(torch.float64)
+    return rule.clipped_sum(site, c, *operands).double().norm().item(), 1 + 1e-6
+
+
+@pytest.mark.parametrize("dtype,scale,b", [(torch.float32, 250.0, 1e4), (torch.float32, 250.0, 10002.96),
+                                           (torch.float32, 1e3, 1e6), (torch.float64, 2.0**20, 2.0**40)])
+def test_linear_ghost_bounds_crafted_cancellation(dtype, scale, b):
+    p_rows, q_rows = cancelling(dtype, scale, b)
+    rule, site = MatmulRule(), linear_site(1, 2, 1, 16)
+    ops = linear_operands(p_rows, q_rows)
+    bound = rule.ghost_norm_bound(site, *ops)
+    exact = scale * 4.0  # ‖Σ_t p_t q_t‖ = scale·(b + 1 − b)·√16, exactly
+    assert torch.isfinite(bound).all() and (bound >= 0).all()
+    assert certified_norm(bound).item() >= exact
+    assert rule.ghost_norm_sq(site, *ops).item() < exact**2 or dtype == torch.float64  # the plain Gram form fails
+    got, limit = release_norm(rule, site, bound, *ops)
+    assert got <= limit
+
+
+def test_linear_plain_gram_form_is_fooled():
+    """Without the error bound the issue's input gives a norm far below the true 1000 (or NaN)."""
+    p_rows, q_rows = cancelling(torch.float32)
+    ops = linear_operands(p_rows, q_rows)
+    plain = MatmulRule().ghost_norm_sq(linear_site(1, 2, 1, 16), *ops)
+    assert not plain.item() >= 1000.0**2
+
+
+def test_linear_float64_exact_in_integers():
+    """Float64 operands, exact reference in Python integers; cancellation at 2^45."""
+    torch.manual_seed(0)
+    big = 2**45
+    p_rows = torch.randint(-2**20, 2**20, (3, 4, 5), dtype=torch.int64)
+    q_rows = torch.randint(-2**20, 2**20, (3, 4, 2), dtype=torch.int64)
+    q_rows[:, 1] = big - q_rows[:, 0]  # large, nearly cancelling
+    p_rows[:, 1] = p_rows[:, 0]
+    exact = []
+    for i in range(3):
+        P, Q = p_rows[i].tolist(), q_rows[i].tolist()
+        sq = sum(sum(P[t][a] * Q[t][c] for t in range(4)) ** 2 for a in range(5) for c in range(2))
+        exact.append(sq)
+    rule, site = MatmulRule(), linear_site(3, 4, 2, 5)
+    ops = linear_operands(p_rows.double(), q_rows.double())
+    bound = rule.ghost_norm_bound(site, *ops)
+    for i in range(3):
+        n = certified_norm(bound)[i].item()
+        assert n * n >= exact[i] and int(n) ** 2 <= exact[i] * (1 + 1e-6) + 10  # an upper bound, and a close one
+    margin = rule.per_sample_margin(site, *ops)
+    ps = per_sample_bound(rule.per_sample(site, *ops), margin)
+    assert all(certified_norm(ps)[i].item() ** 2 >= exact[i] for i in range(3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_linear_per_sample_bound_and_release(dtype):
+    p_rows, q_rows = cancelling(dtype, 250.0, 1e4 if dtype != torch.bfloat16 else 256.0)
+    rule, site = MatmulRule(), linear_site(1, 2, 1, 16)
+    ops = linear_operands(p_rows, q_rows)
+    g = rule.per_sample(site, *ops)
+    bound = per_sample_bound(g, rule.per_sample_margin(site, *ops))
+    assert certified_norm(bound).item() >= exact_linear(p_rows, q_rows).item()
+    assert certified_norm(bound).item() >= g.double().flatten(1).norm().item()
+
+
+@pytest.mark.parametrize("T", [1, 7])
+def test_linear_close_on_ordinary_data(T):
+    torch.manual_seed(0)
+    p_rows, q_rows = torch.randn(4, T, 32), torch.randn(4, T, 16)
+    rule, site = MatmulRule(), linear_site(4, T, 16, 32)
+    ops = linear_operands(p_rows, q_rows)
+    exact = exact_linear(p_rows, q_rows)
+    got = certified_norm(rule.ghost_norm_bound(site, *ops))
+    assert (got >= exact).all() and (got / exact - 1).max() < CLOSE
+    ps = certified_norm(per_sample_bound(rule.per_sample(site, *ops), rule.per_sample_margin(site, *ops)))
+    assert (ps >= exact).all() and (ps / exact - 1).max() < CLOSE
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_low_precision_release(dtype):
+    """bf16 operands (norms in float32, clipped sum in bf16 with float32 accumulation)."""
+    torch.manual_seed(1)
+    p_rows = torch.randn(1, 6, 8).to(dtype)
+    q_rows = torch.randn(1, 6, 3).to(dtype)
+    q_rows[:, 1] = -q_rows[:, 0]
+    p_rows[:, 1] = p_rows[:, 0]
+    rule, site = MatmulRule(), linear_site(1, 6, 3, 8)
+    ops = linear_operands(p_rows, q_rows)
+    bound = rule.ghost_norm_bound(site, *ops)
+    assert certified_norm(bound).item() >= exact_linear(p_rows, q_rows).item()
+    got, limit = release_norm(rule, site, bound, *ops)
+    assert got <= limit
+
+
+def conv_site(conv: nn.Conv1d | nn.Conv2d, param=1) -> Site:
+    c = {"stride": list(conv.stride), "padding": list(conv.padding), "dilation": list(conv.dilation),
+         "groups": conv.groups, "kernel": list(conv.kernel_size), "param": param, "transposed": False,
+         "output_padding": [0] * len(conv.stride)}
+    return Site("conv" if param == 1 else "conv_bias", (), c, None)
+
+
+def exact_conv(conv, g, x) -> torch.Tensor:
+    """Per-sample weight gradient norms in float64."""
+    w = conv.weight.double()
+    out = []
+    for i in range(g.shape[0]):
+        gw = aten.convolution_backward(g[i:i + 1].double(), x[i:i + 1].double(), w, None, list(conv.stride),
+                                       list(conv.padding), list(conv.dilation), False, [0] * len(conv.stride),
+                                       conv.groups, [False, True, False])[1]
+        out.append(gw.norm())
+    return torch.stack(out)
+
+
+def conv_operands(conv, x, seed=0):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        y = conv(x)
+    return torch.randn_like(y), x, conv.weight.detach()
+
+
+@pytest.mark.parametrize("impl", ["unfold", "grouped"])
+def test_conv_crafted_cancellation(impl):
+    """Constant input, output gradients b and 1 − b at two positions: ‖g‖ is small, the Grams are huge."""
+    conv = nn.Conv1d(4, 1, 3, bias=False)
+    x = torch.full((1, 4, 4), 250.0)
+    g = torch.tensor([[[1e4, 1 - 1e4]]])
+    rule, site = ConvRule(), conv_site(conv)
+    w = conv.weight.detach()
+    exact = exact_conv(conv, g, x).item()
+    bound = rule.ghost_norm_bound(site, g, x, w)
+    assert certified_norm(bound).item() >= exact and torch.isfinite(bound).all()
+    assert rule.ghost_norm_sq(site, g, x, w).item() < exact**2 * 0.5  # the plain Gram form is fooled
+    got, limit = release_norm(rule, site, bound, g, x, w)
+    assert got <= limit
+    site = Site("conv", (), {**site.consts, "impl": impl}, None)
+    ps = per_sample_bound(rule.per_sample(site, g, x, w), rule.per_sample_margin(site, g, x, w))
+    assert certified_norm(ps).item() >= exact
+
+
+@pytest.mark.parametrize("conv", [nn.Conv2d(3, 4, 3, padding=1, stride=2), nn.Conv2d(4, 6, 3, dilation=2, groups=2),
+                                  nn.Conv1d(3, 5, 2)])
+def test_conv_close_on_ordinary_data(conv):
+    x = torch.randn(3, conv.in_channels, *([9] * (conv.weight.dim() - 2)))
+    g, x, w = conv_operands(conv, x)
+    rule, site = ConvRule(), conv_site(conv)
+    exact = exact_conv(conv, g, x)
+    got = certified_norm(rule.ghost_norm_bound(site, g, x, w))
+    assert (got >= exact).all() and (got / exact - 1).max() < CLOSE
+    ps = certified_norm(per_sample_bound(rule.per_sample(site, g, x, w), rule.per_sample_margin(site, g, x, w)))
+    assert (ps >= exact).all() and (ps / exact - 1).max() < CLOSE
+
+
+def test_conv_transposed_bounds():
+    """A transposed convolution unfolds the output gradient over the input's positions."""
+    torch.manual_seed(0)
+    conv = nn.ConvTranspose1d(4, 6, 3, stride=2, groups=2)
+    x = torch.randn(3, 4, 7)
+    g, x, w = conv_operands(conv, x)
+    c = {"stride": [2], "padding": [0], "dilation": [1], "groups": 2, "kernel": [3], "param": 1, "transposed": True,
+         "output_padding": [0]}
+    site, rule = Site("conv", (), c, None), ConvRule()
+    exact = torch.stack([aten.convolution_backward(g[i:i + 1].double(), x[i:i + 1].double(), w.double(), None, [2],
+                                                   [0], [1], True, [0], 2, [False, True, False])[1].norm()
+                         for i in range(3)])
+    got = certified_norm(rule.ghost_norm_bound(site, g, x, w))
+    assert (got >= exact).all() and (got / exact - 1).max() < CLOSE
+    ps = certified_norm(per_sample_bound(rule.per_sample(site, g, x, w), rule.per_sample_margin(site, g, x, w)))
+    assert (ps >= exact).all() and (ps / exact - 1).max() < CLOSE
+
+
+def test_conv_bias_cancellation():
+    g = torch.tensor([[[1e8, 1.0, -1e8]]])  # fp32 sums this to 0; the exact bias gradient is 1
+    site = conv_site(nn.Conv1d(1, 1, 1), param=2)
+    rule = ConvRule()
+    ps = per_sample_bound(rule.per_sample(site, g), rule.per_sample_margin(site, g))
+    assert certified_norm(ps).item() >= 1.0
+
+
+def embedding_site(V, D, rule="embedding", **consts) -> Site:
+    return Site(rule, (), {"padding_idx": None, "table": (V, D), **consts}, None)
+
+
+def exact_embedding(idx, values, V) -> torch.Tensor:
+    B, N, D = values.shape
+    out = torch.zeros(B, V, D, dtype=torch.float64)
+    out.index_put_((torch.arange(B).unsqueeze(1).expand(B, N), idx), values.double(), accumulate=True)
+    return out.flatten(1).norm(dim=1)
+
+
+def test_embedding_repeated_token_cancellation():
+    idx = torch.tensor([[3, 3, 1]])
+    values = torch.tensor([[[1e4 * 250.0] * 4, [(1 - 1e4) * 250.0] * 4, [0.0] * 4]])
+    rule, site = EmbeddingRule(), embedding_site(5, 4)
+    bound = rule.ghost_norm_bound(site, idx, values)
+    exact = exact_embedding(idx, values, 5).item()
+    assert certified_norm(bound).item() >= exact
+    assert not rule.ghost_norm_sq(site, idx, values).item() >= exact**2
+    got, limit = release_norm(rule, site, bound, idx, values)
+    assert got <= limit
+    ps = per_sample_bound(rule.per_sample(site, idx, values), rule.per_sample_margin(site, idx, values))
+    assert certified_norm(ps).item() >= exact
+
+
+def test_embedding_close_on_ordinary_data():
+    torch.manual_seed(0)
+    idx, values = torch.randint(0, 6, (4, 9)), torch.randn(4, 9, 8)
+    rule, site = EmbeddingRule(), embedding_site(6, 8)
+    exact = exact_embedding(idx, values, 6)
+    got = certified_norm(rule.ghost_norm_bound(site, idx, values))
+    assert (got >= exact).all() and (got / exact - 1).max() < CLOSE
+
+
+def test_embedding_bag_mean_weighted():
+    """Mean bags with per-sample weights: the values' own rounding is in the margin."""
+    torch.manual_seed(0)
+    B, N, D, V = 2, 5, 3, 7
+    idx = torch.randint(0, V, (B * N,))
+    grad, weights, bag_size = torch.randn(B, D), torch.randn(B * N), torch.full((B,), N)
+    rule, site = EmbeddingRule(), embedding_site(V, D, "embedding_bag", mode=1, padding_idx=-1)
+    values = grad.double().unsqueeze(1) / N * weights.double().view(B, N, 1)
+    exact = exact_embedding(idx.view(B, N), values, V)
+    got = certified_norm(rule.ghost_norm_bound(site, idx, grad, bag_size, weights))
+    assert (got >= exact).all() and (got / exact - 1).max() < CLOSE
+
+
+def test_reduction_cancellation_and_ordinary():
+    rule = SumRule()
+    site = Site("reduction", (), {"batch_dim": 0, "dims": [0, 1], "lead": None}, None)
+    x = torch.tensor([[[1e8], [1.0], [-1e8]]])  # exact per-sample sum 1, fp32 gives 0
+    ps = per_sample_bound(rule.per_sample(site, x), rule.per_sample_margin(site, x))
+    assert certified_norm(ps).item() >= 1.0
+    torch.manual_seed(0)
+    x = torch.randn(3, 10, 4)
+    exact = x.double().sum(1).norm(dim=1)
+    got = certified_norm(per_sample_bound(rule.per_sample(site, x), rule.per_sample_margin(site, x)))
+    assert (got >= exact).all() and (got / exact - 1).max() < CLOSE
+
+
+def test_non_finite_inputs_give_non_finite_norms():
+    """A NaN or inf operand must not come out as a finite (too small) norm."""
+    rule, site = MatmulRule(), linear_site(2, 2, 1, 3)
+    p_rows, q_rows = torch.randn(2, 2, 3), torch.randn(2, 2, 1)
+    p_rows[0, 0, 0], q_rows[1, 1, 0] = float("nan"), float("inf")
+    bound = rule.ghost_norm_bound(site, *linear_operands(p_rows, q_rows))
+    assert not torch.isfinite(certified_norm(bound)).any()
+    assert not torch.isfinite(stored_norm_bound(torch.tensor([[float("inf"), 1.0]]))).any()

@@ -46,7 +46,10 @@ class DPBackend:
             # AOTAutograd's cache is keyed on the captured graph, not on our rewrite (R, σ, noise source):
             # a hit would skip the passes and reuse another model's backward. Inductor's own graph cache
             # keys on the rewritten graph and stays on.
-            with torch._functorch.config.patch(enable_autograd_cache=False):
+            # Inductor's CUDA matmul padding (pad_mm) pads odd-sized products and slices the result, which
+            # would hide a weight gradient behind a slice; it is turned off for the DP graphs alone.
+            with torch._functorch.config.patch(enable_autograd_cache=False), \
+                    torch._inductor.config.patch(shape_padding=False):
                 compiled = compile_fx(gm, example_inputs,
                                       inner_compile=lambda g, ex, **kw: self.compile_graph(g, ex, ctx, kw))
         else:

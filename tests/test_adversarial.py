@@ -490,6 +490,10 @@ def test_numerical_check_finds_mixing(batch):
     x = torch.randn(batch, 4, dtype=FLOAT64)
     x[-1, 0] = float("nan")  # NaN-aware comparison; sample 0 gets finite values
     check, args = capture(lambda x: torch.cummax(x * 2, 0).values + 1, x)
+    if batch == 1 and not check.batch.free_symbols:  # a torch that specialises a first batch of one (2.11):
+        check.check(args)  # that graph only ever runs one sample, so it cannot mix; B ≥ 2 recaptures
+        assert check.done
+        return
     with pytest.raises(SampleMixingError, match="cummax"):
         check.check(args)
 

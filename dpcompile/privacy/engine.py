@@ -36,7 +36,7 @@ from torch import Tensor
 from ..config import DPConfig
 from ..errors import ConfigError, DPCompileError, ReleaseError
 from ..ops import gaussian, register_owner
-from . import guard
+from . import distributed, guard
 from .accounting import Accountant, _check_delta, calibrate_noise_multiplier, steps_for
 from .sampling import PoissonBatchSampler
 
@@ -74,6 +74,8 @@ class PrivacyEngine:
         self._dropped_saved = 0                # dropped samples restored from a checkpoint
         self._dropped_warned = False
         self._task: tuple[int, str] | None = None  # (autograd graph task, kind) of the last noise op call
+        self.rank, self.world_size = distributed.world()  # data parallel: rank 0 alone adds the noise
+        distributed.check_same_settings(self.fingerprint())
         self.handle = register_owner(self)
 
     # --- what the compiled backward calls ---
@@ -93,7 +95,7 @@ class PrivacyEngine:
         self._count_dropped(dropped)
         if noisy and self.draws % DROPPED_CHECK_EVERY == 0:
             self._warn_dropped()
-        if not noisy or self.std == 0.0:
+        if not noisy or self.std == 0.0 or self.rank != 0:  # the ranks' releases are summed: noise once
             return torch.zeros(numel, dtype=dtype, device=device)
         return gaussian(numel, self.std, self.generator(device), self.secure, dtype, device)
 

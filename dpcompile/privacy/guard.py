@@ -20,6 +20,7 @@ from torch.utils.hooks import unserializable_hook
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..errors import ReleaseError
+from .distributed import all_reduce_grads
 
 NOISY, UNNOISED, RAW = "noisy", "unnoised", "raw"
 
@@ -146,6 +147,12 @@ def before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Non
         problem = state.problem()
         if problem:
             raise ReleaseError(problem)
+    parallel = [(p, state) for p, state in tracked_params(optimizer)
+                if p.grad is not None and any(getattr(e, "world_size", 1) > 1 for e in list(state.engines))]
+    if parallel:  # data parallel: sum the ranks' releases (rank 0's alone holds the noise)
+        all_reduce_grads(p for p, _ in parallel)
+        for p, state in parallel:
+            state.record(p.grad)
 
 
 def after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:

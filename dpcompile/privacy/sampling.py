@@ -26,10 +26,14 @@ class PoissonBatchSampler(Sampler[list[int]]):
     Twister: a saved state reveals the batches that follow, so keep checkpoints private.
     Batches are drawn lazily; `state_dict()` counts the batches handed out, so with a DataLoader
     that prefetches (num_workers > 0) it runs ahead of the training loop.
+    Data parallel (`rank`, `world_size`; default: torch.distributed's): this sampler draws only the
+    examples rank, rank + W, rank + 2W, … (each still with probability q, from a generator of its own),
+    so the union of the ranks' batches is a Poisson sample of all num_samples examples.
     """
 
     def __init__(self, num_samples: int, sample_rate: float, steps: int | None = None,
-                 seed: int | None = None, secure: bool = False) -> None:
+                 seed: int | None = None, secure: bool = False, rank: int | None = None,
+                 world_size: int | None = None) -> None:
         if isinstance(num_samples, bool) or not isinstance(num_samples, Integral) or num_samples <= 0:
             raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}")
         if not (isinstance(sample_rate, Real) and 0 < sample_rate <= 1):
@@ -43,10 +47,11 @@ class PoissonBatchSampler(Sampler[list[int]]):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, Integral)):
             raise ConfigError(f"seed must be an integer, got {seed!r}")
         self.num_samples, self.sample_rate, self.steps = int(num_samples), float(sample_rate), int(steps)
+        self.rank, self.world_size = shard_of(rank, world_size)
         self.secure = secure
         self.seed = secrets.randbits(63) if seed is None else int(seed)
         self.epoch, self._step = 0, 0
-        self._generator = torch.Generator().manual_seed(self.seed)
+        self._generator = torch.Generator().manual_seed(rank_seed(self.seed, self.rank))
         logger.debug("PoissonBatchSampler(n=%d, q=%g, steps=%d, secure=%s)", num_samples, sample_rate, steps, secure)
 
     def __len__(self) -> int:
@@ -59,16 +64,17 @@ class PoissonBatchSampler(Sampler[list[int]]):
             self.epoch, self._step = self.epoch + 1, 0
             if self.secure:
                 self._generator.manual_seed(secrets.randbits(63))
+        shard = torch.arange(self.rank, self.num_samples, self.world_size)
         while self._step < self.steps:
-            mask = torch.rand(self.num_samples, generator=self._generator) < self.sample_rate
+            mask = torch.rand(len(shard), generator=self._generator) < self.sample_rate
             self._step += 1
-            yield mask.nonzero().flatten().tolist()
+            yield shard[mask].tolist()
 
     def state_dict(self) -> dict[str, Any]:
         """Configuration, position within the epoch and generator state."""
         return {"num_samples": self.num_samples, "sample_rate": self.sample_rate, "steps": self.steps,
                 "seed": self.seed, "secure": self.secure, "epoch": self.epoch, "step": self._step,
-                "generator_state": self._generator.get_state()}
+                "generator_state": self._generator.get_state(), "rank": self.rank, "world_size": self.world_size}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume from `state_dict()` of a sampler with the same num_samples, sample_rate and steps."""
@@ -79,11 +85,31 @@ class PoissonBatchSampler(Sampler[list[int]]):
             if state[key] != getattr(self, key):
                 raise ConfigError(f"sampler state has {key}={state[key]!r} but this sampler has "
                                   f"{key}={getattr(self, key)!r}; create the sampler with the saved setting")
+        shard = (state.get("rank", 0), state.get("world_size", 1))
+        if shard != (self.rank, self.world_size):
+            raise ConfigError(f"sampler state is of rank {shard[0]} of {shard[1]}, this sampler is rank {self.rank} of "
+                              f"{self.world_size}: each rank resumes from its own sampler state")
         if not 0 <= state["step"] <= self.steps:
             raise ConfigError(f"sampler state step {state['step']!r} is outside [0, {self.steps}]")
         self._generator.set_state(state["generator_state"])
         self.seed, self._step = state["seed"], state["step"]
         self.epoch = state.get("epoch", 0)
+
+
+def shard_of(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world size): as given, else torch.distributed's default group's, else (0, 1)."""
+    from .distributed import world
+    default_rank, default_size = world()
+    rank = default_rank if rank is None else rank
+    world_size = default_size if world_size is None else world_size
+    if not (isinstance(world_size, Integral) and world_size >= 1 and isinstance(rank, Integral) and 0 <= rank < world_size):
+        raise ConfigError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+    return int(rank), int(world_size)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """A generator seed of each rank's own (the same seed on every rank would correlate the shards)."""
+    return (seed + rank * 0x9E3779B97F4A7C15) % 2**63
 
 
 class _PoissonCollate:
@@ -117,7 +143,8 @@ def _truncate(x: Any) -> Any:
 
 
 def poisson_loader(dataset: Dataset, sample_rate: float, *, steps: int | None = None, seed: int | None = None,
-                   secure: bool = False, **dataloader_kwargs: Any) -> DataLoader:
+                   secure: bool = False, rank: int | None = None, world_size: int | None = None,
+                   **dataloader_kwargs: Any) -> DataLoader:
     """DataLoader over Poisson-sampled batches; save `loader.batch_sampler.state_dict()` to resume."""
     clash = {"batch_size", "shuffle", "sampler", "batch_sampler", "drop_last"} & set(dataloader_kwargs)
     if clash:
@@ -126,6 +153,7 @@ def poisson_loader(dataset: Dataset, sample_rate: float, *, steps: int | None = 
         num_samples = len(dataset)  # type: ignore[arg-type]
     except TypeError:
         raise ConfigError("poisson_loader needs a map-style dataset with a length") from None
-    sampler = PoissonBatchSampler(num_samples, sample_rate, steps=steps, seed=seed, secure=secure)
+    sampler = PoissonBatchSampler(num_samples, sample_rate, steps=steps, seed=seed, secure=secure, rank=rank,
+                                  world_size=world_size)
     collate = _PoissonCollate(dataset, dataloader_kwargs.pop("collate_fn", None) or default_collate)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, **dataloader_kwargs)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -14,7 +15,9 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from .backend import DPBackend
 from .config import DPConfig
-from .errors import ConfigError, DPCompileError, GraphBreakError
+from torch.fx.experimental.symbolic_shapes import ConstraintViolationError
+
+from .errors import ConfigError, DPCompileError, GraphBreakError, SampleMixingError, UnsupportedOpError
 from .passes.safety import refuse_unsupported_modules
 from .privacy.engine import (COPY_MESSAGE, PrivacyEngine, dataset_size, poisson_sampler_of, resolve_noise,
                              sample_rate_of)
@@ -43,6 +46,7 @@ class DPModel(nn.Module):
         self.privacy.track((n, p) for n, p in model.named_parameters() if p.requires_grad)
         weakref.finalize(self, self.privacy.untrack)  # Dynamo's backend cache outlives us; the guard must not
         self.backend = DPBackend(config, {id(p): n for n, p in model.named_parameters()}, self.privacy)
+        self.backend.tracked = {id(p) for p in model.parameters() if p.requires_grad}  # later ones: tracked at capture
         object.__setattr__(self, "_compiled", torch.compile(model, backend=self.backend, fullgraph=True, dynamic=False))
 
     def forward(self, *args, **kwargs):
@@ -55,14 +59,34 @@ class DPModel(nn.Module):
                               "torch.set_float32_matmul_precision('highest').")
         if batch == 0:  # an empty (Poisson) batch: one all-zero sample carries the noise-only step
             args, kwargs = tree_map(_pad_empty_batch, (args, kwargs))
-            return tree_map(lambda t: t[:0] if isinstance(t, torch.Tensor) and t.dim() > 0 else t,
-                            self.forward(*args, **kwargs))
+            dims = self._batch_dims_of_outputs(args, kwargs)
+            out = self.forward(*args, **kwargs)
+            try:
+                return tree_map(_empty_along, out, dims)
+            except (ValueError, TypeError):  # output structures differ (unknown dims): dim 0
+                return tree_map(lambda t: _empty_along(t, None), out)
         for t in leaves:
             if t.dim() > 0:
                 torch._dynamo.mark_dynamic(t, 0)  # only the batch dimension is dynamic
         try:
             with fx_config.patch(backed_size_oblivious=True), _recompile_limit(64):  # sizes 0 and 1 share the graph
                 out = self._compiled(*args, **kwargs)
+        except ConstraintViolationError as exc:
+            raise ConfigError(
+                f"the model fixes a size that holds the batch: dim 0 of every tensor argument of the DP model is the "
+                f"batch, whose size changes from call to call, but the model makes it a constant ({_violations(exc)}). "
+                "If the argument is per-sample, make the model work for any batch size (no reshape to a fixed batch: "
+                "x.flatten(1), x.view(x.shape[0], -1)); if it is shared by all samples (a mask, a table, weights) and "
+                "its dim 0 only happens to equal the batch size, it belongs in the model as a buffer "
+                "(module.register_buffer) or parameter, not in the call") from None
+        except torch._dynamo.exc.TorchRuntimeError as exc:  # an op that fails on these inputs while Dynamo traces
+            text = str(exc)
+            found = re.search(r"got (\w+)\((['\"])(.*?)\2\)", text, re.S)
+            detail = f"{found[1]}: {found[3]}" if found else text.splitlines()[0] if text else repr(exc)
+            raise DPCompileError(
+                f"the model fails on this batch as it is ({detail}), before "
+                "anything private happens: the same call without dpcompile fails too. Fix the model or its inputs "
+                "(dtypes, devices, shapes)") from exc
         except torch._dynamo.exc.Unsupported as exc:
             lines = [line for line in str(exc).splitlines() if line.strip()]
             user = next((i for i, line in enumerate(lines) if line.startswith("from user code")), len(lines))
@@ -72,12 +96,39 @@ class DPModel(nn.Module):
                 f"forward must be one graph: remove the data-dependent Python control flow or unsupported call "
                 f"that Dynamo names here:\n{where}") from exc
         except Exception as exc:
-            if self.backend.error is not None:
-                raise self.backend.error from exc
+            error = self.backend.error if self.backend.error is not None else exc
+            if isinstance(error, (SampleMixingError, UnsupportedOpError)) and _shared_candidates(leaves):
+                raise _with_note(error, SHARED_NOTE) from exc
+            if error is not exc:
+                raise error from exc
             raise
         if self.backend.error is not None:
             raise self.backend.error
         return out
+
+    def _batch_dims_of_outputs(self, args, kwargs):
+        """For each output leaf, the dims whose size follows the batch (found on fake tensors at batch
+        sizes 2 and 3; None where that fails: then dim 0), so an empty batch's output is empty there
+        (a sequence-first output (T, 0, p), not (0, 1, p))."""
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        from torch.func import functional_call
+        try:
+            outs = []
+            for size in (2, 3):
+                mode = FakeTensorMode(allow_non_fake_inputs=True)
+                fake = lambda t: mode.from_tensor(t) if isinstance(t, torch.Tensor) else t  # noqa: E731
+                # the model's own parameters and buffers as fakes too: an in-place update in forward stays there
+                state = {n: fake(t) for n, t in [*self.module.named_parameters(), *self.module.named_buffers()]}
+                a, k = tree_map(fake, (args, kwargs))
+                with mode, torch.no_grad():
+                    a, k = tree_map(lambda t: t.expand(size, *t.shape[1:]) if isinstance(t, torch.Tensor)
+                                    and t.dim() > 0 else t, (a, k))
+                    outs.append(functional_call(self.module, state, a, k))
+            return tree_map(lambda u, v: tuple(d for d in range(u.dim()) if u.shape[d] != v.shape[d])
+                            if isinstance(u, torch.Tensor) and isinstance(v, torch.Tensor) and u.dim() == v.dim()
+                            else None, outs[0], outs[1])
+        except Exception:  # the model does not run on fake tensors: dim 0
+            return None
 
     @property
     def graphs(self) -> dict[str, fx.GraphModule]:
@@ -92,7 +143,8 @@ class DPModel(nn.Module):
     def explain(self) -> PlanReport:
         """The per-layer plan: sizes, both methods' costs, the decision and why."""
         if "backward_rewritten" not in self.graphs:
-            raise RuntimeError("the plan is made at the first forward call; run one batch first")
+            raise DPCompileError("the plan is made at the first forward call: run one batch through the DP model "
+                                 "first, then call explain()")
         return plan_report(self.graphs["backward_rewritten"])
 
     def state_dict(self, *args, **kwargs):
@@ -126,6 +178,11 @@ def dpcompile(model: nn.Module, *, max_grad_norm: float, noise_multiplier: float
     included). clip_groups: 'flat', 'per_layer' (one group per module) or lists of parameter names;
     group g is clipped to R_g (clip_group_norms, default R/√G). `options`: other DPConfig fields.
     """
+    config_fields = {f.name for f in dataclasses.fields(DPConfig)} - {"param_names"}
+    unknown = sorted(set(options) - config_fields)
+    if unknown:
+        settings = sorted(config_fields | set(PRIVACY_ARGUMENTS))
+        raise ConfigError(f"unknown setting(s) {unknown}; dpcompile() takes {settings}")
     sampler = poisson_sampler_of(data_loader)
     sample_rate = sample_rate_of(sample_rate, sampler)
     n = dataset_size(data_loader, sampler)
@@ -143,6 +200,10 @@ def dpcompile(model: nn.Module, *, max_grad_norm: float, noise_multiplier: float
     return DPModel(model, config, sample_rate=sample_rate, accountant=accountant, target_delta=target_delta,
                    gradient_accumulation_steps=gradient_accumulation_steps, planned_steps=planned,
                    data_loader=sampler)  # the engine checks accumulation and the normaliser
+
+
+PRIVACY_ARGUMENTS = ("target_epsilon", "target_delta", "epochs", "steps", "sample_rate", "data_loader", "accountant",
+                     "gradient_accumulation_steps")
 
 
 def clip_groups_of(model: nn.Module, spec: str | Sequence[Sequence[str]] | None) -> tuple[tuple[str, ...], ...] | None:
@@ -183,12 +244,45 @@ def _pad_empty_batch(value):
     return value
 
 
+def _empty_along(t, dims):
+    """An output of the one zero sample made empty along its batch dims (dim 0 if they are unknown)."""
+    if not isinstance(t, torch.Tensor) or t.dim() == 0:
+        return t
+    for d in (dims if isinstance(dims, tuple) else (0,)):
+        t = t.narrow(d, 0, 0)
+    return t
+
+
+SHARED_NOTE = (" Every tensor argument of the call is taken as per-sample along dim 0: a tensor shared by all samples "
+               "(a mask, a table, weights) whose dim 0 only happens to equal the batch size belongs in the model as a "
+               "buffer (module.register_buffer) or parameter, not in the call.")
+
+
+def _shared_candidates(leaves: list[torch.Tensor]) -> bool:
+    """Whether the call has several tensor arguments with a dim 0 (one of them may not be per-sample)."""
+    return sum(1 for t in leaves if t.dim() > 0) > 1
+
+
+def _with_note(error: DPCompileError, note: str) -> DPCompileError:
+    message = str(error.args[0]) if error.args else str(error)
+    return type(error)(message.rstrip() + note)
+
+
+def _violations(exc: ConstraintViolationError) -> str:
+    """Dynamo's 'L['w'].size()[0] ... specialized it to be a constant (2)' lines, shortened."""
+    found = re.findall(r"(L\[[^\n]*?\]\.size\(\)\[\d+\])[^\n]*?constant \((\d+)\)", str(exc))
+    if not found:
+        return str(exc).splitlines()[0]
+    return "; ".join(f"{src} fixed to {n}" for src, n in found)
+
+
 def batch_size(leaves: list[torch.Tensor]) -> int:
     """B = dim 0 of every tensor argument of dim ≥ 1 (they must agree); inputs must not require grad."""
     sizes = {tuple(t.shape[:1]) for t in leaves if t.dim() > 0}
     if not sizes:
         raise ConfigError("the call has no tensor argument with a batch dimension: the samples are along dim 0 "
-                          "of the model's tensor arguments (positional, keyword, or inside dicts/lists/tuples)")
+                          "of the model's tensor arguments (positional, keyword, or inside dicts/lists/tuples). Pass "
+                          "a batch: for one sample x, call the model on x.unsqueeze(0) (a 0-dim x becomes shape (1,))")
     if len(sizes) > 1:
         raise ConfigError(f"the tensor arguments disagree on the batch size (dim 0): {sorted(s[0] for s in sizes)}. "
                           "Every tensor argument of the DP model is per-sample along dim 0; a tensor shared by all "

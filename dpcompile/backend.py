@@ -18,6 +18,7 @@ from torch._inductor.decomposition import select_decomp_table
 
 from . import passes
 from .config import DPConfig
+from .errors import ConfigError, DPCompileError, surfacing
 from .privacy.engine import PrivacyEngine
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,15 @@ class DPBackend:
         self.graphs: dict[str, fx.GraphModule] = {}
         self.error: BaseException | None = None
         self.compilations = 0
+        self.tracked: set[int] | None = None  # a DPModel's guarded parameters (ids); None: not guarding here
 
     def __call__(self, gm: fx.GraphModule, example_inputs):
+        try:
+            return self.compile(gm, example_inputs)
+        except DPCompileError as err:  # through Dynamo as itself, not wrapped in BackendCompilerFailed
+            raise surfacing(err) from err
+
+    def compile(self, gm: fx.GraphModule, example_inputs):
         self.compilations += 1
         self.graphs["dynamo"] = gm
         ctx = self.context(gm, example_inputs)
@@ -65,13 +73,28 @@ class DPBackend:
         """Which inputs are trainable parameters (and their names), and the batch symbol: dim 0 of the
         user's tensor arguments (never of parameters, buffers or constants)."""
         placeholders = list(gm.graph.find_nodes(op="placeholder"))
-        params = []
+        params, new = [], []
         for i, (node, value) in enumerate(zip(placeholders, example_inputs)):
             if isinstance(value, torch.nn.Parameter) and value.requires_grad:
                 params.append(passes.ParamSpec(self.param_names.get(id(value)) or source_name(node), i))
+                if self.tracked is not None and id(value) not in self.tracked:
+                    new.append((params[-1].name, value))
         self.user_inputs = user_input_positions(placeholders, example_inputs)
+        unify_batch_sizes(placeholders, self.user_inputs)
         batch = batch_symbol(placeholders, self.user_inputs)
         names = tuple(p.name for p in params)
+        if self.config.clip_groups is not None:
+            grouped = {n for g in self.config.clip_groups for n in g}
+            missing = [n for n in names if n not in grouped]
+            if missing:
+                raise ConfigError(
+                    f"parameter(s) {missing} are trainable but in no clip group: they were unfrozen (requires_grad "
+                    "set) or added after dpcompile() fixed the groups, and their gradient cannot be released "
+                    "unclipped. Call dpcompile() again on the model as it is now (with clip_groups naming them), or "
+                    "freeze them (requires_grad_(False)).")
+        if new:  # unfrozen or added since dpcompile(): clipped with the others (this capture), and guarded
+            self.privacy.track(new)
+            self.tracked.update(id(v) for _, v in new)
         groups = self.config.clip_groups or (names,)
         bounds = self.config.clip_group_norms or split_bound(self.config.max_grad_norm, len(groups))
         clip = passes.ClipSpec(
@@ -172,6 +195,21 @@ def user_input_positions(placeholders: list[fx.Node], example_inputs) -> tuple[i
     return tuple(i for i, (s, v) in enumerate(zip(sources, example_inputs))
                  if isinstance(v, torch.Tensor) and not isinstance(v, torch.nn.Parameter) and s is not None
                  and type(_root(s)).__name__ == "LocalSource" and _root(s).local_name not in module_locals)
+
+
+def unify_batch_sizes(placeholders: list[fx.Node], user_inputs: tuple[int, ...]) -> None:
+    """Dim 0 of every user tensor argument is the batch: sizes that are equal now (as the DP model
+    checks at every call) become one symbol, by a guard (a call where they differ recompiles, and is
+    refused there). Without it, arguments the model never combines keep separate symbols."""
+    sizes = []
+    for i in user_inputs:
+        value = placeholders[i].meta.get("example_value")
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and isinstance(value.shape[0], torch.SymInt):
+            sizes.append(value.shape[0])
+    hints = {getattr(s.node, "hint", None) for s in sizes}
+    if len(sizes) > 1 and len(hints) == 1 and None not in hints:
+        for size in sizes[1:]:
+            torch._check(size == sizes[0])
 
 
 def batch_symbol(placeholders: list[fx.Node], user_inputs: tuple[int, ...]):

@@ -20,6 +20,7 @@ from .emit import emit
 from .export import to_networkx
 from .meta import PARAMS, PLAN, SITE, ParamGrad, PassContext
 from .rules import rule_for
+from .rules.one_sample import FAMILY as ONE_SAMPLE
 from .rules.bounds import gamma, masked, per_sample_bound, round_down, stored_norm_bound, unit_roundoff
 
 aten = torch.ops.aten
@@ -52,6 +53,8 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         if node.op == "output" or node in deferred and node not in site_param:
             continue
         if node in site_param:
+            if node.meta[SITE].rule == ONE_SAMPLE:  # the term itself is the one sample's gradient
+                env[node] = graph.node_copy(node, lambda n: env[n])
             terms[node] = emit_norm(graph, node, [env[a] for a in node.meta[SITE].inputs], site_param[node])
             continue
         env[node] = graph.node_copy(node, lambda n: env[n])

@@ -23,6 +23,7 @@ from torch.utils._pytree import tree_leaves
 from dpcompile.errors import DPCompileError, SampleMixingError, UnsupportedOpError
 
 from .meta import PassContext, resolved_batch, shape_of_value
+from .rules.one_sample import guards_batch_of_one
 
 aten, prims = torch.ops.aten, torch.ops.prims
 Layout = tuple[int, sympy.Expr]  # (dim, k): the batch's position in a tensor
@@ -603,15 +604,23 @@ def _input_layout(node: fx.Node, batch: sympy.Expr) -> Layout | None:
     return (dims[0], sympy.Integer(1)) if dims else None
 
 
-def _refusal(node: fx.Node, exc: Exception) -> DPCompileError:
+LOSS_HINT = (" If this is the loss computed inside the model, return per-sample outputs instead (the logits, or "
+             "the loss with reduction='none') and compute the mean or sum over the batch outside the DP model: "
+             "loss = F.cross_entropy(dp_model(x), y); each sample's gradient is clipped before the batch's are summed.")
+
+
+def _refusal(node: fx.Node, exc: Exception, note: str = "") -> DPCompileError:
     op = str(node.target)
     if isinstance(exc, Mixing):
+        val = node.meta.get("val")
         hint = (" BatchNorm in training mode normalises with statistics of the whole batch: call "
                 "dpcompile.fix(model) to replace it with GroupNorm, or put it in eval mode."
                 if "norm" in op or "BatchNorm" in where(node) else
-                " Make the computation per sample (no reductions, sorting, indexing or reshaping across the batch).")
+                " Make the computation per sample (no reductions, sorting, indexing or reshaping across the batch)."
+                + (LOSS_HINT if rule_of(node) is reduction and isinstance(val, torch.Tensor) and val.dim() == 0
+                   else ""))
         return SampleMixingError(f"module {where(node)}: {op} {exc}, so it mixes samples: per-sample gradients "
-                                 f"do not exist and no clipping bound would hold.{hint}")
+                                 f"do not exist and no clipping bound would hold.{note}{hint}")
     reason = f" ({exc})" if str(exc) else ""
     return UnsupportedOpError(
         f"module {where(node)}: {op} takes an operand computed from the batch and no rule says how it keeps "
@@ -638,8 +647,9 @@ def check_sample_independence(forward: fx.GraphModule, ctx: PassContext,
                               user_inputs: tuple[int, ...] | None = None) -> fx.GraphModule:
     """Raise SampleMixingError / UnsupportedOpError at the first node on the batch that no rule accepts."""
     batch = resolved_batch(forward, ctx.batch)
-    if not batch.free_symbols and batch <= 1:
-        return forward  # a graph for one sample: nothing to mix
+    nodes = [n for n in forward.graph.nodes if isinstance(n.meta.get("val"), torch.Tensor)]
+    if not batch.free_symbols and batch <= 1 or nodes and guards_batch_of_one(nodes[0], batch):
+        return forward  # a graph for one sample (its guards recompile any other batch size): nothing to mix
     layouts = Layouts(batch)
     for i, node in enumerate(forward.graph.find_nodes(op="placeholder")):
         if (user_inputs is None or i in user_inputs) and (lay := _input_layout(node, batch)) is not None:
@@ -654,12 +664,32 @@ def check_sample_independence(forward: fx.GraphModule, ctx: PassContext,
                 raise NoRule("")
             lay = rule(node, layouts)
         except (Mixing, NoRule) as exc:
-            raise _refusal(node, exc) from None
+            raise _refusal(node, exc, _merged_batch(node, layouts)) from None
         except Exception as exc:  # a rule that cannot read this call's arguments: no rule applies
             raise _refusal(node, NoRule(f"its arguments are not understood: {exc}")) from exc
         if lay and (isinstance(lay[0], int) or any(lay)):
             layouts.of[node] = lay
     return forward
+
+
+def _merged_batch(node: fx.Node, L: Layouts) -> str:
+    """Where node's batched operand got the batch merged with other values in one dim (k ≠ 1), if a
+    reshape in another module did it (nn.Flatten(0), x.view(-1)): named, since that is the mistake."""
+    seen, todo = set(), [x for x in L.batched(node) if (lay := L.get(x)) is not None and lay[1] != 1]
+    while todo:
+        x = todo.pop()
+        if x in seen or x.op != "call_function":
+            continue
+        seen.add(x)
+        sources = [y for y in L.batched(x) if L.get(y) is not None]
+        if RULES.get(x.target) in (view, as_strided) and sources and L.get(sources[0])[1] == 1:
+            if where(x) == where(node):
+                return ""
+            return (f" The batch shares its dim with other values since module {where(x)} reshaped "
+                    f"{list(_shape(sources[0]))} to {list(_shape(x))} (as nn.Flatten(0) or x.view(-1) do): keep "
+                    "the batch as its own dim 0 (nn.Flatten() and x.flatten(1) start at dim 1).")
+        todo.extend(y for y in sources if L.get(y)[1] != 1)
+    return ""
 
 
 # Module classes refused before capture, with what to do instead.
@@ -736,6 +766,12 @@ class SampleCheck:
             moved = self._first_moved(runs)
         except DPCompileError:
             raise
+        except _AsGiven as failed:
+            exc = failed.__cause__
+            raise DPCompileError(
+                f"the model fails on this batch as it is ({type(exc).__name__}: {exc}), before anything private "
+                "happens: the same call without dpcompile fails too. Fix the model or its inputs (dtypes, devices, "
+                "shapes)") from exc
         except Exception as exc:
             raise DPCompileError(
                 f"the sample-independence check could not run the captured graph on a batch with sample 0 changed "
@@ -794,7 +830,12 @@ class SampleCheck:
                         interp.env[node] = inputs[self.placeholders.index(node)]
                     else:
                         _set_rng_state(states[r])
-                        interp.env[node] = interp.run_node(node)
+                        try:
+                            interp.env[node] = interp.run_node(node)
+                        except Exception as exc:
+                            if r == 0:  # the user's own inputs, unchanged: the model's error, not the check's
+                                raise _AsGiven() from exc
+                            raise
                         states[r] = _rng_state()
                     values.append(interp.env[node])
                 if node.op != "placeholder" and self._node_moved(node, values):
@@ -804,6 +845,10 @@ class SampleCheck:
                         for interp in interpreters:
                             interp.env.pop(x, None)
         return None
+
+
+class _AsGiven(Exception):
+    """The captured graph failed on the call's own inputs (its __cause__ says why)."""
 
 
 def _op_name(node: fx.Node) -> str:

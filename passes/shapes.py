@@ -2,6 +2,8 @@
 annotate it with a ``Site`` (operands and the sympy sizes B, T, d, p)."""
 from __future__ import annotations
 
+import operator
+
 import networkx as nx
 import sympy
 import torch
@@ -10,7 +12,8 @@ import torch.fx as fx
 from dpcompile.errors import UnsupportedOpError
 
 from .meta import BATCH, PARAMS, SITE, ParamGrad, ParamSpec, PassContext, is_batched, resolved_batch
-from .rules import rule_for
+from .rules import RULES
+from .rules.one_sample import guards_batch_of_one, one_sample_site
 from .export import to_networkx
 from .rules.layout import ORDER_PRESERVING
 
@@ -113,15 +116,18 @@ def annotate_sites(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
 
 
 def match_term(term: fx.Node, spec: ParamSpec, batch: sympy.Expr):
-    """The term's Site, or an error that names the parameter, its module and the op."""
-    rule = rule_for(term)
+    """The term's Site, or an error that names the parameter, its module and the op. In a graph that
+    serves only a batch of one, a term no rule matches is the one sample's whole gradient."""
+    rule = RULES.get(term.args[0].target if term.target is operator.getitem else term.target)
+    site = rule.match(term, batch) if rule is not None else None
+    if (rule is None or isinstance(site, str)) and guards_batch_of_one(term, batch):
+        return one_sample_site(term)
     where = f"parameter '{spec.name}' of module '{module_of(spec.name)}'"
     if rule is None:
         raise UnsupportedOpError(
             f"{where} gets its gradient from {describe_op(term)}, which has no per-sample rule, so its "
             "gradient cannot be clipped per sample. Freeze it (requires_grad=False), replace the layer "
             "with a supported one (see the README's list), or add a rule in passes/rules/.")
-    site = rule.match(term, batch)
     if isinstance(site, str):
         raise UnsupportedOpError(f"{where}: its gradient comes from {describe_op(term)}, but {site}.")
     return site

@@ -110,6 +110,26 @@ class Shared(nn.Module):
         return self.lin(x) @ self.lin.weight[:, :4]  # a slice of a weight reused
 
 
+class Positions(nn.Module):
+    """Token embeddings plus embeddings looked up with one index row shared by the batch and broadcast
+    (Hugging Face GPT-2/BERT position and token-type embeddings), batch-first or sequence-first."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.tok, self.pos, self.typ = nn.Embedding(10, 6), nn.Embedding(7, 6, padding_idx=3), nn.Embedding(2, 6)
+        self.out = nn.Linear(6, 3)
+        self.typ.requires_grad_(kind != "sequence_first")
+
+    def forward(self, x):  # (B, T) tokens
+        T = x.shape[1]
+        positions = torch.arange(T, device=x.device)
+        if self.kind == "sequence_first":  # indices (T, B): the batch in dim 1; positions (T, 1)
+            return self.out(self.tok(x.t()) + self.pos(positions.unsqueeze(1))).transpose(0, 1)
+        types = torch.zeros(T, dtype=torch.long, device=x.device)  # (T,): broadcast without a batch dim
+        return self.out(self.tok(x) + self.pos(positions.unsqueeze(0)) + self.typ(types))
+
+
 CASES: dict[str, list[Case]] = {
     "linear": [
         Case("linear_2d", seq(nn.Linear(7, 5)), lambda B: torch.randn(B, 7, dtype=torch.float64)),
@@ -138,6 +158,8 @@ CASES: dict[str, list[Case]] = {
         Case("embedding", seq(nn.Embedding(10, 6), nn.Linear(6, 3)), tokens(10, 5)),
         Case("embedding_padding_idx", seq(nn.Embedding(7, 4, padding_idx=0)), tokens(7, 6)),
         Case("embedding_2d_indices", seq(nn.Embedding(9, 3)), lambda B: torch.randint(0, 9, (B, 2, 3))),
+        Case("embedding_batch_shared_rows", lambda: Positions("batch_first"), tokens(10, 5)),
+        Case("embedding_sequence_first", lambda: Positions("sequence_first"), tokens(10, 5)),
         Case("embedding_bag_sum", seq(nn.EmbeddingBag(8, 3, mode="sum")), tokens(8, 5)),
         Case("embedding_bag_mean_padding", seq(nn.EmbeddingBag(8, 3, mode="mean", padding_idx=0)), tokens(8, 5)),
     ],

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 from conftest import BACKEND, DEVICE
-from helpers import RTOL, Case, clip_bound_between, max_relative_error, squared_error
+from helpers import RTOL, Case, check_against_reference, clip_bound_between, max_relative_error, squared_error
 from hypothesis import HealthCheck, assume, example, given, note, settings
 from hypothesis import strategies as st
 from reference import dp_reference, per_sample_grads
@@ -234,12 +234,10 @@ def has_width_one(case) -> bool:
     return any(isinstance(m, nn.Linear) and 1 in (m.in_features, m.out_features) for m in case.model().modules())
 
 
-def test_width_one_batch_one_is_refused_not_wrong():
+def test_width_one_batch_one_gets_its_own_graph():
     """With a width-one layer, PyTorch's decompositions guard B != 1, so a batch of one recompiles into a
-    graph whose shapes are partly fixed to one sample. That graph is refused loudly, never run unclipped."""
-    torch._dynamo.reset()
-    model = GELU_WIDTH_ONE.model().to(DEVICE, torch.float64)
-    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, backend=BACKEND)
-    squared_error(dp(torch.randn(3, 2, dtype=torch.float64, device=DEVICE)), torch.zeros(3, 1, dtype=torch.float64, device=DEVICE)).backward()
-    with pytest.raises(dpcompile.UnsupportedOpError, match="parameter '0.weight'"):
-        dp(torch.randn(1, 2, dtype=torch.float64, device=DEVICE)).sum().backward()
+    graph for one sample (guarded B == 1); its terms are that sample's whole gradient, clipped like any
+    other (passes/rules/one_sample.py), in both clip branches."""
+    for bound in (1e-3, 1e3):
+        torch._dynamo.reset()
+        check_against_reference(GELU_WIDTH_ONE, batches=(3, 1, 4), bound=bound, max_compilations=2)

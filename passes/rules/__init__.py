@@ -80,7 +80,11 @@ def register(rule: Rule) -> Rule:
 
 
 def rule_for(node: fx.Node) -> Rule | None:
-    """The rule for a parameter-gradient term node (a getitem is looked up by its producer)."""
+    """The rule for a parameter-gradient term node (a getitem is looked up by its producer; a term of a
+    graph that serves only a batch of one may be matched as the sample's whole gradient)."""
+    site = node.meta.get("dp_site")
+    if site is not None and site.rule == one_sample.FAMILY:
+        return one_sample.ONE_SAMPLE
     target = node.target
     if target is _getitem and isinstance(node.args[0], fx.Node):
         target = node.args[0].target
@@ -91,4 +95,4 @@ import operator  # noqa: E402
 
 _getitem = operator.getitem
 
-from . import conv, embedding, linear, reduction  # noqa: E402,F401  (each module registers its rule)
+from . import conv, embedding, linear, one_sample, reduction  # noqa: E402,F401  (each module registers its rule)

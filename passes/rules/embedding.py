@@ -2,8 +2,12 @@
 
 Per sample i: g_i = Σ_t e_{idx_t} ⊗ v_t (V × D), padding positions masked out.
 Ghost: ‖g_i‖² = Σ_ts [idx_t = idx_s] ⟨v_t, v_s⟩. Per-sample: a scatter into (B, V, D).
+The batch may be any one dim of the indices; indices with none (a position or token-type row shared by
+the batch and broadcast) take v from before the backward's sum over the batch.
 """
 from __future__ import annotations
+
+from math import prod
 
 import sympy
 import torch
@@ -14,7 +18,8 @@ from ..meta import LayerShape, Site
 from . import WORD, Cost, register
 from .bounds import (SUBNORMAL, accumulation_dtype, certified, clipped_product_margin, full_precision, gamma,
                      gram_sum_bound, masked_scaled, row_norms, unit_roundoff, upper_sum)
-from .layout import shape_of
+from .layout import keeps_order, shape_of
+from .reduction import SumRule, _summed_dims
 
 aten = torch.ops.aten
 
@@ -41,15 +46,19 @@ class EmbeddingRule:
             if not (len(node.args) > 3 and node.args[3]) or len(index_list) != 1:
                 return "it is an index_put that does not accumulate rows of a table"
             (indices,), mask, padding_idx, table = index_list, None, None, shape_of(base)
-        idx_shape = shape_of(indices)
-        if not idx_shape or sympy.simplify(idx_shape[0] - batch) != 0:
-            return f"its indices {idx_shape} do not have the batch ({batch}) as their first dim"
+        layout = _index_layout(indices, values, batch)
+        if isinstance(layout, str):
+            return layout
+        idx_batch_dim, per_sample_values, value_batch_dim = layout
         positions = sympy.Integer(1)
-        for s in idx_shape:
+        for s in shape_of(indices):
             positions *= s
-        shape = LayerShape(B=batch, T=positions / batch, d=table[1], p=table[0])
-        inputs = (indices, values) if mask is None else (indices, values, mask)
-        return Site("embedding", inputs, {"padding_idx": padding_idx, "table": tuple(int(t) for t in table)},
+        if idx_batch_dim is not None:
+            positions = positions / batch
+        shape = LayerShape(B=batch, T=positions, d=table[1], p=table[0])
+        inputs = (indices, per_sample_values) + (() if mask is None else (mask,))
+        return Site("embedding", inputs, {"padding_idx": padding_idx, "table": tuple(int(t) for t in table),
+                                          "idx_batch_dim": idx_batch_dim, "value_batch_dim": value_batch_dim},
                     shape, op=str(node.target))
 
     def _match_bag(self, node: fx.Node, batch: sympy.Expr) -> Site | str:
@@ -88,12 +97,26 @@ class EmbeddingRule:
         return idx, values
 
     def _table_rows(self, site: Site, idx: Tensor, values: Tensor, mask: Tensor | None = None):
-        """Indices (B, N) and masked values (B, N, D)."""
-        B, D = idx.shape[0], values.shape[-1]
-        idx = idx.reshape(B, -1) if idx.dim() != 2 else idx
-        values = values.reshape(B, idx.shape[1], D)
+        """Indices (B, N) and masked values (B, N, D); indices shared by the batch (one row for all
+        samples, broadcast in the forward) are expanded, and the values are the per-sample ones from
+        before the backward's sum over the batch."""
+        ibd, vbd = site.consts.get("idx_batch_dim", 0), site.consts.get("value_batch_dim", 0)
+        D = values.shape[-1]
+        values = values.movedim(vbd, 0) if vbd else values
+        B = values.shape[0]
+        if ibd is None:
+            N = idx.numel()
+            idx = idx.reshape(1, N).expand(B, N)
+            mask = None if mask is None else mask.reshape(1, N, 1)
+        else:
+            if ibd:
+                idx, mask = idx.movedim(ibd, 0), None if mask is None else mask.movedim(ibd, 0)
+            idx = idx.flatten(1) if idx.dim() > 2 else idx.unsqueeze(1) if idx.dim() == 1 else idx
+            N = idx.shape[1]
+            mask = None if mask is None else mask.reshape(B, N, 1)
+        values = values.reshape(B, N, D)
         if mask is not None:
-            values = values * mask.reshape(B, idx.shape[1], 1)
+            values = values * mask
         elif site.consts["padding_idx"] is not None and site.consts["padding_idx"] >= 0:
             values = values * (idx != site.consts["padding_idx"]).unsqueeze(-1)
         return idx, values
@@ -158,6 +181,52 @@ class EmbeddingRule:
         table = s.B * s.p * s.d * WORD
         return {"ghost": Cost(flops=2 * s.B * s.T**2 * (s.d + 1) + s.B * s.T * s.d, bytes=2 * s.B * s.T**2 * WORD),
                 "per_sample": Cost(flops=2 * s.B * s.T * s.d + 2 * s.B * s.p * s.d, bytes=table, traffic=4 * table)}
+
+
+def _index_layout(indices: fx.Node, values: fx.Node, batch: sympy.Expr):
+    """(dim of the indices that holds the batch or None, the per-sample values node, its batch dim),
+    or why there is none. The batch may be any one dim of the indices (``emb(x.transpose(0, 1))``).
+    Indices with no batch dim are shared by the whole batch (a position or token-type embedding
+    looked up with one row and broadcast): the backward sums the output gradient over the batch before
+    the scatter, and sample b's gradient is the scatter of its own output gradient, read from before
+    that sum."""
+    idx_shape, value_shape = shape_of(indices), shape_of(values)
+    if not value_shape or sympy.simplify(prod(value_shape) - prod(idx_shape) * value_shape[-1]) != 0:
+        return f"its values {value_shape} are not one row per index {idx_shape}"
+    hits = [i for i, s in enumerate(idx_shape) if sympy.simplify(s - batch) == 0]
+    found = _summed_over_batch(values, batch)
+    if found is not None and (not hits or batch.is_number):
+        if any(s.free_symbols & batch.free_symbols for s in idx_shape):
+            return f"its indices {idx_shape} mix the batch ({batch}) with other dims"
+        return None, *found
+    if hits and hits[0] == 0:
+        return 0, values, 0
+    if len(hits) == 1 and not batch.is_number:
+        return hits[0], values, hits[0]
+    if hits:
+        return f"its indices {idx_shape} do not have the batch ({batch}) as their first dim"
+    return (f"its indices {idx_shape} do not have the batch ({batch}) as a dim, and its values are not "
+            "a sum over the batch of per-sample values (an index row shared by the batch)")
+
+
+def _summed_over_batch(values: fx.Node, batch: sympy.Expr) -> tuple[fx.Node, int] | None:
+    """(X, batch dim) when values is (an order-preserving view of) X summed over its batch dim alone."""
+    node = values
+    while node.target not in SumRule.ops:
+        src = node.args[0] if node.args and keeps_order(node) else None
+        if not isinstance(src, fx.Node):
+            return None
+        node = src
+    x = node.args[0]
+    if not isinstance(x, fx.Node):
+        return None
+    dims = _summed_dims(node)
+    shape = shape_of(x)
+    if len(dims) != 1 or sympy.simplify(shape[dims[0]] - batch) != 0:
+        return None
+    if shape_of(values)[-1] != shape[-1] or dims[0] == len(shape) - 1:
+        return None
+    return x, dims[0]
 
 
 register(EmbeddingRule())

@@ -41,6 +41,10 @@ class SumRule:
         for s in kept:
             numel *= s
         explicit = [d for d in dims if sympy.simplify(shape[d] - batch) == 0]
+        if len(explicit) != 1 and (inner := _through_inner_sums(x, dims)) is not None:
+            x, dims = inner  # a sum of a sum (a parameter's .repeat(B, 1, 1)): one sum over the union
+            shape = shape_of(x)
+            explicit = [d for d in dims if sympy.simplify(shape[d] - batch) == 0]
         if len(explicit) == 1:
             consts = {"batch_dim": explicit[0], "dims": dims, "lead": None}
             return Site("reduction", (x,), consts, LayerShape(batch, _positions(shape, dims) / batch, 1, numel),
@@ -97,6 +101,21 @@ class SumRule:
 
 
 ELEMENTWISE = {aten.mul.Tensor, aten.div.Tensor, aten.add.Tensor, aten.sub.Tensor, aten.neg.default}
+
+
+def _through_inner_sums(x: fx.Node, dims: list[int]) -> tuple[fx.Node, list[int]] | None:
+    """For x a sum (of a sum …) over dims of its input: (that input, the dims of it summed in all),
+    the outer dims mapped through the dims the inner sums dropped; None if x is no sum."""
+    if x.target not in SumRule.ops or x.target is aten.sum.dim_IntList and len(x.args) > 3:
+        return None
+    while x.target in SumRule.ops and not (x.target is aten.sum.dim_IntList and len(x.args) > 3):
+        inner = _summed_dims(x)
+        keepdim = x.target is aten.sum.dim_IntList and len(x.args) > 2 and bool(x.args[2])
+        kept = list(range(len(shape_of(x.args[0])))) if keepdim else \
+            [d for d in range(len(shape_of(x.args[0]))) if d not in inner]
+        dims = sorted(set(inner) | {kept[d] for d in dims})
+        x = x.args[0]
+    return x, dims
 
 
 def _row_sources(x: fx.Node, ndims: int, rows: sympy.Expr) -> list[fx.Node]:

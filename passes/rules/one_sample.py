@@ -1,0 +1,61 @@
+"""A graph that serves only a batch of one (its shape environment guards the batch size to 1): a
+parameter-gradient term that no other rule matches is then sample 0's gradient as it stands.
+
+Torch specialises some layers' backward to a batch of one even with the batch dynamic (InstanceNorm's
+weight.repeat(B) has no backward for B = 1; nn.MultiheadAttention with one head), leaving terms no
+rule knows. With B = 1 guarded, the whole term is the one sample's: g_0 = term, instantiated.
+"""
+from __future__ import annotations
+
+import sympy
+import torch
+import torch.fx as fx
+from torch import Tensor
+
+from ..meta import LayerShape, Site
+from . import WORD, Cost
+
+FAMILY = "one_sample"
+
+
+def guards_batch_of_one(node: fx.Node, batch: sympy.Expr) -> bool:
+    """Whether the graph's shape environment holds the guard batch == 1 (the graph runs only then)."""
+    if batch == 1:
+        return True
+    if not isinstance(batch, sympy.Symbol):
+        return False
+    from torch._guards import detect_fake_mode
+    env = getattr(detect_fake_mode([node.meta.get("val")]), "shape_env", None)
+    if env is None:
+        return False
+    one = sympy.Eq(batch, 1)
+    return any(sympy.simplify(g.expr) == one for g in env.guards)
+
+
+def one_sample_site(node: fx.Node) -> Site:
+    numel = sympy.Integer(1)
+    for s in node.meta["val"].shape:
+        numel *= s.node.expr if isinstance(s, torch.SymInt) else int(s)
+    one = sympy.Integer(1)
+    return Site(FAMILY, (node,), {}, LayerShape(one, one, one, numel),
+                op=f"{node.target} (the whole term: a batch of one)")
+
+
+class OneSampleRule:
+    family = FAMILY
+    ops = ()
+    methods = ("per_sample",)
+
+    def per_sample(self, site: Site, term: Tensor) -> Tensor:
+        """The term itself, as the gradient of sample 0 (shape (1, *term))."""
+        return term.unsqueeze(0)
+
+    def per_sample_margin(self, site: Site, term: Tensor) -> Tensor:
+        """0: the per-sample gradient is the stored term itself, nothing is recomputed."""
+        return torch.zeros(1, dtype=torch.float64, device=term.device)
+
+    def cost(self, site: Site) -> dict[str, Cost]:
+        return {"per_sample": Cost(flops=site.shape.p, bytes=site.shape.p * WORD)}
+
+
+ONE_SAMPLE = OneSampleRule()

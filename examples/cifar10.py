@@ -1,0 +1,187 @@
+"""DP-SGD from scratch on all of CIFAR-10 (GPU): WRN-16-4 with GroupNorm, a target (ε, δ), Poisson batches.
+
+    python examples/cifar10.py --out runs/wrn --epsilon 8 --batch 4096 --epochs 100        # on a GPU
+    python examples/cifar10.py --out runs/wrn --resume                                      # continue exactly
+
+The data is decoded once (the ImageFolder-style JPEG zips in ../shared/data/cifar10, or --data DIR) and
+kept on the device; augmentation (random crop with 4-pixel reflection padding, horizontal flip) runs
+there too, from a generator saved in the checkpoint. Each logical Poisson batch (expected --batch
+examples at q = batch / 50,000) is split into --micro-batches micro-batches (gradient accumulation:
+clipped sums add up, the noise is added once per logical step). Optional parameter averaging (--ema).
+Per epoch: test accuracy (of the EMA model when on), ε spent, wall time, to stdout and to
+OUT/log.json; OUT/checkpoint.pt after every epoch (model, optimizer, EMA, privacy state with the
+noise generator and the sampler's position, augmentation generator); OUT/accuracy.png at the end
+(matplotlib, if installed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from models import small_cnn, wrn16_4
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+import dpcompile
+from dpcompile.datasets import load_cifar10
+
+MODELS = {"wrn16_4": lambda: wrn16_4(), "small_cnn": lambda: small_cnn(width=16),
+          "tiny_wrn": lambda: wrn16_4(base=2, widen=2)}
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random 32×32 crops of the 4-pixel reflection-padded images and random horizontal flips, batched."""
+    B, size = x.shape[0], x.shape[-1]
+    padded = F.pad(x, (4, 4, 4, 4), mode="reflect")
+    dy, dx = (torch.randint(0, 9, (2, B), generator=generator, device=x.device))
+    flip = torch.rand(B, generator=generator, device=x.device) < 0.5
+    cols = torch.arange(size, device=x.device)
+    rows = dy[:, None] + cols                                          # (B, size)
+    cols = torch.where(flip[:, None], dx[:, None] + size - 1 - cols, dx[:, None] + cols)
+    batch = torch.arange(B, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 1000) -> float:
+    """Top-1 accuracy in percent."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        correct = sum((model(images[i:i + batch]).argmax(1) == labels[i:i + batch]).sum().item()
+                      for i in range(0, len(images), batch))
+    model.train(was_training)
+    return 100.0 * correct / len(images)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="runs/cifar10", help="folder for log.json, checkpoint.pt, accuracy.png")
+    p.add_argument("--data", default=None, help="folder with cifar10-train.zip and cifar10-test.zip "
+                                                "(default: $DPCOMPILE_CIFAR10_DIR or ../shared/data/cifar10)")
+    p.add_argument("--size", default="full", choices=["full", "mini"], help="all of CIFAR-10, or the built-in subset")
+    p.add_argument("--model", default="wrn16_4", choices=sorted(MODELS))
+    p.add_argument("--epsilon", type=float, default=8.0)
+    p.add_argument("--delta", type=float, default=1e-5)
+    p.add_argument("--epochs", type=float, default=100, help="epochs of Poisson steps (steps = epochs / q)")
+    p.add_argument("--steps", type=int, default=None, help="logical steps (instead of --epochs)")
+    p.add_argument("--batch", type=int, default=4096, help="expected logical (Poisson) batch size")
+    p.add_argument("--micro-batches", type=int, default=8, help="micro-batches per logical batch (accumulation)")
+    p.add_argument("--lr", type=float, default=4.0)
+    p.add_argument("--momentum", type=float, default=0.0)
+    p.add_argument("--max-grad-norm", type=float, default=1.0)
+    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the evaluated parameters (0: off)")
+    p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--policy", default="mixed", choices=["mixed", "ghost", "per_sample", "auto"])
+    p.add_argument("--backend", default="inductor", choices=["inductor", "eager"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=float, default=1.0, help="epochs between evaluations and checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop (with a checkpoint) after this many steps of this call; --resume continues")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    train, test = load_cifar10("train", size=args.size, root=args.data if args.size == "full" else None), \
+        load_cifar10("test", size=args.size, root=args.data if args.size == "full" else None)
+    train_x, train_y = (t.to(device) for t in train.tensors)  # decoded once, kept on the device
+    test_x, test_y = (t.to(device) for t in test.tensors)
+    q = min(1.0, args.batch / len(train_x))
+    steps = args.steps or max(1, round(args.epochs / q))
+    loader = dpcompile.poisson_loader(torch.utils.data.TensorDataset(torch.arange(len(train_x))), sample_rate=q,
+                                      steps=steps, seed=args.seed)
+    model = MODELS[args.model]().to(device)
+    dp_model = dpcompile.dpcompile(model, max_grad_norm=args.max_grad_norm, target_epsilon=args.epsilon,
+                                   target_delta=args.delta, steps=steps, data_loader=loader, policy=args.policy,
+                                   backend=args.backend, seed=args.seed,
+                                   gradient_accumulation_steps=args.micro_batches)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema)) if args.ema else None
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    ckpt_path, log_path = os.path.join(args.out, "checkpoint.pt"), os.path.join(args.out, "log.json")
+    log = {"args": vars(args), "sigma": dp_model.privacy.noise_multiplier, "sample_rate": q, "steps": steps,
+           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+           "torch": torch.__version__, "epochs": []}
+    done, elapsed = 0, 0.0
+    if args.resume and os.path.exists(ckpt_path):
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        dp_model.privacy.load_state_dict(state["privacy"])
+        generator.set_state(state["augment_rng"].cpu())
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        done, elapsed, log = state["step"], state["elapsed"], state["log"]
+    print(f"DP-SGD on CIFAR-10 ({len(train_x)} train / {len(test_x)} test images), {args.model}: {steps} steps at "
+          f"q={q:.5f} (expected batch {args.batch}, {args.micro_batches} micro-batches), R={args.max_grad_norm}, "
+          f"σ={dp_model.privacy.noise_multiplier:.4f} for ε={args.epsilon} at δ={args.delta}; device {log['device']}")
+
+    batches = iter(loader)  # the sampler continues where the checkpoint left it
+    every = max(1, round(args.eval_every / q))
+    start = time.perf_counter() - elapsed
+    progress = tqdm(total=steps, initial=done, desc="training", unit="step")
+    last = steps if args.stop_after is None else min(steps, done + args.stop_after)
+    for step in range(done, last):
+        (indices,) = next(batches)
+        x, y = train_x[indices.to(device)], train_y[indices.to(device)]
+        if args.augment:
+            x = augment(x, generator)
+        for xb, yb in zip(x.tensor_split(args.micro_batches), y.tensor_split(args.micro_batches)):
+            F.cross_entropy(dp_model(xb), yb).backward()  # a mean; dpcompile divides by the expected batch
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update_parameters(model)
+        progress.update(1)
+        if (step + 1) % every == 0 or step + 1 in (steps, last):
+            accuracy = evaluate(ema.module if ema is not None else model, test_x, test_y)
+            record = {"step": step + 1, "epoch": (step + 1) * q, "test_accuracy": accuracy,
+                      "epsilon": dp_model.privacy.epsilon(args.delta), "minutes": (time.perf_counter() - start) / 60}
+            log["epochs"].append(record)
+            tqdm.write(f"step {record['step']}: test accuracy {accuracy:.2f}%, ε = {record['epsilon']:.3f}, "
+                       f"{record['minutes']:.1f} min")
+            with open(log_path, "w") as f:
+                json.dump(log, f, indent=1)
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "privacy": dp_model.privacy.state_dict(), "augment_rng": generator.get_state(),
+                        "ema": ema.state_dict() if ema is not None else None, "step": step + 1,
+                        "elapsed": time.perf_counter() - start, "log": log}, ckpt_path)
+    progress.close()
+    if last == steps:
+        plot(log, os.path.join(args.out, "accuracy.png"))
+    return log
+
+
+def plot(log: dict, path: str) -> None:
+    """Test accuracy and ε against steps (needs matplotlib; skipped without it)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return
+    steps = [r["step"] for r in log["epochs"]]
+    fig, acc = plt.subplots(figsize=(6, 4))
+    acc.plot(steps, [r["test_accuracy"] for r in log["epochs"]], color="tab:blue", marker=".")
+    acc.set_xlabel("step"), acc.set_ylabel("test accuracy (%)", color="tab:blue")
+    eps = acc.twinx()
+    eps.plot(steps, [r["epsilon"] for r in log["epochs"]], color="tab:red")
+    eps.set_ylabel("ε", color="tab:red")
+    fig.suptitle(f"DP-SGD on CIFAR-10: σ = {log['sigma']:.3f}, q = {log['sample_rate']:.4f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -32,7 +32,6 @@ class DPBackend:
         self.config = config
         self.param_names = param_names or {}
         self.privacy = privacy if privacy is not None else PrivacyEngine(config)  # owns noise, counters, guards
-        self.noise = self.privacy  # the noise op's owner (its .handle goes into the rewritten graph)
         self.graphs: dict[str, fx.GraphModule] = {}
         self.error: BaseException | None = None
         self.compilations = 0
@@ -100,7 +99,7 @@ class DPBackend:
         clip = passes.ClipSpec(
             groups=groups, bounds=bounds, loss_reduction=self.config.loss_reduction,
             expected_batch_size=self.config.expected_batch_size, clipping=self.config.clipping,
-            clip_stability=self.config.clip_stability, noise_handle=self.noise.handle)
+            clip_stability=self.config.clip_stability, noise_handle=self.privacy.handle)
         return passes.PassContext(tuple(params), batch, self.config.policy, clip)
 
     def compile_graph(self, gm: fx.GraphModule, example_inputs, ctx: passes.PassContext, kwargs: dict):

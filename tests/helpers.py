@@ -20,6 +20,17 @@ def squared_error(out, y, reduction="mean"):
     return per_sample.mean() if reduction == "mean" else per_sample.sum()
 
 
+class Lambda(nn.Module):
+    """A module around a function, so the function's ops carry the module's path."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
 @dataclass(frozen=True)
 class Case:
     """A model for one rule family, and how to draw a batch (inputs, targets) of size B."""

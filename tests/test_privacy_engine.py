@@ -123,7 +123,7 @@ def test_accumulation_adds_noise_once():
     assert all(torch.allclose(c, d, rtol=1e-12, atol=0) for c, d in zip(clean[:-1], noisy[:-1])), "noise before step k"
     diff = noisy[-1] - clean[-1]
     assert abs(diff.std().item() / (sigma * bound / n) - 1) < 0.03
-    assert engines[1].steps == 1 and engines[1].noise.calls == k
+    assert engines[1].steps == 1 and engines[1].calls == k
     for xm, ym in zip(x.tensor_split(k), y.tensor_split(k)):  # a second logical step
         squared_error(dp(xm), ym).backward()
     assert dp.privacy.steps == 2
@@ -141,7 +141,7 @@ def test_poisson_batches_split_into_micro_batches():
     for x, y in loader:
         for xm, ym in zip(x.tensor_split(3), y.tensor_split(3)):
             squared_error(dp(xm.to(DEVICE)), ym.to(DEVICE)).backward()
-    assert dp.privacy.steps == 6 and dp.privacy.noise.calls == 18
+    assert dp.privacy.steps == 6 and dp.privacy.calls == 18
 
 
 # --- Poisson batches, accounting, calibration ---
@@ -188,11 +188,11 @@ def test_calibration_from_target_epsilon():
                              sample_rate=0.05, expected_batch_size=4, backend=BACKEND)
     sigma = dp.privacy.noise_multiplier
     assert dp.privacy.planned_steps == 100 and sigma > 0
-    assert dp.backend.noise.std == sigma * 1.0
+    assert dp.backend.privacy.std == sigma * 1.0
     direct = Accountant()
     direct.record(sigma, 0.05, 100)
     assert 0.99 * 2.0 <= direct.epsilon(1e-5) <= 2.0
-    dp.privacy.noise.draws = 100  # as if 100 steps were taken
+    dp.privacy.draws = 100  # as if 100 steps were taken
     assert dp.privacy.epsilon() == direct.epsilon(1e-5)  # delta defaults to target_delta
 
 

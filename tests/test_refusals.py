@@ -2,7 +2,7 @@
 import pytest
 import torch
 from conftest import DEVICE
-from helpers import Case, check_against_reference
+from helpers import Case, Lambda, check_against_reference
 from torch import nn
 
 import dpcompile
@@ -28,17 +28,6 @@ class Net(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
-
-
-class Lambda(nn.Module):
-    """A module around a function, so the function's ops carry the module's path."""
-
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x)
 
 
 class Centered(nn.Module):

@@ -128,11 +128,6 @@ class PrivacyEngine:
         """Stop guarding the parameters (called when the DP model that owns this engine is collected)."""
         guard.untrack(self)
 
-    @property
-    def noise(self) -> "PrivacyEngine":
-        """The noise source is the engine itself (draws, calls, std, seed, generators)."""
-        return self
-
     # --- dropped samples ---
 
     def _count_dropped(self, dropped: Tensor) -> None:

@@ -34,6 +34,9 @@ class DPModel(nn.Module):
     position, dropped samples) to checkpoint next to the model's. While the DP model lives, an
     optimizer step over its parameters must apply exactly one noisy release (ReleaseError otherwise).
     The batch is dim 0 of the call's tensor arguments (positional, keyword, nested), which must agree.
+    With augmentation_multiplicity=K every tensor argument is (B, K, ...): the model runs on its (B·K, ...)
+    rows (sample b's views are rows b·K … b·K+K−1), each output whose dim 0 is B·K comes back as
+    (B, K, ...), and a sample's K views are clipped together as one sample.
     A DPModel is not copied or pickled: save both state_dict()s instead.
     """
 
@@ -47,16 +50,24 @@ class DPModel(nn.Module):
         weakref.finalize(self, self.privacy.untrack)  # Dynamo's backend cache outlives us; the guard must not
         self.backend = DPBackend(config, {id(p): n for n, p in model.named_parameters()}, self.privacy)
         self.backend.tracked = {id(p) for p in model.parameters() if p.requires_grad}  # later ones: tracked at capture
-        object.__setattr__(self, "_compiled", torch.compile(model, backend=self.backend, fullgraph=True, dynamic=False))
+        views = config.augmentation_multiplicity
+        target = model if views == 1 else views_flattened(model, views)  # flattened in the capture: dim 0 is K·B
+        object.__setattr__(self, "_target", target)
+        object.__setattr__(self, "_compiled", torch.compile(target, backend=self.backend, fullgraph=True, dynamic=False))
+        self._trainable = self._trainable_now()
 
     def forward(self, *args, **kwargs):
         leaves = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        views = self.config.augmentation_multiplicity
+        if views > 1:
+            check_views(leaves, views)
         batch = batch_size(leaves)
         if torch.backends.cuda.matmul.allow_tf32 and any(t.is_cuda for t in leaves):
             raise ConfigError("per-sample norms are computed with matrix products, and TF32 would make them come out "
                               "low (so a sample could exceed the clipping bound): set "
                               "torch.backends.cuda.matmul.allow_tf32 = False (PyTorch's default), or "
                               "torch.set_float32_matmul_precision('highest').")
+        refuse_float16_autocast(leaves)
         if batch == 0:  # an empty (Poisson) batch: one all-zero sample carries the noise-only step
             args, kwargs = tree_map(_pad_empty_batch, (args, kwargs))
             dims = self._batch_dims_of_outputs(args, kwargs)
@@ -65,6 +76,7 @@ class DPModel(nn.Module):
                 return tree_map(_empty_along, out, dims)
             except (ValueError, TypeError):  # output structures differ (unknown dims): dim 0
                 return tree_map(lambda t: _empty_along(t, None), out)
+        self._recapture_if_trainable_changed()
         for t in leaves:
             if t.dim() > 0:
                 torch._dynamo.mark_dynamic(t, 0)  # only the batch dimension is dynamic
@@ -104,7 +116,23 @@ class DPModel(nn.Module):
             raise
         if self.backend.error is not None:
             raise self.backend.error
-        return out
+        return out if views == 1 else views_unflattened(out, batch, views)
+
+    def _trainable_now(self) -> tuple[bool, ...]:
+        return tuple(p.requires_grad for p in self.module.parameters())
+
+    def _recapture_if_trainable_changed(self) -> None:
+        """A parameter frozen or unfrozen since the last call: a new capture (whose norms cover exactly the
+        trainable parameters) through a fresh backend, as torch before 2.13 does not guard requires_grad."""
+        now = self._trainable_now()
+        if now == self._trainable:
+            return
+        old = self.backend
+        self.backend = DPBackend(self.config, old.param_names, self.privacy)
+        self.backend.tracked, self.backend.compilations = old.tracked, old.compilations
+        object.__setattr__(self, "_compiled", torch.compile(self._target, backend=self.backend, fullgraph=True,
+                                                            dynamic=False))
+        self._trainable = now
 
     def _batch_dims_of_outputs(self, args, kwargs):
         """For each output leaf, the dims whose size follows the batch (found on fake tensors at batch
@@ -120,10 +148,12 @@ class DPModel(nn.Module):
                 # the model's own parameters and buffers as fakes too: an in-place update in forward stays there
                 state = {n: fake(t) for n, t in [*self.module.named_parameters(), *self.module.named_buffers()]}
                 a, k = tree_map(fake, (args, kwargs))
+                views = self.config.augmentation_multiplicity
                 with mode, torch.no_grad():
                     a, k = tree_map(lambda t: t.expand(size, *t.shape[1:]) if isinstance(t, torch.Tensor)
                                     and t.dim() > 0 else t, (a, k))
-                    outs.append(functional_call(self.module, state, a, k))
+                    out = functional_call(self.module, state, *flatten_views(a, k, views))
+                    outs.append(views_unflattened(out, size, views))
             return tree_map(lambda u, v: tuple(d for d in range(u.dim()) if u.shape[d] != v.shape[d])
                             if isinstance(u, torch.Tensor) and isinstance(v, torch.Tensor) and u.dim() == v.dim()
                             else None, outs[0], outs[1])
@@ -160,6 +190,18 @@ class DPModel(nn.Module):
         return self.module.load_state_dict(state_dict, strict=strict, assign=assign)
 
 
+def refuse_float16_autocast(leaves) -> None:
+    """float16 autocast needs a GradScaler, whose loss scale S reaches the clip factor: samples would be
+    clipped to R/S and noised with σR/S once unscaled (private, but nothing learns). bf16 needs no scaler."""
+    for device_type in {t.device.type for t in leaves}:
+        if torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16:
+            raise ConfigError(
+                "float16 autocast is not supported: it needs a GradScaler, and the scaler's loss scale S multiplies "
+                "every per-sample gradient before clipping, so after unscaling each sample would count R/S and the "
+                "noise σR/S (private, but the model would not learn). Use bfloat16 autocast "
+                f"(torch.autocast('{device_type}', dtype=torch.bfloat16)), which needs no scaler, or float32")
+
+
 def dpcompile(model: nn.Module, *, max_grad_norm: float, noise_multiplier: float | None = None,
               target_epsilon: float | None = None, target_delta: float | None = None, epochs: float | None = None,
               steps: int | None = None, sample_rate: float | None = None, data_loader: Any = None,
@@ -167,7 +209,7 @@ def dpcompile(model: nn.Module, *, max_grad_norm: float, noise_multiplier: float
               expected_batch_size: int | None = None, clipping: str = "abadi",
               clip_groups: str | Sequence[Sequence[str]] = "flat", clip_group_norms: Sequence[float] | None = None,
               secure_noise: bool = False, policy: str = "mixed", backend: str = "inductor", seed: int | None = None,
-              **options) -> DPModel:
+              augmentation_multiplicity: int = 1, **options) -> DPModel:
     """Compile model for DP-SGD: after loss.backward(), .grad = (Σ_i C_i g_i + N(0, σ²R²)) / n.
 
     σ is noise_multiplier, or calibrated from target_epsilon at target_delta for `steps` (or `epochs`)
@@ -176,7 +218,10 @@ def dpcompile(model: nn.Module, *, max_grad_norm: float, noise_multiplier: float
     gradient_accumulation_steps=k, noise is added (and a step counted) on every k-th backward only;
     with Poisson batches split each one into k micro-batches (`batch.tensor_split(k)`, empty ones
     included). clip_groups: 'flat', 'per_layer' (one group per module) or lists of parameter names;
-    group g is clipped to R_g (clip_group_norms, default R/√G). `options`: other DPConfig fields.
+    group g is clipped to R_g (clip_group_norms, default R/√G). augmentation_multiplicity=K: every tensor
+    argument is (B, K, ...), K augmented views per sample, clipped together as one sample (De et al. 2022);
+    the model runs on the (B·K, ...) rows, outputs of dim 0 B·K come back as (B, K, ...). `options`: other
+    DPConfig fields.
     """
     config_fields = {f.name for f in dataclasses.fields(DPConfig)} - {"param_names"}
     unknown = sorted(set(options) - config_fields)
@@ -192,6 +237,7 @@ def dpcompile(model: nn.Module, *, max_grad_norm: float, noise_multiplier: float
                       loss_reduction=loss_reduction, expected_batch_size=expected_batch_size, policy=policy,
                       backend=backend, seed=seed, clipping=clipping, secure_noise=secure_noise,
                       clip_groups=clip_groups_of(model, clip_groups),
+                      augmentation_multiplicity=augmentation_multiplicity,
                       clip_group_norms=tuple(clip_group_norms) if clip_group_norms is not None else None, **options)
     sigma, planned = resolve_noise(noise_multiplier=noise_multiplier, target_epsilon=target_epsilon,
                                    target_delta=target_delta, sample_rate=sample_rate, epochs=epochs, steps=steps,
@@ -227,6 +273,43 @@ def clip_groups_of(model: nn.Module, spec: str | Sequence[Sequence[str]] | None)
     if missing:
         raise ConfigError(f"every trainable parameter must be in a clip group; missing: {missing}")
     return groups_t
+
+
+def flatten_views(args, kwargs, views: int):
+    """(args, kwargs) with every tensor argument (B, K, ...) as its (B·K, ...) rows (sample b's views are rows
+    b·K … b·K+K−1); unchanged for K = 1."""
+    if views == 1:
+        return args, kwargs
+    return tree_map(lambda t: t.flatten(0, 1) if isinstance(t, torch.Tensor) and t.dim() > 1 else t, (args, kwargs))
+
+
+def views_flattened(model: nn.Module, views: int):
+    """model on the (B·K, ...) rows of its (B, K, ...) arguments, as a function for torch.compile: the
+    flattening is captured, so the graph sees dim 0 as K·B with B the batch symbol."""
+    def forward(*args, **kwargs):
+        args, kwargs = flatten_views(args, kwargs, views)
+        return model(*args, **kwargs)
+    return forward
+
+
+def views_unflattened(out, batch: int, views: int):
+    """Each output tensor whose dim 0 is B·K as (B, K, ...); unchanged for K = 1."""
+    if views == 1:
+        return out
+    return tree_map(lambda t: t.unflatten(0, (batch, views)) if isinstance(t, torch.Tensor) and t.dim() > 0
+                    and t.shape[0] == batch * views else t, out)
+
+
+def check_views(leaves: list[torch.Tensor], views: int) -> None:
+    """Every tensor argument of dim ≥ 1 is (B, K, ...) for K = augmentation_multiplicity; else DPCompileError."""
+    for t in leaves:
+        if t.dim() > 0 and (t.dim() < 2 or t.shape[1] != views):
+            raise DPCompileError(
+                f"augmentation_multiplicity={views}: every tensor argument of the DP model must be (B, {views}, ...), "
+                f"the B samples along dim 0 and each sample's {views} augmented views along dim 1 (torch.stack(views, "
+                f"dim=1)), but one has shape {tuple(t.shape)}. Labels too: pass y as (B, {views}) (y.unsqueeze(1)"
+                f".expand(-1, {views})) or keep them out of the call. The model runs on the (B·{views}, ...) rows, "
+                f"sample b's views being rows b·{views} … b·{views}+{views - 1}")
 
 
 def _recompile_limit(limit: int):

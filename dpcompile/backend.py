@@ -47,7 +47,7 @@ class DPBackend:
         self.compilations += 1
         self.graphs["dynamo"] = gm
         ctx = self.context(gm, example_inputs)
-        checked = passes.safety.SampleCheck(copy_graph(gm), ctx.batch, self.user_inputs)
+        checked = passes.safety.SampleCheck(copy_graph(gm), ctx.batch, self.user_inputs, ctx.views)
         if self.config.backend == "inductor":  # inductor's own AOT path (layouts, strides), our passes inside
             from torch._inductor.compile_fx import compile_fx
             # AOTAutograd's cache is keyed on the captured graph, not on our rewrite (R, σ, noise source):
@@ -60,6 +60,7 @@ class DPBackend:
                 compiled = compile_fx(gm, example_inputs,
                                       inner_compile=lambda g, ex, **kw: self.compile_graph(g, ex, ctx, kw))
         else:
+            import torch._inductor.lowering as _lowering  # noqa: F401  (inductor's max-pool decomposition reads it)
             compiled = aot_autograd(
                 fw_compiler=lambda g, ex: self.compile_graph(g, ex, ctx, {}),
                 bw_compiler=lambda g, ex: self.compile_graph(g, ex, ctx, {"is_backward": True}),
@@ -100,7 +101,8 @@ class DPBackend:
             groups=groups, bounds=bounds, loss_reduction=self.config.loss_reduction,
             expected_batch_size=self.config.expected_batch_size, clipping=self.config.clipping,
             clip_stability=self.config.clip_stability, noise_handle=self.privacy.handle)
-        return passes.PassContext(tuple(params), batch, self.config.policy, clip)
+        return passes.PassContext(tuple(params), batch, self.config.policy, clip,
+                                  views=self.config.augmentation_multiplicity)
 
     def compile_graph(self, gm: fx.GraphModule, example_inputs, ctx: passes.PassContext, kwargs: dict):
         """The forward: the safety check. The backward: the DP passes. Then lowering."""
@@ -283,4 +285,8 @@ def backend(**settings) -> DPBackend:
     Its privacy state (ε, steps, noise, accumulation) is `.privacy`, a PrivacyEngine."""
     privacy = {k: settings.pop(k) for k in PRIVACY_SETTINGS if k in settings}
     config = DPConfig(**settings)
+    if config.augmentation_multiplicity != 1:
+        raise ConfigError("augmentation_multiplicity is a setting of dpcompile.dpcompile(), which flattens the "
+                          "(B, K, ...) arguments inside the capture; dpcompile.backend() takes the batch as the model "
+                          "sees it")
     return DPBackend(config, privacy=PrivacyEngine(config, **privacy))

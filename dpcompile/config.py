@@ -16,7 +16,7 @@ CLIPPING = ("abadi", "automatic")
 
 @dataclass(frozen=True)
 class DPConfig:
-    """DP-SGD settings: grad = (Σ_i C_i·g_i + N(0, σ²R²I)) / n."""
+    """DP-SGD settings: grad = (Σ_i C_i·g_i + N(0, σ²R²I)) / n; g_i over sample i's K views."""
 
     max_grad_norm: float
     noise_multiplier: float
@@ -30,6 +30,7 @@ class DPConfig:
     clip_stability: float = 0.01
     clip_groups: tuple[tuple[str, ...], ...] | None = None
     clip_group_norms: tuple[float, ...] | None = None
+    augmentation_multiplicity: int = 1  # K augmented views per sample, clipped together (De et al. 2022)
     param_names: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -37,6 +38,9 @@ class DPConfig:
             object.__setattr__(self, name, real_number(name, getattr(self, name)))
         if self.expected_batch_size is not None:
             object.__setattr__(self, "expected_batch_size", integer("expected_batch_size", self.expected_batch_size))
+        k = integer("augmentation_multiplicity", self.augmentation_multiplicity)
+        check(k >= 1, f"augmentation_multiplicity must be a positive integer (the augmented views per sample), got {k}")
+        object.__setattr__(self, "augmentation_multiplicity", k)
         if self.seed is not None:
             seed = integer("seed", self.seed)
             check(0 <= seed < 2**63, f"seed must be an integer in [0, 2**63), got {seed}")

@@ -4,10 +4,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 
+import torch
 import torch.fx as fx
 from torch._guards import detect_fake_mode
 from torch.fx.experimental.proxy_tensor import make_fx
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
 
 def trace_snippet(fn: Callable, args: Sequence[fx.Node]) -> fx.GraphModule:
@@ -16,6 +17,10 @@ def trace_snippet(fn: Callable, args: Sequence[fx.Node]) -> fx.GraphModule:
     values = [a.meta["val"] for a in args]
     fake_mode = detect_fake_mode(values)
     assert fake_mode is not None, "emit needs nodes that carry fake values (meta['val'])"
+    seen: set[int] = set()
+    for i, v in enumerate(values):  # one value object for two operands would trace as one input
+        if isinstance(v, torch.Tensor) and (id(v) in seen or seen.add(id(v))):
+            values[i] = fresh_value(v)
     with fake_mode:
         return make_fx(fn, decomposition_table=decompositions())(*values)
 
@@ -27,9 +32,41 @@ def decompositions() -> dict:
     return select_decomp_table()
 
 
-def emit(graph: fx.Graph, fn: Callable, args: Sequence[fx.Node], name: str):
-    """Append fn(*args) to graph; the result node(s) are called name (name_0, name_1, … for tuples)."""
-    snippet = trace_snippet(fn, args)
+def signature(args: Sequence[fx.Node]) -> tuple:
+    """The operands' metadata a trace depends on: shape (symbolic), stride, dtype, device of each value."""
+    def one(v):
+        if isinstance(v, torch.Tensor):
+            return tuple(map(str, v.shape)), tuple(map(str, v.stride())), v.dtype, v.device
+        return type(v).__name__, str(v)
+    return tuple(one(a.meta["val"]) for a in args)
+
+
+def cached_snippet(graph: fx.Graph, fn: Callable, args: Sequence[fx.Node], key) -> tuple[fx.GraphModule, bool]:
+    """(trace_snippet's graph, whether it was traced before): traced once per (key, operand signature) in a
+    graph being built; fn must depend on nothing but its operands and what key names."""
+    if key is None:
+        return trace_snippet(fn, args), False
+    cache = graph.__dict__.setdefault("_dp_snippets", {})
+    full = (key, signature(args))
+    reused = full in cache
+    if not reused:
+        cache[full] = trace_snippet(fn, args)
+    return cache[full], reused
+
+
+def fresh_value(value):
+    """A new fake tensor like value (same fake mode, symbolic shape, stride): no two nodes share one (a
+    trace over both would take them for one input)."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    with detect_fake_mode([value]):
+        return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device=value.device)
+
+
+def emit(graph: fx.Graph, fn: Callable, args: Sequence[fx.Node], name: str, key=None):
+    """Append fn(*args) to graph; the result node(s) are called name (name_0, name_1, … for tuples).
+    With a key, fn's trace is shared by the emits of one graph with the same key and operand metadata."""
+    snippet, reused = cached_snippet(graph, fn, args, key)
     env: dict[fx.Node, fx.Node] = dict(zip(snippet.graph.find_nodes(op="placeholder"), args))
     result = None
     for node in snippet.graph.nodes:
@@ -41,6 +78,10 @@ def emit(graph: fx.Graph, fn: Callable, args: Sequence[fx.Node], name: str):
         assert node.op == "call_function", f"snippet for {name} made a {node.op} node; keep tensor constants out"
         env[node] = graph.node_copy(node, lambda n: env[n])
         env[node]._rename(f"{name}_{node.name}")
+    if reused:  # the results' values are the first emit's: give them their own (see fresh_value)
+        for r in tree_leaves(result):
+            if isinstance(r, fx.Node) and "val" in r.meta:
+                r.meta["val"] = fresh_value(r.meta["val"])
     if isinstance(result, fx.Node):
         result._rename(name)
     elif isinstance(result, (tuple, list)):

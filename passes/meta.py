@@ -7,6 +7,8 @@
 - ``dp_params`` in ``GraphModule.meta``: a tuple of ``ParamGrad`` (parameter name, backward output
   index, the ``dp_site`` nodes that make up its gradient), written by ``shapes.annotate_sites``.
 - ``dp_batch``  in ``GraphModule.meta``: the sympy expression of the batch size.
+- ``dp_views``  in ``GraphModule.meta``: K, the augmented views per sample (augmentation multiplicity): a dim
+  of size K·B holds sample b's views in rows b·K … b·K+K−1 (written by ``shapes.annotate_sites``).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ SITE = "dp_site"
 PLAN = "dp_plan"
 PARAMS = "dp_params"
 BATCH = "dp_batch"
+VIEWS = "dp_views"
 
 
 @dataclass(frozen=True)
@@ -67,12 +70,14 @@ class ParamSpec:
 
 @dataclass(frozen=True)
 class PassContext:
-    """What the passes need beyond the graph: parameters, batch symbol, policy, clipping."""
+    """What the passes need beyond the graph: parameters, batch symbol, policy, clipping, and the views
+    per sample K (the user's (B, K, ...) arguments flattened to (B·K, ...) rows inside the capture)."""
 
     params: tuple[ParamSpec, ...]
     batch: sympy.Expr
     policy: str
     clip: Any  # rewrite.ClipSpec
+    views: int = 1
 
 
 def shape_of_value(value) -> tuple[sympy.Expr, ...]:

@@ -95,7 +95,7 @@ def conv_impl(site: Site, method: str) -> str:
     """How a convolution's per-sample gradients are formed: 'grouped' or 'unfold'."""
     if site.rule != "conv" or method != "per_sample":
         return ""
-    if site.consts.get("transposed"):
+    if site.consts.get("transposed") or site.consts.get("k", 1) > 1:  # views summed per sample: one contraction
         return "unfold"
     channels_per_group = site.shape.d / prod(site.consts["kernel"])
     grouped = site.shape.groups > 1 and int(channels_per_group) <= GROUPED_CONV_MAX_CHANNELS_PER_GROUP

@@ -44,8 +44,7 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     spec: ClipSpec = ctx.clip
     params: tuple[ParamGrad, ...] = gm.meta[PARAMS]
     site_param = {node: p for p in params for node in p.sites}
-    deferred = set().union(*(nx.descendants(to_networkx(gm), n.name) for n in site_param))
-    deferred = {n for n in gm.graph.nodes if n.name in deferred and n.op != "output"} | set(site_param)
+    deferred = descendants(gm.graph, site_param)
 
     graph, env = fx.Graph(), {}
     terms: dict[fx.Node, tuple] = {}
@@ -85,6 +84,15 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     return new
 
 
+def descendants(graph: fx.Graph, roots) -> set[fx.Node]:
+    """The roots and every node that uses them, directly or not (one sweep in graph order), output aside."""
+    reached = set(roots)
+    for node in graph.nodes:
+        if node.op != "output" and any(a in reached for a in node.all_input_nodes):
+            reached.add(node)
+    return reached
+
+
 def safe_name(param_name: str) -> str:
     """'blocks.0.fc.weight' -> 'blocks_0_fc_weight' (node names must be identifiers)."""
     return param_name.replace(".", "_")
@@ -101,19 +109,28 @@ def emit_norm(graph: fx.Graph, node: fx.Node, inputs: Sequence[fx.Node], param: 
     shared parameter (margin ‖ĝ_i − g_i‖ per sample, per-sample gradients)."""
     rule, site, method = rule_for(node), planned_site(node), node.meta[PLAN].method
     name = safe_name(param.name) + (f"_use{param.sites.index(node)}" if len(param.sites) > 1 else "")
-    if method == "ghost":
-        return emit(graph, lambda *t: rule.ghost_norm_bound(site, *t), inputs, f"dp_norm_sq_{name}"), None
     shape = node.meta["val"].shape
+    key = snippet_key(rule, site, shape)
+    if method == "ghost":
+        return emit(graph, lambda *t: rule.ghost_norm_bound(site, *t), inputs, f"dp_norm_sq_{name}",
+                    key=("ghost", key)), None
 
     def per_sample_fn(*t):
         g = rule.per_sample(site, *t)
         return g.reshape(g.shape[0], *shape)
-    per_sample = emit(graph, per_sample_fn, inputs, f"dp_per_sample_{name}")
+    per_sample = emit(graph, per_sample_fn, inputs, f"dp_per_sample_{name}", key=("per_sample", key))
     if param.shared:
-        return emit(graph, lambda *t: rule.per_sample_margin(site, *t), inputs, f"dp_margin_{name}"), per_sample
+        return emit(graph, lambda *t: rule.per_sample_margin(site, *t), inputs, f"dp_margin_{name}",
+                    key=("margin", key)), per_sample
     bound = emit(graph, lambda g, *t: per_sample_bound(g, rule.per_sample_margin(site, *t)), [per_sample, *inputs],
-                 f"dp_norm_sq_{name}")
+                 f"dp_norm_sq_{name}", key=("bound", key))
     return bound, per_sample
+
+
+def snippet_key(rule, site, shape) -> tuple:
+    """What a term's snippets depend on besides their operands' metadata: the rule, the site's constants
+    and layer shape, and the term's shape (layers alike in these share one trace)."""
+    return type(rule).__qualname__, site.rule, repr(site.consts), repr(site.shape), tuple(map(str, shape))
 
 
 def emit_shared_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, terms, env) -> fx.Node:
@@ -255,9 +272,12 @@ def emit_clipped_sum(graph, node, inputs, term, clip, param) -> fx.Node:
     shape = node.meta["val"].shape
     name = f"dp_clipped_{safe_name(param.name)}"
     _, per_sample = term
+    key = snippet_key(rule, site, shape)
     if per_sample is not None:
-        return emit(graph, lambda c, g: weighted_sum(c, g).reshape(shape), [clip, per_sample], name)
-    return emit(graph, lambda c, *t: rule.clipped_sum(site, c, *t).reshape(shape), [clip, *inputs], name)
+        return emit(graph, lambda c, g: weighted_sum(c, g).reshape(shape), [clip, per_sample], name,
+                    key=("weighted_sum", tuple(map(str, shape))))
+    return emit(graph, lambda c, *t: rule.clipped_sum(site, c, *t).reshape(shape), [clip, *inputs], name,
+                key=("clipped_sum", key))
 
 
 def weighted_sum(c: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

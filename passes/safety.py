@@ -9,6 +9,11 @@ matrix products not contracting it, convolutions, norms, attention, embeddings, 
 dims. An op with no rule is refused (UnsupportedOpError), an op that mixes samples too
 (SampleMixingError), naming the module and the op. A numerical check on each new capture
 (``SampleCheck``) runs the captured graph twice with sample 0 changed, as a second line.
+
+With K augmented views per sample (the user's (B, K, ...) arguments flattened to (B·K, ...) in the
+capture), a sample's views are one sample: a dim of size K·B must hold them as layout (dim, K), rows
+b·K … b·K+K−1 for sample b (the rules group them so); ops within a sample's views are fine, any other
+order of a K·B dim is refused (``views_in_order``), and the numerical check changes whole samples.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from dpcompile.errors import DPCompileError, SampleMixingError, UnsupportedOpErr
 
 from .meta import PassContext, resolved_batch, shape_of_value
 from .rules.one_sample import guards_batch_of_one
+from .symbolic import same
 
 aten, prims = torch.ops.aten, torch.ops.prims
 Layout = tuple[int, sympy.Expr]  # (dim, k): the batch's position in a tensor
@@ -48,7 +54,7 @@ def batch_factor(size: sympy.Expr, batch: sympy.Expr) -> sympy.Expr | None:
 
 
 def _same(a: sympy.Expr, b: sympy.Expr) -> bool:
-    return sympy.simplify(a - b) == 0
+    return same(sympy.sympify(a), sympy.sympify(b))
 
 
 def _shape(x) -> tuple[sympy.Expr, ...]:
@@ -468,6 +474,11 @@ def spatial(n: int) -> Callable:
     return rule
 
 
+def window_pool(node: fx.Node, L: Layouts):
+    """A pool whose window covers the last len(kernel_size) dims (prims' low-memory max pool, any rank)."""
+    return spatial(len(node.args[1]))(node, L)
+
+
 def pad(node: fx.Node, L: Layouts):
     """constant_pad_nd: padding dims other than the batch's."""
     lay = L.get(node.args[0])
@@ -572,6 +583,8 @@ RULES: dict = {
     aten.triu.default: triangle, aten.copy_.default: buffer_write, aten._prelu_kernel.default: first_operand,
     aten._local_scalar_dense.default: scalar_of_batch, aten.repeat.default: expand,
 }
+# Ops registered only once inductor's lowering is imported (inductor's max-pool decomposition), by name.
+RULES_BY_NAME = {"prims._low_memory_max_pool_with_offsets.default": window_pool}
 
 
 def where(node: fx.Node) -> str:
@@ -588,6 +601,8 @@ def rule_of(node: fx.Node) -> Callable | None:
     """The rule that accepts node on batched operands (pointwise ops by their tag)."""
     if node.target in RULES:
         return RULES[node.target]
+    if str(node.target) in RULES_BY_NAME:
+        return RULES_BY_NAME[str(node.target)]
     if node.target in SAME or torch.Tag.pointwise in getattr(node.target, "tags", ()):
         return pointwise
     if getattr(node.target, "__name__", "") == "getitem":
@@ -664,18 +679,45 @@ def check_sample_independence(forward: fx.GraphModule, ctx: PassContext,
                 raise NoRule("")
             lay = rule(node, layouts)
         except (Mixing, NoRule) as exc:
-            raise _refusal(node, exc, _merged_batch(node, layouts)) from None
+            raise _refusal(node, exc, _merged_batch(node, layouts, ctx.views)) from None
         except Exception as exc:  # a rule that cannot read this call's arguments: no rule applies
             raise _refusal(node, NoRule(f"its arguments are not understood: {exc}")) from exc
+        if ctx.views > 1:
+            views_in_order(node, lay, batch, ctx.views)
         if lay and (isinstance(lay[0], int) or any(lay)):
             layouts.of[node] = lay
     return forward
 
 
-def _merged_batch(node: fx.Node, L: Layouts) -> str:
+def views_in_order(node: fx.Node, lay, batch: sympy.Expr, views: int) -> None:
+    """Every dim of size K·B in node's tensor outputs is its batch dim with layout (dim, K): sample b's views
+    in rows b·K … b·K+K−1, as the rules read them; else UnsupportedOpError."""
+    val = node.meta.get("val")
+    values, lays = (val, lay) if isinstance(val, (tuple, list)) else ((val,), (lay,))
+    per_output = isinstance(lays, tuple) and len(lays) == len(values) and not isinstance(lays[0], int)
+    lays = lays if per_output else (None,) * len(values)
+    for value, out in zip(values, lays):
+        if not isinstance(value, torch.Tensor):
+            continue
+        for d, size in enumerate(shape_of_value(value)):
+            if _same(size, views * batch) and (out is None or out[0] != d or not _same(out[1], views)):
+                raise UnsupportedOpError(
+                    f"module {where(node)}: {node.target} puts the {views} augmented views of each sample "
+                    f"(augmentation_multiplicity={views}) in a dim of size {views}·B in another order than sample "
+                    f"by sample (rows b·{views} … b·{views}+{views - 1} for sample b), so a sample's views could "
+                    "not be clipped together as one sample. Keep each sample's views consecutive: reshape "
+                    "(B·K, ...) to (B, K, ...) and back, and do not move the views dim in front of the batch dim "
+                    "or tile the batch (x.repeat(K, ...)).")
+
+
+def _merged_batch(node: fx.Node, L: Layouts, views: int = 1) -> str:
     """Where node's batched operand got the batch merged with other values in one dim (k ≠ 1), if a
-    reshape in another module did it (nn.Flatten(0), x.view(-1)): named, since that is the mistake."""
-    seen, todo = set(), [x for x in L.batched(node) if (lay := L.get(x)) is not None and lay[1] != 1]
+    reshape in another module did it (nn.Flatten(0), x.view(-1)): named, since that is the mistake. A
+    sample's K views merged into K·B rows (augmentation multiplicity) are the call's own layout, not it."""
+    views_rows = lambda x: views > 1 and _same(L.get(x)[1], views) and \
+        _same(_shape(x)[L.get(x)[0]], views * L.batch)  # noqa: E731
+    seen, todo = set(), [x for x in L.batched(node) if (lay := L.get(x)) is not None and lay[1] != 1
+                         and not views_rows(x)]
     while todo:
         x = todo.pop()
         if x in seen or x.op != "call_function":
@@ -688,7 +730,7 @@ def _merged_batch(node: fx.Node, L: Layouts) -> str:
             return (f" The batch shares its dim with other values since module {where(x)} reshaped "
                     f"{list(_shape(sources[0]))} to {list(_shape(x))} (as nn.Flatten(0) or x.view(-1) do): keep "
                     "the batch as its own dim 0 (nn.Flatten() and x.flatten(1) start at dim 1).")
-        todo.extend(y for y in sources if L.get(y)[1] != 1)
+        todo.extend(y for y in sources if L.get(y)[1] != 1 and not views_rows(y))
     return ""
 
 
@@ -722,10 +764,11 @@ def refuse_unsupported_modules(model: torch.nn.Module) -> None:
 class SampleCheck:
     """On the first call with samples, run the Dynamo graph eagerly twice (same random state,
     inputs cloned) with only sample 0 of the user's inputs changed (a batch of one is doubled
-    first), and refuse it at the first node where another sample's value moved."""
+    first), and refuse it at the first node where another sample's value moved. With K views per
+    sample, sample 0 is all its K views, and a dim of size K·B holds it in its first K rows."""
 
-    def __init__(self, gm: fx.GraphModule, batch: sympy.Expr, user_inputs: tuple[int, ...]):
-        self.gm, self.batch, self.user_inputs, self.done = gm, batch, user_inputs, False
+    def __init__(self, gm: fx.GraphModule, batch: sympy.Expr, user_inputs: tuple[int, ...], views: int = 1):
+        self.gm, self.batch, self.user_inputs, self.views, self.done = gm, batch, user_inputs, views, False
         self.placeholders = list(gm.graph.find_nodes(op="placeholder"))
 
     def before(self, compiled: Callable) -> Callable:
@@ -739,12 +782,14 @@ class SampleCheck:
         run._boxed_call = boxed
         return run
 
-    def _batch_dims(self, node: fx.Node, value=None) -> list[int]:
-        """The dims of a node's value (or of one of its outputs) whose size is the batch."""
+    def _batch_dims(self, node: fx.Node, value=None) -> list[tuple[int, int]]:
+        """(dim, k) for the dims of a node's value (or of one of its outputs) whose size is the batch (k = 1)
+        or K·B (k = K views per sample, K > 1)."""
         value = node.meta.get("example_value") if value is None else value
         if not isinstance(value, torch.Tensor):
             return []
-        return [d for d, s in enumerate(shape_of_value(value)) if _same(s, self.batch)]
+        return [(d, k) for d, s in enumerate(shape_of_value(value))
+                for k in {1, self.views} if _same(s, k * self.batch)]
 
     def _node_moved(self, node: fx.Node, values: list) -> bool:
         example = node.meta.get("example_value")
@@ -755,7 +800,7 @@ class SampleCheck:
     def check(self, args: list) -> None:
         """Raise SampleMixingError naming the first node whose other samples moved."""
         sizes = [a.shape[d] for n, a in zip(self.placeholders, args) if isinstance(a, torch.Tensor)
-                 for d in self._batch_dims(n)]
+                 for d, k in self._batch_dims(n) if k == 1]
         size = sizes[0] if sizes else (int(self.batch) if not self.batch.free_symbols else 0)
         if size == 0 or (size == 1 and not self.batch.free_symbols):
             self.done = size == 1  # a graph for one sample cannot mix; an empty batch: check the next one
@@ -789,7 +834,7 @@ class SampleCheck:
         out = []
         for node, a in zip(self.placeholders, args):
             if isinstance(a, torch.Tensor):
-                for d in self._batch_dims(node):
+                for d, k in self._batch_dims(node):
                     a = torch.cat([a, a], d)
             elif isinstance(a, int) and isinstance(node.meta.get("example_value"), torch.SymInt):
                 expr = node.meta["example_value"].node.expr
@@ -806,7 +851,7 @@ class SampleCheck:
                 a = a.detach()
             elif isinstance(a, torch.Tensor):
                 a = a.detach().clone()
-                if change and i in self.user_inputs and 0 in self._batch_dims(node):
+                if change and i in self.user_inputs and (0, 1) in self._batch_dims(node):
                     a[0] = _other_sample(a)
             out.append(a)
         return out
@@ -894,15 +939,16 @@ def _generator(device: torch.device) -> torch.Generator:
     return g
 
 
-def _moved(values: list, dims: list[int]) -> bool:
-    """Whether the second run's value differs from the first's outside sample 0 (along every batch dim)."""
+def _moved(values: list, dims: list[tuple[int, int]]) -> bool:
+    """Whether the second run's value differs from the first's outside sample 0 (its first k rows along every
+    batch dim (dim, k))."""
     a, b = values
     if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or not dims or a.shape != b.shape:
         return False
-    for d in dims:
-        if d >= a.dim() or a.shape[d] < 2:
+    for d, k in dims:
+        if d >= a.dim() or a.shape[d] < 2 * k:
             return False
-        a, b = a.narrow(d, 1, a.shape[d] - 1), b.narrow(d, 1, b.shape[d] - 1)
+        a, b = a.narrow(d, k, a.shape[d] - k), b.narrow(d, k, b.shape[d] - k)
     if a.is_complex():
         a, b = torch.view_as_real(a), torch.view_as_real(b)
     if not a.is_floating_point():

@@ -11,7 +11,7 @@ import torch.fx as fx
 
 from dpcompile.errors import UnsupportedOpError
 
-from .meta import BATCH, PARAMS, SITE, ParamGrad, ParamSpec, PassContext, is_batched, resolved_batch
+from .meta import BATCH, PARAMS, SITE, VIEWS, ParamGrad, ParamSpec, PassContext, is_batched, resolved_batch
 from .rules import RULES
 from .rules.one_sample import guards_batch_of_one, one_sample_site
 from .export import to_networkx
@@ -99,8 +99,9 @@ def module_of(param_name: str) -> str:
 
 
 def annotate_sites(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
-    """Write dp_site on each parameter-gradient term and dp_params/dp_batch on the module."""
+    """Write dp_site on each parameter-gradient term and dp_params/dp_batch/dp_views on the module."""
     outputs, batch = gm.graph.output_node().args[0], resolved_batch(gm, ctx.batch)
+    gm.meta[VIEWS] = ctx.views  # the rules read it: a dim of size K·B is the batch, K rows per sample
     constant = batch_free_nodes(gm, batch)
     found = []
     for spec in ctx.params:

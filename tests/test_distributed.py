@@ -1,5 +1,7 @@
-"""Data parallel over torch.distributed (gloo, 2 processes on CPU): the ranks' releases summed equal one
-process's release on the union batch, the noise is added once, settings must agree across ranks."""
+"""Data parallel over torch.distributed (gloo, 2 processes on CPU): the ranks' releases summed (bucketed,
+overlapped with the backward) equal one process's release on the union batch, with accumulation, an unused
+parameter, a parameter used on one rank only and an empty batch; the noise is added once; a checkpoint
+written by rank 0 resumes both ranks exactly; settings and layouts must agree across ranks."""
 import os
 
 import pytest
@@ -9,13 +11,32 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import dpcompile
+from dpcompile.privacy.distributed import Reducer
 
-WORLD, BATCH, R, STEPS = 2, 6, 0.05, 20
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built")
+
+WORLD, BATCH, R, NOISE_STEPS = 2, 6, 0.05, 20
+TINY_BUCKETS = 1e-4  # MB: about one parameter per bucket, so several all-reduces per step
+
+
+class Net(nn.Module):
+    """An MLP with a parameter no sample uses and one that only ranks with `extra` set use."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3))
+        self.unused = nn.Linear(2, 2)
+        self.shift = nn.Parameter(torch.zeros(3))
+        self.extra = False
+
+    def forward(self, x):
+        out = self.body(x)
+        return out + self.shift if self.extra else out
 
 
 def model_and_data():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    model = Net().double()
     x, y = torch.randn(BATCH, 5, dtype=torch.float64), torch.randn(BATCH, 3, dtype=torch.float64)
     return model, x, y
 
@@ -24,59 +45,254 @@ def loss_of(out, y):
     return (out - y).square().sum(1).mean()
 
 
-def worker(rank: int, init_file: str, out_dir: str, sigma: float) -> None:
+def grads_of(model) -> dict:
+    return {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
+
+
+# --- jobs run on every rank ---
+
+def entry(rank: int, init_file: str, out_dir: str, job: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        model, x, y = model_and_data()
-        dp = dpcompile.dpcompile(model, max_grad_norm=R, noise_multiplier=sigma, backend="eager",
-                                 expected_batch_size=BATCH, seed=7)
-        opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the step only releases (and all-reduces)
-        grads = []
-        for _ in range(STEPS if sigma else 1):
-            opt.zero_grad(set_to_none=True)
-            loss_of(dp(x[rank::WORLD]), y[rank::WORLD]).backward()
-            opt.step()
-            grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
-        try:
-            dpcompile.dpcompile(nn.Linear(2, 2), max_grad_norm=1.0 + rank, noise_multiplier=1.0)
-            mismatch = "accepted"
-        except dpcompile.ConfigError as exc:
-            mismatch = str(exc)
-        torch.save({"grads": torch.stack(grads), "steps": dp.privacy.steps, "mismatch": mismatch},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(JOBS[job](rank, out_dir), os.path.join(out_dir, f"{job}{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def run_ranks(tmp_path, sigma: float) -> list[dict]:
-    mp.spawn(worker, args=(str(tmp_path / "init"), str(tmp_path), sigma), nprocs=WORLD, join=True)
-    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+REAL_ALL_REDUCE = dist.all_reduce
 
 
-def single_process_grads() -> torch.Tensor:
+def count_all_reduces() -> list:
+    """Wrap dist.all_reduce (which the reducer calls) to record each call's element count."""
+    calls = []
+
+    def counting(tensor, *args, **kwargs):
+        calls.append(tensor.numel())
+        return REAL_ALL_REDUCE(tensor, *args, **kwargs)
+    dist.all_reduce = counting
+    return calls
+
+
+def release(rank: int, *, overlap=True, micro=1, extra=False, empty_rank=None, redo=False, change=False) -> dict:
+    """One logical step at lr 0: the released gradient, and the all-reduces issued after each backward."""
     model, x, y = model_and_data()
-    dp = dpcompile.dpcompile(model, max_grad_norm=R, noise_multiplier=0.0, backend="eager", expected_batch_size=BATCH)
+    model.extra = extra and rank == 1
+    dp = dpcompile.dpcompile(model, max_grad_norm=R, noise_multiplier=0.0, backend="eager", expected_batch_size=BATCH,
+                             gradient_accumulation_steps=micro)
+    dp.privacy.reducer.overlap, dp.privacy.reducer.bucket_mb = overlap, TINY_BUCKETS
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    xs, ys = (x[:0], y[:0]) if rank == empty_rank else (x[rank::WORLD], y[rank::WORLD])
+    calls, launched = count_all_reduces(), []
+    if redo:  # a noisy backward whose gradient is cleared before any step: its round is dropped
+        loss_of(dp(xs), ys).backward()
+        opt.zero_grad(set_to_none=True)
+    for xb, yb in zip(xs.tensor_split(micro), ys.tensor_split(micro)):
+        loss_of(dp(xb), yb).backward()
+        launched.append(len(calls))
+    local = grads_of(model)
+    if change:  # the sum is already on its way: a change now would be lost, so the step refuses it
+        model.body[0].bias.grad.mul_(2)
+    try:
+        opt.step()
+    except dpcompile.ReleaseError as exc:
+        return {"refused": str(exc)}
+    return {"grads": grads_of(model), "local": local, "launched": launched, "after_step": len(calls),
+            "buckets": len(dp.privacy.reducer.layout[1])}
+
+
+def exact_job(rank: int, out_dir: str) -> dict:
+    """Noise 0: every variant of one step, and the refusals of other settings or another model."""
+    results = {name: release(rank, **kwargs) for name, kwargs in VARIANTS.items()}
+    try:
+        dpcompile.dpcompile(nn.Linear(2, 2), max_grad_norm=1.0 + rank, noise_multiplier=1.0)
+        results["mismatch"] = "accepted"
+    except dpcompile.ConfigError as exc:
+        results["mismatch"] = str(exc)
+    model = nn.Linear(2, 2 + rank).double()
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, backend="eager", expected_batch_size=2)
+    try:
+        dp(torch.randn(2, 2, dtype=torch.float64)).sum().backward()
+        results["layout"] = "accepted"
+    except dpcompile.ConfigError as exc:
+        results["layout"] = str(exc)
+    return results
+
+
+VARIANTS = {"overlap": {}, "no_overlap": {"overlap": False}, "accumulated": {"micro": 2},
+            "extra": {"extra": True}, "empty": {"empty_rank": 0}, "redo": {"redo": True}, "change": {"change": True}}
+
+
+def noise_job(rank: int, out_dir: str) -> dict:
+    """σ = 1 at lr 0 on a fixed batch: NOISE_STEPS released gradients."""
+    model, x, y = model_and_data()
+    dp = dpcompile.dpcompile(model, max_grad_norm=R, noise_multiplier=1.0, backend="eager",
+                             expected_batch_size=BATCH, seed=7)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    grads = []
+    for _ in range(NOISE_STEPS):
+        opt.zero_grad(set_to_none=True)
+        loss_of(dp(x[rank::WORLD]), y[rank::WORLD]).backward()
+        opt.step()
+        grads.append(torch.cat([p.grad.flatten() for p in model.body.parameters()]))
+    return {"grads": torch.stack(grads), "steps": dp.privacy.steps}
+
+
+def training(steps: int, saved: dict | None = None):
+    """Noisy DP-SGD with momentum on Poisson shards (q = 1/4 of 24 examples), optionally resumed."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    data = torch.utils.data.TensorDataset(torch.randn(24, 5).double(), torch.randn(24, 3).double())
+    loader = dpcompile.poisson_loader(data, sample_rate=0.25, steps=8, seed=3)
+    dp = dpcompile.dpcompile(model, max_grad_norm=R, noise_multiplier=1.0, backend="eager", data_loader=loader, seed=5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        dp.privacy.load_state_dict(saved["privacy"])
+    batches = iter(loader)
+    for _ in range(steps):
+        x, y = next(batches)
+        loss_of(dp(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+    return model, opt, dp
+
+
+def resume_job(rank: int, out_dir: str) -> dict:
+    """4 steps straight; 2 steps, a checkpoint written by rank 0 alone, 2 more steps from it on both ranks."""
+    straight, _, _ = training(4)
+    model, opt, dp = training(2)
+    privacy = dp.privacy.state_dict()  # a collective: every rank's sampler position
+    path = os.path.join(out_dir, "checkpoint.pt")
+    if rank == 0:
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "privacy": privacy}, path)
+    dist.barrier()
+    resumed, _, dp = training(2, torch.load(path, weights_only=True))
+    return {"straight": straight.state_dict(), "resumed": resumed.state_dict(), "privacy": privacy,
+            "steps": dp.privacy.steps}
+
+
+def noisy_job(rank: int, out_dir: str) -> dict:
+    """Both σ = 1 jobs in one process group."""
+    return {"noise": noise_job(rank, out_dir), "resume": resume_job(rank, out_dir)}
+
+
+JOBS = {"exact": exact_job, "noisy": noisy_job}
+
+
+def run_job(tmp_path, job: str) -> list[dict]:
+    mp.spawn(entry, args=(str(tmp_path / f"init_{job}"), str(tmp_path), job), nprocs=WORLD, join=True)
+    return [torch.load(tmp_path / f"{job}{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory):
+    """The σ = 1 jobs' results on every rank, and their folder (one spawn for both tests)."""
+    folder = tmp_path_factory.mktemp("noisy")
+    return run_job(folder, "noisy"), folder
+
+
+# --- single-process references and checks ---
+
+def union_grads(**kwargs) -> dict:
+    """The release of one process on the union of the ranks' batches (noise 0)."""
+    model, x, y = model_and_data()
+    dp = dpcompile.dpcompile(model, max_grad_norm=R, noise_multiplier=0.0, backend="eager", expected_batch_size=BATCH,
+                             **kwargs)
     loss_of(dp(x), y).backward()
-    return torch.cat([p.grad.flatten() for p in model.parameters()])
+    return grads_of(model)
 
 
-@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built")
-def test_ranks_sum_to_the_union_batch_and_refuse_other_settings(tmp_path):
-    results = run_ranks(tmp_path, sigma=0.0)
-    expected = single_process_grads()
-    for r in results:
-        assert torch.allclose(r["grads"][0], expected, rtol=1e-10, atol=0)
-        assert r["steps"] == 1
+def assert_same_grads(got: dict, expected: dict) -> None:
+    for name, value in expected.items():
+        if value is None:
+            assert got[name] is None, name
+        else:
+            assert torch.allclose(got[name], value, rtol=1e-10, atol=1e-18), name
+
+
+def same(a, b) -> bool:
+    """Nested dicts/lists of plain values and tensors, equal."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same(u, v) for u, v in zip(a, b))
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    return a == b
+
+
+def test_ranks_sum_to_the_union_batch_overlapped_and_refuse_other_settings(tmp_path):
+    ranks = run_job(tmp_path, "exact")
+    expected = union_grads()
+    assert expected["unused.weight"] is None and expected["shift"] is None
+    for r in ranks:
+        for variant in ("overlap", "no_overlap", "accumulated", "redo"):
+            assert_same_grads(r[variant]["grads"], expected)
+        # the empty batch of rank 0 still takes part: the step is rank 1's samples alone
+        model, x, y = model_and_data()
+        dp = dpcompile.dpcompile(model, max_grad_norm=R, noise_multiplier=0.0, backend="eager",
+                                 expected_batch_size=BATCH)
+        loss_of(dp(x[1::WORLD]), y[1::WORLD]).backward()
+        assert_same_grads(r["empty"]["grads"], grads_of(model))
+        buckets = r["overlap"]["buckets"]
+        assert buckets >= 3
+        assert r["overlap"]["launched"] == [buckets] == [r["overlap"]["after_step"]]  # all out before the step
+        assert r["no_overlap"]["launched"] == [0] and r["no_overlap"]["after_step"] == buckets
+        assert r["accumulated"]["launched"] == [0, buckets]  # the last micro-batch's backward alone reduces
+        assert r["redo"]["after_step"] == 2 * buckets  # the dropped round was still reduced on every rank
         assert "different privacy settings" in r["mismatch"] and "max_grad_norm" in r["mismatch"]
+        assert "different trainable parameters" in r["layout"]
+        assert "changed in place between the DP backward and the optimizer step" in r["change"].get("refused", "")
+    for name, value in ranks[0]["overlap"]["grads"].items():  # overlapped = at the step, bit for bit
+        assert same(value, ranks[0]["no_overlap"]["grads"][name]), name
+    # a parameter only rank 1 uses: every rank applies rank 1's release of it, and Σ_r release_r elsewhere
+    local = [r["extra"]["local"] for r in ranks]
+    assert local[0]["shift"] is None and local[1]["shift"] is not None
+    for r in ranks:
+        for name, value in r["extra"]["grads"].items():
+            parts = [loc[name] for loc in local if loc[name] is not None]
+            assert (value is None) == (not parts), name
+            if parts:
+                assert torch.equal(value, sum(parts[1:], parts[0])), name
 
 
-@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built")
-def test_noise_is_added_once(tmp_path):
+def test_noise_is_added_once(noisy):
     """The released gradient's spread around the noise-free one is σR/n (one draw), not √W·σR/n."""
-    sigma = 1.0
-    results = run_ranks(tmp_path, sigma=sigma)
-    noise = results[0]["grads"] - single_process_grads()
-    assert torch.equal(results[0]["grads"], results[1]["grads"])  # every rank applies the same gradient
-    ratio = noise.std().item() / (sigma * R / BATCH)
+    ranks = [r["noise"] for r in noisy[0]]
+    expected = union_grads()
+    noise = ranks[0]["grads"] - torch.cat([expected[n].flatten() for n in
+                                           ("body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias")])
+    assert torch.equal(ranks[0]["grads"], ranks[1]["grads"])  # every rank applies the same gradient
+    ratio = noise.std().item() / (1.0 * R / BATCH)
     assert abs(ratio - 1) < 0.15, f"noise std is {ratio:.3f} × σR/n (√{WORLD} would mean one draw per rank)"
-    assert results[0]["steps"] == results[1]["steps"] == STEPS
+    assert ranks[0]["steps"] == ranks[1]["steps"] == NOISE_STEPS
+
+
+def test_one_checkpoint_written_by_rank_0_resumes_every_rank_exactly(noisy):
+    ranks, folder = [r["resume"] for r in noisy[0]], noisy[1]
+    for r in ranks:
+        for name, value in r["straight"].items():
+            assert torch.equal(value, r["resumed"][name]), name
+            assert torch.equal(value, ranks[0]["straight"][name]), name  # the ranks agree
+        assert r["steps"] == 4
+    assert same(ranks[0]["privacy"], ranks[1]["privacy"])  # every rank's state_dict() is the one rank 0 writes
+    parts = ranks[0]["privacy"]["ranks"]
+    assert [p["sampler"]["rank"] for p in parts] == [0, 1] and [p["sampler"]["step"] for p in parts] == [2, 2]
+    assert not torch.equal(parts[0]["sampler"]["generator_state"], parts[1]["sampler"]["generator_state"])
+    # one process cannot take over a two-rank run's shards
+    _, _, dp = training(0)
+    with pytest.raises(dpcompile.ConfigError, match="saved by 2 data-parallel rank"):
+        dp.privacy.load_state_dict(torch.load(folder / "checkpoint.pt", weights_only=True)["privacy"])
+
+
+def test_buckets_are_fixed_per_device_and_dtype_in_reverse_order():
+    params = [torch.zeros(n, dtype=d, requires_grad=True) for n, d in
+              [(10, torch.float64), (3, torch.float32), (10, torch.float64), (30, torch.float64), (2, torch.float32)]]
+    reducer = Reducer(bucket_mb=200 / 2**20)  # 200 bytes: 25 float64
+    reducer.add(params)
+    reducer.add(params[:2])  # added twice: kept once
+    buckets = reducer.buckets()
+    assert [[id(ref()) for ref in b.params] for b in buckets] == \
+        [[id(params[3])], [id(params[4]), id(params[1])], [id(params[2]), id(params[0])]]
+    assert reducer.buckets() is buckets  # unchanged parameters: the same layout

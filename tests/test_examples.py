@@ -1,13 +1,21 @@
-"""examples/cifar10.py on CPU: two steps on the built-in subset, a log, a checkpoint that resumes exactly."""
+"""examples/cifar10.py on CPU: two steps on the built-in subset with two augmented views per sample, a log,
+a checkpoint that resumes exactly; the same under torchrun with two gloo processes (one view)."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 import torch
-from cifar10 import augment, main
+import torch.distributed as dist
+from cifar10 import augment, loss_of_views, main, views
 
 
 def run(out, *extra: str) -> dict:
     argv = ["--size", "mini", "--model", "small_cnn", "--steps", "2", "--batch", "40", "--micro-batches", "2",
-            "--backend", "eager", "--device", "cpu", "--out", str(out), "--eval-every", "0.008", "--lr", "0.5"]
+            "--backend", "eager", "--device", "cpu", "--out", str(out), "--eval-every", "0.008", "--lr", "0.5",
+            "--augmult", "2"]
     return main(argv + list(extra))
 
 
@@ -34,3 +42,32 @@ def test_augment_crops_and_flips_each_image():
         row = out[i, 0, 10]
         windows = padded[0].unfold(1, 32, 1).reshape(-1, 32)
         assert any(torch.equal(row, w) or torch.equal(row, w.flip(0)) for w in windows)
+
+
+def test_views_are_k_augmentations_of_each_sample_and_the_loss_averages_them():
+    x = torch.randn(3, 3, 32, 32)
+    v = views(x, 4, torch.Generator().manual_seed(0))
+    assert v.shape == (3, 4, 3, 32, 32)
+    assert not torch.equal(v[0, 0], v[0, 1])  # independent crops and flips (this seed)
+    out, y = torch.randn(3, 4, 10), torch.tensor([1, 2, 3])
+    expected = sum(torch.nn.functional.cross_entropy(out[:, k], y) for k in range(4)) / 4
+    assert torch.allclose(loss_of_views(out, y), expected)
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built")
+def test_two_gloo_ranks_under_torchrun_checkpoint_and_resume(tmp_path):
+    """torchrun, 2 CPU processes: step 1, a checkpoint written by rank 0, step 2 resumed on both ranks."""
+    script = Path(__file__).parents[1] / "examples" / "cifar10.py"
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
+            "--size", "mini", "--model", "small_cnn", "--steps", "2", "--batch", "40", "--micro-batches", "2",
+            "--backend", "eager", "--device", "cpu", "--out", str(tmp_path), "--eval-every", "0.008", "--lr", "0.5",
+            "--sigma", "1.0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for extra in (["--stop-after", "1"], ["--resume"]):
+        done = subprocess.run(argv + extra, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    log = json.loads((tmp_path / "log.json").read_text())
+    assert log["world_size"] == 2 and [r["step"] for r in log["epochs"]] == [1, 2] and log["epochs"][-1]["epsilon"] > 0
+    privacy = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["privacy"]
+    assert privacy["steps"] == 2
+    assert [(p["sampler"]["rank"], p["sampler"]["step"]) for p in privacy["ranks"]] == [(0, 2), (1, 2)]

@@ -290,3 +290,15 @@ def test_tf32_matmul_refused():
             dp(torch.randn(3, 4, device="cuda"))
     finally:
         torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_float16_autocast_refused_and_bfloat16_accepted():
+    """A GradScaler's loss scale S would clip each sample to R/S: float16 autocast is refused, saying bf16."""
+    model = nn.Linear(4, 2).to(DEVICE)
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, backend="eager", loss_reduction="sum")
+    x = torch.randn(3, 4, device=DEVICE)
+    with torch.autocast(DEVICE, dtype=torch.float16), pytest.raises(dpcompile.ConfigError, match="bfloat16 autocast"):
+        dp(x)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        dp(x).float().square().sum().backward()
+    assert model.weight.grad is not None and torch.isfinite(model.weight.grad).all()

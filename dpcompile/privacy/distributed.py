@@ -4,22 +4,35 @@ summed across ranks, and the noise N(0, σ²R²) is added once, by rank 0.
 Every rank runs the same DP model on its own Poisson shard (`poisson_loader` samples, on rank r of W,
 the examples r, r + W, r + 2W, … at the global rate q, so the union of the ranks' batches is a
 Poisson sample of the whole dataset at rate q). Each rank's backward leaves
-(Σ_{i on r} C_i g_i + [r = 0]·N(0, σ²R²)) / n in .grad, with n the global expected batch size; the
-optimizer step pre-hook (dpcompile.privacy.guard) sums .grad across ranks (one all-reduce per dtype
-and device, before the step), so every rank applies (Σ_i C_i g_i + N(0, σ²R²)) / n. Steps are counted
-on every rank alike; the accountant sees the global rate q. Settings that differ across ranks are
-refused when the engine is made.
+(Σ_{i on r} C_i g_i + [r = 0]·N(0, σ²R²)) / n in .grad, with n the global expected batch size; a
+`Reducer` sums these releases across ranks, overlapped with the backward, and the optimizer step
+pre-hook (dpcompile.privacy.guard) waits for it, so every rank applies (Σ_i C_i g_i + N(0, σ²R²)) / n.
+Steps are counted on every rank alike; the accountant sees the global rate q. Settings that differ
+across ranks are refused when the engine is made.
+
+The reduction of one logical step (a "round", opened by the noisy backward, on every rank alike):
+the parameters are split once into fixed buckets (reverse parameter order, one device and dtype each,
+about `bucket_mb` MB); a bucket is all-reduced asynchronously as one flat tensor
+[g_1, …, g_k, present_1, …, present_k] as soon as all its parameters' gradients of the round are
+final (their post-accumulate-grad hooks), in bucket order; the buckets still open when the backward
+ends (parameters without a gradient on this rank) go out then, with zeros and present = 0. So every
+rank issues the same all-reduces, of the same sizes, in the same order, exactly once per round,
+whatever gradients it got: no deadlock, no tensors mixed. The step waits for them and copies the sums
+back into .grad (a parameter without a gradient anywhere keeps .grad None).
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from torch import Tensor
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ReleaseError
+
+BUCKET_MB = 25.0  # bucket size cap, as DDP's
 
 
 def world() -> tuple[int, int]:
@@ -29,13 +42,19 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def gather(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order (a collective: every rank must call it); [obj] in one process."""
+    size = world()[1]
+    if size == 1:
+        return [obj]
+    gathered: list[Any] = [None] * size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def check_same_settings(fingerprint: dict[str, Any]) -> None:
     """ConfigError on every rank unless all ranks were given the same privacy settings."""
-    rank, size = world()
-    if size == 1:
-        return
-    gathered: list[Any] = [None] * size
-    dist.all_gather_object(gathered, fingerprint)
+    gathered = gather(fingerprint)
     differ = sorted({k for other in gathered for k in set(other) | set(fingerprint)
                      if other.get(k) != fingerprint.get(k)})
     if differ:
@@ -43,14 +62,162 @@ def check_same_settings(fingerprint: dict[str, Any]) -> None:
                           "must build its DP model with the same settings (noise, bound, rate, clipping)")
 
 
-def all_reduce_grads(params: Iterable[torch.Tensor]) -> None:
-    """.grad summed across ranks in place: one flat all-reduce per (device, dtype)."""
-    buckets: dict[tuple, list[torch.Tensor]] = {}
-    for p in params:
-        if p.grad is not None:
-            buckets.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
-    for grads in buckets.values():
-        flat = _flatten_dense_tensors(grads)
-        dist.all_reduce(flat)
-        for grad, summed in zip(grads, _unflatten_dense_tensors(flat, grads)):
-            grad.copy_(summed)
+class Bucket:
+    """Fixed parameters of one device and dtype, reduced as one flat tensor [g_1, …, g_k, present_1, …]."""
+
+    def __init__(self, params: list[Tensor]) -> None:
+        self.params = [weakref.ref(p) for p in params]
+        self.numels = [p.numel() for p in params]
+        self.device, self.dtype = params[0].device, params[0].dtype
+
+    def signature(self) -> tuple:
+        """What must agree across ranks: device type, dtype, sizes (the device index may differ)."""
+        return self.device.type, str(self.dtype), tuple(self.numels)
+
+    def flatten(self, released: set[int]) -> tuple[Tensor, list[int | None]]:
+        """This rank's releases, flat (zeros and present 0 where none), and the .grad versions it read."""
+        parts, versions = [], []
+        for ref, numel in zip(self.params, self.numels):
+            p = ref()
+            grad = p.grad if p is not None and id(p) in released else None
+            versions.append(None if grad is None else grad._version)
+            parts.append(torch.zeros(numel, dtype=self.dtype, device=self.device) if grad is None
+                         else grad.detach().reshape(-1).to(self.dtype))
+        present = torch.tensor([v is not None for v in versions], dtype=self.dtype, device=self.device)
+        return torch.cat([*parts, present]), versions
+
+    def unflatten(self, summed: Tensor, versions: list[int | None]) -> list[Tensor]:
+        """.grad = Σ_r g_r (copied in where this rank released one, set where only others did); those parameters."""
+        total = sum(self.numels)
+        anywhere = summed[total:].tolist() if None in versions else [1.0] * len(versions)  # host read if needed
+        written, offset = [], 0
+        for ref, numel, version, present in zip(self.params, self.numels, versions, anywhere):
+            p, value = ref(), summed[offset:offset + numel]
+            offset += numel
+            if p is None or not present:
+                continue
+            if version is None:  # others' releases only
+                p.grad = value.view(p.shape).clone()
+            elif p.grad is None:  # cleared since the backward: stays cleared
+                continue
+            elif p.grad._version != version:
+                raise ReleaseError(CHANGED_MESSAGE)
+            else:
+                p.grad.copy_(value.view(p.grad.shape))
+            written.append(p)
+        return written
+
+
+CHANGED_MESSAGE = ("a gradient was changed in place between the DP backward and the optimizer step: in data "
+                   "parallel training each rank's release is sent to be summed across ranks as the backward "
+                   "produces it, and the step applies that sum, so the change would be lost. Leave .grad unchanged "
+                   "until opt.step(), or set dp_model.privacy.reducer.overlap = False on every rank to sum .grad as "
+                   "it is at the step")
+
+
+class Round:
+    """One logical step's reduction: the fixed buckets, which parameters are final, the all-reduces in flight."""
+
+    def __init__(self, buckets: list[Bucket]) -> None:
+        self.buckets = buckets
+        self.slot = {id(ref()): i for i, b in enumerate(buckets) for ref in b.params if ref() is not None}
+        self.waiting = [len(b.params) for b in buckets]  # parameters not yet final, per bucket
+        self.released: set[int] = set()
+        self.launched: list[tuple[Bucket, Tensor, list[int | None], Any]] = []
+
+    def ready(self, p: Tensor, launch: bool) -> None:
+        """p's gradient of this round is final; if `launch`, all-reduce every bucket now complete, in bucket order."""
+        i = self.slot.get(id(p))
+        if i is None or id(p) in self.released:
+            return
+        self.released.add(id(p))
+        self.waiting[i] -= 1
+        while launch and len(self.launched) < len(self.buckets) and not self.waiting[len(self.launched)]:
+            self.launch()
+
+    def launch(self) -> None:
+        """All-reduce the next bucket asynchronously."""
+        bucket = self.buckets[len(self.launched)]
+        flat, versions = bucket.flatten(self.released)
+        self.launched.append((bucket, flat, versions, dist.all_reduce(flat, async_op=True)))
+
+    def launch_rest(self) -> None:
+        """Launch the buckets still open (parameters without a gradient: zeros), in bucket order."""
+        while len(self.launched) < len(self.buckets):
+            self.launch()
+
+    def finish(self, apply: bool) -> list[Tensor]:
+        """Launch the rest, wait for all; if `apply`, write the sums into .grad and return those parameters."""
+        self.launch_rest()
+        for *_, work in self.launched:
+            work.wait()
+        return [p for bucket, flat, versions, _ in self.launched for p in bucket.unflatten(flat, versions)] \
+            if apply else []
+
+
+class Reducer:
+    """Sums the ranks' releases of each logical step: bucketed async all-reduces launched as the gradients
+    become final (`overlap`; else all at the step), waited for before the optimizer step."""
+
+    def __init__(self, bucket_mb: float = BUCKET_MB, overlap: bool = True) -> None:
+        self.bucket_mb, self.overlap = bucket_mb, overlap
+        self.params: list[weakref.ref] = []  # in the order tracked (the model's parameter order)
+        self.layout: tuple[tuple, list[Bucket]] | None = None  # (key, buckets), rebuilt if the key changes
+        self.round: Round | None = None
+
+    def add(self, params: Iterable[Tensor]) -> None:
+        """Reduce these parameters' gradients too (every rank must add the same ones, in the same order)."""
+        known = {id(ref()) for ref in self.params}
+        self.params += [weakref.ref(p) for p in params if id(p) not in known]
+
+    def open(self, in_backward: bool) -> None:
+        """A noisy backward starts a round (an unfinished previous one is completed and dropped); inside a
+        backward, the buckets still open at its end are launched then."""
+        if self.round is not None:
+            self.round.finish(apply=False)
+        self.round = Round(self.buckets())
+        if self.overlap and in_backward:
+            torch.autograd.Variable._execution_engine.queue_callback(self.round.launch_rest)
+
+    def ready(self, p: Tensor) -> None:
+        """p's gradient of the open round is final (its post-accumulate-grad hook)."""
+        if self.round is not None:
+            self.round.ready(p, launch=self.overlap)
+
+    def finish(self) -> list[Tensor]:
+        """Wait for the open round's sums and write them into .grad; the parameters written (none if no round)."""
+        current, self.round = self.round, None
+        return [] if current is None else current.finish(apply=True)
+
+    def buckets(self) -> list[Bucket]:
+        """The fixed buckets of the live parameters (rebuilt, and checked across ranks, when they change)."""
+        params = [p for p in (ref() for ref in self.params) if p is not None and p.requires_grad]
+        key = (self.bucket_mb, tuple((id(p), p.device, p.dtype, p.shape) for p in params))
+        if self.layout is None or self.layout[0] != key:
+            buckets = split(params, int(self.bucket_mb * 2**20))
+            check_same_layout([b.signature() for b in buckets])
+            self.layout = key, buckets
+        return self.layout[1]
+
+
+def split(params: list[Tensor], cap_bytes: int) -> list[Bucket]:
+    """Buckets of ≤ cap_bytes (or one parameter) per (device, dtype), walking the parameters in reverse order."""
+    done: list[Bucket] = []
+    open_: dict[tuple, tuple[list[Tensor], int]] = {}  # (device, dtype) -> (parameters, bytes)
+    for p in reversed(params):
+        key, size = (p.device, p.dtype), p.numel() * p.element_size()
+        group, used = open_.get(key, ([], 0))
+        if group and used + size > cap_bytes:
+            done.append(Bucket(group))
+            group, used = [], 0
+        group.append(p)
+        open_[key] = group, used + size
+    return done + [Bucket(group) for group, _ in open_.values() if group]
+
+
+def check_same_layout(signature: list[tuple]) -> None:
+    """ConfigError on every rank unless all ranks bucket the same parameter sizes and dtypes."""
+    if any(other != signature for other in gather(signature)):
+        raise ConfigError("the ranks' DP models have different trainable parameters (sizes, dtypes or order): data "
+                          "parallel training sums each parameter's gradient across ranks, so every rank must train "
+                          "the same model")

@@ -11,6 +11,12 @@ looked into the Accountant (σ and q are fixed, so recording late changes nothin
 without noise (gradient accumulation) are never counted; a step with σ = 0 is counted and makes ε
 infinite.
 
+Data parallel (dpcompile.privacy.distributed): rank 0 alone draws the noise; the engine's `reducer`
+sums the ranks' releases (a round opened by each noisy backward, its buckets all-reduced as the
+gradients become final, waited for in the optimizer step pre-hook). `state_dict()` is then a
+collective: every rank gets the same dict, with every rank's sampler position ("ranks"), so rank 0
+alone writes it and `load_state_dict` gives each rank its own part back.
+
 Secure noise (`secure_noise=True`): the generator is seeded from OS entropy and its seed and state
 are never saved. Floating-point caveat: a Gaussian sampler on floats does not produce an exact
 Gaussian; the set of values it can return leaves gaps that depend on the mean, so a released value
@@ -44,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 STATE_VERSION = 2  # 2: "dropped" (samples dropped for a non-finite norm); 1 is read as 0 dropped
 STATE_KEYS = {"version", "config", "steps", "accountant", "noise", "sampler", "dropped"}
+RANK_KEYS = {"sampler", "dropped"}  # data parallel: each rank's own, listed under "ranks" (one dict per rank)
 DROPPED_CHECK_EVERY = 100  # noisy steps between reads of the on-device dropped-sample counter
 
 
@@ -76,6 +83,7 @@ class PrivacyEngine:
         self._task: tuple[int, str] | None = None  # (autograd graph task, kind) of the last noise op call
         self.rank, self.world_size = distributed.world()  # data parallel: rank 0 alone adds the noise
         distributed.check_same_settings(self.fingerprint())
+        self.reducer = distributed.Reducer() if self.world_size > 1 else None  # sums the ranks' releases
         self.handle = register_owner(self)
 
     # --- what the compiled backward calls ---
@@ -92,6 +100,8 @@ class PrivacyEngine:
                 "or run separate backwards inside privacy.accumulating() for separate batches")
         noisy = self.step()
         self._task = (task, guard.NOISY if noisy else guard.UNNOISED)
+        if noisy and self.reducer is not None:
+            self.reducer.open(in_backward=task >= 0)
         self._count_dropped(dropped)
         if noisy and self.draws % DROPPED_CHECK_EVERY == 0:
             self._warn_dropped()
@@ -122,7 +132,19 @@ class PrivacyEngine:
 
     def track(self, named_params: Iterable[tuple[str, Tensor]]) -> None:
         """Guard these trainable parameters: an optimizer step over them must apply exactly one noisy release."""
+        named_params = list(named_params)
         guard.track(self, named_params)
+        if self.reducer is not None:
+            self.reducer.add(p for _, p in named_params)
+
+    def released(self, param: Tensor) -> None:
+        """param's gradient of this logical step is final (guard's hook): data parallel starts summing it."""
+        if self.reducer is not None:
+            self.reducer.ready(param)
+
+    def reduce(self) -> list[Tensor]:
+        """Data parallel: .grad = Σ_r release_r for this step (waits for the all-reduces); the parameters written."""
+        return self.reducer.finish() if self.reducer is not None else []
 
     def untrack(self) -> None:
         """Stop guarding the parameters (called when the DP model that owns this engine is collected)."""
@@ -250,7 +272,7 @@ class PrivacyEngine:
         self.seed = state["seed"]
         self.generators = {}
         for key, gen_state in state["generators"].items():
-            self.generator(torch.device(key)).set_state(gen_state)
+            self.generator(torch.device(key)).set_state(gen_state.cpu())  # states are CPU tensors
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data (torch.load(weights_only=True) reads it): settings, step count, accountant
@@ -260,10 +282,18 @@ class PrivacyEngine:
             logger.warning("state saved in the middle of a logical step (%d of %d micro-steps): the "
                            "accumulated .grad is not part of it", self.calls % self.gradient_accumulation_steps,
                            self.gradient_accumulation_steps)
-        return {"version": STATE_VERSION, "config": self.fingerprint(), "steps": self.steps,
-                "accountant": self.accountant.state_dict(), "noise": self.noise_state(),
-                "sampler": self.sampler.state_dict() if self.sampler is not None else None,
-                "dropped": self.dropped_samples}
+        own = {"sampler": self.sampler.state_dict() if self.sampler is not None else None,
+               "dropped": self.dropped_samples}
+        state = {"version": STATE_VERSION, "config": self.fingerprint(), "steps": self.steps,
+                 "accountant": self.accountant.state_dict(), "noise": self.noise_state(), **own}
+        return state if self.world_size == 1 else self.gathered_state(state)
+
+    def gathered_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Data parallel (a collective): rank 0's state, "ranks" = every rank's own part, "dropped" = Σ_r dropped_r."""
+        parts = distributed.gather({key: state[key] for key in ("noise", *RANK_KEYS)})
+        ranks = [{key: part[key] for key in RANK_KEYS} for part in parts]
+        return {**state, "noise": parts[0]["noise"], "sampler": ranks[0]["sampler"],
+                "dropped": sum(part["dropped"] for part in ranks), "ranks": ranks}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume from state_dict() of an engine with the same settings; refuse any other (ConfigError)."""
@@ -272,10 +302,11 @@ class PrivacyEngine:
         if state["version"] not in (1, STATE_VERSION):
             raise ConfigError(f"privacy state version {state['version']!r}; this dpcompile reads 1 and {STATE_VERSION}")
         keys = STATE_KEYS if state["version"] == STATE_VERSION else STATE_KEYS - {"dropped"}
-        if set(state) != keys:
+        if set(state) - {"ranks"} != keys:
             raise ConfigError(f"not a privacy engine state: expected a dict with keys {sorted(keys)}")
         check_same_settings(state["config"], self.fingerprint())
-        if (state["sampler"] is None) != (self.sampler is None):
+        own = self.own_part(state)
+        if (own["sampler"] is None) != (self.sampler is None):
             saved, here = ("a", "no") if self.sampler is None else ("no", "a")
             raise ConfigError(f"the checkpoint has {saved} Poisson sampler position but this model has {here} "
                               "data loader: pass the same data_loader= as the saved run")
@@ -287,10 +318,24 @@ class PrivacyEngine:
         if accountant.steps not in (0, steps) or self.sample_rate is not None and accountant.steps != steps:
             raise ConfigError(f"corrupt privacy state: {steps} steps but {accountant.steps} in the accountant")
         if self.sampler is not None:
-            self.sampler.load_state_dict(state["sampler"])
-        self.load_noise_state(state["noise"])
+            self.sampler.load_state_dict(own["sampler"])
+        noise = state["noise"] if self.rank == 0 or self.secure else {**state["noise"], "generators": {}}
+        self.load_noise_state(noise)  # rank 0's; the other ranks draw none (no generator on rank 0's device)
         self.accountant = accountant
-        self._dropped, self._dropped_saved = {}, int(state.get("dropped", 0))
+        self._dropped, self._dropped_saved = {}, int(own.get("dropped", 0))
+
+    def own_part(self, state: Mapping[str, Any]) -> Mapping[str, Any]:
+        """This rank's sampler position and dropped count in a saved state (saved by as many ranks as run now)."""
+        ranks = state.get("ranks")
+        saved = 1 if ranks is None else len(ranks) if isinstance(ranks, list) else None
+        if saved != self.world_size:
+            raise ConfigError(f"the privacy state was saved by {saved} data-parallel rank(s) and this run has "
+                              f"{self.world_size}: each rank resumes its own Poisson shard, so resume with the "
+                              "saved number of ranks")
+        own = state if ranks is None else ranks[self.rank]
+        if not isinstance(own, Mapping) or not RANK_KEYS <= set(own) | {"dropped"}:
+            raise ConfigError(f"not a privacy engine state: each entry of 'ranks' needs keys {sorted(RANK_KEYS)}")
+        return own
 
     # --- copies ---
 

@@ -6,7 +6,9 @@ version) or starts afresh (None, or zeroed/replaced since); after it, what this 
 noisy (the engine's noise op drew in this autograd graph task), un-noised (a DP micro-step) or raw
 (no DP backward in this task). Global optimizer step pre-hooks refuse a step over a parameter whose
 .grad holds un-noised clipped sums, raw gradients, or several noisy releases; post-hooks mark the
-release consumed. Optimizers over other parameters are untouched.
+release consumed. Optimizers over other parameters are untouched. Data parallel: a parameter's noisy
+accumulation is reported to its engine (`released`, which starts the all-reduce of its bucket), and the
+step pre-hook waits for the sums across ranks (`reduce`) after its checks, before the step.
 """
 from __future__ import annotations
 
@@ -20,15 +22,21 @@ from torch.utils.hooks import unserializable_hook
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..errors import ReleaseError
-from .distributed import all_reduce_grads
 
 NOISY, UNNOISED, RAW = "noisy", "unnoised", "raw"
 
 
 class TaskOwner(Protocol):
-    """The privacy engine: which autograd graph task its noise op ran in, and whether it drew noise."""
+    """The privacy engine: which autograd graph task its noise op ran in, whether it drew noise; data parallel:
+    a parameter's release of this step is final (`released`), the sums across ranks into .grad (`reduce`)."""
+
+    handle: int  # creation order: the same on every rank
 
     def backward_kind(self, task: int) -> str | None: ...
+
+    def released(self, param: torch.Tensor) -> None: ...
+
+    def reduce(self) -> list[torch.Tensor]: ...
 
 
 class GradState:
@@ -110,18 +118,28 @@ def hook_parameter(p: torch.Tensor, state: GradState) -> None:
 
     @unserializable_hook
     def after(param):
-        state.accumulated(kind_of_backward(state))
+        task = torch._C._current_graph_task_id()
+        kind = kind_of_backward(state, task)
+        state.accumulated(kind)
         state.record(param.grad)
+        if kind == NOISY:  # this step's release is final: data parallel reduces it now
+            for engine in engines_of(state):
+                if engine.backward_kind(task) == NOISY:
+                    engine.released(param)
 
     p.register_hook(before)
     p.register_post_accumulate_grad_hook(after)
 
 
-def kind_of_backward(state: GradState) -> str:
-    """NOISY / UNNOISED if one of the parameter's engines drew in the current autograd graph task, else RAW."""
-    task = torch._C._current_graph_task_id()
-    kinds = {engine.backward_kind(task) for engine in list(state.engines)}
+def kind_of_backward(state: GradState, task: int) -> str:
+    """NOISY / UNNOISED if one of the parameter's engines drew in autograd graph task `task`, else RAW."""
+    kinds = {engine.backward_kind(task) for engine in engines_of(state)}
     return NOISY if NOISY in kinds else UNNOISED if UNNOISED in kinds else RAW
+
+
+def engines_of(state: GradState) -> list[TaskOwner]:
+    """The parameter's live engines in creation order (the same order on every rank)."""
+    return sorted(state.engines, key=lambda engine: engine.handle)
 
 
 def tracked_params(optimizer: torch.optim.Optimizer) -> Iterable[tuple[torch.Tensor, GradState]]:
@@ -147,12 +165,10 @@ def before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Non
         problem = state.problem()
         if problem:
             raise ReleaseError(problem)
-    parallel = [(p, state) for p, state in tracked_params(optimizer)
-                if p.grad is not None and any(getattr(e, "world_size", 1) > 1 for e in list(state.engines))]
-    if parallel:  # data parallel: sum the ranks' releases (rank 0's alone holds the noise)
-        all_reduce_grads(p for p, _ in parallel)
-        for p, state in parallel:
-            state.record(p.grad)
+    engines = {id(e): e for _, state in tracked_params(optimizer) for e in engines_of(state)}
+    for engine in sorted(engines.values(), key=lambda e: e.handle):  # data parallel: Σ over ranks (noise: rank 0's)
+        for p in engine.reduce():
+            _TRACKED[p].record(p.grad)
 
 
 def after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:

@@ -91,7 +91,7 @@ class PoissonBatchSampler(Sampler[list[int]]):
                               f"{self.world_size}: each rank resumes from its own sampler state")
         if not 0 <= state["step"] <= self.steps:
             raise ConfigError(f"sampler state step {state['step']!r} is outside [0, {self.steps}]")
-        self._generator.set_state(state["generator_state"])
+        self._generator.set_state(state["generator_state"].cpu())  # also when loaded with map_location="cuda"
         self.seed, self._step = state["seed"], state["step"]
         self.epoch = state.get("epoch", 0)
 

@@ -4,6 +4,7 @@ Per sample i and group: g_i = G_i U_iᵀ, where U_i = unfold(x_i) (d × T) and G
 Ghost: ‖g_i‖² = Σ_ts (U_iᵀU_i)_ts (G_iᵀG_i)_ts. Per-sample gradients either by unfold + matmul or
 by one convolution_backward with the batch folded into the groups. Bias: g_i = Σ_t G_i.
 A transposed convolution swaps the roles: its weight gradient is x_i unfold(G_i)ᵀ, over x's positions.
+With K views per sample (rows b·K … b·K+K−1 of dim 0), a sample's positions are its views' K·T positions.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from . import WORD, Cost, generalized_linear_costs, register
 from .bounds import (F64, SUBNORMAL, U64, accumulation_dtype, certified, clipped_product_margin,
                      full_precision, gamma, gram_sum_bound, masked, masked_scaled, row_norms, unit_roundoff,
                      upper_sum)
-from .layout import shape_of
+from .layout import per_row, rows_per_sample, shape_of, views_into_positions, views_of
 
 aten = torch.ops.aten
 ARG_NAMES = ("grad_out", "input", "weight", "bias_sizes", "stride", "padding", "dilation",
@@ -56,41 +57,43 @@ class ConvRule:
         conv = node.args[0]
         a = conv_args(conv)
         g_shape, x_shape, w_shape = shape_of(a["grad_out"]), shape_of(a["input"]), shape_of(a["weight"])
-        if sympy.simplify(g_shape[0] - batch) != 0 or sympy.simplify(x_shape[0] - batch) != 0:
+        k = rows_per_sample(g_shape[0], batch, views_of(node))
+        if k is None or sympy.simplify(x_shape[0] - g_shape[0]) != 0:
             return f"its batch dim ({g_shape[0]}) is not the model's batch ({batch})"
         groups = a["groups"]
         dims = len(w_shape) - 2
-        consts = {k: list(a[k]) * dims if len(a[k]) == 1 else list(a[k]) for k in ("stride", "padding", "dilation")}
-        consts.update(groups=groups, kernel=[int(k) for k in w_shape[2:]], param=node.args[1],
-                      transposed=bool(a["transposed"]), output_padding=list(a["output_padding"]))
-        T = prod(g_shape[2:])
+        consts = {n: list(a[n]) * dims if len(a[n]) == 1 else list(a[n]) for n in ("stride", "padding", "dilation")}
+        consts.update(groups=groups, kernel=[int(size) for size in w_shape[2:]], param=node.args[1],
+                      transposed=bool(a["transposed"]), output_padding=list(a["output_padding"]), k=k)
+        T = k * prod(g_shape[2:])
         if node.args[1] == 2:
             shape = LayerShape(B=batch, T=T, d=sympy.Integer(1), p=w_shape[0])
             return Site("conv_bias", (a["grad_out"],), consts, shape, op="aten.convolution_backward")
         d = w_shape[1] * prod(w_shape[2:])
         shape = LayerShape(B=batch, T=T, d=d, p=w_shape[0] / groups, groups=groups)
         if a["transposed"]:  # weight (C_in, C_out/groups, *k): unfold the output gradient over x's positions
-            shape = LayerShape(B=batch, T=prod(x_shape[2:]), d=d, p=w_shape[0] / groups, groups=groups)
+            shape = LayerShape(B=batch, T=k * prod(x_shape[2:]), d=d, p=w_shape[0] / groups, groups=groups)
         return Site("conv", (a["grad_out"], a["input"], a["weight"]), consts, shape, op="aten.convolution_backward")
 
     def _unfolded(self, site: Site, g: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        """U (B, groups, d, T) and G (B, groups, p, T); g_i = G_i U_iᵀ per group."""
-        c, groups = site.consts, site.consts["groups"]
+        """U (B, groups, d, k·T) and G (B, groups, p, k·T); g_i = G_i U_iᵀ per group (k views per sample)."""
+        c, groups, k = site.consts, site.consts["groups"], site.consts.get("k", 1)
         if c["transposed"]:
             g, x = x, g
         u = unfold_nd(x, c["kernel"], c["stride"], c["padding"], c["dilation"])
-        B, T = g.shape[0], u.shape[-1]
-        return (u.reshape(B, groups, u.shape[1] // groups, T), g.reshape(B, groups, g.shape[1] // groups, T))
+        rows, T = g.shape[0], u.shape[-1]
+        u, g = u.reshape(rows, groups, u.shape[1] // groups, T), g.reshape(rows, groups, g.shape[1] // groups, T)
+        return views_into_positions(u, k), views_into_positions(g, k)
 
     def per_sample(self, site: Site, g: Tensor, *rest: Tensor) -> Tensor:
         """Per-sample weight (B, C_out, C_in/groups, *k) or bias (B, C_out) gradients."""
         if site.rule == "conv_bias":
-            return g.flatten(2).sum(2)
+            return views_into_positions(g.flatten(2), site.consts.get("k", 1)).sum(2)
         x, w = rest
         if site.consts.get("impl", "unfold") == "grouped" and not site.consts["transposed"]:
             return self._per_sample_grouped(site, g, x, w)
         u, gg = self._unfolded(site, g, x)
-        return torch.einsum("bgpt,bgdt->bgpd", gg, u).reshape(g.shape[0], *w.shape)
+        return torch.einsum("bgpt,bgdt->bgpd", gg, u).reshape(u.shape[0], *w.shape)
 
     def _per_sample_grouped(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
         """One convolution_backward with the batch folded into the groups (an opaque runtime op)."""
@@ -105,9 +108,9 @@ class ConvRule:
         return (gram_u * gram_g).flatten(1).sum(1)
 
     def _position_norms(self, site: Site, g: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Upper bounds on ‖u_t‖ and ‖g_t‖ per group and position, (B, groups, T) float64, without
+        """Upper bounds on ‖u_t‖ and ‖g_t‖ per group and position, (B, groups, k·T) float64, without
         unfolding x: the channel-summed squares of x, unfolded (a window sum over a single channel per group)."""
-        c, groups = site.consts, site.consts["groups"]
+        c, groups, k = site.consts, site.consts["groups"], site.consts.get("k", 1)
         if c["transposed"]:
             g, x = x, g
         B = g.shape[0]
@@ -120,7 +123,7 @@ class ConvRule:
         if x.dtype == F64:
             r_sq = r_sq * (1 + U64) + d * SUBNORMAL[F64]
         rho = row_norms(g.reshape(B, groups, g.shape[1] // groups, T), dims=(2,))
-        return r_sq.sqrt() * (1 + U64), rho
+        return views_into_positions(r_sq.sqrt() * (1 + U64), k), views_into_positions(rho, k)
 
     def ghost_norm_bound(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
         """[s, e]: the Gram form plus its error bound, and the clipped sum's rounding per unit c, (u + γ_T)·M_i
@@ -140,13 +143,15 @@ class ConvRule:
         """‖ĝ_i − g_i‖ ≤ γ_T·M_i (an accumulation over T positions; the grouped runtime op is assumed to
         use a direct or GEMM algorithm, see the README). Bias: γ_T·Σ_t ‖g_t‖."""
         if site.rule == "conv_bias":
-            rho = row_norms(g.flatten(2), dims=(1,))
+            rho = views_into_positions(row_norms(g.flatten(2), dims=(1,)), site.consts.get("k", 1))
             return gamma(rho.shape[1], unit_roundoff(accumulation_dtype(g.dtype))) * upper_sum(rho, [1])
         r, rho = self._position_norms(site, g, rest[0])
         return gamma(r.shape[-1], unit_roundoff(accumulation_dtype(g.dtype))) * upper_sum(r * rho, [1, 2])
 
     def clipped_sum(self, site: Site, clip: Tensor, g: Tensor, *rest: Tensor) -> Tensor:
-        """One weight-gradient convolution on clip-scaled output gradients (dropped samples masked out)."""
+        """One weight-gradient convolution on clip-scaled output gradients (dropped samples masked out; a
+        sample's factor on each of its k view rows)."""
+        clip = per_row(clip, site.consts.get("k", 1))
         g = masked_scaled(g, clip)
         if site.rule == "conv_bias":
             return g.flatten(2).sum((0, 2))
@@ -155,7 +160,7 @@ class ConvRule:
         c = site.consts
         if g.is_cuda:  # cuDNN may pick FFT/Winograd weight gradients, outside γ_T·M: a GEMM on the unfolded input
             u, gg = self._unfolded(site, g, x)
-            return torch.einsum("bgpt,bgdt->gpd", gg, u).reshape(w.shape)
+            return torch.einsum("bgpt,bgdt->gpd", gg, u).reshape(w.shape)  # k·T positions per sample
         return aten.convolution_backward(g, x, w, None, c["stride"], c["padding"], c["dilation"], c["transposed"],
                                          c["output_padding"], c["groups"], [False, True, False])[1]
 

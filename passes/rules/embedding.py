@@ -3,7 +3,8 @@
 Per sample i: g_i = Σ_t e_{idx_t} ⊗ v_t (V × D), padding positions masked out.
 Ghost: ‖g_i‖² = Σ_ts [idx_t = idx_s] ⟨v_t, v_s⟩. Per-sample: a scatter into (B, V, D).
 The batch may be any one dim of the indices; indices with none (a position or token-type row shared by
-the batch and broadcast) take v from before the backward's sum over the batch.
+the batch and broadcast) take v from before the backward's sum over the batch. A batch dim of size K·B
+(K views per sample, rows b·K … b·K+K−1) gives each sample the positions of its K rows.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from ..meta import LayerShape, Site
 from . import WORD, Cost, register
 from .bounds import (SUBNORMAL, accumulation_dtype, certified, clipped_product_margin, full_precision, gamma,
                      gram_sum_bound, masked_scaled, row_norms, unit_roundoff, upper_sum)
-from .layout import keeps_order, shape_of
+from .layout import keeps_order, rows_per_sample, shape_of, views_of
 from .reduction import SumRule, _summed_dims
 
 aten = torch.ops.aten
@@ -49,7 +50,8 @@ class EmbeddingRule:
         layout = _index_layout(indices, values, batch)
         if isinstance(layout, str):
             return layout
-        idx_batch_dim, per_sample_values, value_batch_dim = layout
+        idx_batch_dim, per_sample_values, value_batch_dim, k, padding = layout
+        padding_idx = padding if padding is not None else padding_idx
         positions = sympy.Integer(1)
         for s in shape_of(indices):
             positions *= s
@@ -58,33 +60,38 @@ class EmbeddingRule:
         shape = LayerShape(B=batch, T=positions, d=table[1], p=table[0])
         inputs = (indices, per_sample_values) + (() if mask is None else (mask,))
         return Site("embedding", inputs, {"padding_idx": padding_idx, "table": tuple(int(t) for t in table),
-                                          "idx_batch_dim": idx_batch_dim, "value_batch_dim": value_batch_dim},
-                    shape, op=str(node.target))
+                                          "idx_batch_dim": idx_batch_dim, "value_batch_dim": value_batch_dim,
+                                          "k": k}, shape, op=str(node.target))
 
     def _match_bag(self, node: fx.Node, batch: sympy.Expr) -> Site | str:
-        """EmbeddingBag with a 2-D input: bag i is sample i, its N indices scatter grad_i (sum) or
-        grad_i / bag_size_i (mean), times per-sample weights if any."""
+        """EmbeddingBag with a 2-D input: bag i is sample i (or one of its k views), its N indices scatter
+        grad_i (sum) or grad_i / bag_size_i (mean), times per-sample weights if any."""
         grad, indices, _offsets, _offset2bag, bag_size, _max, num_weights, by_freq, mode = node.args[:9]
         weights = node.args[10] if len(node.args) > 10 else None
         padding_idx = node.args[11] if len(node.args) > 11 else -1
         if by_freq or mode not in (0, 1):
             return "only sum and mean bags without scale_grad_by_freq have a per-sample rule"
-        if sympy.simplify(shape_of(grad)[0] - batch) != 0:
+        k = rows_per_sample(shape_of(grad)[0], batch, views_of(node))
+        if k is None:
             return "its bags are not the samples (use a 2-D input: one bag per sample)"
         positions = shape_of(indices)[0] / batch
         shape = LayerShape(B=batch, T=positions, d=shape_of(grad)[1], p=sympy.sympify(num_weights))
         inputs = (indices, grad, bag_size) + ((weights,) if weights is not None else ())
-        return Site("embedding_bag", inputs, {"mode": mode, "padding_idx": padding_idx,
+        return Site("embedding_bag", inputs, {"mode": mode, "padding_idx": padding_idx, "k": k,
                     "table": (int(num_weights), int(shape_of(grad)[1]))}, shape, op=str(node.target))
 
     def _rows(self, site: Site, *tensors: Tensor):
-        """Indices (B, N) and masked values (B, N, D)."""
-        if site.rule == "embedding_bag":
-            return self._bag_rows(site, *tensors)
-        return self._table_rows(site, *tensors)
+        """Indices (B, N) and masked values (B, N, D), a sample's k rows (views) together: N = k·positions."""
+        rows = self._bag_rows if site.rule == "embedding_bag" else self._table_rows
+        idx, values = rows(site, *tensors)
+        k = site.consts.get("k", 1)
+        if k == 1:
+            return idx, values
+        B, N = idx.shape[0] // k, k * idx.shape[1]
+        return idx.reshape(B, N), values.reshape(B, N, values.shape[-1])
 
     def _bag_rows(self, site: Site, idx: Tensor, grad: Tensor, bag_size: Tensor, weights: Tensor | None = None):
-        """Each sample's bag: every index gets grad_i (÷ bag size for mean, × its weight)."""
+        """Each bag (one per row): every index gets grad_i (÷ bag size for mean, × its weight)."""
         B, D = grad.shape
         idx = idx.reshape(B, -1)
         values = grad.unsqueeze(1).expand(B, idx.shape[1], D)
@@ -97,8 +104,8 @@ class EmbeddingRule:
         return idx, values
 
     def _table_rows(self, site: Site, idx: Tensor, values: Tensor, mask: Tensor | None = None):
-        """Indices (B, N) and masked values (B, N, D); indices shared by the batch (one row for all
-        samples, broadcast in the forward) are expanded, and the values are the per-sample ones from
+        """Indices (rows, N) and masked values (rows, N, D); indices shared by the batch (one row for all
+        samples, broadcast in the forward) are expanded, and the values are the per-row ones from
         before the backward's sum over the batch."""
         ibd, vbd = site.consts.get("idx_batch_dim", 0), site.consts.get("value_batch_dim", 0)
         D = values.shape[-1]
@@ -184,8 +191,10 @@ class EmbeddingRule:
 
 
 def _index_layout(indices: fx.Node, values: fx.Node, batch: sympy.Expr):
-    """(dim of the indices that holds the batch or None, the per-sample values node, its batch dim),
-    or why there is none. The batch may be any one dim of the indices (``emb(x.transpose(0, 1))``).
+    """(dim of the indices that holds the batch or None, the per-sample values node, its batch dim, the
+    rows per sample k of that dim: 1, or K of size K·B, a padding index the per-sample values still need
+    masked or None), or why there is none. The batch may be any one
+    dim of the indices (``emb(x.transpose(0, 1))``).
     Indices with no batch dim are shared by the whole batch (a position or token-type embedding
     looked up with one row and broadcast): the backward sums the output gradient over the batch before
     the scatter, and sample b's gradient is the scatter of its own output gradient, read from before
@@ -193,24 +202,42 @@ def _index_layout(indices: fx.Node, values: fx.Node, batch: sympy.Expr):
     idx_shape, value_shape = shape_of(indices), shape_of(values)
     if not value_shape or sympy.simplify(prod(value_shape) - prod(idx_shape) * value_shape[-1]) != 0:
         return f"its values {value_shape} are not one row per index {idx_shape}"
-    hits = [i for i, s in enumerate(idx_shape) if sympy.simplify(s - batch) == 0]
-    found = _summed_over_batch(values, batch)
+    views = views_of(indices)
+    hits = [(i, k) for i, s in enumerate(idx_shape) if (k := rows_per_sample(s, batch, views))]
+    unmasked, padding = _padding_masked(values, indices)
+    found = _summed_over_batch(unmasked, batch, views)
     if found is not None and (not hits or batch.is_number):
         if any(s.free_symbols & batch.free_symbols for s in idx_shape):
             return f"its indices {idx_shape} mix the batch ({batch}) with other dims"
-        return None, *found
-    if hits and hits[0] == 0:
-        return 0, values, 0
+        return None, *found, padding
+    if hits and hits[0][0] == 0:
+        return 0, values, 0, hits[0][1], None
     if len(hits) == 1 and not batch.is_number:
-        return hits[0], values, hits[0]
+        return hits[0][0], values, hits[0][0], hits[0][1], None
     if hits:
         return f"its indices {idx_shape} do not have the batch ({batch}) as their first dim"
     return (f"its indices {idx_shape} do not have the batch ({batch}) as a dim, and its values are not "
             "a sum over the batch of per-sample values (an index row shared by the batch)")
 
 
-def _summed_over_batch(values: fx.Node, batch: sympy.Expr) -> tuple[fx.Node, int] | None:
-    """(X, batch dim) when values is (an order-preserving view of) X summed over its batch dim alone."""
+def _padding_masked(values: fx.Node, indices: fx.Node) -> tuple[fx.Node, int | None]:
+    """(X, p) when values is where(indices == p, 0, X) (torch 2.11's embedding backward masks the padding
+    rows after the batch sum, so X is the sum), else (values, None)."""
+    if values.target is not aten.where.self:
+        return values, None
+    cond, zero, x = values.args
+    zero_value = zero.args[0] if isinstance(zero, fx.Node) and zero.target is aten.scalar_tensor.default else zero
+    if cond.target is aten.unsqueeze.default:
+        cond = cond.args[0]
+    if isinstance(zero_value, (int, float)) and zero_value == 0 and cond.target is aten.eq.Scalar \
+            and cond.args[0] is indices and isinstance(cond.args[1], int):
+        return x, cond.args[1]
+    return values, None
+
+
+def _summed_over_batch(values: fx.Node, batch: sympy.Expr, views: int = 1) -> tuple[fx.Node, int, int] | None:
+    """(X, batch dim, rows per sample k) when values is (an order-preserving view of) X summed over its
+    batch dim alone."""
     node = values
     while node.target not in SumRule.ops:
         src = node.args[0] if node.args and keeps_order(node) else None
@@ -222,11 +249,12 @@ def _summed_over_batch(values: fx.Node, batch: sympy.Expr) -> tuple[fx.Node, int
         return None
     dims = _summed_dims(node)
     shape = shape_of(x)
-    if len(dims) != 1 or sympy.simplify(shape[dims[0]] - batch) != 0:
+    k = rows_per_sample(shape[dims[0]], batch, views) if len(dims) == 1 else None
+    if k is None:
         return None
     if shape_of(values)[-1] != shape[-1] or dims[0] == len(shape) - 1:
         return None
-    return x, dims[0]
+    return x, dims[0], k
 
 
 register(EmbeddingRule())

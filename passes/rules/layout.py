@@ -5,6 +5,11 @@ attention gives (T, B, d) seen as (T·B, d)). We walk back through order-preserv
 node whose leading dims show the batch symbol on its own, and reorder from there. A matrix
 product keeps the rows of its left operand (row r of A·W is row r of A times W), so the walk goes
 through it too: inductor's graph passes fold the views that would otherwise lead back to the batch.
+
+With K augmented views per sample (augmentation multiplicity) the user's (B, K, ...) arguments are
+flattened to (B·K, ...) inside the capture, so a dim of size K·B holds sample b's views in rows
+b·K … b·K+K−1 (the safety pass refuses a forward that reorders them): such a dim is the batch with
+k = K rows per sample, and a sample's positions are its K views' positions together.
 """
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ import sympy
 import torch
 import torch.fx as fx
 from torch import Tensor
+
+from ..meta import VIEWS
 
 aten = torch.ops.aten
 
@@ -59,24 +66,44 @@ def shape_of(node: fx.Node) -> tuple[sympy.Expr, ...]:
     return tuple(size_expr(s) for s in node.meta["val"].shape)
 
 
+def views_of(node: fx.Node) -> int:
+    """K, the views per sample of the node's graph (GraphModule.meta['dp_views']; 1 where unset)."""
+    gm = node.graph.owning_module
+    return int(gm.meta.get(VIEWS, 1)) if gm is not None else 1
+
+
+def rows_per_sample(size: sympy.Expr, batch: sympy.Expr, views: int) -> int | None:
+    """k when a dim of this size is the batch with k consecutive rows per sample: 1 for size B, K for
+    size K·B (K > 1 views per sample; B symbolic, or 1: one sample owns every row); else None."""
+    if sympy.simplify(size - batch) == 0:
+        return 1
+    if views > 1 and (batch.free_symbols or batch == 1) and sympy.simplify(size - views * batch) == 0:
+        return views
+    return None
+
+
 @dataclass(frozen=True)
 class RowsLayout:
-    """rows = prod(anchor.shape[:lead]); the batch is dim `batch_dim` of those leading dims."""
+    """rows = prod(anchor.shape[:lead]); the batch is dim `batch_dim` of those leading dims, of size k·B
+    (sample b's rows b·k … b·k+k−1)."""
 
     anchor: fx.Node
     lead: int
     batch_dim: int
+    k: int = 1
 
 
 def find_rows_layout(node: fx.Node, rows: sympy.Expr, batch: sympy.Expr) -> RowsLayout | None:
-    """Walk back through order-preserving views to leading dims that show the batch on its own."""
+    """Walk back through order-preserving views to leading dims that show the batch on its own (size B,
+    or K·B for K views per sample)."""
+    views = views_of(node)
     while True:
         shape = shape_of(node)
         for lead in range(1, len(shape) + 1):
             if sympy.simplify(prod(shape[:lead]) - rows) == 0:
-                hits = [i for i, s in enumerate(shape[:lead]) if sympy.simplify(s - batch) == 0]
+                hits = [(i, k) for i, s in enumerate(shape[:lead]) if (k := rows_per_sample(s, batch, views))]
                 if len(hits) == 1:
-                    return RowsLayout(node, lead, hits[0])
+                    return RowsLayout(node, lead, *hits[0])
                 break
         src = row_source(node)
         if src is None:
@@ -96,9 +123,23 @@ def row_source(node: fx.Node) -> fx.Node | None:
     return src if isinstance(src, fx.Node) else None
 
 
-def to_batch_rows(x: Tensor, anchor: Tensor, lead: int, batch_dim: int) -> Tensor:
-    """View x (rows, *rest) as (B, T, *rest) using the anchor's leading dims."""
+def to_batch_rows(x: Tensor, anchor: Tensor, lead: int, batch_dim: int, k: int = 1) -> Tensor:
+    """View x (rows, *rest) as (B, k·T, *rest) using the anchor's leading dims (batch dim of size k·B)."""
     lead_shape = anchor.shape[:lead]
     positions = prod(s for i, s in enumerate(lead_shape) if i != batch_dim)
     x = x.reshape(*lead_shape, *x.shape[1:]).movedim(batch_dim, 0)
-    return x.reshape(lead_shape[batch_dim], positions, *x.shape[lead:])
+    samples = lead_shape[batch_dim] if k == 1 else lead_shape[batch_dim] // k
+    return x.reshape(samples, k * positions, *x.shape[lead:])
+
+
+def views_into_positions(t: Tensor, k: int) -> Tensor:
+    """(B·k, *mid, T) -> (B, *mid, k·T): sample b's k view rows become positions of one sample."""
+    if k == 1:
+        return t
+    t = t.reshape(t.shape[0] // k, k, *t.shape[1:]).movedim(1, -2)
+    return t.reshape(*t.shape[:-2], k * t.shape[-1])
+
+
+def per_row(c: Tensor, k: int) -> Tensor:
+    """A per-sample vector (B,) repeated for each of a sample's k rows: (B·k,)."""
+    return c if k == 1 else c.unsqueeze(1).expand(c.shape[0], k).reshape(c.shape[0] * k)

@@ -1,7 +1,8 @@
 """Linear layers and any matmul weight gradient: mm(X, Q) = Pᵀ Q with P = Xᵀ, where the rows of P
 and Q are (batch × positions) in some order; bmm with a batch of one (einsum, raw `x @ W`) too.
 
-Per sample i: g_i = P_iᵀ Q_i (m × n). Ghost: ‖g_i‖² = Σ_ts (P_i P_iᵀ)_ts (Q_i Q_iᵀ)_ts.
+Per sample i: g_i = P_iᵀ Q_i (m × n). Ghost: ‖g_i‖² = Σ_ts (P_i P_iᵀ)_ts (Q_i Q_iᵀ)_ts. With K views per
+sample, t and s run over all K·T positions of the sample's views.
 """
 from __future__ import annotations
 
@@ -50,14 +51,14 @@ class MatmulRule:
         if layout is None:
             return f"the batch ({batch}) cannot be found among the {rows} contracted rows of its operands"
         shape = LayerShape(B=batch, T=sympy.simplify(rows / batch), d=q_shape[1], p=x_shape[0])
-        return Site("linear", (x, q, layout.anchor), {"lead": layout.lead, "batch_dim": layout.batch_dim},
-                    shape, op=str(node.target))
+        return Site("linear", (x, q, layout.anchor),
+                    {"lead": layout.lead, "batch_dim": layout.batch_dim, "k": layout.k}, shape, op=str(node.target))
 
     def _rows(self, site: Site, x: Tensor, q: Tensor, anchor: Tensor) -> tuple[Tensor, Tensor]:
-        """P and Q as (B, T, features); x is Pᵀ (m × rows), possibly with a leading batch of one."""
-        lead, bdim = site.consts["lead"], site.consts["batch_dim"]
+        """P and Q as (B, k·T, features); x is Pᵀ (m × rows), possibly with a leading batch of one."""
+        lead, bdim, k = site.consts["lead"], site.consts["batch_dim"], site.consts.get("k", 1)
         p, q = (x[0] if x.dim() == 3 else x).t(), q[0] if q.dim() == 3 else q  # (a reshape would guard B != 1)
-        return to_batch_rows(p, anchor, lead, bdim), to_batch_rows(q, anchor, lead, bdim)
+        return to_batch_rows(p, anchor, lead, bdim, k), to_batch_rows(q, anchor, lead, bdim, k)
 
     def per_sample(self, site: Site, x: Tensor, q: Tensor, anchor: Tensor) -> Tensor:
         """g_i = P_iᵀ Q_i, shape (B, m, n)."""

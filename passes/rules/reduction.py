@@ -2,6 +2,7 @@
 class tokens, position embeddings, layer scales, norm affines after decomposition.
 
 Per sample i: g_i = Σ over the summed dims other than the batch of X_i. Instantiated (B × |param|).
+A batch dim of size K·B (K views per sample, rows b·K … b·K+K−1) sums each sample's K rows too.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from torch import Tensor
 from ..meta import LayerShape, Site
 from . import WORD, Cost, register
 from .bounds import accumulation_dtype, gamma, masked, round_down, row_norms, unit_roundoff, upper_sum
-from .layout import find_rows_layout, shape_of, to_batch_rows
+from .layout import find_rows_layout, rows_per_sample, shape_of, to_batch_rows, views_of
 
 aten = torch.ops.aten
 
@@ -40,13 +41,14 @@ class SumRule:
         numel = sympy.Integer(1)
         for s in kept:
             numel *= s
-        explicit = [d for d in dims if sympy.simplify(shape[d] - batch) == 0]
+        views = views_of(node)
+        explicit = [(d, k) for d in dims if (k := rows_per_sample(shape[d], batch, views))]
         if len(explicit) != 1 and (inner := _through_inner_sums(x, dims)) is not None:
             x, dims = inner  # a sum of a sum (a parameter's .repeat(B, 1, 1)): one sum over the union
             shape = shape_of(x)
-            explicit = [d for d in dims if sympy.simplify(shape[d] - batch) == 0]
+            explicit = [(d, k) for d in dims if (k := rows_per_sample(shape[d], batch, views))]
         if len(explicit) == 1:
-            consts = {"batch_dim": explicit[0], "dims": dims, "lead": None}
+            consts = {"batch_dim": explicit[0][0], "dims": dims, "lead": None, "k": explicit[0][1]}
             return Site("reduction", (x,), consts, LayerShape(batch, _positions(shape, dims) / batch, 1, numel),
                         op=str(node.target))
         if dims != list(range(len(dims))):
@@ -57,32 +59,33 @@ class SumRule:
         layout = next((lay for c in _row_sources(x, len(dims), rows) if (lay := find_rows_layout(c, rows, batch))), None)
         if layout is None:
             return f"the batch ({batch}) cannot be found among the {rows} summed rows"
-        consts = {"batch_dim": layout.batch_dim, "dims": dims, "lead": layout.lead}
+        consts = {"batch_dim": layout.batch_dim, "dims": dims, "lead": layout.lead, "k": layout.k}
         return Site("reduction", (x, layout.anchor), consts, LayerShape(batch, rows / batch, 1, numel),
                     op=str(node.target))
 
     def per_sample(self, site: Site, x: Tensor, anchor: Tensor | None = None) -> Tensor:
-        """g_i = Σ_{summed dims except batch} X_i, shape (B, *kept dims)."""
-        c = site.consts
+        """g_i = Σ_{summed dims except batch} X_i (and over the sample's k rows), shape (B, *kept dims)."""
+        c, k = site.consts, site.consts.get("k", 1)
         if c["lead"] is None:
             others = [d for d in c["dims"] if d != c["batch_dim"]]
-            return x.sum(others).movedim(c["batch_dim"] - sum(d < c["batch_dim"] for d in others), 0) \
+            g = x.sum(others).movedim(c["batch_dim"] - sum(d < c["batch_dim"] for d in others), 0) \
                 if others else x.movedim(c["batch_dim"], 0)
+            return g if k == 1 else g.reshape(g.shape[0] // k, k, *g.shape[1:]).sum(1)
         ndims = len(c["dims"])
         flat = x.reshape(-1, *x.shape[ndims:])
-        return to_batch_rows(flat, anchor, c["lead"], c["batch_dim"]).sum(1)
+        return to_batch_rows(flat, anchor, c["lead"], c["batch_dim"], k).sum(1)
 
     def _position_rows(self, site: Site, x: Tensor, anchor: Tensor | None = None) -> Tensor:
-        """X_i as (B, T, K): the summed positions, and the kept elements of each."""
-        c = site.consts
+        """X_i as (B, k·T, K): the summed positions (of the sample's k rows), and the kept elements of each."""
+        c, k = site.consts, site.consts.get("k", 1)
         if c["lead"] is None:
             others = [d for d in c["dims"] if d != c["batch_dim"]]
             kept = [d for d in range(x.dim()) if d not in c["dims"]]
             xp = x.permute(c["batch_dim"], *others, *kept)
             T, K = prod(x.shape[d] for d in others), prod(x.shape[d] for d in kept)
-            return xp.reshape(xp.shape[0], T, K)
+            return xp.reshape(xp.shape[0] if k == 1 else xp.shape[0] // k, k * T, K)
         flat = x.reshape(-1, *x.shape[len(c["dims"]):])
-        rows = to_batch_rows(flat, anchor, c["lead"], c["batch_dim"])
+        rows = to_batch_rows(flat, anchor, c["lead"], c["batch_dim"], k)
         return rows.flatten(2) if rows.dim() > 2 else rows.unsqueeze(-1)
 
     def per_sample_margin(self, site: Site, x: Tensor, anchor: Tensor | None = None) -> Tensor:

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# CIFAR-10 training on the GPU machine across several calls (a run longer than one call's 10 minutes).
+#   bash benchmarks/cifar_gpu.sh start NAME [examples/cifar10.py arguments ...]   # returns at once
+#   bash benchmarks/cifar_gpu.sh poll NAME [SECONDS]                              # waits, then reports
+# `start` copies the code and the data to /tmp (a later call replaces the repository copy under a running
+# process, so it must not run from there) and starts the run with setsid; `poll` sleeps SECONDS (default
+# 540), prints the log's tail and copies log.json and accuracy.png to $OUT. Call `poll` again within
+# 30 s of the previous call's end, or the machine (and the run) is given back.
+# Data: DATA=dir holding cifar10-train.zip and cifar10-test.zip (default .gpu/data, git-ignored: carry
+# it). The two zips are 62 MB of the 64 MiB a call carries, so carry only `.gpu` and `.whl` and keep
+# the call's tree small (the tracked mini zips, 6 MB, do not fit beside them: move them out of the
+# working tree for the `start` call and back after it).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:?start or poll}; name=${2:?run name}; shift 2
+run=/tmp/cifar/$name
+case $mode in
+start)
+    rm -rf /tmp/cifar-src && mkdir -p /tmp/cifar-src /tmp/cifar-data "$run"
+    cp -r dpcompile passes examples pyproject.toml /tmp/cifar-src/
+    cp "${DATA:-.gpu/data}"/cifar10-*.zip /tmp/cifar-data/
+    source .ci/gpu-wheels
+    nvidia-smi --query-gpu=name --format=csv,noheader; python3 -c 'import torch; print("torch", torch.__version__)'
+    date -u; git log --oneline -1 2>/dev/null
+    cd /tmp/cifar-src && PYTHONPATH=/tmp/cifar-src:$PYTHONPATH PYTHONUNBUFFERED=1 setsid nohup \
+        python3 examples/cifar10.py --data /tmp/cifar-data --out "$run" "$@" >"$run/stdout.log" 2>&1 </dev/null &
+    sleep 5; tail -c 1000 "$run/stdout.log"
+    ;;
+poll)
+    sleep "${1:-540}"
+    tail -c 1500 "$run/stdout.log" | tr '\r' '\n' | grep -v '^training:' | tail -20
+    cp "$run"/log.json "$run"/accuracy.png "${OUT:-/tmp}"/ 2>/dev/null
+    pgrep -f "examples/cifar10.py.*$name" >/dev/null && echo "running" || echo "finished"
+    ;;
+esac

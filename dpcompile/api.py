@@ -19,6 +19,7 @@ from torch.fx.experimental.symbolic_shapes import ConstraintViolationError
 
 from .errors import ConfigError, DPCompileError, GraphBreakError, SampleMixingError, UnsupportedOpError
 from .passes.safety import refuse_unsupported_modules
+from .privacy import guard
 from .privacy.engine import (COPY_MESSAGE, PrivacyEngine, dataset_size, poisson_sampler_of, resolve_noise,
                              sample_rate_of)
 from .report import PlanReport, plan_report
@@ -116,6 +117,7 @@ class DPModel(nn.Module):
             raise
         if self.backend.error is not None:
             raise self.backend.error
+        guard.watch_release(out)  # its backward's releases must reach .grad unmixed
         return out if views == 1 else views_unflattened(out, batch, views)
 
     def _trainable_now(self) -> tuple[bool, ...]:

@@ -639,6 +639,27 @@ def test_gradients_of_the_raw_model_are_refused():
         opt.step()
 
 
+@pytest.mark.parametrize("outside", ["data_use", "penalty", "data_use_first"])
+def test_a_parameter_also_used_outside_the_dp_model_in_the_same_backward_is_refused(outside):
+    """The outside gradient would reach .grad summed with the release, neither clipped nor noised: refused at
+    the step, naming the parameter (a weight penalty in the loss too: weight decay belongs in the optimizer)."""
+    model, dp = make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = data(4)
+    other = torch.randn(5, 7, dtype=torch.float64, device=DEVICE) * 1e3  # another party's data
+    first = model[0].weight
+    extra = {"data_use": lambda: (first @ other).sum(), "data_use_first": lambda: (first @ other).sum(),
+             "penalty": lambda: 1e-3 * sum(p.square().sum() for p in model.parameters())}[outside]
+    loss = squared_error(dp(x), y, "sum")
+    loss = extra() + loss if outside == "data_use_first" else loss + extra()
+    loss.backward()
+    with pytest.raises(ReleaseError, match=r"'0.weight' also got a gradient from outside the DP model.*weight_decay"):
+        opt.step()
+    opt.zero_grad()
+    squared_error(dp(x), y, "sum").backward()  # the next step on its own is fine
+    opt.step()
+
+
 def test_patterns_that_keep_working():
     model, dp = make(gradient_accumulation_steps=2)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)

@@ -4,9 +4,11 @@ Every trainable parameter of a live DP model is tracked (a weak registry). Two h
 accumulation into .grad: before it, whether .grad continues what was recorded (same tensor, same
 version) or starts afresh (None, or zeroed/replaced since); after it, what this backward was:
 noisy (the engine's noise op drew in this autograd graph task), un-noised (a DP micro-step) or raw
-(no DP backward in this task). Global optimizer step pre-hooks refuse a step over a parameter whose
-.grad holds un-noised clipped sums, raw gradients, or several noisy releases; post-hooks mark the
-release consumed. Optimizers over other parameters are untouched. Data parallel: a parameter's noisy
+(no DP backward in this task). A post-hook on each DP forward's backward node notes what it releases
+for each parameter; the parameter's hook checks that exactly that arrives (nothing from outside the DP
+model summed into it in the same backward). Global optimizer step pre-hooks refuse a step over a
+parameter whose .grad holds un-noised clipped sums, raw gradients, a release mixed with an outside
+gradient, or several noisy releases; post-hooks mark the release consumed. Optimizers over other parameters are untouched. Data parallel: a parameter's noisy
 accumulation is reported to its engine (`released`, which starts the all-reduce of its bucket), and the
 step pre-hook waits for the sums across ranks (`reduce`) after its checks, before the step.
 """
@@ -18,6 +20,7 @@ from typing import Any, Protocol
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+from torch.utils._pytree import tree_leaves
 from torch.utils.hooks import unserializable_hook
 from torch.utils.weak import WeakIdKeyDictionary
 
@@ -47,7 +50,9 @@ class GradState:
         self.grad: weakref.ref | None = None
         self.version = -1
         self.continuing = False
-        self.noisy = self.unnoised = self.raw = 0
+        self.noisy = self.unnoised = self.raw = self.mixed = 0
+        self.expected: tuple[int, torch.Tensor] | None = None  # (graph task, what the DP backward released)
+        self.arrived_mixed = False  # the gradient arriving now has more than the release in it
 
     def same_grad(self, grad: torch.Tensor | None) -> bool:
         """grad is the tensor recorded after the last accumulation, unmodified since."""
@@ -58,12 +63,14 @@ class GradState:
         self.version = -1 if grad is None else grad._version
 
     def reset(self) -> None:
-        self.noisy = self.unnoised = self.raw = 0
+        self.noisy = self.unnoised = self.raw = self.mixed = 0
 
     def accumulated(self, kind: str) -> None:
         """One backward's gradient added: a noisy one absorbs the un-noised micro-steps before it."""
         if not self.continuing:
             self.reset()
+        self.mixed += self.arrived_mixed
+        self.arrived_mixed = False
         if kind == NOISY:
             self.noisy, self.unnoised = self.noisy + 1, 0
         elif kind == UNNOISED:
@@ -71,8 +78,20 @@ class GradState:
         else:
             self.raw += 1
 
+    def arrived(self, grad: torch.Tensor, task: int) -> None:
+        """The gradient reaching .grad in graph task `task`: a DP backward's release for this parameter must
+        arrive as it left (the same tensor, or equal values), not summed with a gradient from outside."""
+        expected, self.expected = self.expected, None
+        self.arrived_mixed = expected is not None and expected[0] == task and grad is not expected[1] \
+            and not torch.equal(grad, expected[1])
+
     def problem(self) -> str | None:
         """Why .grad may not be applied, or None."""
+        if self.mixed:
+            return (f"parameter '{self.name}' also got a gradient from outside the DP model in the same backward "
+                    "(it is used on data outside the DP model, or a penalty on it is added to the loss): that part "
+                    "is neither clipped nor noised. Compute everything that uses the parameter inside the DP "
+                    "model; put weight decay in the optimizer (weight_decay=...), which acts after the release")
         if self.raw:
             return (f"the gradient of parameter '{self.name}' comes from a backward that did not run through the "
                     "DP model (the wrapped model was called directly, or it is used outside the DP model): it is "
@@ -115,6 +134,7 @@ def hook_parameter(p: torch.Tensor, state: GradState) -> None:
     def before(grad):
         param = ref()
         state.continuing = param is not None and state.same_grad(param.grad)
+        state.arrived(grad, torch._C._current_graph_task_id())
 
     @unserializable_hook
     def after(param):
@@ -129,6 +149,53 @@ def hook_parameter(p: torch.Tensor, state: GradState) -> None:
 
     p.register_hook(before)
     p.register_post_accumulate_grad_hook(after)
+
+
+def watch_release(outputs: Any) -> None:
+    """Note, when the DP backward that produces `outputs`' gradients runs, what it releases for each tracked
+    parameter (a post-hook on its autograd node), so that the parameter's own hook can tell whether anything
+    from outside the DP model was summed into it."""
+    nodes = {id(t.grad_fn): t.grad_fn for t in tree_leaves(outputs)
+             if isinstance(t, torch.Tensor) and t.grad_fn is not None}
+    for node in nodes.values():
+        found = release_node(node)
+        if found is not None:
+            found[0].register_hook(note_release(found[1]))
+
+
+def tracked_inputs(node) -> list[tuple[int, GradState]]:
+    """(input position, state) for the node's inputs that are tracked parameters (AccumulateGrad nodes)."""
+    out = []
+    for i, (n, _) in enumerate(node.next_functions):
+        variable = getattr(n, "variable", None)
+        state = _TRACKED.get(variable) if isinstance(variable, torch.Tensor) else None
+        if state is not None:
+            out.append((i, state))
+    return out
+
+
+def release_node(node, depth: int = 4):
+    """(node, its tracked inputs) for the autograd node of the compiled DP backward: node itself or one a few
+    steps below it (an output that is a view of another); None if there is none."""
+    for _ in range(depth):
+        slots = tracked_inputs(node)
+        if slots:
+            return node, slots
+        nexts = [n for n, _ in node.next_functions if n is not None]
+        if len(nexts) != 1:
+            return None
+        node = nexts[0]
+    return None
+
+
+def note_release(slots: list[tuple[int, GradState]]):
+    """A post-hook for the DP backward's node: record each tracked parameter's released gradient."""
+    def hook(grad_inputs, grad_outputs) -> None:
+        task = torch._C._current_graph_task_id()
+        for i, state in slots:
+            if grad_inputs[i] is not None:
+                state.expected = (task, grad_inputs[i])
+    return hook
 
 
 def kind_of_backward(state: GradState, task: int) -> str:

@@ -13,7 +13,7 @@ import torch.fx.experimental._config as fx_config
 from torch import nn
 from torch.utils._pytree import tree_leaves, tree_map
 
-from .backend import DPBackend
+from .backend import DPBackend, precise_during
 from .config import DPConfig
 from torch.fx.experimental.symbolic_shapes import ConstraintViolationError
 
@@ -117,7 +117,8 @@ class DPModel(nn.Module):
             raise
         if self.backend.error is not None:
             raise self.backend.error
-        guard.watch_release(out)  # its backward's releases must reach .grad unmixed
+        for node in guard.watch_release(out):  # its backward's releases must reach .grad unmixed
+            precise_during(node)  # and its matrix products stay within the bounds' error terms
         return out if views == 1 else views_unflattened(out, batch, views)
 
     def _trainable_now(self) -> tuple[bool, ...]:

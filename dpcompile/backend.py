@@ -254,18 +254,42 @@ def source_name(node: fx.Node) -> str:
     return ".".join(parts) or node.name
 
 
+PRECISION_FLAGS = ("allow_tf32", "allow_fp16_reduced_precision_reduction", "allow_bf16_reduced_precision_reduction")
+
+
+def precise_matmuls() -> tuple[bool, ...]:
+    """Matrix products without TF32 and without cuBLAS's reduced-precision reductions of half-precision
+    operands (on by default): the bounds assume fp32 products and fp32 accumulation. Returns what was set."""
+    flags = torch.backends.cuda.matmul
+    saved = tuple(getattr(flags, name) for name in PRECISION_FLAGS)
+    for name in PRECISION_FLAGS:
+        setattr(flags, name, False)
+    return saved
+
+
+def restore_matmuls(saved: tuple[bool, ...]) -> None:
+    for name, value in zip(PRECISION_FLAGS, saved):
+        setattr(torch.backends.cuda.matmul, name, value)
+
+
 @contextlib.contextmanager
 def full_fp32():
-    """No TF32 in matrix products, where the per-sample norms are computed (Gram matrices, unfolded
-    per-sample gradients): a norm that comes out low breaks the privacy bound. Per-sample convolution
-    gradients turn cuDNN's TF32 off themselves (dpcompile.ops); the model's own convolutions keep
-    the user's cuDNN setting, as in non-private training."""
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+    """precise_matmuls() for a block: tracing the DP graphs, running the eager lowering's backward.
+    Per-sample convolution gradients turn cuDNN's TF32 off themselves (dpcompile.ops); the model's own
+    convolutions keep the user's cuDNN setting, as in non-private training."""
+    saved = precise_matmuls()
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
+        restore_matmuls(saved)
+
+
+def precise_during(node) -> None:
+    """The DP backward's autograd node runs (eager or inductor kernels) with precise_matmuls(), the user's
+    settings restored after it."""
+    saved: list[tuple[bool, ...]] = []
+    node.register_prehook(lambda grad_outputs: saved.append(precise_matmuls()))
+    node.register_hook(lambda grad_inputs, grad_outputs: restore_matmuls(saved.pop()))
 
 
 def fp32_boxed(compiled):

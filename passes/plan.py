@@ -97,6 +97,8 @@ def conv_impl(site: Site, method: str) -> str:
         return ""
     if site.consts.get("transposed") or site.consts.get("k", 1) > 1:  # views summed per sample: one contraction
         return "unfold"
+    if site.inputs[0].meta["val"].is_cuda:  # cuDNN may pick FFT/Winograd weight gradients, outside γ_T·M
+        return "unfold"
     channels_per_group = site.shape.d / prod(site.consts["kernel"])
     grouped = site.shape.groups > 1 and int(channels_per_group) <= GROUPED_CONV_MAX_CHANNELS_PER_GROUP
     return "grouped" if grouped else "unfold"

@@ -155,7 +155,7 @@ def emit_shared_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, term
                 args, kwargs = fx.map_arg(n.args, vals.__getitem__), fx.map_arg(n.kwargs, vals.__getitem__)
                 target = n.target
                 if absolute:
-                    target, args = absolute_op(target, args)
+                    target, args, kwargs = absolute_op(target, args, kwargs)
                 vals[n] = pad_into_zeros(*args) if target in PADDABLE_SCATTERS else target(*args, **kwargs)
             return vals[output]
         return torch.func.vmap(combine)(*term_values)
@@ -179,15 +179,16 @@ SIGN_FREE = {aten.sub.Tensor: aten.add.Tensor, aten.sub.Scalar: aten.add.Scalar}
 SCALING = {aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar, aten.add.Tensor, aten.add.Scalar}
 
 
-def absolute_op(target, args):
+def absolute_op(target, args, kwargs):
     """The op on absolute values that bounds |op(a, b)| elementwise for the linear ops of a chain:
-    a − b ↦ |a| + |b|, −a ↦ |a|, numbers as their absolute values."""
+    a − b ↦ |a| + |b|, −a ↦ |a|, numbers (an alpha too) as their absolute values."""
     if target is aten.neg.default:
-        return aten.alias.default, args
+        return aten.alias.default, args, kwargs
     target = SIGN_FREE.get(target, target)
     if target in SCALING:
         args = tuple(abs(a) if isinstance(a, (int, float)) else a for a in args)
-    return target, args
+        kwargs = {k: abs(v) if isinstance(v, (int, float)) else v for k, v in kwargs.items()}
+    return target, args, kwargs
 
 
 PADDABLE_SCATTERS = {aten.slice_scatter.default, aten.select_scatter.default}

@@ -115,7 +115,30 @@ def exact_job(rank: int, out_dir: str) -> dict:
         results["layout"] = "accepted"
     except dpcompile.ConfigError as exc:
         results["layout"] = str(exc)
+    results["backend"] = refusal(lambda: backend_step(rank))
+    results["shard"] = refusal(lambda: dpcompile.dpcompile(
+        nn.Linear(2, 2), max_grad_norm=1.0, noise_multiplier=1.0,
+        data_loader=dpcompile.poisson_loader(torch.utils.data.TensorDataset(torch.arange(8)), sample_rate=0.5, rank=0, world_size=1)))
     return results
+
+
+def refusal(fn) -> str:
+    """The ConfigError's text, or 'accepted'."""
+    try:
+        fn()
+    except dpcompile.ConfigError as exc:
+        return str(exc)
+    return "accepted"
+
+
+def backend_step(rank: int) -> None:
+    """dpcompile.backend() under torch.distributed: no DP model sums the ranks' releases, so no release."""
+    model = nn.Linear(2, 2).double()
+    run = torch.compile(model, fullgraph=True, backend=dpcompile.backend(
+        max_grad_norm=1.0, noise_multiplier=1.0, backend="eager", loss_reduction="sum"))
+    x = torch.randn(3, 2, dtype=torch.float64)
+    torch._dynamo.mark_dynamic(x, 0)
+    run(x).sum().backward()
 
 
 VARIANTS = {"overlap": {}, "no_overlap": {"overlap": False}, "accumulated": {"micro": 2},
@@ -243,6 +266,8 @@ def test_ranks_sum_to_the_union_batch_overlapped_and_refuse_other_settings(tmp_p
         assert r["redo"]["after_step"] == 2 * buckets  # the dropped round was still reduced on every rank
         assert "different privacy settings" in r["mismatch"] and "max_grad_norm" in r["mismatch"]
         assert "different trainable parameters" in r["layout"]
+        assert "dpcompile.backend() runs in one process only" in r["backend"]  # else ranks ≠ 0 step un-noised
+        assert "samples for rank 0 of 1, but this process is rank" in r["shard"]  # ranks would draw alike
         assert "changed in place between the DP backward and the optimizer step" in r["change"].get("refused", "")
     for name, value in ranks[0]["overlap"]["grads"].items():  # overlapped = at the step, bit for bit
         assert same(value, ranks[0]["no_overlap"]["grads"][name]), name

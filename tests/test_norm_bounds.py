@@ -291,3 +291,60 @@ def test_non_finite_inputs_give_non_finite_norms():
     bound = rule.ghost_norm_bound(site, *linear_operands(p_rows, q_rows))
     assert not torch.isfinite(certified_norm(bound)).any()
     assert not torch.isfinite(stored_norm_bound(torch.tensor([[float("inf"), 1.0]]))).any()
+
+
+# --- what the bounds assume of the arithmetic they run on ---
+
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.inductor)])
+def test_dp_backward_runs_with_fp32_accumulating_matmuls(backend):
+    """cuBLAS may add half-precision products in half precision (PyTorch's default): not inside the DP
+    backward, whose bounds assume fp32 accumulation; the user's settings come back after it."""
+
+    import dpcompile
+    from dpcompile.privacy.engine import PrivacyEngine
+    flags = torch.backends.cuda.matmul
+    seen, release = [], PrivacyEngine.release
+
+    def spy(self, *args):
+        seen.append((flags.allow_bf16_reduced_precision_reduction, flags.allow_fp16_reduced_precision_reduction))
+        return release(self, *args)
+    saved = (flags.allow_bf16_reduced_precision_reduction, flags.allow_fp16_reduced_precision_reduction)
+    flags.allow_bf16_reduced_precision_reduction = flags.allow_fp16_reduced_precision_reduction = True
+    try:
+        PrivacyEngine.release = spy
+        model = nn.Linear(4, 2)
+        dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0, sample_rate=0.1,
+                                 loss_reduction="sum", backend=backend)
+        dp(torch.randn(3, 4)).sum().backward()
+        assert seen == [(False, False)]
+        assert flags.allow_bf16_reduced_precision_reduction and flags.allow_fp16_reduced_precision_reduction
+    finally:
+        PrivacyEngine.release = release
+        flags.allow_bf16_reduced_precision_reduction, flags.allow_fp16_reduced_precision_reduction = saved
+
+
+def test_magnitude_chain_takes_an_alpha_as_its_absolute_value():
+    """|a − 2b| ≤ |a| + 2|b|: a negative alpha of add in a shared parameter's chain must not subtract."""
+    from dpcompile.passes.rewrite import absolute_op
+    aten = torch.ops.aten
+    target, args, kwargs = absolute_op(aten.add.Tensor, ("a", "b"), {"alpha": -2})
+    assert target is aten.add.Tensor and kwargs == {"alpha": 2}
+    target, args, kwargs = absolute_op(aten.sub.Tensor, ("a", "b"), {"alpha": 3})
+    assert target is aten.add.Tensor and kwargs == {"alpha": 3}
+
+
+def test_per_sample_convolutions_on_cuda_never_use_cudnn_weight_gradients():
+    """cuDNN may pick FFT or Winograd weight gradients, whose error is outside γ_T·M: on CUDA the plan forms
+    per-sample convolution gradients by the unfold contraction, even where the grouped op would be cheaper."""
+    from types import SimpleNamespace
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from dpcompile.passes.plan import conv_impl
+    shape = LayerShape(B=sympy.Symbol("B"), T=sympy.Integer(16), d=sympy.Integer(9), p=sympy.Integer(1), groups=8)
+    consts = {"kernel": (3, 3)}
+    for device, expected in (("cpu", "grouped"), ("cuda", "unfold")):
+        with FakeTensorMode():
+            value = torch.empty(2, 8, 4, 4, device=device)
+        site = Site("conv", (SimpleNamespace(meta={"val": value}),), consts, shape)
+        assert conv_impl(site, "per_sample") == expected, device

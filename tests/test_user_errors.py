@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import BACKEND, DEVICE
-from helpers import max_relative_error, squared_error
+from helpers import Lambda, max_relative_error, squared_error
 from reference import dp_reference
 from torch import nn
 
@@ -265,15 +265,7 @@ def test_scalar_input_says_pass_a_batch(x):
 
 
 def test_empty_batch_through_a_sequence_first_model_has_the_right_shape():
-    class SequenceFirst(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(4, 3)
-
-        def forward(self, x):
-            return self.fc(x.transpose(0, 1))
-
-    model = SequenceFirst().to(**F64)
+    model = nn.Sequential(Lambda(lambda x: x.transpose(0, 1)), nn.Linear(4, 3)).to(**F64)
     dp = make(model, noise_multiplier=1.0, seed=0)
     assert dp(torch.randn(2, 5, 4, **F64)).shape == (5, 2, 3)
     model.zero_grad(set_to_none=True)

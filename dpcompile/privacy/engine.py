@@ -82,6 +82,7 @@ class PrivacyEngine:
         self._dropped_warned = False
         self._task: tuple[int, str] | None = None  # (autograd graph task, kind) of the last noise op call
         self.rank, self.world_size = distributed.world()  # data parallel: rank 0 alone adds the noise
+        check_shard(self.sampler, self.rank, self.world_size)
         distributed.check_same_settings(self.fingerprint())
         self.reducer = distributed.Reducer() if self.world_size > 1 else None  # sums the ranks' releases
         self.handle = register_owner(self)
@@ -98,6 +99,11 @@ class PrivacyEngine:
                 "noised once. Pass all views of a sample in one call, as extra dims of each sample (e.g. "
                 "dp(torch.stack([view1, view2], dim=1)), the model handling dim 1), so they are clipped together; "
                 "or run separate backwards inside privacy.accumulating() for separate batches")
+        if self.world_size > 1 and not (self.reducer is not None and self.reducer.params):
+            raise ConfigError(
+                "data parallel: rank 0 alone adds the noise, so the ranks' clipped sums must be summed before the "
+                "step, which the DP model of dpcompile.dpcompile() does for its parameters; dpcompile.backend() "
+                "runs in one process only (or this DP model has no trainable parameter)")
         noisy = self.step()
         self._task = (task, guard.NOISY if noisy else guard.UNNOISED)
         if noisy and self.reducer is not None:
@@ -240,6 +246,7 @@ class PrivacyEngine:
             raise ConfigError("steps were taken with no sample rate; attach the loader before training")
         sample_rate = sample_rate_of(self.sample_rate, sampler)
         check_normaliser(self.config)
+        check_shard(sampler, self.rank, self.world_size)
         self.sampler, self.sample_rate = sampler, sample_rate
 
     # --- resumable state ---
@@ -383,6 +390,16 @@ def check_normaliser(config: DPConfig) -> None:
                           "expected batch size q·N, not by the (private) actual batch size: pass "
                           "expected_batch_size=round(sample_rate * len(dataset)), data_loader=poisson_loader(...), "
                           "or loss_reduction='sum'")
+
+
+def check_shard(sampler: PoissonBatchSampler | None, rank: int, world_size: int) -> None:
+    """A Poisson sampler must draw this rank's shard of the process group: a sampler made for another rank or
+    before the group existed would let ranks draw the same samples (a sample counted several times)."""
+    if sampler is not None and (sampler.rank, sampler.world_size) != (rank, world_size):
+        raise ConfigError(
+            f"the Poisson loader samples for rank {sampler.rank} of {sampler.world_size}, but this process is rank "
+            f"{rank} of {world_size}: create poisson_loader(...) after torch.distributed.init_process_group(), "
+            "with the default rank and world_size")
 
 
 def poisson_sampler_of(data_loader: Any) -> PoissonBatchSampler | None:

@@ -151,16 +151,16 @@ def hook_parameter(p: torch.Tensor, state: GradState) -> None:
     p.register_post_accumulate_grad_hook(after)
 
 
-def watch_release(outputs: Any) -> None:
+def watch_release(outputs: Any) -> list:
     """Note, when the DP backward that produces `outputs`' gradients runs, what it releases for each tracked
     parameter (a post-hook on its autograd node), so that the parameter's own hook can tell whether anything
-    from outside the DP model was summed into it."""
+    from outside the DP model was summed into it. Returns those autograd nodes."""
     nodes = {id(t.grad_fn): t.grad_fn for t in tree_leaves(outputs)
              if isinstance(t, torch.Tensor) and t.grad_fn is not None}
-    for node in nodes.values():
-        found = release_node(node)
-        if found is not None:
-            found[0].register_hook(note_release(found[1]))
+    found = {id(f[0]): f for f in map(release_node, nodes.values()) if f is not None}
+    for node, slots in found.values():
+        node.register_hook(note_release(slots))
+    return [node for node, _ in found.values()]
 
 
 def tracked_inputs(node) -> list[tuple[int, GradState]]:

@@ -14,6 +14,7 @@ import sympy
 import torch.fx as fx
 from torch._guards import detect_fake_mode
 
+from . import tied
 from .meta import PARAMS, PLAN, SITE, PassContext, Site
 from .rules import Cost, rule_for
 
@@ -34,6 +35,7 @@ class Decision:
     numbers: dict[str, tuple[float, float]]
     reason: str
     impl: str = ""
+    flip: bool | None = None  # a tied use under ghost clipping: whether its term reaches the gradient transposed
 
 
 def shape_hints(gm: fx.GraphModule) -> dict:
@@ -79,16 +81,38 @@ def plan_sites(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     """Write dp_plan (a Decision) next to every dp_site."""
     hints, policy = shape_hints(gm), ctx.policy
     for param in gm.meta[PARAMS]:
+        chosen = {}
         for node in param.sites:
             site = node.meta[SITE]
             costs = rule_for(node).cost(site)
-            method, reason = choose(policy, site, costs, hints)
-            if param.shared:
+            chosen[node] = (costs, *choose(policy, site, costs, hints))
+        flips = tied.orientations(gm, param) if param.shared else None
+        ghost_tied = flips is not None and tied_ghost_pays(policy, param, chosen, hints)
+        for i, (node, (costs, method, reason)) in enumerate(chosen.items()):
+            if ghost_tied:
+                method, reason = "ghost", (f"tied parameter used {len(param.sites)} times: ghost norms of the "
+                                           "uses and their cross terms")
+            elif param.shared:
                 method, reason = "per_sample", (f"shared parameter used {len(param.sites)} times: uses summed per sample"
                                                 if len(param.sites) > 1 else "gradient scaled after the batch sum")
             numbers = {m: (evaluate(c.flops, hints), evaluate(c.bytes, hints)) for m, c in costs.items()}
-            node.meta[PLAN] = Decision(method, costs, numbers, reason, conv_impl(site, method))
+            node.meta[PLAN] = Decision(method, costs, numbers, reason, conv_impl(node.meta[SITE], method),
+                                       flips[i] if ghost_tied else None)
     return gm
+
+
+def tied_ghost_pays(policy: str, param, chosen: dict, hints: dict) -> bool:
+    """Ghost clipping for all uses of a tied parameter (with cross terms) rather than summed per-sample
+    gradients: forced by the policy, every use's own choice under "mixed", the lower estimate under "auto"."""
+    if any("ghost" not in costs for costs, _, _ in chosen.values()):
+        return False
+    if policy in ("ghost", "per_sample"):
+        return policy == "ghost"
+    if policy == "mixed":
+        return all(method == "ghost" for _, method, _ in chosen.values())
+    ghost = sum(estimated_seconds(c["ghost"], hints) for c, _, _ in chosen.values())
+    per_sample = sum(estimated_seconds(c["per_sample"], hints) for c, _, _ in chosen.values())
+    return ghost + estimated_seconds(tied.cross_cost(list(param.sites)), hints) < per_sample
 
 
 def conv_impl(site: Site, method: str) -> str:

@@ -21,6 +21,7 @@ from .export import to_networkx
 from .meta import PARAMS, PLAN, SITE, ParamGrad, PassContext
 from .rules import rule_for
 from .rules.one_sample import FAMILY as ONE_SAMPLE
+from .tied import emit_tied_norm
 from .rules.bounds import gamma, masked, per_sample_bound, round_down, stored_norm_bound, unit_roundoff
 
 aten = torch.ops.aten
@@ -60,7 +61,7 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         if node.target is aten.convolution_backward.default:
             drop_parameter_outputs(env[node], node, site_param)
 
-    norms = {p.name: [emit_shared_norm(graph, gm, p, terms, env)] if p.shared else [terms[n][0] for n in p.sites]
+    norms = {p.name: [shared_norm(graph, gm, p, terms, env)] if p.shared else [terms[n][0] for n in p.sites]
              for p in params}
     clip, dropped = emit_clip_factors(graph, spec, norms)
     rounded: dict = {}
@@ -131,6 +132,14 @@ def snippet_key(rule, site, shape) -> tuple:
     """What a term's snippets depend on besides their operands' metadata: the rule, the site's constants
     and layer shape, and the term's shape (layers alike in these share one trace)."""
     return type(rule).__qualname__, site.rule, repr(site.consts), repr(site.shape), tuple(map(str, shape))
+
+
+def shared_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, terms, env) -> fx.Node:
+    """A shared parameter's certified norm: from its ghost-clipped tied uses and their cross terms, or from
+    its uses' per-sample gradients through the graph's own ops."""
+    if all(n.meta[PLAN].flip is not None for n in param.sites):
+        return emit_tied_norm(graph, gm, param, terms, env)
+    return emit_shared_norm(graph, gm, param, terms, env)
 
 
 def emit_shared_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, terms, env) -> fx.Node:

@@ -92,6 +92,19 @@ class GraphFeatures(nn.Module):
         return self.b(h) / scale
 
 
+class FlatRows(nn.Module):
+    """Batch and positions flattened into rows around an activation (rows (B·T, d) whose batch is found
+    through the activation's backward, a pointwise op)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x.flatten(0, 1))).unflatten(0, x.shape[:2])
+        return self.b(h.flatten(0, 1) * 2).unflatten(0, x.shape[:2])
+
+
 class Shared(nn.Module):
     """One parameter used several times: its per-sample gradient is the sum of its uses."""
 
@@ -137,6 +150,7 @@ CASES: dict[str, list[Case]] = {
              lambda B: torch.randn(B, 7, dtype=torch.float64)),
         Case("linear_3d", seq(nn.Linear(6, 4), nn.GELU(), nn.Linear(4, 3)), lambda B: torch.randn(B, 5, 6, dtype=torch.float64)),
         Case("linear_4d", seq(nn.Linear(6, 4, bias=False)), lambda B: torch.randn(B, 2, 3, 6, dtype=torch.float64)),
+        Case("linear_flat_rows", FlatRows, sequences(4, 6)),
     ],
     "conv": [
         Case("conv2d_stride_pad", seq(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 2)), images(3, 7, 6)),

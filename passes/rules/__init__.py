@@ -6,6 +6,8 @@ A rule knows, for the ATen ops in ``ops`` whose value is a parameter-gradient te
 - ``ghost_norm_sq(site, *tensors)``: per-sample squared norms without per-sample gradients (optional);
 - ``ghost_norm_bound(site, *tensors)``: the certified [s, e] per sample (``bounds``): the ghost norm with
   its floating-point error bound, and the rounding of ``clipped_sum`` (with ghost_norm_sq);
+- ``ghost_factors(site, *tensors)`` (optional): g_i = Σ_t x_t ⊗ y_t as per-sample rows (x, y), each (B, N, ·) or
+  integer indices (B, N) standing for one-hot rows: what a tied parameter's cross terms are made of;
 - ``per_sample_margin(site, *tensors)``: a bound on ‖ĝ_i − g_i‖ of ``per_sample``'s rounding;
 - ``clipped_sum(site, clip, *tensors)``: Σ_i clip_i·g_i in one weight-gradient op (book-keeping), with
   clip (float64) rounded down and samples with clip_i = 0 masked out (``bounds.masked_scaled``);

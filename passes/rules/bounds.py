@@ -81,17 +81,24 @@ def masked(x: Tensor, c: Tensor) -> Tensor:
 
 
 def gram_sum_bound(a: Tensor, b: Tensor, r: Tensor, rho: Tensor, ga: float, ea: float, gb: float, eb: float) -> Tensor:
-    """Upper bound on S = Σ_{g,t,s} A_ts·B_ts per sample from computed Grams Â, B̂ (B, G, T, T) with
-    |Â − A| ≤ ga·r_t r_s + ea and |B̂ − B| ≤ gb·ρ_t ρ_s + eb (r, ρ: (B, G, T) float64):
-    S ≤ fl64(Σ ÂB̂) + γ_{n}·Σ|ÂB̂| + Σ (|Â|·δB + δA·|B̂| + δA·δB), the last in closed form.
-    Cost: O(B·G·T²) elementwise work, no matrix products."""
+    """Upper bound on S = Σ_{g,t,s} A_ts·B_ts ≥ 0 per sample from computed Grams Â, B̂ (B, G, T, T) with
+    |Â − A| ≤ ga·r_t r_s + ea and |B̂ − B| ≤ gb·ρ_t ρ_s + eb (r, ρ: (B, G, T) float64); see product_sum_bound."""
+    return product_sum_bound(a, b, (r, r), (rho, rho), ga, ea, gb, eb).clamp(min=0)
+
+
+def product_sum_bound(a: Tensor, b: Tensor, r: tuple[Tensor, Tensor], rho: tuple[Tensor, Tensor],
+                      ga: float, ea: float, gb: float, eb: float) -> Tensor:
+    """Upper bound on X = Σ_{g,t,s} A_ts·B_ts per sample (of either sign) from computed Â, B̂ (B, G, T, S)
+    with |Â − A| ≤ ga·r_t r'_s + ea and |B̂ − B| ≤ gb·ρ_t ρ'_s + eb, r = (r (B, G, T), r' (B, G, S)) float64:
+    X ≤ fl64(Σ ÂB̂) + γ_{n}·Σ|ÂB̂| + Σ (|Â|·δB + δA·|B̂| + δA·δB), the last in closed form.
+    Cost: O(B·G·T·S) elementwise work, no matrix products."""
     a, b = a.to(F64), b.to(F64)
     dims = (1, 2, 3)
     n = math.prod(a.shape[1:])
     prod = a * b
     s = prod.sum(dims)
     err = gamma(n + 1, U64) * prod.abs().sum(dims)
-    outer = lambda v: v.unsqueeze(-1) * v.unsqueeze(-2)  # noqa: E731
+    outer = lambda v: v[0].unsqueeze(-1) * v[1].unsqueeze(-2)  # noqa: E731
     if gb:
         err = err + gb * (a.abs() * outer(rho)).sum(dims)
     if ga:
@@ -100,10 +107,12 @@ def gram_sum_bound(a: Tensor, b: Tensor, r: Tensor, rho: Tensor, ga: float, ea: 
         err = err + eb * a.abs().sum(dims)
     if ea:
         err = err + ea * b.abs().sum(dims)
-    m, sr, srho = (r * rho).sum(-1), r.sum(-1), rho.sum(-1)  # (B, G)
-    t2 = a.shape[-1] * a.shape[-2]
-    err = err + (ga * gb * m.square() + ga * eb * sr.square() + ea * gb * srho.square() + ea * eb * t2).sum(1)
-    return (s + err * (1 + gamma(n + 8, U64))).clamp(min=0)
+    (r1, r2), (p1, p2) = r, rho  # Σ_ts δA_ts·δB_ts, each factor's sums over t and s apart
+    m = (r1 * p1).sum(-1) * (r2 * p2).sum(-1)
+    sr, srho = r1.sum(-1) * r2.sum(-1), p1.sum(-1) * p2.sum(-1)
+    ts = a.shape[-1] * a.shape[-2]
+    err = err + (ga * gb * m + ga * eb * sr + ea * gb * srho + ea * eb * ts).sum(1)
+    return s + err * (1 + gamma(n + 8, U64))
 
 
 def certified(norm_sq: Tensor, linear: Tensor, out_dtype: torch.dtype) -> Tensor:

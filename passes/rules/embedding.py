@@ -170,6 +170,11 @@ class EmbeddingRule:
         rho, value_err = self._margins(site, tensors, values)
         return gamma(idx.shape[1], unit_roundoff(accumulation_dtype(values.dtype))) * upper_sum(rho, [1]) + value_err
 
+    def ghost_factors(self, site: Site, *tensors: Tensor) -> tuple[Tensor, Tensor]:
+        """g_i = Σ_t e_{idx_t} ⊗ v_t: the indices (B, N), standing for one-hot rows, and the masked values
+        (B, N, D) (tied uses' cross terms; a bag's rounded values are covered by its e)."""
+        return self._rows(site, *tensors)
+
     def ghost_norm_sq(self, site: Site, *tensors: Tensor) -> Tensor:
         """Σ_ts [idx_t = idx_s] ⟨v_t, v_s⟩ per sample."""
         idx, values = self._rows(site, *tensors)

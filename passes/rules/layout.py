@@ -93,9 +93,9 @@ class RowsLayout:
     k: int = 1
 
 
-def find_rows_layout(node: fx.Node, rows: sympy.Expr, batch: sympy.Expr) -> RowsLayout | None:
+def find_rows_layout(node: fx.Node, rows: sympy.Expr, batch: sympy.Expr, depth: int = 0) -> RowsLayout | None:
     """Walk back through order-preserving views to leading dims that show the batch on its own (size B,
-    or K·B for K views per sample)."""
+    or K·B for K views per sample); through a pointwise op, to each operand of the same shape in turn."""
     views = views_of(node)
     while True:
         shape = shape_of(node)
@@ -107,8 +107,23 @@ def find_rows_layout(node: fx.Node, rows: sympy.Expr, batch: sympy.Expr) -> Rows
                 break
         src = row_source(node)
         if src is None:
-            return None
+            return next((found for a in same_shape_operands(node) if depth < MAX_POINTWISE_DEPTH
+                         and (found := find_rows_layout(a, rows, batch, depth + 1))), None)
         node = src
+
+
+MAX_POINTWISE_DEPTH = 8
+
+
+def same_shape_operands(node: fx.Node) -> list[fx.Node]:
+    """For a pointwise op, its tensor operands of the output's shape: row r of the output is computed from
+    their rows r (the backward of an elementwise forward op; the safety pass has checked that those rows
+    belong to one sample), so each one's row layout is the output's."""
+    if not isinstance(node.target, torch._ops.OpOverload) or torch.Tag.pointwise not in node.target.tags:
+        return []
+    shape = node.meta["val"].shape
+    return [a for a in node.args if isinstance(a, fx.Node) and isinstance(a.meta.get("val"), Tensor)
+            and a.meta["val"].shape == shape]
 
 
 def row_source(node: fx.Node) -> fx.Node | None:

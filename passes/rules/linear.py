@@ -65,6 +65,10 @@ class MatmulRule:
         p, q = self._rows(site, x, q, anchor)
         return torch.bmm(p.transpose(1, 2), q)
 
+    def ghost_factors(self, site: Site, x: Tensor, q: Tensor, anchor: Tensor) -> tuple[Tensor, Tensor]:
+        """g_i = Σ_t p_t ⊗ q_t: the sample's rows of P and Q, (B, N, m) and (B, N, n) (tied uses' cross terms)."""
+        return self._rows(site, x, q, anchor)
+
     def ghost_norm_sq(self, site: Site, x: Tensor, q: Tensor, anchor: Tensor) -> Tensor:
         """‖P_iᵀ Q_i‖² = Σ_ts (P_i P_iᵀ ∘ Q_i Q_iᵀ)_ts; for T = 1 it is ‖P_i‖²‖Q_i‖²."""
         p, q = self._rows(site, x, q, anchor)

@@ -1,0 +1,140 @@
+"""Tied parameters under ghost clipping: a 2-D parameter used several times (an embedding table reused as
+the output layer, a layer applied twice) whose uses' terms reach its gradient only through additions,
+transposes, same-shape views and exact upcasts.
+
+With each use's per-sample gradient in factored form g^u_i = Σ_t x^u_t ⊗ y^u_t (the rule's
+``ghost_factors``; integer indices stand for one-hot rows), the sample's squared norm is
+‖Σ_u g^u_i‖² = Σ_u ‖g^u_i‖² + 2 Σ_{u<v} ⟨g^u_i, g^v_i⟩ with ⟨g^u, g^v⟩ = Σ_{t,s} (x^u_t·x^v_s)(y^u_t·y^v_s):
+B·T_u·T_v numbers per pair instead of B × |parameter| per-sample gradients. Each cross term gets the
+Gram form's floating-point bound (``bounds.product_sum_bound``); a gather of a dense factor at one-hot
+indices and a comparison of two index rows are exact.
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from .emit import emit
+from .meta import PLAN, SITE, ParamGrad
+from .rules import WORD, Cost, rule_for
+from .rules.bounds import F64, SUBNORMAL, full_precision, gamma, product_sum_bound, row_norms, unit_roundoff
+
+aten, prims = torch.ops.aten, torch.ops.prims
+FACTORED = {"linear", "embedding", "embedding_bag"}
+SAME_SHAPE = {aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.alias.default,
+              aten.clone.default}
+UPCASTS = {prims.convert_element_type.default, aten._to_copy.default}
+
+
+def orientations(gm: fx.GraphModule, param: ParamGrad) -> tuple[bool, ...] | None:
+    """Per use, whether its term reaches the gradient transposed; None unless the parameter is 2-D, every
+    use has a factored ghost form, and the terms meet only through add, transpose, same-shape views and
+    exact upcasts."""
+    output = gm.graph.output_node().args[0][param.output_index]
+    sites, found = set(param.sites), {}
+    if len(param.sites) < 2 or output.meta["val"].dim() != 2:
+        return None
+    if any(s.meta[SITE].rule not in FACTORED or not hasattr(rule_for(s), "ghost_factors") for s in sites):
+        return None
+
+    def walk(node, flip: bool) -> bool:
+        if not isinstance(node, fx.Node) or node.meta["val"].dim() != 2:
+            return False
+        if node in sites:
+            found[node] = flip
+            return True
+        if node.target is aten.add.Tensor and node.kwargs.get("alpha", 1) == 1 and len(node.args) == 2:
+            return walk(node.args[0], flip) and walk(node.args[1], flip)
+        if _transposes(node):
+            return walk(node.args[0], not flip)
+        if node.target in SAME_SHAPE and node.args[0].meta["val"].shape == node.meta["val"].shape:
+            return walk(node.args[0], flip)
+        if node.target in UPCASTS and _exact_cast(node.args[0].meta["val"].dtype, node.meta["val"].dtype):
+            return walk(node.args[0], flip)
+        return False
+
+    if not walk(output, False) or set(found) != sites:
+        return None
+    return tuple(found[s] for s in param.sites)
+
+
+def _transposes(node: fx.Node) -> bool:
+    """A 2-D transpose (t, transpose(0, 1), permute([1, 0]))."""
+    if node.target is aten.t.default:
+        return True
+    if node.target is aten.permute.default:
+        return [d % 2 for d in node.args[1]] == [1, 0]
+    return node.target is aten.transpose.int and {d % 2 for d in node.args[1:3]} == {0, 1}
+
+
+def _exact_cast(src: torch.dtype, dst: torch.dtype) -> bool:
+    """Whether every src value is exactly a dst value (float upcasts)."""
+    return src == dst or (src.is_floating_point and dst.is_floating_point
+                          and unit_roundoff(dst) <= unit_roundoff(src) and torch.finfo(dst).max >= torch.finfo(src).max)
+
+
+def cross_cost(sites: list[fx.Node]) -> Cost:
+    """The cross terms' work: per pair two (T_u × T_v) Grams (or a gather) and their elementwise bound."""
+    flops, bytes_ = 0, 0
+    for i, u in enumerate(sites):
+        for v in sites[i + 1:]:
+            su, sv = u.meta[SITE].shape, v.meta[SITE].shape
+            flops += 2 * su.B * su.T * sv.T * (su.p + su.d)
+            bytes_ += 2 * su.B * su.T * sv.T * WORD
+    return Cost(flops, bytes_)
+
+
+def factor_products(x: torch.Tensor, y: torch.Tensor) -> tuple:
+    """(Â (B, T, S), (r, r'), γ, e) with Â_ts ≈ x_t·y_s and |Â − A| ≤ γ·r_t r'_s + e, for factors x (B, T, ·)
+    and y (B, S, ·), dense or integer indices (one-hot rows of the other's width)."""
+    ones = lambda f: torch.ones(f.shape[:2], dtype=F64, device=f.device)  # noqa: E731
+    exact = (ones(x), ones(y)), 0.0, 0.0
+    if not x.is_floating_point() and not y.is_floating_point():
+        return (x.unsqueeze(2) == y.unsqueeze(1)).to(F64), *exact
+    if not x.is_floating_point():
+        a, (ry, rx), g, e = factor_products(y, x)
+        return a.transpose(1, 2), (rx, ry), g, e
+    if not y.is_floating_point():  # x_t[idx_s]: a gather, exact (an index outside the table has zero values)
+        idx = y.clamp(0, x.shape[-1] - 1).unsqueeze(1).expand(-1, x.shape[1], -1)
+        return torch.gather(x, 2, idx), *exact
+    dtype = torch.promote_types(full_precision(x).dtype, full_precision(y).dtype)
+    a = torch.bmm(x.to(dtype), y.to(dtype).transpose(1, 2))
+    n = x.shape[-1]
+    return a, (row_norms(x), row_norms(y)), gamma(n, unit_roundoff(dtype)), n * SUBNORMAL[dtype]
+
+
+def cross_bound(fu: tuple, fv: tuple) -> torch.Tensor:
+    """Upper bound on ⟨g^u_i, g^v_i⟩ (B,) from the two uses' factors in the parameter's orientation."""
+    a, ra, ga, ea = factor_products(fu[0], fv[0])
+    b, rb, gb, eb = factor_products(fu[1], fv[1])
+    grouped = lambda r: (r[0].unsqueeze(1), r[1].unsqueeze(1))  # noqa: E731
+    return product_sum_bound(a.unsqueeze(1), b.unsqueeze(1), grouped(ra), grouped(rb), ga, ea, gb, eb)
+
+
+def emit_tied_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, terms: dict, env: dict) -> fx.Node:
+    """[S, E] (B, 2) for a tied parameter whose uses were ghost-clipped (their [s_u, e_u] in terms):
+    S = Σ s_u + 2 Σ_{u<v} X_uv ≥ ‖Σ_u g^u_i‖² (X_uv a cross term's upper bound), and E covers the released
+    sum's rounding: each use's clipped sum errs by c·e_u plus its final rounding u_u·c·(√s_u + e_u), and
+    the k − 1 additions of the chain grow the result by (1 + u)^(k−1)."""
+    sites = list(param.sites)
+    flips = [s.meta[PLAN].flip for s in sites]
+    arity = [len(s.meta[SITE].inputs) for s in sites]
+    rounding = max(unit_roundoff(s.meta["val"].dtype) for s in sites)
+    output = gm.graph.output_node().args[0][param.output_index]
+    grow = (1 + unit_roundoff(output.meta["val"].dtype)) ** (len(sites) - 1)
+
+    def certified_tied_norm(*values):
+        bounds, operands, factors, start = values[:len(sites)], values[len(sites):], [], 0
+        for site, flip, n in zip(sites, flips, arity):
+            x, y = rule_for(site).ghost_factors(site.meta[SITE], *operands[start:start + n])
+            factors.append((y, x) if flip else (x, y))
+            start += n
+        s = torch.stack([b[:, 0] for b in bounds]).sum(0)
+        for i in range(len(sites)):
+            for j in range(i + 1, len(sites)):
+                s = s + 2 * cross_bound(factors[i], factors[j])
+        e = sum(b[:, 1] + rounding * (b[:, 0].sqrt() + b[:, 1]) for b in bounds)
+        return torch.stack([s.clamp(min=0) * grow**2, e * grow], 1)
+
+    inputs = [terms[s][0] for s in sites] + [env[a] for s in sites for a in s.meta[SITE].inputs]
+    return emit(graph, certified_tied_norm, inputs, f"dp_norm_sq_{param.name.replace('.', '_')}")

@@ -105,6 +105,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", default=None, help="folder with cifar10-train.zip and cifar10-test.zip "
                                                 "(default: $DPCOMPILE_CIFAR10_DIR or ../shared/data/cifar10)")
     p.add_argument("--size", default="full", choices=["full", "mini"], help="all of CIFAR-10, or the built-in subset")
+    p.add_argument("--test-size", default=None, choices=["full", "mini"],
+                   help="test set evaluated during training (default: --size); with 'mini' (1,000 images) run "
+                        "--evaluate on the full test set afterwards")
     p.add_argument("--model", default="wrn16_4", choices=sorted(MODELS))
     p.add_argument("--epsilon", type=float, default=8.0)
     p.add_argument("--sigma", type=float, default=None, help="noise multiplier (instead of calibrating to --epsilon)")
@@ -129,7 +132,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop (with a checkpoint) after this many steps of this call; --resume continues")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="minutes of wall time (first step included): stop there with an evaluation and a checkpoint; "
+                        "ε is reported for the steps taken (σ stays calibrated for all of them)")
+    p.add_argument("--evaluate", action="store_true",
+                   help="no training: evaluate OUT/checkpoint.pt (the EMA model when on) on the --size test set and "
+                        "record it in OUT/log.json as final_test_accuracy")
     return p.parse_args(argv)
+
+
+def past(deadline: float | None, world: int, device: torch.device) -> bool:
+    """Whether the time limit has passed, as rank 0 sees it (every rank stops at the same step)."""
+    if deadline is None:
+        return False
+    late = torch.tensor([float(time.perf_counter() > deadline)], device=device)
+    if world > 1:
+        dist.broadcast(late, 0)
+    return bool(late.item())
 
 
 def ema_with_warmup(decay: float):
@@ -143,6 +162,8 @@ def ema_with_warmup(decay: float):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.evaluate:
+        return evaluate_checkpoint(args, torch.device(args.device))
     rank, world, device = join_ranks(torch.device(args.device))
     try:
         return train(args, rank, world, device)
@@ -154,8 +175,9 @@ def main(argv=None) -> dict:
 def train(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> dict:
     """The training loop on every rank; rank 0 evaluates, logs and checkpoints."""
     torch.manual_seed(args.seed)
+    test_size = args.test_size or args.size
     train, test = load_cifar10("train", size=args.size, root=args.data if args.size == "full" else None), \
-        load_cifar10("test", size=args.size, root=args.data if args.size == "full" else None)
+        load_cifar10("test", size=test_size, root=args.data if test_size == "full" else None)
     train_x, train_y = (t.to(device) for t in train.tensors)  # decoded once, kept on the device
     test_x, test_y = (t.to(device) for t in test.tensors)
     q = min(1.0, args.batch / len(train_x))
@@ -200,7 +222,12 @@ def train(args: argparse.Namespace, rank: int, world: int, device: torch.device)
     start = time.perf_counter() - elapsed
     progress = tqdm(total=steps, initial=done, desc="training", unit="step", disable=rank != 0)
     last = steps if args.stop_after is None else min(steps, done + args.stop_after)
+    deadline = None if args.time_limit is None else start + 60 * args.time_limit
     for step in range(done, last):
+        if step > done and past(deadline, world, device):
+            last = step  # out of time: the evaluation and checkpoint of the step before
+            tqdm.write(f"time limit of {args.time_limit} min reached after {step} steps")
+            break
         (indices,) = next(batches)
         x, y = train_x[indices.to(device)], train_y[indices.to(device)]
         if args.augment or args.augmult > 1:
@@ -214,7 +241,7 @@ def train(args: argparse.Namespace, rank: int, world: int, device: torch.device)
         if ema is not None:
             ema.update_parameters(model)
         progress.update(1)
-        if (step + 1) % every == 0 or step + 1 in (steps, last):
+        if (step + 1) % every == 0 or step + 1 in (steps, last) or past(deadline, world, device):
             privacy = dp_model.privacy.state_dict()  # on every rank: it gathers their sampler positions
             if rank != 0:
                 continue
@@ -231,8 +258,32 @@ def train(args: argparse.Namespace, rank: int, world: int, device: torch.device)
                         "elapsed": time.perf_counter() - start, "log": log}, ckpt_path + ".tmp")
             os.replace(ckpt_path + ".tmp", ckpt_path)  # a crash while writing leaves the last checkpoint whole
     progress.close()
-    if last == steps and rank == 0:
+    if (last == steps or args.time_limit is not None) and rank == 0:
         plot(log, os.path.join(args.out, "accuracy.png"))
+    return log
+
+
+def evaluate_checkpoint(args: argparse.Namespace, device: torch.device) -> dict:
+    """Test accuracy of OUT/checkpoint.pt's evaluated model (the EMA when the run had one) on the --size test
+    set, written into OUT/log.json (final_test_accuracy, with the step and ε it was taken at)."""
+    state = torch.load(os.path.join(args.out, "checkpoint.pt"), map_location="cpu", weights_only=False)
+    log = state["log"]
+    model = MODELS[log["args"]["model"]]().to(device)
+    if state.get("ema") is not None:
+        model.load_state_dict({k.removeprefix("module."): v for k, v in state["ema"].items()
+                               if k.startswith("module.")})
+    else:
+        model.load_state_dict(state["model"])
+    test = load_cifar10("test", size=args.size, root=args.data if args.size == "full" else None)
+    x, y = (t.to(device) for t in test.tensors)
+    accuracy = evaluate(model, x, y)
+    last = log["epochs"][-1] if log["epochs"] else {}
+    log["final_test_accuracy"] = {"test_images": len(x), "accuracy": accuracy, "step": state["step"],
+                                  "epsilon": last.get("epsilon"), "evaluated": "ema" if state.get("ema") else "model"}
+    with open(os.path.join(args.out, "log.json"), "w") as f:
+        json.dump(log, f, indent=1)
+    print(f"{len(x)} test images: {accuracy:.2f}% after {state['step']} steps"
+          + (f" (ε = {last['epsilon']:.3f})" if last.get("epsilon") is not None else ""))
     return log
 
 

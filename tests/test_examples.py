@@ -33,6 +33,18 @@ def test_two_steps_log_and_exact_resume(tmp_path):
     assert a["privacy"]["steps"] == b["privacy"]["steps"] == 2
 
 
+def test_time_limit_stops_with_an_evaluation_and_evaluate_reads_the_checkpoint(tmp_path):
+    """--time-limit 0: one step, then a stop with an evaluation, a checkpoint and a plot; --evaluate then scores
+    the checkpoint's EMA model on a test set and records it in log.json."""
+    log = run(tmp_path, "--steps", "50", "--time-limit", "0", "--ema", "0.9")
+    assert [r["step"] for r in log["epochs"]] == [1]
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["privacy"]["steps"] == 1
+    done = main(["--evaluate", "--size", "mini", "--out", str(tmp_path), "--device", "cpu"])
+    final = json.loads((tmp_path / "log.json").read_text())["final_test_accuracy"]
+    assert final == done["final_test_accuracy"] and final["test_images"] == 1000 and final["step"] == 1
+    assert final["evaluated"] == "ema" and 0 <= final["accuracy"] <= 100
+
+
 def test_augment_crops_and_flips_each_image():
     x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).view(2, 3, 32, 32)
     out = augment(x, torch.Generator().manual_seed(0))

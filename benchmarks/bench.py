@@ -2,30 +2,41 @@
 """Time one training step and its peak GPU memory, side by side, for:
 
   eager           non-private, eager PyTorch
-  compile         non-private, torch.compile(model) (default inductor)
+  compile         non-private, torch.compile(model) (default inductor; --compile-backend)
   dp_<policy>     dpcompile.dpcompile(model, max_grad_norm=R, noise_multiplier=sigma, policy=<policy>)
   opacus          Opacus PrivacyEngine.make_private (grad_sample_mode="hooks")
   opacus_ghost    Opacus PrivacyEngine.make_private (grad_sample_mode="ghost", two backward passes)
   opacus_oop, opacus_ghost_oop   the same, on the ResNets with an out-of-place residual add
                   (opt-in; the stock torchvision `out += identity` makes Opacus fail)
+  fastdp          fastDP book-keeping, clipping_mode="MixOpt" (sources from --peers)
+  fastdp_ghost    fastDP book-keeping, clipping_mode="MixGhostClip"
+  private_vision  private_vision mixed ghost clipping (optimizer.step(loss=per-sample losses), no backward)
 
 Every step: loss = F.cross_entropy(model(x), y); loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
-with SGD(lr=0.1), fp32, on one synthetic (random) batch of the configured shape. Time per step: median of
---steps timed steps after --warmup steps (the first warm-up step includes compilation), each step bracketed
-by torch.cuda.synchronize() + time.perf_counter(). Peak memory: torch.cuda.max_memory_allocated() over the
-timed steps, after reset_peak_memory_stats() (model, optimizer state and batch included).
+with SGD(lr=0.1) on one synthetic (random) batch of the configured shape; --amp bf16 runs the forward and the
+loss under torch.autocast(device, bfloat16). Time per step: median of --steps timed steps after --warmup steps
+(the first warm-up step includes compilation), each step bracketed by torch.cuda.synchronize() +
+time.perf_counter(). Peak memory: torch.cuda.max_memory_allocated() over the timed steps, after
+reset_peak_memory_stats() (model, optimizer state and batch included).
 
 --check compares dpcompile's gradient (noise_multiplier=0) with a torch.func per-sample reference before timing.
+--largest-batch METHODS searches the largest batch that fits in GPU memory for those methods.
+--resume adds to <out>/<name>.json what it lacks (a suite split over several calls).
 
 Usage (GPU):  python benchmarks/bench.py --configs resnet18_32,wrn16_4_32 --check --budget-seconds 540
+              python benchmarks/bench.py --configs suite --amp bf16 --methods eager,compile,dpcompile,fastdp
 Usage (CPU):  python benchmarks/bench.py --configs smoke --methods eager,compile --dp-backend eager
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime as _dt
 import gc
+import importlib
+import importlib.util
+import io
 import json
 import math
 import os
@@ -75,6 +86,7 @@ T0 = time.time()
 warnings.filterwarnings("ignore", message="Secure RNG turned off")
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
 warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented the batching")
+warnings.filterwarnings("ignore", message="Using a non-full backward hook")  # fastDP's and private_vision's hooks
 
 
 def log(*a) -> None:
@@ -98,6 +110,48 @@ class Config:
     seq_targets: bool = False        # targets (B, T) and logits (B, T, V): next-token loss
     build_oop: Callable[[], nn.Module] | None = None   # out-of-place residual variant (Opacus)
     note: str = ""
+    requires: tuple = ()             # packages the builder imports (torchvision, timm): absent -> "unavailable"
+
+
+class Unavailable(Exception):
+    """A config or method that cannot run here (a package or the peers' sources missing): a status, not a failure."""
+
+
+# The models users bring: torchvision and timm, as the peers' table ran them (/work/shared/notes/peers.md).
+
+def group_norm_everywhere(model: nn.Module, groups: int = 32) -> nn.Module:
+    """Every BatchNorm -> GroupNorm(gcd(groups, C), C) (min(32, C) groups for power-of-two widths), in place."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.modules.batchnorm._BatchNorm):
+                c = child.num_features
+                setattr(parent, name, nn.GroupNorm(math.gcd(groups, c), c, eps=child.eps, affine=child.affine))
+    return model
+
+
+def relu_not_inplace(model: nn.Module) -> nn.Module:
+    """Every nn.ReLU with inplace=False (in-place activations break per-sample hooks), in place."""
+    for m in model.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    return model
+
+
+def tv_resnet(arch: str, num_classes: int, small_input: bool) -> nn.Module:
+    """torchvision.models.<arch>(num_classes) with GroupNorm and out-of-place ReLU; small_input: a 3x3
+    stride-1 conv1 and no max-pool (32x32 images). The residual add stays torchvision's `out += identity`."""
+    import torchvision
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    if small_input:
+        model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+        model.maxpool = nn.Identity()
+    return relu_not_inplace(group_norm_everywhere(model))
+
+
+def timm_model(name: str, num_classes: int) -> nn.Module:
+    import timm
+    return timm.create_model(name, pretrained=False, num_classes=num_classes)
 
 
 CONFIGS: dict[str, Config] = {c.name: c for c in [
@@ -121,6 +175,15 @@ CONFIGS: dict[str, Config] = {c.name: c for c in [
     Config("conv3d", "3-D CNN, 16×32², 64", lambda: zoo.conv3d_model(10, in_channels=1, width=16), (1, 16, 32, 32), 10, 64),
     Config("gpt_small", "GPT small (4×256, tied), T=128, 32", lambda: zoo.gpt_small(8192, 256, 4, 4, 128), (128,), 8192, 32,
            tokens=True, vocab=8192, seq_targets=True, note="loss is the mean over B·T tokens"),
+    # The models users bring (torchvision / timm; skipped as "unavailable" where the package is missing).
+    Config("tv_resnet18_32", "torchvision ResNet-18 (GN), 32², 256", lambda: tv_resnet("resnet18", 10, True),
+           (3, 32, 32), 10, 256, requires=("torchvision",)),
+    Config("tv_resnet18_224", "torchvision ResNet-18 (GN), 224², 64", lambda: tv_resnet("resnet18", 1000, False),
+           (3, 224, 224), 1000, 64, requires=("torchvision",)),
+    Config("tv_resnet50_224", "torchvision ResNet-50 (GN), 224², 32", lambda: tv_resnet("resnet50", 1000, False),
+           (3, 224, 224), 1000, 32, requires=("torchvision",)),
+    Config("timm_vit_s16_224", "timm ViT-S/16, 224², 64", lambda: timm_model("vit_small_patch16_224", 1000),
+           (3, 224, 224), 1000, 64, requires=("timm",)),
     # CPU smoke tests.
     Config("smoke", "smoke: small CNN w8, 32², 16", lambda: zoo.small_cnn(10, width=8), (3, 32, 32), 10, 16),
     Config("smoke_vit", "smoke: ViT d24×2, 16², 8", lambda: zoo.vit(16, 4, 24, 2, 3, 10), (3, 16, 16), 10, 8),
@@ -128,6 +191,39 @@ CONFIGS: dict[str, Config] = {c.name: c for c in [
            build_oop=lambda: zoo.resnet18_gn(10, width=8, inplace_residual=False)),
 ]}
 DEFAULT_CONFIGS = "resnet18_32,wrn16_4_32,resnet18_224,resnet50_224,vit_s16_224"
+# Named groups for --configs (mixable with config names): the issue's suite is the default five + the four
+# torchvision/timm models.
+CONFIG_GROUPS: dict[str, list[str]] = {
+    "default": DEFAULT_CONFIGS.split(","),
+    "cifar": ["resnet18_32", "wrn16_4_32"],
+    "imagenet": ["resnet18_224", "resnet50_224", "vit_s16_224"],
+    "tv": ["tv_resnet18_32", "tv_resnet18_224", "tv_resnet50_224", "timm_vit_s16_224"],
+    "tv_cifar": ["tv_resnet18_32"],
+    "tv_imagenet": ["tv_resnet18_224", "tv_resnet50_224", "timm_vit_s16_224"],
+}
+CONFIG_GROUPS["suite"] = CONFIG_GROUPS["default"] + CONFIG_GROUPS["tv"]
+
+
+def expand_configs(spec: str) -> list[str]:
+    """'a,b,group,...' -> config names in order, groups expanded, duplicates dropped; 'all'; 'none' or ''."""
+    names: list[str] = []
+    for tok in [t for t in spec.split(",") if t]:
+        if tok == "none":
+            continue
+        if tok == "all":
+            names += [c for c in CONFIGS if not c.startswith("smoke")]
+        else:
+            names += CONFIG_GROUPS.get(tok, [tok])
+    return list(dict.fromkeys(names))
+
+
+def missing_requirement(cfg: Config) -> str | None:
+    """'no torchvision' where a package the config's builder imports is absent, else None."""
+    for mod in cfg.requires:
+        if importlib.util.find_spec(mod) is None:
+            return f"no {mod}"
+    return None
+
 
 CHECK_MODELS: dict[str, tuple[Callable[[], nn.Module], tuple, int]] = {
     "small_cnn": (lambda: zoo.small_cnn(10, width=16), (3, 32, 32), 10),
@@ -156,6 +252,20 @@ def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(out, y)
 
 
+def per_sample_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B,) losses (private_vision's step takes them): for (B, T, V) logits the mean over a sample's T tokens."""
+    if out.dim() == 3:
+        return F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(out.shape[0], -1).mean(1)
+    return F.cross_entropy(out, y, reduction="none")
+
+
+def amp_context(args, x: torch.Tensor):
+    """--amp bf16: torch.autocast(x's device type, bfloat16) around forward and loss; fp32: nothing."""
+    if getattr(args, "amp", "fp32") == "bf16":
+        return torch.autocast(x.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 # ------------------------------------------------------------------------------------------------
 # Helpers
 # ------------------------------------------------------------------------------------------------
@@ -176,6 +286,17 @@ def reset_dynamo() -> None:
         torch._dynamo.reset()
     except Exception:  # noqa: BLE001
         pass
+
+
+def is_oom(e: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError, or any error whose text (or its cause's) says "out of memory" (inductor and
+    cuDNN wrap it)."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower():
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
 
 
 def first_line(e: BaseException) -> str:
@@ -224,12 +345,13 @@ def environment(device: torch.device) -> dict:
 # Methods: each returns (step function, extra info) for a fresh copy of the model
 # ------------------------------------------------------------------------------------------------
 
-def sgd_step(forward, model, x, y, args):
-    """One training step through `forward`, updating `model`'s parameters with SGD."""
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr)
+def sgd_step(forward, model, x, y, args, opt=None):
+    """One training step through `forward`, updating `model`'s parameters with SGD (or `opt`, a peer's)."""
+    opt = opt if opt is not None else torch.optim.SGD(model.parameters(), lr=args.lr)
 
     def step():
-        loss = loss_fn(forward(x), y)
+        with amp_context(args, x):
+            loss = loss_fn(forward(x), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -241,7 +363,7 @@ def setup_eager(model, x, y, args, policy=None):
 
 
 def setup_compile(model, x, y, args, policy=None):
-    return sgd_step(torch.compile(model), model, x, y, args), {}
+    return sgd_step(torch.compile(model, backend=args.compile_backend), model, x, y, args), {}
 
 
 def setup_dpcompile(model, x, y, args, policy="mixed"):
@@ -259,7 +381,10 @@ def setup_dpcompile(model, x, y, args, policy="mixed"):
 
 
 def setup_opacus(model, x, y, args, policy=None, ghost=False):
-    from opacus import PrivacyEngine
+    try:
+        from opacus import PrivacyEngine
+    except Exception as e:  # noqa: BLE001
+        raise Unavailable(f"opacus: {first_line(e)}") from None
     from torch.utils.data import DataLoader, TensorDataset
     opt = torch.optim.SGD(model.parameters(), lr=args.lr)
     loader = DataLoader(TensorDataset(x, y), batch_size=x.shape[0])
@@ -270,8 +395,9 @@ def setup_opacus(model, x, y, args, policy=None, ghost=False):
         pmodel, popt, crit, _ = engine.make_private(**kw, criterion=nn.CrossEntropyLoss(), grad_sample_mode="ghost")
 
         def step():
-            out = pmodel(x)
-            loss = crit(out.flatten(0, 1), y.flatten()) if out.dim() == 3 else crit(out, y)
+            with amp_context(args, x):
+                out = pmodel(x)
+                loss = crit(out.flatten(0, 1), y.flatten()) if out.dim() == 3 else crit(out, y)
             loss.backward()
             popt.step()
             popt.zero_grad(set_to_none=True)
@@ -279,10 +405,55 @@ def setup_opacus(model, x, y, args, policy=None, ghost=False):
         pmodel, popt, _ = engine.make_private(**kw)
 
         def step():
-            loss = loss_fn(pmodel(x), y)
+            with amp_context(args, x):
+                loss = loss_fn(pmodel(x), y)
             loss.backward()
             popt.step()
             popt.zero_grad(set_to_none=True)
+    return step, {}
+
+
+# Peers from unmodified sources (--peers DIR: fastDP/, private_vision/), imported here only, never by the product.
+
+def import_peer(args, package: str):
+    """`package` from the --peers folder (put first on sys.path); Unavailable with the reason if it won't import."""
+    folder = args.peers
+    if not folder or not os.path.isdir(os.path.join(folder, package)):
+        raise Unavailable(f"no {package}/ in the peers folder {folder!r} (--peers or $DPCOMPILE_PEERS)")
+    folder = os.path.abspath(folder)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    try:
+        return importlib.import_module(package)
+    except Exception as e:  # noqa: BLE001  (fastDP imports transformers at the top)
+        raise Unavailable(f"{package}: {first_line(e)}") from None
+
+
+def setup_fastdp(model, x, y, args, policy=None, clipping_mode="MixOpt"):
+    """fastDP book-keeping as its README attaches it: the usual loss.backward(); optimizer.step()."""
+    fastdp = import_peer(args, "fastDP")
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr)
+    engine = fastdp.PrivacyEngine(model, batch_size=x.shape[0], sample_size=args.sample_size,
+                                  noise_multiplier=args.noise_multiplier, epochs=1, max_grad_norm=args.max_grad_norm,
+                                  clipping_fn="Abadi", clipping_mode=clipping_mode, clipping_style="all-layer")
+    engine.attach(opt)
+    return sgd_step(model, model, x, y, args, opt), {}
+
+
+def setup_private_vision(model, x, y, args, policy=None):
+    """private_vision mixed ghost clipping: optimizer.step(loss=per-sample losses) runs both backward passes."""
+    pv = import_peer(args, "private_vision")
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr)
+    engine = pv.PrivacyEngine(model, batch_size=x.shape[0], sample_size=args.sample_size, epochs=1,
+                              max_grad_norm=args.max_grad_norm, noise_multiplier=args.noise_multiplier,
+                              ghost_clipping=True, mixed=True)
+    engine.attach(opt)
+
+    def step():
+        with amp_context(args, x):
+            losses = per_sample_loss(model(x), y)
+        opt.step(loss=losses)
+        opt.zero_grad(set_to_none=True)  # private_vision's zero_grad (drops .grad, grad_sample, norm_sample)
     return step, {}
 
 
@@ -298,25 +469,53 @@ def method_setup(method: str):
         return setup_opacus, {"ghost": False}, method.endswith("_oop")
     if method in ("opacus_ghost", "opacus_ghost_oop"):
         return setup_opacus, {"ghost": True}, method.endswith("_oop")
+    if method == "fastdp":
+        return setup_fastdp, {"clipping_mode": "MixOpt"}, False
+    if method == "fastdp_ghost":
+        return setup_fastdp, {"clipping_mode": "MixGhostClip"}, False
+    if method == "private_vision":
+        return setup_private_vision, {}, False
     raise ValueError(f"unknown method {method!r}")
 
 
+PEER_METHODS = ("opacus", "opacus_ghost", "opacus_oop", "opacus_ghost_oop", "fastdp", "fastdp_ghost", "private_vision")
+NON_PRIVATE = ("compile", "eager")  # the reference of ratios: compile, else eager
 METHOD_TITLES = {
     "eager": "non-DP eager", "compile": "non-DP torch.compile", "opacus": "Opacus hooks",
     "opacus_ghost": "Opacus ghost", "opacus_oop": "Opacus hooks (out-of-place add)",
-    "opacus_ghost_oop": "Opacus ghost (out-of-place add)",
+    "opacus_ghost_oop": "Opacus ghost (out-of-place add)", "fastdp": "fastDP BK-MixOpt",
+    "fastdp_ghost": "fastDP BK-MixGhostClip", "private_vision": "private_vision mixed ghost",
 }
+
+
+def method_order(m: str) -> tuple:
+    """Canonical column order: non-private, dpcompile, peers, anything else."""
+    if m in NON_PRIVATE:
+        return (0, -NON_PRIVATE.index(m), m)
+    if m.startswith("dp_"):
+        return (1, 0, m)
+    return (2, PEER_METHODS.index(m) if m in PEER_METHODS else 99, m)
 
 
 def method_title(m: str, args) -> str:
     if m.startswith("dp_"):
         return f"dpcompile {m[3:]}" + ("" if args.dp_backend == "inductor" else f" ({args.dp_backend})")
+    if m == "compile" and getattr(args, "compile_backend", "inductor") != "inductor":
+        return f"non-DP torch.compile ({args.compile_backend})"
     return METHOD_TITLES.get(m, m)
 
 
 # ------------------------------------------------------------------------------------------------
 # Timing
 # ------------------------------------------------------------------------------------------------
+
+class Captured(io.StringIO):
+    """stdout of a method's setup and steps (the peers print; private_vision on every step): kept, not shown."""
+
+    def lines(self, limit: int = 10) -> list[str]:
+        seen = list(dict.fromkeys(ln.strip()[:200] for ln in self.getvalue().splitlines() if ln.strip()))
+        return seen[:limit] + ([f"... {len(seen) - limit} more distinct lines"] if len(seen) > limit else [])
+
 
 def time_method(cfg: Config, method: str, base: nn.Module, base_oop: nn.Module | None, x, y, args,
                 device: torch.device) -> dict:
@@ -327,6 +526,15 @@ def time_method(cfg: Config, method: str, base: nn.Module, base_oop: nn.Module |
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model = copy.deepcopy(base_oop if oop else base).to(device).train()
+    out = Captured()
+    with contextlib.redirect_stdout(out):
+        res = _time_steps(setup, kw, model, x, y, args, device)
+    if out.lines():
+        res["stdout"] = out.lines()
+    return res
+
+
+def _time_steps(setup, kw, model, x, y, args, device: torch.device) -> dict:
     t = time.perf_counter()
     step, extra = setup(model, x, y, args, **kw)
     setup_s = time.perf_counter() - t
@@ -374,6 +582,129 @@ def time_method(cfg: Config, method: str, base: nn.Module, base_oop: nn.Module |
     }
     if "explain" in extra and args.explain:
         res["explain"] = extra["explain"]()
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
+# --largest-batch: the largest batch whose training step fits in GPU memory
+# ------------------------------------------------------------------------------------------------
+
+def round_batch(b: float) -> int:
+    """Batch sizes tried: multiples of 8 from 64 on (what people pick, and kernel-friendly)."""
+    b = int(b)
+    return b - b % 8 if b >= 64 else max(b, 1)
+
+
+def predict_largest(points: list[tuple[int, float]], capacity: float) -> float | None:
+    """Batch at which the peak memory reaches `capacity`, from (batch, peak bytes) points that fit: a line through
+    the two largest; from one point, peak/batch as the per-sample cost (fixed costs counted per sample: an
+    underestimate of the batch, so a safe jump)."""
+    pts = sorted(p for p in points if p[1])
+    if not pts:
+        return None
+    (b1, m1) = pts[-1]
+    if len(pts) >= 2:
+        b0, m0 = pts[-2]
+        slope = (m1 - m0) / (b1 - b0) if b1 > b0 else 0.0
+        if slope > 0:
+            return b1 + (capacity - m1) / slope
+    return b1 * capacity / m1
+
+
+def search_largest_batch(attempt: Callable[[int], tuple[bool, float | None, str | None]], start: int,
+                         start_peak: float | None, capacity: float, max_attempts: int = 8, seconds: float = 120.0,
+                         tol: float = 0.10, clock: Callable[[], float] = time.monotonic) -> dict:
+    """Largest batch b with attempt(b) -> (fits, peak bytes, error) true, `start` known to fit. Grows by doubling,
+    or jumps to just under the batch the measured peaks predict for `capacity` bytes when that is further; once a
+    batch fails, bisects (geometrically while the failing batch is over 4x the fitting one) until the failing one
+    is within `tol` of the fitting one. Stops after max_attempts tries
+    or when the next try would end past `seconds` (then "capped")."""
+    lo, hi, points, tries = start, None, [(start, start_peak)] if start_peak else [], []
+    t0, capped, last_s = clock(), False, 0.0
+    while len(tries) < max_attempts:
+        if hi is not None and hi <= lo * (1 + tol):
+            break
+        if clock() - t0 + last_s > seconds:
+            capped = True
+            break
+        if hi is None:
+            pred = predict_largest(points, capacity)
+            if pred is None:
+                b = 2 * lo
+            elif pred > 2.2 * lo:
+                b = 0.92 * pred                          # far: a big step that should still fit
+            else:
+                b = min(2 * lo, max(1.12 * lo, 1.06 * pred))  # near: just past the prediction, to find the ceiling
+        else:
+            b = math.sqrt(lo * hi) if hi > 4 * lo else (lo + hi) / 2  # bisect (in log scale after an overshoot)
+        b = round_batch(b)
+        if b <= lo or (hi is not None and b >= hi):
+            break                                        # the rounding leaves nothing between: as close as it gets
+        t = clock()
+        fits, peak, error = attempt(b)
+        last_s = clock() - t
+        tries.append({"batch": b, "fits": fits, "peak_gib": peak / 2**30 if peak else None, "error": error,
+                      "s": round(last_s, 2)})
+        if fits:
+            lo = b
+            points.append((b, peak))
+        else:
+            hi = b
+            if error and error != "out of memory" and fatal_cuda_error(error):
+                break
+    return {"batch": lo, "fails_at": hi, "attempts": tries, "capped": capped,
+            "converged": hi is not None and hi <= lo * (1 + tol), "seconds": round(clock() - t0, 1),
+            "capacity_gib": capacity / 2**30}
+
+
+def fatal_cuda_error(msg: str) -> bool:
+    """An error after which the CUDA context is unusable (nothing more can run in this process)."""
+    return any(k in msg for k in ("illegal memory access", "device-side assert", "unspecified launch failure"))
+
+
+def try_batch(cfg: Config, method: str, base: nn.Module, base_oop: nn.Module | None, args, device: torch.device,
+              batch: int) -> tuple[bool, float | None, str | None]:
+    """One training step of `method` at `batch` after a fresh setup: (fits, peak bytes, error); OOM -> not fits."""
+    reset_dynamo()
+    free_memory()
+    torch.cuda.reset_peak_memory_stats(device)
+    try:
+        with contextlib.redirect_stdout(Captured()):
+            _one_step(cfg, method, base, base_oop, args, device, batch)
+        return True, torch.cuda.max_memory_allocated(device), None
+    except Exception as e:  # noqa: BLE001
+        return False, None, "out of memory" if is_oom(e) else first_line(e)
+    finally:
+        reset_dynamo()
+        free_memory()
+
+
+def _one_step(cfg, method, base, base_oop, args, device, batch) -> None:
+    setup, kw, oop = method_setup(method)
+    model = copy.deepcopy(base_oop if oop else base).to(device).train()
+    x, y = make_batch(cfg, device, batch)
+    step, _ = setup(model, x, y, args, **kw)
+    step()
+    sync(device)
+
+
+def largest_batch(cfg: Config, method: str, rec: dict, batch: int, base, base_oop, args,
+                  device: torch.device) -> dict | str:
+    """--largest-batch for one method whose timed run (rec, at `batch`) fitted; "n/a (cpu)" off the GPU."""
+    if device.type != "cuda":
+        return "n/a (cpu)"
+    if rec.get("status") != "ok":
+        return f"n/a (the timed run: {rec.get('status')})"
+    free_memory()
+    capacity = torch.cuda.mem_get_info(device)[0] * 0.97  # free now (allocator emptied); a margin for fragmentation
+    peak = rec.get("peak_gib_incl_warmup") or rec.get("peak_gib")
+    seconds = args.largest_batch_seconds
+    if args.budget_seconds is not None:  # the search ends within --budget-seconds too
+        seconds = max(0.0, min(seconds, args.budget_seconds - (time.time() - T0)))
+    res = search_largest_batch(lambda b: try_batch(cfg, method, base, base_oop, args, device, b), batch,
+                               peak * 2**30 if peak else None, capacity, args.largest_batch_attempts, seconds)
+    if any(t["error"] and fatal_cuda_error(t["error"]) for t in res["attempts"]):
+        args.cuda_broken = True
     return res
 
 
@@ -511,15 +842,24 @@ def cell(r: dict | None, ref: dict | None, short: bool = False) -> str:
 
 def markdown(results: dict, args) -> str:
     env = results["env"]
-    L = [f"# dpcompile benchmark — {env['device']}", "",
+    amp = results.get("amp", "fp32")
+    precision = "fp32" if amp == "fp32" else "bf16 autocast of forward and loss (parameters, gradients, SGD in fp32)"
+    peers = env.get("peers")
+    later = [r for r in results.get("runs", [])[1:] if r.get("git") != env["git"] or r.get("device") != env["device"]]
+    L = [f"# dpcompile benchmark — {env['device']}, {amp}", "",
          f"- date: {env['date_utc']}; torch {env['torch']}; CUDA {env['cuda']}; cuDNN {env['cudnn']}; "
-         f"Python {env['python']}; opacus {env['opacus']}; dpcompile {env['dpcompile']}; git {env['git']}",
-         f"- {env['inputs']}; fp32 (TF32 matmul {env['tf32_matmul']}, TF32 cuDNN conv {env['tf32_cudnn']}, "
+         f"Python {env['python']}; opacus {env['opacus']}; dpcompile {env['dpcompile']}; git {env['git']}; amp {amp}"
+         + (f"; peers from {peers['dir']}: fastDP {peers.get('fastDP')}, private_vision {peers.get('private_vision')}"
+            if peers else ""),
+         f"- {env['inputs']}; {precision} (TF32 matmul {env['tf32_matmul']}, TF32 cuDNN conv {env['tf32_cudnn']}, "
          f"cudnn.benchmark {env['cudnn_benchmark']}); SGD lr {args.lr}; σ={args.noise_multiplier}, R={args.max_grad_norm}; "
-         f"dpcompile backend {args.dp_backend}",
+         f"dpcompile backend {args.dp_backend}; "
+         f"non-DP torch.compile backend {getattr(args, 'compile_backend', 'inductor')}",
          f"- ms/step: median of {args.steps} timed steps (synchronize + perf_counter around each) after "
          f"{args.warmup} warm-up steps; peak GiB: torch.cuda.max_memory_allocated over the timed steps; "
-         f"(×) time relative to non-DP torch.compile.", ""]
+         f"(×) time relative to non-DP torch.compile."]
+    L += [f"- resumed {r['date_utc']} on {r['device']}, git {r['git']}" for r in later]
+    L += [""]
     methods = results["methods"] if results["configs"] else []
     if methods:
         L += ["| model, input, batch | " + " | ".join(method_title(m, args) for m in methods) + " |",
@@ -538,7 +878,7 @@ def markdown(results: dict, args) -> str:
         okref = ref is not None and ref.get("status") == "ok"
         for m in methods:
             r = c["results"].get(m)
-            if r is None:
+            if r is None or (c.get("status") and r["status"] == c["status"]):  # the config's own row says it
                 continue
             if r["status"] != "ok":
                 L.append(f"| {c['name']} | {method_title(m, args)} | {cell(r, None)} | | | | | | |")
@@ -551,6 +891,8 @@ def markdown(results: dict, args) -> str:
                      f"{r['ms_pipelined']:.2f} | {pk} | {tr} | {mr} | {r['first_step_s']:.1f} |")
         if c.get("error"):
             L.append(f"| {c['name']} | (config) | fails: {c['error']} | | | | | | |")
+        if c.get("status"):
+            L.append(f"| {c['name']} | (config) | {c['status']} | | | | | | |")
     if results.get("check"):
         L += ["", "## Gradient check (dpcompile, σ=0, vs torch.func per-sample reference, TF32 off, R = median per-sample norm)", "",
               "| model | policy | max relative error (param) | whole gradient | vs fp32 reference: max, whole | "
@@ -568,24 +910,106 @@ def markdown(results: dict, args) -> str:
                   "reference computed in float64 (and, secondary, in fp32). Allowed, per parameter and for the whole "
                   f"gradient: max({args.check_tol:g}, {FLOOR_FACTOR:g} × the fp32 reference's own error against "
                   "float64). PASS: all within, and no parameter without a gradient."]
+    L += summary(results, methods, args)
+    L += largest_batch_table(results, methods, args)
     if results.get("skipped"):
         L += ["", f"Skipped (budget of {args.budget_seconds} s): {', '.join(results['skipped'])}"]
     return "\n".join(L) + "\n"
 
 
+def ok(r: dict | None) -> bool:
+    return r is not None and r.get("status") == "ok"
+
+
+def lb_text(lb) -> str:
+    """A largest-batch record as one cell: "≥" where the search stopped before bracketing it within 10%."""
+    if not isinstance(lb, dict):
+        return str(lb)
+    return ("" if lb.get("converged") else "≥ ") + str(lb["batch"])
+
+
+def summary(results: dict, methods: list[str], args) -> list[str]:
+    """Per config: dpcompile's best policy against non-DP compiled (time, memory, largest batch), the fastest peer."""
+    rows = []
+    for c in results["configs"]:
+        rs = c["results"]
+        ref = rs.get("compile")
+        dps = [(m, rs[m]) for m in methods if m.startswith("dp_") and ok(rs.get(m))]
+        if not dps:
+            st = c.get("status") or next((rs[m]["status"] for m in methods if m.startswith("dp_") and m in rs), "—")
+            rows.append(f"| {c['title']} | {st} | | | | | |")
+            continue
+        m, r = min(dps, key=lambda mr: mr[1]["ms"])
+        best = f"{m[3:]}: {r['ms']:.1f} ms" + (f", {r['peak_gib']:.2f} GiB" if r.get("peak_gib") is not None else "")
+        t = f"{r['ms'] / ref['ms']:.2f}×" if ok(ref) else "—"
+        mem = (f"{r['peak_gib'] / ref['peak_gib']:.2f}×" if ok(ref) and r.get("peak_gib") and ref.get("peak_gib")
+               else "—")
+        peers = [(p, rs[p]) for p in methods if p in PEER_METHODS and ok(rs.get(p))]
+        if peers:
+            p, pr = min(peers, key=lambda mr: mr[1]["ms"])
+            peer = f"{METHOD_TITLES.get(p, p)}: {pr['ms']:.1f} ms | {pr['ms'] / r['ms']:.2f}×"
+        else:
+            tried = [p for p in methods if p in PEER_METHODS and p in rs]
+            peer = ("none ran (" + ", ".join(f"{p} {rs[p]['status'].split(' (')[0]}" for p in tried) + ")"
+                    if tried else "—") + " | —"
+        lbs = []
+        ref_lb = next((rs[n]["largest_batch"] for n in NON_PRIVATE
+                       if isinstance(rs.get(n, {}).get("largest_batch"), dict)), None)
+        for dm in methods:
+            lb = rs.get(dm, {}).get("largest_batch") if dm.startswith("dp_") else None
+            if isinstance(lb, dict) and ref_lb:
+                lbs.append(f"{dm[3:]} {lb['batch'] / ref_lb['batch']:.2f} ({lb_text(lb)} / {lb_text(ref_lb)})")
+        rows.append(f"| {c['title']} | {best} | {t} | {mem} | {peer} | {'; '.join(lbs) or '—'} |")
+    if not rows:
+        return []
+    return ["", "## Summary", "",
+            "| model, input, batch | dpcompile, best policy | time × non-DP compiled | memory × non-DP compiled | "
+            "fastest peer | peer time ÷ dpcompile time | largest batch, dpcompile ÷ non-DP |",
+            "| --- | --- | --- | --- | --- | --- | --- |", *rows]
+
+
+def largest_batch_table(results: dict, methods: list[str], args) -> list[str]:
+    rows = []
+    for c in results["configs"]:
+        for m in methods:
+            lb = c["results"].get(m, {}).get("largest_batch")
+            if lb is None:
+                continue
+            if not isinstance(lb, dict):
+                rows.append(f"| {c['name']} | {method_title(m, args)} | {lb} | | | | | |")
+                continue
+            bad = [t for t in lb["attempts"] if not t["fits"]]
+            note = "; ".join(filter(None, [
+                "stopped at its time cap" if lb["capped"] else "",
+                "" if lb["converged"] else "not bracketed within 10%",
+                *(f"{t['batch']}: {t['error']}" for t in bad if t["error"] and t["error"] != "out of memory")]))
+            peak = max((t["peak_gib"] for t in lb["attempts"] if t["fits"] and t["peak_gib"]), default=None)
+            rows.append(f"| {c['name']} | {method_title(m, args)} | {lb_text(lb)} | {lb['fails_at'] or '—'} | "
+                        f"{len(lb['attempts'])} | {peak and f'{peak:.1f}' or '—'} | {lb['seconds']:.0f} | "
+                        f"{note.replace('|', '/')} |")
+    if not rows:
+        return []
+    return ["", "## Largest batch (one training step after a fresh setup; synthetic batch)", "",
+            "| config | method | largest batch that fits | smallest that failed | attempts | its peak GiB | search s "
+            "| note |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |", *rows]
+
+
 def save(results: dict, args) -> None:
+    """<out>/<name>.json, .md and -plans.txt, each written whole then renamed (a kill mid-write keeps the last)."""
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, args.name)
     js = json.loads(json.dumps(results, default=str))
-    with open(stem + ".json", "w") as f:
-        json.dump(js, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(markdown(results, args))
+
+    def write(path: str, text: str) -> None:
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+    write(stem + ".json", json.dumps(js, indent=1))
+    write(stem + ".md", markdown(results, args))
     plans = [(c["name"], m, r["explain"]) for c in results["configs"] for m, r in c["results"].items() if r.get("explain")]
     if plans:
-        with open(stem + "-plans.txt", "w") as f:
-            for cname, m, text in plans:
-                f.write(f"==== {cname} / {m} ====\n{text}\n\n")
+        write(stem + "-plans.txt", "".join(f"==== {cname} / {m} ====\n{text}\n\n" for cname, m, text in plans))
 
 
 def over_budget(args) -> bool:
@@ -596,15 +1020,34 @@ def over_budget(args) -> bool:
 # Main
 # ------------------------------------------------------------------------------------------------
 
+def default_peers() -> str:
+    return os.environ.get("DPCOMPILE_PEERS") or os.path.join(os.path.dirname(ROOT), "shared", "peers")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", default=DEFAULT_CONFIGS,
-                   help=f"comma-separated, 'all', or 'none' (check only). Known: {', '.join(CONFIGS)}")
+                   help="comma-separated config names and groups, 'all', or 'none' (check only). Groups: "
+                        + "; ".join(f"{g} = {','.join(v)}" for g, v in CONFIG_GROUPS.items())
+                        + f". Known: {', '.join(CONFIGS)}")
     p.add_argument("--methods", default="eager,compile,dpcompile,opacus,opacus_ghost",
-                   help="comma-separated from eager, compile, dpcompile (= one run per --policies), "
-                        "opacus, opacus_ghost, opacus_oop, opacus_ghost_oop")
+                   help="comma-separated from eager, compile, dpcompile (= one run per --policies; or dp_<policy>), "
+                        "opacus, opacus_ghost, opacus_oop, opacus_ghost_oop, fastdp, fastdp_ghost, private_vision")
     p.add_argument("--policies", default="mixed,auto", help="dpcompile policies, comma-separated")
     p.add_argument("--dp-backend", default="inductor", choices=["inductor", "eager"])
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend of the non-private 'compile' method (aot_eager: quick CPU tests)")
+    p.add_argument("--amp", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: every method's forward and loss under torch.autocast(device, bfloat16)")
+    p.add_argument("--peers", default=default_peers(),
+                   help="folder holding the peers' sources fastDP/ and private_vision/ (default $DPCOMPILE_PEERS, "
+                        "else <repo>/../shared/peers)")
+    p.add_argument("--sample-size", type=int, default=50000, help="dataset size the peers' engines are told")
+    p.add_argument("--largest-batch", default="",
+                   help="comma-separated methods (dpcompile = every policy) whose largest batch that fits in GPU "
+                        "memory is searched after timing")
+    p.add_argument("--largest-batch-seconds", type=float, default=120.0, help="time cap of each method's search")
+    p.add_argument("--largest-batch-attempts", type=int, default=8, help="training steps tried per method, at most")
     p.add_argument("--batch", type=int, default=None, help="override every config's batch size")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
@@ -620,41 +1063,205 @@ def parse_args(argv=None):
     p.add_argument("--budget-seconds", type=float, default=None, help="skip what is left after this many seconds")
     p.add_argument("--out", default=os.environ.get("OUT") or os.path.join(".", "runs"))
     p.add_argument("--name", default=None, help="file stem for the outputs (default bench-<UTC time>)")
+    p.add_argument("--resume", action="store_true",
+                   help="start from <out>/<name>.json (same amp) and run only what it lacks: methods skipped, "
+                        "interrupted (retried once) or unavailable, and searches not yet done")
+    p.add_argument("--print-configs", action="store_true", help="print the expanded --configs, one a line, and exit")
     p.add_argument("--no-explain", dest="explain", action="store_false", help="don't store dp_model.explain()")
     p.add_argument("--print-plans", action="store_true", help="print dp_model.explain() for each dpcompile run")
     p.add_argument("--cudnn-benchmark", action="store_true")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     args.policies = [s for s in args.policies.split(",") if s]
-    methods = []
-    for m in [s for s in args.methods.split(",") if s]:
-        methods += [f"dp_{pol}" for pol in args.policies] if m == "dpcompile" else [m]
-    args.methods = methods
-    if args.configs == "all":
-        args.configs = [c for c in CONFIGS if not c.startswith("smoke")]
-    elif args.configs in ("", "none"):
-        args.configs = []
-    else:
-        args.configs = [s for s in args.configs.split(",") if s]
+
+    def expand(spec: str) -> list[str]:
+        out = []
+        for m in [s for s in spec.split(",") if s]:
+            out += [f"dp_{pol}" for pol in args.policies] if m == "dpcompile" else [m]
+        return list(dict.fromkeys(out))
+    args.methods = expand(args.methods)
+    args.largest_batch = expand(args.largest_batch)
+    args.configs = expand_configs(args.configs)
     unknown = [c for c in args.configs if c not in CONFIGS]
     if unknown:
-        p.error(f"unknown configs {unknown}; known: {list(CONFIGS)}")
+        p.error(f"unknown configs {unknown}; known: {list(CONFIGS)}; groups: {list(CONFIG_GROUPS)}")
     for m in args.methods:
-        method_setup(m)
+        try:
+            method_setup(m)
+        except ValueError as e:
+            p.error(str(e))
+    extra = [m for m in args.largest_batch if m not in args.methods]
+    if extra:
+        p.error(f"--largest-batch {extra}: not among --methods {args.methods}")
     if args.name is None:
         args.name = "bench-" + _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    args.cuda_broken = False
     return args
 
 
+def searched(r: dict | None) -> bool:
+    """A largest-batch result a --resume keeps: a search's record, or n/a on a CPU."""
+    lb = (r or {}).get("largest_batch")
+    return isinstance(lb, dict) or lb == "n/a (cpu)"
+
+
+def done(r: dict | None) -> bool:
+    """A measurement a --resume keeps: ok, failed, n/a, or interrupted twice (skipped and unavailable are retried)."""
+    if r is None:
+        return False
+    return r["status"] in ("ok", "fails", "n/a") or (r["status"] == "interrupted" and r.get("interrupted", 0) >= 2)
+
+
+def start_results(args, device: torch.device) -> dict:
+    env = environment(device)
+    if any(m in ("fastdp", "fastdp_ghost", "private_vision") for m in args.methods):
+        env["peers"] = {"dir": args.peers}
+        for pkg, ms in (("fastDP", ("fastdp", "fastdp_ghost")), ("private_vision", ("private_vision",))):
+            if any(m in args.methods for m in ms):
+                try:
+                    with contextlib.redirect_stdout(Captured()):
+                        env["peers"][pkg] = getattr(import_peer(args, pkg), "__version__", "present")
+                except Unavailable as e:
+                    env["peers"][pkg] = f"unavailable ({e})"
+    run = {"date_utc": env["date_utc"], "device": env["device"], "git": env["git"], "argv": args.argv,
+           "methods": args.methods, "configs": args.configs}
+    path = os.path.join(args.out, args.name + ".json")
+    if args.resume and os.path.exists(path):
+        with open(path) as f:
+            results = json.load(f)
+        if results.get("amp", "fp32") != args.amp:
+            raise SystemExit(f"--resume: {path} holds amp {results.get('amp', 'fp32')}, this run asks for {args.amp}")
+        results["methods"] = sorted(set(results["methods"]) | set(args.methods), key=method_order)
+        results.setdefault("runs", []).append(run)
+        if env.get("peers"):
+            results["env"]["peers"] = env["peers"]
+        results["skipped"] = []
+        log(f"--resume: {path} ({len(results['configs'])} configs, methods {results['methods']})")
+        return results
+    return {"env": env, "amp": args.amp, "args": {k: v for k, v in vars(args).items()},
+            "methods": sorted(args.methods, key=method_order), "configs": [], "skipped": [], "runs": [run]}
+
+
+def run_config(cfg: Config, crec: dict, args, device: torch.device, results: dict) -> None:
+    """Time every method the record lacks, then the largest-batch searches it lacks; saves after each."""
+    todo = [m for m in args.methods if not done(crec["results"].get(m))]
+    search = [m for m in args.largest_batch if not searched(crec["results"].get(m))]
+    if device.type != "cuda":  # no GPU memory to fill: nothing to search, whether timed now or before
+        for m in [m for m in search if m not in todo]:
+            crec["results"][m]["largest_batch"] = "n/a (cpu)"
+        search = [m for m in search if m in todo]
+    if not todo and not search:
+        log(f"{cfg.name}: measured already")
+        return
+    base = base_oop = x = y = None
+    current = searching = None
+    try:
+        torch.manual_seed(0)
+        try:
+            base = cfg.build()
+        except ImportError as e:
+            raise Unavailable(first_line(e)) from None
+        if cfg.build_oop is not None and any(m.endswith("_oop") for m in todo):
+            torch.manual_seed(0)
+            base_oop = cfg.build_oop()
+        crec["params_m"] = sum(p.numel() for p in base.parameters()) / 1e6
+        x, y = make_batch(cfg, device, crec["batch"])
+        log(f"== {cfg.name}: {crec['title']}, {crec['params_m']:.2f}M params, x {tuple(x.shape)}, {args.amp}")
+        for m in todo:
+            if over_budget(args) or args.cuda_broken:
+                why = "skipped (CUDA context lost)" if args.cuda_broken else "skipped (budget)"
+                crec["results"][m] = {"status": why}
+                log(f"{cfg.name} {m}: {crec['results'][m]['status']}")
+                continue
+            current, prev = m, crec["results"].get(m)
+            reset_dynamo()
+            try:
+                r = time_method(cfg, m, base, base_oop, x, y, args, device)
+            except Unavailable as e:
+                r = {"status": f"unavailable ({e})"}
+            except Exception as e:  # noqa: BLE001
+                r = {"status": "fails", "error": first_line(e), "traceback": traceback.format_exc()}
+                if fatal_cuda_error(str(e)):
+                    args.cuda_broken = True
+                e = None  # noqa: F841  (drop the frames that hold GPU tensors)
+            if prev and prev.get("interrupted"):
+                r["interrupted"] = prev["interrupted"]
+            current = None
+            crec["results"][m] = r
+            report(cfg, m, r, crec, args)
+            reset_dynamo()
+            free_memory()
+            save(results, args)
+        for m in search:
+            r = crec["results"][m]
+            if over_budget(args) or args.cuda_broken:
+                r["largest_batch"] = "skipped (budget)" if not args.cuda_broken else "skipped (CUDA context lost)"
+                continue
+            searching = r
+            log(f"{cfg.name} {m}: largest batch (cap {args.largest_batch_seconds:g} s, "
+                f"{args.largest_batch_attempts} attempts)")
+            r["largest_batch"] = lb = largest_batch(cfg, m, r, crec["batch"], base, base_oop, args, device)
+            searching = None
+            if isinstance(lb, dict):
+                log(f"{cfg.name} {m}: largest batch {lb_text(lb)} (fails at {lb['fails_at']}; "
+                    f"{len(lb['attempts'])} attempts, {lb['seconds']:.0f} s"
+                    + (", capped" if lb["capped"] else "") + ")")
+            save(results, args)
+    except Unavailable as e:
+        crec["status"] = f"unavailable ({e})"
+        for m in todo:
+            crec["results"][m] = {"status": crec["status"]}
+        log(f"{cfg.name}: {crec['status']}")
+    except KeyboardInterrupt:  # the time limit (timeout -s INT): keep what was measured, retry this once
+        if current is not None:
+            prev = crec["results"].get(current) or {}
+            crec["results"][current] = {"status": "interrupted", "interrupted": prev.get("interrupted", 0) + 1}
+        if searching is not None:
+            searching["largest_batch"] = "skipped (interrupted)"
+        log(f"{cfg.name}: interrupted" + (f" in {current}" if current else " in a largest-batch search"))
+        raise
+    except Exception as e:  # noqa: BLE001
+        crec["error"] = first_line(e)
+        crec["traceback"] = traceback.format_exc()
+        log(f"{cfg.name}: fails: {first_line(e)}")
+    finally:
+        del base, base_oop, x, y
+        reset_dynamo()
+        free_memory()
+        save(results, args)
+
+
+def report(cfg: Config, m: str, r: dict, crec: dict, args) -> None:
+    if r["status"] == "ok":
+        ref = crec["results"].get("compile")
+        rel = f" ({r['ms'] / ref['ms']:.2f}× compiled)" if ok(ref) and m != "compile" else ""
+        pk = f", peak {r['peak_gib']:.3f} GiB" if r.get("peak_gib") is not None else ""
+        log(f"{cfg.name} {m}: {r['ms']:.2f} ms/step{pk}{rel}; first step {r['first_step_s']:.1f} s")
+        if args.print_plans and r.get("explain"):
+            print(r["explain"], flush=True)
+    else:
+        log(f"{cfg.name} {m}: {r['status']}" + (f": {r['error']}" if r.get("error") else ""))
+        if m.startswith("dp_") and r.get("traceback"):  # dpcompile's own failures: show where
+            print("    " + "\n    ".join(r["traceback"].strip().splitlines()[-6:]), flush=True)
+
+
 def main(argv=None) -> dict:
+    global T0
+    T0 = time.time()
     args = parse_args(argv)
+    if args.print_configs:
+        print("\n".join(args.configs))
+        return {}
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    results = {"env": environment(device), "args": {k: v for k, v in vars(args).items()},
-               "methods": args.methods, "configs": [], "skipped": []}
+    results = start_results(args, device)
     env = results["env"]
-    log(f"{env['device']} | torch {env['torch']} | CUDA {env['cuda']} | {env['date_utc']} | opacus {env['opacus']} "
-        f"| dpcompile {env['dpcompile']} | out {args.out}/{args.name}.*")
+    log(f"{env['device']} | torch {env['torch']} | CUDA {env['cuda']} | {results['runs'][-1]['date_utc']} | "
+        f"amp {args.amp} | "
+        f"opacus {env['opacus']} | dpcompile {env['dpcompile']} | out {args.out}/{args.name}.*")
+    if env.get("peers"):
+        log(f"peers: {env['peers']}")
 
     if args.check:
         log(f"--check: models {args.check_models}, policies {args.policies}, backend {args.dp_backend}")
@@ -665,64 +1272,41 @@ def main(argv=None) -> dict:
             log(f"check fails: {first_line(e)}")
         save(results, args)
 
+    by_name = {c["name"]: c for c in results["configs"]}
     for cname in args.configs:
         cfg = CONFIGS[cname]
-        if over_budget(args):
-            results["skipped"].append(cname)
-            log(f"{cname}: skipped (budget)")
-            continue
         batch = args.batch or cfg.batch
         title = cfg.title if args.batch is None else f"{cfg.title.rsplit(',', 1)[0]}, {batch}"
-        crec = {"name": cname, "title": title, "batch": batch, "input_shape": list(cfg.input_shape),
-                "note": cfg.note, "results": {}}
-        results["configs"].append(crec)
-        base = base_oop = x = y = None
-        try:
-            torch.manual_seed(0)
-            base = cfg.build()
-            if cfg.build_oop is not None and any(m.endswith("_oop") for m in args.methods):
-                torch.manual_seed(0)
-                base_oop = cfg.build_oop()
-            crec["params_m"] = sum(p.numel() for p in base.parameters()) / 1e6
-            x, y = make_batch(cfg, device, batch)
-            log(f"== {cname}: {title}, {crec['params_m']:.2f}M params, x {tuple(x.shape)}")
+        crec = by_name.get(cname)
+        if crec is not None and crec["batch"] != batch:
+            raise SystemExit(f"--resume: {cname} was measured at batch {crec['batch']}, this run asks for {batch}")
+        if crec is None:
+            crec = by_name[cname] = {"name": cname, "title": title, "batch": batch,
+                                     "input_shape": list(cfg.input_shape), "note": cfg.note, "results": {}}
+            results["configs"].append(crec)
+        crec.pop("status", None)
+        crec.pop("error", None)
+        if over_budget(args) or args.cuda_broken:
+            why = "skipped (CUDA context lost)" if args.cuda_broken else "skipped (budget)"
             for m in args.methods:
-                if over_budget(args):
-                    crec["results"][m] = {"status": "skipped (budget)"}
-                    log(f"{cname} {m}: skipped (budget)")
-                    continue
-                reset_dynamo()
-                try:
-                    r = time_method(cfg, m, base, base_oop, x, y, args, device)
-                except Exception as e:  # noqa: BLE001
-                    r = {"status": "fails", "error": first_line(e), "traceback": traceback.format_exc()}
-                    e = None  # noqa: F841  (drop the frames that hold GPU tensors)
-                crec["results"][m] = r
-                if r["status"] == "ok":
-                    ref = crec["results"].get("compile")
-                    rel = f" ({r['ms'] / ref['ms']:.2f}× compiled)" if ref and ref.get("status") == "ok" and m != "compile" else ""
-                    pk = f", peak {r['peak_gib']:.3f} GiB" if r.get("peak_gib") is not None else ""
-                    log(f"{cname} {m}: {r['ms']:.2f} ms/step{pk}{rel}; first step {r['first_step_s']:.1f} s")
-                    if args.print_plans and r.get("explain"):
-                        print(r["explain"], flush=True)
-                else:
-                    log(f"{cname} {m}: {r['status']}: {r.get('error', '')}")
-                    if m.startswith("dp_") and r.get("traceback"):  # dpcompile's own failures: show where
-                        print("    " + "\n    ".join(r["traceback"].strip().splitlines()[-6:]), flush=True)
-                reset_dynamo()
-                free_memory()
-                save(results, args)
-        except Exception as e:  # noqa: BLE001
-            crec["error"] = first_line(e)
-            crec["traceback"] = traceback.format_exc()
-            log(f"{cname}: fails: {first_line(e)}")
-        finally:
-            del base, base_oop, x, y
-            reset_dynamo()
-            free_memory()
+                if not done(crec["results"].get(m)):
+                    crec["results"][m] = {"status": why}
+            results["skipped"].append(cname)
+            log(f"{cname}: {why}")
             save(results, args)
+            continue
+        missing = missing_requirement(cfg)
+        if missing:
+            crec["status"] = f"unavailable ({missing})"
+            for m in args.methods:
+                if not done(crec["results"].get(m)):
+                    crec["results"][m] = {"status": crec["status"]}
+            log(f"{cname}: {crec['status']}")
+            save(results, args)
+            continue
+        run_config(cfg, crec, args, device, results)
 
-    results["total_s"] = time.time() - T0
+    results["total_s"] = results.get("total_s", 0.0) + time.time() - T0
     save(results, args)
     print("\n" + markdown(results, args), flush=True)
     log(f"wrote {os.path.join(args.out, args.name)}.json / .md")

@@ -1,0 +1,166 @@
+"""benchmarks/bench.py on a CPU: the smoke config end to end (fp32 and bf16), statuses instead of exceptions for
+what is missing, --resume, the largest-batch search on a simulated memory, and the peers where their sources are."""
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+ROOT = Path(__file__).parents[1]
+
+
+def load_bench():
+    if "dpcompile_bench" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("dpcompile_bench", ROOT / "benchmarks" / "bench.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["dpcompile_bench"] = module  # dataclasses look their module up while the file runs
+        spec.loader.exec_module(module)
+    return sys.modules["dpcompile_bench"]
+
+
+bench = load_bench()
+QUICK = ["--device", "cpu", "--configs", "smoke", "--dp-backend", "eager", "--steps", "1", "--warmup", "1"]
+
+
+def run(tmp_path, name, *argv):
+    results = bench.main([*QUICK, "--out", str(tmp_path), "--name", name, *argv])
+    with open(tmp_path / f"{name}.json") as f:
+        saved = json.load(f)
+    return results, saved, (tmp_path / f"{name}.md").read_text()
+
+
+def statuses(saved, config="smoke"):
+    return {m: r["status"] for m, r in next(c for c in saved["configs"] if c["name"] == config)["results"].items()}
+
+
+def check_smoke_run(saved, md, amp):
+    assert saved["amp"] == amp and f"amp {amp}" in md.splitlines()[2]
+    rs = saved["configs"][0]["results"]
+    assert statuses(saved) == {"eager": "ok", "compile": "ok", "dp_mixed": "ok"}, rs
+    assert all(r["ms"] > 0 and r["first_step_s"] >= 0 for r in rs.values())
+    smoke_row = next(line for line in md.splitlines() if line.startswith("| smoke: small CNN"))
+    assert smoke_row.count("×)") == 2  # eager and dpcompile against the compiled step
+    summary = md[md.index("## Summary"):]
+    assert "mixed:" in summary and "×" in summary
+
+
+@pytest.mark.inductor
+def test_smoke_fp32_writes_json_and_markdown_with_ratios(tmp_path):
+    _, saved, md = run(tmp_path, "fp32", "--methods", "eager,compile,dp_mixed", "--largest-batch", "dp_mixed")
+    check_smoke_run(saved, md, "fp32")
+    assert saved["configs"][0]["results"]["dp_mixed"]["largest_batch"] == "n/a (cpu)"
+    assert "## Largest batch" in md and "n/a (cpu)" in md
+    assert (tmp_path / "fp32-plans.txt").exists()
+
+
+def test_smoke_bf16_autocast(tmp_path):
+    _, saved, md = run(tmp_path, "bf16", "--methods", "eager,compile,dp_mixed", "--amp", "bf16",
+                       "--compile-backend", "aot_eager")
+    check_smoke_run(saved, md, "bf16")
+    assert "bf16 autocast" in md
+
+
+def test_missing_packages_and_peers_are_statuses_and_resume_keeps_what_ran(tmp_path, monkeypatch):
+    absent = bench.Config("needs_absent", "needs an absent package", lambda: nn.Linear(2, 2), (2,), 2, 4,
+                          requires=("dpcompile_no_such_package",))
+    monkeypatch.setitem(bench.CONFIGS, "needs_absent", absent)
+    missing = {name: package for name, package in (("tv_resnet18_32", "torchvision"), ("timm_vit_s16_224", "timm"))
+               if importlib.util.find_spec(package) is None}  # where they are installed they would run: slow on a CPU
+    common = ["--configs", ",".join(["smoke", "needs_absent", *missing]), "--peers", str(tmp_path / "none")]
+    _, first, _ = run(tmp_path, "r", *common, "--methods", "eager")
+    _, saved, md = run(tmp_path, "r", *common, "--methods", "eager,fastdp,private_vision,opacus", "--resume")
+
+    assert saved["configs"][0]["results"]["eager"]["ms_steps"] == first["configs"][0]["results"]["eager"]["ms_steps"]
+    smoke = statuses(saved)
+    assert smoke["eager"] == "ok"
+    assert smoke["fastdp"].startswith("unavailable (no fastDP/ in the peers folder")
+    assert smoke["private_vision"].startswith("unavailable (no private_vision/")
+    assert smoke["opacus"] == "ok" or smoke["opacus"].startswith("unavailable")
+    assert set(statuses(saved, "needs_absent").values()) == {"unavailable (no dpcompile_no_such_package)"}
+    for name, package in missing.items():
+        assert set(statuses(saved, name).values()) == {f"unavailable (no {package})"}
+        assert f"unavailable (no {package})" in md
+    assert len(saved["runs"]) == 2
+    with pytest.raises(SystemExit, match="amp"):
+        bench.main([*QUICK, "--out", str(tmp_path), "--name", "r", "--methods", "eager", "--amp", "bf16", "--resume"])
+
+
+def test_config_groups_and_torchvision_helpers():
+    suite = bench.parse_args(["--configs", "suite", "--methods", "eager,dpcompile", "--policies", "mixed,auto"])
+    assert suite.configs == ["resnet18_32", "wrn16_4_32", "resnet18_224", "resnet50_224", "vit_s16_224",
+                             "tv_resnet18_32", "tv_resnet18_224", "tv_resnet50_224", "timm_vit_s16_224"]
+    assert suite.methods == ["eager", "dp_mixed", "dp_auto"]
+    assert bench.parse_args(["--configs", "cifar,resnet18_32,tv_cifar"]).configs == [
+        "resnet18_32", "wrn16_4_32", "tv_resnet18_32"]
+    model = nn.Sequential(nn.Conv2d(3, 48, 3), nn.BatchNorm2d(48), nn.ReLU(inplace=True),
+                          nn.Sequential(nn.Conv2d(48, 16, 1), nn.BatchNorm2d(16), nn.ReLU(inplace=True)))
+    model = bench.relu_not_inplace(bench.group_norm_everywhere(model))
+    norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    assert [(m.num_groups, m.num_channels) for m in norms] == [(16, 48), (16, 16)]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert not any(m.inplace for m in model.modules() if isinstance(m, nn.ReLU))
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+
+
+def simulated(fixed_gib, per_sample_gib, limit_gib):
+    """attempt(b) on a card where a step at batch b needs fixed + b·per-sample GiB and at most limit GiB fit."""
+    def attempt(b):
+        peak = (fixed_gib + per_sample_gib * b) * 2**30
+        return (True, peak, None) if peak <= limit_gib * 2**30 else (False, None, "out of memory")
+    return attempt
+
+
+@pytest.mark.parametrize("fixed, per_sample, limit, start", [
+    (0.1, 0.001, 130, 256),   # far above the config's batch: jumps, not 9 doublings
+    (2.0, 0.04, 130, 32),
+    (50, 0.3, 130, 64),       # large fixed cost
+    (0.2, 0.001, 0.6, 256),   # barely above the config's batch, and far below the free memory's prediction
+])
+def test_largest_batch_search_brackets_within_ten_percent(fixed, per_sample, limit, start):
+    true_max = (limit - fixed) / per_sample
+    found = bench.search_largest_batch(simulated(fixed, per_sample, limit), start,
+                                       (fixed + per_sample * start) * 2**30, capacity=140 * 2**30)
+    assert found["converged"] and not found["capped"] and len(found["attempts"]) <= 8
+    assert found["batch"] <= true_max < found["fails_at"] <= found["batch"] * 1.1
+
+
+def test_largest_batch_search_stops_at_its_time_cap():
+    now = [0.0]
+
+    def clock():
+        now[0] += 50.0  # each attempt (and each look at the clock) takes a while
+        return now[0]
+    found = bench.search_largest_batch(simulated(0.1, 0.001, 130), 256, 0.4 * 2**30, 140 * 2**30, seconds=120,
+                                       clock=clock)
+    assert found["capped"] and 1 <= len(found["attempts"]) < 8 and found["batch"] >= 256
+
+
+def test_out_of_memory_is_recognised_through_wrappers():
+    try:
+        try:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        except RuntimeError as inner:
+            raise ValueError("backend compiler failed") from inner
+    except ValueError as e:
+        assert bench.is_oom(e)
+    assert not bench.is_oom(RuntimeError("shape mismatch"))
+
+
+def peers_folder():
+    folder = os.environ.get("DPCOMPILE_PEERS") or str(ROOT.parent / "shared" / "peers")
+    return folder if os.path.isdir(folder) else None
+
+
+@pytest.mark.skipif(peers_folder() is None, reason="no peers' sources ($DPCOMPILE_PEERS or <repo>/../shared/peers)")
+def test_peers_run_on_the_smoke_config(tmp_path):
+    _, saved, md = run(tmp_path, "peers", "--methods", "fastdp,private_vision", "--peers", peers_folder())
+    for method, r in saved["configs"][0]["results"].items():
+        if r["status"].startswith("unavailable"):  # e.g. fastDP's import of transformers
+            continue
+        assert r["status"] == "ok", (method, r)
+        assert r["ms"] > 0
+    assert "fastDP" in saved["env"]["peers"] and "private_vision" in saved["env"]["peers"]

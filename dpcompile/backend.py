@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import warnings
 
 import torch
 import torch.fx as fx
@@ -120,17 +121,33 @@ class DPBackend:
                 self.graphs["backward_rewritten"] = gm
                 with analyses_set_aside(gm):
                     compiled = self.lower(gm, example_inputs, kwargs)
-            return compiled if self.config.backend == "inductor" else fp32_boxed(compiled)
+            return compiled if self.lowered_by_inductor(compiled) else fp32_boxed(compiled)
         except BaseException as exc:  # AOTAutograd may only log a backward error: keep it for the next step
             self.error = exc
             raise
 
     def lower(self, gm: fx.GraphModule, example_inputs, kwargs: dict):
-        """Inductor kernels, or the graph run as it is (backend='eager')."""
+        """Inductor kernels, or the graph run as it is (backend='eager'). Where inductor itself fails on a
+        graph (its CUDA code generation can fail on a recompile for a batch of one: "CantSplit"), that
+        graph runs as it is, with a warning: the same ops, so the same clipping and noise, only slower."""
         if self.config.backend == "eager":
             return make_boxed_func(gm.forward)
         from torch._inductor.compile_fx import compile_fx_inner
-        return compile_fx_inner(gm, example_inputs, **kwargs)
+        from torch._inductor.exc import InductorError
+        try:
+            return compile_fx_inner(gm, example_inputs, **kwargs)
+        except InductorError as exc:
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            warnings.warn(f"dpcompile: inductor could not compile a {'backward' if kwargs.get('is_backward') else 'forward'} "
+                          f"graph ({first}); it runs without inductor (correct, slower). Please report it.",
+                          RuntimeWarning, stacklevel=2)
+            fallback = make_boxed_func(gm.forward)
+            fallback._dp_eager_fallback = True
+            return fallback
+
+    def lowered_by_inductor(self, compiled) -> bool:
+        """Whether a lowered backward came from inductor (else it runs eagerly, inside full fp32 matmuls)."""
+        return self.config.backend == "inductor" and not getattr(compiled, "_dp_eager_fallback", False)
 
 
 @contextlib.contextmanager

@@ -227,17 +227,28 @@ def _index_layout(indices: fx.Node, values: fx.Node, batch: sympy.Expr):
 
 def _padding_masked(values: fx.Node, indices: fx.Node) -> tuple[fx.Node, int | None]:
     """(X, p) when values is where(indices == p, 0, X) (torch 2.11's embedding backward masks the padding
-    rows after the batch sum, so X is the sum), else (values, None)."""
+    rows after the batch sum, so X is the sum); (X, None) when the mask is a constant False (inductor's
+    CUDA graph folds it for constant indices); else (values, None)."""
     if values.target is not aten.where.self:
         return values, None
     cond, zero, x = values.args
-    zero_value = zero.args[0] if isinstance(zero, fx.Node) and zero.target is aten.scalar_tensor.default else zero
+    if not _is_zero(zero):
+        return values, None
     if cond.target is aten.unsqueeze.default:
         cond = cond.args[0]
-    if isinstance(zero_value, (int, float)) and zero_value == 0 and cond.target is aten.eq.Scalar \
-            and cond.args[0] is indices and isinstance(cond.args[1], int):
+    if cond.target is aten.eq.Scalar and cond.args[0] is indices and isinstance(cond.args[1], int):
         return x, cond.args[1]
+    if cond.target is aten.full.default and cond.args[1] is False:
+        return x, None
     return values, None
+
+
+def _is_zero(node) -> bool:
+    """A zero number, scalar_tensor(0) or full(shape, 0) (inductor's CUDA joint graph turns the former into
+    the latter)."""
+    if isinstance(node, fx.Node) and node.target in (aten.scalar_tensor.default, aten.full.default):
+        node = node.args[0] if node.target is aten.scalar_tensor.default else node.args[1]
+    return isinstance(node, (int, float)) and not isinstance(node, bool) and node == 0
 
 
 def _summed_over_batch(values: fx.Node, batch: sympy.Expr, views: int = 1) -> tuple[fx.Node, int, int] | None:

@@ -1,0 +1,68 @@
+"""What inductor does on CUDA and not on CPU, reproduced here so CPU CI keeps it covered (seen on an H200,
+torch 2.11): constant-folded padding masks in embedding backwards, and inductor failing on a graph."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.fx as fx
+from conftest import DEVICE
+from helpers import Case, check_against_reference
+from torch import nn
+
+import dpcompile
+from dpcompile.passes.rules.embedding import _padding_masked
+
+aten = torch.ops.aten
+
+
+def masked_values(cond_kind: str):
+    """A graph where(cond, zero, sum(x, 0)) feeding an embedding's values, with cond and zero as the CPU graph
+    (eq(indices, p), scalar_tensor(0)) or inductor's CUDA joint graph (full(...), full([], 0)) has them."""
+    g = fx.Graph()
+    idx, x = g.placeholder("idx"), g.placeholder("x")
+    summed = g.call_function(aten.sum.dim_IntList, (x, [0]))
+    if cond_kind == "eq":
+        cond = g.call_function(aten.unsqueeze.default, (g.call_function(aten.eq.Scalar, (idx, 3)), -1))
+        zero = g.call_function(aten.scalar_tensor.default, (0.0,))
+    elif cond_kind == "eq_full_zero":
+        cond = g.call_function(aten.unsqueeze.default, (g.call_function(aten.eq.Scalar, (idx, 3)), -1))
+        zero = g.call_function(aten.full.default, ([], 0.0))
+    else:  # constant False mask (constant indices without padding)
+        cond = g.call_function(aten.full.default, ([5, 1], cond_kind == "true"))
+        zero = g.call_function(aten.full.default, ([], 0.0))
+    where = g.call_function(aten.where.self, (cond, zero, summed))
+    return where, idx, summed
+
+
+@pytest.mark.parametrize("kind, padding", [("eq", 3), ("eq_full_zero", 3), ("false", None)])
+def test_padding_mask_forms_are_seen_through(kind, padding):
+    where, idx, summed = masked_values(kind)
+    assert _padding_masked(where, idx) == (summed, padding)
+
+
+def test_a_mask_that_hides_rows_is_not_seen_through():
+    """A constant True mask (every row zeroed) or a non-zero fill is not a padding mask: values stay as they are."""
+    where, idx, _ = masked_values("true")
+    assert _padding_masked(where, idx) == (where, None)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="injects a failure into inductor's entry point")
+def test_inductor_failure_falls_back_to_the_graph_with_a_warning(monkeypatch):
+    """A graph inductor cannot compile runs as it is: the same gradients (torch.func, float64), a warning."""
+    import torch._inductor.compile_fx as compile_fx
+    from torch._inductor.exc import InductorError
+
+    real, failed = compile_fx.compile_fx_inner, []
+
+    def failing_once(gm, example_inputs, **kwargs):
+        if kwargs.get("is_backward") and not failed:
+            failed.append(True)
+            raise InductorError(RuntimeError("CantSplit: 10 not divisible by 10*s33"), None)
+        return real(gm, example_inputs, **kwargs)
+
+    monkeypatch.setattr(compile_fx, "compile_fx_inner", failing_once)
+    case = Case("linear", lambda: nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 3)),
+                lambda B: torch.randn(B, 5, 6, dtype=torch.float64))
+    with pytest.warns(RuntimeWarning, match="runs without inductor"):
+        check_against_reference(case, backend="inductor", batches=(3, 5))
+    assert failed

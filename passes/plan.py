@@ -86,8 +86,8 @@ def plan_sites(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
             site = node.meta[SITE]
             costs = rule_for(node).cost(site)
             chosen[node] = (costs, *choose(policy, site, costs, hints))
-        flips = tied.orientations(gm, param) if param.shared else None
-        ghost_tied = flips is not None and tied_ghost_pays(policy, param, chosen, hints)
+        chain = tied.orientations(gm, param) if param.shared else None
+        ghost_tied = chain is not None and tied_ghost_pays(policy, param, chosen, hints)
         for i, (node, (costs, method, reason)) in enumerate(chosen.items()):
             if ghost_tied:
                 method, reason = "ghost", (f"tied parameter used {len(param.sites)} times: ghost norms of the "
@@ -97,7 +97,7 @@ def plan_sites(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
                                                 if len(param.sites) > 1 else "gradient scaled after the batch sum")
             numbers = {m: (evaluate(c.flops, hints), evaluate(c.bytes, hints)) for m, c in costs.items()}
             node.meta[PLAN] = Decision(method, costs, numbers, reason, conv_impl(node.meta[SITE], method),
-                                       flips[i] if ghost_tied else None)
+                                       chain.flips[i] if ghost_tied else None)
     return gm
 
 

@@ -11,6 +11,8 @@ indices and a comparison of two index rows are exact.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.fx as fx
 
@@ -26,12 +28,21 @@ SAME_SHAPE = {aten.view.default, aten.reshape.default, aten._unsafe_view.default
 UPCASTS = {prims.convert_element_type.default, aten._to_copy.default}
 
 
-def orientations(gm: fx.GraphModule, param: ParamGrad) -> tuple[bool, ...] | None:
-    """Per use, whether its term reaches the gradient transposed; None unless the parameter is 2-D, every
-    use has a factored ghost form, and the terms meet only through add, transpose, same-shape views and
-    exact upcasts."""
+@dataclass(frozen=True)
+class TiedChain:
+    """How a tied parameter's uses reach its gradient: per use, whether transposed; and the largest unit
+    roundoff of the additions that join them."""
+
+    flips: tuple[bool, ...]
+    roundoff: float
+
+
+def orientations(gm: fx.GraphModule, param: ParamGrad) -> TiedChain | None:
+    """The chain from the uses' terms to the gradient; None unless the parameter is 2-D, every use has a
+    factored ghost form, and the terms meet only through add, transpose, same-shape views and exact upcasts,
+    each term reached once."""
     output = gm.graph.output_node().args[0][param.output_index]
-    sites, found = set(param.sites), {}
+    sites, found, adds = set(param.sites), {}, []
     if len(param.sites) < 2 or output.meta["val"].dim() != 2:
         return None
     if any(s.meta[SITE].rule not in FACTORED or not hasattr(rule_for(s), "ghost_factors") for s in sites):
@@ -41,9 +52,12 @@ def orientations(gm: fx.GraphModule, param: ParamGrad) -> tuple[bool, ...] | Non
         if not isinstance(node, fx.Node) or node.meta["val"].dim() != 2:
             return False
         if node in sites:
+            if node in found:  # a term added to itself would count twice in the gradient, once in the norm
+                return False
             found[node] = flip
             return True
         if node.target is aten.add.Tensor and node.kwargs.get("alpha", 1) == 1 and len(node.args) == 2:
+            adds.append(node)
             return walk(node.args[0], flip) and walk(node.args[1], flip)
         if _transposes(node):
             return walk(node.args[0], not flip)
@@ -55,7 +69,8 @@ def orientations(gm: fx.GraphModule, param: ParamGrad) -> tuple[bool, ...] | Non
 
     if not walk(output, False) or set(found) != sites:
         return None
-    return tuple(found[s] for s in param.sites)
+    return TiedChain(tuple(found[s] for s in param.sites),
+                     max(unit_roundoff(a.meta["val"].dtype) for a in adds))
 
 
 def _transposes(node: fx.Node) -> bool:
@@ -95,7 +110,7 @@ def factor_products(x: torch.Tensor, y: torch.Tensor) -> tuple:
         a, (ry, rx), g, e = factor_products(y, x)
         return a.transpose(1, 2), (rx, ry), g, e
     if not y.is_floating_point():  # x_t[idx_s]: a gather, exact (an index outside the table has zero values)
-        idx = y.clamp(0, x.shape[-1] - 1).unsqueeze(1).expand(-1, x.shape[1], -1)
+        idx = y.clamp(0, x.shape[-1] - 1).long().unsqueeze(1).expand(-1, x.shape[1], -1)
         return torch.gather(x, 2, idx), *exact
     dtype = torch.promote_types(full_precision(x).dtype, full_precision(y).dtype)
     a = torch.bmm(x.to(dtype), y.to(dtype).transpose(1, 2))
@@ -113,15 +128,15 @@ def cross_bound(fu: tuple, fv: tuple) -> torch.Tensor:
 
 def emit_tied_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, terms: dict, env: dict) -> fx.Node:
     """[S, E] (B, 2) for a tied parameter whose uses were ghost-clipped (their [s_u, e_u] in terms):
-    S = Σ s_u + 2 Σ_{u<v} X_uv ≥ ‖Σ_u g^u_i‖² (X_uv a cross term's upper bound), and E covers the released
-    sum's rounding: each use's clipped sum errs by c·e_u plus its final rounding u_u·c·(√s_u + e_u), and
-    the k − 1 additions of the chain grow the result by (1 + u)^(k−1)."""
+    S = max(0, Σ s_u + 2 Σ_{u<v} X_uv) ≥ ‖Σ_u g^u_i‖² (X_uv a cross term's upper bound). E covers the release:
+    each use's clipped sum x_u errs from c·g^u by c·(e_u + u_u·√s_u), and the k − 1 additions that join them
+    by γ_{k−1}·Σ_u ‖x_u‖ ≤ γ_{k−1}·c·Σ_u (√s_u + e_u) (a partial sum's rounding is not relative to the final
+    sum, which may cancel): E = Σ e_u + (u_u + γ_{k−1})·Σ_u (√s_u + e_u)."""
     sites = list(param.sites)
     flips = [s.meta[PLAN].flip for s in sites]
     arity = [len(s.meta[SITE].inputs) for s in sites]
-    rounding = max(unit_roundoff(s.meta["val"].dtype) for s in sites)
-    output = gm.graph.output_node().args[0][param.output_index]
-    grow = (1 + unit_roundoff(output.meta["val"].dtype)) ** (len(sites) - 1)
+    chain = orientations(gm, param)
+    rounding = max(unit_roundoff(s.meta["val"].dtype) for s in sites) + gamma(len(sites) - 1, chain.roundoff)
 
     def certified_tied_norm(*values):
         bounds, operands, factors, start = values[:len(sites)], values[len(sites):], [], 0
@@ -134,7 +149,7 @@ def emit_tied_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, terms:
             for j in range(i + 1, len(sites)):
                 s = s + 2 * cross_bound(factors[i], factors[j])
         e = sum(b[:, 1] + rounding * (b[:, 0].sqrt() + b[:, 1]) for b in bounds)
-        return torch.stack([s.clamp(min=0) * grow**2, e * grow], 1)
+        return torch.stack([s.clamp(min=0), e], 1)
 
     inputs = [terms[s][0] for s in sites] + [env[a] for s in sites for a in s.meta[SITE].inputs]
     return emit(graph, certified_tied_norm, inputs, f"dp_norm_sq_{param.name.replace('.', '_')}")

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import BACKEND, DEVICE
-from helpers import RTOL, Case, Lambda, cuda_batch_of_one, max_relative_error
+from helpers import RTOL, Case, Lambda, inductor_batch_of_one, max_relative_error
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from rule_cases import Attention, Positions, images, seq, sequences, tokens
@@ -86,7 +86,7 @@ def check_views(case: Case, policy="mixed", reduction="mean", batches=(3, 1, 5),
         clipped.append(norms + 1e-6 > bound)
         err = max_relative_error(model, ref)
         assert err < RTOL, f"{case.name} policy={policy} K={k} B={x.shape[0]}: relative error {err:.3g}"
-    assert dp.compilations <= max_compilations + cuda_batch_of_one(batches, backend), \
+    assert dp.compilations <= max_compilations + inductor_batch_of_one(batches, backend), \
         f"recompiled: {dp.compilations} captures for batch sizes {batches}"
     return dp, torch.cat(clipped)
 

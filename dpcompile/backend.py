@@ -121,7 +121,7 @@ class DPBackend:
                 self.graphs["backward_rewritten"] = gm
                 with analyses_set_aside(gm):
                     compiled = self.lower(gm, example_inputs, kwargs)
-            return compiled if self.lowered_by_inductor(compiled) else fp32_boxed(compiled)
+            return compiled if self.config.backend == "inductor" else fp32_boxed(compiled)
         except BaseException as exc:  # AOTAutograd may only log a backward error: keep it for the next step
             self.error = exc
             raise
@@ -142,12 +142,7 @@ class DPBackend:
                           f"graph ({first}); it runs without inductor (correct, slower). Please report it.",
                           RuntimeWarning, stacklevel=2)
             fallback = make_boxed_func(gm.forward)
-            fallback._dp_eager_fallback = True
-            return fallback
-
-    def lowered_by_inductor(self, compiled) -> bool:
-        """Whether a lowered backward came from inductor (else it runs eagerly, inside full fp32 matmuls)."""
-        return self.config.backend == "inductor" and not getattr(compiled, "_dp_eager_fallback", False)
+            return fp32_boxed(fallback) if kwargs.get("is_backward") else fallback
 
 
 @contextlib.contextmanager

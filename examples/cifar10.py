@@ -142,12 +142,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def past(deadline: float | None, world: int, device: torch.device) -> bool:
-    """Whether the time limit has passed, as rank 0 sees it (every rank stops at the same step)."""
-    if deadline is None:
-        return False
+    """Whether the time limit has passed, as rank 0 sees it (every rank stops at the same step); one process
+    reads its clock only (no device synchronisation in the training loop)."""
+    if deadline is None or world == 1:
+        return deadline is not None and time.perf_counter() > deadline
     late = torch.tensor([float(time.perf_counter() > deadline)], device=device)
-    if world > 1:
-        dist.broadcast(late, 0)
+    dist.broadcast(late, 0)
     return bool(late.item())
 
 
@@ -224,10 +224,6 @@ def train(args: argparse.Namespace, rank: int, world: int, device: torch.device)
     last = steps if args.stop_after is None else min(steps, done + args.stop_after)
     deadline = None if args.time_limit is None else start + 60 * args.time_limit
     for step in range(done, last):
-        if step > done and past(deadline, world, device):
-            last = step  # out of time: the evaluation and checkpoint of the step before
-            tqdm.write(f"time limit of {args.time_limit} min reached after {step} steps")
-            break
         (indices,) = next(batches)
         x, y = train_x[indices.to(device)], train_y[indices.to(device)]
         if args.augment or args.augmult > 1:
@@ -241,22 +237,26 @@ def train(args: argparse.Namespace, rank: int, world: int, device: torch.device)
         if ema is not None:
             ema.update_parameters(model)
         progress.update(1)
-        if (step + 1) % every == 0 or step + 1 in (steps, last) or past(deadline, world, device):
+        out_of_time = past(deadline, world, device)  # once per step, the same answer on every rank
+        if (step + 1) % every == 0 or step + 1 in (steps, last) or out_of_time:
             privacy = dp_model.privacy.state_dict()  # on every rank: it gathers their sampler positions
-            if rank != 0:
-                continue
-            accuracy = evaluate(ema.module if ema is not None else model, test_x, test_y)
-            record = {"step": step + 1, "epoch": (step + 1) * q, "test_accuracy": accuracy,
-                      "epsilon": dp_model.privacy.epsilon(args.delta), "minutes": (time.perf_counter() - start) / 60}
-            log["epochs"].append(record)
-            tqdm.write(f"step {record['step']}: test accuracy {accuracy:.2f}%, ε = {record['epsilon']:.3f}, "
-                       f"{record['minutes']:.1f} min")
-            with open(log_path, "w") as f:
-                json.dump(log, f, indent=1)
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "privacy": privacy,
-                        "ema": ema.state_dict() if ema is not None else None, "step": step + 1,
-                        "elapsed": time.perf_counter() - start, "log": log}, ckpt_path + ".tmp")
-            os.replace(ckpt_path + ".tmp", ckpt_path)  # a crash while writing leaves the last checkpoint whole
+            if rank == 0:
+                accuracy = evaluate(ema.module if ema is not None else model, test_x, test_y)
+                record = {"step": step + 1, "epoch": (step + 1) * q, "test_accuracy": accuracy,
+                          "epsilon": dp_model.privacy.epsilon(args.delta),
+                          "minutes": (time.perf_counter() - start) / 60}
+                log["epochs"].append(record)
+                tqdm.write(f"step {record['step']}: test accuracy {accuracy:.2f}%, ε = {record['epsilon']:.3f}, "
+                           f"{record['minutes']:.1f} min")
+                with open(log_path, "w") as f:
+                    json.dump(log, f, indent=1)
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "privacy": privacy,
+                            "ema": ema.state_dict() if ema is not None else None, "step": step + 1,
+                            "elapsed": time.perf_counter() - start, "log": log}, ckpt_path + ".tmp")
+                os.replace(ckpt_path + ".tmp", ckpt_path)  # a crash while writing leaves the last checkpoint whole
+        if out_of_time:
+            tqdm.write(f"time limit of {args.time_limit} min reached after {step + 1} steps")
+            break
     progress.close()
     if (last == steps or args.time_limit is not None) and rank == 0:
         plot(log, os.path.join(args.out, "accuracy.png"))

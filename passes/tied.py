@@ -17,7 +17,7 @@ import torch
 import torch.fx as fx
 
 from .emit import emit
-from .meta import PLAN, SITE, ParamGrad
+from .meta import SITE, ParamGrad
 from .rules import WORD, Cost, rule_for
 from .rules.bounds import F64, SUBNORMAL, full_precision, gamma, product_sum_bound, row_norms, unit_roundoff
 
@@ -132,15 +132,13 @@ def emit_tied_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, terms:
     each use's clipped sum x_u errs from c·g^u by c·(e_u + u_u·√s_u), and the k − 1 additions that join them
     by γ_{k−1}·Σ_u ‖x_u‖ ≤ γ_{k−1}·c·Σ_u (√s_u + e_u) (a partial sum's rounding is not relative to the final
     sum, which may cancel): E = Σ e_u + (u_u + γ_{k−1})·Σ_u (√s_u + e_u)."""
-    sites = list(param.sites)
-    flips = [s.meta[PLAN].flip for s in sites]
+    sites, chain = list(param.sites), orientations(gm, param)
     arity = [len(s.meta[SITE].inputs) for s in sites]
-    chain = orientations(gm, param)
     rounding = max(unit_roundoff(s.meta["val"].dtype) for s in sites) + gamma(len(sites) - 1, chain.roundoff)
 
     def certified_tied_norm(*values):
         bounds, operands, factors, start = values[:len(sites)], values[len(sites):], [], 0
-        for site, flip, n in zip(sites, flips, arity):
+        for site, flip, n in zip(sites, chain.flips, arity):
             x, y = rule_for(site).ghost_factors(site.meta[SITE], *operands[start:start + n])
             factors.append((y, x) if flip else (x, y))
             start += n

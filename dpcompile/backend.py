@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import warnings
@@ -23,6 +24,23 @@ from .errors import ConfigError, DPCompileError, surfacing
 from .privacy.engine import PrivacyEngine
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def capture_decompositions() -> dict:
+    """Inductor's decompositions, plus weight normalisation's fused kernel (its backward op has no batched
+    form; decomposed, the backward is ordinary ops linear in the weight's gradient, which the norm follows)."""
+    from torch._decomp import get_decompositions
+    aten = torch.ops.aten
+    return {**select_decomp_table(), **get_decompositions([aten._weight_norm_interface]),
+            aten._weight_norm_interface_backward.default: weight_norm_backward}
+
+
+def weight_norm_backward(grad_w, v, g, norms, dim: int):
+    """_weight_norm_interface's backward as ATen's composite formula (w = g·v/‖v‖ over all dims but dim)."""
+    dims = [d for d in range(v.dim()) if d != dim % v.dim()]
+    per_dim = (grad_w * v).sum(dims, keepdim=True)
+    return (g / norms) * (grad_w - v * (per_dim / (norms * norms))), per_dim / norms
 
 
 class DPBackend:
@@ -58,14 +76,14 @@ class DPBackend:
             # would hide a weight gradient behind a slice; it is turned off for the DP graphs alone.
             with torch._functorch.config.patch(enable_autograd_cache=False), \
                     torch._inductor.config.patch(shape_padding=False):
-                compiled = compile_fx(gm, example_inputs,
+                compiled = compile_fx(gm, example_inputs, decompositions=capture_decompositions(),
                                       inner_compile=lambda g, ex, **kw: self.compile_graph(g, ex, ctx, kw))
         else:
             import torch._inductor.lowering as _lowering  # noqa: F401  (inductor's max-pool decomposition reads it)
             compiled = aot_autograd(
                 fw_compiler=lambda g, ex: self.compile_graph(g, ex, ctx, {}),
                 bw_compiler=lambda g, ex: self.compile_graph(g, ex, ctx, {"is_backward": True}),
-                decompositions=select_decomp_table(),
+                decompositions=capture_decompositions(),
                 partition_fn=min_cut_rematerialization_partition,
             )(gm, example_inputs)
         return checked.before(compiled)

@@ -37,8 +37,13 @@ from tqdm import tqdm
 import dpcompile
 from dpcompile.datasets import load_cifar10
 
-MODELS = {"wrn16_4": lambda: wrn16_4(), "small_cnn": lambda: small_cnn(width=16),
-          "tiny_wrn": lambda: wrn16_4(base=2, widen=2)}
+MODELS = {"wrn16_4": lambda **wrn: wrn16_4(**wrn), "small_cnn": lambda **_: small_cnn(width=16),
+          "tiny_wrn": lambda **wrn: wrn16_4(base=2, widen=2, **wrn)}
+
+
+def build_model(args: dict) -> torch.nn.Module:
+    """The --model, with the WRN options (GroupNorm groups, weight standardisation) of the run's arguments."""
+    return MODELS[args["model"]](groups=args.get("groups", 32), standardise=args.get("ws", False))
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -109,6 +114,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="test set evaluated during training (default: --size); with 'mini' (1,000 images) run "
                         "--evaluate on the full test set afterwards")
     p.add_argument("--model", default="wrn16_4", choices=sorted(MODELS))
+    p.add_argument("--groups", type=int, default=32, help="GroupNorm groups of the WRN (De et al. 2022: 16)")
+    p.add_argument("--ws", action="store_true", help="weight-standardised convolutions in the WRN (De et al. 2022)")
     p.add_argument("--epsilon", type=float, default=8.0)
     p.add_argument("--sigma", type=float, default=None, help="noise multiplier (instead of calibrating to --epsilon)")
     p.add_argument("--delta", type=float, default=1e-5)
@@ -184,7 +191,7 @@ def train(args: argparse.Namespace, rank: int, world: int, device: torch.device)
     steps = args.steps or max(1, round(args.epochs / q))
     loader = dpcompile.poisson_loader(torch.utils.data.TensorDataset(torch.arange(len(train_x))), sample_rate=q,
                                       steps=steps, seed=args.seed)  # this rank's shard, at the global rate q
-    model = MODELS[args.model]().to(device)
+    model = build_model(vars(args)).to(device)
     for tensor in model.state_dict().values() if world > 1 else ():
         dist.broadcast(tensor, 0)  # every rank starts from rank 0's parameters
     noise = dict(noise_multiplier=args.sigma) if args.sigma is not None else \
@@ -268,7 +275,7 @@ def evaluate_checkpoint(args: argparse.Namespace, device: torch.device) -> dict:
     set, written into OUT/log.json (final_test_accuracy, with the step and ε it was taken at)."""
     state = torch.load(os.path.join(args.out, "checkpoint.pt"), map_location="cpu", weights_only=False)
     log = state["log"]
-    model = MODELS[log["args"]["model"]]().to(device)
+    model = build_model(log["args"]).to(device)
     if state.get("ema") is not None:
         model.load_state_dict({k.removeprefix("module."): v for k, v in state["ema"].items()
                                if k.startswith("module.")})

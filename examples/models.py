@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = [
-    "gn", "resnet18_gn", "resnet50_gn", "wrn16_4", "small_cnn", "vit", "vit_s16", "gpt_small",
+    "gn", "WSConv2d", "resnet18_gn", "resnet50_gn", "wrn16_4", "small_cnn", "vit", "vit_s16", "gpt_small",
     "convnext_block_model", "mobilenet_block_model", "text_conv1d", "conv3d_model",
 ]
 
@@ -152,17 +152,33 @@ def resnet50_gn(num_classes: int = 1000, small_input: bool = False, width: int =
 # WideResNet
 # ----------------------------------------------------------------------------------------------
 
+class WSConv2d(nn.Conv2d):
+    """Conv2d with weight standardisation (Qiao et al. 2019): each output channel's kernel shifted to mean 0
+    and scaled to variance 1 before the convolution, gradients flowing through the statistics."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        mean = w.mean((1, 2, 3), keepdim=True)
+        var = w.var((1, 2, 3), keepdim=True, unbiased=False)
+        return self._conv_forward(x, (w - mean) * torch.rsqrt(var + 1e-5), self.bias)
+
+
+def wrn_conv(c_in: int, c_out: int, kernel: int, stride: int, standardise: bool) -> nn.Conv2d:
+    """A bias-free WRN convolution ('same' padding), weight-standardised or plain."""
+    return (WSConv2d if standardise else nn.Conv2d)(c_in, c_out, kernel, stride, kernel // 2, bias=False)
+
+
 class WideBlock(nn.Module):
     """Pre-activation wide block: GN-ReLU-conv3x3-GN-ReLU-conv3x3, + (projected) input."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int):
+    def __init__(self, c_in: int, c_out: int, stride: int, groups: int = 32, standardise: bool = False):
         super().__init__()
-        self.bn1 = gn(c_in)
-        self.conv1 = conv3x3(c_in, c_out, stride)
-        self.bn2 = gn(c_out)
-        self.conv2 = conv3x3(c_out, c_out)
+        self.bn1 = gn(c_in, groups)
+        self.conv1 = wrn_conv(c_in, c_out, 3, stride, standardise)
+        self.bn2 = gn(c_out, groups)
+        self.conv2 = wrn_conv(c_out, c_out, 3, 1, standardise)
         self.relu = nn.ReLU()
-        self.shortcut = None if (c_in == c_out and stride == 1) else conv1x1(c_in, c_out, stride)
+        self.shortcut = None if (c_in == c_out and stride == 1) else wrn_conv(c_in, c_out, 1, stride, standardise)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         o = self.relu(self.bn1(x))
@@ -171,19 +187,21 @@ class WideBlock(nn.Module):
         return y + (x if self.shortcut is None else self.shortcut(o))
 
 
-def wrn16_4(num_classes: int = 10, depth: int = 16, widen: int = 4, base: int = 16) -> nn.Module:
+def wrn16_4(num_classes: int = 10, depth: int = 16, widen: int = 4, base: int = 16, groups: int = 32,
+            standardise: bool = False) -> nn.Module:
     """WideResNet-16-4 (Zagoruyko & Komodakis) with GroupNorm, for 32x32 images. base: the stem's
     width (16 in the paper; stages base·widen, 2·base·widen, 4·base·widen); a small base gives a
-    tiny WRN-16-4 with the same layout for tests."""
+    tiny WRN-16-4 with the same layout for tests. groups: GroupNorm's groups (De et al. 2022: 16);
+    standardise: weight-standardised convolutions (De et al. 2022)."""
     n = (depth - 4) // 6
     widths = [base, base * widen, 2 * base * widen, 4 * base * widen]
-    layers: list[nn.Module] = [conv3x3(3, widths[0])]
+    layers: list[nn.Module] = [wrn_conv(3, widths[0], 3, 1, standardise)]
     c = widths[0]
     for i, w in enumerate(widths[1:]):
         for j in range(n):
-            layers.append(WideBlock(c, w, (1 if i == 0 else 2) if j == 0 else 1))
+            layers.append(WideBlock(c, w, (1 if i == 0 else 2) if j == 0 else 1, groups, standardise))
             c = w
-    layers += [gn(c), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes)]
+    layers += [gn(c, groups), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes)]
     return nn.Sequential(*layers)
 
 

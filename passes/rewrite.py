@@ -22,7 +22,9 @@ from .meta import PARAMS, PLAN, SITE, ParamGrad, PassContext
 from .rules import rule_for
 from .rules.one_sample import FAMILY as ONE_SAMPLE
 from .tied import emit_tied_norm
-from .rules.bounds import gamma, masked, per_sample_bound, round_down, stored_norm_bound, unit_roundoff
+from .rules.bounds import (accumulation_dtype, gamma, masked, per_sample_bound, round_down, stored_norm_bound,
+                          unit_roundoff)
+from .shapes import reduced_count
 
 aten = torch.ops.aten
 
@@ -145,9 +147,10 @@ def shared_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, terms, en
 def emit_shared_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, terms, env) -> fx.Node:
     """A parameter whose terms are added (used several times) or scaled: its per-sample gradient is
     the graph's own ops after the terms applied to their per-sample values (vmapped over the batch).
-    Certified norm: ‖g_i‖ ≤ (1 + 2u)‖ĝ_i‖ + 2γ_{L+1}‖|chain|(|ĝ|)‖ + Σ margins, where |chain| is the chain of
-    L ops on absolute values (an elementwise bound on what rounding in the chain, or in the clipped
-    terms it is applied to, can move)."""
+    Certified norm: ‖g_i‖ ≤ (1 + 2u)‖ĝ_i‖ + 2θ/(1−θ)·‖|chain|(|ĝ|)‖ + Σ margins, where |chain| is the chain's ops
+    on absolute values (an elementwise bound on what rounding in the chain, or in the clipped terms it is
+    applied to, can move) and θ = u + Σ_ops (n_op − 1)·u_acc + u_op its relative rounding (n_op values added per
+    output by a reduction, 1 for any other op; u_op of the op's result dtype, u_acc of its accumulation)."""
     output = gm.graph.output_node().args[0][param.output_index]
     dag = to_networkx(gm)
     between = nx.ancestors(dag, output.name) | {output.name}
@@ -156,6 +159,7 @@ def emit_shared_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, term
     inside = set(chain) | set(param.sites)
     outside = list(dict.fromkeys(a for n in chain for a in n.all_input_nodes if a not in inside))
     k = len(param.sites)
+    chain_rounding = sum(map(rounding_of, chain))
 
     def run_chain(term_values, outside_values, absolute: bool):
         def combine(*one_sample):
@@ -165,6 +169,7 @@ def emit_shared_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, term
                 target = n.target
                 if absolute:
                     target, args, kwargs = absolute_op(target, args, kwargs)
+                target = BATCHABLE.get(target, target)
                 vals[n] = pad_into_zeros(*args) if target in PADDABLE_SCATTERS else target(*args, **kwargs)
             return vals[output]
         return torch.func.vmap(combine)(*term_values)
@@ -176,12 +181,22 @@ def emit_shared_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, term
                               [o.abs() if isinstance(o, torch.Tensor) and o.is_floating_point() else o
                                for o in outside_values], True)
         u = max(unit_roundoff(t.dtype) for t in (*term_values, combined, magnitude))
-        rounding = 2 * gamma(len(chain) + 1, u) * (1 + 2 * u) * stored_norm_bound(magnitude).sqrt()
+        rounding = 2 * gamma(1, chain_rounding + u) * (1 + 2 * u) * stored_norm_bound(magnitude).sqrt()
         return per_sample_bound(combined, torch.stack(margins).sum(0) + rounding)
 
     name = safe_name(param.name)
     inputs = [terms[t][1] for t in param.sites] + [terms[t][0] for t in param.sites] + [env[n] for n in outside]
     return emit(graph, certified_norm, inputs, f"dp_norm_sq_{name}")
+
+
+def rounding_of(node: fx.Node) -> float:
+    """Relative rounding one chain op can add: (n − 1)·u_acc + u for a reduction of n values per output into
+    dtype with roundoff u (accumulated in u_acc), u for any other op (0 for an integer result)."""
+    value = node.meta["val"]
+    if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
+        return 0.0
+    u = unit_roundoff(value.dtype)
+    return (reduced_count(node) - 1) * unit_roundoff(accumulation_dtype(value.dtype)) + u
 
 
 SIGN_FREE = {aten.sub.Tensor: aten.add.Tensor, aten.sub.Scalar: aten.add.Scalar}
@@ -199,6 +214,9 @@ def absolute_op(target, args, kwargs):
         kwargs = {k: abs(v) if isinstance(v, (int, float)) else v for k, v in kwargs.items()}
     return target, args, kwargs
 
+
+# Ops vmap has no batching rule for (its fallback loops over the batch, fixing its size), by an equivalent.
+BATCHABLE = {torch.ops.prims.convert_element_type.default: lambda x, dtype: x.to(dtype)}
 
 PADDABLE_SCATTERS = {aten.slice_scatter.default, aten.select_scatter.default}
 

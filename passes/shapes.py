@@ -11,16 +11,21 @@ import torch.fx as fx
 
 from dpcompile.errors import UnsupportedOpError
 
-from .meta import BATCH, PARAMS, SITE, VIEWS, ParamGrad, ParamSpec, PassContext, is_batched, resolved_batch
+from .meta import BATCH, PARAMS, SITE, VIEWS, ParamGrad, ParamSpec, PassContext, Site, is_batched, resolved_batch
 from .rules import RULES
 from .rules.one_sample import guards_batch_of_one, one_sample_site
 from .export import to_networkx
 from .rules.layout import ORDER_PRESERVING
 
 aten = torch.ops.aten
-# Ops between a gradient term and the parameter's gradient output that are linear in the term.
+# Ops between a gradient term and the parameter's gradient output that are linear in the term and keep its
+# values (a relabelling: the norm is unchanged).
 LINEAR_IN_TERM = ORDER_PRESERVING | {aten.t.default, aten.permute.default, aten.transpose.int,
-                                     aten.expand.default, aten.squeeze.dim, aten.unsqueeze.default}
+                                     aten.squeeze.dim, aten.unsqueeze.default}
+# Reductions over static sizes, linear in their one operand (the backward of a weight's own normalisation).
+REDUCTIONS = {aten.sum.dim_IntList, aten.sum.default, aten.mean.dim}
+# Ops linear in their first operand that change its norm: values repeated, negated, scaled or reduced.
+NORM_CHANGING = {aten.expand.default, aten.neg.default, aten.mul.Scalar, aten.div.Scalar} | REDUCTIONS
 
 
 # Ops that write a gradient term into part of a (usually zero) base: the gradient of a slice of a parameter.
@@ -46,12 +51,13 @@ def scaled_term(node: fx.Node, constant: set[fx.Node]) -> fx.Node | None:
     return None
 
 
-def linear_parts(node: fx.Node, constant: set[fx.Node]) -> tuple[list[fx.Node], bool] | None:
+def linear_parts(node: fx.Node, constant: set[fx.Node], batch: sympy.Expr) -> tuple[list[fx.Node], bool] | None:
     """For an op linear in gradient terms (add, cat, scatter into a base, relabelling view, scaling by a
     batch-free tensor): the operands that carry terms, and whether it adds or scales them, after which
     per-sample norms no longer simply add. None for any other op."""
-    if node.target is aten.add.Tensor and all(isinstance(a, fx.Node) for a in node.args[:2]):
-        return list(node.args[:2]), True
+    if node.target in (aten.add.Tensor, aten.sub.Tensor):  # a batch-free operand would make it affine
+        terms = node.args[:2]
+        return (list(terms), True) if all(isinstance(a, fx.Node) and a not in constant for a in terms) else None
     if node.target is aten.cat.default:
         return list(node.args[0]), False
     if node.target in SCATTERS:
@@ -59,23 +65,44 @@ def linear_parts(node: fx.Node, constant: set[fx.Node]) -> tuple[list[fx.Node], 
         return ([src], False) if base.target in ZEROS else ([src, base], True)
     if node.target in LINEAR_IN_TERM and isinstance(node.args[0], fx.Node):
         return [node.args[0]], False
+    if node.target in NORM_CHANGING and isinstance(node.args[0], fx.Node) and reduced_count(node) is not None \
+            and not (node.target in REDUCTIONS and is_batched(node.args[0].meta["val"], batch)):  # a batch sum: a term
+        return [node.args[0]], True
     if (term := scaled_term(node, constant)) is not None:
         return [term], True
     return None
 
 
-def gradient_terms(node: fx.Node, constant: set[fx.Node]) -> list[fx.Node]:
+def reduced_count(node: fx.Node) -> int | None:
+    """How many values a reduction adds into each of its outputs (1 for any other op); None when that
+    depends on a symbolic size (the rounding bound of the norm needs it as a number)."""
+    if node.target not in REDUCTIONS:
+        return 1
+    sizes = node.args[0].meta["val"].shape
+    dims = node.args[1] if node.target is not aten.sum.default and len(node.args) > 1 else None
+    dims = range(len(sizes)) if not dims else [d % len(sizes) for d in dims]
+    count = 1
+    for d in dims:
+        if not isinstance(sizes[d], int):
+            return None
+        count *= sizes[d]
+    return count
+
+
+def gradient_terms(node: fx.Node, constant: set[fx.Node], batch: sympy.Expr) -> list[fx.Node]:
     """The nodes that make up this gradient through ops linear in them."""
-    parts = linear_parts(node, constant)
-    return [node] if parts is None else [t for part in parts[0] for t in gradient_terms(part, constant)]
+    parts = linear_parts(node, constant, batch)
+    if parts is None:
+        return [node]
+    return list(dict.fromkeys(t for part in parts[0] for t in gradient_terms(part, constant, batch)))
 
 
-def needs_chain(node: fx.Node, constant: set[fx.Node]) -> bool:
+def needs_chain(node: fx.Node, constant: set[fx.Node], batch: sympy.Expr) -> bool:
     """Whether the per-sample norm must follow the graph's ops after the terms (terms added onto each
     other, as for a shared parameter, or scaled); terms only relabelled or placed in disjoint parts
     (cat) keep their norms, which then simply add."""
-    parts = linear_parts(node, constant)
-    return parts is not None and (parts[1] or any(needs_chain(part, constant) for part in parts[0]))
+    parts = linear_parts(node, constant, batch)
+    return parts is not None and (parts[1] or any(needs_chain(part, constant, batch) for part in parts[0]))
 
 
 def batch_free_nodes(gm: fx.GraphModule, batch: sympy.Expr) -> set[fx.Node]:
@@ -108,21 +135,42 @@ def annotate_sites(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         grad = outputs[spec.output_index]
         if grad is None:
             continue
-        terms = gradient_terms(grad, constant)
-        for term in terms:
-            term.meta[SITE] = match_term(term, spec, batch)
-        found.append(ParamGrad(spec.name, spec.output_index, tuple(terms), needs_chain(grad, constant)))
+        terms = gradient_terms(grad, constant, batch)
+        sites = [match_term(term, spec, batch) for term in terms]
+        shared = needs_chain(grad, constant, batch)
+        if None in sites:  # a graph for a batch of one: the whole gradient is the one sample's
+            terms, sites, shared = [grad], [one_sample_site(grad)], False
+        for term, site in zip(terms, sites):
+            term.meta[SITE] = site
+        found.append(ParamGrad(spec.name, spec.output_index, tuple(terms), shared))
+    check_terms_in_one_group(found, ctx.clip.groups if ctx.clip is not None else ())
     gm.meta[PARAMS], gm.meta[BATCH] = tuple(found), batch
     return gm
 
 
-def match_term(term: fx.Node, spec: ParamSpec, batch: sympy.Expr):
+def check_terms_in_one_group(found: list[ParamGrad], groups) -> None:
+    """A term several parameters' gradients come from (a weight-normalised layer's g and v) is clipped once:
+    those parameters must share a clip group."""
+    group_of = {name: i for i, names in enumerate(groups) for name in names}
+    users: dict[fx.Node, list[str]] = {}
+    for p in found:
+        for term in p.sites:
+            users.setdefault(term, []).append(p.name)
+    for term, names in users.items():
+        if len({group_of.get(n) for n in names}) > 1:
+            raise UnsupportedOpError(
+                f"parameters {', '.join(map(repr, names))} of module '{module_of(names[0])}' get their gradients "
+                f"from one term ({describe_op(term)}), which is clipped once: put them in one clip group.")
+
+
+def match_term(term: fx.Node, spec: ParamSpec, batch: sympy.Expr) -> Site | None:
     """The term's Site, or an error that names the parameter, its module and the op. In a graph that
-    serves only a batch of one, a term no rule matches is the one sample's whole gradient."""
+    serves only a batch of one, a term no rule matches gives None: the parameter's whole gradient is then
+    the one sample's (a term's parts may feed each other, as in a weight's own normalisation)."""
     rule = RULES.get(term.args[0].target if term.target is operator.getitem else term.target)
     site = rule.match(term, batch) if rule is not None else None
     if (rule is None or isinstance(site, str)) and guards_batch_of_one(term, batch):
-        return one_sample_site(term)
+        return None
     where = f"parameter '{spec.name}' of module '{module_of(spec.name)}'"
     if rule is None:
         raise UnsupportedOpError(

@@ -27,7 +27,7 @@ def dp_reference(model, x, y, max_grad_norm, loss_reduction="mean", expected_bat
     bounds = bounds or [max_grad_norm / len(groups) ** 0.5] * len(groups)
     out, norms = {}, []
     for names, bound in zip(groups, bounds):
-        norm = torch.sqrt(sum(g[n].flatten(1).square().sum(1) for n in names))
+        norm = torch.sqrt(sum(g[n].reshape(len(g[n]), -1).square().sum(1) for n in names))
         c = bound / (norm + clip_stability) if clipping == "automatic" else (bound / (norm + 1e-6)).clamp(max=1.0)
         norms.append(norm)
         for n in names:

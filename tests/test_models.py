@@ -7,7 +7,7 @@ Conv models keep B in 2..15: on CPU the conv fake kernel guards the batch size t
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import Case, check_against_reference
+from helpers import Case, check_against_reference, check_bf16_autocast
 
 import models as zoo
 
@@ -55,3 +55,10 @@ MODELS = [
 @pytest.mark.parametrize("case", MODELS, ids=lambda c: c.name)
 def test_model_matches_reference(case):
     check_against_reference(case, batches=(3, 5))
+
+
+@pytest.mark.parametrize("policy", ["mixed", "ghost", "per_sample"])
+@pytest.mark.parametrize("case", MODELS, ids=lambda c: c.name)
+def test_model_under_bf16_autocast(case, policy):
+    """bf16 autocast with fp32 parameters: accepted, finite, within bf16's own error of the fp32 DP gradient."""
+    check_bf16_autocast(case, policy)

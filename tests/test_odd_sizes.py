@@ -4,7 +4,7 @@ here so that each size runs through both). On the GPU, DPCOMPILE_TEST_DEVICE=cud
 runs this sweep through inductor (issue 9: CUDA's padded matmuls refused Linear(32, 5) and 50257-wide heads)."""
 import pytest
 import torch
-from helpers import Case, check_against_reference
+from helpers import Case, check_against_reference, check_bf16_autocast
 from torch import nn
 
 F64 = torch.float64
@@ -85,40 +85,10 @@ BF16_CASES = ([linear_case(*c) for c in LINEARS] + [embedding_case(*c) for c in 
               + [conv_case(*c) for c in CONVS])
 
 
-def _grads(model, x, y, dp: bool, autocast: bool, bound: float, policy: str) -> torch.Tensor:
-    from conftest import BACKEND, DEVICE
-    import dpcompile
-    run = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, policy=policy, backend=BACKEND) \
-        if dp else model
-    model.zero_grad(set_to_none=True)
-    with torch.autocast(torch.device(DEVICE).type, torch.bfloat16, enabled=autocast):
-        out = run(x)
-    ((out.float() - y) ** 2).flatten(1).sum(1).mean().backward()
-    torch._dynamo.reset()
-    return torch.cat([p.grad.flatten() for p in model.parameters()])
-
-
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("case", BF16_CASES, ids=lambda c: c.name)
 def test_bf16_autocast_odd_sizes(case, method):
     """bf16 autocast on every odd size: no refusal, and dpcompile's gradient is as close to its fp32 run as bf16
     allows (10 × the plain model's bf16 error, or 15%: a ghost clipped sum's bf16 operand over-clips by up to
     about 11% on random data, README)."""
-    from conftest import DEVICE
-    torch.manual_seed(0)
-    model = case.model().to(DEVICE)
-    x = case.inputs(5).to(DEVICE)
-    x = x.float() if x.is_floating_point() else x
-    with torch.no_grad():
-        y = torch.randn_like(model(x))
-    norms = [torch.cat([g.flatten() for g in torch.autograd.grad(((model(x[i:i + 1]) - y[i:i + 1]) ** 2).sum(),
-                                                                  list(model.parameters()))]).norm()
-             for i in range(len(x))]
-    bound = torch.stack(norms).median().item() + 1e-6
-    fp32 = _grads(model, x, y, True, False, bound, method)
-    bf16 = _grads(model, x, y, True, True, bound, method)
-    plain_error = ((_grads(model, x, y, False, True, bound, method) - _grads(model, x, y, False, False, bound, method))
-                   .norm() / _grads(model, x, y, False, False, bound, method).norm()).item()
-    error = ((bf16 - fp32).norm() / fp32.norm().clamp_min(1e-30)).item()
-    assert torch.isfinite(bf16).all()
-    assert error <= max(10 * plain_error, 0.15), f"{case.name} {method}: {error:.3g} (plain bf16 {plain_error:.3g})"
+    check_bf16_autocast(case, method)

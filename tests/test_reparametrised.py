@@ -1,0 +1,111 @@
+"""Parameters transformed before use, free of the batch: weight standardisation, weight normalisation, a weight
+summed or scaled before a layer. Their gradient is the layer's term followed by ops linear in it (reductions,
+scalings, differences), so the norm follows those ops per sample. Checked against torch.func in float64, with
+the attacks: a term repeated by an expand, crafted inputs in bf16, terms shared across clip groups."""
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import BACKEND, DEVICE
+from helpers import Case, check_against_reference, check_bf16_autocast
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from models import WSConv2d, wrn16_4
+from rule_cases import images, seq, sequences
+from test_adversarial import R, SLACK, release
+from test_augmult import check_views
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+import dpcompile
+from dpcompile import UnsupportedOpError
+
+F64 = torch.float64
+POLICIES = ("mixed", "ghost", "per_sample")
+
+
+class SummedWeight(nn.Module):
+    """A weight reduced before use: x @ w.sum(0). Its gradient is the term expanded over dim 0, with norm
+    √4·‖term‖ per sample: counting the term alone would let a sample contribute 2R."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 3, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w.sum(0)
+
+
+def ws_cnn():
+    return nn.Sequential(WSConv2d(3, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.ReLU(), WSConv2d(4, 4, 1, stride=2),
+                         nn.Flatten(), nn.Linear(4 * 3 * 3, 2))
+
+
+CASES = [
+    Case("summed_weight", SummedWeight, sequences(2, 3)),
+    Case("weight_standardised_conv", ws_cnn, images(3, 6, 6)),
+    Case("weight_norm_linear", seq(weight_norm(nn.Linear(6, 5)), nn.Tanh(), nn.Linear(5, 3)), sequences(2, 6)),
+    Case("weight_norm_conv_whole", seq(weight_norm(nn.Conv1d(3, 4, 2), dim=None), nn.Tanh(), nn.Conv1d(4, 2, 1)),
+         images(3, 7)),
+    Case("weight_norm_last_dim", seq(weight_norm(nn.Linear(5, 4), dim=1), nn.Tanh(), nn.Linear(4, 2)),
+         sequences(3, 5)),
+    Case("tiny_wrn_ws_gn16", lambda: wrn16_4(base=2, widen=2, groups=16, standardise=True), images(3, 8, 8)),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("policy", POLICIES)
+def test_matches_reference(case, policy):
+    """Both clip branches (R between the per-sample norms), batch sizes 3, 5 and 1 through one capture."""
+    check_against_reference(case, policy, batches=(3, 5, 1))
+
+
+@pytest.mark.parametrize("case", CASES[1:], ids=lambda c: c.name)
+def test_bf16_autocast(case):
+    check_bf16_autocast(case, "mixed")
+
+
+@pytest.mark.parametrize("policy", ["ghost", "per_sample"])
+def test_weight_standardisation_with_views(policy):
+    """Augmentation multiplicity: a sample's K views share its standardised kernels' per-sample gradient."""
+    check_views(Case("ws_views", ws_cnn, images(3, 6, 6)), policy)
+
+
+@settings(max_examples=8, deadline=None)
+@given(c_in=st.integers(1, 4), c_out=st.integers(1, 4), kernel=st.sampled_from([1, 2, 3]), size=st.integers(3, 6),
+       policy=st.sampled_from(POLICIES))
+def test_property_weight_standardised_shapes(c_in, c_out, kernel, size, policy):
+    model = lambda: nn.Sequential(WSConv2d(c_in, c_out, kernel), nn.Tanh(), nn.Flatten())  # noqa: E731
+    check_against_reference(Case("ws", model, images(c_in, size, size)), policy, batches=(4, 2))
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("scale", [1.0, 1e4])
+def test_crafted_sample_in_bf16_stays_within_R(policy, scale):
+    """One sample, bf16 autocast, a kernel with near-zero variance (the 1e-5 in the rsqrt dominates) and large
+    inputs: the released gradient (noise off) stays within R."""
+    torch.manual_seed(0)
+    model = nn.Sequential(WSConv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 1))
+    with torch.no_grad():
+        model[0].weight.mul_(1e-4)
+    x = torch.randn(1, 3, 6, 6) * scale
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        norm = release(model, x, torch.ones(1, 1), policy)
+    assert 0 < norm <= R * SLACK
+
+
+def test_summed_weight_sample_stays_within_R():
+    """The expand attack alone: one sample whose term norm is far above R; the release must be ≤ R, not 2R."""
+    model, x = SummedWeight(), torch.randn(1, 2, 3) * 100
+    for policy in POLICIES:
+        assert release(model, x, torch.ones(1, 2, 5), policy) <= R * SLACK
+
+
+def test_one_term_in_two_clip_groups_is_refused():
+    """Weight normalisation's g and v come from one term, which is clipped once: they must share a clip group."""
+    model = nn.Sequential(weight_norm(nn.Linear(6, 5)), nn.Tanh(), nn.Linear(5, 3)).to(DEVICE, F64)
+    names = [n for n, _ in model.named_parameters()]
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, backend=BACKEND,
+                             clip_groups=[names[:2], names[2:]])
+    with pytest.raises(UnsupportedOpError, match=r"original0', '0\.parametrizations\.weight\.original1'.*one clip group"):
+        dp(torch.randn(3, 6, device=DEVICE, dtype=F64)).sum().backward()

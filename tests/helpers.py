@@ -83,7 +83,7 @@ def inductor_batch_of_one(batches, backend=None) -> int:
 
 
 def check_against_reference(case: Case, policy="mixed", reduction="mean", batches=(3, 5), backend=None,
-                            bound=None, expected_batch_size=None, max_compilations=1, **kwargs):
+                            bound=None, expected_batch_size=None, max_compilations=1, rtol=RTOL, **kwargs):
     """Compile once, run several batch sizes, compare every .grad with the clipped per-sample reference."""
     torch.manual_seed(0)
     model = case.model().to(DEVICE, torch.float64)
@@ -98,7 +98,7 @@ def check_against_reference(case: Case, policy="mixed", reduction="mean", batche
         case.loss(dp(x), y, reduction).backward()
         ref, _ = dp_reference(model, x, y, bound, reduction, expected_batch_size, loss=case.loss)
         err = max_relative_error(model, ref)
-        assert err < RTOL, f"{case.name} policy={policy} B={B}: relative error {err:.3g}"
+        assert err < rtol, f"{case.name} policy={policy} B={B}: relative error {err:.3g}"
     assert dp.compilations <= max_compilations + inductor_batch_of_one(batches, backend), \
         f"recompiled: {dp.compilations} captures for batch sizes {batches}"
     return dp

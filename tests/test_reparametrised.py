@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import BACKEND, DEVICE
-from helpers import Case, check_against_reference, check_bf16_autocast
+from helpers import RTOL, Case, check_against_reference, check_bf16_autocast
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from models import WSConv2d, wrn16_4
@@ -53,11 +53,19 @@ CASES = [
 ]
 
 
+# On CUDA the reference's weight norm runs ATen's fused kernel (aten/src/ATen/native/cuda/WeightNorm.cu), whose
+# source as we read it takes the norm's square root with sqrtf, in single precision, even for float64: on an H200
+# the comparison was off by 2-4e-8 relative (a float32 rounding), while dpcompile's graphs use the decomposed,
+# float64 weight norm (and agree to 1e-12 on CPU, where the reference's kernel is float64 throughout).
+WEIGHT_NORM_RTOL = 1e-7 if DEVICE == "cuda" else RTOL
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 @pytest.mark.parametrize("policy", POLICIES)
 def test_matches_reference(case, policy):
     """Both clip branches (R between the per-sample norms), batch sizes 3, 5 and 1 through one capture."""
-    check_against_reference(case, policy, batches=(3, 5, 1))
+    check_against_reference(case, policy, batches=(3, 5, 1),
+                            rtol=WEIGHT_NORM_RTOL if case.name.startswith("weight_norm") else RTOL)
 
 
 @pytest.mark.parametrize("case", CASES[1:], ids=lambda c: c.name)

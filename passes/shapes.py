@@ -89,12 +89,15 @@ def reduced_count(node: fx.Node) -> int | None:
     return count
 
 
-def gradient_terms(node: fx.Node, constant: set[fx.Node], batch: sympy.Expr) -> list[fx.Node]:
-    """The nodes that make up this gradient through ops linear in them."""
-    parts = linear_parts(node, constant, batch)
-    if parts is None:
-        return [node]
-    return list(dict.fromkeys(t for part in parts[0] for t in gradient_terms(part, constant, batch)))
+def gradient_terms(node: fx.Node, constant: set[fx.Node], batch: sympy.Expr, seen: dict | None = None) -> list[fx.Node]:
+    """The nodes that make up this gradient through ops linear in them, each once (a node reached along several
+    paths, as in a weight normalisation's backward, is walked once)."""
+    seen = {} if seen is None else seen
+    if node not in seen:
+        parts = linear_parts(node, constant, batch)
+        seen[node] = [node] if parts is None else \
+            list(dict.fromkeys(t for part in parts[0] for t in gradient_terms(part, constant, batch, seen)))
+    return seen[node]
 
 
 def needs_chain(node: fx.Node, constant: set[fx.Node], batch: sympy.Expr) -> bool:

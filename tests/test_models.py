@@ -7,6 +7,7 @@ Conv models keep B in 2..15: on CPU the conv fake kernel guards the batch size t
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import DEVICE
 from helpers import Case, check_against_reference, check_bf16_autocast
 
 import models as zoo
@@ -57,8 +58,13 @@ def test_model_matches_reference(case):
     check_against_reference(case, batches=(3, 5))
 
 
-@pytest.mark.parametrize("policy", ["mixed", "ghost", "per_sample"])
-@pytest.mark.parametrize("case", MODELS, ids=lambda c: c.name)
+# On a GPU every model under every policy; on CPU, where the default suite must stay short, the tied GPT under
+# the default policy (its shared-parameter chain is the path bf16 once broke: a vmap fallback fixed the batch).
+BF16_CASES = [(c, p) for c in MODELS for p in ("mixed", "ghost", "per_sample")] if DEVICE == "cuda" else \
+    [(c, "mixed") for c in MODELS if c.name == "gpt_tied_causal"]
+
+
+@pytest.mark.parametrize("case, policy", BF16_CASES, ids=lambda v: v if isinstance(v, str) else v.name)
 def test_model_under_bf16_autocast(case, policy):
     """bf16 autocast with fp32 parameters: accepted, finite, within bf16's own error of the fp32 DP gradient."""
     check_bf16_autocast(case, policy)

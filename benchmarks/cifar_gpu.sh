@@ -16,7 +16,7 @@
 # working tree for the `start` call and back after it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-mode=${1:?start or poll}; name=${2:?run name}; shift 2
+mode=${1:?start, fit or poll}; name=${2:?run name}; shift 2
 run=/tmp/cifar/$name
 case $mode in
 start|fit)

@@ -19,7 +19,7 @@ import torch.fx as fx
 from .emit import emit
 from .meta import SITE, ParamGrad
 from .rules import WORD, Cost, rule_for
-from .rules.bounds import F64, SUBNORMAL, full_precision, gamma, product_sum_bound, row_norms, unit_roundoff
+from .rules.bounds import F64, gamma, product_matrix, product_sum_bound, row_norms, unit_roundoff
 
 aten, prims = torch.ops.aten, torch.ops.prims
 FACTORED = {"linear", "embedding", "embedding_bag"}
@@ -112,10 +112,8 @@ def factor_products(x: torch.Tensor, y: torch.Tensor) -> tuple:
     if not y.is_floating_point():  # x_t[idx_s]: a gather, exact (an index outside the table has zero values)
         idx = y.clamp(0, x.shape[-1] - 1).long().unsqueeze(1).expand(-1, x.shape[1], -1)
         return torch.gather(x, 2, idx), *exact
-    dtype = torch.promote_types(full_precision(x).dtype, full_precision(y).dtype)
-    a = torch.bmm(x.to(dtype), y.to(dtype).transpose(1, 2))
-    n = x.shape[-1]
-    return a, (row_norms(x), row_norms(y)), gamma(n, unit_roundoff(dtype)), n * SUBNORMAL[dtype]
+    a, g, e = product_matrix(x, y)
+    return a, (row_norms(x), row_norms(y)), g, e
 
 
 def cross_bound(fu: tuple, fv: tuple) -> torch.Tensor:

@@ -80,6 +80,13 @@ def masked(x: Tensor, c: Tensor) -> Tensor:
     return torch.where(keep_mask(c).view(shape), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
+def product_matrix(x: Tensor, y: Tensor) -> tuple[Tensor, float, float]:
+    """(Â, γ, e): Â = x_i y_iᵀ per sample (B, T, S), in float32 or wider, with |Â − A| ≤ γ·‖x_t‖‖y_s‖ + e."""
+    dtype = torch.promote_types(full_precision(x).dtype, full_precision(y).dtype)
+    n = x.shape[-1]
+    return torch.bmm(x.to(dtype), y.to(dtype).transpose(1, 2)), gamma(n, unit_roundoff(dtype)), n * SUBNORMAL[dtype]
+
+
 def gram_sum_bound(a: Tensor, b: Tensor, r: Tensor, rho: Tensor, ga: float, ea: float, gb: float, eb: float) -> Tensor:
     """Upper bound on S = Σ_{g,t,s} A_ts·B_ts ≥ 0 per sample from computed Grams Â, B̂ (B, G, T, T) with
     |Â − A| ≤ ga·r_t r_s + ea and |B̂ − B| ≤ gb·ρ_t ρ_s + eb (r, ρ: (B, G, T) float64); see product_sum_bound."""

@@ -13,8 +13,8 @@ from torch import Tensor
 
 from ..meta import LayerShape, Site
 from . import Cost, generalized_linear_costs, register
-from .bounds import (SUBNORMAL, accumulation_dtype, certified, clipped_product_margin, full_precision, gamma,
-                     gram_sum_bound, masked, masked_scaled, row_norms, unit_roundoff, upper_sum)
+from .bounds import (accumulation_dtype, certified, clipped_product_margin, gamma,
+                     gram_sum_bound, masked, masked_scaled, product_matrix, row_norms, unit_roundoff, upper_sum)
 from .layout import find_rows_layout, shape_of, to_batch_rows
 
 aten = torch.ops.aten
@@ -85,12 +85,8 @@ class MatmulRule:
         if site.shape.T == 1:
             s = m.square()
         else:
-            pf, qf = full_precision(p), full_precision(q)
-            u, eta = unit_roundoff(pf.dtype), SUBNORMAL[pf.dtype]
-            dp, dq = pf.shape[-1], qf.shape[-1]
-            a, b = torch.bmm(pf, pf.transpose(1, 2)), torch.bmm(qf, qf.transpose(1, 2))
-            s = gram_sum_bound(a.unsqueeze(1), b.unsqueeze(1), r.unsqueeze(1), rho.unsqueeze(1),
-                               gamma(dp, u), dp * eta, gamma(dq, u), dq * eta)
+            (a, ga, ea), (b, gb, eb) = product_matrix(p, p), product_matrix(q, q)
+            s = gram_sum_bound(a.unsqueeze(1), b.unsqueeze(1), r.unsqueeze(1), rho.unsqueeze(1), ga, ea, gb, eb)
         return certified(s, clipped_product_margin(m, p.dtype, p.shape[1]), p.dtype)
 
     def per_sample_margin(self, site: Site, x: Tensor, q: Tensor, anchor: Tensor) -> Tensor:

@@ -7,8 +7,10 @@ Each rank trains on its own synthetic batch of --batch samples (the per-GPU batc
 Poisson shard of a global batch would be) with SGD, noise on, inductor by default; the step is
 loss.backward() (clip, all-reduce of the clipped sums, noise once) and opt.step(). Time per step: median
 over --steps steps after --warmup (the first includes compilation), bracketed by a device synchronise and
-a barrier. Rank 0 prints one JSON line: per-GPU samples/s, the world size, card, torch version and date.
-Efficiency = per-GPU samples/s with N GPUs ÷ that with one (run both).
+a barrier; host_ms is the part until the host has queued the step's work (close to the step time: the host,
+not the GPU, is the limit). Rank 0 prints one JSON line: per-GPU samples/s, the world size, card, torch
+version and date. Efficiency = per-GPU samples/s with N GPUs ÷ that with one (run both). `--method compile`
+times non-private torch.compile instead (under DDP on several ranks): the same machine's reference scaling.
 """
 from __future__ import annotations
 
@@ -39,8 +41,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--policy", default="mixed")
+    p.add_argument("--method", default="dp", choices=["dp", "compile"],
+                   help="dp: dpcompile; compile: non-private torch.compile (DDP on several ranks), the reference")
     p.add_argument("--backend", default="inductor", choices=["inductor", "eager"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--phases", action="store_true",
+                   help="also time forward, backward and optimizer step apart (a device sync between them)")
+    p.add_argument("--profile", action="store_true",
+                   help="rank 0 profiles 5 steps after the timed ones and prints the top kernels and CPU ops")
+    p.add_argument("--allreduce-mb", type=float, default=0.0,
+                   help="instead of training, time an all-reduce of this many MB of float32 (median of 20)")
     return p.parse_args(argv)
 
 
@@ -66,30 +76,89 @@ def main(argv=None) -> dict:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank = dist.get_rank() if world > 1 else 0
+    if args.allreduce_mb:
+        return allreduce_time(args, device, world, rank)
     torch.manual_seed(0)
     model = build(args.model, args.size).to(device)
-    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0, sample_rate=0.01,
-                             expected_batch_size=args.batch * world, policy=args.policy, backend=args.backend)
+    if args.method == "dp":
+        dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0, sample_rate=0.01,
+                                 expected_batch_size=args.batch * world, policy=args.policy, backend=args.backend)
+    else:  # the non-private reference: torch.compile, under DDP on several ranks
+        from torch.nn.parallel import DistributedDataParallel
+        dp = torch.compile(DistributedDataParallel(model) if world > 1 else model, backend=args.backend)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     torch.manual_seed(1 + rank)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
-    times = []
-    for step in range(args.warmup + args.steps):
-        sync(device, world)
-        start = time.perf_counter()
-        F.cross_entropy(dp(x), y).backward()
+    times, phases, host = [], [], []  # host: until the step's work is queued (≈ the step: the host is the limit)
+
+    def step() -> None:
+        marks = [time.perf_counter()]
+        loss = F.cross_entropy(dp(x), y)
+        if args.phases:
+            sync(device, 1)
+            marks.append(time.perf_counter())
+        loss.backward()
+        if args.phases:
+            sync(device, 1)
+            marks.append(time.perf_counter())
         opt.step()
         opt.zero_grad(set_to_none=True)
+        queued = time.perf_counter()
         sync(device, world)
-        if step >= args.warmup:
-            times.append(time.perf_counter() - start)
+        marks.append(time.perf_counter())
+        times.append(marks[-1] - marks[0])
+        phases.append([b - a for a, b in zip(marks, marks[1:])])
+        host.append(queued - marks[0])
+
+    for i in range(args.warmup + args.steps):
+        sync(device, world)
+        step()
+        if i < args.warmup:
+            times.pop(), phases.pop(), host.pop()
     step_s = statistics.median(times)
     result = {"model": args.model, "size": args.size, "batch_per_gpu": args.batch, "world": world,
               "step_ms": round(1000 * step_s, 2), "samples_per_s_per_gpu": round(args.batch / step_s, 1),
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "date": datetime.date.today().isoformat(), "policy": args.policy,
+              "torch": torch.__version__, "date": datetime.date.today().isoformat(), "policy": args.policy if args.method == "dp" else "non-private",
               "backend": args.backend}
+    result["host_ms"] = round(1000 * statistics.median(host), 2)
+    if args.phases:
+        result["phases_ms"] = dict(zip(("forward", "backward", "step"),
+                                       (round(1000 * statistics.median(col), 2) for col in zip(*phases))))
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                step()
+        if rank == 0:
+            table = prof.key_averages()
+            print(table.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70))
+            print(table.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=70))
+    if rank == 0:
+        print(json.dumps(result), flush=True)
+    if world > 1:
+        dist.destroy_process_group()
+    return result
+
+
+def allreduce_time(args, device: torch.device, world: int, rank: int) -> dict:
+    """Median time of an all-reduce of --allreduce-mb MB of float32 (one flat tensor), and its bus bandwidth."""
+    flat = torch.ones(int(args.allreduce_mb * 2**20 / 4), device=device)
+    times = []
+    for i in range(25):
+        sync(device, world)
+        start = time.perf_counter()
+        if world > 1:
+            dist.all_reduce(flat)
+        sync(device, 1)
+        if i >= 5:
+            times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    result = {"allreduce_mb": args.allreduce_mb, "world": world, "ms": round(1000 * seconds, 3),
+              "busbw_GBps": round(2 * (world - 1) / world * flat.numel() * 4 / seconds / 1e9, 1),
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "date": datetime.date.today().isoformat()}
     if rank == 0:
         print(json.dumps(result), flush=True)
     if world > 1:

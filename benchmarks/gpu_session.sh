@@ -7,6 +7,8 @@
 #   bash benchmarks/gpu_session.sh two      carry .whl .gpu
 #   bash benchmarks/gpu_session.sh three    carry .whl .gpu (.gpu/data: the full cifar10-test.zip; .gpu/peers)
 #   bash benchmarks/gpu_session.sh scaling  (optional) data-parallel throughput, 1 and 2 GPUs ($DP_MODELS)
+#   bash benchmarks/gpu_session.sh diag     (optional) the link, all-reduce speed, phases and a profile of the
+#                                           data-parallel step on 2 GPUs ($DP_MODELS)
 # Settings: RUN (the CIFAR run's name), CIFAR_MINUTES, CIFAR_ARGS, SUITE_LIMIT, BENCH_BUDGET. Outputs go to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +26,7 @@ nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
 python3 -c 'import torch; print("torch", torch.__version__, "GPUs", torch.cuda.device_count())'
 date -u; git log --oneline -1 2>/dev/null
 
-case ${1:?one, two, three or scaling} in
+case ${1:?one, two, three, scaling or diag} in
 one)
     CUDA_VISIBLE_DEVICES=1 bash benchmarks/cifar_gpu.sh fit "$run" "${CIFAR_MINUTES:-19}" --test-size mini \
         ${CIFAR_ARGS:---augmult 4 --bf16 --ws --groups 16 --micro-batches 8 --eval-every 10}
@@ -50,14 +52,47 @@ three)
     cp "/tmp/cifar/$run"/log.json "/tmp/cifar/$run"/accuracy.png "/tmp/cifar/$run"/stdout.log \
         "/tmp/cifar/$run"/probe.log "$OUT"/ 2>/dev/null
     ;;
-scaling)
-    for model in ${DP_MODELS:-resnet50_gn}; do
-        size=224; batch=64; [ "$model" = resnet50_gn ] && batch=32
-        for n in 1 2; do
-            timeout 240 torchrun --standalone --nproc-per-node=$n benchmarks/dp_throughput.py \
-                --model "$model" --size $size --batch $batch 2>&1 | grep '^{' | tee -a "$OUT/dp_throughput.jsonl"
+diag)  # where the data-parallel step's time goes: the link, an all-reduce's speed, phases and a profile
+    nvidia-smi topo -m
+    [ -n "${DIAG_SKIP_PROFILE:-}" ] || for mb in 25 100; do
+        timeout 120 torchrun --standalone --nproc-per-node=2 benchmarks/dp_throughput.py --allreduce-mb $mb 2>&1 \
+            | grep '^{' | tee -a "$OUT/allreduce.jsonl"
+    done
+    [ -n "${DIAG_SKIP_PROFILE:-}" ] || for model in ${DP_MODELS:-resnet50_gn}; do
+        batch=64; [ "$model" = resnet50_gn ] && batch=32
+        for n in 2 1; do
+            timeout 300 torchrun --standalone --nproc-per-node=$n benchmarks/dp_throughput.py --model "$model" \
+                --size 224 --batch $batch --steps 10 --phases $([ $n = 2 ] && echo --profile) 2>&1 \
+                | tee "$OUT/diag-$model-$n.log" | grep -v Warning | tail -60
         done
     done
+    model=${DP_MODELS:-resnet50_gn}; model=${model%% *}; batch=64; [ "$model" = resnet50_gn ] && batch=32
+    flags="--model $model --size 224 --batch $batch --steps 15"
+    echo "two independent one-GPU runs at once (host contention, no communication):"
+    for g in 0 1; do
+        CUDA_VISIBLE_DEVICES=$g timeout 240 python3 benchmarks/dp_throughput.py $flags > "$OUT/alone-$g.log" 2>&1 &
+    done
+    wait; grep -h '^{' "$OUT"/alone-*.log | tee -a "$OUT/diag.jsonl"
+    echo "one GPU, OMP_NUM_THREADS=1, nothing beside it:"
+    OMP_NUM_THREADS=1 timeout 200 python3 benchmarks/dp_throughput.py $flags 2>&1 | grep '^{' | tee -a "$OUT/diag.jsonl"
+    echo "non-private torch.compile, 1 GPU and DDP on 2:"
+    for n in 1 2; do
+        timeout 200 torchrun --standalone --nproc-per-node=$n benchmarks/dp_throughput.py $flags --method compile \
+            2>&1 | grep '^{' | tee -a "$OUT/diag.jsonl"
+    done
+    ;;
+scaling)  # DP_BATCH: samples per GPU (default 32 for ResNet-50, 64 else); DP_METHODS: dp and/or compile
+    for model in ${DP_MODELS:-resnet50_gn}; do
+        size=224; batch=64; [ "$model" = resnet50_gn ] && batch=32
+        for method in ${DP_METHODS:-dp}; do
+            for n in 1 2; do
+                timeout ${DP_TIMEOUT:-240} torchrun --standalone --nproc-per-node=$n benchmarks/dp_throughput.py \
+                    --model "$model" --size $size --batch ${DP_BATCH:-$batch} --method $method 2>&1 \
+                    | grep '^{' | tee -a "$OUT/dp_throughput.jsonl"
+            done
+        done
+    done
+    [ -z "${TESTS:-}" ] || WORKERS=${WORKERS:-14} LIMIT=${SUITE_LIMIT:-300} bash .ci/gpu inductor  # then tests, if asked
     ;;
 esac
 date -u

@@ -164,3 +164,18 @@ def test_peers_run_on_the_smoke_config(tmp_path):
         assert r["status"] == "ok", (method, r)
         assert r["ms"] > 0
     assert "fastDP" in saved["env"]["peers"] and "private_vision" in saved["env"]["peers"]
+
+
+def test_dp_throughput_runs_on_a_cpu_with_phases_and_the_allreduce_timer():
+    spec = importlib.util.spec_from_file_location("dpcompile_dp_throughput", ROOT / "benchmarks" / "dp_throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(["--model", "small_cnn", "--size", "8", "--batch", "3", "--steps", "2", "--warmup", "1",
+                          "--backend", "eager", "--device", "cpu", "--phases"])
+    assert result["world"] == 1 and result["samples_per_s_per_gpu"] > 0
+    assert set(result["phases_ms"]) == {"forward", "backward", "step"}
+    reference = module.main(["--model", "small_cnn", "--size", "8", "--batch", "3", "--steps", "1", "--warmup", "1",
+                             "--backend", "eager", "--device", "cpu", "--method", "compile"])
+    assert reference["policy"] == "non-private" and reference["host_ms"] > 0
+    timed = module.main(["--allreduce-mb", "0.25", "--device", "cpu"])
+    assert timed["ms"] >= 0 and timed["world"] == 1

@@ -83,17 +83,20 @@ class Bucket:
             versions.append(None if grad is None else grad._version)
             parts.append(torch.zeros(numel, dtype=self.dtype, device=self.device) if grad is None
                          else grad.detach().reshape(-1).to(self.dtype))
-        present = torch.tensor([v is not None for v in versions], dtype=self.dtype, device=self.device)
+        if None in versions:
+            present = torch.tensor([v is not None for v in versions], dtype=self.dtype, device=self.device)
+        else:  # the usual case: no host-to-device copy
+            present = torch.ones(len(versions), dtype=self.dtype, device=self.device)
         return torch.cat([*parts, present]), versions
 
     def unflatten(self, summed: Tensor, versions: list[int | None]) -> list[Tensor]:
         """.grad = Σ_r g_r (copied in where this rank released one, set where only others did); those parameters."""
         total = sum(self.numels)
         anywhere = summed[total:].tolist() if None in versions else [1.0] * len(versions)  # host read if needed
-        written, offset = [], 0
-        for ref, numel, version, present in zip(self.params, self.numels, versions, anywhere):
-            p, value = ref(), summed[offset:offset + numel]
-            offset += numel
+        values = summed[:total].split(self.numels)
+        written, targets, sums = [], [], []
+        for ref, value, version, present in zip(self.params, values, versions, anywhere):
+            p = ref()
             if p is None or not present:
                 continue
             if version is None:  # others' releases only
@@ -103,8 +106,11 @@ class Bucket:
             elif p.grad._version != version:
                 raise ReleaseError(CHANGED_MESSAGE)
             else:
-                p.grad.copy_(value.view(p.grad.shape))
+                targets.append(p.grad)
+                sums.append(value.view(p.grad.shape))
             written.append(p)
+        if targets:
+            torch._foreach_copy_(targets, sums)  # one launch for the bucket, not one per parameter
         return written
 
 

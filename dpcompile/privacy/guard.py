@@ -87,6 +87,8 @@ class GradState:
 
     def problem(self) -> str | None:
         """Why .grad may not be applied, or None."""
+        if self.noisy == 1 and not (self.mixed or self.raw or self.unnoised):  # the usual case, first
+            return None
         if self.mixed:
             return (f"parameter '{self.name}' also got a gradient from outside the DP model in the same backward "
                     "(it is used on data outside the DP model, or a penalty on it is added to the loss): that part "
@@ -206,7 +208,8 @@ def kind_of_backward(state: GradState, task: int) -> str:
 
 def engines_of(state: GradState) -> list[TaskOwner]:
     """The parameter's live engines in creation order (the same order on every rank)."""
-    return sorted(state.engines, key=lambda engine: engine.handle)
+    engines = list(state.engines)
+    return engines if len(engines) < 2 else sorted(engines, key=lambda engine: engine.handle)
 
 
 def tracked_params(optimizer: torch.optim.Optimizer) -> Iterable[tuple[torch.Tensor, GradState]]:
@@ -222,7 +225,10 @@ def before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Non
     """Refuse the step (before it changes anything) unless every DP gradient is one noisy release."""
     if not len(_TRACKED):
         return
+    engines: dict[int, TaskOwner] = {}
     for p, state in tracked_params(optimizer):
+        for engine in state.engines:
+            engines[id(engine)] = engine
         if p.grad is None:
             continue
         if state.grad is None or state.grad() is not p.grad:  # in-place changes since (clipping, zeroing) are fine
@@ -232,7 +238,6 @@ def before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Non
         problem = state.problem()
         if problem:
             raise ReleaseError(problem)
-    engines = {id(e): e for _, state in tracked_params(optimizer) for e in engines_of(state)}
     for engine in sorted(engines.values(), key=lambda e: e.handle):  # data parallel: Σ over ranks (noise: rank 0's)
         for p in engine.reduce():
             _TRACKED[p].record(p.grad)

@@ -14,8 +14,11 @@
 # it). The two zips are 62 MB of the 64 MiB a call carries, so carry only `.gpu` and `.whl` and keep
 # the call's tree small (the tracked mini zips, 6 MB, do not fit beside them: move them out of the
 # working tree for the `start` call and back after it).
+# LAUNCH (default python3) starts the run: LAUNCH="torchrun --standalone --nproc-per-node=2" trains on 2 GPUs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # this machine's rule
+launch=${LAUNCH:-python3}
 mode=${1:?start, fit or poll}; name=${2:?run name}; shift 2
 run=/tmp/cifar/$name
 case $mode in
@@ -29,7 +32,7 @@ start|fit)
     cd /tmp/cifar-src
     if [ "$mode" = start ]; then
         PYTHONPATH=/tmp/cifar-src:$PYTHONPATH PYTHONUNBUFFERED=1 setsid nohup \
-            python3 examples/cifar10.py --data /tmp/cifar-data --out "$run" "$@" >"$run/stdout.log" 2>&1 </dev/null &
+            $launch examples/cifar10.py --data /tmp/cifar-data --out "$run" "$@" >"$run/stdout.log" 2>&1 </dev/null &
     else
         minutes=${1:?minutes}; shift
         PYTHONPATH=/tmp/cifar-src:$PYTHONPATH PYTHONUNBUFFERED=1 setsid nohup bash -c '

@@ -7,6 +7,7 @@
 #   bash benchmarks/gpu_session.sh two      carry .whl .gpu
 #   bash benchmarks/gpu_session.sh three    carry .whl .gpu (.gpu/data: the full cifar10-test.zip; .gpu/peers)
 #   bash benchmarks/gpu_session.sh scaling  (optional) data-parallel throughput, 1 and 2 GPUs ($DP_MODELS)
+#   bash benchmarks/gpu_session.sh cifar2   (optional) the CIFAR-10 recipe on 2 GPUs; then cifar_gpu.sh poll
 #   bash benchmarks/gpu_session.sh diag     (optional) the link, all-reduce speed, phases and a profile of the
 #                                           data-parallel step on 2 GPUs ($DP_MODELS)
 # Settings: RUN (the CIFAR run's name), CIFAR_MINUTES, CIFAR_ARGS, SUITE_LIMIT, BENCH_BUDGET. Outputs go to $OUT.
@@ -26,7 +27,7 @@ nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
 python3 -c 'import torch; print("torch", torch.__version__, "GPUs", torch.cuda.device_count())'
 date -u; git log --oneline -1 2>/dev/null
 
-case ${1:?one, two, three, scaling or diag} in
+case ${1:?one, two, three, cifar2, scaling or diag} in
 one)
     CUDA_VISIBLE_DEVICES=1 bash benchmarks/cifar_gpu.sh fit "$run" "${CIFAR_MINUTES:-19}" --test-size mini \
         ${CIFAR_ARGS:---augmult 4 --bf16 --ws --groups 16 --micro-batches 8 --eval-every 10}
@@ -80,6 +81,10 @@ diag)  # where the data-parallel step's time goes: the link, an all-reduce's spe
         timeout 200 torchrun --standalone --nproc-per-node=$n benchmarks/dp_throughput.py $flags --method compile \
             2>&1 | grep '^{' | tee -a "$OUT/diag.jsonl"
     done
+    ;;
+cifar2)  # run 3's recipe on both GPUs (the same global batch, steps and σ), then `bash benchmarks/cifar_gpu.sh poll`
+    LAUNCH="torchrun --standalone --nproc-per-node=2" bash benchmarks/cifar_gpu.sh start "$run-2gpu" \
+        --test-size mini --augmult 4 --bf16 --ws --groups 16 --micro-batches 4 --eval-every 10 --steps 1977
     ;;
 scaling)  # DP_BATCH: samples per GPU (default 32 for ResNet-50, 64 else); DP_METHODS: dp and/or compile
     for model in ${DP_MODELS:-resnet50_gn}; do

@@ -156,6 +156,51 @@ def test_scaling_chain_rounding_is_in_the_bound(policy, monkeypatch):
         assert chain_release(policy) > 1.005
 
 
+CHAIN_OPS = ("scale", "neg", "repeat_sum", "difference", "centre")
+
+
+class RandomChain(nn.Module):
+    """x @ chain(w) for a chain of ops linear in w: scalings, negation, an expand summed back, a difference of
+    two scalings, centring over dim 0 (a mean subtracted, as weight standardisation does)."""
+
+    def __init__(self, ops, d, p, dtype):
+        super().__init__()
+        self.ops, self.w = ops, nn.Parameter(torch.randn(d, p, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = self.w
+        for op, c in self.ops:
+            if op == "scale":
+                v = v * c
+            elif op == "neg":
+                v = -v
+            elif op == "repeat_sum":
+                v = v.expand(3, *v.shape).sum(0)
+            elif op == "difference":
+                v = v * c - v * (1 - c)
+            else:
+                v = v - v.mean(0, keepdim=True)
+        return x @ v
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(ops=st.lists(st.tuples(st.sampled_from(CHAIN_OPS), st.floats(0.3, 3.0)), min_size=1, max_size=6),
+       d=st.integers(1, 4), p=st.integers(1, 3), dtype=st.sampled_from(["bf16", "fp32"]),
+       scale=st.sampled_from([1e-3, 1.0, 1e3]), bound=st.floats(0.1, 10.0), policy=st.sampled_from(POLICIES))
+def test_property_random_chain_release_within_R(ops, d, p, dtype, scale, bound, policy):
+    """Random chains of linear ops after the term, in bf16 and fp32: one sample's release stays within R."""
+    dt = torch.bfloat16 if dtype == "bf16" else torch.float32
+    torch._dynamo.reset()
+    torch.manual_seed(len(ops) * 100 + d * 10 + p)
+    model = RandomChain(ops, d, p, dt).to(DEVICE)
+    x = (torch.randn(1, 2, d) * scale).to(DEVICE, dt)
+    dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, loss_reduction="sum",
+                             policy=policy, backend=BACKEND)
+    dp(x).sum().backward()
+    released = model.w.grad.double().norm().item()
+    assert released <= bound * SLACK, f"{released / bound - 1:.3g} over R"
+
+
 def test_one_term_in_two_clip_groups_is_refused():
     """Weight normalisation's g and v come from one term, which is clipped once: they must share a clip group."""
     model = nn.Sequential(weight_norm(nn.Linear(6, 5)), nn.Tanh(), nn.Linear(5, 3)).to(DEVICE, F64)

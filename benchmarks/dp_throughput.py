@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch._inductor.config as inductor_config
 import torch.distributed as dist
 import torch.nn.functional as F
 
@@ -49,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also time forward, backward and optimizer step apart (a device sync between them)")
     p.add_argument("--profile", action="store_true",
                    help="rank 0 profiles 5 steps after the timed ones and prints the top kernels and CPU ops")
+    p.add_argument("--inductor-config", action="append", default=[], metavar="KEY=VALUE",
+                   help="an inductor setting for every compiled graph of the run, e.g. cpp_wrapper=True (repeatable)")
     p.add_argument("--allreduce-mb", type=float, default=0.0,
                    help="instead of training, time an all-reduce of this many MB of float32 (median of 20)")
     return p.parse_args(argv)
@@ -78,6 +81,21 @@ def main(argv=None) -> dict:
     rank = dist.get_rank() if world > 1 else 0
     if args.allreduce_mb:
         return allreduce_time(args, device, world, rank)
+    with inductor_config.patch(inductor_settings(args.inductor_config)):
+        return train(args, device, world, rank)
+
+
+def inductor_settings(pairs: list[str]) -> dict:
+    """{"cpp_wrapper": True, ...} from ["cpp_wrapper=True", ...] (values as Python literals)."""
+    import ast
+    settings = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        settings[key.strip()] = ast.literal_eval(value.strip())
+    return settings
+
+
+def train(args, device: torch.device, world: int, rank: int) -> dict:
     torch.manual_seed(0)
     model = build(args.model, args.size).to(device)
     if args.method == "dp":
@@ -121,7 +139,7 @@ def main(argv=None) -> dict:
               "step_ms": round(1000 * step_s, 2), "samples_per_s_per_gpu": round(args.batch / step_s, 1),
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "date": datetime.date.today().isoformat(), "policy": args.policy if args.method == "dp" else "non-private",
-              "backend": args.backend}
+              "backend": args.backend, "inductor_config": inductor_settings(args.inductor_config)}
     result["host_ms"] = round(1000 * statistics.median(host), 2)
     if args.phases:
         result["phases_ms"] = dict(zip(("forward", "backward", "step"),

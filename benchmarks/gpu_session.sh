@@ -86,13 +86,15 @@ cifar2)  # run 3's recipe on both GPUs (the same global batch, steps and σ), th
     LAUNCH="torchrun --standalone --nproc-per-node=2" bash benchmarks/cifar_gpu.sh start "$run-2gpu" \
         --test-size mini --augmult 4 --bf16 --ws --groups 16 --micro-batches 4 --eval-every 10 --steps 1977
     ;;
-scaling)  # DP_BATCH: samples per GPU (default 32 for ResNet-50, 64 else); DP_METHODS: dp and/or compile
+scaling)  # DP_BATCH: samples per GPU (default 32 for ResNet-50, 64 else); DP_METHODS: dp and/or compile;
+          # DP_INDUCTOR: one inductor setting for the run, e.g. cpp_wrapper=True
     for model in ${DP_MODELS:-resnet50_gn}; do
         size=224; batch=64; [ "$model" = resnet50_gn ] && batch=32
         for method in ${DP_METHODS:-dp}; do
             for n in 1 2; do
                 timeout ${DP_TIMEOUT:-240} torchrun --standalone --nproc-per-node=$n benchmarks/dp_throughput.py \
-                    --model "$model" --size $size --batch ${DP_BATCH:-$batch} --method $method 2>&1 \
+                    --model "$model" --size $size --batch ${DP_BATCH:-$batch} --method $method \
+                    ${DP_INDUCTOR:+--inductor-config $DP_INDUCTOR} 2>&1 \
                     | grep '^{' | tee -a "$OUT/dp_throughput.jsonl"
             done
         done

@@ -171,9 +171,10 @@ def test_dp_throughput_runs_on_a_cpu_with_phases_and_the_allreduce_timer():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     result = module.main(["--model", "small_cnn", "--size", "8", "--batch", "3", "--steps", "2", "--warmup", "1",
-                          "--backend", "eager", "--device", "cpu", "--phases"])
+                          "--backend", "eager", "--device", "cpu", "--phases", "--inductor-config", "max_autotune=False"])
     assert result["world"] == 1 and result["samples_per_s_per_gpu"] > 0
     assert set(result["phases_ms"]) == {"forward", "backward", "step"}
+    assert result["inductor_config"] == {"max_autotune": False}
     reference = module.main(["--model", "small_cnn", "--size", "8", "--batch", "3", "--steps", "1", "--warmup", "1",
                              "--backend", "eager", "--device", "cpu", "--method", "compile"])
     assert reference["policy"] == "non-private" and reference["host_ms"] > 0

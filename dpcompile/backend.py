@@ -73,9 +73,11 @@ class DPBackend:
             # a hit would skip the passes and reuse another model's backward. Inductor's own graph cache
             # keys on the rewritten graph and stays on.
             # Inductor's CUDA matmul padding (pad_mm) pads odd-sized products and slices the result, which
-            # would hide a weight gradient behind a slice; it is turned off for the DP graphs alone.
+            # would hide a weight gradient behind a slice; it is turned off for the DP graphs alone. So are CUDA
+            # graphs (a user's triton.cudagraphs=True): a replay would skip the noise op's host side (the step
+            # count, the generator's draw) and add the captured noise again.
             with torch._functorch.config.patch(enable_autograd_cache=False), \
-                    torch._inductor.config.patch(shape_padding=False):
+                    torch._inductor.config.patch(DP_GRAPH_SETTINGS):
                 compiled = compile_fx(gm, example_inputs, decompositions=capture_decompositions(),
                                       inner_compile=lambda g, ex, **kw: self.compile_graph(g, ex, ctx, kw))
         else:
@@ -137,7 +139,7 @@ class DPBackend:
             with full_fp32():
                 gm = passes.run_pipeline(gm, ctx)
                 self.graphs["backward_rewritten"] = gm
-                with analyses_set_aside(gm):
+                with analyses_set_aside(gm), full_fp32():  # kernels chosen now (Triton GEMM templates) bake TF32 in
                     compiled = self.lower(gm, example_inputs, kwargs)
             return compiled if self.config.backend == "inductor" else fp32_boxed(compiled)
         except BaseException as exc:  # AOTAutograd may only log a backward error: keep it for the next step
@@ -161,6 +163,10 @@ class DPBackend:
                           RuntimeWarning, stacklevel=2)
             fallback = make_boxed_func(gm.forward)
             return fp32_boxed(fallback) if kwargs.get("is_backward") else fallback
+
+
+# Inductor settings forced for the DP graphs, whatever the user's global inductor config says.
+DP_GRAPH_SETTINGS = {"shape_padding": False, "triton.cudagraphs": False}
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ from helpers import Case, check_against_reference
 from torch import nn
 
 import dpcompile
+from dpcompile import ConfigError
 from dpcompile.passes.rules.embedding import _padding_masked
 
 aten = torch.ops.aten
@@ -66,3 +67,58 @@ def test_inductor_failure_falls_back_to_the_graph_with_a_warning(monkeypatch):
     with pytest.warns(RuntimeWarning, match="runs without inductor"):
         check_against_reference(case, backend="inductor", batches=(3, 5))
     assert failed
+
+
+def test_user_cuda_graphs_setting_stays_off_the_dp_graphs(monkeypatch):
+    """A user's global triton.cudagraphs=True must not reach the DP graphs: a CUDA graph replay would skip the
+    noise op's host side (the step count, the generator's draw) and add the captured noise again. The DP graphs
+    are lowered with CUDA graphs off; each step draws new noise and counts."""
+    import torch._inductor.compile_fx as compile_fx
+
+    real, seen = compile_fx.compile_fx_inner, []
+
+    def recording(gm, example_inputs, **kwargs):
+        box = kwargs.get("cudagraphs")
+        seen.append((box.value if box is not None else None, torch._inductor.config.triton.cudagraphs))
+        return real(gm, example_inputs, **kwargs)
+
+    monkeypatch.setattr(compile_fx, "compile_fx_inner", recording)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 3)).to(DEVICE)
+    x = torch.randn(5, 6, device=DEVICE)
+    with torch._inductor.config.patch({"triton.cudagraphs": True}):
+        dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0, loss_reduction="sum",
+                                 backend="inductor")
+        grads = []
+        for _ in range(3):
+            model.zero_grad(set_to_none=True)
+            dp(x).sum().backward()
+            grads.append(model[0].weight.grad.clone())
+    assert seen and all(value is not True and not config for value, config in seen), seen
+    assert dp.privacy.steps == 3
+    assert not torch.equal(grads[0], grads[1]) and not torch.equal(grads[1], grads[2])
+
+
+
+def test_release_on_cuda_under_tf32_is_refused(monkeypatch):
+    """The noise op is the last step before a release: on a CUDA device with TF32 on (a user's own
+    torch.compile(backend=dpcompile.backend(...)) runs the DP backward under the user's flags), it refuses,
+    as TF32 products make the per-sample norms come out low. (The DP model turns TF32 off for its backward.)"""
+    engine = dpcompile.backend(max_grad_norm=1.0, noise_multiplier=1.0).privacy
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    with pytest.raises(ConfigError, match="TF32"):
+        engine.release(10, torch.float32, torch.device("cuda"), torch.zeros(()))
+    assert engine.steps == 0
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="TF32 applies to CUDA matrix products")
+def test_own_compile_with_tf32_is_refused_at_the_backward(monkeypatch):
+    """End to end on CUDA: your own torch.compile with dpcompile.backend and TF32 on: the backward refuses,
+    nothing reaches .grad."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    model = nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 3)).to(DEVICE)
+    compiled = torch.compile(model, backend=dpcompile.backend(max_grad_norm=1.0, noise_multiplier=1.0,
+                                                              loss_reduction="sum"), fullgraph=True)
+    with pytest.raises(ConfigError, match="TF32"):
+        compiled(torch.randn(5, 6, device=DEVICE)).sum().backward()
+    assert all(p.grad is None for p in model.parameters())

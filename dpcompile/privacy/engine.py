@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from ..config import DPConfig
-from ..errors import ConfigError, DPCompileError, ReleaseError
+from ..errors import TF32_MESSAGE, ConfigError, DPCompileError, ReleaseError
 from ..ops import gaussian, register_owner
 from . import distributed, guard
 from .accounting import Accountant, _check_delta, calibrate_noise_multiplier, steps_for
@@ -104,6 +104,8 @@ class PrivacyEngine:
                 "data parallel: rank 0 alone adds the noise, so the ranks' clipped sums must be summed before the "
                 "step, which the DP model of dpcompile.dpcompile() does for its parameters; dpcompile.backend() "
                 "runs in one process only (or this DP model has no trainable parameter)")
+        if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:  # the DP model turns it off; yours?
+            raise ConfigError(TF32_MESSAGE)
         noisy = self.step()
         self._task = (task, guard.NOISY if noisy else guard.UNNOISED)
         if noisy and self.reducer is not None:

@@ -23,6 +23,8 @@ from .config import DPConfig
 from .errors import ConfigError, DPCompileError, surfacing
 from .privacy.engine import PrivacyEngine
 
+aten = torch.ops.aten
+
 log = logging.getLogger(__name__)
 
 
@@ -139,6 +141,7 @@ class DPBackend:
             with full_fp32():
                 gm = passes.run_pipeline(gm, ctx)
                 self.graphs["backward_rewritten"] = gm
+                self.privacy.half_products |= has_half_products(gm)
                 with analyses_set_aside(gm), full_fp32():  # kernels chosen now (Triton GEMM templates) bake TF32 in
                     compiled = self.lower(gm, example_inputs, kwargs)
             return compiled if self.config.backend == "inductor" else fp32_boxed(compiled)
@@ -288,6 +291,16 @@ def source_name(node: fx.Node) -> str:
     source = source() if callable(source) else source
     parts = re.findall(r"_(?:modules|parameters)\['([^']+)'\]", str(source))
     return ".".join(parts) or node.name
+
+
+MATRIX_PRODUCTS = {aten.mm.default, aten.bmm.default, aten.addmm.default, aten.baddbmm.default}
+
+
+def has_half_products(gm: fx.GraphModule) -> bool:
+    """Whether the graph multiplies bf16/fp16 matrices (cuBLAS's reduced-precision reductions would apply)."""
+    return any(n.op == "call_function" and n.target in MATRIX_PRODUCTS
+               and getattr(n.meta.get("val"), "dtype", None) in (torch.bfloat16, torch.float16)
+               for n in gm.graph.nodes)
 
 
 PRECISION_FLAGS = ("allow_tf32", "allow_fp16_reduced_precision_reduction", "allow_bf16_reduced_precision_reduction")

@@ -111,14 +111,40 @@ def test_release_on_cuda_under_tf32_is_refused(monkeypatch):
     assert engine.steps == 0
 
 
-@pytest.mark.skipif(DEVICE != "cuda", reason="TF32 applies to CUDA matrix products")
-def test_own_compile_with_tf32_is_refused_at_the_backward(monkeypatch):
-    """End to end on CUDA: your own torch.compile with dpcompile.backend and TF32 on: the backward refuses,
-    nothing reaches .grad."""
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+def test_release_on_cuda_with_reduced_precision_reductions_is_refused(monkeypatch):
+    """A DP backward with bf16 products (autocast) is seen by its backend; released on CUDA under cuBLAS's
+    reduced-precision reductions (PyTorch's default, left on by your own torch.compile) it is refused, as the
+    bounds assume fp32 accumulation. Without half-precision products the same flags are fine."""
+    backend = dpcompile.backend(max_grad_norm=1.0, noise_multiplier=1.0, loss_reduction="sum")
+    model = nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 3))
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    compiled(torch.randn(5, 6)).sum().backward()
+    assert not backend.privacy.half_products
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = compiled(torch.randn(5, 6))
+    out.float().sum().backward()
+    assert backend.privacy.half_products
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_bf16_reduced_precision_reduction", True)
+    steps = backend.privacy.steps
+    with pytest.raises(ConfigError, match="reduced-precision"):
+        backend.privacy.release(10, torch.float32, torch.device("cuda"), torch.zeros(()))
+    assert backend.privacy.steps == steps
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="these flags apply to CUDA matrix products")
+@pytest.mark.parametrize("flags", ["tf32", "bf16_reduced"])
+def test_own_compile_under_imprecise_products_is_refused_at_the_backward(monkeypatch, flags):
+    """End to end on CUDA, your own torch.compile with dpcompile.backend: with TF32 on, or with bf16 autocast and
+    cuBLAS's reduced-precision reductions on (PyTorch's default), the backward refuses; nothing reaches .grad."""
+    matmul = torch.backends.cuda.matmul
+    monkeypatch.setattr(matmul, "allow_tf32", flags == "tf32")
+    monkeypatch.setattr(matmul, "allow_bf16_reduced_precision_reduction", True)
     model = nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 3)).to(DEVICE)
     compiled = torch.compile(model, backend=dpcompile.backend(max_grad_norm=1.0, noise_multiplier=1.0,
                                                               loss_reduction="sum"), fullgraph=True)
-    with pytest.raises(ConfigError, match="TF32"):
-        compiled(torch.randn(5, 6, device=DEVICE)).sum().backward()
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=flags == "bf16_reduced"):
+        out = compiled(torch.randn(5, 6, device=DEVICE))
+    with pytest.raises(ConfigError, match="TF32" if flags == "tf32" else "reduced-precision"):
+        out.float().sum().backward()
     assert all(p.grad is None for p in model.parameters())

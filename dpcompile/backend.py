@@ -333,11 +333,26 @@ def full_fp32():
         restore_matmuls(saved)
 
 
+def in_compiled_autograd() -> bool:
+    """Whether compiled autograd is tracing or running this backward."""
+    ca = torch._dynamo.compiled_autograd
+    return bool(getattr(ca, "compiled_autograd_enabled", False) or getattr(ca, "in_compiled_autograd_region", False))
+
+
 def precise_during(node) -> None:
     """The DP backward's autograd node runs (eager or inductor kernels) with precise_matmuls(), the user's
     settings restored after it."""
     saved: list[tuple[bool, ...]] = []
-    node.register_prehook(lambda grad_outputs: saved.append(precise_matmuls()))
+
+    def before(grad_outputs):
+        if in_compiled_autograd():
+            raise ConfigError("compiled autograd (torch._dynamo.config.compiled_autograd or "
+                              "torch._dynamo.compiled_autograd.enable) would retrace the DP backward and its "
+                              "release checks, which dpcompile does not support: run the DP model's backward with "
+                              "compiled autograd off (the DP backward is compiled already)")
+        saved.append(precise_matmuls())
+
+    node.register_prehook(before)
     node.register_hook(lambda grad_inputs, grad_outputs: restore_matmuls(saved.pop()))
 
 

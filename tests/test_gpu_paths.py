@@ -148,3 +148,17 @@ def test_own_compile_under_imprecise_products_is_refused_at_the_backward(monkeyp
     with pytest.raises(ConfigError, match="TF32" if flags == "tf32" else "reduced-precision"):
         out.float().sum().backward()
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_compiled_autograd_is_refused_before_anything_is_released():
+    """Compiled autograd would retrace the DP backward and its release checks (and trip over the matmul flags
+    the DP backward sets): refused with a ConfigError at the DP backward's start, no gradient written."""
+    enable = getattr(torch._dynamo.compiled_autograd, "_enable", None)
+    if enable is None:
+        pytest.skip("this torch has no compiled autograd entry point")
+    model = nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 3)).to(DEVICE)
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0, loss_reduction="sum", backend="inductor")
+    out = dp(torch.randn(5, 6, device=DEVICE)).sum()
+    with pytest.raises(ConfigError, match="compiled autograd"), enable(torch.compile(backend="eager")):
+        out.backward()
+    assert all(p.grad is None for p in model.parameters()) and dp.privacy.steps == 0

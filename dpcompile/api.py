@@ -57,6 +57,7 @@ class DPModel(nn.Module):
         object.__setattr__(self, "_compiled", torch.compile(target, backend=self.backend, fullgraph=True, dynamic=False))
         self._trainable = self._trainable_now()
 
+    @torch._dynamo.disable  # inside a user's torch.compile'd code: run as written, its own compiled model inside
     def forward(self, *args, **kwargs):
         leaves = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         views = self.config.augmentation_multiplicity

@@ -344,6 +344,7 @@ def precise_during(node) -> None:
     settings restored after it."""
     saved: list[tuple[bool, ...]] = []
 
+    @torch._dynamo.disable  # run as written, never traced (a backward inside a user's torch.compile'd code)
     def before(grad_outputs):
         if in_compiled_autograd():
             raise ConfigError("compiled autograd (torch._dynamo.config.compiled_autograd or "
@@ -352,8 +353,12 @@ def precise_during(node) -> None:
                               "compiled autograd off (the DP backward is compiled already)")
         saved.append(precise_matmuls())
 
+    @torch._dynamo.disable
+    def after(grad_inputs, grad_outputs):
+        restore_matmuls(saved.pop())
+
     node.register_prehook(before)
-    node.register_hook(lambda grad_inputs, grad_outputs: restore_matmuls(saved.pop()))
+    node.register_hook(after)
 
 
 def fp32_boxed(compiled):

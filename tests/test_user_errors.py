@@ -310,3 +310,43 @@ def test_a_model_that_fails_on_its_inputs_says_so():
 def test_a_batch_of_the_wrong_shape_says_so():
     with pytest.raises(DPCompileError, match=r"fails on this batch as it is \(RuntimeError: .*Fix the model"):
         make(mlp())(torch.randn(3, 5, **F64))
+
+
+def test_dp_model_inside_your_own_compiled_train_step():
+    """A whole train step under your own torch.compile (forward, backward, optimizer step): the DP model runs
+    as written inside it, with its own compiled DP backward, and its hooks and noise op untraced. Three steps give
+    the parameters of the same loop without torch.compile (noise off), the steps are counted, and a gradient from
+    outside the DP model is still refused inside the compiled step. (Before: an internal Dynamo error.)"""
+    xs = [torch.randn(5, 4, **F64) * 10 for _ in range(3)]
+
+    def loop(compiled: bool):
+        torch._dynamo.reset()
+        model = mlp()
+        dp = make(model)
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+
+        def step(x):
+            dp(x).sum().backward()
+            opt.step()
+            opt.zero_grad()
+
+        run = torch.compile(step, backend="eager") if compiled else step
+        for x in xs:
+            run(x)
+        return [p.detach().clone() for p in model.parameters()], dp.privacy.steps
+
+    (plain, plain_steps), (compiled, compiled_steps) = loop(False), loop(True)
+    assert plain_steps == compiled_steps == 3
+    assert all(torch.equal(a, b) for a, b in zip(plain, compiled))
+
+    torch._dynamo.reset()
+    model = mlp()
+    dp, opt = make(model), torch.optim.SGD(model.parameters(), lr=1.0)
+
+    @torch.compile(backend="eager")
+    def mixed_step(x):
+        (dp(x).sum() + sum(p.square().sum() for p in model.parameters())).backward()
+        opt.step()
+
+    with pytest.raises(ReleaseError, match="outside the DP model"):
+        mixed_step(xs[0])

@@ -90,6 +90,7 @@ class PrivacyEngine:
 
     # --- what the compiled backward calls ---
 
+    @torch._dynamo.disable  # the noise op's host side runs as written, never traced
     def release(self, numel: int, dtype: torch.dtype, device: torch.device, dropped: Tensor) -> Tensor:
         """This backward's noise: N(0, std²) on a noisy backward, zeros on a micro-step; counts both."""
         task = torch._C._current_graph_task_id()

@@ -133,12 +133,14 @@ def hook_parameter(p: torch.Tensor, state: GradState) -> None:
     ref = weakref.ref(p)
 
     @unserializable_hook
+    @torch._dynamo.disable  # hooks run as written, never traced (a backward inside a user's torch.compile'd code)
     def before(grad):
         param = ref()
         state.continuing = param is not None and state.same_grad(param.grad)
         state.arrived(grad, torch._C._current_graph_task_id())
 
     @unserializable_hook
+    @torch._dynamo.disable
     def after(param):
         task = torch._C._current_graph_task_id()
         kind = kind_of_backward(state, task)
@@ -192,6 +194,7 @@ def release_node(node, depth: int = 4):
 
 def note_release(slots: list[tuple[int, GradState]]):
     """A post-hook for the DP backward's node: record each tracked parameter's released gradient."""
+    @torch._dynamo.disable
     def hook(grad_inputs, grad_outputs) -> None:
         task = torch._C._current_graph_task_id()
         for i, state in slots:
@@ -221,6 +224,7 @@ def tracked_params(optimizer: torch.optim.Optimizer) -> Iterable[tuple[torch.Ten
                 yield p, state
 
 
+@torch._dynamo.disable
 def before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
     """Refuse the step (before it changes anything) unless every DP gradient is one noisy release."""
     if not len(_TRACKED):
@@ -243,6 +247,7 @@ def before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Non
             _TRACKED[p].record(p.grad)
 
 
+@torch._dynamo.disable
 def after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
     """The release was applied: the gradients now count as consumed (a later backward adds to nothing new)."""
     if not len(_TRACKED):

@@ -1,6 +1,10 @@
 """What inductor does on CUDA and not on CPU, reproduced here so CPU CI keeps it covered (seen on an H200,
-torch 2.11): constant-folded padding masks in embedding backwards, and inductor failing on a graph."""
+torch 2.11): constant-folded padding masks in embedding backwards, and inductor failing on a graph. And user
+settings that would reach the DP graphs on a GPU: inductor's CUDA graphs, TF32 and cuBLAS's reduced-precision
+reductions under your own torch.compile, compiled autograd."""
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
@@ -100,18 +104,32 @@ def test_user_cuda_graphs_setting_stays_off_the_dp_graphs(monkeypatch):
 
 
 
-def test_release_on_cuda_under_tf32_is_refused(monkeypatch):
+@contextlib.contextmanager
+def matmul_flags(**flags):
+    """torch.backends.cuda.matmul flags set for a block, then restored (its module object has no deletable
+    attributes, so monkeypatch cannot undo them)."""
+    matmul = torch.backends.cuda.matmul
+    saved = {name: getattr(matmul, name) for name in flags}
+    for name, value in flags.items():
+        setattr(matmul, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(matmul, name, value)
+
+
+def test_release_on_cuda_under_tf32_is_refused():
     """The noise op is the last step before a release: on a CUDA device with TF32 on (a user's own
     torch.compile(backend=dpcompile.backend(...)) runs the DP backward under the user's flags), it refuses,
     as TF32 products make the per-sample norms come out low. (The DP model turns TF32 off for its backward.)"""
     engine = dpcompile.backend(max_grad_norm=1.0, noise_multiplier=1.0).privacy
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-    with pytest.raises(ConfigError, match="TF32"):
+    with matmul_flags(allow_tf32=True), pytest.raises(ConfigError, match="TF32"):
         engine.release(10, torch.float32, torch.device("cuda"), torch.zeros(()))
     assert engine.steps == 0
 
 
-def test_release_on_cuda_with_reduced_precision_reductions_is_refused(monkeypatch):
+def test_release_on_cuda_with_reduced_precision_reductions_is_refused():
     """A DP backward with bf16 products (autocast) is seen by its backend; released on CUDA under cuBLAS's
     reduced-precision reductions (PyTorch's default, left on by your own torch.compile) it is refused, as the
     bounds assume fp32 accumulation. Without half-precision products the same flags are fine."""
@@ -124,29 +142,26 @@ def test_release_on_cuda_with_reduced_precision_reductions_is_refused(monkeypatc
         out = compiled(torch.randn(5, 6))
     out.float().sum().backward()
     assert backend.privacy.half_products
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_bf16_reduced_precision_reduction", True)
     steps = backend.privacy.steps
-    with pytest.raises(ConfigError, match="reduced-precision"):
+    with matmul_flags(allow_tf32=False, allow_bf16_reduced_precision_reduction=True), \
+            pytest.raises(ConfigError, match="reduced-precision"):
         backend.privacy.release(10, torch.float32, torch.device("cuda"), torch.zeros(()))
     assert backend.privacy.steps == steps
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="these flags apply to CUDA matrix products")
 @pytest.mark.parametrize("flags", ["tf32", "bf16_reduced"])
-def test_own_compile_under_imprecise_products_is_refused_at_the_backward(monkeypatch, flags):
+def test_own_compile_under_imprecise_products_is_refused_at_the_backward(flags):
     """End to end on CUDA, your own torch.compile with dpcompile.backend: with TF32 on, or with bf16 autocast and
     cuBLAS's reduced-precision reductions on (PyTorch's default), the backward refuses; nothing reaches .grad."""
-    matmul = torch.backends.cuda.matmul
-    monkeypatch.setattr(matmul, "allow_tf32", flags == "tf32")
-    monkeypatch.setattr(matmul, "allow_bf16_reduced_precision_reduction", True)
     model = nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 3)).to(DEVICE)
     compiled = torch.compile(model, backend=dpcompile.backend(max_grad_norm=1.0, noise_multiplier=1.0,
                                                               loss_reduction="sum"), fullgraph=True)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=flags == "bf16_reduced"):
-        out = compiled(torch.randn(5, 6, device=DEVICE))
-    with pytest.raises(ConfigError, match="TF32" if flags == "tf32" else "reduced-precision"):
-        out.float().sum().backward()
+    with matmul_flags(allow_tf32=flags == "tf32", allow_bf16_reduced_precision_reduction=True):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=flags == "bf16_reduced"):
+            out = compiled(torch.randn(5, 6, device=DEVICE))
+        with pytest.raises(ConfigError, match="TF32" if flags == "tf32" else "reduced-precision"):
+            out.float().sum().backward()
     assert all(p.grad is None for p in model.parameters())
 
 

@@ -350,3 +350,18 @@ def test_dp_model_inside_your_own_compiled_train_step():
 
     with pytest.raises(ReleaseError, match="outside the DP model"):
         mixed_step(xs[0])
+
+
+def test_torch_compile_of_the_dp_model_itself():
+    """torch.compile(dp_model): the DP model's call is left untraced, so the result is the DP model's own
+    (same gradients as calling it directly, noise off; one step counted)."""
+    x = torch.randn(5, 4, **F64) * 10
+    grads = []
+    for wrap in (False, True):
+        torch._dynamo.reset()
+        model = mlp()
+        dp = make(model)
+        (torch.compile(dp, backend="eager") if wrap else dp)(x).sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        assert dp.privacy.steps == 1
+    assert all(torch.equal(a, b) for a, b in zip(*grads))

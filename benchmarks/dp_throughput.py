@@ -130,15 +130,16 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
         host.append(queued - marks[0])
 
     for i in range(args.warmup + args.steps):
+        if i == args.warmup:  # the warm-up steps (compilation) are not timed
+            times.clear(), phases.clear(), host.clear()
         sync(device, world)
         step()
-        if i < args.warmup:
-            times.pop(), phases.pop(), host.pop()
     step_s = statistics.median(times)
     result = {"model": args.model, "size": args.size, "batch_per_gpu": args.batch, "world": world,
               "step_ms": round(1000 * step_s, 2), "samples_per_s_per_gpu": round(args.batch / step_s, 1),
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "date": datetime.date.today().isoformat(), "policy": args.policy if args.method == "dp" else "non-private",
+              "torch": torch.__version__, "date": datetime.date.today().isoformat(),
+              "policy": args.policy if args.method == "dp" else "non-private",
               "backend": args.backend, "inductor_config": inductor_settings(args.inductor_config)}
     result["host_ms"] = round(1000 * statistics.median(host), 2)
     if args.phases:

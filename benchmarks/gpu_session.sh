@@ -99,7 +99,6 @@ scaling)  # DP_BATCH: samples per GPU (default 32 for ResNet-50, 64 else); DP_ME
             done
         done
     done
-    [ -z "${TESTS:-}" ] || WORKERS=${WORKERS:-14} LIMIT=${SUITE_LIMIT:-300} bash .ci/gpu inductor  # then tests, if asked
     ;;
 esac
 date -u

@@ -9,6 +9,7 @@ import functools
 import logging
 import re
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.fx as fx
@@ -90,7 +91,8 @@ class DPBackend:
                 decompositions=capture_decompositions(),
                 partition_fn=min_cut_rematerialization_partition,
             )(gm, example_inputs)
-        return checked.before(compiled)
+        compiled = checked.before(compiled)
+        return compiled if self.tracked is not None else refusing_compiled_autograd(compiled)
 
     def context(self, gm: fx.GraphModule, example_inputs) -> passes.PassContext:
         """Which inputs are trainable parameters (and their names), and the batch symbol: dim 0 of the
@@ -142,7 +144,7 @@ class DPBackend:
                 gm = passes.run_pipeline(gm, ctx)
                 self.graphs["backward_rewritten"] = gm
                 self.privacy.half_products |= has_half_products(gm)
-                with analyses_set_aside(gm), full_fp32():  # kernels chosen now (Triton GEMM templates) bake TF32 in
+                with analyses_set_aside(gm):  # lowered inside full_fp32: Triton GEMM templates fix TF32 now
                     compiled = self.lower(gm, example_inputs, kwargs)
             return compiled if self.config.backend == "inductor" else fp32_boxed(compiled)
         except BaseException as exc:  # AOTAutograd may only log a backward error: keep it for the next step
@@ -333,24 +335,41 @@ def full_fp32():
         restore_matmuls(saved)
 
 
-def in_compiled_autograd() -> bool:
-    """Whether compiled autograd is tracing or running this backward."""
+@torch._dynamo.disable
+def refuse_compiled_autograd(grad_outputs=None) -> None:
+    """ConfigError if compiled autograd is tracing or running this backward: it runs the backward graph as
+    AOTAutograd captured it, not the DP rewrite (no clipping, no noise). A pre-hook of the DP backward's node."""
     ca = torch._dynamo.compiled_autograd
-    return bool(getattr(ca, "compiled_autograd_enabled", False) or getattr(ca, "in_compiled_autograd_region", False))
+    if getattr(ca, "compiled_autograd_enabled", False) or getattr(ca, "in_compiled_autograd_region", False):
+        raise ConfigError("compiled autograd (torch._dynamo.config.compiled_autograd or "
+                          "torch._dynamo.compiled_autograd.enable) would run the model's captured backward instead "
+                          "of the DP one (no clipping, no noise): run the DP model's backward with compiled "
+                          "autograd off (the DP backward is compiled already)")
+
+
+def refusing_compiled_autograd(compiled: Callable) -> Callable:
+    """compiled, whose outputs' backward nodes refuse compiled autograd (for your own torch.compile; a DP
+    model's outputs get the same pre-hook from precise_during)."""
+    boxed = getattr(compiled, "_boxed_call", False)
+
+    def run(*args):
+        outs = compiled(*args)
+        nodes = {id(t.grad_fn): t.grad_fn for t in outs if isinstance(t, torch.Tensor) and t.grad_fn is not None}
+        for node in nodes.values():
+            node.register_prehook(refuse_compiled_autograd)
+        return outs
+    run._boxed_call = boxed
+    return run
 
 
 def precise_during(node) -> None:
     """The DP backward's autograd node runs (eager or inductor kernels) with precise_matmuls(), the user's
-    settings restored after it."""
+    settings restored after it; never under compiled autograd."""
     saved: list[tuple[bool, ...]] = []
 
     @torch._dynamo.disable  # run as written, never traced (a backward inside a user's torch.compile'd code)
     def before(grad_outputs):
-        if in_compiled_autograd():
-            raise ConfigError("compiled autograd (torch._dynamo.config.compiled_autograd or "
-                              "torch._dynamo.compiled_autograd.enable) would retrace the DP backward and its "
-                              "release checks, which dpcompile does not support: run the DP model's backward with "
-                              "compiled autograd off (the DP backward is compiled already)")
+        refuse_compiled_autograd()
         saved.append(precise_matmuls())
 
     @torch._dynamo.disable

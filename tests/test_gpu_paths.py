@@ -177,3 +177,18 @@ def test_compiled_autograd_is_refused_before_anything_is_released():
     with pytest.raises(ConfigError, match="compiled autograd"), enable(torch.compile(backend="eager")):
         out.backward()
     assert all(p.grad is None for p in model.parameters()) and dp.privacy.steps == 0
+
+
+def test_compiled_autograd_is_refused_under_your_own_compile():
+    """Under your own torch.compile with dpcompile.backend, compiled autograd ran the captured (unclipped,
+    un-noised) backward instead of the DP one: the output's backward node now refuses it, nothing released."""
+    enable = getattr(torch._dynamo.compiled_autograd, "_enable", None)
+    if enable is None:
+        pytest.skip("this torch has no compiled autograd entry point")
+    model = nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 3)).to(DEVICE)
+    compiled = torch.compile(model, backend=dpcompile.backend(max_grad_norm=0.01, noise_multiplier=0.0,
+                                                              loss_reduction="sum"), fullgraph=True)
+    out = compiled(torch.randn(5, 6, device=DEVICE) * 10).sum()
+    with pytest.raises(ConfigError, match="compiled autograd"), enable(torch.compile(backend="eager")):
+        out.backward()
+    assert all(p.grad is None for p in model.parameters())

@@ -19,7 +19,7 @@ run=${RUN:-wrn-ws-k4}
 # The suite in two halves of about equal time on the H200 machine: the GPU-path files, then the rest.
 SUITE_A="tests/test_adversarial.py tests/test_norm_bounds.py tests/test_odd_sizes.py tests/test_models.py
   tests/test_models_zoo.py tests/test_reparametrised.py tests/test_tied.py tests/test_gpu_paths.py
-  tests/test_mixed_precision.py tests/test_hf_models.py"
+  tests/test_mixed_precision.py tests/test_hf_models.py tests/test_vision_libraries.py"
 SUITE_B=$(ls tests/test_*.py | grep -v -F "$(echo $SUITE_A | tr ' ' '\n')" | tr '\n' ' ')
 source .ci/gpu-wheels
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null

@@ -24,8 +24,11 @@ LINEAR_IN_TERM = ORDER_PRESERVING | {aten.t.default, aten.permute.default, aten.
                                      aten.squeeze.dim, aten.unsqueeze.default}
 # Reductions over static sizes, linear in their one operand (the backward of a weight's own normalisation).
 REDUCTIONS = {aten.sum.dim_IntList, aten.sum.default, aten.mean.dim}
-# Ops linear in their first operand that change its norm: values repeated, negated, scaled or reduced.
-NORM_CHANGING = {aten.expand.default, aten.neg.default, aten.mul.Scalar, aten.div.Scalar} | REDUCTIONS
+# Ops that keep part of their operand: the gradient of a parameter that was concatenated with others (or with
+# constants) before use, like BEiT's and EVA's q_bias and v_bias around a zero k bias.
+SELECTIONS = {aten.slice.Tensor, aten.select.int}
+# Ops linear in their first operand that change its norm: values repeated, negated, scaled, reduced or selected.
+NORM_CHANGING = {aten.expand.default, aten.neg.default, aten.mul.Scalar, aten.div.Scalar} | REDUCTIONS | SELECTIONS
 
 
 # Ops that write a gradient term into part of a (usually zero) base: the gradient of a slice of a parameter.
@@ -66,7 +69,8 @@ def linear_parts(node: fx.Node, constant: set[fx.Node], batch: sympy.Expr) -> tu
     if node.target in LINEAR_IN_TERM and isinstance(node.args[0], fx.Node):
         return [node.args[0]], False
     if node.target in NORM_CHANGING and isinstance(node.args[0], fx.Node) and reduced_count(node) is not None \
-            and not (node.target in REDUCTIONS and is_batched(node.args[0].meta["val"], batch)):  # a batch sum: a term
+            and not (node.target in REDUCTIONS | SELECTIONS and is_batched(node.args[0].meta["val"], batch)):
+        # a sum over the batch is a term; a selection from a batched tensor would pick samples: no rule matches it
         return [node.args[0]], True
     if (term := scaled_term(node, constant)) is not None:
         return [term], True

@@ -143,6 +143,27 @@ class Positions(nn.Module):
         return self.out(self.tok(x) + self.pos(positions.unsqueeze(0)) + self.typ(types))
 
 
+class RelativePositionBias(nn.Module):
+    """Attention with a learned relative-position bias (BEiT, Swin): a table of (2N−1) rows × heads read with one
+    fixed index for the whole batch, permuted to (heads, N, N) and added to every sample's scores. Each sample's
+    gradient is the scatter of its own score gradient, permuted back."""
+
+    def __init__(self, n: int = 4, width: int = 6, heads: int = 2):
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.out = nn.Linear(width, 3 * width), nn.Linear(width, 3)
+        self.table = nn.Parameter(torch.randn(2 * n - 1, heads))
+        position = torch.arange(n)
+        self.register_buffer("index", position[:, None] - position[None, :] + n - 1, persistent=False)
+
+    def forward(self, x):  # (B, N, width)
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        bias = self.table[self.index.view(-1)].view(N, N, -1).permute(2, 0, 1).contiguous()
+        attn = (q @ k.transpose(-2, -1) + bias.unsqueeze(0)).softmax(-1)
+        return self.out((attn @ v).transpose(1, 2).reshape(B, N, C))
+
+
 CASES: dict[str, list[Case]] = {
     "linear": [
         Case("linear_2d", seq(nn.Linear(7, 5)), lambda B: torch.randn(B, 7, dtype=torch.float64)),
@@ -174,6 +195,7 @@ CASES: dict[str, list[Case]] = {
         Case("embedding_2d_indices", seq(nn.Embedding(9, 3)), lambda B: torch.randint(0, 9, (B, 2, 3))),
         Case("embedding_batch_shared_rows", lambda: Positions("batch_first"), tokens(10, 5)),
         Case("embedding_sequence_first", lambda: Positions("sequence_first"), tokens(10, 5)),
+        Case("relative_position_bias", RelativePositionBias, sequences(4, 6)),
         Case("embedding_bag_sum", seq(nn.EmbeddingBag(8, 3, mode="sum")), tokens(8, 5)),
         Case("embedding_bag_mean_padding", seq(nn.EmbeddingBag(8, 3, mode="mean", padding_idx=0)), tokens(8, 5)),
     ],

@@ -1,6 +1,7 @@
 """Refusals name the module path and the op; dpcompile.fix turns a refused BatchNorm model into one that works."""
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import DEVICE
 from helpers import Case, Lambda, check_against_reference
 from torch import nn
@@ -287,6 +288,37 @@ def test_fix_nothing_to_do_and_refusals():
         fix(nn.BatchNorm2d(4))
     with pytest.raises(ValueError, match="forward"):
         fix(nn.Sequential(nn.LazyBatchNorm2d()))
+
+
+class BatchNormAct2d(nn.BatchNorm2d):
+    """timm's norm-and-activation layer (timm.layers.BatchNormAct2d): batch norm, then drop, then act."""
+
+    def __init__(self, channels):
+        super().__init__(channels)
+        self.drop, self.act = nn.Identity(), nn.SiLU()
+
+    def forward(self, x):
+        return self.act(self.drop(super().forward(x)))
+
+
+class ScaledBatchNorm(nn.BatchNorm2d):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def test_fix_keeps_what_a_norm_and_activation_layer_adds():
+    """A BatchNorm subclass that also applies an activation keeps it after the GroupNorm (a plain GroupNorm in
+    its place would silently drop the activation); any other subclass with a forward of its own is refused."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), BatchNormAct2d(8))
+    assert fix(model) == ["1: BatchNormAct2d(8) -> GroupNorm(8, 8), then its drop and act"]
+    x = torch.randn(2, 3, 6, 6)
+    assert torch.equal(model(x), F.silu(model[1].norm(model[0](x))))
+    assert (model(x) < 0).any() and isinstance(model[1].act, nn.SiLU)
+    other = nn.Module()
+    other.block = nn.Sequential(nn.Identity(), ScaledBatchNorm(4))
+    with pytest.raises(dpcompile.ConfigError, match=r"'block\.1' is a ScaledBatchNorm.*by hand"):
+        fix(other)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="TF32 applies to CUDA matrix products")

@@ -36,6 +36,31 @@ class SummedWeight(nn.Module):
         return x @ self.w.sum(0)
 
 
+class ConcatenatedBias(nn.Module):
+    """BEiT's and EVA's attention bias: cat(q_bias, a zero k bias, v_bias) as one linear layer's bias, so each
+    parameter's gradient is a slice of the bias term."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(3, 9, bias=False)
+        self.q_bias, self.v_bias = nn.Parameter(torch.randn(3)), nn.Parameter(torch.randn(3))
+        self.register_buffer("k_bias", torch.zeros(3), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.qkv.weight, torch.cat((self.q_bias, self.k_bias, self.v_bias)))
+
+
+class StackedWeight(nn.Module):
+    """Two parameters stacked into one weight: each one's gradient is a select of the stacked weight's term."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Parameter(torch.randn(3, 4)), nn.Parameter(torch.randn(3, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("btd,kdp->btkp", x, torch.stack((self.a, self.b))).flatten(2)
+
+
 def ws_cnn():
     return nn.Sequential(WSConv2d(3, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.ReLU(), WSConv2d(4, 4, 1, stride=2),
                          nn.Flatten(), nn.Linear(4 * 3 * 3, 2))
@@ -49,6 +74,8 @@ CASES = [
          images(3, 7)),
     Case("weight_norm_last_dim", seq(weight_norm(nn.Linear(5, 4), dim=1), nn.Tanh(), nn.Linear(4, 2)),
          sequences(3, 5)),
+    Case("concatenated_bias", ConcatenatedBias, sequences(4, 3)),
+    Case("stacked_weight", StackedWeight, sequences(2, 3)),
     Case("tiny_wrn_ws_gn16", lambda: wrn16_4(base=2, widen=2, groups=16, standardise=True), images(3, 8, 8)),
 ]
 
@@ -156,12 +183,13 @@ def test_scaling_chain_rounding_is_in_the_bound(policy, monkeypatch):
         assert chain_release(policy) > 1.005
 
 
-CHAIN_OPS = ("scale", "neg", "repeat_sum", "difference", "centre")
+CHAIN_OPS = ("scale", "neg", "repeat_sum", "difference", "centre", "concat_halves")
 
 
 class RandomChain(nn.Module):
     """x @ chain(w) for a chain of ops linear in w: scalings, negation, an expand summed back, a difference of
-    two scalings, centring over dim 0 (a mean subtracted, as weight standardisation does)."""
+    two scalings, centring over dim 0 (a mean subtracted, as weight standardisation does), a concatenation whose
+    halves are added back."""
 
     def __init__(self, ops, d, p, dtype):
         super().__init__()
@@ -178,6 +206,9 @@ class RandomChain(nn.Module):
                 v = v.expand(3, *v.shape).sum(0)
             elif op == "difference":
                 v = v * c - v * (1 - c)
+            elif op == "concat_halves":  # cat, then slices of it added: the backward slices the gradient
+                both = torch.cat((v * c, -v))
+                v = both[:len(v)] + both[len(v):]
             else:
                 v = v - v.mean(0, keepdim=True)
         return x @ v

@@ -19,7 +19,7 @@ from ..meta import LayerShape, Site
 from . import WORD, Cost, register
 from .bounds import (SUBNORMAL, accumulation_dtype, certified, clipped_product_margin, full_precision, gamma,
                      gram_sum_bound, masked_scaled, row_norms, unit_roundoff, upper_sum)
-from .layout import keeps_order, rows_per_sample, shape_of, views_of
+from .layout import PERMUTES, keeps_order, rows_per_sample, shape_of, views_of
 from .reduction import SumRule, _summed_dims
 
 aten = torch.ops.aten
@@ -50,7 +50,7 @@ class EmbeddingRule:
         layout = _index_layout(indices, values, batch)
         if isinstance(layout, str):
             return layout
-        idx_batch_dim, per_sample_values, value_batch_dim, k, padding = layout
+        idx_batch_dim, per_sample_values, value_batch_dim, k, value_chain, padding = layout
         padding_idx = padding if padding is not None else padding_idx
         positions = sympy.Integer(1)
         for s in shape_of(indices):
@@ -61,7 +61,7 @@ class EmbeddingRule:
         inputs = (indices, per_sample_values) + (() if mask is None else (mask,))
         return Site("embedding", inputs, {"padding_idx": padding_idx, "table": tuple(int(t) for t in table),
                                           "idx_batch_dim": idx_batch_dim, "value_batch_dim": value_batch_dim,
-                                          "k": k}, shape, op=str(node.target))
+                                          "k": k, "value_chain": value_chain}, shape, op=str(node.target))
 
     def _match_bag(self, node: fx.Node, batch: sympy.Expr) -> Site | str:
         """EmbeddingBag with a 2-D input: bag i is sample i (or one of its k views), its N indices scatter
@@ -108,9 +108,10 @@ class EmbeddingRule:
         samples, broadcast in the forward) are expanded, and the values are the per-row ones from
         before the backward's sum over the batch."""
         ibd, vbd = site.consts.get("idx_batch_dim", 0), site.consts.get("value_batch_dim", 0)
-        D = values.shape[-1]
         values = values.movedim(vbd, 0) if vbd else values
-        B = values.shape[0]
+        if site.consts.get("value_chain"):
+            values = _replay(site.consts["value_chain"], values)
+        B, D = values.shape[0], values.shape[-1]
         if ibd is None:
             N = idx.numel()
             idx = idx.reshape(1, N).expand(B, N)
@@ -197,8 +198,9 @@ class EmbeddingRule:
 
 def _index_layout(indices: fx.Node, values: fx.Node, batch: sympy.Expr):
     """(dim of the indices that holds the batch or None, the per-sample values node, its batch dim, the
-    rows per sample k of that dim: 1, or K of size K·B, a padding index the per-sample values still need
-    masked or None), or why there is none. The batch may be any one
+    rows per sample k of that dim: 1, or K of size K·B, the ops that take a sample's rows to its values (()
+    when they are its rows as they are), a padding index the per-sample values still need masked or None),
+    or why there is none. The batch may be any one
     dim of the indices (``emb(x.transpose(0, 1))``).
     Indices with no batch dim are shared by the whole batch (a position or token-type embedding
     looked up with one row and broadcast): the backward sums the output gradient over the batch before
@@ -216,9 +218,9 @@ def _index_layout(indices: fx.Node, values: fx.Node, batch: sympy.Expr):
             return f"its indices {idx_shape} mix the batch ({batch}) with other dims"
         return None, *found, padding
     if hits and hits[0][0] == 0:
-        return 0, values, 0, hits[0][1], None
+        return 0, values, 0, hits[0][1], (), None
     if len(hits) == 1 and not batch.is_number:
-        return hits[0][0], values, hits[0][0], hits[0][1], None
+        return hits[0][0], values, hits[0][0], hits[0][1], (), None
     if hits:
         return f"its indices {idx_shape} do not have the batch ({batch}) as their first dim"
     return (f"its indices {idx_shape} do not have the batch ({batch}) as a dim, and its values are not "
@@ -251,14 +253,17 @@ def _is_zero(node) -> bool:
     return isinstance(node, (int, float)) and not isinstance(node, bool) and node == 0
 
 
-def _summed_over_batch(values: fx.Node, batch: sympy.Expr, views: int = 1) -> tuple[fx.Node, int, int] | None:
-    """(X, batch dim, rows per sample k) when values is (an order-preserving view of) X summed over its
-    batch dim alone."""
-    node = values
+def _summed_over_batch(values: fx.Node, batch: sympy.Expr, views: int = 1) -> tuple[fx.Node, int, int, tuple] | None:
+    """(X, batch dim, rows per sample k, chain) when values is X summed over its batch dim alone, then viewed and
+    permuted; chain: () when those views keep the elements' order (a sample's values are X's rows as they are),
+    else the ops that take one sample's slice of X to its values (a relative-position bias table read with
+    one index for the batch, then permuted to (heads, N, N) and added to every sample's attention scores)."""
+    node, ops = values, []
     while node.target not in SumRule.ops:
-        src = node.args[0] if node.args and keeps_order(node) else None
-        if not isinstance(src, fx.Node):
+        src = node.args[0] if node.args and (keeps_order(node) or node.target in PERMUTES) else None
+        if not isinstance(src, fx.Node) or any(isinstance(a, fx.Node) for a in (*node.args[1:], *node.kwargs.values())):
             return None
+        ops.append(node)
         node = src
     x = node.args[0]
     if not isinstance(x, fx.Node):
@@ -268,9 +273,23 @@ def _summed_over_batch(values: fx.Node, batch: sympy.Expr, views: int = 1) -> tu
     k = rows_per_sample(shape[dims[0]], batch, views) if len(dims) == 1 else None
     if k is None:
         return None
-    if shape_of(values)[-1] != shape[-1] or dims[0] == len(shape) - 1:
-        return None
-    return x, dims[0], k
+    if all(keeps_order(n) for n in ops):
+        if shape_of(values)[-1] != shape[-1] or dims[0] == len(shape) - 1:
+            return None
+        return x, dims[0], k, ()
+    keepdim = len(node.args) > 2 and bool(node.args[2])
+    chain = tuple((n.target, tuple(tuple(a) if isinstance(a, list) else a for a in n.args[1:]),
+                   tuple(sorted(n.kwargs.items()))) for n in reversed(ops))
+    return x, dims[0], k, ((torch.ops.aten.unsqueeze.default, (dims[0],), ()),) * keepdim + chain
+
+
+def _replay(chain: tuple, values: Tensor) -> Tensor:
+    """Each sample's values (rows of values, the batch first) through the ops of a value chain."""
+    def one(v: Tensor) -> Tensor:
+        for target, args, kwargs in chain:
+            v = target(v, *args, **dict(kwargs))
+        return v
+    return torch.vmap(one)(values)
 
 
 register(EmbeddingRule())

@@ -840,3 +840,39 @@ def test_backend_factory_has_its_own_engine():
     torch._dynamo.mark_dynamic(x, 0)
     squared_error(compiled(x), y, "sum").backward()
     assert be.privacy.steps == 1 and be.privacy.epsilon(1e-5) > 0
+
+
+class RelativeBias(nn.Module):
+    """Scores plus a relative-position bias read from a table with one index for the batch, permuted to
+    (heads, N, N): positions (t, t) all read the table's middle row, so one sample's output gradients there add
+    up into one row of its gradient."""
+
+    def __init__(self, n: int = 3, heads: int = 2):
+        super().__init__()
+        self.table = nn.Parameter(torch.zeros(2 * n - 1, heads))
+        position = torch.arange(n)
+        self.register_buffer("index", position[:, None] - position[None, :] + n - 1, persistent=False)
+
+    def forward(self, scores: torch.Tensor) -> torch.Tensor:  # (B, heads, N, N)
+        n = self.index.shape[0]
+        return scores + self.table[self.index.view(-1)].view(n, n, -1).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_relative_position_bias_cancellation(policy):
+    """The repeated-row attack through a permuted shared lookup: sample 0's gradients at (0, 0) and (1, 1) read the
+    same table row and cancel in the Gram sum (b and 1 − b, scaled 250); sample 1's are zero. Within R."""
+    G = torch.zeros(2, 2, 3, 3)
+    G[0, 0, 0, 0], G[0, 0, 1, 1] = 250.0 * 1e4, 250.0 * (1 - 1e4)
+    assert release(RelativeBias(), torch.randn(2, 2, 3, 3), G, policy=policy) <= R * SLACK
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_concatenated_bias_one_loud_sample(policy):
+    """A parameter's gradient that is a slice of a layer's bias term (BEiT's q_bias and v_bias around a zero k bias):
+    one sample with output gradients of 1e6 at every position is clipped to R over both slices together."""
+    from test_reparametrised import ConcatenatedBias
+    model = ConcatenatedBias().float()
+    G = torch.zeros(2, 4, 9)
+    G[1] = 1e6
+    assert release(model, torch.randn(2, 4, 3), G, policy=policy) <= R * SLACK

@@ -196,6 +196,7 @@ CASES: dict[str, list[Case]] = {
         Case("embedding_batch_shared_rows", lambda: Positions("batch_first"), tokens(10, 5)),
         Case("embedding_sequence_first", lambda: Positions("sequence_first"), tokens(10, 5)),
         Case("relative_position_bias", RelativePositionBias, sequences(4, 6)),
+        Case("relative_position_bias_one_head", lambda: RelativePositionBias(heads=1), sequences(4, 6)),
         Case("embedding_bag_sum", seq(nn.EmbeddingBag(8, 3, mode="sum")), tokens(8, 5)),
         Case("embedding_bag_mean_padding", seq(nn.EmbeddingBag(8, 3, mode="mean", padding_idx=0)), tokens(8, 5)),
     ],

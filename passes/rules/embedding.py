@@ -255,7 +255,8 @@ def _is_zero(node) -> bool:
 
 def _summed_over_batch(values: fx.Node, batch: sympy.Expr, views: int = 1) -> tuple[fx.Node, int, int, tuple] | None:
     """(X, batch dim, rows per sample k, chain) when values is X summed over its batch dim alone, then viewed and
-    permuted; chain: () when those views keep the elements' order (a sample's values are X's rows as they are),
+    permuted; chain: () when a sample's values are X's rows as they are (views that keep the elements' order and
+    the last dim),
     else the ops that take one sample's slice of X to its values (a relative-position bias table read with
     one index for the batch, then permuted to (heads, N, N) and added to every sample's attention scores)."""
     node, ops = values, []
@@ -273,9 +274,7 @@ def _summed_over_batch(values: fx.Node, batch: sympy.Expr, views: int = 1) -> tu
     k = rows_per_sample(shape[dims[0]], batch, views) if len(dims) == 1 else None
     if k is None:
         return None
-    if all(keeps_order(n) for n in ops):
-        if shape_of(values)[-1] != shape[-1] or dims[0] == len(shape) - 1:
-            return None
+    if all(keeps_order(n) for n in ops) and shape_of(values)[-1] == shape[-1] and dims[0] != len(shape) - 1:
         return x, dims[0], k, ()
     keepdim = len(node.args) > 2 and bool(node.args[2])
     chain = tuple((n.target, tuple(tuple(a) if isinstance(a, list) else a for a in n.args[1:]),

@@ -429,9 +429,15 @@ def scatter(node: fx.Node, L: Layouts):
         if result is None and not _same(_shape(base)[d], _shape(x)[lay[0]]):
             raise Mixing("writes batched values into a tensor that has no row per sample (it sums samples)")
         result = (d, lay[1])
-    if result[0] == dim:
+    if result[0] == dim and not _whole_slice_written(node, dim):
         raise Mixing(f"writes along dim {dim}, which holds the batch")
     return result
+
+
+def _whole_slice_written(node: fx.Node, dim: int) -> bool:
+    """A slice_scatter whose source spans the whole dim (`y = x[:, :c]; y += s` functionalised: a `:` on the batch
+    dim is a full slice): every row is replaced by the same row of the source, which holds the batch in that dim."""
+    return node.target is aten.slice_scatter.default and _same(_shape(node.args[0])[dim], _shape(node.args[1])[dim])
 
 
 def index_put(node: fx.Node, L: Layouts):

@@ -92,6 +92,21 @@ class GraphFeatures(nn.Module):
         return self.b(h) / scale
 
 
+class WholeBatchSliceWrite(nn.Module):
+    """GhostNet's module: channels concatenated, cut back with out[:, :c] and added to in place. The `:` on the batch
+    dim is a full slice, so the functionalised in-place add writes the whole batch dim (slice_scatter along dim 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.out = nn.Linear(6, 8), nn.Linear(6, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = torch.cat([self.a(x), torch.tanh(self.a(x))], 1)
+        y = h[:, :5]
+        y += self.b(x)
+        return self.out(torch.tanh(y))
+
+
 class FlatRows(nn.Module):
     """Batch and positions flattened into rows around an activation (rows (B·T, d) whose batch is found
     through the activation's backward, a pointwise op)."""
@@ -204,7 +219,8 @@ CASES: dict[str, list[Case]] = {
                        ("matmul", "einsum", "functional_linear", "addmm", "bmm", "baddbmm", "token_pos_scale")],
     "attention": [Case(k, lambda k=k: Attention(k), sequences(5, 6)) for k in
                   ("mha", "mha_seq_first", "sdpa", "sdpa_causal")],
-    "graph_features": [Case("inplace_views_no_grad", GraphFeatures, sequences(3, 6))],
+    "graph_features": [Case("inplace_views_no_grad", GraphFeatures, sequences(3, 6)),
+                       Case("whole_batch_slice_write", WholeBatchSliceWrite, lambda B: torch.randn(B, 6, dtype=torch.float64))],
     "shared_parameters": [
         Case("block_twice", lambda: Shared("block_twice"), sequences(5, 6)),
         Case("tied_embedding", lambda: Shared("tied_embedding"), tokens(10, 5)),

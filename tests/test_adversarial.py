@@ -403,6 +403,23 @@ ISSUE_OPS = [
 ]
 
 
+def add_to_first_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """y[:rows] += 1: an in-place write into part of the batch dim (sample i's value depends on its position)."""
+    y = x * 1
+    y[:rows] += 1.0
+    return y
+
+
+@pytest.mark.parametrize("batch, rows", [(3, 1), (3, 2), (1, 1)])
+def test_partial_write_along_the_batch_refused(batch, rows):
+    """Only a slice_scatter over the whole batch dim (GhostNet's out[:, :c] += s) is accepted; one over part of it
+    treats samples by their position in the batch and stays refused, also when the first batch has one sample."""
+    with pytest.raises(DPCompileError) as err:
+        compiled(Mixer(lambda x: add_to_first_rows(x, rows)))(torch.randn(batch, 4, dtype=FLOAT64, device=DEVICE)) \
+            .sum().backward()
+    assert_refused(err.value, "aten.")
+
+
 @pytest.mark.parametrize("name, across, along", ISSUE_OPS, ids=[o[0] for o in ISSUE_OPS])
 def test_issue_ops_across_batch_refused(name, across, along):
     """Refused across the batch even after a first batch of one (no numerical check can see two samples)."""

@@ -17,7 +17,7 @@ timm = pytest.importorskip("timm")
 
 # ATen's hardsigmoid_backward kernel multiplies by 1/6 as a float32 constant even for float64 (the reference's
 # side; dpcompile's decomposed backward is exact), so MobileNetV3's squeeze-excitation gradients differ from the
-# reference by about 3e-8 relative.
+# reference by about 3e-8 relative (GhostNet's likewise).
 HARDSIGMOID_RTOL = 1e-7
 
 
@@ -51,6 +51,8 @@ TORCHVISION = [
     Case("densenet121", tv("densenet121"), images(32)),
     Case("mnasnet0_5", tv("mnasnet0_5"), images(32)),
     Case("googlenet", tv("googlenet", aux_logits=False, init_weights=True), images(64)),
+    Case("efficientnet_v2_s", tv("efficientnet_v2_s"), images(32)),
+    Case("inception_v3", tv("inception_v3", aux_logits=False, init_weights=True), images(75)),
     Case("vision_transformer", lambda: fixed(torchvision.models.VisionTransformer(
         image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10)), images(32)),
 ]
@@ -68,6 +70,13 @@ TIMM = [
     Case("efficientnet_b0", tm("efficientnet_b0"), images(32)),  # BatchNormAct2d -> GroupNorm + its activation
     Case("resnet18", tm("resnet18"), images(32)),
     Case("nf_resnet26", tm("nf_resnet26"), images(32)),  # weight-standardised convolutions
+    Case("resnetv2_50x1_bit", tm("resnetv2_50x1_bit"), images(32)),  # BiT: GroupNorm and weight standardisation
+    Case("ghostnet_100", tm("ghostnet_100"), images(32)),  # out[:, :c] += shortcut: a whole-batch slice write
+    Case("coatnet_nano_rw", tm("coatnet_nano_rw_224", img_size=64), images(64)),
+    Case("pvt_v2_b0", tm("pvt_v2_b0"), images(32)),
+    Case("fastvit_t8", tm("fastvit_t8"), images(64)),
+    Case("hrnet_w18_small", tm("hrnet_w18_small"), images(64)),
+    Case("gmlp_ti16", tm("gmlp_ti16_224", img_size=32), images(32)),
 ]
 
 
@@ -79,18 +88,24 @@ def test_torchvision_model_matches_reference(case):
 
 @pytest.mark.parametrize("case", TIMM, ids=lambda c: c.name)
 def test_timm_model_matches_reference(case):
-    check_against_reference(case, batches=(3, 2))
+    check_against_reference(case, batches=(3, 2), **({"rtol": HARDSIGMOID_RTOL} if case.name == "ghostnet_100" else {}))
 
 
 REFUSED = [
-    # Windowed attention: the relative-position bias's gradient sums over (batch × windows) rows, and the layers'
-    # rows are (batch × windows × positions), whose batch the rules do not yet find through the window partition.
+    # Windowed attention (Swin, MaxViT): the relative-position bias's gradient sums over (batch × windows) rows, and
+    # the layers' rows are (batch × windows × positions), whose batch the rules do not yet find through the window
+    # partition (a saved activation's layout is not visible in the backward graph).
     Case("torchvision_swin", lambda: fixed(torchvision.models.SwinTransformer(
         patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=[2, 2], num_classes=10)),
         images(32)),
     Case("timm_swin_tiny", tm("swin_tiny_patch4_window7_224", img_size=56), images(56)),
-    # LeViT normalises (batch × tokens) rows flattened together (BatchNorm1d, a GroupNorm after fix).
+    Case("torchvision_maxvit_t", tv("maxvit_t"), images(224)),
+    # LeViT normalises (batch × tokens) rows flattened together (BatchNorm1d, a GroupNorm after fix); MobileViT's
+    # transformer normalises (batch × patches) rows likewise.
     Case("timm_levit_128s", tm("levit_128s", img_size=32), images(32)),
+    Case("timm_mobilevit_xxs", tm("mobilevit_xxs"), images(64)),
+    # XCiT's Fourier position encoding runs a convolution on one batch-free input, then repeats it over the batch.
+    Case("timm_xcit_nano", tm("xcit_nano_12_p16_224", img_size=32), images(32)),
 ]
 
 

@@ -1,13 +1,17 @@
 """Test cases per rule family. Every family in the rule table must have cases here."""
 from __future__ import annotations
 
+import copy
+
 import torch
 from helpers import Case
 from torch import nn
 
 
 def seq(*layers):
-    return lambda: nn.Sequential(*layers)
+    """A builder of fresh copies: each test gets the layers as first made, never the ones an earlier test in the
+    same process converted (bf16 tests move a model to float32) or trained."""
+    return lambda: nn.Sequential(*copy.deepcopy(layers))
 
 
 def images(c, *spatial):

@@ -39,11 +39,10 @@ def replacement_for(path: str, bn: _BatchNorm) -> nn.Module:
     """The per-sample module for a BatchNorm: a GroupNorm, with the subclass's dropout and activation after it
     for a norm-and-activation layer; refused for any other subclass with a forward of its own (what it adds
     to the normalisation is unknown, and dropping it would change the model silently)."""
-    gn = group_norm_for(bn)
     if type(bn).forward in PLAIN_FORWARDS:
-        return gn
+        return group_norm_for(bn)
     if isinstance(getattr(bn, "drop", None), nn.Module) and isinstance(getattr(bn, "act", None), nn.Module):
-        return NormAct(gn, bn.drop, bn.act)
+        return NormAct(group_norm_for(bn), bn.drop, bn.act)
     raise ConfigError(f"fix(model): '{path}' is a {type(bn).__name__}, a BatchNorm with a forward of its own, "
                       "which may do more than normalise: replace it by hand (a GroupNorm followed by what its "
                       "forward adds)")

@@ -29,6 +29,8 @@ REDUCTIONS = {aten.sum.dim_IntList, aten.sum.default, aten.mean.dim}
 SELECTIONS = {aten.slice.Tensor, aten.select.int}
 # Ops linear in their first operand that change its norm: values repeated, negated, scaled, reduced or selected.
 NORM_CHANGING = {aten.expand.default, aten.neg.default, aten.mul.Scalar, aten.div.Scalar} | REDUCTIONS | SELECTIONS
+# Of those, the ops that are a term (a sum over the batch) or no linear op (a selection of samples) on a batched operand.
+BATCH_SENSITIVE = REDUCTIONS | SELECTIONS
 
 
 # Ops that write a gradient term into part of a (usually zero) base: the gradient of a slice of a parameter.
@@ -69,7 +71,7 @@ def linear_parts(node: fx.Node, constant: set[fx.Node], batch: sympy.Expr) -> tu
     if node.target in LINEAR_IN_TERM and isinstance(node.args[0], fx.Node):
         return [node.args[0]], False
     if node.target in NORM_CHANGING and isinstance(node.args[0], fx.Node) and reduced_count(node) is not None \
-            and not (node.target in REDUCTIONS | SELECTIONS and is_batched(node.args[0].meta["val"], batch)):
+            and not (node.target in BATCH_SENSITIVE and is_batched(node.args[0].meta["val"], batch)):
         # a sum over the batch is a term; a selection from a batched tensor would pick samples: no rule matches it
         return [node.args[0]], True
     if (term := scaled_term(node, constant)) is not None:

@@ -162,6 +162,26 @@ class Positions(nn.Module):
         return self.out(self.tok(x) + self.pos(positions.unsqueeze(0)) + self.typ(types))
 
 
+def relative_index(n: int) -> torch.Tensor:
+    """(n, n) indices into a table of 2n−1 relative positions: i − j + n − 1."""
+    position = torch.arange(n)
+    return position[:, None] - position[None, :] + n - 1
+
+
+class ConcatenatedBias(nn.Module):
+    """BEiT's and EVA's attention bias: cat(q_bias, a zero k bias, v_bias) as one linear layer's bias, so each
+    parameter's gradient is a slice of the bias term."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(3, 9, bias=False)
+        self.q_bias, self.v_bias = nn.Parameter(torch.randn(3)), nn.Parameter(torch.randn(3))
+        self.register_buffer("k_bias", torch.zeros(3), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.qkv.weight, torch.cat((self.q_bias, self.k_bias, self.v_bias)))
+
+
 class RelativePositionBias(nn.Module):
     """Attention with a learned relative-position bias (BEiT, Swin): a table of (2N−1) rows × heads read with one
     fixed index for the whole batch, permuted to (heads, N, N) and added to every sample's scores. Each sample's
@@ -172,8 +192,7 @@ class RelativePositionBias(nn.Module):
         self.heads = heads
         self.qkv, self.out = nn.Linear(width, 3 * width), nn.Linear(width, 3)
         self.table = nn.Parameter(torch.randn(2 * n - 1, heads))
-        position = torch.arange(n)
-        self.register_buffer("index", position[:, None] - position[None, :] + n - 1, persistent=False)
+        self.register_buffer("index", relative_index(n), persistent=False)
 
     def forward(self, x):  # (B, N, width)
         B, N, C = x.shape

@@ -16,6 +16,7 @@ from helpers import Case, Lambda, check_against_reference, max_relative_error, s
 from hypothesis import example, given, note, settings
 from hypothesis import strategies as st
 from reference import dp_reference, per_sample_grads
+from rule_cases import ConcatenatedBias, relative_index
 from torch import nn
 
 import dpcompile
@@ -867,8 +868,7 @@ class RelativeBias(nn.Module):
     def __init__(self, n: int = 3, heads: int = 2):
         super().__init__()
         self.table = nn.Parameter(torch.zeros(2 * n - 1, heads))
-        position = torch.arange(n)
-        self.register_buffer("index", position[:, None] - position[None, :] + n - 1, persistent=False)
+        self.register_buffer("index", relative_index(n), persistent=False)
 
     def forward(self, scores: torch.Tensor) -> torch.Tensor:  # (B, heads, N, N)
         n = self.index.shape[0]
@@ -888,7 +888,6 @@ def test_relative_position_bias_cancellation(policy):
 def test_concatenated_bias_one_loud_sample(policy):
     """A parameter's gradient that is a slice of a layer's bias term (BEiT's q_bias and v_bias around a zero k bias):
     one sample with output gradients of 1e6 at every position is clipped to R over both slices together."""
-    from test_reparametrised import ConcatenatedBias
     model = ConcatenatedBias().float()
     G = torch.zeros(2, 4, 9)
     G[1] = 1e6

@@ -11,7 +11,7 @@ from helpers import RTOL, Case, check_against_reference, check_bf16_autocast
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from models import WSConv2d, wrn16_4
-from rule_cases import images, seq, sequences
+from rule_cases import ConcatenatedBias, images, seq, sequences
 from test_adversarial import R, SLACK, release
 from test_augmult import check_views
 from torch import nn
@@ -34,20 +34,6 @@ class SummedWeight(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self.w.sum(0)
-
-
-class ConcatenatedBias(nn.Module):
-    """BEiT's and EVA's attention bias: cat(q_bias, a zero k bias, v_bias) as one linear layer's bias, so each
-    parameter's gradient is a slice of the bias term."""
-
-    def __init__(self):
-        super().__init__()
-        self.qkv = nn.Linear(3, 9, bias=False)
-        self.q_bias, self.v_bias = nn.Parameter(torch.randn(3)), nn.Parameter(torch.randn(3))
-        self.register_buffer("k_bias", torch.zeros(3), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.qkv.weight, torch.cat((self.q_bias, self.k_bias, self.v_bias)))
 
 
 class StackedWeight(nn.Module):

@@ -3,7 +3,9 @@
 
   eager           non-private, eager PyTorch
   compile         non-private, torch.compile(model) (default inductor; --compile-backend)
+  compile_graphs  the same with CUDA graphs (mode="reduce-overhead")
   dp_<policy>     dpcompile.dpcompile(model, max_grad_norm=R, noise_multiplier=sigma, policy=<policy>)
+  dp_<policy>_graphs  the same with cuda_graphs=True
   opacus          Opacus PrivacyEngine.make_private (grad_sample_mode="hooks")
   opacus_ghost    Opacus PrivacyEngine.make_private (grad_sample_mode="ghost", two backward passes)
   opacus_oop, opacus_ghost_oop   the same, on the ResNets with an out-of-place residual add
@@ -362,14 +364,15 @@ def setup_eager(model, x, y, args, policy=None):
     return sgd_step(model, model, x, y, args), {}
 
 
-def setup_compile(model, x, y, args, policy=None):
-    return sgd_step(torch.compile(model, backend=args.compile_backend), model, x, y, args), {}
+def setup_compile(model, x, y, args, policy=None, cuda_graphs=False):
+    mode = "reduce-overhead" if cuda_graphs else None
+    return sgd_step(torch.compile(model, backend=args.compile_backend, mode=mode), model, x, y, args), {}
 
 
-def setup_dpcompile(model, x, y, args, policy="mixed"):
+def setup_dpcompile(model, x, y, args, policy="mixed", cuda_graphs=False):
     import dpcompile
     dp_model = dpcompile.dpcompile(model, max_grad_norm=args.max_grad_norm, noise_multiplier=args.noise_multiplier,
-                                   policy=policy, backend=args.dp_backend)
+                                   policy=policy, backend=args.dp_backend, cuda_graphs=cuda_graphs)
     step = sgd_step(dp_model, model, x, y, args)
 
     def explain():
@@ -461,10 +464,11 @@ def method_setup(method: str):
     """-> (setup function, kwargs, use the out-of-place model variant)."""
     if method == "eager":
         return setup_eager, {}, False
-    if method == "compile":
-        return setup_compile, {}, False
+    if method in ("compile", "compile_graphs"):
+        return setup_compile, {"cuda_graphs": method.endswith("_graphs")}, False
     if method.startswith("dp_"):
-        return setup_dpcompile, {"policy": method[3:]}, False
+        policy, graphs = method[3:].removesuffix("_graphs"), method.endswith("_graphs")
+        return setup_dpcompile, {"policy": policy, "cuda_graphs": graphs}, False
     if method in ("opacus", "opacus_oop"):
         return setup_opacus, {"ghost": False}, method.endswith("_oop")
     if method in ("opacus_ghost", "opacus_ghost_oop"):
@@ -481,7 +485,8 @@ def method_setup(method: str):
 PEER_METHODS = ("opacus", "opacus_ghost", "opacus_oop", "opacus_ghost_oop", "fastdp", "fastdp_ghost", "private_vision")
 NON_PRIVATE = ("compile", "eager")  # the reference of ratios: compile, else eager
 METHOD_TITLES = {
-    "eager": "non-DP eager", "compile": "non-DP torch.compile", "opacus": "Opacus hooks",
+    "eager": "non-DP eager", "compile": "non-DP torch.compile", "compile_graphs": "non-DP torch.compile, CUDA graphs",
+    "opacus": "Opacus hooks",
     "opacus_ghost": "Opacus ghost", "opacus_oop": "Opacus hooks (out-of-place add)",
     "opacus_ghost_oop": "Opacus ghost (out-of-place add)", "fastdp": "fastDP BK-MixOpt",
     "fastdp_ghost": "fastDP BK-MixGhostClip", "private_vision": "private_vision mixed ghost",
@@ -492,6 +497,8 @@ def method_order(m: str) -> tuple:
     """Canonical column order: non-private, dpcompile, peers, anything else."""
     if m in NON_PRIVATE:
         return (0, -NON_PRIVATE.index(m), m)
+    if m == "compile_graphs":
+        return (0, 1, m)
     if m.startswith("dp_"):
         return (1, 0, m)
     return (2, PEER_METHODS.index(m) if m in PEER_METHODS else 99, m)

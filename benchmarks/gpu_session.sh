@@ -8,6 +8,8 @@
 #   bash benchmarks/gpu_session.sh three    carry .whl .gpu (.gpu/data: the full cifar10-test.zip; .gpu/peers)
 #   bash benchmarks/gpu_session.sh scaling  (optional) data-parallel throughput, 1 and 2 GPUs ($DP_MODELS)
 #   bash benchmarks/gpu_session.sh cifar2   (optional) the CIFAR-10 recipe on 2 GPUs; then cifar_gpu.sh poll
+#   bash benchmarks/gpu_session.sh host     (one GPU) the CUDA-graph tests, then one-GPU step and host times of
+#                                           $HOST_RUNS ("model:size:batch:method[:dp_throughput options]" ...)
 #   bash benchmarks/gpu_session.sh diag     (optional) the link, all-reduce speed, phases and a profile of the
 #                                           data-parallel step on 2 GPUs ($DP_MODELS)
 # Settings: RUN (the CIFAR run's name), CIFAR_MINUTES, CIFAR_ARGS, SUITE_LIMIT, BENCH_BUDGET. Outputs go to $OUT.
@@ -52,6 +54,16 @@ three)
         --evaluate --size full --data .gpu/data --out "/tmp/cifar/$run"
     cp "/tmp/cifar/$run"/log.json "/tmp/cifar/$run"/accuracy.png "/tmp/cifar/$run"/stdout.log \
         "/tmp/cifar/$run"/probe.log "$OUT"/ 2>/dev/null
+    ;;
+host)  # host overhead on one GPU: CUDA graphs (and inductor settings) against the plain DP step
+    DPCOMPILE_TEST_DEVICE=cuda DPCOMPILE_TEST_BACKEND=inductor timeout ${HOST_TEST_LIMIT:-150} \
+        python3 -m pytest -q -p no:cacheprovider tests/test_gpu_paths.py -k cuda_graphs 2>&1 | tee "$OUT/host-tests.log" | tail -5
+    for spec in ${HOST_RUNS:-resnet50_gn:224:32:compile resnet50_gn:224:32:dp resnet50_gn:224:32:dp:--cuda-graphs}; do
+        IFS=: read -r model size batch method opts <<< "$spec"
+        echo "== $spec"
+        timeout ${HOST_TIMEOUT:-200} python3 benchmarks/dp_throughput.py --model "$model" --size "$size" --batch "$batch" \
+            --method "$method" ${opts//,/ } 2>&1 | tee -a "$OUT/host.log" | grep '^{' | tee -a "$OUT/host.jsonl"
+    done
     ;;
 diag)  # where the data-parallel step's time goes: the link, an all-reduce's speed, phases and a profile
     nvidia-smi topo -m

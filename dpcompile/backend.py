@@ -80,7 +80,7 @@ class DPBackend:
             # graphs (a user's triton.cudagraphs=True): a replay would skip the noise op's host side (the step
             # count, the generator's draw) and add the captured noise again.
             with torch._functorch.config.patch(enable_autograd_cache=False), \
-                    torch._inductor.config.patch(DP_GRAPH_SETTINGS):
+                    torch._inductor.config.patch(dp_graph_settings(self.config)):
                 compiled = compile_fx(gm, example_inputs, decompositions=capture_decompositions(),
                                       inner_compile=lambda g, ex, **kw: self.compile_graph(g, ex, ctx, kw))
         else:
@@ -172,6 +172,20 @@ class DPBackend:
 
 # Inductor settings forced for the DP graphs, whatever the user's global inductor config says.
 DP_GRAPH_SETTINGS = {"shape_padding": False, "triton.cudagraphs": False}
+# cuda_graphs=True: the DP graphs are recorded as CUDA graphs, split at the noise op (tagged cudagraph_unsafe),
+# which runs outside them on every step.
+CUDA_GRAPH_SETTINGS = {"triton.cudagraphs": True, "graph_partition": True}
+
+
+def dp_graph_settings(config: DPConfig) -> dict:
+    """The inductor settings for a DP model's graphs."""
+    if not config.cuda_graphs:
+        return DP_GRAPH_SETTINGS
+    from .ops import OUTSIDE_CUDA_GRAPHS
+    if not OUTSIDE_CUDA_GRAPHS or not hasattr(torch._inductor.config, "graph_partition"):
+        raise ConfigError(f"cuda_graphs=True needs inductor's graph partition and the cudagraph_unsafe op tag, which "
+                          f"torch {torch.__version__} lacks: upgrade torch, or leave cuda_graphs off")
+    return {**DP_GRAPH_SETTINGS, **CUDA_GRAPH_SETTINGS}
 
 
 @contextlib.contextmanager

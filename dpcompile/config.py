@@ -31,6 +31,7 @@ class DPConfig:
     clip_groups: tuple[tuple[str, ...], ...] | None = None
     clip_group_norms: tuple[float, ...] | None = None
     augmentation_multiplicity: int = 1  # K augmented views per sample, clipped together (De et al. 2022)
+    cuda_graphs: bool = False  # CUDA graphs for the DP graphs on CUDA, the noise op kept outside them
     param_names: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -55,6 +56,9 @@ class DPConfig:
         check(self.loss_reduction in REDUCTIONS, f"loss_reduction must be one of {REDUCTIONS}, got {self.loss_reduction!r}")
         check(self.policy in POLICIES, f"policy must be one of {POLICIES}, got {self.policy!r}")
         check(self.backend in BACKENDS, f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        check(isinstance(self.cuda_graphs, bool), f"cuda_graphs must be True or False, got {self.cuda_graphs!r}")
+        check(not self.cuda_graphs or self.backend == "inductor",
+              "cuda_graphs=True needs backend='inductor' (inductor records and replays the CUDA graphs)")
         check(self.clipping in CLIPPING, f"clipping must be one of {CLIPPING}, got {self.clipping!r}")
         check(self.clip_stability > 0, f"clip_stability must be > 0, got {self.clip_stability}")
         check(self.expected_batch_size is None or self.expected_batch_size > 0,

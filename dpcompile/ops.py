@@ -47,7 +47,12 @@ def gaussian(numel: int, std: float, generator: torch.Generator, secure: bool, d
     return total.mul_(std / math.sqrt(SECURE_DRAWS)).to(dtype)
 
 
-@torch.library.custom_op("dpcompile::gaussian_noise", mutates_args=())
+# Never inside a CUDA graph: a replay would skip the host side (the step count, the generator's draw) and add
+# the recorded noise again. Inductor's graph partition runs an op with this tag outside the recorded graphs.
+OUTSIDE_CUDA_GRAPHS = (torch.Tag.cudagraph_unsafe,) if hasattr(torch.Tag, "cudagraph_unsafe") else ()
+
+
+@torch.library.custom_op("dpcompile::gaussian_noise", mutates_args=(), tags=OUTSIDE_CUDA_GRAPHS)
 def gaussian_noise(like: Tensor, numel: int, handle: int, dropped: Tensor) -> Tensor:
     """A flat vector of numel N(0, std²) values from the privacy engine `handle`, on like's device; `dropped`
     (0-dim) is this backward's number of samples whose norm was not finite (clip factor 0)."""

@@ -180,3 +180,13 @@ def test_dp_throughput_runs_on_a_cpu_with_phases_and_the_allreduce_timer():
     assert reference["policy"] == "non-private" and reference["host_ms"] > 0
     timed = module.main(["--allreduce-mb", "0.25", "--device", "cpu"])
     assert timed["ms"] >= 0 and timed["world"] == 1
+
+
+def test_cuda_graph_methods_are_named_and_set_up():
+    """compile_graphs and dp_<policy>_graphs: CUDA-graph variants of the non-private and DP steps (on a CPU inductor
+    leaves CUDA graphs out, so they run as the plain methods)."""
+    assert bench.method_setup("compile_graphs")[1] == {"cuda_graphs": True}
+    assert bench.method_setup("dp_auto_graphs")[1] == {"policy": "auto", "cuda_graphs": True}
+    assert bench.method_setup("dp_mixed")[1] == {"policy": "mixed", "cuda_graphs": False}
+    assert sorted(["dp_mixed", "compile_graphs", "compile"], key=bench.method_order) == \
+        ["compile", "compile_graphs", "dp_mixed"]

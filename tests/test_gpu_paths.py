@@ -104,6 +104,63 @@ def test_user_cuda_graphs_setting_stays_off_the_dp_graphs(monkeypatch):
 
 
 
+def recorded_cuda_graphs() -> int:
+    """How many functions inductor's CUDA graph trees hold on the current device (0: none recorded)."""
+    from torch._inductor.cudagraph_trees import get_manager
+    manager = get_manager(torch.cuda.current_device(), create_if_none_exists=False)
+    return 0 if manager is None else len(manager.ids_to_funcs)
+
+
+def noisy_steps(cuda_graphs: bool, batches=(5, 5, 5, 3, 5)):
+    """Noisy gradients (seeded) of a small model over several steps and batch sizes, with SGD steps between."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(2, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(16, 3)).to(DEVICE, torch.float64)
+    dp = dpcompile.dpcompile(model, max_grad_norm=0.5, noise_multiplier=1.0, loss_reduction="sum", seed=7,
+                             cuda_graphs=cuda_graphs)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = torch.Generator().manual_seed(3)
+    grads = []
+    for B in batches:
+        x = torch.randn(B, 2, 6, generator=data, dtype=torch.float64).to(DEVICE)
+        dp(x).square().sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return grads, dp.privacy.steps
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs")
+def test_cuda_graphs_draw_and_count_the_noise_on_every_step():
+    """cuda_graphs=True records the DP graphs and runs the noise op outside them: with one seed, the noisy gradients
+    of five steps (two batch sizes, each recorded anew) equal those without CUDA graphs, and every step counts. A
+    noise op inside the recording would replay the first step's noise (and not count the step)."""
+    plain, plain_steps = noisy_steps(False)
+    torch._dynamo.reset()
+    graphed, graphed_steps = noisy_steps(True)
+    assert recorded_cuda_graphs() > 0, "no CUDA graph was recorded: the test would prove nothing"
+    assert plain_steps == graphed_steps == 5
+    for step, (a, b) in enumerate(zip(plain, graphed)):
+        for pa, pb in zip(a, b):
+            torch.testing.assert_close(pb, pa, rtol=1e-10, atol=1e-12, msg=f"step {step}")
+    assert not torch.equal(graphed[0][0], graphed[1][0])
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs")
+@pytest.mark.parametrize("policy", ["ghost", "per_sample"])
+def test_cuda_graphs_gradients_match_the_reference(policy):
+    """Clipped sums under cuda_graphs=True against torch.func per-sample gradients, float64, three batch sizes."""
+    case = Case("conv_linear", lambda: nn.Sequential(nn.Conv1d(2, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(16, 3)),
+                lambda B: torch.randn(B, 2, 6, dtype=torch.float64))
+    check_against_reference(case, policy=policy, backend="inductor", batches=(4, 6, 4), cuda_graphs=True)
+    assert recorded_cuda_graphs() > 0
+
+
+def test_cuda_graphs_need_inductor():
+    with pytest.raises(ConfigError, match="cuda_graphs=True needs backend='inductor'"):
+        dpcompile.dpcompile(nn.Linear(3, 2), max_grad_norm=1.0, noise_multiplier=1.0, backend="eager",
+                            cuda_graphs=True)
+
+
 @contextlib.contextmanager
 def matmul_flags(**flags):
     """torch.backends.cuda.matmul flags set for a block, then restored (its module object has no deletable

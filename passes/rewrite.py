@@ -22,7 +22,7 @@ from .meta import PARAMS, PLAN, SITE, ParamGrad, PassContext
 from .rules import rule_for
 from .rules.one_sample import FAMILY as ONE_SAMPLE
 from .tied import emit_tied_norm
-from .rules.bounds import (accumulation_dtype, gamma, masked, per_sample_bound, round_down, stored_norm_bound,
+from .rules.bounds import (accumulation_gamma, gamma, masked, per_sample_bound, round_down, stored_norm_bound,
                           unit_roundoff)
 from .shapes import reduced_count
 
@@ -190,13 +190,13 @@ def emit_shared_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, term
 
 
 def rounding_of(node: fx.Node) -> float:
-    """Relative rounding one chain op can add: (n − 1)·u_acc + u for a reduction of n values per output into
-    dtype with roundoff u (accumulated in u_acc), u for any other op (0 for an integer result)."""
+    """Relative rounding one chain op can add: γ_acc(n − 1) + u for a reduction of n values per output into
+    dtype with roundoff u (bounds.accumulation_gamma), u for any other op (0 for an integer result)."""
     value = node.meta["val"]
     if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
         return 0.0
-    u = unit_roundoff(value.dtype)
-    return (reduced_count(node) - 1) * unit_roundoff(accumulation_dtype(value.dtype)) + u
+    n = reduced_count(node)
+    return (accumulation_gamma(n - 1, value.dtype) if n > 1 else 0.0) + unit_roundoff(value.dtype)
 
 
 SIGN_FREE = {aten.sub.Tensor: aten.add.Tensor, aten.sub.Scalar: aten.add.Scalar}

@@ -348,3 +348,48 @@ def test_per_sample_convolutions_on_cuda_never_use_cudnn_weight_gradients():
             value = torch.empty(2, 8, 4, 4, device=device)
         site = Site("conv", (SimpleNamespace(meta={"val": value}),), consts, shape)
         assert conv_impl(site, "per_sample") == expected, device
+
+
+def truncating_tensor_core_dot(products: list[float], block: int) -> float:
+    """A half-precision dot product's fp32 accumulation as tensor cores may do it (Fasi, Higham, Mikaitis & Pranesh,
+    PeerJ CS 2021): exact products; per block, the accumulator and `block` products aligned to the largest and
+    truncated to its 24-bit grid, summed exactly, the sum truncated to 24 significant bits (round toward zero)."""
+    import math
+
+    def toward_zero(x: float, quantum: float) -> float:
+        return math.trunc(x / quantum) * quantum
+
+    acc = 0.0
+    for i in range(0, len(products), block):
+        addends = [acc, *products[i:i + block]]
+        top = max(abs(v) for v in addends)
+        if top == 0:
+            continue
+        total = sum(toward_zero(v, 2.0 ** (math.floor(math.log2(top)) - 23)) for v in addends)  # exact in float64
+        acc = 0.0 if total == 0 else toward_zero(total, 2.0 ** (math.floor(math.log2(abs(total))) - 23))
+    return acc
+
+
+@pytest.mark.parametrize("block", [1, 4, 16, 32])
+def test_accumulation_gamma_covers_truncating_tensor_cores(block):
+    """bf16 products summed in a truncating fp32 accumulator: a crafted sum (1, then n products just under the
+    accumulator's last bit, each dropped) errs by about 2u·n·Σ|terms|, twice the round-to-nearest γ_n(u) that the
+    bounds assumed for tensor cores before; accumulation_gamma covers it, and random data, for blocks up to 32."""
+    import math
+
+    from dpcompile.passes.rules.bounds import accumulation_gamma, gamma
+
+    n, u32 = 2048, 2.0**-24
+    tiny = torch.tensor(2.0**-23, dtype=torch.bfloat16).double() * torch.tensor(1 - 2.0**-8, dtype=torch.bfloat16).double()
+    crafted = [1.0] + [tiny.item()] * (n - 1)
+    g = torch.Generator().manual_seed(block)
+    a = (torch.rand(n, generator=g, dtype=torch.float64) * 2 - 0.5).to(torch.bfloat16).double()
+    b = (torch.rand(n, generator=g, dtype=torch.float64) + 1).to(torch.bfloat16).double()
+    random = (a * b).tolist()  # exact in float64: 8-bit significands
+    for products, crafted_case in ((crafted, True), (random, False)):
+        err = abs(truncating_tensor_core_dot(products, block) - math.fsum(products))
+        size = math.fsum(abs(v) for v in products)
+        assert err <= accumulation_gamma(n, torch.bfloat16) * size
+        if crafted_case:
+            assert err > gamma(n, u32) * size, "the crafted sum no longer breaks the round-to-nearest bound"
+    assert accumulation_gamma(n, torch.float32) == gamma(n, u32)

@@ -32,6 +32,17 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in LOW_PRECISION else dtype
 
 
+def accumulation_gamma(n, dtype: torch.dtype) -> float:
+    """γ of a sum of n products (or values) with operands in dtype, as a fraction of Σ|terms|. Full precision:
+    γ_n(u), IEEE round to nearest. Half precision: products on tensor cores, whose fp32 accumulation may align a
+    block of n_b addends to the largest and truncate both the addends and the sum (Fasi, Higham, Mikaitis &
+    Pranesh, PeerJ CS 2021). A block then errs by at most 2u·(n_b + 2)·Σ|addends| and a sum of n terms by
+    2u·(n_b + 2)·(n/n_b + 1)·Σ|terms| ≤ 6u·(n + 12)·Σ|terms| for any n_b ≤ 32: γ_{3(n+12)}(2u), u of float32."""
+    if dtype in LOW_PRECISION:
+        return gamma(3 * (n + 12), 2 * UNIT_ROUNDOFF[torch.float32])
+    return gamma(n, unit_roundoff(dtype))
+
+
 def gamma(n, u: float) -> float:
     """γ_n = n·u / (1 − n·u); inf when n·u ≥ 1/2 (no useful bound)."""
     nu = n * u
@@ -131,9 +142,9 @@ def certified(norm_sq: Tensor, linear: Tensor, out_dtype: torch.dtype) -> Tensor
 def clipped_product_margin(m: Tensor, operand_dtype: torch.dtype, length, product_u: float | None = None) -> Tensor:
     """Error per unit of c of Σ_t fl(c·p_t) q_tᵀ over `length` positions: (u_s + γ_len·(1 + u_s))·M with
     M = Σ_t ‖p_t‖‖q_t‖, u_s the operand dtype's u (plus the products' own rounding, product_u, on tensor
-    cores), γ in the accumulation dtype."""
+    cores), γ of the accumulation (accumulation_gamma)."""
     u_s = unit_roundoff(operand_dtype) + (product_u or 0.0)
-    return (u_s + gamma(length, unit_roundoff(accumulation_dtype(operand_dtype))) * (1 + u_s)) * m
+    return (u_s + accumulation_gamma(length, operand_dtype) * (1 + u_s)) * m
 
 
 def stored_norm_bound(g: Tensor) -> Tensor:

@@ -20,7 +20,7 @@ from dpcompile.ops import per_sample_conv_weight_grad
 
 from ..meta import LayerShape, Site
 from . import WORD, Cost, generalized_linear_costs, register
-from .bounds import (F64, SUBNORMAL, U64, accumulation_dtype, certified, clipped_product_margin,
+from .bounds import (F64, SUBNORMAL, U64, accumulation_gamma, certified, clipped_product_margin,
                      full_precision, gamma, gram_sum_bound, masked, masked_scaled, row_norms, unit_roundoff,
                      upper_sum)
 from .layout import per_row, rows_per_sample, shape_of, views_into_positions, views_of
@@ -144,9 +144,9 @@ class ConvRule:
         use a direct or GEMM algorithm, see the README). Bias: γ_T·Σ_t ‖g_t‖."""
         if site.rule == "conv_bias":
             rho = views_into_positions(row_norms(g.flatten(2), dims=(1,)), site.consts.get("k", 1))
-            return gamma(rho.shape[1], unit_roundoff(accumulation_dtype(g.dtype))) * upper_sum(rho, [1])
+            return accumulation_gamma(rho.shape[1], g.dtype) * upper_sum(rho, [1])
         r, rho = self._position_norms(site, g, rest[0])
-        return gamma(r.shape[-1], unit_roundoff(accumulation_dtype(g.dtype))) * upper_sum(r * rho, [1, 2])
+        return accumulation_gamma(r.shape[-1], g.dtype) * upper_sum(r * rho, [1, 2])
 
     def clipped_sum(self, site: Site, clip: Tensor, g: Tensor, *rest: Tensor) -> Tensor:
         """One weight-gradient convolution on clip-scaled output gradients (dropped samples masked out; a

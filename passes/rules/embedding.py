@@ -17,8 +17,8 @@ from torch import Tensor
 
 from ..meta import LayerShape, Site
 from . import WORD, Cost, register
-from .bounds import (SUBNORMAL, accumulation_dtype, certified, clipped_product_margin, full_precision, gamma,
-                     gram_sum_bound, masked_scaled, row_norms, unit_roundoff, upper_sum)
+from .bounds import (SUBNORMAL, accumulation_dtype, accumulation_gamma, certified, clipped_product_margin,
+                     full_precision, gamma, gram_sum_bound, masked_scaled, row_norms, unit_roundoff, upper_sum)
 from .layout import PERMUTES, keeps_order, rows_per_sample, shape_of, views_of
 from .reduction import SumRule, _summed_dims
 
@@ -169,7 +169,7 @@ class EmbeddingRule:
         """γ_N·Σ_t ‖v_t‖ (rows summed over N positions) and the values' own rounding."""
         idx, values = self._rows(site, *tensors)
         rho, value_err = self._margins(site, tensors, values)
-        return gamma(idx.shape[1], unit_roundoff(accumulation_dtype(values.dtype))) * upper_sum(rho, [1]) + value_err
+        return accumulation_gamma(idx.shape[1], values.dtype) * upper_sum(rho, [1]) + value_err
 
     def ghost_factors(self, site: Site, *tensors: Tensor) -> tuple[Tensor, Tensor]:
         """g_i = Σ_t e_{idx_t} ⊗ v_t: the indices (B, N), standing for one-hot rows, and the masked values

@@ -13,8 +13,8 @@ from torch import Tensor
 
 from ..meta import LayerShape, Site
 from . import Cost, generalized_linear_costs, register
-from .bounds import (accumulation_dtype, certified, clipped_product_margin, gamma,
-                     gram_sum_bound, masked, masked_scaled, product_matrix, row_norms, unit_roundoff, upper_sum)
+from .bounds import (accumulation_gamma, certified, clipped_product_margin, gram_sum_bound, masked, masked_scaled,
+                     product_matrix, row_norms, upper_sum)
 from .layout import find_rows_layout, shape_of, to_batch_rows
 
 aten = torch.ops.aten
@@ -93,7 +93,7 @@ class MatmulRule:
         """‖ĝ_i − g_i‖ ≤ γ_T·M_i for the products' accumulation over T positions."""
         p, q = self._rows(site, x, q, anchor)
         m = upper_sum(row_norms(p) * row_norms(q), [1])
-        return gamma(p.shape[1], unit_roundoff(accumulation_dtype(p.dtype))) * m
+        return accumulation_gamma(p.shape[1], p.dtype) * m
 
     def clipped_sum(self, site: Site, clip: Tensor, x: Tensor, q: Tensor, anchor: Tensor) -> Tensor:
         """Σ_i c_i P_iᵀ Q_i as one matmul over all rows (dropped samples masked out)."""

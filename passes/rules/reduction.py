@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..meta import LayerShape, Site
 from . import WORD, Cost, register
-from .bounds import accumulation_dtype, gamma, masked, round_down, row_norms, unit_roundoff, upper_sum
+from .bounds import accumulation_gamma, masked, round_down, row_norms, upper_sum
 from .layout import find_rows_layout, rows_per_sample, shape_of, to_batch_rows, views_of
 
 aten = torch.ops.aten
@@ -91,7 +91,7 @@ class SumRule:
     def per_sample_margin(self, site: Site, x: Tensor, anchor: Tensor | None = None) -> Tensor:
         """‖ĝ_i − g_i‖ ≤ γ_T·Σ_t ‖x_t‖ (a sum over T positions)."""
         rows = self._position_rows(site, x, anchor)
-        return gamma(rows.shape[1], unit_roundoff(accumulation_dtype(x.dtype))) * upper_sum(row_norms(rows), [1])
+        return accumulation_gamma(rows.shape[1], x.dtype) * upper_sum(row_norms(rows), [1])
 
     def clipped_sum(self, site: Site, clip: Tensor, *tensors: Tensor) -> Tensor:
         """Σ_i c_i g_i from the per-sample gradients (dropped samples masked out)."""

@@ -209,7 +209,7 @@ def dpcompile(model: nn.Module, *, max_grad_norm: float, noise_multiplier: float
               accountant: str = "pld", gradient_accumulation_steps: int = 1, loss_reduction: str = "mean",
               expected_batch_size: int | None = None, clipping: str = "abadi",
               clip_groups: str | Sequence[Sequence[str]] = "flat", clip_group_norms: Sequence[float] | None = None,
-              secure_noise: bool = False, policy: str = "mixed", backend: str = "inductor", seed: int | None = None,
+              secure_noise: bool = False, policy: str = "auto", backend: str = "inductor", seed: int | None = None,
               augmentation_multiplicity: int = 1, **options) -> DPModel:
     """Compile model for DP-SGD: after loss.backward(), .grad = (Σ_i C_i g_i + N(0, σ²R²)) / n.
 

@@ -98,7 +98,7 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--input-shape", type=positive_ints, required=True, help="one sample's shape, e.g. 3,32,32")
     x.add_argument("--batch", type=int, default=2, help="batch size of the random batch (default 2)")
     x.add_argument("--vocab", type=int, default=0, help="integer token inputs in [0, vocab) instead of floats")
-    x.add_argument("--policy", choices=("mixed", "ghost", "per_sample", "auto"), default="mixed")
+    x.add_argument("--policy", choices=("mixed", "ghost", "per_sample", "auto"), default="auto")
     x.set_defaults(run=cmd_explain)
     return p
 

@@ -22,7 +22,7 @@ class DPConfig:
     noise_multiplier: float
     loss_reduction: str = "mean"
     expected_batch_size: int | None = None
-    policy: str = "mixed"
+    policy: str = "auto"
     backend: str = "inductor"
     seed: int | None = None
     secure_noise: bool = False

@@ -131,7 +131,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--augmult", type=int, default=1, help="augmentation multiplicity K: K augmented views of each "
                    "sample, averaged inside its clipped gradient (De et al. 2022 use 16; K times the compute)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA)")
-    p.add_argument("--policy", default="mixed", choices=["mixed", "ghost", "per_sample", "auto"])
+    p.add_argument("--policy", default="auto", choices=["mixed", "ghost", "per_sample", "auto"])
     p.add_argument("--backend", default="inductor", choices=["inductor", "eager"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)

@@ -1,9 +1,10 @@
 """Plan pass: per parameter-gradient term, each method's cost as sympy expressions, and the choice.
 
-Policies: "mixed" is the paper's rule (ghost iff 2T² < p·d; Bu, Mao & Xu, NeurIPS 2022);
-"ghost" / "per_sample" force one; "auto" compares estimated time (FLOPs at the arithmetic rate plus
-bytes written and read at the memory rate) and breaks near-ties by memory. Decisions use the shape
-environment's hints and add no guards: they change speed, never the result.
+Policies: "auto" (the default) compares estimated time (FLOPs at the arithmetic rate plus bytes written and
+read at the memory rate), breaks near-ties by memory, and holds at most AUTO_EXTRA_MEMORY of the saved tensors
+more than "mixed" would; "mixed" is the paper's rule (ghost iff 2T² < p·d; Bu, Mao & Xu, NeurIPS 2022);
+"ghost" / "per_sample" force one. Decisions use the shape environment's hints and add no guards: they change
+speed and memory, never the result.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from math import prod
 
 import sympy
+import torch
 import torch.fx as fx
 from torch._guards import detect_fake_mode
 
@@ -21,6 +23,9 @@ from .rules import Cost, rule_for
 FLOPS_PER_SECOND = 50e12  # fp32 matrix work, H100 class
 BYTES_PER_SECOND = 3e12
 NEAR_TIE = 0.1
+# "auto" may hold at most this share of the backward's saved tensors (activations, parameters) in bytes more than
+# the paper's rule ("mixed") would; beyond it, the per-sample choices that gain least time per byte go back to ghost.
+AUTO_EXTRA_MEMORY = 0.25
 # Per-sample conv gradients in full fp32 (H100 and H200, torch 2.11, benchmarks/layer_costs.py): the
 # batch-folded grouped convolution beat unfold + matmul only for (nearly) depthwise convolutions.
 GROUPED_CONV_MAX_CHANNELS_PER_GROUP = 4
@@ -98,7 +103,46 @@ def plan_sites(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
             numbers = {m: (evaluate(c.flops, hints), evaluate(c.bytes, hints)) for m, c in costs.items()}
             node.meta[PLAN] = Decision(method, costs, numbers, reason, conv_impl(node.meta[SITE], method),
                                        chain.flips[i] if ghost_tied else None)
+    if policy == "auto":
+        cap_memory(gm, hints, [node for param in gm.meta[PARAMS] if not param.shared for node in param.sites])
     return gm
+
+
+def cap_memory(gm: fx.GraphModule, hints: dict, nodes: list[fx.Node]) -> None:
+    """Keep auto's extra memory over mixed's plan within AUTO_EXTRA_MEMORY of the saved tensors: of the sites
+    (unshared parameters' terms) where auto instantiates per sample and mixed would not, those that save the
+    least time per byte go back to ghost until the rest fit."""
+    extra = []  # (seconds saved per byte, bytes more than ghost, node)
+    for node in nodes:
+        decision = node.meta[PLAN]
+        if decision.method != "per_sample" or "ghost" not in decision.costs or \
+                choose("mixed", node.meta[SITE], decision.costs, hints)[0] != "ghost":
+            continue
+        more = decision.numbers["per_sample"][1] - decision.numbers["ghost"][1]
+        if more > 0:
+            saved = estimated_seconds(decision.costs["ghost"], hints) - estimated_seconds(decision.costs["per_sample"], hints)
+            extra.append((saved / more, more, node))
+    budget = AUTO_EXTRA_MEMORY * saved_tensor_bytes(gm, hints)
+    total = sum(more for _, more, _ in extra)
+    for _, more, node in sorted(extra, key=lambda e: e[0]):
+        if total <= budget:
+            break
+        d = node.meta[PLAN]
+        node.meta[PLAN] = Decision("ghost", d.costs, d.numbers,
+                                   f"auto's per-sample gradients would hold {total / 2**20:.4g} MiB more than mixed's "
+                                   f"plan, over {AUTO_EXTRA_MEMORY:.0%} of the saved tensors ({budget / 2**20:.4g} MiB)")
+        total -= more
+
+
+def saved_tensor_bytes(gm: fx.GraphModule, hints: dict) -> float:
+    """Bytes of the backward graph's tensor inputs (saved activations, parameters, output gradients) at the hints."""
+    total = 0.0
+    for node in gm.graph.find_nodes(op="placeholder"):
+        value = node.meta.get("val")
+        if isinstance(value, torch.Tensor):
+            numel = value.numel()
+            total += (evaluate(numel.node.expr, hints) if isinstance(numel, torch.SymInt) else numel) * value.element_size()
+    return total
 
 
 def tied_ghost_pays(policy: str, param, chosen: dict, hints: dict) -> bool:

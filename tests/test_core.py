@@ -172,3 +172,24 @@ def test_inductor_caches_never_reuse_another_models_backward():
         torch._dynamo.reset()
         dp = check_against_reference(CASES["conv"][-1], backend="inductor", bound=bound)
         assert "backward_rewritten" in dp.graphs
+
+
+WIDE_TOKENS = Case("wide_tokens", lambda: nn.Sequential(nn.Linear(1024, 1024), nn.Tanh(), nn.Linear(1024, 2)),
+                   lambda B: torch.randn(B, 512, 1024, dtype=torch.float64))
+
+
+def plan_of(dp, name: str):
+    return next(r for r in dp.explain().rows if r.param == name)
+
+
+@pytest.mark.parametrize("cap, method", [(0.05, "ghost"), (100.0, "per_sample")])
+def test_auto_keeps_its_extra_memory_within_the_cap(monkeypatch, cap, method):
+    """A 1024×1024 linear layer over 512 tokens: mixed ghost-clips it (2T² < p·d) and auto's time estimate prefers
+    instantiating its per-sample gradients (16 MiB more than the Gram matrices for 4 samples). Under a cap of 5%
+    of the saved tensors it goes back to ghost, and says why; under 100× it stays per sample. Same gradients."""
+    from dpcompile.passes import plan
+    monkeypatch.setattr(plan, "AUTO_EXTRA_MEMORY", cap)
+    dp = check_against_reference(WIDE_TOKENS, policy="auto", batches=(4, 6))
+    row = plan_of(dp, "0.weight")
+    assert row.method == method, row
+    assert ("over 5% of the saved tensors" in row.reason) == (method == "ghost"), row.reason

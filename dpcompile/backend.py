@@ -76,9 +76,10 @@ class DPBackend:
             # a hit would skip the passes and reuse another model's backward. Inductor's own graph cache
             # keys on the rewritten graph and stays on.
             # Inductor's CUDA matmul padding (pad_mm) pads odd-sized products and slices the result, which
-            # would hide a weight gradient behind a slice; it is turned off for the DP graphs alone. So are CUDA
-            # graphs (a user's triton.cudagraphs=True): a replay would skip the noise op's host side (the step
-            # count, the generator's draw) and add the captured noise again.
+            # would hide a weight gradient behind a slice; it is turned off for the DP graphs alone. So are a
+            # user's global CUDA graphs (triton.cudagraphs=True); cuda_graphs=True records them with the noise op
+            # partitioned out (dp_graph_settings), as a replay of it would skip its host side (the step count, the
+            # generator's draw) and add the captured noise again.
             with torch._functorch.config.patch(enable_autograd_cache=False), \
                     torch._inductor.config.patch(dp_graph_settings(self.config)):
                 compiled = compile_fx(gm, example_inputs, decompositions=capture_decompositions(),

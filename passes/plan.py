@@ -18,7 +18,7 @@ from torch._guards import detect_fake_mode
 
 from . import tied
 from .meta import PARAMS, PLAN, SITE, PassContext, Site
-from .rules import Cost, rule_for
+from .rules import WORD, Cost, rule_for
 
 FLOPS_PER_SECOND = 50e12  # fp32 matrix work, H100 class
 BYTES_PER_SECOND = 3e12
@@ -135,14 +135,15 @@ def cap_memory(gm: fx.GraphModule, hints: dict, nodes: list[fx.Node]) -> None:
 
 
 def saved_tensor_bytes(gm: fx.GraphModule, hints: dict) -> float:
-    """Bytes of the backward graph's tensor inputs (saved activations, parameters, output gradients) at the hints."""
+    """Size of the backward graph's tensor inputs (saved activations, parameters, output gradients) at the hints, in
+    the costs' unit (WORD bytes an element, as Cost.bytes counts them)."""
     total = 0.0
     for node in gm.graph.find_nodes(op="placeholder"):
         value = node.meta.get("val")
         if isinstance(value, torch.Tensor):
             numel = value.numel()
-            total += (evaluate(numel.node.expr, hints) if isinstance(numel, torch.SymInt) else numel) * value.element_size()
-    return total
+            total += evaluate(numel.node.expr, hints) if isinstance(numel, torch.SymInt) else numel
+    return total * WORD
 
 
 def tied_ghost_pays(policy: str, param, chosen: dict, hints: dict) -> bool:

@@ -120,7 +120,8 @@ def cap_memory(gm: fx.GraphModule, hints: dict, nodes: list[fx.Node]) -> None:
             continue
         more = decision.numbers["per_sample"][1] - decision.numbers["ghost"][1]
         if more > 0:
-            saved = estimated_seconds(decision.costs["ghost"], hints) - estimated_seconds(decision.costs["per_sample"], hints)
+            ghost, per_sample = (estimated_seconds(decision.costs[m], hints) for m in ("ghost", "per_sample"))
+            saved = ghost - per_sample
             extra.append((saved / more, more, node))
     budget = AUTO_EXTRA_MEMORY * saved_tensor_bytes(gm, hints)
     total = sum(more for _, more, _ in extra)
@@ -129,8 +130,9 @@ def cap_memory(gm: fx.GraphModule, hints: dict, nodes: list[fx.Node]) -> None:
             break
         d = node.meta[PLAN]
         node.meta[PLAN] = Decision("ghost", d.costs, d.numbers,
-                                   f"auto's per-sample gradients would hold {total / 2**20:.4g} MiB more than mixed's "
-                                   f"plan, over {AUTO_EXTRA_MEMORY:.0%} of the saved tensors ({budget / 2**20:.4g} MiB)")
+                                   f"auto's per-sample gradients would hold {total / 2**20:.4g} MiB more than "
+                                   f"mixed's plan, over {AUTO_EXTRA_MEMORY:.0%} of the saved tensors "
+                                   f"({budget / 2**20:.4g} MiB)")
         total -= more
 
 

@@ -22,7 +22,7 @@ from .meta import PARAMS, PLAN, SITE, ParamGrad, PassContext
 from .rules import rule_for
 from .rules.one_sample import FAMILY as ONE_SAMPLE
 from .tied import emit_tied_norm
-from .rules.bounds import (accumulation_gamma, gamma, masked, per_sample_bound, round_down, stored_norm_bound,
+from .rules.bounds import (accumulation_gamma, gamma, masked_scaled, per_sample_bound, round_down, stored_norm_bound,
                           unit_roundoff)
 from .shapes import reduced_count
 
@@ -309,10 +309,10 @@ def emit_clipped_sum(graph, node, inputs, term, clip, param) -> fx.Node:
 
 
 def weighted_sum(c: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Σ_i c_i g_i over the leading (batch) dim, as one matrix product; c rounded down to g's dtype and
-    dropped samples (c_i = 0) masked out (0·inf would be NaN)."""
-    g = masked(g.reshape(g.shape[0], -1), c)
-    return torch.mm(round_down(c, g.dtype).unsqueeze(0), g)
+    """Σ_i c_i g_i over the leading (batch) dim, c rounded down to g's dtype and dropped samples (c_i = 0) masked
+    out (0·inf would be NaN): one reduction that inductor fuses with the masking and scaling (a matrix product
+    would be one more kernel launch and a masked copy of g written and read)."""
+    return masked_scaled(g.reshape(g.shape[0], -1), c).sum(0)
 
 
 def emit_finish(graph, spec: ClipSpec, clip: fx.Node, grads: list[fx.Node], dropped: fx.Node) -> list[fx.Node]:

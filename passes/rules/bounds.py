@@ -37,7 +37,8 @@ def accumulation_gamma(n, dtype: torch.dtype) -> float:
     γ_n(u), IEEE round to nearest. Half precision: products on tensor cores, whose fp32 accumulation may align a
     block of n_b addends to the largest and truncate both the addends and the sum (Fasi, Higham, Mikaitis &
     Pranesh, PeerJ CS 2021). A block then errs by at most 2u·(n_b + 2)·Σ|addends| and a sum of n terms by
-    2u·(n_b + 2)·(n/n_b + 1)·Σ|terms| ≤ 6u·(n + 12)·Σ|terms| for any n_b ≤ 32: γ_{3(n+12)}(2u), u of float32."""
+    2u·(n_b + 2)·(n/n_b + 1)·Σ|terms| ≤ 6u·(n + 12)·Σ|terms| for any n_b ≤ 32: γ_{3(n+12)}(2u), u of
+    float32."""
     if dtype in LOW_PRECISION:
         return gamma(3 * (n + 12), 2 * UNIT_ROUNDOFF[torch.float32])
     return gamma(n, unit_roundoff(dtype))

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..meta import LayerShape, Site
 from . import WORD, Cost, register
-from .bounds import accumulation_gamma, masked, round_down, row_norms, upper_sum
+from .bounds import accumulation_gamma, masked_scaled, row_norms, upper_sum
 from .layout import find_rows_layout, rows_per_sample, shape_of, to_batch_rows, views_of
 
 aten = torch.ops.aten
@@ -95,8 +95,7 @@ class SumRule:
 
     def clipped_sum(self, site: Site, clip: Tensor, *tensors: Tensor) -> Tensor:
         """Σ_i c_i g_i from the per-sample gradients (dropped samples masked out)."""
-        g = masked(self.per_sample(site, *tensors).flatten(1), clip)
-        return torch.mm(round_down(clip, g.dtype).unsqueeze(0), g)
+        return masked_scaled(self.per_sample(site, *tensors).flatten(1), clip).sum(0)
 
     def cost(self, site: Site) -> dict[str, Cost]:
         s = site.shape

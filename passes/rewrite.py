@@ -22,8 +22,8 @@ from .meta import PARAMS, PLAN, SITE, ParamGrad, PassContext
 from .rules import rule_for
 from .rules.one_sample import FAMILY as ONE_SAMPLE
 from .tied import emit_tied_norm
-from .rules.bounds import (accumulation_gamma, gamma, masked_scaled, per_sample_bound, round_down, stored_norm_bound,
-                          unit_roundoff)
+from .rules.bounds import (accumulation_gamma, gamma, masked_scaled, per_sample_bound, round_down,
+                          stored_norm_bound, unit_roundoff)
 from .shapes import reduced_count
 
 aten = torch.ops.aten

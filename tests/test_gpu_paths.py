@@ -111,10 +111,14 @@ def recorded_cuda_graphs() -> int:
     return 0 if manager is None else len(manager.ids_to_funcs)
 
 
+def conv_linear() -> nn.Module:
+    return nn.Sequential(nn.Conv1d(2, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(16, 3))
+
+
 def noisy_steps(cuda_graphs: bool, batches=(5, 5, 5, 3, 5)):
     """Noisy gradients (seeded) of a small model over several steps and batch sizes, with SGD steps between."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv1d(2, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(16, 3)).to(DEVICE, torch.float64)
+    model = conv_linear().to(DEVICE, torch.float64)
     dp = dpcompile.dpcompile(model, max_grad_norm=0.5, noise_multiplier=1.0, loss_reduction="sum", seed=7,
                              cuda_graphs=cuda_graphs)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -150,8 +154,7 @@ def test_cuda_graphs_draw_and_count_the_noise_on_every_step():
 @pytest.mark.parametrize("policy", ["ghost", "per_sample"])
 def test_cuda_graphs_gradients_match_the_reference(policy):
     """Clipped sums under cuda_graphs=True against torch.func per-sample gradients, float64, three batch sizes."""
-    case = Case("conv_linear", lambda: nn.Sequential(nn.Conv1d(2, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(16, 3)),
-                lambda B: torch.randn(B, 2, 6, dtype=torch.float64))
+    case = Case("conv_linear", conv_linear, lambda B: torch.randn(B, 2, 6, dtype=torch.float64))
     check_against_reference(case, policy=policy, backend="inductor", batches=(4, 6, 4), cuda_graphs=True)
     assert recorded_cuda_graphs() > 0
 
@@ -160,6 +163,16 @@ def test_cuda_graphs_need_inductor():
     with pytest.raises(ConfigError, match="cuda_graphs=True needs backend='inductor'"):
         dpcompile.dpcompile(nn.Linear(3, 2), max_grad_norm=1.0, noise_multiplier=1.0, backend="eager",
                             cuda_graphs=True)
+
+
+def test_cuda_graphs_refused_where_the_noise_op_cannot_be_kept_outside(monkeypatch):
+    """A torch without the cudagraph_unsafe tag (the noise op would be recorded and replayed): cuda_graphs=True is
+    refused at compilation with a ConfigError naming what is missing, before any step."""
+    import dpcompile.ops
+    monkeypatch.setattr(dpcompile.ops, "OUTSIDE_CUDA_GRAPHS", ())
+    dp = dpcompile.dpcompile(conv_linear().double(), max_grad_norm=1.0, noise_multiplier=1.0, cuda_graphs=True)
+    with pytest.raises(ConfigError, match="cuda_graphs=True needs inductor's graph partition and the cudagraph_unsafe"):
+        dp(torch.randn(3, 2, 6, dtype=torch.float64))
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from .backend import DPBackend, precise_during
 from .config import DPConfig
 from torch.fx.experimental.symbolic_shapes import ConstraintViolationError
 
-from .errors import TF32_MESSAGE, ConfigError, DPCompileError, GraphBreakError, SampleMixingError, UnsupportedOpError
+from .errors import ConfigError, DPCompileError, GraphBreakError, SampleMixingError, UnsupportedOpError
 from .passes.safety import refuse_unsupported_modules
 from .privacy import guard
 from .privacy.engine import (COPY_MESSAGE, PrivacyEngine, dataset_size, poisson_sampler_of, resolve_noise,
@@ -64,8 +64,6 @@ class DPModel(nn.Module):
         if views > 1:
             check_views(leaves, views)
         batch = batch_size(leaves)
-        if torch.backends.cuda.matmul.allow_tf32 and any(t.is_cuda for t in leaves):
-            raise ConfigError(TF32_MESSAGE)
         refuse_float16_autocast(leaves)
         if batch == 0:  # an empty (Poisson) batch: one all-zero sample carries the noise-only step
             args, kwargs = tree_map(_pad_empty_batch, (args, kwargs))

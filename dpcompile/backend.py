@@ -22,6 +22,7 @@ from torch._inductor.decomposition import select_decomp_table
 from . import passes
 from .config import DPConfig
 from .errors import ConfigError, DPCompileError, surfacing
+from .precision import precise_products, restore, set_precise
 from .privacy.engine import PrivacyEngine
 
 aten = torch.ops.aten
@@ -141,11 +142,11 @@ class DPBackend:
                 passes.check_sample_independence(gm, ctx, self.user_inputs if same else None)
                 return self.lower(gm, example_inputs, kwargs)
             example_inputs = restride_saved_tensors(gm, example_inputs)
-            with full_fp32():
+            with precise_products():
                 gm = passes.run_pipeline(gm, ctx)
                 self.graphs["backward_rewritten"] = gm
                 self.privacy.half_products |= has_half_products(gm)
-                with analyses_set_aside(gm):  # lowered inside full_fp32: Triton GEMM templates fix TF32 now
+                with analyses_set_aside(gm):  # lowered inside precise_products(): Triton GEMM templates fix TF32 now
                     compiled = self.lower(gm, example_inputs, kwargs)
             return compiled if self.config.backend == "inductor" else fp32_boxed(compiled)
         except BaseException as exc:  # AOTAutograd may only log a backward error: keep it for the next step
@@ -320,36 +321,6 @@ def has_half_products(gm: fx.GraphModule) -> bool:
                for n in gm.graph.nodes)
 
 
-PRECISION_FLAGS = ("allow_tf32", "allow_fp16_reduced_precision_reduction", "allow_bf16_reduced_precision_reduction")
-
-
-def precise_matmuls() -> tuple[bool, ...]:
-    """Matrix products without TF32 and without cuBLAS's reduced-precision reductions of half-precision
-    operands (on by default): the bounds assume fp32 products and fp32 accumulation. Returns what was set."""
-    flags = torch.backends.cuda.matmul
-    saved = tuple(getattr(flags, name) for name in PRECISION_FLAGS)
-    for name in PRECISION_FLAGS:
-        setattr(flags, name, False)
-    return saved
-
-
-def restore_matmuls(saved: tuple[bool, ...]) -> None:
-    for name, value in zip(PRECISION_FLAGS, saved):
-        setattr(torch.backends.cuda.matmul, name, value)
-
-
-@contextlib.contextmanager
-def full_fp32():
-    """precise_matmuls() for a block: tracing the DP graphs, running the eager lowering's backward.
-    Per-sample convolution gradients turn cuDNN's TF32 off themselves (dpcompile.ops); the model's own
-    convolutions keep the user's cuDNN setting, as in non-private training."""
-    saved = precise_matmuls()
-    try:
-        yield
-    finally:
-        restore_matmuls(saved)
-
-
 @torch._dynamo.disable
 def refuse_compiled_autograd(grad_outputs=None) -> None:
     """ConfigError if compiled autograd is tracing or running this backward: it runs the backward graph as
@@ -378,18 +349,18 @@ def refusing_compiled_autograd(compiled: Callable) -> Callable:
 
 
 def precise_during(node) -> None:
-    """The DP backward's autograd node runs (eager or inductor kernels) with precise_matmuls(), the user's
-    settings restored after it; never under compiled autograd."""
-    saved: list[tuple[bool, ...]] = []
+    """The DP backward's autograd node runs (eager or inductor kernels) under precision.set_precise(), the
+    user's settings restored after it; never under compiled autograd."""
+    saved: list[dict] = []
 
     @torch._dynamo.disable  # run as written, never traced (a backward inside a user's torch.compile'd code)
     def before(grad_outputs):
         refuse_compiled_autograd()
-        saved.append(precise_matmuls())
+        saved.append(set_precise())
 
     @torch._dynamo.disable
     def after(grad_inputs, grad_outputs):
-        restore_matmuls(saved.pop())
+        restore(saved.pop())
 
     node.register_prehook(before)
     node.register_hook(after)
@@ -398,7 +369,7 @@ def precise_during(node) -> None:
 def fp32_boxed(compiled):
     """A boxed compiled backward whose matrix products run without TF32."""
     def run(args):
-        with full_fp32():
+        with precise_products():
             return compiled(args)
     run._boxed_call = True
     return run

@@ -49,8 +49,3 @@ def surfacing(err: DPCompileError) -> DPCompileError:
 
 
 _SURFACED: dict[type, type] = {}
-
-
-TF32_MESSAGE = ("per-sample norms are computed with matrix products, and TF32 would make them come out low (so a "
-                "sample could exceed the clipping bound): set torch.backends.cuda.matmul.allow_tf32 = False "
-                "(PyTorch's default), or torch.set_float32_matmul_precision('highest').")

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .errors import DPCompileError
+from .precision import ieee_convolutions
 
 SECURE_DRAWS = 4  # secure mode sums this many draws / sqrt(k): fewer floating-point artifacts
 
@@ -79,7 +80,7 @@ def per_sample_conv_weight_grad(grad_out: Tensor, input: Tensor, weight_shape: l
     if B == 0:
         return grad_out.new_zeros((0, *weight_shape))
     folded_weight = grad_out.new_empty((B * weight_shape[0], *weight_shape[1:]))
-    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+    with ieee_convolutions():
         _, grad_weight, _ = torch.ops.aten.convolution_backward(
             grad_out.reshape(1, -1, *grad_out.shape[2:]), input.reshape(1, -1, *input.shape[2:]), folded_weight,
             None, stride, padding, dilation, False, [0] * len(stride), B * groups, [False, True, False])

@@ -321,19 +321,6 @@ def test_fix_keeps_what_a_norm_and_activation_layer_adds():
         fix(other)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="TF32 applies to CUDA matrix products")
-def test_tf32_matmul_refused():
-    model = nn.Linear(4, 2).cuda()
-    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, backend="eager")
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        with pytest.raises(dpcompile.ConfigError, match="allow_tf32"):
-            dp(torch.randn(3, 4, device="cuda"))
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 def test_float16_autocast_refused_and_bfloat16_accepted():
     """A GradScaler's loss scale S would clip each sample to R/S: float16 autocast is refused, saying bf16."""
     model = nn.Linear(4, 2).to(DEVICE)

@@ -40,7 +40,8 @@ import torch
 from torch import Tensor
 
 from ..config import DPConfig
-from ..errors import TF32_MESSAGE, ConfigError, DPCompileError, ReleaseError
+from ..errors import ConfigError, DPCompileError, ReleaseError
+from ..precision import check_products
 from ..ops import gaussian, register_owner
 from . import distributed, guard
 from .accounting import Accountant, _check_delta, calibrate_noise_multiplier, steps_for
@@ -106,7 +107,7 @@ class PrivacyEngine:
                 "data parallel: rank 0 alone adds the noise, so the ranks' clipped sums must be summed before the "
                 "step, which the DP model of dpcompile.dpcompile() does for its parameters; dpcompile.backend() "
                 "runs in one process only (or this DP model has no trainable parameter)")
-        check_precision(device, self.half_products)
+        check_products(device, self.half_products)
         noisy = self.step()
         self._task = (task, guard.NOISY if noisy else guard.UNNOISED)
         if noisy and self.reducer is not None:
@@ -363,24 +364,6 @@ class PrivacyEngine:
 COPY_MESSAGE = ("a DP model and its privacy engine cannot be copied, pickled or saved whole: a copy would share "
                 "or fork the noise source and step count. Save dp_model.state_dict() and "
                 "dp_model.privacy.state_dict(), and load them into a new dpcompile(...) model with the same settings")
-
-
-def check_precision(device: torch.device, half_products: bool) -> None:
-    """ConfigError unless the backward's CUDA matrix products ran as the bounds assume: no TF32; fp32
-    accumulation of bf16/fp16 products (a DP model's backward sets both; your own torch.compile runs under your
-    flags)."""
-    flags = torch.backends.cuda.matmul
-    if device.type != "cuda":
-        return
-    if flags.allow_tf32:
-        raise ConfigError(TF32_MESSAGE)
-    if half_products and (flags.allow_bf16_reduced_precision_reduction or flags.allow_fp16_reduced_precision_reduction):
-        raise ConfigError(
-            "the DP backward multiplies bf16/fp16 matrices, and cuBLAS's reduced-precision reductions (on by "
-            "PyTorch's default) would add rounding the per-sample norms' error bounds do not count: set "
-            "torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False and "
-            "torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False (a DP model from "
-            "dpcompile.dpcompile() does this for its backward)")
 
 
 def check_same_settings(saved: Mapping[str, Any], current: dict[str, Any]) -> None:

@@ -1,0 +1,142 @@
+"""How the DP backward's matrix products and convolutions run, and what the certified bounds assume of them.
+
+PyTorch has two ways to ask for reduced-precision fp32 products: the legacy flags
+(`torch.backends.cuda.matmul.allow_tf32`, `torch.set_float32_matmul_precision`) and, since 2.9, per-backend
+settings (`torch.backends.cuda.matmul.fp32_precision = "tf32"`, `torch.backends.mkldnn.matmul.fp32_precision =
+"bf16"`, `torch.backends.fp32_precision` for all), where "none" defers to the backend's "all" and then to the
+generic setting. Reading a legacy flag after only the new API was used raises, so everything here reads the new
+settings, resolved as ATen resolves them (Context::float32Precision), and falls back to the legacy flags on a
+torch without them.
+
+The bounds assume IEEE fp32 products (and fp32 accumulation of half-precision ones): the DP backward runs under
+`precise_products()`, which sets that for cuBLAS and oneDNN (CPU) and puts the user's settings back after it.
+cuDNN is left as the user set it for the model's own convolutions; the per-sample convolution op turns TF32 off
+itself (`ieee_convolutions`)."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+from .errors import ConfigError
+
+NEW_API = hasattr(torch._C, "_get_fp32_precision_getter")
+REDUCED = ("allow_bf16_reduced_precision_reduction", "allow_fp16_reduced_precision_reduction")
+# the (backend, op) settings precise_products() sets to "ieee" and restores (cuBLAS's is set through the legacy
+# flag, which keeps the legacy and new settings consistent: inductor reads the legacy one)
+CPU_PRODUCTS = (("mkldnn", "matmul"), ("mkldnn", "conv"))
+
+
+def resolved(backend: str, op: str) -> str:
+    """The precision ATen uses for (backend, op): "ieee", "tf32", "bf16" or "none" (= IEEE)."""
+    if not NEW_API:
+        if backend == "cuda" and op == "matmul":
+            return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+        if backend == "cuda" and op == "conv":
+            return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+        return "ieee"
+    get = torch._C._get_fp32_precision_getter
+    value = get(backend, op)
+    if value == "none":
+        value = get(backend, "all")
+    if value == "none":
+        value = get("generic", "all")
+    if backend == "cuda" and value == "bf16":  # ATen: "cuda" does not support bf16
+        return "none"
+    return value
+
+
+def reduced_fp32_products(device: torch.device) -> str | None:
+    """The setting under which fp32 matrix products on `device` would not be IEEE, or None."""
+    if device.type == "cuda" and resolved("cuda", "matmul") == "tf32":
+        return ("TF32 (torch.backends.cuda.matmul.allow_tf32, torch.set_float32_matmul_precision('high'), "
+                "torch.backends.cuda.matmul.fp32_precision or torch.backends.fp32_precision)")
+    if device.type == "cpu" and NEW_API and (p := resolved("mkldnn", "matmul")) in ("tf32", "bf16"):
+        return (f"oneDNN's {p} fp32 products (torch.backends.mkldnn.matmul.fp32_precision, "
+                "torch.set_float32_matmul_precision or torch.backends.fp32_precision)")
+    return None
+
+
+def check_products(device: torch.device, half_products: bool) -> None:
+    """ConfigError unless the backward's matrix products on `device` ran as the bounds assume: IEEE fp32
+    products, fp32 accumulation of bf16/fp16 products. The DP model's backward sets both (precise_products);
+    your own torch.compile(backend=dpcompile.backend(...)) runs its backward under your settings."""
+    reason = reduced_fp32_products(device)
+    if reason:
+        raise ConfigError(
+            f"the DP backward's matrix products ran under {reason}, which would make the per-sample norms come out "
+            "low (a sample could exceed the clipping bound): turn it off around the backward, e.g. "
+            "torch.set_float32_matmul_precision('highest') (PyTorch's default); a model from dpcompile.dpcompile() "
+            "does this for its backward itself")
+    flags = torch.backends.cuda.matmul
+    if device.type == "cuda" and half_products and any(getattr(flags, name) for name in REDUCED):
+        raise ConfigError(
+            "the DP backward multiplies bf16/fp16 matrices, and cuBLAS's reduced-precision reductions (on by "
+            "PyTorch's default) would add rounding the per-sample norms' error bounds do not count: set "
+            "torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False and "
+            "torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False (a DP model from "
+            "dpcompile.dpcompile() does this for its backward)")
+
+
+def _legacy_matmul_precision() -> str | None:
+    """torch.get_float32_matmul_precision(), or None where the legacy and new settings disagree (it raises)."""
+    try:
+        return torch.get_float32_matmul_precision()
+    except RuntimeError:
+        return None
+
+
+def set_precise() -> dict[str, Any]:
+    """IEEE fp32 products for cuBLAS and oneDNN, fp32 accumulation of half-precision cuBLAS products. Returns
+    the settings it replaced, for restore()."""
+    flags = torch.backends.cuda.matmul
+    saved = {"legacy": _legacy_matmul_precision(), "reduced": {name: getattr(flags, name) for name in REDUCED}}
+    if NEW_API:
+        get = torch._C._get_fp32_precision_getter
+        saved["new"] = {key: get(*key) for key in (("cuda", "matmul"), *CPU_PRODUCTS)}
+    flags.allow_tf32 = False  # legacy "highest" and cuBLAS "ieee", consistently
+    for name in REDUCED:
+        setattr(flags, name, False)
+    if NEW_API:
+        for key in CPU_PRODUCTS:
+            torch._C._set_fp32_precision_setter(*key, "ieee")
+    return saved
+
+
+def restore(saved: dict[str, Any]) -> None:
+    """Put back what set_precise() replaced (legacy "highest" where the user's legacy and new settings
+    disagreed, which the new settings then govern)."""
+    if saved["legacy"] is not None:
+        torch.set_float32_matmul_precision(saved["legacy"])
+    for key, value in saved.get("new", {}).items():
+        torch._C._set_fp32_precision_setter(*key, value)
+    for name, value in saved["reduced"].items():
+        setattr(torch.backends.cuda.matmul, name, value)
+
+
+@contextlib.contextmanager
+def precise_products():
+    """set_precise() for a block: tracing and lowering the DP graphs, running the eager lowering's backward."""
+    saved = set_precise()
+    try:
+        yield
+    finally:
+        restore(saved)
+
+
+@contextlib.contextmanager
+def ieee_convolutions():
+    """cuDNN convolutions without TF32 for a block, whichever API the user set TF32 with (the legacy
+    `cudnn.flags(allow_tf32=False)` leaves the new conv setting "none", which defers to
+    torch.backends.fp32_precision)."""
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        if not NEW_API:
+            yield
+            return
+        saved = torch._C._get_fp32_precision_getter("cuda", "conv")
+        torch._C._set_fp32_precision_setter("cuda", "conv", "ieee")
+        try:
+            yield
+        finally:
+            torch._C._set_fp32_precision_setter("cuda", "conv", saved)

@@ -54,6 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="an inductor setting for every compiled graph of the run, e.g. cpp_wrapper=True (repeatable)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="dp: cuda_graphs=True; compile: mode='reduce-overhead' (CUDA graphs for the compiled graphs)")
+    p.add_argument("--per-sample-tf32", action="store_true", help="dp: per_sample_tf32=True (TF32 per-sample products)")
     p.add_argument("--allreduce-mb", type=float, default=0.0,
                    help="instead of training, time an all-reduce of this many MB of float32 (median of 20)")
     return p.parse_args(argv)
@@ -103,7 +104,8 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
     if args.method == "dp":
         dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0, sample_rate=0.01,
                                  expected_batch_size=args.batch * world, policy=args.policy, backend=args.backend,
-                                 cuda_graphs=args.cuda_graphs)
+                                 cuda_graphs=args.cuda_graphs,
+                                 per_sample_tf32=args.per_sample_tf32)
     else:  # the non-private reference: torch.compile, under DDP on several ranks
         from torch.nn.parallel import DistributedDataParallel
         dp = torch.compile(DistributedDataParallel(model) if world > 1 else model, backend=args.backend,
@@ -144,7 +146,8 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "date": datetime.date.today().isoformat(),
               "policy": args.policy if args.method == "dp" else "non-private",
-              "backend": args.backend, "cuda_graphs": args.cuda_graphs, "inductor_config": inductor_settings(args.inductor_config)}
+              "backend": args.backend, "cuda_graphs": args.cuda_graphs,
+              "per_sample_tf32": args.per_sample_tf32, "inductor_config": inductor_settings(args.inductor_config)}
     result["host_ms"] = round(1000 * statistics.median(host), 2)
     if args.phases:
         result["phases_ms"] = dict(zip(("forward", "backward", "step"),

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .errors import DPCompileError
-from .precision import ieee_convolutions
+from .precision import ieee_convolutions, tf32_products
 
 SECURE_DRAWS = 4  # secure mode sums this many draws / sqrt(k): fewer floating-point artifacts
 
@@ -90,3 +90,35 @@ def per_sample_conv_weight_grad(grad_out: Tensor, input: Tensor, weight_shape: l
 @per_sample_conv_weight_grad.register_fake
 def _(grad_out, input, weight_shape, stride, padding, dilation, groups):
     return grad_out.new_empty((grad_out.shape[0], *weight_shape))
+
+
+TF32_MASK = -(1 << 13)  # sign, exponent and the top 10 of fp32's 23 mantissa bits
+
+
+def to_tf32(x: Tensor) -> Tensor:
+    """fp32 x truncated to TF32's 10 mantissa bits (exact in TF32; what tensor cores may multiply)."""
+    return (x.contiguous().view(torch.int32) & TF32_MASK).view(torch.float32)
+
+
+@torch.library.custom_op("dpcompile::tf32_bmm", mutates_args=())
+def tf32_bmm(a: Tensor, b: Tensor) -> Tensor:
+    """bmm(a, b) of fp32 matrices with TF32 tensor-core products: on CUDA, cuBLAS with TF32 allowed for this call
+    (the DP backward otherwise runs IEEE); elsewhere the operands truncated to TF32, then an IEEE product (the
+    same kind of result off the GPU, for tests)."""
+    if not a.is_cuda:
+        return torch.bmm(to_tf32(a), to_tf32(b))
+    try:  # fast (one call per layer and step): the legacy flag, consistent inside the DP backward
+        before = torch._C._get_cublas_allow_tf32()
+    except RuntimeError:  # the user's legacy and new settings disagree: save and restore all of them
+        with tf32_products():
+            return torch.bmm(a, b)
+    torch._C._set_cublas_allow_tf32(True)
+    try:
+        return torch.bmm(a, b)
+    finally:
+        torch._C._set_cublas_allow_tf32(before)
+
+
+@tf32_bmm.register_fake
+def _(a, b):
+    return a.new_empty((a.shape[0], a.shape[1], b.shape[2]))

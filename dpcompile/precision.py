@@ -87,14 +87,21 @@ def _legacy_matmul_precision() -> str | None:
         return None
 
 
-def set_precise() -> dict[str, Any]:
-    """IEEE fp32 products for cuBLAS and oneDNN, fp32 accumulation of half-precision cuBLAS products. Returns
-    the settings it replaced, for restore()."""
+def _saved() -> dict[str, Any]:
+    """The settings set_precise() and tf32_products() change, for restore()."""
     flags = torch.backends.cuda.matmul
     saved = {"legacy": _legacy_matmul_precision(), "reduced": {name: getattr(flags, name) for name in REDUCED}}
     if NEW_API:
         get = torch._C._get_fp32_precision_getter
         saved["new"] = {key: get(*key) for key in (("cuda", "matmul"), *CPU_PRODUCTS)}
+    return saved
+
+
+def set_precise() -> dict[str, Any]:
+    """IEEE fp32 products for cuBLAS and oneDNN, fp32 accumulation of half-precision cuBLAS products. Returns
+    the settings it replaced, for restore()."""
+    flags = torch.backends.cuda.matmul
+    saved = _saved()
     flags.allow_tf32 = False  # legacy "highest" and cuBLAS "ieee", consistently
     for name in REDUCED:
         setattr(flags, name, False)
@@ -126,17 +133,32 @@ def precise_products():
 
 
 @contextlib.contextmanager
+def tf32_products():
+    """cuBLAS fp32 products on TF32 tensor cores for a block (the per-sample gradients that follow the user's
+    TF32 settings: dpcompile.ops.tf32_bmm), the settings before it restored after it."""
+    saved = _saved()
+    torch.backends.cuda.matmul.allow_tf32 = True  # legacy "high" and cuBLAS "tf32", consistently
+    try:
+        yield
+    finally:
+        restore(saved)
+
+
+@contextlib.contextmanager
 def ieee_convolutions():
-    """cuDNN convolutions without TF32 for a block, whichever API the user set TF32 with (the legacy
-    `cudnn.flags(allow_tf32=False)` leaves the new conv setting "none", which defers to
-    torch.backends.fp32_precision)."""
-    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-        if not NEW_API:
+    """cuDNN on, and its convolutions without TF32, for a block, whichever API the user set TF32 with. Not
+    through `cudnn.flags(allow_tf32=False)`: that leaves the new conv setting "none", which defers to
+    torch.backends.fp32_precision, and it reads the legacy flag, which raises once the settings are mixed."""
+    cudnn = torch.backends.cudnn
+    if not NEW_API:
+        with cudnn.flags(enabled=True, allow_tf32=False):
             yield
-            return
-        saved = torch._C._get_fp32_precision_getter("cuda", "conv")
-        torch._C._set_fp32_precision_setter("cuda", "conv", "ieee")
-        try:
-            yield
-        finally:
-            torch._C._set_fp32_precision_setter("cuda", "conv", saved)
+        return
+    enabled, conv = cudnn.enabled, torch._C._get_fp32_precision_getter("cuda", "conv")
+    cudnn.enabled = True
+    torch._C._set_fp32_precision_setter("cuda", "conv", "ieee")
+    try:
+        yield
+    finally:  # the getter's value is the resolved one: the same precision as before, set explicitly
+        torch._C._set_fp32_precision_setter("cuda", "conv", conv)
+        cudnn.enabled = enabled

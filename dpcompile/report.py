@@ -64,5 +64,6 @@ def plan_report(backward: fx.GraphModule) -> PlanReport:
                 param=param.name, module=param.name.rpartition(".")[0], op=site.op or site.rule,
                 B=str(s.B), T=str(s.T), d=str(s.d), p=str(s.p * s.groups),
                 costs={m: (str(c.flops), str(c.bytes)) for m, c in decision.costs.items()},
-                numbers=decision.numbers, method=decision.method, impl=decision.impl, reason=decision.reason))
+                numbers=decision.numbers, method=decision.method,
+                impl=", ".join(filter(None, (decision.impl, "TF32" if decision.tf32 else ""))), reason=decision.reason))
     return PlanReport(tuple(rows))

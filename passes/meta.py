@@ -70,14 +70,16 @@ class ParamSpec:
 
 @dataclass(frozen=True)
 class PassContext:
-    """What the passes need beyond the graph: parameters, batch symbol, policy, clipping, and the views
-    per sample K (the user's (B, K, ...) arguments flattened to (B·K, ...) rows inside the capture)."""
+    """What the passes need beyond the graph: parameters, batch symbol, policy, clipping, the views
+    per sample K (the user's (B, K, ...) arguments flattened to (B·K, ...) rows inside the capture), and whether
+    per-sample gradients are formed on TF32 tensor cores."""
 
     params: tuple[ParamSpec, ...]
     batch: sympy.Expr
     policy: str
     clip: Any  # rewrite.ClipSpec
     views: int = 1
+    tf32: bool = False  # instantiated per-sample gradients of matmuls and convolutions as TF32 products
 
 
 def shape_of_value(value) -> tuple[sympy.Expr, ...]:

@@ -104,7 +104,7 @@ def safe_name(param_name: str) -> str:
 def planned_site(node: fx.Node):
     """The node's Site with the planned per-sample implementation filled in."""
     site, decision = node.meta[SITE], node.meta[PLAN]
-    return dataclasses.replace(site, consts={**site.consts, "impl": decision.impl})
+    return dataclasses.replace(site, consts={**site.consts, "impl": decision.impl, "tf32": decision.tf32})
 
 
 def emit_norm(graph: fx.Graph, node: fx.Node, inputs: Sequence[fx.Node], param: ParamGrad) -> tuple:
@@ -125,6 +125,10 @@ def emit_norm(graph: fx.Graph, node: fx.Node, inputs: Sequence[fx.Node], param: 
     if param.shared:
         return emit(graph, lambda *t: rule.per_sample_margin(site, *t), inputs, f"dp_margin_{name}",
                     key=("margin", key)), per_sample
+    if site.consts["tf32"]:  # what is released is c·ĝ, TF32's own gradient: its norm bounds that, no margin
+        bound = emit(graph, lambda g: per_sample_bound(g, g.new_zeros(g.shape[0], dtype=torch.float64)),
+                     [per_sample], f"dp_norm_sq_{name}", key=("bound_tf32", key))
+        return bound, per_sample
     bound = emit(graph, lambda g, *t: per_sample_bound(g, rule.per_sample_margin(site, *t)), [per_sample, *inputs],
                  f"dp_norm_sq_{name}", key=("bound", key))
     return bound, per_sample

@@ -186,7 +186,23 @@ def test_cuda_graph_methods_are_named_and_set_up():
     """compile_graphs and dp_<policy>_graphs: CUDA-graph variants of the non-private and DP steps (on a CPU inductor
     leaves CUDA graphs out, so they run as the plain methods)."""
     assert bench.method_setup("compile_graphs")[1] == {"cuda_graphs": True}
-    assert bench.method_setup("dp_auto_graphs")[1] == {"policy": "auto", "cuda_graphs": True}
-    assert bench.method_setup("dp_mixed")[1] == {"policy": "mixed", "cuda_graphs": False}
+    assert bench.method_setup("dp_auto_graphs")[1] == {"policy": "auto", "cuda_graphs": True, "tf32": False}
+    assert bench.method_setup("dp_mixed")[1] == {"policy": "mixed", "cuda_graphs": False, "tf32": False}
+    assert bench.method_setup("dp_auto_tf32_graphs")[1] == {"policy": "auto", "cuda_graphs": True, "tf32": True}
+    assert bench.method_setup("dp_mixed_tf32")[1] == {"policy": "mixed", "cuda_graphs": False, "tf32": True}
     assert sorted(["dp_mixed", "compile_graphs", "compile"], key=bench.method_order) == \
         ["compile", "compile_graphs", "dp_mixed"]
+
+
+def test_tf32_products_benchmark_splits_exactly_and_orders_its_bounds():
+    """benchmarks/tf32_products.py (GPU only): its split x = hi + lo is exact with hi on TF32's grid, and its
+    certified bounds order as the arithmetic does (IEEE < split TF32 < TF32) at every suite shape's T."""
+    spec = importlib.util.spec_from_file_location("tf32_products", ROOT / "benchmarks" / "tf32_products.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    x = torch.randn(1000, dtype=torch.float32)
+    hi, lo = module.split(x)
+    assert torch.equal(hi + lo, x) and torch.equal(module.to_tf32(hi), hi)
+    assert ((hi - x).abs() <= 2.0**-10 * x.abs()).all()
+    for _, _, T, _ in module.SHAPES.values():
+        assert module.bound("ieee", T) < module.bound("3xtf32", T) < module.bound("tf32", T)

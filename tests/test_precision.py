@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import BACKEND as BACKEND_UNDER_TEST
 from conftest import DEVICE
 from torch import nn
 
@@ -130,3 +131,123 @@ def test_per_sample_convolution_op_is_ieee_under_any_tf32_setting(setting, clean
     SETTINGS[setting]()
     out = per_sample_conv_weight_grad(g, x, [3, 2, 3, 3], [1, 1], [0, 0], [1, 1], 1)
     assert ((out.double() - exact).abs() / exact.abs()).max() < 64 * 2.0**-24
+
+
+# --- per-sample gradients as TF32 products (DPConfig.per_sample_tf32) ---
+
+def conv_linear(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4)).to(DEVICE)
+
+
+def off_tf32_grid(*shape, seed: int = 1) -> torch.Tensor:
+    """Values just below a TF32 rounding step (1 + (2^-10 − 2^-23)·k): truncating them to TF32 moves each by
+    almost its whole 2^-10 step, as far as TF32 can move a value."""
+    torch.manual_seed(seed)
+    return (1 + (2.0**-10 - 2.0**-23) * torch.randint(0, 2, shape)).to(DEVICE) * torch.randn(shape).sign().to(DEVICE)
+
+
+def dp_grads(model, x, *, tf32, backend, bound=1.0, policy="per_sample"):
+    dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, loss_reduction="sum", policy=policy,
+                             per_sample_tf32=tf32, backend=backend)
+    dp(x).square().sum().backward()
+    return dp, torch.cat([p.grad.flatten() for p in model.parameters()]).double()
+
+
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.inductor)])
+def test_tf32_per_sample_gradients_are_clipped_by_their_own_norm(backend):
+    """With TF32 products the released per-sample gradient is TF32's ĝ, not the exact g: its clip factor comes from
+    ‖ĝ‖, so a one-sample batch's released gradient has norm ≤ R however far TF32 moved it (crafted inputs at the
+    worst of TF32's truncation, unclipped and clipped). The same with IEEE products for comparison; both differ
+    by TF32's rounding (the TF32 path ran: on CPU the operands are truncated to TF32)."""
+    for bound in (1e6, 1e-2):
+        for i in range(3):
+            x = off_tf32_grid(1, 3, 8, 8, seed=i) * 10
+            dp, tf32 = dp_grads(conv_linear(), x, tf32=True, backend=backend, bound=bound)
+            assert {r.method for r in dp.explain().rows} == {"per_sample"}
+            assert sorted(r.impl for r in dp.explain().rows) == ["", "", "", "unfold, TF32"]
+            _, ieee = dp_grads(conv_linear(), x, tf32=False, backend=backend, bound=bound)
+            assert tf32.norm() <= bound * (1 + 1e-6)
+            assert 0 < (tf32 - ieee).norm() <= 2.0**-8 * ieee.norm()
+
+
+@pytest.mark.parametrize("batch", [2, 5])
+def test_tf32_per_sample_gradients_through_one_compiled_model(batch):
+    """Several batch sizes through one compiled model: the clipped sum of the TF32 per-sample gradients (each
+    within TF32's rounding of the exact one) against the IEEE path's, and every sample within R on its own."""
+    model, ieee_model = conv_linear(), conv_linear()
+    dp = dpcompile.dpcompile(model, max_grad_norm=0.05, noise_multiplier=0.0, loss_reduction="sum",
+                             policy="per_sample", per_sample_tf32=True, backend=BACKEND_UNDER_TEST)
+    ieee = dpcompile.dpcompile(ieee_model, max_grad_norm=0.05, noise_multiplier=0.0, loss_reduction="sum",
+                               policy="per_sample", per_sample_tf32=False, backend=BACKEND_UNDER_TEST)
+    for b in (3, batch):
+        x = off_tf32_grid(b, 3, 8, 8, seed=b)
+        for net, m in ((dp, model), (ieee, ieee_model)):
+            m.zero_grad()
+            net(x).square().sum().backward()
+        got = torch.cat([p.grad.flatten() for p in model.parameters()]).double()
+        want = torch.cat([p.grad.flatten() for p in ieee_model.parameters()]).double()
+        assert (got - want).norm() <= 2.0**-8 * want.norm()
+        assert got.norm() <= 0.05 * b * (1 + 1e-6)
+
+
+def test_tf32_products_are_asked_for_with_a_bool():
+    """Off by default; True or False only."""
+    assert dpcompile.DPConfig(max_grad_norm=1.0, noise_multiplier=0.0).per_sample_tf32 is False
+    with pytest.raises(ConfigError, match="per_sample_tf32"):
+        dpcompile.dpcompile(nn.Linear(2, 2), max_grad_norm=1.0, noise_multiplier=0.0, per_sample_tf32="yes")
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="TF32 tensor cores")
+def test_tf32_per_sample_products_on_cuda(clean_settings):
+    """On CUDA the per-sample products run on TF32 tensor cores (cuBLAS with TF32 allowed for the op, inside a
+    backward that otherwise runs IEEE), under either precision API; a one-sample batch stays within R."""
+    for setting in ("legacy allow_tf32", "backends.fp32_precision = 'tf32'"):
+        x = off_tf32_grid(1, 3, 8, 8) * 10
+        _, ieee = dp_grads(conv_linear(), x, tf32=False, backend=BACKEND_UNDER_TEST, bound=1e6)
+        SETTINGS[setting]()
+        dp, tf32 = dp_grads(conv_linear(), x, tf32=True, backend=BACKEND_UNDER_TEST, bound=1e-2)
+        assert sorted(r.impl for r in dp.explain().rows) == ["", "", "", "unfold, TF32"]
+        assert tf32.norm() <= 1e-2 * (1 + 1e-6)
+        _, unclipped = dp_grads(conv_linear(), x, tf32=True, backend=BACKEND_UNDER_TEST, bound=1e6)
+        assert 0 < (unclipped - ieee).norm() <= 2.0**-8 * ieee.norm()
+
+
+@pytest.mark.inductor
+def test_tf32_products_add_no_kernels_to_the_dp_backward():
+    """The TF32 op stands in for bmm one for one: inductor passes it the unfolded input and the output gradient as
+    views, as it does to bmm, without copying them first (a copy of an unfold-sized tensor per layer and step would
+    cost memory traffic and a launch). Convolutions only: a T = 1 linear layer's outer product stays pointwise."""
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
+    def launches(tf32: bool) -> list[str]:
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+        dp = dpcompile.dpcompile(m, max_grad_norm=1.0, noise_multiplier=0.0, loss_reduction="sum", policy="per_sample",
+                                 per_sample_tf32=tf32, backend="inductor")
+        x = torch.randn(4, 3, 8, 8)
+        _, codes = run_and_get_code(lambda: dp(x).square().sum().backward())
+        body = codes[-1][codes[-1].index("def call("):]
+        return re.findall(r"^\s+(?:\w+ = )?(cpp_fused_\w+|triton_\w+\.run|extern_kernels\.\w+|"
+                          r"torch\.ops\.dpcompile\.tf32_bmm\.default)\(", body, re.M)
+    ieee, tf32 = launches(False), launches(True)
+    assert tf32.count("torch.ops.dpcompile.tf32_bmm.default") == ieee.count("extern_kernels.bmm") == 2
+    assert len(tf32) == len(ieee)
+
+
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.inductor)])
+def test_tf32_per_sample_matmul_gradients_over_positions(backend):
+    """Linear layers over T = 6 positions (a sequence model's): their per-sample gradients are TF32 products too,
+    within R for a one-sample batch at the worst of TF32's truncation, and within TF32's rounding of the IEEE ones."""
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 4)).to(DEVICE)
+    x = off_tf32_grid(1, 6, 16) * 3
+    dp, tf32 = dp_grads(model(), x, tf32=True, backend=backend, bound=1e-3)
+    assert sorted(r.impl for r in dp.explain().rows) == ["", "", "TF32", "TF32"]
+    assert tf32.norm() <= 1e-3 * (1 + 1e-6)
+    _, unclipped = dp_grads(model(), x, tf32=True, backend=backend, bound=1e6)
+    _, ieee = dp_grads(model(), x, tf32=False, backend=backend, bound=1e6)
+    assert 0 < (unclipped - ieee).norm() <= 2.0**-8 * ieee.norm()

@@ -161,6 +161,14 @@ def per_sample_bound(g: Tensor, margin: Tensor) -> Tensor:
     return torch.stack([stored_norm_bound(g) * grow**2, margin], 1)
 
 
+def per_sample_product(a: Tensor, b: Tensor, tf32: bool) -> Tensor:
+    """bmm(a, b): per-sample gradients; with tf32 (DPConfig.per_sample_tf32) and fp32 operands on TF32 tensor cores
+    (dpcompile::tf32_bmm), then clipped by the norm of what they compute (rewrite.emit_norm)."""
+    if tf32 and a.dtype == b.dtype == torch.float32:
+        return torch.ops.dpcompile.tf32_bmm(a, b)
+    return torch.bmm(a, b)
+
+
 def full_precision(t: Tensor) -> Tensor:
     """t in float32 if half precision (exact): norms' products run in float32 or float64."""
     return t.float() if t.dtype in LOW_PRECISION else t

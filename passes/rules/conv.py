@@ -21,8 +21,8 @@ from dpcompile.ops import per_sample_conv_weight_grad
 from ..meta import LayerShape, Site
 from . import WORD, Cost, generalized_linear_costs, register
 from .bounds import (F64, SUBNORMAL, U64, accumulation_gamma, certified, clipped_product_margin,
-                     full_precision, gamma, gram_sum_bound, masked, masked_scaled, row_norms, unit_roundoff,
-                     upper_sum)
+                     full_precision, gamma, gram_sum_bound, masked, masked_scaled, per_sample_product, row_norms,
+                     unit_roundoff, upper_sum)
 from .layout import per_row, rows_per_sample, shape_of, views_into_positions, views_of
 
 aten = torch.ops.aten
@@ -93,6 +93,9 @@ class ConvRule:
         if site.consts.get("impl", "unfold") == "grouped" and not site.consts["transposed"]:
             return self._per_sample_grouped(site, g, x, w)
         u, gg = self._unfolded(site, g, x)
+        if site.consts.get("tf32"):
+            return per_sample_product(gg.flatten(0, 1), u.flatten(0, 1).transpose(1, 2), True).reshape(u.shape[0],
+                                                                                                     *w.shape)
         return torch.einsum("bgpt,bgdt->bgpd", gg, u).reshape(u.shape[0], *w.shape)
 
     def _per_sample_grouped(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ from torch import Tensor
 from ..meta import LayerShape, Site
 from . import Cost, generalized_linear_costs, register
 from .bounds import (accumulation_gamma, certified, clipped_product_margin, gram_sum_bound, masked, masked_scaled,
-                     product_matrix, row_norms, upper_sum)
+                     per_sample_product, product_matrix, row_norms, upper_sum)
 from .layout import find_rows_layout, shape_of, to_batch_rows
 
 aten = torch.ops.aten
@@ -63,7 +63,7 @@ class MatmulRule:
     def per_sample(self, site: Site, x: Tensor, q: Tensor, anchor: Tensor) -> Tensor:
         """g_i = P_iᵀ Q_i, shape (B, m, n)."""
         p, q = self._rows(site, x, q, anchor)
-        return torch.bmm(p.transpose(1, 2), q)
+        return per_sample_product(p.transpose(1, 2), q, site.consts.get("tf32", False))
 
     def ghost_factors(self, site: Site, x: Tensor, q: Tensor, anchor: Tensor) -> tuple[Tensor, Tensor]:
         """g_i = Σ_t p_t ⊗ q_t: the sample's rows of P and Q, (B, N, m) and (B, N, n) (tied uses' cross terms)."""

@@ -22,7 +22,10 @@ import torch
 from .errors import ConfigError
 
 NEW_API = hasattr(torch._C, "_get_fp32_precision_getter")
-REDUCED = ("allow_bf16_reduced_precision_reduction", "allow_fp16_reduced_precision_reduction")
+# cuBLAS's reductions of half-precision products in half precision (split-K, on by PyTorch's default) and its fp16
+# accumulation (allow_fp16_accumulation, torch ≥ 2.7, off by default): the bounds assume fp32 accumulation
+REDUCED = tuple(name for name in ("allow_bf16_reduced_precision_reduction", "allow_fp16_reduced_precision_reduction",
+                                  "allow_fp16_accumulation") if hasattr(torch.backends.cuda.matmul, name))
 # the (backend, op) settings precise_products() sets to "ieee" and restores (cuBLAS's is set through the legacy
 # flag, which keeps the legacy and new settings consistent: inductor reads the legacy one)
 CPU_PRODUCTS = (("mkldnn", "matmul"), ("mkldnn", "conv"))
@@ -70,13 +73,13 @@ def check_products(device: torch.device, half_products: bool) -> None:
             "torch.set_float32_matmul_precision('highest') (PyTorch's default); a model from dpcompile.dpcompile() "
             "does this for its backward itself")
     flags = torch.backends.cuda.matmul
-    if device.type == "cuda" and half_products and any(getattr(flags, name) for name in REDUCED):
+    on = [name for name in REDUCED if getattr(flags, name)]
+    if device.type == "cuda" and half_products and on:
         raise ConfigError(
-            "the DP backward multiplies bf16/fp16 matrices, and cuBLAS's reduced-precision reductions (on by "
-            "PyTorch's default) would add rounding the per-sample norms' error bounds do not count: set "
-            "torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False and "
-            "torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False (a DP model from "
-            "dpcompile.dpcompile() does this for its backward)")
+            "the DP backward multiplies bf16/fp16 matrices, and cuBLAS's half-precision accumulation (" +
+            ", ".join(f"torch.backends.cuda.matmul.{name}" for name in on) + "; the reduced-precision reductions "
+            "are on by PyTorch's default) would add rounding the per-sample norms' error bounds do not count: set "
+            "them to False (a DP model from dpcompile.dpcompile() does this for its backward)")
 
 
 def _legacy_matmul_precision() -> str | None:

@@ -251,3 +251,36 @@ def test_tf32_per_sample_matmul_gradients_over_positions(backend):
     _, unclipped = dp_grads(model(), x, tf32=True, backend=backend, bound=1e6)
     _, ieee = dp_grads(model(), x, tf32=False, backend=backend, bound=1e6)
     assert 0 < (unclipped - ieee).norm() <= 2.0**-8 * ieee.norm()
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "allow_fp16_accumulation"), reason="torch < 2.7")
+def test_fp16_accumulation_is_off_in_the_dp_backward_and_refused_under_your_own_compile():
+    """torch.backends.cuda.matmul.allow_fp16_accumulation makes cuBLAS add fp16 products in fp16; the bounds assume
+    fp32 accumulation (fp16 parameters are accepted). The DP model's backward turns it off and puts it back; a
+    backward with half-precision products released under it (your own torch.compile) is refused on CUDA."""
+    flags = torch.backends.cuda.matmul
+    seen, release = [], PrivacyEngine.release
+
+    def spy(self, *args):
+        seen.append(flags.allow_fp16_accumulation)
+        return release(self, *args)
+    saved = flags.allow_fp16_accumulation
+    try:
+        flags.allow_fp16_accumulation = True
+        PrivacyEngine.release = spy
+        model = nn.Linear(4, 2).to(DEVICE).half()
+        dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, loss_reduction="sum", backend="eager")
+        dp(torch.randn(3, 5, 4, device=DEVICE).half()).float().sum().backward()
+        assert seen == [False] and flags.allow_fp16_accumulation
+        PrivacyEngine.release = release
+        engine = dpcompile.backend(max_grad_norm=1.0, noise_multiplier=1.0).privacy
+        engine.half_products = True
+        for name in ("allow_bf16_reduced_precision_reduction", "allow_fp16_reduced_precision_reduction"):
+            setattr(flags, name, False)
+        with pytest.raises(ConfigError, match="allow_fp16_accumulation"):
+            engine.release(10, torch.float32, torch.device("cuda"), torch.zeros(()))
+        assert engine.steps == 0
+    finally:
+        PrivacyEngine.release = release
+        flags.allow_fp16_accumulation = saved
+        flags.allow_bf16_reduced_precision_reduction = flags.allow_fp16_reduced_precision_reduction = True

@@ -137,8 +137,8 @@ def precise_products():
 
 @contextlib.contextmanager
 def tf32_products():
-    """cuBLAS fp32 products on TF32 tensor cores for a block (the per-sample gradients that follow the user's
-    TF32 settings: dpcompile.ops.tf32_bmm), the settings before it restored after it."""
+    """cuBLAS fp32 products on TF32 tensor cores for a block, the settings before it restored after it
+    (dpcompile.ops.tf32_bmm where the user's legacy and new settings disagree: DPConfig.per_sample_tf32)."""
     saved = _saved()
     torch.backends.cuda.matmul.allow_tf32 = True  # legacy "high" and cuBLAS "tf32", consistently
     try:

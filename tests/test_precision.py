@@ -284,3 +284,58 @@ def test_fp16_accumulation_is_off_in_the_dp_backward_and_refused_under_your_own_
         PrivacyEngine.release = release
         flags.allow_fp16_accumulation = saved
         flags.allow_bf16_reduced_precision_reduction = flags.allow_fp16_reduced_precision_reduction = True
+
+
+@pytest.mark.parametrize("kind", ["conv", "sequence"])
+def test_tf32_per_sample_gradients_against_torch_func(kind):
+    """Against the torch.func reference in float64 (vmap of grad, clipped, summed) on the same parameters and
+    inputs: an fp32 model with TF32 per-sample products, batch sizes 3 and 5 through one compiled model, R between
+    the samples' norms (both clip branches). The only differences are TF32's rounding of the per-sample gradients
+    (~3·10⁻⁴ of their norm) and fp32's: within 2⁻⁸."""
+    import copy
+
+    import torch.nn.functional as F
+    from helpers import max_relative_error
+    from reference import dp_reference, per_sample_grads
+
+    torch.manual_seed(0)
+    if kind == "conv":
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+        shape, out_shape = (3, 8, 8), (3,)
+    else:
+        model = nn.Sequential(nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 4))
+        shape, out_shape = (6, 16), (6, 4)
+    model = model.to(DEVICE, torch.float32)
+    model64 = copy.deepcopy(model).double()
+    batches = {b: (torch.randn(b, *shape, device=DEVICE), torch.randn(b, *out_shape, device=DEVICE)) for b in (3, 5)}
+    x3, y3 = (t.double() for t in batches[3])
+    norms = torch.sqrt(sum(g.flatten(1).square().sum(1) for g in per_sample_grads(model64, x3, y3, F.mse_loss).values()))
+    bound = norms.median().item()
+    assert (norms > bound).any() and (norms < bound).any()
+    dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, loss_reduction="sum", policy="per_sample",
+                             per_sample_tf32=True, backend=BACKEND_UNDER_TEST)
+    for x, y in batches.values():
+        model.zero_grad(set_to_none=True)
+        F.mse_loss(dp(x), y, reduction="sum").backward()
+        ref, _ = dp_reference(model64, x.double(), y.double(), bound, "sum", loss=F.mse_loss)
+        err = max_relative_error(model, {k: v.float() for k, v in ref.items()})
+        assert err < 2.0**-8
+    assert sum("TF32" in r.impl for r in dp.explain().rows) == 2
+
+
+def test_shared_parameters_keep_ieee_per_sample_products():
+    """A parameter used twice is bounded against the exact sum of its uses' per-sample gradients, so its uses stay
+    IEEE under per_sample_tf32=True; the unshared layer beside it goes TF32."""
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.shared, self.head = nn.Linear(8, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.head(torch.tanh(self.shared(torch.tanh(self.shared(x)))))
+    dp = dpcompile.dpcompile(Twice().to(DEVICE), max_grad_norm=1.0, noise_multiplier=0.0, loss_reduction="sum",
+                             policy="per_sample", per_sample_tf32=True, backend=BACKEND_UNDER_TEST)
+    dp(torch.randn(4, 6, 8, device=DEVICE)).sum().backward()
+    rows = {(r.param, r.impl) for r in dp.explain().rows}
+    assert ("head.weight", "TF32") in rows
+    assert not any(p.startswith("shared") and "TF32" in impl for p, impl in rows)

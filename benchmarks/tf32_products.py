@@ -22,6 +22,7 @@ import time
 import torch
 
 from dpcompile.ops import to_tf32
+from dpcompile.passes.rules.bounds import accumulation_gamma, gamma
 
 SHAPES = {  # name: (B, p, T, d)
     "wrn16_4 b256, 32x32 3x3 conv 64->64": (256, 64, 1024, 576),
@@ -52,12 +53,8 @@ def product(mode: str, g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         flags.allow_tf32 = False
 
 
-def gamma(n, u):
-    return n * u / (1 - n * u)
-
-
 def bound(mode: str, T: int) -> float:
-    acc = gamma(3 * (T + 12), 2.0**-23)
+    acc = accumulation_gamma(T, torch.bfloat16)  # tensor cores: γ_{3(T+12)}(2⁻²³)
     bounds = {"ieee": gamma(T, 2.0**-24), "tf32": 2.0**-9 + acc * (1 + 2.0**-9),
               "3xtf32": 2.0**-18 + acc * (1 + 2.0**-8)}
     return bounds[mode]

@@ -138,7 +138,7 @@ def precise_products():
 @contextlib.contextmanager
 def tf32_products():
     """cuBLAS fp32 products on TF32 tensor cores for a block, the settings before it restored after it
-    (dpcompile.ops.tf32_bmm where the user's legacy and new settings disagree: DPConfig.per_sample_tf32)."""
+    (dpcompile.ops.tf32_bmm: DPConfig.per_sample_tf32)."""
     saved = _saved()
     torch.backends.cuda.matmul.allow_tf32 = True  # legacy "high" and cuBLAS "tf32", consistently
     try:

@@ -13,16 +13,18 @@ import torch.nn as nn
 ROOT = Path(__file__).parents[1]
 
 
-def load_bench():
-    if "dpcompile_bench" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("dpcompile_bench", ROOT / "benchmarks" / "bench.py")
+def load_script(name: str):
+    """benchmarks/<name>.py as a module (loaded once)."""
+    key = f"dpcompile_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, ROOT / "benchmarks" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
-        sys.modules["dpcompile_bench"] = module  # dataclasses look their module up while the file runs
+        sys.modules[key] = module  # dataclasses look their module up while the file runs
         spec.loader.exec_module(module)
-    return sys.modules["dpcompile_bench"]
+    return sys.modules[key]
 
 
-bench = load_bench()
+bench = load_script("bench")
 QUICK = ["--device", "cpu", "--configs", "smoke", "--dp-backend", "eager", "--steps", "1", "--warmup", "1"]
 
 
@@ -167,9 +169,7 @@ def test_peers_run_on_the_smoke_config(tmp_path):
 
 
 def test_dp_throughput_runs_on_a_cpu_with_phases_and_the_allreduce_timer():
-    spec = importlib.util.spec_from_file_location("dpcompile_dp_throughput", ROOT / "benchmarks" / "dp_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("dp_throughput")
     result = module.main(["--model", "small_cnn", "--size", "8", "--batch", "3", "--steps", "2", "--warmup", "1",
                           "--backend", "eager", "--device", "cpu", "--phases", "--inductor-config", "max_autotune=False"])
     assert result["world"] == 1 and result["samples_per_s_per_gpu"] > 0
@@ -197,9 +197,7 @@ def test_cuda_graph_methods_are_named_and_set_up():
 def test_tf32_products_benchmark_splits_exactly_and_orders_its_bounds():
     """benchmarks/tf32_products.py (GPU only): its split x = hi + lo is exact with hi on TF32's grid, and its
     certified bounds order as the arithmetic does (IEEE < split TF32 < TF32) at every suite shape's T."""
-    spec = importlib.util.spec_from_file_location("tf32_products", ROOT / "benchmarks" / "tf32_products.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("tf32_products")
     x = torch.randn(1000, dtype=torch.float32)
     hi, lo = module.split(x)
     assert torch.equal(hi + lo, x) and torch.equal(module.to_tf32(hi), hi)

@@ -162,11 +162,9 @@ def per_sample_bound(g: Tensor, margin: Tensor) -> Tensor:
 
 
 def per_sample_product(a: Tensor, b: Tensor, tf32: bool) -> Tensor:
-    """bmm(a, b): per-sample gradients; with tf32 (DPConfig.per_sample_tf32) and fp32 operands on TF32 tensor cores
+    """bmm(a, b): per-sample gradients; with tf32 (the plan's choice: plan.tf32_products) on TF32 tensor cores
     (dpcompile::tf32_bmm), then clipped by the norm of what they compute (rewrite.emit_norm)."""
-    if tf32 and a.dtype == b.dtype == torch.float32:
-        return torch.ops.dpcompile.tf32_bmm(a, b)
-    return torch.bmm(a, b)
+    return torch.ops.dpcompile.tf32_bmm(a, b) if tf32 else torch.bmm(a, b)
 
 
 def full_precision(t: Tensor) -> Tensor:

@@ -339,3 +339,30 @@ def test_attach_loader_after_compiling():
 def test_model_state_dict_keys_unchanged():
     model, dp, _, _ = run_setup()
     assert list(dp.state_dict()) == list(model.state_dict())
+
+
+def test_release_guard_forgets_collected_parameters_and_keeps_apart_reused_ids():
+    """The release guard finds a parameter's state by id: the entry goes when the parameter does, and a new
+    tensor that happens to get a collected parameter's id is not taken for it (its raw gradient is not guarded as
+    a DP release, nor is a step over it refused)."""
+    import gc
+
+    from dpcompile.privacy import guard
+
+    def trained_ids():
+        m = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).to(DEVICE)
+        dp = dpcompile.dpcompile(m, max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND)
+        opt = torch.optim.SGD(m.parameters(), 0.1)
+        dp(torch.randn(5, 3, device=DEVICE)).sum().backward()
+        opt.step()
+        assert all(guard.state_of(p) is not None for p in m.parameters())
+        return {id(p) for p in m.parameters()}
+
+    ids = trained_ids()
+    gc.collect()
+    assert not ids & set(guard._TRACKED)
+    fresh = [nn.Parameter(torch.randn(4, 3)) for _ in range(200)]  # some may reuse the collected ids
+    assert all(guard.state_of(p) is None for p in fresh)
+    opt = torch.optim.SGD(fresh, 0.1)
+    sum(p.sum() for p in fresh).backward()
+    opt.step()  # not DP parameters: the guard has nothing to say

@@ -22,7 +22,6 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.utils._pytree import tree_leaves
 from torch.utils.hooks import unserializable_hook
-from torch.utils.weak import WeakIdKeyDictionary
 
 from ..errors import ReleaseError
 
@@ -43,16 +42,37 @@ class TaskOwner(Protocol):
 
 
 class GradState:
-    """What a tracked parameter's .grad holds: counts of noisy / un-noised / raw accumulations since its last step."""
+    """What a tracked parameter's .grad holds: counts of noisy / un-noised / raw accumulations since its last step.
+    Its engines are weak references in creation order (the same on every rank)."""
 
-    def __init__(self, name: str) -> None:
-        self.name, self.engines = name, weakref.WeakSet()
+    def __init__(self, name: str, param: torch.Tensor) -> None:
+        self.name, self.engines = name, []
+        key = id(param)
+
+        def forget(ref: weakref.ref) -> None:  # the parameter is gone: so is its entry
+            if _TRACKED.get(key) is self:
+                del _TRACKED[key]
+        self.param = weakref.ref(param, forget)
         self.grad: weakref.ref | None = None
         self.version = -1
         self.continuing = False
         self.noisy = self.unnoised = self.raw = self.mixed = 0
         self.expected: tuple[int, torch.Tensor] | None = None  # (graph task, what the DP backward released)
         self.arrived_mixed = False  # the gradient arriving now has more than the release in it
+
+    def live_engines(self) -> list[TaskOwner]:
+        """The parameter's engines still alive, in creation order."""
+        if len(self.engines) == 1:  # the usual case, first: this runs for every parameter on every step
+            engine = self.engines[0]()
+            return [] if engine is None else [engine]
+        return [engine for engine in (ref() for ref in self.engines) if engine is not None]
+
+    def add_engine(self, engine: TaskOwner) -> None:
+        if not any(live is engine for live in self.live_engines()):
+            self.engines = sorted([*self.engines, weakref.ref(engine)], key=lambda ref: getattr(ref(), "handle", -1))
+
+    def discard_engine(self, engine: TaskOwner) -> None:
+        self.engines = [ref for ref in self.engines if ref() is not None and ref() is not engine]
 
     def same_grad(self, grad: torch.Tensor | None) -> bool:
         """grad is the tensor recorded after the last accumulation, unmodified since."""
@@ -113,19 +133,25 @@ class GradState:
         return None
 
 
-_TRACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()  # parameter -> GradState
+_TRACKED: dict[int, GradState] = {}  # id(parameter) -> its state; the entry goes with the parameter
 _HOOKED_OPTIMIZERS = False
+
+
+def state_of(p: Any) -> GradState | None:
+    """p's state if p is a tracked parameter (a dict lookup: this runs for every parameter on every step)."""
+    state = _TRACKED.get(id(p))
+    return state if state is not None and state.param() is p else None
 
 
 def track(engine: TaskOwner, named_params: Iterable[tuple[str, torch.Tensor]]) -> None:
     """Guard these trainable parameters' releases for `engine` (hooks installed once per parameter)."""
     install_optimizer_hooks()
     for name, p in named_params:
-        state = _TRACKED.get(p)
+        state = state_of(p)
         if state is None:
-            state = _TRACKED[p] = GradState(name)
+            state = _TRACKED[id(p)] = GradState(name, p)
             hook_parameter(p, state)
-        state.engines.add(engine)
+        state.add_engine(engine)
 
 
 def hook_parameter(p: torch.Tensor, state: GradState) -> None:
@@ -143,12 +169,14 @@ def hook_parameter(p: torch.Tensor, state: GradState) -> None:
     @torch._dynamo.disable
     def after(param):
         task = torch._C._current_graph_task_id()
-        kind = kind_of_backward(state, task)
+        engines = state.live_engines()
+        kinds = [engine.backward_kind(task) for engine in engines]
+        kind = NOISY if NOISY in kinds else UNNOISED if UNNOISED in kinds else RAW
         state.accumulated(kind)
         state.record(param.grad)
         if kind == NOISY:  # this step's release is final: data parallel reduces it now
-            for engine in engines_of(state):
-                if engine.backward_kind(task) == NOISY:
+            for engine, its_kind in zip(engines, kinds):
+                if its_kind == NOISY:
                     engine.released(param)
 
     p.register_hook(before)
@@ -171,8 +199,7 @@ def tracked_inputs(node) -> list[tuple[int, GradState]]:
     """(input position, state) for the node's inputs that are tracked parameters (AccumulateGrad nodes)."""
     out = []
     for i, (n, _) in enumerate(node.next_functions):
-        variable = getattr(n, "variable", None)
-        state = _TRACKED.get(variable) if isinstance(variable, torch.Tensor) else None
+        state = state_of(getattr(n, "variable", None))
         if state is not None:
             out.append((i, state))
     return out
@@ -203,24 +230,12 @@ def note_release(slots: list[tuple[int, GradState]]):
     return hook
 
 
-def kind_of_backward(state: GradState, task: int) -> str:
-    """NOISY / UNNOISED if one of the parameter's engines drew in autograd graph task `task`, else RAW."""
-    kinds = {engine.backward_kind(task) for engine in engines_of(state)}
-    return NOISY if NOISY in kinds else UNNOISED if UNNOISED in kinds else RAW
-
-
-def engines_of(state: GradState) -> list[TaskOwner]:
-    """The parameter's live engines in creation order (the same order on every rank)."""
-    engines = list(state.engines)
-    return engines if len(engines) < 2 else sorted(engines, key=lambda engine: engine.handle)
-
-
 def tracked_params(optimizer: torch.optim.Optimizer) -> Iterable[tuple[torch.Tensor, GradState]]:
     """The optimizer's parameters that belong to a live DP model, with their states."""
     for group in optimizer.param_groups:
         for p in group["params"]:
-            state = _TRACKED.get(p)
-            if state is not None and len(state.engines):
+            state = state_of(p)
+            if state is not None and state.live_engines():
                 yield p, state
 
 
@@ -231,7 +246,7 @@ def before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Non
         return
     engines: dict[int, TaskOwner] = {}
     for p, state in tracked_params(optimizer):
-        for engine in state.engines:
+        for engine in state.live_engines():
             engines[id(engine)] = engine
         if p.grad is None:
             continue
@@ -244,7 +259,7 @@ def before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Non
             raise ReleaseError(problem)
     for engine in sorted(engines.values(), key=lambda e: e.handle):  # data parallel: Σ over ranks (noise: rank 0's)
         for p in engine.reduce():
-            _TRACKED[p].record(p.grad)
+            _TRACKED[id(p)].record(p.grad)
 
 
 @torch._dynamo.disable
@@ -269,8 +284,9 @@ def install_optimizer_hooks() -> None:
 
 def drop(engine: TaskOwner) -> None:
     """Set to None the .grad of every parameter `engine` guards, and forget what it held."""
-    for p, state in list(_TRACKED.items()):
-        if engine in state.engines:
+    for state in list(_TRACKED.values()):
+        p = state.param()
+        if p is not None and any(live is engine for live in state.live_engines()):
             p.grad = None
             state.reset()
             state.record(None)
@@ -279,4 +295,4 @@ def drop(engine: TaskOwner) -> None:
 def untrack(engine: TaskOwner) -> None:
     """Stop guarding `engine`'s parameters (its DP model is gone)."""
     for state in list(_TRACKED.values()):
-        state.engines.discard(engine)
+        state.discard_engine(engine)

@@ -100,7 +100,9 @@ def to_tf32(x: Tensor) -> Tensor:
     return (x.contiguous().view(torch.int32) & TF32_MASK).view(torch.float32)
 
 
-@torch.library.custom_op("dpcompile::tf32_bmm", mutates_args=())
+# flexible_layout: the op takes operands of any strides, as bmm does, so inductor may pass them in the layouts it
+# chose (torch 2.11's default for custom ops is to fix their stride order)
+@torch.library.custom_op("dpcompile::tf32_bmm", mutates_args=(), tags=(torch.Tag.flexible_layout,))
 def tf32_bmm(a: Tensor, b: Tensor) -> Tensor:
     """bmm(a, b) of fp32 matrices with TF32 tensor-core products: on CUDA, cuBLAS with TF32 allowed for this call
     (the DP backward otherwise runs IEEE); elsewhere the operands truncated to TF32, then an IEEE product (the

@@ -67,9 +67,12 @@ class GradState:
             return [] if engine is None else [engine]
         return [engine for engine in (ref() for ref in self.engines) if engine is not None]
 
+    def guarded_by(self, engine: TaskOwner) -> bool:
+        return any(live is engine for live in self.live_engines())
+
     def add_engine(self, engine: TaskOwner) -> None:
-        if not any(live is engine for live in self.live_engines()):
-            self.engines = sorted([*self.engines, weakref.ref(engine)], key=lambda ref: getattr(ref(), "handle", -1))
+        if not self.guarded_by(engine):  # (dead engines dropped on the way)
+            self.engines = [weakref.ref(e) for e in sorted([*self.live_engines(), engine], key=lambda e: e.handle)]
 
     def discard_engine(self, engine: TaskOwner) -> None:
         self.engines = [ref for ref in self.engines if ref() is not None and ref() is not engine]
@@ -230,13 +233,14 @@ def note_release(slots: list[tuple[int, GradState]]):
     return hook
 
 
-def tracked_params(optimizer: torch.optim.Optimizer) -> Iterable[tuple[torch.Tensor, GradState]]:
-    """The optimizer's parameters that belong to a live DP model, with their states."""
+def tracked_params(optimizer: torch.optim.Optimizer) -> Iterable[tuple[torch.Tensor, GradState, list[TaskOwner]]]:
+    """The optimizer's parameters that belong to a live DP model, with their states and live engines."""
     for group in optimizer.param_groups:
         for p in group["params"]:
             state = state_of(p)
-            if state is not None and state.live_engines():
-                yield p, state
+            engines = state.live_engines() if state is not None else []
+            if engines:
+                yield p, state, engines
 
 
 @torch._dynamo.disable
@@ -245,8 +249,8 @@ def before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Non
     if not len(_TRACKED):
         return
     engines: dict[int, TaskOwner] = {}
-    for p, state in tracked_params(optimizer):
-        for engine in state.live_engines():
+    for p, state, its_engines in tracked_params(optimizer):
+        for engine in its_engines:
             engines[id(engine)] = engine
         if p.grad is None:
             continue
@@ -267,7 +271,7 @@ def after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None
     """The release was applied: the gradients now count as consumed (a later backward adds to nothing new)."""
     if not len(_TRACKED):
         return
-    for p, state in tracked_params(optimizer):
+    for p, state, _ in tracked_params(optimizer):
         state.reset()
         if p.grad is not None:
             state.record(p.grad)
@@ -286,7 +290,7 @@ def drop(engine: TaskOwner) -> None:
     """Set to None the .grad of every parameter `engine` guards, and forget what it held."""
     for state in list(_TRACKED.values()):
         p = state.param()
-        if p is not None and any(live is engine for live in state.live_engines()):
+        if p is not None and state.guarded_by(engine):
             p.grad = None
             state.reset()
             state.record(None)

@@ -55,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cuda-graphs", action="store_true",
                    help="dp: cuda_graphs=True; compile: mode='reduce-overhead' (CUDA graphs for the compiled graphs)")
     p.add_argument("--per-sample-tf32", action="store_true", help="dp: per_sample_tf32=True (TF32 per-sample products)")
+    p.add_argument("--dynamic", action="store_true",
+                   help="compile: the batch dimension marked dynamic (a symbolic batch size, as in dpcompile's graphs)")
     p.add_argument("--allreduce-mb", type=float, default=0.0,
                    help="instead of training, time an all-reduce of this many MB of float32 (median of 20)")
     return p.parse_args(argv)
@@ -114,6 +116,8 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
     torch.manual_seed(1 + rank)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
+    if args.dynamic and args.method == "compile":
+        torch._dynamo.mark_dynamic(x, 0)
     times, phases, host = [], [], []  # host: until the step's work is queued (≈ the step: the host is the limit)
 
     def step() -> None:
@@ -147,7 +151,8 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
               "torch": torch.__version__, "date": datetime.date.today().isoformat(),
               "policy": args.policy if args.method == "dp" else "non-private",
               "backend": args.backend, "cuda_graphs": args.cuda_graphs,
-              "per_sample_tf32": args.per_sample_tf32, "inductor_config": inductor_settings(args.inductor_config)}
+              "per_sample_tf32": args.per_sample_tf32, "dynamic": args.dynamic,
+              "inductor_config": inductor_settings(args.inductor_config)}
     result["host_ms"] = round(1000 * statistics.median(host), 2)
     if args.phases:
         result["phases_ms"] = dict(zip(("forward", "backward", "step"),

@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 import sympy
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dpcompile.passes.meta import LayerShape, Site
 from dpcompile.passes.rules.bounds import per_sample_bound, stored_norm_bound
-from dpcompile.passes.rules.conv import ConvRule
+from dpcompile.passes.rules.conv import ConvRule, unfold_nd
 from dpcompile.passes.rules.embedding import EmbeddingRule
 from dpcompile.passes.rules.linear import MatmulRule
 from dpcompile.passes.rules.reduction import SumRule
@@ -185,7 +186,9 @@ def test_conv_crafted_cancellation(impl):
 
 
 @pytest.mark.parametrize("conv", [nn.Conv2d(3, 4, 3, padding=1, stride=2), nn.Conv2d(4, 6, 3, dilation=2, groups=2),
-                                  nn.Conv1d(3, 5, 2)])
+                                  nn.Conv1d(3, 5, 2), nn.Conv2d(4, 6, 1, stride=2), nn.Conv2d(4, 6, 1, padding=1,
+                                                                                                groups=2),
+                                  nn.Conv3d(2, 3, 1, stride=(2, 1, 3)), nn.Conv1d(3, 2, 1, padding=2, stride=3)])
 def test_conv_close_on_ordinary_data(conv):
     x = torch.randn(3, conv.in_channels, *([9] * (conv.weight.dim() - 2)))
     g, x, w = conv_operands(conv, x)
@@ -195,6 +198,22 @@ def test_conv_close_on_ordinary_data(conv):
     assert (got >= exact).all() and (got / exact - 1).max() < CLOSE
     ps = certified_norm(per_sample_bound(rule.per_sample(site, g, x, w), rule.per_sample_margin(site, g, x, w)))
     assert (ps >= exact).all() and (ps / exact - 1).max() < CLOSE
+
+
+@pytest.mark.parametrize("dims, stride, padding", [(2, 1, 0), (2, 2, 0), (2, 3, 1), (1, 2, 2), (3, 2, 1)])
+def test_pointwise_conv_patches_are_the_strided_input(dims, stride, padding):
+    """A 1×1 kernel's patches are a strided slice of the (padded) input, not a gather: the same values as
+    im2col (2-D), and the contraction with the weight is the convolution (1-D, 3-D)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, *[7, 6, 5][:dims], dtype=torch.float64)
+    ones = [1] * dims
+    u = unfold_nd(x, ones, [stride] * dims, [padding] * dims, [2] * dims)
+    if dims == 2:
+        assert torch.equal(u, F.unfold(x, ones, dilation=2, padding=padding, stride=stride))
+    conv = getattr(F, f"conv{dims}d")
+    w = torch.randn(3, 4, *ones, dtype=torch.float64)
+    assert torch.allclose(torch.einsum("pd,bdt->bpt", w.flatten(1), u),
+                          conv(x, w, stride=stride, padding=padding).flatten(2), rtol=1e-12, atol=1e-12)
 
 
 def test_conv_transposed_bounds():

@@ -353,7 +353,7 @@ def sgd_step(forward, model, x, y, args, opt=None):
     """One training step through `forward`, updating `model`'s parameters with SGD (or `opt`, a peer's)."""
     opt = opt if opt is not None else torch.optim.SGD(model.parameters(), lr=args.lr)
 
-    def step():
+    def step(x=x, y=y):  # another batch: step(x, y) (the largest-batch search reuses one compiled setup)
         with amp_context(args, x):
             loss = loss_fn(forward(x), y)
         loss.backward()
@@ -383,7 +383,7 @@ def setup_dpcompile(model, x, y, args, policy="mixed", cuda_graphs=False, tf32=F
             return str(dp_model.explain())
         except Exception as e:  # noqa: BLE001
             return f"explain() failed: {first_line(e)}"
-    return step, {"explain": explain}
+    return step, {"explain": explain, "compilations": lambda: dp_model.compilations}
 
 
 def setup_opacus(model, x, y, args, policy=None, ghost=False):
@@ -678,6 +678,45 @@ def fatal_cuda_error(msg: str) -> bool:
     return any(k in msg for k in ("illegal memory access", "device-side assert", "unspecified launch failure"))
 
 
+def reuses_setup(method: str) -> bool:
+    """Whether the largest-batch search steps one compiled setup at every batch (non-DP torch.compile and the
+    dpcompile policies without CUDA graphs: their batch dimension becomes or is dynamic, so a new batch costs a step,
+    not a compilation) rather than setting up afresh per try (eager, the peers: their engines fix the batch size)."""
+    return method == "compile" or (method.startswith("dp_") and not method.endswith("_graphs"))
+
+
+class SteppedSetup:
+    """One setup of a method, compiled by a first step at the config's batch, then stepped at other batches: each
+    try(b) is one training step on a fresh batch of b samples, its peak memory measured from an emptied cache.
+    The plan dpcompile made for the config's batch is kept (a fresh compilation at b would plan with b's hints)."""
+
+    def __init__(self, cfg: Config, method: str, base: nn.Module, args, device: torch.device, batch: int) -> None:
+        setup, kw, _ = method_setup(method)
+        self.cfg, self.device = cfg, device
+        t = time.perf_counter()
+        self.model = copy.deepcopy(base).to(device).train()
+        with contextlib.redirect_stdout(Captured()):
+            self.step, self.extra = setup(self.model, *make_batch(cfg, device, batch), args, **kw)
+            self.step()
+        sync(device)
+        self.setup_s = time.perf_counter() - t
+
+    def try_batch(self, batch: int) -> tuple[bool, float | None, str | None]:
+        free_memory()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        try:
+            with contextlib.redirect_stdout(Captured()):
+                self.step(*make_batch(self.cfg, self.device, batch))
+            sync(self.device)
+            return True, torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None, None
+        except Exception as e:  # noqa: BLE001
+            self.model.zero_grad(set_to_none=True)  # what a failed step left in .grad goes (the next one starts afresh)
+            return False, None, "out of memory" if is_oom(e) else first_line(e)
+        finally:
+            free_memory()
+
+
 def try_batch(cfg: Config, method: str, base: nn.Module, base_oop: nn.Module | None, args, device: torch.device,
               batch: int) -> tuple[bool, float | None, str | None]:
     """One training step of `method` at `batch` after a fresh setup: (fits, peak bytes, error); OOM -> not fits."""
@@ -714,11 +753,28 @@ def largest_batch(cfg: Config, method: str, rec: dict, batch: int, base, base_oo
     free_memory()
     capacity = torch.cuda.mem_get_info(device)[0] * 0.97  # free now (allocator emptied); a margin for fragmentation
     peak = rec.get("peak_gib_incl_warmup") or rec.get("peak_gib")
-    seconds = args.largest_batch_seconds
+    stepped, setup_s = None, None
+    if reuses_setup(method):
+        try:
+            stepped = SteppedSetup(cfg, method, base, args, device, batch)
+        except Exception as e:  # noqa: BLE001
+            return f"n/a (its setup at batch {batch}: {'out of memory' if is_oom(e) else first_line(e)})"
+        setup_s = round(stepped.setup_s, 1)
+        attempt = stepped.try_batch
+    else:
+        def attempt(b):
+            return try_batch(cfg, method, base, base_oop, args, device, b)
+    seconds = args.largest_batch_seconds  # for the tries (a shared setup's compilation is not counted)
     if args.budget_seconds is not None:  # the search ends within --budget-seconds too
         seconds = max(0.0, min(seconds, args.budget_seconds - (time.time() - T0)))
-    res = search_largest_batch(lambda b: try_batch(cfg, method, base, base_oop, args, device, b), batch,
-                               peak * 2**30 if peak else None, capacity, args.largest_batch_attempts, seconds)
+    try:
+        res = search_largest_batch(attempt, batch, peak * 2**30 if peak else None, capacity,
+                                   args.largest_batch_attempts, seconds)
+    finally:
+        del stepped, attempt
+        reset_dynamo()
+        free_memory()
+    res["setup_s"] = setup_s  # the one compilation the tries shared (None: each try set up afresh)
     if any(t["error"] and fatal_cuda_error(t["error"]) for t in res["attempts"]):
         args.cuda_broken = True
     return res

@@ -141,6 +141,25 @@ def test_largest_batch_search_stops_at_its_time_cap():
     assert found["capped"] and 1 <= len(found["attempts"]) < 8 and found["batch"] >= 256
 
 
+@pytest.mark.parametrize("method", ["dp_mixed", "compile"])
+def test_largest_batch_tries_step_one_compiled_setup_at_every_batch(method):
+    args = bench.parse_args([*QUICK, "--methods", method])
+    cfg, device = bench.CONFIGS["smoke"], torch.device("cpu")
+    bench.reset_dynamo()
+    stepped = bench.SteppedSetup(cfg, method, cfg.build(), args, device, 4)
+    params = [p.detach().clone() for p in stepped.model.parameters()]
+    sizes = (8, 3, 16, 32, 5)
+    assert [stepped.try_batch(b) for b in sizes] == [(True, None, None)] * len(sizes)
+    assert all(p.grad is None for p in stepped.model.parameters())  # each step completed (zero_grad)
+    assert any(not torch.equal(a, p) for a, p in zip(params, stepped.model.parameters()))  # and trained
+    if method.startswith("dp_"):
+        # a dynamic batch: one capture for all sizes, or two where a size guard splits them (CPU convolutions:
+        # batches under 16 and from 16 on), not one per size
+        assert stepped.extra["compilations"]() <= 2
+    assert bench.reuses_setup(method) and not bench.reuses_setup(method + "_graphs") \
+        and not bench.reuses_setup("opacus") and not bench.reuses_setup("eager")
+
+
 def test_out_of_memory_is_recognised_through_wrappers():
     try:
         try:

@@ -530,7 +530,9 @@ class Captured(io.StringIO):
 
 
 def time_method(cfg: Config, method: str, base: nn.Module, base_oop: nn.Module | None, x, y, args,
-                device: torch.device) -> dict:
+                device: torch.device, search: bool = False) -> dict:
+    """The method's timings; with search (a --largest-batch method whose setup steps any batch), then its largest
+    batch through the same compiled setup, so the search costs steps, not another compilation."""
     setup, kw, oop = method_setup(method)
     if oop and base_oop is None:
         return {"status": "n/a", "error": "no out-of-place variant for this model"}
@@ -540,13 +542,16 @@ def time_method(cfg: Config, method: str, base: nn.Module, base_oop: nn.Module |
     model = copy.deepcopy(base_oop if oop else base).to(device).train()
     out = Captured()
     with contextlib.redirect_stdout(out):
-        res = _time_steps(setup, kw, model, x, y, args, device)
+        res, step, extra = _time_steps(setup, kw, model, x, y, args, device)
     if kw.get("cuda_graphs") and res.get("peak_gib") is not None:
         # replays allocate nothing: the recorded graphs' memory pool, set up in the warm-up, is not in the peak
         res["peak_gib_replay"], res["peak_gib"] = res["peak_gib"], None
         res["reserved_gib"] = torch.cuda.memory_reserved(device) / 2**30
     if out.lines():
         res["stdout"] = out.lines()
+    if search and reuses_setup(method) and device.type == "cuda":
+        res["largest_batch"] = largest_batch(cfg, method, res, x.shape[0], base, base_oop, args, device,
+                                             SteppedSetup(cfg, device, model, step, extra))
     return res
 
 
@@ -598,7 +603,7 @@ def _time_steps(setup, kw, model, x, y, args, device: torch.device) -> dict:
     }
     if "explain" in extra and args.explain:
         res["explain"] = extra["explain"]()
-    return res
+    return res, step, extra
 
 
 # ------------------------------------------------------------------------------------------------
@@ -686,20 +691,25 @@ def reuses_setup(method: str) -> bool:
 
 
 class SteppedSetup:
-    """One setup of a method, compiled by a first step at the config's batch, then stepped at other batches: each
-    try(b) is one training step on a fresh batch of b samples, its peak memory measured from an emptied cache.
-    The plan dpcompile made for the config's batch is kept (a fresh compilation at b would plan with b's hints)."""
+    """A method's setup, compiled by a step at the config's batch, stepped at other batches: each try_batch(b) is
+    one training step on a fresh batch of b samples, its peak memory measured from an emptied cache. The plan
+    dpcompile made for the config's batch is kept (a fresh compilation at b would plan with b's hints)."""
 
-    def __init__(self, cfg: Config, method: str, base: nn.Module, args, device: torch.device, batch: int) -> None:
+    def __init__(self, cfg: Config, device: torch.device, model: nn.Module, step: Callable, extra=None,
+                 setup_s: float = 0.0) -> None:
+        self.cfg, self.device, self.model, self.step, self.extra, self.setup_s = cfg, device, model, step, extra, setup_s
+
+    @classmethod
+    def compiled(cls, cfg: Config, method: str, base: nn.Module, args, device: torch.device, batch: int):
+        """A fresh setup of method, compiled by one step at batch."""
         setup, kw, _ = method_setup(method)
-        self.cfg, self.device = cfg, device
         t = time.perf_counter()
-        self.model = copy.deepcopy(base).to(device).train()
+        model = copy.deepcopy(base).to(device).train()
         with contextlib.redirect_stdout(Captured()):
-            self.step, self.extra = setup(self.model, *make_batch(cfg, device, batch), args, **kw)
-            self.step()
+            step, extra = setup(model, *make_batch(cfg, device, batch), args, **kw)
+            step()
         sync(device)
-        self.setup_s = time.perf_counter() - t
+        return cls(cfg, device, model, step, extra, time.perf_counter() - t)
 
     def try_batch(self, batch: int) -> tuple[bool, float | None, str | None]:
         free_memory()
@@ -744,21 +754,25 @@ def _one_step(cfg, method, base, base_oop, args, device, batch) -> None:
 
 
 def largest_batch(cfg: Config, method: str, rec: dict, batch: int, base, base_oop, args,
-                  device: torch.device) -> dict | str:
-    """--largest-batch for one method whose timed run (rec, at `batch`) fitted; "n/a (cpu)" off the GPU."""
+                  device: torch.device, stepped: SteppedSetup | None = None) -> dict | str:
+    """--largest-batch for one method whose timed run (rec, at `batch`) fitted; "n/a (cpu)" off the GPU. Tries step
+    `stepped` (the timed run's setup), else a setup compiled here where the method's batch is dynamic, else each try
+    sets up afresh."""
     if device.type != "cuda":
         return "n/a (cpu)"
     if rec.get("status") != "ok":
         return f"n/a (the timed run: {rec.get('status')})"
     free_memory()
-    capacity = torch.cuda.mem_get_info(device)[0] * 0.97  # free now (allocator emptied); a margin for fragmentation
+    # what peaks can reach: free now (allocator emptied) and what live tensors hold; a margin for fragmentation
+    capacity = (torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_allocated(device)) * 0.97
     peak = rec.get("peak_gib_incl_warmup") or rec.get("peak_gib")
-    stepped, setup_s = None, None
-    if reuses_setup(method):
+    setup_s = None
+    if stepped is None and reuses_setup(method):
         try:
-            stepped = SteppedSetup(cfg, method, base, args, device, batch)
+            stepped = SteppedSetup.compiled(cfg, method, base, args, device, batch)
         except Exception as e:  # noqa: BLE001
             return f"n/a (its setup at batch {batch}: {'out of memory' if is_oom(e) else first_line(e)})"
+    if stepped is not None:
         setup_s = round(stepped.setup_s, 1)
         attempt = stepped.try_batch
     else:
@@ -774,7 +788,7 @@ def largest_batch(cfg: Config, method: str, rec: dict, batch: int, base, base_oo
         del stepped, attempt
         reset_dynamo()
         free_memory()
-    res["setup_s"] = setup_s  # the one compilation the tries shared (None: each try set up afresh)
+    res["setup_s"] = setup_s  # the compilation the tries shared, 0 for the timed run's (None: each set up afresh)
     if any(t["error"] and fatal_cuda_error(t["error"]) for t in res["attempts"]):
         args.cuda_broken = True
     return res
@@ -1054,6 +1068,8 @@ def largest_batch_table(results: dict, methods: list[str], args) -> list[str]:
             note = "; ".join(filter(None, [
                 "stopped at its time cap" if lb["capped"] else "",
                 "" if lb["converged"] else "not bracketed within 10%",
+                {None: "a fresh setup per try", 0.0: "the timed run's setup"}.get(lb.get("setup_s"),
+                                                                              f"one setup ({lb.get('setup_s')} s)"),
                 *(f"{t['batch']}: {t['error']}" for t in bad if t["error"] and t["error"] != "out of memory")]))
             peak = max((t["peak_gib"] for t in lb["attempts"] if t["fits"] and t["peak_gib"]), default=None)
             rows.append(f"| {c['name']} | {method_title(m, args)} | {lb_text(lb)} | {lb['fails_at'] or '—'} | "
@@ -1061,7 +1077,7 @@ def largest_batch_table(results: dict, methods: list[str], args) -> list[str]:
                         f"{note.replace('|', '/')} |")
     if not rows:
         return []
-    return ["", "## Largest batch (one training step after a fresh setup; synthetic batch)", "",
+    return ["", "## Largest batch (one training step per try; synthetic batch)", "",
             "| config | method | largest batch that fits | smallest that failed | attempts | its peak GiB | search s "
             "| note |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |", *rows]
@@ -1249,7 +1265,7 @@ def run_config(cfg: Config, crec: dict, args, device: torch.device, results: dic
             current, prev = m, crec["results"].get(m)
             reset_dynamo()
             try:
-                r = time_method(cfg, m, base, base_oop, x, y, args, device)
+                r = time_method(cfg, m, base, base_oop, x, y, args, device, search=m in search)
             except Unavailable as e:
                 r = {"status": f"unavailable ({e})"}
             except Exception as e:  # noqa: BLE001
@@ -1267,6 +1283,8 @@ def run_config(cfg: Config, crec: dict, args, device: torch.device, results: dic
             save(results, args)
         for m in search:
             r = crec["results"][m]
+            if searched(r):  # with its timing, through the same setup
+                continue
             if over_budget(args) or args.cuda_broken:
                 r["largest_batch"] = "skipped (budget)" if not args.cuda_broken else "skipped (CUDA context lost)"
                 continue

@@ -8,7 +8,8 @@
 # Work in order of importance, each phase one bench.py run adding to the same files (--resume):
 #   1. fp32, the plain configs: $CORE (eager, compile, dpcompile with each of $POLICIES)
 #   2. fp32, the plain configs: $PEERS
-#   3. fp32, the plain configs: --largest-batch $LARGEST (only if LARGEST is set)
+#   3. fp32, the plain configs: --largest-batch $LARGEST (only if LARGEST is set; those of phase 1's methods whose
+#      batch is dynamic, compile and dp_*, are searched in phase 1 right after their timing, with no new compilation)
 #   4-5. bf16: phases 1 and 2 again
 #   6-9. the torchvision/timm configs (tv_*, timm_*): fp32 core, fp32 peers, bf16 core, bf16 peers
 # One JSON + MD per (config group, amp) in $OUT: $NAME-fp32, $NAME-bf16, $NAME-tv-fp32, $NAME-tv-bf16, plus a .log.
@@ -97,10 +98,23 @@ phase() {  # phase NAME AMP METHODS CONFIGS [bench.py arguments]
     fi
 }
 
-for amp in $AMPS; do
-    for methods in "$CORE" "$PEERS"; do
-        phase "$NAME-$amp" "$amp" "$methods" "$plain_csv"
+# LARGEST's methods that CORE times search right after their timing, through the same compiled setup
+in_core=()
+IFS=, read -r -a largest <<< "$LARGEST"
+IFS=, read -r -a core <<< "$CORE"
+for m in "${largest[@]}"; do
+    for c in "${core[@]}"; do
+        [[ $m == "$c" || ( $c == dpcompile && $m == dp_* ) ]] && { in_core+=("$m"); break; }
     done
+done
+core_search=()
+(( ${#in_core[@]} )) && core_search=(--largest-batch "$(IFS=,; echo "${in_core[*]}")" \
+    --largest-batch-seconds "$LARGEST_SECONDS")
+
+for amp in $AMPS; do
+    search=(); [[ $amp == fp32 ]] && search=("${core_search[@]}")
+    phase "$NAME-$amp" "$amp" "$CORE" "$plain_csv" "${search[@]}"
+    phase "$NAME-$amp" "$amp" "$PEERS" "$plain_csv"
     if [[ $amp == fp32 && -n $LARGEST ]]; then
         phase "$NAME-$amp" "$amp" "$LARGEST" "$plain_csv" --largest-batch "$LARGEST" \
             --largest-batch-seconds "$LARGEST_SECONDS"

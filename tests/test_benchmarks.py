@@ -142,11 +142,19 @@ def test_largest_batch_search_stops_at_its_time_cap():
 
 
 @pytest.mark.parametrize("method", ["dp_mixed", "compile"])
-def test_largest_batch_tries_step_one_compiled_setup_at_every_batch(method):
+@pytest.mark.parametrize("origin", ["timed run", "own setup"])
+def test_largest_batch_tries_step_one_compiled_setup_at_every_batch(method, origin):
     args = bench.parse_args([*QUICK, "--methods", method])
     cfg, device = bench.CONFIGS["smoke"], torch.device("cpu")
     bench.reset_dynamo()
-    stepped = bench.SteppedSetup(cfg, method, cfg.build(), args, device, 4)
+    if origin == "own setup":
+        stepped = bench.SteppedSetup.compiled(cfg, method, cfg.build(), args, device, 4)
+    else:  # the setup the method was timed with (time_method's search on a GPU)
+        setup, kw, _ = bench.method_setup(method)
+        model = cfg.build()
+        res, step, extra = bench._time_steps(setup, kw, model, *bench.make_batch(cfg, device, 4), args, device)
+        assert res["status"] == "ok"
+        stepped = bench.SteppedSetup(cfg, device, model, step, extra)
     params = [p.detach().clone() for p in stepped.model.parameters()]
     sizes = (8, 3, 16, 32, 5)
     assert [stepped.try_batch(b) for b in sizes] == [(True, None, None)] * len(sizes)

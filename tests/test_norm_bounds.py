@@ -216,6 +216,28 @@ def test_pointwise_conv_patches_are_the_strided_input(dims, stride, padding):
                           conv(x, w, stride=stride, padding=padding).flatten(2), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("conv", [nn.Conv2d(4, 6, 1, stride=2), nn.Conv2d(4, 6, 3, padding=1, groups=2),
+                                  nn.Conv2d(3, 4, 3, dilation=2, stride=2), nn.Conv1d(3, 2, 1, padding=1, stride=3),
+                                  nn.Conv3d(2, 3, (1, 2, 1), stride=(2, 1, 1)),
+                                  nn.ConvTranspose2d(4, 6, 1, stride=2, output_padding=1, groups=2),
+                                  nn.ConvTranspose1d(3, 2, 3, stride=2, padding=1)])
+def test_cuda_clipped_sum_gemm_is_the_weight_gradient(conv):
+    """The weight gradient the CUDA clipped sum computes (a GEMM on unfolded inputs, as cuDNN's FFT/Winograd
+    algorithms are outside the error model), checked on the CPU against convolution_backward in float64."""
+    torch.manual_seed(0)
+    conv = conv.double()
+    x = torch.randn(3, conv.in_channels, *([7] * (conv.weight.dim() - 2)), dtype=torch.float64)
+    g, x, w = conv_operands(conv, x)
+    transposed = isinstance(conv, nn.modules.conv._ConvTransposeNd)
+    c = {"stride": list(conv.stride), "padding": list(conv.padding), "dilation": list(conv.dilation),
+         "groups": conv.groups, "kernel": list(conv.kernel_size), "param": 1, "transposed": transposed,
+         "output_padding": list(conv.output_padding)}
+    expected = aten.convolution_backward(g, x, w, None, c["stride"], c["padding"], c["dilation"], transposed,
+                                         c["output_padding"], c["groups"], [False, True, False])[1]
+    got = ConvRule().weight_grad_gemm(Site("conv", (), c, None), g, x, w)
+    assert got.shape == w.shape and torch.allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
 def test_conv_transposed_bounds():
     """A transposed convolution unfolds the output gradient over the input's positions."""
     torch.manual_seed(0)

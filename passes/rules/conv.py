@@ -166,10 +166,14 @@ class ConvRule:
         x = masked(x, clip)
         c = site.consts
         if g.is_cuda:  # cuDNN may pick FFT/Winograd weight gradients, outside γ_T·M: a GEMM on the unfolded input
-            u, gg = self._unfolded(site, g, x)
-            return torch.einsum("bgpt,bgdt->gpd", gg, u).reshape(w.shape)  # k·T positions per sample
+            return self.weight_grad_gemm(site, g, x, w)
         return aten.convolution_backward(g, x, w, None, c["stride"], c["padding"], c["dilation"], c["transposed"],
                                          c["output_padding"], c["groups"], [False, True, False])[1]
+
+    def weight_grad_gemm(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
+        """Σ_i G_i U_iᵀ, the weight gradient as one GEMM over every sample's k·T positions (the clipped sum on CUDA)."""
+        u, gg = self._unfolded(site, g, x)
+        return torch.einsum("bgpt,bgdt->gpd", gg, u).reshape(w.shape)
 
     def cost(self, site: Site) -> dict[str, Cost]:
         s = site.shape

@@ -203,10 +203,21 @@ def test_dp_throughput_runs_on_a_cpu_with_phases_and_the_allreduce_timer():
     assert set(result["phases_ms"]) == {"forward", "backward", "step"}
     assert result["inductor_config"] == {"max_autotune": False}
     reference = module.main(["--model", "small_cnn", "--size", "8", "--batch", "3", "--steps", "1", "--warmup", "1",
-                             "--backend", "eager", "--device", "cpu", "--method", "compile"])
-    assert reference["policy"] == "non-private" and reference["host_ms"] > 0
+                             "--backend", "eager", "--device", "cpu", "--method", "compile", "--dynamic"])
+    assert reference["policy"] == "non-private" and reference["host_ms"] > 0 and reference["dynamic"]
     timed = module.main(["--allreduce-mb", "0.25", "--device", "cpu"])
     assert timed["ms"] >= 0 and timed["world"] == 1
+
+
+def test_pass_times_reports_each_pass_and_the_lowering(capsys):
+    load_script("pass_times").main(["--models", "small_cnn", "--size", "8", "--batch", "3", "--clock", "wall"])
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("small_cnn: DP passes"))
+    for part in ("rewrite_backward", "numerical check", "lower forward", "lower backward", "first step"):
+        assert part in line, line
+    assert "wall time" in out and "backend eager" in out
+    from dpcompile.backend import DPBackend
+    assert DPBackend.lower.__name__ == "lower"  # the instrumentation is gone afterwards
 
 
 def test_cuda_graph_methods_are_named_and_set_up():

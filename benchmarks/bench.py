@@ -552,6 +552,7 @@ def time_method(cfg: Config, method: str, base: nn.Module, base_oop: nn.Module |
     if search and reuses_setup(method) and device.type == "cuda":
         res["largest_batch"] = largest_batch(cfg, method, res, x.shape[0], base, base_oop, args, device,
                                              SteppedSetup(cfg, device, model, step, extra))
+        log_search(cfg, method, res["largest_batch"])
     return res
 
 
@@ -676,6 +677,12 @@ def search_largest_batch(attempt: Callable[[int], tuple[bool, float | None, str 
     return {"batch": lo, "fails_at": hi, "attempts": tries, "capped": capped,
             "converged": hi is not None and hi <= lo * (1 + tol), "seconds": round(clock() - t0, 1),
             "capacity_gib": capacity / 2**30}
+
+
+def log_search(cfg: Config, method: str, lb) -> None:
+    if isinstance(lb, dict):
+        log(f"{cfg.name} {method}: largest batch {lb_text(lb)} (fails at {lb['fails_at']}; {len(lb['attempts'])} "
+            f"attempts, {lb['seconds']:.0f} s" + (", capped" if lb["capped"] else "") + ")")
 
 
 def fatal_cuda_error(msg: str) -> bool:
@@ -1291,12 +1298,9 @@ def run_config(cfg: Config, crec: dict, args, device: torch.device, results: dic
             searching = r
             log(f"{cfg.name} {m}: largest batch (cap {args.largest_batch_seconds:g} s, "
                 f"{args.largest_batch_attempts} attempts)")
-            r["largest_batch"] = lb = largest_batch(cfg, m, r, crec["batch"], base, base_oop, args, device)
+            r["largest_batch"] = largest_batch(cfg, m, r, crec["batch"], base, base_oop, args, device)
             searching = None
-            if isinstance(lb, dict):
-                log(f"{cfg.name} {m}: largest batch {lb_text(lb)} (fails at {lb['fails_at']}; "
-                    f"{len(lb['attempts'])} attempts, {lb['seconds']:.0f} s"
-                    + (", capped" if lb["capped"] else "") + ")")
+            log_search(cfg, m, r["largest_batch"])
             save(results, args)
     except Unavailable as e:
         crec["status"] = f"unavailable ({e})"

@@ -51,18 +51,19 @@ import sys
 import time
 import traceback
 import warnings
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "examples"))
 if ROOT not in sys.path:
     sys.path.append(ROOT)  # an installed dpcompile (or PYTHONPATH) wins over the source tree
-import models as zoo  # noqa: E402  (examples/models.py)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_configs, bench_report beside this file
+from bench_configs import (CHECK_MODELS, CONFIG_GROUPS, CONFIGS, DEFAULT_CONFIGS, Config,  # noqa: E402
+                           Unavailable, expand_configs, loss_fn, make_batch, missing_requirement, per_sample_loss)
+from bench_report import FLOOR_FACTOR, lb_text, markdown, method_order, ok, save  # noqa: E402
 
 
 class _PassesFinder:
@@ -95,172 +96,6 @@ warnings.filterwarnings("ignore", message="Using a non-full backward hook")  # f
 
 def log(*a) -> None:
     print(f"[{time.time() - T0:7.1f}s]", *a, flush=True)
-
-
-# ------------------------------------------------------------------------------------------------
-# Configurations
-# ------------------------------------------------------------------------------------------------
-
-@dataclass
-class Config:
-    name: str
-    title: str                       # row label, e.g. "ResNet-18, 32², 256"
-    build: Callable[[], nn.Module]
-    input_shape: tuple               # per sample; for token models: (T,)
-    num_classes: int                 # for token models: the vocabulary size of the targets
-    batch: int
-    tokens: bool = False             # integer token input (B, T) instead of float images
-    vocab: int = 0                   # token ids are drawn from [0, vocab)
-    seq_targets: bool = False        # targets (B, T) and logits (B, T, V): next-token loss
-    build_oop: Callable[[], nn.Module] | None = None   # out-of-place residual variant (Opacus)
-    note: str = ""
-    requires: tuple = ()             # packages the builder imports (torchvision, timm): absent -> "unavailable"
-
-
-class Unavailable(Exception):
-    """A config or method that cannot run here (a package or the peers' sources missing): a status, not a failure."""
-
-
-# The models users bring: torchvision and timm, as the peers' table ran them (/work/shared/notes/peers.md).
-
-def group_norm_everywhere(model: nn.Module, groups: int = 32) -> nn.Module:
-    """Every BatchNorm -> GroupNorm(gcd(groups, C), C) (min(32, C) groups for power-of-two widths), in place."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.modules.batchnorm._BatchNorm):
-                c = child.num_features
-                setattr(parent, name, nn.GroupNorm(math.gcd(groups, c), c, eps=child.eps, affine=child.affine))
-    return model
-
-
-def relu_not_inplace(model: nn.Module) -> nn.Module:
-    """Every nn.ReLU with inplace=False (in-place activations break per-sample hooks), in place."""
-    for m in model.modules():
-        if isinstance(m, nn.ReLU):
-            m.inplace = False
-    return model
-
-
-def tv_resnet(arch: str, num_classes: int, small_input: bool) -> nn.Module:
-    """torchvision.models.<arch>(num_classes) with GroupNorm and out-of-place ReLU; small_input: a 3x3
-    stride-1 conv1 and no max-pool (32x32 images). The residual add stays torchvision's `out += identity`."""
-    import torchvision
-    model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
-    if small_input:
-        model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
-        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
-        model.maxpool = nn.Identity()
-    return relu_not_inplace(group_norm_everywhere(model))
-
-
-def timm_model(name: str, num_classes: int) -> nn.Module:
-    import timm
-    return timm.create_model(name, pretrained=False, num_classes=num_classes)
-
-
-CONFIGS: dict[str, Config] = {c.name: c for c in [
-    # The peers' table (benchmarks in /work/shared/notes/peers.md).
-    Config("resnet18_32", "ResNet-18, 32², 256", lambda: zoo.resnet18_gn(10, small_input=True), (3, 32, 32), 10, 256,
-           build_oop=lambda: zoo.resnet18_gn(10, small_input=True, inplace_residual=False)),
-    Config("wrn16_4_32", "WRN-16-4, 32², 256", lambda: zoo.wrn16_4(10), (3, 32, 32), 10, 256),
-    Config("resnet18_224", "ResNet-18, 224², 64", lambda: zoo.resnet18_gn(1000, small_input=False), (3, 224, 224), 1000, 64,
-           build_oop=lambda: zoo.resnet18_gn(1000, small_input=False, inplace_residual=False)),
-    Config("resnet50_224", "ResNet-50, 224², 32", lambda: zoo.resnet50_gn(1000), (3, 224, 224), 1000, 32,
-           build_oop=lambda: zoo.resnet50_gn(1000, inplace_residual=False)),
-    Config("vit_s16_224", "ViT-S/16, 224², 64", lambda: zoo.vit_s16(1000), (3, 224, 224), 1000, 64),
-    # Extras (not in the default set).
-    Config("vit_tiny_32", "ViT-Tiny/4 (6 blocks), 32², 256", lambda: zoo.vit(), (3, 32, 32), 10, 256),
-    Config("small_cnn_32", "small CNN, 32², 256", lambda: zoo.small_cnn(10), (3, 32, 32), 10, 256),
-    Config("convnext_32", "ConvNeXt blocks, 32², 256", lambda: zoo.convnext_block_model(10, dims=(64, 128), blocks=2),
-           (3, 32, 32), 10, 256),
-    Config("mobilenet_32", "MobileNet blocks, 32², 256", lambda: zoo.mobilenet_block_model(10), (3, 32, 32), 10, 256),
-    Config("text_conv1d", "text Conv1d, T=256, 256", lambda: zoo.text_conv1d(vocab=20000, embed_dim=128, channels=128),
-           (256,), 2, 256, tokens=True, vocab=20000),
-    Config("conv3d", "3-D CNN, 16×32², 64", lambda: zoo.conv3d_model(10, in_channels=1, width=16), (1, 16, 32, 32), 10, 64),
-    Config("gpt_small", "GPT small (4×256, tied), T=128, 32", lambda: zoo.gpt_small(8192, 256, 4, 4, 128), (128,), 8192, 32,
-           tokens=True, vocab=8192, seq_targets=True, note="loss is the mean over B·T tokens"),
-    # The models users bring (torchvision / timm; skipped as "unavailable" where the package is missing).
-    Config("tv_resnet18_32", "torchvision ResNet-18 (GN), 32², 256", lambda: tv_resnet("resnet18", 10, True),
-           (3, 32, 32), 10, 256, requires=("torchvision",)),
-    Config("tv_resnet18_224", "torchvision ResNet-18 (GN), 224², 64", lambda: tv_resnet("resnet18", 1000, False),
-           (3, 224, 224), 1000, 64, requires=("torchvision",)),
-    Config("tv_resnet50_224", "torchvision ResNet-50 (GN), 224², 32", lambda: tv_resnet("resnet50", 1000, False),
-           (3, 224, 224), 1000, 32, requires=("torchvision",)),
-    Config("timm_vit_s16_224", "timm ViT-S/16, 224², 64", lambda: timm_model("vit_small_patch16_224", 1000),
-           (3, 224, 224), 1000, 64, requires=("timm",)),
-    # CPU smoke tests.
-    Config("smoke", "smoke: small CNN w8, 32², 16", lambda: zoo.small_cnn(10, width=8), (3, 32, 32), 10, 16),
-    Config("smoke_vit", "smoke: ViT d24×2, 16², 8", lambda: zoo.vit(16, 4, 24, 2, 3, 10), (3, 16, 16), 10, 8),
-    Config("smoke_resnet", "smoke: ResNet-18 w8, 16², 8", lambda: zoo.resnet18_gn(10, width=8), (3, 16, 16), 10, 8,
-           build_oop=lambda: zoo.resnet18_gn(10, width=8, inplace_residual=False)),
-]}
-DEFAULT_CONFIGS = "resnet18_32,wrn16_4_32,resnet18_224,resnet50_224,vit_s16_224"
-# Named groups for --configs (mixable with config names): the issue's suite is the default five + the four
-# torchvision/timm models.
-CONFIG_GROUPS: dict[str, list[str]] = {
-    "default": DEFAULT_CONFIGS.split(","),
-    "cifar": ["resnet18_32", "wrn16_4_32"],
-    "imagenet": ["resnet18_224", "resnet50_224", "vit_s16_224"],
-    "tv": ["tv_resnet18_32", "tv_resnet18_224", "tv_resnet50_224", "timm_vit_s16_224"],
-    "tv_cifar": ["tv_resnet18_32"],
-    "tv_imagenet": ["tv_resnet18_224", "tv_resnet50_224", "timm_vit_s16_224"],
-}
-CONFIG_GROUPS["suite"] = CONFIG_GROUPS["default"] + CONFIG_GROUPS["tv"]
-
-
-def expand_configs(spec: str) -> list[str]:
-    """'a,b,group,...' -> config names in order, groups expanded, duplicates dropped; 'all'; 'none' or ''."""
-    names: list[str] = []
-    for tok in [t for t in spec.split(",") if t]:
-        if tok == "none":
-            continue
-        if tok == "all":
-            names += [c for c in CONFIGS if not c.startswith("smoke")]
-        else:
-            names += CONFIG_GROUPS.get(tok, [tok])
-    return list(dict.fromkeys(names))
-
-
-def missing_requirement(cfg: Config) -> str | None:
-    """'no torchvision' where a package the config's builder imports is absent, else None."""
-    for mod in cfg.requires:
-        if importlib.util.find_spec(mod) is None:
-            return f"no {mod}"
-    return None
-
-
-CHECK_MODELS: dict[str, tuple[Callable[[], nn.Module], tuple, int]] = {
-    "small_cnn": (lambda: zoo.small_cnn(10, width=16), (3, 32, 32), 10),
-    "vit_tiny": (lambda: zoo.vit(16, 4, 48, 2, 3, 10), (3, 16, 16), 10),
-    "resnet_tiny": (lambda: zoo.resnet18_gn(10, width=8), (3, 16, 16), 10),
-    "mobilenet": (lambda: zoo.mobilenet_block_model(10, width=8), (3, 32, 32), 10),
-    "convnext": (lambda: zoo.convnext_block_model(10, dims=(16, 32), blocks=1, layer_scale=0.5), (3, 16, 16), 10),
-}
-
-
-def make_batch(cfg: Config, device: torch.device, batch: int | None = None, seed: int = 0):
-    b = batch or cfg.batch
-    g = torch.Generator().manual_seed(seed)
-    if cfg.tokens:
-        x = torch.randint(0, cfg.vocab, (b, *cfg.input_shape), generator=g)
-    else:
-        x = torch.randn(b, *cfg.input_shape, generator=g)
-    y_shape = (b, *cfg.input_shape) if cfg.seq_targets else (b,)
-    y = torch.randint(0, cfg.num_classes, y_shape, generator=g)
-    return x.to(device), y.to(device)
-
-
-def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    if out.dim() == 3:  # (B, T, V) logits, (B, T) targets
-        return F.cross_entropy(out.flatten(0, 1), y.flatten())
-    return F.cross_entropy(out, y)
-
-
-def per_sample_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(B,) losses (private_vision's step takes them): for (B, T, V) logits the mean over a sample's T tokens."""
-    if out.dim() == 3:
-        return F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(out.shape[0], -1).mean(1)
-    return F.cross_entropy(out, y, reduction="none")
 
 
 def amp_context(args, x: torch.Tensor):
@@ -485,36 +320,6 @@ def method_setup(method: str):
     if method == "private_vision":
         return setup_private_vision, {}, False
     raise ValueError(f"unknown method {method!r}")
-
-
-PEER_METHODS = ("opacus", "opacus_ghost", "opacus_oop", "opacus_ghost_oop", "fastdp", "fastdp_ghost", "private_vision")
-NON_PRIVATE = ("compile", "eager")  # the reference of ratios: compile, else eager
-METHOD_TITLES = {
-    "eager": "non-DP eager", "compile": "non-DP torch.compile", "compile_graphs": "non-DP torch.compile, CUDA graphs",
-    "opacus": "Opacus hooks",
-    "opacus_ghost": "Opacus ghost", "opacus_oop": "Opacus hooks (out-of-place add)",
-    "opacus_ghost_oop": "Opacus ghost (out-of-place add)", "fastdp": "fastDP BK-MixOpt",
-    "fastdp_ghost": "fastDP BK-MixGhostClip", "private_vision": "private_vision mixed ghost",
-}
-
-
-def method_order(m: str) -> tuple:
-    """Canonical column order: non-private, dpcompile, peers, anything else."""
-    if m in NON_PRIVATE:
-        return (0, -NON_PRIVATE.index(m), m)
-    if m == "compile_graphs":
-        return (0, 1, m)
-    if m.startswith("dp_"):
-        return (1, 0, m)
-    return (2, PEER_METHODS.index(m) if m in PEER_METHODS else 99, m)
-
-
-def method_title(m: str, args) -> str:
-    if m.startswith("dp_"):
-        return f"dpcompile {m[3:]}" + ("" if args.dp_backend == "inductor" else f" ({args.dp_backend})")
-    if m == "compile" and getattr(args, "compile_backend", "inductor") != "inductor":
-        return f"non-DP torch.compile ({args.compile_backend})"
-    return METHOD_TITLES.get(m, m)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -839,7 +644,6 @@ def rel_errors(grads: dict, ref: dict) -> tuple[dict, float]:
     return per, math.sqrt(d2) / max(math.sqrt(r2), 1e-30)
 
 
-FLOOR_FACTOR = 3.0
 
 
 def run_check(args, device, results: dict) -> None:
@@ -916,196 +720,6 @@ def run_check(args, device, results: dict) -> None:
 # ------------------------------------------------------------------------------------------------
 # Output
 # ------------------------------------------------------------------------------------------------
-
-def cell(r: dict | None, ref: dict | None, short: bool = False) -> str:
-    if r is None:
-        return ""
-    if r["status"] != "ok":
-        if r["status"] == "fails":
-            msg = r["error"]
-            return "fails: " + (msg[:70] + "…" if short and len(msg) > 70 else msg).replace("|", "\\|")
-        return r["status"]
-    s = f"{r['ms']:.1f}"
-    if r.get("peak_gib") is not None:
-        s += f", {r['peak_gib']:.2f}"
-    if ref and ref.get("status") == "ok" and ref is not r:
-        s += f" ({r['ms'] / ref['ms']:.2f}×)"
-    return s
-
-
-def markdown(results: dict, args) -> str:
-    env = results["env"]
-    amp = results.get("amp", "fp32")
-    precision = "fp32" if amp == "fp32" else "bf16 autocast of forward and loss (parameters, gradients, SGD in fp32)"
-    peers = env.get("peers")
-    later = [r for r in results.get("runs", [])[1:] if r.get("git") != env["git"] or r.get("device") != env["device"]]
-    L = [f"# dpcompile benchmark — {env['device']}, {amp}", "",
-         f"- date: {env['date_utc']}; torch {env['torch']}; CUDA {env['cuda']}; cuDNN {env['cudnn']}; "
-         f"Python {env['python']}; opacus {env['opacus']}; dpcompile {env['dpcompile']}; git {env['git']}; amp {amp}"
-         + (f"; peers from {peers['dir']}: fastDP {peers.get('fastDP')}, private_vision {peers.get('private_vision')}"
-            if peers else ""),
-         f"- {env['inputs']}; {precision} (TF32 matmul {env['tf32_matmul']}, TF32 cuDNN conv {env['tf32_cudnn']}, "
-         f"cudnn.benchmark {env['cudnn_benchmark']}); SGD lr {args.lr}; σ={args.noise_multiplier}, R={args.max_grad_norm}; "
-         f"dpcompile backend {args.dp_backend}; "
-         f"non-DP torch.compile backend {getattr(args, 'compile_backend', 'inductor')}",
-         f"- ms/step: median of {args.steps} timed steps (synchronize + perf_counter around each) after "
-         f"{args.warmup} warm-up steps; peak GiB: torch.cuda.max_memory_allocated over the timed steps; "
-         f"(×) time relative to non-DP torch.compile."]
-    L += [f"- resumed {r['date_utc']} on {r['device']}, git {r['git']}" for r in later]
-    L += [""]
-    methods = results["methods"] if results["configs"] else []
-    if methods:
-        L += ["| model, input, batch | " + " | ".join(method_title(m, args) for m in methods) + " |",
-              "| --- |" + " --- |" * len(methods)]
-        for c in results["configs"]:
-            rs = c["results"]
-            L.append(f"| {c['title']} | "
-                     + " | ".join(cell(rs.get(m), rs.get("compile"), short=True) for m in methods) + " |")
-        L += ["", "Cells: ms/step, peak GiB (time ÷ non-DP compiled).", "",
-              "## Details", "",
-              "| config | method | ms/step median | min | back-to-back | peak GiB | × compiled time | "
-              "× compiled memory | first step s |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for c in results["configs"]:
-        ref = c["results"].get("compile")
-        okref = ref is not None and ref.get("status") == "ok"
-        for m in methods:
-            r = c["results"].get(m)
-            if r is None or (c.get("status") and r["status"] == c["status"]):  # the config's own row says it
-                continue
-            if r["status"] != "ok":
-                L.append(f"| {c['name']} | {method_title(m, args)} | {cell(r, None)} | | | | | | |")
-                continue
-            tr = f"{r['ms'] / ref['ms']:.2f}" if okref else "—"
-            mr = (f"{r['peak_gib'] / ref['peak_gib']:.2f}" if okref and r.get("peak_gib") and ref.get("peak_gib")
-                  else "—")
-            pk = f"{r['peak_gib']:.3f}" if r.get("peak_gib") is not None else "—"
-            L.append(f"| {c['name']} | {method_title(m, args)} | {r['ms']:.2f} | {r['ms_min']:.2f} | "
-                     f"{r['ms_pipelined']:.2f} | {pk} | {tr} | {mr} | {r['first_step_s']:.1f} |")
-        if c.get("error"):
-            L.append(f"| {c['name']} | (config) | fails: {c['error']} | | | | | | |")
-        if c.get("status"):
-            L.append(f"| {c['name']} | (config) | {c['status']} | | | | | | |")
-    if results.get("check"):
-        L += ["", "## Gradient check (dpcompile, σ=0, vs torch.func per-sample reference, TF32 off, R = median per-sample norm)", "",
-              "| model | policy | max relative error (param) | whole gradient | vs fp32 reference: max, whole | "
-              "fp32 reference's own error | worst error ÷ allowed (param) | R | clipped | result |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for r in results["check"]:
-            if r.get("status") == "ok":
-                L.append(f"| {r['model']} | {r['policy']} | {r['max_rel_err']:.2e} ({r['worst_param']}) | "
-                         f"{r['total_rel_err']:.2e} | {r['max_rel_err_vs_f32']:.2e}, {r['total_rel_err_vs_f32']:.2e} | "
-                         f"{r['fp32_floor']:.2e} | {r['worst_over_allowed']:.2f} ({r['worst_over_allowed_param']}) | "
-                         f"{r['clip']:.3g} | {r['frac_clipped']:.0%} | {'PASS' if r['passed'] else 'FAIL'} |")
-            else:
-                L.append(f"| {r['model']} | {r.get('policy', '')} | {r['status']}: {r.get('error', '')} | | | | | | | |")
-        L += ["", "Relative errors ‖Δ‖/‖ref‖ of dpcompile's gradient (σ=0, fp32) against the torch.func per-sample "
-                  "reference computed in float64 (and, secondary, in fp32). Allowed, per parameter and for the whole "
-                  f"gradient: max({args.check_tol:g}, {FLOOR_FACTOR:g} × the fp32 reference's own error against "
-                  "float64). PASS: all within, and no parameter without a gradient."]
-    L += summary(results, methods, args)
-    L += largest_batch_table(results, methods, args)
-    if results.get("skipped"):
-        L += ["", f"Skipped (budget of {args.budget_seconds} s): {', '.join(results['skipped'])}"]
-    return "\n".join(L) + "\n"
-
-
-def ok(r: dict | None) -> bool:
-    return r is not None and r.get("status") == "ok"
-
-
-def lb_text(lb) -> str:
-    """A largest-batch record as one cell: "≥" where the search stopped before bracketing it within 10%."""
-    if not isinstance(lb, dict):
-        return str(lb)
-    return ("" if lb.get("converged") else "≥ ") + str(lb["batch"])
-
-
-def summary(results: dict, methods: list[str], args) -> list[str]:
-    """Per config: dpcompile's best policy against non-DP compiled (time, memory, largest batch), the fastest peer."""
-    rows = []
-    for c in results["configs"]:
-        rs = c["results"]
-        ref = rs.get("compile")
-        dps = [(m, rs[m]) for m in methods if m.startswith("dp_") and ok(rs.get(m))]
-        if not dps:
-            st = c.get("status") or next((rs[m]["status"] for m in methods if m.startswith("dp_") and m in rs), "—")
-            rows.append(f"| {c['title']} | {st} | | | | | |")
-            continue
-        m, r = min(dps, key=lambda mr: mr[1]["ms"])
-        best = f"{m[3:]}: {r['ms']:.1f} ms" + (f", {r['peak_gib']:.2f} GiB" if r.get("peak_gib") is not None else "")
-        t = f"{r['ms'] / ref['ms']:.2f}×" if ok(ref) else "—"
-        mem = (f"{r['peak_gib'] / ref['peak_gib']:.2f}×" if ok(ref) and r.get("peak_gib") and ref.get("peak_gib")
-               else "—")
-        peers = [(p, rs[p]) for p in methods if p in PEER_METHODS and ok(rs.get(p))]
-        if peers:
-            p, pr = min(peers, key=lambda mr: mr[1]["ms"])
-            peer = f"{METHOD_TITLES.get(p, p)}: {pr['ms']:.1f} ms | {pr['ms'] / r['ms']:.2f}×"
-        else:
-            tried = [p for p in methods if p in PEER_METHODS and p in rs]
-            peer = ("none ran (" + ", ".join(f"{p} {rs[p]['status'].split(' (')[0]}" for p in tried) + ")"
-                    if tried else "—") + " | —"
-        lbs = []
-        ref_lb = next((rs[n]["largest_batch"] for n in NON_PRIVATE
-                       if isinstance(rs.get(n, {}).get("largest_batch"), dict)), None)
-        for dm in methods:
-            lb = rs.get(dm, {}).get("largest_batch") if dm.startswith("dp_") else None
-            if isinstance(lb, dict) and ref_lb:
-                lbs.append(f"{dm[3:]} {lb['batch'] / ref_lb['batch']:.2f} ({lb_text(lb)} / {lb_text(ref_lb)})")
-        rows.append(f"| {c['title']} | {best} | {t} | {mem} | {peer} | {'; '.join(lbs) or '—'} |")
-    if not rows:
-        return []
-    return ["", "## Summary", "",
-            "| model, input, batch | dpcompile, best policy | time × non-DP compiled | memory × non-DP compiled | "
-            "fastest peer | peer time ÷ dpcompile time | largest batch, dpcompile ÷ non-DP |",
-            "| --- | --- | --- | --- | --- | --- | --- |", *rows]
-
-
-def largest_batch_table(results: dict, methods: list[str], args) -> list[str]:
-    rows = []
-    for c in results["configs"]:
-        for m in methods:
-            lb = c["results"].get(m, {}).get("largest_batch")
-            if lb is None:
-                continue
-            if not isinstance(lb, dict):
-                rows.append(f"| {c['name']} | {method_title(m, args)} | {lb} | | | | | |")
-                continue
-            bad = [t for t in lb["attempts"] if not t["fits"]]
-            note = "; ".join(filter(None, [
-                "stopped at its time cap" if lb["capped"] else "",
-                "" if lb["converged"] else "not bracketed within 10%",
-                {None: "a fresh setup per try", 0.0: "the timed run's setup"}.get(lb.get("setup_s"),
-                                                                              f"one setup ({lb.get('setup_s')} s)"),
-                *(f"{t['batch']}: {t['error']}" for t in bad if t["error"] and t["error"] != "out of memory")]))
-            peak = max((t["peak_gib"] for t in lb["attempts"] if t["fits"] and t["peak_gib"]), default=None)
-            rows.append(f"| {c['name']} | {method_title(m, args)} | {lb_text(lb)} | {lb['fails_at'] or '—'} | "
-                        f"{len(lb['attempts'])} | {peak and f'{peak:.1f}' or '—'} | {lb['seconds']:.0f} | "
-                        f"{note.replace('|', '/')} |")
-    if not rows:
-        return []
-    return ["", "## Largest batch (one training step per try; synthetic batch)", "",
-            "| config | method | largest batch that fits | smallest that failed | attempts | its peak GiB | search s "
-            "| note |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |", *rows]
-
-
-def save(results: dict, args) -> None:
-    """<out>/<name>.json, .md and -plans.txt, each written whole then renamed (a kill mid-write keeps the last)."""
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, args.name)
-    js = json.loads(json.dumps(results, default=str))
-
-    def write(path: str, text: str) -> None:
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
-    write(stem + ".json", json.dumps(js, indent=1))
-    write(stem + ".md", markdown(results, args))
-    plans = [(c["name"], m, r["explain"]) for c in results["configs"] for m, r in c["results"].items() if r.get("explain")]
-    if plans:
-        write(stem + "-plans.txt", "".join(f"==== {cname} / {m} ====\n{text}\n\n" for cname, m, text in plans))
-
 
 def over_budget(args) -> bool:
     return args.budget_seconds is not None and time.time() - T0 > args.budget_seconds

@@ -25,6 +25,7 @@ def load_script(name: str):
 
 
 bench = load_script("bench")
+import bench_configs  # noqa: E402  (beside bench.py, which puts its folder on sys.path)
 QUICK = ["--device", "cpu", "--configs", "smoke", "--dp-backend", "eager", "--steps", "1", "--warmup", "1"]
 
 
@@ -100,7 +101,7 @@ def test_config_groups_and_torchvision_helpers():
         "resnet18_32", "wrn16_4_32", "tv_resnet18_32"]
     model = nn.Sequential(nn.Conv2d(3, 48, 3), nn.BatchNorm2d(48), nn.ReLU(inplace=True),
                           nn.Sequential(nn.Conv2d(48, 16, 1), nn.BatchNorm2d(16), nn.ReLU(inplace=True)))
-    model = bench.relu_not_inplace(bench.group_norm_everywhere(model))
+    model = bench_configs.relu_not_inplace(bench_configs.group_norm_everywhere(model))
     norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
     assert [(m.num_groups, m.num_channels) for m in norms] == [(16, 48), (16, 16)]
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())

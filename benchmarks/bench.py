@@ -524,45 +524,40 @@ class SteppedSetup:
         return cls(cfg, device, model, step, extra, time.perf_counter() - t)
 
     def try_batch(self, batch: int) -> tuple[bool, float | None, str | None]:
-        free_memory()
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        try:
-            with contextlib.redirect_stdout(Captured()):
-                self.step(*make_batch(self.cfg, self.device, batch))
-            sync(self.device)
-            return True, torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None, None
-        except Exception as e:  # noqa: BLE001
+        result = measured_step(self.device, lambda: self.step(*make_batch(self.cfg, self.device, batch)))
+        if not result[0]:
             self.model.zero_grad(set_to_none=True)  # what a failed step left in .grad goes (the next one starts afresh)
-            return False, None, "out of memory" if is_oom(e) else first_line(e)
-        finally:
-            free_memory()
+        return result
+
+
+def measured_step(device: torch.device, run: Callable[[], None]) -> tuple[bool, float | None, str | None]:
+    """run() (one training step) with its peak memory measured from an emptied cache: (fits, peak bytes (None off
+    CUDA), error); an OOM -> not fits, "out of memory"."""
+    free_memory()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        with contextlib.redirect_stdout(Captured()):
+            run()
+        sync(device)
+        return True, torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None, None
+    except Exception as e:  # noqa: BLE001
+        return False, None, "out of memory" if is_oom(e) else first_line(e)
+    finally:
+        free_memory()
 
 
 def try_batch(cfg: Config, method: str, base: nn.Module, base_oop: nn.Module | None, args, device: torch.device,
               batch: int) -> tuple[bool, float | None, str | None]:
-    """One training step of `method` at `batch` after a fresh setup: (fits, peak bytes, error); OOM -> not fits."""
+    """One training step of `method` at `batch` after a fresh setup (compilation included in the peak)."""
+    oop = method_setup(method)[2]
     reset_dynamo()
-    free_memory()
-    torch.cuda.reset_peak_memory_stats(device)
     try:
-        with contextlib.redirect_stdout(Captured()):
-            _one_step(cfg, method, base, base_oop, args, device, batch)
-        return True, torch.cuda.max_memory_allocated(device), None
-    except Exception as e:  # noqa: BLE001
-        return False, None, "out of memory" if is_oom(e) else first_line(e)
+        return measured_step(device, lambda: SteppedSetup.compiled(cfg, method, base_oop if oop else base, args,
+                                                                    device, batch))
     finally:
         reset_dynamo()
         free_memory()
-
-
-def _one_step(cfg, method, base, base_oop, args, device, batch) -> None:
-    setup, kw, oop = method_setup(method)
-    model = copy.deepcopy(base_oop if oop else base).to(device).train()
-    x, y = make_batch(cfg, device, batch)
-    step, _ = setup(model, x, y, args, **kw)
-    step()
-    sync(device)
 
 
 def largest_batch(cfg: Config, method: str, rec: dict, batch: int, base, base_oop, args,

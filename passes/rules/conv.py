@@ -39,13 +39,11 @@ def unfold_nd(x: Tensor, kernel: list[int], stride, padding, dilation) -> Tensor
     """Patches of x (B, C, *S) as (B, C·prod(kernel), T), channel-major like a conv weight (exact copies,
     no arithmetic: a strided slice for a 1×1 kernel, im2col for 2-D, strided views otherwise)."""
     n, (B, C) = len(kernel), x.shape[:2]
-    pad = [p for p in reversed(padding) for _ in (0, 1)]
-    if all(k == 1 for k in kernel):  # a pointwise conv (most of a ResNet's): no gather to trace, compile or run
-        x = F.pad(x, pad) if any(padding) else x
-        return x[(..., *(slice(None, None, s) for s in stride))].flatten(2)
-    if n == 2:
+    if n == 2 and any(k != 1 for k in kernel):
         return F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
-    x = F.pad(x, pad)
+    x = F.pad(x, [p for p in reversed(padding) for _ in (0, 1)]) if any(padding) else x
+    if all(k == 1 for k in kernel):  # a pointwise conv (most of a ResNet's): no gather to trace, compile or run
+        return x[(..., *(slice(None, None, s) for s in stride))].flatten(2)
     for i, (k, s, d) in enumerate(zip(kernel, stride, dilation)):
         x = x.unfold(2 + i, (k - 1) * d + 1, s)[..., ::d]
     x = x.permute(0, 1, *range(2 + n, 2 + 2 * n), *range(2, 2 + n))  # (B, C, *kernel, *positions)

@@ -8,8 +8,11 @@
 # Work in order of importance, each phase one bench.py run adding to the same files (--resume):
 #   1. fp32, the plain configs: $CORE (eager, compile, dpcompile with each of $POLICIES)
 #   2. fp32, the plain configs: $PEERS
-#   3. fp32, the plain configs: --largest-batch $LARGEST (only if LARGEST is set; those of phase 1's methods whose
-#      batch is dynamic, compile and dp_*, are searched in phase 1 right after their timing, with no new compilation)
+#   3. fp32, the plain configs: --largest-batch $LARGEST (only if LARGEST is set; compile and dp_* compile one setup
+#      each and step it at every batch tried, the others set up per try). With SEARCH_WITH_TIMING=1, those of phase 1's
+#      methods are searched in phase 1 right after their timing instead, through the timed setup (no compilation; but
+#      on 2026-12-01 a DP compilation after such a search of torch.compile hung in inductor's compile workers, so the
+#      default keeps the searches out of the timing phase)
 #   4-5. bf16: phases 1 and 2 again
 #   6-9. the torchvision/timm configs (tv_*, timm_*): fp32 core, fp32 peers, bf16 core, bf16 peers
 # One JSON + MD per (config group, amp) in $OUT: $NAME-fp32, $NAME-bf16, $NAME-tv-fp32, $NAME-tv-bf16, plus a .log.
@@ -17,10 +20,11 @@
 # later); at HARD_LIMIT s it gets SIGINT and bench.py keeps what it measured. Calling again with RESUME_DIR set
 # to the earlier call's $OUT files (carried back in) continues where this one stopped.
 #
-# Environment: BUDGET (480), HARD_LIMIT (BUDGET + 90), MIN_LEFT (20), NAME (suite-<arguments joined by +>),
+# Environment: BUDGET (480), HARD_LIMIT (BUDGET + 90), MIN_LEFT (20), NAME (suite-<arguments joined by _>: the
+#   device tool brings back no file whose name has a + in it),
 #   AMPS ("fp32 bf16"), CORE (eager,compile,dpcompile), POLICIES (mixed,auto),
 #   PEERS (opacus,opacus_ghost,fastdp,private_vision), LARGEST (e.g. compile,dp_mixed; default none),
-#   LARGEST_SECONDS (120), PEERS_DIR ($DPCOMPILE_PEERS, else .gpu/peers), RESUME_DIR, CUDNN_BENCHMARK (1),
+#   LARGEST_SECONDS (120), SEARCH_WITH_TIMING (0), PEERS_DIR ($DPCOMPILE_PEERS, else .gpu/peers), RESUME_DIR, CUDNN_BENCHMARK (1),
 #   BENCH_ARGS (more bench.py arguments, e.g. "--steps 20"). CORE= or PEERS= (empty) leaves that phase out.
 # Largest batches only, after the timings: LARGEST=compile,dp_mixed AMPS=fp32 PEERS= RESUME_DIR=... (the timed
 # phases then find their results and pass).
@@ -36,7 +40,7 @@ export PYTHONUNBUFFERED=1
 BUDGET=${BUDGET:-480}
 HARD_LIMIT=${HARD_LIMIT:-$((BUDGET + 90))}
 MIN_LEFT=${MIN_LEFT:-20}
-NAME=${NAME:-suite-$(IFS=+; echo "$*")}
+NAME=${NAME:-suite-$(IFS=_; echo "$*")}
 AMPS=${AMPS:-fp32 bf16}
 CORE=${CORE-eager,compile,dpcompile}
 POLICIES=${POLICIES:-mixed,auto}
@@ -98,13 +102,14 @@ phase() {  # phase NAME AMP METHODS CONFIGS [bench.py arguments]
     fi
 }
 
-# LARGEST's methods that CORE times search right after their timing, through the same compiled setup
+# With SEARCH_WITH_TIMING=1, LARGEST's methods that CORE times search right after their timing, through the timed setup
 in_core=()
 IFS=, read -r -a largest <<< "$LARGEST"
 IFS=, read -r -a core <<< "$CORE"
 for m in "${largest[@]}"; do
     for c in "${core[@]}"; do
-        [[ $m == "$c" || ( $c == dpcompile && $m == dp_* ) ]] && { in_core+=("$m"); break; }
+        [[ ${SEARCH_WITH_TIMING:-0} == 1 && ( $m == "$c" || ( $c == dpcompile && $m == dp_* ) ) ]] \
+            && { in_core+=("$m"); break; }
     done
 done
 core_search=()

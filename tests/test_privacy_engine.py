@@ -258,6 +258,16 @@ def checkpoint(model, dp, opt):
     return torch.load(buffer, weights_only=True)
 
 
+def assert_same_run(p: torch.Tensor, q: torch.Tensor) -> None:
+    """Equal on CPU. On CUDA the resumed run compiles afresh, and inductor picks its reduction kernels by the first
+    batch size it sees, so sums may differ in the last bit (1e-16 on an H200): equal to 1e-12 there. A wrong noise,
+    sampler or optimiser state moves the parameters by about lr = 0.05 (noise σR = 0.55 per step)."""
+    if p.device.type == "cpu":
+        assert torch.equal(p, q)
+    else:
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-12)
+
+
 def test_resume_equals_uninterrupted():
     model, dp, opt, loader = run_setup()
     it = batches(loader)
@@ -272,7 +282,7 @@ def test_resume_equals_uninterrupted():
     assert dp2.privacy.steps == 3
     train(model2, dp2, opt2, batches(loader2), 4)
     for p, q in zip(model.parameters(), model2.parameters()):
-        assert torch.equal(p, q)
+        assert_same_run(p, q)
     assert dp2.privacy.steps == dp.privacy.steps == 7
     assert dp2.privacy.epsilon(1e-5) == dp.privacy.epsilon(1e-5)
     assert dp2.privacy.state_dict()["accountant"] == dp.privacy.state_dict()["accountant"]

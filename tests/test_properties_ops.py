@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 
 import torch
-from helpers import Case, check_against_reference
+from conftest import BACKEND, DEVICE
+from helpers import RTOL, Case, check_against_reference
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from rule_cases import Attention, Shared
@@ -18,9 +19,9 @@ POLICIES = st.sampled_from(["mixed", "ghost", "per_sample", "auto"])
 BATCHES = st.tuples(st.integers(3, 6), st.integers(2, 8))
 
 
-def run(case: Case, policy: str, batches) -> None:
+def run(case: Case, policy: str, batches, rtol: float = RTOL) -> None:
     torch._dynamo.reset()
-    check_against_reference(case, policy=policy, batches=batches)
+    check_against_reference(case, policy=policy, batches=batches, rtol=rtol)
 
 
 @settings(**SETTINGS)
@@ -49,13 +50,23 @@ def test_norm_layers(kind, channels, length, policy, batches):
     centred_group_size = {"layer": channels, "instance": length,
                           "group": channels // NORMS["group"](channels).num_groups * length}
     assume(centred_group_size.get(kind, 3) >= 3)
+    # Instance norm runs as a batch norm over (1, B·C, L), whose backward scales by the ratio of two symbolic sizes,
+    # (B·C·L)/(B·C). Inductor's Triton code divides such integers in fp32 with the approximate division (≤ 2 ulp), so
+    # a float64 model's gradients come out about 1e-7 off under any dynamic-batch compilation on CUDA: plain
+    # torch.compile(dynamic=True) too (1.3e-6 on gradients of size 7.4; H200, torch 2.11). The norms and the clipped
+    # sums read the same gradients, so the clipping holds; a wrong clip factor, sample or term errs by 1e-2 and more.
+    # There the conv has no bias: ahead of the norm its gradient is zero, and 1e-7 of noise on it reads as 2e-4
+    # against helpers.max_relative_error's floor of 1e-4 of the whole gradient.
+    approximate = (kind, DEVICE, BACKEND) == ("instance", "cuda", "inductor")
+    rtol = 1e-5 if approximate else RTOL
     if kind in ("group", "instance"):  # (B, C, L) layouts
-        model = lambda: nn.Sequential(nn.Conv1d(3, channels, 1), NORMS[kind](channels))  # noqa: E731
+        model = lambda: nn.Sequential(nn.Conv1d(3, channels, 1, bias=not approximate),  # noqa: E731
+                                      NORMS[kind](channels))
         inputs = lambda B: torch.randn(B, 3, length, dtype=torch.float64)  # noqa: E731
     else:
         model = lambda: nn.Sequential(nn.Linear(3, channels), NORMS[kind](channels))  # noqa: E731
         inputs = lambda B: torch.randn(B, length, 3, dtype=torch.float64)  # noqa: E731
-    run(Case(kind, model, inputs), policy, batches)
+    run(Case(kind, model, inputs), policy, batches, rtol)
 
 
 @settings(**SETTINGS)

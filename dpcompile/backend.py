@@ -177,17 +177,42 @@ DP_GRAPH_SETTINGS = {"shape_padding": False, "triton.cudagraphs": False}
 # cuda_graphs=True: the DP graphs are recorded as CUDA graphs, split at the noise op (tagged cudagraph_unsafe),
 # which runs outside them on every step.
 CUDA_GRAPH_SETTINGS = {"triton.cudagraphs": True, "graph_partition": True}
+# Inductor's options that bend IEEE arithmetic, off for the DP graphs (where this torch has them): the certified norms
+# assume that each operation rounds once, to nearest, in the order written, with gradual underflow. Fast math in the
+# CPU kernels (-funsafe-math-optimizations: reassociation, reciprocals), FMA contraction in them (the CPU default is
+# off; a contraction may differ between two kernels that recompute one operand), Triton's fast exp, and the CUDA, XPU
+# and ROCm kernels' fast math. (Triton's libdevice functions flush fp32 subnormals unless eager_numerics.disable_ftz;
+# the bounds' own arithmetic is float64, which they never flush, so that stays as the user has it.)
+STRICT_ARITHMETIC = {"cpp.enable_unsafe_math_opt_flag": False, "cpp.enable_floating_point_contract_flag": "off",
+                     "use_fast_math": False, "cuda.use_fast_math": False, "cutlass.use_fast_math": False,
+                     "xpu.use_fast_math": False, "rocm.use_fast_math": False, "rocm.flush_denormals": False}
+
+
+def strict_arithmetic() -> dict:
+    """STRICT_ARITHMETIC's options that this torch's inductor config has (the contraction flag was a bool before it
+    took "off" / "on" / "fast")."""
+    out = {}
+    for key, value in STRICT_ARITHMETIC.items():
+        section, name = torch._inductor.config, key
+        if "." in key:
+            owner, name = key.split(".")
+            section = getattr(section, owner, None)
+        if section is None or not hasattr(section, name):
+            continue
+        out[key] = False if isinstance(value, str) and isinstance(getattr(section, name), bool) else value
+    return out
 
 
 def dp_graph_settings(config: DPConfig) -> dict:
     """The inductor settings for a DP model's graphs."""
+    settings = {**DP_GRAPH_SETTINGS, **strict_arithmetic()}
     if not config.cuda_graphs:
-        return DP_GRAPH_SETTINGS
+        return settings
     from .ops import OUTSIDE_CUDA_GRAPHS
     if not OUTSIDE_CUDA_GRAPHS or not hasattr(torch._inductor.config, "graph_partition"):
         raise ConfigError(f"cuda_graphs=True needs inductor's graph partition and the cudagraph_unsafe op tag, which "
                           f"torch {torch.__version__} lacks: upgrade torch, or leave cuda_graphs off")
-    return {**DP_GRAPH_SETTINGS, **CUDA_GRAPH_SETTINGS}
+    return {**settings, **CUDA_GRAPH_SETTINGS}
 
 
 @contextlib.contextmanager

@@ -104,6 +104,43 @@ def test_user_cuda_graphs_setting_stays_off_the_dp_graphs(monkeypatch):
 
 
 
+def test_user_fast_math_stays_off_the_dp_graphs(monkeypatch):
+    """A user's global fast-math settings (inductor's C++ kernels with -funsafe-math-optimizations and FMA contraction,
+    Triton's fast exp) must not reach the DP graphs, whose certified norms assume each operation
+    rounds once, in the order written: with every such option set the other way globally, the DP graphs are lowered
+    with them strict, and on the CPU their kernels are compiled with -fno-unsafe-math-optimizations and
+    -ffp-contract=off."""
+    import torch._inductor.compile_fx as compile_fx
+    from torch._inductor import cpp_builder
+
+    from dpcompile.backend import strict_arithmetic
+
+    config, strict = torch._inductor.config, strict_arithmetic()
+    assert {"cpp.enable_unsafe_math_opt_flag", "cpp.enable_floating_point_contract_flag", "use_fast_math"} \
+        <= set(strict)
+    fast = {k: (not v) if isinstance(v, bool) else "fast" for k, v in strict.items()}
+    real, real_flags, seen, flags = compile_fx.compile_fx_inner, cpp_builder._get_ffast_math_flags, [], []
+
+    def recording(gm, example_inputs, **kwargs):
+        seen.append({k: config.get_config_copy()[k] for k in strict})
+        return real(gm, example_inputs, **kwargs)
+
+    def recording_flags():
+        flags.append(real_flags())
+        return flags[-1]
+
+    monkeypatch.setattr(compile_fx, "compile_fx_inner", recording)
+    monkeypatch.setattr(cpp_builder, "_get_ffast_math_flags", recording_flags)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 3)).to(DEVICE)
+    x = torch.randn(5, 6, device=DEVICE)
+    with config.patch({**fast, "force_disable_caches": True}):
+        dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0, backend="inductor")
+        dp(x).square().sum().backward()
+    assert len(seen) == 2 and all(values == strict for values in seen), seen
+    if DEVICE == "cpu":
+        assert flags and all("fno-unsafe-math-optimizations" in f and "ffp-contract=off" in f for f in flags), flags
+
 def recorded_cuda_graphs() -> int:
     """How many functions inductor's CUDA graph trees hold on the current device (0: none recorded)."""
     from torch._inductor.cudagraph_trees import get_manager

@@ -24,7 +24,8 @@
 #   device tool brings back no file whose name has a + in it),
 #   AMPS ("fp32 bf16"), CORE (eager,compile,dpcompile), POLICIES (mixed,auto),
 #   PEERS (opacus,opacus_ghost,fastdp,private_vision), LARGEST (e.g. compile,dp_mixed; default none),
-#   LARGEST_SECONDS (120), SEARCH_WITH_TIMING (0), PEERS_DIR ($DPCOMPILE_PEERS, else .gpu/peers), RESUME_DIR, CUDNN_BENCHMARK (1),
+#   LARGEST_SECONDS (120), SEARCH_WITH_TIMING (0), PEERS_DIR ($DPCOMPILE_PEERS, else .gpu/peers), RESUME_DIR,
+#   CUDNN_BENCHMARK (1),
 #   BENCH_ARGS (more bench.py arguments, e.g. "--steps 20"). CORE= or PEERS= (empty) leaves that phase out.
 # Largest batches only, after the timings: LARGEST=compile,dp_mixed AMPS=fp32 PEERS= RESUME_DIR=... (the timed
 # phases then find their results and pass).

@@ -103,13 +103,11 @@ def test_user_cuda_graphs_setting_stays_off_the_dp_graphs(monkeypatch):
     assert not torch.equal(grads[0], grads[1]) and not torch.equal(grads[1], grads[2])
 
 
-
 def test_user_fast_math_stays_off_the_dp_graphs(monkeypatch):
     """A user's global fast-math settings (inductor's C++ kernels with -funsafe-math-optimizations and FMA contraction,
-    Triton's fast exp) must not reach the DP graphs, whose certified norms assume each operation
-    rounds once, in the order written: with every such option set the other way globally, the DP graphs are lowered
-    with them strict, and on the CPU their kernels are compiled with -fno-unsafe-math-optimizations and
-    -ffp-contract=off."""
+    Triton's fast exp) must not reach the DP graphs, whose certified norms assume each operation rounds once, in the
+    order written: with every such option set the other way globally, both DP graphs are lowered with them strict, and
+    on the CPU their kernels are compiled with -fno-unsafe-math-optimizations and -ffp-contract=off."""
     import torch._inductor.compile_fx as compile_fx
     from torch._inductor import cpp_builder
 
@@ -140,6 +138,7 @@ def test_user_fast_math_stays_off_the_dp_graphs(monkeypatch):
     assert len(seen) == 2 and all(values == strict for values in seen), seen
     if DEVICE == "cpu":
         assert flags and all("fno-unsafe-math-optimizations" in f and "ffp-contract=off" in f for f in flags), flags
+
 
 def recorded_cuda_graphs() -> int:
     """How many functions inductor's CUDA graph trees hold on the current device (0: none recorded)."""

@@ -53,8 +53,8 @@ def test_norm_layers(kind, channels, length, policy, batches):
     # Instance norm runs as a batch norm over (1, B·C, L), whose backward scales by the ratio of two symbolic sizes,
     # (B·C·L)/(B·C). Inductor's Triton code divides such integers in fp32 with the approximate division (≤ 2 ulp), so
     # a float64 model's gradients come out about 1e-7 off under any dynamic-batch compilation on CUDA: plain
-    # torch.compile(dynamic=True) too (1.3e-6 on gradients of size 7.4; H200, torch 2.11). The norms and the clipped
-    # sums read the same gradients, so the clipping holds; a wrong clip factor, sample or term errs by 1e-2 and more.
+    # torch.compile(dynamic=True) too (1.3e-6 on gradients of size 7.4; H200, torch 2.11), so not the clipping, whose
+    # errors (a wrong clip factor, sample or term) are 1e-2 and more.
     # There the conv has no bias: ahead of the norm its gradient is zero, and 1e-7 of noise on it reads as 2e-4
     # against helpers.max_relative_error's floor of 1e-4 of the whole gradient.
     approximate = (kind, DEVICE, BACKEND) == ("instance", "cuda", "inductor")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 import torch
+import torch._inductor.inductor_prims  # noqa: F401  (registers prims.inductor_force_stride_order)
 import torch.fx as fx
 
 from .emit import emit
@@ -25,6 +26,8 @@ from .tied import emit_tied_norm
 from .rules.bounds import (accumulation_gamma, gamma, masked_scaled, per_sample_bound, round_down,
                           stored_norm_bound, unit_roundoff)
 from .shapes import reduced_count
+
+STORE = torch.ops.prims.inductor_force_stride_order.default
 
 aten = torch.ops.aten
 
@@ -57,7 +60,11 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         if node in site_param:
             if node.meta[SITE].rule == ONE_SAMPLE:  # the term itself is the one sample's gradient
                 env[node] = graph.node_copy(node, lambda n: env[n])
-            terms[node] = emit_norm(graph, node, [env[a] for a in node.meta[SITE].inputs], site_param[node])
+            if ctx.inductor:  # what the norm and the clipped sum read: stored once, read by both
+                for a in node.meta[SITE].inputs:
+                    env[a] = stored(graph, env[a])
+            terms[node] = emit_norm(graph, node, [env[a] for a in node.meta[SITE].inputs], site_param[node],
+                                    ctx.inductor)
             continue
         env[node] = graph.node_copy(node, lambda n: env[n])
         if node.target is aten.convolution_backward.default:
@@ -87,6 +94,19 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     return new
 
 
+def stored(graph: fx.Graph, node: fx.Node) -> fx.Node:
+    """node pinned to one stored tensor for inductor (prims.inductor_force_stride_order at its own strides, which
+    inductor lowers by storing the producer once, a no-op where it is stored already), for a term's operands and
+    per-sample gradients. Inductor may otherwise inline a pointwise producer into each kernel that reads it, so that
+    the norm's kernel and the clipped sum's compute it twice, and under FMA contraction two kernels may round one
+    expression differently: the certified norm would then bound other values than the ones released. Only for graphs
+    inductor lowers: run eagerly, the prim copies to the strides traced, which a size-1 dimension may not have."""
+    value = node.meta.get("val")
+    if node.op == "placeholder" or not isinstance(value, torch.Tensor) or node.target is STORE:
+        return node  # a graph input is stored; a pin needs no second one
+    return emit(graph, lambda t: STORE(t, t.stride()), [node], f"dp_stored_{node.name}", key="stored")
+
+
 def descendants(graph: fx.Graph, roots) -> set[fx.Node]:
     """The roots and every node that uses them, directly or not (one sweep in graph order), output aside."""
     reached = set(roots)
@@ -107,7 +127,8 @@ def planned_site(node: fx.Node):
     return dataclasses.replace(site, consts={**site.consts, "impl": decision.impl, "tf32": decision.tf32})
 
 
-def emit_norm(graph: fx.Graph, node: fx.Node, inputs: Sequence[fx.Node], param: ParamGrad) -> tuple:
+def emit_norm(graph: fx.Graph, node: fx.Node, inputs: Sequence[fx.Node], param: ParamGrad,
+              store: bool = False) -> tuple:
     """(certified norm [s, e] per sample (B, 2), per-sample gradients or None) for one term; for a use of a
     shared parameter (margin ‖ĝ_i − g_i‖ per sample, per-sample gradients)."""
     rule, site, method = rule_for(node), planned_site(node), node.meta[PLAN].method
@@ -122,6 +143,8 @@ def emit_norm(graph: fx.Graph, node: fx.Node, inputs: Sequence[fx.Node], param: 
         g = rule.per_sample(site, *t)
         return g.reshape(g.shape[0], *shape)
     per_sample = emit(graph, per_sample_fn, inputs, f"dp_per_sample_{name}", key=("per_sample", key))
+    if store:
+        per_sample = stored(graph, per_sample)
     if param.shared:
         return emit(graph, lambda *t: rule.per_sample_margin(site, *t), inputs, f"dp_margin_{name}",
                     key=("margin", key)), per_sample

@@ -434,3 +434,38 @@ def test_accumulation_gamma_covers_truncating_tensor_cores(block):
         if crafted_case:
             assert err > gamma(n, u32) * size, "the crafted sum no longer breaks the round-to-nearest bound"
     assert accumulation_gamma(n, torch.float32) == gamma(n, u32)
+
+
+# --- one stored value for a term's norm and its clipped sum ---
+
+NORM_SIDE = ("dp_norm_sq_", "dp_per_sample_", "dp_margin_")
+
+
+@pytest.mark.parametrize("policy", ["ghost", "per_sample"])
+def test_norm_and_clipped_sum_read_one_stored_value(policy):
+    """No value the backward computes feeds both a term's norm and its clipped sum except through one pin
+    (prims.inductor_force_stride_order, which inductor lowers by storing its input once): inductor would otherwise
+    inline a pointwise producer, here the GroupNorm backward's output gradient, into the norm's kernel and into the
+    clipped sum's, and compute it twice (seen on this CPU: the clipped sum's operand recomputed from the group
+    statistics while the Gram read the stored one). Under FMA contraction two kernels may round one expression
+    differently, and the norm would then bound other values than the ones released. (Graphs run eagerly need no pin:
+    each op runs once.)"""
+    import dpcompile
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.SiLU(), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.GroupNorm(2, 8), nn.Flatten(), nn.Linear(8 * 36, 4)).double()
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, policy=policy, backend="inductor")
+    dp(torch.randn(4, 3, 6, 6, dtype=torch.float64)).square().sum().backward()
+    graph = dp.graphs["backward_rewritten"].graph
+    pins = [n for n in graph.nodes if n.target is torch.ops.prims.inductor_force_stride_order.default]
+    assert pins
+    both = []
+    for node in graph.nodes:
+        if node.op == "placeholder" or node in pins or node.name.startswith(("dp_clipped_",) + NORM_SIDE):
+            continue
+        users = [u.name for u in node.users]
+        if any(u.startswith(NORM_SIDE) for u in users) and any(u.startswith("dp_clipped_") for u in users):
+            both.append((node.name, users))
+    assert not both, both
+    assert all(not pin.all_input_nodes[0].name.startswith("dp_stored_") for pin in pins)  # no pin of a pin

@@ -107,10 +107,9 @@ phase() {  # phase NAME AMP METHODS CONFIGS [bench.py arguments]
 in_core=()
 IFS=, read -r -a largest <<< "$LARGEST"
 IFS=, read -r -a core <<< "$CORE"
-for m in "${largest[@]}"; do
+[[ ${SEARCH_WITH_TIMING:-0} == 1 ]] && for m in "${largest[@]}"; do
     for c in "${core[@]}"; do
-        [[ ${SEARCH_WITH_TIMING:-0} == 1 && ( $m == "$c" || ( $c == dpcompile && $m == dp_* ) ) ]] \
-            && { in_core+=("$m"); break; }
+        [[ $m == "$c" || ( $c == dpcompile && $m == dp_* ) ]] && { in_core+=("$m"); break; }
     done
 done
 core_search=()

@@ -192,16 +192,9 @@ STRICT_ARITHMETIC = {"cpp.enable_unsafe_math_opt_flag": False, "cpp.enable_float
 def strict_arithmetic() -> dict:
     """STRICT_ARITHMETIC's options that this torch's inductor config has (the contraction flag was a bool before it
     took "off" / "on" / "fast")."""
-    out = {}
-    for key, value in STRICT_ARITHMETIC.items():
-        section, name = torch._inductor.config, key
-        if "." in key:
-            owner, name = key.split(".")
-            section = getattr(section, owner, None)
-        if section is None or not hasattr(section, name):
-            continue
-        out[key] = False if isinstance(value, str) and isinstance(getattr(section, name), bool) else value
-    return out
+    current = torch._inductor.config.get_config_copy()
+    return {key: False if isinstance(value, str) and isinstance(current[key], bool) else value
+            for key, value in STRICT_ARITHMETIC.items() if key in current}
 
 
 def dp_graph_settings(config: DPConfig) -> dict:

@@ -10,8 +10,8 @@
   dp_<policy>_tf32[_graphs]  with per_sample_tf32=True (per-sample gradients as TF32 products)
   opacus          Opacus PrivacyEngine.make_private (grad_sample_mode="hooks")
   opacus_ghost    Opacus PrivacyEngine.make_private (grad_sample_mode="ghost", two backward passes)
-  opacus_oop, opacus_ghost_oop   the same, on the ResNets with an out-of-place residual add
-                  (opt-in; the stock torchvision `out += identity` makes Opacus fail)
+  opacus_oop, opacus_ghost_oop   the same, on the ResNets with an out-of-place residual add (the stock
+                  torchvision `out += identity` makes Opacus fail); other models as they are
   fastdp          fastDP book-keeping, clipping_mode="MixOpt" (sources from --peers)
   fastdp_ghost    fastDP book-keeping, clipping_mode="MixGhostClip"
   private_vision  private_vision mixed ghost clipping (optimizer.step(loss=per-sample losses), no backward)
@@ -444,14 +444,16 @@ def search_largest_batch(attempt: Callable[[int], tuple[bool, float | None, str 
     """Largest batch b with attempt(b) -> (fits, peak bytes, error) true, `start` known to fit. Grows by doubling,
     or jumps to just under the batch the measured peaks predict for `capacity` bytes when that is further; once a
     batch fails, bisects (geometrically while the failing batch is over 4x the fitting one) until the failing one
-    is within `tol` of the fitting one. Stops after max_attempts tries
-    or when the next try would end past `seconds` (then "capped")."""
+    is within `tol` of the fitting one. Stops after max_attempts tries or when the next try would end past
+    `seconds` (then "capped"), a try expected to take as long as the fastest after the first. The first try,
+    far above the timed batch, may recompile a shared setup (inductor's 32-bit indexing guards at 2^31 elements)
+    where later tries do not."""
     lo, hi, points, tries = start, None, [(start, start_peak)] if start_peak else [], []
-    t0, capped, last_s = clock(), False, 0.0
+    t0, capped = clock(), False
     while len(tries) < max_attempts:
         if hi is not None and hi <= lo * (1 + tol):
             break
-        if clock() - t0 + last_s > seconds:
+        if clock() - t0 + min((t["s"] for t in tries[1:]), default=0.0) > seconds:
             capped = True
             break
         if hi is None:
@@ -866,9 +868,9 @@ def run_config(cfg: Config, crec: dict, args, device: torch.device, results: dic
             base = cfg.build()
         except ImportError as e:
             raise Unavailable(first_line(e)) from None
-        if cfg.build_oop is not None and any(m.endswith("_oop") for m in todo):
+        if any(m.endswith("_oop") for m in todo):  # a model without an in-place residual is its own variant
             torch.manual_seed(0)
-            base_oop = cfg.build_oop()
+            base_oop = cfg.build_oop() if cfg.build_oop is not None else base
         crec["params_m"] = sum(p.numel() for p in base.parameters()) / 1e6
         x, y = make_batch(cfg, device, crec["batch"])
         log(f"== {cfg.name}: {crec['title']}, {crec['params_m']:.2f}M params, x {tuple(x.shape)}, {args.amp}")

@@ -44,7 +44,7 @@ two)
     ;;
 three)
     CUDA_VISIBLE_DEVICES=0 PEERS_DIR=$PWD/.gpu/peers BUDGET=${BENCH_BUDGET:-300} CORE=compile,dpcompile AMPS=fp32 \
-        PEERS=${PEERS-opacus,fastdp} NAME=session bash benchmarks/suite_gpu.sh ${BENCH_CONFIGS:-resnet18_32 wrn16_4_32}
+        PEERS=${PEERS-opacus_oop,fastdp} NAME=session bash benchmarks/suite_gpu.sh ${BENCH_CONFIGS:-resnet18_32 wrn16_4_32}
     for _ in $(seq 1 ${WAIT_LIMIT:-36}); do  # the run stops itself at its time limit
         pgrep -f "examples/cifar10.py.*$run" >/dev/null || break
         sleep 5

@@ -9,6 +9,7 @@ grad = (scale·Σ_i C_i ĝ_i + N(0, σ²R²)) / n, with ĝ_i the graph's own per
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -343,25 +344,29 @@ def weighted_sum(c: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 def emit_finish(graph, spec: ClipSpec, clip: fx.Node, grads: list[fx.Node], dropped: fx.Node) -> list[fx.Node]:
-    """grad = (scale·clipped + noise) / n for every parameter, with one noise draw for all (which also
-    counts the dropped samples)."""
+    """grad = (scale·clipped + noise) / n for every parameter, with one noise draw for all (which also counts the
+    dropped samples) split into a piece per parameter; one trace per gradient shape (a graph's parameters share
+    a few shapes)."""
     from dpcompile.ops import gaussian_noise
 
-    def finish(c, dropped, *gs):
-        batch = c.shape[0]
-        scale = batch if spec.loss_reduction == "mean" else 1
-        n = spec.expected_batch_size or scale
-        if spec.noise_handle is None:
-            return tuple(g * scale / n for g in gs)
-        numels = [g.numel() for g in gs]
-        noise = gaussian_noise(gs[0], sum(numels), spec.noise_handle, dropped)
-        outs, start = [], 0
-        for g, k in zip(gs, numels):
-            outs.append((g * scale + noise[start:start + k].view(g.shape).to(g.dtype)) / n)
-            start += k
-        return tuple(outs)
+    def scaled(c, g):  # (scale·g, n): the batch size is c's length
+        scale = c.shape[0] if spec.loss_reduction == "mean" else 1
+        return g * scale, spec.expected_batch_size or scale
+    key = ("finish", spec.loss_reduction, spec.expected_batch_size)
+    if spec.noise_handle is None:
+        def finish(c, g):
+            total, n = scaled(c, g)
+            return total / n
+        return [emit(graph, finish, [clip, g], "dp_grad", key=key) for g in grads]
 
-    return list(emit(graph, finish, [clip, dropped, *grads], "dp_grad"))
+    def noisy_finish(c, g, noise):
+        total, n = scaled(c, g)
+        return (total + noise.view(g.shape).to(g.dtype)) / n
+    numels = [math.prod(g.meta["val"].shape) for g in grads]  # parameters' shapes are static
+    noise = emit(graph, lambda g, d: gaussian_noise(g, sum(numels), spec.noise_handle, d), [grads[0], dropped],
+                 "dp_noise")
+    pieces = emit(graph, lambda z: tuple(z.split(numels)), [noise], "dp_noise_piece")
+    return [emit(graph, noisy_finish, [clip, g, z], "dp_grad", key=(*key, "noise")) for g, z in zip(grads, pieces)]
 
 
 def drop_parameter_outputs(new_node: fx.Node, old_node: fx.Node, site_param) -> None:

@@ -29,7 +29,7 @@ from dpcompile.errors import DPCompileError, SampleMixingError, UnsupportedOpErr
 
 from .meta import PassContext, resolved_batch, shape_of_value
 from .rules.one_sample import guards_batch_of_one
-from .symbolic import same
+from .symbolic import same, simplified
 
 aten, prims = torch.ops.aten, torch.ops.prims
 Layout = tuple[int, sympy.Expr]  # (dim, k): the batch's position in a tensor
@@ -47,7 +47,7 @@ def batch_factor(size: sympy.Expr, batch: sympy.Expr) -> sympy.Expr | None:
     """m with size = B·m and m a whole number free of B, else None."""
     if batch == 0:
         return None
-    m = sympy.simplify(size / batch)
+    m = simplified(size / batch)
     if (m.free_symbols & batch.free_symbols) or sympy.denom(sympy.together(m)) != 1 or m == 0:
         return None
     return m
@@ -170,7 +170,7 @@ def view(node: fx.Node, L: Layouts):
     (d, k), shape, out = L.get(src), _shape(src), _shape(node)
     inner = k * sympy.Mul(*shape[d + 1:])
     for e, size in enumerate(out):
-        k2 = sympy.simplify(inner / sympy.Mul(*out[e + 1:]))
+        k2 = simplified(inner / sympy.Mul(*out[e + 1:]))
         if k2.free_symbols & L.batch.free_symbols or sympy.denom(sympy.together(k2)) != 1 or k2 == 0:
             continue
         if batch_factor(size, L.batch * k2) is not None:

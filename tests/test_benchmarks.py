@@ -75,7 +75,8 @@ def test_missing_packages_and_peers_are_statuses_and_resume_keeps_what_ran(tmp_p
                if importlib.util.find_spec(package) is None}  # where they are installed they would run: slow on a CPU
     common = ["--configs", ",".join(["smoke", "needs_absent", *missing]), "--peers", str(tmp_path / "none")]
     _, first, _ = run(tmp_path, "r", *common, "--methods", "eager")
-    _, saved, md = run(tmp_path, "r", *common, "--methods", "eager,fastdp,private_vision,opacus", "--resume")
+    _, saved, md = run(tmp_path, "r", *common, "--methods", "eager,fastdp,private_vision,opacus,opacus_oop",
+                       "--resume")
 
     assert saved["configs"][0]["results"]["eager"]["ms_steps"] == first["configs"][0]["results"]["eager"]["ms_steps"]
     smoke = statuses(saved)
@@ -83,6 +84,7 @@ def test_missing_packages_and_peers_are_statuses_and_resume_keeps_what_ran(tmp_p
     assert smoke["fastdp"].startswith("unavailable (no fastDP/ in the peers folder")
     assert smoke["private_vision"].startswith("unavailable (no private_vision/")
     assert smoke["opacus"] == "ok" or smoke["opacus"].startswith("unavailable")
+    assert smoke["opacus_oop"] == smoke["opacus"]  # no in-place residual: the model as it is (the suite's default)
     assert set(statuses(saved, "needs_absent").values()) == {"unavailable (no dpcompile_no_such_package)"}
     for name, package in missing.items():
         assert set(statuses(saved, name).values()) == {f"unavailable (no {package})"}
@@ -140,6 +142,21 @@ def test_largest_batch_search_stops_at_its_time_cap():
     found = bench.search_largest_batch(simulated(0.1, 0.001, 130), 256, 0.4 * 2**30, 140 * 2**30, seconds=120,
                                        clock=clock)
     assert found["capped"] and 1 <= len(found["attempts"]) < 8 and found["batch"] >= 256
+
+
+def test_largest_batch_search_goes_on_after_one_slow_try():
+    """A first try that recompiles (inductor's 32-bit indexing guards at 2^31 elements) takes longer than the cap
+    has left for one more try at that pace; the tries after it are fast and the search brackets the batch."""
+    now, tries = [0.0], []
+    fits = simulated(0.1, 0.001, 130)
+
+    def attempt(b):
+        now[0] += 125.0 if not tries else 5.0
+        tries.append(b)
+        return fits(b)
+    found = bench.search_largest_batch(attempt, 256, 0.4 * 2**30, 140 * 2**30, seconds=240, clock=lambda: now[0])
+    assert found["converged"] and not found["capped"] and found["attempts"][0]["s"] == 125.0
+    assert found["batch"] <= (130 - 0.1) / 0.001 < found["fails_at"]
 
 
 @pytest.mark.parametrize("method", ["dp_mixed", "compile"])

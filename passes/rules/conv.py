@@ -19,6 +19,7 @@ from torch import Tensor
 from dpcompile.ops import per_sample_conv_weight_grad
 
 from ..meta import LayerShape, Site
+from ..symbolic import same
 from . import WORD, Cost, generalized_linear_costs, register
 from .bounds import (F64, SUBNORMAL, U64, accumulation_gamma, certified, clipped_product_margin,
                      full_precision, gamma, gram_sum_bound, masked, masked_scaled, per_sample_product, row_norms,
@@ -60,7 +61,7 @@ class ConvRule:
         a = conv_args(conv)
         g_shape, x_shape, w_shape = shape_of(a["grad_out"]), shape_of(a["input"]), shape_of(a["weight"])
         k = rows_per_sample(g_shape[0], batch, views_of(node))
-        if k is None or sympy.simplify(x_shape[0] - g_shape[0]) != 0:
+        if k is None or not same(x_shape[0], g_shape[0]):
             return f"its batch dim ({g_shape[0]}) is not the model's batch ({batch})"
         groups = a["groups"]
         dims = len(w_shape) - 2

@@ -16,6 +16,7 @@ import torch.fx as fx
 from torch import Tensor
 
 from ..meta import LayerShape, Site
+from ..symbolic import same
 from . import WORD, Cost, register
 from .bounds import (SUBNORMAL, accumulation_dtype, accumulation_gamma, certified, clipped_product_margin,
                      full_precision, gamma, gram_sum_bound, masked_scaled, row_norms, unit_roundoff, upper_sum)
@@ -207,7 +208,7 @@ def _index_layout(indices: fx.Node, values: fx.Node, batch: sympy.Expr):
     the scatter, and sample b's gradient is the scatter of its own output gradient, read from before
     that sum."""
     idx_shape, value_shape = shape_of(indices), shape_of(values)
-    if not value_shape or sympy.simplify(prod(value_shape) - prod(idx_shape) * value_shape[-1]) != 0:
+    if not value_shape or not same(prod(value_shape), prod(idx_shape) * value_shape[-1]):
         return f"its values {value_shape} are not one row per index {idx_shape}"
     views = views_of(indices)
     hits = [(i, k) for i, s in enumerate(idx_shape) if (k := rows_per_sample(s, batch, views))]

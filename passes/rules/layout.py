@@ -22,6 +22,7 @@ import torch.fx as fx
 from torch import Tensor
 
 from ..meta import VIEWS
+from ..symbolic import same
 
 aten = torch.ops.aten
 
@@ -75,9 +76,9 @@ def views_of(node: fx.Node) -> int:
 def rows_per_sample(size: sympy.Expr, batch: sympy.Expr, views: int) -> int | None:
     """k when a dim of this size is the batch with k consecutive rows per sample: 1 for size B, K for
     size K·B (K > 1 views per sample; B symbolic, or 1: one sample owns every row); else None."""
-    if sympy.simplify(size - batch) == 0:
+    if same(size, batch):
         return 1
-    if views > 1 and (batch.free_symbols or batch == 1) and sympy.simplify(size - views * batch) == 0:
+    if views > 1 and (batch.free_symbols or batch == 1) and same(size, views * batch):
         return views
     return None
 
@@ -100,7 +101,7 @@ def find_rows_layout(node: fx.Node, rows: sympy.Expr, batch: sympy.Expr, depth: 
     while True:
         shape = shape_of(node)
         for lead in range(1, len(shape) + 1):
-            if sympy.simplify(prod(shape[:lead]) - rows) == 0:
+            if same(prod(shape[:lead]), rows):
                 hits = [(i, k) for i, s in enumerate(shape[:lead]) if (k := rows_per_sample(s, batch, views))]
                 if len(hits) == 1:
                     return RowsLayout(node, lead, *hits[0])

@@ -12,6 +12,7 @@ import torch.fx as fx
 from torch import Tensor
 
 from ..meta import LayerShape, Site
+from ..symbolic import simplified
 from . import Cost, generalized_linear_costs, register
 from .bounds import (accumulation_gamma, certified, clipped_product_margin, gram_sum_bound, masked, masked_scaled,
                      per_sample_product, product_matrix, row_norms, upper_sum)
@@ -50,7 +51,7 @@ class MatmulRule:
         layout = next((lay for c in candidates if (lay := find_rows_layout(c, rows, batch))), None)
         if layout is None:
             return f"the batch ({batch}) cannot be found among the {rows} contracted rows of its operands"
-        shape = LayerShape(B=batch, T=sympy.simplify(rows / batch), d=q_shape[1], p=x_shape[0])
+        shape = LayerShape(B=batch, T=simplified(rows / batch), d=q_shape[1], p=x_shape[0])
         return Site("linear", (x, q, layout.anchor),
                     {"lead": layout.lead, "batch_dim": layout.batch_dim, "k": layout.k}, shape, op=str(node.target))
 

@@ -14,6 +14,7 @@ import torch.fx as fx
 from torch import Tensor
 
 from ..meta import LayerShape, Site
+from ..symbolic import same
 from . import WORD, Cost, register
 from .bounds import accumulation_gamma, masked_scaled, row_norms, upper_sum
 from .layout import find_rows_layout, rows_per_sample, shape_of, to_batch_rows, views_of
@@ -127,7 +128,7 @@ def _row_sources(x: fx.Node, ndims: int, rows: sympy.Expr) -> list[fx.Node]:
     if x.target in ELEMENTWISE:
         for a in x.args:
             if isinstance(a, fx.Node) and len(shape_of(a)) >= ndims and \
-                    sympy.simplify(prod(shape_of(a)[:ndims]) - rows) == 0:
+                    same(prod(shape_of(a)[:ndims]), rows):
                 sources.append(a)
     return sources
 

@@ -216,6 +216,19 @@ def test_pointwise_conv_patches_are_the_strided_input(dims, stride, padding):
                           conv(x, w, stride=stride, padding=padding).flatten(2), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("kernel, stride, padding, dilation", [
+    ([3, 3], [1, 1], [1, 1], [1, 1]), ([3, 3], [2, 2], [1, 1], [1, 1]), ([7, 7], [2, 2], [3, 3], [1, 1]),
+    ([3, 2], [2, 1], [0, 2], [2, 1]), ([5, 3], [1, 3], [2, 0], [1, 2]), ([2, 2], [2, 2], [0, 0], [1, 1]),
+    ([1, 3], [1, 1], [0, 1], [1, 1])])
+def test_2d_patches_are_im2col(kernel, stride, padding, dilation):
+    """2-D patches come from strided windows, not im2col's gather: every value and its place is im2col's, so
+    the Grams, bounds and GEMMs built on them are unchanged."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 11, 10, dtype=torch.float64)
+    u = unfold_nd(x, kernel, stride, padding, dilation)
+    assert torch.equal(u, F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride))
+
+
 @pytest.mark.parametrize("conv", [nn.Conv2d(4, 6, 1, stride=2), nn.Conv2d(4, 6, 3, padding=1, groups=2),
                                   nn.Conv2d(3, 4, 3, dilation=2, stride=2), nn.Conv1d(3, 2, 1, padding=1, stride=3),
                                   nn.Conv3d(2, 3, (1, 2, 1), stride=(2, 1, 1)),

@@ -37,11 +37,10 @@ def conv_args(node: fx.Node) -> dict:
 
 
 def unfold_nd(x: Tensor, kernel: list[int], stride, padding, dilation) -> Tensor:
-    """Patches of x (B, C, *S) as (B, C·prod(kernel), T), channel-major like a conv weight (exact copies,
-    no arithmetic: a strided slice for a 1×1 kernel, im2col for 2-D, strided views otherwise)."""
+    """Patches of x (B, C, *S) as (B, C·prod(kernel), T), channel-major like a conv weight, F.unfold's layout
+    (exact copies, no arithmetic: a strided slice for a 1×1 kernel, else strided windows; not im2col, whose
+    decomposition is an index gather with 2.5× the nodes to trace and lower)."""
     n, (B, C) = len(kernel), x.shape[:2]
-    if n == 2 and any(k != 1 for k in kernel):
-        return F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
     x = F.pad(x, [p for p in reversed(padding) for _ in (0, 1)]) if any(padding) else x
     if all(k == 1 for k in kernel):  # a pointwise conv (most of a ResNet's): no gather to trace, compile or run
         return x[(..., *(slice(None, None, s) for s in stride))].flatten(2)

@@ -9,7 +9,6 @@ grad = (scale·Σ_i C_i ĝ_i + N(0, σ²R²)) / n, with ĝ_i the graph's own per
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -362,10 +361,11 @@ def emit_finish(graph, spec: ClipSpec, clip: fx.Node, grads: list[fx.Node], drop
     def noisy_finish(c, g, noise):
         total, n = scaled(c, g)
         return (total + noise.view(g.shape).to(g.dtype)) / n
-    numels = [math.prod(g.meta["val"].shape) for g in grads]  # parameters' shapes are static
-    noise = emit(graph, lambda g, d: gaussian_noise(g, sum(numels), spec.noise_handle, d), [grads[0], dropped],
-                 "dp_noise")
-    pieces = emit(graph, lambda z: tuple(z.split(numels)), [noise], "dp_noise_piece")
+    def numels(gs):  # from the traced values: a gradient's shape may be symbolic (a per-channel op with the
+        return [g.numel() for g in gs]  # batch folded into its channels)
+    noise = emit(graph, lambda d, *gs: gaussian_noise(gs[0], sum(numels(gs)), spec.noise_handle, d),
+                 [dropped, *grads], "dp_noise")
+    pieces = emit(graph, lambda z, *gs: tuple(z.split(numels(gs))), [noise, *grads], "dp_noise_piece")
     return [emit(graph, noisy_finish, [clip, g, z], "dp_grad", key=(*key, "noise")) for g, z in zip(grads, pieces)]
 
 

@@ -28,7 +28,7 @@ def same(a: sympy.Expr, b: sympy.Expr) -> bool:
     diff = sympy.expand(a - b)
     if diff == 0:
         return True
-    if diff.is_number:
+    if diff.is_Number:
         return False
     if differs_at_a_probe(diff):
         return False
@@ -36,10 +36,11 @@ def same(a: sympy.Expr, b: sympy.Expr) -> bool:
 
 
 def differs_at_a_probe(diff: sympy.Expr) -> bool:
-    """Whether diff evaluates to a nonzero number with its symbols set to positive integers (two points)."""
+    """Whether diff evaluates to a nonzero number with its symbols set to positive integers (two points). Only an
+    evaluated number counts (is_Number): a function left unevaluated at the point says nothing."""
     symbols = sorted(diff.free_symbols, key=str)
     for shift in (0, 1):
         value = diff.subs({s: PROBES[(i + shift) % len(PROBES)] for i, s in enumerate(symbols)})
-        if value.is_number and value != 0:
+        if value.is_Number and value != 0:
             return True
     return False

@@ -36,3 +36,15 @@ def test_verdicts_are_memoised():
     same(2 * s, s + 2)
     same(2 * s, s + 2)
     assert symbolic.same.cache_info().hits >= 1
+
+
+
+def test_an_unevaluated_function_is_no_verdict():
+    """A difference that stays a function of numbers at a probe point (sympy leaves it unevaluated: is_number but
+    not is_Number) is not taken for a nonzero value; the verdict falls to sympy.simplify."""
+    class Opaque(sympy.Function):  # never evaluates
+        is_integer = True
+
+    assert (Opaque(7) - 3).is_number and not (Opaque(7) - 3).is_Number
+    assert not symbolic.differs_at_a_probe(Opaque(s) - 3)
+    assert same(Opaque(s) + 1, 1 + Opaque(s)) and not same(Opaque(s), 3)

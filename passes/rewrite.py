@@ -348,25 +348,19 @@ def emit_finish(graph, spec: ClipSpec, clip: fx.Node, grads: list[fx.Node], drop
     a few shapes)."""
     from dpcompile.ops import gaussian_noise
 
-    def scaled(c, g):  # (scale·g, n): the batch size is c's length
+    def finish(c, g, *noise):  # the batch size is c's length
         scale = c.shape[0] if spec.loss_reduction == "mean" else 1
-        return g * scale, spec.expected_batch_size or scale
-    key = ("finish", spec.loss_reduction, spec.expected_batch_size)
-    if spec.noise_handle is None:
-        def finish(c, g):
-            total, n = scaled(c, g)
-            return total / n
-        return [emit(graph, finish, [clip, g], "dp_grad", key=key) for g in grads]
+        total = g * scale + noise[0].view(g.shape).to(g.dtype) if noise else g * scale
+        return total / (spec.expected_batch_size or scale)
 
-    def noisy_finish(c, g, noise):
-        total, n = scaled(c, g)
-        return (total + noise.view(g.shape).to(g.dtype)) / n
-    def numels(gs):  # from the traced values: a gradient's shape may be symbolic (a per-channel op with the
-        return [g.numel() for g in gs]  # batch folded into its channels)
-    noise = emit(graph, lambda d, *gs: gaussian_noise(gs[0], sum(numels(gs)), spec.noise_handle, d),
-                 [dropped, *grads], "dp_noise")
-    pieces = emit(graph, lambda z, *gs: tuple(z.split(numels(gs))), [noise, *grads], "dp_noise_piece")
-    return [emit(graph, noisy_finish, [clip, g, z], "dp_grad", key=(*key, "noise")) for g, z in zip(grads, pieces)]
+    def noise_pieces(d, *gs):  # sizes from the traced values: a gradient's shape may be symbolic
+        numels = [g.numel() for g in gs]
+        return tuple(gaussian_noise(gs[0], sum(numels), spec.noise_handle, d).split(numels))
+    pieces = [()] * len(grads)
+    if spec.noise_handle is not None:
+        pieces = [(z,) for z in emit(graph, noise_pieces, [dropped, *grads], "dp_noise")]
+    key = ("finish", spec.loss_reduction, spec.expected_batch_size)
+    return [emit(graph, finish, [clip, g, *z], "dp_grad", key=key) for g, z in zip(grads, pieces)]
 
 
 def drop_parameter_outputs(new_node: fx.Node, old_node: fx.Node, site_param) -> None:

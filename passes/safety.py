@@ -53,10 +53,6 @@ def batch_factor(size: sympy.Expr, batch: sympy.Expr) -> sympy.Expr | None:
     return m
 
 
-def _same(a: sympy.Expr, b: sympy.Expr) -> bool:
-    return same(sympy.sympify(a), sympy.sympify(b))
-
-
 def _shape(x) -> tuple[sympy.Expr, ...]:
     return shape_of_value(x.meta["val"])
 
@@ -106,13 +102,13 @@ class Layouts:
         if not isinstance(value, torch.Tensor):
             return None
         shape = shape_of_value(value)
-        if near is not None and near < len(shape) and _same(shape[near], size):
+        if near is not None and near < len(shape) and same(shape[near], size):
             return (near, k)
-        hits = [d for d, s in enumerate(shape) if _same(s, size)]
+        hits = [d for d, s in enumerate(shape) if same(s, size)]
         if len(hits) == 1:
             return (hits[0], k)
         hits = [d for d, s in enumerate(shape) if batch_factor(s, self.batch) is not None]
-        return (hits[0], k) if len(hits) == 1 and _same(shape[hits[0]], size) else None
+        return (hits[0], k) if len(hits) == 1 and same(shape[hits[0]], size) else None
 
     def each_output(self, node: fx.Node, lay: Layout, src: fx.Node):
         """The same batch dim in every tensor output (found by its size): tuple outputs too."""
@@ -137,7 +133,7 @@ def aligned(node: fx.Node, L: Layouts, operands: list, out_rank: int) -> Layout 
             continue
         shape = _shape(x)
         d = lay[0] + out_rank - len(shape)
-        if found is not None and (found[0] != d or not _same(found[1], lay[1])):
+        if found is not None and (found[0] != d or not same(found[1], lay[1])):
             raise Mixing("combines operands that hold the batch in different places (element i of one meets "
                          "another sample's element of the other)")
         found = (d, lay[1])
@@ -187,7 +183,7 @@ def _contiguous(value) -> bool:
     """Whether a (fake) tensor's strides are row-major for its sizes (size-one dims ignored)."""
     shape, expected = shape_of_value(value), sympy.Integer(1)
     for size, stride in reversed(list(zip(shape, _strides(value)))):
-        if size != 1 and not _same(stride, expected):
+        if size != 1 and not same(stride, expected):
             return False
         expected = expected * size
     return True
@@ -198,7 +194,7 @@ def as_strided(node: fx.Node, L: Layouts):
     src, val = node.args[0], node.meta["val"]
     offset = node.args[3] if len(node.args) > 3 else node.kwargs.get("storage_offset", 0)
     if not (offset in (0, None) and _contiguous(src.meta["val"]) and _contiguous(val)
-            and _same(sympy.Mul(*_shape(src)), sympy.Mul(*_shape(node)))):
+            and same(sympy.Mul(*_shape(src)), sympy.Mul(*_shape(node)))):
         raise NoRule("it is not a row-major reshape of a row-major tensor")
     return view(node, L)
 
@@ -241,7 +237,7 @@ def picks(node: fx.Node, L: Layouts):
     dim = arg(node, "dim", None)
     dim = (arg(node, "dimension", 0) if dim is None else dim) % len(shape)
     if dim == d:
-        full = node.target in (aten.slice.Tensor, aten.narrow.default) and _same(_shape(node)[d], shape[d])
+        full = node.target in (aten.slice.Tensor, aten.narrow.default) and same(_shape(node)[d], shape[d])
         if not full:
             raise Mixing(f"picks part of dim {d}, which holds the batch")
     if node.target is aten.select.int or node.target is aten.unbind.int:
@@ -292,12 +288,12 @@ def matmul(node: fx.Node, L: Layouts):
         if lb[0] == rank - 2:
             raise Mixing("contracts dim {} of its second operand, which holds the batch".format(lb[0]))
         out.append(lb)
-    if len(out) == 2 and (out[0][0] != out[1][0] or out[0][0] != 0 or not _same(out[0][1], out[1][1])):
+    if len(out) == 2 and (out[0][0] != out[1][0] or out[0][0] != 0 or not same(out[0][1], out[1][1])):
         raise Mixing("multiplies two batched operands whose batches meet across samples (a pairwise product)")
     lay = out[0] if out else None
     if node.target in (aten.addmm.default, aten.baddbmm.default) and L.get(node.args[0]) is not None:
         bias = aligned(node, L, [node.args[0]], rank)
-        if lay is not None and (bias[0] != lay[0] or not _same(bias[1], lay[1])):
+        if lay is not None and (bias[0] != lay[0] or not same(bias[1], lay[1])):
             raise Mixing("adds a batched term whose batch is not where the product's is")
         lay = bias
     return lay
@@ -385,7 +381,7 @@ def gather(node: fx.Node, L: Layouts):
     ls, li = L.get(src), L.get(index)
     dim %= len(_shape(src))
     if ls is not None and (dim == ls[0] or (li is not None and li != ls)
-                           or (li is None and not _same(_shape(index)[ls[0]], _shape(src)[ls[0]]))):
+                           or (li is None and not same(_shape(index)[ls[0]], _shape(src)[ls[0]]))):
         raise Mixing(f"gathers along dim {dim} or with indices not aligned with the batch (dim {ls[0]})")
     return ls or li
 
@@ -424,9 +420,9 @@ def scatter(node: fx.Node, L: Layouts):
         d = lay[0] + (node.target is aten.select_scatter.default and dim <= lay[0])
         if x is arg(node, "index") and node.target in (aten.index_add.default, aten.index_copy.default):
             raise Mixing("scatters with batched indices")
-        if result is not None and (result[0] != d or not _same(result[1], lay[1])):
+        if result is not None and (result[0] != d or not same(result[1], lay[1])):
             raise Mixing("writes values of one sample into another sample's rows")
-        if result is None and not _same(_shape(base)[d], _shape(x)[lay[0]]):
+        if result is None and not same(_shape(base)[d], _shape(x)[lay[0]]):
             raise Mixing("writes batched values into a tensor that has no row per sample (it sums samples)")
         result = (d, lay[1])
     if result[0] == dim and not _whole_slice_written(node, dim):
@@ -437,7 +433,7 @@ def scatter(node: fx.Node, L: Layouts):
 def _whole_slice_written(node: fx.Node, dim: int) -> bool:
     """A slice_scatter whose source spans the whole dim (`y = x[:, :c]; y += s` functionalised: a `:` on the batch
     dim is a full slice): every row is replaced by the same row of the source, which holds the batch in that dim."""
-    return node.target is aten.slice_scatter.default and _same(_shape(node.args[0])[dim], _shape(node.args[1])[dim])
+    return node.target is aten.slice_scatter.default and same(_shape(node.args[0])[dim], _shape(node.args[1])[dim])
 
 
 def index_put(node: fx.Node, L: Layouts):
@@ -457,11 +453,11 @@ def concat(node: fx.Node, L: Layouts):
     lay = aligned(node, L, [p for p in pieces if len(_shape(p)) == rank], rank)
     if node.target is aten.stack.default:
         dim %= rank + 1
-        if lay is None or any(not _same(_shape(p)[lay[0]], _shape(pieces[0])[lay[0]]) for p in pieces):
+        if lay is None or any(not same(_shape(p)[lay[0]], _shape(pieces[0])[lay[0]]) for p in pieces):
             raise Mixing("stacks tensors whose batch dims differ")
         return (lay[0] + (dim <= lay[0]), lay[1])
     dim %= rank
-    if lay is None or dim == lay[0] or any(len(_shape(p)) == rank and not _same(_shape(p)[lay[0]],
+    if lay is None or dim == lay[0] or any(len(_shape(p)) == rank and not same(_shape(p)[lay[0]],
                                                                                    _shape(node)[lay[0]]) for p in pieces):
         raise Mixing(f"concatenates along dim {dim}, which holds the batch, or with pieces of another batch size")
     return lay
@@ -514,7 +510,7 @@ def buffer_write(node: fx.Node, L: Layouts):
     if L.get(src) is not None and L.get(dst) is None:
         raise Mixing("stores a value computed from the batch in a buffer or constant, so later batches would "
                      "depend on these samples")
-    if L.get(src) is not None and (L.get(dst)[0] != L.get(src)[0] or not _same(L.get(dst)[1], L.get(src)[1])):
+    if L.get(src) is not None and (L.get(dst)[0] != L.get(src)[0] or not same(L.get(dst)[1], L.get(src)[1])):
         raise Mixing("writes one sample's values into another sample's rows")
     return L.get(dst)
 
@@ -706,7 +702,7 @@ def views_in_order(node: fx.Node, lay, batch: sympy.Expr, views: int) -> None:
         if not isinstance(value, torch.Tensor):
             continue
         for d, size in enumerate(shape_of_value(value)):
-            if _same(size, views * batch) and (out is None or out[0] != d or not _same(out[1], views)):
+            if same(size, views * batch) and (out is None or out[0] != d or not same(out[1], views)):
                 raise UnsupportedOpError(
                     f"module {where(node)}: {node.target} puts the {views} augmented views of each sample "
                     f"(augmentation_multiplicity={views}) in a dim of size {views}·B in another order than sample "
@@ -720,8 +716,8 @@ def _merged_batch(node: fx.Node, L: Layouts, views: int = 1) -> str:
     """Where node's batched operand got the batch merged with other values in one dim (k ≠ 1), if a
     reshape in another module did it (nn.Flatten(0), x.view(-1)): named, since that is the mistake. A
     sample's K views merged into K·B rows (augmentation multiplicity) are the call's own layout, not it."""
-    views_rows = lambda x: views > 1 and _same(L.get(x)[1], views) and \
-        _same(_shape(x)[L.get(x)[0]], views * L.batch)  # noqa: E731
+    views_rows = lambda x: views > 1 and same(L.get(x)[1], views) and \
+        same(_shape(x)[L.get(x)[0]], views * L.batch)  # noqa: E731
     seen, todo = set(), [x for x in L.batched(node) if (lay := L.get(x)) is not None and lay[1] != 1
                          and not views_rows(x)]
     while todo:
@@ -795,7 +791,7 @@ class SampleCheck:
         if not isinstance(value, torch.Tensor):
             return []
         return [(d, k) for d, s in enumerate(shape_of_value(value))
-                for k in {1, self.views} if _same(s, k * self.batch)]
+                for k in {1, self.views} if same(s, k * self.batch)]
 
     def _node_moved(self, node: fx.Node, values: list) -> bool:
         example = node.meta.get("example_value")

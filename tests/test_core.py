@@ -100,6 +100,28 @@ def test_noise_has_stated_std():
     assert abs(diff.mean().item()) < 4 * expected / diff.numel() ** 0.5
 
 
+def test_every_parameter_gets_its_own_noise():
+    """The one noise draw is split into a piece per parameter, and parameters of one shape share a traced finish:
+    no parameter may leave without noise, and two of one shape may not get the same (correlated) piece."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(40, 40), nn.Tanh(), nn.Linear(40, 40)).double().to(DEVICE)
+    x, y = (torch.randn(8, 40, dtype=torch.float64, device=DEVICE) for _ in range(2))
+    sigma, bound = 1.3, 0.7
+    grads = []
+    for noise in (0.0, sigma):
+        dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=noise, backend="eager", seed=5)
+        model.zero_grad()
+        squared_error(dp(x), y).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    diff = {n: grads[1][n] - grads[0][n] for n in grads[0]}
+    expected = sigma * bound / 8
+    for name, d in diff.items():  # 1,600 weight and 40 bias entries each
+        assert abs(d.std().item() / expected - 1) < (0.1 if d.dim() == 2 else 0.4), name
+    for a, b in (("0.weight", "2.weight"), ("0.bias", "2.bias")):
+        corr = torch.corrcoef(torch.stack([diff[a].flatten(), diff[b].flatten()]))[0, 1].item()
+        assert abs(corr) < (0.15 if a.endswith("weight") else 0.6), (a, b, corr)
+
+
 def test_seed_reproduces_noise():
     model = nn.Linear(5, 3).double()
     x, y = torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)

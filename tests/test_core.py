@@ -82,19 +82,24 @@ def test_cross_entropy_and_frozen_parameters():
     assert model[0].weight.grad is None
 
 
+def noise_added(model, x, y, sigma, bound, seed) -> dict[str, torch.Tensor]:
+    """Each parameter's released gradient with noise σ minus the one without: the noise alone, per parameter."""
+    grads = []
+    for noise in (0.0, sigma):
+        dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=noise, backend="eager", seed=seed)
+        model.zero_grad()
+        squared_error(dp(x), y).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    return {n: grads[1][n] - grads[0][n] for n in grads[0]}
+
+
 def test_noise_has_stated_std():
     """grad(noise) − grad(no noise) = N(0, σ²R²)/n elementwise: mean 0, std σR/n."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(100, 100)).double().to(DEVICE)
     x, y = torch.randn(8, 100, dtype=torch.float64, device=DEVICE), torch.randn(8, 100, dtype=torch.float64, device=DEVICE)
     sigma, bound = 1.3, 0.7
-    grads = []
-    for noise in (0.0, sigma):
-        dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=noise, backend="eager", seed=3)
-        model.zero_grad()
-        squared_error(dp(x), y).backward()
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
-    diff = grads[1] - grads[0]
+    diff = torch.cat([d.flatten() for d in noise_added(model, x, y, sigma, bound, seed=3).values()])
     expected = sigma * bound / 8
     assert abs(diff.std().item() / expected - 1) < 0.03
     assert abs(diff.mean().item()) < 4 * expected / diff.numel() ** 0.5
@@ -107,13 +112,7 @@ def test_every_parameter_gets_its_own_noise():
     model = nn.Sequential(nn.Linear(40, 40), nn.Tanh(), nn.Linear(40, 40)).double().to(DEVICE)
     x, y = (torch.randn(8, 40, dtype=torch.float64, device=DEVICE) for _ in range(2))
     sigma, bound = 1.3, 0.7
-    grads = []
-    for noise in (0.0, sigma):
-        dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=noise, backend="eager", seed=5)
-        model.zero_grad()
-        squared_error(dp(x), y).backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
-    diff = {n: grads[1][n] - grads[0][n] for n in grads[0]}
+    diff = noise_added(model, x, y, sigma, bound, seed=5)
     expected = sigma * bound / 8
     for name, d in diff.items():  # 1,600 weight and 40 bias entries each
         assert abs(d.std().item() / expected - 1) < (0.1 if d.dim() == 2 else 0.4), name

@@ -5,6 +5,8 @@ and linear layers, times on random fp32 data, eagerly, with CUDA events (median 
   ghost        per-sample squared norms by Gram matrices + the book-keeping clipped sum
   ps_unfold    per-sample gradients by unfold + matmul, their norms and the clip-weighted sum
   ps_grouped   per-sample gradients by one batch-folded grouped convolution, norms, weighted sum
+  ps_shifted   (stride 1) per-sample gradients by one product per kernel position over windows of the padded
+               input (no unfold), norms, weighted sum
 then what policy "mixed" (the paper's rule) and "auto" choose, and the chosen method's time over the
 fastest. Usage: python benchmarks/layer_costs.py [--batch 64] [--out DIR]
 """
@@ -15,6 +17,7 @@ import json
 import os
 import statistics
 import sys
+from types import SimpleNamespace
 
 import sympy
 import torch
@@ -55,39 +58,53 @@ def weighted(c, g):
     return torch.mm(c.unsqueeze(0), g.reshape(g.shape[0], -1))
 
 
-def conv_methods(B, cin, cout, h, k, stride, groups):
+def per_sample_method(rule, site, *operands):
+    """Per-sample gradients of site by its planned impl, their squared norms and the clip-weighted sum."""
+    clip = operands[-1]
+    return lambda: (lambda ps: (ps.flatten(1).square().sum(1), weighted(clip, ps)))(rule.per_sample(site, *operands[:-1]))
+
+
+def conv_methods(B, cin, cout, h, k, stride, groups, device="cuda"):
     rule, pad = ConvRule(), k // 2
-    x = torch.randn(B, cin, h, h, device="cuda")
-    w = torch.randn(cout, cin // groups, k, k, device="cuda")
+    x = torch.randn(B, cin, h, h, device=device)
+    w = torch.randn(cout, cin // groups, k, k, device=device)
     out = torch.nn.functional.conv2d(x, w, stride=stride, padding=pad, groups=groups)
-    g, clip = torch.randn_like(out), torch.rand(B, device="cuda")
+    g, clip = torch.randn_like(out), torch.rand(B, device=device)
     T = out.shape[2] * out.shape[3]
     consts = dict(stride=[stride] * 2, padding=[pad] * 2, dilation=[1, 1], groups=groups, kernel=[k, k],
                   transposed=False, output_padding=[0, 0], param=1)
     shape = LayerShape(sympy.Integer(B), sympy.Integer(T), sympy.Integer(cin // groups * k * k),
                        sympy.Integer(cout // groups), groups)
-    site = Site("conv", (), consts, shape)
-    unfold, grouped = (Site("conv", (), {**consts, "impl": i}, shape) for i in ("unfold", "grouped"))
-    methods = {
-        "ghost": lambda: (rule.ghost_norm_sq(site, g, x, w), rule.clipped_sum(site, clip, g, x, w)),
-        "ps_unfold": lambda: (lambda ps: (ps.flatten(1).square().sum(1), weighted(clip, ps)))(rule.per_sample(unfold, g, x, w)),
-        "ps_grouped": lambda: (lambda ps: (ps.flatten(1).square().sum(1), weighted(clip, ps)))(rule.per_sample(grouped, g, x, w)),
-    }
+    operands = tuple(SimpleNamespace(meta={"val": v}) for v in (g, x, w))  # what conv_impl reads of the nodes
+    site = Site("conv", operands, consts, shape)
+    impls = ("unfold", "grouped") + ("shifted",) * (stride == 1)
+    methods = {"ghost": lambda: (rule.ghost_norm_sq(site, g, x, w), rule.clipped_sum(site, clip, g, x, w))}
+    for impl in impls:
+        methods[f"ps_{impl}"] = per_sample_method(rule, Site("conv", operands, {**consts, "impl": impl}, shape),
+                                                  g, x, w, clip)
     return site, rule, methods, f"conv {cin}->{cout} k{k} s{stride} g{groups} {h}² (T={T})"
 
 
-def linear_methods(B, T, d, p):
+def linear_methods(B, T, d, p, device="cuda"):
     rule = MatmulRule()
-    a, g, clip = torch.randn(B * T, d, device="cuda"), torch.randn(B * T, p, device="cuda"), torch.rand(B, device="cuda")
-    anchor = torch.empty(B, T, 1, device="cuda")
+    a, g, clip = torch.randn(B * T, d, device=device), torch.randn(B * T, p, device=device), torch.rand(B, device=device)
+    anchor = torch.empty(B, T, 1, device=device)
     shape = LayerShape(sympy.Integer(B), sympy.Integer(T), sympy.Integer(d), sympy.Integer(p))
     site = Site("linear", (), {"lead": 2, "batch_dim": 0}, shape)
     x = g.t()
     methods = {
         "ghost": lambda: (rule.ghost_norm_sq(site, x, a, anchor), rule.clipped_sum(site, clip, x, a, anchor)),
-        "ps_unfold": lambda: (lambda ps: (ps.flatten(1).square().sum(1), weighted(clip, ps)))(rule.per_sample(site, x, a, anchor)),
+        "ps_unfold": per_sample_method(rule, site, x, a, anchor, clip),
     }
     return site, rule, methods, f"linear T={T} d={d} p={p}"
+
+
+def pick(policy: str, site: Site, rule) -> str:
+    """The method (a key of the *_methods dicts) that the plan chooses for site under policy."""
+    method, _ = choose(policy, site, rule.cost(site), {})
+    if method == "ghost":
+        return "ghost"
+    return f"ps_{(conv_impl(site, method) if site.rule == 'conv' else '') or 'unfold'}"
 
 
 def main() -> None:
@@ -107,12 +124,7 @@ def main() -> None:
             except torch.OutOfMemoryError:
                 times[name] = float("inf")
             torch.cuda.empty_cache()
-        costs = rule.cost(site)
-        picks = {}
-        for policy in ("mixed", "auto"):
-            method, _ = choose(policy, site, costs, {})
-            impl = conv_impl(site, method) if site.rule == "conv" else ""
-            picks[policy] = "ghost" if method == "ghost" else ("ps_grouped" if impl == "grouped" else "ps_unfold")
+        picks = {policy: pick(policy, site, rule) for policy in ("mixed", "auto")}
         best = min(times, key=times.get)
         rows.append({"layer": label, "ms": times, "best": best, "mixed": picks["mixed"], "auto": picks["auto"],
                      "mixed_over_best": times[picks["mixed"]] / times[best], "auto_over_best": times[picks["auto"]] / times[best]})

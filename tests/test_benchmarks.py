@@ -260,3 +260,21 @@ def test_tf32_products_benchmark_splits_exactly_and_orders_its_bounds():
     assert ((hi - x).abs() <= 2.0**-10 * x.abs()).all()
     for _, _, T, _ in module.SHAPES.values():
         assert module.bound("ieee", T) < module.bound("3xtf32", T) < module.bound("tf32", T)
+
+
+def test_layer_costs_methods_agree_and_the_picks_are_among_them():
+    """benchmarks/layer_costs.py (GPU timings) on small CPU shapes: every method of a layer gives the same per-sample
+    norms, and what each policy picks is one of the methods timed (the stride-1 products over shifted windows
+    included)."""
+    module = load_script("layer_costs")
+    cases = [module.conv_methods(3, *c, device="cpu") for c in [(4, 6, 8, 3, 1, 1), (4, 6, 8, 3, 2, 1),
+                                                                (4, 4, 6, 3, 1, 4), (6, 8, 5, 1, 1, 2)]]
+    cases.append(module.linear_methods(3, 4, 5, 6, device="cpu"))
+    for site, rule, methods, label in cases:
+        norms = {name: fn()[0] for name, fn in methods.items() if name != "ghost"}
+        for name, got in norms.items():
+            torch.testing.assert_close(got, norms["ps_unfold"], rtol=1e-4, atol=1e-6, msg=f"{label} {name}")
+        torch.testing.assert_close(methods["ghost"]()[0], norms["ps_unfold"], rtol=1e-3, atol=1e-5)
+        assert ("ps_shifted" in methods) == (site.rule == "conv" and site.consts["stride"] == [1, 1]), label
+        for policy in ("mixed", "auto"):
+            assert module.pick(policy, site, rule) in methods, (label, policy)

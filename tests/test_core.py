@@ -39,14 +39,17 @@ def test_each_clip_branch_alone(bound):
     assert dp.explain().rows
 
 
-def test_grouped_conv_per_sample_path():
-    """Both ways of instantiating per-sample conv gradients are exercised and correct."""
+def test_every_conv_per_sample_path():
+    """The three ways of instantiating per-sample conv gradients are exercised and correct: batch-folded groups
+    (nearly depthwise, not on CUDA), products over shifted windows (stride 1), unfold (any other)."""
     dp = check_against_reference(CASES["conv"][1], policy="per_sample")
-    expected = "unfold" if DEVICE != "cpu" else "grouped"  # CUDA: no cuDNN per-sample conv gradients (plan.conv_impl)
+    expected = "shifted" if DEVICE != "cpu" else "grouped"  # CUDA: no cuDNN per-sample conv gradients (plan.conv_impl)
     assert {r.impl for r in dp.explain() if r.op.endswith("convolution_backward") and r.d != "1"} == {expected}
-    dense = Case("conv_unfold", lambda: nn.Sequential(nn.Conv2d(3, 4, 3)), lambda B: torch.randn(B, 3, 5, 5, dtype=torch.float64))
-    dp = check_against_reference(dense, policy="per_sample")
-    assert "unfold" in {r.impl for r in dp.explain()}
+    for stride, impl in ((1, "shifted"), (2, "unfold")):
+        dense = Case(f"conv_{impl}", lambda: nn.Sequential(nn.Conv2d(3, 4, 3, stride=stride, padding=1)),
+                     lambda B: torch.randn(B, 3, 5, 6, dtype=torch.float64))
+        dp = check_against_reference(dense, policy="per_sample")
+        assert impl in {r.impl for r in dp.explain()}
 
 
 def test_batch_size_one_and_many_share_a_graph():

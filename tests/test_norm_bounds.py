@@ -166,7 +166,7 @@ def conv_operands(conv, x, seed=0):
     return torch.randn_like(y), x, conv.weight.detach()
 
 
-@pytest.mark.parametrize("impl", ["unfold", "grouped"])
+@pytest.mark.parametrize("impl", ["unfold", "grouped", "shifted"])
 def test_conv_crafted_cancellation(impl):
     """Constant input, output gradients b and 1 − b at two positions: ‖g‖ is small, the Grams are huge."""
     conv = nn.Conv1d(4, 1, 3, bias=False)
@@ -196,8 +196,31 @@ def test_conv_close_on_ordinary_data(conv):
     exact = exact_conv(conv, g, x)
     got = certified_norm(rule.ghost_norm_bound(site, g, x, w))
     assert (got >= exact).all() and (got / exact - 1).max() < CLOSE
-    ps = certified_norm(per_sample_bound(rule.per_sample(site, g, x, w), rule.per_sample_margin(site, g, x, w)))
-    assert (ps >= exact).all() and (ps / exact - 1).max() < CLOSE
+    sites = [site] + [Site("conv", (), {**site.consts, "impl": "shifted"}, None)] * (set(conv.stride) == {1})
+    for site in sites:
+        ps = certified_norm(per_sample_bound(rule.per_sample(site, g, x, w), rule.per_sample_margin(site, g, x, w)))
+        assert (ps >= exact).all() and (ps / exact - 1).max() < CLOSE, site.consts.get("impl")
+
+
+@pytest.mark.parametrize("conv", [nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(2, 4, (2, 5), padding=(0, 3), groups=2),
+                                  nn.Conv3d(2, 3, 3, padding=(1, 0, 2), dilation=(1, 2, 1)), nn.Conv1d(3, 2, 4, padding=3)])
+def test_shifted_windows_read_only_their_own_sample(conv):
+    """Per-sample gradients over shifted windows (the flattened padded grid, whose windows run past a row's end)
+    are each sample's own: the same bits whatever the other samples hold, NaN and inf included, and equal to the
+    unfold contraction's in float64."""
+    conv = conv.double()
+    x = torch.randn(3, conv.in_channels, *([6] * (conv.weight.dim() - 2)), dtype=torch.float64)
+    g, x, w = conv_operands(conv, x)
+    rule, site = ConvRule(), conv_site(conv)
+    shifted = Site("conv", (), {**site.consts, "impl": "shifted"}, None)
+    alone = [rule.per_sample(shifted, g[i:i + 1], x[i:i + 1], w) for i in range(3)]
+    for poison in (float("nan"), float("inf"), 1e300):
+        for i in range(3):  # every other sample (before and after the one looked at) poisoned, inputs and gradients
+            xp, gp = x.clone(), g.clone()
+            others = [j for j in range(3) if j != i]
+            xp[others], gp[others] = poison, poison
+            assert torch.equal(rule.per_sample(shifted, gp, xp, w)[i], alone[i][0]), (poison, i)
+    torch.testing.assert_close(torch.cat(alone), rule.per_sample(site, g, x, w), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("dims, stride, padding", [(2, 1, 0), (2, 2, 0), (2, 3, 1), (1, 2, 2), (3, 2, 1)])
@@ -389,19 +412,20 @@ def test_magnitude_chain_takes_an_alpha_as_its_absolute_value():
 
 def test_per_sample_convolutions_on_cuda_never_use_cudnn_weight_gradients():
     """cuDNN may pick FFT or Winograd weight gradients, whose error is outside γ_T·M: on CUDA the plan forms
-    per-sample convolution gradients by the unfold contraction, even where the grouped op would be cheaper."""
+    per-sample convolution gradients by products of its own (shifted windows at stride 1, else the unfold
+    contraction), even where the grouped op would be cheaper."""
     from types import SimpleNamespace
 
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from dpcompile.passes.plan import conv_impl
     shape = LayerShape(B=sympy.Symbol("B"), T=sympy.Integer(16), d=sympy.Integer(9), p=sympy.Integer(1), groups=8)
-    consts = {"kernel": (3, 3)}
-    for device, expected in (("cpu", "grouped"), ("cuda", "unfold")):
+    for stride, device, expected in ((1, "cpu", "grouped"), (1, "cuda", "shifted"), (2, "cuda", "unfold")):
         with FakeTensorMode():
             value = torch.empty(2, 8, 4, 4, device=device)
-        site = Site("conv", (SimpleNamespace(meta={"val": value}),), consts, shape)
-        assert conv_impl(site, "per_sample") == expected, device
+        consts = {"kernel": (3, 3), "stride": [stride] * 2}
+        site = Site("conv", (SimpleNamespace(meta={"val": value}),) * 2, consts, shape)
+        assert conv_impl(site, "per_sample") == expected, (stride, device)
 
 
 def truncating_tensor_core_dot(products: list[float], block: int) -> float:

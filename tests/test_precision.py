@@ -165,7 +165,7 @@ def test_tf32_per_sample_gradients_are_clipped_by_their_own_norm(backend):
             x = off_tf32_grid(1, 3, 8, 8, seed=i) * 10
             dp, tf32 = dp_grads(conv_linear(), x, tf32=True, backend=backend, bound=bound)
             assert {r.method for r in dp.explain().rows} == {"per_sample"}
-            assert sorted(r.impl for r in dp.explain().rows) == ["", "", "", "unfold, TF32"]
+            assert sorted(r.impl for r in dp.explain().rows) == ["", "", "", "shifted, TF32"]
             _, ieee = dp_grads(conv_linear(), x, tf32=False, backend=backend, bound=bound)
             assert tf32.norm() <= bound * (1 + 1e-6)
             assert 0 < (tf32 - ieee).norm() <= 2.0**-8 * ieee.norm()
@@ -207,7 +207,7 @@ def test_tf32_per_sample_products_on_cuda(clean_settings):
         _, ieee = dp_grads(conv_linear(), x, tf32=False, backend=BACKEND_UNDER_TEST, bound=1e6)
         SETTINGS[setting]()
         dp, tf32 = dp_grads(conv_linear(), x, tf32=True, backend=BACKEND_UNDER_TEST, bound=1e-2)
-        assert sorted(r.impl for r in dp.explain().rows) == ["", "", "", "unfold, TF32"]
+        assert sorted(r.impl for r in dp.explain().rows) == ["", "", "", "shifted, TF32"]
         assert tf32.norm() <= 1e-2 * (1 + 1e-6)
         _, unclipped = dp_grads(conv_linear(), x, tf32=True, backend=BACKEND_UNDER_TEST, bound=1e6)
         assert 0 < (unclipped - ieee).norm() <= 2.0**-8 * ieee.norm()
@@ -215,9 +215,9 @@ def test_tf32_per_sample_products_on_cuda(clean_settings):
 
 @pytest.mark.inductor
 def test_tf32_products_take_the_operand_views_that_bmm_takes():
-    """The TF32 op stands in for bmm one for one: inductor passes it the unfolded input and the output gradient as
-    the same views (sizes and strides of the same kind of buffer) that it passes bmm, so no copy of an unfold-sized
-    tensor comes first. (Kernel counts are no test of this: how inductor groups the pointwise work around the op
+    """The TF32 op stands in for bmm one for one: inductor passes it the windows of the padded input (stride 1: one
+    product per kernel position) or the unfolded input (stride 2), and the output gradient, as the same views (sizes
+    and strides of the same kind of buffer) that it passes bmm, so no copy of an operand comes first. (Kernel counts are no test of this: how inductor groups the pointwise work around the op
     differs between torch versions, 7 against 6 CPU kernels on torch 2.11, 25 against 28 CUDA launches.)
     Convolutions only: a T = 1 linear layer's outer product stays pointwise."""
     import re
@@ -226,7 +226,7 @@ def test_tf32_products_take_the_operand_views_that_bmm_takes():
 
     def products(tf32: bool) -> list[tuple[str, list[str]]]:
         torch.manual_seed(0)
-        m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)).to(DEVICE)
+        m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, stride=2)).to(DEVICE)
         dp = dpcompile.dpcompile(m, max_grad_norm=1.0, noise_multiplier=0.0, loss_reduction="sum", policy="per_sample",
                                  per_sample_tf32=tf32, backend="inductor")
         x = torch.randn(4, 3, 8, 8, device=DEVICE)
@@ -237,8 +237,8 @@ def test_tf32_products_take_the_operand_views_that_bmm_takes():
         # each operand as reinterpret_tensor(buffer, sizes, strides, offset), the buffer's name left out
         return [(op, re.findall(r"reinterpret_tensor\(\w+, (\([^)]*\), \([^)]*\), \d+)\)", args)) for op, args in calls]
     ieee, tf32 = products(False), products(True)
-    assert [op for op, _ in ieee] == ["extern_kernels.bmm"] * 2
-    assert [op for op, _ in tf32] == ["torch.ops.dpcompile.tf32_bmm.default"] * 2
+    assert [op for op, _ in ieee] == ["extern_kernels.bmm"] * 10
+    assert [op for op, _ in tf32] == ["torch.ops.dpcompile.tf32_bmm.default"] * 10
     assert sorted(views for _, views in tf32) == sorted(views for _, views in ieee)
     assert all(len(views) == 2 for _, views in tf32)
 

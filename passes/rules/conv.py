@@ -2,12 +2,14 @@
 
 Per sample i and group: g_i = G_i U_iᵀ, where U_i = unfold(x_i) (d × T) and G_i (p × T).
 Ghost: ‖g_i‖² = Σ_ts (U_iᵀU_i)_ts (G_iᵀG_i)_ts. Per-sample gradients either by unfold + matmul or
-by one convolution_backward with the batch folded into the groups. Bias: g_i = Σ_t G_i.
+by one convolution_backward with the batch folded into the groups, or (stride 1) by one product per kernel
+position of G_i and a window of the padded, flattened x_i (`shifted_windows`: no unfold). Bias: g_i = Σ_t G_i.
 A transposed convolution swaps the roles: its weight gradient is x_i unfold(G_i)ᵀ, over x's positions.
 With K views per sample (rows b·K … b·K+K−1 of dim 0), a sample's positions are its views' K·T positions.
 """
 from __future__ import annotations
 
+import itertools
 from math import prod
 
 import sympy
@@ -48,6 +50,32 @@ def unfold_nd(x: Tensor, kernel: list[int], stride, padding, dilation) -> Tensor
         x = x.unfold(2 + i, (k - 1) * d + 1, s)[..., ::d]
     x = x.permute(0, 1, *range(2 + n, 2 + 2 * n), *range(2, 2 + n))  # (B, C, *kernel, *positions)
     return x.reshape(B, C * prod(kernel), prod(x.shape[2 + n:]))
+
+
+def shifted_windows(x: Tensor, g: Tensor, kernel: list[int], padding, dilation) -> tuple[Tensor, Tensor, list[int]]:
+    """A stride-1 convolution's weight gradient without an unfold: (xf, gf, offsets) with x zero-padded and
+    flattened per channel (B, C, Lx), G zero-padded on its trailing spatial dims to x's padded sizes and flattened
+    (B, C_out, L), and per kernel position (row-major, the weight's order) o such that the gradient there is
+    gf · xf[..., o : o + L]ᵀ. In flattened coordinates an output position's input at kernel position k is the
+    output's index plus o_k; the columns G gains are zero, so they add exact zeros. x gets extra zero rows at the
+    end so that every window stays within its own channel (never reaches another channel or sample)."""
+    n, padded = len(kernel), [s + 2 * p for s, p in zip(x.shape[2:], padding)]
+    out = list(g.shape[2:])
+    step = [prod(padded[j + 1:]) for j in range(n)]  # strides of the padded grid, flattened
+    overflow = sum((padded[j] - out[j]) * step[j] for j in range(1, n))
+    extra = -(-overflow // step[0])
+    x_pads = [q for j in reversed(range(n)) for q in (padding[j], padding[j] + (extra if j == 0 else 0))]
+    g_pads = [q for j in reversed(range(n)) for q in (0, padded[j] - out[j] if j else 0)]
+    pad = lambda t, pads: F.pad(t, pads) if any(pads) else t  # noqa: E731
+    xf, gf = pad(x, x_pads).flatten(2), pad(g, g_pads).flatten(2)
+    offsets = [sum(k * d * s for k, d, s in zip(pos, dilation, step))
+               for pos in itertools.product(*(range(k) for k in kernel))]
+    return xf, gf, offsets
+
+
+def shifted_length(x_shape, g_shape, padding) -> int:
+    """L of shifted_windows: the output's first spatial size times x's padded trailing spatial sizes."""
+    return g_shape[2] * prod(s + 2 * p for s, p in zip(x_shape[3:], padding[1:]))
 
 
 class ConvRule:
@@ -92,13 +120,27 @@ class ConvRule:
         if site.rule == "conv_bias":
             return views_into_positions(g.flatten(2), site.consts.get("k", 1)).sum(2)
         x, w = rest
-        if site.consts.get("impl", "unfold") == "grouped" and not site.consts["transposed"]:
+        impl = site.consts.get("impl", "unfold")
+        if impl == "grouped" and not site.consts["transposed"]:
             return self._per_sample_grouped(site, g, x, w)
+        if impl == "shifted":
+            return self._per_sample_shifted(site, g, x, w)
         u, gg = self._unfolded(site, g, x)
         if site.consts.get("tf32"):
             return per_sample_product(gg.flatten(0, 1), u.flatten(0, 1).transpose(1, 2), True).reshape(u.shape[0],
                                                                                                      *w.shape)
         return torch.einsum("bgpt,bgdt->bgpd", gg, u).reshape(u.shape[0], *w.shape)
+
+    def _per_sample_shifted(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
+        """Stride 1: one batched product per kernel position of G and a window of the padded x (shifted_windows),
+        so the unfold (B, d, T), often the DP backward's largest tensor, is never formed."""
+        c, groups = site.consts, site.consts["groups"]
+        xf, gf, offsets = shifted_windows(x, g, c["kernel"], c["padding"], c["dilation"])
+        L = gf.shape[-1]
+        gf = gf.reshape(-1, gf.shape[1] // groups, L)
+        parts = [per_sample_product(gf, xf[..., o:o + L].reshape(gf.shape[0], -1, L).transpose(1, 2), c.get("tf32"))
+                 for o in offsets]
+        return torch.stack(parts, -1).reshape(x.shape[0], *w.shape)
 
     def _per_sample_grouped(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
         """One convolution_backward with the batch folded into the groups (an opaque runtime op)."""
@@ -151,7 +193,10 @@ class ConvRule:
             rho = views_into_positions(row_norms(g.flatten(2), dims=(1,)), site.consts.get("k", 1))
             return accumulation_gamma(rho.shape[1], g.dtype) * upper_sum(rho, [1])
         r, rho = self._position_norms(site, g, rest[0])
-        return accumulation_gamma(r.shape[-1], g.dtype) * upper_sum(r * rho, [1, 2])
+        n = r.shape[-1]
+        if site.consts.get("impl") == "shifted":  # sums over the padded grid's L ≥ T positions (the others add zeros)
+            n = shifted_length(rest[0].shape, g.shape, site.consts["padding"])
+        return accumulation_gamma(n, g.dtype) * upper_sum(r * rho, [1, 2])
 
     def clipped_sum(self, site: Site, clip: Tensor, g: Tensor, *rest: Tensor) -> Tensor:
         """One weight-gradient convolution on clip-scaled output gradients (dropped samples masked out; a

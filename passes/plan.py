@@ -29,9 +29,9 @@ AUTO_EXTRA_MEMORY = 0.25
 # Per-sample conv gradients in full fp32 (H100 and H200, torch 2.11, benchmarks/layer_costs.py): the
 # batch-folded grouped convolution beat unfold + matmul only for (nearly) depthwise convolutions.
 GROUPED_CONV_MAX_CHANNELS_PER_GROUP = 4
-# Per-sample conv gradients over shifted windows (stride 1) take one batched product, so one launch, per kernel
-# position: up to 3×3 (2026-12-01, not yet timed on the GPU); a 7×7 depthwise kernel's 49 would keep the unfold.
-SHIFTED_CONV_MAX_POSITIONS = 9
+# Per-sample conv gradients over shifted windows (stride 1) take one batched product, so one launch, per position
+# of the kernel's leading dims (3 for 3×3, 7 for 7×7, 9 for 3×3×3; 2026-12-01, not yet timed on the GPU).
+SHIFTED_CONV_MAX_PRODUCTS = 9
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ def tf32_products(site: Site, method: str, shared: bool, enabled: bool) -> bool:
 
 def conv_impl(site: Site, method: str) -> str:
     """How a convolution's per-sample gradients are formed: 'grouped' (the batch folded into cuDNN's or mkldnn's
-    groups), 'shifted' (stride 1: a product per kernel position, no unfold) or 'unfold'."""
+    groups), 'shifted' (stride 1: a product per position of the kernel's leading dims, no unfold) or 'unfold'."""
     if site.rule != "conv" or method != "per_sample":
         return ""
     c = site.consts
@@ -194,7 +194,8 @@ def conv_impl(site: Site, method: str) -> str:
     if near_depthwise and not g.is_cuda:  # cuDNN may pick FFT/Winograd weight gradients, outside γ_T·M
         return "grouped"
     spatial = [*g.shape[2:], *site.inputs[1].meta["val"].shape[2:]]
+    products = prod(c["kernel"][:-1])  # shifted_windows: one per position of the leading kernel dims
     static = all(isinstance(s, int) for s in spatial)
-    if set(c["stride"]) == {1} and 1 < prod(c["kernel"]) <= SHIFTED_CONV_MAX_POSITIONS and static:
+    if set(c["stride"]) == {1} and prod(c["kernel"]) > 1 and products <= SHIFTED_CONV_MAX_PRODUCTS and static:
         return "shifted"
     return "unfold"

@@ -2,8 +2,9 @@
 
 Per sample i and group: g_i = G_i U_iᵀ, where U_i = unfold(x_i) (d × T) and G_i (p × T).
 Ghost: ‖g_i‖² = Σ_ts (U_iᵀU_i)_ts (G_iᵀG_i)_ts. Per-sample gradients either by unfold + matmul or
-by one convolution_backward with the batch folded into the groups, or (stride 1) by one product per kernel
-position of G_i and a window of the padded, flattened x_i (`shifted_windows`: no unfold). Bias: g_i = Σ_t G_i.
+by one convolution_backward with the batch folded into the groups, or (stride 1) by one product per position of
+the kernel's leading dims, of G_i stacked over the last dim's shifts and a window of the padded, flattened x_i
+(`shifted_windows`: no unfold). Bias: g_i = Σ_t G_i.
 A transposed convolution swaps the roles: its weight gradient is x_i unfold(G_i)ᵀ, over x's positions.
 With K views per sample (rows b·K … b·K+K−1 of dim 0), a sample's positions are its views' K·T positions.
 """
@@ -53,12 +54,13 @@ def unfold_nd(x: Tensor, kernel: list[int], stride, padding, dilation) -> Tensor
 
 
 def shifted_windows(x: Tensor, g: Tensor, kernel: list[int], padding, dilation) -> tuple[Tensor, Tensor, list[int]]:
-    """A stride-1 convolution's weight gradient without an unfold: (xf, gf, offsets) with x zero-padded and
-    flattened per channel (B, C, Lx), G zero-padded on its trailing spatial dims to x's padded sizes and flattened
-    (B, C_out, L), and per kernel position (row-major, the weight's order) o such that the gradient there is
-    gf · xf[..., o : o + L]ᵀ. In flattened coordinates an output position's input at kernel position k is the
-    output's index plus o_k; the columns G gains are zero, so they add exact zeros. x gets extra zero rows at the
-    end so that every window stays within its own channel (never reaches another channel or sample)."""
+    """A stride-1 convolution's weight gradient without an unfold: (xf, gs, offsets). x is zero-padded and flattened
+    per channel, (B, C, Lx); in those coordinates the input at kernel position k of the output at flattened index t
+    is at t + o_k. G, zero-padded on its trailing spatial dims to x's padded sizes and flattened, is stacked once
+    per position j of the last kernel dim, shifted right by j·dilation: gs (B, C_out·k_last, L). Then one product
+    gs · xf[..., o : o + L]ᵀ per offset o of the other kernel dims' positions (row-major) is the gradient there at
+    every position of the last. The zeros G gains add exact zeros; x gets extra zero rows at the end so that every
+    window stays within its own channel (never reaches another channel or sample)."""
     n, padded = len(kernel), [s + 2 * p for s, p in zip(x.shape[2:], padding)]
     out = list(g.shape[2:])
     step = [prod(padded[j + 1:]) for j in range(n)]  # strides of the padded grid, flattened
@@ -68,14 +70,17 @@ def shifted_windows(x: Tensor, g: Tensor, kernel: list[int], padding, dilation) 
     g_pads = [q for j in reversed(range(n)) for q in (0, padded[j] - out[j] if j else 0)]
     pad = lambda t, pads: F.pad(t, pads) if any(pads) else t  # noqa: E731
     xf, gf = pad(x, x_pads).flatten(2), pad(g, g_pads).flatten(2)
+    spread, d = (kernel[-1] - 1) * dilation[-1], dilation[-1]
+    gs = torch.stack([pad(gf, [j * d, spread - j * d]) for j in range(kernel[-1])], 2).flatten(1, 2)
     offsets = [sum(k * d * s for k, d, s in zip(pos, dilation, step))
-               for pos in itertools.product(*(range(k) for k in kernel))]
-    return xf, gf, offsets
+               for pos in itertools.product(*(range(k) for k in kernel[:-1]))]
+    return xf, gs, offsets
 
 
-def shifted_length(x_shape, g_shape, padding) -> int:
-    """L of shifted_windows: the output's first spatial size times x's padded trailing spatial sizes."""
-    return g_shape[2] * prod(s + 2 * p for s, p in zip(x_shape[3:], padding[1:]))
+def shifted_length(x_shape, g_shape, kernel, padding, dilation) -> int:
+    """L of shifted_windows: the output's first spatial size times x's padded trailing spatial sizes, plus the
+    last kernel dim's spread."""
+    return g_shape[2] * prod(s + 2 * p for s, p in zip(x_shape[3:], padding[1:])) + (kernel[-1] - 1) * dilation[-1]
 
 
 class ConvRule:
@@ -132,15 +137,17 @@ class ConvRule:
         return torch.einsum("bgpt,bgdt->bgpd", gg, u).reshape(u.shape[0], *w.shape)
 
     def _per_sample_shifted(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
-        """Stride 1: one batched product per kernel position of G and a window of the padded x (shifted_windows),
-        so the unfold (B, d, T), often the DP backward's largest tensor, is never formed."""
-        c, groups = site.consts, site.consts["groups"]
-        xf, gf, offsets = shifted_windows(x, g, c["kernel"], c["padding"], c["dilation"])
-        L = gf.shape[-1]
-        gf = gf.reshape(-1, gf.shape[1] // groups, L)
-        parts = [per_sample_product(gf, xf[..., o:o + L].reshape(gf.shape[0], -1, L).transpose(1, 2), c.get("tf32"))
+        """Stride 1: one batched product per position of the kernel's leading dims, of G stacked over the last
+        dim's shifts and a window of the padded x (shifted_windows), so the unfold (B, d, T), often the DP
+        backward's largest tensor, is never formed (G stacked is k_last·|G|)."""
+        c, groups, k_last = site.consts, site.consts["groups"], site.consts["kernel"][-1]
+        xf, gs, offsets = shifted_windows(x, g, c["kernel"], c["padding"], c["dilation"])
+        L = gs.shape[-1]
+        gs = gs.reshape(-1, gs.shape[1] // groups, L)  # (B·groups, p·k_last, L)
+        parts = [per_sample_product(gs, xf[..., o:o + L].reshape(gs.shape[0], -1, L).transpose(1, 2), c.get("tf32"))
                  for o in offsets]
-        return torch.stack(parts, -1).reshape(x.shape[0], *w.shape)
+        ps = torch.stack(parts, 2).unflatten(1, (-1, k_last))  # (B·groups, p, k_last, leading positions, c)
+        return ps.permute(0, 1, 4, 3, 2).reshape(x.shape[0], *w.shape)
 
     def _per_sample_grouped(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
         """One convolution_backward with the batch folded into the groups (an opaque runtime op)."""
@@ -195,7 +202,8 @@ class ConvRule:
         r, rho = self._position_norms(site, g, rest[0])
         n = r.shape[-1]
         if site.consts.get("impl") == "shifted":  # sums over the padded grid's L ≥ T positions (the others add zeros)
-            n = shifted_length(rest[0].shape, g.shape, site.consts["padding"])
+            c = site.consts
+            n = shifted_length(rest[0].shape, g.shape, c["kernel"], c["padding"], c["dilation"])
         return accumulation_gamma(n, g.dtype) * upper_sum(r * rho, [1, 2])
 
     def clipped_sum(self, site: Site, clip: Tensor, g: Tensor, *rest: Tensor) -> Tensor:

@@ -1,0 +1,119 @@
+"""What is live at a training step's memory peak, on the GPU: the largest allocations then, with the line of code
+(inductor's generated module or the model's) that made each.
+
+    python benchmarks/peak_memory.py --model wrn16_4 --size 32 --batch 256 --method dp --policy auto
+    python benchmarks/peak_memory.py --model wrn16_4 --size 32 --batch 256 --method compile
+
+After --warmup steps (compilation included) one step runs under torch.cuda.memory._record_memory_history; its
+allocation trace is replayed (alloc / free events) to find the peak of allocated bytes and the blocks live at it.
+Prints one JSON line: the memory allocated before the step (parameters, optimizer state), the peak (that plus the
+trace's peak; torch.cuda.max_memory_allocated of the same step beside it), and the --top largest blocks the step
+allocated that are live at the peak (MiB, the allocating line). The difference between dpcompile's and non-private training's lists is what a
+memory target has to remove. CUDA only (the allocator's history); `peak_live` is the replay, a plain function.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import linecache
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dp_throughput import build  # noqa: E402
+
+import dpcompile  # noqa: E402
+
+
+def peak_live(events: list[dict]) -> tuple[int, list[dict]]:
+    """(peak allocated bytes, the alloc events live at the first time it is reached) from an allocator trace in
+    order: 'alloc' adds a block at addr, 'free_requested' removes it (the caching allocator's view of allocated
+    memory, as max_memory_allocated counts it); other actions (segment maps, snapshots) are ignored."""
+    live: dict[int, dict] = {}
+    total = peak = 0
+    at_peak: list[dict] = []
+    for event in events:
+        action = event.get("action")
+        if action == "alloc":
+            live[event["addr"]] = event
+            total += event["size"]
+            if total > peak:
+                peak, at_peak = total, list(live.values())
+        elif action == "free_requested" and event["addr"] in live:
+            total -= live.pop(event["addr"])["size"]
+    return peak, sorted(at_peak, key=lambda e: -e["size"])
+
+
+def origin(frames: list[dict]) -> str:
+    """The allocating line: the first frame in inductor's generated code, else the first outside torch."""
+    def line(f):
+        return f"{Path(f['filename']).name}:{f['line']} {linecache.getline(f['filename'], f['line']).strip()[:120]}"
+    for f in frames:
+        if "torchinductor" in f["filename"]:
+            return line(f)
+    for f in frames:
+        if "/torch/" not in f["filename"]:
+            return line(f)
+    return line(frames[0]) if frames else "?"
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="wrn16_4")
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--method", default="dp", choices=["dp", "compile"])
+    p.add_argument("--policy", default="auto")
+    p.add_argument("--amp", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--top", type=int, default=12)
+    args = p.parse_args(argv)
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = build(args.model, args.size).to(device)
+    if args.method == "dp":
+        net = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0, expected_batch_size=args.batch,
+                                  policy=args.policy)
+    else:
+        net = torch.compile(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.amp == "bf16"):
+            loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(args.warmup):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()  # parameters, optimizer state: not in the step's trace
+    torch.cuda.memory._record_memory_history(max_entries=1_000_000)
+    step()
+    torch.cuda.synchronize()
+    snapshot = torch.cuda.memory._snapshot()
+    torch.cuda.memory._record_memory_history(enabled=None)
+    events = [e for trace in snapshot["device_traces"] for e in trace]
+    peak, live = peak_live(events)
+    result = {"model": args.model, "size": args.size, "batch": args.batch, "method": args.method,
+              "policy": args.policy if args.method == "dp" else "", "amp": args.amp,
+              "before_step_gib": round(before / 2**30, 3), "peak_gib": round((before + peak) / 2**30, 3),
+              "max_memory_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
+              "live_blocks": len(live),
+              "top": [{"mib": round(e["size"] / 2**20, 1), "at": origin(e.get("frames", []))} for e in live[:args.top]],
+              "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -46,7 +46,7 @@ def test_every_conv_per_sample_path():
     expected = "shifted" if DEVICE != "cpu" else "grouped"  # CUDA: no cuDNN per-sample conv gradients (plan.conv_impl)
     assert {r.impl for r in dp.explain() if r.op.endswith("convolution_backward") and r.d != "1"} == {expected}
     for stride, impl in ((1, "shifted"), (2, "unfold")):
-        dense = Case(f"conv_{impl}", lambda: nn.Sequential(nn.Conv2d(3, 4, 3, stride=stride, padding=1)),
+        dense = Case(f"conv_{impl}", lambda stride=stride: nn.Sequential(nn.Conv2d(3, 4, 3, stride=stride, padding=1)),
                      lambda B: torch.randn(B, 3, 5, 6, dtype=torch.float64))
         dp = check_against_reference(dense, policy="per_sample")
         assert impl in {r.impl for r in dp.explain()}

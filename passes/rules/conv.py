@@ -70,8 +70,8 @@ def shifted_windows(x: Tensor, g: Tensor, kernel: list[int], padding, dilation) 
     g_pads = [q for j in reversed(range(n)) for q in (0, padded[j] - out[j] if j else 0)]
     pad = lambda t, pads: F.pad(t, pads) if any(pads) else t  # noqa: E731
     xf, gf = pad(x, x_pads).flatten(2), pad(g, g_pads).flatten(2)
-    spread, d = (kernel[-1] - 1) * dilation[-1], dilation[-1]
-    gs = torch.stack([pad(gf, [j * d, spread - j * d]) for j in range(kernel[-1])], 2).flatten(1, 2)
+    shift, spread = dilation[-1], (kernel[-1] - 1) * dilation[-1]
+    gs = torch.stack([pad(gf, [j * shift, spread - j * shift]) for j in range(kernel[-1])], 2).flatten(1, 2)
     offsets = [sum(k * d * s for k, d, s in zip(pos, dilation, step))
                for pos in itertools.product(*(range(k) for k in kernel[:-1]))]
     return xf, gs, offsets

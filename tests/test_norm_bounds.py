@@ -11,7 +11,7 @@ from torch import nn
 
 from dpcompile.passes.meta import LayerShape, Site
 from dpcompile.passes.rules.bounds import per_sample_bound, stored_norm_bound
-from dpcompile.passes.rules.conv import ConvRule, unfold_nd
+from dpcompile.passes.rules.conv import ConvRule, shifted_length, shifted_windows, unfold_nd
 from dpcompile.passes.rules.embedding import EmbeddingRule
 from dpcompile.passes.rules.linear import MatmulRule
 from dpcompile.passes.rules.reduction import SumRule
@@ -221,6 +221,9 @@ def test_shifted_windows_read_only_their_own_sample(conv):
             xp[others], gp[others] = poison, poison
             assert torch.equal(rule.per_sample(shifted, gp, xp, w)[i], alone[i][0]), (poison, i)
     torch.testing.assert_close(torch.cat(alone), rule.per_sample(site, g, x, w), rtol=1e-12, atol=1e-12)
+    c = shifted.consts  # the margin's accumulation length is the products' own
+    windows = shifted_windows(x, g, c["kernel"], c["padding"], c["dilation"])[1]
+    assert windows.shape[-1] == shifted_length(x.shape, g.shape, c["kernel"], c["padding"], c["dilation"])
 
 
 @pytest.mark.parametrize("dims, stride, padding", [(2, 1, 0), (2, 2, 0), (2, 3, 1), (1, 2, 2), (3, 2, 1)])

@@ -30,8 +30,13 @@ AUTO_EXTRA_MEMORY = 0.25
 # batch-folded grouped convolution beat unfold + matmul only for (nearly) depthwise convolutions.
 GROUPED_CONV_MAX_CHANNELS_PER_GROUP = 4
 # Per-sample conv gradients over shifted windows (stride 1) take one batched product, so one launch, per position
-# of the kernel's leading dims (3 for 3×3, 7 for 7×7, 9 for 3×3×3; 2026-12-01, not yet timed on the GPU).
+# of the kernel's leading dims (3 for 3×3, 7 for 7×7, 9 for 3×3×3). Against unfold + one product (H200, torch 2.11,
+# B=256, fp32, benchmarks/layer_costs.py, 2026-12-01): 0.96× the time at 64 channels and 32² or 56², 0.64× for a
+# 7×7 depthwise conv at 28², but 1.5-3.7× at 16² and below (short products, more padding) and 1.2-1.5× for a dense
+# conv of 3 or 16 channels (narrow products); those keep the unfold, which is small there anyway.
 SHIFTED_CONV_MAX_PRODUCTS = 9
+SHIFTED_CONV_MIN_POSITIONS = 512  # output positions per sample
+SHIFTED_CONV_MIN_CHANNELS = 32  # input channels, dense convs (groups == 1)
 
 
 @dataclass(frozen=True)
@@ -194,8 +199,10 @@ def conv_impl(site: Site, method: str) -> str:
     if near_depthwise and not g.is_cuda:  # cuDNN may pick FFT/Winograd weight gradients, outside γ_T·M
         return "grouped"
     spatial = [*g.shape[2:], *site.inputs[1].meta["val"].shape[2:]]
+    if not all(isinstance(s, int) for s in spatial) or set(c["stride"]) != {1} or prod(c["kernel"]) == 1:
+        return "unfold"
+    narrow = site.shape.groups == 1 and int(channels_per_group) < SHIFTED_CONV_MIN_CHANNELS
     products = prod(c["kernel"][:-1])  # shifted_windows: one per position of the leading kernel dims
-    static = all(isinstance(s, int) for s in spatial)
-    if set(c["stride"]) == {1} and prod(c["kernel"]) > 1 and products <= SHIFTED_CONV_MAX_PRODUCTS and static:
+    if products <= SHIFTED_CONV_MAX_PRODUCTS and prod(g.shape[2:]) >= SHIFTED_CONV_MIN_POSITIONS and not narrow:
         return "shifted"
     return "unfold"

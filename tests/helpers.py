@@ -1,7 +1,8 @@
 """Shared checks: dpcompile's .grad against the torch.func reference, in float64."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +13,20 @@ from torch import nn
 import dpcompile
 
 RTOL = 1e-10
+
+
+@contextmanager
+def shifted_convs(on: bool = True) -> Iterator[None]:
+    """Per-sample conv gradients over shifted windows for every stride-1 conv the plan would allow them for, not
+    only the wide, large ones (passes.plan.SHIFTED_CONV_MIN_*): small test convs take that path too."""
+    from dpcompile.passes import plan
+    saved = plan.SHIFTED_CONV_MIN_POSITIONS, plan.SHIFTED_CONV_MIN_CHANNELS
+    if on:
+        plan.SHIFTED_CONV_MIN_POSITIONS = plan.SHIFTED_CONV_MIN_CHANNELS = 1
+    try:
+        yield
+    finally:
+        plan.SHIFTED_CONV_MIN_POSITIONS, plan.SHIFTED_CONV_MIN_CHANNELS = saved
 
 
 def squared_error(out, y, reduction="mean"):

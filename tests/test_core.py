@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import DEVICE
-from helpers import Case, check_against_reference, squared_error
+from helpers import Case, check_against_reference, shifted_convs, squared_error
 from rule_cases import CASES
 from torch import nn
 
@@ -42,14 +42,16 @@ def test_each_clip_branch_alone(bound):
 def test_every_conv_per_sample_path():
     """The three ways of instantiating per-sample conv gradients are exercised and correct: batch-folded groups
     (nearly depthwise, not on CUDA), products over shifted windows (stride 1), unfold (any other)."""
-    dp = check_against_reference(CASES["conv"][1], policy="per_sample")
-    expected = "shifted" if DEVICE != "cpu" else "grouped"  # CUDA: no cuDNN per-sample conv gradients (plan.conv_impl)
-    assert {r.impl for r in dp.explain() if r.op.endswith("convolution_backward") and r.d != "1"} == {expected}
-    for stride, impl in ((1, "shifted"), (2, "unfold")):
-        dense = Case(f"conv_{impl}", lambda stride=stride: nn.Sequential(nn.Conv2d(3, 4, 3, stride=stride, padding=1)),
-                     lambda B: torch.randn(B, 3, 5, 6, dtype=torch.float64))
-        dp = check_against_reference(dense, policy="per_sample")
-        assert impl in {r.impl for r in dp.explain()}
+    with shifted_convs():  # shifted windows for small convs too (by default only from 512 positions, 32 channels)
+        dp = check_against_reference(CASES["conv"][1], policy="per_sample")
+        expected = "shifted" if DEVICE != "cpu" else "grouped"  # CUDA: no cuDNN per-sample gradients (plan.conv_impl)
+        assert {r.impl for r in dp.explain() if r.op.endswith("convolution_backward") and r.d != "1"} == {expected}
+        for stride, impl in ((1, "shifted"), (2, "unfold")):
+            dense = Case(f"conv_{impl}",
+                         lambda stride=stride: nn.Sequential(nn.Conv2d(3, 4, 3, stride=stride, padding=1)),
+                         lambda B: torch.randn(B, 3, 5, 6, dtype=torch.float64))
+            dp = check_against_reference(dense, policy="per_sample")
+            assert impl in {r.impl for r in dp.explain()}
 
 
 def test_batch_size_one_and_many_share_a_graph():

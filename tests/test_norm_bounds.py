@@ -222,7 +222,7 @@ def test_shifted_windows_read_only_their_own_sample(conv):
             assert torch.equal(rule.per_sample(shifted, gp, xp, w)[i], alone[i][0]), (poison, i)
     torch.testing.assert_close(torch.cat(alone), rule.per_sample(site, g, x, w), rtol=1e-12, atol=1e-12)
     c = shifted.consts  # the margin's accumulation length is the products' own
-    windows = shifted_windows(x, g, c["kernel"], c["padding"], c["dilation"])[1]
+    windows = shifted_windows(x, g, c["kernel"], c["padding"], c["dilation"])[0]
     assert windows.shape[-1] == shifted_length(x.shape, g.shape, c["kernel"], c["padding"], c["dilation"])
 
 
@@ -422,13 +422,37 @@ def test_per_sample_convolutions_on_cuda_never_use_cudnn_weight_gradients():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from dpcompile.passes.plan import conv_impl
-    shape = LayerShape(B=sympy.Symbol("B"), T=sympy.Integer(16), d=sympy.Integer(9), p=sympy.Integer(1), groups=8)
+    shape = LayerShape(B=sympy.Symbol("B"), T=sympy.Integer(1024), d=sympy.Integer(9), p=sympy.Integer(1), groups=8)
     for stride, device, expected in ((1, "cpu", "grouped"), (1, "cuda", "shifted"), (2, "cuda", "unfold")):
         with FakeTensorMode():
-            value = torch.empty(2, 8, 4, 4, device=device)
+            value = torch.empty(2, 8, 32, 32, device=device)
         consts = {"kernel": (3, 3), "stride": [stride] * 2}
         site = Site("conv", (SimpleNamespace(meta={"val": value}),) * 2, consts, shape)
         assert conv_impl(site, "per_sample") == expected, (stride, device)
+
+
+def test_shifted_windows_only_where_they_pay():
+    """Stride-1 per-sample conv gradients take the shifted windows only from 512 output positions and, for dense
+    convs, 32 input channels (narrower or smaller ones keep the unfold, which is faster and small there), and
+    only with static spatial sizes; depthwise convs of any width qualify."""
+    from types import SimpleNamespace
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from dpcompile.passes.plan import conv_impl
+
+    def impl(c_in, c_out, side, groups=1, kernel=(3, 3)):
+        with FakeTensorMode():
+            g, x = torch.empty(2, c_out, side, side, device="cuda"), torch.empty(2, c_in, side, side, device="cuda")
+        shape = LayerShape(B=sympy.Symbol("B"), T=sympy.Integer(side * side), d=sympy.Integer(c_in // groups * 9),
+                           p=sympy.Integer(c_out // groups), groups=groups)
+        site = Site("conv", (SimpleNamespace(meta={"val": g}), SimpleNamespace(meta={"val": x})),
+                    {"kernel": kernel, "stride": [1, 1]}, shape)
+        return conv_impl(site, "per_sample")
+
+    assert impl(64, 64, 32) == impl(32, 64, 23) == impl(96, 96, 28, groups=96) == "shifted"
+    assert impl(64, 64, 22) == impl(128, 128, 16) == impl(31, 64, 32) == impl(3, 64, 224) == "unfold"
+    assert impl(64, 64, 32, kernel=(1, 1)) == impl(64, 64, 32, kernel=(11, 3)) == "unfold"
 
 
 def truncating_tensor_core_dot(products: list[float], block: int) -> float:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import BACKEND as BACKEND_UNDER_TEST
 from conftest import DEVICE
+from helpers import shifted_convs
 from torch import nn
 
 import dpcompile
@@ -154,8 +155,9 @@ def dp_grads(model, x, *, tf32, backend, bound=1.0, policy="per_sample"):
     return dp, torch.cat([p.grad.flatten() for p in model.parameters()]).double()
 
 
-@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.inductor)])
-def test_tf32_per_sample_gradients_are_clipped_by_their_own_norm(backend):
+@pytest.mark.parametrize("backend, impl", [("eager", "unfold"), ("eager", "shifted"),
+                                           pytest.param("inductor", "shifted", marks=pytest.mark.inductor)])
+def test_tf32_per_sample_gradients_are_clipped_by_their_own_norm(backend, impl):
     """With TF32 products the released per-sample gradient is TF32's ĝ, not the exact g: its clip factor comes from
     ‖ĝ‖, so a one-sample batch's released gradient has norm ≤ R however far TF32 moved it (crafted inputs at the
     worst of TF32's truncation, unclipped and clipped). The same with IEEE products for comparison; both differ
@@ -163,10 +165,11 @@ def test_tf32_per_sample_gradients_are_clipped_by_their_own_norm(backend):
     for bound in (1e6, 1e-2):
         for i in range(3):
             x = off_tf32_grid(1, 3, 8, 8, seed=i) * 10
-            dp, tf32 = dp_grads(conv_linear(), x, tf32=True, backend=backend, bound=bound)
+            with shifted_convs(impl == "shifted"):
+                dp, tf32 = dp_grads(conv_linear(), x, tf32=True, backend=backend, bound=bound)
+                _, ieee = dp_grads(conv_linear(), x, tf32=False, backend=backend, bound=bound)
             assert {r.method for r in dp.explain().rows} == {"per_sample"}
-            assert sorted(r.impl for r in dp.explain().rows) == ["", "", "", "shifted, TF32"]
-            _, ieee = dp_grads(conv_linear(), x, tf32=False, backend=backend, bound=bound)
+            assert sorted(r.impl for r in dp.explain().rows) == ["", "", "", f"{impl}, TF32"]
             assert tf32.norm() <= bound * (1 + 1e-6)
             assert 0 < (tf32 - ieee).norm() <= 2.0**-8 * ieee.norm()
 
@@ -184,7 +187,8 @@ def test_tf32_per_sample_gradients_through_one_compiled_model(batch):
         x = off_tf32_grid(b, 3, 8, 8, seed=b)
         for net, m in ((dp, model), (ieee, ieee_model)):
             m.zero_grad()
-            net(x).square().sum().backward()
+            with shifted_convs():
+                net(x).square().sum().backward()
         got = torch.cat([p.grad.flatten() for p in model.parameters()]).double()
         want = torch.cat([p.grad.flatten() for p in ieee_model.parameters()]).double()
         assert (got - want).norm() <= 2.0**-8 * want.norm()
@@ -206,11 +210,13 @@ def test_tf32_per_sample_products_on_cuda(clean_settings):
         x = off_tf32_grid(1, 3, 8, 8) * 10
         _, ieee = dp_grads(conv_linear(), x, tf32=False, backend=BACKEND_UNDER_TEST, bound=1e6)
         SETTINGS[setting]()
-        dp, tf32 = dp_grads(conv_linear(), x, tf32=True, backend=BACKEND_UNDER_TEST, bound=1e-2)
-        assert sorted(r.impl for r in dp.explain().rows) == ["", "", "", "shifted, TF32"]
-        assert tf32.norm() <= 1e-2 * (1 + 1e-6)
-        _, unclipped = dp_grads(conv_linear(), x, tf32=True, backend=BACKEND_UNDER_TEST, bound=1e6)
-        assert 0 < (unclipped - ieee).norm() <= 2.0**-8 * ieee.norm()
+        for impl in ("unfold", "shifted"):
+            with shifted_convs(impl == "shifted"):
+                dp, tf32 = dp_grads(conv_linear(), x, tf32=True, backend=BACKEND_UNDER_TEST, bound=1e-2)
+                _, unclipped = dp_grads(conv_linear(), x, tf32=True, backend=BACKEND_UNDER_TEST, bound=1e6)
+            assert sorted(r.impl for r in dp.explain().rows) == ["", "", "", f"{impl}, TF32"]
+            assert tf32.norm() <= 1e-2 * (1 + 1e-6)
+            assert 0 < (unclipped - ieee).norm() <= 2.0**-8 * ieee.norm()
 
 
 @pytest.mark.inductor
@@ -230,7 +236,8 @@ def test_tf32_products_take_the_operand_views_that_bmm_takes():
         dp = dpcompile.dpcompile(m, max_grad_norm=1.0, noise_multiplier=0.0, loss_reduction="sum", policy="per_sample",
                                  per_sample_tf32=tf32, backend="inductor")
         x = torch.randn(4, 3, 8, 8, device=DEVICE)
-        _, codes = run_and_get_code(lambda: dp(x).square().sum().backward())
+        with shifted_convs():  # the first conv (stride 1) over shifted windows: 3 products; the second unfolds: 1
+            _, codes = run_and_get_code(lambda: dp(x).square().sum().backward())
         body = codes[-1][codes[-1].index("def call("):]
         calls = re.findall(r"^\s+(?:\w+ = )?(extern_kernels\.bmm|torch\.ops\.dpcompile\.tf32_bmm\.default)\((.*)\)$",
                            body, re.M)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import BACKEND, DEVICE
 from helpers import (RTOL, Case, check_against_reference, clip_bound_between, inductor_batch_of_one, max_relative_error,
-                     squared_error)
+                     shifted_convs, squared_error)
 from hypothesis import HealthCheck, assume, example, given, note, settings
 from hypothesis import strategies as st
 from reference import dp_reference, per_sample_grads
@@ -185,10 +185,12 @@ def test_linear_batch_one_shares_the_graph(case, policy, batch, seed):
 
 @settings(max_examples=round(60 * SCALE), **SETTINGS)
 @given(case=conv_cases(), policy=POLICIES, reduction=REDUCTIONS, mode=BOUNDS,
-       sizes=st.tuples(st.integers(3, 7), st.integers(2, 9)), seed=st.integers(0, 2**16))
-def test_conv_matches_reference(case, policy, reduction, mode, sizes, seed):
-    """Batch sizes stay in 2..15, where on CPU the conv kernel choice does not guard a recompile."""
-    dp = compare_with_reference(case, policy, reduction, mode, sizes, seed)
+       sizes=st.tuples(st.integers(3, 7), st.integers(2, 9)), seed=st.integers(0, 2**16), shifted=st.booleans())
+def test_conv_matches_reference(case, policy, reduction, mode, sizes, seed, shifted):
+    """Batch sizes stay in 2..15, where on CPU the conv kernel choice does not guard a recompile. Per-sample
+    gradients of stride-1 convs over shifted windows or by the plan's own choice for these small convs."""
+    with shifted_convs(shifted):
+        dp = compare_with_reference(case, policy, reduction, mode, sizes, seed)
     assert dp.compilations == 1, f"recompiled: {dp.compilations} captures for batch sizes {sizes}"
 
 
@@ -206,8 +208,8 @@ def total_norm(grads: dict[str, torch.Tensor]) -> float:
 @settings(max_examples=round(50 * SCALE), **SETTINGS)
 @given(case=st.one_of(linear_cases(max_layers=2, activations=UNBOUNDED), conv_cases(activations=UNBOUNDED)),
        policy=POLICIES, batch=st.integers(2, 6), scale=st.floats(10, 1000), bound=st.floats(0.1, 10),
-       seed=st.integers(0, 2**16))
-def test_each_sample_contribution_is_bounded(case, policy, batch, scale, bound, seed):
+       seed=st.integers(0, 2**16), shifted=st.booleans())
+def test_each_sample_contribution_is_bounded(case, policy, batch, scale, bound, seed, shifted):
     """‖C_i g_i‖ ≤ R for every sample (its gradient alone, B=1), and the batch's .grad = Σ_i C_i g_i."""
     assume(not has_width_one(case))
     torch._dynamo.reset()
@@ -219,8 +221,9 @@ def test_each_sample_contribution_is_bounded(case, policy, batch, scale, bound, 
     assume((norms > bound).any())  # some sample must be clipped for the bound to be tested
     dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, policy=policy,
                              backend=BACKEND, loss_reduction="sum")
-    total = grads_of(dp, model, x, y)
-    singles = [grads_of(dp, model, x[i:i + 1], y[i:i + 1]) for i in range(batch)]
+    with shifted_convs(shifted):
+        total = grads_of(dp, model, x, y)
+        singles = [grads_of(dp, model, x[i:i + 1], y[i:i + 1]) for i in range(batch)]
     for i, single in enumerate(singles):
         norm, expected = total_norm(single), min(1.0, bound / (norms[i].item() + 1e-6)) * norms[i].item()
         assert norm <= bound * (1 + 1e-9), f"sample {i}: ‖C_i g_i‖ = {norm!r} > R = {bound!r}"

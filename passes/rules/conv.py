@@ -3,7 +3,7 @@
 Per sample i and group: g_i = G_i U_iᵀ, where U_i = unfold(x_i) (d × T) and G_i (p × T).
 Ghost: ‖g_i‖² = Σ_ts (U_iᵀU_i)_ts (G_iᵀG_i)_ts. Per-sample gradients either by unfold + matmul or
 by one convolution_backward with the batch folded into the groups, or (stride 1) by one product per position of
-the kernel's leading dims, of G_i stacked over the last dim's shifts and a window of the padded, flattened x_i
+the kernel's leading dims, of G_i and a window of the padded, flattened x_i stacked over the last dim's shifts
 (`shifted_windows`: no unfold). Bias: g_i = Σ_t G_i.
 A transposed convolution swaps the roles: its weight gradient is x_i unfold(G_i)ᵀ, over x's positions.
 With K views per sample (rows b·K … b·K+K−1 of dim 0), a sample's positions are its views' K·T positions.
@@ -54,33 +54,36 @@ def unfold_nd(x: Tensor, kernel: list[int], stride, padding, dilation) -> Tensor
 
 
 def shifted_windows(x: Tensor, g: Tensor, kernel: list[int], padding, dilation) -> tuple[Tensor, Tensor, list[int]]:
-    """A stride-1 convolution's weight gradient without an unfold: (xf, gs, offsets). x is zero-padded and flattened
-    per channel, (B, C, Lx); in those coordinates the input at kernel position k of the output at flattened index t
-    is at t + o_k. G, zero-padded on its trailing spatial dims to x's padded sizes and flattened, is stacked once
-    per position j of the last kernel dim, shifted right by j·dilation: gs (B, C_out·k_last, L). Then one product
-    gs · xf[..., o : o + L]ᵀ per offset o of the other kernel dims' positions (row-major) is the gradient there at
-    every position of the last. The zeros G gains add exact zeros; x gets extra zero rows at the end so that every
+    """A stride-1 convolution's weight gradient without an unfold: (gf, xs, offsets). x is zero-padded and
+    flattened per channel, xf (B, C, Lx); in those coordinates the input at kernel position k of the output at
+    flattened index t is at t + o_k. G, zero-padded on its trailing spatial dims to x's padded sizes and flattened,
+    is gf (B, C_out, L). xf is stacked once per position j of the last kernel dim, shifted left by j·dilation:
+    xs (B, C·k_last, M), channel-major, so that one product gf · xs[..., o : o + L]ᵀ per offset o of the other
+    kernel dims' positions (row-major) is the gradient there at every position of the last, (C_out, C, k_last):
+    the weight's own layout. The zeros G gains add exact zeros; x gets extra zero rows at the end so that every
     window stays within its own channel (never reaches another channel or sample)."""
     n, padded = len(kernel), [s + 2 * p for s, p in zip(x.shape[2:], padding)]
     out = list(g.shape[2:])
     step = [prod(padded[j + 1:]) for j in range(n)]  # strides of the padded grid, flattened
-    overflow = sum((padded[j] - out[j]) * step[j] for j in range(1, n))
+    spread = (kernel[-1] - 1) * dilation[-1]
+    overflow = sum((padded[j] - out[j]) * step[j] for j in range(1, n)) + spread
     extra = -(-overflow // step[0])
     x_pads = [q for j in reversed(range(n)) for q in (padding[j], padding[j] + (extra if j == 0 else 0))]
     g_pads = [q for j in reversed(range(n)) for q in (0, padded[j] - out[j] if j else 0)]
     pad = lambda t, pads: F.pad(t, pads) if any(pads) else t  # noqa: E731
     xf, gf = pad(x, x_pads).flatten(2), pad(g, g_pads).flatten(2)
-    shift, spread = dilation[-1], (kernel[-1] - 1) * dilation[-1]
-    gs = torch.stack([pad(gf, [j * shift, spread - j * shift]) for j in range(kernel[-1])], 2).flatten(1, 2)
     offsets = [sum(k * d * s for k, d, s in zip(pos, dilation, step))
                for pos in itertools.product(*(range(k) for k in kernel[:-1]))]
-    return xf, gs, offsets
+    reach = gf.shape[-1] + max(offsets)
+    assert spread + reach <= xf.shape[-1], "a shifted window would leave its channel"
+    xs = torch.stack([xf[..., j * dilation[-1]:j * dilation[-1] + reach] for j in range(kernel[-1])], 2)
+    return gf, xs.flatten(1, 2), offsets
 
 
 def shifted_length(x_shape, g_shape, kernel, padding, dilation) -> int:
-    """L of shifted_windows: the output's first spatial size times x's padded trailing spatial sizes, plus the
-    last kernel dim's spread."""
-    return g_shape[2] * prod(s + 2 * p for s, p in zip(x_shape[3:], padding[1:])) + (kernel[-1] - 1) * dilation[-1]
+    """L of shifted_windows (the products' accumulation length): the output's first spatial size times x's
+    padded trailing spatial sizes."""
+    return g_shape[2] * prod(s + 2 * p for s, p in zip(x_shape[3:], padding[1:]))
 
 
 class ConvRule:
@@ -137,17 +140,18 @@ class ConvRule:
         return torch.einsum("bgpt,bgdt->bgpd", gg, u).reshape(u.shape[0], *w.shape)
 
     def _per_sample_shifted(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
-        """Stride 1: one batched product per position of the kernel's leading dims, of G stacked over the last
-        dim's shifts and a window of the padded x (shifted_windows), so the unfold (B, d, T), often the DP
-        backward's largest tensor, is never formed (G stacked is k_last·|G|)."""
+        """Stride 1: one batched product per position of the kernel's leading dims, of G and a window of the
+        padded x stacked over the last dim's shifts (shifted_windows), so the unfold (B, d, T), often the DP
+        backward's largest tensor, is never formed (x stacked is k_last·|x|). The products come out in the
+        weight's layout, so the norms and sums after them read it contiguously."""
         c, groups, k_last = site.consts, site.consts["groups"], site.consts["kernel"][-1]
-        xf, gs, offsets = shifted_windows(x, g, c["kernel"], c["padding"], c["dilation"])
-        L = gs.shape[-1]
-        gs = gs.reshape(-1, gs.shape[1] // groups, L)  # (B·groups, p·k_last, L)
-        parts = [per_sample_product(gs, xf[..., o:o + L].reshape(gs.shape[0], -1, L).transpose(1, 2), c.get("tf32"))
-                 for o in offsets]
-        ps = torch.stack(parts, 2).unflatten(1, (-1, k_last))  # (B·groups, p, k_last, leading positions, c)
-        return ps.permute(0, 1, 4, 3, 2).reshape(x.shape[0], *w.shape)
+        gf, xs, offsets = shifted_windows(x, g, c["kernel"], c["padding"], c["dilation"])
+        L = gf.shape[-1]
+        gf = gf.reshape(x.shape[0] * groups, -1, L)  # (B·groups, p, L)
+        parts = [per_sample_product(gf, xs[..., o:o + L].reshape(gf.shape[0], -1, L).transpose(1, 2), c.get("tf32"))
+                 for o in offsets]  # each (B·groups, p, c·k_last)
+        ps = torch.stack([part.unflatten(2, (-1, k_last)) for part in parts], 3)  # (B·groups, p, c, leading, k_last)
+        return ps.reshape(x.shape[0], *w.shape)
 
     def _per_sample_grouped(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
         """One convolution_backward with the batch folded into the groups (an opaque runtime op)."""

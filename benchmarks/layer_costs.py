@@ -60,8 +60,12 @@ def weighted(c, g):
 
 def per_sample_method(rule, site, *operands):
     """Per-sample gradients of site by its planned impl, their squared norms and the clip-weighted sum."""
-    clip = operands[-1]
-    return lambda: (lambda ps: (ps.flatten(1).square().sum(1), weighted(clip, ps)))(rule.per_sample(site, *operands[:-1]))
+    *inputs, clip = operands
+
+    def run():
+        ps = rule.per_sample(site, *inputs)
+        return ps.flatten(1).square().sum(1), weighted(clip, ps)
+    return run
 
 
 def conv_methods(B, cin, cout, h, k, stride, groups, device="cuda"):

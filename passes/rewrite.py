@@ -17,7 +17,7 @@ import torch
 import torch._inductor.inductor_prims  # noqa: F401  (registers prims.inductor_force_stride_order)
 import torch.fx as fx
 
-from .emit import emit
+from .emit import emit, fresh_value
 from .export import to_networkx
 from .meta import PARAMS, PLAN, SITE, ParamGrad, PassContext
 from .rules import rule_for
@@ -100,11 +100,19 @@ def stored(graph: fx.Graph, node: fx.Node) -> fx.Node:
     per-sample gradients. Inductor may otherwise inline a pointwise producer into each kernel that reads it, so that
     the norm's kernel and the clipped sum's compute it twice, and under FMA contraction two kernels may round one
     expression differently: the certified norm would then bound other values than the ones released. Only for graphs
-    inductor lowers: run eagerly, the prim copies to the strides traced, which a size-1 dimension may not have."""
+    inductor lowers: run eagerly, the prim copies to the strides traced, which a size-1 dimension may not have.
+    The pin's value is node's own (same sizes and strides), so it is written, not traced: the prim's meta function
+    copies and checks for overlap, which decides whether the symbolic batch is 1 and, at a first batch of one,
+    specialised every later trace of the graph to it (and inductor's CUDA code generation then failed on the mix)."""
     value = node.meta.get("val")
     if node.op == "placeholder" or not isinstance(value, torch.Tensor) or node.target is STORE:
         return node  # a graph input is stored; a pin needs no second one
-    return emit(graph, lambda t: STORE(t, t.stride()), [node], f"dp_stored_{node.name}", key="stored")
+    strides = value.stride()
+    if not all(isinstance(s, int) for s in strides):  # symbolic strides: sym_stride nodes, traced
+        strides = emit(graph, lambda t: t.stride(), [node], f"dp_strides_{node.name}", key="strides")
+    pin = graph.create_node("call_function", STORE, (node, list(strides)), name=f"dp_stored_{node.name}")
+    pin.meta["val"] = fresh_value(value)
+    return pin
 
 
 def descendants(graph: fx.Graph, roots) -> set[fx.Node]:

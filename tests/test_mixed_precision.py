@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import BACKEND, DEVICE
+from helpers import shifted_convs
 from models import small_cnn
 from torch import nn
 
@@ -28,14 +29,17 @@ def grads_of(model: nn.Module, x, y, bound: float, policy: str, autocast: bool) 
     return torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
-@pytest.mark.parametrize("policy", ["ghost", "per_sample"])
+@pytest.mark.parametrize("policy", ["ghost", "per_sample", "per_sample shifted"])
 def test_bf16_autocast_within_bf16_tolerance_of_fp32(policy):
+    """"per_sample shifted": stride-1 per-sample conv gradients over shifted windows, not the unfold."""
     torch.manual_seed(0)
     model = small_cnn(width=8).to(DEVICE)
     x, y = torch.randn(6, 3, 16, 16, device=DEVICE), torch.randint(0, 10, (6,), device=DEVICE)
-    reference = grads_of(model, x, y, 0.5, policy, autocast=False)
-    torch._dynamo.reset()
-    mixed = grads_of(model, x, y, 0.5, policy, autocast=True)
+    policy, _, impl = policy.partition(" ")
+    with shifted_convs(impl == "shifted"):
+        reference = grads_of(model, x, y, 0.5, policy, autocast=False)
+        torch._dynamo.reset()
+        mixed = grads_of(model, x, y, 0.5, policy, autocast=True)
     error = ((mixed - reference).norm() / reference.norm()).item()
     plain = plain_grads(model, x, y, autocast=False)
     bf16_cost = ((plain_grads(model, x, y, autocast=True) - plain).norm() / plain.norm()).item()

@@ -533,3 +533,54 @@ def test_norm_and_clipped_sum_read_one_stored_value(policy):
             both.append((node.name, users))
     assert not both, both
     assert all(not pin.all_input_nodes[0].name.startswith("dp_stored_") for pin in pins)  # no pin of a pin
+
+
+@pytest.mark.parametrize("policy", ["ghost", "per_sample"])
+def test_a_first_batch_of_one_leaves_the_dp_passes_generic(policy, monkeypatch):
+    """The DP passes add no guard on the batch size, also when the first batch has one sample. The pins' prim
+    (prims.inductor_force_stride_order) has a meta function that copies and checks for overlap, which asks whether
+    the batch is 1; traced at a batch of one, it made the batch 1 for every later trace of the graph (norms of shape
+    (1, 1) beside operands of (B, …)), and inductor's CUDA code generation failed on that mix ("CantSplit")."""
+    import dpcompile
+    from dpcompile import passes
+    from torch._guards import detect_fake_mode
+
+    added, run = [], passes.run_pipeline
+
+    def recording(gm, ctx):
+        env = detect_fake_mode([n.meta["val"] for n in gm.graph.find_nodes(op="placeholder")]).shape_env
+        before = len(env.guards)
+        out = run(gm, ctx)
+        added.extend(str(g.expr) for g in env.guards[before:])
+        return out
+
+    monkeypatch.setattr(passes, "run_pipeline", recording)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 4), nn.Tanh(), nn.Linear(4, 2))
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, policy=policy, backend="inductor")
+    dp(torch.randn(1, 3, 8, 8)).square().sum().backward()
+    assert "backward_rewritten" in dp.graphs
+    assert added == []
+
+
+class SequenceFirstAttention(nn.Module):
+    """nn.MultiheadAttention, batch first: inside, its projections run on (T, B, E) copies, whose strides hold B."""
+
+    def __init__(self):
+        super().__init__()
+        self.attention, self.head = nn.MultiheadAttention(8, 2, batch_first=True), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.attention(x, x, x, need_weights=False)[0])
+
+
+def test_pins_of_operands_whose_strides_hold_the_batch():
+    """A pinned operand whose strides are symbolic (the batch is not its outermost dim) gets them from the graph
+    (sym_stride), and the gradients match torch.func through one inductor-compiled model at two batch sizes."""
+    from helpers import Case, check_against_reference
+
+    case = Case("sequence_first_attention", SequenceFirstAttention, lambda B: torch.randn(B, 5, 8, dtype=torch.float64))
+    dp = check_against_reference(case, policy="ghost", backend="inductor")
+    pins = dp.graphs["backward_rewritten"].graph.find_nodes(
+        op="call_function", target=torch.ops.prims.inductor_force_stride_order.default)
+    assert any(isinstance(s, torch.fx.Node) for pin in pins for s in pin.args[1])

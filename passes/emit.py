@@ -13,9 +13,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 def trace_snippet(fn: Callable, args: Sequence[fx.Node]) -> fx.GraphModule:
     """ATen graph of fn(*args), traced on the fake values (symbolic shapes) the args carry, with
-    inductor's decompositions (the same op set as the captured graphs). The fake tensors' dispatch cache is off
-    meanwhile: under a symbolic batch, rebuilding a cached output's sizes cost more than the meta function it saves
-    (a first step 25% faster without it on this CPU, benchmarks/NOTES.md)."""
+    inductor's decompositions (the same op set as the captured graphs)."""
     values = [a.meta["val"] for a in args]
     fake_mode = detect_fake_mode(values)
     assert fake_mode is not None, "emit needs nodes that carry fake values (meta['val'])"
@@ -23,12 +21,8 @@ def trace_snippet(fn: Callable, args: Sequence[fx.Node]) -> fx.GraphModule:
     for i, v in enumerate(values):  # one value object for two operands would trace as one input
         if isinstance(v, torch.Tensor) and (id(v) in seen or seen.add(id(v))):
             values[i] = fresh_value(v)
-    cached, fake_mode.cache_enabled = fake_mode.cache_enabled, False
-    try:
-        with fake_mode:
-            return make_fx(fn, decomposition_table=decompositions())(*values)
-    finally:
-        fake_mode.cache_enabled = cached
+    with fake_mode:
+        return make_fx(fn, decomposition_table=decompositions())(*values)
 
 
 @functools.cache

@@ -7,6 +7,7 @@ import pytest
 import sympy
 import torch
 import torch.nn.functional as F
+from helpers import Case, check_against_reference
 from torch import nn
 
 from dpcompile.passes.meta import LayerShape, Site
@@ -577,8 +578,6 @@ class SequenceFirstAttention(nn.Module):
 def test_pins_of_operands_whose_strides_hold_the_batch():
     """A pinned operand whose strides are symbolic (the batch is not its outermost dim) gets them from the graph
     (sym_stride), and the gradients match torch.func through one inductor-compiled model at two batch sizes."""
-    from helpers import Case, check_against_reference
-
     case = Case("sequence_first_attention", SequenceFirstAttention, lambda B: torch.randn(B, 5, 8, dtype=torch.float64))
     dp = check_against_reference(case, policy="ghost", backend="inductor")
     pins = dp.graphs["backward_rewritten"].graph.find_nodes(

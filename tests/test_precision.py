@@ -187,7 +187,7 @@ def test_tf32_per_sample_gradients_through_one_compiled_model(batch):
         x = off_tf32_grid(b, 3, 8, 8, seed=b)
         for net, m in ((dp, model), (ieee, ieee_model)):
             m.zero_grad()
-            with shifted_convs():
+            with shifted_convs():  # read at the first call's capture
                 net(x).square().sum().backward()
         got = torch.cat([p.grad.flatten() for p in model.parameters()]).double()
         want = torch.cat([p.grad.flatten() for p in ieee_model.parameters()]).double()

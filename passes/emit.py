@@ -13,7 +13,11 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 def trace_snippet(fn: Callable, args: Sequence[fx.Node]) -> fx.GraphModule:
     """ATen graph of fn(*args), traced on the fake values (symbolic shapes) the args carry, with
-    inductor's decompositions (the same op set as the captured graphs)."""
+    inductor's decompositions (the same op set as the captured graphs). The fake tensors' dispatch cache is off
+    meanwhile: under a symbolic batch, rebuilding a cached output's sizes costs more than the meta function it
+    saves (benchmarks/NOTES.md). Without the cache every op's checks run, so fn must not ask what only a batch of
+    one answers differently (a flatten of an expanded tensor guards B != 1); tests/conftest.py fails any test
+    whose DP passes add a guard."""
     values = [a.meta["val"] for a in args]
     fake_mode = detect_fake_mode(values)
     assert fake_mode is not None, "emit needs nodes that carry fake values (meta['val'])"
@@ -21,8 +25,12 @@ def trace_snippet(fn: Callable, args: Sequence[fx.Node]) -> fx.GraphModule:
     for i, v in enumerate(values):  # one value object for two operands would trace as one input
         if isinstance(v, torch.Tensor) and (id(v) in seen or seen.add(id(v))):
             values[i] = fresh_value(v)
-    with fake_mode:
-        return make_fx(fn, decomposition_table=decompositions())(*values)
+    cached, fake_mode.cache_enabled = fake_mode.cache_enabled, False
+    try:
+        with fake_mode:
+            return make_fx(fn, decomposition_table=decompositions())(*values)
+    finally:
+        fake_mode.cache_enabled = cached
 
 
 @functools.cache

@@ -7,6 +7,7 @@ import pytest
 import sympy
 import torch
 import torch.nn.functional as F
+from conftest import dp_pass_guards
 from helpers import Case, check_against_reference
 from torch import nn
 
@@ -537,29 +538,18 @@ def test_norm_and_clipped_sum_read_one_stored_value(policy):
 
 
 @pytest.mark.parametrize("policy", ["ghost", "per_sample"])
-def test_a_first_batch_of_one_leaves_the_dp_passes_generic(policy, monkeypatch):
+def test_a_first_batch_of_one_leaves_the_dp_passes_generic(policy):
     """The DP passes add no guard on the batch size, also when the first batch has one sample. The pins' prim
     (prims.inductor_force_stride_order) has a meta function that copies and checks for overlap, which asks whether
     the batch is 1; traced at a batch of one, it made the batch 1 for every later trace of the graph (norms of shape
     (1, 1) beside operands of (B, …)), and inductor's CUDA code generation failed on that mix ("CantSplit")."""
     import dpcompile
-    from dpcompile import passes
-    from torch._guards import detect_fake_mode
 
-    added, run = [], passes.run_pipeline
-
-    def recording(gm, ctx):
-        env = detect_fake_mode([n.meta["val"] for n in gm.graph.find_nodes(op="placeholder")]).shape_env
-        before = len(env.guards)
-        out = run(gm, ctx)
-        added.extend(str(g.expr) for g in env.guards[before:])
-        return out
-
-    monkeypatch.setattr(passes, "run_pipeline", recording)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 4), nn.Tanh(), nn.Linear(4, 2))
     dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, policy=policy, backend="inductor")
-    dp(torch.randn(1, 3, 8, 8)).square().sum().backward()
+    with dp_pass_guards() as added:
+        dp(torch.randn(1, 3, 8, 8)).square().sum().backward()
     assert "backward_rewritten" in dp.graphs
     assert added == []
 

@@ -188,7 +188,7 @@ class EmbeddingRule:
         idx, values = self._rows(site, *tensors)
         values = masked_scaled(values, clip)
         out = values.new_zeros(site.consts["table"], dtype=accumulation_dtype(values.dtype))
-        return out.index_put((idx.flatten(),), values.flatten(0, 1).to(out.dtype), accumulate=True).to(values.dtype)
+        return out.index_put((idx,), values.to(out.dtype), accumulate=True).to(values.dtype)
 
     def cost(self, site: Site) -> dict[str, Cost]:
         s = site.shape  # p: table rows, d: width. Both scatter B·T·d values for the clipped sum.

@@ -17,7 +17,7 @@ def trace_snippet(fn: Callable, args: Sequence[fx.Node]) -> fx.GraphModule:
     meanwhile: under a symbolic batch, rebuilding a cached output's sizes costs more than the meta function it
     saves (benchmarks/NOTES.md). Without the cache every op's checks run, so fn must not ask what only a batch of
     one answers differently (a flatten of an expanded tensor guards B != 1); tests/conftest.py fails any test
-    whose DP passes add a guard."""
+    whose DP passes add a guard that fixes or bounds the batch size."""
     values = [a.meta["val"] for a in args]
     fake_mode = detect_fake_mode(values)
     assert fake_mode is not None, "emit needs nodes that carry fake values (meta['val'])"

@@ -22,7 +22,6 @@ def _fresh_dynamo():
     yield
 
 
-
 @contextmanager
 def dp_pass_guards() -> Iterator[list[str]]:
     """A list that fills with the guards the DP passes (passes.run_pipeline) add to the shape environment while the

@@ -12,6 +12,7 @@ from helpers import Case, check_against_reference
 from torch import nn
 
 from dpcompile.passes.meta import LayerShape, Site
+from dpcompile.passes.rewrite import STORE
 from dpcompile.passes.rules.bounds import per_sample_bound, stored_norm_bound
 from dpcompile.passes.rules.conv import ConvRule, shifted_length, shifted_windows, unfold_nd
 from dpcompile.passes.rules.embedding import EmbeddingRule
@@ -524,7 +525,7 @@ def test_norm_and_clipped_sum_read_one_stored_value(policy):
     dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, policy=policy, backend="inductor")
     dp(torch.randn(4, 3, 6, 6, dtype=torch.float64)).square().sum().backward()
     graph = dp.graphs["backward_rewritten"].graph
-    pins = [n for n in graph.nodes if n.target is torch.ops.prims.inductor_force_stride_order.default]
+    pins = [n for n in graph.nodes if n.target is STORE]
     assert pins
     both = []
     for node in graph.nodes:
@@ -570,6 +571,5 @@ def test_pins_of_operands_whose_strides_hold_the_batch():
     (sym_stride), and the gradients match torch.func through one inductor-compiled model at two batch sizes."""
     case = Case("sequence_first_attention", SequenceFirstAttention, lambda B: torch.randn(B, 5, 8, dtype=torch.float64))
     dp = check_against_reference(case, policy="ghost", backend="inductor")
-    pins = dp.graphs["backward_rewritten"].graph.find_nodes(
-        op="call_function", target=torch.ops.prims.inductor_force_stride_order.default)
+    pins = dp.graphs["backward_rewritten"].graph.find_nodes(op="call_function", target=STORE)
     assert any(isinstance(s, torch.fx.Node) for pin in pins for s in pin.args[1])

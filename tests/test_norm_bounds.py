@@ -7,7 +7,7 @@ import pytest
 import sympy
 import torch
 import torch.nn.functional as F
-from conftest import dp_pass_guards
+from conftest import DEVICE, dp_pass_guards
 from helpers import Case, check_against_reference
 from torch import nn
 
@@ -280,6 +280,48 @@ def test_cuda_clipped_sum_gemm_is_the_weight_gradient(conv):
     assert got.shape == w.shape and torch.allclose(got, expected, rtol=1e-12, atol=1e-12)
 
 
+def snippet_guards(fn, z: torch.Tensor, split: int, w: torch.Tensor) -> list[str]:
+    """The guards that tracing fn(c, g, x, w) as the DP passes do (emit.trace_snippet) adds, on operands of a graph
+    captured as dpcompile captures its models (dim 0 dynamic, backed_size_oblivious): g, x = z split at channel
+    `split`, c a per-sample vector. No forward op runs on g or x, so the guards are the snippet's own."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._guards import detect_fake_mode
+    from torch.fx.experimental import _config as fx_config
+
+    from dpcompile.passes.emit import trace_snippet
+
+    found = []
+
+    def compiler(gm, example_inputs):
+        nodes = list(gm.graph.output_node().args[0])
+        env = detect_fake_mode([n.meta["val"] for n in nodes]).shape_env
+        before = len(env.guards)
+        trace_snippet(fn, nodes)
+        found.extend(str(g.expr) for g in env.guards[before:])
+        return gm
+
+    torch._dynamo.reset()
+    torch._dynamo.mark_dynamic(z, 0)
+    with fx_config.patch(backed_size_oblivious=True):
+        torch.compile(lambda z, w: (z[:, 0, 0, 0] * 2, z[:, :split] * 2, z[:, split:] * 2, w * 2),
+                      backend=aot_autograd(fw_compiler=compiler), fullgraph=True, dynamic=False)(z, w)
+    return found
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_cuda_clipped_sum_gemm_adds_no_guard(batch, groups):
+    """The CUDA clipped sum (weight_grad_gemm) traces without a guard on the batch, at a batch of one too. Its
+    einsum asked whether B = 1 (Eq(B, 1) at a batch of one: an empty Poisson batch, padded to one sample, failed the
+    guard check on CUDA; Ne(B, 1) otherwise). Traced here on the CPU: the CUDA branch is this one function."""
+    conv = nn.Conv2d(2, 4, 3, padding=1, groups=groups)
+    c = conv_site(conv).consts
+    site, rule = Site("conv", (), c, None), ConvRule()
+    z, w = torch.randn(batch, 6, 5, 5), conv.weight.detach()
+    assert snippet_guards(lambda c, g, x, w: rule.weight_grad_gemm(site, g, x, w), z, 4, w) == []
+    assert snippet_guards(lambda c, g, x, w: rule.ghost_norm_bound(site, g, x, w), z, 4, w) == []
+
+
 def test_conv_transposed_bounds():
     """A transposed convolution unfolds the output gradient over the input's positions."""
     torch.manual_seed(0)
@@ -547,10 +589,11 @@ def test_a_first_batch_of_one_leaves_the_dp_passes_generic(policy):
     import dpcompile
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 4), nn.Tanh(), nn.Linear(4, 2))
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 4), nn.Tanh(),
+                          nn.Linear(4, 2)).to(DEVICE)
     dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, policy=policy, backend="inductor")
     with dp_pass_guards() as added:
-        dp(torch.randn(1, 3, 8, 8)).square().sum().backward()
+        dp(torch.randn(1, 3, 8, 8, device=DEVICE)).square().sum().backward()
     assert "backward_rewritten" in dp.graphs
     assert added == []
 

@@ -226,9 +226,12 @@ class ConvRule:
                                          c["output_padding"], c["groups"], [False, True, False])[1]
 
     def weight_grad_gemm(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
-        """Σ_i G_i U_iᵀ, the weight gradient as one GEMM over every sample's k·T positions (the clipped sum on CUDA)."""
+        """Σ_i G_i U_iᵀ, the weight gradient as one GEMM over every sample's k·T positions (the clipped sum on CUDA).
+        The operands are copied to (groups, rows, B·k·T) before the product: einsum's reshape of them asked whether
+        B = 1, which fixed a graph traced at a batch of one to that size."""
         u, gg = self._unfolded(site, g, x)
-        return torch.einsum("bgpt,bgdt->gpd", gg, u).reshape(w.shape)
+        rows = lambda t: t.permute(1, 2, 0, 3).clone(memory_format=torch.contiguous_format).flatten(2)  # noqa: E731
+        return torch.bmm(rows(gg), rows(u).transpose(1, 2)).reshape(w.shape)  # (groups, p, B·k·T) × (groups, B·k·T, d)
 
     def cost(self, site: Site) -> dict[str, Cost]:
         s = site.shape

@@ -320,6 +320,7 @@ def test_cuda_clipped_sum_gemm_adds_no_guard(batch, groups):
     z, w = torch.randn(batch, 6, 5, 5), conv.weight.detach()
     assert snippet_guards(lambda c, g, x, w: rule.weight_grad_gemm(site, g, x, w), z, 4, w) == []
     assert snippet_guards(lambda c, g, x, w: rule.ghost_norm_bound(site, g, x, w), z, 4, w) == []
+    assert snippet_guards(lambda c, g, x, w: rule.per_sample(site, g, x, w), z, 4, w) == []
 
 
 def test_conv_transposed_bounds():

@@ -310,10 +310,11 @@ def snippet_guards(fn, z: torch.Tensor, split: int, w: torch.Tensor) -> list[str
 
 @pytest.mark.parametrize("batch", [1, 7])
 @pytest.mark.parametrize("groups", [1, 2])
-def test_cuda_clipped_sum_gemm_adds_no_guard(batch, groups):
-    """The CUDA clipped sum (weight_grad_gemm) traces without a guard on the batch, at a batch of one too. Its
-    einsum asked whether B = 1 (Eq(B, 1) at a batch of one: an empty Poisson batch, padded to one sample, failed the
-    guard check on CUDA; Ne(B, 1) otherwise). Traced here on the CPU: the CUDA branch is this one function."""
+def test_conv_snippets_add_no_guard_on_the_batch(batch, groups):
+    """The convolution's ghost norm bound, per-sample product and CUDA clipped sum (weight_grad_gemm) trace without a
+    guard on the batch, at a batch of one too. The clipped sum's einsum asked whether B = 1 (Eq(B, 1) at a batch of
+    one: an empty Poisson batch, padded to one sample, failed the guard check on CUDA; Ne(B, 1) otherwise). Traced
+    here on the CPU: the CUDA branch is that one function."""
     conv = nn.Conv2d(2, 4, 3, padding=1, groups=groups)
     c = conv_site(conv).consts
     site, rule = Site("conv", (), c, None), ConvRule()

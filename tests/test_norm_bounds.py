@@ -3,6 +3,8 @@
 sum's norm per unit of the clip factor, and is close to the exact norm on ordinary data."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import sympy
 import torch
@@ -594,10 +596,12 @@ def test_a_first_batch_of_one_leaves_the_dp_passes_generic(policy):
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 4), nn.Tanh(),
                           nn.Linear(4, 2)).to(DEVICE)
     dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, policy=policy, backend="inductor")
-    with dp_pass_guards() as added:
+    with dp_pass_guards() as added, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         dp(torch.randn(1, 3, 8, 8, device=DEVICE)).square().sum().backward()
     assert "backward_rewritten" in dp.graphs
     assert added == []
+    assert not [w for w in caught if "inductor could not compile" in str(w.message)]  # no fallback to eager
 
 
 class SequenceFirstAttention(nn.Module):

@@ -49,7 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--phases", action="store_true",
                    help="also time forward, backward and optimizer step apart (a device sync between them)")
     p.add_argument("--profile", action="store_true",
-                   help="rank 0 profiles 5 steps after the timed ones and prints the top kernels and CPU ops")
+                   help="rank 0 profiles 5 steps after the timed ones, prints the top kernels and CPU ops, and "
+                        "adds each matrix product's time by operand shapes to the result ('products')")
     p.add_argument("--inductor-config", action="append", default=[], metavar="KEY=VALUE",
                    help="an inductor setting for every compiled graph of the run, e.g. cpp_wrapper=True (repeatable)")
     p.add_argument("--cuda-graphs", action="store_true",
@@ -72,6 +73,24 @@ def sync(device: torch.device, world: int) -> None:
         torch.cuda.synchronize(device)
     if world > 1:
         dist.barrier()
+
+
+PROFILED_STEPS = 5
+PRODUCTS = ("aten::bmm", "aten::mm", "aten::addmm", "aten::baddbmm")
+
+
+def matrix_products(prof) -> list[dict]:
+    """Each matrix product's time per step by operand shapes (profiled without CUDA graphs), largest first. The
+    shapes tell the DP step's products apart: per-sample gradients are batched over B·groups, ghost Gram matrices
+    have T × T outputs, a ghost clipped sum on CUDA has groups as its batch and B·T as its inner dim."""
+    rows = []
+    for e in prof.key_averages(group_by_input_shape=True):
+        if e.key in PRODUCTS:
+            device_us = getattr(e, "device_time_total", 0) or getattr(e, "cuda_time_total", 0)
+            rows.append({"op": e.key, "shapes": str(e.input_shapes), "calls_per_step": e.count / PROFILED_STEPS,
+                         "device_ms": round(device_us / 1000 / PROFILED_STEPS, 3),
+                         "cpu_ms": round(e.cpu_time_total / 1000 / PROFILED_STEPS, 3)})
+    return sorted(rows, key=lambda r: (-r["device_ms"], -r["cpu_ms"]))
 
 
 def main(argv=None) -> dict:
@@ -159,13 +178,15 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
                                        (round(1000 * statistics.median(col), 2) for col in zip(*phases))))
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(5):
+        activities = [ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * (device.type == "cuda")
+        with profile(activities=activities, record_shapes=True) as prof:
+            for _ in range(PROFILED_STEPS):
                 step()
         if rank == 0:
             table = prof.key_averages()
             print(table.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70))
             print(table.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=70))
+            result["products"] = matrix_products(prof)
     if rank == 0:
         print(json.dumps(result), flush=True)
     if world > 1:

@@ -220,6 +220,11 @@ def test_dp_throughput_runs_on_a_cpu_with_phases_and_the_allreduce_timer():
     assert result["world"] == 1 and result["samples_per_s_per_gpu"] > 0
     assert set(result["phases_ms"]) == {"forward", "backward", "step"}
     assert result["inductor_config"] == {"max_autotune": False}
+    profiled = module.main(["--model", "small_cnn", "--size", "8", "--batch", "3", "--steps", "1", "--warmup", "1",
+                            "--backend", "eager", "--device", "cpu", "--policy", "per_sample", "--profile"])
+    products = profiled["products"]  # the per-sample products among them: batched over the 3 samples
+    assert products and all(r["op"] in module.PRODUCTS and r["cpu_ms"] >= 0 for r in products)
+    assert any(r["op"] == "aten::bmm" and r["shapes"].startswith("[[3,") for r in products), products
     reference = module.main(["--model", "small_cnn", "--size", "8", "--batch", "3", "--steps", "1", "--warmup", "1",
                              "--backend", "eager", "--device", "cpu", "--method", "compile", "--dynamic"])
     assert reference["policy"] == "non-private" and reference["host_ms"] > 0 and reference["dynamic"]

@@ -23,6 +23,15 @@ def _fresh_dynamo():
 
 
 @contextmanager
+def guards_added(env, into: list[str]) -> Iterator[None]:
+    """Appends to `into` the guards (as text) that the shape environment env (None: none) gains while the block runs."""
+    before = len(env.guards) if env is not None else 0
+    yield
+    if env is not None:
+        into.extend(str(g.expr) for g in env.guards[before:])
+
+
+@contextmanager
 def dp_pass_guards() -> Iterator[list[str]]:
     """A list that fills with the guards the DP passes (passes.run_pipeline) add to the shape environment while the
     block runs. A guard there (e.g. B != 1, asked by a flatten of an expanded tensor in a snippet trace) makes the
@@ -36,12 +45,8 @@ def dp_pass_guards() -> Iterator[list[str]]:
 
     def recording(gm, ctx):
         mode = detect_fake_mode([n.meta.get("val") for n in gm.graph.find_nodes(op="placeholder")])
-        env = mode.shape_env if mode is not None else None
-        before = len(env.guards) if env is not None else 0
-        out = run(gm, ctx)
-        if env is not None:
-            added.extend(str(g.expr) for g in env.guards[before:])
-        return out
+        with guards_added(mode.shape_env if mode is not None else None, added):
+            return run(gm, ctx)
 
     passes.run_pipeline = recording
     try:

@@ -9,7 +9,7 @@ import pytest
 import sympy
 import torch
 import torch.nn.functional as F
-from conftest import DEVICE, dp_pass_guards
+from conftest import DEVICE, dp_pass_guards, guards_added
 from helpers import Case, check_against_reference
 from torch import nn
 
@@ -296,10 +296,8 @@ def snippet_guards(fn, z: torch.Tensor, split: int, w: torch.Tensor) -> list[str
 
     def compiler(gm, example_inputs):
         nodes = list(gm.graph.output_node().args[0])
-        env = detect_fake_mode([n.meta["val"] for n in nodes]).shape_env
-        before = len(env.guards)
-        trace_snippet(fn, nodes)
-        found.extend(str(g.expr) for g in env.guards[before:])
+        with guards_added(detect_fake_mode([n.meta["val"] for n in nodes]).shape_env, found):
+            trace_snippet(fn, nodes)
         return gm
 
     torch._dynamo.reset()

@@ -56,6 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cuda-graphs", action="store_true",
                    help="dp: cuda_graphs=True; compile: mode='reduce-overhead' (CUDA graphs for the compiled graphs)")
     p.add_argument("--per-sample-tf32", action="store_true", help="dp: per_sample_tf32=True (TF32 per-sample products)")
+    p.add_argument("--ghost-tf32", action="store_true", help="dp: ghost_tf32=True (ghost terms' clipped sums in TF32)")
     p.add_argument("--dynamic", action="store_true",
                    help="compile: the batch dimension marked dynamic (a symbolic batch size, as in dpcompile's graphs)")
     p.add_argument("--allreduce-mb", type=float, default=0.0,
@@ -126,7 +127,7 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
         dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0, sample_rate=0.01,
                                  expected_batch_size=args.batch * world, policy=args.policy, backend=args.backend,
                                  cuda_graphs=args.cuda_graphs,
-                                 per_sample_tf32=args.per_sample_tf32)
+                                 per_sample_tf32=args.per_sample_tf32, ghost_tf32=args.ghost_tf32)
     else:  # the non-private reference: torch.compile, under DDP on several ranks
         from torch.nn.parallel import DistributedDataParallel
         dp = torch.compile(DistributedDataParallel(model) if world > 1 else model, backend=args.backend,
@@ -170,7 +171,7 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
               "torch": torch.__version__, "date": datetime.date.today().isoformat(),
               "policy": args.policy if args.method == "dp" else "non-private",
               "backend": args.backend, "cuda_graphs": args.cuda_graphs,
-              "per_sample_tf32": args.per_sample_tf32, "dynamic": args.dynamic,
+              "per_sample_tf32": args.per_sample_tf32, "ghost_tf32": args.ghost_tf32, "dynamic": args.dynamic,
               "inductor_config": inductor_settings(args.inductor_config)}
     result["host_ms"] = round(1000 * statistics.median(host), 2)
     if args.phases:

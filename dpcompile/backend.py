@@ -130,7 +130,7 @@ class DPBackend:
             clip_stability=self.config.clip_stability, noise_handle=self.privacy.handle)
         return passes.PassContext(tuple(params), batch, self.config.policy, clip,
                                   views=self.config.augmentation_multiplicity, tf32=self.config.per_sample_tf32,
-                                  inductor=self.config.backend == "inductor")
+                                  ghost_tf32=self.config.ghost_tf32, inductor=self.config.backend == "inductor")
 
     def compile_graph(self, gm: fx.GraphModule, example_inputs, ctx: passes.PassContext, kwargs: dict):
         """The forward: the safety check. The backward: the DP passes. Then lowering."""

@@ -33,6 +33,7 @@ class DPConfig:
     augmentation_multiplicity: int = 1  # K augmented views per sample, clipped together (De et al. 2022)
     cuda_graphs: bool = False  # CUDA graphs for the DP graphs on CUDA, the noise op kept outside them
     per_sample_tf32: bool = False  # instantiated per-sample gradients as TF32 tensor-core products
+    ghost_tf32: bool = False  # ghost-clipped layers' clipped sums as TF32 tensor-core products (bounded in the norm)
     param_names: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -58,8 +59,8 @@ class DPConfig:
         check(self.policy in POLICIES, f"policy must be one of {POLICIES}, got {self.policy!r}")
         check(self.backend in BACKENDS, f"backend must be one of {BACKENDS}, got {self.backend!r}")
         check(isinstance(self.cuda_graphs, bool), f"cuda_graphs must be True or False, got {self.cuda_graphs!r}")
-        check(isinstance(self.per_sample_tf32, bool),
-              f"per_sample_tf32 must be True or False, got {self.per_sample_tf32!r}")
+        for name in ("per_sample_tf32", "ghost_tf32"):
+            check(isinstance(getattr(self, name), bool), f"{name} must be True or False, got {getattr(self, name)!r}")
         check(not self.cuda_graphs or self.backend == "inductor",
               "cuda_graphs=True needs backend='inductor' (inductor records and replays the CUDA graphs)")
         check(self.clipping in CLIPPING, f"clipping must be one of {CLIPPING}, got {self.clipping!r}")

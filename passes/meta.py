@@ -72,8 +72,8 @@ class ParamSpec:
 class PassContext:
     """What the passes need beyond the graph: parameters, batch symbol, policy, clipping, the views
     per sample K (the user's (B, K, ...) arguments flattened to (B·K, ...) rows inside the capture), whether
-    per-sample gradients are formed on TF32 tensor cores, and whether inductor lowers the graph (then each term's
-    computed operands are pinned to one stored value: rewrite.stored)."""
+    per-sample gradients and ghost terms' clipped sums are formed on TF32 tensor cores, and whether inductor lowers
+    the graph (then each term's computed operands are pinned to one stored value: rewrite.stored)."""
 
     params: tuple[ParamSpec, ...]
     batch: sympy.Expr
@@ -81,6 +81,7 @@ class PassContext:
     clip: Any  # rewrite.ClipSpec
     views: int = 1
     tf32: bool = False  # instantiated per-sample gradients of matmuls and convolutions as TF32 products
+    ghost_tf32: bool = False  # ghost-clipped matmuls' and convolutions' clipped sums as TF32 products
     inductor: bool = False
 
 

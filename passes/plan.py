@@ -49,7 +49,7 @@ class Decision:
     reason: str
     impl: str = ""
     flip: bool | None = None  # a tied use under ghost clipping: whether its term reaches the gradient transposed
-    tf32: bool = False  # per-sample gradients as TF32 products, clipped by their own norm (ctx.tf32)
+    tf32: bool = False  # the term's products on TF32 tensor cores (tf32_products)
 
 
 def shape_hints(gm: fx.GraphModule) -> dict:
@@ -112,7 +112,7 @@ def plan_sites(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
             numbers = {m: (evaluate(c.flops, hints), evaluate(c.bytes, hints)) for m, c in costs.items()}
             node.meta[PLAN] = Decision(method, costs, numbers, reason, conv_impl(node.meta[SITE], method),
                                        chain.flips[i] if ghost_tied else None,
-                                       tf32_products(node.meta[SITE], method, param.shared, ctx.tf32))
+                                       tf32_products(node.meta[SITE], method, param.shared, ctx))
     if policy == "auto":
         cap_memory(gm, hints, [node for param in gm.meta[PARAMS] if not param.shared for node in param.sites])
     return gm
@@ -172,17 +172,21 @@ def tied_ghost_pays(policy: str, param, chosen: dict, hints: dict) -> bool:
     return ghost + estimated_seconds(tied.cross_cost(list(param.sites)), hints) < per_sample
 
 
-TF32_RULES = ("linear", "conv")  # the rules whose per-sample gradients are products (per_sample_product)
+TF32_RULES = ("linear", "conv")  # the rules whose per-sample gradients are products (matrix_product)
 
 
-def tf32_products(site: Site, method: str, shared: bool, enabled: bool) -> bool:
-    """Whether a term's per-sample gradients are TF32 products (DPConfig.per_sample_tf32): instantiated, of a
-    matmul or convolution, summed over T > 1 positions (an outer product stays pointwise), from fp32 operands
-    (half-precision ones already multiply on tensor cores), not of a shared parameter (whose uses' per-sample
-    gradients are bounded against their exact sum)."""
+def tf32_products(site: Site, method: str, shared: bool, ctx: PassContext) -> bool:
+    """Whether a term's products run on TF32 tensor cores: a matmul's or convolution's, from fp32 operands (half-
+    precision ones already multiply on tensor cores), not of a shared parameter (whose uses are bounded against
+    their exact sum), and either its per-sample gradients (DPConfig.per_sample_tf32: instantiated, summed over
+    T > 1 positions, as an outer product stays pointwise; clipped by their own norm) or a ghost term's clipped sum
+    (DPConfig.ghost_tf32: its truncation added to the term's certified margin)."""
     operands = [n.meta["val"] for n in site.inputs[:2]]
-    return (enabled and method == "per_sample" and not shared and site.rule in TF32_RULES and site.shape.T != 1
-            and all(v.dtype == torch.float32 for v in operands))
+    if shared or site.rule not in TF32_RULES or not all(v.dtype == torch.float32 for v in operands):
+        return False
+    if method == "per_sample":
+        return ctx.tf32 and site.shape.T != 1
+    return ctx.ghost_tf32 and method == "ghost"
 
 
 def conv_impl(site: Site, method: str) -> str:

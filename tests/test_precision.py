@@ -195,11 +195,12 @@ def test_tf32_per_sample_gradients_through_one_compiled_model(batch):
         assert got.norm() <= 0.05 * b * (1 + 1e-6)
 
 
-def test_tf32_products_are_asked_for_with_a_bool():
+@pytest.mark.parametrize("option", ["per_sample_tf32", "ghost_tf32"])
+def test_tf32_products_are_asked_for_with_a_bool(option):
     """Off by default; True or False only."""
-    assert dpcompile.DPConfig(max_grad_norm=1.0, noise_multiplier=0.0).per_sample_tf32 is False
-    with pytest.raises(ConfigError, match="per_sample_tf32"):
-        dpcompile.dpcompile(nn.Linear(2, 2), max_grad_norm=1.0, noise_multiplier=0.0, per_sample_tf32="yes")
+    assert getattr(dpcompile.DPConfig(max_grad_norm=1.0, noise_multiplier=0.0), option) is False
+    with pytest.raises(ConfigError, match=option):
+        dpcompile.dpcompile(nn.Linear(2, 2), max_grad_norm=1.0, noise_multiplier=0.0, **{option: "yes"})
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="TF32 tensor cores")
@@ -299,12 +300,16 @@ def test_fp16_accumulation_is_off_in_the_dp_backward_and_refused_under_your_own_
         flags.allow_bf16_reduced_precision_reduction = flags.allow_fp16_reduced_precision_reduction = True
 
 
+@pytest.mark.parametrize("option", ["per_sample_tf32", "ghost_tf32"])
 @pytest.mark.parametrize("kind", ["conv", "sequence"])
-def test_tf32_per_sample_gradients_against_torch_func(kind):
+def test_tf32_products_against_torch_func(kind, option):
     """Against the torch.func reference in float64 (vmap of grad, clipped, summed) on the same parameters and
-    inputs: an fp32 model with TF32 per-sample products, batch sizes 3 and 5 through one compiled model, R between
-    the samples' norms (both clip branches). The only differences are TF32's rounding of the per-sample gradients
-    (~3·10⁻⁴ of their norm) and fp32's: within 2⁻⁸."""
+    inputs: an fp32 model with TF32 per-sample products (per-sample method) or TF32 clipped sums (ghost method),
+    batch sizes 3 and 5 through one compiled model, R between the samples' norms (both clip branches). The
+    differences are TF32's rounding (~3·10⁻⁴ of a gradient's norm) and fp32's: within 2⁻⁸. With ghost terms also
+    the TF32 margin in N_i, (2⁻⁹ + γ)·M_i, which clips a clipped sample ~1% harder on this data (M_i/‖g_i‖·2⁻⁹);
+    as samples' gradients partly cancel in the sum, that is measured per parameter against Σ_i C_i‖g_i‖, within
+    2⁻⁵."""
     import copy
 
     import torch.nn.functional as F
@@ -325,20 +330,27 @@ def test_tf32_per_sample_gradients_against_torch_func(kind):
     norms = torch.sqrt(sum(g.flatten(1).square().sum(1) for g in per_sample_grads(model64, x3, y3, F.mse_loss).values()))
     bound = norms.median().item()
     assert (norms > bound).any() and (norms < bound).any()
-    dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, loss_reduction="sum", policy="per_sample",
-                             per_sample_tf32=True, backend=BACKEND_UNDER_TEST)
+    policy = "per_sample" if option == "per_sample_tf32" else "ghost"
+    dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, loss_reduction="sum", policy=policy,
+                             backend=BACKEND_UNDER_TEST, **{option: True})
     for x, y in batches.values():
         model.zero_grad(set_to_none=True)
         F.mse_loss(dp(x), y, reduction="sum").backward()
-        ref, _ = dp_reference(model64, x.double(), y.double(), bound, "sum", loss=F.mse_loss)
-        err = max_relative_error(model, {k: v.float() for k, v in ref.items()})
-        assert err < 2.0**-8
-    assert sum("TF32" in r.impl for r in dp.explain().rows) == 2
+        ref, [norms] = dp_reference(model64, x.double(), y.double(), bound, "sum", loss=F.mse_loss)
+        if policy == "per_sample":
+            assert max_relative_error(model, {k: v.float() for k, v in ref.items()}) < 2.0**-8
+            continue
+        clip = (bound / (norms + 1e-6)).clamp(max=1.0)
+        g = per_sample_grads(model64, x.double(), y.double(), F.mse_loss)
+        for name, param in model.named_parameters():
+            spread = (clip * g[name].flatten(1).norm(dim=1)).sum()
+            assert (param.grad.double() - ref[name]).norm() <= 2.0**-5 * spread, name
+    assert sum("TF32" in r.impl for r in dp.explain().rows) == (2 if policy == "per_sample" or kind == "sequence" else 3)
 
 
-def test_shared_parameters_keep_ieee_per_sample_products():
+def test_shared_parameters_keep_ieee_products():
     """A parameter used twice is bounded against the exact sum of its uses' per-sample gradients, so its uses stay
-    IEEE under per_sample_tf32=True; the unshared layer beside it goes TF32."""
+    IEEE under per_sample_tf32=True and ghost_tf32=True; the unshared layer beside it goes TF32."""
     class Twice(nn.Module):
         def __init__(self):
             super().__init__()
@@ -346,9 +358,70 @@ def test_shared_parameters_keep_ieee_per_sample_products():
 
         def forward(self, x):
             return self.head(torch.tanh(self.shared(torch.tanh(self.shared(x)))))
-    dp = dpcompile.dpcompile(Twice().to(DEVICE), max_grad_norm=1.0, noise_multiplier=0.0, loss_reduction="sum",
-                             policy="per_sample", per_sample_tf32=True, backend=BACKEND_UNDER_TEST)
-    dp(torch.randn(4, 6, 8, device=DEVICE)).sum().backward()
-    rows = {(r.param, r.impl) for r in dp.explain().rows}
-    assert ("head.weight", "TF32") in rows
-    assert not any(p.startswith("shared") and "TF32" in impl for p, impl in rows)
+    for policy, option in (("per_sample", "per_sample_tf32"), ("ghost", "ghost_tf32")):
+        dp = dpcompile.dpcompile(Twice().to(DEVICE), max_grad_norm=1.0, noise_multiplier=0.0, loss_reduction="sum",
+                                 policy=policy, backend=BACKEND_UNDER_TEST, **{option: True})
+        dp(torch.randn(4, 6, 8, device=DEVICE)).sum().backward()
+        rows = {(r.param, r.method, r.impl) for r in dp.explain().rows}
+        assert ("head.weight", policy, "TF32") in rows
+        assert not any(p.startswith("shared") and "TF32" in impl for p, _, impl in rows)
+
+
+# --- ghost terms' clipped sums as TF32 products (DPConfig.ghost_tf32) ---
+
+def truncation_attack(kind: str) -> tuple[nn.Module, torch.Tensor]:
+    """A one-sample batch whose gradient TF32 truncation makes longer: two positions whose gradients nearly cancel,
+    x_1 = (2, 0) (on TF32's grid) and x_2 = (−(1 + 2⁻¹⁰ − 2⁻²³), 0) (just below a step), with output gradients
+    (1, 1) (a summed loss; two features each way, as a 1-wide product is no matmul). Exact: g = (1, 1)ᵀ(1 − 2⁻¹⁰ +
+    2⁻²³, 0); truncated to TF32, x_2's −1 − 2⁻¹⁰ + 2⁻²³ becomes −1 and ‖ĝ‖ = √2, longer by about 2⁻¹⁰: a thousand
+    times an IEEE clipped sum's margin (γ·M, M = 3√2)."""
+    x = torch.zeros(2, 2, device=DEVICE)
+    x[:, 0] = torch.tensor([2.0, -(1 + 2.0**-10 - 2.0**-23)])
+    if kind == "linear":  # (B, T, features): T = 2 positions
+        return nn.Linear(2, 2, bias=False).to(DEVICE), x.view(1, 2, 2)
+    return nn.Conv2d(2, 2, 1, bias=False).to(DEVICE), x.t().reshape(1, 2, 1, 2)  # 1x1 convolution, 1 x 2 image
+
+
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.inductor)])
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_ghost_tf32_clipped_sum_keeps_a_crafted_sample_within_R(kind, backend):
+    """With ghost_tf32=True a ghost term's clipped sum is a TF32 product, and the released gradient is TF32's
+    ĝ, not the exact g the Gram form bounds. The term's margin adds TF32's truncation, (2⁻⁹ + γ)·M_i, so a
+    one-sample batch stays within R on an input crafted so that truncation lengthens ĝ by ~2⁻¹⁰ (on CPU the operands
+    are truncated, the worst case, and the test checks that the attack does lengthen ĝ: without the TF32 margin it
+    would release ≈ R·(1 + 2⁻¹⁰)). The same clip with IEEE clipped sums stays within R too."""
+    exact = 2**0.5 * (1 - 2.0**-10 + 2.0**-23)
+    for bound in (1e6, 0.5):
+        for tf32 in (True, False):
+            model, x = truncation_attack(kind)
+            dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, loss_reduction="sum",
+                                     policy="ghost", ghost_tf32=tf32, backend=backend)
+            dp(x).sum().backward()
+            released = model.weight.grad.double().norm().item()
+            assert [r.impl for r in dp.explain().rows] == ["TF32" if tf32 else ""]
+            if bound == 0.5:
+                assert released <= bound * (1 + 1e-6)
+            elif tf32 and DEVICE == "cpu":  # unclipped: ĝ itself, longer than g by TF32's truncation
+                assert released == pytest.approx(2**0.5, rel=1e-7) and released > exact * (1 + 2.0**-11)
+            else:
+                assert abs(released - exact) <= 2.0**-9
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="TF32 tensor cores")
+def test_ghost_tf32_clipped_sums_on_cuda():
+    """On CUDA the ghost terms' clipped sums run on TF32 tensor cores (the unclipped result differs from the IEEE
+    one, by no more than TF32's rounding), and a one-sample batch on inputs at the worst of TF32's truncation stays
+    within R."""
+    def grads(tf32, bound):
+        dp = dpcompile.dpcompile(conv_linear(), max_grad_norm=bound, noise_multiplier=0.0, loss_reduction="sum",
+                                 policy="ghost", ghost_tf32=tf32, backend=BACKEND_UNDER_TEST)
+        dp(x).square().sum().backward()
+        return dp, torch.cat([p.grad.flatten() for p in dp.module.parameters()]).double()
+    for seed in range(3):
+        x = off_tf32_grid(1, 3, 8, 8, seed=seed) * 10
+        _, ieee = grads(False, 1e6)
+        dp, tf32 = grads(True, 1e6)
+        assert sorted(r.impl for r in dp.explain().rows) == ["", "", "TF32", "TF32"]
+        assert 0 < (tf32 - ieee).norm() <= 2.0**-8 * ieee.norm()
+        _, clipped = grads(True, 1e-2)
+        assert clipped.norm() <= 1e-2 * (1 + 1e-6)

@@ -19,6 +19,9 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 UNIT_ROUNDOFF = {torch.float64: 2.0**-53, torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 SUBNORMAL = {torch.float64: 2.0**-1074, torch.float32: 2.0**-149, torch.bfloat16: 2.0**-133, torch.float16: 2.0**-24}
 U64 = UNIT_ROUNDOFF[F64]
+# a product of two fp32 values truncated to TF32 (10 mantissa bits: each moves by < 2^-10 of itself), exactly
+# multiplied: (1 + 2^-10)^2 - 1 of |x·y|
+TF32_PRODUCT_U = 2.0**-9 + 2.0**-20
 
 
 def unit_roundoff(dtype: torch.dtype) -> float:
@@ -40,8 +43,14 @@ def accumulation_gamma(n, dtype: torch.dtype) -> float:
     2u·(n_b + 2)·(n/n_b + 1)·Σ|terms| ≤ 6u·(n + 12)·Σ|terms| for any n_b ≤ 32: γ_{3(n+12)}(2u), u of
     float32."""
     if dtype in LOW_PRECISION:
-        return gamma(3 * (n + 12), 2 * UNIT_ROUNDOFF[torch.float32])
+        return tensor_core_gamma(n)
     return gamma(n, unit_roundoff(dtype))
+
+
+def tensor_core_gamma(n) -> float:
+    """γ of a sum of n products on tensor cores (half-precision or TF32 operands): γ_{3(n+12)}(2u), u of fp32
+    (accumulation_gamma)."""
+    return gamma(3 * (n + 12), 2 * UNIT_ROUNDOFF[torch.float32])
 
 
 def gamma(n, u: float) -> float:
@@ -140,12 +149,14 @@ def certified(norm_sq: Tensor, linear: Tensor, out_dtype: torch.dtype) -> Tensor
     return torch.stack([norm_sq * grow**2, linear * grow], 1)
 
 
-def clipped_product_margin(m: Tensor, operand_dtype: torch.dtype, length, product_u: float | None = None) -> Tensor:
-    """Error per unit of c of Σ_t fl(c·p_t) q_tᵀ over `length` positions: (u_s + γ_len·(1 + u_s))·M with
-    M = Σ_t ‖p_t‖‖q_t‖, u_s the operand dtype's u (plus the products' own rounding, product_u, on tensor
-    cores), γ of the accumulation (accumulation_gamma)."""
-    u_s = unit_roundoff(operand_dtype) + (product_u or 0.0)
-    return (u_s + accumulation_gamma(length, operand_dtype) * (1 + u_s)) * m
+def clipped_product_margin(m: Tensor, operand_dtype: torch.dtype, length, tf32: bool = False) -> Tensor:
+    """Error per unit of c of Σ_t fl(c·p_t) q_tᵀ over `length` positions: (u_s + γ·(1 + u_s))·M with
+    M = Σ_t ‖p_t‖‖q_t‖, u_s the operand dtype's u and γ of the accumulation (accumulation_gamma). tf32: fp32
+    operands multiplied on TF32 tensor cores (matrix_product), each operand truncated to 10 mantissa bits
+    (TF32_PRODUCT_U more per product) and the accumulation truncating as on half-precision tensor cores."""
+    u_s = unit_roundoff(operand_dtype) + (TF32_PRODUCT_U if tf32 else 0.0)
+    acc = tensor_core_gamma(length) if tf32 else accumulation_gamma(length, operand_dtype)
+    return (u_s + acc * (1 + u_s)) * m
 
 
 def stored_norm_bound(g: Tensor) -> Tensor:
@@ -161,9 +172,10 @@ def per_sample_bound(g: Tensor, margin: Tensor) -> Tensor:
     return torch.stack([stored_norm_bound(g) * grow**2, margin], 1)
 
 
-def per_sample_product(a: Tensor, b: Tensor, tf32: bool) -> Tensor:
-    """bmm(a, b): per-sample gradients; with tf32 (the plan's choice: plan.tf32_products) on TF32 tensor cores
-    (dpcompile::tf32_bmm), then clipped by the norm of what they compute (rewrite.emit_norm)."""
+def matrix_product(a: Tensor, b: Tensor, tf32: bool) -> Tensor:
+    """bmm(a, b); with tf32 (the plan's choice: plan.tf32_products) on TF32 tensor cores (dpcompile::tf32_bmm).
+    Per-sample gradients so formed are clipped by the norm of what they compute (rewrite.emit_norm); a ghost term's
+    clipped sum so formed has its rounding in the term's margin (clipped_product_margin with tf32)."""
     return torch.ops.dpcompile.tf32_bmm(a, b) if tf32 else torch.bmm(a, b)
 
 

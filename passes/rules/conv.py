@@ -25,7 +25,7 @@ from ..meta import LayerShape, Site
 from ..symbolic import same
 from . import WORD, Cost, generalized_linear_costs, register
 from .bounds import (F64, SUBNORMAL, U64, accumulation_gamma, certified, clipped_product_margin,
-                     full_precision, gamma, gram_sum_bound, masked, masked_scaled, per_sample_product, row_norms,
+                     full_precision, gamma, gram_sum_bound, masked, masked_scaled, matrix_product, row_norms,
                      unit_roundoff, upper_sum)
 from .layout import per_row, rows_per_sample, shape_of, views_into_positions, views_of
 
@@ -141,7 +141,7 @@ class ConvRule:
         if impl == "shifted":
             return self._per_sample_shifted(site, g, x, w)
         u, gg = self._unfolded(site, g, x)
-        ps = per_sample_product(gg.flatten(0, 1), u.flatten(0, 1).transpose(1, 2), site.consts.get("tf32"))
+        ps = matrix_product(gg.flatten(0, 1), u.flatten(0, 1).transpose(1, 2), site.consts.get("tf32"))
         return ps.reshape(u.shape[0], *w.shape)
 
     def _per_sample_shifted(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
@@ -153,7 +153,7 @@ class ConvRule:
         gf, xs, offsets = shifted_windows(x, g, c["kernel"], c["padding"], c["dilation"])
         L = gf.shape[-1]
         gf = gf.reshape(x.shape[0] * groups, -1, L)  # (B·groups, p, L)
-        parts = [per_sample_product(gf, xs[..., o:o + L].reshape(gf.shape[0], -1, L).transpose(1, 2), c.get("tf32"))
+        parts = [matrix_product(gf, xs[..., o:o + L].reshape(gf.shape[0], -1, L).transpose(1, 2), c.get("tf32"))
                  for o in offsets]  # each (B·groups, p, c·k_last)
         ps = torch.stack([part.unflatten(2, (-1, k_last)) for part in parts], 3)  # (B·groups, p, c, leading, k_last)
         return ps.reshape(x.shape[0], *w.shape)
@@ -188,7 +188,8 @@ class ConvRule:
 
     def ghost_norm_bound(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
         """[s, e]: the Gram form plus its error bound, and the clipped sum's rounding per unit c, (u + γ_T)·M_i
-        (mkldnn's direct or GEMM weight gradient on CPU, a GEMM on unfolded inputs on CUDA)."""
+        (mkldnn's direct or GEMM weight gradient on CPU, a GEMM on unfolded inputs on CUDA; with tf32 a TF32 GEMM,
+        whose truncation the margin adds)."""
         r, rho = self._position_norms(site, g, x)
         m = upper_sum(r * rho, [1, 2])
         u, gg = self._unfolded(site, full_precision(g), full_precision(x))
@@ -196,7 +197,7 @@ class ConvRule:
         gram_u, gram_g = grams(u), grams(gg)
         d, p = u.shape[2], gg.shape[2]
         s = gram_sum_bound(gram_u, gram_g, r, rho, gamma(d, uu), d * eta, gamma(p, uu), p * eta)
-        margin = clipped_product_margin(m, g.dtype, r.shape[-1])
+        margin = clipped_product_margin(m, g.dtype, r.shape[-1], site.consts.get("tf32", False))
         return certified(s, margin, g.dtype)
 
     def per_sample_margin(self, site: Site, g: Tensor, *rest: Tensor) -> Tensor:
@@ -222,18 +223,20 @@ class ConvRule:
         x, w = rest
         x = masked(x, clip)
         c = site.consts
-        if g.is_cuda:  # cuDNN may pick FFT/Winograd weight gradients, outside γ_T·M: a GEMM on the unfolded input
-            return self.weight_grad_gemm(site, g, x, w)
+        if g.is_cuda or c.get("tf32"):  # cuDNN may pick FFT/Winograd weight gradients, outside γ_T·M: a GEMM on
+            return self.weight_grad_gemm(site, g, x, w)  # the unfolded input (TF32: on CPU too, truncated operands)
         return aten.convolution_backward(g, x, w, None, c["stride"], c["padding"], c["dilation"], c["transposed"],
                                          c["output_padding"], c["groups"], [False, True, False])[1]
 
     def weight_grad_gemm(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
-        """Σ_i G_i U_iᵀ, the weight gradient as one GEMM over every sample's k·T positions (the clipped sum on CUDA).
-        The operands are copied to (groups, rows, B·k·T) before the product: einsum's reshape of them asked whether
-        B = 1, which fixed a graph traced at a batch of one to that size."""
+        """Σ_i G_i U_iᵀ, the weight gradient as one GEMM over every sample's k·T positions (the clipped sum on CUDA;
+        on TF32 tensor cores where the plan says tf32). The operands are copied to (groups, rows, B·k·T) before the
+        product: einsum's reshape of them asked whether B = 1, which fixed a graph traced at a batch of one to that
+        size."""
         u, gg = self._unfolded(site, g, x)
         rows = lambda t: t.permute(1, 2, 0, 3).clone(memory_format=torch.contiguous_format).flatten(2)  # noqa: E731
-        return torch.bmm(rows(gg), rows(u).transpose(1, 2)).reshape(w.shape)  # (groups, p, B·k·T) × (groups, B·k·T, d)
+        product = matrix_product(rows(gg), rows(u).transpose(1, 2), site.consts.get("tf32", False))
+        return product.reshape(w.shape)  # (groups, p, B·k·T) × (groups, B·k·T, d)
 
     def cost(self, site: Site) -> dict[str, Cost]:
         s = site.shape

@@ -15,7 +15,7 @@ from ..meta import LayerShape, Site
 from ..symbolic import simplified
 from . import Cost, generalized_linear_costs, register
 from .bounds import (accumulation_gamma, certified, clipped_product_margin, gram_sum_bound, masked, masked_scaled,
-                     per_sample_product, product_matrix, row_norms, upper_sum)
+                     matrix_product, product_matrix, row_norms, upper_sum)
 from .layout import find_rows_layout, shape_of, to_batch_rows
 
 aten = torch.ops.aten
@@ -64,7 +64,7 @@ class MatmulRule:
     def per_sample(self, site: Site, x: Tensor, q: Tensor, anchor: Tensor) -> Tensor:
         """g_i = P_iᵀ Q_i, shape (B, m, n)."""
         p, q = self._rows(site, x, q, anchor)
-        return per_sample_product(p.transpose(1, 2), q, site.consts.get("tf32", False))
+        return matrix_product(p.transpose(1, 2), q, site.consts.get("tf32", False))
 
     def ghost_factors(self, site: Site, x: Tensor, q: Tensor, anchor: Tensor) -> tuple[Tensor, Tensor]:
         """g_i = Σ_t p_t ⊗ q_t: the sample's rows of P and Q, (B, N, m) and (B, N, n) (tied uses' cross terms)."""
@@ -79,7 +79,8 @@ class MatmulRule:
 
     def ghost_norm_bound(self, site: Site, x: Tensor, q: Tensor, anchor: Tensor) -> Tensor:
         """[s, e]: s ≥ ‖P_iᵀQ_i‖² (T = 1: (‖p‖‖q‖)²; else the Gram form plus its error bound), e the
-        clipped sum's rounding per unit c, (u + γ_T)·M_i with M_i = Σ_t ‖p_t‖‖q_t‖."""
+        clipped sum's rounding per unit c, (u + γ_T)·M_i with M_i = Σ_t ‖p_t‖‖q_t‖ (TF32 products: their
+        truncation added)."""
         p, q = self._rows(site, x, q, anchor)
         r, rho = row_norms(p), row_norms(q)
         m = upper_sum(r * rho, [1])
@@ -88,7 +89,7 @@ class MatmulRule:
         else:
             (a, ga, ea), (b, gb, eb) = product_matrix(p, p), product_matrix(q, q)
             s = gram_sum_bound(a.unsqueeze(1), b.unsqueeze(1), r.unsqueeze(1), rho.unsqueeze(1), ga, ea, gb, eb)
-        return certified(s, clipped_product_margin(m, p.dtype, p.shape[1]), p.dtype)
+        return certified(s, clipped_product_margin(m, p.dtype, p.shape[1], site.consts.get("tf32", False)), p.dtype)
 
     def per_sample_margin(self, site: Site, x: Tensor, q: Tensor, anchor: Tensor) -> Tensor:
         """‖ĝ_i − g_i‖ ≤ γ_T·M_i for the products' accumulation over T positions."""
@@ -97,9 +98,11 @@ class MatmulRule:
         return accumulation_gamma(p.shape[1], p.dtype) * m
 
     def clipped_sum(self, site: Site, clip: Tensor, x: Tensor, q: Tensor, anchor: Tensor) -> Tensor:
-        """Σ_i c_i P_iᵀ Q_i as one matmul over all rows (dropped samples masked out)."""
+        """Σ_i c_i P_iᵀ Q_i as one matmul over all rows (dropped samples masked out; TF32 where the plan says)."""
         p, q = self._rows(site, x, q, anchor)
         p, q = masked_scaled(p, clip), masked(q, clip)
+        if site.consts.get("tf32"):
+            return matrix_product(p.flatten(0, 1).t().unsqueeze(0), q.flatten(0, 1).unsqueeze(0), True)[0]
         return torch.mm(p.flatten(0, 1).t(), q.flatten(0, 1))
 
     def cost(self, site: Site) -> dict[str, Cost]:

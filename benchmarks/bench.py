@@ -8,6 +8,7 @@
   dp_<policy>_graphs  the same with cuda_graphs=True (peak memory not reported: the CUDA graphs' pool is set up in
                   the warm-up and replays allocate nothing; reserved memory is kept in the JSON)
   dp_<policy>_tf32[_graphs]  with per_sample_tf32=True (per-sample gradients as TF32 products)
+  dp_<policy>_alltf32[_graphs]  with per_sample_tf32=True and ghost_tf32=True (ghost clipped sums too)
   opacus          Opacus PrivacyEngine.make_private (grad_sample_mode="hooks")
   opacus_ghost    Opacus PrivacyEngine.make_private (grad_sample_mode="ghost", two backward passes)
   opacus_oop, opacus_ghost_oop   the same, on the ResNets with an out-of-place residual add (the stock
@@ -206,11 +207,11 @@ def setup_compile(model, x, y, args, policy=None, cuda_graphs=False):
     return sgd_step(torch.compile(model, backend=args.compile_backend, mode=mode), model, x, y, args), {}
 
 
-def setup_dpcompile(model, x, y, args, policy="mixed", cuda_graphs=False, tf32=False):
+def setup_dpcompile(model, x, y, args, policy="mixed", cuda_graphs=False, tf32=False, ghost_tf32=False):
     import dpcompile
     dp_model = dpcompile.dpcompile(model, max_grad_norm=args.max_grad_norm, noise_multiplier=args.noise_multiplier,
                                    policy=policy, backend=args.dp_backend, cuda_graphs=cuda_graphs,
-                                   per_sample_tf32=tf32)
+                                   per_sample_tf32=tf32, ghost_tf32=ghost_tf32)
     step = sgd_step(dp_model, model, x, y, args)
 
     def explain():
@@ -304,11 +305,12 @@ def method_setup(method: str):
         return setup_eager, {}, False
     if method in ("compile", "compile_graphs"):
         return setup_compile, {"cuda_graphs": method.endswith("_graphs")}, False
-    if method.startswith("dp_"):  # dp_<policy>[_tf32][_graphs]
+    if method.startswith("dp_"):  # dp_<policy>[_tf32|_alltf32][_graphs]
         rest = method[3:]
         graphs, rest = rest.endswith("_graphs"), rest.removesuffix("_graphs")
-        tf32, policy = rest.endswith("_tf32"), rest.removesuffix("_tf32")
-        return setup_dpcompile, {"policy": policy, "cuda_graphs": graphs, "tf32": tf32}, False
+        ghost_tf32, rest = rest.endswith("_alltf32"), rest.removesuffix("_alltf32")
+        tf32, policy = ghost_tf32 or rest.endswith("_tf32"), rest.removesuffix("_tf32")
+        return setup_dpcompile, {"policy": policy, "cuda_graphs": graphs, "tf32": tf32, "ghost_tf32": ghost_tf32}, False
     if method in ("opacus", "opacus_oop"):
         return setup_opacus, {"ghost": False}, method.endswith("_oop")
     if method in ("opacus_ghost", "opacus_ghost_oop"):

@@ -154,7 +154,8 @@ def clipped_product_margin(m: Tensor, operand_dtype: torch.dtype, length, tf32: 
     M = Σ_t ‖p_t‖‖q_t‖, u_s the operand dtype's u and γ of the accumulation (accumulation_gamma). tf32: fp32
     operands multiplied on TF32 tensor cores (matrix_product), each operand truncated to 10 mantissa bits
     (TF32_PRODUCT_U more per product) and the accumulation truncating as on half-precision tensor cores."""
-    u_s = unit_roundoff(operand_dtype) + (TF32_PRODUCT_U if tf32 else 0.0)
+    u = unit_roundoff(operand_dtype)
+    u_s = u + TF32_PRODUCT_U * (1 + u) if tf32 else u  # (1 + u)(1 + TF32_PRODUCT_U) − 1
     acc = tensor_core_gamma(length) if tf32 else accumulation_gamma(length, operand_dtype)
     return (u_s + acc * (1 + u_s)) * m
 

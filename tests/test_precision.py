@@ -425,3 +425,31 @@ def test_ghost_tf32_clipped_sums_on_cuda():
         assert 0 < (tf32 - ieee).norm() <= 2.0**-8 * ieee.norm()
         _, clipped = grads(True, 1e-2)
         assert clipped.norm() <= 1e-2 * (1 + 1e-6)
+
+
+def test_ghost_tf32_over_convolution_and_matmul_variants():
+    """The TF32 clipped sum over the layouts the rules handle (grouped and dilated, transposed, 1-D and 3-D
+    convolutions, a matmul over 3-D rows): the unclipped result within TF32's rounding of the IEEE one, and a
+    one-sample batch within R."""
+    from rule_cases import CASES
+    wanted = ("conv2d_dilation_groups", "conv_transposed2d", "conv3d", "conv1d", "linear_3d")
+    cases = [c for cs in CASES.values() for c in cs if c.name in wanted]
+    assert len(cases) == len(wanted)
+    for case in cases:
+        torch.manual_seed(0)
+        state = case.model().float().state_dict()
+        for batch, bound in ((3, 1e6), (1, 1e-3)):
+            x = case.inputs(batch).float().to(DEVICE)
+            grads = {}
+            for tf32 in (False, True):
+                model = case.model().float().to(DEVICE)
+                model.load_state_dict(state)
+                dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, loss_reduction="sum",
+                                         policy="ghost", ghost_tf32=tf32, backend=BACKEND_UNDER_TEST)
+                dp(x).square().sum().backward()
+                grads[tf32] = torch.cat([p.grad.flatten() for p in model.parameters()]).double()
+            assert any("TF32" in r.impl for r in dp.explain().rows), case.name
+            if batch == 1:
+                assert grads[True].norm() <= bound * (1 + 1e-6), case.name
+            else:
+                assert 0 < (grads[True] - grads[False]).norm() <= 2.0**-8 * grads[False].norm(), case.name

@@ -149,8 +149,11 @@ def off_tf32_grid(*shape, seed: int = 1) -> torch.Tensor:
 
 
 def dp_grads(model, x, *, tf32, backend, bound=1.0, policy="per_sample"):
+    """(DP model, its released gradient) for a summed squared output; tf32 is per_sample_tf32 under the per-sample
+    policy, ghost_tf32 under the ghost one."""
+    option = "ghost_tf32" if policy == "ghost" else "per_sample_tf32"
     dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, loss_reduction="sum", policy=policy,
-                             per_sample_tf32=tf32, backend=backend)
+                             backend=backend, **{option: tf32})
     dp(x).square().sum().backward()
     return dp, torch.cat([p.grad.flatten() for p in model.parameters()]).double()
 
@@ -413,18 +416,13 @@ def test_ghost_tf32_clipped_sums_on_cuda():
     """On CUDA the ghost terms' clipped sums run on TF32 tensor cores (the unclipped result differs from the IEEE
     one, by no more than TF32's rounding), and a one-sample batch on inputs at the worst of TF32's truncation stays
     within R."""
-    def grads(tf32, bound):
-        dp = dpcompile.dpcompile(conv_linear(), max_grad_norm=bound, noise_multiplier=0.0, loss_reduction="sum",
-                                 policy="ghost", ghost_tf32=tf32, backend=BACKEND_UNDER_TEST)
-        dp(x).square().sum().backward()
-        return dp, torch.cat([p.grad.flatten() for p in dp.module.parameters()]).double()
     for seed in range(3):
         x = off_tf32_grid(1, 3, 8, 8, seed=seed) * 10
-        _, ieee = grads(False, 1e6)
-        dp, tf32 = grads(True, 1e6)
+        _, ieee = dp_grads(conv_linear(), x, tf32=False, backend=BACKEND_UNDER_TEST, bound=1e6, policy="ghost")
+        dp, tf32 = dp_grads(conv_linear(), x, tf32=True, backend=BACKEND_UNDER_TEST, bound=1e6, policy="ghost")
         assert sorted(r.impl for r in dp.explain().rows) == ["", "", "TF32", "TF32"]
         assert 0 < (tf32 - ieee).norm() <= 2.0**-8 * ieee.norm()
-        _, clipped = grads(True, 1e-2)
+        _, clipped = dp_grads(conv_linear(), x, tf32=True, backend=BACKEND_UNDER_TEST, bound=1e-2, policy="ghost")
         assert clipped.norm() <= 1e-2 * (1 + 1e-6)
 
 

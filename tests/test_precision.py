@@ -428,8 +428,9 @@ def test_ghost_tf32_clipped_sums_on_cuda():
 
 def test_ghost_tf32_over_convolution_and_matmul_variants():
     """The TF32 clipped sum over the layouts the rules handle (grouped and dilated, transposed, 1-D and 3-D
-    convolutions, a matmul over 3-D rows): the unclipped result within TF32's rounding of the IEEE one, and a
-    one-sample batch within R."""
+    convolutions, a matmul over 3-D rows): the unclipped result within TF32's rounding of the IEEE one (and, on the
+    CPU's emulation, not equal to it), and a one-sample batch within R. With TF32 allowed, cuBLAS may still run a
+    small product on an IEEE kernel, whose error the TF32 margin also bounds."""
     from rule_cases import CASES
     wanted = ("conv2d_dilation_groups", "conv_transposed2d", "conv3d", "conv1d", "linear_3d")
     cases = [c for cs in CASES.values() for c in cs if c.name in wanted]
@@ -450,5 +451,7 @@ def test_ghost_tf32_over_convolution_and_matmul_variants():
             assert any("TF32" in r.impl for r in dp.explain().rows), case.name
             if batch == 1:
                 assert grads[True].norm() <= bound * (1 + 1e-6), case.name
-            else:
-                assert 0 < (grads[True] - grads[False]).norm() <= 2.0**-8 * grads[False].norm(), case.name
+                continue
+            assert (grads[True] - grads[False]).norm() <= 2.0**-8 * grads[False].norm(), case.name
+            if DEVICE == "cpu":  # the emulation always truncates; cuBLAS may pick an IEEE kernel for a small product
+                assert (grads[True] - grads[False]).norm() > 0, case.name  # (conv2d_dilation_groups on an H200)

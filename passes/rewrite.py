@@ -86,10 +86,9 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     for p, final in zip(params, finals):
         outputs[p.output_index] = final
     graph.output(tuple(outputs))
-    new = fx.GraphModule(gm, graph, class_name="DPBackward")
-    new.graph.eliminate_dead_code()
-    new.graph.lint()
-    new.recompile()
+    graph.eliminate_dead_code()
+    graph.lint()
+    new = fx.GraphModule(gm, graph, class_name="DPBackward")  # generates its code once, from the final graph
     new.meta.update(gm.meta)
     return new
 

@@ -233,11 +233,14 @@ def test_dp_throughput_runs_on_a_cpu_with_phases_and_the_allreduce_timer():
 
 
 def test_tf32_overclip_measures_each_sample_against_ieee():
-    """benchmarks/tf32_overclip.py on a CPU: every sample's TF32 norm is at least its IEEE one (the margin only adds),
-    and the ghost terms it names are the TF32 ones."""
-    result = load_script("tf32_overclip").main(["--model", "small_cnn", "--batch", "4", "--samples", "2",
-                                                 "--backend", "eager", "--device", "cpu", "--policy", "ghost"])
+    """benchmarks/tf32_overclip.py on a CPU (images resized): every sample's TF32 norm is at least its IEEE one (the
+    margin only adds), the IEEE certified norm is at least the released gradient's own (an upper bound), and the
+    ghost terms it names are the TF32 ones."""
+    result = load_script("tf32_overclip").main(["--model", "small_cnn", "--size", "12", "--batch", "4", "--samples",
+                                                 "2", "--backend", "eager", "--device", "cpu", "--policy", "ghost"])
     assert 0 < result["overclip_min"] <= result["overclip_median"] <= result["overclip_max"] < 0.1
+    assert 0 <= result["certified_min"] <= result["certified_median"] <= result["certified_max"] < 0.1
+    assert result["size"] == 12
     assert result["tf32_terms"] and all(name.endswith("weight") for name in result["tf32_terms"])
 
 

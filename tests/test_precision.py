@@ -444,10 +444,7 @@ def test_ghost_tf32_over_convolution_and_matmul_variants():
             for tf32 in (False, True):
                 model = case.model().float().to(DEVICE)
                 model.load_state_dict(state)
-                dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, loss_reduction="sum",
-                                         policy="ghost", ghost_tf32=tf32, backend=BACKEND_UNDER_TEST)
-                dp(x).square().sum().backward()
-                grads[tf32] = torch.cat([p.grad.flatten() for p in model.parameters()]).double()
+                dp, grads[tf32] = dp_grads(model, x, tf32=tf32, backend=BACKEND_UNDER_TEST, bound=bound, policy="ghost")
             assert any("TF32" in r.impl for r in dp.explain().rows), case.name
             if batch == 1:
                 assert grads[True].norm() <= bound * (1 + 1e-6), case.name

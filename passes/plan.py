@@ -110,15 +110,22 @@ def plan_sites(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
                 method, reason = "per_sample", (f"shared parameter used {len(param.sites)} times: uses summed per sample"
                                                 if len(param.sites) > 1 else "gradient scaled after the batch sum")
             numbers = {m: (evaluate(c.flops, hints), evaluate(c.bytes, hints)) for m, c in costs.items()}
-            node.meta[PLAN] = Decision(method, costs, numbers, reason, conv_impl(node.meta[SITE], method),
-                                       chain.flips[i] if ghost_tied else None,
-                                       tf32_products(node.meta[SITE], method, param.shared, ctx))
+            node.meta[PLAN] = decide(node.meta[SITE], method, costs, numbers, reason, param.shared, ctx,
+                                       chain.flips[i] if ghost_tied else None)
     if policy == "auto":
-        cap_memory(gm, hints, [node for param in gm.meta[PARAMS] if not param.shared for node in param.sites])
+        cap_memory(gm, hints, [node for param in gm.meta[PARAMS] if not param.shared for node in param.sites], ctx)
     return gm
 
 
-def cap_memory(gm: fx.GraphModule, hints: dict, nodes: list[fx.Node]) -> None:
+def decide(site: Site, method: str, costs: dict[str, Cost], numbers: dict, reason: str, shared: bool,
+           ctx: PassContext, flip: bool | None = None) -> Decision:
+    """A site's Decision for a method: what follows from the method (how a convolution's per-sample gradients are
+    formed, whether the products run on TF32) is derived here, wherever the method is chosen or changed."""
+    return Decision(method, costs, numbers, reason, conv_impl(site, method), flip,
+                    tf32_products(site, method, shared, ctx))
+
+
+def cap_memory(gm: fx.GraphModule, hints: dict, nodes: list[fx.Node], ctx: PassContext) -> None:
     """Keep auto's extra memory over mixed's plan within AUTO_EXTRA_MEMORY of the saved tensors: of the sites
     (unshared parameters' terms) where auto instantiates per sample and mixed would not, those that save the
     least time per byte go back to ghost until the rest fit."""
@@ -139,10 +146,10 @@ def cap_memory(gm: fx.GraphModule, hints: dict, nodes: list[fx.Node]) -> None:
         if total <= budget:
             break
         d = node.meta[PLAN]
-        node.meta[PLAN] = Decision("ghost", d.costs, d.numbers,
-                                   f"auto's per-sample gradients would hold {total / 2**20:.4g} MiB more than "
-                                   f"mixed's plan, over {AUTO_EXTRA_MEMORY:.0%} of the saved tensors "
-                                   f"({budget / 2**20:.4g} MiB)")
+        node.meta[PLAN] = decide(node.meta[SITE], "ghost", d.costs, d.numbers,
+                                 f"auto's per-sample gradients would hold {total / 2**20:.4g} MiB more than "
+                                 f"mixed's plan, over {AUTO_EXTRA_MEMORY:.0%} of the saved tensors "
+                                 f"({budget / 2**20:.4g} MiB)", False, ctx)
         total -= more
 
 

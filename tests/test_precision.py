@@ -426,29 +426,48 @@ def test_ghost_tf32_clipped_sums_on_cuda():
         assert clipped.norm() <= 1e-2 * (1 + 1e-6)
 
 
-def test_ghost_tf32_over_convolution_and_matmul_variants():
+@pytest.mark.parametrize("name", ["conv2d_dilation_groups", "conv_transposed2d", "conv3d", "conv1d", "linear_3d"])
+def test_ghost_tf32_over_convolution_and_matmul_variants(name):
     """The TF32 clipped sum over the layouts the rules handle (grouped and dilated, transposed, 1-D and 3-D
     convolutions, a matmul over 3-D rows): the unclipped result within TF32's rounding of the IEEE one (and, on the
     CPU's emulation, not equal to it), and a one-sample batch within R. With TF32 allowed, cuBLAS may still run a
     small product on an IEEE kernel, whose error the TF32 margin also bounds."""
     from rule_cases import CASES
-    wanted = ("conv2d_dilation_groups", "conv_transposed2d", "conv3d", "conv1d", "linear_3d")
-    cases = [c for cs in CASES.values() for c in cs if c.name in wanted]
-    assert len(cases) == len(wanted)
-    for case in cases:
-        torch.manual_seed(0)
-        state = case.model().float().state_dict()
-        for batch, bound in ((3, 1e6), (1, 1e-3)):
-            x = case.inputs(batch).float().to(DEVICE)
-            grads = {}
-            for tf32 in (False, True):
-                model = case.model().float().to(DEVICE)
-                model.load_state_dict(state)
-                dp, grads[tf32] = dp_grads(model, x, tf32=tf32, backend=BACKEND_UNDER_TEST, bound=bound, policy="ghost")
-            assert any("TF32" in r.impl for r in dp.explain().rows), case.name
-            if batch == 1:
-                assert grads[True].norm() <= bound * (1 + 1e-6), case.name
-                continue
-            assert (grads[True] - grads[False]).norm() <= 2.0**-8 * grads[False].norm(), case.name
-            if DEVICE == "cpu":  # the emulation always truncates; cuBLAS may pick an IEEE kernel for a small product
-                assert (grads[True] - grads[False]).norm() > 0, case.name  # (conv2d_dilation_groups on an H200)
+    [case] = [c for cs in CASES.values() for c in cs if c.name == name]
+    torch.manual_seed(0)
+    state = case.model().float().state_dict()
+    for batch, bound in ((3, 1e6), (1, 1e-3)):
+        x = case.inputs(batch).float().to(DEVICE)
+        grads = {}
+        for tf32 in (False, True):
+            model = case.model().float().to(DEVICE)
+            model.load_state_dict(state)
+            dp, grads[tf32] = dp_grads(model, x, tf32=tf32, backend=BACKEND_UNDER_TEST, bound=bound, policy="ghost")
+        assert any("TF32" in r.impl for r in dp.explain().rows)
+        if batch == 1:
+            assert grads[True].norm() <= bound * (1 + 1e-6)
+            continue
+        assert (grads[True] - grads[False]).norm() <= 2.0**-8 * grads[False].norm()
+        if DEVICE == "cpu":  # the emulation always truncates; cuBLAS may pick an IEEE kernel for a small product
+            assert (grads[True] - grads[False]).norm() > 0  # (conv2d_dilation_groups on an H200)
+
+
+@pytest.mark.parametrize("cap, method", [(0.05, "ghost"), (100.0, "per_sample")])
+def test_tf32_options_reach_the_sites_auto_moves_back_to_ghost(monkeypatch, cap, method):
+    """auto's memory cap turns a per-sample site back to ghost clipping after the plan chose; the site's TF32 flag
+    then follows ghost_tf32, not per_sample_tf32 (it kept the per-sample choice's flag before). A 1024 × 1024 linear
+    layer over 512 tokens: auto instantiates it unless capped (test_core's cap test), in fp32 with both options
+    on. A one-sample batch stays within R either way."""
+    from dpcompile.passes import plan
+    monkeypatch.setattr(plan, "AUTO_EXTRA_MEMORY", cap)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1024, 1024), nn.Tanh(), nn.Linear(1024, 2)).to(DEVICE)
+    for ghost_tf32 in (True, False):
+        dp = dpcompile.dpcompile(model, max_grad_norm=1e-3, noise_multiplier=0.0, loss_reduction="sum",
+                                 policy="auto", backend=BACKEND_UNDER_TEST, per_sample_tf32=True, ghost_tf32=ghost_tf32)
+        dp(torch.randn(1, 512, 1024, device=DEVICE)).square().sum().backward()
+        row = next(r for r in dp.explain().rows if r.param == "0.weight")
+        assert row.method == method, row
+        assert ("TF32" in row.impl) == (ghost_tf32 or method == "per_sample"), row
+        assert torch.cat([p.grad.flatten() for p in model.parameters()]).norm() <= 1e-3 * (1 + 1e-6)
+        model.zero_grad(set_to_none=True)

@@ -282,7 +282,7 @@ def emit_clip_factors(graph: fx.Graph, spec: ClipSpec, by_param: dict[str, list[
             start += k
         return torch.stack(out)
     norms = emit(graph, group_norms, [n for g in groups for n in g[3]], "dp_certified_norms")
-    dropped = emit(graph, lambda n: (~torch.isfinite(n).all(0)).sum(), [norms], "dp_dropped_samples")
+    dropped = emit(graph, lambda n: (~torch.isfinite(n).flatten(0, 1).all(0)).sum(), [norms], "dp_dropped_samples")
     factors = {}
     for row, (gi, names, bound, _) in enumerate(groups):
         suffix = "" if len(spec.groups) == 1 else f"_group{gi}"
@@ -300,22 +300,25 @@ SAFETY = 1 + 2.0**-40  # the few float64 operations on a norm after its bound te
 
 
 def certified_group_norm(bounds: Sequence[torch.Tensor]) -> torch.Tensor:
-    """N_i = (√(Σ s) + Σ e)·(1 + 2^-40) over a group's terms [s, e]: ≥ ‖g_i‖ and ≥ ‖clipped_i‖ / c_i
-    (Minkowski: ‖Σ_k (g_k + err_k)‖ ≤ ‖g‖ + Σ_k ‖err_k‖)."""
+    """[N_i, A_i] (2, B) over a group's terms [s, e, a]: N_i = (√(Σ s) + Σ e)·(1 + 2^-40) ≥ ‖g_i‖, and the clipped
+    terms' release is within c_i·N_i + A_i, A_i = Σ a·(1 + 2^-40) (Minkowski: ‖Σ_k (g_k + err_k)‖ ≤ ‖g‖ +
+    Σ_k ‖err_k‖)."""
     total = torch.stack(list(bounds)).sum(0)
-    return (total[:, 0].sqrt() + total[:, 1]) * SAFETY
+    return torch.stack([total[:, 0].sqrt() + total[:, 1], total[:, 2]]) * SAFETY
 
 
 def clip_factor(norms: torch.Tensor, row: int, bound: float, spec: ClipSpec) -> torch.Tensor:
-    """C_i = min(1, R/(N_i + 1e-6)) (Abadi) or R/(N_i + γ) (automatic), N_i the certified norm of the
-    sample's own loss; 0 where any group's N_i is not finite (the sample is dropped). Float64."""
-    scale = norms.shape[1] if spec.loss_reduction == "mean" else 1
-    norm = norms[row] * scale
+    """C_i = min(1, (R − A_i)⁺/(N_i + 1e-6)) (Abadi) or (R − A_i)⁺/(N_i + γ) (automatic): N_i the certified norm of
+    the sample's own loss and A_i what underflow may add to its release whatever C_i is, so C_i·N_i + A_i ≤ R; 0
+    where any group's bound is not finite (the sample is dropped). norms: (groups, 2, B). Float64."""
+    scale = norms.shape[-1] if spec.loss_reduction == "mean" else 1
+    norm, absolute = norms[row, 0] * scale, norms[row, 1] * scale
+    room = (bound - absolute).clamp(min=0.0)
     if spec.clipping == "automatic":
-        factor = bound / (norm + spec.clip_stability)
+        factor = room / (norm + spec.clip_stability)
     else:
-        factor = (bound / (norm + 1e-6)).clamp(max=1.0)
-    return torch.where(torch.isfinite(norms).all(0), factor, torch.zeros_like(factor))
+        factor = (room / (norm + 1e-6)).clamp(max=1.0)
+    return torch.where(torch.isfinite(norms).flatten(0, 1).all(0), factor, torch.zeros_like(factor))
 
 
 def clip_in_dtype(graph: fx.Graph, factor: fx.Node, dtype: torch.dtype, cache: dict) -> fx.Node:

@@ -145,7 +145,8 @@ def emit_tied_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, terms:
             for j in range(i + 1, len(sites)):
                 s = s + 2 * cross_bound(factors[i], factors[j])
         e = sum(b[:, 1] + rounding * (b[:, 0].sqrt() + b[:, 1]) for b in bounds)
-        return torch.stack([s.clamp(min=0), e], 1)
+        a = sum(b[:, 2] for b in bounds) * (1 + rounding)  # the uses' underflow, through the same additions
+        return torch.stack([s.clamp(min=0), e, a], 1)
 
     inputs = [terms[s][0] for s in sites] + [env[a] for s in sites for a in s.meta[SITE].inputs]
     return emit(graph, certified_tied_norm, inputs, f"dp_norm_sq_{param.name.replace('.', '_')}")

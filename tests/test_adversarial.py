@@ -259,6 +259,35 @@ def test_huge_finite_sample_is_clipped_not_dropped():
         assert torch.allclose(p.grad, ref[name], rtol=1e-10, atol=0), name
 
 
+@pytest.mark.parametrize("policy", ("ghost", "per_sample"))
+@pytest.mark.parametrize("dtype, bound", [(torch.float32, 2.0**-24), (torch.bfloat16, 2.0**-7)], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("frac", [0.51, 0.75])
+@pytest.mark.parametrize("layer", ["linear", "conv1d"])
+def test_underflow_in_the_clip_scaled_operand_stays_within_R(layer, policy, dtype, bound, frac):
+    """Gradual underflow in the book-keeping clipped sum. The clip scales one operand of Σ_t (c·p_t) q_tᵀ; with huge
+    inputs q (about 2¹²⁶ into a two-feature linear layer or 1 × 1 convolution) and a small loss weight, c·p (the output gradient) lands a fraction
+    `frac` of the smallest subnormal above zero, while c itself is normal. Rounding to nearest takes it to one
+    subnormal step, 1/frac of the exact value, and the huge input brings that back to R's scale: the release was
+    1.96·R (frac 0.51) and 1.33·R (0.75) in fp32 with R = 2⁻²⁴, and in bf16 autocast with R = 2⁻⁷ (bf16's
+    subnormals start at 2⁻¹³³). The norm's absolute part (underflow whatever c is) now enters the clip factor:
+    this sample's release stays within R (it can only be dropped here: its underflow alone may reach R). The
+    per-sample path scales released entries of R's size, far from underflow. The convolution's case bites where
+    its clipped sum is a GEMM (CUDA); on the CPU oneDNN's weight gradient flushed the subnormal to zero."""
+    torch.manual_seed(0)
+    # (a width-one input is always instantiated per sample)
+    model = (nn.Linear(2, 1, bias=False) if layer == "linear" else nn.Conv1d(2, 1, 1, bias=False)).to(DEVICE)
+    dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, loss_reduction="sum", policy=policy,
+                             backend=BACKEND)
+    smallest = 2.0**-149 if dtype == torch.float32 else 2.0**-133
+    shape = (1, 2) if layer == "linear" else (1, 2, 1)
+    x = torch.full(shape, bound / (frac * smallest) / 2**0.5, device=DEVICE)  # c·p = R/‖x‖ = frac·smallest
+    with torch.autocast(torch.device(DEVICE).type, torch.bfloat16, enabled=dtype == torch.bfloat16):
+        out = dp(x)
+    (out.float().sum() * 2.0**-30).backward()
+    assert [r.method for r in dp.explain().rows] == [policy]
+    assert model.weight.grad.double().norm() <= bound
+
+
 def test_huge_float32_sample_gives_a_finite_release():
     """1e30 in float32: its norm overflows, it is dropped; the release stays finite."""
     torch.manual_seed(0)

@@ -460,9 +460,9 @@ def test_tf32_options_reach_the_sites_auto_moves_back_to_ghost(monkeypatch, cap,
     on. A one-sample batch stays within R either way."""
     from dpcompile.passes import plan
     monkeypatch.setattr(plan, "AUTO_EXTRA_MEMORY", cap)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(1024, 1024), nn.Tanh(), nn.Linear(1024, 2)).to(DEVICE)
     for ghost_tf32 in (True, False):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(1024, 1024), nn.Tanh(), nn.Linear(1024, 2)).to(DEVICE)
         dp = dpcompile.dpcompile(model, max_grad_norm=1e-3, noise_multiplier=0.0, loss_reduction="sum",
                                  policy="auto", backend=BACKEND_UNDER_TEST, per_sample_tf32=True, ghost_tf32=ghost_tf32)
         dp(torch.randn(1, 512, 1024, device=DEVICE)).square().sum().backward()
@@ -470,4 +470,3 @@ def test_tf32_options_reach_the_sites_auto_moves_back_to_ghost(monkeypatch, cap,
         assert row.method == method, row
         assert ("TF32" in row.impl) == (ghost_tf32 or method == "per_sample"), row
         assert torch.cat([p.grad.flatten() for p in model.parameters()]).norm() <= 1e-3 * (1 + 1e-6)
-        model.zero_grad(set_to_none=True)

@@ -2,9 +2,13 @@
 Stability of Numerical Algorithms, ch. 3). A dot product of length n in a dtype of unit roundoff u, with
 gradual underflow (smallest subnormal η), errs by at most γ_n·Σ|x_k y_k| + n·η, γ_n = n·u/(1 − n·u).
 
-A term's certified norm is a (B, 2) float64 tensor [s, e] per sample: ‖g_i‖ ≤ √s + e for the exact
+A term's certified norm is a (B, 3) float64 tensor [s, e, a] per sample: ‖g_i‖ ≤ √s + e for the exact
 per-sample gradient g_i of the operands as stored, and the term's clipped sum for a one-sample batch
-with factor c has norm ≤ c·(√s + e). The clip factor uses N_i = √(Σ s) + Σ e over a group's terms.
+with factor c has norm ≤ c·(√s + e) + a. The absolute part a is what gradual underflow adds whatever c is: a
+clip-scaled operand c·p rounded in the subnormal range errs by up to half its spacing, not by u of itself, and a
+crafted sample (huge activations or output gradients elsewhere in its terms) can drive c·p there while the other
+operand brings the release back up to R (release_underflow). The clip factor uses N_i = √(Σ s) + Σ e and
+A_i = Σ a over a group's terms: c_i·N_i + A_i ≤ R.
 All bound arithmetic runs in float64 (products of float32 values are exact there).
 """
 from __future__ import annotations
@@ -143,10 +147,35 @@ def product_sum_bound(a: Tensor, b: Tensor, r: tuple[Tensor, Tensor], rho: tuple
     return s + err * (1 + gamma(n + 8, U64))
 
 
-def certified(norm_sq: Tensor, linear: Tensor, out_dtype: torch.dtype) -> Tensor:
-    """[s, e] (B, 2) for a term whose result is rounded once more to out_dtype: ×(1 + u_out)."""
+def certified(norm_sq: Tensor, linear: Tensor, absolute: Tensor, out_dtype: torch.dtype) -> Tensor:
+    """[s, e, a] (B, 3) for a term whose result is rounded once more to out_dtype: ×(1 + u_out)."""
     grow = 1 + unit_roundoff(out_dtype)
-    return torch.stack([norm_sq * grow**2, linear * grow], 1)
+    return torch.stack([norm_sq * grow**2, linear * grow, absolute * grow], 1)
+
+
+TF32_SUBNORMAL_STEP = 2.0**-136  # TF32 keeps 10 of fp32's 23 mantissa bits, subnormals too: their spacing
+
+
+def tf32_subnormal_margin(scaled_norm_sum: Tensor, other_features: int) -> Tensor:
+    """Per unit c, what truncating the other operand's subnormal entries to TF32 adds to Σ_t fl(c·p_t) q_tᵀ (up to
+    TF32's subnormal spacing each, not 2⁻¹⁰ of itself): 2·step·√other_features·Σ_t ‖p_t‖ (doubled as in
+    release_underflow)."""
+    return 2 * TF32_SUBNORMAL_STEP * math.sqrt(other_features) * scaled_norm_sum
+
+
+def release_underflow(other_norm_sum: Tensor, features: int, scaled_dtype: torch.dtype, products: int, out_numel: int,
+                      out_dtype: torch.dtype, tf32: bool = False) -> Tensor:
+    """Upper bound on what gradual underflow adds, whatever c is, to one sample's clipped sum Σ_t fl(c·p_t) q_tᵀ
+    (p_t: `features` values of scaled_dtype per position; Σ_t ‖q_t‖ = other_norm_sum, (B,) float64):
+    - each entry of c·p_t rounded in the subnormal range errs by up to η/2 of its dtype (truncated to TF32: up to
+      TF32's subnormal spacing), so Σ_t δ_t q_tᵀ has norm ≤ (η/2)·√features·Σ_t ‖q_t‖;
+    - each of the `products` products per output entry may underflow in the fp32 accumulation (η₃₂/2), and each
+      of the out_numel results in out_dtype: ≤ (η₃₂/2·products + η_out/2)·√out_numel.
+    Doubled for the relative roundings these absolute errors pass through afterwards (γ < 1 wherever a bound is
+    finite)."""
+    step = TF32_SUBNORMAL_STEP if tf32 and scaled_dtype == torch.float32 else SUBNORMAL[scaled_dtype] / 2
+    fixed = (SUBNORMAL[torch.float32] / 2 * products + SUBNORMAL[out_dtype] / 2) * math.sqrt(out_numel)
+    return 2 * (step * math.sqrt(features) * other_norm_sum + fixed)
 
 
 def clipped_product_margin(m: Tensor, operand_dtype: torch.dtype, length, tf32: bool = False) -> Tensor:
@@ -167,10 +196,12 @@ def stored_norm_bound(g: Tensor) -> Tensor:
 
 
 def per_sample_bound(g: Tensor, margin: Tensor) -> Tensor:
-    """[s, e] for an instantiated ĝ_i (rounded once to its dtype from an exact-ish accumulation):
-    ‖g_i‖ ≤ (1 + 2u)‖ĝ_i‖ + margin and the clip-weighted copy c·ĝ_i rounds by at most (1 + u)."""
+    """[s, e, a] for an instantiated ĝ_i (rounded once to its dtype from an exact-ish accumulation):
+    ‖g_i‖ ≤ (1 + 2u)‖ĝ_i‖ + margin and the clip-weighted copy c·ĝ_i rounds by at most (1 + u), or, where an entry
+    lands in the subnormal range, by η/2 of its dtype: a = 2·(η/2)·√numel (doubled as in release_underflow)."""
     grow = 1 + 2 * unit_roundoff(g.dtype)
-    return torch.stack([stored_norm_bound(g) * grow**2, margin], 1)
+    a = torch.full_like(margin, SUBNORMAL[g.dtype] * math.sqrt(math.prod(g.shape[1:])))
+    return torch.stack([stored_norm_bound(g) * grow**2, margin, a], 1)
 
 
 def matrix_product(a: Tensor, b: Tensor, tf32: bool) -> Tensor:

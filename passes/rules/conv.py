@@ -24,9 +24,9 @@ from dpcompile.ops import per_sample_conv_weight_grad
 from ..meta import LayerShape, Site
 from ..symbolic import same
 from . import WORD, Cost, generalized_linear_costs, register
-from .bounds import (F64, SUBNORMAL, U64, accumulation_gamma, certified, clipped_product_margin,
-                     full_precision, gamma, gram_sum_bound, masked, masked_scaled, matrix_product, row_norms,
-                     unit_roundoff, upper_sum)
+from .bounds import (F64, SUBNORMAL, U64, accumulation_gamma, certified, clipped_product_margin, full_precision,
+                     gamma, gram_sum_bound, masked, masked_scaled, matrix_product, release_underflow, row_norms,
+                     tf32_subnormal_margin, unit_roundoff, upper_sum)
 from .layout import per_row, rows_per_sample, shape_of, views_into_positions, views_of
 
 aten = torch.ops.aten
@@ -187,9 +187,10 @@ class ConvRule:
         return views_into_positions(r_sq.sqrt() * (1 + U64), k), views_into_positions(rho, k)
 
     def ghost_norm_bound(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
-        """[s, e]: the Gram form plus its error bound, and the clipped sum's rounding per unit c, (u + γ_T)·M_i
+        """[s, e, a]: the Gram form plus its error bound, the clipped sum's rounding per unit c, (u + γ_T)·M_i
         (mkldnn's direct or GEMM weight gradient on CPU, a GEMM on unfolded inputs on CUDA; with tf32 a TF32 GEMM,
-        whose truncation the margin adds)."""
+        whose truncation the margin adds), and what underflow in the clip-scaled output gradients adds
+        (release_underflow, per group)."""
         r, rho = self._position_norms(site, g, x)
         m = upper_sum(r * rho, [1, 2])
         u, gg = self._unfolded(site, full_precision(g), full_precision(x))
@@ -197,8 +198,16 @@ class ConvRule:
         gram_u, gram_g = grams(u), grams(gg)
         d, p = u.shape[2], gg.shape[2]
         s = gram_sum_bound(gram_u, gram_g, r, rho, gamma(d, uu), d * eta, gamma(p, uu), p * eta)
-        margin = clipped_product_margin(m, g.dtype, r.shape[-1], site.consts.get("tf32", False))
-        return certified(s, margin, g.dtype)
+        tf32 = site.consts.get("tf32", False)
+        # the clip scales g: G's rows (p features, norms rho), or U's for a transposed convolution (unfolded from g)
+        (scaled, features), (other, other_features) = ((r, d), (rho, p)) if site.consts["transposed"] else \
+            ((rho, p), (r, d))
+        margin = clipped_product_margin(m, g.dtype, r.shape[-1], tf32)
+        if tf32:
+            margin = margin + tf32_subnormal_margin(upper_sum(scaled, [1, 2]), other_features)
+        absolute = release_underflow(upper_sum(other, [1, 2]), features, g.dtype, r.shape[-1], w.numel(), g.dtype,
+                                     tf32)
+        return certified(s, margin, absolute, g.dtype)
 
     def per_sample_margin(self, site: Site, g: Tensor, *rest: Tensor) -> Tensor:
         """‖ĝ_i − g_i‖ ≤ γ_T·M_i (an accumulation over T positions; the grouped runtime op is assumed to

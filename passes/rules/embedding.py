@@ -19,7 +19,8 @@ from ..meta import LayerShape, Site
 from ..symbolic import same
 from . import WORD, Cost, register
 from .bounds import (SUBNORMAL, accumulation_dtype, accumulation_gamma, certified, clipped_product_margin,
-                     full_precision, gamma, gram_sum_bound, masked_scaled, row_norms, unit_roundoff, upper_sum)
+                     full_precision, gamma, gram_sum_bound, masked_scaled, release_underflow, row_norms, unit_roundoff,
+                     upper_sum)
 from .layout import PERMUTES, keeps_order, rows_per_sample, shape_of, views_of
 from .reduction import SumRule, _summed_dims
 
@@ -152,8 +153,8 @@ class EmbeddingRule:
         return rho, 2 * gamma(k, unit_roundoff(values.dtype)) * upper_sum(rho, [1])
 
     def ghost_norm_bound(self, site: Site, *tensors: Tensor) -> Tensor:
-        """[s, e]: Σ_ts [idx_t = idx_s] ⟨v_t, v_s⟩ plus its error bound; e: the scatter's rounding per unit c,
-        (u + γ_N)·Σ_t ‖v_t‖, and the values' own rounding."""
+        """[s, e, a]: Σ_ts [idx_t = idx_s] ⟨v_t, v_s⟩ plus its error bound; e: the scatter's rounding per unit c,
+        (u + γ_N)·Σ_t ‖v_t‖, and the values' own rounding; a: what underflow in c·v_t adds (release_underflow)."""
         idx, values = self._rows(site, *tensors)
         rho, value_err = self._margins(site, tensors, values)
         vf = full_precision(values)
@@ -164,7 +165,9 @@ class EmbeddingRule:
         s = gram_sum_bound(same.unsqueeze(1), gram.unsqueeze(1), ones.unsqueeze(1), rho.unsqueeze(1),
                            0.0, 0.0, gamma(D, u), D * eta)
         m = upper_sum(rho, [1])
-        return certified(s, clipped_product_margin(m, values.dtype, idx.shape[1]) + value_err, values.dtype)
+        positions = torch.full_like(m, idx.shape[1])  # Σ_t ‖one-hot_t‖: what scales c·v_t's underflow
+        absolute = release_underflow(positions, D, values.dtype, 0, prod(site.consts["table"]), values.dtype)
+        return certified(s, clipped_product_margin(m, values.dtype, idx.shape[1]) + value_err, absolute, values.dtype)
 
     def per_sample_margin(self, site: Site, *tensors: Tensor) -> Tensor:
         """γ_N·Σ_t ‖v_t‖ (rows summed over N positions) and the values' own rounding."""

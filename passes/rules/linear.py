@@ -15,7 +15,8 @@ from ..meta import LayerShape, Site
 from ..symbolic import simplified
 from . import Cost, generalized_linear_costs, register
 from .bounds import (accumulation_gamma, certified, clipped_product_margin, gram_sum_bound, masked, masked_scaled,
-                     matrix_product, product_matrix, row_norms, upper_sum)
+                     matrix_product, product_matrix, release_underflow, row_norms, tf32_subnormal_margin,
+                     upper_sum)
 from .layout import find_rows_layout, shape_of, to_batch_rows
 
 aten = torch.ops.aten
@@ -78,9 +79,9 @@ class MatmulRule:
         return (torch.bmm(p, p.transpose(1, 2)) * torch.bmm(q, q.transpose(1, 2))).sum((1, 2))
 
     def ghost_norm_bound(self, site: Site, x: Tensor, q: Tensor, anchor: Tensor) -> Tensor:
-        """[s, e]: s ≥ ‖P_iᵀQ_i‖² (T = 1: (‖p‖‖q‖)²; else the Gram form plus its error bound), e the
+        """[s, e, a]: s ≥ ‖P_iᵀQ_i‖² (T = 1: (‖p‖‖q‖)²; else the Gram form plus its error bound), e the
         clipped sum's rounding per unit c, (u + γ_T)·M_i with M_i = Σ_t ‖p_t‖‖q_t‖ (TF32 products: their
-        truncation added)."""
+        truncation added), a what underflow in c·P_i adds (release_underflow: P is the scaled operand)."""
         p, q = self._rows(site, x, q, anchor)
         r, rho = row_norms(p), row_norms(q)
         m = upper_sum(r * rho, [1])
@@ -89,7 +90,14 @@ class MatmulRule:
         else:
             (a, ga, ea), (b, gb, eb) = product_matrix(p, p), product_matrix(q, q)
             s = gram_sum_bound(a.unsqueeze(1), b.unsqueeze(1), r.unsqueeze(1), rho.unsqueeze(1), ga, ea, gb, eb)
-        return certified(s, clipped_product_margin(m, p.dtype, p.shape[1], site.consts.get("tf32", False)), p.dtype)
+        tf32 = site.consts.get("tf32", False)
+        rows, features = p.shape[1], p.shape[2]
+        absolute = release_underflow(upper_sum(rho, [1]), features, p.dtype, rows, features * q.shape[2], p.dtype,
+                                     tf32)
+        margin = clipped_product_margin(m, p.dtype, rows, tf32)
+        if tf32:
+            margin = margin + tf32_subnormal_margin(upper_sum(r, [1]), q.shape[2])
+        return certified(s, margin, absolute, p.dtype)
 
     def per_sample_margin(self, site: Site, x: Tensor, q: Tensor, anchor: Tensor) -> Tensor:
         """‖ĝ_i − g_i‖ ≤ γ_T·M_i for the products' accumulation over T positions."""

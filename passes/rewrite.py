@@ -136,7 +136,7 @@ def planned_site(node: fx.Node):
 
 def emit_norm(graph: fx.Graph, node: fx.Node, inputs: Sequence[fx.Node], param: ParamGrad,
               store: bool = False) -> tuple:
-    """(certified norm [s, e] per sample (B, 2), per-sample gradients or None) for one term; for a use of a
+    """(certified norm [s, e, a] per sample (B, 3), per-sample gradients or None) for one term; for a use of a
     shared parameter (margin ‖ĝ_i − g_i‖ per sample, per-sample gradients)."""
     rule, site, method = rule_for(node), planned_site(node), node.meta[PLAN].method
     name = safe_name(param.name) + (f"_use{param.sites.index(node)}" if len(param.sites) > 1 else "")

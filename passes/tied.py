@@ -125,11 +125,12 @@ def cross_bound(fu: tuple, fv: tuple) -> torch.Tensor:
 
 
 def emit_tied_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, terms: dict, env: dict) -> fx.Node:
-    """[S, E] (B, 2) for a tied parameter whose uses were ghost-clipped (their [s_u, e_u] in terms):
+    """[S, E, A] (B, 3) for a tied parameter whose uses were ghost-clipped (their [s_u, e_u, a_u] in terms):
     S = max(0, Σ s_u + 2 Σ_{u<v} X_uv) ≥ ‖Σ_u g^u_i‖² (X_uv a cross term's upper bound). E covers the release:
     each use's clipped sum x_u errs from c·g^u by c·(e_u + u_u·√s_u), and the k − 1 additions that join them
     by γ_{k−1}·Σ_u ‖x_u‖ ≤ γ_{k−1}·c·Σ_u (√s_u + e_u) (a partial sum's rounding is not relative to the final
-    sum, which may cancel): E = Σ e_u + (u_u + γ_{k−1})·Σ_u (√s_u + e_u)."""
+    sum, which may cancel): E = Σ e_u + (u_u + γ_{k−1})·Σ_u (√s_u + e_u). The uses' underflow a_u passes through
+    the same additions: A = (1 + u_u + γ_{k−1})·Σ a_u."""
     sites, chain = list(param.sites), orientations(gm, param)
     arity = [len(s.meta[SITE].inputs) for s in sites]
     rounding = max(unit_roundoff(s.meta["val"].dtype) for s in sites) + gamma(len(sites) - 1, chain.roundoff)

@@ -4,8 +4,8 @@ A rule knows, for the ATen ops in ``ops`` whose value is a parameter-gradient te
 - ``match(node, batch)``: the operands and constants it needs (a ``Site``), or an error message;
 - ``per_sample(site, *tensors)``: the per-sample gradients, shape (B, *node's shape);
 - ``ghost_norm_sq(site, *tensors)``: per-sample squared norms without per-sample gradients (optional);
-- ``ghost_norm_bound(site, *tensors)``: the certified [s, e] per sample (``bounds``): the ghost norm with
-  its floating-point error bound, and the rounding of ``clipped_sum`` (with ghost_norm_sq);
+- ``ghost_norm_bound(site, *tensors)``: the certified [s, e, a] per sample (``bounds``): the ghost norm with
+  its floating-point error bound, the rounding of ``clipped_sum`` per unit clip factor, and its underflow;
 - ``ghost_factors(site, *tensors)`` (optional): g_i = Σ_t x_t ⊗ y_t as per-sample rows (x, y), each (B, N, ·) or
   integer indices (B, N) standing for one-hot rows: what a tied parameter's cross terms are made of;
 - ``per_sample_margin(site, *tensors)``: a bound on ‖ĝ_i − g_i‖ of ``per_sample``'s rounding;

@@ -282,7 +282,8 @@ def emit_clip_factors(graph: fx.Graph, spec: ClipSpec, by_param: dict[str, list[
             start += k
         return torch.stack(out)
     norms = emit(graph, group_norms, [n for g in groups for n in g[3]], "dp_certified_norms")
-    dropped = emit(graph, lambda n: (~torch.isfinite(n).flatten(0, 1).all(0)).sum(), [norms], "dp_dropped_samples")
+    bounds = [bound for _, _, bound, _ in groups]
+    dropped = emit(graph, lambda n: (~kept(n, bounds, spec)).sum(), [norms], "dp_dropped_samples")
     factors = {}
     for row, (gi, names, bound, _) in enumerate(groups):
         suffix = "" if len(spec.groups) == 1 else f"_group{gi}"
@@ -305,6 +306,14 @@ def certified_group_norm(bounds: Sequence[torch.Tensor]) -> torch.Tensor:
     Σ_k ‖err_k‖)."""
     total = torch.stack(list(bounds)).sum(0)
     return torch.stack([total[:, 0].sqrt() + total[:, 1], total[:, 2]]) * SAFETY
+
+
+def kept(norms: torch.Tensor, bounds: Sequence[float], spec: ClipSpec) -> torch.Tensor:
+    """(B,) whether a sample gets a nonzero clip factor: its bounds are finite and, in every group, what underflow
+    may add to its release leaves room below R_g (clip_factor)."""
+    scale = norms.shape[-1] if spec.loss_reduction == "mean" else 1
+    room = torch.stack([norms[row, 1] * scale < bound for row, bound in enumerate(bounds)]).all(0)
+    return torch.isfinite(norms).flatten(0, 1).all(0) & room
 
 
 def clip_factor(norms: torch.Tensor, row: int, bound: float, spec: ClipSpec) -> torch.Tensor:

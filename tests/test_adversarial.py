@@ -286,6 +286,7 @@ def test_underflow_in_the_clip_scaled_operand_stays_within_R(layer, policy, dtyp
     (out.float().sum() * 2.0**-30).backward()
     assert [r.method for r in dp.explain().rows] == [policy]
     assert model.weight.grad.double().norm() <= bound
+    assert dropped_samples(dp) == (policy == "ghost")  # its underflow alone may reach R: dropped, counted, warned
 
 
 def test_huge_float32_sample_gives_a_finite_release():

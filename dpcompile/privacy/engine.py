@@ -49,7 +49,7 @@ from .sampling import PoissonBatchSampler
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 2  # 2: "dropped" (samples dropped for a non-finite norm); 1 is read as 0 dropped
+STATE_VERSION = 2  # 2: "dropped" (samples given clip factor 0, kept() in the rewrite); 1 is read as 0 dropped
 STATE_KEYS = {"version", "config", "steps", "accountant", "noise", "sampler", "dropped"}
 RANK_KEYS = {"sampler", "dropped"}  # data parallel: each rank's own, listed under "ranks" (one dict per rank)
 DROPPED_CHECK_EVERY = 100  # noisy steps between reads of the on-device dropped-sample counter
@@ -78,7 +78,7 @@ class PrivacyEngine:
         self.enabled = True  # False inside accumulating()
         self.calls = 0       # enabled backwards so far
         self.draws = 0       # noisy backwards so far = logical DP-SGD steps (counted even when std is 0)
-        self._dropped: dict[str, Tensor] = {}  # per device, on device: samples dropped (non-finite norm)
+        self._dropped: dict[str, Tensor] = {}  # per device, on device: samples dropped (clip factor 0)
         self._dropped_saved = 0                # dropped samples restored from a checkpoint
         self._dropped_warned = False
         self._task: tuple[int, str] | None = None  # (autograd graph task, kind) of the last noise op call
@@ -175,8 +175,9 @@ class PrivacyEngine:
         total = self._dropped_saved + sum(int(t.item()) for t in self._dropped.values())
         if total and not self._dropped_warned:
             self._dropped_warned = True
-            message = (f"{total} sample(s) had a non-finite gradient norm and were dropped from their step "
-                       "(clip factor 0); check the data for NaN/inf or extreme values")
+            message = (f"{total} sample(s) had a non-finite gradient norm, or one whose floating-point underflow alone "
+                       "could reach the clipping bound, and were dropped from their step (clip factor 0); check the "
+                       "data for NaN/inf or extreme values")
             logger.warning(message)
             warnings.warn(message, RuntimeWarning, stacklevel=3)
         return total

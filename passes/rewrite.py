@@ -287,14 +287,14 @@ def emit_clip_factors(graph: fx.Graph, spec: ClipSpec, by_param: dict[str, list[
     factors = {}
     for row, (gi, names, bound, _) in enumerate(groups):
         suffix = "" if len(spec.groups) == 1 else f"_group{gi}"
-        factor = emit(graph, group_clip_factor(row, bound, spec), [norms], f"dp_clip_factor{suffix}")
+        factor = emit(graph, group_clip_factor(row, bounds, spec), [norms], f"dp_clip_factor{suffix}")
         factors.update({name: factor for name in names})
     return factors, dropped
 
 
-def group_clip_factor(row: int, bound: float, spec: ClipSpec) -> Callable:
+def group_clip_factor(row: int, bounds: Sequence[float], spec: ClipSpec) -> Callable:
     """norms -> the clip factors of group `row` (a one-argument function, for tracing)."""
-    return lambda norms: clip_factor(norms, row, bound, spec)
+    return lambda norms: clip_factor(norms, row, bounds, spec)
 
 
 SAFETY = 1 + 2.0**-40  # the few float64 operations on a norm after its bound terms (≤ 40 · 2^-53)
@@ -316,18 +316,18 @@ def kept(norms: torch.Tensor, bounds: Sequence[float], spec: ClipSpec) -> torch.
     return torch.isfinite(norms).flatten(0, 1).all(0) & room
 
 
-def clip_factor(norms: torch.Tensor, row: int, bound: float, spec: ClipSpec) -> torch.Tensor:
-    """C_i = min(1, (R − A_i)⁺/(N_i + 1e-6)) (Abadi) or (R − A_i)⁺/(N_i + γ) (automatic): N_i the certified norm of
-    the sample's own loss and A_i what underflow may add to its release whatever C_i is, so C_i·N_i + A_i ≤ R; 0
-    where any group's bound is not finite (the sample is dropped). norms: (groups, 2, B). Float64."""
+def clip_factor(norms: torch.Tensor, row: int, bounds: Sequence[float], spec: ClipSpec) -> torch.Tensor:
+    """C_i = min(1, (R − A_i)⁺/(N_i + 1e-6)) (Abadi) or (R − A_i)⁺/(N_i + γ) (automatic) for group `row`: N_i the
+    certified norm of the sample's own loss and A_i what underflow may add to its release whatever C_i is, so
+    C_i·N_i + A_i ≤ R; 0 for a sample that kept() drops in any group. norms: (groups, 2, B). Float64."""
     scale = norms.shape[-1] if spec.loss_reduction == "mean" else 1
     norm, absolute = norms[row, 0] * scale, norms[row, 1] * scale
-    room = (bound - absolute).clamp(min=0.0)
+    room = (bounds[row] - absolute).clamp(min=0.0)
     if spec.clipping == "automatic":
         factor = room / (norm + spec.clip_stability)
     else:
         factor = (room / (norm + 1e-6)).clamp(max=1.0)
-    return torch.where(torch.isfinite(norms).flatten(0, 1).all(0), factor, torch.zeros_like(factor))
+    return torch.where(kept(norms, bounds, spec), factor, torch.zeros_like(factor))
 
 
 def clip_in_dtype(graph: fx.Graph, factor: fx.Node, dtype: torch.dtype, cache: dict) -> fx.Node:

@@ -160,7 +160,7 @@ def tf32_subnormal_margin(scaled_norm_sum: Tensor, other_features: int) -> Tenso
     """Per unit c, what truncating the other operand's subnormal entries to TF32 adds to Σ_t fl(c·p_t) q_tᵀ (up to
     TF32's subnormal spacing each, not 2⁻¹⁰ of itself): 2·step·√other_features·Σ_t ‖p_t‖ (doubled as in
     release_underflow)."""
-    return 2 * TF32_SUBNORMAL_STEP * math.sqrt(other_features) * scaled_norm_sum
+    return scaled_norm_sum * (2 * TF32_SUBNORMAL_STEP * root_bound(other_features))
 
 
 def release_underflow(other_norm_sum: Tensor, features: int, scaled_dtype: torch.dtype, products: int, out_numel: int,
@@ -174,8 +174,8 @@ def release_underflow(other_norm_sum: Tensor, features: int, scaled_dtype: torch
     Doubled for the relative roundings these absolute errors pass through afterwards (γ < 1 wherever a bound is
     finite)."""
     step = TF32_SUBNORMAL_STEP if tf32 and scaled_dtype == torch.float32 else SUBNORMAL[scaled_dtype] / 2
-    fixed = (SUBNORMAL[torch.float32] / 2 * products + SUBNORMAL[out_dtype] / 2) * math.sqrt(out_numel)
-    return 2 * (step * math.sqrt(features) * other_norm_sum + fixed)
+    fixed = (SUBNORMAL[torch.float32] / 2 * products + SUBNORMAL[out_dtype] / 2) * root_bound(out_numel)
+    return 2 * (other_norm_sum * (step * root_bound(features)) + fixed)
 
 
 def clipped_product_margin(m: Tensor, operand_dtype: torch.dtype, length, tf32: bool = False) -> Tensor:
@@ -200,8 +200,13 @@ def per_sample_bound(g: Tensor, margin: Tensor) -> Tensor:
     ‖g_i‖ ≤ (1 + 2u)‖ĝ_i‖ + margin and the clip-weighted copy c·ĝ_i rounds by at most (1 + u), or, where an entry
     lands in the subnormal range, by η/2 of its dtype: a = 2·(η/2)·√numel (doubled as in release_underflow)."""
     grow = 1 + 2 * unit_roundoff(g.dtype)
-    a = torch.full_like(margin, SUBNORMAL[g.dtype] * math.sqrt(math.prod(g.shape[1:])))
+    a = torch.full_like(margin, SUBNORMAL[g.dtype]) * root_bound(math.prod(g.shape[1:]))
     return torch.stack([stored_norm_bound(g) * grow**2, margin, a], 1)
+
+
+def root_bound(n):
+    """√n for an int; n itself (≥ √n) for a symbolic size, whose square root would fix it to its hint (a guard)."""
+    return math.sqrt(n) if isinstance(n, int) else n
 
 
 def matrix_product(a: Tensor, b: Tensor, tf32: bool) -> Tensor:

@@ -156,13 +156,6 @@ def certified(norm_sq: Tensor, linear: Tensor, absolute: Tensor, out_dtype: torc
 TF32_SUBNORMAL_STEP = 2.0**-136  # TF32 keeps 10 of fp32's 23 mantissa bits, subnormals too: their spacing
 
 
-def tf32_subnormal_margin(scaled_norm_sum: Tensor, other_features: int) -> Tensor:
-    """Per unit c, what truncating the other operand's subnormal entries to TF32 adds to Σ_t fl(c·p_t) q_tᵀ (up to
-    TF32's subnormal spacing each, not 2⁻¹⁰ of itself): 2·step·√other_features·Σ_t ‖p_t‖ (doubled as in
-    release_underflow)."""
-    return scaled_norm_sum * (2 * TF32_SUBNORMAL_STEP * root_bound(other_features))
-
-
 def release_underflow(other_norm_sum: Tensor, features: int, scaled_dtype: torch.dtype, products: int, out_numel: int,
                       out_dtype: torch.dtype, tf32: bool = False) -> Tensor:
     """Upper bound on what gradual underflow adds, whatever c is, to one sample's clipped sum Σ_t fl(c·p_t) q_tᵀ
@@ -178,15 +171,21 @@ def release_underflow(other_norm_sum: Tensor, features: int, scaled_dtype: torch
     return 2 * (other_norm_sum * (step * root_bound(features)) + fixed)
 
 
-def clipped_product_margin(m: Tensor, operand_dtype: torch.dtype, length, tf32: bool = False) -> Tensor:
+def clipped_product_margin(m: Tensor, operand_dtype: torch.dtype, length,
+                           tf32: tuple[Tensor, int] | None = None) -> Tensor:
     """Error per unit of c of Σ_t fl(c·p_t) q_tᵀ over `length` positions: (u_s + γ·(1 + u_s))·M with
-    M = Σ_t ‖p_t‖‖q_t‖, u_s the operand dtype's u and γ of the accumulation (accumulation_gamma). tf32: fp32
-    operands multiplied on TF32 tensor cores (matrix_product), each operand truncated to 10 mantissa bits
-    (TF32_PRODUCT_U more per product) and the accumulation truncating as on half-precision tensor cores."""
+    M = Σ_t ‖p_t‖‖q_t‖, u_s the operand dtype's u and γ of the accumulation (accumulation_gamma).
+    tf32 = (Σ_t ‖p_t‖, q's features) for fp32 operands multiplied on TF32 tensor cores (matrix_product): each operand
+    truncated to 10 mantissa bits (TF32_PRODUCT_U more per product), the accumulation truncating as on
+    half-precision tensor cores, and q's subnormal entries truncated by up to TF32's subnormal spacing each (not
+    2⁻¹⁰ of themselves): 2·step·√features·Σ_t ‖p_t‖ more (doubled as in release_underflow)."""
     u = unit_roundoff(operand_dtype)
-    u_s = u + TF32_PRODUCT_U * (1 + u) if tf32 else u  # (1 + u)(1 + TF32_PRODUCT_U) − 1
-    acc = tensor_core_gamma(length) if tf32 else accumulation_gamma(length, operand_dtype)
-    return (u_s + acc * (1 + u_s)) * m
+    if tf32 is None:
+        return (u + accumulation_gamma(length, operand_dtype) * (1 + u)) * m
+    scaled_norm_sum, other_features = tf32
+    u_s = u + TF32_PRODUCT_U * (1 + u)  # (1 + u)(1 + TF32_PRODUCT_U) − 1
+    subnormal = scaled_norm_sum * (2 * TF32_SUBNORMAL_STEP * root_bound(other_features))
+    return (u_s + tensor_core_gamma(length) * (1 + u_s)) * m + subnormal
 
 
 def stored_norm_bound(g: Tensor) -> Tensor:

@@ -26,7 +26,7 @@ from ..symbolic import same
 from . import WORD, Cost, generalized_linear_costs, register
 from .bounds import (F64, SUBNORMAL, U64, accumulation_gamma, certified, clipped_product_margin, full_precision,
                      gamma, gram_sum_bound, masked, masked_scaled, matrix_product, release_underflow, row_norms,
-                     tf32_subnormal_margin, unit_roundoff, upper_sum)
+                     unit_roundoff, upper_sum)
 from .layout import per_row, rows_per_sample, shape_of, views_into_positions, views_of
 
 aten = torch.ops.aten
@@ -202,9 +202,8 @@ class ConvRule:
         # the clip scales g: G's rows (p features, norms rho), or U's for a transposed convolution (unfolded from g)
         (scaled, features), (other, other_features) = ((r, d), (rho, p)) if site.consts["transposed"] else \
             ((rho, p), (r, d))
-        margin = clipped_product_margin(m, g.dtype, r.shape[-1], tf32)
-        if tf32:
-            margin = margin + tf32_subnormal_margin(upper_sum(scaled, [1, 2]), other_features)
+        margin = clipped_product_margin(m, g.dtype, r.shape[-1],
+                                        (upper_sum(scaled, [1, 2]), other_features) if tf32 else None)
         absolute = release_underflow(upper_sum(other, [1, 2]), features, g.dtype, r.shape[-1], w.numel(), g.dtype,
                                      tf32)
         return certified(s, margin, absolute, g.dtype)

@@ -15,8 +15,7 @@ from ..meta import LayerShape, Site
 from ..symbolic import simplified
 from . import Cost, generalized_linear_costs, register
 from .bounds import (accumulation_gamma, certified, clipped_product_margin, gram_sum_bound, masked, masked_scaled,
-                     matrix_product, product_matrix, release_underflow, row_norms, tf32_subnormal_margin,
-                     upper_sum)
+                     matrix_product, product_matrix, release_underflow, row_norms, upper_sum)
 from .layout import find_rows_layout, shape_of, to_batch_rows
 
 aten = torch.ops.aten
@@ -94,9 +93,7 @@ class MatmulRule:
         rows, features = p.shape[1], p.shape[2]
         absolute = release_underflow(upper_sum(rho, [1]), features, p.dtype, rows, features * q.shape[2], p.dtype,
                                      tf32)
-        margin = clipped_product_margin(m, p.dtype, rows, tf32)
-        if tf32:
-            margin = margin + tf32_subnormal_margin(upper_sum(r, [1]), q.shape[2])
+        margin = clipped_product_margin(m, p.dtype, rows, (upper_sum(r, [1]), q.shape[2]) if tf32 else None)
         return certified(s, margin, absolute, p.dtype)
 
     def per_sample_margin(self, site: Site, x: Tensor, q: Tensor, anchor: Tensor) -> Tensor:

@@ -11,7 +11,15 @@ bound's scale; ReLU-like non-negative U and zero-mean G, as in a CNN):
   ieee: γ_T(2⁻²⁴)   tf32: 2⁻⁹ + γ_{3(T+12)}(2⁻²³)   3xtf32: 2⁻¹⁸ + γ_{3(T+12)}(2⁻²³)·(1 + 2⁻⁸)
 (the accumulation of tensor cores truncates: Fasi et al. 2021, as passes/rules/bounds.accumulation_gamma).
 
-    python3 benchmarks/tf32_products.py [--out results.json]
+With --grams, the ghost norms' Gram products A = X_i X_iᵀ (B, T, n) → (B, T, T) instead, in the modes
+  ieee   one fp32 bmm, TF32 off (today's path)
+  tf32   one TF32 bmm (error up to 2⁻⁹ of Σ|x||y|: six times more clipping than the IEEE Gram's bound and more)
+  3xtf32 HHᵀ + HLᵀ + LHᵀ as three TF32 bmms (X = H + L, H the TF32 truncation)
+  cat2   one TF32 bmm of [H, L]·[H, 2H]ᵀ (inner 2n): HHᵀ + 2LHᵀ, whose sum against a symmetric B equals that of
+         HHᵀ + LHᵀ + HLᵀ
+each timed with its split (what a rule would run).
+
+    python3 benchmarks/tf32_products.py [--grams] [--out results.json]
 """
 from __future__ import annotations
 
@@ -37,6 +45,57 @@ SHAPES = {  # name: (B, p, T, d)
 def split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     hi = to_tf32(x)
     return hi, x - hi
+
+
+GRAMS = {  # name: (B, T, n)
+    "vit_s16 b64, qkv/fc1 input 384": (64, 197, 384),
+    "vit_s16 b64, qkv output gradient 1152": (64, 197, 1152),
+    "vit_s16 b64, fc1 output gradient / fc2 input 1536": (64, 197, 1536),
+    "resnet18 b256 32x32, layer1 3x3 unfolded 576 (T=1024)": (256, 1024, 576),
+}
+
+
+def gram(mode: str, x: torch.Tensor) -> torch.Tensor:
+    """X Xᵀ per sample, (B, T, n) -> (B, T, T), in the given mode (see the module's docstring)."""
+    flags = torch.backends.cuda.matmul
+    flags.allow_tf32 = mode != "ieee"
+    try:
+        if mode in ("ieee", "tf32"):
+            return torch.bmm(x, x.transpose(1, 2))
+        h, lo = split(x)
+        if mode == "cat2":
+            return torch.bmm(torch.cat([h, lo], -1), torch.cat([h, 2 * h], -1).transpose(1, 2))
+        hl = torch.bmm(h, lo.transpose(1, 2))
+        return torch.baddbmm(hl, h, h.transpose(1, 2)).add_(hl.transpose(1, 2))
+    finally:
+        flags.allow_tf32 = False
+
+
+def gram_rows(dev) -> list:
+    modes = ("ieee", "tf32", "3xtf32", "cat2")
+    print(f"{'gram shape':52s} " + " ".join(f"{m + ' ms':>9s}" for m in modes) + " | max |Â−A|/Σ|x||x| (per mode)")
+    rows = []
+    for name, (B, T, n) in GRAMS.items():
+        torch.manual_seed(0)
+        x = torch.randn(B, T, n, device=dev)
+        times = {m: timed(lambda m=m, x=x: gram(m, x)) for m in modes}
+        k = min(B, 4)
+        exact = torch.bmm(x[:k].double(), x[:k].double().transpose(1, 2))
+        scale = torch.bmm(x[:k].double().abs(), x[:k].double().abs().transpose(1, 2))
+        err = {}
+        for m in modes:
+            a = gram(m, x[:k]).double()
+            if m == "cat2":  # its symmetric part is what a sum against a symmetric B sees
+                a = (a + a.transpose(1, 2)) / 2
+            err[m] = ((a - exact).abs() / scale).max().item()
+        flops = 2 * B * T * T * n
+        rows.append({"shape": name, "B": B, "T": T, "n": n, "ms": times, "max_rel_err": err,
+                     "ieee_tflops": flops / times["ieee"] / 1e9})
+        print(f"{name:52s} " + " ".join(f"{times[m]:9.3f}" for m in modes) + " | " +
+              ", ".join(f"{err[m]:.1e}" for m in modes))
+        del x, exact, scale
+        torch.cuda.empty_cache()
+    return rows
 
 
 def product(mode: str, g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -76,15 +135,19 @@ def timed(fn, reps: int = 10) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=None)
+    parser.add_argument("--grams", action="store_true", help="the ghost norms' Gram products instead")
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     dev = torch.device("cuda")
     rows = []
     now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {now}")
-    print(f"{'shape':42s} {'ieee ms':>8s} {'tf32 ms':>8s} {'3xtf32 ms':>9s} | err/‖g‖ max: tf32, 3xtf32 | "
-          f"bound·M/‖g‖ median: ieee, tf32, 3xtf32")
-    for name, (B, p, T, d) in SHAPES.items():
+    if args.grams:
+        rows = gram_rows(dev)
+    else:
+        print(f"{'shape':42s} {'ieee ms':>8s} {'tf32 ms':>8s} {'3xtf32 ms':>9s} | err/‖g‖ max: tf32, 3xtf32 | "
+              f"bound·M/‖g‖ median: ieee, tf32, 3xtf32")
+    for name, (B, p, T, d) in ({} if args.grams else SHAPES).items():
         torch.manual_seed(0)
         u = torch.randn(B, d, T, device=dev).relu_()
         g = torch.randn(B, p, T, device=dev)

@@ -96,10 +96,16 @@ class DPModel(nn.Module):
                 f"the model fails on this batch as it is ({detail}), before "
                 "anything private happens: the same call without dpcompile fails too. Fix the model or its inputs "
                 "(dtypes, devices, shapes)") from exc
+        except torch._dynamo.exc.InternalTorchDynamoError as exc:  # torch's tracer failed on the model's code
+            if self.backend.error is not None:
+                raise self.backend.error from exc
+            raise DPCompileError(
+                f"torch.compile's tracer (Dynamo) failed inside torch while capturing the model, so dpcompile cannot "
+                f"see the whole forward and cannot make it private:\n{_dynamo_where(exc)}\nRewrite the line it names "
+                "(an in-place write into a slice as an out-of-place op, for instance), or try another torch version; "
+                "the error is torch's: please report it to PyTorch with this trace") from exc
         except torch._dynamo.exc.Unsupported as exc:
-            lines = [line for line in str(exc).splitlines() if line.strip()]
-            user = next((i for i, line in enumerate(lines) if line.startswith("from user code")), len(lines))
-            where = "\n".join(lines[:1] + lines[user:user + 12])
+            where = _dynamo_where(exc)
             raise GraphBreakError(
                 f"the model does not capture as one graph. The clip factor needs every layer's norm, so the "
                 f"forward must be one graph: remove the data-dependent Python control flow or unsupported call "
@@ -316,6 +322,13 @@ def _recompile_limit(limit: int):
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     return config.patch(**{name: max(limit, getattr(config, name))})
+
+
+def _dynamo_where(exc: BaseException) -> str:
+    """The first line of a Dynamo error and the user code it was tracing ("from user code:" and on)."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    user = next((i for i, line in enumerate(lines) if line.startswith("from user code")), len(lines))
+    return "\n".join(lines[:1] + lines[user:user + 12])
 
 
 def _pad_empty_batch(value):

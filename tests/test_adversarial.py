@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.fx.experimental._config as fx_config
 from conftest import BACKEND, DEVICE
-from helpers import Case, Lambda, check_against_reference, max_relative_error, shifted_convs, squared_error
+from helpers import (Case, Lambda, check_against_reference, inductor_batch_of_one, max_relative_error, shifted_convs,
+                     squared_error)
 from hypothesis import example, given, note, settings
 from hypothesis import strategies as st
 from reference import dp_reference, per_sample_grads
@@ -468,7 +469,10 @@ def test_partial_write_along_the_batch_refused(batch, rows):
     with pytest.raises(DPCompileError) as err:
         compiled(Mixer(lambda x: add_to_first_rows(x, rows)))(torch.randn(batch, 4, dtype=FLOAT64, device=DEVICE)) \
             .sum().backward()
-    assert_refused(err.value, "aten.")
+    if "tracer (Dynamo) failed" in str(err.value):  # torch 2.11 on CUDA: capture itself fails, named loudly
+        assert "y[:rows] += 1.0" in str(err.value), str(err.value)
+    else:
+        assert_refused(err.value, "aten.")
 
 
 @pytest.mark.parametrize("name, across, along", ISSUE_OPS, ids=[o[0] for o in ISSUE_OPS])
@@ -837,7 +841,7 @@ def test_keyword_and_nested_calls_compile_once_and_match_the_reference(form):
         if B > 1:
             assert (norms[0] > 0.3).any(), "the bound must clip"
         assert max_relative_error(model, {k.removeprefix("inner."): v for k, v in ref.items()}) < 1e-10
-    assert dp.compilations == 1
+    assert dp.compilations == 1 + inductor_batch_of_one([1])  # inductor's pins of stored values guard B ≥ 2
 
 
 def test_arguments_that_disagree_on_the_batch_are_refused():

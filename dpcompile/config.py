@@ -33,7 +33,7 @@ class DPConfig:
     augmentation_multiplicity: int = 1  # K augmented views per sample, clipped together (De et al. 2022)
     cuda_graphs: bool = False  # CUDA graphs for the DP graphs on CUDA, the noise op kept outside them
     per_sample_tf32: bool = False  # instantiated per-sample gradients as TF32 tensor-core products
-    ghost_tf32: bool = False  # ghost-clipped layers' clipped sums as TF32 tensor-core products (bounded in the norm)
+    ghost_tf32: bool = False  # ghost-clipped layers' clipped sums and Gram norms as TF32 tensor-core products (bounded)
     param_names: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:

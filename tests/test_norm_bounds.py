@@ -73,6 +73,30 @@ def test_linear_ghost_bounds_crafted_cancellation(dtype, scale, b):
     assert got <= limit
 
 
+@pytest.mark.parametrize("scale", [1.0, 2.0**50, 2.0**-60])
+def test_linear_tf32_grams_stay_upper_bounds_on_a_crafted_truncation(scale):
+    """With ghost_tf32 a ghost term's Grams run on TF32 tensor cores (on the CPU: operands truncated to TF32, then an
+    IEEE product, the worst case). With p = scale on both positions, q = (1 + 2⁻¹¹, −(1 − 2⁻¹⁰)) over two positions sums to 3·2⁻¹¹, but truncated
+    the first becomes 1 and the sum 2⁻¹⁰: the Gram form of truncated operands gives 4/9 of ‖g‖², and an IEEE
+    Gram's γ·Σ|Â|ρρ does not make up the rest. s (which must bound ‖g‖² by itself: e is the clipped sum's
+    rounding) takes TF32's error, (2⁻⁹ + γ_tc)·r_t r_s, and stays above it at any scale."""
+    from dpcompile.passes.rules.bounds import product_matrix
+    p_rows = torch.full((1, 2, 1), scale, dtype=torch.float32)  # one feature each way: no other γ term covers it
+    q_rows = torch.tensor([[[1 + 2.0**-11], [-(1 - 2.0**-10)]]], dtype=torch.float32)
+    rule = MatmulRule()
+    site = Site("linear", (), {"lead": 2, "batch_dim": 0, "tf32": True}, linear_site(1, 2, 1, 1).shape)
+    ops = linear_operands(p_rows, q_rows)
+    exact = exact_linear(p_rows, q_rows)
+    assert exact.item() == pytest.approx(scale * 3 * 2.0**-11, rel=1e-12)
+    bound = rule.ghost_norm_bound(site, *ops)
+    assert (bound[:, 0] >= exact.square()).all()
+    truncated, _, _ = product_matrix(q_rows, q_rows, True)
+    ieee, _, _ = product_matrix(q_rows, q_rows)
+    assert truncated.sum() < ieee.sum() * 0.5  # the attack: truncation shrinks the Gram form to 4/9
+    got, limit = release_norm(rule, site, bound, *ops)
+    assert got <= limit
+
+
 def test_linear_plain_gram_form_is_fooled():
     """Without the error bound the issue's input gives a norm far below the true 1000 (or NaN)."""
     p_rows, q_rows = cancelling(torch.float32)

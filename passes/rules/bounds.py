@@ -105,21 +105,38 @@ def masked(x: Tensor, c: Tensor) -> Tensor:
     return torch.where(keep_mask(c).view(shape), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
-def product_matrix(x: Tensor, y: Tensor) -> tuple[Tensor, float, float]:
-    """(Â, γ, e): Â = x_i y_iᵀ per sample (B, T, S), in float32 or wider, with |Â − A| ≤ γ·‖x_t‖‖y_s‖ + e."""
+def product_matrix(x: Tensor, y: Tensor, tf32: bool = False) -> tuple[Tensor, float, float | Tensor]:
+    """(Â, γ, e): Â = x_i y_iᵀ per sample (B, T, S), in float32 or wider, with |Â − A| ≤ γ·‖x_t‖‖y_s‖ + e.
+    tf32 (fp32 operands; the plan's ghost_tf32): on TF32 tensor cores (matrix_product), see tf32_product_error."""
     dtype = torch.promote_types(full_precision(x).dtype, full_precision(y).dtype)
     n = x.shape[-1]
-    return torch.bmm(x.to(dtype), y.to(dtype).transpose(1, 2)), gamma(n, unit_roundoff(dtype)), n * SUBNORMAL[dtype]
+    xf, yt = x.to(dtype), y.to(dtype).transpose(1, 2)
+    if tf32 and dtype == torch.float32:
+        return (matrix_product(xf, yt, True), *tf32_product_error(n, row_norms(x).amax(1), row_norms(y).amax(1)))
+    return torch.bmm(xf, yt), gamma(n, unit_roundoff(dtype)), n * SUBNORMAL[dtype]
 
 
-def gram_sum_bound(a: Tensor, b: Tensor, r: Tensor, rho: Tensor, ga: float, ea: float, gb: float, eb: float) -> Tensor:
+def tf32_product_error(n: int, x_max: Tensor, y_max: Tensor) -> tuple[float, Tensor]:
+    """(γ, e) of a TF32 tensor-core product of fp32 rows x_t, y_s over n features, |Â_ts − A_ts| ≤ γ‖x_t‖‖y_s‖ + e_i
+    (x_max, y_max: the largest row norm of each operand per sample, (B,) float64). Each operand is truncated to TF32:
+    |x − h| ≤ 2⁻¹⁰|x| + step (step = TF32_SUBNORMAL_STEP, the subnormals' spacing) with |h| ≤ |x|, so a product errs
+    by ≤ TF32_PRODUCT_U·|x||y| + step·(|x| + |y|); the accumulation truncates as on half-precision tensor cores
+    (tensor_core_gamma of Σ|h h'| ≤ Σ|x||y|) and each product may underflow (η of fp32). Over the n features:
+    γ = TF32_PRODUCT_U + γ_tc(n), e = step·√n·(‖x‖_max + ‖y‖_max) + n·η."""
+    return (TF32_PRODUCT_U + tensor_core_gamma(n),
+            (x_max + y_max) * (TF32_SUBNORMAL_STEP * root_bound(n)) + n * SUBNORMAL[torch.float32])
+
+
+def gram_sum_bound(a: Tensor, b: Tensor, r: Tensor, rho: Tensor, ga: float, ea: float | Tensor, gb: float,
+                   eb: float | Tensor) -> Tensor:
     """Upper bound on S = Σ_{g,t,s} A_ts·B_ts ≥ 0 per sample from computed Grams Â, B̂ (B, G, T, T) with
-    |Â − A| ≤ ga·r_t r_s + ea and |B̂ − B| ≤ gb·ρ_t ρ_s + eb (r, ρ: (B, G, T) float64); see product_sum_bound."""
+    |Â − A| ≤ ga·r_t r_s + ea and |B̂ − B| ≤ gb·ρ_t ρ_s + eb (r, ρ: (B, G, T) float64; ea, eb floats or (B,)
+    float64 per sample); see product_sum_bound."""
     return product_sum_bound(a, b, (r, r), (rho, rho), ga, ea, gb, eb).clamp(min=0)
 
 
 def product_sum_bound(a: Tensor, b: Tensor, r: tuple[Tensor, Tensor], rho: tuple[Tensor, Tensor],
-                      ga: float, ea: float, gb: float, eb: float) -> Tensor:
+                      ga: float, ea: float | Tensor, gb: float, eb: float | Tensor) -> Tensor:
     """Upper bound on X = Σ_{g,t,s} A_ts·B_ts per sample (of either sign) from computed Â, B̂ (B, G, T, S)
     with |Â − A| ≤ ga·r_t r'_s + ea and |B̂ − B| ≤ gb·ρ_t ρ'_s + eb, r = (r (B, G, T), r' (B, G, S)) float64:
     X ≤ fl64(Σ ÂB̂) + γ_{n}·Σ|ÂB̂| + Σ (|Â|·δB + δA·|B̂| + δA·δB), the last in closed form.
@@ -135,14 +152,12 @@ def product_sum_bound(a: Tensor, b: Tensor, r: tuple[Tensor, Tensor], rho: tuple
         err = err + gb * (a.abs() * outer(rho)).sum(dims)
     if ga:
         err = err + ga * (b.abs() * outer(r)).sum(dims)
-    if eb:
-        err = err + eb * a.abs().sum(dims)
-    if ea:
-        err = err + ea * b.abs().sum(dims)
+    err = err + eb * a.abs().sum(dims) + ea * b.abs().sum(dims)
     (r1, r2), (p1, p2) = r, rho  # Σ_ts δA_ts·δB_ts, each factor's sums over t and s apart
     m = (r1 * p1).sum(-1) * (r2 * p2).sum(-1)
     sr, srho = r1.sum(-1) * r2.sum(-1), p1.sum(-1) * p2.sum(-1)
     ts = a.shape[-1] * a.shape[-2]
+    ea, eb = (e.unsqueeze(-1) if isinstance(e, Tensor) else e for e in (ea, eb))  # per sample: against (B, G)
     err = err + (ga * gb * m + ga * eb * sr + ea * gb * srho + ea * eb * ts).sum(1)
     return s + err * (1 + gamma(n + 8, U64))
 

@@ -80,16 +80,17 @@ class MatmulRule:
     def ghost_norm_bound(self, site: Site, x: Tensor, q: Tensor, anchor: Tensor) -> Tensor:
         """[s, e, a]: s ≥ ‖P_iᵀQ_i‖² (T = 1: (‖p‖‖q‖)²; else the Gram form plus its error bound), e the
         clipped sum's rounding per unit c, (u + γ_T)·M_i with M_i = Σ_t ‖p_t‖‖q_t‖ (TF32 products: their
-        truncation added), a what underflow in c·P_i adds (release_underflow: P is the scaled operand)."""
+        truncation added, and the Grams' in s: tf32_product_error), a what underflow in c·P_i adds
+        (release_underflow: P is the scaled operand)."""
         p, q = self._rows(site, x, q, anchor)
         r, rho = row_norms(p), row_norms(q)
         m = upper_sum(r * rho, [1])
+        tf32 = site.consts.get("tf32", False)  # the clipped sum's product and the Grams on TF32 tensor cores
         if site.shape.T == 1:
             s = m.square()
         else:
-            (a, ga, ea), (b, gb, eb) = product_matrix(p, p), product_matrix(q, q)
+            (a, ga, ea), (b, gb, eb) = product_matrix(p, p, tf32), product_matrix(q, q, tf32)
             s = gram_sum_bound(a.unsqueeze(1), b.unsqueeze(1), r.unsqueeze(1), rho.unsqueeze(1), ga, ea, gb, eb)
-        tf32 = site.consts.get("tf32", False)
         rows, features = p.shape[1], p.shape[2]
         absolute = release_underflow(upper_sum(rho, [1]), features, p.dtype, rows, features * q.shape[2], p.dtype,
                                      tf32)

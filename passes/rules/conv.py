@@ -26,7 +26,7 @@ from ..symbolic import same
 from . import WORD, Cost, generalized_linear_costs, register
 from .bounds import (F64, SUBNORMAL, U64, accumulation_gamma, certified, clipped_product_margin, full_precision,
                      gamma, gram_sum_bound, masked, masked_scaled, matrix_product, release_underflow, row_norms,
-                     tf32_product_error, unit_roundoff, upper_sum)
+                     unit_roundoff, upper_sum)
 from .layout import per_row, rows_per_sample, shape_of, views_into_positions, views_of
 
 aten = torch.ops.aten
@@ -53,12 +53,13 @@ def unfold_nd(x: Tensor, kernel: list[int], stride, padding, dilation) -> Tensor
     return x.reshape(B, C * prod(kernel), prod(x.shape[2 + n:]))
 
 
-def grams(a: Tensor, tf32: bool = False) -> Tensor:
+def grams(a: Tensor) -> Tensor:
     """a_tᵀ a_s per sample and group, (B, G, n, T) → (B, G, T, T): one bmm over B·G, contracting n (an einsum
-    traces to the same product with twice the ops, about 45 ms of the DP passes' time each); tf32: fp32 operands
-    on TF32 tensor cores (matrix_product; its error: tf32_product_error)."""
+    traces to the same product with twice the ops, about 45 ms of the DP passes' time each). IEEE even under
+    ghost_tf32: as TF32 products (dpcompile::tf32_bmm) WRN-16-4's step took 18.3 ms instead of 13.2 (H200,
+    2026-12-02), where the linear rule's TF32 Grams took ViT-S/16's from 59.0 to 53.4 ms."""
     flat = a.flatten(0, 1)
-    return matrix_product(flat.transpose(1, 2), flat, tf32 and a.dtype == torch.float32).unflatten(0, a.shape[:2])
+    return torch.bmm(flat.transpose(1, 2), flat).unflatten(0, a.shape[:2])
 
 
 def shifted_windows(x: Tensor, g: Tensor, kernel: list[int], padding, dilation) -> tuple[Tensor, Tensor, list[int]]:
@@ -190,20 +191,16 @@ class ConvRule:
     def ghost_norm_bound(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
         """[s, e, a]: the Gram form plus its error bound, the clipped sum's rounding per unit c, (u + γ_T)·M_i
         (mkldnn's direct or GEMM weight gradient on CPU, a GEMM on unfolded inputs on CUDA; with tf32 a TF32 GEMM,
-        whose truncation the margin adds, and TF32 Grams, whose error s takes: tf32_product_error), and what underflow in the clip-scaled output gradients adds
+        whose truncation the margin adds), and what underflow in the clip-scaled output gradients adds
         (release_underflow, per group)."""
         r, rho = self._position_norms(site, g, x)
         m = upper_sum(r * rho, [1, 2])
         u, gg = self._unfolded(site, full_precision(g), full_precision(x))
         uu, eta = unit_roundoff(u.dtype), SUBNORMAL[u.dtype]
-        tf32 = site.consts.get("tf32", False)  # the clipped sum's product and the Grams on TF32 tensor cores
-        gram_u, gram_g = grams(u, tf32), grams(gg, tf32)
+        gram_u, gram_g = grams(u), grams(gg)
         d, p = u.shape[2], gg.shape[2]
-        if tf32 and u.dtype == torch.float32:
-            (gu, eu), (gg_, eg) = (tf32_product_error(n, v.amax((1, 2)), v.amax((1, 2))) for n, v in ((d, r), (p, rho)))
-        else:
-            (gu, eu), (gg_, eg) = (gamma(d, uu), d * eta), (gamma(p, uu), p * eta)
-        s = gram_sum_bound(gram_u, gram_g, r, rho, gu, eu, gg_, eg)
+        s = gram_sum_bound(gram_u, gram_g, r, rho, gamma(d, uu), d * eta, gamma(p, uu), p * eta)
+        tf32 = site.consts.get("tf32", False)
         # the clip scales g: G's rows (p features, norms rho), or U's for a transposed convolution (unfolded from g)
         (scaled, features), (other, other_features) = ((r, d), (rho, p)) if site.consts["transposed"] else \
             ((rho, p), (r, d))

@@ -119,12 +119,12 @@ def product_matrix(x: Tensor, y: Tensor, tf32: bool = False) -> tuple[Tensor, fl
 def tf32_product_error(n: int, x_max: Tensor, y_max: Tensor) -> tuple[float, Tensor]:
     """(γ, e) of a TF32 tensor-core product of fp32 rows x_t, y_s over n features, |Â_ts − A_ts| ≤ γ‖x_t‖‖y_s‖ + e_i
     (x_max, y_max: the largest row norm of each operand per sample, (B,) float64). Each operand is truncated to TF32:
-    |x − h| ≤ 2⁻¹⁰|x| + step (step = TF32_SUBNORMAL_STEP, the subnormals' spacing) with |h| ≤ |x|, so a product errs
-    by ≤ TF32_PRODUCT_U·|x||y| + step·(|x| + |y|); the accumulation truncates as on half-precision tensor cores
-    (tensor_core_gamma of Σ|h h'| ≤ Σ|x||y|) and each product may underflow (η of fp32). Over the n features:
-    γ = TF32_PRODUCT_U + γ_tc(n), e = step·√n·(‖x‖_max + ‖y‖_max) + n·η."""
+    |x − h| ≤ 2⁻¹⁰|x| + ε (ε = TF32_SUBNORMAL_ERROR: a subnormal kept or flushed) with |h| ≤ |x|, so a product
+    errs by ≤ TF32_PRODUCT_U·|x||y| + ε·(|x| + |y|); the accumulation truncates as on half-precision tensor cores
+    (tensor_core_gamma of Σ|h h'| ≤ Σ|x||y|) and each product may underflow (ε). Over the n features:
+    γ = TF32_PRODUCT_U + γ_tc(n), e = ε·√n·(‖x‖_max + ‖y‖_max) + n·ε."""
     return (TF32_PRODUCT_U + tensor_core_gamma(n),
-            (x_max + y_max) * (TF32_SUBNORMAL_STEP * root_bound(n)) + n * SUBNORMAL[torch.float32])
+            ((x_max + y_max) * root_bound(n) + n) * TF32_SUBNORMAL_ERROR)
 
 
 def gram_sum_bound(a: Tensor, b: Tensor, r: Tensor, rho: Tensor, ga: float, ea: float | Tensor, gb: float,
@@ -168,21 +168,26 @@ def certified(norm_sq: Tensor, linear: Tensor, absolute: Tensor, out_dtype: torc
     return torch.stack([norm_sq * grow**2, linear * grow, absolute * grow], 1)
 
 
-TF32_SUBNORMAL_STEP = 2.0**-136  # TF32 keeps 10 of fp32's 23 mantissa bits, subnormals too: their spacing
+# What a subnormal fp32 value can lose on its way through a TF32 tensor core: under 2^-126, whether the conversion
+# keeps it (to TF32's subnormal spacing, 2^-136) or flushes it to zero; the same for a product or result that
+# underflows there (gradual or flushed). Bounds that use it hold either way.
+TF32_SUBNORMAL_ERROR = 2.0**-126
 
 
 def release_underflow(other_norm_sum: Tensor, features: int, scaled_dtype: torch.dtype, products: int, out_numel: int,
                       out_dtype: torch.dtype, tf32: bool = False) -> Tensor:
     """Upper bound on what gradual underflow adds, whatever c is, to one sample's clipped sum Σ_t fl(c·p_t) q_tᵀ
     (p_t: `features` values of scaled_dtype per position; Σ_t ‖q_t‖ = other_norm_sum, (B,) float64):
-    - each entry of c·p_t rounded in the subnormal range errs by up to η/2 of its dtype (truncated to TF32: up to
-      TF32's subnormal spacing), so Σ_t δ_t q_tᵀ has norm ≤ (η/2)·√features·Σ_t ‖q_t‖;
-    - each of the `products` products per output entry may underflow in the fp32 accumulation (η₃₂/2), and each
-      of the out_numel results in out_dtype: ≤ (η₃₂/2·products + η_out/2)·√out_numel.
+    - each entry of c·p_t rounded in the subnormal range errs by up to η/2 of its dtype (on a TF32 tensor core:
+      TF32_SUBNORMAL_ERROR, kept or flushed), so Σ_t δ_t q_tᵀ has norm ≤ (η/2)·√features·Σ_t ‖q_t‖;
+    - each of the `products` products per output entry may underflow in the fp32 accumulation (η₃₂/2; TF32:
+      TF32_SUBNORMAL_ERROR), and each of the out_numel results in out_dtype: ≤ (η₃₂/2·products + η_out/2)·√out_numel.
     Doubled for the relative roundings these absolute errors pass through afterwards (γ < 1 wherever a bound is
     finite)."""
-    step = TF32_SUBNORMAL_STEP if tf32 and scaled_dtype == torch.float32 else SUBNORMAL[scaled_dtype] / 2
-    fixed = (SUBNORMAL[torch.float32] / 2 * products + SUBNORMAL[out_dtype] / 2) * root_bound(out_numel)
+    tensor_cores = tf32 and scaled_dtype == torch.float32
+    step = TF32_SUBNORMAL_ERROR if tensor_cores else SUBNORMAL[scaled_dtype] / 2
+    product = TF32_SUBNORMAL_ERROR if tensor_cores else SUBNORMAL[torch.float32] / 2
+    fixed = (product * products + max(product, SUBNORMAL[out_dtype] / 2)) * root_bound(out_numel)
     return 2 * (other_norm_sum * (step * root_bound(features)) + fixed)
 
 
@@ -192,14 +197,14 @@ def clipped_product_margin(m: Tensor, operand_dtype: torch.dtype, length,
     M = Σ_t ‖p_t‖‖q_t‖, u_s the operand dtype's u and γ of the accumulation (accumulation_gamma).
     tf32 = (Σ_t ‖p_t‖, q's features) for fp32 operands multiplied on TF32 tensor cores (matrix_product): each operand
     truncated to 10 mantissa bits (TF32_PRODUCT_U more per product), the accumulation truncating as on
-    half-precision tensor cores, and q's subnormal entries truncated by up to TF32's subnormal spacing each (not
-    2⁻¹⁰ of themselves): 2·step·√features·Σ_t ‖p_t‖ more (doubled as in release_underflow)."""
+    half-precision tensor cores, and q's subnormal entries moved by up to TF32_SUBNORMAL_ERROR each (kept or
+    flushed; not 2⁻¹⁰ of themselves): 2·ε·√features·Σ_t ‖p_t‖ more (doubled as in release_underflow)."""
     u = unit_roundoff(operand_dtype)
     if tf32 is None:
         return (u + accumulation_gamma(length, operand_dtype) * (1 + u)) * m
     scaled_norm_sum, other_features = tf32
     u_s = u + TF32_PRODUCT_U * (1 + u)  # (1 + u)(1 + TF32_PRODUCT_U) − 1
-    subnormal = scaled_norm_sum * (2 * TF32_SUBNORMAL_STEP * root_bound(other_features))
+    subnormal = scaled_norm_sum * (2 * TF32_SUBNORMAL_ERROR * root_bound(other_features))
     return (u_s + tensor_core_gamma(length) * (1 + u_s)) * m + subnormal
 
 

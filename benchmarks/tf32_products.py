@@ -24,12 +24,14 @@ each timed with its split (what a rule would run).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 
 import torch
 
 from dpcompile.ops import to_tf32
+from dpcompile.precision import tf32_products
 from dpcompile.passes.rules.bounds import accumulation_gamma, gamma
 
 SHAPES = {  # name: (B, p, T, d)
@@ -42,6 +44,11 @@ SHAPES = {  # name: (B, p, T, d)
     "resnet50 b32, 14x14 3x3 conv 256->256": (32, 256, 196, 2304),
     "vit_s16 b64, mlp fc1 384->1536": (64, 1536, 197, 384),
 }
+def allowed(mode: str):
+    """TF32 products for every mode but "ieee" (dpcompile's own switch, the settings restored after)."""
+    return contextlib.nullcontext() if mode == "ieee" else tf32_products()
+
+
 def split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     hi = to_tf32(x)
     return hi, x - hi
@@ -57,9 +64,7 @@ GRAMS = {  # name: (B, T, n)
 
 def gram(mode: str, x: torch.Tensor) -> torch.Tensor:
     """X Xᵀ per sample, (B, T, n) -> (B, T, T), in the given mode (see the module's docstring)."""
-    flags = torch.backends.cuda.matmul
-    flags.allow_tf32 = mode != "ieee"
-    try:
+    with allowed(mode):
         if mode in ("ieee", "tf32"):
             return torch.bmm(x, x.transpose(1, 2))
         h, lo = split(x)
@@ -67,8 +72,6 @@ def gram(mode: str, x: torch.Tensor) -> torch.Tensor:
             return torch.bmm(torch.cat([h, lo], -1), torch.cat([h, 2 * h], -1).transpose(1, 2))
         hl = torch.bmm(h, lo.transpose(1, 2))
         return torch.baddbmm(hl, h, h.transpose(1, 2)).add_(hl.transpose(1, 2))
-    finally:
-        flags.allow_tf32 = False
 
 
 def gram_rows(dev) -> list:
@@ -100,16 +103,12 @@ def gram_rows(dev) -> list:
 
 def product(mode: str, g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """(B, p, T) × (B, d, T)ᵀ -> (B, p, d) in the given mode."""
-    flags = torch.backends.cuda.matmul
-    flags.allow_tf32 = mode != "ieee"
-    try:
+    with allowed(mode):
         if mode != "3xtf32":
             return torch.bmm(g, u.transpose(1, 2))
         (gh, gl), (uh, ul) = split(g), split(u)
         ut = uh.transpose(1, 2)
         return torch.baddbmm(torch.bmm(gh, ul.transpose(1, 2)), gl, ut).add_(torch.bmm(gh, ut))
-    finally:
-        flags.allow_tf32 = False
 
 
 def bound(mode: str, T: int) -> float:

@@ -268,8 +268,8 @@ def pad_into_zeros(base, src, dim, *where):
 
 
 def emit_clip_factors(graph: fx.Graph, spec: ClipSpec, by_param: dict[str, list[fx.Node]]) -> tuple[dict, fx.Node]:
-    """One clip factor per sample for each clip group (0 for a sample whose certified norm is not finite
-    in any group); returns (parameter name -> factor node, number of dropped samples node)."""
+    """One clip factor per sample for each clip group (0 in every group for a sample that kept() drops); returns
+    (parameter name -> factor node, number of dropped samples node)."""
     groups = [(gi, names, bound, [n for name in names for n in by_param.get(name, [])])
               for gi, (names, bound) in enumerate(zip(spec.groups, spec.bounds))]
     groups = [g for g in groups if g[3]]
@@ -283,18 +283,19 @@ def emit_clip_factors(graph: fx.Graph, spec: ClipSpec, by_param: dict[str, list[
         return torch.stack(out)
     norms = emit(graph, group_norms, [n for g in groups for n in g[3]], "dp_certified_norms")
     bounds = [bound for _, _, bound, _ in groups]
-    dropped = emit(graph, lambda n: (~kept(n, bounds, spec)).sum(), [norms], "dp_dropped_samples")
+    keep = emit(graph, lambda n: kept(n, bounds, spec), [norms], "dp_kept_samples")
+    dropped = emit(graph, lambda k: (~k).sum(), [keep], "dp_dropped_samples")
     factors = {}
     for row, (gi, names, bound, _) in enumerate(groups):
         suffix = "" if len(spec.groups) == 1 else f"_group{gi}"
-        factor = emit(graph, group_clip_factor(row, bounds, spec), [norms], f"dp_clip_factor{suffix}")
+        factor = emit(graph, group_clip_factor(row, bounds, spec), [norms, keep], f"dp_clip_factor{suffix}")
         factors.update({name: factor for name in names})
     return factors, dropped
 
 
 def group_clip_factor(row: int, bounds: Sequence[float], spec: ClipSpec) -> Callable:
-    """norms -> the clip factors of group `row` (a one-argument function, for tracing)."""
-    return lambda norms: clip_factor(norms, row, bounds, spec)
+    """(norms, keep) -> the clip factors of group `row` (a function of the two nodes, for tracing)."""
+    return lambda norms, keep: clip_factor(norms, keep, row, bounds, spec)
 
 
 SAFETY = 1 + 2.0**-40  # the few float64 operations on a norm after its bound terms (≤ 40 · 2^-53)
@@ -316,10 +317,11 @@ def kept(norms: torch.Tensor, bounds: Sequence[float], spec: ClipSpec) -> torch.
     return torch.isfinite(norms).flatten(0, 1).all(0) & room
 
 
-def clip_factor(norms: torch.Tensor, row: int, bounds: Sequence[float], spec: ClipSpec) -> torch.Tensor:
+def clip_factor(norms: torch.Tensor, keep: torch.Tensor, row: int, bounds: Sequence[float],
+                spec: ClipSpec) -> torch.Tensor:
     """C_i = min(1, (R − A_i)⁺/(N_i + 1e-6)) (Abadi) or (R − A_i)⁺/(N_i + γ) (automatic) for group `row`: N_i the
     certified norm of the sample's own loss and A_i what underflow may add to its release whatever C_i is, so
-    C_i·N_i + A_i ≤ R; 0 for a sample that kept() drops in any group. norms: (groups, 2, B). Float64."""
+    C_i·N_i + A_i ≤ R; 0 where keep (kept(), over every group) is False. norms: (groups, 2, B). Float64."""
     scale = norms.shape[-1] if spec.loss_reduction == "mean" else 1
     norm, absolute = norms[row, 0] * scale, norms[row, 1] * scale
     room = (bounds[row] - absolute).clamp(min=0.0)
@@ -327,7 +329,7 @@ def clip_factor(norms: torch.Tensor, row: int, bounds: Sequence[float], spec: Cl
         factor = room / (norm + spec.clip_stability)
     else:
         factor = (room / (norm + 1e-6)).clamp(max=1.0)
-    return torch.where(kept(norms, bounds, spec), factor, torch.zeros_like(factor))
+    return torch.where(keep, factor, torch.zeros_like(factor))
 
 
 def clip_in_dtype(graph: fx.Graph, factor: fx.Node, dtype: torch.dtype, cache: dict) -> fx.Node:

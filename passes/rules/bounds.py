@@ -148,11 +148,12 @@ def product_sum_bound(a: Tensor, b: Tensor, r: tuple[Tensor, Tensor], rho: tuple
     s = prod.sum(dims)
     err = gamma(n + 1, U64) * prod.abs().sum(dims)
     outer = lambda v: v[0].unsqueeze(-1) * v[1].unsqueeze(-2)  # noqa: E731
+    a_abs, b_abs = a.abs(), b.abs()
     if gb:
-        err = err + gb * (a.abs() * outer(rho)).sum(dims)
+        err = err + gb * (a_abs * outer(rho)).sum(dims)
     if ga:
-        err = err + ga * (b.abs() * outer(r)).sum(dims)
-    err = err + eb * a.abs().sum(dims) + ea * b.abs().sum(dims)
+        err = err + ga * (b_abs * outer(r)).sum(dims)
+    err = err + eb * a_abs.sum(dims) + ea * b_abs.sum(dims)
     (r1, r2), (p1, p2) = r, rho  # Σ_ts δA_ts·δB_ts, each factor's sums over t and s apart
     m = (r1 * p1).sum(-1) * (r2 * p2).sum(-1)
     sr, srho = r1.sum(-1) * r2.sum(-1), p1.sum(-1) * p2.sum(-1)

@@ -137,14 +137,25 @@ def precise_products():
 
 @contextlib.contextmanager
 def tf32_products():
-    """cuBLAS fp32 products on TF32 tensor cores for a block, the settings before it restored after it
-    (dpcompile.ops.tf32_bmm: DPConfig.per_sample_tf32)."""
+    """cuBLAS fp32 products on TF32 tensor cores for a block, every setting before it restored after it (the
+    benchmarks' TF32 rates; the DP backward's TF32 products flip cuBLAS's setting alone: cublas_tf32)."""
     saved = _saved()
     torch.backends.cuda.matmul.allow_tf32 = True  # legacy "high" and cuBLAS "tf32", consistently
     try:
         yield
     finally:
         restore(saved)
+
+
+def cublas_tf32(on: bool) -> bool:
+    """cuBLAS's fp32 products on TF32 tensor cores (on) or IEEE, returning the setting before: what
+    dpcompile.ops.tf32_bmm flips around each TF32 product of a DP backward, whose settings are otherwise IEEE
+    (set_precise, or refused by check_products). One setting through its legacy flag, which keeps the legacy and
+    new settings consistent: about 1 µs of host time, where tf32_products()' save and restore of every setting
+    takes about 20."""
+    before = torch._C._get_cublas_allow_tf32()
+    torch._C._set_cublas_allow_tf32(on)
+    return before
 
 
 @contextlib.contextmanager

@@ -214,6 +214,29 @@ def test_conv_crafted_cancellation(impl):
     assert certified_norm(ps).item() >= exact
 
 
+@pytest.mark.parametrize("scale", [1.0, 2.0**50, 2.0**-60])
+def test_conv_tf32_grams_stay_upper_bounds_on_a_crafted_truncation(scale):
+    """The convolution rule's form of the linear rule's truncation attack above: a 1 × 1 convolution over two
+    positions of a constant input, output gradients (1 + 2⁻¹¹, −(1 − 2⁻¹⁰)). With ghost_tf32 the Grams of the
+    unfolded operands run on TF32 tensor cores (on the CPU: truncated operands, the worst case), which shrinks the
+    Gram form to 4/9 of ‖g‖²; s must still bound ‖g‖² by itself, at any scale."""
+    from dpcompile.passes.rules.conv import grams
+    conv = nn.Conv1d(1, 1, 1, bias=False)
+    x = torch.full((1, 1, 2), scale)
+    g = torch.tensor([[[1 + 2.0**-11, -(1 - 2.0**-10)]]])
+    w = conv.weight.detach()
+    rule, site = ConvRule(), conv_site(conv)
+    site = Site("conv", (), {**site.consts, "tf32": True}, None)
+    exact = exact_conv(conv, g, x)
+    assert exact.item() == pytest.approx(scale * 3 * 2.0**-11, rel=1e-12)
+    bound = rule.ghost_norm_bound(site, g, x, w)
+    assert (bound[:, 0] >= exact.square()).all()
+    gg = g.unsqueeze(1)  # (B, G, p, T)
+    assert grams(gg, True).sum() < grams(gg).sum() * 0.5  # the attack: truncation shrinks the Gram form to 4/9
+    got, limit = release_norm(rule, site, bound, g, x, w)
+    assert got <= limit
+
+
 @pytest.mark.parametrize("conv", [nn.Conv2d(3, 4, 3, padding=1, stride=2), nn.Conv2d(4, 6, 3, dilation=2, groups=2),
                                   nn.Conv1d(3, 5, 2), nn.Conv2d(4, 6, 1, stride=2), nn.Conv2d(4, 6, 1, padding=1,
                                                                                                 groups=2),

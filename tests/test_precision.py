@@ -49,11 +49,13 @@ SETTINGS = {
 }
 
 
+@pytest.mark.parametrize("tf32", [False, True])
 @pytest.mark.parametrize("setting", list(SETTINGS))
-def test_a_dp_model_trains_under_any_fp32_product_setting_and_restores_it(setting, clean_settings):
-    """The backward's products run IEEE (seen at the noise draw, the last step before the release); the
-    settings the user made are exactly as they were afterwards. With the new API alone, reading the legacy
-    allow_tf32 flag raises in PyTorch: that must not reach the user as an internal error."""
+def test_a_dp_model_trains_under_any_fp32_product_setting_and_restores_it(setting, tf32, clean_settings):
+    """The backward's products run IEEE (seen at the noise draw, the last step before the release), also after
+    TF32 products (tf32: both TF32 options; on CUDA each flips cuBLAS's setting and back); the settings the user
+    made are exactly as they were afterwards. With the new API alone, reading the legacy allow_tf32 flag raises in
+    PyTorch: that must not reach the user as an internal error."""
     SETTINGS[setting]()
     before = raw_settings()
     seen, release = [], PrivacyEngine.release
@@ -64,7 +66,7 @@ def test_a_dp_model_trains_under_any_fp32_product_setting_and_restores_it(settin
         return release(self, *args)
     model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(12, 2)).to(DEVICE)
     dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0, sample_rate=0.1, backend="eager",
-                             loss_reduction="sum")
+                             loss_reduction="sum", per_sample_tf32=tf32, ghost_tf32=tf32)
     try:
         PrivacyEngine.release = spy
         dp(torch.randn(3, 2, 4, 4, device=DEVICE)).sum().backward()
@@ -73,6 +75,7 @@ def test_a_dp_model_trains_under_any_fp32_product_setting_and_restores_it(settin
     assert seen == [("ieee", "ieee", "ieee")]
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
     assert raw_settings() == before
+    assert any(r.impl.endswith("TF32") for r in dp.explain().rows) == tf32
 
 
 def test_onednn_reduced_products_do_not_change_the_dp_gradients(clean_settings):
@@ -222,6 +225,21 @@ def test_tf32_per_sample_products_on_cuda(clean_settings):
             assert sorted(r.impl for r in dp.explain().rows) == ["", "", "", f"{impl}, TF32"]
             assert tf32.norm() <= 1e-2 * (1 + 1e-6)
             assert 0 < (unclipped - ieee).norm() <= 2.0**-8 * ieee.norm()
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="cuBLAS")
+def test_tf32_product_op_puts_cublas_setting_back(clean_settings):
+    """dpcompile::tf32_bmm turns cuBLAS's TF32 on for its own product only: the setting is as before after it,
+    on or off, and the product is TF32's (further from float64 than the IEEE product)."""
+    a = torch.randn(4, 64, 256, device="cuda")
+    exact = torch.bmm(a.double(), a.double().transpose(1, 2))
+    for before in (False, True):
+        torch._C._set_cublas_allow_tf32(before)
+        got = torch.ops.dpcompile.tf32_bmm(a, a.transpose(1, 2))
+        assert torch._C._get_cublas_allow_tf32() is before
+        torch._C._set_cublas_allow_tf32(False)
+        ieee = torch.bmm(a, a.transpose(1, 2))
+        assert (got.double() - exact).abs().max() > 8 * (ieee.double() - exact).abs().max()
 
 
 @pytest.mark.inductor

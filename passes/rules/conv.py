@@ -26,7 +26,7 @@ from ..symbolic import same
 from . import WORD, Cost, generalized_linear_costs, register
 from .bounds import (F64, SUBNORMAL, U64, accumulation_gamma, certified, clipped_product_margin, full_precision,
                      gamma, gram_sum_bound, masked, masked_scaled, matrix_product, release_underflow, row_norms,
-                     unit_roundoff, upper_sum)
+                     tf32_product_error, unit_roundoff, upper_sum)
 from .layout import per_row, rows_per_sample, shape_of, views_into_positions, views_of
 
 aten = torch.ops.aten
@@ -53,13 +53,22 @@ def unfold_nd(x: Tensor, kernel: list[int], stride, padding, dilation) -> Tensor
     return x.reshape(B, C * prod(kernel), prod(x.shape[2 + n:]))
 
 
-def grams(a: Tensor) -> Tensor:
+def grams(a: Tensor, tf32: bool = False) -> Tensor:
     """a_tᵀ a_s per sample and group, (B, G, n, T) → (B, G, T, T): one bmm over B·G, contracting n (an einsum
-    traces to the same product with twice the ops, about 45 ms of the DP passes' time each). IEEE even under
-    ghost_tf32: as TF32 products (dpcompile::tf32_bmm) WRN-16-4's step took 18.3 ms instead of 13.2 (H200,
-    2026-12-02), where the linear rule's TF32 Grams took ViT-S/16's from 59.0 to 53.4 ms."""
+    traces to the same product with twice the ops, about 45 ms of the DP passes' time each); tf32: fp32 operands
+    on TF32 tensor cores (matrix_product; its error: tf32_product_error). On WRN-16-4 (five ghost convolutions at
+    T = 64) they take 0.3 of 10.4 ms of kernel time off a step (H200, 2026-12-02)."""
     flat = a.flatten(0, 1)
-    return torch.bmm(flat.transpose(1, 2), flat).unflatten(0, a.shape[:2])
+    return matrix_product(flat.transpose(1, 2), flat, tf32 and a.dtype == torch.float32).unflatten(0, a.shape[:2])
+
+
+def gram_error(n: int, norms: Tensor, dtype: torch.dtype, tf32: bool) -> tuple[float, float | Tensor]:
+    """(γ, e) of grams(a, tf32) for a of dtype over n features with position norms `norms` (B, G, T):
+    |Â_ts − A_ts| ≤ γ‖a_t‖‖a_s‖ + e (IEEE: γ_n and n·η; TF32 tensor cores: tf32_product_error, e per sample)."""
+    if tf32 and dtype == torch.float32:
+        top = norms.amax((1, 2))
+        return tf32_product_error(n, top, top)
+    return gamma(n, unit_roundoff(dtype)), n * SUBNORMAL[dtype]
 
 
 def shifted_windows(x: Tensor, g: Tensor, kernel: list[int], padding, dilation) -> tuple[Tensor, Tensor, list[int]]:
@@ -191,16 +200,15 @@ class ConvRule:
     def ghost_norm_bound(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
         """[s, e, a]: the Gram form plus its error bound, the clipped sum's rounding per unit c, (u + γ_T)·M_i
         (mkldnn's direct or GEMM weight gradient on CPU, a GEMM on unfolded inputs on CUDA; with tf32 a TF32 GEMM,
-        whose truncation the margin adds), and what underflow in the clip-scaled output gradients adds
-        (release_underflow, per group)."""
+        whose truncation the margin adds, and TF32 Grams, whose error s takes: tf32_product_error), and what
+        underflow in the clip-scaled output gradients adds (release_underflow, per group)."""
         r, rho = self._position_norms(site, g, x)
         m = upper_sum(r * rho, [1, 2])
         u, gg = self._unfolded(site, full_precision(g), full_precision(x))
-        uu, eta = unit_roundoff(u.dtype), SUBNORMAL[u.dtype]
-        gram_u, gram_g = grams(u), grams(gg)
+        tf32 = site.consts.get("tf32", False)  # the clipped sum's product and the Grams on TF32 tensor cores
         d, p = u.shape[2], gg.shape[2]
-        s = gram_sum_bound(gram_u, gram_g, r, rho, gamma(d, uu), d * eta, gamma(p, uu), p * eta)
-        tf32 = site.consts.get("tf32", False)
+        (gu, eu), (gg_, eg) = gram_error(d, r, u.dtype, tf32), gram_error(p, rho, gg.dtype, tf32)
+        s = gram_sum_bound(grams(u, tf32), grams(gg, tf32), r, rho, gu, eu, gg_, eg)
         # the clip scales g: G's rows (p features, norms rho), or U's for a transposed convolution (unfolded from g)
         (scaled, features), (other, other_features) = ((r, d), (rho, p)) if site.consts["transposed"] else \
             ((rho, p), (r, d))

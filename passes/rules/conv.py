@@ -56,19 +56,21 @@ def unfold_nd(x: Tensor, kernel: list[int], stride, padding, dilation) -> Tensor
 def grams(a: Tensor, tf32: bool = False) -> Tensor:
     """a_tᵀ a_s per sample and group, (B, G, n, T) → (B, G, T, T): one bmm over B·G, contracting n (an einsum
     traces to the same product with twice the ops, about 45 ms of the DP passes' time each); tf32: fp32 operands
-    on TF32 tensor cores (matrix_product; its error: tf32_product_error). On WRN-16-4 (five ghost convolutions at
+    on TF32 tensor cores (fp32 operands: certified_grams decides). On WRN-16-4 (five ghost convolutions at
     T = 64) they take 0.3 of 10.4 ms of kernel time off a step (H200, 2026-12-02)."""
     flat = a.flatten(0, 1)
-    return matrix_product(flat.transpose(1, 2), flat, tf32 and a.dtype == torch.float32).unflatten(0, a.shape[:2])
+    return matrix_product(flat.transpose(1, 2), flat, tf32).unflatten(0, a.shape[:2])
 
 
-def gram_error(n: int, norms: Tensor, dtype: torch.dtype, tf32: bool) -> tuple[float, float | Tensor]:
-    """(γ, e) of grams(a, tf32) for a of dtype over n features with position norms `norms` (B, G, T):
-    |Â_ts − A_ts| ≤ γ‖a_t‖‖a_s‖ + e (IEEE: γ_n and n·η; TF32 tensor cores: tf32_product_error, e per sample)."""
-    if tf32 and dtype == torch.float32:
+def certified_grams(a: Tensor, norms: Tensor, tf32: bool) -> tuple[Tensor, float, float | Tensor]:
+    """(Â, γ, e): grams(a) with |Â_ts − A_ts| ≤ γ‖a_t‖‖a_s‖ + e for a over n features with position norms `norms`
+    (B, G, T); on TF32 tensor cores where tf32 and a is fp32 (tf32_product_error, e per sample), else IEEE (γ_n,
+    n·η). One place decides both the product and its error."""
+    n = a.shape[2]
+    if tf32 and a.dtype == torch.float32:
         top = norms.amax((1, 2))
-        return tf32_product_error(n, top, top)
-    return gamma(n, unit_roundoff(dtype)), n * SUBNORMAL[dtype]
+        return (grams(a, True), *tf32_product_error(n, top, top))
+    return grams(a), gamma(n, unit_roundoff(a.dtype)), n * SUBNORMAL[a.dtype]
 
 
 def shifted_windows(x: Tensor, g: Tensor, kernel: list[int], padding, dilation) -> tuple[Tensor, Tensor, list[int]]:
@@ -206,9 +208,9 @@ class ConvRule:
         m = upper_sum(r * rho, [1, 2])
         u, gg = self._unfolded(site, full_precision(g), full_precision(x))
         tf32 = site.consts.get("tf32", False)  # the clipped sum's product and the Grams on TF32 tensor cores
+        (gram_u, gu, eu), (gram_g, gg_, eg) = certified_grams(u, r, tf32), certified_grams(gg, rho, tf32)
+        s = gram_sum_bound(gram_u, gram_g, r, rho, gu, eu, gg_, eg)
         d, p = u.shape[2], gg.shape[2]
-        (gu, eu), (gg_, eg) = gram_error(d, r, u.dtype, tf32), gram_error(p, rho, gg.dtype, tf32)
-        s = gram_sum_bound(grams(u, tf32), grams(gg, tf32), r, rho, gu, eu, gg_, eg)
         # the clip scales g: G's rows (p features, norms rho), or U's for a transposed convolution (unfolded from g)
         (scaled, features), (other, other_features) = ((r, d), (rho, p)) if site.consts["transposed"] else \
             ((rho, p), (r, d))

@@ -127,3 +127,32 @@ _LIB.impl("tf32_bmm", tf32_bmm, "CompositeExplicitAutograd")
 @torch.library.register_fake("dpcompile::tf32_bmm", lib=_LIB)
 def _(a, b):
     return a.new_empty((a.shape[0], a.shape[1], b.shape[2]))
+
+
+# The pin that makes inductor store a value once (passes.rewrite.stored): lowered as inductor's own
+# prims.inductor_force_stride_order (require the strides given: a no-op for a value already stored so), but with a
+# fake function that only makes the output. The prim's fake function copies (torch's eager_force_stride compares its
+# strides, a tuple, with the list the dispatcher passes, never equal), and the copy's overlap check guards the batch
+# size (≠ 1): inductor's own fake-tensor pass over every DP backward then made a batch of one recompile the model.
+_LIB.define("stored(Tensor x, SymInt[] stride) -> Tensor")
+
+
+def stored(x: Tensor, stride: list[int]) -> Tensor:
+    """x copied to the given strides (what inductor's lowering stores; eagerly, a copy)."""
+    return torch.empty_strided(x.shape, stride, dtype=x.dtype, device=x.device).copy_(x)
+
+
+_LIB.impl("stored", stored, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("dpcompile::stored", lib=_LIB)
+def _(x, stride):
+    return x.new_empty_strided(x.shape, stride)
+
+
+def lower_stored_as_inductor_pin() -> None:
+    """Inductor lowers dpcompile::stored as prims.inductor_force_stride_order (once per process)."""
+    import torch._inductor.inductor_prims  # noqa: F401  (registers the prim)
+    from torch._inductor.lowering import lowerings
+    lowerings.setdefault(torch.ops.dpcompile.stored.default,
+                         lowerings[torch.ops.prims.inductor_force_stride_order.default])

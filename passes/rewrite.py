@@ -9,13 +9,15 @@ grad = (scale·Σ_i C_i ĝ_i + N(0, σ²R²)) / n, with ĝ_i the graph's own per
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import networkx as nx
 import torch
-import torch._inductor.inductor_prims  # noqa: F401  (registers prims.inductor_force_stride_order)
 import torch.fx as fx
+
+from dpcompile.ops import lower_stored_as_inductor_pin
 
 from .emit import emit, fresh_value
 from .export import to_networkx
@@ -23,11 +25,11 @@ from .meta import PARAMS, PLAN, SITE, ParamGrad, PassContext
 from .rules import rule_for
 from .rules.one_sample import FAMILY as ONE_SAMPLE
 from .tied import emit_tied_norm
-from .rules.bounds import (accumulation_gamma, gamma, masked_scaled, per_sample_bound, round_down,
+from .rules.bounds import (U64, Bound, accumulation_gamma, gamma, masked_scaled, per_sample_bound, round_down,
                           stored_norm_bound, unit_roundoff)
 from .shapes import reduced_count
 
-STORE = torch.ops.prims.inductor_force_stride_order.default
+STORE = torch.ops.dpcompile.stored.default
 
 aten = torch.ops.aten
 
@@ -53,6 +55,8 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     deferred = descendants(gm.graph, site_param)
 
     graph, env = fx.Graph(), {}
+    if ctx.inductor:
+        lower_stored_as_inductor_pin()
     terms: dict[fx.Node, tuple] = {}
     for node in gm.graph.nodes:
         if node.op == "output" or node in deferred and node not in site_param:
@@ -94,15 +98,15 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
 
 
 def stored(graph: fx.Graph, node: fx.Node) -> fx.Node:
-    """node pinned to one stored tensor for inductor (prims.inductor_force_stride_order at its own strides, which
-    inductor lowers by storing the producer once, a no-op where it is stored already), for a term's operands and
-    per-sample gradients. Inductor may otherwise inline a pointwise producer into each kernel that reads it, so that
-    the norm's kernel and the clipped sum's compute it twice, and under FMA contraction two kernels may round one
-    expression differently: the certified norm would then bound other values than the ones released. Only for graphs
-    inductor lowers: run eagerly, the prim copies to the strides traced, which a size-1 dimension may not have.
-    The pin's value is node's own (same sizes and strides), so it is written, not traced: the prim's meta function
-    copies and checks for overlap, which decides whether the symbolic batch is 1 and, at a first batch of one,
-    specialised every later trace of the graph to it (and inductor's CUDA code generation then failed on the mix)."""
+    """node pinned to one stored tensor for inductor (dpcompile::stored at its own strides, which inductor lowers as
+    prims.inductor_force_stride_order: the producer stored once, a no-op where it is stored already), for a term's
+    operands and per-sample gradients. Inductor may otherwise inline a pointwise producer into each kernel that reads
+    it, so that the norm's kernel and the clipped sum's compute it twice, and under FMA contraction two kernels may
+    round one expression differently: the certified norm would then bound other values than the ones released. Only
+    for graphs inductor lowers: run eagerly, the op copies to the strides traced, which a size-1 dimension may not
+    have. Not the prim itself: its fake function copies and checks for overlap, which asks whether the batch is 1;
+    inductor's fake-tensor pass over the graph then guarded the batch (≠ 1), and a batch of one recompiled the model
+    (dpcompile.ops.stored). The pin's value is node's own (same sizes and strides), so it is written, not traced."""
     value = node.meta.get("val")
     if node.op == "placeholder" or not isinstance(value, torch.Tensor) or node.target is STORE:
         return node  # a graph input is stored; a pin needs no second one
@@ -136,7 +140,7 @@ def planned_site(node: fx.Node):
 
 def emit_norm(graph: fx.Graph, node: fx.Node, inputs: Sequence[fx.Node], param: ParamGrad,
               store: bool = False) -> tuple:
-    """(certified norm [s, e, a] per sample (B, 3), per-sample gradients or None) for one term; for a use of a
+    """(certified norm [s, e, a]: three (B,) nodes, per-sample gradients or None) for one term; for a use of a
     shared parameter (margin ‖ĝ_i − g_i‖ per sample, per-sample gradients)."""
     rule, site, method = rule_for(node), planned_site(node), node.meta[PLAN].method
     name = safe_name(param.name) + (f"_use{param.sites.index(node)}" if len(param.sites) > 1 else "")
@@ -275,13 +279,14 @@ def emit_clip_factors(graph: fx.Graph, spec: ClipSpec, by_param: dict[str, list[
     groups = [g for g in groups if g[3]]
     sizes = [len(g[3]) for g in groups]
 
-    def group_norms(*bounds):
+    def group_norms(*parts):  # each term's [s, e, a], flattened
+        bounds = [parts[i:i + 3] for i in range(0, len(parts), 3)]
         out, start = [], 0
         for k in sizes:
             out.append(certified_group_norm(bounds[start:start + k]))
             start += k
         return torch.stack(out)
-    norms = emit(graph, group_norms, [n for g in groups for n in g[3]], "dp_certified_norms")
+    norms = emit(graph, group_norms, [part for g in groups for bound in g[3] for part in bound], "dp_certified_norms")
     bounds = [bound for _, _, bound, _ in groups]
     keep = emit(graph, lambda n: kept(n, bounds, spec), [norms], "dp_kept_samples")
     dropped = emit(graph, lambda k: (~k).sum(), [keep], "dp_dropped_samples")
@@ -298,15 +303,16 @@ def group_clip_factor(row: int, bounds: Sequence[float], spec: ClipSpec) -> Call
     return lambda norms, keep: clip_factor(norms, keep, row, bounds, spec)
 
 
-SAFETY = 1 + 2.0**-40  # the few float64 operations on a norm after its bound terms (≤ 40 · 2^-53)
-
-
-def certified_group_norm(bounds: Sequence[torch.Tensor]) -> torch.Tensor:
-    """[N_i, A_i] (2, B) over a group's terms [s, e, a]: N_i = (√(Σ s) + Σ e)·(1 + 2^-40) ≥ ‖g_i‖, and the clipped
-    terms' release is within c_i·N_i + A_i, A_i = Σ a·(1 + 2^-40) (Minkowski: ‖Σ_k (g_k + err_k)‖ ≤ ‖g‖ +
-    Σ_k ‖err_k‖)."""
-    total = torch.stack(list(bounds)).sum(0)
-    return torch.stack([total[:, 0].sqrt() + total[:, 1], total[:, 2]]) * SAFETY
+def certified_group_norm(bounds: Sequence[Bound]) -> torch.Tensor:
+    """[N_i, A_i] (2, B) over a group's k terms [s, e, a]: N_i = (√(Σ s) + Σ e)·F ≥ ‖g_i‖, and the clipped terms'
+    release is within c_i·N_i + A_i, A_i = Σ a·F (Minkowski: ‖Σ_k (g_k + err_k)‖ ≤ ‖g‖ + Σ_k ‖err_k‖).
+    F = 1 + 2γ_{k+3} covers the float64 roundings after the terms' bounds, on non-negative values: k − 1
+    additions in each sum (in any order), the square root, the addition of Σ e and the multiplication by F: at most
+    k + 3 relative roundings of u along any path; doubled because F itself rounds to a float64 (by ≤ u, under
+    γ_{k+3}). The sums are chains of additions, not a stack's reduction: inductor then computes each term's
+    [s, e, a] in the kernel of the reduction it comes from, or inlines it here, not in a kernel of its own."""
+    total = [functools.reduce(torch.add, parts) for parts in zip(*bounds)]
+    return torch.stack([total[0].sqrt() + total[1], total[2]]) * (1 + 2 * gamma(len(bounds) + 3, U64))
 
 
 def kept(norms: torch.Tensor, bounds: Sequence[float], spec: ClipSpec) -> torch.Tensor:

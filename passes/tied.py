@@ -125,7 +125,7 @@ def cross_bound(fu: tuple, fv: tuple) -> torch.Tensor:
 
 
 def emit_tied_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, terms: dict, env: dict) -> fx.Node:
-    """[S, E, A] (B, 3) for a tied parameter whose uses were ghost-clipped (their [s_u, e_u, a_u] in terms):
+    """[S, E, A] (three (B,) nodes) for a tied parameter whose uses were ghost-clipped (their [s_u, e_u, a_u] in terms):
     S = max(0, Σ s_u + 2 Σ_{u<v} X_uv) ≥ ‖Σ_u g^u_i‖² (X_uv a cross term's upper bound). E covers the release:
     each use's clipped sum x_u errs from c·g^u by c·(e_u + u_u·√s_u), and the k − 1 additions that join them
     by γ_{k−1}·Σ_u ‖x_u‖ ≤ γ_{k−1}·c·Σ_u (√s_u + e_u) (a partial sum's rounding is not relative to the final
@@ -136,18 +136,19 @@ def emit_tied_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, terms:
     rounding = max(unit_roundoff(s.meta["val"].dtype) for s in sites) + gamma(len(sites) - 1, chain.roundoff)
 
     def certified_tied_norm(*values):
-        bounds, operands, factors, start = values[:len(sites)], values[len(sites):], [], 0
+        parts, operands, factors, start = values[:3 * len(sites)], values[3 * len(sites):], [], 0
+        bounds = [parts[i:i + 3] for i in range(0, len(parts), 3)]
         for site, flip, n in zip(sites, chain.flips, arity):
             x, y = rule_for(site).ghost_factors(site.meta[SITE], *operands[start:start + n])
             factors.append((y, x) if flip else (x, y))
             start += n
-        s = torch.stack([b[:, 0] for b in bounds]).sum(0)
+        s = torch.stack([b[0] for b in bounds]).sum(0)
         for i in range(len(sites)):
             for j in range(i + 1, len(sites)):
                 s = s + 2 * cross_bound(factors[i], factors[j])
-        e = sum(b[:, 1] + rounding * (b[:, 0].sqrt() + b[:, 1]) for b in bounds)
-        a = sum(b[:, 2] for b in bounds) * (1 + rounding)  # the uses' underflow, through the same additions
-        return torch.stack([s.clamp(min=0), e, a], 1)
+        e = sum(b[1] + rounding * (b[0].sqrt() + b[1]) for b in bounds)
+        a = sum(b[2] for b in bounds) * (1 + rounding)  # the uses' underflow, through the same additions
+        return s.clamp(min=0), e, a
 
-    inputs = [terms[s][0] for s in sites] + [env[a] for s in sites for a in s.meta[SITE].inputs]
+    inputs = [part for s in sites for part in terms[s][0]] + [env[a] for s in sites for a in s.meta[SITE].inputs]
     return emit(graph, certified_tied_norm, inputs, f"dp_norm_sq_{param.name.replace('.', '_')}")

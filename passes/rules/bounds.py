@@ -2,13 +2,14 @@
 Stability of Numerical Algorithms, ch. 3). A dot product of length n in a dtype of unit roundoff u, with
 gradual underflow (smallest subnormal η), errs by at most γ_n·Σ|x_k y_k| + n·η, γ_n = n·u/(1 − n·u).
 
-A term's certified norm is a (B, 3) float64 tensor [s, e, a] per sample: ‖g_i‖ ≤ √s + e for the exact
+A term's certified norm is three (B,) float64 tensors [s, e, a] (a Bound): ‖g_i‖ ≤ √s + e for the exact
 per-sample gradient g_i of the operands as stored, and the term's clipped sum for a one-sample batch
 with factor c has norm ≤ c·(√s + e) + a. The absolute part a is what gradual underflow adds whatever c is: a
 clip-scaled operand c·p rounded in the subnormal range errs by up to half its spacing, not by u of itself, and a
 crafted sample (huge activations or output gradients elsewhere in its terms) can drive c·p there while the other
 operand brings the release back up to R (release_underflow). The clip factor uses N_i = √(Σ s) + Σ e and
-A_i = Σ a over a group's terms: c_i·N_i + A_i ≤ R.
+A_i = Σ a over a group's terms: c_i·N_i + A_i ≤ R. Three tensors, not one (B, 3) stack: each is then one value per
+sample that inductor computes in the kernel of the reduction it comes from (a stack would be one more kernel per term).
 All bound arithmetic runs in float64 (products of float32 values are exact there).
 """
 from __future__ import annotations
@@ -26,6 +27,8 @@ U64 = UNIT_ROUNDOFF[F64]
 # a product of two fp32 values truncated to TF32 (10 mantissa bits: each moves by < 2^-10 of itself), exactly
 # multiplied: (1 + 2^-10)^2 - 1 of |x·y|
 TF32_PRODUCT_U = 2.0**-9 + 2.0**-20
+
+Bound = tuple[Tensor, Tensor, Tensor]  # [s, e, a], each (B,) float64
 
 
 def unit_roundoff(dtype: torch.dtype) -> float:
@@ -163,10 +166,10 @@ def product_sum_bound(a: Tensor, b: Tensor, r: tuple[Tensor, Tensor], rho: tuple
     return s + err * (1 + gamma(n + 8, U64))
 
 
-def certified(norm_sq: Tensor, linear: Tensor, absolute: Tensor, out_dtype: torch.dtype) -> Tensor:
-    """[s, e, a] (B, 3) for a term whose result is rounded once more to out_dtype: ×(1 + u_out)."""
+def certified(norm_sq: Tensor, linear: Tensor, absolute: Tensor, out_dtype: torch.dtype) -> Bound:
+    """[s, e, a] for a term whose result is rounded once more to out_dtype: ×(1 + u_out)."""
     grow = 1 + unit_roundoff(out_dtype)
-    return torch.stack([norm_sq * grow**2, linear * grow, absolute * grow], 1)
+    return norm_sq * grow**2, linear * grow, absolute * grow
 
 
 # What a subnormal fp32 value can lose on its way through a TF32 tensor core: under 2^-126, whether the conversion
@@ -215,13 +218,13 @@ def stored_norm_bound(g: Tensor) -> Tensor:
     return row_norms(flat).square() * (1 + 3 * U64)
 
 
-def per_sample_bound(g: Tensor, margin: Tensor) -> Tensor:
+def per_sample_bound(g: Tensor, margin: Tensor) -> Bound:
     """[s, e, a] for an instantiated ĝ_i (rounded once to its dtype from an exact-ish accumulation):
     ‖g_i‖ ≤ (1 + 2u)‖ĝ_i‖ + margin and the clip-weighted copy c·ĝ_i rounds by at most (1 + u), or, where an entry
     lands in the subnormal range, by η/2 of its dtype: a = 2·(η/2)·√numel (doubled as in release_underflow)."""
     grow = 1 + 2 * unit_roundoff(g.dtype)
     a = torch.full_like(margin, SUBNORMAL[g.dtype]) * root_bound(math.prod(g.shape[1:]))
-    return torch.stack([stored_norm_bound(g) * grow**2, margin, a], 1)
+    return stored_norm_bound(g) * grow**2, margin, a
 
 
 def root_bound(n):

@@ -24,7 +24,7 @@ from dpcompile.ops import per_sample_conv_weight_grad
 from ..meta import LayerShape, Site
 from ..symbolic import same
 from . import WORD, Cost, generalized_linear_costs, register
-from .bounds import (F64, SUBNORMAL, U64, accumulation_gamma, certified, clipped_product_margin, full_precision,
+from .bounds import (Bound, F64, SUBNORMAL, U64, accumulation_gamma, certified, clipped_product_margin, full_precision,
                      gamma, gram_sum_bound, masked, masked_scaled, matrix_product, release_underflow, row_norms,
                      tf32_product_error, unit_roundoff, upper_sum)
 from .layout import per_row, rows_per_sample, shape_of, views_into_positions, views_of
@@ -199,7 +199,7 @@ class ConvRule:
         rho = row_norms(g.reshape(B, groups, g.shape[1] // groups, T), dims=(2,))
         return views_into_positions(r_sq.sqrt() * (1 + U64), k), views_into_positions(rho, k)
 
-    def ghost_norm_bound(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
+    def ghost_norm_bound(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Bound:
         """[s, e, a]: the Gram form plus its error bound, the clipped sum's rounding per unit c, (u + γ_T)·M_i
         (mkldnn's direct or GEMM weight gradient on CPU, a GEMM on unfolded inputs on CUDA; with tf32 a TF32 GEMM,
         whose truncation the margin adds, and TF32 Grams, whose error s takes: tf32_product_error), and what

@@ -18,7 +18,7 @@ from torch import Tensor
 from ..meta import LayerShape, Site
 from ..symbolic import same
 from . import WORD, Cost, register
-from .bounds import (SUBNORMAL, accumulation_dtype, accumulation_gamma, certified, clipped_product_margin,
+from .bounds import (Bound, SUBNORMAL, accumulation_dtype, accumulation_gamma, certified, clipped_product_margin,
                      full_precision, gamma, gram_sum_bound, masked_scaled, release_underflow, row_norms, unit_roundoff,
                      upper_sum)
 from .layout import PERMUTES, keeps_order, rows_per_sample, shape_of, views_of
@@ -152,7 +152,7 @@ class EmbeddingRule:
         k = self._value_roundings(site, tensors)
         return rho, 2 * gamma(k, unit_roundoff(values.dtype)) * upper_sum(rho, [1])
 
-    def ghost_norm_bound(self, site: Site, *tensors: Tensor) -> Tensor:
+    def ghost_norm_bound(self, site: Site, *tensors: Tensor) -> Bound:
         """[s, e, a]: Σ_ts [idx_t = idx_s] ⟨v_t, v_s⟩ plus its error bound; e: the scatter's rounding per unit c,
         (u + γ_N)·Σ_t ‖v_t‖, and the values' own rounding; a: what underflow in c·v_t adds (release_underflow)."""
         idx, values = self._rows(site, *tensors)

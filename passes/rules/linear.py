@@ -14,8 +14,8 @@ from torch import Tensor
 from ..meta import LayerShape, Site
 from ..symbolic import simplified
 from . import Cost, generalized_linear_costs, register
-from .bounds import (accumulation_gamma, certified, clipped_product_margin, gram_sum_bound, masked, masked_scaled,
-                     matrix_product, product_matrix, release_underflow, row_norms, upper_sum)
+from .bounds import (Bound, accumulation_gamma, certified, clipped_product_margin, gram_sum_bound, masked,
+                     masked_scaled, matrix_product, product_matrix, release_underflow, row_norms, upper_sum)
 from .layout import find_rows_layout, shape_of, to_batch_rows
 
 aten = torch.ops.aten
@@ -77,7 +77,7 @@ class MatmulRule:
             return p.square().sum((1, 2)) * q.square().sum((1, 2))
         return (torch.bmm(p, p.transpose(1, 2)) * torch.bmm(q, q.transpose(1, 2))).sum((1, 2))
 
-    def ghost_norm_bound(self, site: Site, x: Tensor, q: Tensor, anchor: Tensor) -> Tensor:
+    def ghost_norm_bound(self, site: Site, x: Tensor, q: Tensor, anchor: Tensor) -> Bound:
         """[s, e, a]: s ≥ ‖P_iᵀQ_i‖² (T = 1: (‖p‖‖q‖)²; else the Gram form plus its error bound), e the
         clipped sum's rounding per unit c, (u + γ_T)·M_i with M_i = Σ_t ‖p_t‖‖q_t‖ (TF32 products: their
         truncation added, and the Grams' in s: tf32_product_error), a what underflow in c·P_i adds

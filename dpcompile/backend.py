@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import re
 import warnings
@@ -28,23 +27,6 @@ from .privacy.engine import PrivacyEngine
 aten = torch.ops.aten
 
 log = logging.getLogger(__name__)
-
-
-@functools.cache
-def capture_decompositions() -> dict:
-    """Inductor's decompositions, plus weight normalisation's fused kernel (its backward op has no batched
-    form; decomposed, the backward is ordinary ops linear in the weight's gradient, which the norm follows)."""
-    from torch._decomp import get_decompositions
-    aten = torch.ops.aten
-    return {**select_decomp_table(), **get_decompositions([aten._weight_norm_interface]),
-            aten._weight_norm_interface_backward.default: weight_norm_backward}
-
-
-def weight_norm_backward(grad_w, v, g, norms, dim: int):
-    """_weight_norm_interface's backward as ATen's composite formula (w = g·v/‖v‖ over all dims but dim)."""
-    dims = [d for d in range(v.dim()) if d != dim % v.dim()]
-    per_dim = (grad_w * v).sum(dims, keepdim=True)
-    return (g / norms) * (grad_w - v * (per_dim / (norms * norms))), per_dim / norms
 
 
 class DPBackend:
@@ -75,7 +57,9 @@ class DPBackend:
             from torch._inductor.compile_fx import compile_fx
             # AOTAutograd's cache is keyed on the captured graph, not on our rewrite (R, σ, noise source):
             # a hit would skip the passes and reuse another model's backward. Inductor's own graph cache
-            # keys on the rewritten graph and stays on.
+            # keys on the rewritten graph and stays on: so compile_fx gets inductor's own decompositions (a
+            # table of our own would go into that key, where most of its functions do not pickle, and bypass the
+            # cache); ops they leave without a per-sample form are expanded by passes.expand_composites.
             # Inductor's CUDA matmul padding (pad_mm) pads odd-sized products and slices the result, which
             # would hide a weight gradient behind a slice; it is turned off for the DP graphs alone. So are a
             # user's global CUDA graphs (triton.cudagraphs=True); cuda_graphs=True records them with the noise op
@@ -83,14 +67,14 @@ class DPBackend:
             # generator's draw) and add the captured noise again.
             with torch._functorch.config.patch(enable_autograd_cache=False), \
                     torch._inductor.config.patch(dp_graph_settings(self.config)):
-                compiled = compile_fx(gm, example_inputs, decompositions=capture_decompositions(),
+                compiled = compile_fx(gm, example_inputs,
                                       inner_compile=lambda g, ex, **kw: self.compile_graph(g, ex, ctx, kw))
         else:
             import torch._inductor.lowering as _lowering  # noqa: F401  (inductor's max-pool decomposition reads it)
             compiled = aot_autograd(
                 fw_compiler=lambda g, ex: self.compile_graph(g, ex, ctx, {}),
                 bw_compiler=lambda g, ex: self.compile_graph(g, ex, ctx, {"is_backward": True}),
-                decompositions=capture_decompositions(),
+                decompositions=select_decomp_table(),
                 partition_fn=min_cut_rematerialization_partition,
             )(gm, example_inputs)
         compiled = checked.before(compiled)

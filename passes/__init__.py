@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch.fx as fx
 
+from .composites import expand_composites
 from .export import to_networkx
 from .meta import LayerShape, ParamGrad, ParamSpec, PassContext, Site
 from .plan import Decision, plan_sites
@@ -12,7 +13,7 @@ from .rules import RULES, Cost
 from .safety import check_sample_independence
 from .shapes import annotate_sites
 
-PIPELINE = (annotate_sites, plan_sites, rewrite_backward)
+PIPELINE = (expand_composites, annotate_sites, plan_sites, rewrite_backward)
 
 
 def run_pipeline(backward: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:

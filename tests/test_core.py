@@ -200,6 +200,47 @@ def test_inductor_caches_never_reuse_another_models_backward():
         assert "backward_rewritten" in dp.graphs
 
 
+CACHE_RUN = """
+import json, sys, torch
+from torch import nn
+from torch._dynamo.utils import counters
+from torch.nn.utils.parametrizations import weight_norm
+import dpcompile
+torch.manual_seed(0)
+model = nn.Sequential(weight_norm(nn.Linear(6, 5)), nn.Tanh(), nn.Linear(5, 2)).double()
+dp = dpcompile.dpcompile(model, max_grad_norm=float(sys.argv[1]), noise_multiplier=0.0, backend="inductor")
+dp(torch.randn(4, 6, dtype=torch.float64)).square().sum().backward()
+grads = [p.grad.flatten().tolist() for p in model.parameters()]
+print(json.dumps({"counters": dict(counters["inductor"]), "grads": grads}))
+"""
+
+
+@pytest.mark.inductor
+def test_a_second_run_finds_the_dp_graphs_in_inductors_cache_and_another_bound_does_not(tmp_path):
+    """Inductor's FX graph cache serves a restarted run (the first step's compile time), keyed on the rewritten
+    graph: the same model and bound hit it for both graphs and give the same gradients, another bound R misses it
+    for the backward (its clip factors are constants of that graph). With the capture's own decomposition table the
+    cache was bypassed: most of the table's functions do not pickle into the key."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path), "TORCHINDUCTOR_FX_GRAPH_CACHE": "1"}
+
+    def run(bound):
+        done = subprocess.run([sys.executable, "-c", CACHE_RUN, str(bound)], capture_output=True, text=True, env=env,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    first, second, other = run(1e-3), run(1e-3), run(1e3)
+    assert first["counters"].get("fxgraph_cache_bypass", 0) == 0
+    assert first["counters"].get("fxgraph_cache_miss", 0) == 2
+    assert second["counters"].get("fxgraph_cache_hit", 0) == 2 and second["grads"] == first["grads"]
+    assert other["counters"].get("fxgraph_cache_miss", 0) >= 1 and other["grads"] != first["grads"]
+
+
 WIDE_TOKENS = Case("wide_tokens", lambda: nn.Sequential(nn.Linear(1024, 1024), nn.Tanh(), nn.Linear(1024, 2)),
                    lambda B: torch.randn(B, 512, 1024, dtype=torch.float64))
 

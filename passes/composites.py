@@ -27,7 +27,8 @@ def weight_norm_backward(grad_w, v, g, norms, dim: int):
 def expand_composites(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     """Every _weight_norm_interface_backward replaced, in place, by weight_norm_backward's ops."""
     graph = gm.graph
-    for node in graph.find_nodes(op="call_function", target=aten._weight_norm_interface_backward.default):
+    found = graph.find_nodes(op="call_function", target=aten._weight_norm_interface_backward.default)
+    for node in found:
         *tensors, dim = node.args
         with graph.inserting_before(node):
             parts = emit(graph, lambda *t, dim=dim: weight_norm_backward(*t, dim), tensors, f"{node.name}_composite")
@@ -35,6 +36,7 @@ def expand_composites(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
             user.replace_all_uses_with(parts[user.args[1]])
             graph.erase_node(user)
         graph.erase_node(node)
-    graph.lint()
-    gm.recompile()
+    if found:
+        graph.lint()
+        gm.recompile()
     return gm

@@ -92,8 +92,10 @@ def max_relative_error(model, reference) -> float:
 
 def inductor_batch_of_one(batches, backend=None) -> int:
     """1 where a batch of one may recompile: inductor's code generation guards B ≥ 2 or B ≠ 1 in some graphs
-    (can_use_32bit_indexing, _dynamic_reshape_indexer; seen on an H200 with torch 2.11, and on CPU for tied
-    uses; the overlap check of copy_'s meta on the DP pass's stored-value pins), so a batch of one gets a capture of its own (a recompile, not a difference in results)."""
+    (can_use_32bit_indexing, _dynamic_reshape_indexer; seen on an H200 with torch 2.11), as do some models'
+    forwards (a CPU convolution, GroupNorm), so a batch of one gets a capture of its own (a recompile, not a
+    difference in results). The DP passes' pins no longer do (dpcompile::stored; before 2026-12-03 the overlap check
+    of their prim's copying fake function guarded B ≠ 1 for every inductor-lowered model)."""
     return int((backend or BACKEND) == "inductor" and 1 in batches)
 
 

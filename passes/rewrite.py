@@ -25,8 +25,8 @@ from .meta import PARAMS, PLAN, SITE, ParamGrad, PassContext
 from .rules import rule_for
 from .rules.one_sample import FAMILY as ONE_SAMPLE
 from .tied import emit_tied_norm
-from .rules.bounds import (U64, Bound, accumulation_gamma, gamma, masked_scaled, per_sample_bound, round_down,
-                          stored_norm_bound, unit_roundoff)
+from .rules.bounds import (U64, Bound, accumulation_gamma, as_bounds, gamma, masked_scaled, per_sample_bound,
+                          round_down, stored_norm_bound, unit_roundoff)
 from .shapes import reduced_count
 
 STORE = torch.ops.dpcompile.stored.default
@@ -280,7 +280,7 @@ def emit_clip_factors(graph: fx.Graph, spec: ClipSpec, by_param: dict[str, list[
     sizes = [len(g[3]) for g in groups]
 
     def group_norms(*parts):  # each term's [s, e, a], flattened
-        bounds = [parts[i:i + 3] for i in range(0, len(parts), 3)]
+        bounds = as_bounds(parts)
         out, start = [], 0
         for k in sizes:
             out.append(certified_group_norm(bounds[start:start + k]))

@@ -19,7 +19,7 @@ import torch.fx as fx
 from .emit import emit
 from .meta import SITE, ParamGrad
 from .rules import WORD, Cost, rule_for
-from .rules.bounds import F64, gamma, product_matrix, product_sum_bound, row_norms, unit_roundoff
+from .rules.bounds import F64, as_bounds, gamma, product_matrix, product_sum_bound, row_norms, unit_roundoff
 
 aten, prims = torch.ops.aten, torch.ops.prims
 FACTORED = {"linear", "embedding", "embedding_bag"}
@@ -137,7 +137,7 @@ def emit_tied_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, terms:
 
     def certified_tied_norm(*values):
         parts, operands, factors, start = values[:3 * len(sites)], values[3 * len(sites):], [], 0
-        bounds = [parts[i:i + 3] for i in range(0, len(parts), 3)]
+        bounds = as_bounds(parts)
         for site, flip, n in zip(sites, chain.flips, arity):
             x, y = rule_for(site).ghost_factors(site.meta[SITE], *operands[start:start + n])
             factors.append((y, x) if flip else (x, y))

@@ -31,6 +31,11 @@ TF32_PRODUCT_U = 2.0**-9 + 2.0**-20
 Bound = tuple[Tensor, Tensor, Tensor]  # [s, e, a], each (B,) float64
 
 
+def as_bounds(parts) -> list[Bound]:
+    """Terms' [s, e, a] from their parts laid end to end (how a graph node takes them as operands)."""
+    return [tuple(parts[i:i + 3]) for i in range(0, len(parts), 3)]
+
+
 def unit_roundoff(dtype: torch.dtype) -> float:
     """u of a floating dtype."""
     return UNIT_ROUNDOFF[dtype]

@@ -2,6 +2,7 @@
 
     python benchmarks/pass_times.py [--models resnet50_gn,vit_s16,wrn16_4] [--size 64] [--batch 2]
     python benchmarks/pass_times.py --models resnet50_gn --size 224 --batch 32 --device cuda --backend inductor
+    python benchmarks/pass_times.py --models resnet50_gn --snippets 8   (the rewrite's snippet traces, by function)
 
 Runs each model's first step (by default with backend="eager", no inductor, on the CPU) and reports the time
 spent in the safety pass (graph check), the numerical sample-independence check (two eager runs of the forward
@@ -9,7 +10,9 @@ graph), each pass of the pipeline (shapes, plan, rewrite), with --backend induct
 and of the DP backward graph, and the whole first step. Times are the process's CPU time (--clock process,
 the default: dpcompile's passes run in this process) or wall time (--clock wall: what the first step costs
 with inductor, whose kernel compilation runs in worker processes). This is compile time, which runs on the
-host whatever the device; it is not a training-speed figure.
+host whatever the device; it is not a training-speed figure. --snippets N adds the snippet traces the rewrite
+makes (passes.emit: one make_fx trace per distinct rule, shape and dtype), their traced nodes and time, and the N
+emitting functions that took longest.
 """
 from __future__ import annotations
 
@@ -29,9 +32,12 @@ import models as zoo  # noqa: E402
 
 import dpcompile  # noqa: E402
 from dpcompile import passes  # noqa: E402
+from dpcompile.passes import emit  # noqa: E402
 from dpcompile.backend import DPBackend  # noqa: E402
 
 SPENT: dict[str, float] = defaultdict(float)
+# per emitting function (its qualified name): [snippet traces, traced nodes, seconds]; the rewrite's main cost
+SNIPPETS: dict[str, list] = defaultdict(lambda: [0, 0, 0.0])
 CLOCK = {"process": time.process_time, "wall": time.perf_counter}
 clock = time.process_time
 
@@ -51,7 +57,7 @@ def instrumented():
     """Every pipeline pass, the safety pass and the lowering timed (the backend looks them up at call time),
     as they were afterwards."""
     saved = [(passes, "PIPELINE"), (passes, "check_sample_independence"), (passes.safety.SampleCheck, "check"),
-             (DPBackend, "lower")]
+             (DPBackend, "lower"), (emit, "trace_snippet")]
     saved = [(owner, name, getattr(owner, name)) for owner, name in saved]
     lower = DPBackend.lower
 
@@ -62,6 +68,15 @@ def instrumented():
     passes.check_sample_independence = timed("check_sample_independence", passes.check_sample_independence)
     passes.safety.SampleCheck.check = timed("numerical check", passes.safety.SampleCheck.check)
     DPBackend.lower = timed_lower
+    trace = emit.trace_snippet
+
+    def counted_trace(fn, args):
+        start = clock()
+        gm = trace(fn, args)
+        row = SNIPPETS[getattr(fn, "__qualname__", type(fn).__name__)]
+        row[0], row[1], row[2] = row[0] + 1, row[1] + len(gm.graph.nodes), row[2] + clock() - start
+        return gm
+    emit.trace_snippet = counted_trace
     try:
         yield
     finally:
@@ -71,6 +86,7 @@ def instrumented():
 
 def first_step(name: str, size: int, batch: int, device: str, backend: str) -> dict[str, float]:
     SPENT.clear()
+    SNIPPETS.clear()
     torch.manual_seed(0)
     builder = getattr(zoo, name)
     model = (builder(10) if name != "vit_s16" else builder(num_classes=10, image_size=size)).to(device)
@@ -93,6 +109,8 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default="eager", choices=["eager", "inductor"])
     p.add_argument("--clock", default="process", choices=sorted(CLOCK))
+    p.add_argument("--snippets", type=int, default=0, metavar="N",
+                   help="also list the N emitting functions whose snippet traces took longest (traces, nodes, time)")
     args = p.parse_args(argv)
     clock = CLOCK[args.clock]
     card = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
@@ -104,6 +122,11 @@ def main(argv=None) -> None:
         own = sum(v for k, v in t.items() if k != "first step" and not k.startswith("lower"))
         print(f"{name}: DP passes {own:.1f} (" + ", ".join(f"{k} {v:.1f}" for k, v in t.items()
                                                         if k != "first step") + f"); first step {t['first step']:.1f}")
+        if args.snippets:
+            traces, nodes, spent = (sum(row[i] for row in SNIPPETS.values()) for i in range(3))
+            print(f"  snippet traces {traces}, {nodes} nodes, {spent:.2f} s ({1000 * spent / max(nodes, 1):.2f} ms a node)")
+            for fn, (count, n, sec) in sorted(SNIPPETS.items(), key=lambda kv: -kv[1][2])[:args.snippets]:
+                print(f"  {sec:6.2f} s {count:4d} traces {n:6d} nodes  {fn}")
 
 
 if __name__ == "__main__":

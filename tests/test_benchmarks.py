@@ -3,6 +3,7 @@ what is missing, --resume, the largest-batch search on a simulated memory, and t
 import importlib.util
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -245,14 +246,21 @@ def test_tf32_overclip_measures_each_sample_against_ieee():
 
 
 def test_pass_times_reports_each_pass_and_the_lowering(capsys):
-    load_script("pass_times").main(["--models", "small_cnn", "--size", "8", "--batch", "3", "--clock", "wall"])
+    load_script("pass_times").main(["--models", "small_cnn", "--size", "8", "--batch", "3", "--clock", "wall",
+                                    "--snippets", "3"])
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if ln.startswith("small_cnn: DP passes"))
     for part in ("rewrite_backward", "numerical check", "lower forward", "lower backward", "first step"):
         assert part in line, line
     assert "wall time" in out and "backend eager" in out
+    traces, nodes = map(int, re.search(r"snippet traces (\d+), (\d+) nodes", out).groups())
+    listed = re.findall(r"^ +[0-9.]+ s +(\d+) traces +(\d+) nodes +(\S+)", out, re.MULTILINE)
+    assert 0 < len(listed) <= 3 and any("emit_norm" in fn for *_, fn in listed), out
+    assert 0 < sum(int(c) for c, *_ in listed) <= traces and 0 < sum(int(n) for _, n, _ in listed) <= nodes, out
     from dpcompile.backend import DPBackend
+    from dpcompile.passes import emit
     assert DPBackend.lower.__name__ == "lower"  # the instrumentation is gone afterwards
+    assert emit.trace_snippet.__name__ == "trace_snippet"
 
 
 def test_cuda_graph_methods_are_named_and_set_up():

@@ -124,7 +124,8 @@ def main(argv=None) -> None:
                                                         if k != "first step") + f"); first step {t['first step']:.1f}")
         if args.snippets:
             traces, nodes, spent = (sum(row[i] for row in SNIPPETS.values()) for i in range(3))
-            print(f"  snippet traces {traces}, {nodes} nodes, {spent:.2f} s ({1000 * spent / max(nodes, 1):.2f} ms a node)")
+            per_node = 1000 * spent / max(nodes, 1)
+            print(f"  snippet traces {traces}, {nodes} nodes, {spent:.2f} s ({per_node:.2f} ms a node)")
             for fn, (count, n, sec) in sorted(SNIPPETS.items(), key=lambda kv: -kv[1][2])[:args.snippets]:
                 print(f"  {sec:6.2f} s {count:4d} traces {n:6d} nodes  {fn}")
 

@@ -208,7 +208,8 @@ from torch.nn.utils.parametrizations import weight_norm
 import dpcompile
 torch.manual_seed(0)
 model = nn.Sequential(weight_norm(nn.Linear(6, 5)), nn.Tanh(), nn.Linear(5, 2)).double()
-dp = dpcompile.dpcompile(model, max_grad_norm=float(sys.argv[1]), noise_multiplier=0.0, backend="inductor")
+dp = dpcompile.dpcompile(model, max_grad_norm=float(sys.argv[1]), noise_multiplier=float(sys.argv[2]), seed=0,
+                         backend="inductor")
 dp(torch.randn(4, 6, dtype=torch.float64)).square().sum().backward()
 grads = [p.grad.flatten().tolist() for p in model.parameters()]
 print(json.dumps({"counters": dict(counters["inductor"]), "grads": grads}))
@@ -220,7 +221,8 @@ def test_a_second_run_finds_the_dp_graphs_in_inductors_cache_and_another_bound_d
     """Inductor's FX graph cache serves a restarted run (the first step's compile time), keyed on the rewritten
     graph: the same model and bound hit it for both graphs and give the same gradients, another bound R misses it
     for the backward (its clip factors are constants of that graph). With the capture's own decomposition table the
-    cache was bypassed: most of the table's functions do not pickle into the key."""
+    cache was bypassed: most of the table's functions do not pickle into the key. A noisy run served from the
+    noise-free runs' entries still draws its noise (the noise op reads the privacy engine at run time)."""
     import json
     import os
     import subprocess
@@ -228,16 +230,19 @@ def test_a_second_run_finds_the_dp_graphs_in_inductors_cache_and_another_bound_d
 
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path), "TORCHINDUCTOR_FX_GRAPH_CACHE": "1"}
 
-    def run(bound):
-        done = subprocess.run([sys.executable, "-c", CACHE_RUN, str(bound)], capture_output=True, text=True, env=env,
-                              timeout=600)
+    def run(bound, sigma=0.0):
+        done = subprocess.run([sys.executable, "-c", CACHE_RUN, str(bound), str(sigma)], capture_output=True,
+                              text=True, env=env, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
         return json.loads(done.stdout.strip().splitlines()[-1])
 
-    first, second, other = run(1e-3), run(1e-3), run(1e3)
+    first, second, noisy, other = run(1e-3), run(1e-3), run(1e-3, sigma=1.0), run(1e3)
     assert first["counters"].get("fxgraph_cache_bypass", 0) == 0
     assert first["counters"].get("fxgraph_cache_miss", 0) == 2
     assert second["counters"].get("fxgraph_cache_hit", 0) == 2 and second["grads"] == first["grads"]
+    assert noisy["counters"].get("fxgraph_cache_hit", 0) == 2, "the noisy run must be served from the cache"
+    assert all(a != b for g, h in zip(noisy["grads"], first["grads"]) for a, b in zip(g, h)), \
+        "a cached graph released a gradient entry without noise"
     assert other["counters"].get("fxgraph_cache_miss", 0) >= 1 and other["grads"] != first["grads"]
 
 

@@ -8,6 +8,7 @@ normalising around it stay in the graph for inductor to fuse.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import weakref
@@ -129,8 +130,8 @@ def _(a, b):
     return a.new_empty((a.shape[0], a.shape[1], b.shape[2]))
 
 
-# The pin that makes inductor store a value once (passes.rewrite.stored): lowered as inductor's own
-# prims.inductor_force_stride_order (require the strides given: a no-op for a value already stored so), but with a
+# The pin that makes inductor store a value once (passes.rewrite.stored): lowered like inductor's own
+# prims.inductor_force_stride_order (require the strides' order: a no-op for a value already stored so), but with a
 # fake function that only makes the output. The prim's fake function copies (torch's eager_force_stride compares its
 # strides, a tuple, with the list the dispatcher passes, never equal), and the copy's overlap check guards the batch
 # size (≠ 1): inductor's own fake-tensor pass over every DP backward then made a batch of one recompile the model.
@@ -151,8 +152,39 @@ def _(x, stride):
 
 
 def lower_stored_as_inductor_pin() -> None:
-    """Inductor lowers dpcompile::stored as prims.inductor_force_stride_order (once per process)."""
-    import torch._inductor.inductor_prims  # noqa: F401  (registers the prim)
-    from torch._inductor.lowering import lowerings
-    lowerings.setdefault(torch.ops.dpcompile.stored.default,
-                         lowerings[torch.ops.prims.inductor_force_stride_order.default])
+    """Inductor lowers dpcompile::stored as prims.inductor_force_stride_order does, with the stride order found
+    without a guard (once per process). torch 2.11's lowering of that prim sorts symbolic strides with sympy alone,
+    which cannot order 32·B against 32 ("cannot determine truth value of Relational"), and later ones may guard."""
+    from torch._inductor import ir
+    from torch._inductor.lowering import lowerings, register_lowering
+    if torch.ops.dpcompile.stored.default in lowerings:
+        return
+
+    @register_lowering(torch.ops.dpcompile.stored.default, type_promotion_kind=None)
+    def _(x, stride):
+        return ir.ExternKernel.require_stride_order(x, stride_order(stride))
+
+
+def stride_order(stride: list) -> list[int]:
+    """Inductor's stride order (the rank of each dimension's stride, 0 the smallest; of equal strides the inner
+    dimension ranks lower), with symbolic strides compared by what holds for every batch size, else by the sizes
+    being compiled: no guard, and only the buffer's layout depends on it (any order stores the value once)."""
+    from torch._inductor.virtualized import V
+    sizevars = V.graph.sizevars
+    hint = getattr(sizevars, "optimization_hint", None) or sizevars.size_hint
+    exprs = [s.node.expr if isinstance(s, torch.SymInt) else s for s in stride]
+
+    def compare(i: int, j: int) -> int:
+        a, b = exprs[i], exprs[j]
+        if sizevars.statically_known_lt(a, b):
+            return -1
+        if sizevars.statically_known_gt(a, b):
+            return 1
+        if not sizevars.statically_known_equals(a, b) and hint(a) != hint(b):
+            return -1 if hint(a) < hint(b) else 1
+        return j - i  # equal: the inner (later) dimension first
+    fill = sorted(range(len(exprs)), key=functools.cmp_to_key(compare))
+    order = [0] * len(exprs)
+    for rank, dim in enumerate(fill):
+        order[dim] = rank
+    return order

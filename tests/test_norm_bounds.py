@@ -706,3 +706,78 @@ def test_pins_of_operands_whose_strides_hold_the_batch():
     dp = check_against_reference(case, policy="ghost", backend="inductor")
     pins = dp.graphs["backward_rewritten"].graph.find_nodes(op="call_function", target=STORE)
     assert any(isinstance(s, torch.fx.Node) for pin in pins for s in pin.args[1])
+
+
+class EncoderBlock(nn.Module):
+    """A ViT encoder block's attention half, as torchvision's: layer norm, batch-first attention, residual."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm, self.attention = nn.LayerNorm(8), nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.norm(x)
+        return self.head(self.attention(h, h, h, need_weights=False)[0] + x).mean(1)
+
+
+def test_pins_whose_strides_sympy_alone_cannot_order_are_lowered_by_inductor(monkeypatch):
+    """One pin of this block stores a value with strides (8, 8·B, 1), which inductor's sort cannot order by sympy
+    alone (it does not know that B ≥ 2). torch 2.11's lowering of prims.inductor_force_stride_order sorted them so
+    and raised, and the whole DP backward (torchvision's ViT's too) ran without inductor, correct but slower. The
+    pin's own lowering orders them with the shape environment: no fallback, and the gradients match torch.func."""
+    from torch._inductor import ir
+
+    from dpcompile import ops
+
+    lowered, order = [], ops.stride_order
+    monkeypatch.setattr(ops, "stride_order", lambda stride: lowered.append(stride) or order(stride))
+
+    def sympy_alone_orders(strides) -> bool:
+        try:
+            ir.get_stride_order(strides)
+            return True
+        except TypeError:  # "cannot determine truth value of Relational"
+            return False
+    case = Case("encoder_block", EncoderBlock, lambda B: torch.randn(B, 5, 8, dtype=torch.float64))
+    with warnings.catch_warnings(record=True) as caught, torch._inductor.config.patch(fx_graph_cache=False):
+        warnings.simplefilter("always")  # and lowered here, not served from an earlier run's cache entry
+        check_against_reference(case, policy="mixed", backend="inductor")
+    assert not [w for w in caught if "inductor could not compile" in str(w.message)]  # no fallback to eager
+    assert not all(map(sympy_alone_orders, lowered))
+
+
+@pytest.mark.parametrize("strides, order", [
+    ((12, 4, 1), [2, 1, 0]), ((1, 3), [0, 1]), ((4, 1, 4), [2, 0, 1]),  # equal strides: the inner dim ranks lower
+    ((8, 8, 8, 1), [3, 2, 1, 0]), ((1, 1), [1, 0]), ((6, 1, 2), [2, 0, 1]),
+])
+def test_the_pins_stride_order_is_inductors(strides, order):
+    """The pin's lowering ranks strides as inductor ranks them (ir.get_stride_order), ties included."""
+    from torch._inductor import ir
+    from torch._inductor.graph import GraphLowering
+    from torch._inductor.virtualized import V
+
+    from dpcompile.ops import stride_order
+
+    assert list(ir.get_stride_order(list(strides))) == order
+    with V.set_graph_handler(GraphLowering(torch.fx.symbolic_trace(nn.Identity()))):
+        assert stride_order(list(strides)) == order
+
+
+def test_the_pins_stride_order_of_symbolic_strides_adds_no_guard():
+    """(8, 8·B, 1) and (B, 1, 5·B): ordered by what holds for every batch size B ≥ 2, with no guard; (5, B) by the
+    batch being compiled (B = 7 here), also with no guard (only the stored buffer's layout depends on it)."""
+    from torch._dynamo.source import ConstantSource
+    from torch._inductor.graph import GraphLowering
+    from torch._inductor.virtualized import V
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    from dpcompile.ops import stride_order
+
+    shape_env = ShapeEnv()
+    B = shape_env.create_symbol(7, ConstantSource("B"))
+    with V.set_graph_handler(GraphLowering(torch.fx.symbolic_trace(nn.Identity()), shape_env=shape_env)):
+        assert stride_order([8, 8 * B, 1]) == [1, 2, 0]
+        assert stride_order([B, 1, 5 * B]) == [1, 0, 2]
+        assert stride_order([5, B]) == [0, 1]
+    assert not shape_env.guards

@@ -149,9 +149,11 @@ class DPBackend:
         try:
             return compile_fx_inner(gm, example_inputs, **kwargs)
         except InductorError as exc:
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            lines = [line.strip() for line in str(exc).strip().splitlines()] or [type(exc).__name__]
+            # the error's first line, and the op a LoweringException names ("target: ..." on a later line)
+            what = "; ".join([lines[0][:200]] + [line for line in lines[1:] if line.startswith("target:")][:1])
             warnings.warn(f"dpcompile: inductor could not compile a {'backward' if kwargs.get('is_backward') else 'forward'} "
-                          f"graph ({first}); it runs without inductor (correct, slower). Please report it.",
+                          f"graph ({what}); it runs without inductor (correct, slower). Please report it.",
                           RuntimeWarning, stacklevel=2)
             fallback = make_boxed_func(gm.forward)
             return fp32_boxed(fallback) if kwargs.get("is_backward") else fallback

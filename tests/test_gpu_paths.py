@@ -5,6 +5,7 @@ reductions under your own torch.compile, compiled autograd."""
 from __future__ import annotations
 
 import contextlib
+import re
 
 import pytest
 import torch
@@ -52,8 +53,14 @@ def test_a_mask_that_hides_rows_is_not_seen_through():
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="injects a failure into inductor's entry point")
-def test_inductor_failure_falls_back_to_the_graph_with_a_warning(monkeypatch):
-    """A graph inductor cannot compile runs as it is: the same gradients (torch.func, float64), a warning."""
+@pytest.mark.parametrize("error, shown", [
+    ("CantSplit: 10 not divisible by 10*s33", r"\(RuntimeError: CantSplit: 10 not divisible by 10\*s33\)"),
+    ("TypeError: cannot determine truth value of Relational: 32*s77 > 32\n  target: dpcompile.stored.default\n"
+     "  args[0]: TensorBox(...)", r"32\*s77 > 32; target: dpcompile.stored.default\)"),  # a lowering names its op
+])
+def test_inductor_failure_falls_back_to_the_graph_with_a_warning(monkeypatch, error, shown):
+    """A graph inductor cannot compile runs as it is: the same gradients (torch.func, float64), a warning that
+    gives the error and, for a lowering's, the op."""
     import torch._inductor.compile_fx as compile_fx
     from torch._inductor.exc import InductorError
 
@@ -62,15 +69,16 @@ def test_inductor_failure_falls_back_to_the_graph_with_a_warning(monkeypatch):
     def failing_once(gm, example_inputs, **kwargs):
         if kwargs.get("is_backward") and not failed:
             failed.append(True)
-            raise InductorError(RuntimeError("CantSplit: 10 not divisible by 10*s33"), None)
+            raise InductorError(RuntimeError(error), None)
         return real(gm, example_inputs, **kwargs)
 
     monkeypatch.setattr(compile_fx, "compile_fx_inner", failing_once)
     case = Case("linear", lambda: nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 3)),
                 lambda B: torch.randn(B, 5, 6, dtype=torch.float64))
-    with pytest.warns(RuntimeWarning, match="runs without inductor"):
+    with pytest.warns(RuntimeWarning, match="runs without inductor") as caught:
         check_against_reference(case, backend="inductor", batches=(3, 5))
     assert failed
+    assert any(re.search(shown, str(w.message)) for w in caught), [str(w.message) for w in caught]
 
 
 def test_user_cuda_graphs_setting_stays_off_the_dp_graphs(monkeypatch):

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Session 25, call 4 (the budget's last minutes): the CantSplit traceback of the ghost tied LM, printed (-s).
+# Prepared in session 25 for the next (no device time was left to run it): the CantSplit traceback of the ghost tied
+# LM, printed (-s: pytest shows a passing test's output only so).
 set -u
 cd "$(dirname "$0")/../../.."
 export OUT=${OUT:-/tmp/out}

@@ -180,7 +180,7 @@ def stride_order(stride: list) -> list[int]:
             return -1
         if sizevars.statically_known_gt(a, b):
             return 1
-        if not sizevars.statically_known_equals(a, b) and hint(a) != hint(b):
+        if hint(a) != hint(b):
             return -1 if hint(a) < hint(b) else 1
         return j - i  # equal: the inner (later) dimension first
     fill = sorted(range(len(exprs)), key=functools.cmp_to_key(compare))

@@ -3,29 +3,14 @@ warning on CUDA (torchvision's VisionTransformer, the attention rule cases, the 
 batch sizes through one compiled model (the second compiles with a symbolic batch)."""
 import os
 import sys
-import traceback
 
+import report_lowering_errors  # noqa: F401  (this folder: prints each lowering error's traceback)
 import torch
-import torch._inductor.compile_fx as compile_fx
 
 sys.path.insert(0, "tests")
 import dpcompile  # noqa: E402
 from rule_cases import Attention  # noqa: E402
 
-inner = compile_fx.compile_fx_inner
-
-
-def reporting(*args, **kwargs):
-    try:
-        return inner(*args, **kwargs)
-    except Exception as exc:
-        print(f"=== lowering error ({'backward' if kwargs.get('is_backward') else 'forward'}):", flush=True)
-        text = "".join(traceback.format_exception(exc))
-        print(text[-12000:], flush=True)
-        raise
-
-
-compile_fx.compile_fx_inner = reporting
 DEVICE = os.environ.get("DEVICE", "cuda")
 
 

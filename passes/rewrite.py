@@ -25,7 +25,7 @@ from .meta import PARAMS, PLAN, SITE, ParamGrad, PassContext
 from .rules import rule_for
 from .rules.one_sample import FAMILY as ONE_SAMPLE
 from .tied import emit_tied_norm
-from .rules.bounds import (U64, Bound, accumulation_gamma, as_bounds, gamma, masked_scaled, per_sample_bound,
+from .rules.bounds import (Bound, accumulation_gamma, as_bounds, cover, gamma, masked_scaled, per_sample_bound,
                           round_down, stored_norm_bound, unit_roundoff)
 from .shapes import reduced_count
 
@@ -306,31 +306,45 @@ def group_clip_factor(row: int, bounds: Sequence[float], spec: ClipSpec) -> Call
 def certified_group_norm(bounds: Sequence[Bound]) -> torch.Tensor:
     """[N_i, A_i] (2, B) over a group's k terms [s, e, a]: N_i = (√(Σ s) + Σ e)·F ≥ ‖g_i‖, and the clipped terms'
     release is within c_i·N_i + A_i, A_i = Σ a·F (Minkowski: ‖Σ_k (g_k + err_k)‖ ≤ ‖g‖ + Σ_k ‖err_k‖).
-    F = 1 + 2γ_{k+3} covers the float64 roundings after the terms' bounds, on non-negative values: k − 1
-    additions in each sum (in any order), the square root, the addition of Σ e and the multiplication by F: at most
-    k + 3 relative roundings of u along any path; doubled because F itself rounds to a float64 (by ≤ u, under
-    γ_{k+3}). The sums are chains of additions, not a stack's reduction: inductor then computes each term's
+    F = cover(k + 3) covers the float64 roundings after the terms' bounds, on non-negative values: k − 1 additions in
+    each sum (in any order), the square root, the addition of Σ e, F's own rounding and the multiplication by it:
+    at most k + 3 relative roundings of u along any path. The sums are chains of additions, not a stack's reduction: inductor then computes each term's
     [s, e, a] in the kernel of the reduction it comes from, or inlines it here, not in a kernel of its own."""
     total = [functools.reduce(torch.add, parts) for parts in zip(*bounds)]
-    return torch.stack([total[0].sqrt() + total[1], total[2]]) * (1 + 2 * gamma(len(bounds) + 3, U64))
+    return torch.stack([total[0].sqrt() + total[1], total[2]]) * cover(len(bounds) + 3)
+
+
+# How far below R the clip factor aims (clip_factor): its own float64 roundings take up to 5u of R, and the rest
+# covers a relative shortfall of up to 2⁻⁴¹ in N_i and A_i as it reads them, from roundings in the bounds'
+# arithmetic that their factors do not name (an error term's own product with its γ, the batch scale of a mean
+# loss): about 2¹² roundings of u along a path, far more than any term's bound takes (its sums carry their own γ).
+CLIP_SLACK = 2.0**-40
+
+
+def clip_target(bound: float) -> float:
+    """R·(1 − CLIP_SLACK): what C_i·N_i + A_i is held to (one rounding in Python, within clip_factor's 5u)."""
+    return bound * (1 - CLIP_SLACK)
 
 
 def kept(norms: torch.Tensor, bounds: Sequence[float], spec: ClipSpec) -> torch.Tensor:
     """(B,) whether a sample gets a nonzero clip factor: its bounds are finite and, in every group, what underflow
-    may add to its release leaves room below R_g (clip_factor)."""
+    may add to its release leaves room below the clip target (clip_factor)."""
     scale = norms.shape[-1] if spec.loss_reduction == "mean" else 1
-    room = torch.stack([norms[row, 1] * scale < bound for row, bound in enumerate(bounds)]).all(0)
+    room = torch.stack([norms[row, 1] * scale < clip_target(bound) for row, bound in enumerate(bounds)]).all(0)
     return torch.isfinite(norms).flatten(0, 1).all(0) & room
 
 
 def clip_factor(norms: torch.Tensor, keep: torch.Tensor, row: int, bounds: Sequence[float],
                 spec: ClipSpec) -> torch.Tensor:
-    """C_i = min(1, (R − A_i)⁺/(N_i + 1e-6)) (Abadi) or (R − A_i)⁺/(N_i + γ) (automatic) for group `row`: N_i the
+    """C_i = min(1, (R' − A_i)⁺/(N_i + 1e-6)) (Abadi) or (R' − A_i)⁺/(N_i + γ) (automatic) for group `row`: N_i the
     certified norm of the sample's own loss and A_i what underflow may add to its release whatever C_i is, so
-    C_i·N_i + A_i ≤ R; 0 where keep (kept(), over every group) is False. norms: (groups, 2, B). Float64."""
+    C_i·N_i + A_i ≤ R; 0 where keep (kept(), over every group) is False. norms: (groups, 2, B). Float64.
+    R' = clip_target(R) leaves room for this function's own roundings: R' rounds up by ≤ u, R' − A_i by ≤ u,
+    N_i + 1e-6 down by ≤ u and the quotient up by ≤ u, so C_i·N_i + A_i ≤ R'·(1 + u)²/(1 − u) + its rounding
+    ≤ R(1 − 2⁻⁴⁰)(1 + 5u) < R (and C_i = 1 only where the quotient rounded to ≥ 1, the same bound)."""
     scale = norms.shape[-1] if spec.loss_reduction == "mean" else 1
     norm, absolute = norms[row, 0] * scale, norms[row, 1] * scale
-    room = (bounds[row] - absolute).clamp(min=0.0)
+    room = (clip_target(bounds[row]) - absolute).clamp(min=0.0)
     if spec.clipping == "automatic":
         factor = room / (norm + spec.clip_stability)
     else:

@@ -71,20 +71,46 @@ def gamma(n, u: float) -> float:
     return nu / (1 - nu) if nu < 0.5 else math.inf
 
 
+def cover(m) -> float:
+    """1 + 2γ_m: a non-negative float64 value whose path from exact values took at most m relative roundings of
+    u (additions, products, quotients of non-negative values; a square root counts twice for a bound on its
+    square), this factor's own rounding and its multiplication among them, times this factor is at least the exact
+    value: (1 − u)^m ≥ 1 − γ_m and (1 − γ_m)(1 + 2γ_m) ≥ 1 while γ_m ≤ 1/2, and γ_m as computed (two more
+    roundings) still leaves that true while γ_m ≤ 1/4; inf beyond (no useful bound). A factor 1 + u in float64 is
+    1 exactly: it covers nothing, and this one does."""
+    g = gamma(m, U64)
+    return 1 + 2 * g if g <= 0.25 else math.inf
+
+
+def times(x: Tensor, f: float) -> Tensor:
+    """An upper bound on x·f exactly, for non-negative float64 x and a factor f ≥ 1 that Python formed with at most
+    two roundings: f's two, its product with cover's factor, that factor's own and the tensor product (cover(5))."""
+    return x * (f * cover(5))
+
+
 def upper_sum(x: Tensor, dims) -> Tensor:
-    """An upper bound on the exact sum of non-negative float64 x over dims: fl(Σ)·(1 + γ_n)."""
+    """An upper bound on the exact sum of non-negative float64 x over dims, each entry of x allowed one rounding of
+    its own (a product of two bounds): fl(Σ)·cover(n + 2) (the sum's n − 1 roundings, the entry's, the factor's and
+    the multiplication)."""
     n = math.prod(x.shape[d] for d in dims) if dims else 1
-    return x.sum(dims) * (1 + gamma(n, U64)) if dims else x
+    return x.sum(dims) * cover(n + 2) if dims else x
+
+
+def squares_bound(x: Tensor, dims, roundings: int = 0) -> Tensor:
+    """An upper bound on Σ x² over dims (float64), left that way by `roundings` more relative roundings applied to
+    it afterwards (2 for a square root). Squares of float32 and narrower values are exact in float64: the sum's
+    n − 1 roundings, the factor's and the multiplication (n + 1). Float64 squares round (one more) or, in the
+    subnormal range, err by up to η/2 each, which n·η covers (one more rounding, the addition): n + 3."""
+    n = math.prod(x.shape[d] for d in dims)
+    total = x.to(F64).square().sum([d % x.dim() for d in dims])
+    if x.dtype == F64:
+        return total * cover(n + 3 + roundings) + n * SUBNORMAL[F64]
+    return total * cover(n + 1 + roundings)
 
 
 def row_norms(x: Tensor, dims=(-1,)) -> Tensor:
-    """Upper bounds on the 2-norms of x over dims (exact squares of float32 values, float64 sums)."""
-    x64 = x.to(F64)
-    n = math.prod(x.shape[d] for d in dims)
-    sq = upper_sum(x64.square(), [d % x.dim() for d in dims])
-    if x.dtype == F64:  # squares rounded (u) or underflowed (η)
-        sq = sq * (1 + U64) + n * SUBNORMAL[F64]
-    return sq.sqrt() * (1 + U64)
+    """Upper bounds on the 2-norms of x over dims: the square root of squares_bound, its rounding covered there."""
+    return squares_bound(x, dims, roundings=2).sqrt()
 
 
 def round_down(c: Tensor, dtype: torch.dtype) -> Tensor:
@@ -172,9 +198,9 @@ def product_sum_bound(a: Tensor, b: Tensor, r: tuple[Tensor, Tensor], rho: tuple
 
 
 def certified(norm_sq: Tensor, linear: Tensor, absolute: Tensor, out_dtype: torch.dtype) -> Bound:
-    """[s, e, a] for a term whose result is rounded once more to out_dtype: ×(1 + u_out)."""
+    """[s, e, a] for a term whose result is rounded once more to out_dtype: ×(1 + u_out), rounded up (times)."""
     grow = 1 + unit_roundoff(out_dtype)
-    return norm_sq * grow**2, linear * grow, absolute * grow
+    return times(norm_sq, grow**2), times(linear, grow), times(absolute, grow)
 
 
 # What a subnormal fp32 value can lose on its way through a TF32 tensor core: under 2^-126, whether the conversion
@@ -217,10 +243,11 @@ def clipped_product_margin(m: Tensor, operand_dtype: torch.dtype, length,
     return (u_s + tensor_core_gamma(length) * (1 + u_s)) * m + subnormal
 
 
-def stored_norm_bound(g: Tensor) -> Tensor:
-    """Upper bound on ‖ĝ_i‖² of a stored per-sample tensor (B, ...), float64 squares and sums."""
+def stored_norm_bound(g: Tensor, roundings: int = 0) -> Tensor:
+    """Upper bound on ‖ĝ_i‖² of a stored per-sample tensor (B, ...), float64 squares and sums (squares_bound; left
+    an upper bound by `roundings` more relative roundings afterwards)."""
     flat = g.flatten(1) if g.dim() > 1 else g.unsqueeze(1)
-    return row_norms(flat).square() * (1 + 3 * U64)
+    return squares_bound(flat, (1,), roundings)
 
 
 def per_sample_bound(g: Tensor, margin: Tensor) -> Bound:
@@ -229,7 +256,7 @@ def per_sample_bound(g: Tensor, margin: Tensor) -> Bound:
     lands in the subnormal range, by η/2 of its dtype: a = 2·(η/2)·√numel (doubled as in release_underflow)."""
     grow = 1 + 2 * unit_roundoff(g.dtype)
     a = torch.full_like(margin, SUBNORMAL[g.dtype]) * root_bound(math.prod(g.shape[1:]))
-    return stored_norm_bound(g) * grow**2, margin, a
+    return times(stored_norm_bound(g), grow**2), margin, a
 
 
 def root_bound(n):

@@ -24,8 +24,8 @@ from dpcompile.ops import per_sample_conv_weight_grad
 from ..meta import LayerShape, Site
 from ..symbolic import same
 from . import WORD, Cost, generalized_linear_costs, register
-from .bounds import (Bound, F64, SUBNORMAL, U64, accumulation_gamma, certified, clipped_product_margin, full_precision,
-                     gamma, gram_sum_bound, masked, masked_scaled, matrix_product, release_underflow, row_norms,
+from .bounds import (Bound, F64, SUBNORMAL, accumulation_gamma, certified, clipped_product_margin, cover,
+                     full_precision, gamma, gram_sum_bound, masked, masked_scaled, matrix_product, release_underflow, row_norms,
                      tf32_product_error, unit_roundoff, upper_sum)
 from .layout import per_row, rows_per_sample, shape_of, views_into_positions, views_of
 
@@ -193,11 +193,14 @@ class ConvRule:
         windows = unfold_nd(sq, c["kernel"], c["stride"], c["padding"], c["dilation"])
         T = windows.shape[-1]
         d = x.shape[1] // groups * prod(c["kernel"])
-        r_sq = windows.reshape(B, groups, prod(c["kernel"]), T).sum(2) * (1 + gamma(d, U64))
+        # the two sums add d values (d - 1 roundings); then as squares_bound, and 2 more for the square root
+        r_sq = windows.reshape(B, groups, prod(c["kernel"]), T).sum(2)
         if x.dtype == F64:
-            r_sq = r_sq * (1 + U64) + d * SUBNORMAL[F64]
+            r_sq = r_sq * cover(d + 5) + d * SUBNORMAL[F64]
+        else:
+            r_sq = r_sq * cover(d + 3)
         rho = row_norms(g.reshape(B, groups, g.shape[1] // groups, T), dims=(2,))
-        return views_into_positions(r_sq.sqrt() * (1 + U64), k), views_into_positions(rho, k)
+        return views_into_positions(r_sq.sqrt(), k), views_into_positions(rho, k)
 
     def ghost_norm_bound(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Bound:
         """[s, e, a]: the Gram form plus its error bound, the clipped sum's rounding per unit c, (u + γ_T)·M_i

@@ -308,8 +308,9 @@ def certified_group_norm(bounds: Sequence[Bound]) -> torch.Tensor:
     release is within c_i·N_i + A_i, A_i = Σ a·F (Minkowski: ‖Σ_k (g_k + err_k)‖ ≤ ‖g‖ + Σ_k ‖err_k‖).
     F = cover(k + 3) covers the float64 roundings after the terms' bounds, on non-negative values: k − 1 additions in
     each sum (in any order), the square root, the addition of Σ e, F's own rounding and the multiplication by it:
-    at most k + 3 relative roundings of u along any path. The sums are chains of additions, not a stack's reduction: inductor then computes each term's
-    [s, e, a] in the kernel of the reduction it comes from, or inlines it here, not in a kernel of its own."""
+    at most k + 3 relative roundings of u along any path. The sums are chains of additions, not a stack's
+    reduction: inductor then computes each term's [s, e, a] in the kernel of the reduction it comes from, or inlines
+    it here, not in a kernel of its own."""
     total = [functools.reduce(torch.add, parts) for parts in zip(*bounds)]
     return torch.stack([total[0].sqrt() + total[1], total[2]]) * cover(len(bounds) + 3)
 

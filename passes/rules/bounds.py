@@ -243,11 +243,10 @@ def clipped_product_margin(m: Tensor, operand_dtype: torch.dtype, length,
     return (u_s + tensor_core_gamma(length) * (1 + u_s)) * m + subnormal
 
 
-def stored_norm_bound(g: Tensor, roundings: int = 0) -> Tensor:
-    """Upper bound on ‖ĝ_i‖² of a stored per-sample tensor (B, ...), float64 squares and sums (squares_bound; left
-    an upper bound by `roundings` more relative roundings afterwards)."""
+def stored_norm_bound(g: Tensor) -> Tensor:
+    """Upper bound on ‖ĝ_i‖² of a stored per-sample tensor (B, ...), float64 squares and sums (squares_bound)."""
     flat = g.flatten(1) if g.dim() > 1 else g.unsqueeze(1)
-    return squares_bound(flat, (1,), roundings)
+    return squares_bound(flat, (1,))
 
 
 def per_sample_bound(g: Tensor, margin: Tensor) -> Bound:

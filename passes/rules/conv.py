@@ -25,8 +25,8 @@ from ..meta import LayerShape, Site
 from ..symbolic import same
 from . import WORD, Cost, generalized_linear_costs, register
 from .bounds import (Bound, F64, SUBNORMAL, accumulation_gamma, certified, clipped_product_margin, cover,
-                     full_precision, gamma, gram_sum_bound, masked, masked_scaled, matrix_product, release_underflow, row_norms,
-                     tf32_product_error, unit_roundoff, upper_sum)
+                     full_precision, gamma, gram_sum_bound, masked, masked_scaled, matrix_product, release_underflow,
+                     row_norms, tf32_product_error, unit_roundoff, upper_sum)
 from .layout import per_row, rows_per_sample, shape_of, views_into_positions, views_of
 
 aten = torch.ops.aten

@@ -11,6 +11,7 @@ indices and a comparison of two index rows are exact.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +20,8 @@ import torch.fx as fx
 from .emit import emit
 from .meta import SITE, ParamGrad
 from .rules import WORD, Cost, rule_for
-from .rules.bounds import F64, as_bounds, gamma, product_matrix, product_sum_bound, row_norms, unit_roundoff
+from .rules.bounds import (F64, U64, as_bounds, gamma, product_matrix, product_sum_bound, row_norms,
+                           unit_roundoff)
 
 aten, prims = torch.ops.aten, torch.ops.prims
 FACTORED = {"linear", "embedding", "embedding_bag"}
@@ -88,6 +90,18 @@ def _exact_cast(src: torch.dtype, dst: torch.dtype) -> bool:
                           and unit_roundoff(dst) <= unit_roundoff(src) and torch.finfo(dst).max >= torch.finfo(src).max)
 
 
+def tied_square_bound(squares: list[torch.Tensor], crosses: list[torch.Tensor]) -> torch.Tensor:
+    """An upper bound on Σ_u s_u + 2 Σ_{u<v} X_uv, exactly, from the uses' squared-norm bounds and their cross terms'
+    (float64, (B,)): the sum of J addends whose cross terms may cancel the rest, so its J − 1 additions err by up to
+    γ_{J−1}·Σ|t_j|, an error not relative to the result. Adding 2γ_{J+1}·fl(Σ|t_j|) covers them, that product's
+    roundings and the last addition's (the result is then at least γ_{J+1}·Σ|t_j| above the exact sum, which is
+    ≥ ‖g‖² ≥ 0). Without it, [1 + 2⁻⁵², 1] and X = −1 summed to 0 against 2⁻⁵² exactly."""
+    terms = list(squares) + [2 * x for x in crosses]
+    total = functools.reduce(torch.add, terms)
+    magnitude = functools.reduce(torch.add, [t.abs() for t in terms])
+    return (total + magnitude * (2 * gamma(len(terms) + 1, U64))).clamp(min=0)
+
+
 def cross_cost(sites: list[fx.Node]) -> Cost:
     """The cross terms' work: per pair two (T_u × T_v) Grams (or a gather) and their elementwise bound."""
     flops, bytes_ = 0, 0
@@ -126,7 +140,8 @@ def cross_bound(fu: tuple, fv: tuple) -> torch.Tensor:
 
 def emit_tied_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, terms: dict, env: dict) -> fx.Node:
     """[S, E, A] (three (B,) nodes) for a tied parameter whose uses were ghost-clipped (their [s_u, e_u, a_u] in terms):
-    S = max(0, Σ s_u + 2 Σ_{u<v} X_uv) ≥ ‖Σ_u g^u_i‖² (X_uv a cross term's upper bound). E covers the release:
+    S ≥ max(0, Σ s_u + 2 Σ_{u<v} X_uv) ≥ ‖Σ_u g^u_i‖² (X_uv a cross term's upper bound; tied_square_bound, its
+    own additions covered). E covers the release:
     each use's clipped sum x_u errs from c·g^u by c·(e_u + u_u·√s_u), and the k − 1 additions that join them
     by γ_{k−1}·Σ_u ‖x_u‖ ≤ γ_{k−1}·c·Σ_u (√s_u + e_u) (a partial sum's rounding is not relative to the final
     sum, which may cancel): E = Σ e_u + (u_u + γ_{k−1})·Σ_u (√s_u + e_u). The uses' underflow a_u passes through
@@ -142,13 +157,11 @@ def emit_tied_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, terms:
             x, y = rule_for(site).ghost_factors(site.meta[SITE], *operands[start:start + n])
             factors.append((y, x) if flip else (x, y))
             start += n
-        s = torch.stack([b[0] for b in bounds]).sum(0)
-        for i in range(len(sites)):
-            for j in range(i + 1, len(sites)):
-                s = s + 2 * cross_bound(factors[i], factors[j])
+        crosses = [cross_bound(factors[i], factors[j]) for i in range(len(sites)) for j in range(i + 1, len(sites))]
+        s = tied_square_bound([b[0] for b in bounds], crosses)
         e = sum(b[1] + rounding * (b[0].sqrt() + b[1]) for b in bounds)
         a = sum(b[2] for b in bounds) * (1 + rounding)  # the uses' underflow, through the same additions
-        return s.clamp(min=0), e, a
+        return s, e, a
 
     inputs = [part for s in sites for part in terms[s][0]] + [env[a] for s in sites for a in s.meta[SITE].inputs]
     return emit(graph, certified_tied_norm, inputs, f"dp_norm_sq_{param.name.replace('.', '_')}")

@@ -144,6 +144,27 @@ def test_cross_bound_is_an_upper_bound(kinds, dtype):
     assert (flipped >= exact).all()
 
 
+
+def test_the_tied_square_bound_covers_its_own_additions():
+    """Σ s_u + 2 Σ X_uv (exact, in fractions) ≤ S for addends that cancel: s = [1 + 2⁻⁵², 1] and X = −1 sum to 2⁻⁵²,
+    while float64 takes 1 + 2⁻⁵² + 1 to 2 (to even) and 2 − 2 to 0. S was that 0, and √S, the norm's main part, was
+    then 1.5·10⁻⁸ below what the uses' own bounds give; random cancelling addends check the same."""
+    from fractions import Fraction
+
+    from dpcompile.passes.tied import tied_square_bound
+    one = lambda v: torch.tensor([v], dtype=torch.float64)  # noqa: E731
+    crafted = ([one(1 + 2.0**-52), one(1.0)], [one(-1.0)])
+    g = torch.Generator().manual_seed(0)
+    size = torch.rand(3, 400, dtype=torch.float64, generator=g).mul(60).sub(30).exp2()
+    squares = [size[0] ** 2 * (1 + torch.rand(400, dtype=torch.float64, generator=g) * 2.0**-40),
+               size[1] ** 2 * (1 + torch.rand(400, dtype=torch.float64, generator=g) * 2.0**-40), size[2] ** 2]
+    crosses = [-(size[0] * size[1]), size[0] * size[2] * 2.0**-30, -(size[1] * size[2]) * 2.0**-30]
+    for sq, cr in (crafted, (squares, crosses)):
+        s = tied_square_bound(sq, cr)
+        exact = [sum(Fraction(v[i].item()) for v in sq) + 2 * sum(Fraction(v[i].item()) for v in cr)
+                 for i in range(len(s))]
+        assert all(Fraction(got) >= max(want, 0) for got, want in zip(s.tolist(), exact))
+
 def test_term_added_to_itself_is_not_tied_ghost():
     """x W + x W: the gradient is 2·g (one term, added to itself); ghost norms of the 'uses' would count it
     once. The norm must follow the chain (per-sample), and a sample stays within R."""

@@ -189,8 +189,9 @@ def product_sum_bound(a: Tensor, b: Tensor, r: tuple[Tensor, Tensor], rho: tuple
         err = err + ga * (b_abs * outer(r)).sum(dims)
     err = err + eb * a_abs.sum(dims) + ea * b_abs.sum(dims)
     (r1, r2), (p1, p2) = r, rho  # Σ_ts δA_ts·δB_ts, each factor's sums over t and s apart
-    m = (r1 * p1).sum(-1) * (r2 * p2).sum(-1)
-    sr, srho = r1.sum(-1) * r2.sum(-1), p1.sum(-1) * p2.sum(-1)
+    over_t = [(r1 * p1).sum(-1), r1.sum(-1), p1.sum(-1)]
+    over_s = over_t if r1 is r2 and p1 is p2 else [(r2 * p2).sum(-1), r2.sum(-1), p2.sum(-1)]  # a Gram's: the same
+    m, sr, srho = (t * s for t, s in zip(over_t, over_s))
     ts = a.shape[-1] * a.shape[-2]
     ea, eb = (e.unsqueeze(-1) if isinstance(e, Tensor) else e for e in (ea, eb))  # per sample: against (B, G)
     err = err + (ga * gb * m + ga * eb * sr + ea * gb * srho + ea * eb * ts).sum(1)

@@ -22,7 +22,7 @@ from dpcompile.ops import lower_stored_as_inductor_pin
 from .emit import emit, fresh_value
 from .export import to_networkx
 from .meta import PARAMS, PLAN, SITE, ParamGrad, PassContext
-from .rules import rule_for
+from .rules import RULES, rule_for
 from .rules.one_sample import FAMILY as ONE_SAMPLE
 from .tied import emit_tied_norm
 from .rules.bounds import (Bound, accumulation_gamma, as_bounds, cover, gamma, masked_scaled, per_sample_bound,
@@ -71,8 +71,9 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
                                     ctx.inductor)
             continue
         env[node] = graph.node_copy(node, lambda n: env[n])
-        if node.target is aten.convolution_backward.default:
-            drop_parameter_outputs(env[node], node, site_param)
+        producer_rule = RULES.get(node.target)  # a multi-output op whose parameter outputs the rewrite recomputes
+        if hasattr(producer_rule, "drop_recomputed_outputs"):
+            producer_rule.drop_recomputed_outputs(env[node], [u for u in node.users if u in site_param])
 
     norms = {p.name: [shared_norm(graph, gm, p, terms, env)] if p.shared else [terms[n][0] for n in p.sites]
              for p in params}
@@ -405,10 +406,3 @@ def emit_finish(graph, spec: ClipSpec, clip: fx.Node, grads: list[fx.Node], drop
     return [emit(graph, finish, [clip, g, *z], "dp_grad", key=key) for g, z in zip(grads, pieces)]
 
 
-def drop_parameter_outputs(new_node: fx.Node, old_node: fx.Node, site_param) -> None:
-    """Turn off a convolution_backward's weight/bias outputs that the rewrite recomputes."""
-    mask = list(new_node.args[10])
-    for user in old_node.users:
-        if user in site_param:
-            mask[user.args[1]] = False
-    new_node.args = (*new_node.args[:10], mask)

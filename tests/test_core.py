@@ -176,6 +176,17 @@ def test_explain_and_graphs():
     assert "dp_clip_factor" in g and g.in_degree("dp_clip_factor") > 0
 
 
+
+def test_the_copied_convolution_backward_leaves_the_recomputed_gradients_out():
+    """The backward's own convolution_backward stays for its input gradient; its weight and bias outputs, which the
+    rewrite recomputes clipped, are turned off (the conv rule's drop_recomputed_outputs), not computed and dropped."""
+    two_convs = Case("two_convs", lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.Tanh(), nn.Conv2d(4, 2, 3), nn.Flatten()),
+                     lambda B: torch.randn(B, 3, 6, 6, dtype=torch.float64))
+    dp = check_against_reference(two_convs, batches=(3,))
+    convs = [n for n in dp.graphs["backward_rewritten"].graph.nodes
+             if n.target is torch.ops.aten.convolution_backward.default and not n.name.startswith("dp_")]
+    assert convs and all(list(n.args[-1]) == [True, False, False] for n in convs)  # grad_input only
+
 @pytest.mark.inductor
 @pytest.mark.parametrize("policy", ["mixed", "auto"])
 def test_inductor_matches_reference(policy):

@@ -261,6 +261,14 @@ class ConvRule:
         product = matrix_product(rows(gg), rows(u).transpose(1, 2), site.consts.get("tf32", False))
         return product.reshape(w.shape)  # (groups, p, B·k·T) × (groups, B·k·T, d)
 
+    def drop_recomputed_outputs(self, backward: fx.Node, terms: list[fx.Node]) -> None:
+        """Turn off the copied convolution_backward's weight and bias outputs that the rewrite recomputes (terms:
+        the getitems of them that are parameter-gradient terms)."""
+        mask = list(conv_args(backward)["output_mask"])
+        for term in terms:
+            mask[term.args[1]] = False
+        backward.args = (*backward.args[:ARG_NAMES.index("output_mask")], mask)
+
     def cost(self, site: Site) -> dict[str, Cost]:
         s = site.shape
         if site.rule == "conv_bias":  # per-sample bias gradient: a sum over positions

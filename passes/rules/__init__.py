@@ -11,7 +11,9 @@ A rule knows, for the ATen ops in ``ops`` whose value is a parameter-gradient te
 - ``per_sample_margin(site, *tensors)``: a bound on ‖ĝ_i − g_i‖ of ``per_sample``'s rounding;
 - ``clipped_sum(site, clip, *tensors)``: Σ_i clip_i·g_i in one weight-gradient op (book-keeping), with
   clip (float64) rounded down and samples with clip_i = 0 masked out (``bounds.masked_scaled``);
-- ``cost(site)``: each method the site allows, with its ``Cost`` as sympy expressions.
+- ``cost(site)``: each method the site allows, with its ``Cost`` as sympy expressions;
+- ``drop_recomputed_outputs(copied, terms)`` (optional, ops with several outputs): turn off, in the backward's
+  copy of the op, the parameter-gradient outputs that the rewrite recomputes (terms: their getitem nodes).
 Adding an op family is one module here plus its cases in tests/rule_cases.py.
 """
 from __future__ import annotations

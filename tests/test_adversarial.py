@@ -31,7 +31,9 @@ from dpcompile.privacy.engine import STATE_VERSION
 # ------------------------------------------------------------------------------------------------
 
 R = 1.0
-SLACK = 1 + 1e-6
+# The release is held to C·N + A ≤ R exactly (rewrite.clip_factor); the slack is for this file's own float64 norm
+# of it. At 1 + 1e-6 it hid a clip target 1e-9 above R, which two property tests now catch.
+SLACK = 1 + 1e-12
 POLICIES = ("mixed", "ghost", "per_sample")
 
 

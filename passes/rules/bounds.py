@@ -102,8 +102,12 @@ def squares_bound(x: Tensor, dims, roundings: int = 0) -> Tensor:
     n − 1 roundings, the factor's and the multiplication (n + 1). Float64 squares round (one more) or, in the
     subnormal range, err by up to η/2 each, which n·η covers (one more rounding, the addition): n + 3."""
     n = math.prod(x.shape[d] for d in dims)
-    total = x.to(F64).square().sum([d % x.dim() for d in dims])
-    if x.dtype == F64:
+    return summed_squares_bound(x.to(F64).square().sum([d % x.dim() for d in dims]), n, x.dtype, roundings)
+
+
+def summed_squares_bound(total: Tensor, n, dtype: torch.dtype, roundings: int = 0) -> Tensor:
+    """squares_bound from fl₆₄(Σ x²) over n values of dtype, summed in any order (the sum's n − 1 roundings)."""
+    if dtype == F64:
         return total * cover(n + 3 + roundings) + n * SUBNORMAL[F64]
     return total * cover(n + 1 + roundings)
 

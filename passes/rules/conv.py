@@ -24,9 +24,9 @@ from dpcompile.ops import per_sample_conv_weight_grad
 from ..meta import LayerShape, Site
 from ..symbolic import same
 from . import WORD, Cost, generalized_linear_costs, register
-from .bounds import (Bound, F64, SUBNORMAL, accumulation_gamma, certified, clipped_product_margin, cover,
+from .bounds import (Bound, F64, SUBNORMAL, accumulation_gamma, certified, clipped_product_margin,
                      full_precision, gamma, gram_sum_bound, masked, masked_scaled, matrix_product, release_underflow,
-                     row_norms, tf32_product_error, unit_roundoff, upper_sum)
+                     row_norms, summed_squares_bound, tf32_product_error, unit_roundoff, upper_sum)
 from .layout import per_row, rows_per_sample, shape_of, views_into_positions, views_of
 
 aten = torch.ops.aten
@@ -193,12 +193,8 @@ class ConvRule:
         windows = unfold_nd(sq, c["kernel"], c["stride"], c["padding"], c["dilation"])
         T = windows.shape[-1]
         d = x.shape[1] // groups * prod(c["kernel"])
-        # the two sums add d values (d - 1 roundings); then as squares_bound, and 2 more for the square root
-        r_sq = windows.reshape(B, groups, prod(c["kernel"]), T).sum(2)
-        if x.dtype == F64:
-            r_sq = r_sq * cover(d + 5) + d * SUBNORMAL[F64]
-        else:
-            r_sq = r_sq * cover(d + 3)
+        # the channel and window sums add d squares in all (d − 1 roundings); 2 more for the square root
+        r_sq = summed_squares_bound(windows.reshape(B, groups, prod(c["kernel"]), T).sum(2), d, x.dtype, roundings=2)
         rho = row_norms(g.reshape(B, groups, g.shape[1] // groups, T), dims=(2,))
         return views_into_positions(r_sq.sqrt(), k), views_into_positions(rho, k)
 

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dpcompile.passes.meta import LayerShape, Site  # noqa: E402
-from dpcompile.passes.plan import choose, conv_impl  # noqa: E402
+from dpcompile.passes.plan import choose  # noqa: E402
 from dpcompile.passes.rules.conv import ConvRule  # noqa: E402
 from dpcompile.passes.rules.linear import MatmulRule  # noqa: E402
 
@@ -79,12 +79,12 @@ def conv_methods(B, cin, cout, h, k, stride, groups, device="cuda"):
                   transposed=False, output_padding=[0, 0], param=1)
     shape = LayerShape(sympy.Integer(B), sympy.Integer(T), sympy.Integer(cin // groups * k * k),
                        sympy.Integer(cout // groups), groups)
-    operands = tuple(SimpleNamespace(meta={"val": v}) for v in (g, x, w))  # what conv_impl reads of the nodes
+    operands = tuple(SimpleNamespace(meta={"val": v}) for v in (g, x, w))  # what ConvRule.implementation reads of the nodes
     site = Site("conv", operands, consts, shape)
     impls = ("unfold", "grouped") + ("shifted",) * (stride == 1)
     methods = {"ghost": lambda: (rule.ghost_norm_sq(site, g, x, w), rule.clipped_sum(site, clip, g, x, w))}
     for impl in impls:
-        methods[f"ps_{impl}"] = per_sample_method(rule, Site("conv", operands, {**consts, "impl": impl}, shape),
+        methods[f"ps_{impl}"] = per_sample_method(rule, Site("conv", operands, consts, shape, impl=impl),
                                                   g, x, w, clip)
     return site, rule, methods, f"conv {cin}->{cout} k{k} s{stride} g{groups} {h}² (T={T})"
 
@@ -108,7 +108,8 @@ def pick(policy: str, site: Site, rule) -> str:
     method, _ = choose(policy, site, rule.cost(site), {})
     if method == "ghost":
         return "ghost"
-    return f"ps_{(conv_impl(site, method) if site.rule == 'conv' else '') or 'unfold'}"
+    implementation = getattr(rule, "implementation", None)
+    return f"ps_{(implementation(site, method) if implementation else '') or 'unfold'}"
 
 
 def main() -> None:

@@ -1,8 +1,10 @@
-"""Run a benchmark script with some of passes.plan's constants set otherwise, for A/B timings of a plan rule in one
-call on the GPU machine. From the repo root:
+"""Run a benchmark script with some of the plan's constants set otherwise (those of passes.plan, and passes.rules.conv's
+choice of how per-sample convolution gradients are formed), for A/B timings of a plan rule in one call on the GPU
+machine. From the repo root:
   python benchmarks/with_plan.py NAME=VALUE ... -- SCRIPT [SCRIPT's arguments ...]
 e.g. python benchmarks/with_plan.py SHIFTED_CONV_MAX_PRODUCTS=0 -- benchmarks/dp_throughput.py --model wrn16_4 --size 32
-(per-sample conv gradients by unfold everywhere). Values are Python literals; a name the plan lacks is an error."""
+(per-sample conv gradients by unfold everywhere). Values are Python literals; a name that none of these modules
+has, or that more than one has, is an error."""
 from __future__ import annotations
 
 import ast
@@ -12,6 +14,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dpcompile.passes import plan  # noqa: E402
+from dpcompile.passes.rules import conv  # noqa: E402
+
+MODULES = (plan, conv)  # where the plan's constants live
 
 
 def main(argv: list[str]) -> None:
@@ -20,9 +25,10 @@ def main(argv: list[str]) -> None:
     split = argv.index("--")
     for setting in argv[:split]:
         name, _, value = setting.partition("=")
-        if not hasattr(plan, name):
-            sys.exit(f"passes.plan has no {name!r}")
-        setattr(plan, name, ast.literal_eval(value))
+        owners = [m for m in MODULES if name.isupper() and hasattr(m, name)]
+        if len(owners) != 1:
+            sys.exit(f"{name!r} is a constant of {len(owners)} of: {', '.join(m.__name__ for m in MODULES)}")
+        setattr(owners[0], name, ast.literal_eval(value))
     script = argv[split + 1]
     sys.argv = argv[split + 1:]
     runpy.run_path(script, run_name="__main__")

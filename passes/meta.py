@@ -48,6 +48,10 @@ class Site:
     consts: dict[str, Any] = field(default_factory=dict, hash=False)
     shape: LayerShape | None = None
     op: str = ""
+    # what the plan chose for the term's method (rewrite.planned_site fills them in): how the rule forms the
+    # per-sample gradients (its `implementation`), and whether its products run on TF32 tensor cores
+    impl: str = ""
+    tf32: bool = False
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ speed and memory, never the result.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import prod
 
 import sympy
 import torch
@@ -26,17 +25,6 @@ NEAR_TIE = 0.1
 # "auto" may hold at most this share of the backward's saved tensors (activations, parameters) in bytes more than
 # the paper's rule ("mixed") would; beyond it, the per-sample choices that gain least time per byte go back to ghost.
 AUTO_EXTRA_MEMORY = 0.25
-# Per-sample conv gradients in full fp32 (H100 and H200, torch 2.11, benchmarks/layer_costs.py): the
-# batch-folded grouped convolution beat unfold + matmul only for (nearly) depthwise convolutions.
-GROUPED_CONV_MAX_CHANNELS_PER_GROUP = 4
-# Per-sample conv gradients over shifted windows (stride 1) take one batched product, so one launch, per position
-# of the kernel's leading dims (3 for 3×3, 7 for 7×7, 9 for 3×3×3). Against unfold + one product (H200, torch 2.11,
-# B=256, fp32, benchmarks/layer_costs.py, 2026-12-01): 0.96× the time at 64 channels and 32² or 56², 0.64× for a
-# 7×7 depthwise conv at 28², but 1.5-3.7× at 16² and below (short products, more padding) and 1.2-1.5× for a dense
-# conv of 3 or 16 channels (narrow products); those keep the unfold, which is small there anyway.
-SHIFTED_CONV_MAX_PRODUCTS = 9
-SHIFTED_CONV_MIN_POSITIONS = 512  # output positions per sample
-SHIFTED_CONV_MIN_CHANNELS = 32  # input channels, dense convs (groups == 1)
 
 
 @dataclass(frozen=True)
@@ -47,7 +35,7 @@ class Decision:
     costs: dict[str, Cost]
     numbers: dict[str, tuple[float, float]]
     reason: str
-    impl: str = ""
+    impl: str = ""  # the rule's implementation of the method (Site.impl)
     flip: bool | None = None  # a tied use under ghost clipping: whether its term reaches the gradient transposed
     tf32: bool = False  # the term's products on TF32 tensor cores (tf32_products)
 
@@ -110,18 +98,20 @@ def plan_sites(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
                 method, reason = "per_sample", (f"shared parameter used {len(param.sites)} times: uses summed per sample"
                                                 if len(param.sites) > 1 else "gradient scaled after the batch sum")
             numbers = {m: (evaluate(c.flops, hints), evaluate(c.bytes, hints)) for m, c in costs.items()}
-            node.meta[PLAN] = decide(node.meta[SITE], method, costs, numbers, reason, param.shared, ctx,
+            node.meta[PLAN] = decide(node, method, costs, numbers, reason, param.shared, ctx,
                                        chain.flips[i] if ghost_tied else None)
     if policy == "auto":
         cap_memory(gm, hints, [node for param in gm.meta[PARAMS] if not param.shared for node in param.sites], ctx)
     return gm
 
 
-def decide(site: Site, method: str, costs: dict[str, Cost], numbers: dict, reason: str, shared: bool,
+def decide(node: fx.Node, method: str, costs: dict[str, Cost], numbers: dict, reason: str, shared: bool,
            ctx: PassContext, flip: bool | None = None) -> Decision:
-    """A site's Decision for a method: what follows from the method (how a convolution's per-sample gradients are
-    formed, whether the products run on TF32) is derived here, wherever the method is chosen or changed."""
-    return Decision(method, costs, numbers, reason, conv_impl(site, method), flip,
+    """A term's Decision for a method: what follows from the method (how the rule forms the per-sample gradients, its
+    optional `implementation`; whether the products run on TF32) is derived here, wherever the method is chosen or
+    changed."""
+    site, implementation = node.meta[SITE], getattr(rule_for(node), "implementation", None)
+    return Decision(method, costs, numbers, reason, implementation(site, method) if implementation else "", flip,
                     tf32_products(site, method, shared, ctx))
 
 
@@ -146,7 +136,7 @@ def cap_memory(gm: fx.GraphModule, hints: dict, nodes: list[fx.Node], ctx: PassC
         if total <= budget:
             break
         d = node.meta[PLAN]
-        node.meta[PLAN] = decide(node.meta[SITE], "ghost", d.costs, d.numbers,
+        node.meta[PLAN] = decide(node, "ghost", d.costs, d.numbers,
                                  f"auto's per-sample gradients would hold {total / 2**20:.4g} MiB more than "
                                  f"mixed's plan, over {AUTO_EXTRA_MEMORY:.0%} of the saved tensors "
                                  f"({budget / 2**20:.4g} MiB)", False, ctx)
@@ -194,26 +184,3 @@ def tf32_products(site: Site, method: str, shared: bool, ctx: PassContext) -> bo
     if method == "per_sample":
         return ctx.tf32 and site.shape.T != 1
     return ctx.ghost_tf32 and method == "ghost"
-
-
-def conv_impl(site: Site, method: str) -> str:
-    """How a convolution's per-sample gradients are formed: 'grouped' (the batch folded into cuDNN's or mkldnn's
-    groups), 'shifted' (stride 1: a product per position of the kernel's leading dims, no unfold) or 'unfold'."""
-    if site.rule != "conv" or method != "per_sample":
-        return ""
-    c = site.consts
-    if c.get("transposed") or c.get("k", 1) > 1:  # views summed per sample: one contraction
-        return "unfold"
-    g = site.inputs[0].meta["val"]
-    channels_per_group = site.shape.d / prod(c["kernel"])
-    near_depthwise = site.shape.groups > 1 and int(channels_per_group) <= GROUPED_CONV_MAX_CHANNELS_PER_GROUP
-    if near_depthwise and not g.is_cuda:  # cuDNN may pick FFT/Winograd weight gradients, outside γ_T·M
-        return "grouped"
-    spatial = [*g.shape[2:], *site.inputs[1].meta["val"].shape[2:]]
-    if not all(isinstance(s, int) for s in spatial) or set(c["stride"]) != {1} or prod(c["kernel"]) == 1:
-        return "unfold"
-    narrow = site.shape.groups == 1 and int(channels_per_group) < SHIFTED_CONV_MIN_CHANNELS
-    products = prod(c["kernel"][:-1])  # shifted_windows: one per position of the leading kernel dims
-    if products <= SHIFTED_CONV_MAX_PRODUCTS and prod(g.shape[2:]) >= SHIFTED_CONV_MIN_POSITIONS and not narrow:
-        return "shifted"
-    return "unfold"

@@ -136,7 +136,7 @@ def safe_name(param_name: str) -> str:
 def planned_site(node: fx.Node):
     """The node's Site with the planned per-sample implementation filled in."""
     site, decision = node.meta[SITE], node.meta[PLAN]
-    return dataclasses.replace(site, consts={**site.consts, "impl": decision.impl, "tf32": decision.tf32})
+    return dataclasses.replace(site, impl=decision.impl, tf32=decision.tf32)
 
 
 def emit_norm(graph: fx.Graph, node: fx.Node, inputs: Sequence[fx.Node], param: ParamGrad,
@@ -160,7 +160,7 @@ def emit_norm(graph: fx.Graph, node: fx.Node, inputs: Sequence[fx.Node], param: 
     if param.shared:
         return emit(graph, lambda *t: rule.per_sample_margin(site, *t), inputs, f"dp_margin_{name}",
                     key=("margin", key)), per_sample
-    if site.consts["tf32"]:  # what is released is c·ĝ, TF32's own gradient: its norm bounds that, no margin
+    if site.tf32:  # what is released is c·ĝ, TF32's own gradient: its norm bounds that, no margin
         bound = emit(graph, lambda g: per_sample_bound(g, g.new_zeros(g.shape[0], dtype=torch.float64)),
                      [per_sample], f"dp_norm_sq_{name}", key=("bound_tf32", key))
         return bound, per_sample
@@ -170,9 +170,11 @@ def emit_norm(graph: fx.Graph, node: fx.Node, inputs: Sequence[fx.Node], param: 
 
 
 def snippet_key(rule, site, shape) -> tuple:
-    """What a term's snippets depend on besides their operands' metadata: the rule, the site's constants
-    and layer shape, and the term's shape (layers alike in these share one trace)."""
-    return type(rule).__qualname__, site.rule, repr(site.consts), repr(site.shape), tuple(map(str, shape))
+    """What a term's snippets depend on besides their operands' metadata: the rule, the site's constants, the
+    plan's implementation and TF32 choice, layer shape, and the term's shape (layers alike in these share one
+    trace)."""
+    return (type(rule).__qualname__, site.rule, repr(site.consts), site.impl, site.tf32, repr(site.shape),
+            tuple(map(str, shape)))
 
 
 def shared_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, terms, env) -> fx.Node:

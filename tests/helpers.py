@@ -18,15 +18,15 @@ RTOL = 1e-10
 @contextmanager
 def shifted_convs(on: bool = True) -> Iterator[None]:
     """Per-sample conv gradients over shifted windows for every stride-1 conv the plan would allow them for, not
-    only the wide, large ones (passes.plan.SHIFTED_CONV_MIN_*): small test convs take that path too."""
-    from dpcompile.passes import plan
-    saved = plan.SHIFTED_CONV_MIN_POSITIONS, plan.SHIFTED_CONV_MIN_CHANNELS
+    only the wide, large ones (passes.rules.conv.SHIFTED_CONV_MIN_*): small test convs take that path too."""
+    from dpcompile.passes.rules import conv
+    saved = conv.SHIFTED_CONV_MIN_POSITIONS, conv.SHIFTED_CONV_MIN_CHANNELS
     if on:
-        plan.SHIFTED_CONV_MIN_POSITIONS = plan.SHIFTED_CONV_MIN_CHANNELS = 1
+        conv.SHIFTED_CONV_MIN_POSITIONS = conv.SHIFTED_CONV_MIN_CHANNELS = 1
     try:
         yield
     finally:
-        plan.SHIFTED_CONV_MIN_POSITIONS, plan.SHIFTED_CONV_MIN_CHANNELS = saved
+        conv.SHIFTED_CONV_MIN_POSITIONS, conv.SHIFTED_CONV_MIN_CHANNELS = saved
 
 
 def squared_error(out, y, reduction="mean"):

@@ -1,4 +1,6 @@
 """dpcompile's gradients equal the torch.func reference: every rule, policy, reduction, batch size."""
+from collections import Counter
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -41,17 +43,24 @@ def test_each_clip_branch_alone(bound):
 
 def test_every_conv_per_sample_path():
     """The three ways of instantiating per-sample conv gradients are exercised and correct: batch-folded groups
-    (nearly depthwise, not on CUDA), products over shifted windows (stride 1), unfold (any other)."""
+    (nearly depthwise, not on CUDA), products over shifted windows (stride 1), unfold (any other). The rewritten
+    backward holds the planned one's ops (the plan's choice reaches the rule through Site.impl): the grouped op, or
+    one product per row of a 3×3 kernel (shifted) against one product (unfold)."""
+    def ops(dp):
+        return Counter(n.target for n in dp.graphs["backward_rewritten"].graph.nodes if n.op == "call_function")
+    grouped_op = torch.ops.dpcompile.per_sample_conv_weight_grad.default
     with shifted_convs():  # shifted windows for small convs too (by default only from 512 positions, 32 channels)
         dp = check_against_reference(CASES["conv"][1], policy="per_sample")
-        expected = "shifted" if DEVICE != "cpu" else "grouped"  # CUDA: no cuDNN per-sample gradients (plan.conv_impl)
+        expected = "shifted" if DEVICE != "cpu" else "grouped"  # CUDA: no cuDNN per-sample gradients (ConvRule.implementation)
         assert {r.impl for r in dp.explain() if r.op.endswith("convolution_backward") and r.d != "1"} == {expected}
-        for stride, impl in ((1, "shifted"), (2, "unfold")):
+        assert (ops(dp)[grouped_op] > 0) == (expected == "grouped")
+        for stride, impl, products in ((1, "shifted", 3), (2, "unfold", 1)):
             dense = Case(f"conv_{impl}",
                          lambda stride=stride: nn.Sequential(nn.Conv2d(3, 4, 3, stride=stride, padding=1)),
                          lambda B: torch.randn(B, 3, 5, 6, dtype=torch.float64))
             dp = check_against_reference(dense, policy="per_sample")
             assert impl in {r.impl for r in dp.explain()}
+            assert ops(dp)[torch.ops.aten.bmm.default] == products and not ops(dp)[grouped_op]
 
 
 def test_batch_size_one_and_many_share_a_graph():

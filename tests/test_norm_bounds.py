@@ -85,7 +85,7 @@ def test_linear_tf32_grams_stay_upper_bounds_on_a_crafted_truncation(scale):
     p_rows = torch.full((1, 2, 1), scale, dtype=torch.float32)  # one feature each way: no other γ term covers it
     q_rows = torch.tensor([[[1 + 2.0**-11], [-(1 - 2.0**-10)]]], dtype=torch.float32)
     rule = MatmulRule()
-    site = Site("linear", (), {"lead": 2, "batch_dim": 0, "tf32": True}, linear_site(1, 2, 1, 1).shape)
+    site = Site("linear", (), {"lead": 2, "batch_dim": 0}, linear_site(1, 2, 1, 1).shape, tf32=True)
     ops = linear_operands(p_rows, q_rows)
     exact = exact_linear(p_rows, q_rows)
     assert exact.item() == pytest.approx(scale * 3 * 2.0**-11, rel=1e-12)
@@ -210,7 +210,7 @@ def test_conv_crafted_cancellation(impl):
     assert rule.ghost_norm_sq(site, g, x, w).item() < exact**2 * 0.5  # the plain Gram form is fooled
     got, limit = release_norm(rule, site, bound, g, x, w)
     assert got <= limit
-    site = Site("conv", (), {**site.consts, "impl": impl}, None)
+    site = Site("conv", (), site.consts, None, impl=impl)
     ps = per_sample_bound(rule.per_sample(site, g, x, w), rule.per_sample_margin(site, g, x, w))
     assert certified_norm(ps).item() >= exact
 
@@ -227,7 +227,7 @@ def test_conv_tf32_grams_stay_upper_bounds_on_a_crafted_truncation(scale):
     g = torch.tensor([[[1 + 2.0**-11, -(1 - 2.0**-10)]]])
     w = conv.weight.detach()
     rule, site = ConvRule(), conv_site(conv)
-    site = Site("conv", (), {**site.consts, "tf32": True}, None)
+    site = Site("conv", (), site.consts, None, tf32=True)
     exact = exact_conv(conv, g, x)
     assert exact.item() == pytest.approx(scale * 3 * 2.0**-11, rel=1e-12)
     bound = rule.ghost_norm_bound(site, g, x, w)
@@ -249,7 +249,7 @@ def test_conv_close_on_ordinary_data(conv):
     exact = exact_conv(conv, g, x)
     got = certified_norm(rule.ghost_norm_bound(site, g, x, w))
     assert (got >= exact).all() and (got / exact - 1).max() < CLOSE
-    sites = [site] + [Site("conv", (), {**site.consts, "impl": "shifted"}, None)] * (set(conv.stride) == {1})
+    sites = [site] + [Site("conv", (), site.consts, None, impl="shifted")] * (set(conv.stride) == {1})
     for site in sites:
         ps = certified_norm(per_sample_bound(rule.per_sample(site, g, x, w), rule.per_sample_margin(site, g, x, w)))
         assert (ps >= exact).all() and (ps / exact - 1).max() < CLOSE, site.consts.get("impl")
@@ -265,7 +265,7 @@ def test_shifted_windows_read_only_their_own_sample(conv):
     x = torch.randn(3, conv.in_channels, *([6] * (conv.weight.dim() - 2)), dtype=torch.float64)
     g, x, w = conv_operands(conv, x)
     rule, site = ConvRule(), conv_site(conv)
-    shifted = Site("conv", (), {**site.consts, "impl": "shifted"}, None)
+    shifted = Site("conv", (), site.consts, None, impl="shifted")
     alone = [rule.per_sample(shifted, g[i:i + 1], x[i:i + 1], w) for i in range(3)]
     for poison in (float("nan"), float("inf"), 1e300):
         for i in range(3):  # every other sample (before and after the one looked at) poisoned, inputs and gradients
@@ -634,14 +634,14 @@ def test_per_sample_convolutions_on_cuda_never_use_cudnn_weight_gradients():
 
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from dpcompile.passes.plan import conv_impl
+    from dpcompile.passes.rules.conv import ConvRule
     shape = LayerShape(B=sympy.Symbol("B"), T=sympy.Integer(1024), d=sympy.Integer(9), p=sympy.Integer(1), groups=8)
     for stride, device, expected in ((1, "cpu", "grouped"), (1, "cuda", "shifted"), (2, "cuda", "unfold")):
         with FakeTensorMode():
             value = torch.empty(2, 8, 32, 32, device=device)
         consts = {"kernel": (3, 3), "stride": [stride] * 2}
         site = Site("conv", (SimpleNamespace(meta={"val": value}),) * 2, consts, shape)
-        assert conv_impl(site, "per_sample") == expected, (stride, device)
+        assert ConvRule().implementation(site, "per_sample") == expected, (stride, device)
 
 
 def test_shifted_windows_only_where_they_pay():
@@ -652,7 +652,7 @@ def test_shifted_windows_only_where_they_pay():
 
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from dpcompile.passes.plan import conv_impl
+    from dpcompile.passes.rules.conv import ConvRule
 
     def impl(c_in, c_out, side, groups=1, kernel=(3, 3)):
         with FakeTensorMode():
@@ -661,7 +661,7 @@ def test_shifted_windows_only_where_they_pay():
                            p=sympy.Integer(c_out // groups), groups=groups)
         site = Site("conv", (SimpleNamespace(meta={"val": g}), SimpleNamespace(meta={"val": x})),
                     {"kernel": kernel, "stride": [1, 1]}, shape)
-        return conv_impl(site, "per_sample")
+        return ConvRule().implementation(site, "per_sample")
 
     assert impl(64, 64, 32) == impl(32, 64, 23) == impl(96, 96, 28, groups=96) == "shifted"
     assert impl(64, 64, 22) == impl(128, 128, 16) == impl(31, 64, 32) == impl(3, 64, 224) == "unfold"

@@ -30,6 +30,17 @@ from .bounds import (Bound, F64, SUBNORMAL, accumulation_gamma, certified, clipp
 from .layout import per_row, rows_per_sample, shape_of, views_into_positions, views_of
 
 aten = torch.ops.aten
+# How per-sample weight gradients are formed (ConvRule.implementation), measured in full fp32 (H100 and H200, torch
+# 2.11, benchmarks/layer_costs.py). The batch-folded grouped convolution beat unfold + matmul only for (nearly)
+# depthwise convolutions:
+GROUPED_CONV_MAX_CHANNELS_PER_GROUP = 4
+# Shifted windows (stride 1) take one batched product, so one launch, per position of the kernel's leading dims (3 for
+# 3×3, 7 for 7×7, 9 for 3×3×3). Against unfold + one product (H200, B=256, 2026-12-01): 0.96× the time at 64 channels
+# and 32² or 56², 0.64× for a 7×7 depthwise conv at 28², but 1.5-3.7× at 16² and below (short products, more padding)
+# and 1.2-1.5× for a dense conv of 3 or 16 channels (narrow products); those keep the unfold, which is small there.
+SHIFTED_CONV_MAX_PRODUCTS = 9
+SHIFTED_CONV_MIN_POSITIONS = 512  # output positions per sample
+SHIFTED_CONV_MIN_CHANNELS = 32  # input channels, dense convs (groups == 1)
 ARG_NAMES = ("grad_out", "input", "weight", "bias_sizes", "stride", "padding", "dilation",
              "transposed", "output_padding", "groups", "output_mask")
 
@@ -133,6 +144,29 @@ class ConvRule:
             shape = LayerShape(B=batch, T=k * prod(x_shape[2:]), d=d, p=w_shape[0] / groups, groups=groups)
         return Site("conv", (a["grad_out"], a["input"], a["weight"]), consts, shape, op="aten.convolution_backward")
 
+    def implementation(self, site: Site, method: str) -> str:
+        """How the plan's method forms a weight term's per-sample gradients (Site.impl): 'grouped' (the batch folded
+        into mkldnn's groups), 'shifted' (stride 1: a product per position of the kernel's leading dims, no unfold)
+        or 'unfold'; '' for a bias term or ghost clipping."""
+        if site.rule != "conv" or method != "per_sample":
+            return ""
+        c = site.consts
+        if c.get("transposed") or c.get("k", 1) > 1:  # views summed per sample: one contraction
+            return "unfold"
+        g = site.inputs[0].meta["val"]
+        channels_per_group = site.shape.d / prod(c["kernel"])
+        near_depthwise = site.shape.groups > 1 and int(channels_per_group) <= GROUPED_CONV_MAX_CHANNELS_PER_GROUP
+        if near_depthwise and not g.is_cuda:  # cuDNN may pick FFT/Winograd weight gradients, outside γ_T·M
+            return "grouped"
+        spatial = [*g.shape[2:], *site.inputs[1].meta["val"].shape[2:]]
+        if not all(isinstance(s, int) for s in spatial) or set(c["stride"]) != {1} or prod(c["kernel"]) == 1:
+            return "unfold"
+        narrow = site.shape.groups == 1 and int(channels_per_group) < SHIFTED_CONV_MIN_CHANNELS
+        products = prod(c["kernel"][:-1])  # shifted_windows: one per position of the leading kernel dims
+        if products <= SHIFTED_CONV_MAX_PRODUCTS and prod(g.shape[2:]) >= SHIFTED_CONV_MIN_POSITIONS and not narrow:
+            return "shifted"
+        return "unfold"
+
     def _unfolded(self, site: Site, g: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """U (B, groups, d, k·T) and G (B, groups, p, k·T); g_i = G_i U_iᵀ per group (k views per sample)."""
         c, groups, k = site.consts, site.consts["groups"], site.consts.get("k", 1)
@@ -148,13 +182,13 @@ class ConvRule:
         if site.rule == "conv_bias":
             return views_into_positions(g.flatten(2), site.consts.get("k", 1)).sum(2)
         x, w = rest
-        impl = site.consts.get("impl", "unfold")
+        impl = site.impl or "unfold"
         if impl == "grouped" and not site.consts["transposed"]:
             return self._per_sample_grouped(site, g, x, w)
         if impl == "shifted":
             return self._per_sample_shifted(site, g, x, w)
         u, gg = self._unfolded(site, g, x)
-        ps = matrix_product(gg.flatten(0, 1), u.flatten(0, 1).transpose(1, 2), site.consts.get("tf32"))
+        ps = matrix_product(gg.flatten(0, 1), u.flatten(0, 1).transpose(1, 2), site.tf32)
         return ps.reshape(u.shape[0], *w.shape)
 
     def _per_sample_shifted(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
@@ -166,7 +200,7 @@ class ConvRule:
         gf, xs, offsets = shifted_windows(x, g, c["kernel"], c["padding"], c["dilation"])
         L = gf.shape[-1]
         gf = gf.reshape(x.shape[0] * groups, -1, L)  # (B·groups, p, L)
-        parts = [matrix_product(gf, xs[..., o:o + L].reshape(gf.shape[0], -1, L).transpose(1, 2), c.get("tf32"))
+        parts = [matrix_product(gf, xs[..., o:o + L].reshape(gf.shape[0], -1, L).transpose(1, 2), site.tf32)
                  for o in offsets]  # each (B·groups, p, c·k_last)
         ps = torch.stack([part.unflatten(2, (-1, k_last)) for part in parts], 3)  # (B·groups, p, c, leading, k_last)
         return ps.reshape(x.shape[0], *w.shape)
@@ -206,7 +240,7 @@ class ConvRule:
         r, rho = self._position_norms(site, g, x)
         m = upper_sum(r * rho, [1, 2])
         u, gg = self._unfolded(site, full_precision(g), full_precision(x))
-        tf32 = site.consts.get("tf32", False)  # the clipped sum's product and the Grams on TF32 tensor cores
+        tf32 = site.tf32  # the clipped sum's product and the Grams on TF32 tensor cores
         (gram_u, gu, eu), (gram_g, gg_, eg) = certified_grams(u, r, tf32), certified_grams(gg, rho, tf32)
         s = gram_sum_bound(gram_u, gram_g, r, rho, gu, eu, gg_, eg)
         d, p = u.shape[2], gg.shape[2]
@@ -227,7 +261,7 @@ class ConvRule:
             return accumulation_gamma(rho.shape[1], g.dtype) * upper_sum(rho, [1])
         r, rho = self._position_norms(site, g, rest[0])
         n = r.shape[-1]
-        if site.consts.get("impl") == "shifted":  # sums over the padded grid's L ≥ T positions (the others add zeros)
+        if site.impl == "shifted":  # sums over the padded grid's L ≥ T positions (the others add zeros)
             c = site.consts
             n = shifted_length(rest[0].shape, g.shape, c["kernel"], c["padding"], c["dilation"])
         return accumulation_gamma(n, g.dtype) * upper_sum(r * rho, [1, 2])
@@ -242,7 +276,7 @@ class ConvRule:
         x, w = rest
         x = masked(x, clip)
         c = site.consts
-        if g.is_cuda or c.get("tf32"):  # cuDNN may pick FFT/Winograd weight gradients, outside γ_T·M: a GEMM on
+        if g.is_cuda or site.tf32:  # cuDNN may pick FFT/Winograd weight gradients, outside γ_T·M: a GEMM on
             return self.weight_grad_gemm(site, g, x, w)  # the unfolded input (TF32: on CPU too, truncated operands)
         return aten.convolution_backward(g, x, w, None, c["stride"], c["padding"], c["dilation"], c["transposed"],
                                          c["output_padding"], c["groups"], [False, True, False])[1]
@@ -254,7 +288,7 @@ class ConvRule:
         size."""
         u, gg = self._unfolded(site, g, x)
         rows = lambda t: t.permute(1, 2, 0, 3).clone(memory_format=torch.contiguous_format).flatten(2)  # noqa: E731
-        product = matrix_product(rows(gg), rows(u).transpose(1, 2), site.consts.get("tf32", False))
+        product = matrix_product(rows(gg), rows(u).transpose(1, 2), site.tf32)
         return product.reshape(w.shape)  # (groups, p, B·k·T) × (groups, B·k·T, d)
 
     def drop_recomputed_outputs(self, backward: fx.Node, terms: list[fx.Node]) -> None:

@@ -64,7 +64,7 @@ class MatmulRule:
     def per_sample(self, site: Site, x: Tensor, q: Tensor, anchor: Tensor) -> Tensor:
         """g_i = P_iᵀ Q_i, shape (B, m, n)."""
         p, q = self._rows(site, x, q, anchor)
-        return matrix_product(p.transpose(1, 2), q, site.consts.get("tf32", False))
+        return matrix_product(p.transpose(1, 2), q, site.tf32)
 
     def ghost_factors(self, site: Site, x: Tensor, q: Tensor, anchor: Tensor) -> tuple[Tensor, Tensor]:
         """g_i = Σ_t p_t ⊗ q_t: the sample's rows of P and Q, (B, N, m) and (B, N, n) (tied uses' cross terms)."""
@@ -85,7 +85,7 @@ class MatmulRule:
         p, q = self._rows(site, x, q, anchor)
         r, rho = row_norms(p), row_norms(q)
         m = upper_sum(r * rho, [1])
-        tf32 = site.consts.get("tf32", False)  # the clipped sum's product and the Grams on TF32 tensor cores
+        tf32 = site.tf32  # the clipped sum's product and the Grams on TF32 tensor cores
         if site.shape.T == 1:
             s = m.square()
         else:
@@ -107,7 +107,7 @@ class MatmulRule:
         """Σ_i c_i P_iᵀ Q_i as one matmul over all rows (dropped samples masked out; TF32 where the plan says)."""
         p, q = self._rows(site, x, q, anchor)
         p, q = masked_scaled(p, clip), masked(q, clip)
-        if site.consts.get("tf32"):
+        if site.tf32:
             return matrix_product(p.flatten(0, 1).t().unsqueeze(0), q.flatten(0, 1).unsqueeze(0), True)[0]
         return torch.mm(p.flatten(0, 1).t(), q.flatten(0, 1))
 

@@ -91,8 +91,7 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     for p, final in zip(params, finals):
         outputs[p.output_index] = final
     graph.output(tuple(outputs))
-    graph.eliminate_dead_code()
-    graph.lint()
+    graph.eliminate_dead_code()  # the lint follows in run_pipeline
     new = fx.GraphModule(gm, graph, class_name="DPBackward")  # generates its code once, from the final graph
     new.meta.update(gm.meta)
     return new

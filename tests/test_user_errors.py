@@ -365,3 +365,30 @@ def test_torch_compile_of_the_dp_model_itself():
         grads.append([p.grad.clone() for p in model.parameters()])
         assert dp.privacy.steps == 1
     assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_a_pass_that_fails_is_named_and_a_refusal_is_passed_on(monkeypatch):
+    """passes.run_pipeline: an internal exception of a pass, or a graph that fails fx's lint after it, reaches the
+    user as that exception with a note naming the pass and saying it is a bug to report; a refusal (DPCompileError)
+    from a pass reaches the user as it is, its message saying what to do."""
+    from dpcompile import passes
+    first = passes.PIPELINE[0]
+
+    def raises(exc):
+        def failing(gm, ctx):
+            raise exc
+        return failing
+
+    def unlinted(gm, ctx):  # an output that reads a node defined after it
+        gm.graph.output_node().prepend(gm.graph.call_function(torch.neg, (gm.graph.output_node(),)))
+        return gm
+    for failing, kind, name in ((raises(KeyError("x")), KeyError, "failing"), (unlinted, RuntimeError, "unlinted")):
+        monkeypatch.setattr(passes, "PIPELINE", (first, failing))
+        with pytest.raises(kind) as info:
+            make(mlp())(*data(3)[:1]).sum().backward()
+        assert any(f"the {name} pass failed" in note and "dpcompile bug" in note
+                   for note in getattr(info.value, "__notes__", [])), info.value
+    monkeypatch.setattr(passes, "PIPELINE", (first, raises(SampleMixingError("mixes samples: do this"))))
+    with pytest.raises(SampleMixingError, match="do this") as info:
+        make(mlp())(*data(3)[:1]).sum().backward()
+    assert not getattr(info.value, "__notes__", None)

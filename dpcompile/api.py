@@ -180,7 +180,7 @@ class DPModel(nn.Module):
         if "backward_rewritten" not in self.graphs:
             raise DPCompileError("the plan is made at the first forward call: run one batch through the DP model "
                                  "first, then call explain()")
-        return plan_report(self.graphs["backward_rewritten"])
+        return plan_report(self.graphs["backward"])  # the annotated graph: the rewritten one holds no analyses
 
     def state_dict(self, *args, **kwargs):
         return self.module.state_dict(*args, **kwargs)

@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import warnings
@@ -131,8 +130,8 @@ class DPBackend:
                 gm = passes.run_pipeline(gm, ctx)
                 self.graphs["backward_rewritten"] = gm
                 self.privacy.half_products |= has_half_products(gm)
-                with analyses_set_aside(gm):  # lowered inside precise_products(): Triton GEMM templates fix TF32 now
-                    compiled = self.lower(gm, example_inputs, kwargs)
+                # lowered inside precise_products(): Triton GEMM templates fix TF32 now
+                compiled = self.lower(gm, example_inputs, kwargs)
             return compiled if self.config.backend == "inductor" else fp32_boxed(compiled)
         except BaseException as exc:  # AOTAutograd may only log a backward error: keep it for the next step
             self.error = exc
@@ -193,17 +192,6 @@ def dp_graph_settings(config: DPConfig) -> dict:
         raise ConfigError(f"cuda_graphs=True needs inductor's graph partition and the cudagraph_unsafe op tag, which "
                           f"torch {torch.__version__} lacks: upgrade torch, or leave cuda_graphs off")
     return {**settings, **CUDA_GRAPH_SETTINGS}
-
-
-@contextlib.contextmanager
-def analyses_set_aside(gm: fx.GraphModule):
-    """The dp_ analyses in gm.meta (they point into the captured graph) kept out of inductor's graph
-    cache key while it compiles; back afterwards for explain()."""
-    kept = {k: gm.meta.pop(k) for k in list(gm.meta) if k.startswith("dp_")}
-    try:
-        yield
-    finally:
-        gm.meta.update(kept)
 
 
 def restride_saved_tensors(gm: fx.GraphModule, example_inputs):

@@ -93,7 +93,8 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     graph.output(tuple(outputs))
     graph.eliminate_dead_code()  # the lint follows in run_pipeline
     new = fx.GraphModule(gm, graph, class_name="DPBackward")  # generates its code once, from the final graph
-    new.meta.update(gm.meta)
+    # not the analyses (dp_*): they point into gm's nodes, which this graph does not hold; gm keeps them (explain)
+    new.meta.update({k: v for k, v in gm.meta.items() if not k.startswith("dp_")})
     return new
 
 

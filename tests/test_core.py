@@ -185,6 +185,32 @@ def test_explain_and_graphs():
     assert "dp_clip_factor" in g and g.in_degree("dp_clip_factor") > 0
 
 
+def test_no_graph_points_into_another():
+    """The rewritten backward's analyses and node metadata hold only its own nodes (the analyses stay on the
+    annotated graph, dp.graphs["backward"], which explain() reads), and the annotated graph's only its own."""
+    import dataclasses
+
+    import torch.fx as fx
+
+    def nodes_in(value, depth=0):
+        if isinstance(value, fx.Node):
+            yield value
+        elif depth < 4 and isinstance(value, (tuple, list, dict)):
+            for v in value.values() if isinstance(value, dict) else value:
+                yield from nodes_in(v, depth + 1)
+        elif depth < 4 and dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for f in dataclasses.fields(value):
+                yield from nodes_in(getattr(value, f.name), depth + 1)
+
+    dp = check_against_reference(CASES["conv"][-1], batches=(3,))
+    for name in ("backward", "backward_rewritten"):
+        gm = dp.graphs[name]
+        own = set(gm.graph.nodes)
+        metas = [gm.meta, *(n.meta for n in gm.graph.nodes)]
+        assert not [n for meta in metas for v in meta.values() for n in nodes_in(v) if n not in own], name
+    assert {r.param for r in dp.explain()} == {"0.weight", "0.bias", "3.weight", "3.bias"}
+
+
 
 def test_the_copied_convolution_backward_leaves_the_recomputed_gradients_out():
     """The backward's own convolution_backward stays for its input gradient; its weight and bias outputs, which the

@@ -31,6 +31,10 @@ reset_peak_memory_stats() (model, optimizer state and batch included).
 Usage (GPU):  python benchmarks/bench.py --configs resnet18_32,wrn16_4_32 --check --budget-seconds 540
               python benchmarks/bench.py --configs suite --amp bf16 --methods eager,compile,dpcompile,fastdp
 Usage (CPU):  python benchmarks/bench.py --configs smoke --methods eager,compile --dp-backend eager
+
+This file holds the command line, the timing and the run's loop; its parts beside it: bench_configs (the configs and
+their batches), bench_methods (each method's setup), bench_largest (--largest-batch), bench_check (--check),
+bench_report (JSON and markdown), bench_common (the clock, log and helpers they share).
 """
 from __future__ import annotations
 
@@ -38,12 +42,7 @@ import argparse
 import contextlib
 import copy
 import datetime as _dt
-import gc
-import importlib
-import importlib.util
-import io
 import json
-import math
 import os
 import platform
 import statistics
@@ -52,7 +51,6 @@ import sys
 import time
 import traceback
 import warnings
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -61,10 +59,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "examples"))
 if ROOT not in sys.path:
     sys.path.append(ROOT)  # an installed dpcompile (or PYTHONPATH) wins over the source tree
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_configs, bench_report beside this file
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # its parts, bench_*.py, beside this file
 from bench_configs import (CHECK_MODELS, CONFIG_GROUPS, CONFIGS, DEFAULT_CONFIGS, Config,  # noqa: E402
-                           Unavailable, expand_configs, loss_fn, make_batch, missing_requirement, per_sample_loss)
-from bench_report import FLOOR_FACTOR, lb_text, markdown, method_order, ok, save  # noqa: E402
+                           Unavailable, expand_configs, make_batch, missing_requirement)
+from bench_report import markdown, method_order, ok, save  # noqa: E402
+import bench_common as common  # noqa: E402
+from bench_check import run_check  # noqa: E402
+from bench_common import Captured, first_line, free_memory, log, over_budget, reset_dynamo, sync  # noqa: E402
+from bench_largest import SteppedSetup, fatal_cuda_error, largest_batch, log_search, reuses_setup  # noqa: E402
+from bench_methods import import_peer, method_setup  # noqa: E402
 
 
 class _PassesFinder:
@@ -88,60 +91,10 @@ class _PassesFinder:
 
 sys.meta_path.append(_PassesFinder)
 
-T0 = time.time()
 warnings.filterwarnings("ignore", message="Secure RNG turned off")
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
 warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented the batching")
 warnings.filterwarnings("ignore", message="Using a non-full backward hook")  # fastDP's and private_vision's hooks
-
-
-def log(*a) -> None:
-    print(f"[{time.time() - T0:7.1f}s]", *a, flush=True)
-
-
-def amp_context(args, x: torch.Tensor):
-    """--amp bf16: torch.autocast(x's device type, bfloat16) around forward and loss; fp32: nothing."""
-    if getattr(args, "amp", "fp32") == "bf16":
-        return torch.autocast(x.device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-# ------------------------------------------------------------------------------------------------
-# Helpers
-# ------------------------------------------------------------------------------------------------
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def reset_dynamo() -> None:
-    try:
-        torch._dynamo.reset()
-    except Exception:  # noqa: BLE001
-        pass
-
-
-def is_oom(e: BaseException) -> bool:
-    """torch.cuda.OutOfMemoryError, or any error whose text (or its cause's) says "out of memory" (inductor and
-    cuDNN wrap it)."""
-    seen = 0
-    while e is not None and seen < 8:
-        if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower():
-            return True
-        e, seen = e.__cause__ or e.__context__, seen + 1
-    return False
-
-
-def first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 def git_rev() -> str | None:
@@ -182,159 +135,8 @@ def environment(device: torch.device) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
-# Methods: each returns (step function, extra info) for a fresh copy of the model
-# ------------------------------------------------------------------------------------------------
-
-def sgd_step(forward, model, x, y, args, opt=None):
-    """One training step through `forward`, updating `model`'s parameters with SGD (or `opt`, a peer's)."""
-    opt = opt if opt is not None else torch.optim.SGD(model.parameters(), lr=args.lr)
-
-    def step(x=x, y=y):  # another batch: step(x, y) (the largest-batch search reuses one compiled setup)
-        with amp_context(args, x):
-            loss = loss_fn(forward(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return step
-
-
-def setup_eager(model, x, y, args, policy=None):
-    return sgd_step(model, model, x, y, args), {}
-
-
-def setup_compile(model, x, y, args, policy=None, cuda_graphs=False):
-    mode = "reduce-overhead" if cuda_graphs else None
-    return sgd_step(torch.compile(model, backend=args.compile_backend, mode=mode), model, x, y, args), {}
-
-
-def setup_dpcompile(model, x, y, args, policy="mixed", cuda_graphs=False, tf32=False, ghost_tf32=False):
-    import dpcompile
-    dp_model = dpcompile.dpcompile(model, max_grad_norm=args.max_grad_norm, noise_multiplier=args.noise_multiplier,
-                                   policy=policy, backend=args.dp_backend, cuda_graphs=cuda_graphs,
-                                   per_sample_tf32=tf32, ghost_tf32=ghost_tf32)
-    step = sgd_step(dp_model, model, x, y, args)
-
-    def explain():
-        try:
-            return str(dp_model.explain())
-        except Exception as e:  # noqa: BLE001
-            return f"explain() failed: {first_line(e)}"
-    return step, {"explain": explain, "compilations": lambda: dp_model.compilations}
-
-
-def setup_opacus(model, x, y, args, policy=None, ghost=False):
-    try:
-        from opacus import PrivacyEngine
-    except Exception as e:  # noqa: BLE001
-        raise Unavailable(f"opacus: {first_line(e)}") from None
-    from torch.utils.data import DataLoader, TensorDataset
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr)
-    loader = DataLoader(TensorDataset(x, y), batch_size=x.shape[0])
-    engine = PrivacyEngine()
-    kw = dict(module=model, optimizer=opt, data_loader=loader, noise_multiplier=args.noise_multiplier,
-              max_grad_norm=args.max_grad_norm, poisson_sampling=False)
-    if ghost:
-        pmodel, popt, crit, _ = engine.make_private(**kw, criterion=nn.CrossEntropyLoss(), grad_sample_mode="ghost")
-
-        def step():
-            with amp_context(args, x):
-                out = pmodel(x)
-                loss = crit(out.flatten(0, 1), y.flatten()) if out.dim() == 3 else crit(out, y)
-            loss.backward()
-            popt.step()
-            popt.zero_grad(set_to_none=True)
-    else:
-        pmodel, popt, _ = engine.make_private(**kw)
-
-        def step():
-            with amp_context(args, x):
-                loss = loss_fn(pmodel(x), y)
-            loss.backward()
-            popt.step()
-            popt.zero_grad(set_to_none=True)
-    return step, {}
-
-
-# Peers from unmodified sources (--peers DIR: fastDP/, private_vision/), imported here only, never by the product.
-
-def import_peer(args, package: str):
-    """`package` from the --peers folder (put first on sys.path); Unavailable with the reason if it won't import."""
-    folder = args.peers
-    if not folder or not os.path.isdir(os.path.join(folder, package)):
-        raise Unavailable(f"no {package}/ in the peers folder {folder!r} (--peers or $DPCOMPILE_PEERS)")
-    folder = os.path.abspath(folder)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    try:
-        return importlib.import_module(package)
-    except Exception as e:  # noqa: BLE001  (fastDP imports transformers at the top)
-        raise Unavailable(f"{package}: {first_line(e)}") from None
-
-
-def setup_fastdp(model, x, y, args, policy=None, clipping_mode="MixOpt"):
-    """fastDP book-keeping as its README attaches it: the usual loss.backward(); optimizer.step()."""
-    fastdp = import_peer(args, "fastDP")
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr)
-    engine = fastdp.PrivacyEngine(model, batch_size=x.shape[0], sample_size=args.sample_size,
-                                  noise_multiplier=args.noise_multiplier, epochs=1, max_grad_norm=args.max_grad_norm,
-                                  clipping_fn="Abadi", clipping_mode=clipping_mode, clipping_style="all-layer")
-    engine.attach(opt)
-    return sgd_step(model, model, x, y, args, opt), {}
-
-
-def setup_private_vision(model, x, y, args, policy=None):
-    """private_vision mixed ghost clipping: optimizer.step(loss=per-sample losses) runs both backward passes."""
-    pv = import_peer(args, "private_vision")
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr)
-    engine = pv.PrivacyEngine(model, batch_size=x.shape[0], sample_size=args.sample_size, epochs=1,
-                              max_grad_norm=args.max_grad_norm, noise_multiplier=args.noise_multiplier,
-                              ghost_clipping=True, mixed=True)
-    engine.attach(opt)
-
-    def step():
-        with amp_context(args, x):
-            losses = per_sample_loss(model(x), y)
-        opt.step(loss=losses)
-        opt.zero_grad(set_to_none=True)  # private_vision's zero_grad (drops .grad, grad_sample, norm_sample)
-    return step, {}
-
-
-def method_setup(method: str):
-    """-> (setup function, kwargs, use the out-of-place model variant)."""
-    if method == "eager":
-        return setup_eager, {}, False
-    if method in ("compile", "compile_graphs"):
-        return setup_compile, {"cuda_graphs": method.endswith("_graphs")}, False
-    if method.startswith("dp_"):  # dp_<policy>[_tf32|_alltf32][_graphs]
-        rest = method[3:]
-        graphs, rest = rest.endswith("_graphs"), rest.removesuffix("_graphs")
-        ghost_tf32, rest = rest.endswith("_alltf32"), rest.removesuffix("_alltf32")
-        tf32, policy = ghost_tf32 or rest.endswith("_tf32"), rest.removesuffix("_tf32")
-        return setup_dpcompile, {"policy": policy, "cuda_graphs": graphs, "tf32": tf32, "ghost_tf32": ghost_tf32}, False
-    if method in ("opacus", "opacus_oop"):
-        return setup_opacus, {"ghost": False}, method.endswith("_oop")
-    if method in ("opacus_ghost", "opacus_ghost_oop"):
-        return setup_opacus, {"ghost": True}, method.endswith("_oop")
-    if method == "fastdp":
-        return setup_fastdp, {"clipping_mode": "MixOpt"}, False
-    if method == "fastdp_ghost":
-        return setup_fastdp, {"clipping_mode": "MixGhostClip"}, False
-    if method == "private_vision":
-        return setup_private_vision, {}, False
-    raise ValueError(f"unknown method {method!r}")
-
-
-# ------------------------------------------------------------------------------------------------
 # Timing
 # ------------------------------------------------------------------------------------------------
-
-class Captured(io.StringIO):
-    """stdout of a method's setup and steps (the peers print; private_vision on every step): kept, not shown."""
-
-    def lines(self, limit: int = 10) -> list[str]:
-        seen = list(dict.fromkeys(ln.strip()[:200] for ln in self.getvalue().splitlines() if ln.strip()))
-        return seen[:limit] + ([f"... {len(seen) - limit} more distinct lines"] if len(seen) > limit else [])
-
 
 def time_method(cfg: Config, method: str, base: nn.Module, base_oop: nn.Module | None, x, y, args,
                 device: torch.device, search: bool = False) -> dict:
@@ -412,316 +214,6 @@ def _time_steps(setup, kw, model, x, y, args, device: torch.device) -> dict:
     if "explain" in extra and args.explain:
         res["explain"] = extra["explain"]()
     return res, step, extra
-
-
-# ------------------------------------------------------------------------------------------------
-# --largest-batch: the largest batch whose training step fits in GPU memory
-# ------------------------------------------------------------------------------------------------
-
-def round_batch(b: float) -> int:
-    """Batch sizes tried: multiples of 8 from 64 on (what people pick, and kernel-friendly)."""
-    b = int(b)
-    return b - b % 8 if b >= 64 else max(b, 1)
-
-
-def predict_largest(points: list[tuple[int, float]], capacity: float) -> float | None:
-    """Batch at which the peak memory reaches `capacity`, from (batch, peak bytes) points that fit: a line through
-    the two largest; from one point, peak/batch as the per-sample cost (fixed costs counted per sample: an
-    underestimate of the batch, so a safe jump)."""
-    pts = sorted(p for p in points if p[1])
-    if not pts:
-        return None
-    (b1, m1) = pts[-1]
-    if len(pts) >= 2:
-        b0, m0 = pts[-2]
-        slope = (m1 - m0) / (b1 - b0) if b1 > b0 else 0.0
-        if slope > 0:
-            return b1 + (capacity - m1) / slope
-    return b1 * capacity / m1
-
-
-def search_largest_batch(attempt: Callable[[int], tuple[bool, float | None, str | None]], start: int,
-                         start_peak: float | None, capacity: float, max_attempts: int = 8, seconds: float = 120.0,
-                         tol: float = 0.10, clock: Callable[[], float] = time.monotonic) -> dict:
-    """Largest batch b with attempt(b) -> (fits, peak bytes, error) true, `start` known to fit. Grows by doubling,
-    or jumps to just under the batch the measured peaks predict for `capacity` bytes when that is further; once a
-    batch fails, bisects (geometrically while the failing batch is over 4x the fitting one) until the failing one
-    is within `tol` of the fitting one. Stops after max_attempts tries or when the next try would end past
-    `seconds` (then "capped"), a try expected to take as long as the fastest after the first. The first try,
-    far above the timed batch, may recompile a shared setup (inductor's 32-bit indexing guards at 2^31 elements)
-    where later tries do not."""
-    lo, hi, points, tries = start, None, [(start, start_peak)] if start_peak else [], []
-    t0, capped = clock(), False
-    while len(tries) < max_attempts:
-        if hi is not None and hi <= lo * (1 + tol):
-            break
-        if clock() - t0 + min((t["s"] for t in tries[1:]), default=0.0) > seconds:
-            capped = True
-            break
-        if hi is None:
-            pred = predict_largest(points, capacity)
-            if pred is None:
-                b = 2 * lo
-            elif pred > 2.2 * lo:
-                b = 0.92 * pred                          # far: a big step that should still fit
-            else:
-                b = min(2 * lo, max(1.12 * lo, 1.06 * pred))  # near: just past the prediction, to find the ceiling
-        else:
-            b = math.sqrt(lo * hi) if hi > 4 * lo else (lo + hi) / 2  # bisect (in log scale after an overshoot)
-        b = round_batch(b)
-        if b <= lo or (hi is not None and b >= hi):
-            break                                        # the rounding leaves nothing between: as close as it gets
-        t = clock()
-        fits, peak, error = attempt(b)
-        last_s = clock() - t
-        tries.append({"batch": b, "fits": fits, "peak_gib": peak / 2**30 if peak else None, "error": error,
-                      "s": round(last_s, 2)})
-        if fits:
-            lo = b
-            points.append((b, peak))
-        else:
-            hi = b
-            if error and error != "out of memory" and fatal_cuda_error(error):
-                break
-    return {"batch": lo, "fails_at": hi, "attempts": tries, "capped": capped,
-            "converged": hi is not None and hi <= lo * (1 + tol), "seconds": round(clock() - t0, 1),
-            "capacity_gib": capacity / 2**30}
-
-
-def log_search(cfg: Config, method: str, lb) -> None:
-    if isinstance(lb, dict):
-        log(f"{cfg.name} {method}: largest batch {lb_text(lb)} (fails at {lb['fails_at']}; {len(lb['attempts'])} "
-            f"attempts, {lb['seconds']:.0f} s" + (", capped" if lb["capped"] else "") + ")")
-
-
-def fatal_cuda_error(msg: str) -> bool:
-    """An error after which the CUDA context is unusable (nothing more can run in this process)."""
-    return any(k in msg for k in ("illegal memory access", "device-side assert", "unspecified launch failure"))
-
-
-def reuses_setup(method: str) -> bool:
-    """Whether the largest-batch search steps one compiled setup at every batch (non-DP torch.compile and the
-    dpcompile policies without CUDA graphs: their batch dimension becomes or is dynamic, so a new batch costs a step,
-    not a compilation) rather than setting up afresh per try (eager, the peers: their engines fix the batch size)."""
-    return method == "compile" or (method.startswith("dp_") and not method.endswith("_graphs"))
-
-
-class SteppedSetup:
-    """A method's setup, compiled by a step at the config's batch, stepped at other batches: each try_batch(b) is
-    one training step on a fresh batch of b samples, its peak memory measured from an emptied cache. The plan
-    dpcompile made for the config's batch is kept (a fresh compilation at b would plan with b's hints)."""
-
-    def __init__(self, cfg: Config, device: torch.device, model: nn.Module, step: Callable, extra=None,
-                 setup_s: float = 0.0) -> None:
-        self.cfg, self.device, self.model, self.step, self.extra, self.setup_s = cfg, device, model, step, extra, setup_s
-
-    @classmethod
-    def compiled(cls, cfg: Config, method: str, base: nn.Module, args, device: torch.device, batch: int):
-        """A fresh setup of method, compiled by one step at batch."""
-        setup, kw, _ = method_setup(method)
-        t = time.perf_counter()
-        model = copy.deepcopy(base).to(device).train()
-        with contextlib.redirect_stdout(Captured()):
-            step, extra = setup(model, *make_batch(cfg, device, batch), args, **kw)
-            step()
-        sync(device)
-        return cls(cfg, device, model, step, extra, time.perf_counter() - t)
-
-    def try_batch(self, batch: int) -> tuple[bool, float | None, str | None]:
-        result = measured_step(self.device, lambda: self.step(*make_batch(self.cfg, self.device, batch)))
-        if not result[0]:
-            self.model.zero_grad(set_to_none=True)  # what a failed step left in .grad goes (the next one starts afresh)
-        return result
-
-
-def measured_step(device: torch.device, run: Callable[[], None]) -> tuple[bool, float | None, str | None]:
-    """run() (one training step) with its peak memory measured from an emptied cache: (fits, peak bytes (None off
-    CUDA), error); an OOM -> not fits, "out of memory"."""
-    free_memory()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    try:
-        with contextlib.redirect_stdout(Captured()):
-            run()
-        sync(device)
-        return True, torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None, None
-    except Exception as e:  # noqa: BLE001
-        return False, None, "out of memory" if is_oom(e) else first_line(e)
-    finally:
-        free_memory()
-
-
-def try_batch(cfg: Config, method: str, base: nn.Module, base_oop: nn.Module | None, args, device: torch.device,
-              batch: int) -> tuple[bool, float | None, str | None]:
-    """One training step of `method` at `batch` after a fresh setup (compilation included in the peak)."""
-    oop = method_setup(method)[2]
-    reset_dynamo()
-    try:
-        return measured_step(device, lambda: SteppedSetup.compiled(cfg, method, base_oop if oop else base, args,
-                                                                    device, batch))
-    finally:
-        reset_dynamo()
-        free_memory()
-
-
-def largest_batch(cfg: Config, method: str, rec: dict, batch: int, base, base_oop, args,
-                  device: torch.device, stepped: SteppedSetup | None = None) -> dict | str:
-    """--largest-batch for one method whose timed run (rec, at `batch`) fitted; "n/a (cpu)" off the GPU. Tries step
-    `stepped` (the timed run's setup), else a setup compiled here where the method's batch is dynamic, else each try
-    sets up afresh."""
-    if device.type != "cuda":
-        return "n/a (cpu)"
-    if rec.get("status") != "ok":
-        return f"n/a (the timed run: {rec.get('status')})"
-    free_memory()
-    # what peaks can reach: free now (allocator emptied) and what live tensors hold; a margin for fragmentation
-    capacity = (torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_allocated(device)) * 0.97
-    peak = rec.get("peak_gib_incl_warmup") or rec.get("peak_gib")
-    setup_s = None
-    if stepped is None and reuses_setup(method):
-        try:
-            stepped = SteppedSetup.compiled(cfg, method, base, args, device, batch)
-        except Exception as e:  # noqa: BLE001
-            return f"n/a (its setup at batch {batch}: {'out of memory' if is_oom(e) else first_line(e)})"
-    if stepped is not None:
-        setup_s = round(stepped.setup_s, 1)
-        attempt = stepped.try_batch
-    else:
-        def attempt(b):
-            return try_batch(cfg, method, base, base_oop, args, device, b)
-    seconds = args.largest_batch_seconds  # for the tries (a shared setup's compilation is not counted)
-    if args.budget_seconds is not None:  # the search ends within --budget-seconds too
-        seconds = max(0.0, min(seconds, args.budget_seconds - (time.time() - T0)))
-    try:
-        res = search_largest_batch(attempt, batch, peak * 2**30 if peak else None, capacity,
-                                   args.largest_batch_attempts, seconds)
-    finally:
-        del stepped, attempt
-        reset_dynamo()
-        free_memory()
-    res["setup_s"] = setup_s  # the compilation the tries shared, 0 for the timed run's (None: each set up afresh)
-    if any(t["error"] and fatal_cuda_error(t["error"]) for t in res["attempts"]):
-        args.cuda_broken = True
-    return res
-
-
-# ------------------------------------------------------------------------------------------------
-# --check: dpcompile's clipped gradient against a torch.func per-sample reference
-# ------------------------------------------------------------------------------------------------
-
-def reference_grad(model: nn.Module, x, y, clip: float | None, dtype=torch.float32):
-    """torch.func reference: per-sample grads g_i by vmap(grad), C_i = min(1, R/(||g_i||+1e-6)),
-    ref = (sum_i C_i g_i) / B, computed in `dtype`. clip=None: R = median ||g_i|| (half get clipped)."""
-    from torch.func import functional_call, grad, vmap
-    model = copy.deepcopy(model).to(dtype)
-    x = x.to(dtype) if x.is_floating_point() else x
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    buffers = {k: v.detach() for k, v in model.named_buffers()}
-
-    def loss_i(p, xi, yi):
-        return loss_fn(functional_call(model, (p, buffers), (xi.unsqueeze(0),)), yi.unsqueeze(0))
-
-    g = vmap(grad(loss_i), in_dims=(None, 0, 0))(params, x, y)
-    norms = torch.sqrt(sum(v.flatten(1).pow(2).sum(1) for v in g.values()))
-    if clip is None:
-        clip = float(norms.median())
-    c = (clip / (norms + 1e-6)).clamp(max=1.0)
-    ref = {k: torch.einsum("b,b...->...", c, v) / x.shape[0] for k, v in g.items()}
-    return ref, clip, norms
-
-
-def rel_errors(grads: dict, ref: dict) -> tuple[dict, float]:
-    """Per-parameter ||a-b||/||b|| in float64, and the same over the whole gradient."""
-    per, d2, r2 = {}, 0.0, 0.0
-    for k, r in ref.items():
-        if grads.get(k) is None:
-            continue
-        d = float((grads[k].double() - r.double()).norm())
-        n = float(r.double().norm())
-        per[k] = d / max(n, 1e-30)
-        d2, r2 = d2 + d * d, r2 + n * n
-    return per, math.sqrt(d2) / max(math.sqrt(r2), 1e-30)
-
-
-
-
-def run_check(args, device, results: dict) -> None:
-    """dpcompile (sigma=0) against the torch.func reference in fp32 (the printed error) and in float64.
-    PASS: every parameter's error against float64 is below max(tol, FLOOR_FACTOR x the fp32 reference's own error
-    against float64), the same for the whole gradient, and every parameter has a gradient. (Some gradients,
-    e.g. of a GroupNorm weight, are near-cancelling sums that lose digits in fp32 in any implementation.)"""
-    import dpcompile
-    prev = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    out = results.setdefault("check", [])
-    try:
-        for name in [m for m in args.check_models.split(",") if m]:
-            build, shape, ncls = CHECK_MODELS[name]
-            torch.manual_seed(0)
-            base = build().to(device).train()
-            g = torch.Generator().manual_seed(1)
-            x = torch.randn(args.check_batch, *shape, generator=g).to(device)
-            y = torch.randint(0, ncls, (args.check_batch,), generator=g).to(device)
-            try:
-                ref64, clip, norms = reference_grad(base, x, y, args.check_clip, torch.float64)
-                ref32, _, _ = reference_grad(base, x, y, clip, torch.float32)
-            except Exception as e:  # noqa: BLE001
-                log(f"check {name}: reference failed: {first_line(e)}")
-                out.append({"model": name, "status": "fails", "error": "reference: " + first_line(e)})
-                continue
-            floor, floor_all = rel_errors(ref32, ref64)
-            clipped = float((norms > clip).float().mean())
-            for policy in args.policies:
-                if over_budget(args):
-                    out.append({"model": name, "policy": policy, "status": "skipped (budget)"})
-                    continue
-                rec = {"model": name, "policy": policy, "backend": args.dp_backend, "clip": clip,
-                       "frac_clipped": clipped, "batch": args.check_batch, "fp32_floor": floor_all}
-                model = dp = None
-                try:
-                    reset_dynamo()
-                    model = copy.deepcopy(base)
-                    dp = dpcompile.dpcompile(model, max_grad_norm=clip, noise_multiplier=0.0, policy=policy,
-                                             backend=args.dp_backend)
-                    loss_fn(dp(x), y).backward()
-                    grads = {k: p.grad for k, p in model.named_parameters()}
-                    missing = [k for k, v in grads.items() if v is None]
-                    e32, e32_all = rel_errors(grads, ref32)
-                    e64, e64_all = rel_errors(grads, ref64)
-                    ratio = {k: e64[k] / max(args.check_tol, FLOOR_FACTOR * floor[k]) for k in e64}
-                    ratio_all = e64_all / max(args.check_tol, FLOOR_FACTOR * floor_all)
-                    k32 = max(e32, key=e32.get)
-                    k64 = max(e64, key=e64.get)
-                    kr = max(ratio, key=ratio.get)
-                    passed = max(ratio.values()) <= 1 and ratio_all <= 1 and not missing
-                    rec.update(status="ok", max_rel_err=e64[k64], worst_param=k64, total_rel_err=e64_all,
-                               max_rel_err_vs_f32=e32[k32], worst_param_vs_f32=k32, total_rel_err_vs_f32=e32_all,
-                               worst_over_allowed=ratio[kr], worst_over_allowed_param=kr, missing_grads=missing,
-                               passed=passed, per_param=e64, per_param_vs_f32=e32, fp32_floor_per_param=floor)
-                    log(f"check {name} policy={policy}: max relative error {e64[k64]:.2e} ({k64}), whole gradient "
-                        f"{e64_all:.2e} [vs float64 torch.func]; vs fp32 torch.func: max {e32[k32]:.2e} ({k32}), whole "
-                        f"{e32_all:.2e} (the fp32 reference's own error: {floor_all:.2e}); worst/allowed {ratio[kr]:.2f} "
-                        f"({kr}); R={clip:.3g}, {clipped:.0%} clipped; {'PASS' if passed else 'FAIL'}"
-                        + (f"; no grad: {missing}" if missing else ""))
-                except Exception as e:  # noqa: BLE001
-                    rec.update(status="fails", error=first_line(e), traceback=traceback.format_exc())
-                    log(f"check {name} policy={policy}: fails: {first_line(e)}")
-                out.append(rec)
-                del model, dp
-                free_memory()
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
-        reset_dynamo()
-        free_memory()
-
-
-# ------------------------------------------------------------------------------------------------
-# Output
-# ------------------------------------------------------------------------------------------------
-
-def over_budget(args) -> bool:
-    return args.budget_seconds is not None and time.time() - T0 > args.budget_seconds
 
 
 # ------------------------------------------------------------------------------------------------
@@ -954,8 +446,7 @@ def report(cfg: Config, m: str, r: dict, crec: dict, args) -> None:
 
 
 def main(argv=None) -> dict:
-    global T0
-    T0 = time.time()
+    common.T0 = time.time()
     args = parse_args(argv)
     if args.print_configs:
         print("\n".join(args.configs))
@@ -1013,7 +504,7 @@ def main(argv=None) -> dict:
             continue
         run_config(cfg, crec, args, device, results)
 
-    results["total_s"] = results.get("total_s", 0.0) + time.time() - T0
+    results["total_s"] = results.get("total_s", 0.0) + time.time() - common.T0
     save(results, args)
     print("\n" + markdown(results, args), flush=True)
     log(f"wrote {os.path.join(args.out, args.name)}.json / .md")

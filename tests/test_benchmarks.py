@@ -26,7 +26,9 @@ def load_script(name: str):
 
 
 bench = load_script("bench")
-import bench_configs  # noqa: E402  (beside bench.py, which puts its folder on sys.path)
+import bench_common  # noqa: E402  (its parts beside bench.py, which puts its folder on sys.path)
+import bench_configs  # noqa: E402
+import bench_largest  # noqa: E402
 QUICK = ["--device", "cpu", "--configs", "smoke", "--dp-backend", "eager", "--steps", "1", "--warmup", "1"]
 
 
@@ -128,7 +130,7 @@ def simulated(fixed_gib, per_sample_gib, limit_gib):
 ])
 def test_largest_batch_search_brackets_within_ten_percent(fixed, per_sample, limit, start):
     true_max = (limit - fixed) / per_sample
-    found = bench.search_largest_batch(simulated(fixed, per_sample, limit), start,
+    found = bench_largest.search_largest_batch(simulated(fixed, per_sample, limit), start,
                                        (fixed + per_sample * start) * 2**30, capacity=140 * 2**30)
     assert found["converged"] and not found["capped"] and len(found["attempts"]) <= 8
     assert found["batch"] <= true_max < found["fails_at"] <= found["batch"] * 1.1
@@ -140,7 +142,7 @@ def test_largest_batch_search_stops_at_its_time_cap():
     def clock():
         now[0] += 50.0  # each attempt (and each look at the clock) takes a while
         return now[0]
-    found = bench.search_largest_batch(simulated(0.1, 0.001, 130), 256, 0.4 * 2**30, 140 * 2**30, seconds=120,
+    found = bench_largest.search_largest_batch(simulated(0.1, 0.001, 130), 256, 0.4 * 2**30, 140 * 2**30, seconds=120,
                                        clock=clock)
     assert found["capped"] and 1 <= len(found["attempts"]) < 8 and found["batch"] >= 256
 
@@ -155,7 +157,7 @@ def test_largest_batch_search_goes_on_after_one_slow_try():
         now[0] += 125.0 if not tries else 5.0
         tries.append(b)
         return fits(b)
-    found = bench.search_largest_batch(attempt, 256, 0.4 * 2**30, 140 * 2**30, seconds=240, clock=lambda: now[0])
+    found = bench_largest.search_largest_batch(attempt, 256, 0.4 * 2**30, 140 * 2**30, seconds=240, clock=lambda: now[0])
     assert found["converged"] and not found["capped"] and found["attempts"][0]["s"] == 125.0
     assert found["batch"] <= (130 - 0.1) / 0.001 < found["fails_at"]
 
@@ -194,8 +196,8 @@ def test_out_of_memory_is_recognised_through_wrappers():
         except RuntimeError as inner:
             raise ValueError("backend compiler failed") from inner
     except ValueError as e:
-        assert bench.is_oom(e)
-    assert not bench.is_oom(RuntimeError("shape mismatch"))
+        assert bench_common.is_oom(e)
+    assert not bench_common.is_oom(RuntimeError("shape mismatch"))
 
 
 def peers_folder():

@@ -246,6 +246,50 @@ def test_corrupt_sample_is_dropped(policy, bad):
         assert torch.allclose(p.grad, ref[name], rtol=1e-10, atol=1e-300), name
 
 
+class TwoBranches(nn.Module):
+    """Two linear layers on separate halves of the input, their outputs added: one clip group each (per_layer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 2), nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.a(x[:, :3]) + self.b(x[:, 3:])
+
+
+def weighted(out, y, reduction="sum"):
+    """A loss linear in the output: its gradient is y whatever the output (inf included)."""
+    return (out * y).sum()
+
+
+@pytest.mark.parametrize("bad", [float("inf"), 1e200])
+def test_a_sample_corrupt_in_one_clip_group_is_dropped_from_every_group(bad):
+    """Sample 5's input is inf, or 1e200 (its per-sample gradient overflows), in branch b's half only; the loss is
+    linear, so its output gradient stays finite. Its bound is then not finite in b's clip group and an ordinary one in
+    a's. It is dropped from both (kept() over every group, README guarantee 2), not released through a with a's clip
+    factor: each group's gradient equals the reference over the other 7 samples."""
+    torch.manual_seed(0)
+    model = TwoBranches().to(DEVICE, torch.float64)
+    groups = [["a.weight", "a.bias"], ["b.weight", "b.bias"]]
+    dp = dpcompile.dpcompile(model, max_grad_norm=0.5, noise_multiplier=0.0, loss_reduction="sum", backend=BACKEND,
+                             clip_groups=groups)
+    torch.manual_seed(1)
+    x, y = torch.randn(8, 6, dtype=torch.float64, device=DEVICE), torch.randn(8, 2, dtype=torch.float64, device=DEVICE)
+    weighted(dp(x), y).backward()  # a clean first batch: capture and checks
+    model.zero_grad(set_to_none=True)
+    before = dropped_samples(dp)
+    x[5, 4] = bad
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        weighted(dp(x), y).backward()
+    assert dropped_samples(dp) - before == 1
+    keep = torch.arange(8, device=DEVICE) != 5
+    ref, _ = dp_reference(model, x[keep], y[keep], 0.5, "sum", loss=weighted, groups=groups)
+    for name, p in model.named_parameters():
+        assert torch.isfinite(p.grad).all(), name
+        assert torch.allclose(p.grad, ref[name], rtol=1e-10, atol=1e-300), name
+
+
 def test_huge_finite_sample_is_clipped_not_dropped():
     """A 1e30 sample in float64 has a finite norm: clipped to R like any other, nothing dropped."""
     model = corrupt_model()

@@ -574,6 +574,28 @@ def test_the_clip_factor_holds_the_release_to_R_exactly(clipping, loss_reduction
         assert ci * ni * scale + ai * scale <= limit
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_the_clip_factor_in_a_terms_dtype_never_rounds_up(dtype):
+    """round_down: the float64 clip factor as a lower-precision term reads it (clip_in_dtype) is the largest value of
+    that dtype at or below it, so C_i·N_i + A_i ≤ R still holds for what the clipped sum multiplies by. Round to nearest
+    would take half of these factors up by up to u of themselves (2⁻²⁴ in fp32): crafted ones sit just above a
+    representable value's midpoint. Zero and one stay exact."""
+    from dpcompile.passes.rules.bounds import round_down
+    g = torch.Generator().manual_seed(4)
+    c = torch.rand(2000, dtype=torch.float64, generator=g).pow(8)  # down to ~1e-20: fp16 subnormals and flushes too
+    low = c.to(dtype).to(torch.float64)
+    above = torch.nextafter(c.to(dtype), torch.full((), 2.0, dtype=dtype)).to(torch.float64)
+    crafted = (low + above) / 2 * (1 + 1e-12)  # just above a midpoint: nearest rounds up
+    c = torch.cat([c, crafted, torch.tensor([0.0, 1.0], dtype=torch.float64)])
+    got = round_down(c, dtype)
+    assert got.dtype == dtype
+    for gi, ci in zip(fractions(got.to(torch.float64)), fractions(c)):
+        assert gi <= ci
+    up = torch.nextafter(got, torch.full((), 2.0, dtype=dtype)).to(torch.float64)
+    assert (up > c).all()  # the largest such value, not a lower one
+    assert got[-2:].tolist() == [0.0, 1.0]
+
+
 def test_a_sample_whose_underflow_leaves_no_room_below_the_target_is_dropped():
     """A_i between the clip target R·(1 − 2⁻⁴⁰) and R: its factor is 0, and it is counted as dropped."""
     from dpcompile.passes.rewrite import ClipSpec, clip_factor, clip_target, kept

@@ -14,6 +14,7 @@ from conftest import DEVICE, dp_pass_guards, guards_added
 from helpers import Case, check_against_reference
 from torch import nn
 
+import dpcompile
 from dpcompile.passes.meta import LayerShape, Site
 from dpcompile.passes.rewrite import STORE
 from dpcompile.passes.rules.bounds import per_sample_bound, row_norms, stored_norm_bound
@@ -572,6 +573,69 @@ def test_the_clip_factor_holds_the_release_to_R_exactly(clipping, loss_reduction
     assert (c > 0).all()
     for ci, ni, ai in zip(fractions(c), fractions(N), fractions(A)):
         assert ci * ni * scale + ai * scale <= limit
+
+
+def certified_norms(monkeypatch, dp, run) -> dict[str, torch.Tensor]:
+    """√s + e per sample of each parameter's certified norm (the rewritten backward's dp_norm_sq_<name>_0/_1 nodes),
+    from an eager replay of that graph on the inputs the backward received in run()."""
+    import torch.fx as fx
+
+    from dpcompile.backend import DPBackend
+    received, lower = [], DPBackend.lower
+
+    def recording(self, gm, example_inputs, kwargs):
+        compiled = lower(self, gm, example_inputs, kwargs)
+        if not kwargs.get("is_backward"):
+            return compiled
+
+        def backward(*args):
+            received.append(args)
+            return compiled(*args)
+        backward._boxed_call = getattr(compiled, "_boxed_call", False)
+        return backward
+    monkeypatch.setattr(DPBackend, "lower", recording)
+    run()
+    values = {}
+
+    class Replay(fx.Interpreter):
+        def run_node(self, n):
+            v = super().run_node(n)
+            if n.name.startswith("dp_norm_sq_") and n.name[-2:] in ("_0", "_1"):
+                values[n.name] = v
+            return v
+    args = received[-1]
+    Replay(dp.graphs["backward_rewritten"]).run(*(args[0] if len(args) == 1 and isinstance(args[0], list) else args))
+    return {k[:-2].removeprefix("dp_norm_sq_"): values[k[:-2] + "_0"].sqrt() + values[k[:-2] + "_1"]
+            for k in values if k.endswith("_0")}
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["one_use", "two_uses"])
+def test_an_instantiated_per_sample_norm_bounds_the_exact_gradient(monkeypatch, shared):
+    """N_i bounds the exact per-sample gradient of the operands as stored, not only the computed one: output
+    gradients 1e8, 1, −1e8 over three positions cancel in fp32, so the computed ĝ_i is 0 (or nearly) while the exact
+    g_i = Σ_t G_t x_tᵀ is (1, 1, 1). The per-sample margin γ_T·M_i covers the difference (without it N_i was 0 < √3,
+    and no other test failed). Two uses of one layer: the same through the shared parameter's summed uses."""
+    class TwoUses(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(3, 1, bias=False)
+
+        def forward(self, x):
+            return self.layer(x) + self.layer(2 * x)
+    torch.manual_seed(0)
+    model = (TwoUses() if shared else nn.Linear(3, 1, bias=False)).to(DEVICE)
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, policy="per_sample", backend="eager",
+                             loss_reduction="sum")
+    x = torch.ones(2, 3, 3, device=DEVICE)
+    G = torch.tensor([[1e8], [1.0], [-1e8]], device=DEVICE).expand(2, 3, 1).contiguous()
+    norms = certified_norms(monkeypatch, dp, lambda: (dp(x) * G).sum().backward())
+    uses = (1, 2) if shared else (1,)
+    for i in range(2):  # the exact g_i = Σ_u Σ_t G_t (u·x_t)ᵀ, in fractions
+        exact = [sum(Fraction(u) * Fraction(gt) * Fraction(xt) for u in uses
+                     for gt, xt in zip(G[i, :, 0].tolist(), x[i, :, j].tolist())) for j in range(3)]
+        (norm,) = norms.values()
+        bound = Fraction(norm[i].item())
+        assert bound * bound >= sum(v * v for v in exact) > 0, (i, float(bound))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

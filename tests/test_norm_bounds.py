@@ -75,6 +75,40 @@ def test_linear_ghost_bounds_crafted_cancellation(dtype, scale, b):
     assert got <= limit
 
 
+def assert_within_margin(released: torch.Tensor, exact: list, c: float, bound) -> None:
+    """‖released − c·g‖ ≤ c·e + a exactly (fractions): e is the clipped sum's rounding per unit c, a its underflow."""
+    diff = sum((Fraction(r) - Fraction(c) * x) ** 2 for r, x in zip(released.double().flatten().tolist(), exact))
+    limit = Fraction(c) * Fraction(bound[1].item()) + Fraction(bound[2].item())
+    assert 0 < diff <= limit * limit, (float(diff) ** 0.5, float(limit))
+
+
+@pytest.mark.parametrize("c", [1.0, 2.0**-3])
+@pytest.mark.parametrize("rule_name", ["linear", "conv"])
+def test_a_ghost_clipped_sum_stays_within_its_rounding_margin(rule_name, c):
+    """A ghost term's e bounds the clipped sum's own rounding: ‖Σ_t fl(c·p_t) q_tᵀ − c·g‖ ≤ c·e + a, checked exactly
+    on the crafted cancellation (output gradients b and 1 − b, b = 10002.96 in fp32), whose fp32 sums round. The release
+    bound of the other tests hid this part: the Gram's own error term dwarfs it there, so zeroing the margin
+    (bounds.clipped_product_margin) failed none of them. c is exact in fp32, so the factor applied is c itself."""
+    b = 10002.96
+    if rule_name == "linear":
+        p_rows, q_rows = cancelling(torch.float32, 250.0, b)
+        rule, site = MatmulRule(), linear_site(1, 2, 1, 16)
+        ops = linear_operands(p_rows, q_rows)
+        exact = [sum(Fraction(pt) * Fraction(qt) for pt, qt in zip(p_rows[0, :, j].tolist(), q_rows[0, :, 0].tolist()))
+                 for j in range(16)]  # (16, 1) row-major
+    else:
+        conv = nn.Conv1d(4, 1, 3, bias=False)
+        x = torch.full((1, 4, 4), 250.0)
+        g = torch.tensor([[[b, 1 - b]]], dtype=torch.float32)
+        rule, site = ConvRule(), conv_site(conv)
+        ops = (g, x, conv.weight.detach())
+        exact = [sum(Fraction(g[0, 0, t].item()) * Fraction(x[0, ch, t + k].item()) for t in range(2))
+                 for ch in range(4) for k in range(3)]  # (1, 4, 3) row-major
+    bound = rule.ghost_norm_bound(site, *ops)
+    released = rule.clipped_sum(site, torch.tensor([c], dtype=torch.float64), *ops)
+    assert_within_margin(released, exact, c, bound)
+
+
 @pytest.mark.parametrize("scale", [1.0, 2.0**50, 2.0**-60])
 def test_linear_tf32_grams_stay_upper_bounds_on_a_crafted_truncation(scale):
     """With ghost_tf32 a ghost term's Grams run on TF32 tensor cores (on the CPU: operands truncated to TF32, then an

@@ -82,17 +82,21 @@ def assert_within_margin(released: torch.Tensor, exact: list, c: float, bound) -
     assert 0 < diff <= limit * limit, (float(diff) ** 0.5, float(limit))
 
 
+@pytest.mark.parametrize("tf32", [False, True], ids=["ieee", "tf32"])
 @pytest.mark.parametrize("c", [1.0, 2.0**-3])
 @pytest.mark.parametrize("rule_name", ["linear", "conv"])
-def test_a_ghost_clipped_sum_stays_within_its_rounding_margin(rule_name, c):
+def test_a_ghost_clipped_sum_stays_within_its_rounding_margin(rule_name, c, tf32):
     """A ghost term's e bounds the clipped sum's own rounding: ‖Σ_t fl(c·p_t) q_tᵀ − c·g‖ ≤ c·e + a, checked exactly
     on the crafted cancellation (output gradients b and 1 − b, b = 10002.96 in fp32), whose fp32 sums round. The release
     bound of the other tests hid this part: the Gram's own error term dwarfs it there, so zeroing the margin
-    (bounds.clipped_product_margin) failed none of them. c is exact in fp32, so the factor applied is c itself."""
+    (bounds.clipped_product_margin) failed none of them. c is exact in fp32, so the factor applied is c itself. With
+    ghost_tf32 the clipped sum is a TF32 product (on the CPU: operands truncated to TF32, then IEEE): the margin's
+    TF32_PRODUCT_U covers the truncation, which no test caught missing either."""
     b = 10002.96
     if rule_name == "linear":
         p_rows, q_rows = cancelling(torch.float32, 250.0, b)
         rule, site = MatmulRule(), linear_site(1, 2, 1, 16)
+        site = Site("linear", (), site.consts, site.shape, tf32=tf32)
         ops = linear_operands(p_rows, q_rows)
         exact = [sum(Fraction(pt) * Fraction(qt) for pt, qt in zip(p_rows[0, :, j].tolist(), q_rows[0, :, 0].tolist()))
                  for j in range(16)]  # (16, 1) row-major
@@ -100,7 +104,7 @@ def test_a_ghost_clipped_sum_stays_within_its_rounding_margin(rule_name, c):
         conv = nn.Conv1d(4, 1, 3, bias=False)
         x = torch.full((1, 4, 4), 250.0)
         g = torch.tensor([[[b, 1 - b]]], dtype=torch.float32)
-        rule, site = ConvRule(), conv_site(conv)
+        rule, site = ConvRule(), Site("conv", (), conv_site(conv).consts, None, tf32=tf32)
         ops = (g, x, conv.weight.detach())
         exact = [sum(Fraction(g[0, 0, t].item()) * Fraction(x[0, ch, t + k].item()) for t in range(2))
                  for ch in range(4) for k in range(3)]  # (1, 4, 3) row-major

@@ -84,7 +84,7 @@ def assert_within_margin(released: torch.Tensor, exact: list, c: float, bound) -
 
 @pytest.mark.parametrize("tf32", [False, True], ids=["ieee", "tf32"])
 @pytest.mark.parametrize("c", [1.0, 2.0**-3])
-@pytest.mark.parametrize("rule_name", ["linear", "conv"])
+@pytest.mark.parametrize("rule_name", ["linear", "conv", "embedding"])
 def test_a_ghost_clipped_sum_stays_within_its_rounding_margin(rule_name, c, tf32):
     """A ghost term's e bounds the clipped sum's own rounding: ‖Σ_t fl(c·p_t) q_tᵀ − c·g‖ ≤ c·e + a, checked exactly
     on the crafted cancellation (output gradients b and 1 − b, b = 10002.96 in fp32), whose fp32 sums round. The release
@@ -100,6 +100,16 @@ def test_a_ghost_clipped_sum_stays_within_its_rounding_margin(rule_name, c, tf32
         ops = linear_operands(p_rows, q_rows)
         exact = [sum(Fraction(pt) * Fraction(qt) for pt, qt in zip(p_rows[0, :, j].tolist(), q_rows[0, :, 0].tolist()))
                  for j in range(16)]  # (16, 1) row-major
+    elif rule_name == "embedding":  # one token three times: the scatter adds 1e8, 1 and −1e8 into one row
+        if tf32:
+            pytest.skip("an embedding's clipped sum is a scatter, no product")
+        idx = torch.tensor([[3, 3, 3]])
+        values = torch.tensor([[[1e8] * 4, [1.0] * 4, [-1e8] * 4]], dtype=torch.float32)
+        rule, site = EmbeddingRule(), embedding_site(5, 4)
+        ops = (idx, values)
+        rows = {r: [sum(Fraction(values[0, t, j].item()) for t in range(3) if idx[0, t] == r) for j in range(4)]
+                for r in range(5)}
+        exact = [v for r in range(5) for v in rows[r]]  # (5, 4) row-major
     else:
         conv = nn.Conv1d(4, 1, 3, bias=False)
         x = torch.full((1, 4, 4), 250.0)

@@ -494,6 +494,30 @@ def test_embedding_bag_mean_weighted():
     assert (got >= exact).all() and (got / exact - 1).max() < CLOSE
 
 
+def test_embedding_bag_values_within_their_rounding_margin():
+    """A mean bag's values v̂_t = fl(fl(grad/count)·w_t) against the exact grad·w_t/count: Σ_t ‖v̂_t − v_t‖ is within the
+    margin the rule adds for them (_margins: 2γ_k·Σ_t ‖v̂_t‖), exactly. Nothing else caught that margin set to 0: the
+    Gram bound's own slack covers a u-relative shortfall of the values in every end-to-end case tried."""
+    import math
+    torch.manual_seed(0)
+    B, N, D, V = 2, 5, 3, 7
+    idx = torch.randint(0, V, (B * N,))
+    grad, weights, bag_size = torch.randn(B, D), torch.randn(B * N), torch.full((B,), N)
+    rule, site = EmbeddingRule(), embedding_site(V, D, "embedding_bag", mode=1, padding_idx=-1)
+    tensors = (idx, grad, bag_size, weights)
+    _, values = rule._rows(site, *tensors)
+    _, margin = rule._margins(site, tensors, values)
+    for b in range(B):
+        total = Fraction(0)
+        for t in range(N):
+            exact = [Fraction(grad[b, j].item()) / N * Fraction(weights[b * N + t].item()) for j in range(D)]
+            sq = sum((Fraction(values[b, t, j].item()) - exact[j]) ** 2 for j in range(D))
+            root = math.nextafter(math.sqrt(sq), math.inf)  # an upper bound on √sq, checked exactly
+            assert Fraction(root) ** 2 >= sq
+            total += Fraction(root)
+        assert 0 < total <= Fraction(margin[b].item()), (float(total), margin[b].item())
+
+
 def test_reduction_cancellation_and_ordinary():
     rule = SumRule()
     site = Site("reduction", (), {"batch_dim": 0, "dims": [0, 1], "lead": None}, None)

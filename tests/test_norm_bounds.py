@@ -518,6 +518,27 @@ def test_embedding_bag_values_within_their_rounding_margin():
         assert 0 < total <= Fraction(margin[b].item()), (float(total), margin[b].item())
 
 
+@pytest.mark.parametrize("case", ["conv_unfold", "conv_grouped", "conv_shifted", "embedding"])
+def test_a_rule_per_sample_margin_covers_fp32_cancellation(case):
+    """per_sample_bound(ĝ, per_sample_margin) ≥ ‖g‖ when the fp32 sum behind ĝ cancels: 1e8, 1 and −1e8 over three
+    positions (conv output gradients against an input of ones; an embedding token three times) sum to 1 exactly and
+    to 0 or nearly in fp32. Nothing caught the convolution's or the embedding's margin set to 0 before."""
+    if case == "embedding":
+        rule, site = EmbeddingRule(), embedding_site(5, 4)
+        ops = (torch.tensor([[3, 3, 3]]), torch.tensor([[[1e8] * 4, [1.0] * 4, [-1e8] * 4]]))
+        exact = 2.0  # (1, 1, 1, 1) in row 3
+    else:
+        conv = nn.Conv1d(4, 1, 3, bias=False)
+        g = torch.tensor([[[1e8, 1.0, -1e8]]])
+        ops = (g, torch.ones(1, 4, 5), conv.weight.detach())
+        rule, site = ConvRule(), Site("conv", (), conv_site(conv).consts, None, impl=case.removeprefix("conv_"))
+        exact = exact_conv(conv, g, ops[1]).item()
+        assert exact == pytest.approx(12 ** 0.5)
+    ps = rule.per_sample(site, *ops)
+    bound = per_sample_bound(ps.flatten(1), rule.per_sample_margin(site, *ops))
+    assert certified_norm(bound).item() >= exact
+
+
 def test_reduction_cancellation_and_ordinary():
     rule = SumRule()
     site = Site("reduction", (), {"batch_dim": 0, "dims": [0, 1], "lead": None}, None)

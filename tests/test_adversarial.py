@@ -306,6 +306,25 @@ def test_huge_finite_sample_is_clipped_not_dropped():
         assert torch.allclose(p.grad, ref[name], rtol=1e-10, atol=0), name
 
 
+def test_an_instantiated_release_rounding_up_from_the_subnormal_range_is_dropped():
+    """An instantiated ĝ's clip-weighted copy c·ĝ rounds in the subnormal range by up to η/2, not u of itself: with R
+    about 0.75η (fp32), c rounds down to η and c·ĝ = 0.75η rounds up to η, a release 1.33·R. per_sample_bound's a
+    (2·(η/2)·√numel) makes the sample's underflow alone reach R', so it is dropped. With a = 0 it was released at
+    1.4e-45 against R = 1.05e-45, and no other test failed."""
+    eta = 2.0**-149
+    bound = 0.750001 * eta * (1 + 2.0**-20)  # c = R'/(N + 1e-6) just above η, so round_down keeps η
+    model = nn.Linear(1, 1, bias=False).to(DEVICE)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, loss_reduction="sum",
+                             policy="per_sample", backend=BACKEND)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        (dp(torch.ones(1, 1, device=DEVICE)) * 0.75).sum().backward()
+    assert abs(model.weight.grad.item()) <= bound
+    assert dropped_samples(dp) == 1
+
+
 @pytest.mark.parametrize("policy", ("ghost", "per_sample"))
 @pytest.mark.parametrize("dtype, bound", [(torch.float32, 2.0**-24), (torch.bfloat16, 2.0**-7)], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("frac", [0.51, 0.75])

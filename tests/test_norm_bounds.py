@@ -631,13 +631,15 @@ def test_the_per_sample_bound_covers_its_own_roundings(dtype):
         assert bound >= grow * sum(v ** 2 for v in fractions(row))
 
 
-def test_a_float64_term_grows_by_its_last_rounding():
-    """certified(): a float64 result rounds once more, by u, so [s, e, a] grow by (1 + u)², 1 + u, 1 + u. A factor
-    1 + u is 1 in float64 and left them as they were."""
-    from dpcompile.passes.rules.bounds import U64, certified
+@pytest.mark.parametrize("out_dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["fp64", "fp32", "bf16"])
+def test_a_term_grows_by_its_last_rounding(out_dtype):
+    """certified(): a result rounded once more to out_dtype, by its u, makes [s, e, a] grow by (1 + u)², 1 + u, 1 + u
+    (exactly, in fractions). A factor 1 + u is 1 in float64 and left them as they were; for fp32 and bf16 results no
+    test caught the factor removed (2⁻⁸ of a bf16 term's norm)."""
+    from dpcompile.passes.rules.bounds import certified, unit_roundoff
     parts = [spread_rows(1000, 1, torch.float64, -30, 30, seed=k).abs().flatten() for k in range(3)]
-    s, e, a = certified(*parts, torch.float64)
-    grow = 1 + Fraction(U64)
+    s, e, a = certified(*parts, out_dtype)
+    grow = 1 + Fraction(unit_roundoff(out_dtype))
     for got, part, power in ((s, parts[0], 2), (e, parts[1], 1), (a, parts[2], 1)):
         assert all(g >= grow ** power * p for g, p in zip(fractions(got), fractions(part)))
 

@@ -4,6 +4,7 @@ sum's norm per unit of the clip factor, and is close to the exact norm on ordina
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from fractions import Fraction
 
 import pytest
@@ -96,7 +97,7 @@ def test_a_ghost_clipped_sum_stays_within_its_rounding_margin(rule_name, c, tf32
     if rule_name == "linear":
         p_rows, q_rows = cancelling(torch.float32, 250.0, b)
         rule, site = MatmulRule(), linear_site(1, 2, 1, 16)
-        site = Site("linear", (), site.consts, site.shape, tf32=tf32)
+        site = replace(site, tf32=tf32)
         ops = linear_operands(p_rows, q_rows)
         exact = [sum(Fraction(pt) * Fraction(qt) for pt, qt in zip(p_rows[0, :, j].tolist(), q_rows[0, :, 0].tolist()))
                  for j in range(16)]  # (16, 1) row-major
@@ -114,7 +115,7 @@ def test_a_ghost_clipped_sum_stays_within_its_rounding_margin(rule_name, c, tf32
         conv = nn.Conv1d(4, 1, 3, bias=False)
         x = torch.full((1, 4, 4), 250.0)
         g = torch.tensor([[[b, 1 - b]]], dtype=torch.float32)
-        rule, site = ConvRule(), Site("conv", (), conv_site(conv).consts, None, tf32=tf32)
+        rule, site = ConvRule(), replace(conv_site(conv), tf32=tf32)
         ops = (g, x, conv.weight.detach())
         exact = [sum(Fraction(g[0, 0, t].item()) * Fraction(x[0, ch, t + k].item()) for t in range(2))
                  for ch in range(4) for k in range(3)]  # (1, 4, 3) row-major
@@ -259,7 +260,7 @@ def test_conv_crafted_cancellation(impl):
     assert rule.ghost_norm_sq(site, g, x, w).item() < exact**2 * 0.5  # the plain Gram form is fooled
     got, limit = release_norm(rule, site, bound, g, x, w)
     assert got <= limit
-    site = Site("conv", (), site.consts, None, impl=impl)
+    site = replace(site, impl=impl)
     ps = per_sample_bound(rule.per_sample(site, g, x, w), rule.per_sample_margin(site, g, x, w))
     assert certified_norm(ps).item() >= exact
 
@@ -276,7 +277,7 @@ def test_conv_tf32_grams_stay_upper_bounds_on_a_crafted_truncation(scale):
     g = torch.tensor([[[1 + 2.0**-11, -(1 - 2.0**-10)]]])
     w = conv.weight.detach()
     rule, site = ConvRule(), conv_site(conv)
-    site = Site("conv", (), site.consts, None, tf32=True)
+    site = replace(site, tf32=True)
     exact = exact_conv(conv, g, x)
     assert exact.item() == pytest.approx(scale * 3 * 2.0**-11, rel=1e-12)
     bound = rule.ghost_norm_bound(site, g, x, w)
@@ -298,7 +299,7 @@ def test_conv_close_on_ordinary_data(conv):
     exact = exact_conv(conv, g, x)
     got = certified_norm(rule.ghost_norm_bound(site, g, x, w))
     assert (got >= exact).all() and (got / exact - 1).max() < CLOSE
-    sites = [site] + [Site("conv", (), site.consts, None, impl="shifted")] * (set(conv.stride) == {1})
+    sites = [site] + [replace(site, impl="shifted")] * (set(conv.stride) == {1})
     for site in sites:
         ps = certified_norm(per_sample_bound(rule.per_sample(site, g, x, w), rule.per_sample_margin(site, g, x, w)))
         assert (ps >= exact).all() and (ps / exact - 1).max() < CLOSE, site.consts.get("impl")
@@ -314,7 +315,7 @@ def test_shifted_windows_read_only_their_own_sample(conv):
     x = torch.randn(3, conv.in_channels, *([6] * (conv.weight.dim() - 2)), dtype=torch.float64)
     g, x, w = conv_operands(conv, x)
     rule, site = ConvRule(), conv_site(conv)
-    shifted = Site("conv", (), site.consts, None, impl="shifted")
+    shifted = replace(site, impl="shifted")
     alone = [rule.per_sample(shifted, g[i:i + 1], x[i:i + 1], w) for i in range(3)]
     for poison in (float("nan"), float("inf"), 1e300):
         for i in range(3):  # every other sample (before and after the one looked at) poisoned, inputs and gradients
@@ -531,7 +532,7 @@ def test_a_rule_per_sample_margin_covers_fp32_cancellation(case):
         conv = nn.Conv1d(4, 1, 3, bias=False)
         g = torch.tensor([[[1e8, 1.0, -1e8]]])
         ops = (g, torch.ones(1, 4, 5), conv.weight.detach())
-        rule, site = ConvRule(), Site("conv", (), conv_site(conv).consts, None, impl=case.removeprefix("conv_"))
+        rule, site = ConvRule(), replace(conv_site(conv), impl=case.removeprefix("conv_"))
         exact = exact_conv(conv, g, ops[1]).item()
         assert exact == pytest.approx(12 ** 0.5)
     ps = rule.per_sample(site, *ops)

@@ -4,6 +4,8 @@
 set -u
 cd "$(dirname "$0")/../../.."
 export OUT=${OUT:-/tmp/out}
+source .ci/gpu-wheels
+python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1
 date -u
 BUDGET=${BUDGET:-540} HARD_LIMIT=${HARD_LIMIT:-570} AMPS=fp32 CORE= PEERS= POLICIES=auto LARGEST=compile,dp_auto \
   LARGEST_SECONDS=${LARGEST_SECONDS:-150} NAME=s28-largest224 bash benchmarks/suite_gpu.sh ${CONFIGS:-resnet18_224 resnet50_224} 2>&1 | tail -40

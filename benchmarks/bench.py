@@ -7,7 +7,9 @@
   dp_<policy>     dpcompile.dpcompile(model, max_grad_norm=R, noise_multiplier=sigma, policy=<policy>)
   dp_<policy>_graphs  the same with cuda_graphs=True (peak memory not reported: the CUDA graphs' pool is set up in
                   the warm-up and replays allocate nothing; reserved memory is kept in the JSON)
-  dp_<policy>_tf32[_graphs]  with per_sample_tf32=True (per-sample gradients as TF32 products)
+                  (the TF32 options at their default: convolutions' DP products on TF32 where cuDNN's are)
+  dp_<policy>_ieee[_graphs]  with per_sample_tf32=False and ghost_tf32=False (every DP product IEEE fp32)
+  dp_<policy>_tf32[_graphs]  with per_sample_tf32=True, ghost_tf32=False (per-sample gradients as TF32 products)
   dp_<policy>_alltf32[_graphs]  with per_sample_tf32=True and ghost_tf32=True (ghost clipped sums too)
   opacus          Opacus PrivacyEngine.make_private (grad_sample_mode="hooks")
   opacus_ghost    Opacus PrivacyEngine.make_private (grad_sample_mode="ghost", two backward passes)

@@ -35,7 +35,7 @@ def setup_compile(model, x, y, args, policy=None, cuda_graphs=False):
     return sgd_step(torch.compile(model, backend=args.compile_backend, mode=mode), model, x, y, args), {}
 
 
-def setup_dpcompile(model, x, y, args, policy="mixed", cuda_graphs=False, tf32=False, ghost_tf32=False):
+def setup_dpcompile(model, x, y, args, policy="mixed", cuda_graphs=False, tf32=None, ghost_tf32=None):
     import dpcompile
     dp_model = dpcompile.dpcompile(model, max_grad_norm=args.max_grad_norm, noise_multiplier=args.noise_multiplier,
                                    policy=policy, backend=args.dp_backend, cuda_graphs=cuda_graphs,
@@ -133,12 +133,15 @@ def method_setup(method: str):
         return setup_eager, {}, False
     if method in ("compile", "compile_graphs"):
         return setup_compile, {"cuda_graphs": method.endswith("_graphs")}, False
-    if method.startswith("dp_"):  # dp_<policy>[_tf32|_alltf32][_graphs]
+    if method.startswith("dp_"):  # dp_<policy>[_ieee|_tf32|_alltf32][_graphs]
         rest = method[3:]
         graphs, rest = rest.endswith("_graphs"), rest.removesuffix("_graphs")
-        ghost_tf32, rest = rest.endswith("_alltf32"), rest.removesuffix("_alltf32")
-        tf32, policy = ghost_tf32 or rest.endswith("_tf32"), rest.removesuffix("_tf32")
-        return setup_dpcompile, {"policy": policy, "cuda_graphs": graphs, "tf32": tf32, "ghost_tf32": ghost_tf32}, False
+        tf32 = None  # the TF32 options as PyTorch's settings have each kind of product (DPConfig's default)
+        for suffix, options in (("_ieee", (False, False)), ("_tf32", (True, False)), ("_alltf32", (True, True))):
+            if rest.endswith(suffix):
+                tf32, rest = options, rest.removesuffix(suffix)
+        tf32, ghost_tf32 = tf32 or (None, None)
+        return setup_dpcompile, {"policy": rest, "cuda_graphs": graphs, "tf32": tf32, "ghost_tf32": ghost_tf32}, False
     if method in ("opacus", "opacus_oop"):
         return setup_opacus, {"ghost": False}, method.endswith("_oop")
     if method in ("opacus_ghost", "opacus_ghost_oop"):

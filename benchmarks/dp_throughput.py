@@ -55,8 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="an inductor setting for every compiled graph of the run, e.g. cpp_wrapper=True (repeatable)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="dp: cuda_graphs=True; compile: mode='reduce-overhead' (CUDA graphs for the compiled graphs)")
-    p.add_argument("--per-sample-tf32", action="store_true", help="dp: per_sample_tf32=True (TF32 per-sample products)")
-    p.add_argument("--ghost-tf32", action="store_true", help="dp: ghost_tf32=True (ghost terms' clipped sums in TF32)")
+    p.add_argument("--per-sample-tf32", action=argparse.BooleanOptionalAction, default=None,
+                   help="dp: per_sample_tf32=True/False (TF32 per-sample products); default None, as PyTorch's settings")
+    p.add_argument("--ghost-tf32", action=argparse.BooleanOptionalAction, default=None,
+                   help="dp: ghost_tf32=True/False (ghost terms' clipped sums in TF32); default None, as PyTorch's settings")
     p.add_argument("--dynamic", action="store_true",
                    help="compile: the batch dimension marked dynamic (a symbolic batch size, as in dpcompile's graphs)")
     p.add_argument("--allreduce-mb", type=float, default=0.0,

@@ -49,7 +49,7 @@ def releases(args, ghost_tf32: bool, x: torch.Tensor, y: torch.Tensor) -> tuple[
     torch.manual_seed(0)
     model = build(args.model, x.shape[-1]).to(args.device)
     dp = dpcompile.dpcompile(model, max_grad_norm=R, noise_multiplier=0.0, loss_reduction="sum", policy=args.policy,
-                             backend=args.backend, ghost_tf32=ghost_tf32)
+                             backend=args.backend, ghost_tf32=ghost_tf32, per_sample_tf32=False)
     norms = []
     for j in range(args.samples):
         weight = torch.zeros(len(x), device=x.device)

@@ -20,7 +20,7 @@ from torch._inductor.decomposition import select_decomp_table
 from . import passes
 from .config import DPConfig
 from .errors import ConfigError, DPCompileError, surfacing
-from .precision import precise_products, restore, set_precise
+from .precision import precise_products, restore, set_precise, tf32_kinds
 from .privacy.engine import PrivacyEngine
 
 aten = torch.ops.aten
@@ -111,9 +111,12 @@ class DPBackend:
             groups=groups, bounds=bounds, loss_reduction=self.config.loss_reduction,
             expected_batch_size=self.config.expected_batch_size, clipping=self.config.clipping,
             clip_stability=self.config.clip_stability, noise_handle=self.privacy.handle)
+        device = next((v.device for v in example_inputs if isinstance(v, torch.nn.Parameter)), torch.device("cpu"))
         return passes.PassContext(tuple(params), batch, self.config.policy, clip,
-                                  views=self.config.augmentation_multiplicity, tf32=self.config.per_sample_tf32,
-                                  ghost_tf32=self.config.ghost_tf32, inductor=self.config.backend == "inductor")
+                                  views=self.config.augmentation_multiplicity,
+                                  tf32=tf32_kinds(self.config.per_sample_tf32, device),
+                                  ghost_tf32=tf32_kinds(self.config.ghost_tf32, device),
+                                  inductor=self.config.backend == "inductor")
 
     def compile_graph(self, gm: fx.GraphModule, example_inputs, ctx: passes.PassContext, kwargs: dict):
         """The forward: the safety check. The backward: the DP passes. Then lowering."""

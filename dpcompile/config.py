@@ -32,8 +32,10 @@ class DPConfig:
     clip_group_norms: tuple[float, ...] | None = None
     augmentation_multiplicity: int = 1  # K augmented views per sample, clipped together (De et al. 2022)
     cuda_graphs: bool = False  # CUDA graphs for the DP graphs on CUDA, the noise op kept outside them
-    per_sample_tf32: bool = False  # instantiated per-sample gradients as TF32 tensor-core products
-    ghost_tf32: bool = False  # ghost-clipped layers' clipped sums and Gram norms as TF32 tensor-core products (bounded)
+    # TF32 tensor-core products (certified), True for matmuls and convolutions, False for neither, None (default): for
+    # those whose fp32 products PyTorch's settings put on TF32 in the model's own training (precision.tf32_kinds)
+    per_sample_tf32: bool | None = None  # instantiated per-sample gradients
+    ghost_tf32: bool | None = None  # ghost-clipped layers' clipped sums and Gram norms
     param_names: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -60,7 +62,9 @@ class DPConfig:
         check(self.backend in BACKENDS, f"backend must be one of {BACKENDS}, got {self.backend!r}")
         check(isinstance(self.cuda_graphs, bool), f"cuda_graphs must be True or False, got {self.cuda_graphs!r}")
         for name in ("per_sample_tf32", "ghost_tf32"):
-            check(isinstance(getattr(self, name), bool), f"{name} must be True or False, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            check(value is None or isinstance(value, bool),
+                  f"{name} must be True, False or None (as PyTorch's TF32 settings have it), got {value!r}")
         check(not self.cuda_graphs or self.backend == "inductor",
               "cuda_graphs=True needs backend='inductor' (inductor records and replays the CUDA graphs)")
         check(self.clipping in CLIPPING, f"clipping must be one of {CLIPPING}, got {self.clipping!r}")

@@ -50,6 +50,25 @@ def resolved(backend: str, op: str) -> str:
     return value
 
 
+# The kinds of product whose fp32 precision PyTorch sets apart (cuBLAS's matmuls, cuDNN's convolutions); a rule
+# names the kind its products are (`products`), and the DP products of that kind may run on TF32 (certified)
+PRODUCT_KINDS = ("matmul", "conv")
+
+
+def tf32_kinds(setting: bool | None, device: torch.device) -> frozenset[str]:
+    """The kinds of product whose DP products run on TF32 tensor cores (DPConfig.per_sample_tf32, ghost_tf32): all
+    (True), none (False), or, by default (None), those that PyTorch's settings put on TF32 in the model's own
+    training on CUDA when the model is captured: convolutions while cuDNN's convolutions are TF32
+    (`torch.backends.cudnn.allow_tf32` or `cudnn.conv.fp32_precision`, on by PyTorch's default), matmuls while
+    cuBLAS's are (`torch.set_float32_matmul_precision('high')` and the like, off by default). None on other devices:
+    their TF32 is emulated (truncated operands), slower than IEEE. Either way the norms are certified bounds."""
+    if setting is not None:
+        return frozenset(PRODUCT_KINDS) if setting else frozenset()
+    if device.type != "cuda":
+        return frozenset()
+    return frozenset(kind for kind in PRODUCT_KINDS if resolved("cuda", kind) == "tf32")
+
+
 def reduced_fp32_products(device: torch.device) -> str | None:
     """The setting under which fp32 matrix products on `device` would not be IEEE, or None."""
     if device.type == "cuda" and resolved("cuda", "matmul") == "tf32":

@@ -84,8 +84,10 @@ class PassContext:
     policy: str
     clip: Any  # rewrite.ClipSpec
     views: int = 1
-    tf32: bool = False  # instantiated per-sample gradients of matmuls and convolutions as TF32 products
-    ghost_tf32: bool = False  # ghost-clipped matmuls' and convolutions' clipped sums as TF32 products
+    # the kinds of product (a rule's `products`: "matmul", "conv") formed on TF32 tensor cores: instantiated per-sample
+    # gradients (tf32), ghost terms' clipped sums and Grams (ghost_tf32)
+    tf32: frozenset[str] = frozenset()
+    ghost_tf32: frozenset[str] = frozenset()
     inductor: bool = False
 
 
@@ -117,6 +119,6 @@ def resolved_batch(gm, batch: sympy.Expr) -> sympy.Expr:
     batch = sympy.sympify(env.replace(batch))
     mentioned = set().union(*(shape_of_value(v)[i].free_symbols for v in values for i in range(v.dim())))
     if batch.free_symbols and not batch.free_symbols & mentioned:
-        hints = getattr(env, "backed_var_to_val", None) or env.var_to_val
+        hints = env.backed_var_to_val if hasattr(env, "backed_var_to_val") else env.var_to_val  # renamed in torch 2.12
         return sympy.sympify(batch.xreplace(hints))
     return batch

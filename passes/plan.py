@@ -47,7 +47,7 @@ def shape_hints(gm: fx.GraphModule) -> dict:
     env = getattr(mode, "shape_env", None)
     if env is None:
         return {}
-    return dict(getattr(env, "backed_var_to_val", None) or env.var_to_val)
+    return dict(env.backed_var_to_val if hasattr(env, "backed_var_to_val") else env.var_to_val)  # renamed in torch 2.12
 
 
 def evaluate(expr, hints: dict) -> float:
@@ -112,7 +112,7 @@ def decide(node: fx.Node, method: str, costs: dict[str, Cost], numbers: dict, re
     changed."""
     site, implementation = node.meta[SITE], getattr(rule_for(node), "implementation", None)
     return Decision(method, costs, numbers, reason, implementation(site, method) if implementation else "", flip,
-                    tf32_products(site, method, shared, ctx))
+                    tf32_products(node, method, shared, ctx))
 
 
 def cap_memory(gm: fx.GraphModule, hints: dict, nodes: list[fx.Node], ctx: PassContext) -> None:
@@ -169,18 +169,18 @@ def tied_ghost_pays(policy: str, param, chosen: dict, hints: dict) -> bool:
     return ghost + estimated_seconds(tied.cross_cost(list(param.sites)), hints) < per_sample
 
 
-TF32_RULES = ("linear", "conv")  # the rules whose per-sample gradients are products (matrix_product)
-
-
-def tf32_products(site: Site, method: str, shared: bool, ctx: PassContext) -> bool:
-    """Whether a term's products run on TF32 tensor cores: a matmul's or convolution's, from fp32 operands (half-
-    precision ones already multiply on tensor cores), not of a shared parameter (whose uses are bounded against
-    their exact sum), and either its per-sample gradients (DPConfig.per_sample_tf32: instantiated, summed over
-    T > 1 positions, as an outer product stays pointwise; clipped by their own norm) or a ghost term's clipped sum
-    (DPConfig.ghost_tf32: its truncation added to the term's certified margin)."""
+def tf32_products(node: fx.Node, method: str, shared: bool, ctx: PassContext) -> bool:
+    """Whether a term's products run on TF32 tensor cores: a site that its rule names a product of a kind
+    (`products`: matmul, convolution) that the context puts on TF32, from fp32 operands (half-precision ones already
+    multiply on tensor cores), not of a shared parameter (whose uses are bounded against their exact sum), and either its per-sample gradients
+    (ctx.tf32: instantiated, summed over T > 1 positions, as an outer product stays pointwise; clipped by their own
+    norm) or a ghost term's clipped sum and Grams (ctx.ghost_tf32: their truncation added to the term's certified
+    margin)."""
+    site = node.meta[SITE]
+    kind = getattr(rule_for(node), "products", {}).get(site.rule)
     operands = [n.meta["val"] for n in site.inputs[:2]]
-    if shared or site.rule not in TF32_RULES or not all(v.dtype == torch.float32 for v in operands):
+    if shared or kind is None or not all(v.dtype == torch.float32 for v in operands):
         return False
     if method == "per_sample":
-        return ctx.tf32 and site.shape.T != 1
-    return ctx.ghost_tf32 and method == "ghost"
+        return kind in ctx.tf32 and site.shape.T != 1
+    return method == "ghost" and kind in ctx.ghost_tf32

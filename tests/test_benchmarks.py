@@ -269,10 +269,12 @@ def test_cuda_graph_methods_are_named_and_set_up():
     """compile_graphs and dp_<policy>_graphs: CUDA-graph variants of the non-private and DP steps (on a CPU inductor
     leaves CUDA graphs out, so they run as the plain methods)."""
     assert bench.method_setup("compile_graphs")[1] == {"cuda_graphs": True}
-    assert bench.method_setup("dp_auto_graphs")[1] == {"policy": "auto", "cuda_graphs": True, "tf32": False,
-                                                       "ghost_tf32": False}
-    assert bench.method_setup("dp_mixed")[1] == {"policy": "mixed", "cuda_graphs": False, "tf32": False,
-                                                 "ghost_tf32": False}
+    assert bench.method_setup("dp_auto_graphs")[1] == {"policy": "auto", "cuda_graphs": True, "tf32": None,
+                                                       "ghost_tf32": None}
+    assert bench.method_setup("dp_mixed")[1] == {"policy": "mixed", "cuda_graphs": False, "tf32": None,
+                                                 "ghost_tf32": None}
+    assert bench.method_setup("dp_auto_ieee")[1] == {"policy": "auto", "cuda_graphs": False, "tf32": False,
+                                                     "ghost_tf32": False}
     assert bench.method_setup("dp_auto_tf32_graphs")[1] == {"policy": "auto", "cuda_graphs": True, "tf32": True,
                                                             "ghost_tf32": False}
     assert bench.method_setup("dp_mixed_tf32")[1] == {"policy": "mixed", "cuda_graphs": False, "tf32": True,

@@ -28,15 +28,18 @@ def raw_settings() -> dict:
 
 @pytest.fixture
 def clean_settings():
-    """PyTorch's defaults before and after each test (set through PyTorch's setters, not the code under test)."""
-    def reset():
-        torch.set_float32_matmul_precision("highest")
-        for key in KEYS:
-            torch._C._set_fp32_precision_setter(*key, "none")
-        torch.backends.cudnn.allow_tf32 = True
-    reset()
+    """PyTorch's defaults before and after each test."""
+    pytorch_defaults()
     yield
-    reset()
+    pytorch_defaults()
+
+
+def pytorch_defaults() -> None:
+    """PyTorch's default precision settings, through PyTorch's setters (not the code under test)."""
+    torch.set_float32_matmul_precision("highest")
+    for key in KEYS:
+        torch._C._set_fp32_precision_setter(*key, "none")
+    torch.backends.cudnn.allow_tf32 = True
 
 
 SETTINGS = {
@@ -203,11 +206,51 @@ def test_tf32_per_sample_gradients_through_one_compiled_model(batch):
 
 
 @pytest.mark.parametrize("option", ["per_sample_tf32", "ghost_tf32"])
-def test_tf32_products_are_asked_for_with_a_bool(option):
-    """Off by default; True or False only."""
-    assert getattr(dpcompile.DPConfig(max_grad_norm=1.0, noise_multiplier=0.0), option) is False
+def test_tf32_products_are_asked_for_with_a_bool_or_none(option):
+    """None by default (as PyTorch's settings have each kind of product); True, False or None only."""
+    assert getattr(dpcompile.DPConfig(max_grad_norm=1.0, noise_multiplier=0.0), option) is None
+    for value in (True, False, None):
+        assert getattr(dpcompile.DPConfig(max_grad_norm=1.0, noise_multiplier=0.0, **{option: value}), option) is value
     with pytest.raises(ConfigError, match=option):
         dpcompile.dpcompile(nn.Linear(2, 2), max_grad_norm=1.0, noise_multiplier=0.0, **{option: "yes"})
+
+
+def test_tf32_by_default_where_pytorch_puts_that_kind_of_product_on_tf32(clean_settings):
+    """By default the DP products of a kind (cuDNN's convolutions, cuBLAS's matmuls) run on TF32 on CUDA exactly
+    when PyTorch's settings run the model's own products of that kind on TF32: convolutions by PyTorch's default,
+    matmuls after set_float32_matmul_precision('high') or the like (either API); neither elsewhere (a CPU's TF32 is
+    emulated). True and False set both kinds. The settings are read, not changed (no GPU needed to read them)."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    both = {"matmul", "conv"}
+    assert precision.tf32_kinds(None, cuda) == {"conv"}  # PyTorch's defaults
+    assert precision.tf32_kinds(None, cpu) == set()
+    assert precision.tf32_kinds(True, cpu) == both and precision.tf32_kinds(False, cuda) == set()
+    for setting in ("legacy allow_tf32", "set_float32_matmul_precision('high')", "backends.fp32_precision = 'tf32'"):
+        SETTINGS[setting]()
+        assert precision.tf32_kinds(None, cuda) == both, setting
+        assert precision.tf32_kinds(None, cpu) == set() and precision.tf32_kinds(False, cuda) == set(), setting
+        pytorch_defaults()
+    torch.backends.cudnn.allow_tf32 = False
+    assert precision.tf32_kinds(None, cuda) == set()
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.conv.fp32_precision = "ieee"
+    assert precision.tf32_kinds(None, cuda) == set()
+
+
+@pytest.mark.parametrize("matmul", ["highest", "high"])
+@pytest.mark.parametrize("policy", ["ghost", "per_sample"])
+def test_the_plan_puts_on_tf32_what_pytorch_does_by_default(policy, matmul, clean_settings):
+    """A DP model with the TF32 options left at None: on CUDA its convolution's terms are TF32 products (cuDNN's
+    default), its linear layer's only under set_float32_matmul_precision('high') (a ghost term: the linear layer's
+    per-sample gradient is an outer product, T = 1, never TF32); on a CPU none. Read when the model is captured:
+    the plan is what explain() reports."""
+    torch.set_float32_matmul_precision(matmul)
+    dp = dpcompile.dpcompile(conv_linear(), max_grad_norm=1.0, noise_multiplier=0.0, loss_reduction="sum",
+                             policy=policy, backend=BACKEND_UNDER_TEST)
+    dp(torch.randn(3, 3, 8, 8, device=DEVICE)).square().sum().backward()
+    tf32 = sorted(r.param for r in dp.explain().rows if "TF32" in r.impl)
+    expected = ["0.weight"] + (["3.weight"] if matmul == "high" and policy == "ghost" else [])
+    assert tf32 == (expected if DEVICE == "cuda" else [])
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="TF32 tensor cores")

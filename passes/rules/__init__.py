@@ -15,7 +15,10 @@ A rule knows, for the ATen ops in ``ops`` whose value is a parameter-gradient te
 - ``implementation(site, method)`` (optional): how the rule forms the per-sample gradients under the planned
   method, a string the plan records (``Decision.impl``) and the rewrite hands back in ``Site.impl``;
 - ``drop_recomputed_outputs(copied, terms)`` (optional, ops with several outputs): turn off, in the backward's
-  copy of the op, the parameter-gradient outputs that the rewrite recomputes (terms: their getitem nodes).
+  copy of the op, the parameter-gradient outputs that the rewrite recomputes (terms: their getitem nodes);
+- ``products`` (optional): its sites that are matrix products, by ``Site.rule``, and their kind, "matmul" (cuBLAS)
+  or "conv" (cuDNN): the plan may put their fp32 products on TF32 tensor cores (``plan.tf32_products``;
+  ``Site.tf32``), as PyTorch's settings do that kind's products in the model's own training.
 Adding an op family is one module here plus its cases in tests/rule_cases.py.
 """
 from __future__ import annotations

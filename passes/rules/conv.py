@@ -119,6 +119,7 @@ def shifted_length(x_shape, g_shape, kernel, padding, dilation) -> int:
 
 class ConvRule:
     family = "conv"
+    products = {"conv": "conv"}  # its sites that are products, and their kind (precision.tf32_kinds)
     ops = (aten.convolution_backward.default,)
     methods = ("ghost", "per_sample")
 

@@ -38,6 +38,7 @@ def _matrix_source(node: fx.Node) -> fx.Node:
 
 class MatmulRule:
     family = "linear"
+    products = {"linear": "matmul"}  # its sites that are products, and their kind (precision.tf32_kinds)
     ops = (aten.mm.default, aten.bmm.default)
     methods = ("ghost", "per_sample")
 

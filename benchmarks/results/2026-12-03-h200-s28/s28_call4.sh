@@ -4,6 +4,7 @@
 set -u
 cd "$(dirname "$0")/../../.."
 export OUT=${OUT:-/tmp/out}
+source .ci/gpu-wheels
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1
 DPCOMPILE_TEST_DEVICE=cuda DPCOMPILE_TEST_BACKEND=inductor TORCHINDUCTOR_COMPILE_THREADS=1 PYTHONUNBUFFERED=1 \
   timeout -s INT -k 10 "${LIMIT:-95}" python3 -m pytest -q -n "${WORKERS:-15}" -p no:cacheprovider -rfs --tb=short \

@@ -347,3 +347,26 @@ def test_with_plan_sets_the_plans_constants_for_the_script_it_runs(tmp_path):
     assert done.stdout.split("\n")[0] == "0 7 0.5 ['--x', '1']"
     refused = run("SHIFTED_CONV_MAX_PRODUCT=0", "--", str(script))
     assert refused.returncode != 0 and "SHIFTED_CONV_MAX_PRODUCT" in refused.stderr
+
+
+def test_live_memory_counts_a_view_as_its_base_and_finds_the_bytes_per_sample():
+    """benchmarks/live_memory.py's walk over a graph with a symbolic batch: a view allocates nothing and keeps its
+    base alive until the view's own last use; an input is freed after its last use. Counting the view as new memory
+    (a fourth value at the peak) or freeing its base at the view (two) both fail here. On the smoke config the DP backward
+    adds at least as much per sample as the non-private one."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    module = load_script("live_memory")
+
+    def f(x):
+        a = x * 2
+        v = a.view(-1)  # nothing new; a stays alive until v's view below is used
+        b = x + 1  # x's last use: x, a, b live (the peak)
+        return (v.view_as(b) * b).sum()
+    gm = make_fx(f, tracing_mode="symbolic")(torch.randn(5))  # one symbolic size, as a backward's batch
+    for batch in (10, 20):
+        peak, where, live = module.graph_peak(gm, batch)
+        assert peak == 3 * batch * 4 and where.startswith("add"), (batch, peak, where)
+        assert sorted(b for _, b in live) == [batch * 4] * 3
+    result = module.measure("smoke", "auto", 100, 3)
+    assert result["dp"]["mb_per_sample"] >= result["non_private"]["mb_per_sample"] > 0
+    assert 0 < result["largest_batch_ratio_estimate"] <= 1

@@ -352,8 +352,9 @@ def test_with_plan_sets_the_plans_constants_for_the_script_it_runs(tmp_path):
 def test_live_memory_counts_a_view_as_its_base_and_finds_the_bytes_per_sample():
     """benchmarks/live_memory.py's walk over a graph with a symbolic batch: a view allocates nothing and keeps its
     base alive until the view's own last use; an input is freed after its last use. Counting the view as new memory
-    (a fourth value at the peak) or freeing its base at the view (two) both fail here. On the smoke config the DP backward
-    adds at least as much per sample as the non-private one."""
+    (a fourth value at the peak) or freeing its base at the view (two) both fail here. With fuse, a cast and a product
+    that only feed a sum are never written. On the smoke config the DP backward adds at least as much per sample as
+    the non-private one."""
     from torch.fx.experimental.proxy_tensor import make_fx
     module = load_script("live_memory")
 
@@ -367,6 +368,9 @@ def test_live_memory_counts_a_view_as_its_base_and_finds_the_bytes_per_sample():
         peak, where, live = module.graph_peak(gm, batch)
         assert peak == 3 * batch * 4 and where.startswith("add"), (batch, peak, where)
         assert sorted(b for _, b in live) == [batch * 4] * 3
+    cast = make_fx(lambda x: (x.double() * 2).sum(), tracing_mode="symbolic")(torch.randn(5))
+    assert module.graph_peak(cast, 10)[0] == 160  # the float64 copy and its double, written: 80 + 80 bytes
+    assert module.graph_peak(cast, 10, fuse=True)[0] == 48  # fused into the sum: x (40) and the scalar (8)
     result = module.measure("smoke", "auto", 100, 3)
     assert result["dp"]["mb_per_sample"] >= result["non_private"]["mb_per_sample"] > 0
     assert 0 < result["largest_batch_ratio_estimate"] <= 1

@@ -3,6 +3,7 @@
 
     python benchmarks/peak_memory.py --model wrn16_4 --size 32 --batch 256 --method dp --policy auto
     python benchmarks/peak_memory.py --model wrn16_4 --size 32 --batch 256 --method compile
+    python benchmarks/peak_memory.py --config resnet18_224 --batch 64 --method dp   (a suite config's own model)
 
 After --warmup steps (compilation included) one step runs under torch.cuda.memory._record_memory_history; its
 allocation trace is replayed (alloc / free events) to find the peak of allocated bytes and the blocks live at it.
@@ -64,6 +65,8 @@ def origin(frames: list[dict]) -> str:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="wrn16_4")
+    p.add_argument("--config", default="", help="a bench_configs suite config (its model, input and classes) "
+                   "instead of --model and --size, e.g. resnet18_224 (ImageNet stem)")
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--method", default="dp", choices=["dp", "compile"])
@@ -74,15 +77,21 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     device = torch.device("cuda")
     torch.manual_seed(0)
-    model = build(args.model, args.size).to(device)
+    if args.config:
+        from bench_configs import CONFIGS, make_batch
+        cfg = CONFIGS[args.config]
+        model = cfg.build().to(device)
+        x, y = make_batch(cfg, device, args.batch)
+    else:
+        model = build(args.model, args.size).to(device)
+        x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+        y = torch.randint(0, 10, (args.batch,), device=device)
     if args.method == "dp":
         net = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0, expected_batch_size=args.batch,
                                   policy=args.policy)
     else:
         net = torch.compile(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
-    y = torch.randint(0, 10, (args.batch,), device=device)
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.amp == "bf16"):
@@ -103,7 +112,7 @@ def main(argv=None) -> dict:
     torch.cuda.memory._record_memory_history(enabled=None)
     events = [e for trace in snapshot["device_traces"] for e in trace]
     peak, live = peak_live(events)
-    result = {"model": args.model, "size": args.size, "batch": args.batch, "method": args.method,
+    result = {"model": args.config or args.model, "size": args.size, "batch": args.batch, "method": args.method,
               "policy": args.policy if args.method == "dp" else "", "amp": args.amp,
               "before_step_gib": round(before / 2**30, 3), "peak_gib": round((before + peak) / 2**30, 3),
               "max_memory_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),

@@ -74,7 +74,8 @@ def is_pointwise(node: fx.Node) -> bool:
 def fused(node: fx.Node) -> bool:
     """A pointwise value whose every user is pointwise or a reduction: inductor computes it inside its users' kernel
     and never writes it (fuse=True)."""
-    return is_pointwise(node) and bool(node.users) and all(is_pointwise(u) or u.target in REDUCTIONS for u in node.users)
+    users = node.users
+    return is_pointwise(node) and bool(users) and all(is_pointwise(u) or u.target in REDUCTIONS for u in users)
 
 
 def graph_peak(gm: fx.GraphModule, batch: int, fuse: bool = False) -> tuple[int, str, list[tuple[str, int]]]:

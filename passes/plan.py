@@ -172,10 +172,10 @@ def tied_ghost_pays(policy: str, param, chosen: dict, hints: dict) -> bool:
 def tf32_products(node: fx.Node, method: str, shared: bool, ctx: PassContext) -> bool:
     """Whether a term's products run on TF32 tensor cores: a site that its rule names a product of a kind
     (`products`: matmul, convolution) that the context puts on TF32, from fp32 operands (half-precision ones already
-    multiply on tensor cores), not of a shared parameter (whose uses are bounded against their exact sum), and either its per-sample gradients
-    (ctx.tf32: instantiated, summed over T > 1 positions, as an outer product stays pointwise; clipped by their own
-    norm) or a ghost term's clipped sum and Grams (ctx.ghost_tf32: their truncation added to the term's certified
-    margin)."""
+    multiply on tensor cores), not of a shared parameter (whose uses are bounded against their exact sum), and
+    either its per-sample gradients (ctx.tf32: instantiated, summed over T > 1 positions, as an outer product stays
+    pointwise; clipped by their own norm) or a ghost term's clipped sum and Grams (ctx.ghost_tf32: their truncation
+    added to the term's certified margin)."""
     site = node.meta[SITE]
     kind = getattr(rule_for(node), "products", {}).get(site.rule)
     operands = [n.meta["val"] for n in site.inputs[:2]]

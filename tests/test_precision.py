@@ -171,7 +171,8 @@ def test_tf32_per_sample_gradients_are_clipped_by_their_own_norm(backend, impl):
     ‖ĝ‖, so a one-sample batch's released gradient has norm ≤ R however far TF32 moved it (crafted inputs at the
     worst of TF32's truncation, unclipped and clipped). The same with IEEE products for comparison; both differ
     by TF32's rounding (the TF32 path ran: on CPU the operands are truncated to TF32). Three crafted inputs
-    eagerly, one through inductor (its lowering of the same op; each input is 4 compilations)."""
+    eagerly, one through inductor (its lowering of the same op; each input is 4 compilations); the first also with
+    the TF32 options at their default."""
     for bound in (1e6, 1e-2):
         for i in range(3 if backend == "eager" else 1):
             x = off_tf32_grid(1, 3, 8, 8, seed=i) * 10
@@ -182,6 +183,12 @@ def test_tf32_per_sample_gradients_are_clipped_by_their_own_norm(backend, impl):
             assert sorted(r.impl for r in dp.explain().rows) == ["", "", "", f"{impl}, TF32"]
             assert tf32.norm() <= bound * (1 + 1e-6)
             assert 0 < (tf32 - ieee).norm() <= 2.0**-8 * ieee.norm()
+            if i == 0:  # the default (None): TF32 for the convolution on CUDA, as cuDNN's own; IEEE on a CPU
+                with shifted_convs(impl == "shifted"):
+                    dp, default = dp_grads(conv_linear(), x, tf32=None, backend=backend, bound=bound)
+                expected = f"{impl}, TF32" if DEVICE == "cuda" else impl
+                assert sorted(r.impl for r in dp.explain().rows) == sorted(["", "", "", expected])
+                assert default.norm() <= bound * (1 + 1e-6)
 
 
 @pytest.mark.parametrize("batch", [2, 5])
@@ -454,19 +461,21 @@ def test_ghost_tf32_clipped_sum_keeps_a_crafted_sample_within_R(kind, backend):
     ĝ, not the exact g the Gram form bounds. The term's margin adds TF32's truncation, (2⁻⁹ + γ)·M_i, so a
     one-sample batch stays within R on an input crafted so that truncation lengthens ĝ by ~2⁻¹⁰ (on CPU the operands
     are truncated, the worst case, and the test checks that the attack does lengthen ĝ: without the TF32 margin it
-    would release ≈ R·(1 + 2⁻¹⁰)). The same clip with IEEE clipped sums stays within R too."""
+    would release ≈ R·(1 + 2⁻¹⁰)). The same clip with IEEE clipped sums stays within R too, and so does the default
+    (None: TF32 for the convolution on CUDA, as cuDNN's own, IEEE elsewhere)."""
     exact = 2**0.5 * (1 - 2.0**-10 + 2.0**-23)
     for bound in (1e6, 0.5):
-        for tf32 in (True, False):
+        for tf32 in (True, False, None):
+            on = tf32 or (tf32 is None and DEVICE == "cuda" and kind == "conv")
             model, x = truncation_attack(kind)
             dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, loss_reduction="sum",
                                      policy="ghost", ghost_tf32=tf32, backend=backend)
             dp(x).sum().backward()
             released = model.weight.grad.double().norm().item()
-            assert [r.impl for r in dp.explain().rows] == ["TF32" if tf32 else ""]
+            assert [r.impl for r in dp.explain().rows] == ["TF32" if on else ""]
             if bound == 0.5:
                 assert released <= bound * (1 + 1e-6)
-            elif tf32 and DEVICE == "cpu":  # unclipped: ĝ itself, longer than g by TF32's truncation
+            elif on and DEVICE == "cpu":  # unclipped: ĝ itself, longer than g by TF32's truncation
                 assert released == pytest.approx(2**0.5, rel=1e-7) and released > exact * (1 + 2.0**-11)
             else:
                 assert abs(released - exact) <= 2.0**-9

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_configs import CONFIGS, expand_configs, loss_fn, make_batch  # noqa: E402
 
 import dpcompile  # noqa: E402
+from dpcompile.passes.meta import shape_of_value  # noqa: E402
 
 MiB = 2**20
 
@@ -45,10 +46,7 @@ def value_bytes(value, batch: int) -> int:
     """A tensor's bytes with every size symbol set to batch (the graphs' only symbol is the batch); 0 for others."""
     if not isinstance(value, torch.Tensor):
         return 0
-    numel = sympy.Integer(1)
-    for size in value.shape:
-        numel *= size.node.expr if isinstance(size, torch.SymInt) else sympy.Integer(int(size))
-    numel = sympy.sympify(numel)
+    numel = sympy.Mul(*shape_of_value(value))
     return int(numel.xreplace({s: batch for s in numel.free_symbols})) * value.element_size()
 
 

@@ -15,6 +15,7 @@ times non-private torch.compile instead (under DDP on several ranks): the same m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -59,6 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="dp: per_sample_tf32=True/False (TF32 per-sample products); default None, as PyTorch's settings")
     p.add_argument("--ghost-tf32", action=argparse.BooleanOptionalAction, default=None,
                    help="dp: ghost_tf32=True/False (ghost terms' clipped sums in TF32); default None, as PyTorch's settings")
+    p.add_argument("--ghost-on-grid", action="store_true",
+                   help="dp: ghost convolutions over the padded grid (passes.rules.conv.GHOST_ON_GRID; off by default)")
     p.add_argument("--dynamic", action="store_true",
                    help="compile: the batch dimension marked dynamic (a symbolic batch size, as in dpcompile's graphs)")
     p.add_argument("--allreduce-mb", type=float, default=0.0,
@@ -108,8 +111,19 @@ def main(argv=None) -> dict:
     rank = dist.get_rank() if world > 1 else 0
     if args.allreduce_mb:
         return allreduce_time(args, device, world, rank)
-    with inductor_config.patch(inductor_settings(args.inductor_config)):
+    with inductor_config.patch(inductor_settings(args.inductor_config)), ghost_on_grid(args.ghost_on_grid):
         return train(args, device, world, rank)
+
+
+@contextlib.contextmanager
+def ghost_on_grid(on: bool):
+    """passes.rules.conv.GHOST_ON_GRID set for the captures inside (read at each capture's plan), then put back."""
+    from dpcompile.passes.rules import conv
+    before, conv.GHOST_ON_GRID = conv.GHOST_ON_GRID, on
+    try:
+        yield
+    finally:
+        conv.GHOST_ON_GRID = before
 
 
 def inductor_settings(pairs: list[str]) -> dict:
@@ -174,6 +188,7 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
               "policy": args.policy if args.method == "dp" else "non-private",
               "backend": args.backend, "cuda_graphs": args.cuda_graphs,
               "per_sample_tf32": args.per_sample_tf32, "ghost_tf32": args.ghost_tf32, "dynamic": args.dynamic,
+              "ghost_on_grid": args.ghost_on_grid,
               "inductor_config": inductor_settings(args.inductor_config)}
     result["host_ms"] = round(1000 * statistics.median(host), 2)
     if args.phases:

@@ -130,6 +130,30 @@ def _(a, b):
     return a.new_empty((a.shape[0], a.shape[1], b.shape[2]))
 
 
+_LIB.define("tf32_baddbmm(Tensor c, Tensor a, Tensor b) -> Tensor", tags=(torch.Tag.flexible_layout,))
+
+
+def tf32_baddbmm(c: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """c + bmm(a, b) with tf32_bmm's TF32 products (c, the fp32 sum so far, is not truncated): one product added into
+    a running sum without a second buffer of its size (a sum of products written as additions, which inductor would
+    fuse into one kernel that reads every product at once)."""
+    if not a.is_cuda:
+        return torch.baddbmm(c, to_tf32(a), to_tf32(b))
+    before = cublas_tf32(True)
+    try:
+        return torch.baddbmm(c, a, b)
+    finally:
+        cublas_tf32(before)
+
+
+_LIB.impl("tf32_baddbmm", tf32_baddbmm, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("dpcompile::tf32_baddbmm", lib=_LIB)
+def _(c, a, b):
+    return a.new_empty((a.shape[0], a.shape[1], b.shape[2]))
+
+
 # The pin that makes inductor store a value once (passes.rewrite.stored): lowered like inductor's own
 # prims.inductor_force_stride_order (require the strides' order: a no-op for a value already stored so), but with a
 # fake function that only makes the output. The prim's fake function copies (torch's eager_force_stride compares its

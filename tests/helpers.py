@@ -17,16 +17,20 @@ RTOL = 1e-10
 
 @contextmanager
 def shifted_convs(on: bool = True) -> Iterator[None]:
-    """Per-sample conv gradients over shifted windows for every stride-1 conv the plan would allow them for, not
-    only the wide, large ones (passes.rules.conv.SHIFTED_CONV_MIN_*): small test convs take that path too."""
+    """Stride-1 convolutions over the padded grid's shifted windows wherever the rule allows them (on: per-sample
+    gradients and ghost Grams and clipped sums alike, not only the wide, large ones; the ghost form is off by default,
+    GHOST_ON_GRID), or nowhere (off: the unfold), whatever the size thresholds (passes.rules.conv.SHIFTED_*) would
+    pick for a test's small convs."""
     from dpcompile.passes.rules import conv
-    saved = conv.SHIFTED_CONV_MIN_POSITIONS, conv.SHIFTED_CONV_MIN_CHANNELS
-    if on:
-        conv.SHIFTED_CONV_MIN_POSITIONS = conv.SHIFTED_CONV_MIN_CHANNELS = 1
+    names = ("SHIFTED_CONV_MIN_POSITIONS", "SHIFTED_CONV_MIN_CHANNELS", "SHIFTED_GRAM_MAX_STRETCH", "GHOST_ON_GRID")
+    saved = [getattr(conv, n) for n in names]
+    for name, value in zip(names, (1, 1, float("inf"), True) if on else (10**9, 10**9, 0.0, False)):
+        setattr(conv, name, value)
     try:
         yield
     finally:
-        conv.SHIFTED_CONV_MIN_POSITIONS, conv.SHIFTED_CONV_MIN_CHANNELS = saved
+        for name, value in zip(names, saved):
+            setattr(conv, name, value)
 
 
 def squared_error(out, y, reduction="mean"):

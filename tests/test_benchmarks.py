@@ -233,6 +233,11 @@ def test_dp_throughput_runs_on_a_cpu_with_phases_and_the_allreduce_timer():
     assert reference["policy"] == "non-private" and reference["host_ms"] > 0 and reference["dynamic"]
     timed = module.main(["--allreduce-mb", "0.25", "--device", "cpu"])
     assert timed["ms"] >= 0 and timed["world"] == 1
+    from dpcompile.passes.rules import conv
+    grid = module.main(["--model", "small_cnn", "--size", "8", "--batch", "3", "--steps", "1", "--warmup", "1",
+                        "--backend", "eager", "--device", "cpu", "--policy", "ghost", "--ghost-on-grid", "--profile"])
+    assert grid["ghost_on_grid"] and not conv.GHOST_ON_GRID  # on for its capture, put back after
+    assert any(r["op"] == "aten::baddbmm" for r in grid["products"]), grid["products"]  # the grid's Gram sums ran
 
 
 def test_tf32_overclip_measures_each_sample_against_ieee():

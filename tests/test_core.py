@@ -63,6 +63,24 @@ def test_every_conv_per_sample_path():
             assert ops(dp)[torch.ops.aten.bmm.default] == products and not ops(dp)[grouped_op]
 
 
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.inductor)])
+def test_ghost_convolutions_on_the_grid(backend):
+    """Ghost-clipped stride-1 convolutions over the padded grid (impl "shifted": the input's Grams as one product per
+    kernel position added into a running sum, no unfold), several batch sizes through one compiled model, against
+    the reference; a stride-2 one keeps the unfold. In float64: IEEE products (TF32 applies to fp32 only)."""
+    def ops(dp):
+        return Counter(n.target for n in dp.graphs["backward_rewritten"].graph.nodes if n.op == "call_function")
+    case = Case("conv_grid", lambda: nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+                                                   nn.Conv2d(4, 5, (2, 3), padding=(0, 1), dilation=(2, 1)), nn.ReLU(),
+                                                   nn.Conv2d(5, 4, 3, stride=2, padding=1)),
+                lambda B: torch.randn(B, 3, 8, 9, dtype=torch.float64))
+    with shifted_convs():
+        dp = check_against_reference(case, policy="ghost", backend=backend, batches=(3, 5, 2))
+    impls = [r.impl for r in dp.explain() if r.op.endswith("convolution_backward") and r.d != "1"]
+    assert impls == ["shifted", "shifted", ""]
+    assert ops(dp)[torch.ops.aten.baddbmm.default] == (9 - 1) + (6 - 1)  # one per kernel position after the first
+
+
 def test_batch_size_one_and_many_share_a_graph():
     dp = check_against_reference(CASES["linear"][2], batches=(4, 1, 7))
     assert dp.compilations == 1

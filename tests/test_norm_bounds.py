@@ -19,7 +19,8 @@ import dpcompile
 from dpcompile.passes.meta import LayerShape, Site
 from dpcompile.passes.rewrite import STORE
 from dpcompile.passes.rules.bounds import per_sample_bound, row_norms, stored_norm_bound
-from dpcompile.passes.rules.conv import ConvRule, shifted_length, shifted_windows, unfold_nd
+from dpcompile.passes.rules.conv import (ConvRule, certified_grid_grams, grid_position_norms, padded_grid, shifted_grams,
+                                         shifted_length, shifted_windows, unfold_nd, window_offsets)
 from dpcompile.passes.rules.embedding import EmbeddingRule
 from dpcompile.passes.rules.linear import MatmulRule
 from dpcompile.passes.rules.reduction import SumRule
@@ -85,7 +86,7 @@ def assert_within_margin(released: torch.Tensor, exact: list, c: float, bound) -
 
 @pytest.mark.parametrize("tf32", [False, True], ids=["ieee", "tf32"])
 @pytest.mark.parametrize("c", [1.0, 2.0**-3])
-@pytest.mark.parametrize("rule_name", ["linear", "conv", "embedding"])
+@pytest.mark.parametrize("rule_name", ["linear", "conv", "conv_grid", "embedding"])
 def test_a_ghost_clipped_sum_stays_within_its_rounding_margin(rule_name, c, tf32):
     """A ghost term's e bounds the clipped sum's own rounding: ‖Σ_t fl(c·p_t) q_tᵀ − c·g‖ ≤ c·e + a, checked exactly
     on the crafted cancellation (output gradients b and 1 − b, b = 10002.96 in fp32), whose fp32 sums round. The release
@@ -111,16 +112,21 @@ def test_a_ghost_clipped_sum_stays_within_its_rounding_margin(rule_name, c, tf32
         rows = {r: [sum(Fraction(values[0, t, j].item()) for t in range(3) if idx[0, t] == r) for j in range(4)]
                 for r in range(5)}
         exact = [v for r in range(5) for v in rows[r]]  # (5, 4) row-major
-    else:
+    else:  # conv; conv_grid over three positions, where the grid's GEMM rounds (over two it sums exactly)
         conv = nn.Conv1d(4, 1, 3, bias=False)
-        x = torch.full((1, 4, 4), 250.0)
-        g = torch.tensor([[[b, 1 - b]]], dtype=torch.float32)
+        T = 3 if rule_name == "conv_grid" else 2
+        x = torch.full((1, 4, T + 2), 250.0)
+        g = torch.tensor([[[b, 1 - b, 0.1][:T]]], dtype=torch.float32)
         rule, site = ConvRule(), replace(conv_site(conv), tf32=tf32)
         ops = (g, x, conv.weight.detach())
-        exact = [sum(Fraction(g[0, 0, t].item()) * Fraction(x[0, ch, t + k].item()) for t in range(2))
+        exact = [sum(Fraction(g[0, 0, t].item()) * Fraction(x[0, ch, t + k].item()) for t in range(T))
                  for ch in range(4) for k in range(3)]  # (1, 4, 3) row-major
     bound = rule.ghost_norm_bound(site, *ops)
     released = rule.clipped_sum(site, torch.tensor([c], dtype=torch.float64), *ops)
+    if rule_name == "conv_grid":  # over the padded grid: its bound, and CUDA's clipped sum (a GEMM per position)
+        site = replace(site, impl="shifted")
+        bound = rule.ghost_norm_bound(site, *ops)
+        released = rule.weight_grad_on_grid(site, ops[0] * c, *ops[1:])  # c is a power of 2: g·c is exact
     assert_within_margin(released, exact, c, bound)
 
 
@@ -255,11 +261,12 @@ def test_conv_crafted_cancellation(impl):
     rule, site = ConvRule(), conv_site(conv)
     w = conv.weight.detach()
     exact = exact_conv(conv, g, x).item()
-    bound = rule.ghost_norm_bound(site, g, x, w)
-    assert certified_norm(bound).item() >= exact and torch.isfinite(torch.stack(bound)).all()
+    for ghost in (site, replace(site, impl="shifted")):  # the Grams of the unfold, and over the padded grid
+        bound = rule.ghost_norm_bound(ghost, g, x, w)
+        assert certified_norm(bound).item() >= exact and torch.isfinite(torch.stack(bound)).all()
+        got, limit = release_norm(rule, ghost, bound, g, x, w)
+        assert got <= limit
     assert rule.ghost_norm_sq(site, g, x, w).item() < exact**2 * 0.5  # the plain Gram form is fooled
-    got, limit = release_norm(rule, site, bound, g, x, w)
-    assert got <= limit
     site = replace(site, impl=impl)
     ps = per_sample_bound(rule.per_sample(site, g, x, w), rule.per_sample_margin(site, g, x, w))
     assert certified_norm(ps).item() >= exact
@@ -286,6 +293,146 @@ def test_conv_tf32_grams_stay_upper_bounds_on_a_crafted_truncation(scale):
     assert grams(gg, True).sum() < grams(gg).sum() * 0.5  # the attack: truncation shrinks the Gram form to 4/9
     got, limit = release_norm(rule, site, bound, g, x, w)
     assert got <= limit
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0**50, 2.0**-60])
+def test_conv_tf32_grams_on_the_grid_stay_upper_bounds_on_a_crafted_truncation(scale):
+    """The truncation attack on the input's Grams over the padded grid (shifted_grams: one TF32 product per kernel
+    position, added): a 2-tap convolution, output gradients 1 at both positions, input scale·(1 + 2⁻¹¹,
+    −(1 − 2⁻¹⁰), 1 + 2⁻¹¹), so that each weight's gradient is scale·3·2⁻¹¹ while the truncated windows sum to
+    scale·2⁻¹⁰: the Gram form shrinks to 4/9 of ‖g‖², and s must still bound ‖g‖² by itself; the release stays
+    within R."""
+    conv = nn.Conv1d(1, 1, 2, bias=False)
+    x = scale * torch.tensor([[[1 + 2.0**-11, -(1 - 2.0**-10), 1 + 2.0**-11]]])
+    g = torch.ones(1, 1, 2)
+    w = conv.weight.detach()
+    rule = ConvRule()
+    site = replace(conv_site(conv), tf32=True, impl="shifted")
+    exact = exact_conv(conv, g, x)
+    assert exact.item() == pytest.approx(2**0.5 * scale * 3 * 2.0**-11, rel=1e-12)
+    bound = rule.ghost_norm_bound(site, g, x, w)
+    assert (bound[0] >= exact.square()).all()
+    xf, gf, offsets, _ = padded_grid(x, g, [2], [0], [1])
+    offsets = window_offsets(offsets, [2], [1])
+    truncated, ieee = (shifted_grams(xf, offsets, gf.shape[-1], 1, tf32) for tf32 in (True, False))
+    assert truncated.sum() < ieee.sum() * 0.5  # the attack: truncation shrinks the Gram form to 4/9
+    got, limit = release_norm(rule, site, bound, g, x, w)
+    assert got <= limit
+    # the grid Grams' own claim, entry by entry (s alone does not test it: the output gradients' Gram error covers
+    # this truncation too): |Â − A| ≤ γ·r_t r_s + e with A exact in float64 (sums of two products of fp32 values)
+    r = grid_position_norms(xf, offsets, 2, 1, x.dtype)
+    gram, gamma_, e = certified_grid_grams(xf, offsets, 2, 1, r, True)
+    exact_gram = shifted_grams(xf.double(), offsets, 2, 1, False)
+    outer = r.unsqueeze(-1) * r.unsqueeze(-2)
+    assert ((gram.double() - exact_gram).abs() <= gamma_ * outer + e).all()
+    assert not ((gram.double() - exact_gram).abs() <= 2.0**-20 * outer).all()  # the truncation is there to cover
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("conv", [nn.Conv2d(3, 4, 3, padding=1), nn.Conv1d(4, 6, 3, dilation=2, groups=2, padding=1),
+                                  nn.Conv3d(2, 3, (2, 3, 2), padding=(1, 0, 1))])
+def test_grid_position_norms_bound_every_window(conv, dtype):
+    """r_t ≥ ‖u_t‖ at every position of the padded grid, the windows past a row's end included (their Gram rows
+    meet zero rows of G, but enter the bound's error terms): against the windows' exact norms in float64."""
+    from dpcompile.passes.rules.bounds import full_precision
+    x = (torch.randn(2, conv.in_channels, *([5] * (conv.weight.dim() - 2))) * 100).to(dtype)
+    with torch.no_grad():
+        g = conv.to(dtype)(x)
+    c = {"kernel": list(conv.kernel_size), "padding": list(conv.padding), "dilation": list(conv.dilation)}
+    xf, gf, offsets, _ = padded_grid(full_precision(x), g.float(), c["kernel"], c["padding"], c["dilation"])
+    offsets = window_offsets(offsets, c["kernel"], c["dilation"])
+    L, groups = gf.shape[-1], conv.groups
+    r = grid_position_norms(xf, offsets, L, groups, dtype)
+    flat = xf.double().reshape(2, groups, -1, xf.shape[-1])
+    exact = torch.stack([flat[..., o:o + L] for o in offsets], 3).square().sum((2, 3)).sqrt()
+    assert (r >= exact).all() and (r <= exact * (1 + 1e-6) + 1e-150).all()  # float64: + √(d·η) for subnormals
+
+
+GRID_CONVS = [nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 6, 3, dilation=2, groups=2, padding=2), nn.Conv1d(3, 5, 3),
+              nn.Conv3d(2, 3, 3, padding=(1, 0, 1)), nn.Conv2d(2, 4, (2, 5), padding=(0, 3), groups=2)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("conv", GRID_CONVS)
+def test_conv_ghost_on_the_grid(conv, dtype):
+    """A stride-1 ghost term over the padded grid (impl "shifted": Grams of the windows, no unfold): its certified
+    norm bounds the exact one and is close to it (TF32: still a bound), and its clipped sum over the grid (a GEMM per
+    kernel position, CUDA's) is the weight gradient of the clip-scaled output gradients, to float64's rounding."""
+    conv = conv.to(dtype)
+    x = torch.randn(3, conv.in_channels, *([7] * (conv.weight.dim() - 2)), dtype=dtype)
+    g, x, w = conv_operands(conv, x)
+    rule, site = ConvRule(), replace(conv_site(conv), impl="shifted")
+    exact = exact_conv(conv, g, x)
+    got = certified_norm(rule.ghost_norm_bound(site, g, x, w))
+    assert (got >= exact).all() and (got / exact - 1).max() < CLOSE
+    if dtype == torch.float32:
+        tf32 = certified_norm(rule.ghost_norm_bound(replace(site, tf32=True), g, x, w))
+        assert (tf32 >= exact).all()
+    c = torch.tensor([0.5, 0.0, 2.0], dtype=dtype).view(-1, *[1] * (g.dim() - 1))
+    want = aten.convolution_backward((g * c).double(), x.double(), w.double(), None, list(conv.stride),
+                                     list(conv.padding), list(conv.dilation), False, [0] * len(conv.stride),
+                                     conv.groups, [False, True, False])[1]
+    torch.testing.assert_close(rule.weight_grad_on_grid(site, g * c, x, w).double(), want,
+                               rtol=1e-12 if dtype == torch.float64 else 1e-5, atol=1e-12 if dtype == torch.float64 else 1e-5)
+
+
+@pytest.mark.parametrize("conv", GRID_CONVS[:3])
+def test_conv_ghost_bound_on_the_grid_reads_only_its_own_sample(conv):
+    """The grid's windows run past a row's end into the next row's padding, never into another sample: each
+    sample's certified [s, e, a] is the same bits whatever the other samples hold, NaN and inf included."""
+    conv = conv.double()
+    x = torch.randn(3, conv.in_channels, *([6] * (conv.weight.dim() - 2)), dtype=torch.float64)
+    g, x, w = conv_operands(conv, x)
+    rule, site = ConvRule(), replace(conv_site(conv), impl="shifted")
+    alone = [torch.stack(rule.ghost_norm_bound(site, g[i:i + 1], x[i:i + 1], w)) for i in range(3)]
+    for poison in (float("nan"), float("inf"), 1e300):
+        for i in range(3):
+            xp, gp = x.clone(), g.clone()
+            others = [j for j in range(3) if j != i]
+            xp[others], gp[others] = poison, poison
+            assert torch.equal(torch.stack(rule.ghost_norm_bound(site, gp, xp, w))[:, i], alone[i][:, 0]), (poison, i)
+
+
+def test_ghost_convolutions_on_the_grid_only_where_it_fits(monkeypatch):
+    """With GHOST_ON_GRID (off by default until timed on CUDA), a ghost weight term takes the padded grid (impl
+    "shifted") at stride 1 with 2 to 9 kernel positions, static sizes and a grid at most 1.25 times the output's
+    positions (its Grams grow as L²); otherwise the unfold ('')."""
+    from types import SimpleNamespace
+
+    from dpcompile.passes.rules import conv
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    def impl(side, kernel=(3, 3), stride=(1, 1), padding=(1, 1), transposed=False, k=1):
+        out = (side + 2 * padding[0] - kernel[0]) // stride[0] + 1
+        with FakeTensorMode():
+            g, x = torch.empty(2, 8, out, out), torch.empty(2, 8, side, side)
+        consts = {"kernel": list(kernel), "stride": list(stride), "padding": list(padding), "dilation": [1, 1],
+                  "groups": 1, "transposed": transposed, "k": k}
+        site = Site("conv", (SimpleNamespace(meta={"val": g}), SimpleNamespace(meta={"val": x})), consts, None)
+        return ConvRule().implementation(site, "ghost")
+
+    assert conv.GHOST_ON_GRID is False and impl(32) == ""  # the default: the unfold
+    monkeypatch.setattr(conv, "GHOST_ON_GRID", True)
+    assert impl(32) == impl(16) == impl(8) == impl(9, kernel=(2, 2), padding=(0, 0)) == "shifted"
+    assert impl(6) == impl(4) == ""  # the grid's padding columns: L/T = 8/6, 6/4
+    assert impl(32, stride=(2, 2)) == impl(32, transposed=True) == impl(32, k=2) == ""
+    assert impl(32, kernel=(1, 1), padding=(0, 0)) == impl(32, kernel=(5, 5), padding=(2, 2)) == ""
+
+
+def test_tf32_sum_of_products_op_on_the_cpu():
+    """dpcompile::tf32_baddbmm off the GPU: c + the product of the operands truncated to TF32, c itself not
+    truncated (a running fp32 sum); its fake function gives the product's shape."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from dpcompile.ops import to_tf32
+    a, b = torch.randn(2, 3, 5), torch.randn(2, 5, 4)
+    c = torch.randn(2, 3, 4) * (1 + 2.0**-15)
+    got = torch.ops.dpcompile.tf32_baddbmm(c, a, b)
+    assert torch.equal(got, torch.baddbmm(c, to_tf32(a), to_tf32(b)))
+    assert not torch.equal(got, torch.baddbmm(to_tf32(c), to_tf32(a), to_tf32(b)))
+    with FakeTensorMode() as mode:
+        assert torch.ops.dpcompile.tf32_baddbmm(*(mode.from_tensor(t) for t in (c, a, b))).shape == (2, 3, 4)
 
 
 @pytest.mark.parametrize("conv", [nn.Conv2d(3, 4, 3, padding=1, stride=2), nn.Conv2d(4, 6, 3, dilation=2, groups=2),

@@ -12,8 +12,9 @@ A rule knows, for the ATen ops in ``ops`` whose value is a parameter-gradient te
 - ``clipped_sum(site, clip, *tensors)``: Σ_i clip_i·g_i in one weight-gradient op (book-keeping), with
   clip (float64) rounded down and samples with clip_i = 0 masked out (``bounds.masked_scaled``);
 - ``cost(site)``: each method the site allows, with its ``Cost`` as sympy expressions;
-- ``implementation(site, method)`` (optional): how the rule forms the per-sample gradients under the planned
-  method, a string the plan records (``Decision.impl``) and the rewrite hands back in ``Site.impl``;
+- ``implementation(site, method)`` (optional): how the rule forms its products under the planned method (the
+  per-sample gradients, or a ghost term's Grams and clipped sum), a string the plan records (``Decision.impl``) and
+  the rewrite hands back in ``Site.impl``;
 - ``drop_recomputed_outputs(copied, terms)`` (optional, ops with several outputs): turn off, in the backward's
   copy of the op, the parameter-gradient outputs that the rewrite recomputes (terms: their getitem nodes);
 - ``products`` (optional): its sites that are matrix products, by ``Site.rule``, and their kind, "matmul" (cuBLAS)

@@ -268,10 +268,13 @@ def root_bound(n):
     return math.sqrt(n) if isinstance(n, int) else n
 
 
-def matrix_product(a: Tensor, b: Tensor, tf32: bool) -> Tensor:
-    """bmm(a, b); with tf32 (the plan's choice: plan.tf32_products) on TF32 tensor cores (dpcompile::tf32_bmm).
-    Per-sample gradients so formed are clipped by the norm of what they compute (rewrite.emit_norm); a ghost term's
-    clipped sum so formed has its rounding in the term's margin (clipped_product_margin with tf32)."""
+def matrix_product(a: Tensor, b: Tensor, tf32: bool, add: Tensor | None = None) -> Tensor:
+    """bmm(a, b), or add + bmm(a, b) into one new buffer; with tf32 (the plan's choice: plan.tf32_products) on TF32
+    tensor cores (dpcompile::tf32_bmm, tf32_baddbmm). Per-sample gradients so formed are clipped by the norm of what
+    they compute (rewrite.emit_norm); a ghost term's clipped sum so formed has its rounding in the term's margin
+    (clipped_product_margin with tf32)."""
+    if add is not None:
+        return torch.ops.dpcompile.tf32_baddbmm(add, a, b) if tf32 else torch.baddbmm(add, a, b)
     return torch.ops.dpcompile.tf32_bmm(a, b) if tf32 else torch.bmm(a, b)
 
 

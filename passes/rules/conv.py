@@ -41,6 +41,16 @@ GROUPED_CONV_MAX_CHANNELS_PER_GROUP = 4
 SHIFTED_CONV_MAX_PRODUCTS = 9
 SHIFTED_CONV_MIN_POSITIONS = 512  # output positions per sample
 SHIFTED_CONV_MIN_CHANNELS = 32  # input channels, dense convs (groups == 1)
+# A ghost-clipped stride-1 convolution's Grams and clipped sum over the padded grid's windows (one product per kernel
+# position, no unfold: the unfold, d × T per sample, is a large transient of the DP backward) where the kernel has at
+# most this many positions and the grid's L positions (padding columns included) are at most this many times T, the
+# Grams growing as L². Off by default (GHOST_ON_GRID): certified and tested against the reference on the CPU, eager
+# and inductor, but not yet run or timed on CUDA, where a liveness walk of the graphs predicts its memory gain and
+# the allocator has not confirmed it (benchmarks/NOTES.md, twenty-ninth session). The tests turn it on
+# (tests/helpers.shifted_convs).
+GHOST_ON_GRID = False
+SHIFTED_GRAM_MAX_PRODUCTS = 9
+SHIFTED_GRAM_MAX_STRETCH = 1.25
 ARG_NAMES = ("grad_out", "input", "weight", "bias_sizes", "stride", "padding", "dilation",
              "transposed", "output_padding", "groups", "output_mask")
 
@@ -77,22 +87,27 @@ def certified_grams(a: Tensor, norms: Tensor, tf32: bool) -> tuple[Tensor, float
     """(Â, γ, e): grams(a) with |Â_ts − A_ts| ≤ γ‖a_t‖‖a_s‖ + e for a over n features with position norms `norms`
     (B, G, T); on TF32 tensor cores where tf32 and a is fp32 (tf32_product_error, e per sample), else IEEE (γ_n,
     n·η). One place decides both the product and its error."""
-    n = a.shape[2]
-    if tf32 and a.dtype == torch.float32:
+    return (grams(a, tf32 and a.dtype == torch.float32), *gram_error(a.shape[2], norms, tf32, a.dtype))
+
+
+def gram_error(n: int, norms: Tensor, tf32: bool, dtype: torch.dtype) -> tuple[float, float | Tensor]:
+    """(γ, e) of a Gram over n features of dtype, |Â_ts − A_ts| ≤ γ‖a_t‖‖a_s‖ + e, its entries dot products summed
+    in any order, with products and additions rounded in dtype (γ_n, n·η) or on TF32 tensor cores where tf32 and
+    dtype is fp32 (tf32_product_error, e per sample from the largest position norm, norms (B, G, T))."""
+    if tf32 and dtype == torch.float32:
         top = norms.amax((1, 2))
-        return (grams(a, True), *tf32_product_error(n, top, top))
-    return grams(a), gamma(n, unit_roundoff(a.dtype)), n * SUBNORMAL[a.dtype]
+        return tf32_product_error(n, top, top)
+    return gamma(n, unit_roundoff(dtype)), n * SUBNORMAL[dtype]
 
 
-def shifted_windows(x: Tensor, g: Tensor, kernel: list[int], padding, dilation) -> tuple[Tensor, Tensor, list[int]]:
-    """A stride-1 convolution's weight gradient without an unfold: (gf, xs, offsets). x is zero-padded and
-    flattened per channel, xf (B, C, Lx); in those coordinates the input at kernel position k of the output at
-    flattened index t is at t + o_k. G, zero-padded on its trailing spatial dims to x's padded sizes and flattened,
-    is gf (B, C_out, L). xf is stacked once per position j of the last kernel dim, shifted left by j·dilation:
-    xs (B, C·k_last, M), channel-major, so that one product gf · xs[..., o : o + L]ᵀ per offset o of the other
-    kernel dims' positions (row-major) is the gradient there at every position of the last, (C_out, C, k_last):
-    the weight's own layout. The zeros G gains add exact zeros; x gets extra zero rows at the end so that every
-    window stays within its own channel (never reaches another channel or sample)."""
+def padded_grid(x: Tensor, g: Tensor, kernel: list[int], padding, dilation) -> tuple[Tensor, Tensor, list[int], int]:
+    """A stride-1 convolution on one flattened grid: (xf, gf, offsets, spread). x zero-padded and flattened per
+    channel, xf (B, C, Lx); G zero-padded on its trailing spatial dims to x's padded sizes and flattened, gf
+    (B, C_out, L). In these coordinates the input at kernel position k (row-major) of the output at flattened index
+    t is xf[..., t + offsets[k]] (offsets of the leading kernel dims' positions only, the last dim's shifts being
+    j·dilation, j < k_last, up to spread), so that g = Σ_t gf_t ⊗ (xf_{t + o_k})_k. The zeros G gains add exact
+    zeros; x gets extra zero rows at the end so that every window stays within its own channel (never reaches
+    another channel or sample)."""
     n, padded = len(kernel), [s + 2 * p for s, p in zip(x.shape[2:], padding)]
     out = list(g.shape[2:])
     step = [prod(padded[j + 1:]) for j in range(n)]  # strides of the padded grid, flattened
@@ -105,10 +120,65 @@ def shifted_windows(x: Tensor, g: Tensor, kernel: list[int], padding, dilation) 
     xf, gf = pad(x, x_pads).flatten(2), pad(g, g_pads).flatten(2)
     offsets = [sum(k * d * s for k, d, s in zip(pos, dilation, step))
                for pos in itertools.product(*(range(k) for k in kernel[:-1]))]
+    assert spread + gf.shape[-1] + max(offsets) <= xf.shape[-1], "a shifted window would leave its channel"
+    return xf, gf, offsets, spread
+
+
+def shifted_windows(x: Tensor, g: Tensor, kernel: list[int], padding, dilation) -> tuple[Tensor, Tensor, list[int]]:
+    """A stride-1 convolution's weight gradient without an unfold: (gf, xs, offsets) on padded_grid's grid, xf
+    stacked once per position j of the last kernel dim, shifted left by j·dilation: xs (B, C·k_last, M),
+    channel-major, so that one product gf · xs[..., o : o + L]ᵀ per offset o of the other kernel dims' positions
+    (row-major) is the gradient there at every position of the last, (C_out, C, k_last): the weight's own layout."""
+    xf, gf, offsets, _ = padded_grid(x, g, kernel, padding, dilation)
     reach = gf.shape[-1] + max(offsets)
-    assert spread + reach <= xf.shape[-1], "a shifted window would leave its channel"
     xs = torch.stack([xf[..., j * dilation[-1]:j * dilation[-1] + reach] for j in range(kernel[-1])], 2)
     return gf, xs.flatten(1, 2), offsets
+
+
+def window_offsets(offsets: list[int], kernel: list[int], dilation) -> list[int]:
+    """padded_grid's offsets of every kernel position, row-major (the last dim's shifts within each)."""
+    return [o + j * dilation[-1] for o in offsets for j in range(kernel[-1])]
+
+
+def shifted_grams(xf: Tensor, offsets: list[int], L: int, groups: int, tf32: bool) -> Tensor:
+    """The Grams of the unfolded input over the padded grid's first L positions without an unfold, (B, G, L, L):
+    Σ_k W_kᵀ W_k over the windows W_k = xf[..., o_k : o_k + L] (one product per kernel position, added in fp32 or
+    wider). Each entry is then a dot product over the d = C·K patch values summed in some order, so γ_d (IEEE) or
+    TF32's error over d (tf32_product_error) bounds it as for the unfold's one product (ghost_grams)."""
+    flat = xf.reshape(xf.shape[0] * groups, -1, xf.shape[-1])
+    total = None
+    for o in offsets:  # each product added into the sum so far (baddbmm): one more Gram-sized buffer at a time
+        window = flat[..., o:o + L]
+        total = matrix_product(window.transpose(1, 2), window, tf32, add=total)
+    return total.unflatten(0, (xf.shape[0], groups))
+
+
+def certified_grid_grams(xf: Tensor, offsets: list[int], L: int, groups: int, norms: Tensor,
+                         tf32: bool) -> tuple[Tensor, float, float | Tensor]:
+    """(Â, γ, e): shifted_grams over the grid with |Â_ts − A_ts| ≤ γ‖u_t‖‖u_s‖ + e, as certified_grams for the
+    unfold's (one place decides both the products and their error): over d = C/groups·K patch values."""
+    d = xf.shape[1] // groups * len(offsets)
+    tf32 = tf32 and xf.dtype == torch.float32
+    return (shifted_grams(xf, offsets, L, groups, tf32), *gram_error(d, norms, tf32, xf.dtype))
+
+
+def grid_position_norms(xf: Tensor, offsets: list[int], L: int, groups: int, dtype: torch.dtype) -> Tensor:
+    """Upper bounds on ‖u_t‖ per group at each of the grid's first L positions, (B, groups, L) float64: the
+    channel-summed squares of xf (its values exactly those of an x of dtype) summed over the kernel's windows, d
+    squares in all (d − 1 roundings in any order), 2 more roundings for the square root."""
+    sq = xf.to(F64).square()
+    sq = sq.reshape(xf.shape[0], groups, -1, sq.shape[-1]).sum(2)
+    windows = sq[..., offsets[0]:offsets[0] + L]
+    for o in offsets[1:]:
+        windows = windows + sq[..., o:o + L]
+    d = xf.shape[1] // groups * len(offsets)
+    return summed_squares_bound(windows, d, dtype, roundings=2).sqrt()
+
+
+def batch_rows(t: Tensor) -> Tensor:
+    """(B, groups, n, T) → (groups, n, B·T), copied contiguous: a clipped sum's GEMM operand over every sample's
+    positions (a copy, not einsum's reshape, which asked whether B = 1 and fixed a graph traced at a batch of one)."""
+    return t.permute(1, 2, 0, 3).clone(memory_format=torch.contiguous_format).flatten(2)
 
 
 def shifted_length(x_shape, g_shape, kernel, padding, dilation) -> int:
@@ -146,9 +216,12 @@ class ConvRule:
         return Site("conv", (a["grad_out"], a["input"], a["weight"]), consts, shape, op="aten.convolution_backward")
 
     def implementation(self, site: Site, method: str) -> str:
-        """How the plan's method forms a weight term's per-sample gradients (Site.impl): 'grouped' (the batch folded
-        into mkldnn's groups), 'shifted' (stride 1: a product per position of the kernel's leading dims, no unfold)
-        or 'unfold'; '' for a bias term or ghost clipping."""
+        """How the plan's method forms a weight term's products (Site.impl). Per-sample gradients: 'grouped' (the
+        batch folded into mkldnn's groups), 'shifted' (stride 1: a product per position of the kernel's leading dims,
+        no unfold) or 'unfold'. Ghost clipping: 'shifted' (the Grams and, on CUDA, the clipped sum over the padded
+        grid's windows, no unfold: _ghost_on_grid) or '' (the unfold). '' for a bias term."""
+        if site.rule == "conv" and method == "ghost":
+            return "shifted" if self._ghost_on_grid(site) else ""
         if site.rule != "conv" or method != "per_sample":
             return ""
         c = site.consts
@@ -167,6 +240,21 @@ class ConvRule:
         if products <= SHIFTED_CONV_MAX_PRODUCTS and prod(g.shape[2:]) >= SHIFTED_CONV_MIN_POSITIONS and not narrow:
             return "shifted"
         return "unfold"
+
+    def _ghost_on_grid(self, site: Site) -> bool:
+        """Whether a ghost weight term's Grams and clipped sum run over the padded grid's windows (impl "shifted"):
+        GHOST_ON_GRID, stride 1, not transposed, one view per sample, static spatial sizes, a kernel of 2 to SHIFTED_GRAM_MAX_PRODUCTS
+        positions and a grid at most SHIFTED_GRAM_MAX_STRETCH times the output's positions."""
+        c = site.consts
+        if not GHOST_ON_GRID:
+            return False
+        g, x = (a.meta["val"] for a in site.inputs[:2])
+        spatial = [*g.shape[2:], *x.shape[2:]]
+        if c["transposed"] or c.get("k", 1) > 1 or set(c["stride"]) != {1} or \
+                not 1 < prod(c["kernel"]) <= SHIFTED_GRAM_MAX_PRODUCTS or not all(isinstance(s, int) for s in spatial):
+            return False
+        L = shifted_length(x.shape, g.shape, c["kernel"], c["padding"], c["dilation"])
+        return L <= SHIFTED_GRAM_MAX_STRETCH * prod(g.shape[2:])
 
     def _unfolded(self, site: Site, g: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """U (B, groups, d, k·T) and G (B, groups, p, k·T); g_i = G_i U_iᵀ per group (k views per sample)."""
@@ -237,7 +325,10 @@ class ConvRule:
         """[s, e, a]: the Gram form plus its error bound, the clipped sum's rounding per unit c, (u + γ_T)·M_i
         (mkldnn's direct or GEMM weight gradient on CPU, a GEMM on unfolded inputs on CUDA; with tf32 a TF32 GEMM,
         whose truncation the margin adds, and TF32 Grams, whose error s takes: tf32_product_error), and what
-        underflow in the clip-scaled output gradients adds (release_underflow, per group)."""
+        underflow in the clip-scaled output gradients adds (release_underflow, per group). Impl "shifted": the same
+        over the padded grid's windows (_ghost_bound_on_grid)."""
+        if site.impl == "shifted":
+            return self._ghost_bound_on_grid(site, g, x, w)
         r, rho = self._position_norms(site, g, x)
         m = upper_sum(r * rho, [1, 2])
         u, gg = self._unfolded(site, full_precision(g), full_precision(x))
@@ -252,6 +343,28 @@ class ConvRule:
                                         (upper_sum(scaled, [1, 2]), other_features) if tf32 else None)
         absolute = release_underflow(upper_sum(other, [1, 2]), features, g.dtype, r.shape[-1], w.numel(), g.dtype,
                                      tf32)
+        return certified(s, margin, absolute, g.dtype)
+
+    def _ghost_bound_on_grid(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Bound:
+        """ghost_norm_bound over padded_grid's L positions: the Grams of the windows' patches (shifted_grams, no
+        unfold) and of the zero-padded G, whose positions past a row's end are exact zeros (so are their Gram rows,
+        and the sum over the grid is the sum over the output's positions); position norms over the grid; the clipped
+        sum's margin and underflow over L ≥ T products per entry (a GEMM per kernel position on CUDA,
+        weight_grad_on_grid)."""
+        c, groups, tf32 = site.consts, site.consts["groups"], site.tf32
+        xf, gf, offsets, _ = padded_grid(full_precision(x), full_precision(g), c["kernel"], c["padding"], c["dilation"])
+        offsets = window_offsets(offsets, c["kernel"], c["dilation"])
+        B, L = x.shape[0], gf.shape[-1]
+        d, p = x.shape[1] // groups * prod(c["kernel"]), g.shape[1] // groups
+        r = grid_position_norms(xf, offsets, L, groups, x.dtype)
+        gg = gf.reshape(B, groups, p, L)
+        rho = row_norms(gg, dims=(2,))
+        gram_u, gu, eu = certified_grid_grams(xf, offsets, L, groups, r, tf32)
+        gram_g, gg_, eg = certified_grams(gg, rho, tf32)
+        s = gram_sum_bound(gram_u, gram_g, r, rho, gu, eu, gg_, eg)
+        m = upper_sum(r * rho, [1, 2])
+        margin = clipped_product_margin(m, g.dtype, L, (upper_sum(rho, [1, 2]), d) if tf32 else None)
+        absolute = release_underflow(upper_sum(r, [1, 2]), p, g.dtype, L, w.numel(), g.dtype, tf32)
         return certified(s, margin, absolute, g.dtype)
 
     def per_sample_margin(self, site: Site, g: Tensor, *rest: Tensor) -> Tensor:
@@ -277,6 +390,8 @@ class ConvRule:
         x, w = rest
         x = masked(x, clip)
         c = site.consts
+        if (g.is_cuda or site.tf32) and site.impl == "shifted":  # no unfold: a GEMM per kernel position
+            return self.weight_grad_on_grid(site, g, x, w)
         if g.is_cuda or site.tf32:  # cuDNN may pick FFT/Winograd weight gradients, outside γ_T·M: a GEMM on
             return self.weight_grad_gemm(site, g, x, w)  # the unfolded input (TF32: on CPU too, truncated operands)
         return aten.convolution_backward(g, x, w, None, c["stride"], c["padding"], c["dilation"], c["transposed"],
@@ -288,9 +403,22 @@ class ConvRule:
         product: einsum's reshape of them asked whether B = 1, which fixed a graph traced at a batch of one to that
         size."""
         u, gg = self._unfolded(site, g, x)
-        rows = lambda t: t.permute(1, 2, 0, 3).clone(memory_format=torch.contiguous_format).flatten(2)  # noqa: E731
-        product = matrix_product(rows(gg), rows(u).transpose(1, 2), site.tf32)
+        product = matrix_product(batch_rows(gg), batch_rows(u).transpose(1, 2), site.tf32)
         return product.reshape(w.shape)  # (groups, p, B·k·T) × (groups, B·k·T, d)
+
+    def weight_grad_on_grid(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
+        """weight_grad_gemm over padded_grid's windows, for a stride-1 convolution (impl "shifted"): one GEMM per
+        kernel position of G (groups, p, B·L) and that position's window of x, (groups, B·L, C/groups), each window
+        copied in its turn (|x| at a time, not the unfold's K·|x|). Each weight entry is one GEMM's dot product over
+        B·L positions, the grid's padding columns exact zeros in G."""
+        c, groups = site.consts, site.consts["groups"]
+        xf, gf, offsets, _ = padded_grid(x, g, c["kernel"], c["padding"], c["dilation"])
+        B, L = x.shape[0], gf.shape[-1]
+        gr = batch_rows(gf.reshape(B, groups, -1, L))
+        xg = xf.reshape(B, groups, -1, xf.shape[-1])
+        parts = [matrix_product(gr, batch_rows(xg[..., o:o + L]).transpose(1, 2), site.tf32)
+                 for o in window_offsets(offsets, c["kernel"], c["dilation"])]  # each (groups, p, C/groups)
+        return torch.stack(parts, -1).reshape(w.shape)
 
     def drop_recomputed_outputs(self, backward: fx.Node, terms: list[fx.Node]) -> None:
         """Turn off the copied convolution_backward's weight and bias outputs that the rewrite recomputes (terms:

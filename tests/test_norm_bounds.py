@@ -312,7 +312,7 @@ def test_conv_tf32_grams_on_the_grid_stay_upper_bounds_on_a_crafted_truncation(s
     assert exact.item() == pytest.approx(2**0.5 * scale * 3 * 2.0**-11, rel=1e-12)
     bound = rule.ghost_norm_bound(site, g, x, w)
     assert (bound[0] >= exact.square()).all()
-    xf, gf, offsets, _ = padded_grid(x, g, [2], [0], [1])
+    xf, gf, offsets = padded_grid(x, g, [2], [0], [1])
     offsets = window_offsets(offsets, [2], [1])
     truncated, ieee = (shifted_grams(xf, offsets, gf.shape[-1], 1, tf32) for tf32 in (True, False))
     assert truncated.sum() < ieee.sum() * 0.5  # the attack: truncation shrinks the Gram form to 4/9
@@ -339,7 +339,7 @@ def test_grid_position_norms_bound_every_window(conv, dtype):
     with torch.no_grad():
         g = conv.to(dtype)(x)
     c = {"kernel": list(conv.kernel_size), "padding": list(conv.padding), "dilation": list(conv.dilation)}
-    xf, gf, offsets, _ = padded_grid(full_precision(x), g.float(), c["kernel"], c["padding"], c["dilation"])
+    xf, gf, offsets = padded_grid(full_precision(x), g.float(), c["kernel"], c["padding"], c["dilation"])
     offsets = window_offsets(offsets, c["kernel"], c["dilation"])
     L, groups = gf.shape[-1], conv.groups
     r = grid_position_norms(xf, offsets, L, groups, dtype)

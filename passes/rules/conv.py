@@ -100,12 +100,12 @@ def gram_error(n: int, norms: Tensor, tf32: bool, dtype: torch.dtype) -> tuple[f
     return gamma(n, unit_roundoff(dtype)), n * SUBNORMAL[dtype]
 
 
-def padded_grid(x: Tensor, g: Tensor, kernel: list[int], padding, dilation) -> tuple[Tensor, Tensor, list[int], int]:
-    """A stride-1 convolution on one flattened grid: (xf, gf, offsets, spread). x zero-padded and flattened per
+def padded_grid(x: Tensor, g: Tensor, kernel: list[int], padding, dilation) -> tuple[Tensor, Tensor, list[int]]:
+    """A stride-1 convolution on one flattened grid: (xf, gf, offsets). x zero-padded and flattened per
     channel, xf (B, C, Lx); G zero-padded on its trailing spatial dims to x's padded sizes and flattened, gf
     (B, C_out, L). In these coordinates the input at kernel position k (row-major) of the output at flattened index
     t is xf[..., t + offsets[k]] (offsets of the leading kernel dims' positions only, the last dim's shifts being
-    j·dilation, j < k_last, up to spread), so that g = Σ_t gf_t ⊗ (xf_{t + o_k})_k. The zeros G gains add exact
+    j·dilation, j < k_last), so that g = Σ_t gf_t ⊗ (xf_{t + o_k})_k. The zeros G gains add exact
     zeros; x gets extra zero rows at the end so that every window stays within its own channel (never reaches
     another channel or sample)."""
     n, padded = len(kernel), [s + 2 * p for s, p in zip(x.shape[2:], padding)]
@@ -121,7 +121,7 @@ def padded_grid(x: Tensor, g: Tensor, kernel: list[int], padding, dilation) -> t
     offsets = [sum(k * d * s for k, d, s in zip(pos, dilation, step))
                for pos in itertools.product(*(range(k) for k in kernel[:-1]))]
     assert spread + gf.shape[-1] + max(offsets) <= xf.shape[-1], "a shifted window would leave its channel"
-    return xf, gf, offsets, spread
+    return xf, gf, offsets
 
 
 def shifted_windows(x: Tensor, g: Tensor, kernel: list[int], padding, dilation) -> tuple[Tensor, Tensor, list[int]]:
@@ -129,7 +129,7 @@ def shifted_windows(x: Tensor, g: Tensor, kernel: list[int], padding, dilation) 
     stacked once per position j of the last kernel dim, shifted left by j·dilation: xs (B, C·k_last, M),
     channel-major, so that one product gf · xs[..., o : o + L]ᵀ per offset o of the other kernel dims' positions
     (row-major) is the gradient there at every position of the last, (C_out, C, k_last): the weight's own layout."""
-    xf, gf, offsets, _ = padded_grid(x, g, kernel, padding, dilation)
+    xf, gf, offsets = padded_grid(x, g, kernel, padding, dilation)
     reach = gf.shape[-1] + max(offsets)
     xs = torch.stack([xf[..., j * dilation[-1]:j * dilation[-1] + reach] for j in range(kernel[-1])], 2)
     return gf, xs.flatten(1, 2), offsets
@@ -352,7 +352,7 @@ class ConvRule:
         sum's margin and underflow over L ≥ T products per entry (a GEMM per kernel position on CUDA,
         weight_grad_on_grid)."""
         c, groups, tf32 = site.consts, site.consts["groups"], site.tf32
-        xf, gf, offsets, _ = padded_grid(full_precision(x), full_precision(g), c["kernel"], c["padding"], c["dilation"])
+        xf, gf, offsets = padded_grid(full_precision(x), full_precision(g), c["kernel"], c["padding"], c["dilation"])
         offsets = window_offsets(offsets, c["kernel"], c["dilation"])
         B, L = x.shape[0], gf.shape[-1]
         d, p = x.shape[1] // groups * prod(c["kernel"]), g.shape[1] // groups
@@ -412,7 +412,7 @@ class ConvRule:
         copied in its turn (|x| at a time, not the unfold's K·|x|). Each weight entry is one GEMM's dot product over
         B·L positions, the grid's padding columns exact zeros in G."""
         c, groups = site.consts, site.consts["groups"]
-        xf, gf, offsets, _ = padded_grid(x, g, c["kernel"], c["padding"], c["dilation"])
+        xf, gf, offsets = padded_grid(x, g, c["kernel"], c["padding"], c["dilation"])
         B, L = x.shape[0], gf.shape[-1]
         gr = batch_rows(gf.reshape(B, groups, -1, L))
         xg = xf.reshape(B, groups, -1, xf.shape[-1])

@@ -115,9 +115,14 @@ def tf32_bmm(a: Tensor, b: Tensor) -> Tensor:
     IEEE product (the same kind of result off the GPU, for tests)."""
     if not a.is_cuda:
         return torch.bmm(to_tf32(a), to_tf32(b))
+    return on_tf32_cublas(torch.bmm, a, b)
+
+
+def on_tf32_cublas(product, *operands: Tensor) -> Tensor:
+    """product(*operands) with cuBLAS's TF32 on for this call only (the setting put back after it)."""
     before = cublas_tf32(True)
     try:
-        return torch.bmm(a, b)
+        return product(*operands)
     finally:
         cublas_tf32(before)
 
@@ -139,11 +144,7 @@ def tf32_baddbmm(c: Tensor, a: Tensor, b: Tensor) -> Tensor:
     fuse into one kernel that reads every product at once)."""
     if not a.is_cuda:
         return torch.baddbmm(c, to_tf32(a), to_tf32(b))
-    before = cublas_tf32(True)
-    try:
-        return torch.baddbmm(c, a, b)
-    finally:
-        cublas_tf32(before)
+    return on_tf32_cublas(torch.baddbmm, c, a, b)
 
 
 _LIB.impl("tf32_baddbmm", tf32_baddbmm, "CompositeExplicitAutograd")

@@ -119,6 +119,10 @@ def resolved_batch(gm, batch: sympy.Expr) -> sympy.Expr:
     batch = sympy.sympify(env.replace(batch))
     mentioned = set().union(*(shape_of_value(v)[i].free_symbols for v in values for i in range(v.dim())))
     if batch.free_symbols and not batch.free_symbols & mentioned:
-        hints = env.backed_var_to_val if hasattr(env, "backed_var_to_val") else env.var_to_val  # renamed in torch 2.12
-        return sympy.sympify(batch.xreplace(hints))
+        return sympy.sympify(batch.xreplace(symbol_hints(env)))
     return batch
+
+
+def symbol_hints(env) -> dict:
+    """A shape environment's values of its backed size symbols (`backed_var_to_val`, `var_to_val` before torch 2.12)."""
+    return env.backed_var_to_val if hasattr(env, "backed_var_to_val") else env.var_to_val

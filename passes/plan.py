@@ -16,7 +16,7 @@ import torch.fx as fx
 from torch._guards import detect_fake_mode
 
 from . import tied
-from .meta import PARAMS, PLAN, SITE, PassContext, Site
+from .meta import PARAMS, PLAN, SITE, PassContext, Site, symbol_hints
 from .rules import WORD, Cost, rule_for
 
 FLOPS_PER_SECOND = 50e12  # fp32 matrix work, H100 class
@@ -47,7 +47,7 @@ def shape_hints(gm: fx.GraphModule) -> dict:
     env = getattr(mode, "shape_env", None)
     if env is None:
         return {}
-    return dict(env.backed_var_to_val if hasattr(env, "backed_var_to_val") else env.var_to_val)  # renamed in torch 2.12
+    return dict(symbol_hints(env))
 
 
 def evaluate(expr, hints: dict) -> float:

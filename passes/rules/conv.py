@@ -322,20 +322,17 @@ class ConvRule:
         return views_into_positions(r_sq.sqrt(), k), views_into_positions(rho, k)
 
     def ghost_norm_bound(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Bound:
-        """[s, e, a]: the Gram form plus its error bound, the clipped sum's rounding per unit c, (u + γ_T)·M_i
-        (mkldnn's direct or GEMM weight gradient on CPU, a GEMM on unfolded inputs on CUDA; with tf32 a TF32 GEMM,
-        whose truncation the margin adds, and TF32 Grams, whose error s takes: tf32_product_error), and what
-        underflow in the clip-scaled output gradients adds (release_underflow, per group). Impl "shifted": the same
-        over the padded grid's windows (_ghost_bound_on_grid)."""
-        if site.impl == "shifted":
-            return self._ghost_bound_on_grid(site, g, x, w)
-        r, rho = self._position_norms(site, g, x)
-        m = upper_sum(r * rho, [1, 2])
-        u, gg = self._unfolded(site, full_precision(g), full_precision(x))
+        """[s, e, a]: the Gram form plus its error bound, the clipped sum's rounding per unit c, (u + γ_n)·M_i over
+        the n products per sample of an entry (mkldnn's direct or GEMM weight gradient on CPU, a GEMM on unfolded
+        inputs on CUDA, or one per kernel position over the padded grid; with tf32 TF32 GEMMs, whose truncation the
+        margin adds, and TF32 Grams, whose error s takes: tf32_product_error), and what underflow in the clip-scaled
+        output gradients adds (release_underflow, per group). The Grams and position norms over the output's T
+        positions (_grams_unfolded) or, impl "shifted", the padded grid's L (_grams_on_grid)."""
+        grams_of = self._grams_on_grid if site.impl == "shifted" else self._grams_unfolded
+        (gram_u, gu, eu), (gram_g, gg_, eg), r, rho, d, p = grams_of(site, g, x)
         tf32 = site.tf32  # the clipped sum's product and the Grams on TF32 tensor cores
-        (gram_u, gu, eu), (gram_g, gg_, eg) = certified_grams(u, r, tf32), certified_grams(gg, rho, tf32)
         s = gram_sum_bound(gram_u, gram_g, r, rho, gu, eu, gg_, eg)
-        d, p = u.shape[2], gg.shape[2]
+        m = upper_sum(r * rho, [1, 2])
         # the clip scales g: G's rows (p features, norms rho), or U's for a transposed convolution (unfolded from g)
         (scaled, features), (other, other_features) = ((r, d), (rho, p)) if site.consts["transposed"] else \
             ((rho, p), (r, d))
@@ -345,27 +342,25 @@ class ConvRule:
                                      tf32)
         return certified(s, margin, absolute, g.dtype)
 
-    def _ghost_bound_on_grid(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Bound:
-        """ghost_norm_bound over padded_grid's L positions: the Grams of the windows' patches (shifted_grams, no
+    def _grams_unfolded(self, site: Site, g: Tensor, x: Tensor) -> tuple:
+        """(certified Grams of U, of G, r, rho, d, p) over the output's positions, U the unfolded input."""
+        r, rho = self._position_norms(site, g, x)
+        u, gg = self._unfolded(site, full_precision(g), full_precision(x))
+        return certified_grams(u, r, site.tf32), certified_grams(gg, rho, site.tf32), r, rho, u.shape[2], gg.shape[2]
+
+    def _grams_on_grid(self, site: Site, g: Tensor, x: Tensor) -> tuple:
+        """_grams_unfolded over padded_grid's L positions: the Grams of the windows' patches (shifted_grams, no
         unfold) and of the zero-padded G, whose positions past a row's end are exact zeros (so are their Gram rows,
-        and the sum over the grid is the sum over the output's positions); position norms over the grid; the clipped
-        sum's margin and underflow over L ≥ T products per entry (a GEMM per kernel position on CUDA,
-        weight_grad_on_grid)."""
-        c, groups, tf32 = site.consts, site.consts["groups"], site.tf32
+        and the sum over the grid is the sum over the output's positions); position norms at every grid position.
+        The clipped sum then has L ≥ T products per entry (a GEMM per kernel position on CUDA, weight_grad_on_grid)."""
+        c, groups = site.consts, site.consts["groups"]
         xf, gf, offsets = padded_grid(full_precision(x), full_precision(g), c["kernel"], c["padding"], c["dilation"])
         offsets = window_offsets(offsets, c["kernel"], c["dilation"])
         B, L = x.shape[0], gf.shape[-1]
-        d, p = x.shape[1] // groups * prod(c["kernel"]), g.shape[1] // groups
-        r = grid_position_norms(xf, offsets, L, groups, x.dtype)
-        gg = gf.reshape(B, groups, p, L)
-        rho = row_norms(gg, dims=(2,))
-        gram_u, gu, eu = certified_grid_grams(xf, offsets, L, groups, r, tf32)
-        gram_g, gg_, eg = certified_grams(gg, rho, tf32)
-        s = gram_sum_bound(gram_u, gram_g, r, rho, gu, eu, gg_, eg)
-        m = upper_sum(r * rho, [1, 2])
-        margin = clipped_product_margin(m, g.dtype, L, (upper_sum(rho, [1, 2]), d) if tf32 else None)
-        absolute = release_underflow(upper_sum(r, [1, 2]), p, g.dtype, L, w.numel(), g.dtype, tf32)
-        return certified(s, margin, absolute, g.dtype)
+        gg = gf.reshape(B, groups, -1, L)
+        r, rho = grid_position_norms(xf, offsets, L, groups, x.dtype), row_norms(gg, dims=(2,))
+        return (certified_grid_grams(xf, offsets, L, groups, r, site.tf32), certified_grams(gg, rho, site.tf32),
+                r, rho, x.shape[1] // groups * len(offsets), gg.shape[2])
 
     def per_sample_margin(self, site: Site, g: Tensor, *rest: Tensor) -> Tensor:
         """‖ĝ_i − g_i‖ ≤ γ_T·M_i (an accumulation over T positions; the grouped runtime op is assumed to

@@ -274,18 +274,14 @@ def test_cuda_graph_methods_are_named_and_set_up():
     """compile_graphs and dp_<policy>_graphs: CUDA-graph variants of the non-private and DP steps (on a CPU inductor
     leaves CUDA graphs out, so they run as the plain methods)."""
     assert bench.method_setup("compile_graphs")[1] == {"cuda_graphs": True}
-    assert bench.method_setup("dp_auto_graphs")[1] == {"policy": "auto", "cuda_graphs": True, "tf32": None,
-                                                       "ghost_tf32": None}
-    assert bench.method_setup("dp_mixed")[1] == {"policy": "mixed", "cuda_graphs": False, "tf32": None,
-                                                 "ghost_tf32": None}
-    assert bench.method_setup("dp_auto_ieee")[1] == {"policy": "auto", "cuda_graphs": False, "tf32": False,
-                                                     "ghost_tf32": False}
-    assert bench.method_setup("dp_auto_tf32_graphs")[1] == {"policy": "auto", "cuda_graphs": True, "tf32": True,
-                                                            "ghost_tf32": False}
-    assert bench.method_setup("dp_mixed_tf32")[1] == {"policy": "mixed", "cuda_graphs": False, "tf32": True,
-                                                      "ghost_tf32": False}
-    assert bench.method_setup("dp_auto_alltf32_graphs")[1] == {"policy": "auto", "cuda_graphs": True, "tf32": True,
-                                                               "ghost_tf32": True}
+    for method, policy, graphs, tf32, ghost_tf32 in (("dp_auto_graphs", "auto", True, None, None),
+                                                      ("dp_mixed", "mixed", False, None, None),
+                                                      ("dp_auto_ieee", "auto", False, False, False),
+                                                      ("dp_auto_tf32_graphs", "auto", True, True, False),
+                                                      ("dp_mixed_tf32", "mixed", False, True, False),
+                                                      ("dp_auto_alltf32_graphs", "auto", True, True, True)):
+        assert bench.method_setup(method)[1] == {"policy": policy, "cuda_graphs": graphs, "tf32": tf32,
+                                                 "ghost_tf32": ghost_tf32}, method
     assert sorted(["dp_mixed", "compile_graphs", "compile"], key=bench.method_order) == \
         ["compile", "compile_graphs", "dp_mixed"]
 

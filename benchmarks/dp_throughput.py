@@ -19,6 +19,7 @@ import contextlib
 import datetime
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -97,6 +98,47 @@ def matrix_products(prof) -> list[dict]:
                          "device_ms": round(device_us / 1000 / PROFILED_STEPS, 3),
                          "cpu_ms": round(e.cpu_time_total / 1000 / PROFILED_STEPS, 3)})
     return sorted(rows, key=lambda r: (-r["device_ms"], -r["cpu_ms"]))
+
+
+SOURCE_NODES = re.compile(r"^#\s*(?:Topologically Sorted|Unsorted) Source Nodes:\s*\[(.*?)\]")
+KERNEL_DEFINITION = re.compile(r"^((?:triton|cpp)_\w+) = async_compile\.")
+
+
+def kernel_sources(paths=None) -> dict[str, list[str]]:
+    """Each generated kernel's source nodes, by kernel name, from inductor's generated modules (every one this process
+    loaded, or the files at paths): the '# ... Source Nodes: [...]' line of the comment block that inductor writes
+    right before a Triton kernel's definition (CPU kernels have none). The DP passes name the nodes they emit after
+    the stage and the parameter (dp_norm_sq_<param>_..., dp_clipped_<param>_..., dp_per_sample_<param>_...) and
+    tag them as backward nodes, so a kernel's sources say which layer's norms, clipped sum or per-sample gradient it
+    computes. Names repeat across modules (each graph numbers its kernels from 0), as in the profiler's table, so
+    their sources are merged."""
+    if paths is None:
+        from torch._inductor.codecache import PyCodeCache
+        paths = sorted({getattr(m, "__file__", None) for m in PyCodeCache.modules} - {None})
+    sources: dict[str, list[str]] = {}
+    for path in paths:
+        block: list[str] = []  # the source nodes named in the comment block above the current line
+        for line in Path(path).read_text().splitlines():
+            if line.startswith("#"):
+                found = SOURCE_NODES.match(line)
+                if found:
+                    block = [n.strip() for n in found.group(1).split(",") if n.strip()]
+                continue
+            definition = KERNEL_DEFINITION.match(line)
+            if definition and block:
+                known = sources.setdefault(definition.group(1), [])
+                known.extend(n for n in block if n not in known)
+            block = []
+    return sources
+
+
+def top_kernels(table, sources: dict[str, list[str]], limit: int = 15) -> list[dict]:
+    """The generated kernels that took the most device time, per step, with their source nodes (kernel_sources)."""
+    rows = [{"kernel": e.key, "device_ms": round(e.self_device_time_total / 1000 / PROFILED_STEPS, 3),
+             "calls_per_step": e.count / PROFILED_STEPS, "sources": len(sources[e.key]),
+             "first_sources": sources[e.key][:6]}
+            for e in table if e.key in sources and e.device_type != torch.autograd.DeviceType.CPU]
+    return sorted(rows, key=lambda r: -r["device_ms"])[:limit]
 
 
 def main(argv=None) -> dict:
@@ -205,6 +247,11 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
             print(table.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70))
             print(table.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=70))
             result["products"] = matrix_products(prof)
+            # the device's busy time a step (every kernel and copy): what a step costs where the host is not the bound
+            device_us = sum(e.self_device_time_total for e in table  # as the table's "Self CUDA time total"
+                            if e.device_type != torch.autograd.DeviceType.CPU and not e.is_user_annotation)
+            result["kernel_ms_per_step"] = round(device_us / 1000 / PROFILED_STEPS, 3)
+            result["kernels"] = top_kernels(table, kernel_sources())
     if rank == 0:
         print(json.dumps(result), flush=True)
     if world > 1:

@@ -71,6 +71,16 @@ def fresh_value(value):
         return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device=value.device)
 
 
+def with_provenance(node: fx.Node) -> fx.Node:
+    """node marked as the backward node it is, with its op as its own origin: inductor then lists it by name in the
+    source comment above each kernel that computes it and names the kernel after its op, so a profile's kernels say
+    which stage and parameter they compute (the emitted names: dp_norm_sq_<param>_..., dp_clipped_<param>_...)."""
+    node.meta.setdefault("partitioner_tag", "is_backward")
+    if isinstance(node.target, torch._ops.OpOverload):
+        node.meta.setdefault("original_aten", node.target)
+    return node
+
+
 def emit(graph: fx.Graph, fn: Callable, args: Sequence[fx.Node], name: str, key=None):
     """Append fn(*args) to graph; the result node(s) are called name (name_0, name_1, … for tuples).
     With a key, fn's trace is shared by the emits of one graph with the same key and operand metadata."""
@@ -86,6 +96,7 @@ def emit(graph: fx.Graph, fn: Callable, args: Sequence[fx.Node], name: str, key=
         assert node.op == "call_function", f"snippet for {name} made a {node.op} node; keep tensor constants out"
         env[node] = graph.node_copy(node, lambda n: env[n])
         env[node]._rename(f"{name}_{node.name}")
+        with_provenance(env[node])
     if reused:  # the results' values are the first emit's: give them their own (see fresh_value)
         for r in tree_leaves(result):
             if isinstance(r, fx.Node) and "val" in r.meta:

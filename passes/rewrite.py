@@ -19,7 +19,7 @@ import torch.fx as fx
 
 from dpcompile.ops import lower_stored_as_inductor_pin
 
-from .emit import emit, fresh_value
+from .emit import emit, fresh_value, with_provenance
 from .export import to_networkx
 from .meta import PARAMS, PLAN, SITE, ParamGrad, PassContext
 from .rules import RULES, rule_for
@@ -115,6 +115,7 @@ def stored(graph: fx.Graph, node: fx.Node) -> fx.Node:
     if not all(isinstance(s, int) for s in strides):  # symbolic strides: sym_stride nodes, traced
         strides = emit(graph, lambda t: t.stride(), [node], f"dp_strides_{node.name}", key="strides")
     pin = graph.create_node("call_function", STORE, (node, list(strides)), name=f"dp_stored_{node.name}")
+    with_provenance(pin)
     pin.meta["val"] = fresh_value(value)
     return pin
 

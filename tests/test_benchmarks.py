@@ -11,6 +11,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+import dpcompile
+
 ROOT = Path(__file__).parents[1]
 
 
@@ -228,6 +230,7 @@ def test_dp_throughput_runs_on_a_cpu_with_phases_and_the_allreduce_timer():
     products = profiled["products"]  # the per-sample products among them: batched over the 3 samples
     assert products and all(r["op"] in module.PRODUCTS and r["cpu_ms"] >= 0 for r in products)
     assert any(r["op"] == "aten::bmm" and r["shapes"].startswith("[[3,") for r in products), products
+    assert profiled["kernel_ms_per_step"] == 0  # no device here
     reference = module.main(["--model", "small_cnn", "--size", "8", "--batch", "3", "--steps", "1", "--warmup", "1",
                              "--backend", "eager", "--device", "cpu", "--method", "compile", "--dynamic"])
     assert reference["policy"] == "non-private" and reference["host_ms"] > 0 and reference["dynamic"]
@@ -238,6 +241,50 @@ def test_dp_throughput_runs_on_a_cpu_with_phases_and_the_allreduce_timer():
                         "--backend", "eager", "--device", "cpu", "--policy", "ghost", "--ghost-on-grid", "--profile"])
     assert grid["ghost_on_grid"] and not conv.GHOST_ON_GRID  # on for its capture, put back after
     assert any(r["op"] == "aten::baddbmm" for r in grid["products"]), grid["products"]  # the grid's Gram sums ran
+
+
+
+TRITON_WRAPPER = """
+# kernel path: /tmp/torchinductor/ab/cab.py
+# Topologically Sorted Source Nodes: [dp_norm_sq_6_conv2_weight_mul_27, dp_norm_sq_6_conv2_weight_sum_4], Original ATen: [aten.mul, aten.sum]
+# Source node to ATen node mapping:
+#   dp_norm_sq_6_conv2_weight_mul_27 => mul_27
+triton_red_fused_mul_sum_0 = async_compile.triton('triton_red_fused_mul_sum_0', '''
+import triton
+''', device_str='cuda')
+
+# Topologically Sorted Source Nodes: [convolution_backward], Original ATen: [aten.convolution_backward]
+buf3 = torch.ops.aten.convolution_backward.default(buf1)
+triton_poi_fused_1 = async_compile.triton('triton_poi_fused_1', '''
+''', device_str='cuda')
+"""
+
+
+def test_profiled_kernels_name_the_dp_nodes_they_compute(tmp_path):
+    """dp_throughput --profile attributes each generated kernel's time to the nodes it computes: the DP passes'
+    nodes carry inductor's provenance (listed in its source comments by their names, which name the stage and the
+    parameter, and named in its kernels after their ops), and kernel_sources reads only the comment block right above
+    a Triton kernel's definition (a comment above other code names no kernel)."""
+    module = load_script("dp_throughput")
+    wrapper = tmp_path / "wrapper.py"
+    wrapper.write_text(TRITON_WRAPPER)
+    assert module.kernel_sources([wrapper]) == {
+        "triton_red_fused_mul_sum_0": ["dp_norm_sq_6_conv2_weight_mul_27", "dp_norm_sq_6_conv2_weight_sum_4"]}
+    from torch._inductor.codecache import PyCodeCache
+    before = {getattr(m, "__file__", None) for m in PyCodeCache.modules}
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))
+    with torch._inductor.config.patch(fx_graph_cache=False):  # a cached module may predate the names
+        dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0, backend="inductor")
+        dp(torch.randn(3, 3, 6, 6)).square().sum().backward()
+    emitted = {n.name for n in dp.graphs["backward_rewritten"].graph.nodes if n.name.startswith("dp_")}
+    assert all(n.meta.get("partitioner_tag") == "is_backward" for n in dp.graphs["backward_rewritten"].graph.nodes
+               if n.name in emitted and n.op == "call_function")
+    text = "\n".join(Path(m.__file__).read_text() for m in PyCodeCache.modules
+                     if getattr(m, "__file__", None) not in before)
+    named = set(re.findall(r"Source Nodes: \[([^\]]*)\]", text))
+    listed = {n.strip() for names in named for n in names.split(",")}
+    assert listed & emitted, sorted(listed)[:20]
 
 
 def test_tf32_overclip_measures_each_sample_against_ieee():

@@ -5,6 +5,7 @@
     python benchmarks/peak_memory.py --model wrn16_4 --size 32 --batch 256 --method compile
     python benchmarks/peak_memory.py --config resnet18_224 --batch 64 --method dp   (a suite config's own model)
     ... --cudnn-benchmark (as the suite runs)   ... --ghost-on-grid (passes.rules.conv.GHOST_ON_GRID, off by default)
+    ... --inductor-config force_layout_optimization=True (inductor settings for every compiled graph)
 
 After --warmup steps (compilation included) one step runs under torch.cuda.memory._record_memory_history; its
 allocation trace is replayed (alloc / free events) to find the peak of allocated bytes and the blocks live at it.
@@ -23,10 +24,11 @@ import sys
 from pathlib import Path
 
 import torch
+import torch._inductor.config
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dp_throughput import build, ghost_on_grid  # noqa: E402
+from dp_throughput import build, ghost_on_grid, inductor_settings  # noqa: E402
 
 import dpcompile  # noqa: E402
 
@@ -78,9 +80,11 @@ def main(argv=None) -> dict:
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True (as the suite)")
     p.add_argument("--ghost-on-grid", action="store_true",
                    help="dp: ghost convolutions over the padded grid (passes.rules.conv.GHOST_ON_GRID)")
+    p.add_argument("--inductor-config", action="append", default=[], metavar="KEY=VALUE",
+                   help="an inductor setting for every compiled graph of the run (repeatable)")
     args = p.parse_args(argv)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    with ghost_on_grid(args.ghost_on_grid):
+    with torch._inductor.config.patch(inductor_settings(args.inductor_config)), ghost_on_grid(args.ghost_on_grid):
         return profile_step(args)
 
 
@@ -125,6 +129,7 @@ def profile_step(args) -> dict:
     result = {"model": args.config or args.model, "size": args.size, "batch": args.batch, "method": args.method,
               "policy": args.policy if args.method == "dp" else "", "amp": args.amp,
               "cudnn_benchmark": args.cudnn_benchmark, "ghost_on_grid": args.ghost_on_grid,
+              "inductor_config": inductor_settings(args.inductor_config),
               "before_step_gib": round(before / 2**30, 3), "peak_gib": round((before + peak) / 2**30, 3),
               "max_memory_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
               "live_blocks": len(live),

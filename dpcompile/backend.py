@@ -8,6 +8,7 @@ import logging
 import re
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 import torch.fx as fx
@@ -148,8 +149,10 @@ class DPBackend:
             return make_boxed_func(gm.forward)
         from torch._inductor.compile_fx import compile_fx_inner
         from torch._inductor.exc import InductorError
+        channels_last = STATIC_BATCH_LAYOUT and layout_as_if_static(gm, is_inference=kwargs.get("is_inference", False))
         try:
-            return compile_fx_inner(gm, example_inputs, **kwargs)
+            with torch._inductor.config.patch(force_layout_optimization=True) if channels_last else nullcontext():
+                return compile_fx_inner(gm, example_inputs, **kwargs)
         except InductorError as exc:
             lines = [line.strip() for line in str(exc).strip().splitlines()] or [type(exc).__name__]
             # the error's first line, and the op a LoweringException names ("target: ..." on a later line)
@@ -159,6 +162,28 @@ class DPBackend:
                           RuntimeWarning, stacklevel=2)
             fallback = make_boxed_func(gm.forward)
             return fp32_boxed(fallback) if kwargs.get("is_backward") else fallback
+
+
+# The DP graphs' layouts as inductor picks them for a graph with a static batch (layout_as_if_static).
+STATIC_BATCH_LAYOUT = False
+
+
+def layout_as_if_static(gm: fx.GraphModule, *, is_inference: bool) -> bool:
+    """Inductor's layout choice for a graph (channels-last around its convolutions, or the default) made as for a
+    static batch size. Inductor keeps the default layout in any graph where a convolution's input has a symbolic size
+    (GraphLowering.decide_layout_opt, after a 2023 slowdown of dynamic-shape timm models: pytorch#102670), and the DP
+    graphs' batch is always symbolic; so without this a DP forward runs NCHW where non-private torch.compile of the
+    same model (static batch) runs channels-last, and cuDNN converts layouts around every convolution and its
+    backward. Every other rule of inductor's choice (grouped convolutions, wide inputs, small channels, the CPU's
+    mkldnn) still decides. The layout changes strides only: the saved activations come to the backward permuted
+    (restride_saved_tensors), and no op of the rewrite reads memory order. (Inductor's own layout_opt argument is
+    read only by its freezing path, so the choice reaches the graph as force_layout_optimization.)"""
+    import torch._inductor.graph as graph
+    if not hasattr(graph, "has_free_symbols"):  # another torch's heuristic: its own choice
+        return graph.GraphLowering.decide_layout_opt(gm, is_inference=is_inference)
+    from unittest import mock
+    with mock.patch.object(graph, "has_free_symbols", lambda *_: False):
+        return graph.GraphLowering.decide_layout_opt(gm, is_inference=is_inference)
 
 
 # Inductor settings forced for the DP graphs, whatever the user's global inductor config says.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 
 import pytest
 import torch
@@ -307,3 +308,31 @@ def test_compiled_autograd_is_refused_under_your_own_compile():
     with pytest.raises(ConfigError, match="compiled autograd"), enable(torch.compile(backend="eager")):
         out.backward()
     assert all(p.grad is None for p in model.parameters())
+
+
+WIDE_CONVS = Case("wide_convs", lambda: nn.Sequential(
+    nn.Conv2d(3, 72, 3, padding=1), nn.GroupNorm(8, 72), nn.ReLU(), nn.Conv2d(72, 80, 3, padding=1), nn.ReLU(),
+    nn.Flatten(), nn.Linear(80 * 6 * 6, 3)), lambda B: torch.randn(B, 3, 6, 6, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("static", [True, False], ids=["as_if_static", "inductor_own"])
+def test_dp_graphs_take_the_layout_of_a_static_batch(monkeypatch, static):
+    """Inductor keeps a graph NCHW when a convolution's input has a symbolic size, and the DP graphs' batch always
+    is: on CUDA that left the DP step NCHW beside non-private compile's channels-last (a static batch), with cuDNN
+    converting layouts around every convolution. The DP graphs take the layout inductor would give them at a static
+    batch (backend.STATIC_BATCH_LAYOUT); reproduced on the CPU with mkldnn off, whose own rule (channels-last
+    always) would hide the difference. The convolutions' inputs reach the backward channels-last exactly when the
+    switch is on, and the gradients match the reference either way, several batch sizes through one compile."""
+    monkeypatch.setattr(sys.modules["dpcompile.backend"], "STATIC_BATCH_LAYOUT", static)
+    saved = []
+
+    def keep(t):
+        if t.dim() == 4 and t.shape[1] > 1 and t.shape[2:] == (6, 6):
+            saved.append(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous())
+        return t
+    with torch.backends.mkldnn.flags(enabled=False):
+        dp = check_against_reference(WIDE_CONVS, policy="auto", backend="inductor", batches=(3, 5, 4))
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            dp(WIDE_CONVS.inputs(4).to(DEVICE)).sum().backward()
+    assert len(saved) >= 3, saved
+    assert (sum(saved) >= 2) if static else not any(saved), saved

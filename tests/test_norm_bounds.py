@@ -376,6 +376,30 @@ def test_conv_ghost_on_the_grid(conv, dtype):
                                rtol=1e-12 if dtype == torch.float64 else 1e-5, atol=1e-12 if dtype == torch.float64 else 1e-5)
 
 
+@pytest.mark.parametrize("tf32", [False, True], ids=["ieee", "tf32"])
+@pytest.mark.parametrize("impl", ["unfold", "shifted"])
+@pytest.mark.parametrize("conv", GRID_CONVS)
+def test_conv_gram_error_is_claimed_over_every_patch_value(conv, impl, tf32):
+    """Each entry of a convolution's input Gram sums one product per patch value, C/groups · prod(kernel) of them,
+    whether the patches are unfolded or summed window by window over the grid; its error claim must be the error of a
+    dot product that long (γ_d, d·η; TF32's over d). Counted here from the module, not from the rule: a claim over
+    fewer summands (the channels alone) is smaller than the rounding it has to cover, and the crafted inputs of the
+    tests above round too little to show it."""
+    from dpcompile.passes.rules.conv import gram_error
+    conv = conv.float()
+    x = torch.randn(2, conv.in_channels, *([6] * (conv.weight.dim() - 2)))
+    g, x, w = conv_operands(conv, x)
+    rule, site = ConvRule(), replace(conv_site(conv), impl=impl, tf32=tf32)
+    grams = rule._grams_on_grid if impl == "shifted" else rule._grams_unfolded
+    (_, gamma_, e), _, r, _, d, _ = grams(site, g, x)
+    patch_values = conv.in_channels // conv.groups * conv.weight[0, 0].numel()
+    want_gamma, want_e = gram_error(patch_values, r, tf32, x.dtype)
+    assert d == patch_values
+    assert gamma_ >= want_gamma and torch.all(torch.as_tensor(e) >= torch.as_tensor(want_e))
+    if patch_values > conv.in_channels // conv.groups:  # what the channels alone would claim is less
+        assert gram_error(conv.in_channels // conv.groups, r, tf32, x.dtype)[0] < want_gamma
+
+
 @pytest.mark.parametrize("conv", GRID_CONVS[:3])
 def test_conv_ghost_bound_on_the_grid_reads_only_its_own_sample(conv):
     """The grid's windows run past a row's end into the next row's padding, never into another sample: each

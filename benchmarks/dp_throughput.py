@@ -249,7 +249,7 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
             result["products"] = matrix_products(prof)
             # the device's busy time a step (every kernel and copy): what a step costs where the host is not the bound
             device_us = sum(e.self_device_time_total for e in table  # as the table's "Self CUDA time total"
-                            if e.device_type != torch.autograd.DeviceType.CPU and not e.is_user_annotation)
+                            if e.device_type != torch.autograd.DeviceType.CPU and not getattr(e, "is_user_annotation", False))
             result["kernel_ms_per_step"] = round(device_us / 1000 / PROFILED_STEPS, 3)
             result["kernels"] = top_kernels(table, kernel_sources())
     if rank == 0:

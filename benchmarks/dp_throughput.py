@@ -248,8 +248,8 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
             print(table.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=70))
             result["products"] = matrix_products(prof)
             # the device's busy time a step (every kernel and copy): what a step costs where the host is not the bound
-            on_device = [e for e in table  # as the table's "Self CUDA time total" counts them
-                         if e.device_type != torch.autograd.DeviceType.CPU and not getattr(e, "is_user_annotation", False)]
+            cpu = torch.autograd.DeviceType.CPU  # the events the table's "Self CUDA time total" counts:
+            on_device = [e for e in table if e.device_type != cpu and not getattr(e, "is_user_annotation", False)]
             device_us = sum(e.self_device_time_total for e in on_device)
             result["kernel_ms_per_step"] = round(device_us / 1000 / PROFILED_STEPS, 3)
             result["kernels"] = top_kernels(table, kernel_sources())

@@ -164,7 +164,8 @@ class DPBackend:
             return fp32_boxed(fallback) if kwargs.get("is_backward") else fallback
 
 
-# The DP graphs' layouts as inductor picks them for a graph with a static batch (layout_as_if_static).
+# The DP graphs' layouts as inductor picks them for a graph with a static batch (layout_as_if_static). Off: on an
+# H200 (2026-12-03) forcing channels-last left WRN-16-4's DP kernels and their time unchanged (benchmarks/NOTES.md).
 STATIC_BATCH_LAYOUT = False
 
 
@@ -172,9 +173,8 @@ def layout_as_if_static(gm: fx.GraphModule, *, is_inference: bool) -> bool:
     """Inductor's layout choice for a graph (channels-last around its convolutions, or the default) made as for a
     static batch size. Inductor keeps the default layout in any graph where a convolution's input has a symbolic size
     (GraphLowering.decide_layout_opt, after a 2023 slowdown of dynamic-shape timm models: pytorch#102670), and the DP
-    graphs' batch is always symbolic; so without this a DP forward runs NCHW where non-private torch.compile of the
-    same model (static batch) runs channels-last, and cuDNN converts layouts around every convolution and its
-    backward. Every other rule of inductor's choice (grouped convolutions, wide inputs, small channels, the CPU's
+    graphs' batch is always symbolic; so without this a DP forward may run NCHW where non-private torch.compile of
+    the same model (static batch) runs channels-last. Every other rule of inductor's choice (grouped convolutions, wide inputs, small channels, the CPU's
     mkldnn) still decides. The layout changes strides only: the saved activations come to the backward permuted
     (restride_saved_tensors), and no op of the rewrite reads memory order. (Inductor's own layout_opt argument is
     read only by its freezing path, so the choice reaches the graph as force_layout_optimization.)"""

@@ -53,16 +53,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true",
                    help="rank 0 profiles 5 steps after the timed ones, prints the top kernels and CPU ops, and "
                         "adds each matrix product's time by operand shapes to the result ('products')")
-    p.add_argument("--inductor-config", action="append", default=[], metavar="KEY=VALUE",
-                   help="an inductor setting for every compiled graph of the run, e.g. cpp_wrapper=True (repeatable)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="dp: cuda_graphs=True; compile: mode='reduce-overhead' (CUDA graphs for the compiled graphs)")
     p.add_argument("--per-sample-tf32", action=argparse.BooleanOptionalAction, default=None,
                    help="dp: per_sample_tf32=True/False (TF32 per-sample products); default None, as PyTorch's settings")
     p.add_argument("--ghost-tf32", action=argparse.BooleanOptionalAction, default=None,
                    help="dp: ghost_tf32=True/False (ghost terms' clipped sums in TF32); default None, as PyTorch's settings")
-    p.add_argument("--ghost-on-grid", action="store_true",
-                   help="dp: ghost convolutions over the padded grid (passes.rules.conv.GHOST_ON_GRID; off by default)")
+    add_graph_options(p)
     p.add_argument("--dynamic", action="store_true",
                    help="compile: the batch dimension marked dynamic (a symbolic batch size, as in dpcompile's graphs)")
     p.add_argument("--allreduce-mb", type=float, default=0.0,
@@ -132,12 +129,13 @@ def kernel_sources(paths=None) -> dict[str, list[str]]:
     return sources
 
 
-def top_kernels(table, sources: dict[str, list[str]], limit: int = 15) -> list[dict]:
-    """The generated kernels that took the most device time, per step, with their source nodes (kernel_sources)."""
+def top_kernels(on_device, sources: dict[str, list[str]], limit: int = 15) -> list[dict]:
+    """The generated kernels that took the most device time, per step, with their source nodes (kernel_sources);
+    on_device: the profiler's device events."""
     rows = [{"kernel": e.key, "device_ms": round(e.self_device_time_total / 1000 / PROFILED_STEPS, 3),
              "calls_per_step": e.count / PROFILED_STEPS, "sources": len(sources[e.key]),
              "first_sources": sources[e.key][:6]}
-            for e in table if e.key in sources and e.device_type != torch.autograd.DeviceType.CPU]
+            for e in on_device if e.key in sources]
     return sorted(rows, key=lambda r: -r["device_ms"])[:limit]
 
 
@@ -153,17 +151,27 @@ def main(argv=None) -> dict:
     rank = dist.get_rank() if world > 1 else 0
     if args.allreduce_mb:
         return allreduce_time(args, device, world, rank)
-    with inductor_config.patch(inductor_settings(args.inductor_config)), ghost_on_grid(args.ghost_on_grid):
+    with graph_options(args):
         return train(args, device, world, rank)
 
 
+def add_graph_options(p: argparse.ArgumentParser) -> None:
+    """The options of how the run's graphs are compiled (here and in peak_memory.py): graph_options applies them."""
+    p.add_argument("--inductor-config", action="append", default=[], metavar="KEY=VALUE",
+                   help="an inductor setting for every compiled graph of the run, e.g. cpp_wrapper=True (repeatable)")
+    p.add_argument("--ghost-on-grid", action="store_true",
+                   help="dp: ghost convolutions over the padded grid (passes.rules.conv.GHOST_ON_GRID; off by default)")
+
+
 @contextlib.contextmanager
-def ghost_on_grid(on: bool):
-    """passes.rules.conv.GHOST_ON_GRID set for the captures inside (read at each capture's plan), then put back."""
+def graph_options(args: argparse.Namespace):
+    """add_graph_options' settings for the captures and compilations inside (passes.rules.conv.GHOST_ON_GRID is
+    read at each capture's plan), put back after."""
     from dpcompile.passes.rules import conv
-    before, conv.GHOST_ON_GRID = conv.GHOST_ON_GRID, on
+    before, conv.GHOST_ON_GRID = conv.GHOST_ON_GRID, args.ghost_on_grid
     try:
-        yield
+        with inductor_config.patch(inductor_settings(args.inductor_config)):
+            yield
     finally:
         conv.GHOST_ON_GRID = before
 
@@ -252,7 +260,7 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
             on_device = [e for e in table if e.device_type != cpu and not getattr(e, "is_user_annotation", False)]
             device_us = sum(e.self_device_time_total for e in on_device)
             result["kernel_ms_per_step"] = round(device_us / 1000 / PROFILED_STEPS, 3)
-            result["kernels"] = top_kernels(table, kernel_sources())
+            result["kernels"] = top_kernels(on_device, kernel_sources())
     if rank == 0:
         print(json.dumps(result), flush=True)
     if world > 1:

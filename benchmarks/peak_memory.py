@@ -24,11 +24,10 @@ import sys
 from pathlib import Path
 
 import torch
-import torch._inductor.config
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dp_throughput import build, ghost_on_grid, inductor_settings  # noqa: E402
+from dp_throughput import add_graph_options, build, graph_options, inductor_settings  # noqa: E402
 
 import dpcompile  # noqa: E402
 
@@ -77,14 +76,12 @@ def main(argv=None) -> dict:
     p.add_argument("--amp", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--top", type=int, default=12)
-    p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True (as the suite)")
-    p.add_argument("--ghost-on-grid", action="store_true",
-                   help="dp: ghost convolutions over the padded grid (passes.rules.conv.GHOST_ON_GRID)")
-    p.add_argument("--inductor-config", action="append", default=[], metavar="KEY=VALUE",
-                   help="an inductor setting for every compiled graph of the run (repeatable)")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="torch.backends.cudnn.benchmark = True (as the suite)")
+    add_graph_options(p)
     args = p.parse_args(argv)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    with torch._inductor.config.patch(inductor_settings(args.inductor_config)), ghost_on_grid(args.ghost_on_grid):
+    with graph_options(args):
         return profile_step(args)
 
 

@@ -243,7 +243,6 @@ def test_dp_throughput_runs_on_a_cpu_with_phases_and_the_allreduce_timer():
     assert any(r["op"] == "aten::baddbmm" for r in grid["products"]), grid["products"]  # the grid's Gram sums ran
 
 
-
 TRITON_WRAPPER = """
 # kernel path: /tmp/torchinductor/ab/cab.py
 # Topologically Sorted Source Nodes: [dp_norm_sq_6_conv2_weight_mul_27, dp_norm_sq_6_conv2_weight_sum_4], Original ATen: [aten.mul, aten.sum]

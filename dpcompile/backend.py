@@ -164,9 +164,10 @@ class DPBackend:
             return fp32_boxed(fallback) if kwargs.get("is_backward") else fallback
 
 
-# The DP graphs' layouts as inductor picks them for a graph with a static batch (layout_as_if_static). Off: on an
-# H200 (2026-12-03) forcing channels-last left WRN-16-4's DP kernels and their time unchanged (benchmarks/NOTES.md).
-STATIC_BATCH_LAYOUT = False
+# The DP graphs' layouts as inductor picks them for a graph with a static batch (layout_as_if_static), as for the
+# same model compiled without DP. On: on an H200 (2026-12-03, same call) it took cuDNN's NCHW↔NHWC conversions out of
+# the DP step and its device time from 10.18 to 8.87 ms (WRN-16-4) and 12.62 to 10.92 ms (ResNet-18) (NOTES.md).
+STATIC_BATCH_LAYOUT = True
 
 
 def layout_as_if_static(gm: fx.GraphModule, *, is_inference: bool) -> bool:

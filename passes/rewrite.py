@@ -79,11 +79,7 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     clip, dropped = emit_clip_factors(graph, spec, norms)
     rounded: dict = {}
     for node, p in site_param.items():
-        factor = clip_in_dtype(graph, clip[p.name], node.meta["val"].dtype, rounded)
-        if ctx.inductor:  # stored once: every kernel scales by the same values, none recomputes them per element
-            if ("stored", factor) not in rounded:
-                rounded["stored", factor] = stored(graph, factor)
-            factor = rounded["stored", factor]
+        factor = clip_in_dtype(graph, clip[p.name], node.meta["val"].dtype, rounded, ctx.inductor)
         env[node] = emit_clipped_sum(graph, node, [env[a] for a in node.meta[SITE].inputs], terms[node], factor, p)
     for node in gm.graph.nodes:
         if node in deferred and node not in site_param:
@@ -361,13 +357,14 @@ def clip_factor(norms: torch.Tensor, keep: torch.Tensor, row: int, bounds: Seque
     return torch.where(keep, factor, torch.zeros_like(factor))
 
 
-def clip_in_dtype(graph: fx.Graph, factor: fx.Node, dtype: torch.dtype, cache: dict) -> fx.Node:
-    """The (float64) clip factor rounded down to a term's dtype, once per factor and dtype."""
-    if dtype == factor.meta["val"].dtype:
-        return factor
+def clip_in_dtype(graph: fx.Graph, factor: fx.Node, dtype: torch.dtype, cache: dict, store: bool) -> fx.Node:
+    """The (float64) clip factor rounded down to a term's dtype, once per factor and dtype. With store (graphs
+    inductor lowers) it is pinned to one stored tensor: inductor would otherwise inline the factor's arithmetic into
+    every kernel that scales by it, and two kernels may round one expression differently (stored)."""
     if (factor, dtype) not in cache:
-        cache[factor, dtype] = emit(graph, lambda c: round_down(c, dtype), [factor],
-                                    f"{factor.name}_{str(dtype).removeprefix('torch.')}")
+        rounded = factor if dtype == factor.meta["val"].dtype else emit(
+            graph, lambda c: round_down(c, dtype), [factor], f"{factor.name}_{str(dtype).removeprefix('torch.')}")
+        cache[factor, dtype] = stored(graph, rounded) if store else rounded
     return cache[factor, dtype]
 
 

@@ -1071,6 +1071,28 @@ def test_accumulation_gamma_covers_truncating_tensor_cores(block):
 NORM_SIDE = ("dp_norm_sq_", "dp_per_sample_", "dp_margin_")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_clipped_sum_reads_one_stored_clip_factor(dtype):
+    """The clip factors (float64, and rounded down to float32 for float32 terms) reach the clipped sums only through
+    one pin each: inlined, inductor would compute a factor again inside each kernel that scales by it (seen on an
+    H200: the float32 rounding inside the clipped sums' unfold kernels), and two kernels may round it differently,
+    so that a term would be released with another factor than the one its bound was certified for."""
+    import dpcompile
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.SiLU(), nn.Flatten(),
+                          nn.Linear(8 * 36, 4)).to(dtype)
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, policy="ghost", backend="inductor")
+    dp(torch.randn(4, 3, 6, 6, dtype=dtype)).square().sum().backward()
+    graph = dp.graphs["backward_rewritten"].graph
+    factors = [n for n in graph.nodes if n.name.startswith("dp_clip_factor") and n.target is not STORE]
+    clipped = [n for n in graph.nodes if n.name.startswith("dp_clipped_")]
+    read = {a for n in clipped for a in n.all_input_nodes if not a.name.startswith("dp_clipped_")}
+    pins = [a for a in read if a.target is STORE and a.all_input_nodes[0] in factors]
+    assert len(pins) == 1, sorted(a.name for a in read)  # one factor in the model's dtype, stored once
+    assert not any(u.name.startswith("dp_clipped_") for f in factors for u in f.users), "a factor read unstored"
+
+
 @pytest.mark.parametrize("policy", ["ghost", "per_sample"])
 def test_norm_and_clipped_sum_read_one_stored_value(policy):
     """No value the backward computes feeds both a term's norm and its clipped sum except through one pin

@@ -12,6 +12,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 
+# Test modules build their cases' layers when imported (rule_cases.seq and the modules' own constants): seeded here,
+# before any of them, their weights are the same in every process. Unseeded they came from the process's random
+# initial seed, and a rare draw of test_core's prelu case (largest of 200 draws tried: 7e-11), whose summed weight
+# gradient cancels across samples, turned the certified norms' 1e-12 over-clipping into a relative error of 2e-10.
+torch.manual_seed(0)
+
 DEVICE = os.environ.get("DPCOMPILE_TEST_DEVICE", "cpu")
 BACKEND = os.environ.get("DPCOMPILE_TEST_BACKEND", "eager")
 

@@ -421,3 +421,33 @@ def test_live_memory_counts_a_view_as_its_base_and_finds_the_bytes_per_sample():
     result = module.measure("smoke", "auto", 100, 3)
     assert result["dp"]["mb_per_sample"] >= result["non_private"]["mb_per_sample"] > 0
     assert 0 < result["largest_batch_ratio_estimate"] <= 1
+
+
+def test_device_call_helpers_cap_log_and_keep(tmp_path):
+    """benchmarks/device_call.sh, which one-off device call scripts source: run logs a command and keeps its result
+    line without the per-product list (a non-JSON last line says so), skips a command once less than half of its
+    cap is left of LIMIT, and keep copies only the generated modules with DP nodes written since the last mark. Run
+    here in a folder whose .ci/gpu-wheels is a stub (the call's installs then do nothing)."""
+    import subprocess
+    (tmp_path / ".ci").mkdir()
+    (tmp_path / ".ci" / "gpu-wheels").write_text("echo wheels\n")
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    cache.mkdir(), out.mkdir()
+    (cache / "before.py").write_text("x" * 30_000 + "\n# dp_norm_sq\n")
+    script = f"""
+PREFIX=t-call; OUT={out}; LIMIT=20
+source {ROOT / "benchmarks" / "device_call.sh"}
+export TORCHINDUCTOR_CACHE_DIR={cache}
+run "a b" 10 python3 -c 'import json; print("log"); print(json.dumps({{"step_ms": 1.5, "products": [1]}}))'
+run "no json" 10 python3 -c 'print("done")'
+run "too long" 100 sleep 1
+python3 -c 'print("y" * 30000 + "\\n# dp_per_sample")' > {cache}/after.py
+python3 -c 'print("z" * 30000)' > {cache}/other.py
+keep kept
+"""
+    subprocess.run(["bash", "-c", script], cwd=tmp_path, check=True, capture_output=True, timeout=120)
+    lines = (out / "t-call.jsonl").read_text().splitlines()
+    assert json.loads(lines[0]) == {"step_ms": 1.5} and lines[1].startswith("no json") and len(lines) == 2
+    assert (out / "t-call-a_b.log").read_text().startswith("log")
+    assert not (out / "t-call-too_long.log").exists()
+    assert sorted(p.name for p in (out / "kept").iterdir()) == ["after.py.gz"]

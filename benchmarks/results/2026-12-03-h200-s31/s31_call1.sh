@@ -3,26 +3,10 @@
 # session's 0.79 ms and 0.69 ms kernels), now that the emitted nodes carry inductor's provenance: dp_throughput
 # --profile with the FX graph cache off (a cached module keeps its old names); (b) the provenance and layout tests
 # on CUDA through inductor (neither has run on CUDA); (c) ResNet-18 (GN) 32² profiled the same way.
-set -u
 cd "$(dirname "$0")/../../.."
-export OUT=${OUT:-/tmp/out}
-source .ci/gpu-wheels
-python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1
-export PYTHONUNBUFFERED=1 TORCHINDUCTOR_FX_GRAPH_CACHE=0
-start=$(date +%s); LIMIT=${LIMIT:-540}
-left() { echo $((LIMIT - ($(date +%s) - start))); }
-run() {  # run LABEL SECONDS COMMAND...: skipped without half the seconds left
-    local label=$1 cap=$2; shift 2
-    (( $(left) > cap / 2 )) || { echo "$label: skipped (time)"; return; }
-    (( cap > $(left) )) && cap=$(left)
-    echo "== $label $(date -u +%T)"
-    local log="$OUT/s31-call1-$(echo $label | tr ' +' '__').log"
-    timeout -k 5 "$cap" "$@" >"$log" 2>&1
-    tail -1 "$log" | python3 -c 'import json,sys
-try:
-    r = json.loads(sys.stdin.read()); r.pop("products", None); print(json.dumps(r))
-except Exception as e: print("no json:", e)' | tee -a "$OUT/s31-call1.jsonl"
-}
+PREFIX=s31-call1
+source benchmarks/device_call.sh
+export TORCHINDUCTOR_FX_GRAPH_CACHE=0
 date -u; nvidia-smi --query-gpu=name --format=csv,noheader; python3 -c 'import torch; print(torch.__version__)'
 TP="python3 benchmarks/dp_throughput.py --size 32 --batch 256 --steps 20 --policy auto --profile"
 run "dp wrn16_4" 130 $TP --model wrn16_4

@@ -1,0 +1,45 @@
+# Sourced by a one-off device call script (benchmarks/results/<date>-<card>-sN/*.sh) from the repository root, after
+# it sets PREFIX (the call's name, e.g. s31-call2) and, if it wants, LIMIT and OUT, each on a line of its own (an
+# assignment in front of `source` lasts only as long as the sourcing): the carried wheels and this checkout installed,
+# and
+#   run LABEL SECONDS COMMAND...  runs COMMAND under a time cap (skipped when less than half of SECONDS is left of
+#                                 LIMIT), logs it to $OUT/$PREFIX-<label>.log and appends the log's last line, a
+#                                 dp_throughput.py result without its per-product list, to $OUT/$PREFIX.jsonl;
+#   keep LABEL                    copies the generated inductor modules with DP nodes written since the last
+#                                 mark (gzipped, at most 4) to $OUT/LABEL/;
+#   mark                          starts that window.
+# LIMIT (seconds, default 540) counts from sourcing.
+set -u
+export OUT=${OUT:-/tmp/out} PYTHONUNBUFFERED=1
+source .ci/gpu-wheels
+python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1
+start=$(date +%s)
+LIMIT=${LIMIT:-540}
+touch "$OUT/$PREFIX.jsonl"
+
+left() { echo $((LIMIT - ($(date +%s) - start))); }
+
+run() {
+    local label=$1 cap=$2
+    shift 2
+    (( $(left) > cap / 2 )) || { echo "$label: skipped (time)"; return; }
+    (( cap > $(left) )) && cap=$(left)
+    echo "== $label $(date -u +%T)"
+    local log="$OUT/$PREFIX-$(echo "$label" | tr ' +' '__').log"
+    timeout -k 5 "$cap" "$@" >"$log" 2>&1
+    tail -1 "$log" | python3 -c 'import json, sys
+try:
+    r = json.loads(sys.stdin.read()); r.pop("products", None); print(json.dumps(r))
+except Exception as e:
+    print("no json:", e)' | tee -a "$OUT/$PREFIX.jsonl"
+}
+
+mark() { touch /tmp/device-call-mark; }
+
+keep() {
+    mkdir -p "$OUT/$1"
+    find "${TORCHINDUCTOR_CACHE_DIR:-/tmp/torchinductor_$(whoami)}" -name '*.py' -newer /tmp/device-call-mark \
+        -size +20k 2>/dev/null | xargs -r grep -l "dp_norm_sq\|dp_per_sample" | head -4 \
+        | while read -r f; do gzip -c "$f" >"$OUT/$1/$(basename "$f").gz"; done
+}
+mark

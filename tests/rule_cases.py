@@ -9,6 +9,7 @@ from torch import nn
 
 torch.manual_seed(1)  # the layers below are made at import: the same weights whichever test module imports this first
 
+
 def seq(*layers):
     """A builder of fresh copies: each test gets the layers as first made, never the ones an earlier test in the
     same process converted (bf16 tests move a model to float32) or trained."""

@@ -320,9 +320,10 @@ def test_dp_graphs_take_the_layout_of_a_static_batch(monkeypatch, static):
     """Inductor keeps a graph NCHW when a convolution's input has a symbolic size, and the DP graphs' batch always
     is, where non-private compile (a static batch) runs channels-last. With backend.STATIC_BATCH_LAYOUT the DP
     graphs take the layout inductor would give them at a static batch; reproduced on the CPU with mkldnn off, whose
-    own rule (channels-last always) would hide the difference (on CUDA, whether the switch reaches the forward is
-    what this test tells). The convolutions' inputs reach the backward channels-last exactly when the
-    switch is on, and the gradients match the reference either way, several batch sizes through one compile."""
+    own rule (channels-last always) would hide the difference; on CUDA through inductor it passed too (an H200,
+    2026-12-03), so the switch reaches the forward there. The convolutions' inputs reach the backward channels-last
+    exactly when the switch is on, and the gradients match the reference either way, several batch sizes through one
+    compile."""
     monkeypatch.setattr(sys.modules["dpcompile.backend"], "STATIC_BATCH_LAYOUT", static)
     saved = []
 

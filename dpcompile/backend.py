@@ -175,10 +175,11 @@ def layout_as_if_static(gm: fx.GraphModule, *, is_inference: bool) -> bool:
     static batch size. Inductor keeps the default layout in any graph where a convolution's input has a symbolic size
     (GraphLowering.decide_layout_opt, after a 2023 slowdown of dynamic-shape timm models: pytorch#102670), and the DP
     graphs' batch is always symbolic; so without this a DP forward may run NCHW where non-private torch.compile of
-    the same model (static batch) runs channels-last. Every other rule of inductor's choice (grouped convolutions, wide inputs, small channels, the CPU's
-    mkldnn) still decides. The layout changes strides only: the saved activations come to the backward permuted
-    (restride_saved_tensors), and no op of the rewrite reads memory order. (Inductor's own layout_opt argument is
-    read only by its freezing path, so the choice reaches the graph as force_layout_optimization.)"""
+    the same model (static batch) runs channels-last. Every other rule of inductor's choice (grouped convolutions,
+    wide inputs, small channels, the CPU's mkldnn) still decides. The layout changes strides only: the saved
+    activations come to the backward permuted (restride_saved_tensors), and no op of the rewrite reads memory order.
+    (Inductor's own layout_opt argument is read only by its freezing path, so the choice reaches the graph as
+    force_layout_optimization.)"""
     import torch._inductor.graph as graph
     if not hasattr(graph, "has_free_symbols"):  # another torch's heuristic: its own choice
         return graph.GraphLowering.decide_layout_opt(gm, is_inference=is_inference)

@@ -77,9 +77,9 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     norms = {p.name: [shared_norm(graph, gm, p, terms, env)] if p.shared else [terms[n][0] for n in p.sites]
              for p in params}
     clip, dropped = emit_clip_factors(graph, spec, norms)
-    rounded: dict = {}
+    in_dtype: dict = {}  # (factor, dtype) -> the factor as the terms of that dtype read it
     for node, p in site_param.items():
-        factor = clip_in_dtype(graph, clip[p.name], node.meta["val"].dtype, rounded, ctx.inductor)
+        factor = clip_in_dtype(graph, clip[p.name], node.meta["val"].dtype, in_dtype, ctx.inductor)
         env[node] = emit_clipped_sum(graph, node, [env[a] for a in node.meta[SITE].inputs], terms[node], factor, p)
     for node in gm.graph.nodes:
         if node in deferred and node not in site_param:

@@ -533,14 +533,21 @@ def test_2d_patches_are_im2col(kernel, stride, padding, dilation):
                                   nn.Conv2d(3, 4, 3, dilation=2, stride=2), nn.Conv1d(3, 2, 1, padding=1, stride=3),
                                   nn.Conv3d(2, 3, (1, 2, 1), stride=(2, 1, 1)),
                                   nn.ConvTranspose2d(4, 6, 1, stride=2, output_padding=1, groups=2),
-                                  nn.ConvTranspose1d(3, 2, 3, stride=2, padding=1)])
-def test_cuda_clipped_sum_gemm_is_the_weight_gradient(conv):
-    """The weight gradient the CUDA clipped sum computes (a GEMM on unfolded inputs, as cuDNN's FFT/Winograd
-    algorithms are outside the error model), checked on the CPU against convolution_backward in float64."""
+                                  nn.ConvTranspose1d(3, 2, 3, stride=2, padding=1),
+                                  nn.Conv2d(6, 4, (3, 2), padding=(1, 0), dilation=(1, 2), groups=2),
+                                  nn.Conv3d(4, 2, 2, stride=2, padding=1, groups=2)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cuda_clipped_sum_gemm_is_the_weight_gradient(conv, channels_last):
+    """The weight gradient the CUDA clipped sum computes (a GEMM on patch rows, as cuDNN's FFT/Winograd
+    algorithms are outside the error model), checked on the CPU against convolution_backward in float64, on
+    contiguous and channels-last operands (the convolutions' layout on CUDA)."""
     torch.manual_seed(0)
     conv = conv.double()
     x = torch.randn(3, conv.in_channels, *([7] * (conv.weight.dim() - 2)), dtype=torch.float64)
     g, x, w = conv_operands(conv, x)
+    if channels_last and x.dim() in (4, 5):
+        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        g, x = g.contiguous(memory_format=fmt), x.contiguous(memory_format=fmt)
     transposed = isinstance(conv, nn.modules.conv._ConvTransposeNd)
     c = {"stride": list(conv.stride), "padding": list(conv.padding), "dilation": list(conv.dilation),
          "groups": conv.groups, "kernel": list(conv.kernel_size), "param": 1, "transposed": transposed,

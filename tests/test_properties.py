@@ -246,3 +246,51 @@ def test_width_one_batch_one_gets_its_own_graph():
     for bound in (1e-3, 1e3):
         torch._dynamo.reset()
         check_against_reference(GELU_WIDTH_ONE, batches=(3, 1, 4), bound=bound, max_compilations=2)
+
+
+@st.composite
+def conv_weight_grads(draw):
+    """A convolution's (g, x, w, site constants) in float64: 1-3 spatial dims, groups, kernel, stride, padding,
+    dilation, transposed (with an output padding), a batch of 1-4, contiguous or channels-last operands."""
+    from dpcompile.passes.meta import Site
+    d, transposed = draw(st.integers(1, 3)), draw(st.booleans())
+    groups = draw(st.integers(1, 3))
+    in_c, out_c = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
+    kernel, stride, dilation = [draw(st.lists(st.integers(lo, hi), min_size=d, max_size=d))
+                                for lo, hi in ((1, 3), (1, 3), (1, 2))]
+    padding = draw(st.lists(st.integers(0, 2), min_size=d, max_size=d))
+    output_padding = [draw(st.integers(0, max(s, dl) - 1)) if transposed else 0 for s, dl in zip(stride, dilation)]
+    spatial = [dl * (k - 1) + 1 + draw(st.integers(0, 4)) for k, dl in zip(kernel, dilation)]
+    if transposed:  # its output, (L − 1)·s − 2p + dil·(k − 1) + output_padding + 1, must not be empty
+        assume(all((n - 1) * s - 2 * p + dl * (k - 1) + op + 1 > 0
+                   for n, s, p, dl, k, op in zip(spatial, stride, padding, dilation, kernel, output_padding)))
+    conv_class = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[d - 1] if transposed else CONVS[d]
+    extra = {"output_padding": output_padding} if transposed else {}
+    conv = conv_class(in_c, out_c, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                      bias=False, **extra).double()
+    x = torch.randn(draw(st.integers(1, 4)), in_c, *spatial, dtype=torch.float64)
+    with torch.no_grad():
+        g = torch.randn_like(conv(x))
+    if d > 1 and draw(st.booleans()):
+        fmt = torch.channels_last if d == 2 else torch.channels_last_3d
+        g, x = g.contiguous(memory_format=fmt), x.contiguous(memory_format=fmt)
+    c = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups, "kernel": kernel,
+         "param": 1, "transposed": transposed, "output_padding": output_padding}
+    return g, x, conv.weight.detach(), Site("conv", (), c, None)
+
+
+@settings(**SETTINGS, max_examples=int(60 * SCALE))
+@given(case=conv_weight_grads())
+def test_conv_clipped_sum_gemm_over_random_convolutions(case):
+    """The clipped sum's GEMM on patch rows (the CUDA path, ConvRule.weight_grad_gemm) is the convolution's weight
+    gradient (convolution_backward, float64) for random convolutions and operand layouts."""
+    from dpcompile.passes.rules.conv import ConvRule
+    g, x, w, site = case
+    c = site.consts
+    note(f"g {tuple(g.shape)} x {tuple(x.shape)} w {tuple(w.shape)} {c}")
+    expected = torch.ops.aten.convolution_backward(g, x, w, None, c["stride"], c["padding"], c["dilation"],
+                                                   c["transposed"], c["output_padding"], c["groups"],
+                                                   [False, True, False])[1]
+    got = ConvRule().weight_grad_gemm(site, g, x, w)
+    assert got.shape == w.shape
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)

@@ -81,12 +81,18 @@ def test_attention(kind, heads, head_dim, length, policy, batches):
 @settings(**SETTINGS)
 @given(dims=st.integers(1, 3), groups=st.sampled_from([1, 2]), per_in=st.integers(1, 2), per_out=st.integers(1, 2),
        kernel=st.integers(1, 3), stride=st.integers(1, 2), padding=st.integers(0, 1), bias=st.booleans(),
-       size=st.integers(2, 4), policy=POLICIES, batches=BATCHES)
-def test_transposed_convolutions(dims, groups, per_in, per_out, kernel, stride, padding, bias, size, policy, batches):
+       dilation=st.integers(1, 3), output_padding=st.integers(0, 2), size=st.integers(2, 4), policy=POLICIES,
+       batches=BATCHES)
+def test_transposed_convolutions(dims, groups, per_in, per_out, kernel, stride, padding, bias, dilation,
+                                 output_padding, size, policy, batches):
+    """Output paddings up to what the stride and dilation allow (below the larger): from the stride on, the
+    output gradient has more windows than the input has positions."""
     layer = [nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d][dims - 1]
     in_c, out_c = groups * per_in, groups * per_out
     padding = min(padding, kernel - 1)
+    output_padding = min(output_padding, max(stride, dilation) - 1)
     run(Case("convT", lambda: nn.Sequential(layer(in_c, out_c, kernel, stride=stride, padding=padding,
+                                                  dilation=dilation, output_padding=output_padding,
                                                   groups=groups, bias=bias)),
              lambda B: torch.randn(B, in_c, *[size] * dims, dtype=torch.float64)), policy, batches)
 

@@ -60,12 +60,33 @@ def conv_args(node: fx.Node) -> dict:
     return dict(zip(ARG_NAMES, node.args))
 
 
-def unfold_nd(x: Tensor, kernel: list[int], stride, padding, dilation) -> Tensor:
+def in_conv_roles(c: dict, g: Tensor, x: Tensor) -> tuple[Tensor, Tensor, list | None]:
+    """(g, x, positions) in a convolution's roles: a transposed convolution's weight gradient is x_i unfold(G_i)ᵀ over
+    x's positions (positions, for unfold_nd and patch_rows), so its operands swap; a convolution's stay (None)."""
+    return (x, g, list(x.shape[2:])) if c["transposed"] else (g, x, None)
+
+
+def within_positions(x: Tensor, positions, kernel: list[int], stride, dilation) -> Tensor:
+    """Padded x cut to what its first `positions` windows (per spatial dim) read: a transposed convolution's output
+    gradient, unfolded over the input's positions, has more windows than the input has positions where its output
+    padding is at least its stride (allowed when the dilation is larger); the positions past them reach only the
+    output padding, which no input reaches. None, or nothing to cut: x itself."""
+    if positions is None:
+        return x
+    spans = [(n - 1) * s + (k - 1) * d + 1 for n, k, s, d in zip(positions, kernel, stride, dilation)]
+    if all(span >= size for span, size in zip(spans, x.shape[2:])):
+        return x
+    return x[(..., *(slice(0, span) for span in spans))]
+
+
+def unfold_nd(x: Tensor, kernel: list[int], stride, padding, dilation, positions=None) -> Tensor:
     """Patches of x (B, C, *S) as (B, C·prod(kernel), T), channel-major like a conv weight, F.unfold's layout
     (exact copies, no arithmetic: a strided slice for a 1×1 kernel, else strided windows; not im2col, whose
-    decomposition is an index gather with 2.5× the nodes to trace and lower)."""
+    decomposition is an index gather with 2.5× the nodes to trace and lower). positions: the first windows only,
+    this many per spatial dim (within_positions)."""
     n, (B, C) = len(kernel), x.shape[:2]
     x = F.pad(x, [p for p in reversed(padding) for _ in (0, 1)]) if any(padding) else x
+    x = within_positions(x, positions, kernel, stride, dilation)
     if all(k == 1 for k in kernel):  # a pointwise conv (most of a ResNet's): no gather to trace, compile or run
         return x[(..., *(slice(None, None, s) for s in stride))].flatten(2)
     for i, (k, s, d) in enumerate(zip(kernel, stride, dilation)):
@@ -74,13 +95,15 @@ def unfold_nd(x: Tensor, kernel: list[int], stride, padding, dilation) -> Tensor
     return x.reshape(B, C * prod(kernel), prod(x.shape[2 + n:]))
 
 
-def patch_rows(x: Tensor, kernel: list[int], stride, padding, dilation, groups: int) -> Tensor:
+def patch_rows(x: Tensor, kernel: list[int], stride, padding, dilation, groups: int, positions=None) -> Tensor:
     """Patches of x (N, C, *S) as GEMM rows, (groups, N·T, prod(kernel)·C/groups): a row per output position
     (sample major), kernel position major and channel minor within it; unfold_nd's values in another order, copied
     once. Channels-last x, the convolutions' layout on CUDA, is then read and written along C, where unfold_nd's
-    channel-major patches read it C apart (WRN-16-4's clipped sums at 8×8: 0.62 ms a step of that copy, H200)."""
+    channel-major patches read it C apart (WRN-16-4's clipped sums at 8×8: 0.62 ms a step of that copy, H200).
+    positions as unfold_nd's."""
     n, N, C = len(kernel), x.shape[0], x.shape[1]
     x = F.pad(x, [p for p in reversed(padding) for _ in (0, 1)]) if any(padding) else x
+    x = within_positions(x, positions, kernel, stride, dilation)
     x = x.unflatten(1, (groups, C // groups))  # (N, groups, C/groups, *S)
     if all(k == 1 for k in kernel):
         x = x[(..., *(slice(None, None, s) for s in stride))].unsqueeze(-1)  # (N, groups, C/groups, *positions, 1)
@@ -278,9 +301,8 @@ class ConvRule:
     def _unfolded(self, site: Site, g: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """U (B, groups, d, k·T) and G (B, groups, p, k·T); g_i = G_i U_iᵀ per group (k views per sample)."""
         c, groups, k = site.consts, site.consts["groups"], site.consts.get("k", 1)
-        if c["transposed"]:
-            g, x = x, g
-        u = unfold_nd(x, c["kernel"], c["stride"], c["padding"], c["dilation"])
+        g, x, positions = in_conv_roles(c, g, x)
+        u = unfold_nd(x, c["kernel"], c["stride"], c["padding"], c["dilation"], positions)
         rows, T = g.shape[0], u.shape[-1]
         u, g = u.reshape(rows, groups, u.shape[1] // groups, T), g.reshape(rows, groups, g.shape[1] // groups, T)
         return views_into_positions(u, k), views_into_positions(g, k)
@@ -327,12 +349,11 @@ class ConvRule:
         """Upper bounds on ‖u_t‖ and ‖g_t‖ per group and position, (B, groups, k·T) float64, without
         unfolding x: the channel-summed squares of x, unfolded (a window sum over a single channel per group)."""
         c, groups, k = site.consts, site.consts["groups"], site.consts.get("k", 1)
-        if c["transposed"]:
-            g, x = x, g
+        g, x, positions = in_conv_roles(c, g, x)
         B = g.shape[0]
         sq = x.to(F64).square()
         sq = sq.reshape(B, groups, sq.shape[1] // groups, *sq.shape[2:]).sum(2)
-        windows = unfold_nd(sq, c["kernel"], c["stride"], c["padding"], c["dilation"])
+        windows = unfold_nd(sq, c["kernel"], c["stride"], c["padding"], c["dilation"], positions)
         T = windows.shape[-1]
         d = x.shape[1] // groups * prod(c["kernel"])
         # the channel and window sums add d squares in all (d − 1 roundings); 2 more for the square root
@@ -418,10 +439,9 @@ class ConvRule:
         the same dot product over B·k·T positions as the convolution's (its rounding the term's margin), only the
         result's columns come in another order, put back in w's."""
         c, groups = site.consts, site.consts["groups"]
-        if c["transposed"]:
-            g, x = x, g
+        g, x, positions = in_conv_roles(c, g, x)
         kernel = c["kernel"]
-        u = patch_rows(x, kernel, c["stride"], c["padding"], c["dilation"], groups)
+        u = patch_rows(x, kernel, c["stride"], c["padding"], c["dilation"], groups, positions)
         gr = patch_rows(g, [1] * len(kernel), [1] * len(kernel), [0] * len(kernel), [1] * len(kernel), groups)
         product = matrix_product(gr.transpose(1, 2), u, site.tf32)  # (groups, p, K·C/groups)
         product = product.unflatten(2, (prod(kernel), -1)).transpose(2, 3)  # (groups, p, C/groups, K)

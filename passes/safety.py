@@ -748,8 +748,14 @@ def refuse_unsupported_modules(model: torch.nn.Module) -> None:
     """Raise UnsupportedOpError naming the first submodule of a refused class."""
     from dpcompile.errors import UnsupportedOpError
     for path, module in model.named_modules():
-        if isinstance(module, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and module.weight.requires_grad \
-                and (module.scale_grad_by_freq or module.sparse):
+        embedding = isinstance(module, (torch.nn.Embedding, torch.nn.EmbeddingBag))
+        if embedding and module.max_norm is not None:  # trainable or frozen: the weight itself changes
+            raise UnsupportedOpError(
+                f"module '{path or '<model>'}' ({type(module).__name__}): max_norm renormalises, in place, the rows "
+                "the batch looks up, so the weight after a step shows which indices the batch held, without noise; "
+                "set max_norm=None (to bound the looked-up vectors, scale the output out of place, e.g. "
+                "v * (max_norm / v.norm(dim=-1, keepdim=True)).clamp(max=1)).")
+        if embedding and module.weight.requires_grad and (module.scale_grad_by_freq or module.sparse):
             raise UnsupportedOpError(
                 f"module '{path or '<model>'}' ({type(module).__name__}): scale_grad_by_freq counts indices over "
                 "the whole batch (it mixes samples) and sparse gradients are not clipped per sample; set "

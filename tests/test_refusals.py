@@ -211,6 +211,26 @@ def test_embedding_bag_max_refused():
     assert "parameter '0.weight' of module '0'" in message and "aten._embedding_bag_backward" in message
 
 
+@pytest.mark.parametrize("bag", [False, True])
+@pytest.mark.parametrize("option, trainable", [("scale_grad_by_freq", True), ("sparse", True), ("max_norm", True),
+                                               ("max_norm", False)])
+def test_embedding_options_refused_up_front(bag, option, trainable):
+    """Options that mix samples (scale_grad_by_freq), leave gradients unclipped (sparse) or change the weight from the
+    batch's indices without noise (max_norm, frozen too: the renorm is in place, in the forward): refused before
+    capture, naming the module and the option, and nothing of the model changed."""
+    kwargs = {"max_norm": 1.0} if option == "max_norm" else {option: True}
+    table = (nn.EmbeddingBag(10, 4, mode="sum", **kwargs) if bag else nn.Embedding(10, 4, **kwargs)).requires_grad_(
+        trainable)
+    model = nn.Sequential(table, nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randint(0, 10, (1, 5)))  # the head's size
+    with torch.no_grad():
+        table.weight.mul_(5)  # rows far above max_norm: a renorm would show
+    before = table.weight.detach().clone()
+    with pytest.raises(UnsupportedOpError, match=rf"module '0' \({type(table).__name__}\): .*{option}"):
+        compile_and_step(model, torch.randint(0, 10, (3, 5)))
+    assert torch.equal(table.weight.detach().cpu().to(before.dtype), before)
+
+
 class CumsumWeight(nn.Module):
     """A weight transformed before use by an op the norm cannot follow per sample (its backward reverses the term)."""
 

@@ -745,7 +745,9 @@ REFUSED_MODULES = {
 
 
 def refuse_unsupported_modules(model: torch.nn.Module) -> None:
-    """Raise UnsupportedOpError naming the first submodule of a refused class."""
+    """Raise UnsupportedOpError naming the first submodule of a refused class or with a refused option or hook."""
+    from torch.nn.utils.weight_norm import WeightNorm
+
     from dpcompile.errors import UnsupportedOpError
     for path, module in model.named_modules():
         embedding = isinstance(module, (torch.nn.Embedding, torch.nn.EmbeddingBag))
@@ -760,6 +762,12 @@ def refuse_unsupported_modules(model: torch.nn.Module) -> None:
                 f"module '{path or '<model>'}' ({type(module).__name__}): scale_grad_by_freq counts indices over "
                 "the whole batch (it mixes samples) and sparse gradients are not clipped per sample; set "
                 "scale_grad_by_freq=False and sparse=False.")
+        hooks = [h for h in module._forward_pre_hooks.values() if isinstance(h, WeightNorm)]
+        if any(getattr(module, f"{h.name}_{part}").requires_grad for h in hooks for part in "gv"):
+            raise UnsupportedOpError(
+                f"module '{path or '<model>'}' ({type(module).__name__}): the deprecated nn.utils.weight_norm hook "
+                "recomputes the weight outside the graph's per-sample rules; use "
+                "torch.nn.utils.parametrizations.weight_norm (supported) instead.")
         for cls, advice in REFUSED_MODULES.items():
             if isinstance(module, cls):
                 raise UnsupportedOpError(f"module '{path or '<model>'}' ({type(module).__name__}): {advice}.")

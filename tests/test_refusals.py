@@ -231,6 +231,17 @@ def test_embedding_options_refused_up_front(bag, option, trainable):
     assert torch.equal(table.weight.detach().cpu().to(before.dtype), before)
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.nn.utils.weight_norm is deprecated")
+def test_deprecated_weight_norm_hook_refused_with_the_parametrisation_named():
+    """The deprecated hook's weight_g had its gradient from an op with no rule; the refusal now names what works
+    (nn.utils.parametrizations.weight_norm, tests/test_reparametrised.py); frozen, the hook is no obstacle."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.utils.weight_norm(nn.Linear(4, 3)))
+    with pytest.raises(UnsupportedOpError, match=r"module '1' \(Linear\): .*parametrizations\.weight_norm"):
+        compile_and_step(model, torch.randn(3, 4, dtype=F64))
+    model[1].requires_grad_(False)
+    compile_and_step(model, torch.randn(3, 4, dtype=F64))
+
+
 class CumsumWeight(nn.Module):
     """A weight transformed before use by an op the norm cannot follow per sample (its backward reverses the term)."""
 

@@ -248,11 +248,38 @@ def test_width_one_batch_one_gets_its_own_graph():
         check_against_reference(GELU_WIDTH_ONE, batches=(3, 1, 4), bound=bound, max_compilations=2)
 
 
+def conv_weight_grad_case(transposed: bool, groups: int, in_c: int, out_c: int, kernel, stride, padding, dilation,
+                          output_padding, spatial, batch: int, channels_last: bool, seed: int = 0):
+    """A convolution's (g, x, w, site) in float64 (x, g random; output_padding for a transposed one)."""
+    from dpcompile.passes.meta import Site
+    d = len(kernel)
+    torch.manual_seed(seed)
+    conv_class = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[d - 1] if transposed else CONVS[d]
+    extra = {"output_padding": output_padding} if transposed else {}
+    conv = conv_class(in_c, out_c, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                      bias=False, **extra).double()
+    x = torch.randn(batch, in_c, *spatial, dtype=torch.float64)
+    with torch.no_grad():
+        g = torch.randn_like(conv(x))
+    if channels_last:
+        fmt = torch.channels_last if d == 2 else torch.channels_last_3d
+        g, x = g.contiguous(memory_format=fmt), x.contiguous(memory_format=fmt)
+    c = {"stride": list(stride), "padding": list(padding), "dilation": list(dilation), "groups": groups,
+         "kernel": list(kernel), "param": 1, "transposed": transposed, "output_padding": list(output_padding)}
+    return g, x, conv.weight.detach(), Site("conv", (), c, None)
+
+
+# A transposed convolution whose output padding reaches its stride (the dilation larger): its output gradient has
+# more windows than its input has positions, which every unfold-based path failed on before.
+OUTPUT_PADDING_PAST_STRIDE = dict(transposed=True, groups=1, in_c=2, out_c=3, kernel=[2, 3], stride=[1, 2],
+                                  padding=[0, 1], dilation=[2, 3], output_padding=[1, 2], spatial=[4, 3], batch=3,
+                                  channels_last=True)
+
+
 @st.composite
 def conv_weight_grads(draw):
-    """A convolution's (g, x, w, site constants) in float64: 1-3 spatial dims, groups, kernel, stride, padding,
-    dilation, transposed (with an output padding), a batch of 1-4, contiguous or channels-last operands."""
-    from dpcompile.passes.meta import Site
+    """conv_weight_grad_case over 1-3 spatial dims, groups, kernel, stride, padding, dilation, transposed (with an
+    output padding), a batch of 1-4, contiguous or channels-last operands."""
     d, transposed = draw(st.integers(1, 3)), draw(st.booleans())
     groups = draw(st.integers(1, 3))
     in_c, out_c = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
@@ -264,23 +291,14 @@ def conv_weight_grads(draw):
     if transposed:  # its output, (L − 1)·s − 2p + dil·(k − 1) + output_padding + 1, must not be empty
         assume(all((n - 1) * s - 2 * p + dl * (k - 1) + op + 1 > 0
                    for n, s, p, dl, k, op in zip(spatial, stride, padding, dilation, kernel, output_padding)))
-    conv_class = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[d - 1] if transposed else CONVS[d]
-    extra = {"output_padding": output_padding} if transposed else {}
-    conv = conv_class(in_c, out_c, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                      bias=False, **extra).double()
-    x = torch.randn(draw(st.integers(1, 4)), in_c, *spatial, dtype=torch.float64)
-    with torch.no_grad():
-        g = torch.randn_like(conv(x))
-    if d > 1 and draw(st.booleans()):
-        fmt = torch.channels_last if d == 2 else torch.channels_last_3d
-        g, x = g.contiguous(memory_format=fmt), x.contiguous(memory_format=fmt)
-    c = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups, "kernel": kernel,
-         "param": 1, "transposed": transposed, "output_padding": output_padding}
-    return g, x, conv.weight.detach(), Site("conv", (), c, None)
+    return conv_weight_grad_case(transposed, groups, in_c, out_c, kernel, stride, padding, dilation, output_padding,
+                                 spatial, draw(st.integers(1, 4)), d > 1 and draw(st.booleans()),
+                                 draw(st.integers(0, 2**16)))
 
 
-@settings(**SETTINGS, max_examples=int(60 * SCALE))
+@settings(**SETTINGS, max_examples=int(200 * SCALE))
 @given(case=conv_weight_grads())
+@example(case=conv_weight_grad_case(**OUTPUT_PADDING_PAST_STRIDE))
 def test_conv_clipped_sum_gemm_over_random_convolutions(case):
     """The clipped sum's GEMM on patch rows (the CUDA path, ConvRule.weight_grad_gemm) is the convolution's weight
     gradient (convolution_backward, float64) for random convolutions and operand layouts."""
@@ -294,3 +312,41 @@ def test_conv_clipped_sum_gemm_over_random_convolutions(case):
     got = ConvRule().weight_grad_gemm(site, g, x, w)
     assert got.shape == w.shape
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def conv_impls(site) -> list[str]:
+    """The per-sample implementations ConvRule.per_sample has for this convolution."""
+    c = site.consts
+    if c["transposed"]:
+        return ["unfold"]
+    return ["unfold", "grouped"] + (["shifted"] if set(c["stride"]) == {1} else [])
+
+
+@settings(**SETTINGS, max_examples=int(200 * SCALE))
+@given(case=conv_weight_grads(), pick=st.integers(0, 2))
+@example(case=conv_weight_grad_case(**OUTPUT_PADDING_PAST_STRIDE), pick=0)
+def test_conv_norm_bounds_over_random_convolutions(case, pick):
+    """On fp32 operands, the ghost norm bound and the per-sample gradients' bound (each implementation) are at least
+    every sample's exact weight-gradient norm (float64 per-sample convolution_backward of the same values) and
+    within 1e-3 of it, for random convolutions and operand layouts."""
+    import dataclasses
+
+    from dpcompile.passes.rules.bounds import per_sample_bound
+    from dpcompile.passes.rules.conv import ConvRule
+    g, x, w, site = (t.float() if isinstance(t, torch.Tensor) else t for t in case)
+    c, rule = site.consts, ConvRule()
+    exact = torch.stack([torch.ops.aten.convolution_backward(
+        g[i:i + 1].double(), x[i:i + 1].double(), w.double(), None, c["stride"], c["padding"], c["dilation"],
+        c["transposed"], c["output_padding"], c["groups"], [False, True, False])[1].norm() for i in range(g.shape[0])])
+    assume(bool((exact > 0).all()))
+    impls = conv_impls(site)
+    impl = impls[pick % len(impls)]
+    note(f"g {tuple(g.shape)} x {tuple(x.shape)} w {tuple(w.shape)} {c} impl {impl}")
+    ghost_bound = rule.ghost_norm_bound(site, g, x, w)
+    ghost = ghost_bound[0].sqrt() + ghost_bound[1]
+    one = dataclasses.replace(site, impl=impl)
+    ps_bound = per_sample_bound(rule.per_sample(one, g, x, w), rule.per_sample_margin(one, g, x, w))
+    per_sample = ps_bound[0].sqrt() + ps_bound[1]
+    for name, got in (("ghost", ghost), ("per_sample", per_sample)):
+        assert (got >= exact).all(), f"{name}: a bound below the exact norm: {got.tolist()} < {exact.tolist()}"
+        assert (got / exact - 1).max() < 1e-3, f"{name}: {got.tolist()} against {exact.tolist()}"

@@ -350,3 +350,24 @@ def test_conv_norm_bounds_over_random_convolutions(case, pick):
     for name, got in (("ghost", ghost), ("per_sample", per_sample)):
         assert (got >= exact).all(), f"{name}: a bound below the exact norm: {got.tolist()} < {exact.tolist()}"
         assert (got / exact - 1).max() < 1e-3, f"{name}: {got.tolist()} against {exact.tolist()}"
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_a_dropped_sample_with_inf_or_nan_input_leaves_the_gemm_clipped_sum_finite(bad, channels_last):
+    """The patch-rows GEMM (the CUDA clipped sum; TF32 here, the CPU's route to it) of a batch where sample 0 is
+    dropped (clip factor 0) for an inf or NaN in its input: its rows are masked before the product (0·inf would be
+    NaN and change the release), so the sum is the other samples' alone."""
+    import dataclasses
+
+    from dpcompile.passes.rules.conv import ConvRule
+    g, x, w, site = conv_weight_grad_case(False, 1, 3, 4, [3, 3], [1, 1], [1, 1], [1, 1], [0, 0], [5, 5], 3,
+                                          channels_last)
+    g, x, w = g.float(), x.float(), w.float()
+    site = dataclasses.replace(site, tf32=True)
+    x[0, 1, 2, 2] = bad
+    clip = torch.tensor([0.0, 0.5, 0.25], dtype=torch.float64)
+    got = ConvRule().clipped_sum(site, clip, g, x, w)
+    rest = ConvRule().clipped_sum(site, clip[1:], g[1:], x[1:], w)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, rest, rtol=1e-5, atol=1e-6)

@@ -53,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true",
                    help="rank 0 profiles 5 steps after the timed ones, prints the top kernels and CPU ops, and "
                         "adds each matrix product's time by operand shapes to the result ('products')")
+    p.add_argument("--amp", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: the forward under torch.autocast(bfloat16), the loss in fp32 (as bench.py --amp bf16)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="dp: cuda_graphs=True; compile: mode='reduce-overhead' (CUDA graphs for the compiled graphs)")
     p.add_argument("--per-sample-tf32", action=argparse.BooleanOptionalAction, default=None,
@@ -208,7 +210,9 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
 
     def step() -> None:
         marks = [time.perf_counter()]
-        loss = F.cross_entropy(dp(x), y)
+        with torch.autocast(device.type, torch.bfloat16, enabled=args.amp == "bf16"):
+            out = dp(x)
+        loss = F.cross_entropy(out.float(), y)
         if args.phases:
             sync(device, 1)
             marks.append(time.perf_counter())
@@ -235,7 +239,7 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
               "step_ms": round(1000 * step_s, 2), "samples_per_s_per_gpu": round(args.batch / step_s, 1),
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "date": datetime.date.today().isoformat(),
-              "policy": args.policy if args.method == "dp" else "non-private",
+              "policy": args.policy if args.method == "dp" else "non-private", "amp": args.amp,
               "backend": args.backend, "cuda_graphs": args.cuda_graphs,
               "per_sample_tf32": args.per_sample_tf32, "ghost_tf32": args.ghost_tf32, "dynamic": args.dynamic,
               "ghost_on_grid": args.ghost_on_grid,

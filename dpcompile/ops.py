@@ -17,6 +17,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from . import conv_kernels
 from .errors import DPCompileError
 from .precision import cublas_tf32, ieee_convolutions
 
@@ -153,6 +154,21 @@ _LIB.impl("tf32_baddbmm", tf32_baddbmm, "CompositeExplicitAutograd")
 @torch.library.register_fake("dpcompile::tf32_baddbmm", lib=_LIB)
 def _(c, a, b):
     return a.new_empty((a.shape[0], a.shape[1], b.shape[2]))
+
+
+# Per-sample weight gradients of a 2-D convolution (groups 1) in one Triton kernel on CUDA (conv_kernels; where the
+# rule takes it: ConvRule.implementation, off by default), torch ops elsewhere; the output is stored kernel-position
+# major, channel minor (conv_kernels.per_sample_buffer), in the fake function as in both implementations.
+# flexible_layout: the kernel reads its operands in any strides, so inductor passes them as they are.
+_LIB.define("per_sample_conv2d_grad(Tensor g, Tensor x, int[] kernel, int[] stride, int[] padding, int[] dilation)"
+            " -> Tensor", tags=(torch.Tag.flexible_layout,))
+_LIB.impl("per_sample_conv2d_grad", conv_kernels.per_sample_conv2d_grad, "CUDA")
+_LIB.impl("per_sample_conv2d_grad", conv_kernels.per_sample_conv2d_grad_reference, "CPU")
+
+
+@torch.library.register_fake("dpcompile::per_sample_conv2d_grad", lib=_LIB)
+def _(g, x, kernel, stride, padding, dilation):
+    return conv_kernels.per_sample_buffer(g, g.shape[1], x.shape[1], *kernel)
 
 
 # The pin that makes inductor store a value once (passes.rewrite.stored): lowered like inductor's own

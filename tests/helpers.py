@@ -16,6 +16,22 @@ RTOL = 1e-10
 
 
 @contextmanager
+def implicit_convs(on: bool = True) -> Iterator[None]:
+    """Per-sample gradients of 2-D convolutions (one group, kernel > 1×1) through dpcompile::per_sample_conv2d_grad
+    (impl "implicit") in every dtype on the test device (on; by default only 16-bit operands on CUDA), or nowhere
+    (off). On CUDA that is the Triton kernel (float64 tiles multiplied and summed in float64), on the CPU its torch
+    reference."""
+    from dpcompile.passes.rules import conv
+    saved = conv.IMPLICIT_CONV_DEVICES, conv.IMPLICIT_CONV_DTYPES
+    conv.IMPLICIT_CONV_DEVICES = (torch.device(DEVICE).type,) if on else ()
+    conv.IMPLICIT_CONV_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16) if on else ()
+    try:
+        yield
+    finally:
+        conv.IMPLICIT_CONV_DEVICES, conv.IMPLICIT_CONV_DTYPES = saved
+
+
+@contextmanager
 def shifted_convs(on: bool = True) -> Iterator[None]:
     """Stride-1 convolutions over the padded grid's shifted windows wherever the rule allows them (on: per-sample
     gradients and ghost Grams and clipped sums alike, not only the wide, large ones; the ghost form is off by default,

@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.fx.experimental._config as fx_config
 from conftest import BACKEND, DEVICE
-from helpers import (Case, Lambda, check_against_reference, inductor_batch_of_one, max_relative_error, shifted_convs,
+from helpers import (Case, Lambda, check_against_reference, implicit_convs, inductor_batch_of_one, max_relative_error,
+                     shifted_convs,
                      squared_error)
 from hypothesis import example, given, note, settings
 from hypothesis import strategies as st
@@ -142,17 +143,18 @@ def test_bf16_autocast(policy):
     assert released_norm(model) <= R * SLACK
 
 
-@pytest.mark.parametrize("impl", ("unfold", "shifted"))
+@pytest.mark.parametrize("impl", ("unfold", "shifted", "implicit"))
 def test_bf16_autocast_conv(impl):
-    """bf16 conv operands, per-sample gradients over the unfold or shifted windows: sample 0's large, cancelling
-    output gradients over large inputs stay within R."""
+    """bf16 conv operands, per-sample gradients over the unfold, shifted windows or dpcompile::per_sample_conv2d_grad
+    (on CUDA the Triton kernel, this dtype's default there): sample 0's large, cancelling output gradients over large
+    inputs stay within R."""
     torch.manual_seed(0)
     model = nn.Conv2d(4, 4, 3, padding=1).to(DEVICE)
     x = torch.randn(2, 4, 6, 6, device=DEVICE) * 300
     G = torch.zeros(2, 4, 6, 6, device=DEVICE)
     G[0] = torch.randn(4, 6, 6, device=DEVICE).sign() * 1e4
     G[0, 0, 0, 0] = 1 - (G[0].sum() - G[0, 0, 0, 0])
-    with shifted_convs(impl == "shifted"):
+    with shifted_convs(impl == "shifted"), implicit_convs(impl == "implicit"):
         dp = dpcompile.dpcompile(model, max_grad_norm=R, noise_multiplier=0.0, loss_reduction="sum",
                                  policy="per_sample", backend=BACKEND)
         with torch.autocast(torch.device(DEVICE).type, torch.bfloat16):

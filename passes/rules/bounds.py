@@ -250,8 +250,9 @@ def clipped_product_margin(m: Tensor, operand_dtype: torch.dtype, length,
 
 def stored_norm_bound(g: Tensor) -> Tensor:
     """Upper bound on ‖ĝ_i‖² of a stored per-sample tensor (B, ...), float64 squares and sums (squares_bound)."""
-    flat = g.flatten(1) if g.dim() > 1 else g.unsqueeze(1)
-    return squares_bound(flat, (1,))
+    if g.dim() == 1:
+        return squares_bound(g.unsqueeze(1), (1,))
+    return squares_bound(g, tuple(range(1, g.dim())))  # over its dims (no flatten: g may be stored permuted)
 
 
 def per_sample_bound(g: Tensor, margin: Tensor) -> Bound:

@@ -19,6 +19,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor
 
+from dpcompile import conv_kernels
 from dpcompile.ops import per_sample_conv_weight_grad
 
 from ..meta import LayerShape, Site
@@ -51,6 +52,14 @@ SHIFTED_CONV_MIN_CHANNELS = 32  # input channels, dense convs (groups == 1)
 GHOST_ON_GRID = False
 SHIFTED_GRAM_MAX_PRODUCTS = 9
 SHIFTED_GRAM_MAX_STRETCH = 1.25
+# Per-sample gradients of 2-D convolutions with one group and a kernel larger than 1×1, in 16-bit operands on the
+# devices listed: one Triton kernel reading x in place (dpcompile.conv_kernels). Off by default (no device listed):
+# layer by layer it is 1.8-4.2× faster than the products above in bf16 (H200, 2026-12-04), and WRN-16-4 bf16's device
+# time fell 6.24 → 5.96 ms a step with it, but the step's host time grew 9.7 → 13.7 ms (its Python launch path, about
+# 0.5 ms a call; not yet measured alone), and the host sets that step's pace (benchmarks/NOTES.md, thirty-third
+# session). Not faster in fp32 with TF32, nor for 1×1 kernels. The tests turn it on (helpers.implicit_convs).
+IMPLICIT_CONV_DEVICES: tuple[str, ...] = ()
+IMPLICIT_CONV_DTYPES = (torch.bfloat16, torch.float16)
 ARG_NAMES = ("grad_out", "input", "weight", "bias_sizes", "stride", "padding", "dilation",
              "transposed", "output_padding", "groups", "output_mask")
 
@@ -260,7 +269,7 @@ class ConvRule:
     def implementation(self, site: Site, method: str) -> str:
         """How the plan's method forms a weight term's products (Site.impl). Per-sample gradients: 'grouped' (the
         batch folded into mkldnn's groups), 'shifted' (stride 1: a product per position of the kernel's leading dims,
-        no unfold) or 'unfold'. Ghost clipping: 'shifted' (the Grams and, on CUDA, the clipped sum over the padded
+        no unfold), 'implicit' (one Triton kernel for 16-bit operands, where enabled: _implicit) or 'unfold'. Ghost clipping: 'shifted' (the Grams and, on CUDA, the clipped sum over the padded
         grid's windows, no unfold: _ghost_on_grid) or '' (the unfold). '' for a bias term."""
         if site.rule == "conv" and method == "ghost":
             return "shifted" if self._ghost_on_grid(site) else ""
@@ -269,6 +278,8 @@ class ConvRule:
         c = site.consts
         if c.get("transposed") or c.get("k", 1) > 1:  # views summed per sample: one contraction
             return "unfold"
+        if self._implicit(site):
+            return "implicit"
         g = site.inputs[0].meta["val"]
         channels_per_group = site.shape.d / prod(c["kernel"])
         near_depthwise = site.shape.groups > 1 and int(channels_per_group) <= GROUPED_CONV_MAX_CHANNELS_PER_GROUP
@@ -282,6 +293,16 @@ class ConvRule:
         if products <= SHIFTED_CONV_MAX_PRODUCTS and prod(g.shape[2:]) >= SHIFTED_CONV_MIN_POSITIONS and not narrow:
             return "shifted"
         return "unfold"
+
+    def _implicit(self, site: Site) -> bool:
+        """Whether a per-sample weight term runs dpcompile.conv_kernels' kernel (impl "implicit"): a 2-D
+        convolution, one group, a kernel larger than 1×1, g and x of one dtype in IMPLICIT_CONV_DTYPES on a device
+        in IMPLICIT_CONV_DEVICES, Triton importable."""
+        c = site.consts
+        g, x = (a.meta["val"] for a in site.inputs[:2])
+        return (len(c["kernel"]) == 2 and site.shape.groups == 1 and prod(c["kernel"]) > 1 and g.dtype == x.dtype
+                and g.dtype in IMPLICIT_CONV_DTYPES and g.device.type in IMPLICIT_CONV_DEVICES
+                and (g.device.type != "cuda" or conv_kernels.available()))
 
     def _ghost_on_grid(self, site: Site) -> bool:
         """Whether a ghost weight term's Grams and clipped sum run over the padded grid's windows (impl "shifted"):
@@ -317,6 +338,10 @@ class ConvRule:
             return self._per_sample_grouped(site, g, x, w)
         if impl == "shifted":
             return self._per_sample_shifted(site, g, x, w)
+        if impl == "implicit":  # (B, *w.shape), stored along C (conv_kernels.per_sample_buffer)
+            c = site.consts
+            return torch.ops.dpcompile.per_sample_conv2d_grad(g, x, c["kernel"], c["stride"], c["padding"],
+                                                              c["dilation"])
         u, gg = self._unfolded(site, g, x)
         ps = matrix_product(gg.flatten(0, 1), u.flatten(0, 1).transpose(1, 2), site.tf32)
         return ps.reshape(u.shape[0], *w.shape)

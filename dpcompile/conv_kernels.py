@@ -1,0 +1,125 @@
+"""Per-sample convolution weight gradients as one Triton kernel (implicit GEMM), for 16-bit operands on CUDA.
+
+For each sample i, output channel o, input channel c and kernel position (r, s) of a 2-D convolution (groups 1):
+
+    ps[i, o, c, r, s] = Σ_t g[i, o, t] · x[i, c, h_t·sh − ph + r·dh, w_t·sw − pw + s·dw]     (0 outside x)
+
+over the output's positions t = (h_t, w_t). A program computes one (output-channel block) × (input-channel block)
+tile of one kernel position for one sample, reading g and x where they are (any strides: channels-last x is read
+along C), so neither an unfold nor shifted copies of x are written; tiles are stored along C (per_sample_buffer).
+Each value is a dot product over the T output positions accumulated in fp32 (TF32 tensor-core products where
+`tf32`; float64 operands, the tests', multiplied and summed in float64), rounded once to g's dtype, like the batched GEMMs it replaces (bounds.per_sample_bound's model): the rewrite
+bounds each sample by the norm of the values stored plus that accumulation's margin (ConvRule.per_sample_margin).
+
+The rewrite takes it where passes.rules.conv.IMPLICIT_CONV_DEVICES lists the device (none by default: its launch
+costs the host more than it saves on the GPU in the host-bound steps measured). Measured against the rewrite's other
+forms (H200, torch 2.11, B = 256, channels-last operands, 2026-12-04,
+benchmarks/results/2026-12-04-h200-s33/implicit_gemm.py): in bf16 2.6× (32², 64 channels), 3.0× (16², 128) and 3.2×
+(8², 256) faster than the shifted products, 1.8× than the unfold's at stride 2, slower only for a 1×1 kernel; in fp32
+with TF32 products it was not faster at 32² and below (0.4× at 16 input channels), so only 16-bit operands take it.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the rewrite then never picks this form (available() is False)
+    triton = None
+
+
+def available() -> bool:
+    """Whether the Triton kernel can run here (Triton importable)."""
+    return triton is not None
+
+
+if triton is not None:
+    CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
+               for m, n, k, w, s in [(64, 64, 32, 4, 3), (64, 64, 64, 4, 4), (64, 128, 32, 4, 3),
+                                     (128, 64, 32, 4, 3), (128, 128, 32, 8, 3)]]  # every bf16 shape's best
+
+    @triton.jit
+    def _per_sample_conv2d_grad(g_ptr, x_ptr, out_ptr, P, C, H, W, HO, WO, KH, KW, SH, SW, PH, PW, DH, DW,
+                                g_sb, g_sc, g_sh, g_sw, x_sb, x_sc, x_sh, x_sw, o_sb, o_sp, o_sc, o_sr, o_ss,
+                                PRECISION: tl.constexpr, EXACT: tl.constexpr, BLOCK_M: tl.constexpr,
+                                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        blocks_m, blocks_c = tl.cdiv(P, BLOCK_M), tl.cdiv(C, BLOCK_N)
+        tiles = blocks_m * blocks_c * KH * KW
+        pid = tl.program_id(0)
+        i = (pid // tiles).to(tl.int64)  # the sample: its programs run next to each other (its g and x in L2)
+        pid = pid % tiles
+        pid_m = pid % blocks_m
+        rest = pid // blocks_m
+        cb, kpos = rest % blocks_c, rest // blocks_c
+        r, s = kpos // KW, kpos % KW
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = cb * BLOCK_N + tl.arange(0, BLOCK_N)
+        m_ok, n_ok = offs_m < P, offs_n < C
+        g_base = g_ptr + i * g_sb + offs_m[:, None] * g_sc
+        x_base = x_ptr + i * x_sb + offs_n[None, :] * x_sc
+        T = HO * WO
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64 if EXACT else tl.float32)
+        for t0 in range(0, T, BLOCK_K):
+            offs_t = t0 + tl.arange(0, BLOCK_K)
+            ho, wo = offs_t // WO, offs_t % WO
+            hi, wi = ho * SH - PH + r * DH, wo * SW - PW + s * DW
+            t_ok = offs_t < T
+            x_ok = t_ok & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+            a = tl.load(g_base + ho[None, :] * g_sh + wo[None, :] * g_sw, mask=m_ok[:, None] & t_ok[None, :],
+                        other=0.0)
+            b = tl.load(x_base + hi[:, None] * x_sh + wi[:, None] * x_sw, mask=x_ok[:, None] & n_ok[None, :],
+                        other=0.0)
+            if EXACT:  # float64 (the tests' dtype; no tensor-core dot): the same tiles, multiplied and summed
+                acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+            else:
+                acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        out = out_ptr + i * o_sb + offs_m[:, None] * o_sp + offs_n[None, :] * o_sc + r * o_sr + s * o_ss
+        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+    _tuned = triton.autotune(CONFIGS, key=["P", "C", "HO", "WO", "KH", "KW", "SH", "SW"])(_per_sample_conv2d_grad)
+
+
+def per_sample_buffer(g: Tensor, P: int, C: int, kh: int, kw: int) -> Tensor:
+    """(B, P, C, kh, kw) per-sample gradients stored kernel-position major, channel minor ((B, P, kh, kw, C)
+    contiguous, permuted): the kernels' stores run along C, coalesced."""
+    return g.new_empty((g.shape[0], P, kh, kw, C)).permute(0, 1, 4, 2, 3)
+
+
+def per_sample_conv2d_grad(g: Tensor, x: Tensor, kernel: list[int], stride: list[int], padding: list[int],
+                           dilation: list[int], tf32: bool = False, config: dict | None = None) -> Tensor:
+    """Per-sample weight gradients (B, C_out, C_in, kh, kw) of a 2-D convolution with one group, in g's dtype
+    (fp32 accumulation); g (B, C_out, HO, WO) and x (B, C_in, H, W) of any strides, on CUDA. config: block sizes
+    and launch options (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) instead of the autotuned ones."""
+    B, P, HO, WO = g.shape
+    C, H, W = x.shape[1:]
+    kh, kw = kernel
+    out = per_sample_buffer(g, P, C, kh, kw)
+    if B == 0:
+        return out
+    precision = "tf32" if tf32 and g.dtype == torch.float32 else "ieee"
+    exact = g.dtype == torch.float64
+    if exact and config is None:
+        config = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)
+
+    def grid(meta):
+        return (B * triton.cdiv(P, meta["BLOCK_M"]) * triton.cdiv(C, meta["BLOCK_N"]) * kh * kw,)
+
+    kernel_fn = _tuned if config is None else _per_sample_conv2d_grad
+    kernel_fn[grid](g, x, out, P, C, H, W, HO, WO, kh, kw, *stride, *padding, *dilation,
+                    *g.stride(), *x.stride(), *out.stride(), PRECISION=precision, EXACT=exact, **(config or {}))
+    return out
+
+
+
+def per_sample_conv2d_grad_reference(g: Tensor, x: Tensor, kernel: list[int], stride: list[int], padding: list[int],
+                                     dilation: list[int]) -> Tensor:
+    """What the kernel computes, with torch ops (any device; the op's CPU implementation): unfold and one batched
+    product, stored as per_sample_buffer stores."""
+    B, P = g.shape[:2]
+    C = x.shape[1]
+    u = torch.nn.functional.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # (B, C·K, T)
+    out = per_sample_buffer(g, P, C, *kernel)
+    out.copy_(torch.bmm(g.flatten(2), u.transpose(1, 2)).view(B, P, C, *kernel))
+    return out

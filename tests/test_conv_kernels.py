@@ -1,0 +1,225 @@
+"""dpcompile::per_sample_conv2d_grad (impl "implicit", off by default: passes.rules.conv.IMPLICIT_CONV_DEVICES):
+per-sample gradients of 2-D convolutions in one Triton kernel on CUDA (dpcompile.conv_kernels), its torch reference
+elsewhere. The kernel against float64 per-sample convolution_backward over random convolutions (on CUDA directly; on
+a CPU through Triton's interpreter where Triton is installed), the rewrite through it against torch.func, crafted
+inputs against the bound, and which operands and settings take it."""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from collections import Counter
+
+import pytest
+import torch
+from conftest import BACKEND, DEVICE
+from helpers import Case, check_against_reference, implicit_convs
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import dpcompile
+from dpcompile import conv_kernels
+
+OP = torch.ops.dpcompile.per_sample_conv2d_grad.default
+
+
+def per_sample_conv_grads(g: torch.Tensor, x: torch.Tensor, kernel, stride, padding, dilation) -> torch.Tensor:
+    """Float64 per-sample weight gradients, one convolution_backward per sample."""
+    w = torch.empty(g.shape[1], x.shape[1], *kernel, dtype=torch.float64, device=g.device)
+    return torch.stack([torch.ops.aten.convolution_backward(
+        g[i:i + 1].double(), x[i:i + 1].double(), w, None, stride, padding, dilation, False, [0, 0], 1,
+        [False, True, False])[1] for i in range(g.shape[0])])
+
+
+@st.composite
+def conv2d_operands(draw, device: str = DEVICE):
+    """(g, x, kernel, stride, padding, dilation): a random 2-D convolution's operands, channels-last or not."""
+    kernel = [draw(st.integers(1, 4)), draw(st.integers(1, 4))]
+    stride = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
+    dilation = [draw(st.integers(1, 2)), draw(st.integers(1, 2))]
+    padding = [draw(st.integers(0, (k - 1) * d)) for k, d in zip(kernel, dilation)]
+    size = [(k - 1) * d + 1 + draw(st.integers(0, 6)) for k, d in zip(kernel, dilation)]
+    out = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in zip(size, padding, dilation, kernel, stride)]
+    B, C, P = draw(st.integers(1, 4)), draw(st.integers(1, 70)), draw(st.integers(1, 70))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    x = torch.randn(B, C, *size, generator=gen, dtype=torch.float64).to(device)
+    g = torch.randn(B, P, *out, generator=gen, dtype=torch.float64).to(device)
+    if draw(st.booleans()):
+        x, g = x.to(memory_format=torch.channels_last), g.to(memory_format=torch.channels_last)
+    return g, x, kernel, stride, padding, dilation
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="the Triton kernel runs on CUDA (on a CPU: the interpreter test)")
+@settings(max_examples=60, deadline=None)
+@given(case=conv2d_operands(), dtype=st.sampled_from([torch.float64, torch.float32, torch.bfloat16]))
+def test_kernel_over_random_convolutions(case, dtype):
+    """The kernel's per-sample gradients are float64 per-sample convolution_backward's: exactly in float64 (its
+    tiles summed there), to fp32's or bf16's rounding over T products otherwise (IEEE fp32 products)."""
+    g, x, kernel, stride, padding, dilation = case
+    got = conv_kernels.per_sample_conv2d_grad(g.to(dtype), x.to(dtype), kernel, stride, padding, dilation)
+    expected = per_sample_conv_grads(g.to(dtype), x.to(dtype), kernel, stride, padding, dilation)
+    assert got.shape == expected.shape and got.dtype == dtype
+    scale = expected.abs().amax().item() + 1e-300
+    tolerance = {torch.float64: 1e-13, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    assert (got.double() - expected).abs().amax().item() <= tolerance * scale
+
+
+INTERPRETED = textwrap.dedent("""
+    import torch
+    from dpcompile.conv_kernels import per_sample_conv2d_grad, per_sample_conv2d_grad_reference
+    gen = torch.Generator().manual_seed(0)
+    def ints(lo, hi):
+        return int(torch.randint(lo, hi + 1, (), generator=gen))
+    worst = 0.0
+    for case in range(12):
+        kernel, stride, dilation = [ints(1, 3), ints(1, 3)], [ints(1, 2), ints(1, 2)], [ints(1, 2), ints(1, 2)]
+        padding = [ints(0, (k - 1) * d) for k, d in zip(kernel, dilation)]
+        size = [(k - 1) * d + 1 + ints(0, 4) for k, d in zip(kernel, dilation)]
+        out = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in zip(size, padding, dilation, kernel, stride)]
+        B, C, P = ints(2 if case == 5 else 1, 3), ints(1, 20), ints(1, 20)
+        x = torch.randn(B, C, *size, generator=gen, dtype=torch.float64)
+        g = torch.randn(B, P, *out, generator=gen, dtype=torch.float64)
+        if case % 2:
+            x, g = x.to(memory_format=torch.channels_last), g.to(memory_format=torch.channels_last)
+        x[-1].fill_(float("inf")) if case == 5 else None  # another sample's inf must stay in its own gradient
+        got = per_sample_conv2d_grad(g, x, kernel, stride, padding, dilation,
+                                     config=dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16))
+        expected = per_sample_conv2d_grad_reference(g, x, kernel, stride, padding, dilation)
+        assert got.stride() == expected.stride(), (got.stride(), expected.stride())
+        rows = slice(0, B - 1) if case == 5 else slice(None)
+        worst = max(worst, ((got[rows] - expected[rows]).abs().amax() / expected[rows].abs().amax()).item())
+    print(worst)
+""")
+
+
+@pytest.mark.skipif(not conv_kernels.available() or DEVICE == "cuda", reason="Triton not installed (or CUDA: above)")
+def test_kernel_in_triton_interpreter():
+    """On a CPU with Triton installed: the kernel's indexing (strides, padding, stride, dilation, masks, one
+    sample's programs) through Triton's interpreter against the torch reference in float64, in a fresh process
+    (TRITON_INTERPRET is read when kernels are defined); a sample of infs leaves the others' gradients exact."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    result = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(result.stdout.strip().splitlines()[-1]) < 1e-13
+
+
+def backward_ops(dp) -> Counter:
+    return Counter(n.target for n in dp.graphs["backward_rewritten"].graph.nodes if n.op == "call_function")
+
+
+CONVS = Case("implicit_convs", lambda: nn.Sequential(
+    nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(),
+    nn.Conv2d(6, 5, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)), nn.ReLU(),
+    nn.Conv2d(5, 4, 1), nn.ReLU(),  # 1×1: not this kernel's
+    nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(), nn.Linear(48, 3)),  # groups: not this kernel's
+    lambda B: torch.randn(B, 3, 9, 8, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.inductor)])
+@pytest.mark.parametrize("policy", ["per_sample", "mixed"])
+def test_rewrite_through_the_kernel_matches_reference(backend, policy):
+    """Per-sample gradients of the 2-D, one-group, larger-than-1×1 convolutions through the op (its stored layout,
+    kernel position major, channel minor, into the norms and the clipped sums), several batch sizes through one
+    compiled model, against torch.func in float64; the 1×1 and grouped convolutions keep their forms."""
+    with implicit_convs():
+        dp = check_against_reference(CONVS, policy=policy, backend=backend, batches=(3, 5, 2))
+    rows = [r for r in dp.explain() if r.op.endswith("convolution_backward") and r.method == "per_sample"]
+    implicit = [r.impl for r in rows if r.d != "1"]
+    if policy == "per_sample":
+        assert implicit.count("implicit") == 2, implicit
+    assert backward_ops(dp)[OP] == implicit.count("implicit")
+
+
+@pytest.mark.parametrize("bound", [1e-3, 1e3], ids=["clipped", "unclipped"])
+def test_crafted_sample_through_the_kernel_stays_within_R(bound):
+    """bf16 autocast and float32: sample 0's large, cancelling output gradients over large inputs, and sample 1 of
+    infs (dropped, clip factor 0), through the kernel: the release stays within R and finite, sample 1 leaves it
+    unchanged (a kernel reading across samples would carry its inf into sample 0's gradient)."""
+    from test_adversarial import released_norm
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 6, 6, device=DEVICE) * 300
+    G = torch.zeros(2, 4, 6, 6, device=DEVICE)
+    G[0] = torch.randn(4, 6, 6, device=DEVICE).sign() * 1e4
+    G[0, 0, 0, 0] = 1 - (G[0].sum() - G[0, 0, 0, 0])
+    for autocast in (True, False):
+        grads = []
+        for poisoned in (False, True):
+            model = nn.Conv2d(4, 4, 3, padding=1, bias=False).to(DEVICE)
+            xs = x.clone()
+            if poisoned:
+                xs[1] = float("inf")
+            with implicit_convs(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # the dropped sample's warning
+                dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, loss_reduction="sum",
+                                         policy="per_sample", backend=BACKEND)
+                with torch.autocast(torch.device(DEVICE).type, torch.bfloat16, enabled=autocast):
+                    out = dp(xs)
+                (out.float() * G).sum().backward()
+            assert dp.privacy.dropped_samples == poisoned
+            assert {r.impl.split(",")[0] for r in dp.explain() if r.op.endswith("convolution_backward")} == \
+                {"implicit"}
+            assert released_norm(model) <= bound * (1 + 1e-6)
+            grads.append(model.weight.grad.clone())
+        assert torch.equal(grads[1], grads[0])  # sample 1's output gradient is 0: it added nothing either way
+
+
+@pytest.mark.parametrize("enabled", [False, True], ids=["default", "cuda_listed"])
+def test_kernel_only_where_listed_and_for_16_bit_operands(enabled, monkeypatch):
+    """By default no convolution runs the kernel (none of IMPLICIT_CONV_DEVICES: its launch cost the host more than
+    it saved in the steps measured); with CUDA listed, a 3×3 convolution's per-sample gradients run it under bf16
+    autocast on CUDA (Triton there) and never in float32 or on a CPU."""
+    from dpcompile.passes.rules import conv
+    monkeypatch.setattr(conv, "IMPLICIT_CONV_DEVICES", ("cuda",) if enabled else conv.IMPLICIT_CONV_DEVICES)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 36, 2)).to(DEVICE)
+    for autocast in (False, True):
+        torch._dynamo.reset()
+        dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, policy="per_sample", backend=BACKEND)
+        with torch.autocast(torch.device(DEVICE).type, torch.bfloat16, enabled=autocast):
+            out = dp(torch.randn(4, 3, 6, 6, device=DEVICE))
+        out.float().sum().backward()
+        impl = next(r.impl for r in dp.explain() if r.op.endswith("convolution_backward") and r.d != "1")
+        expected = enabled and autocast and DEVICE == "cuda" and conv_kernels.available()
+        assert (impl == "implicit") == expected, impl
+
+
+def test_rule_picks_the_kernel_by_operands(monkeypatch):
+    """ConvRule.implementation on fake operands (no GPU needed), CUDA listed in IMPLICIT_CONV_DEVICES: "implicit" for
+    bf16 and fp16 2-D convolutions on CUDA with one group and a kernel larger than 1×1, where Triton is importable;
+    never for fp32, float64, a CPU, groups, a 1×1 or 1-D kernel, mixed dtypes, a transposed convolution or a ghost
+    term; and nowhere with no device listed (the default)."""
+    from types import SimpleNamespace
+
+    import sympy
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from dpcompile.passes.meta import LayerShape, Site
+    from dpcompile.passes.rules.conv import ConvRule
+
+    def impl(dtype=torch.bfloat16, device="cuda", groups=1, kernel=(3, 3), x_dtype=None, transposed=False,
+             method="per_sample"):
+        with FakeTensorMode():
+            g = torch.empty(2, 8, *[16] * len(kernel), device=device, dtype=dtype)
+            x = torch.empty(2, 8, *[16] * len(kernel), device=device, dtype=x_dtype or dtype)
+        shape = LayerShape(B=sympy.Symbol("B"), T=sympy.Integer(16 ** len(kernel)),
+                           d=sympy.Integer(8 // groups * math.prod(kernel)), p=sympy.Integer(8 // groups),
+                           groups=groups)
+        consts = {"kernel": list(kernel), "stride": [1] * len(kernel), "padding": [0] * len(kernel),
+                  "dilation": [1] * len(kernel), "groups": groups, "transposed": transposed}
+        site = Site("conv", (SimpleNamespace(meta={"val": g}), SimpleNamespace(meta={"val": x})), consts, shape)
+        return ConvRule().implementation(site, method)
+
+    from dpcompile.passes.rules import conv
+    assert impl() != "implicit"  # the default lists no device
+    monkeypatch.setattr(conv, "IMPLICIT_CONV_DEVICES", ("cuda",))
+    kernel_here = conv_kernels.available()
+    assert (impl() == "implicit") == kernel_here
+    assert (impl(torch.float16) == "implicit") == kernel_here
+    assert (impl(kernel=(1, 3)) == "implicit") == kernel_here
+    for other in (dict(dtype=torch.float32), dict(dtype=torch.float64), dict(device="cpu"), dict(groups=2),
+                  dict(kernel=(1, 1)), dict(kernel=(3,)), dict(x_dtype=torch.float32), dict(transposed=True),
+                  dict(method="ghost")):
+        assert impl(**other) != "implicit", other

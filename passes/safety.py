@@ -299,6 +299,27 @@ def matmul(node: fx.Node, L: Layouts):
     return lay
 
 
+def trilinear(node: fx.Node, L: Layouts):
+    """_trilinear (nn.Bilinear): each operand unsqueezed at its expand dims to one rank, multiplied elementwise, summed
+    over sumdim. A batched operand's batch dim lands where every other batched operand's does; it must not be summed."""
+    operands, expands, sumdim = node.args[:3], node.args[3:6], list(node.args[6])
+    rank = len(_shape(operands[0])) + len(expands[0])
+    found = None
+    for x, expand in zip(operands, expands):
+        lay = L.get(x)
+        if lay is None:
+            continue
+        d = [e for e in range(rank) if e not in expand][lay[0]]
+        if found is not None and (found[0] != d or not same(found[1], lay[1])):
+            raise Mixing("multiplies operands that hold the batch in different places")
+        found = (d, lay[1])
+    if found is None:
+        return None
+    if found[0] in sumdim:
+        raise Mixing(f"sums over dim(s) {sumdim}, and dim {found[0]} holds the batch")
+    return found[0] - sum(e < found[0] for e in sumdim), found[1]
+
+
 def convolution(node: fx.Node, L: Layouts):
     """Convolution: samples along dim 0 of the input, weight and bias per model."""
     lay = L.get(node.args[0])
@@ -584,6 +605,7 @@ RULES: dict = {
     aten.stack.default: concat, aten.constant_pad_nd.default: pad, aten.tril.default: triangle,
     aten.triu.default: triangle, aten.copy_.default: buffer_write, aten._prelu_kernel.default: first_operand,
     aten._local_scalar_dense.default: scalar_of_batch, aten.repeat.default: expand,
+    aten._trilinear.default: trilinear,
 }
 # Ops registered only once inductor's lowering is imported (inductor's max-pool decomposition), by name.
 RULES_BY_NAME = {"prims._low_memory_max_pool_with_offsets.default": window_pool}

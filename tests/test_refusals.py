@@ -126,6 +126,11 @@ MIXERS = [
     ("sort", lambda x: x.sort(0).values, "aten.sort.default"),
     ("cumsum", lambda x: x.cumsum(0), "aten.cumsum.default"),
     ("attention_across_batch", lambda x: torch.softmax(x @ x.T, 1) @ x, "aten.mm.default"),
+    # nn.Bilinear's op (supported per sample) summed over the batch, or pairing a sample with the others
+    ("trilinear_over_batch", lambda x: x + torch._trilinear(x, x, x, [2], [1], [2], [0]).sum(0, True),
+     "aten._trilinear"),
+    ("trilinear_across_samples", lambda x: x + torch._trilinear(x, x.t(), x, [2], [0], [2], [1]).sum(1, True),
+     "aten._trilinear"),
 ]
 
 
@@ -201,6 +206,32 @@ def test_frozen_rnn_refused_too():
     model.rnn.requires_grad_(False)
     with pytest.raises(UnsupportedOpError, match="module 'rnn' \\(LSTM\\)"):
         dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, backend="eager")
+
+
+class BilinearPair(nn.Module):
+    """nn.Bilinear (aten._trilinear) on two per-sample inputs computed from x, then a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.bil, self.head = nn.Linear(6, 4), nn.Bilinear(4, 6, 3), nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.bil(torch.tanh(self.a(x)), x)))
+
+
+def test_bilinear_weight_refused_frozen_supported():
+    """nn.Bilinear's weight gradient (a _trilinear over the rows) has no per-sample rule: refused naming it; frozen,
+    the layer keeps samples apart (the safety pass's _trilinear rule) and the rest trains, against the reference."""
+    with pytest.raises(UnsupportedOpError) as err:
+        compile_and_step(BilinearPair(), torch.randn(3, 6, dtype=F64))
+    assert "bil.weight" in str(err.value) and "aten._trilinear" in str(err.value)
+
+    def frozen():
+        model = BilinearPair()
+        model.bil.weight.requires_grad_(False)
+        return model
+    for inputs in (lambda B: torch.randn(B, 6, dtype=F64), lambda B: torch.randn(B, 5, 6, dtype=F64)):
+        check_against_reference(Case("bilinear_frozen", frozen, inputs), policy="mixed", batches=(3, 5))
 
 
 def test_embedding_bag_max_refused():

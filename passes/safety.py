@@ -317,7 +317,10 @@ def trilinear(node: fx.Node, L: Layouts):
         return None
     if found[0] in sumdim:
         raise Mixing(f"sums over dim(s) {sumdim}, and dim {found[0]} holds the batch")
-    return found[0] - sum(e < found[0] for e in sumdim), found[1]
+    out = found[0] - sum(e < found[0] for e in sumdim)
+    if batch_factor(shape_of_value(node.meta["val"])[out], L.batch) is None:
+        raise Mixing("broadcasts the batch dim")
+    return out, found[1]
 
 
 def convolution(node: fx.Node, L: Layouts):

@@ -54,7 +54,7 @@ SHIFTED_GRAM_MAX_PRODUCTS = 9
 SHIFTED_GRAM_MAX_STRETCH = 1.25
 # Per-sample gradients of 2-D convolutions with one group and a kernel larger than 1×1, in 16-bit operands on the
 # devices listed: one Triton kernel reading x in place (dpcompile.conv_kernels). Off by default (no device listed):
-# layer by layer it is 1.8-4.2× faster than the products above in bf16 (H200, 2026-12-04), and WRN-16-4 bf16's device
+# layer by layer it is 1.6-4.0× faster than the products above in bf16 (H200, 2026-12-04), and WRN-16-4 bf16's device
 # time fell 6.24 → 5.96 ms a step with it, but the step's host time grew 9.7 → 13.7 ms (its Python launch path, about
 # 0.5 ms a call; not yet measured alone), and the host sets that step's pace (benchmarks/NOTES.md, thirty-third
 # session). Not faster in fp32 with TF32, nor for 1×1 kernels. The tests turn it on (helpers.implicit_convs).

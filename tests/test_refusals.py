@@ -219,9 +219,11 @@ class BilinearPair(nn.Module):
         return self.head(torch.tanh(self.bil(torch.tanh(self.a(x)), x)))
 
 
-def test_bilinear_weight_refused_frozen_supported():
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.inductor)])
+def test_bilinear_weight_refused_frozen_supported(backend):
     """nn.Bilinear's weight gradient (a _trilinear over the rows) has no per-sample rule: refused naming it; frozen,
-    the layer keeps samples apart (the safety pass's _trilinear rule) and the rest trains, against the reference."""
+    the layer keeps samples apart (the safety pass's _trilinear rule) and the rest trains, against the reference,
+    batches of 3, 1 and 5 through one model (inductor's batch-of-one graph too)."""
     with pytest.raises(UnsupportedOpError) as err:
         compile_and_step(BilinearPair(), torch.randn(3, 6, dtype=F64))
     assert "bil.weight" in str(err.value) and "aten._trilinear" in str(err.value)
@@ -231,7 +233,9 @@ def test_bilinear_weight_refused_frozen_supported():
         model.bil.weight.requires_grad_(False)
         return model
     for inputs in (lambda B: torch.randn(B, 6, dtype=F64), lambda B: torch.randn(B, 5, 6, dtype=F64)):
-        check_against_reference(Case("bilinear_frozen", frozen, inputs), policy="mixed", batches=(3, 5))
+        for policy in ("ghost", "per_sample") if backend == "eager" else ("mixed",):
+            check_against_reference(Case("bilinear_frozen", frozen, inputs), policy=policy, backend=backend,
+                                    batches=(3, 1, 5))
 
 
 def test_embedding_bag_max_refused():

@@ -329,3 +329,16 @@ def test_auto_keeps_its_extra_memory_within_the_cap(monkeypatch, cap, method):
     row = plan_of(dp, "0.weight")
     assert row.method == method, row
     assert ("over 5% of the saved tensors" in row.reason) == (method == "ghost"), row.reason
+
+
+@pytest.mark.parametrize("name, backend", [("embedding_sequence_first", "eager"), ("embedding_batch_shared_rows", "eager"),
+                                           pytest.param("embedding_sequence_first", "inductor",
+                                                        marks=pytest.mark.inductor)])
+def test_shared_index_rows_at_a_batch_of_one(name, backend):
+    """An embedding looked up with one index row shared by the batch (positions), sequence-first or batch-first,
+    through batches of 3, 1 and 5: at a batch of one the captured backward skips the sum over the batch (a sum over
+    one sample), and the rule reads the per-sample values as they are (they were refused there before: "values
+    (5, s77, 6) are not one row per index (5, 1)"). One more graph for the batch of one is allowed."""
+    case = next(c for c in CASES["embedding"] if c.name == name)
+    for policy in ("ghost", "per_sample") if backend == "eager" else ("mixed",):
+        check_against_reference(case, policy=policy, backend=backend, batches=(3, 1, 5), max_compilations=2)

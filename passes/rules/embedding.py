@@ -211,9 +211,17 @@ def _index_layout(indices: fx.Node, values: fx.Node, batch: sympy.Expr):
     the scatter, and sample b's gradient is the scatter of its own output gradient, read from before
     that sum."""
     idx_shape, value_shape = shape_of(indices), shape_of(values)
-    if not value_shape or not same(prod(value_shape), prod(idx_shape) * value_shape[-1]):
-        return f"its values {value_shape} are not one row per index {idx_shape}"
     views = views_of(indices)
+    if value_shape and not same(prod(value_shape), prod(idx_shape) * value_shape[-1]):
+        unsummed = _unsummed_shared_rows(idx_shape, value_shape, batch, views)
+        if unsummed is None:
+            return f"its values {value_shape} are not one row per index {idx_shape}"
+        if any(s.free_symbols & batch.free_symbols for s in idx_shape):
+            return f"its indices {idx_shape} mix the batch ({batch}) with other dims"
+        unmasked, padding = _padding_masked(values, indices)
+        return None, unmasked, *unsummed, (), padding
+    if not value_shape:
+        return f"its values {value_shape} are not one row per index {idx_shape}"
     hits = [(i, k) for i, s in enumerate(idx_shape) if (k := rows_per_sample(s, batch, views))]
     unmasked, padding = _padding_masked(values, indices)
     found = _summed_over_batch(unmasked, batch, views)
@@ -229,6 +237,20 @@ def _index_layout(indices: fx.Node, values: fx.Node, batch: sympy.Expr):
         return f"its indices {idx_shape} do not have the batch ({batch}) as their first dim"
     return (f"its indices {idx_shape} do not have the batch ({batch}) as a dim, and its values are not "
             "a sum over the batch of per-sample values (an index row shared by the batch)")
+
+
+def _unsummed_shared_rows(idx_shape, value_shape, batch: sympy.Expr, views: int) -> tuple[int, int] | None:
+    """(batch dim, rows per sample k) of values that are a shared index row's per-sample values not yet summed:
+    the graph captured at a batch of one, where the backward of the index row's broadcast over the batch skips the
+    sum (a sum over one sample), leaves values (..., B, ..., D) beside indices (..., 1, ...). Each sample's values
+    are then its slice along that dim, as they are before the sum at any other batch size."""
+    if len(value_shape) != len(idx_shape) + 1:
+        return None
+    differ = [d for d, (i, v) in enumerate(zip(idx_shape, value_shape[:-1])) if not same(i, v)]
+    if len(differ) != 1 or not same(idx_shape[differ[0]], 1):
+        return None
+    k = rows_per_sample(value_shape[differ[0]], batch, views)
+    return (differ[0], k) if k else None
 
 
 def _padding_masked(values: fx.Node, indices: fx.Node) -> tuple[fx.Node, int | None]:

@@ -231,6 +231,9 @@ def test_dp_throughput_runs_on_a_cpu_with_phases_and_the_allreduce_timer():
     assert products and all(r["op"] in module.PRODUCTS and r["cpu_ms"] >= 0 for r in products)
     assert any(r["op"] == "aten::bmm" and r["shapes"].startswith("[[3,") for r in products), products
     assert profiled["kernel_ms_per_step"] == 0  # no device here
+    mixed = module.main(["--model", "small_cnn", "--size", "8", "--batch", "3", "--steps", "1", "--warmup", "1",
+                         "--backend", "eager", "--device", "cpu", "--amp", "bf16"])
+    assert mixed["amp"] == "bf16" and mixed["samples_per_s_per_gpu"] > 0
     reference = module.main(["--model", "small_cnn", "--size", "8", "--batch", "3", "--steps", "1", "--warmup", "1",
                              "--backend", "eager", "--device", "cpu", "--method", "compile", "--dynamic"])
     assert reference["policy"] == "non-private" and reference["host_ms"] > 0 and reference["dynamic"]

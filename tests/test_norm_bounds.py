@@ -93,10 +93,14 @@ def test_a_ghost_clipped_sum_stays_within_its_rounding_margin(rule_name, c, tf32
     bound of the other tests hid this part: the Gram's own error term dwarfs it there, so zeroing the margin
     (bounds.clipped_product_margin) failed none of them. c is exact in fp32, so the factor applied is c itself. With
     ghost_tf32 the clipped sum is a TF32 product (on the CPU: operands truncated to TF32, then IEEE): the margin's
-    TF32_PRODUCT_U covers the truncation, which no test caught missing either."""
-    b = 10002.96
+    TF32_PRODUCT_U covers the truncation, which no test caught missing either. The values make the sum round however
+    the backend evaluates it: fp32 products then sums, a fused multiply-add in either order, or a float64 accumulator
+    (with 250 and 1 − b exactly, separately rounded products cancel their roundings: one CPU's BLAS gave the exact
+    sum, and the test nothing to check; hence 250.3 and 1 − b one ulp towards 0)."""
+    b, s = 10002.96, 250.3
     if rule_name == "linear":
-        p_rows, q_rows = cancelling(torch.float32, 250.0, b)
+        p_rows, q_rows = cancelling(torch.float32, s, b)
+        q_rows[0, 1, 0] = torch.nextafter(q_rows[0, 1, 0], torch.tensor(0.0))
         rule, site = MatmulRule(), linear_site(1, 2, 1, 16)
         site = replace(site, tf32=tf32)
         ops = linear_operands(p_rows, q_rows)
@@ -115,8 +119,9 @@ def test_a_ghost_clipped_sum_stays_within_its_rounding_margin(rule_name, c, tf32
     else:  # conv; conv_grid over three positions, where the grid's GEMM rounds (over two it sums exactly)
         conv = nn.Conv1d(4, 1, 3, bias=False)
         T = 3 if rule_name == "conv_grid" else 2
-        x = torch.full((1, 4, T + 2), 250.0)
+        x = torch.full((1, 4, T + 2), s)
         g = torch.tensor([[[b, 1 - b, 0.1][:T]]], dtype=torch.float32)
+        g[0, 0, 1] = torch.nextafter(g[0, 0, 1], torch.tensor(0.0))
         rule, site = ConvRule(), replace(conv_site(conv), tf32=tf32)
         ops = (g, x, conv.weight.detach())
         exact = [sum(Fraction(g[0, 0, t].item()) * Fraction(x[0, ch, t + k].item()) for t in range(T))

@@ -1000,3 +1000,31 @@ def _moved(values: list, dims: list[tuple[int, int]]) -> bool:
     rtol = 1e-5 if values[0].dtype in (torch.float32, torch.float64, torch.complex64, torch.complex128) else 2e-2
     same = (a == b) | (a.isnan() & b.isnan()) | ((a - b).abs() <= rtol * (b.abs() + 0.1 * scale))
     return not bool(same.all())
+
+
+def refuse_batch_broadcasts(backward: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
+    """The captured backward, refused where an elementwise op broadcasts a symbolic size against a different size
+    other than one, which no valid broadcast does unless the symbol is fixed to that size by a guard: a graph
+    recaptured at a batch of one can decompose a product over the batch into such a broadcast with the batch left
+    symbolic, and inductor's CPU kernel then indexed the batch-sized operand as if it had the other size (read past
+    its end: a per-sample gradient of uninitialised values, which a norm could under-count). No landed model's
+    graph has one (benchmarks/NOTES.md, thirty-third session); this keeps it a refusal, not a wrong norm."""
+    for node in backward.graph.nodes:
+        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload) \
+                or torch.Tag.pointwise not in node.target.tags:
+            continue
+        shapes = [shape_of_value(a.meta["val"]) for a in node.args
+                  if isinstance(a, fx.Node) and isinstance(a.meta.get("val"), torch.Tensor)]
+        if len(shapes) < 2:
+            continue
+        rank = max(len(s) for s in shapes)
+        for sizes in zip(*[(sympy.Integer(1),) * (rank - len(s)) + tuple(s) for s in shapes]):
+            sizes = [sympy.sympify(s) for s in sizes if sympy.sympify(s) != 1]
+            if any(s.free_symbols for s in sizes) and not all(same(sizes[0], s) for s in sizes[1:]):
+                raise DPCompileError(
+                    f"the captured backward's {node.target} ('{node.name}') broadcasts a symbolic size against another "
+                    f"(operand shapes {[tuple(s) for s in shapes]}): PyTorch recaptured the model for one size (often a "
+                    "batch of one) and left the batch symbolic, and such a graph has been compiled to read past a "
+                    "tensor's end. dpcompile refuses it rather than risk a wrong per-sample norm. Avoid that batch "
+                    "size (e.g. drop_last=True in the DataLoader) and please report the model.")
+    return backward

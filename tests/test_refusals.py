@@ -397,3 +397,34 @@ def test_float16_autocast_refused_and_bfloat16_accepted():
     with torch.autocast(DEVICE, dtype=torch.bfloat16):
         dp(x).float().square().sum().backward()
     assert model.weight.grad is not None and torch.isfinite(model.weight.grad).all()
+
+
+def test_backward_broadcasting_a_symbolic_size_against_another_refused():
+    """passes.safety.refuse_batch_broadcasts: a captured backward with an elementwise op that broadcasts a symbolic
+    (batch) size against a different size, the shape of a product over a batch of one decomposed with the batch left
+    symbolic (which inductor's CPU kernel compiled into reads past a tensor's end), is refused naming the op;
+    ordinary broadcasts (against one, or equal symbolic sizes) pass."""
+    from torch._dynamo.source import ConstantSource
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv
+
+    from dpcompile.errors import DPCompileError
+    from dpcompile.passes.safety import refuse_batch_broadcasts
+    env = ShapeEnv()
+    mode = FakeTensorMode(shape_env=env)
+    s = env.create_symintnode(env.create_symbol(5, ConstantSource("batch"), dynamic_dim=DimDynamic.DYNAMIC), hint=5)
+
+    def graph_of(a_shape, b_shape, out_shape):
+        graph = torch.fx.Graph()
+        a, b = graph.placeholder("a"), graph.placeholder("b")
+        with mode:
+            a.meta["val"], b.meta["val"] = torch.empty(*a_shape), torch.empty(*b_shape)
+            product = graph.call_function(torch.ops.aten.mul.Tensor, (a, b))
+            product.meta["val"] = torch.empty(*out_shape)
+        graph.output(product)
+        return torch.fx.GraphModule(torch.nn.Module(), graph)
+    with pytest.raises(DPCompileError, match="aten.mul.Tensor") as err:
+        refuse_batch_broadcasts(graph_of((4, s), (s, 6), (4, 6)), None)
+    assert "drop_last" in str(err.value)
+    for shapes in (((s, 1), (s, 6), (s, 6)), ((4, 1), (1, 6), (4, 6)), ((s, 6), (6,), (s, 6)), ((2 * s, 3), (2 * s, 3), (2 * s, 3))):
+        refuse_batch_broadcasts(graph_of(*shapes), None)

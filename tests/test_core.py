@@ -2,6 +2,7 @@
 from collections import Counter
 
 import pytest
+import sympy
 import torch
 import torch.nn.functional as F
 from conftest import DEVICE
@@ -329,6 +330,22 @@ def test_auto_keeps_its_extra_memory_within_the_cap(monkeypatch, cap, method):
     row = plan_of(dp, "0.weight")
     assert row.method == method, row
     assert ("over 5% of the saved tensors" in row.reason) == (method == "ghost"), row.reason
+
+
+def test_guards_that_pin_the_batch_to_one():
+    """passes.rules.one_sample.pins_to_one: a graph recaptured at a batch of one on CUDA held the batch symbolic with
+    the guard Eq(3*s77, 3) (torch 2.11), and some of its shapes had 1 where others had s77 (the sequence-first
+    embedding's values (5, 1, 6) beside indices (5, s77)); the guard pins the batch to one, so a term no rule
+    reads is the one sample's gradient. Equations with another root, another symbol or no polynomial form don't."""
+    from torch.utils._sympy.functions import FloorDiv, Mod
+
+    from dpcompile.passes.rules.one_sample import pins_to_one
+    s, t = sympy.symbols("s77 s5", positive=True, integer=True)
+    for guard in (sympy.Eq(3 * s, 3), sympy.Eq(s, 1), sympy.Eq(1, s), sympy.Eq(6 * s - 3, 3)):
+        assert pins_to_one(guard, s), guard
+    for guard in (sympy.Eq(s, 2), sympy.Eq(3 * s, 3 * t), sympy.Ne(s, 1), sympy.Le(s, 1), sympy.Eq(s * s, 1),
+                  sympy.Eq(FloorDiv(s, 2), 0), sympy.Eq(Mod(s, 2), 1), sympy.Eq(t, 1)):
+        assert not pins_to_one(guard, s), guard
 
 
 @pytest.mark.parametrize("name, backend", [("embedding_sequence_first", "eager"), ("embedding_batch_shared_rows", "eager"),

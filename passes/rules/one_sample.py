@@ -33,8 +33,20 @@ def guards_batch_of_one(node: fx.Node, batch: sympy.Expr) -> bool:
     bounds = env.var_to_range.get(batch)
     if bounds is not None and bounds.lower == bounds.upper == 1:
         return True
-    # structural comparison only: sympy.simplify asserts on some guards torch emits (CUDA, torch 2.11)
-    return any(g.expr in (sympy.Eq(batch, 1), sympy.Eq(1, batch)) for g in env.guards)
+    return any(pins_to_one(g.expr, batch) for g in env.guards)
+
+
+def pins_to_one(guard: sympy.Basic, batch: sympy.Symbol) -> bool:
+    """Whether a guard is an equation in the batch alone, linear in it, whose one solution is 1: Eq(batch, 1), or
+    Eq(3*batch, 3), which CUDA graphs recaptured at a batch of one hold (torch 2.11) with the batch otherwise left
+    symbolic. A polynomial's root only: sympy.simplify asserts on some guards torch emits."""
+    if not isinstance(guard, sympy.Eq) or guard.free_symbols != {batch}:
+        return False
+    try:
+        poly = sympy.Poly(guard.lhs - guard.rhs, batch)
+    except sympy.PolynomialError:  # FloorDiv, Mod and the like: not an equation this reads
+        return False
+    return poly.degree() == 1 and poly.eval(1) == 0
 
 
 def one_sample_site(node: fx.Node) -> Site:

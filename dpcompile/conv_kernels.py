@@ -8,15 +8,17 @@ over the output's positions t = (h_t, w_t). A program computes one (output-chann
 tile of one kernel position for one sample, reading g and x where they are (any strides: channels-last x is read
 along C), so neither an unfold nor shifted copies of x are written; tiles are stored along C (per_sample_buffer).
 Each value is a dot product over the T output positions accumulated in fp32 (TF32 tensor-core products where
-`tf32`; float64 operands, the tests', multiplied and summed in float64), rounded once to g's dtype, like the batched GEMMs it replaces (bounds.per_sample_bound's model): the rewrite
-bounds each sample by the norm of the values stored plus that accumulation's margin (ConvRule.per_sample_margin).
+`tf32`; float64 operands, the tests', multiplied and summed in float64), rounded once to g's dtype, like the batched
+GEMMs it replaces (bounds.per_sample_bound's model): the rewrite bounds each sample by the norm of the values stored
+plus that accumulation's margin (ConvRule.per_sample_margin).
 
-The rewrite takes it where passes.rules.conv.IMPLICIT_CONV_DEVICES lists the device (none by default: its launch
-costs the host more than it saves on the GPU in the host-bound steps measured). Measured against the rewrite's other
-forms (H200, torch 2.11, B = 256, channels-last operands, 2026-12-04,
-benchmarks/results/2026-12-04-h200-s33/implicit_gemm.py): in bf16 2.6× (32², 64 channels), 3.0× (16², 128) and 3.2×
-(8², 256) faster than the shifted products, 1.8× than the unfold's at stride 2, slower only for a 1×1 kernel; in fp32
-with TF32 products it was not faster at 32² and below (0.4× at 16 input channels), so only 16-bit operands take it.
+The rewrite takes it where passes.rules.conv.IMPLICIT_CONV_DEVICES lists the device (CUDA by default), and inductor
+launches it from its generated code (ops.lower_per_sample_conv2d_grad; launch() gives the arguments to both that and
+the eager call below). Measured against the rewrite's other forms (H200, torch 2.11, B = 256, channels-last
+operands, 2026-12-04, benchmarks/results/2026-12-04-h200-s33/implicit_gemm.py): in bf16 2.6× (32², 64 channels),
+3.0× (16², 128) and 3.2× (8², 256) faster than the shifted products, 1.8× than the unfold's at stride 2, slower only
+for a 1×1 kernel; in fp32 with TF32 products it was not faster at 32² and below (0.4× at 16 input channels), so only
+16-bit operands take it.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ if triton is not None:
     @triton.jit
     def _per_sample_conv2d_grad(g_ptr, x_ptr, out_ptr, P, C, H, W, HO, WO, KH, KW, SH, SW, PH, PW, DH, DW,
                                 g_sb, g_sc, g_sh, g_sw, x_sb, x_sc, x_sh, x_sw, o_sb, o_sp, o_sc, o_sr, o_ss,
-                                PRECISION: tl.constexpr, EXACT: tl.constexpr, BLOCK_M: tl.constexpr,
+                                TF32: tl.constexpr, EXACT: tl.constexpr, BLOCK_M: tl.constexpr,
                                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         blocks_m, blocks_c = tl.cdiv(P, BLOCK_M), tl.cdiv(C, BLOCK_N)
         tiles = blocks_m * blocks_c * KH * KW
@@ -73,8 +75,10 @@ if triton is not None:
                         other=0.0)
             if EXACT:  # float64 (the tests' dtype; no tensor-core dot): the same tiles, multiplied and summed
                 acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+            elif TF32:
+                acc = tl.dot(a, b, acc, input_precision="tf32")
             else:
-                acc = tl.dot(a, b, acc, input_precision=PRECISION)
+                acc = tl.dot(a, b, acc, input_precision="ieee")
         out = out_ptr + i * o_sb + offs_m[:, None] * o_sp + offs_n[None, :] * o_sc + r * o_sr + s * o_ss
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
@@ -87,30 +91,50 @@ def per_sample_buffer(g: Tensor, P: int, C: int, kh: int, kw: int) -> Tensor:
     return g.new_empty((g.shape[0], P, kh, kw, C)).permute(0, 1, 4, 2, 3)
 
 
+EXACT_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)  # float64 (the tests'): one config, no tensor-core dot
+
+
+def programs(B, P: int, C: int, kernel: list[int], meta: dict):
+    """The kernel's grid size under one config (B may be symbolic: inductor's launch computes it per call)."""
+    return B * triton.cdiv(P, meta["BLOCK_M"]) * triton.cdiv(C, meta["BLOCK_N"]) * kernel[0] * kernel[1]
+
+
+def launch(g_size, g_stride, x_size, x_stride, out_stride, kernel: list[int], stride: list[int],
+           padding: list[int], dilation: list[int], dtype: torch.dtype, tf32: bool = False):
+    """How to launch the kernel on g, x and out of these sizes and strides (ints, or inductor's sympy expressions):
+    the Triton function, the configs it runs under (one grid each) and its arguments after the three tensors, by
+    name. The eager call (per_sample_conv2d_grad) and inductor's lowering (ops.lower_per_sample_conv2d_grad) both
+    launch through it."""
+    P, HO, WO = g_size[1:]
+    C, H, W = x_size[1:]
+    exact = dtype == torch.float64
+    args = dict(P=P, C=C, H=H, W=W, HO=HO, WO=WO, KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1],
+                PH=padding[0], PW=padding[1], DH=dilation[0], DW=dilation[1],
+                **dict(zip(["g_sb", "g_sc", "g_sh", "g_sw"], g_stride)),
+                **dict(zip(["x_sb", "x_sc", "x_sh", "x_sw"], x_stride)),
+                **dict(zip(["o_sb", "o_sp", "o_sc", "o_sr", "o_ss"], out_stride)),
+                TF32=bool(tf32 and dtype == torch.float32), EXACT=exact)
+    if exact:
+        return _per_sample_conv2d_grad, [EXACT_CONFIG], {**args, **EXACT_CONFIG}
+    return _tuned, [c.kwargs for c in CONFIGS], args
+
+
 def per_sample_conv2d_grad(g: Tensor, x: Tensor, kernel: list[int], stride: list[int], padding: list[int],
                            dilation: list[int], tf32: bool = False, config: dict | None = None) -> Tensor:
     """Per-sample weight gradients (B, C_out, C_in, kh, kw) of a 2-D convolution with one group, in g's dtype
     (fp32 accumulation); g (B, C_out, HO, WO) and x (B, C_in, H, W) of any strides, on CUDA. config: block sizes
     and launch options (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) instead of the autotuned ones."""
-    B, P, HO, WO = g.shape
-    C, H, W = x.shape[1:]
-    kh, kw = kernel
-    out = per_sample_buffer(g, P, C, kh, kw)
+    B, P = g.shape[:2]
+    C = x.shape[1]
+    out = per_sample_buffer(g, P, C, *kernel)
     if B == 0:
         return out
-    precision = "tf32" if tf32 and g.dtype == torch.float32 else "ieee"
-    exact = g.dtype == torch.float64
-    if exact and config is None:
-        config = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)
-
-    def grid(meta):
-        return (B * triton.cdiv(P, meta["BLOCK_M"]) * triton.cdiv(C, meta["BLOCK_N"]) * kh * kw,)
-
-    kernel_fn = _tuned if config is None else _per_sample_conv2d_grad
-    kernel_fn[grid](g, x, out, P, C, H, W, HO, WO, kh, kw, *stride, *padding, *dilation,
-                    *g.stride(), *x.stride(), *out.stride(), PRECISION=precision, EXACT=exact, **(config or {}))
+    fn, _, args = launch(g.shape, g.stride(), x.shape, x.stride(), out.stride(), kernel, stride, padding, dilation,
+                         g.dtype, tf32)
+    if config is not None:
+        fn, args = _per_sample_conv2d_grad, {**args, **config}
+    fn[lambda meta: (programs(B, P, C, kernel, meta),)](g, x, out, **args)
     return out
-
 
 
 def per_sample_conv2d_grad_reference(g: Tensor, x: Tensor, kernel: list[int], stride: list[int], padding: list[int],

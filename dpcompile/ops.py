@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import warnings
 import weakref
 from typing import Protocol
 
@@ -157,9 +158,10 @@ def _(c, a, b):
 
 
 # Per-sample weight gradients of a 2-D convolution (groups 1) in one Triton kernel on CUDA (conv_kernels; where the
-# rule takes it: ConvRule.implementation, off by default), torch ops elsewhere; the output is stored kernel-position
-# major, channel minor (conv_kernels.per_sample_buffer), in the fake function as in both implementations.
-# flexible_layout: the kernel reads its operands in any strides, so inductor passes them as they are.
+# rule takes it: ConvRule.implementation, 16-bit operands on CUDA by default), torch ops elsewhere; the output is
+# stored kernel-position major, channel minor (conv_kernels.per_sample_buffer), in the fake function as in both
+# implementations. flexible_layout: the kernel reads its operands in any strides, so a fallback passes them as they
+# are. Inductor lowers it to the kernel itself (lower_per_sample_conv2d_grad).
 _LIB.define("per_sample_conv2d_grad(Tensor g, Tensor x, int[] kernel, int[] stride, int[] padding, int[] dilation)"
             " -> Tensor", tags=(torch.Tag.flexible_layout,))
 _LIB.impl("per_sample_conv2d_grad", conv_kernels.per_sample_conv2d_grad, "CUDA")
@@ -169,6 +171,57 @@ _LIB.impl("per_sample_conv2d_grad", conv_kernels.per_sample_conv2d_grad_referenc
 @torch.library.register_fake("dpcompile::per_sample_conv2d_grad", lib=_LIB)
 def _(g, x, kernel, stride, padding, dilation):
     return conv_kernels.per_sample_buffer(g, g.shape[1], x.shape[1], *kernel)
+
+
+def lower_per_sample_conv2d_grad() -> None:
+    """Inductor lowers dpcompile::per_sample_conv2d_grad on CUDA to the Triton kernel itself (once per process, where
+    Triton is importable), as it lowers a user's Triton kernel: its generated code launches the kernel (autotuned
+    over conv_kernels.CONFIGS at the first call) with no Python op between, where the op as a fallback cost the host
+    about as much as the kernel saved on the GPU (benchmarks/NOTES.md, thirty-third and thirty-fourth sessions).
+    Operands already laid out are read as they are; one whose layout inductor has not fixed yet is fixed
+    channels-last (the kernel's tiles read along C). Elsewhere (CPU), the op's own implementation runs."""
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+    from torch._inductor import ir
+    from torch._inductor.lowering import empty_strided, fallback_handler, lowerings, register_lowering
+    op = torch.ops.dpcompile.per_sample_conv2d_grad.default
+    if op in lowerings or not conv_kernels.available():
+        return
+    fallback = fallback_handler(op, add_to_fallback_set=False)
+
+    def plain(sizes) -> list:
+        """Inductor's sizes or strides, the constant ones as ints (the symbolic batch stays an expression)."""
+        return [int(s) if getattr(s, "is_number", False) else s for s in sizes]
+
+    def laid_out(t: ir.TensorBox) -> ir.TensorBox:
+        t = ir.ExternKernel.realize_input(t)
+        if ir.is_storage_and_layout(t) and isinstance(t.get_layout(), ir.FlexibleLayout):
+            ir.as_storage_and_layout(t, freeze=True, stride_order=ir.NHWC_STRIDE_ORDER)
+        return ir.TensorBox(t)
+
+    @register_lowering(op, type_promotion_kind=None)
+    def _(g, x, kernel, stride, padding, dilation):
+        if g.get_device().type != "cuda":
+            return fallback(g, x, kernel, stride, padding, dilation)
+        try:
+            return launched(g, x, kernel, stride, padding, dilation)
+        except Exception as err:  # an inductor whose user-kernel IR differs (torch 2.11 and 2.13 checked): the op
+            warnings.warn(f"dpcompile: inductor could not launch the per-sample convolution kernel itself ({err!r}); "
+                          "it runs through the op instead (the same kernel, a slower launch)", stacklevel=2)
+            return fallback(g, x, kernel, stride, padding, dilation)
+
+    def launched(g, x, kernel, stride, padding, dilation):
+        g, x = laid_out(g), laid_out(x)
+        (B, P), C, (kh, kw) = plain(g.get_size()[:2]), plain(x.get_size())[1], kernel
+        out = empty_strided([B, P, C, kh, kw], [P * kh * kw * C, kh * kw * C, 1, kw * C, C], dtype=g.get_dtype(),
+                            device=g.get_device())
+        fn, configs, args = conv_kernels.launch(plain(g.get_size()), plain(g.get_stride()), plain(x.get_size()),
+                                                plain(x.get_stride()), plain(out.get_stride()), kernel, stride,
+                                                padding, dilation, g.get_dtype())
+        ir.UserDefinedTritonKernel(
+            kernel_idx=kernel_side_table.add_kernel(fn), tma_descriptor_metadata={},
+            grid=[(conv_kernels.programs(B, P, C, kernel, config), 1, 1) for config in configs],
+            kernel_args={"g_ptr": g, "x_ptr": x, "out_ptr": out, **args})
+        return out
 
 
 # The pin that makes inductor store a value once (passes.rewrite.stored): lowered like inductor's own

@@ -1,4 +1,4 @@
-"""dpcompile::per_sample_conv2d_grad (impl "implicit", off by default: passes.rules.conv.IMPLICIT_CONV_DEVICES):
+"""dpcompile::per_sample_conv2d_grad (impl "implicit", on CUDA by default: passes.rules.conv.IMPLICIT_CONV_DEVICES):
 per-sample gradients of 2-D convolutions in one Triton kernel on CUDA (dpcompile.conv_kernels), its torch reference
 elsewhere. The kernel against float64 per-sample convolution_backward over random convolutions (on CUDA directly; on
 a CPU through Triton's interpreter where Triton is installed), the rewrite through it against torch.func, crafted
@@ -134,6 +134,67 @@ def test_rewrite_through_the_kernel_matches_reference(backend, policy):
     assert backward_ops(dp)[OP] == implicit.count("implicit")
 
 
+@pytest.mark.inductor
+@pytest.mark.skipif(DEVICE != "cuda" or not conv_kernels.available(), reason="inductor lowers the op so on CUDA")
+@pytest.mark.parametrize("autocast", [False, True], ids=["float64", "bf16_autocast"])
+def test_inductor_launches_the_kernel_itself(autocast, monkeypatch):
+    """Under inductor on CUDA the op is lowered to the Triton kernel (ops.lower_per_sample_conv2d_grad): the DP
+    backward's generated code launches _per_sample_conv2d_grad and never calls the op, and the gradients match
+    torch.func's (float64: the rewrite's reference check over batches 3, 5, 2; bf16 autocast: the released
+    gradient is the one eager's op gives, to bf16's roundings in norm)."""
+    from torch._inductor import config
+    from torch._inductor.utils import run_and_get_code
+    monkeypatch.setattr(config, "fx_graph_cache", False)  # a graph compiled before is lowered again
+    if not autocast:
+        with implicit_convs():
+            _, codes = run_and_get_code(lambda: check_against_reference(CONVS, policy="per_sample",
+                                                                          backend="inductor", batches=(3, 5, 2)))
+    else:
+        grads = {}
+        for backend in ("eager", "inductor"):
+            torch._dynamo.reset()
+            torch.manual_seed(0)
+            model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, stride=2),
+                                  nn.Flatten(), nn.Linear(16 * 9, 2)).to(DEVICE)
+            x = torch.randn(6, 8, 8, 8, device=DEVICE).to(memory_format=torch.channels_last)
+            with implicit_convs():
+                dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, policy="per_sample",
+                                         backend=backend)
+
+                def step():
+                    with torch.autocast("cuda", torch.bfloat16):
+                        out = dp(x)
+                    out.float().square().sum().backward()
+                _, codes = run_and_get_code(step)  # the last, inductor's, is checked below
+            assert [r.impl for r in dp.explain() if r.op.endswith("convolution_backward") and r.d != "1"] == \
+                ["implicit"] * 2
+            grads[backend] = torch.cat([p.grad.flatten() for p in model.parameters()])
+        assert (grads["inductor"] - grads["eager"]).norm() <= 2e-2 * grads["eager"].norm()  # bf16 forward roundings
+    lines = [line.strip() for code in codes for line in code.splitlines()]
+    assert any(line.startswith("def _per_sample_conv2d_grad(") for line in lines)
+    assert not any("dpcompile.per_sample_conv2d_grad" in line for line in lines if not line.startswith("#"))
+
+
+@pytest.mark.inductor
+@pytest.mark.skipif(DEVICE != "cuda" or not conv_kernels.available(), reason="inductor lowers the op so on CUDA")
+def test_inductor_falls_back_to_the_op_where_it_cannot_launch_the_kernel(monkeypatch):
+    """Where inductor's user-kernel IR rejects the launch (a torch version whose UserDefinedTritonKernel differs),
+    the lowering warns and calls the op instead (the same kernel through its Python launch): the gradients still
+    match torch.func over batches 3, 5, 2 in float64, and the generated code calls the op."""
+    from torch._inductor import config, ir
+    from torch._inductor.utils import run_and_get_code
+
+    def rejected(*args, **kwargs):
+        raise TypeError("__init__() got an unexpected keyword argument 'kernel_args'")
+    monkeypatch.setattr(ir, "UserDefinedTritonKernel", rejected)
+    monkeypatch.setattr(config, "fx_graph_cache", False)  # a graph compiled before is lowered again
+    with implicit_convs(), pytest.warns(UserWarning, match="could not launch the per-sample convolution kernel itself"):
+        _, codes = run_and_get_code(lambda: check_against_reference(CONVS, policy="per_sample", backend="inductor",
+                                                                      batches=(3, 5, 2)))
+    lines = [line.strip() for code in codes for line in code.splitlines()]
+    assert any("dpcompile.per_sample_conv2d_grad" in line for line in lines if not line.startswith("#"))
+
+
 @pytest.mark.parametrize("bound", [1e-3, 1e3], ids=["clipped", "unclipped"])
 def test_crafted_sample_through_the_kernel_stays_within_R(bound):
     """bf16 autocast and float32: sample 0's large, cancelling output gradients over large inputs, and sample 1 of
@@ -167,13 +228,13 @@ def test_crafted_sample_through_the_kernel_stays_within_R(bound):
         assert torch.equal(grads[1], grads[0])  # sample 1's output gradient is 0: it added nothing either way
 
 
-@pytest.mark.parametrize("enabled", [False, True], ids=["default", "cuda_listed"])
+@pytest.mark.parametrize("enabled", [True, False], ids=["default", "none_listed"])
 def test_kernel_only_where_listed_and_for_16_bit_operands(enabled, monkeypatch):
-    """By default no convolution runs the kernel (none of IMPLICIT_CONV_DEVICES: its launch cost the host more than
-    it saved in the steps measured); with CUDA listed, a 3×3 convolution's per-sample gradients run it under bf16
-    autocast on CUDA (Triton there) and never in float32 or on a CPU."""
+    """By default (CUDA listed in IMPLICIT_CONV_DEVICES) a 3×3 convolution's per-sample gradients run the kernel
+    under bf16 autocast on CUDA (Triton there) and never in float32 or on a CPU; with no device listed, nowhere."""
     from dpcompile.passes.rules import conv
-    monkeypatch.setattr(conv, "IMPLICIT_CONV_DEVICES", ("cuda",) if enabled else conv.IMPLICIT_CONV_DEVICES)
+    assert conv.IMPLICIT_CONV_DEVICES == ("cuda",)
+    monkeypatch.setattr(conv, "IMPLICIT_CONV_DEVICES", conv.IMPLICIT_CONV_DEVICES if enabled else ())
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 36, 2)).to(DEVICE)
     for autocast in (False, True):
         torch._dynamo.reset()
@@ -187,10 +248,10 @@ def test_kernel_only_where_listed_and_for_16_bit_operands(enabled, monkeypatch):
 
 
 def test_rule_picks_the_kernel_by_operands(monkeypatch):
-    """ConvRule.implementation on fake operands (no GPU needed), CUDA listed in IMPLICIT_CONV_DEVICES: "implicit" for
-    bf16 and fp16 2-D convolutions on CUDA with one group and a kernel larger than 1×1, where Triton is importable;
-    never for fp32, float64, a CPU, groups, a 1×1 or 1-D kernel, mixed dtypes, a transposed convolution or a ghost
-    term; and nowhere with no device listed (the default)."""
+    """ConvRule.implementation on fake operands (no GPU needed), CUDA listed in IMPLICIT_CONV_DEVICES (the default):
+    "implicit" for bf16 and fp16 2-D convolutions on CUDA with one group and a kernel larger than 1×1, where Triton
+    is importable; never for fp32, float64, a CPU, groups, a 1×1 or 1-D kernel, mixed dtypes, a transposed convolution or a ghost
+    term; and nowhere with no device listed."""
     from types import SimpleNamespace
 
     import sympy
@@ -213,8 +274,6 @@ def test_rule_picks_the_kernel_by_operands(monkeypatch):
         return ConvRule().implementation(site, method)
 
     from dpcompile.passes.rules import conv
-    assert impl() != "implicit"  # the default lists no device
-    monkeypatch.setattr(conv, "IMPLICIT_CONV_DEVICES", ("cuda",))
     kernel_here = conv_kernels.available()
     assert (impl() == "implicit") == kernel_here
     assert (impl(torch.float16) == "implicit") == kernel_here
@@ -223,3 +282,5 @@ def test_rule_picks_the_kernel_by_operands(monkeypatch):
                   dict(kernel=(1, 1)), dict(kernel=(3,)), dict(x_dtype=torch.float32), dict(transposed=True),
                   dict(method="ghost")):
         assert impl(**other) != "implicit", other
+    monkeypatch.setattr(conv, "IMPLICIT_CONV_DEVICES", ())
+    assert impl() != "implicit"

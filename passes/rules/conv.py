@@ -53,12 +53,14 @@ GHOST_ON_GRID = False
 SHIFTED_GRAM_MAX_PRODUCTS = 9
 SHIFTED_GRAM_MAX_STRETCH = 1.25
 # Per-sample gradients of 2-D convolutions with one group and a kernel larger than 1×1, in 16-bit operands on the
-# devices listed: one Triton kernel reading x in place (dpcompile.conv_kernels). Off by default (no device listed):
-# layer by layer it is 1.6-4.0× faster than the products above in bf16 (H200, 2026-12-04), and WRN-16-4 bf16's device
-# time fell 6.24 → 5.96 ms a step with it, but the step's host time grew 9.7 → 13.7 ms (its Python launch path, about
-# 0.5 ms a call; not yet measured alone), and the host sets that step's pace (benchmarks/NOTES.md, thirty-third
-# session). Not faster in fp32 with TF32, nor for 1×1 kernels. The tests turn it on (helpers.implicit_convs).
-IMPLICIT_CONV_DEVICES: tuple[str, ...] = ()
+# devices listed: one Triton kernel reading x in place (dpcompile.conv_kernels), which inductor launches from its own
+# generated code (ops.lower_per_sample_conv2d_grad). On CUDA by default since the thirty-fourth session: layer by
+# layer it is 1.6-4.0× faster than the products above in bf16 (H200, 2026-12-04); over whole bf16 steps it took
+# 0.28 ms (WRN-16-4) and 0.48 ms (ResNet-18 GN) of device time off and less memory, and once inductor launched it the
+# host no longer paid for its Python launch path (which had made WRN-16-4's step 9.7 → 11.2 ms in the thirty-third
+# session); benchmarks/NOTES.md, thirty-third and thirty-fourth sessions. Not faster in fp32 with TF32, nor for 1×1
+# kernels. () turns it off.
+IMPLICIT_CONV_DEVICES: tuple[str, ...] = ("cuda",)
 IMPLICIT_CONV_DTYPES = (torch.bfloat16, torch.float16)
 ARG_NAMES = ("grad_out", "input", "weight", "bias_sizes", "stride", "padding", "dilation",
              "transposed", "output_padding", "groups", "output_mask")

@@ -204,7 +204,7 @@ def lower_per_sample_conv2d_grad() -> None:
             return fallback(g, x, kernel, stride, padding, dilation)
         try:
             return launched(g, x, kernel, stride, padding, dilation)
-        except Exception as err:  # an inductor whose user-kernel IR differs (torch 2.11 and 2.13 checked): the op
+        except Exception as err:  # an inductor whose user-kernel IR differs (on CUDA torch 2.11 is checked): the op
             warnings.warn(f"dpcompile: inductor could not launch the per-sample convolution kernel itself ({err!r}); "
                           "it runs through the op instead (the same kernel, a slower launch)", stacklevel=2)
             return fallback(g, x, kernel, stride, padding, dilation)

@@ -158,7 +158,7 @@ def _(c, a, b):
 
 
 # Per-sample weight gradients of a 2-D convolution (groups 1) in one Triton kernel on CUDA (conv_kernels; where the
-# rule takes it: ConvRule.implementation, 16-bit operands on CUDA by default), torch ops elsewhere; the output is
+# rule takes it: ConvRule.implementation, bf16 operands on CUDA by default), torch ops elsewhere; the output is
 # stored kernel-position major, channel minor (conv_kernels.per_sample_buffer), in the fake function as in both
 # implementations. flexible_layout: the kernel reads its operands in any strides, so a fallback passes them as they
 # are. Inductor lowers it to the kernel itself (lower_per_sample_conv2d_grad).

@@ -18,7 +18,7 @@ RTOL = 1e-10
 @contextmanager
 def implicit_convs(on: bool = True) -> Iterator[None]:
     """Per-sample gradients of 2-D convolutions (one group, kernel > 1×1) through dpcompile::per_sample_conv2d_grad
-    (impl "implicit") in every dtype on the test device (on; by default only 16-bit operands on CUDA), or nowhere
+    (impl "implicit") in every dtype on the test device (on; by default only bf16 operands on CUDA), or nowhere
     (off). On CUDA that is the Triton kernel (float64 tiles multiplied and summed in float64), on the CPU its torch
     reference."""
     from dpcompile.passes.rules import conv

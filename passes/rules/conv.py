@@ -52,16 +52,17 @@ SHIFTED_CONV_MIN_CHANNELS = 32  # input channels, dense convs (groups == 1)
 GHOST_ON_GRID = False
 SHIFTED_GRAM_MAX_PRODUCTS = 9
 SHIFTED_GRAM_MAX_STRETCH = 1.25
-# Per-sample gradients of 2-D convolutions with one group and a kernel larger than 1×1, in 16-bit operands on the
+# Per-sample gradients of 2-D convolutions with one group and a kernel larger than 1×1, in the dtypes and on the
 # devices listed: one Triton kernel reading x in place (dpcompile.conv_kernels), which inductor launches from its own
 # generated code (ops.lower_per_sample_conv2d_grad). On CUDA by default since the thirty-fourth session: layer by
 # layer it is 1.6-4.0× faster than the products above in bf16 (H200, 2026-12-04); over whole bf16 steps it took
 # 0.28 ms (WRN-16-4) and 0.48 ms (ResNet-18 GN) of device time off and less memory, and once inductor launched it the
 # host no longer paid for its Python launch path (which had made WRN-16-4's step 9.7 → 11.2 ms in the thirty-third
 # session); benchmarks/NOTES.md, thirty-third and thirty-fourth sessions. Not faster in fp32 with TF32, nor for 1×1
-# kernels. () turns it off.
+# kernels. () turns it off. bf16 only by default: fp16 operands (a model in half precision; fp16 autocast is refused)
+# have not run through it on a GPU yet (tests/test_conv_kernels.py covers them there).
 IMPLICIT_CONV_DEVICES: tuple[str, ...] = ("cuda",)
-IMPLICIT_CONV_DTYPES = (torch.bfloat16, torch.float16)
+IMPLICIT_CONV_DTYPES = (torch.bfloat16,)
 ARG_NAMES = ("grad_out", "input", "weight", "bias_sizes", "stride", "padding", "dilation",
              "transposed", "output_padding", "groups", "output_mask")
 
@@ -271,8 +272,9 @@ class ConvRule:
     def implementation(self, site: Site, method: str) -> str:
         """How the plan's method forms a weight term's products (Site.impl). Per-sample gradients: 'grouped' (the
         batch folded into mkldnn's groups), 'shifted' (stride 1: a product per position of the kernel's leading dims,
-        no unfold), 'implicit' (one Triton kernel for 16-bit operands, where enabled: _implicit) or 'unfold'. Ghost clipping: 'shifted' (the Grams and, on CUDA, the clipped sum over the padded
-        grid's windows, no unfold: _ghost_on_grid) or '' (the unfold). '' for a bias term."""
+        no unfold), 'implicit' (one Triton kernel, for bf16 operands on CUDA by default: _implicit) or 'unfold'.
+        Ghost clipping: 'shifted' (the Grams and, on CUDA, the clipped sum over the padded grid's windows, no unfold:
+        _ghost_on_grid) or '' (the unfold). '' for a bias term."""
         if site.rule == "conv" and method == "ghost":
             return "shifted" if self._ghost_on_grid(site) else ""
         if site.rule != "conv" or method != "per_sample":

@@ -1019,7 +1019,7 @@ def refuse_batch_broadcasts(backward: fx.GraphModule, ctx: PassContext) -> fx.Gr
             continue
         rank = max(len(s) for s in shapes)
         for sizes in zip(*[(sympy.Integer(1),) * (rank - len(s)) + tuple(s) for s in shapes]):
-            sizes = [sympy.sympify(s) for s in sizes if sympy.sympify(s) != 1]
+            sizes = [s for s in sizes if s != 1]
             if any(s.free_symbols for s in sizes) and not all(same(sizes[0], s) for s in sizes[1:]):
                 raise DPCompileError(
                     f"the captured backward's {node.target} ('{node.name}') broadcasts a symbolic size against another "

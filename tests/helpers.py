@@ -16,37 +16,36 @@ RTOL = 1e-10
 
 
 @contextmanager
-def implicit_convs(on: bool = True) -> Iterator[None]:
-    """Per-sample gradients of 2-D convolutions (one group, kernel > 1×1) through dpcompile::per_sample_conv2d_grad
-    (impl "implicit") in every dtype on the test device (on; by default only bf16 operands on CUDA), or nowhere
-    (off). On CUDA that is the Triton kernel (float64 tiles multiplied and summed in float64), on the CPU its torch
-    reference."""
+def conv_constants(**values) -> Iterator[None]:
+    """passes.rules.conv's module constants set to these values for the block, restored after it."""
     from dpcompile.passes.rules import conv
-    saved = conv.IMPLICIT_CONV_DEVICES, conv.IMPLICIT_CONV_DTYPES
-    conv.IMPLICIT_CONV_DEVICES = (torch.device(DEVICE).type,) if on else ()
-    conv.IMPLICIT_CONV_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16) if on else ()
-    try:
-        yield
-    finally:
-        conv.IMPLICIT_CONV_DEVICES, conv.IMPLICIT_CONV_DTYPES = saved
-
-
-@contextmanager
-def shifted_convs(on: bool = True) -> Iterator[None]:
-    """Stride-1 convolutions over the padded grid's shifted windows wherever the rule allows them (on: per-sample
-    gradients and ghost Grams and clipped sums alike, not only the wide, large ones; the ghost form is off by default,
-    GHOST_ON_GRID), or nowhere (off: the unfold), whatever the size thresholds (passes.rules.conv.SHIFTED_*) would
-    pick for a test's small convs."""
-    from dpcompile.passes.rules import conv
-    names = ("SHIFTED_CONV_MIN_POSITIONS", "SHIFTED_CONV_MIN_CHANNELS", "SHIFTED_GRAM_MAX_STRETCH", "GHOST_ON_GRID")
-    saved = [getattr(conv, n) for n in names]
-    for name, value in zip(names, (1, 1, float("inf"), True) if on else (10**9, 10**9, 0.0, False)):
+    saved = {name: getattr(conv, name) for name in values}
+    for name, value in values.items():
         setattr(conv, name, value)
     try:
         yield
     finally:
-        for name, value in zip(names, saved):
+        for name, value in saved.items():
             setattr(conv, name, value)
+
+
+def implicit_convs(on: bool = True):
+    """Per-sample gradients of 2-D convolutions (one group, kernel > 1×1) through dpcompile::per_sample_conv2d_grad
+    (impl "implicit") in every dtype on the test device (on; by default only bf16 operands on CUDA), or nowhere
+    (off). On CUDA that is the Triton kernel (float64 tiles multiplied and summed in float64), on the CPU its torch
+    reference."""
+    return conv_constants(IMPLICIT_CONV_DEVICES=(torch.device(DEVICE).type,) if on else (),
+                          IMPLICIT_CONV_DTYPES=(torch.float64, torch.float32, torch.bfloat16, torch.float16) if on
+                          else ())
+
+
+def shifted_convs(on: bool = True):
+    """Stride-1 convolutions over the padded grid's shifted windows wherever the rule allows them (on: per-sample
+    gradients and ghost Grams and clipped sums alike, not only the wide, large ones; the ghost form is off by default,
+    GHOST_ON_GRID), or nowhere (off: the unfold), whatever the size thresholds (passes.rules.conv.SHIFTED_*) would
+    pick for a test's small convs."""
+    names = ("SHIFTED_CONV_MIN_POSITIONS", "SHIFTED_CONV_MIN_CHANNELS", "SHIFTED_GRAM_MAX_STRETCH", "GHOST_ON_GRID")
+    return conv_constants(**dict(zip(names, (1, 1, float("inf"), True) if on else (10**9, 10**9, 0.0, False))))
 
 
 def squared_error(out, y, reduction="mean"):

@@ -55,7 +55,7 @@ SHIFTED_GRAM_MAX_STRETCH = 1.25
 # Per-sample gradients of 2-D convolutions with one group and a kernel larger than 1×1, in the dtypes and on the
 # devices listed: one Triton kernel reading x in place (dpcompile.conv_kernels), which inductor launches from its own
 # generated code (ops.lower_per_sample_conv2d_grad). On CUDA by default since the thirty-fourth session: layer by
-# layer it is 1.6-4.0× faster than the products above in bf16 (H200, 2026-12-04); over whole bf16 steps it took
+# layer it is 1.6-4.0× faster than the products above in bf16 (H200, torch 2.11, 2026-12-04); over whole bf16 steps it took
 # 0.28 ms (WRN-16-4) and 0.48 ms (ResNet-18 GN) of device time off and less memory, and once inductor launched it the
 # host no longer paid for its Python launch path (which had made WRN-16-4's step 9.7 → 11.2 ms in the thirty-third
 # session); benchmarks/NOTES.md, thirty-third and thirty-fourth sessions. Not faster in fp32 with TF32, nor for 1×1

@@ -212,7 +212,9 @@ def _index_layout(indices: fx.Node, values: fx.Node, batch: sympy.Expr):
     that sum."""
     idx_shape, value_shape = shape_of(indices), shape_of(values)
     views = views_of(indices)
-    if value_shape and not same(prod(value_shape), prod(idx_shape) * value_shape[-1]):
+    if not value_shape:
+        return f"its values {value_shape} are not one row per index {idx_shape}"
+    if not same(prod(value_shape), prod(idx_shape) * value_shape[-1]):
         unsummed = _unsummed_shared_rows(idx_shape, value_shape, batch, views)
         if unsummed is None:
             return f"its values {value_shape} are not one row per index {idx_shape}"
@@ -220,8 +222,6 @@ def _index_layout(indices: fx.Node, values: fx.Node, batch: sympy.Expr):
             return f"its indices {idx_shape} mix the batch ({batch}) with other dims"
         unmasked, padding = _padding_masked(values, indices)
         return None, unmasked, *unsummed, (), padding
-    if not value_shape:
-        return f"its values {value_shape} are not one row per index {idx_shape}"
     hits = [(i, k) for i, s in enumerate(idx_shape) if (k := rows_per_sample(s, batch, views))]
     unmasked, padding = _padding_masked(values, indices)
     found = _summed_over_batch(unmasked, batch, views)

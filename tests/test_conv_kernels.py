@@ -196,6 +196,28 @@ def test_inductor_falls_back_to_the_op_where_it_cannot_launch_the_kernel(monkeyp
     assert any("dpcompile.per_sample_conv2d_grad" in line for line in lines if not line.startswith("#"))
 
 
+@pytest.mark.inductor
+@pytest.mark.skipif(DEVICE != "cuda" or not conv_kernels.available(), reason="CUDA graphs of the lowered kernel")
+def test_lowered_kernel_inside_cuda_graphs(monkeypatch):
+    """cuda_graphs=True with the lowered kernel: the DP backward that launches it is recorded (inductor skips no
+    graph; the kernel's autotuning runs at the warm-up run, before a recording), and the gradients of the warm-up,
+    recorded and replayed steps (batches 3, 5, 3, 5, 3) match torch.func's in float64. A replay reading another
+    step's operands, or a launch left out of the recording, would give the wrong gradient."""
+    from test_gpu_paths import recorded_cuda_graphs
+    from torch._dynamo.utils import counters
+    from torch._inductor import config
+    from torch._inductor.utils import run_and_get_code
+    monkeypatch.setattr(config, "fx_graph_cache", False)  # a graph compiled before is lowered again
+    counters.clear()
+    with implicit_convs():
+        _, codes = run_and_get_code(lambda: check_against_reference(
+            CONVS, policy="per_sample", backend="inductor", batches=(3, 5, 3, 5, 3), cuda_graphs=True))
+    assert not counters["inductor"]["cudagraph_skips"], dict(counters["inductor"])
+    assert recorded_cuda_graphs() > 0
+    lines = [line.strip() for code in codes for line in code.splitlines()]
+    assert any(line.startswith("def _per_sample_conv2d_grad(") for line in lines)
+
+
 @pytest.mark.parametrize("bound", [1e-3, 1e3], ids=["clipped", "unclipped"])
 def test_crafted_sample_through_the_kernel_stays_within_R(bound):
     """bf16 autocast and float32: sample 0's large, cancelling output gradients over large inputs, and sample 1 of

@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 import torch
 from conftest import BACKEND, DEVICE
-from helpers import Case, check_against_reference, implicit_convs
+from helpers import Case, check_against_reference, conv_constants, implicit_convs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -251,6 +251,35 @@ def test_crafted_sample_through_the_kernel_stays_within_R(bound):
         assert torch.equal(grads[1], grads[0])  # sample 1's output gradient is 0: it added nothing either way
 
 
+def test_half_precision_model_through_the_kernel():
+    """A model in fp16 (parameters and input; the per-sample products accumulate in fp32): its 3×3 convolutions take
+    the kernel by default on CUDA (here on a CPU: its torch reference, the device listed), a sample of large output
+    gradients (the only one released) stays within R, and its released gradient is the one the earlier forms give
+    (kernel off), to fp16's roundings in norm."""
+    devices = ("cuda",) if DEVICE == "cuda" else (DEVICE,)
+    if DEVICE == "cuda" and not conv_kernels.available():
+        pytest.skip("Triton not installed")
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 8, 8, device=DEVICE).half()
+    G = torch.zeros(4, 2, device=DEVICE)
+    G[0] = torch.tensor([3e3, -2e3])  # sample 0 alone is released: its clipped gradient
+    grads = {}
+    for on in (True, False):
+        torch._dynamo.reset()
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, stride=2), nn.Flatten(),
+                              nn.Linear(4 * 9, 2)).to(DEVICE).half()
+        with conv_constants(IMPLICIT_CONV_DEVICES=devices if on else ()):
+            dp = dpcompile.dpcompile(model, max_grad_norm=0.5, noise_multiplier=0.0, loss_reduction="sum",
+                                     policy="per_sample", backend=BACKEND)
+            (dp(x).float() * G).sum().backward()
+        impls = [r.impl for r in dp.explain() if r.op.endswith("convolution_backward") and r.d != "1"]
+        assert (impls == ["implicit"] * 2) == on, impls
+        grads[on] = torch.cat([p.grad.double().flatten() for p in model.parameters()])
+        assert torch.isfinite(grads[on]).all() and grads[on].norm() <= 0.5 * (1 + 1e-3)
+    assert (grads[True] - grads[False]).norm() <= 1e-2 * grads[False].norm()
+
+
 @pytest.mark.parametrize("enabled", [True, False], ids=["default", "none_listed"])
 def test_kernel_only_where_listed_and_for_16_bit_operands(enabled, monkeypatch):
     """By default (CUDA listed in IMPLICIT_CONV_DEVICES) a 3×3 convolution's per-sample gradients run the kernel
@@ -272,9 +301,9 @@ def test_kernel_only_where_listed_and_for_16_bit_operands(enabled, monkeypatch):
 
 def test_rule_picks_the_kernel_by_operands(monkeypatch):
     """ConvRule.implementation on fake operands (no GPU needed), by default (CUDA and bf16 listed): "implicit" for
-    bf16 2-D convolutions on CUDA with one group and a kernel larger than 1×1, where Triton is importable; never for
-    fp16 (not listed by default), fp32, float64, a CPU, groups, a 1×1 or 1-D kernel, mixed dtypes, a transposed
-    convolution or a ghost term; and nowhere with no device listed."""
+    bf16 and fp16 2-D convolutions on CUDA with one group and a kernel larger than 1×1, where Triton is importable;
+    never for fp32, float64, a CPU, groups, a 1×1 or 1-D kernel, mixed dtypes, a transposed convolution or a ghost
+    term; and nowhere with no device listed."""
     from types import SimpleNamespace
 
     import sympy
@@ -300,7 +329,8 @@ def test_rule_picks_the_kernel_by_operands(monkeypatch):
     kernel_here = conv_kernels.available()
     assert (impl() == "implicit") == kernel_here
     assert (impl(kernel=(1, 3)) == "implicit") == kernel_here
-    for other in (dict(dtype=torch.float16), dict(dtype=torch.float32), dict(dtype=torch.float64), dict(device="cpu"),
+    assert (impl(dtype=torch.float16) == "implicit") == kernel_here
+    for other in (dict(dtype=torch.float32), dict(dtype=torch.float64), dict(device="cpu"),
                   dict(groups=2),
                   dict(kernel=(1, 1)), dict(kernel=(3,)), dict(x_dtype=torch.float32), dict(transposed=True),
                   dict(method="ghost")):

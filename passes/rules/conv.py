@@ -59,10 +59,11 @@ SHIFTED_GRAM_MAX_STRETCH = 1.25
 # 0.28 ms (WRN-16-4) and 0.48 ms (ResNet-18 GN) of device time off and less memory, and once inductor launched it the
 # host no longer paid for its Python launch path (which had made WRN-16-4's step 9.7 → 11.2 ms in the thirty-third
 # session); benchmarks/NOTES.md, thirty-third and thirty-fourth sessions. Not faster in fp32 with TF32, nor for 1×1
-# kernels. () turns it off. bf16 only by default: fp16 operands (a model in half precision; fp16 autocast is refused)
-# have not run through it on a GPU yet (tests/test_conv_kernels.py covers them there).
+# kernels. () turns it off. bf16 (autocast) and fp16 operands (a model in half precision; fp16 autocast is refused),
+# both accumulated in fp32: fp16 since the thirty-fifth session, once the random-convolution test's fp16 draws passed
+# on the H200 (tests/test_conv_kernels.py).
 IMPLICIT_CONV_DEVICES: tuple[str, ...] = ("cuda",)
-IMPLICIT_CONV_DTYPES = (torch.bfloat16,)
+IMPLICIT_CONV_DTYPES = (torch.bfloat16, torch.float16)
 ARG_NAMES = ("grad_out", "input", "weight", "bias_sizes", "stride", "padding", "dilation",
              "transposed", "output_padding", "groups", "output_mask")
 

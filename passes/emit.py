@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -28,9 +29,18 @@ def trace_snippet(fn: Callable, args: Sequence[fx.Node]) -> fx.GraphModule:
     cached, fake_mode.cache_enabled = fake_mode.cache_enabled, False
     try:
         with fake_mode:
-            return make_fx(fn, decomposition_table=decompositions())(*values)
+            return make_fx(fn, decomposition_table=decompositions(), **make_fx_options())(*values)
     finally:
         fake_mode.cache_enabled = cached
+
+
+@functools.cache
+def make_fx_options() -> dict:
+    """make_fx without its torch-function metadata mode where this torch can turn it off: that mode only records
+    each node's `torch_fn` (read by torch.export, not by inductor or the passes) and took about 8% of the snippet
+    traces' time on ResNet-50 (benchmarks/NOTES.md, thirty-fifth session)."""
+    option = "_disable_torch_fn_metadata_mode"
+    return {option: True} if option in inspect.signature(make_fx).parameters else {}
 
 
 @functools.cache

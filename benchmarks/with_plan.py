@@ -1,6 +1,6 @@
-"""Run a benchmark script with some of the plan's constants set otherwise (those of passes.plan, and passes.rules.conv's
-choice of how per-sample convolution gradients are formed), for A/B timings of a plan rule in one call on the GPU
-machine. From the repo root:
+"""Run a benchmark script with some of the plan's constants set otherwise (those of passes.plan, passes.rules.conv's
+choice of how per-sample convolution gradients are formed, and passes.rules.bounds' HALF_GRAM_DEVICES), for A/B
+timings of a plan rule in one call on the GPU machine. From the repo root:
   python benchmarks/with_plan.py NAME=VALUE ... -- SCRIPT [SCRIPT's arguments ...]
 e.g. python benchmarks/with_plan.py SHIFTED_CONV_MAX_PRODUCTS=0 -- benchmarks/dp_throughput.py --model wrn16_4 --size 32
 (per-sample conv gradients by unfold everywhere). Values are Python literals; a name that none of these modules
@@ -14,9 +14,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dpcompile.passes import plan  # noqa: E402
-from dpcompile.passes.rules import conv  # noqa: E402
+from dpcompile.passes.rules import bounds, conv  # noqa: E402
 
-MODULES = (plan, conv)  # where the plan's constants live
+MODULES = (plan, conv, bounds)  # where the plan's constants live
 
 
 def main(argv: list[str]) -> None:

@@ -157,6 +157,28 @@ def _(c, a, b):
     return a.new_empty((a.shape[0], a.shape[1], b.shape[2]))
 
 
+# Grams of bf16 operands as bf16 products with fp32 results (passes.rules.bounds.half_grams decides where): on CUDA
+# cuBLAS's bf16 GEMM on tensor cores, accumulated and returned in fp32 (aten.bmm.dtype); elsewhere the same products
+# in fp32 (a product of two bf16 values is exact in fp32), an IEEE sum, for tests. The bounds take the tensor cores'
+# accumulation (bounds.tensor_core_product_error) either way.
+_LIB.define("half_bmm(Tensor a, Tensor b) -> Tensor", tags=(torch.Tag.flexible_layout,))
+
+
+def half_bmm(a: Tensor, b: Tensor) -> Tensor:
+    """bmm(a, b) of bf16 matrices, in float32: products exact, sums in fp32 (on CUDA on tensor cores)."""
+    if a.is_cuda:
+        return torch.ops.aten.bmm.dtype(a, b, torch.float32)
+    return torch.bmm(a.float(), b.float())
+
+
+_LIB.impl("half_bmm", half_bmm, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("dpcompile::half_bmm", lib=_LIB)
+def _(a, b):
+    return a.new_empty((a.shape[0], a.shape[1], b.shape[2]), dtype=torch.float32)
+
+
 # Per-sample weight gradients of a 2-D convolution (groups 1) in one Triton kernel on CUDA (conv_kernels; where the
 # rule takes it: ConvRule.implementation, bf16 operands on CUDA by default), torch ops elsewhere; the output is
 # stored kernel-position major, channel minor (conv_kernels.per_sample_buffer), in the fake function as in both

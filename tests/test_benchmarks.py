@@ -386,15 +386,15 @@ def test_with_plan_sets_the_plans_constants_for_the_script_it_runs(tmp_path):
     constants as set; a name none of them has is refused, not silently ignored."""
     import subprocess
     script = tmp_path / "show.py"
-    script.write_text("import sys\nfrom dpcompile.passes import plan\nfrom dpcompile.passes.rules import conv\n"
+    script.write_text("import sys\nfrom dpcompile.passes import plan\nfrom dpcompile.passes.rules import bounds, conv\n"
                       "print(conv.SHIFTED_CONV_MAX_PRODUCTS, conv.SHIFTED_CONV_MIN_CHANNELS, plan.NEAR_TIE, "
-                      "sys.argv[1:])\n")
+                      "bounds.HALF_GRAM_DEVICES, sys.argv[1:])\n")
     run = lambda *args: subprocess.run([sys.executable, str(ROOT / "benchmarks" / "with_plan.py"), *args],  # noqa: E731
                                        capture_output=True, text=True, cwd=ROOT)
-    done = run("SHIFTED_CONV_MAX_PRODUCTS=0", "SHIFTED_CONV_MIN_CHANNELS=7", "NEAR_TIE=0.5", "--", str(script),
-               "--x", "1")
+    done = run("SHIFTED_CONV_MAX_PRODUCTS=0", "SHIFTED_CONV_MIN_CHANNELS=7", "NEAR_TIE=0.5",
+               "HALF_GRAM_DEVICES=('cuda',)", "--", str(script), "--x", "1")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[0] == "0 7 0.5 ['--x', '1']"
+    assert done.stdout.split("\n")[0] == "0 7 0.5 ('cuda',) ['--x', '1']"
     refused = run("SHIFTED_CONV_MAX_PRODUCT=0", "--", str(script))
     assert refused.returncode != 0 and "SHIFTED_CONV_MAX_PRODUCT" in refused.stderr
 

@@ -43,3 +43,46 @@ def test_bf16_autocast_within_bf16_tolerance_of_fp32(policy, impl):
     plain = plain_grads(model, x, y, autocast=False)
     bf16_cost = ((plain_grads(model, x, y, autocast=True) - plain).norm() / plain.norm()).item()
     assert error < 2 * bf16_cost + 1e-2, f"bf16 autocast: DP gradient off by {error:.3g}, non-private by {bf16_cost:.3g}"
+
+
+def _ghost_release(model: nn.Module, x: torch.Tensor, G: torch.Tensor, bound: float):
+    """(released gradient, the DP model) of the per-sample loss Σ out·G under bf16 autocast, ghost clipping, noise off."""
+    dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, loss_reduction="sum", policy="ghost",
+                             backend=BACKEND)
+    model.zero_grad(set_to_none=True)
+    with torch.autocast(torch.device(DEVICE).type, torch.bfloat16):
+        out = dp(x)
+    (out.float() * G).sum().backward()
+    return torch.cat([p.grad.double().flatten() for p in model.parameters()]), dp
+
+
+@pytest.mark.parametrize("kind", ["conv", "linear_sequence"])
+def test_bf16_grams_as_half_products(kind, monkeypatch):
+    """bounds.HALF_GRAM_DEVICES listing the device: the ghost norms' Grams of bf16 operands run as
+    dpcompile::half_bmm (bf16 products, fp32 results) and only then; a sample of large output gradients (the only one
+    released) stays within R; and the released gradient is the one the fp32 Grams give, to the bounds' slack (the
+    Grams only feed the clip factor: clipped, both give R's direction)."""
+    from dpcompile.passes.rules import bounds
+    torch.manual_seed(0)
+    if kind == "conv":
+        make = lambda: nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, stride=2),  # noqa: E731
+                                     nn.Flatten(), nn.Linear(4 * 9, 2))
+        x = torch.randn(4, 3, 8, 8, device=DEVICE)
+        G = torch.zeros(4, 2, device=DEVICE)
+    else:
+        make = lambda: nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 2))  # noqa: E731
+        x = torch.randn(4, 5, 6, device=DEVICE)
+        G = torch.zeros(4, 5, 2, device=DEVICE)
+    G[0] = 1e3 * torch.randn(G.shape[1:], device=DEVICE)
+    released = {}
+    for on in (False, True):
+        monkeypatch.setattr(bounds, "HALF_GRAM_DEVICES", (torch.device(DEVICE).type,) if on else ())
+        torch._dynamo.reset()
+        torch.manual_seed(1)
+        model = make().to(DEVICE)
+        released[on], dp = _ghost_release(model, x, G, 0.5)
+        graph = dp.graphs["backward_rewritten"].graph
+        half = [n for n in graph.nodes if n.target is torch.ops.dpcompile.half_bmm.default]
+        assert bool(half) == on, len(half)
+        assert released[on].norm() <= 0.5 * (1 + 1e-6)
+    assert (released[True] - released[False]).norm() <= 1e-4 * released[False].norm()

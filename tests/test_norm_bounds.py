@@ -1267,3 +1267,34 @@ def test_the_pins_stride_order_of_symbolic_strides_adds_no_guard():
         assert stride_order([B, 1, 5 * B]) == [1, 0, 2]
         assert stride_order([5, B]) == [0, 1]
     assert not shape_env.guards
+
+
+def test_bf16_grams_within_their_tensor_core_bound():
+    """dpcompile::half_bmm (the Grams of bf16 operands where bounds.HALF_GRAM_DEVICES lists the device) against the
+    exact Gram (float64: every product of two bf16 values is exact there, and so are these sums of 2^k-scaled
+    integers), within tensor_core_product_error's γ‖x_t‖‖y_s‖ + e, on operands crafted to cancel (large values of
+    both signs around small ones), scaled to Grams near fp32's largest (2^121) and to operands in its subnormal range,
+    and random ones. On CUDA this is cuBLAS's bf16 GEMM on tensor cores; on a CPU the IEEE fp32 sum, which must round
+    on the crafted operands: with γ = e = 0 the check fails there (the test can fail)."""
+    from dpcompile.passes.rules.bounds import tensor_core_product_error
+    gen = torch.Generator().manual_seed(0)
+    n = 96
+    crafted = torch.ones(4, 3, n, dtype=torch.float64)
+    crafted[:, :, 0], crafted[:, :, 1] = 2.0**20, -(2.0**20)
+    crafted[:, 1, 2:] = 1 + 2.0**-7  # in bf16, next to 1
+    crafted[:, 2, ::2] *= -1
+    cases = [crafted, crafted * 2.0**40, crafted * 2.0**-130, torch.randn(4, 3, n, generator=gen, dtype=torch.float64),
+             torch.randn(4, 3, n, generator=gen, dtype=torch.float64) * 2.0**-64]
+    rounded_somewhere = False
+    for x in cases:
+        xb = x.to(torch.bfloat16).to(DEVICE)
+        exact = torch.bmm(xb.double(), xb.double().transpose(1, 2))
+        got = torch.ops.dpcompile.half_bmm(xb, xb.transpose(1, 2))
+        assert got.dtype == torch.float32
+        r = row_norms(xb)
+        gamma, e = tensor_core_product_error(n, r.amax(1), r.amax(1), 0.0)
+        err = (got.double() - exact).abs()
+        allowed = gamma * r.unsqueeze(-1) * r.unsqueeze(-2) + e.view(-1, 1, 1)
+        assert (err <= allowed).all(), (err - allowed).max()
+        rounded_somewhere |= bool((err > 0).any())
+    assert rounded_somewhere, "no Gram rounded: the bound was never exercised"

@@ -146,23 +146,47 @@ def masked(x: Tensor, c: Tensor) -> Tensor:
 def product_matrix(x: Tensor, y: Tensor, tf32: bool = False) -> tuple[Tensor, float, float | Tensor]:
     """(Â, γ, e): Â = x_i y_iᵀ per sample (B, T, S), in float32 or wider, with |Â − A| ≤ γ·‖x_t‖‖y_s‖ + e.
     tf32 (fp32 operands; the plan's ghost_tf32): on TF32 tensor cores (matrix_product), see tf32_product_error."""
-    dtype = torch.promote_types(full_precision(x).dtype, full_precision(y).dtype)
     n = x.shape[-1]
+    if half_grams(x, y):
+        return (torch.ops.dpcompile.half_bmm(x, y.transpose(1, 2)),
+                *tensor_core_product_error(n, row_norms(x).amax(1), row_norms(y).amax(1), 0.0))
+    dtype = torch.promote_types(full_precision(x).dtype, full_precision(y).dtype)
     xf, yt = x.to(dtype), y.to(dtype).transpose(1, 2)
     if tf32 and dtype == torch.float32:
         return (matrix_product(xf, yt, True), *tf32_product_error(n, row_norms(x).amax(1), row_norms(y).amax(1)))
     return torch.bmm(xf, yt), gamma(n, unit_roundoff(dtype)), n * SUBNORMAL[dtype]
 
 
+# Devices where the ghost norms' Grams of bf16 operands run as bf16 tensor-core products with fp32 results
+# (dpcompile::half_bmm) instead of fp32 products of the operands converted: the same exact products, a tensor-core
+# accumulation (tensor_core_product_error, as the TF32 Grams'), half the bytes read. None by default until a GPU run
+# has measured and tested it (benchmarks/NOTES.md, thirty-fifth session: 0.54 ms of WRN-16-4's bf16 step are these
+# Grams in fp32 on the SIMT units).
+HALF_GRAM_DEVICES: tuple[str, ...] = ()
+
+
+def half_grams(*operands: Tensor) -> bool:
+    """Whether products of these operands for a Gram run as dpcompile::half_bmm: all bf16, on a device listed in
+    HALF_GRAM_DEVICES. (Not fp16: its subnormals lie far above fp32's, where a tensor core's flush would cost more
+    than the bound below counts.)"""
+    return all(t.dtype == torch.bfloat16 and t.device.type in HALF_GRAM_DEVICES for t in operands)
+
+
 def tf32_product_error(n: int, x_max: Tensor, y_max: Tensor) -> tuple[float, Tensor]:
-    """(γ, e) of a TF32 tensor-core product of fp32 rows x_t, y_s over n features, |Â_ts − A_ts| ≤ γ‖x_t‖‖y_s‖ + e_i
-    (x_max, y_max: the largest row norm of each operand per sample, (B,) float64). Each operand is truncated to TF32:
-    |x − h| ≤ 2⁻¹⁰|x| + ε (ε = TF32_SUBNORMAL_ERROR: a subnormal kept or flushed) with |h| ≤ |x|, so a product
-    errs by ≤ TF32_PRODUCT_U·|x||y| + ε·(|x| + |y|); the accumulation truncates as on half-precision tensor cores
-    (tensor_core_gamma of Σ|h h'| ≤ Σ|x||y|) and each product may underflow (ε). Over the n features:
-    γ = TF32_PRODUCT_U + γ_tc(n), e = ε·√n·(‖x‖_max + ‖y‖_max) + n·ε."""
-    return (TF32_PRODUCT_U + tensor_core_gamma(n),
-            ((x_max + y_max) * root_bound(n) + n) * TF32_SUBNORMAL_ERROR)
+    """(γ, e) of a TF32 tensor-core product of fp32 rows x_t, y_s over n features (tensor_core_product_error): each
+    operand is truncated to TF32, |x − h| ≤ 2⁻¹⁰|x| + ε with |h| ≤ |x|, so a product errs by at most
+    TF32_PRODUCT_U·|x||y| more."""
+    return tensor_core_product_error(n, x_max, y_max, TF32_PRODUCT_U)
+
+
+def tensor_core_product_error(n: int, x_max: Tensor, y_max: Tensor, truncation: float) -> tuple[float, Tensor]:
+    """(γ, e) of a tensor-core product of rows x_t, y_s over n features, |Â_ts − A_ts| ≤ γ‖x_t‖‖y_s‖ + e_i (x_max,
+    y_max: the largest row norm of each operand per sample, (B,) float64): each product is exact but for the
+    operands' truncation (relative `truncation`: TF32's; 0 for bf16 operands) and a subnormal operand kept or flushed
+    (ε = TF32_SUBNORMAL_ERROR, fp32's and bf16's subnormal range alike: ε·(|x| + |y|)); the accumulation truncates as
+    on half-precision tensor cores (tensor_core_gamma of Σ|x||y|) and each product may underflow (ε). Over the n
+    features: γ = truncation + γ_tc(n), e = ε·√n·(‖x‖_max + ‖y‖_max) + n·ε."""
+    return truncation + tensor_core_gamma(n), ((x_max + y_max) * root_bound(n) + n) * TF32_SUBNORMAL_ERROR
 
 
 def gram_sum_bound(a: Tensor, b: Tensor, r: Tensor, rho: Tensor, ga: float, ea: float | Tensor, gb: float,

@@ -26,8 +26,9 @@ from ..meta import LayerShape, Site
 from ..symbolic import same
 from . import WORD, Cost, generalized_linear_costs, register
 from .bounds import (Bound, F64, SUBNORMAL, accumulation_gamma, certified, clipped_product_margin,
-                     full_precision, gamma, gram_sum_bound, masked, masked_scaled, matrix_product, release_underflow,
-                     row_norms, summed_squares_bound, tf32_product_error, unit_roundoff, upper_sum)
+                     full_precision, gamma, gram_sum_bound, half_grams, masked, masked_scaled, matrix_product,
+                     release_underflow, row_norms, summed_squares_bound, tensor_core_product_error,
+                     tf32_product_error, unit_roundoff, upper_sum)
 from .layout import per_row, rows_per_sample, shape_of, views_into_positions, views_of
 
 aten = torch.ops.aten
@@ -133,22 +134,29 @@ def grams(a: Tensor, tf32: bool = False) -> Tensor:
     """a_tᵀ a_s per sample and group, (B, G, n, T) → (B, G, T, T): one bmm over B·G, contracting n (an einsum
     traces to the same product with twice the ops, about 45 ms of the DP passes' time each); tf32: fp32 operands
     on TF32 tensor cores (fp32 operands: certified_grams decides). On WRN-16-4 (five ghost convolutions at
-    T = 64) they take 0.3 of 10.4 ms of kernel time off a step (H200, 2026-12-02)."""
+    T = 64) they take 0.3 of 10.4 ms of kernel time off a step (H200, 2026-12-02). bf16 operands (half_grams):
+    bf16 products with fp32 results (dpcompile::half_bmm)."""
     flat = a.flatten(0, 1)
+    if flat.dtype == torch.bfloat16:
+        return torch.ops.dpcompile.half_bmm(flat.transpose(1, 2), flat).unflatten(0, a.shape[:2])
     return matrix_product(flat.transpose(1, 2), flat, tf32).unflatten(0, a.shape[:2])
 
 
 def certified_grams(a: Tensor, norms: Tensor, tf32: bool) -> tuple[Tensor, float, float | Tensor]:
     """(Â, γ, e): grams(a) with |Â_ts − A_ts| ≤ γ‖a_t‖‖a_s‖ + e for a over n features with position norms `norms`
-    (B, G, T); on TF32 tensor cores where tf32 and a is fp32 (tf32_product_error, e per sample), else IEEE (γ_n,
-    n·η). One place decides both the product and its error."""
+    (B, G, T); on TF32 tensor cores where tf32 and a is fp32 (tf32_product_error, e per sample), as bf16 products
+    where a is bf16 (half_grams), else IEEE (γ_n, n·η). One place decides both the product and its error."""
     return (grams(a, tf32 and a.dtype == torch.float32), *gram_error(a.shape[2], norms, tf32, a.dtype))
 
 
 def gram_error(n: int, norms: Tensor, tf32: bool, dtype: torch.dtype) -> tuple[float, float | Tensor]:
     """(γ, e) of a Gram over n features of dtype, |Â_ts − A_ts| ≤ γ‖a_t‖‖a_s‖ + e, its entries dot products summed
-    in any order, with products and additions rounded in dtype (γ_n, n·η) or on TF32 tensor cores where tf32 and
-    dtype is fp32 (tf32_product_error, e per sample from the largest position norm, norms (B, G, T))."""
+    in any order, with products and additions rounded in dtype (γ_n, n·η), on TF32 tensor cores where tf32 and
+    dtype is fp32 (tf32_product_error, e per sample from the largest position norm, norms (B, G, T)), or as bf16
+    products on tensor cores for bf16 operands (grams: tensor_core_product_error, nothing truncated)."""
+    if dtype == torch.bfloat16:
+        top = norms.amax((1, 2))
+        return tensor_core_product_error(n, top, top, 0.0)
     if tf32 and dtype == torch.float32:
         top = norms.amax((1, 2))
         return tf32_product_error(n, top, top)
@@ -415,7 +423,9 @@ class ConvRule:
     def _grams_unfolded(self, site: Site, g: Tensor, x: Tensor) -> tuple:
         """(certified Grams of U, of G, r, rho, d, p) over the output's positions, U the unfolded input."""
         r, rho = self._position_norms(site, g, x)
-        u, gg = self._unfolded(site, full_precision(g), full_precision(x))
+        if not half_grams(g, x):  # bf16 operands stay bf16 where their Grams run as bf16 products
+            g, x = full_precision(g), full_precision(x)
+        u, gg = self._unfolded(site, g, x)
         return certified_grams(u, r, site.tf32), certified_grams(gg, rho, site.tf32), r, rho, u.shape[2], gg.shape[2]
 
     def _grams_on_grid(self, site: Site, g: Tensor, x: Tensor) -> tuple:

@@ -7,7 +7,9 @@
 #                                 dp_throughput.py result without its per-product list, to $OUT/$PREFIX.jsonl;
 #   keep LABEL                    copies the generated inductor modules with DP nodes written since the last
 #                                 mark (gzipped, at most 4) to $OUT/LABEL/;
-#   mark                          starts that window.
+#   mark                          starts that window;
+#   summary                       prints one line per result in $OUT/$PREFIX.jsonl: model, policy, CUDA graphs,
+#                                 step, host and device ms.
 # LIMIT (seconds, default 540) counts from sourcing.
 set -u
 export OUT=${OUT:-/tmp/out} PYTHONUNBUFFERED=1
@@ -35,6 +37,17 @@ except Exception as e:
 }
 
 mark() { touch /tmp/device-call-mark; }
+
+summary() {
+    python3 -c 'import json, sys
+for line in open(sys.argv[1]):
+    try:
+        r = json.loads(line)
+    except ValueError:
+        continue
+    print(r["model"], r["policy"], "graphs", r["cuda_graphs"], "step", r["step_ms"], "host", r.get("host_ms"),
+          "device", r.get("kernel_ms_per_step"))' "$OUT/$PREFIX.jsonl"
+}
 
 keep() {
     mkdir -p "$OUT/$1"

@@ -20,9 +20,5 @@ for model in wrn16_4; do
     run ${model}_on 110 python3 benchmarks/with_plan.py "HALF_GRAM_DEVICES=('cuda',)" -- \
         benchmarks/dp_throughput.py $common >/dev/null
 done
-python3 -c 'import json, sys
-for line in open(sys.argv[1]):
-    try: r = json.loads(line)
-    except ValueError: continue
-    print(r["model"], r["policy"], "step", r["step_ms"], "host", r.get("host_ms"), "device", r.get("kernel_ms_per_step"))' $OUT/$PREFIX.jsonl
+summary
 date -u

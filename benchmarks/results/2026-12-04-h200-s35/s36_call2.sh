@@ -16,9 +16,5 @@ TESTS="tests/test_models.py" \
 common="--model resnet18_gn --size 32 --batch 256 --steps 20 --policy auto --amp bf16 --profile"
 run r18_compile 80 python3 benchmarks/dp_throughput.py $common --method compile >/dev/null
 run r18_dp 140 python3 benchmarks/dp_throughput.py $common >/dev/null
-python3 -c 'import json, sys
-for line in open(sys.argv[1]):
-    try: r = json.loads(line)
-    except ValueError: continue
-    print(r["model"], r["policy"], "graphs", r["cuda_graphs"], "step", r["step_ms"], "host", r.get("host_ms"), "device", r.get("kernel_ms_per_step"))' $OUT/$PREFIX.jsonl
+summary
 date -u

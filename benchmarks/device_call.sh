@@ -45,8 +45,8 @@ for line in open(sys.argv[1]):
         r = json.loads(line)
     except ValueError:
         continue
-    print(r["model"], r["policy"], "graphs", r["cuda_graphs"], "step", r["step_ms"], "host", r.get("host_ms"),
-          "device", r.get("kernel_ms_per_step"))' "$OUT/$PREFIX.jsonl"
+    print(r.get("model"), r.get("policy"), "graphs", r.get("cuda_graphs"), "step", r.get("step_ms"), "host",
+          r.get("host_ms"), "device", r.get("kernel_ms_per_step"))' "$OUT/$PREFIX.jsonl"
 }
 
 keep() {

@@ -429,8 +429,9 @@ def test_live_memory_counts_a_view_as_its_base_and_finds_the_bytes_per_sample():
 def test_device_call_helpers_cap_log_and_keep(tmp_path):
     """benchmarks/device_call.sh, which one-off device call scripts source: run logs a command and keeps its result
     line without the per-product list (a non-JSON last line says so), skips a command once less than half of its
-    cap is left of LIMIT, and keep copies only the generated modules with DP nodes written since the last mark. Run
-    here in a folder whose .ci/gpu-wheels is a stub (the call's installs then do nothing)."""
+    cap is left of LIMIT, keep copies only the generated modules with DP nodes written since the last mark, and
+    summary prints a line per result (none for a non-JSON one). Run here in a folder whose .ci/gpu-wheels is a stub
+    (the call's installs then do nothing)."""
     import subprocess
     (tmp_path / ".ci").mkdir()
     (tmp_path / ".ci" / "gpu-wheels").write_text("echo wheels\n")
@@ -447,8 +448,11 @@ run "too long" 100 sleep 1
 python3 -c 'print("y" * 30000 + "\\n# dp_per_sample")' > {cache}/after.py
 python3 -c 'print("z" * 30000)' > {cache}/other.py
 keep kept
+summary
 """
-    subprocess.run(["bash", "-c", script], cwd=tmp_path, check=True, capture_output=True, timeout=120)
+    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, check=True, capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.splitlines()[-1] == "None None graphs None step 1.5 host None device None"  # summary
     lines = (out / "t-call.jsonl").read_text().splitlines()
     assert json.loads(lines[0]) == {"step_ms": 1.5} and lines[1].startswith("no json") and len(lines) == 2
     assert (out / "t-call-a_b.log").read_text().startswith("log")

@@ -137,7 +137,7 @@ def grams(a: Tensor, tf32: bool = False) -> Tensor:
     T = 64) they take 0.3 of 10.4 ms of kernel time off a step (H200, 2026-12-02). bf16 operands (half_grams):
     bf16 products with fp32 results (dpcompile::half_bmm)."""
     flat = a.flatten(0, 1)
-    if flat.dtype == torch.bfloat16:
+    if half_grams(flat):
         return torch.ops.dpcompile.half_bmm(flat.transpose(1, 2), flat).unflatten(0, a.shape[:2])
     return matrix_product(flat.transpose(1, 2), flat, tf32).unflatten(0, a.shape[:2])
 
@@ -145,18 +145,18 @@ def grams(a: Tensor, tf32: bool = False) -> Tensor:
 def certified_grams(a: Tensor, norms: Tensor, tf32: bool) -> tuple[Tensor, float, float | Tensor]:
     """(Â, γ, e): grams(a) with |Â_ts − A_ts| ≤ γ‖a_t‖‖a_s‖ + e for a over n features with position norms `norms`
     (B, G, T); on TF32 tensor cores where tf32 and a is fp32 (tf32_product_error, e per sample), as bf16 products
-    where a is bf16 (half_grams), else IEEE (γ_n, n·η). One place decides both the product and its error."""
+    where half_grams(a) (tensor_core_product_error, nothing truncated), else IEEE (γ_n, n·η). One place decides
+    both the product and its error."""
+    if half_grams(a):
+        top = norms.amax((1, 2))
+        return (grams(a), *tensor_core_product_error(a.shape[2], top, top, 0.0))
     return (grams(a, tf32 and a.dtype == torch.float32), *gram_error(a.shape[2], norms, tf32, a.dtype))
 
 
 def gram_error(n: int, norms: Tensor, tf32: bool, dtype: torch.dtype) -> tuple[float, float | Tensor]:
     """(γ, e) of a Gram over n features of dtype, |Â_ts − A_ts| ≤ γ‖a_t‖‖a_s‖ + e, its entries dot products summed
-    in any order, with products and additions rounded in dtype (γ_n, n·η), on TF32 tensor cores where tf32 and
-    dtype is fp32 (tf32_product_error, e per sample from the largest position norm, norms (B, G, T)), or as bf16
-    products on tensor cores for bf16 operands (grams: tensor_core_product_error, nothing truncated)."""
-    if dtype == torch.bfloat16:
-        top = norms.amax((1, 2))
-        return tensor_core_product_error(n, top, top, 0.0)
+    in any order, with products and additions rounded in dtype (γ_n, n·η) or on TF32 tensor cores where tf32 and
+    dtype is fp32 (tf32_product_error, e per sample from the largest position norm, norms (B, G, T))."""
     if tf32 and dtype == torch.float32:
         top = norms.amax((1, 2))
         return tf32_product_error(n, top, top)

@@ -340,11 +340,12 @@ MATRIX_PRODUCTS = {aten.mm.default, aten.bmm.default, aten.addmm.default, aten.b
 def has_half_products(gm: fx.GraphModule) -> bool:
     """Whether the graph multiplies bf16/fp16 matrices (cuBLAS's reduced-precision reductions would apply; the
     Grams of dpcompile::half_bmm return fp32, and count too)."""
-    return any(n.op == "call_function" and (n.target in MATRIX_PRODUCTS
-                                            and getattr(n.meta.get("val"), "dtype", None) in (torch.bfloat16,
-                                                                                              torch.float16)
-                                            or n.target is torch.ops.dpcompile.half_bmm.default)
-               for n in gm.graph.nodes)
+    def half(n: fx.Node) -> bool:
+        if n.target is torch.ops.dpcompile.half_bmm.default:
+            return True
+        return n.target in MATRIX_PRODUCTS and getattr(n.meta.get("val"), "dtype", None) in (torch.bfloat16,
+                                                                                             torch.float16)
+    return any(n.op == "call_function" and half(n) for n in gm.graph.nodes)
 
 
 @torch._dynamo.disable

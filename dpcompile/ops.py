@@ -233,12 +233,13 @@ def lower_per_sample_conv2d_grad() -> None:
 
     def launched(g, x, kernel, stride, padding, dilation):
         g, x = laid_out(g), laid_out(x)
-        (B, P), C, (kh, kw) = plain(g.get_size()[:2]), plain(x.get_size())[1], kernel
+        g_size, x_size = plain(g.get_size()), plain(x.get_size())
+        (B, P), C, (kh, kw) = g_size[:2], x_size[1], kernel
         out = empty_strided([B, P, C, kh, kw], [P * kh * kw * C, kh * kw * C, 1, kw * C, C], dtype=g.get_dtype(),
                             device=g.get_device())
-        fn, configs, args = conv_kernels.launch(plain(g.get_size()), plain(g.get_stride()), plain(x.get_size()),
-                                                plain(x.get_stride()), plain(out.get_stride()), kernel, stride,
-                                                padding, dilation, g.get_dtype())
+        fn, configs, args = conv_kernels.launch(g_size, plain(g.get_stride()), x_size, plain(x.get_stride()),
+                                                plain(out.get_stride()), kernel, stride, padding, dilation,
+                                                g.get_dtype())
         ir.UserDefinedTritonKernel(
             kernel_idx=kernel_side_table.add_kernel(fn), tma_descriptor_metadata={},
             grid=[(conv_kernels.programs(B, P, C, kernel, config), 1, 1) for config in configs],

@@ -1298,3 +1298,16 @@ def test_bf16_grams_within_their_tensor_core_bound():
         assert (err <= allowed).all(), (err - allowed).max()
         rounded_somewhere |= bool((err > 0).any())
     assert rounded_somewhere, "no Gram rounded: the bound was never exercised"
+
+
+def test_half_bmm_counts_as_half_precision_products():
+    """A graph whose only half-precision product is dpcompile::half_bmm (fp32 results) counts as multiplying
+    half-precision matrices (backend.has_half_products), so the checks of cuBLAS's half-precision accumulation
+    apply to it; the same Gram in fp32 does not."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from dpcompile.backend import has_half_products
+    a = torch.randn(2, 3, 4)
+    half = make_fx(lambda t: torch.ops.dpcompile.half_bmm(t, t.transpose(1, 2)))(a.bfloat16())
+    full = make_fx(lambda t: torch.bmm(t, t.transpose(1, 2)))(a)
+    assert has_half_products(half) and not has_half_products(full)

@@ -1311,3 +1311,47 @@ def test_half_bmm_counts_as_half_precision_products():
     half = make_fx(lambda t: torch.ops.dpcompile.half_bmm(t, t.transpose(1, 2)))(a.bfloat16())
     full = make_fx(lambda t: torch.bmm(t, t.transpose(1, 2)))(a)
     assert has_half_products(half) and not has_half_products(full)
+
+
+@pytest.mark.parametrize("case", ["conv_cancelling", "conv_random", "linear_random"])
+def test_bf16_half_grams_stay_upper_bounds(case, monkeypatch):
+    """bf16 operands with the ghost norms' Grams as dpcompile::half_bmm (bounds.HALF_GRAM_DEVICES listing the
+    device): the certified norm bounds every sample's exact weight-gradient norm (float64: per-sample
+    convolution_backward, or P_iᵀQ_i) and a one-sample release stays within R, on the crafted cancellation above in
+    values bf16 holds exactly (x = 250, g = (256, −255): ‖g‖ small, the Grams huge), random convolutions and a
+    linear layer over 7 rows per sample. The Grams must have taken that form (a spy on half_grams). On a CPU these
+    Grams round too little for their error term to decide (zeroing it passes here): the term itself is checked by
+    test_bf16_grams_within_their_tensor_core_bound, which fails without it; on CUDA this runs the tensor cores."""
+    from dpcompile.passes.rules import bounds, conv
+    monkeypatch.setattr(bounds, "HALF_GRAM_DEVICES", (torch.device(DEVICE).type,))
+    taken, real = [], bounds.half_grams
+
+    def spy(*operands):
+        taken.append(real(*operands))
+        return taken[-1]
+    monkeypatch.setattr(conv, "half_grams", spy)
+    monkeypatch.setattr(bounds, "half_grams", spy)
+    torch.manual_seed(0)
+    if case == "linear_random":
+        p_rows, q_rows = torch.randn(3, 7, 5), torch.randn(3, 7, 4) * 1e3
+        p_rows, q_rows = p_rows.bfloat16().to(DEVICE), q_rows.bfloat16().to(DEVICE)
+        rule, site, ops = MatmulRule(), linear_site(3, 7, 5, 4), linear_operands(p_rows, q_rows)
+        exact = torch.linalg.matrix_norm(p_rows.double().transpose(1, 2) @ q_rows.double())
+    else:
+        if case == "conv_cancelling":
+            layer = nn.Conv1d(4, 1, 3, bias=False)
+            x, g = torch.full((1, 4, 4), 250.0), torch.tensor([[[256.0, -255.0]]])
+        else:
+            layer = nn.Conv2d(3, 5, 3, padding=1, bias=False)
+            x, g = torch.randn(4, 3, 6, 6), torch.randn(4, 5, 6, 6)
+        layer = layer.to(DEVICE)
+        x, g = x.to(DEVICE, torch.bfloat16), g.to(DEVICE, torch.bfloat16)
+        rule, site, ops = ConvRule(), conv_site(layer), (g, x, layer.weight.detach().bfloat16())
+        exact = exact_conv(layer, g, x)
+    bound = rule.ghost_norm_bound(site, *ops)
+    assert any(taken), "the Grams did not run as half_bmm"
+    assert torch.isfinite(torch.stack(bound)).all() and (certified_norm(bound) >= exact).all()
+    for i in range(exact.shape[0]):  # each sample released alone within R
+        c = torch.zeros_like(bound[0])
+        c[i] = 1 / certified_norm(bound)[i]
+        assert rule.clipped_sum(site, c, *ops).double().norm().item() <= 1 + 1e-6

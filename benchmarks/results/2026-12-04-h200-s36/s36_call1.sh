@@ -11,7 +11,7 @@ PREFIX=s36-call1
 LIMIT=560
 source benchmarks/device_call.sh
 date -u
-TESTS="tests/test_norm_bounds.py tests/test_mixed_precision.py" PYTEST_ADDOPTS="-k 'bf16_grams or half_products'" \
+TESTS="tests/test_norm_bounds.py tests/test_mixed_precision.py" PYTEST_ADDOPTS="-k 'bf16_grams or half_products or half_grams or half_bmm'" \
     WORKERS=4 TEST_TIMEOUT=120 LIMIT=130 OUT=$OUT/tests bash .ci/gpu inductor 2>&1 \
     | grep -E "PASSED|FAILED|ERROR|passed|failed|Timeout|Error" | grep -v "^INTERNALERROR" | tail -8
 for model in wrn16_4; do
@@ -20,5 +20,7 @@ for model in wrn16_4; do
     run ${model}_on 110 python3 benchmarks/with_plan.py "HALF_GRAM_DEVICES=('cuda',)" -- \
         benchmarks/dp_throughput.py $common >/dev/null
 done
+run r18_on 200 python3 benchmarks/with_plan.py "HALF_GRAM_DEVICES=('cuda',)" -- \
+    benchmarks/dp_throughput.py --model resnet18_gn --size 32 --batch 256 --steps 20 --policy auto --amp bf16 --profile >/dev/null
 summary
 date -u

@@ -179,6 +179,30 @@ def _(a, b):
     return a.new_empty((a.shape[0], a.shape[1], b.shape[2]), dtype=torch.float32)
 
 
+def lower_half_bmm() -> None:
+    """Inductor lowers dpcompile::half_bmm on CUDA as it lowers aten.bmm.dtype(a, b, float32) (once per process): its
+    generated code calls cuBLAS's bf16 GEMM with fp32 output itself. As a fallback the op went through Python at
+    every call, which on ViT-S/16 cost more host time than its Grams saved on the GPU (benchmarks/NOTES.md,
+    thirty-sixth session). Elsewhere (CPU), or where that lowering is missing or fails, the op's own
+    implementation runs."""
+    from torch._inductor.lowering import fallback_handler, lowerings, register_lowering
+    op, bmm_dtype = torch.ops.dpcompile.half_bmm.default, torch.ops.aten.bmm.dtype
+    if op in lowerings:
+        return
+    fallback = fallback_handler(op, add_to_fallback_set=False)
+
+    @register_lowering(op, type_promotion_kind=None)
+    def _(a, b):
+        if a.get_device().type != "cuda" or bmm_dtype not in lowerings:
+            return fallback(a, b)
+        try:
+            return lowerings[bmm_dtype](a, b, torch.float32)
+        except Exception as err:  # an inductor whose bmm lowering differs (torch 2.11 on CUDA is checked)
+            warnings.warn(f"dpcompile: inductor could not lower the bf16 Grams as bmm with fp32 output ({err!r}); "
+                          "they run through the op instead (the same product, a slower call)", stacklevel=2)
+            return fallback(a, b)
+
+
 # Per-sample weight gradients of a 2-D convolution (groups 1) in one Triton kernel on CUDA (conv_kernels; where the
 # rule takes it: ConvRule.implementation, bf16 operands on CUDA by default), torch ops elsewhere; the output is
 # stored kernel-position major, channel minor (conv_kernels.per_sample_buffer), in the fake function as in both

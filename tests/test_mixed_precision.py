@@ -45,10 +45,10 @@ def test_bf16_autocast_within_bf16_tolerance_of_fp32(policy, impl):
     assert error < 2 * bf16_cost + 1e-2, f"bf16 autocast: DP gradient off by {error:.3g}, non-private by {bf16_cost:.3g}"
 
 
-def _ghost_release(model: nn.Module, x: torch.Tensor, G: torch.Tensor, bound: float):
+def _ghost_release(model: nn.Module, x: torch.Tensor, G: torch.Tensor, bound: float, backend: str = BACKEND):
     """(released gradient, the DP model) of the per-sample loss Σ out·G under bf16 autocast, ghost clipping, noise off."""
     dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, loss_reduction="sum", policy="ghost",
-                             backend=BACKEND)
+                             backend=backend)
     model.zero_grad(set_to_none=True)
     with torch.autocast(torch.device(DEVICE).type, torch.bfloat16):
         out = dp(x)
@@ -85,4 +85,53 @@ def test_bf16_grams_as_half_products(kind, monkeypatch):
         half = [n for n in graph.nodes if n.target is torch.ops.dpcompile.half_bmm.default]
         assert bool(half) == on, len(half)
         assert released[on].norm() <= 0.5 * (1 + 1e-6)
+    assert (released[True] - released[False]).norm() <= 1e-4 * released[False].norm()
+
+
+def test_bf16_grams_default_follows_the_device():
+    """By default (bounds.HALF_GRAM_DEVICES unchanged) a bf16-autocast ghost step's Grams take dpcompile::half_bmm
+    on CUDA and stay fp32 products elsewhere; on either, a sample of large output gradients stays within R."""
+    from dpcompile.passes.rules import bounds
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, stride=2), nn.Flatten(),
+                          nn.Linear(4 * 9, 2)).to(DEVICE)
+    x, G = torch.randn(4, 3, 8, 8, device=DEVICE), torch.zeros(4, 2, device=DEVICE)
+    G[0] = 1e3 * torch.randn(2, device=DEVICE)
+    released, dp = _ghost_release(model, x, G, 0.5)
+    half = [n for n in dp.graphs["backward_rewritten"].graph.nodes if n.target is torch.ops.dpcompile.half_bmm.default]
+    assert bool(half) == (torch.device(DEVICE).type in bounds.HALF_GRAM_DEVICES) == (DEVICE == "cuda"), len(half)
+    assert released.norm() <= 0.5 * (1 + 1e-6)
+
+
+@pytest.mark.inductor
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_inductor_lowers_the_half_grams(device, monkeypatch):
+    """Under inductor the bf16 Grams' op is lowered where the device is CUDA (ops.lower_half_bmm: cuBLAS's bf16 GEMM
+    with fp32 output called from the generated code, no Python op at each call) and runs as the op elsewhere (the
+    CPU, listed here for the test); either way a sample of large output gradients stays within R and the release is
+    inductor's with fp32 Grams, to the Grams' roundings. (Against the eager backend the release differs by bf16's
+    roundings of the forward, which inductor fuses: 5e-3 on CUDA, session 36.)"""
+    from torch._inductor import config
+    from torch._inductor.utils import run_and_get_code
+
+    from dpcompile.passes.rules import bounds
+    if device != DEVICE:
+        pytest.skip(f"runs where the suite's device is {device}")
+    monkeypatch.setattr(config, "fx_graph_cache", False)  # a graph compiled before is lowered again
+    x, G = torch.randn(4, 3, 8, 8, device=DEVICE), torch.zeros(4, 2, device=DEVICE)
+    G[0] = 1e3 * torch.randn(2, device=DEVICE)
+    released = {}
+    for on in (False, True):
+        monkeypatch.setattr(bounds, "HALF_GRAM_DEVICES", (device,) if on else ())
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, stride=2), nn.Flatten(),
+                              nn.Linear(4 * 9, 2)).to(DEVICE)
+        (released[on], dp), codes = run_and_get_code(lambda: _ghost_release(model, x, G, 0.5, "inductor"))
+        graph = dp.graphs["backward_rewritten"].graph
+        assert any(n.target is torch.ops.dpcompile.half_bmm.default for n in graph.nodes) == on
+        assert released[on].norm() <= 0.5 * (1 + 1e-6)
+    lines = [line.strip() for code in codes for line in code.splitlines()]
+    calls_op = any("dpcompile.half_bmm" in line for line in lines if not line.startswith("#"))
+    assert calls_op == (device != "cuda")
     assert (released[True] - released[False]).norm() <= 1e-4 * released[False].norm()

@@ -159,10 +159,10 @@ def product_matrix(x: Tensor, y: Tensor, tf32: bool = False) -> tuple[Tensor, fl
 
 # Devices where the ghost norms' Grams of bf16 operands run as bf16 tensor-core products with fp32 results
 # (dpcompile::half_bmm) instead of fp32 products of the operands converted: the same exact products, a tensor-core
-# accumulation (tensor_core_product_error, as the TF32 Grams'), half the bytes read. None by default until a GPU run
-# has measured and tested it (benchmarks/NOTES.md, thirty-fifth session: 0.54 ms of WRN-16-4's bf16 step are these
-# Grams in fp32 on the SIMT units).
-HALF_GRAM_DEVICES: tuple[str, ...] = ()
+# accumulation (tensor_core_product_error, as the TF32 Grams'), half the bytes read. CUDA by default since its tests
+# passed on an H200 and it took WRN-16-4's bf16 step from 5.96 to 5.47 ms of device time (benchmarks/NOTES.md,
+# thirty-sixth session); () turns it off.
+HALF_GRAM_DEVICES: tuple[str, ...] = ("cuda",)
 
 
 def half_grams(*operands: Tensor) -> bool:

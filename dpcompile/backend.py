@@ -213,8 +213,9 @@ def strict_arithmetic() -> dict:
 
 
 def dp_graph_settings(config: DPConfig) -> dict:
-    """The inductor settings for a DP model's graphs."""
-    settings = {**DP_GRAPH_SETTINGS, **strict_arithmetic()}
+    """The inductor settings for a DP model's graphs (their cached code keyed on the lowerings' source too)."""
+    from .ops import lowering_cache_settings
+    settings = {**DP_GRAPH_SETTINGS, **strict_arithmetic(), **lowering_cache_settings()}
     if not config.cuda_graphs:
         return settings
     from .ops import OUTSIDE_CUDA_GRAPHS

@@ -17,6 +17,7 @@ from typing import Protocol
 
 import torch
 from torch import Tensor
+from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from . import conv_kernels
 from .errors import DPCompileError
@@ -269,6 +270,42 @@ def lower_per_sample_conv2d_grad() -> None:
             grid=[(conv_kernels.programs(B, P, C, kernel, config), 1, 1) for config in configs],
             kernel_args={"g_ptr": g, "x_ptr": x, "out_ptr": out, **args})
         return out
+
+
+# Inductor's graph cache keys a compiled graph on its FX graph, inputs and config, not on the lowerings registered
+# here: after this file or the kernels' changed (a fix), a cached graph would still run the code the earlier version
+# generated. A post-grad pass that changes nothing but whose uuid (part of the key) hashes both files ties the DP
+# graphs' entries to them; where the user fills both post-grad pass slots, the DP graphs skip that cache instead
+# (unless TORCHINDUCTOR_FX_GRAPH_CACHE=1 forces it on over every setting).
+def lowering_cache_settings() -> dict:
+    """Inductor settings that key the DP graphs' cached code on this file's and the kernels' source."""
+    from torch._inductor import config
+    for slot in ("post_grad_custom_post_pass", "post_grad_custom_pre_pass"):
+        if not getattr(config, slot):
+            return {slot: LoweringKey()}
+    return {"fx_graph_cache": False}
+
+
+@functools.cache
+def lowering_source_hash() -> str:
+    """A hash of the code that decides what inductor generates for dpcompile's ops: this file and the kernels'."""
+    import hashlib
+    digest = hashlib.sha256()
+    for path in (__file__, conv_kernels.__file__):
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()
+
+
+class LoweringKey(CustomGraphPass):
+    """A post-grad pass that leaves the graph as it is; its uuid, the lowerings' source hash, goes into inductor's
+    graph-cache key."""
+
+    def __call__(self, graph) -> None:
+        return None
+
+    def uuid(self) -> str:
+        return "dpcompile-lowerings-" + lowering_source_hash()
 
 
 # The pin that makes inductor store a value once (passes.rewrite.stored): lowered like inductor's own

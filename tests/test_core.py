@@ -270,14 +270,26 @@ import json, sys, torch
 from torch import nn
 from torch._dynamo.utils import counters
 from torch.nn.utils.parametrizations import weight_norm
+from torch._inductor import config
+from torch._inductor.custom_graph_pass import CustomGraphPass
 import dpcompile
+calls = []
+class Counted(CustomGraphPass):
+    def __call__(self, graph):
+        calls.append(1)
+    def uuid(self):
+        return "counted"
+if sys.argv[3] == "other_lowerings":  # as if dpcompile's lowerings or kernels had changed since the cached runs
+    dpcompile.ops.lowering_source_hash = lambda: "another version"
+if sys.argv[3] == "user_passes":  # both post-grad pass slots the user's
+    config.post_grad_custom_pre_pass, config.post_grad_custom_post_pass = Counted(), Counted()
 torch.manual_seed(0)
 model = nn.Sequential(weight_norm(nn.Linear(6, 5)), nn.Tanh(), nn.Linear(5, 2)).double()
 dp = dpcompile.dpcompile(model, max_grad_norm=float(sys.argv[1]), noise_multiplier=float(sys.argv[2]), seed=0,
                          backend="inductor")
 dp(torch.randn(4, 6, dtype=torch.float64)).square().sum().backward()
 grads = [p.grad.flatten().tolist() for p in model.parameters()]
-print(json.dumps({"counters": dict(counters["inductor"]), "grads": grads}))
+print(json.dumps({"counters": dict(counters["inductor"]), "grads": grads, "user_pass_calls": len(calls)}))
 """
 
 
@@ -287,7 +299,10 @@ def test_a_second_run_finds_the_dp_graphs_in_inductors_cache_and_another_bound_d
     graph: the same model and bound hit it for both graphs and give the same gradients, another bound R misses it
     for the backward (its clip factors are constants of that graph). With the capture's own decomposition table the
     cache was bypassed: most of the table's functions do not pickle into the key. A noisy run served from the
-    noise-free runs' entries still draws its noise (the noise op reads the privacy engine at run time)."""
+    noise-free runs' entries still draws its noise (the noise op reads the privacy engine at run time). The key
+    also holds the hash of dpcompile's lowerings and kernels (ops.lowering_cache_settings): another version of them
+    misses for both graphs, where a hit would run the code the earlier version generated; with both post-grad pass
+    slots the user's, those passes run and the DP graphs skip the cache (no hit, no entry)."""
     import json
     import os
     import subprocess
@@ -295,9 +310,11 @@ def test_a_second_run_finds_the_dp_graphs_in_inductors_cache_and_another_bound_d
 
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path), "TORCHINDUCTOR_FX_GRAPH_CACHE": "1"}
 
-    def run(bound, sigma=0.0):
-        done = subprocess.run([sys.executable, "-c", CACHE_RUN, str(bound), str(sigma)], capture_output=True,
-                              text=True, env=env, timeout=600)
+    def run(bound, sigma=0.0, variant="plain"):
+        # TORCHINDUCTOR_FX_GRAPH_CACHE=1 forces the cache on over any setting: not for the run that must skip it
+        run_env = {k: v for k, v in env.items() if variant != "user_passes" or k != "TORCHINDUCTOR_FX_GRAPH_CACHE"}
+        done = subprocess.run([sys.executable, "-c", CACHE_RUN, str(bound), str(sigma), variant], capture_output=True,
+                              text=True, env=run_env, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
         return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -309,6 +326,13 @@ def test_a_second_run_finds_the_dp_graphs_in_inductors_cache_and_another_bound_d
     assert all(a != b for g, h in zip(noisy["grads"], first["grads"]) for a, b in zip(g, h)), \
         "a cached graph released a gradient entry without noise"
     assert other["counters"].get("fxgraph_cache_miss", 0) >= 1 and other["grads"] != first["grads"]
+    changed = run(1e-3, variant="other_lowerings")
+    assert changed["counters"].get("fxgraph_cache_miss", 0) == 2
+    assert changed["counters"].get("fxgraph_cache_hit", 0) == 0 and changed["grads"] == first["grads"]
+    users = run(1e-3, variant="user_passes")
+    assert users["user_pass_calls"] >= 4, "both of the user's passes run on both graphs"
+    assert not any(users["counters"].get(k, 0) for k in ("fxgraph_cache_hit", "fxgraph_cache_miss"))
+    assert users["grads"] == first["grads"]
 
 
 WIDE_TOKENS = Case("wide_tokens", lambda: nn.Sequential(nn.Linear(1024, 1024), nn.Tanh(), nn.Linear(1024, 2)),

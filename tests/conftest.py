@@ -22,6 +22,15 @@ DEVICE = os.environ.get("DPCOMPILE_TEST_DEVICE", "cpu")
 BACKEND = os.environ.get("DPCOMPILE_TEST_BACKEND", "eager")
 
 
+@pytest.fixture
+def no_fx_graph_cache() -> Iterator[None]:
+    """Inductor's FX graph cache off for the test (a graph compiled before is lowered again), through config.patch:
+    pytest's monkeypatch on inductor's config module deletes the entry on undo (hidden, so every later compile in the
+    process fails with "fx_graph_cache does not exist")."""
+    with torch._inductor.config.patch(fx_graph_cache=False):
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():
     torch._dynamo.reset()

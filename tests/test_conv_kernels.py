@@ -147,14 +147,12 @@ def launches(codes: list[str]) -> tuple[bool, bool]:
 @pytest.mark.inductor
 @pytest.mark.skipif(DEVICE != "cuda" or not conv_kernels.available(), reason="inductor lowers the op so on CUDA")
 @pytest.mark.parametrize("autocast", [False, True], ids=["float64", "bf16_autocast"])
-def test_inductor_launches_the_kernel_itself(autocast, monkeypatch):
+def test_inductor_launches_the_kernel_itself(autocast, no_fx_graph_cache):
     """Under inductor on CUDA the op is lowered to the Triton kernel (ops.lower_per_sample_conv2d_grad): the DP
     backward's generated code launches _per_sample_conv2d_grad and never calls the op, and the gradients match
     torch.func's (float64: the rewrite's reference check over batches 3, 5, 2; bf16 autocast: the released
     gradient is the one eager's op gives, to bf16's roundings in norm)."""
-    from torch._inductor import config
     from torch._inductor.utils import run_and_get_code
-    monkeypatch.setattr(config, "fx_graph_cache", False)  # a graph compiled before is lowered again
     if not autocast:
         with implicit_convs():
             _, codes = run_and_get_code(lambda: check_against_reference(CONVS, policy="per_sample",
@@ -185,17 +183,16 @@ def test_inductor_launches_the_kernel_itself(autocast, monkeypatch):
 
 @pytest.mark.inductor
 @pytest.mark.skipif(DEVICE != "cuda" or not conv_kernels.available(), reason="inductor lowers the op so on CUDA")
-def test_inductor_falls_back_to_the_op_where_it_cannot_launch_the_kernel(monkeypatch):
+def test_inductor_falls_back_to_the_op_where_it_cannot_launch_the_kernel(monkeypatch, no_fx_graph_cache):
     """Where inductor's user-kernel IR rejects the launch (a torch version whose UserDefinedTritonKernel differs),
     the lowering warns and calls the op instead (the same kernel through its Python launch): the gradients still
     match torch.func over batches 3, 5, 2 in float64, and the generated code calls the op."""
-    from torch._inductor import config, ir
+    from torch._inductor import ir
     from torch._inductor.utils import run_and_get_code
 
     def rejected(*args, **kwargs):
         raise TypeError("__init__() got an unexpected keyword argument 'kernel_args'")
     monkeypatch.setattr(ir, "UserDefinedTritonKernel", rejected)
-    monkeypatch.setattr(config, "fx_graph_cache", False)  # a graph compiled before is lowered again
     with implicit_convs(), pytest.warns(UserWarning, match="could not launch the per-sample convolution kernel itself"):
         _, codes = run_and_get_code(lambda: check_against_reference(CONVS, policy="per_sample", backend="inductor",
                                                                       batches=(3, 5, 2)))
@@ -204,16 +201,14 @@ def test_inductor_falls_back_to_the_op_where_it_cannot_launch_the_kernel(monkeyp
 
 @pytest.mark.inductor
 @pytest.mark.skipif(DEVICE != "cuda" or not conv_kernels.available(), reason="CUDA graphs of the lowered kernel")
-def test_lowered_kernel_inside_cuda_graphs(monkeypatch):
+def test_lowered_kernel_inside_cuda_graphs(no_fx_graph_cache):
     """cuda_graphs=True with the lowered kernel: the DP backward that launches it is recorded (inductor skips no
     graph; the kernel's autotuning runs at the warm-up run, before a recording), and the gradients of the warm-up,
     recorded and replayed steps (batches 3, 5, 3, 5, 3) match torch.func's in float64. A replay reading another
     step's operands, or a launch left out of the recording, would give the wrong gradient."""
     from test_gpu_paths import recorded_cuda_graphs
     from torch._dynamo.utils import counters
-    from torch._inductor import config
     from torch._inductor.utils import run_and_get_code
-    monkeypatch.setattr(config, "fx_graph_cache", False)  # a graph compiled before is lowered again
     counters.clear()
     with implicit_convs():
         _, codes = run_and_get_code(lambda: check_against_reference(

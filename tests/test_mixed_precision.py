@@ -105,19 +105,17 @@ def test_bf16_grams_default_follows_the_device():
 
 @pytest.mark.inductor
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
-def test_inductor_lowers_the_half_grams(device, monkeypatch):
+def test_inductor_lowers_the_half_grams(device, monkeypatch, no_fx_graph_cache):
     """Under inductor the bf16 Grams' op is lowered where the device is CUDA (ops.lower_half_bmm: cuBLAS's bf16 GEMM
     with fp32 output called from the generated code, no Python op at each call) and runs as the op elsewhere (the
     CPU, listed here for the test); either way a sample of large output gradients stays within R and the release is
     inductor's with fp32 Grams, to the Grams' roundings. (Against the eager backend the release differs by bf16's
     roundings of the forward, which inductor fuses: 5e-3 on CUDA, session 36.)"""
-    from torch._inductor import config
     from torch._inductor.utils import run_and_get_code
 
     from dpcompile.passes.rules import bounds
     if device != DEVICE:
         pytest.skip(f"runs where the suite's device is {device}")
-    monkeypatch.setattr(config, "fx_graph_cache", False)  # a graph compiled before is lowered again
     x, G = torch.randn(4, 3, 8, 8, device=DEVICE), torch.zeros(4, 2, device=DEVICE)
     G[0] = 1e3 * torch.randn(2, device=DEVICE)
     released = {}

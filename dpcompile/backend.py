@@ -198,10 +198,16 @@ CUDA_GRAPH_SETTINGS = {"triton.cudagraphs": True, "graph_partition": True}
 # CPU kernels (-funsafe-math-optimizations: reassociation, reciprocals), FMA contraction in them (the CPU default is
 # off; a contraction may differ between two kernels that recompute one operand), Triton's fast exp, and the CUDA, XPU
 # and ROCm kernels' fast math. (Triton's libdevice functions flush fp32 subnormals unless eager_numerics.disable_ftz;
-# the bounds' own arithmetic is float64, which they never flush, so that stays as the user has it.)
+# the bounds' own arithmetic is float64, which they never flush, so that stays as the user has it.) And
+# emulate_precision_casts: inductor computes bf16/fp16 values in fp32, and where one Triton kernel both stores such a
+# value (rounded, for a matrix product to read) and reduces it (a row norm, a per-sample norm), the reduction reads
+# the value before its rounding (inductor's store cache): the norm would bound a gradient other than the one the
+# stored operands give, by up to 2⁻⁸ relative per operand in bf16. With it, each such value is rounded where eager
+# rounds it, before any use (and Triton's FMA contraction is off, as the C++ kernels' is).
 STRICT_ARITHMETIC = {"cpp.enable_unsafe_math_opt_flag": False, "cpp.enable_floating_point_contract_flag": "off",
                      "use_fast_math": False, "cuda.use_fast_math": False, "cutlass.use_fast_math": False,
-                     "xpu.use_fast_math": False, "rocm.use_fast_math": False, "rocm.flush_denormals": False}
+                     "xpu.use_fast_math": False, "rocm.use_fast_math": False, "rocm.flush_denormals": False,
+                     "emulate_precision_casts": True}
 
 
 def strict_arithmetic() -> dict:

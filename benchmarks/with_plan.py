@@ -1,6 +1,7 @@
 """Run a benchmark script with some of the plan's constants set otherwise (those of passes.plan, passes.rules.conv's
-choice of how per-sample convolution gradients are formed, passes.rules.bounds' HALF_GRAM_DEVICES, and
-dpcompile.backend's STRICT_ARITHMETIC, the DP graphs' inductor arithmetic settings), for A/B
+choice of how per-sample convolution gradients are formed, passes.rules.bounds' HALF_GRAM_DEVICES,
+dpcompile.backend's STRICT_ARITHMETIC (the DP graphs' inductor arithmetic settings) and dpcompile.ops' lowering
+switches such as HALF_GRAM_AUTOTUNE), for A/B
 timings of a plan rule in one call on the GPU machine. From the repo root:
   python benchmarks/with_plan.py NAME=VALUE ... -- SCRIPT [SCRIPT's arguments ...]
 e.g. python benchmarks/with_plan.py SHIFTED_CONV_MAX_PRODUCTS=0 -- benchmarks/dp_throughput.py --model wrn16_4 --size 32
@@ -19,7 +20,8 @@ from dpcompile.passes import plan  # noqa: E402
 from dpcompile.passes.rules import bounds, conv  # noqa: E402
 
 backend = importlib.import_module("dpcompile.backend")  # the module (dpcompile.backend is also a function's name)
-MODULES = (plan, conv, bounds, backend)  # where the plan's constants live
+ops = importlib.import_module("dpcompile.ops")
+MODULES = (plan, conv, bounds, backend, ops)  # where the plan's constants live
 
 
 def main(argv: list[str]) -> None:

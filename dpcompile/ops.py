@@ -8,6 +8,7 @@ normalising around it stay in the graph for inductor to fuse.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
@@ -180,6 +181,13 @@ def _(a, b):
     return a.new_empty((a.shape[0], a.shape[1], b.shape[2]), dtype=torch.float32)
 
 
+# Whether inductor also tries its Triton bmm templates for those Grams (autotuned at the first step against cuBLAS,
+# which picks Turing-shaped kernels for bf16 -> fp32 bmm on an H200; the templates' tl.dot accumulates bf16 products
+# in fp32 on tensor cores, the model the bound assumes). Off until an A/B on the GPU decides (NOTES, thirty-sixth
+# session).
+HALF_GRAM_AUTOTUNE = False
+
+
 def lower_half_bmm() -> None:
     """Inductor lowers dpcompile::half_bmm on CUDA as it lowers aten.bmm.dtype(a, b, float32) (once per process): its
     generated code calls cuBLAS's bf16 GEMM with fp32 output itself. As a fallback the op went through Python at
@@ -197,7 +205,9 @@ def lower_half_bmm() -> None:
         if a.get_device().type != "cuda" or bmm_dtype not in lowerings:
             return fallback(a, b)
         try:
-            return lowerings[bmm_dtype](a, b, torch.float32)
+            with torch._inductor.config.patch(max_autotune_gemm=True) if HALF_GRAM_AUTOTUNE else \
+                    contextlib.nullcontext():
+                return lowerings[bmm_dtype](a, b, torch.float32)
         except Exception as err:  # an inductor whose bmm lowering differs (torch 2.11 on CUDA is checked)
             warnings.warn(f"dpcompile: inductor could not lower the bf16 Grams as bmm with fp32 output ({err!r}); "
                           "they run through the op instead (the same product, a slower call)", stacklevel=2)
@@ -274,8 +284,8 @@ def lower_per_sample_conv2d_grad() -> None:
 
 # Inductor's graph cache keys a compiled graph on its FX graph, inputs and config, not on the lowerings registered
 # here: after this file or the kernels' changed (a fix), a cached graph would still run the code the earlier version
-# generated. A post-grad pass that changes nothing but whose uuid (part of the key) hashes both files ties the DP
-# graphs' entries to them; where the user fills both post-grad pass slots, the DP graphs skip that cache instead
+# generated. A post-grad pass that changes nothing but whose uuid (part of the key) hashes both files and names the
+# lowerings' switches (HALF_GRAM_AUTOTUNE) ties the DP graphs' entries to them; where the user fills both post-grad pass slots, the DP graphs skip that cache instead
 # (unless TORCHINDUCTOR_FX_GRAPH_CACHE=1 forces it on over every setting).
 def lowering_cache_settings() -> dict:
     """Inductor settings that key the DP graphs' cached code on this file's and the kernels' source."""
@@ -298,14 +308,14 @@ def lowering_source_hash() -> str:
 
 
 class LoweringKey(CustomGraphPass):
-    """A post-grad pass that leaves the graph as it is; its uuid, the lowerings' source hash, goes into inductor's
-    graph-cache key."""
+    """A post-grad pass that leaves the graph as it is; its uuid, the lowerings' source hash and their switches, goes
+    into inductor's graph-cache key."""
 
     def __call__(self, graph) -> None:
         return None
 
     def uuid(self) -> str:
-        return "dpcompile-lowerings-" + lowering_source_hash()
+        return f"dpcompile-lowerings-{lowering_source_hash()}-autotune-{HALF_GRAM_AUTOTUNE}"
 
 
 # The pin that makes inductor store a value once (passes.rewrite.stored): lowered like inductor's own

@@ -143,6 +143,32 @@ def test_bf16_autocast(policy):
     assert released_norm(model) <= R * SLACK
 
 
+@pytest.mark.inductor
+@pytest.mark.parametrize("policy", ("ghost", "per_sample"))
+def test_bf16_output_gradients_that_round_up_stay_within_R(policy):
+    """bf16 autocast through inductor, a linear layer whose samples own disjoint weight entries (input e_i, output
+    gradient b_i·e_i): each b_i lies just above a midpoint of bf16's grid, so the bf16 output gradient the products
+    use is up to 2⁻⁸ larger than the fp32 one, and across 128 of them the clip-scaled operand and the released entry
+    round by varying amounts. R sits just below a bf16 grid point, so a release rounded up to that point exceeds it.
+    Every sample's released entry stays within R; without the clipped sum's rounding margin or the bound's growth for
+    the result's bf16 rounding (ghost_norm_bound's e, `certified`) one reaches 1.001·R (checked on the CPU)."""
+    B, bound = 128, 1 - 2**-10
+    model = nn.Linear(B, B, bias=False).to(DEVICE)
+    dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, loss_reduction="sum", policy=policy,
+                             backend="inductor")
+    b = 1 + (2 * torch.arange(B, dtype=torch.float64) + 1) / 256 + 2.0**-16  # fp32-exact, above bf16's midpoints
+    assert (b.to(torch.bfloat16).double() > b).all()
+    x, G = torch.eye(B, device=DEVICE), torch.diag(b).float().to(DEVICE)
+    with torch.autocast(torch.device(DEVICE).type, torch.bfloat16):
+        out = dp(x)
+    (out.float() * G).sum().backward()
+    released = model.weight.grad.double()
+    entries = released.diagonal()
+    assert torch.count_nonzero(released - torch.diag(entries)) == 0  # one entry per sample
+    assert (entries.abs() > 0.98 * bound).all(), entries.abs().min()  # every sample clipped to about R
+    assert entries.abs().max() <= bound * SLACK, (entries.abs().max() / bound).item()
+
+
 @pytest.mark.parametrize("impl", ("unfold", "shifted", "implicit"))
 def test_bf16_autocast_conv(impl):
     """bf16 conv operands, per-sample gradients over the unfold, shifted windows or dpcompile::per_sample_conv2d_grad

@@ -9,7 +9,11 @@
 #                                 mark (gzipped, at most 4) to $OUT/LABEL/;
 #   mark                          starts that window;
 #   summary                       prints one line per result in $OUT/$PREFIX.jsonl: model, policy, CUDA graphs,
-#                                 step, host and device ms.
+#                                 step, host and device ms;
+#   gpu_tests FILES K WORKERS SECONDS
+#                                 runs .ci/gpu inductor on the tests of FILES that `-k K` selects, WORKERS workers,
+#                                 at most SECONDS (and what is left of LIMIT; each test at most 10 s less), logs in
+#                                 $OUT/tests/, and prints its result lines (passed, failed, errors, the summary).
 # LIMIT (seconds, default 540) counts from sourcing.
 set -u
 export OUT=${OUT:-/tmp/out} PYTHONUNBUFFERED=1
@@ -47,6 +51,14 @@ for line in open(sys.argv[1]):
         continue
     print(r.get("model"), r.get("policy"), "graphs", r.get("cuda_graphs"), "step", r.get("step_ms"), "host",
           r.get("host_ms"), "device", r.get("kernel_ms_per_step"))' "$OUT/$PREFIX.jsonl"
+}
+
+gpu_tests() {
+    local seconds=$4
+    (( seconds > $(left) )) && seconds=$(left)
+    TESTS=$1 PYTEST_ADDOPTS="-k '$2'" WORKERS=$3 TEST_TIMEOUT=$((seconds - 10)) LIMIT=$seconds OUT=$OUT/tests \
+        bash .ci/gpu inductor 2>&1 | grep -E "PASSED|FAILED|ERROR|passed|failed|Timeout|Error" \
+        | grep -v "^INTERNALERROR" | tail -60
 }
 
 keep() {

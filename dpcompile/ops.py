@@ -8,7 +8,6 @@ normalising around it stay in the graph for inductor to fuse.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import math
@@ -205,8 +204,7 @@ def lower_half_bmm() -> None:
         if a.get_device().type != "cuda" or bmm_dtype not in lowerings:
             return fallback(a, b)
         try:
-            with torch._inductor.config.patch(max_autotune_gemm=True) if HALF_GRAM_AUTOTUNE else \
-                    contextlib.nullcontext():
+            with torch._inductor.config.patch({"max_autotune_gemm": True} if HALF_GRAM_AUTOTUNE else {}):
                 return lowerings[bmm_dtype](a, b, torch.float32)
         except Exception as err:  # an inductor whose bmm lowering differs (torch 2.11 on CUDA is checked)
             warnings.warn(f"dpcompile: inductor could not lower the bf16 Grams as bmm with fp32 output ({err!r}); "
@@ -285,10 +283,11 @@ def lower_per_sample_conv2d_grad() -> None:
 # Inductor's graph cache keys a compiled graph on its FX graph, inputs and config, not on the lowerings registered
 # here: after this file or the kernels' changed (a fix), a cached graph would still run the code the earlier version
 # generated. A post-grad pass that changes nothing but whose uuid (part of the key) hashes both files and names the
-# lowerings' switches (HALF_GRAM_AUTOTUNE) ties the DP graphs' entries to them; where the user fills both post-grad pass slots, the DP graphs skip that cache instead
-# (unless TORCHINDUCTOR_FX_GRAPH_CACHE=1 forces it on over every setting).
+# lowerings' switches (HALF_GRAM_AUTOTUNE) ties the DP graphs' entries to them; where the user fills both post-grad
+# pass slots, the DP graphs skip that cache instead (unless TORCHINDUCTOR_FX_GRAPH_CACHE=1 forces it on over every
+# setting).
 def lowering_cache_settings() -> dict:
-    """Inductor settings that key the DP graphs' cached code on this file's and the kernels' source."""
+    """Inductor settings that key the DP graphs' cached code on this file's and the kernels' source and switches."""
     from torch._inductor import config
     for slot in ("post_grad_custom_post_pass", "post_grad_custom_pre_pass"):
         if not getattr(config, slot):

@@ -430,11 +430,14 @@ def test_device_call_helpers_cap_log_and_keep(tmp_path):
     """benchmarks/device_call.sh, which one-off device call scripts source: run logs a command and keeps its result
     line without the per-product list (a non-JSON last line says so), skips a command once less than half of its
     cap is left of LIMIT, keep copies only the generated modules with DP nodes written since the last mark, and
-    summary prints a line per result (none for a non-JSON one). Run here in a folder whose .ci/gpu-wheels is a stub
-    (the call's installs then do nothing)."""
+    summary prints a line per result (none for a non-JSON one), and gpu_tests hands .ci/gpu its files, -k expression,
+    workers and limits (capped by what is left of LIMIT) and prints only its result lines. Run here in a folder whose
+    .ci/gpu-wheels and .ci/gpu are stubs (the call's installs do nothing; the suite's runner echoes what it got)."""
     import subprocess
     (tmp_path / ".ci").mkdir()
     (tmp_path / ".ci" / "gpu-wheels").write_text("echo wheels\n")
+    (tmp_path / ".ci" / "gpu").write_text('echo "setup line"; echo "PASSED $1 $TESTS|$PYTEST_ADDOPTS|$WORKERS|'
+                                          '$TEST_TIMEOUT|$LIMIT|$OUT"\n')
     cache, out = tmp_path / "cache", tmp_path / "out"
     cache.mkdir(), out.mkdir()
     (cache / "before.py").write_text("x" * 30_000 + "\n# dp_norm_sq\n")
@@ -449,10 +452,15 @@ python3 -c 'print("y" * 30000 + "\\n# dp_per_sample")' > {cache}/after.py
 python3 -c 'print("z" * 30000)' > {cache}/other.py
 keep kept
 summary
+gpu_tests "tests/a.py tests/b.py" "x or (y and z)" 3 500
 """
     done = subprocess.run(["bash", "-c", script], cwd=tmp_path, check=True, capture_output=True, text=True,
                           timeout=120)
-    assert done.stdout.splitlines()[-1] == "None None graphs None step 1.5 host None device None"  # summary
+    *_, summary, tests = done.stdout.splitlines()
+    assert summary == "None None graphs None step 1.5 host None device None"
+    left = int(tests.split("|")[-2])  # LIMIT=20 less the seconds the runs above took
+    assert 0 < left <= 20 and tests == (f"PASSED inductor tests/a.py tests/b.py|-k 'x or (y and z)'|3|{left - 10}|"
+                                        f"{left}|{out}/tests")
     lines = (out / "t-call.jsonl").read_text().splitlines()
     assert json.loads(lines[0]) == {"step_ms": 1.5} and lines[1].startswith("no json") and len(lines) == 2
     assert (out / "t-call-a_b.log").read_text().startswith("log")

@@ -56,6 +56,27 @@ def _ghost_release(model: nn.Module, x: torch.Tensor, G: torch.Tensor, bound: fl
     return torch.cat([p.grad.double().flatten() for p in model.parameters()]), dp
 
 
+def _large_first_sample(kind: str):
+    """(model factory, x, G) for _ghost_release: a small convolution model or a sequence of linears, with sample 0's
+    output gradients large (it alone is released, clipped) and the others' zero."""
+    if kind == "conv":
+        def make():
+            return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, stride=2), nn.Flatten(),
+                                 nn.Linear(4 * 9, 2)).to(DEVICE)
+        x, G = torch.randn(4, 3, 8, 8, device=DEVICE), torch.zeros(4, 2, device=DEVICE)
+    else:
+        def make():
+            return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 2)).to(DEVICE)
+        x, G = torch.randn(4, 5, 6, device=DEVICE), torch.zeros(4, 5, 2, device=DEVICE)
+    G[0] = 1e3 * torch.randn(G.shape[1:], device=DEVICE)
+    return make, x, G
+
+
+def _takes_half_bmm(dp) -> bool:
+    """Whether the DP backward forms Grams with dpcompile::half_bmm."""
+    return any(n.target is torch.ops.dpcompile.half_bmm.default for n in dp.graphs["backward_rewritten"].graph.nodes)
+
+
 @pytest.mark.parametrize("kind", ["conv", "linear_sequence"])
 def test_bf16_grams_as_half_products(kind, monkeypatch):
     """bounds.HALF_GRAM_DEVICES listing the device: the ghost norms' Grams of bf16 operands run as
@@ -64,26 +85,14 @@ def test_bf16_grams_as_half_products(kind, monkeypatch):
     Grams only feed the clip factor: clipped, both give R's direction)."""
     from dpcompile.passes.rules import bounds
     torch.manual_seed(0)
-    if kind == "conv":
-        make = lambda: nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, stride=2),  # noqa: E731
-                                     nn.Flatten(), nn.Linear(4 * 9, 2))
-        x = torch.randn(4, 3, 8, 8, device=DEVICE)
-        G = torch.zeros(4, 2, device=DEVICE)
-    else:
-        make = lambda: nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 2))  # noqa: E731
-        x = torch.randn(4, 5, 6, device=DEVICE)
-        G = torch.zeros(4, 5, 2, device=DEVICE)
-    G[0] = 1e3 * torch.randn(G.shape[1:], device=DEVICE)
+    make, x, G = _large_first_sample(kind)
     released = {}
     for on in (False, True):
         monkeypatch.setattr(bounds, "HALF_GRAM_DEVICES", (torch.device(DEVICE).type,) if on else ())
         torch._dynamo.reset()
         torch.manual_seed(1)
-        model = make().to(DEVICE)
-        released[on], dp = _ghost_release(model, x, G, 0.5)
-        graph = dp.graphs["backward_rewritten"].graph
-        half = [n for n in graph.nodes if n.target is torch.ops.dpcompile.half_bmm.default]
-        assert bool(half) == on, len(half)
+        released[on], dp = _ghost_release(make(), x, G, 0.5)
+        assert _takes_half_bmm(dp) == on
         assert released[on].norm() <= 0.5 * (1 + 1e-6)
     assert (released[True] - released[False]).norm() <= 1e-4 * released[False].norm()
 
@@ -93,13 +102,9 @@ def test_bf16_grams_default_follows_the_device():
     on CUDA and stay fp32 products elsewhere; on either, a sample of large output gradients stays within R."""
     from dpcompile.passes.rules import bounds
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, stride=2), nn.Flatten(),
-                          nn.Linear(4 * 9, 2)).to(DEVICE)
-    x, G = torch.randn(4, 3, 8, 8, device=DEVICE), torch.zeros(4, 2, device=DEVICE)
-    G[0] = 1e3 * torch.randn(2, device=DEVICE)
-    released, dp = _ghost_release(model, x, G, 0.5)
-    half = [n for n in dp.graphs["backward_rewritten"].graph.nodes if n.target is torch.ops.dpcompile.half_bmm.default]
-    assert bool(half) == (torch.device(DEVICE).type in bounds.HALF_GRAM_DEVICES) == (DEVICE == "cuda"), len(half)
+    make, x, G = _large_first_sample("conv")
+    released, dp = _ghost_release(make(), x, G, 0.5)
+    assert _takes_half_bmm(dp) == (torch.device(DEVICE).type in bounds.HALF_GRAM_DEVICES) == (DEVICE == "cuda")
     assert released.norm() <= 0.5 * (1 + 1e-6)
 
 
@@ -116,18 +121,15 @@ def test_inductor_lowers_the_half_grams(device, monkeypatch, no_fx_graph_cache):
     from dpcompile.passes.rules import bounds
     if device != DEVICE:
         pytest.skip(f"runs where the suite's device is {device}")
-    x, G = torch.randn(4, 3, 8, 8, device=DEVICE), torch.zeros(4, 2, device=DEVICE)
-    G[0] = 1e3 * torch.randn(2, device=DEVICE)
+    torch.manual_seed(0)
+    make, x, G = _large_first_sample("conv")
     released = {}
     for on in (False, True):
         monkeypatch.setattr(bounds, "HALF_GRAM_DEVICES", (device,) if on else ())
         torch._dynamo.reset()
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, stride=2), nn.Flatten(),
-                              nn.Linear(4 * 9, 2)).to(DEVICE)
-        (released[on], dp), codes = run_and_get_code(lambda: _ghost_release(model, x, G, 0.5, "inductor"))
-        graph = dp.graphs["backward_rewritten"].graph
-        assert any(n.target is torch.ops.dpcompile.half_bmm.default for n in graph.nodes) == on
+        torch.manual_seed(1)
+        (released[on], dp), codes = run_and_get_code(lambda: _ghost_release(make(), x, G, 0.5, "inductor"))
+        assert _takes_half_bmm(dp) == on
         assert released[on].norm() <= 0.5 * (1 + 1e-6)
     lines = [line.strip() for code in codes for line in code.splitlines()]
     calls_op = any("dpcompile.half_bmm" in line for line in lines if not line.startswith("#"))

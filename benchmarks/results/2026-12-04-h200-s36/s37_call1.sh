@@ -13,10 +13,9 @@ PREFIX=s37-call1
 LIMIT=590
 source benchmarks/device_call.sh
 date -u
-TESTS="tests/test_gpu_paths.py tests/test_mixed_precision.py tests/test_adversarial.py tests/test_models.py" \
-    PYTEST_ADDOPTS="-k 'reduced_bf16 or fast_math or test_mixed_precision.py or (test_adversarial.py and bf16) or (bf16_autocast and wrn16_4-mixed)'" \
-    WORKERS=8 TEST_TIMEOUT=200 LIMIT=210 OUT=$OUT/tests bash .ci/gpu inductor 2>&1 \
-    | grep -E "PASSED|FAILED|ERROR|passed|failed|Timeout|Error" | grep -v "^INTERNALERROR" | tail -30
+gpu_tests "tests/test_gpu_paths.py tests/test_mixed_precision.py tests/test_adversarial.py tests/test_models.py" \
+    "reduced_bf16 or fast_math or test_mixed_precision.py or (test_adversarial.py and bf16) or (bf16_autocast and wrn16_4-mixed)" \
+    8 210
 common="--model wrn16_4 --size 32 --batch 256 --steps 20 --policy auto --profile"
 run wrn16_dp 90 python3 benchmarks/dp_throughput.py $common --amp bf16 >/dev/null
 run wrn16_no_emulate 90 python3 benchmarks/with_plan.py \

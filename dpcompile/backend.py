@@ -142,26 +142,38 @@ class DPBackend:
             raise
 
     def lower(self, gm: fx.GraphModule, example_inputs, kwargs: dict):
-        """Inductor kernels, or the graph run as it is (backend='eager'). Where inductor itself fails on a
-        graph (its CUDA code generation can fail on a recompile for a batch of one: "CantSplit"), that
-        graph runs as it is, with a warning: the same ops, so the same clipping and noise, only slower."""
+        """Inductor kernels, or the graph run as it is (backend='eager'). Where inductor's C++ wrapper (the user's
+        cpp_wrapper=True) fails on a graph, it is compiled again with the Python wrapper; where inductor itself fails
+        (its CUDA code generation can fail on a recompile for a batch of one: "CantSplit"), the graph runs as it is.
+        Either with a warning: the same ops, so the same clipping and noise, only slower."""
         if self.config.backend == "eager":
             return make_boxed_func(gm.forward)
         from torch._inductor.compile_fx import compile_fx_inner
         from torch._inductor.exc import InductorError
         channels_last = STATIC_BATCH_LAYOUT and layout_as_if_static(gm, is_inference=kwargs.get("is_inference", False))
-        try:
-            with torch._inductor.config.patch(force_layout_optimization=True) if channels_last else nullcontext():
-                return compile_fx_inner(gm, example_inputs, **kwargs)
-        except InductorError as exc:
-            lines = [line.strip() for line in str(exc).strip().splitlines()] or [type(exc).__name__]
-            # the error's first line, and the op a LoweringException names ("target: ..." on a later line)
-            what = "; ".join([lines[0][:200]] + [line for line in lines[1:] if line.startswith("target:")][:1])
-            warnings.warn(f"dpcompile: inductor could not compile a {'backward' if kwargs.get('is_backward') else 'forward'} "
-                          f"graph ({what}); it runs without inductor (correct, slower). Please report it.",
-                          RuntimeWarning, stacklevel=2)
-            fallback = make_boxed_func(gm.forward)
-            return fp32_boxed(fallback) if kwargs.get("is_backward") else fallback
+        graph = "backward" if kwargs.get("is_backward") else "forward"
+        wrappers = [{"cpp_wrapper": True}, {"cpp_wrapper": False}] if torch._inductor.config.cpp_wrapper else [{}]
+        for wrapper in wrappers:
+            try:
+                with torch._inductor.config.patch({**wrapper, **({"force_layout_optimization": True}
+                                                                  if channels_last else {})}):
+                    return compile_fx_inner(gm, example_inputs, **kwargs)
+            except InductorError as exc:
+                failed = f"inductor could not compile a {graph} graph ({inductor_error_summary(exc)})"
+                if wrapper is not wrappers[-1]:
+                    warnings.warn(f"dpcompile: with its C++ wrapper {failed}; it is compiled with the Python wrapper "
+                                  f"instead (correct; the host's part of each call slower). Please report it.",
+                                  RuntimeWarning, stacklevel=2)
+        warnings.warn(f"dpcompile: {failed}; it runs without inductor (correct, slower). Please report it.",
+                      RuntimeWarning, stacklevel=2)
+        fallback = make_boxed_func(gm.forward)
+        return fp32_boxed(fallback) if kwargs.get("is_backward") else fallback
+
+
+def inductor_error_summary(exc: BaseException) -> str:
+    """An inductor error's first line, and the op a LoweringException names ("target: ..." on a later line)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines()] or [type(exc).__name__]
+    return "; ".join([lines[0][:200]] + [line for line in lines[1:] if line.startswith("target:")][:1])
 
 
 # The DP graphs' layouts as inductor picks them for a graph with a static batch (layout_as_if_static), as for the

@@ -282,7 +282,7 @@ class Counted(CustomGraphPass):
 if sys.argv[3] == "other_lowerings":  # as if dpcompile's lowerings or kernels had changed since the cached runs
     dpcompile.ops.lowering_source_hash = lambda: "another version"
 if sys.argv[3] == "other_switch":  # a lowering switch set otherwise (benchmarks/with_plan.py does so)
-    dpcompile.ops.HALF_GRAM_AUTOTUNE = True
+    dpcompile.ops.HALF_GRAM_ROW_ALIGN = 4
 if sys.argv[3] == "user_passes":  # both post-grad pass slots the user's
     config.post_grad_custom_pre_pass, config.post_grad_custom_post_pass = Counted(), Counted()
 torch.manual_seed(0)

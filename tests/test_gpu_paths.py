@@ -82,6 +82,35 @@ def test_inductor_failure_falls_back_to_the_graph_with_a_warning(monkeypatch, er
     assert any(re.search(shown, str(w.message)) for w in caught), [str(w.message) for w in caught]
 
 
+@pytest.mark.skipif(DEVICE != "cpu", reason="injects a failure into inductor's entry point")
+def test_a_cpp_wrapper_failure_compiles_with_the_python_wrapper(monkeypatch):
+    """Under the user's cpp_wrapper=True a graph whose C++ does not compile (on an H200, torch 2.11, WRN-16-4 bf16's
+    backward: a C-shim name torch lacks) is compiled again with the Python wrapper, not run uncompiled (104 ms a step
+    against 12 ms there): the same gradients (torch.func, float64), one warning per graph that names the wrapper, and
+    none that says it runs without inductor. The C++ compiler's failure is injected where the C++ wrapper is on."""
+    import torch._inductor.compile_fx as compile_fx
+    from torch._inductor.exc import InductorError
+
+    real, calls = compile_fx.compile_fx_inner, []
+
+    def failing_in_cpp(gm, example_inputs, **kwargs):
+        calls.append((bool(kwargs.get("is_backward")), torch._inductor.config.cpp_wrapper))
+        if torch._inductor.config.cpp_wrapper:
+            raise InductorError(RuntimeError("CppCompileError: C++ compile error"), None)
+        return real(gm, example_inputs, **kwargs)
+
+    monkeypatch.setattr(compile_fx, "compile_fx_inner", failing_in_cpp)
+    case = Case("linear", lambda: nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 3)),
+                lambda B: torch.randn(B, 5, 6, dtype=torch.float64))
+    with torch._inductor.config.patch(cpp_wrapper=True), \
+            pytest.warns(RuntimeWarning, match="Python wrapper") as caught:
+        check_against_reference(case, backend="inductor", batches=(3, 5))
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "runs without inductor" in m], messages
+    assert any("backward graph (RuntimeError: CppCompileError" in m for m in messages), messages
+    assert (True, True) in calls and (True, False) in calls, calls  # the backward: C++ first, then Python
+
+
 def test_user_cuda_graphs_setting_stays_off_the_dp_graphs(monkeypatch):
     """A user's global triton.cudagraphs=True must not reach the DP graphs: a CUDA graph replay would skip the
     noise op's host side (the step count, the generator's draw) and add the captured noise again. The DP graphs

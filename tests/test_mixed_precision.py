@@ -1,5 +1,7 @@
 """bf16 autocast: dpcompile's gradient differs from its fp32 run by about what bf16 itself costs a
 non-private gradient of the same model (norms accumulated in fp32 and certified; clipped sums in bf16)."""
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -135,3 +137,50 @@ def test_inductor_lowers_the_half_grams(device, monkeypatch, no_fx_graph_cache):
     calls_op = any("dpcompile.half_bmm" in line for line in lines if not line.startswith("#"))
     assert calls_op == (device != "cuda")
     assert (released[True] - released[False]).norm() <= 1e-4 * released[False].norm()
+
+
+@pytest.mark.inductor
+@pytest.mark.skipif(DEVICE != "cuda", reason="the C++ wrapper's failure was CUDA's (a CUDA C-shim name)")
+def test_half_grams_under_the_cpp_wrapper(no_fx_graph_cache):
+    """Under the user's cpp_wrapper=True the bf16 Grams compile with the C++ wrapper (ops.lower_half_bmm leaves
+    them to the op there: inductor's cuBLAS choice for aten.bmm.dtype has a C-shim name torch lacks, and the backward
+    failed to compile on an H200, torch 2.11): no graph falls back to the Python wrapper or to running uncompiled,
+    and a sample of large output gradients stays within R."""
+    torch.manual_seed(0)
+    make, x, G = _large_first_sample("conv")
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(cpp_wrapper=True), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        released, dp = _ghost_release(make(), x, G, 0.5, "inductor")
+    assert _takes_half_bmm(dp)
+    assert not [w for w in caught if "could not compile" in str(w.message)], [str(w.message) for w in caught]
+    assert released.norm() <= 0.5 * (1 + 1e-6)
+
+
+@pytest.mark.inductor
+@pytest.mark.parametrize("kind", ["conv", "linear_sequence"])
+def test_half_gram_rows_padded(kind, monkeypatch, no_fx_graph_cache):
+    """ops.HALF_GRAM_ROW_ALIGN = 4 (the Grams' fp32 rows stored padded to 16 bytes, for cuBLAS's aligned GEMMs): the
+    Grams' strides are padded in the traced graph (197 positions: rows of 200), and the release, through inductor,
+    is the same as with unpadded rows to the last bit (the same products; the padding is never read)."""
+    from dpcompile import ops
+    from dpcompile.passes.rules import bounds
+    a, b = torch.randn(3, 197, 16, dtype=torch.bfloat16), torch.randn(3, 16, 197, dtype=torch.bfloat16)
+    monkeypatch.setattr(ops, "HALF_GRAM_ROW_ALIGN", 4)
+    assert torch.ops.dpcompile.half_bmm(a, b).stride() == (197 * 200, 200, 1)
+    assert torch.equal(torch.ops.dpcompile.half_bmm(a, b), torch.bmm(a.float(), b.float()))
+    monkeypatch.setattr(bounds, "HALF_GRAM_DEVICES", (torch.device(DEVICE).type,))
+    torch.manual_seed(0)
+    make, x, G = _large_first_sample(kind)
+    released = {}
+    for align in (1, 4):
+        monkeypatch.setattr(ops, "HALF_GRAM_ROW_ALIGN", align)
+        torch._dynamo.reset()
+        torch.manual_seed(1)
+        released[align], dp = _ghost_release(make(), x, G, 0.5, "inductor")
+        grams = [n for n in dp.graphs["backward_rewritten"].graph.nodes
+                 if n.target is torch.ops.dpcompile.half_bmm.default]
+        rows = [n.meta["val"].stride()[1] for n in grams]
+        assert grams and all(row % align == 0 for row in rows), rows
+        assert released[align].norm() <= 0.5 * (1 + 1e-6)
+    assert torch.equal(released[1], released[4])

@@ -6,12 +6,13 @@
 # graphs, does cpp_wrapper=True compile in time and take the host out? Against non-private compile with it too.
 cd "$(dirname "$0")/../../.."
 PREFIX=s37-call3
-LIMIT=560
+LIMIT=540
 source benchmarks/device_call.sh
 date -u
 common="--model wrn16_4 --size 32 --batch 256 --steps 20 --policy auto --amp bf16 --profile"
 run wrn16_compile_cpp 120 python3 benchmarks/dp_throughput.py $common --method compile \
     --inductor-config cpp_wrapper=True >/dev/null
 run wrn16_dp_cpp 300 python3 benchmarks/dp_throughput.py $common --inductor-config cpp_wrapper=True >/dev/null
+run wrn32_dp_cpp 150 python3 benchmarks/dp_throughput.py --model wrn16_4 --size 32 --batch 256 --steps 20 --policy auto --inductor-config cpp_wrapper=True >/dev/null
 summary
 date -u

@@ -8,7 +8,6 @@ import logging
 import re
 import warnings
 from collections.abc import Callable
-from contextlib import nullcontext
 
 import torch
 import torch.fx as fx

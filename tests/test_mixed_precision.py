@@ -157,12 +157,12 @@ def test_half_grams_under_the_cpp_wrapper(no_fx_graph_cache):
     assert released.norm() <= 0.5 * (1 + 1e-6)
 
 
-@pytest.mark.inductor
 @pytest.mark.parametrize("kind", ["conv", "linear_sequence"])
 def test_half_gram_rows_padded(kind, monkeypatch, no_fx_graph_cache):
     """ops.HALF_GRAM_ROW_ALIGN = 4 (the Grams' fp32 rows stored padded to 16 bytes, for cuBLAS's aligned GEMMs): the
-    Grams' strides are padded in the traced graph (197 positions: rows of 200), and the release, through inductor,
-    is the same as with unpadded rows to the last bit (the same products; the padding is never read)."""
+    Grams' strides are padded in the traced graph (197 positions: rows of 200; the models' 9 and 5: 12 and 8), and
+    the release is the same as with unpadded rows to the last bit (the same products; the padding is never read).
+    Through the suite's backend: on CUDA runs inductor, whose lowering writes the padded buffer itself."""
     from dpcompile import ops
     from dpcompile.passes.rules import bounds
     a, b = torch.randn(3, 197, 16, dtype=torch.bfloat16), torch.randn(3, 16, 197, dtype=torch.bfloat16)
@@ -172,15 +172,14 @@ def test_half_gram_rows_padded(kind, monkeypatch, no_fx_graph_cache):
     monkeypatch.setattr(bounds, "HALF_GRAM_DEVICES", (torch.device(DEVICE).type,))
     torch.manual_seed(0)
     make, x, G = _large_first_sample(kind)
-    released = {}
+    released, rows = {}, {}
     for align in (1, 4):
         monkeypatch.setattr(ops, "HALF_GRAM_ROW_ALIGN", align)
         torch._dynamo.reset()
         torch.manual_seed(1)
-        released[align], dp = _ghost_release(make(), x, G, 0.5, "inductor")
-        grams = [n for n in dp.graphs["backward_rewritten"].graph.nodes
-                 if n.target is torch.ops.dpcompile.half_bmm.default]
-        rows = [n.meta["val"].stride()[1] for n in grams]
-        assert grams and all(row % align == 0 for row in rows), rows
+        released[align], dp = _ghost_release(make(), x, G, 0.5)
+        rows[align] = [n.meta["val"].stride()[1] for n in dp.graphs["backward_rewritten"].graph.nodes
+                       if n.target is torch.ops.dpcompile.half_bmm.default]
         assert released[align].norm() <= 0.5 * (1 + 1e-6)
+    assert any(row % 4 for row in rows[1]) and rows[4] and all(row % 4 == 0 for row in rows[4]), rows
     assert torch.equal(released[1], released[4])

@@ -153,13 +153,14 @@ class DPBackend:
         graph = "backward" if kwargs.get("is_backward") else "forward"
         wrappers = [{"cpp_wrapper": True}, {"cpp_wrapper": False}] if torch._inductor.config.cpp_wrapper else [{}]
         for wrapper in wrappers:
+            last = wrapper is wrappers[-1]  # an earlier attempt lowers a copy: inductor's passes rewrite it in place
             try:
                 with torch._inductor.config.patch({**wrapper, **({"force_layout_optimization": True}
                                                                   if channels_last else {})}):
-                    return compile_fx_inner(gm, example_inputs, **kwargs)
+                    return compile_fx_inner(gm if last else copy_graph(gm), example_inputs, **kwargs)
             except InductorError as exc:
                 failed = f"inductor could not compile a {graph} graph ({inductor_error_summary(exc)})"
-                if wrapper is not wrappers[-1]:
+                if not last:
                     warnings.warn(f"dpcompile: with its C++ wrapper {failed}; it is compiled with the Python wrapper "
                                   f"instead (correct; the host's part of each call slower). Please report it.",
                                   RuntimeWarning, stacklevel=2)

@@ -87,7 +87,9 @@ def test_a_cpp_wrapper_failure_compiles_with_the_python_wrapper(monkeypatch):
     """Under the user's cpp_wrapper=True a graph whose C++ does not compile (on an H200, torch 2.11, WRN-16-4 bf16's
     backward: a C-shim name torch lacks) is compiled again with the Python wrapper, not run uncompiled (104 ms a step
     against 12 ms there): the same gradients (torch.func, float64), one warning per graph that names the wrapper, and
-    none that says it runs without inductor. The C++ compiler's failure is injected where the C++ wrapper is on."""
+    none that says it runs without inductor. The C++ compiler's failure is injected where the C++ wrapper is on, after
+    the graph it was given is rewritten in place (as inductor's passes do before the C++ compiler runs; here every
+    multiplication made an addition): the Python wrapper's attempt must get the graph as it was."""
     import torch._inductor.compile_fx as compile_fx
     from torch._inductor.exc import InductorError
 
@@ -96,6 +98,9 @@ def test_a_cpp_wrapper_failure_compiles_with_the_python_wrapper(monkeypatch):
     def failing_in_cpp(gm, example_inputs, **kwargs):
         calls.append((bool(kwargs.get("is_backward")), torch._inductor.config.cpp_wrapper))
         if torch._inductor.config.cpp_wrapper:
+            for node in gm.graph.find_nodes(op="call_function", target=aten.mul.Tensor):
+                node.target = aten.add.Tensor
+            gm.recompile()
             raise InductorError(RuntimeError("CppCompileError: C++ compile error"), None)
         return real(gm, example_inputs, **kwargs)
 

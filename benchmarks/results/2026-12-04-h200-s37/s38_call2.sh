@@ -5,6 +5,8 @@
 # 8.44 for compile (2.13×), 4.2 ms of it the Grams on cuBLAS's Turing-shaped cutlass_75 kernels, which the rows of
 # 197 floats (not 16-byte aligned) probably force; the model's own aligned bf16 products run on nvjet_sm90 kernels.
 # Prediction: the Grams on nvjet kernels, about 1 ms, device time about 15 ms. If so, the default becomes 4.
+# Then the DP passes on this host's CPU (ResNet-50 64² b2, eager: 4.4–4.8 s on the project's CPU in session 37,
+# 15.3 s on this host in session 35).
 cd "$(dirname "$0")/../../.."
 PREFIX=s38-call2
 LIMIT=560
@@ -15,7 +17,9 @@ run vit_compile 80 python3 benchmarks/dp_throughput.py $vit --method compile >/d
 run vit_dp 140 python3 benchmarks/dp_throughput.py $vit >/dev/null
 run vit_dp_rows4 140 python3 benchmarks/with_plan.py HALF_GRAM_ROW_ALIGN=4 -- benchmarks/dp_throughput.py $vit \
     >/dev/null
+run passes 60 python3 benchmarks/pass_times.py --models resnet50_gn >/dev/null
 summary
+grep -h "DP passes\|snippet traces" "$OUT"/$PREFIX-passes.log | cut -c1-200
 grep -h "cutlass_75\|nvjet_sm90_tst" "$OUT"/$PREFIX-vit_dp*.log | cut -c1-80,150-260 | head -12
 grep -h "could not" "$OUT"/$PREFIX-*.log | cut -c1-300 | sort | uniq -c
 date -u

@@ -60,8 +60,10 @@ def test_a_mask_that_hides_rows_is_not_seen_through():
      "  args[0]: TensorBox(...)", r"32\*s77 > 32; target: dpcompile.stored.default\)"),  # a lowering names its op
 ])
 def test_inductor_failure_falls_back_to_the_graph_with_a_warning(monkeypatch, error, shown):
-    """A graph inductor cannot compile runs as it is: the same gradients (torch.func, float64), a warning that
-    gives the error and, for a lowering's, the op."""
+    """A graph inductor cannot compile runs as it was before inductor's passes: the same gradients (torch.func,
+    float64), a warning that gives the error and, for a lowering's, the op. The failure is injected after the graph
+    inductor was given is rewritten in place (every multiplication made an addition), as inductor's passes do
+    before code generation fails: the graph that runs must be the one the DP passes made."""
     import torch._inductor.compile_fx as compile_fx
     from torch._inductor.exc import InductorError
 
@@ -70,6 +72,9 @@ def test_inductor_failure_falls_back_to_the_graph_with_a_warning(monkeypatch, er
     def failing_once(gm, example_inputs, **kwargs):
         if kwargs.get("is_backward") and not failed:
             failed.append(True)
+            for node in gm.graph.find_nodes(op="call_function", target=aten.mul.Tensor):
+                node.target = aten.add.Tensor  # inductor's passes rewrite the graph in place before they fail
+            gm.recompile()
             raise InductorError(RuntimeError(error), None)
         return real(gm, example_inputs, **kwargs)
 

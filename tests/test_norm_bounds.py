@@ -1033,23 +1033,35 @@ def test_shifted_windows_only_where_they_pay():
     assert impl(64, 64, 32, kernel=(1, 1)) == impl(64, 64, 32, kernel=(11, 3)) == "unfold"
 
 
-def truncating_tensor_core_dot(products: list[float], block: int) -> float:
-    """A half-precision dot product's fp32 accumulation as tensor cores may do it (Fasi, Higham, Mikaitis & Pranesh,
-    PeerJ CS 2021): exact products; per block, the accumulator and `block` products aligned to the largest and
-    truncated to its 24-bit grid, summed exactly, the sum truncated to 24 significant bits (round toward zero)."""
+def truncating_tensor_core_dot(products: list[float], block: int, extra_bits: int = 0, final: str = "rz",
+                               late: bool = False, align: str = "rz", min_exp: int = -1074) -> float:
+    """A dot product's fp32 accumulation as matrix units do it, in the parameters of Khattak and Mikaitis's models
+    (arXiv 2512.07004; Fasi, Higham, Mikaitis & Pranesh, PeerJ CS 2021, before): exact products; per block of
+    `block` products (the FMA size), the accumulator and the products aligned to the largest exponent (not below
+    `min_exp`) on a grid of 24 + `extra_bits` bits, each moved to it toward zero (`align` "rz") or toward −∞ ("rd"),
+    summed exactly, the sum rounded to fp32 toward zero (`final` "rz") or to nearest ("rne"), subnormals kept.
+    `late`: the accumulator is added after the block's products, in a two-operand addition aligned the same way."""
     import math
 
-    def toward_zero(x: float, quantum: float) -> float:
+    def aligned(values: list[float], exponent_floor: int = -1074) -> float:
+        top = max((math.frexp(v)[1] - 1 for v in values if v), default=None)
+        if top is None:
+            return 0.0
+        quantum = 2.0 ** (max(top, exponent_floor) - 23 - extra_bits)
+        move = math.trunc if align == "rz" else math.floor
+        return math.fsum(move(v / quantum) * quantum for v in values)  # exact in float64: one grid, few bits
+
+    def to_fp32(x: float) -> float:
+        if final == "rne":
+            return torch.tensor(x, dtype=torch.float64).float().item()
+        quantum = 2.0 ** (max(math.frexp(x)[1] - 1, -126) - 23) if x else 1.0
         return math.trunc(x / quantum) * quantum
 
     acc = 0.0
     for i in range(0, len(products), block):
-        addends = [acc, *products[i:i + block]]
-        top = max(abs(v) for v in addends)
-        if top == 0:
-            continue
-        total = sum(toward_zero(v, 2.0 ** (math.floor(math.log2(top)) - 23)) for v in addends)  # exact in float64
-        acc = 0.0 if total == 0 else toward_zero(total, 2.0 ** (math.floor(math.log2(abs(total))) - 23))
+        chunk = products[i:i + block]
+        total = aligned([aligned(chunk, min_exp), acc]) if late else aligned([acc, *chunk], min_exp)
+        acc = to_fp32(total)
     return acc
 
 
@@ -1076,6 +1088,53 @@ def test_accumulation_gamma_covers_truncating_tensor_cores(block):
         if crafted_case:
             assert err > gamma(n, u32) * size, "the crafted sum no longer breaks the round-to-nearest bound"
     assert accumulation_gamma(n, torch.float32) == gamma(n, u32)
+
+
+# Khattak and Mikaitis's bit-accurate models of matrix units (arXiv 2512.07004; MATLAB-tensor-core's models/),
+# bf16/fp16 or TF32 operands into fp32: (FMA size, extra alignment bits, final rounding, accumulator added late,
+# alignment rounding, lowest alignment exponent). fp8 (H100, L40S: 10 bits fewer than fp32's, not more) is left
+# out: no dpcompile path multiplies fp8 operands, and tensor_core_gamma does not cover it.
+MATRIX_UNITS = {
+    "V100 fp16": (4, 0, "rz", False, "rz", -1074),
+    "A100 bf16/fp16": (8, 1, "rz", False, "rz", -1074),
+    "A100 tf32": (4, 1, "rz", False, "rz", -1074),
+    "H100/H200/B200 bf16/fp16": (16, 2, "rz", False, "rz", -133),
+    "H100 bf16 mma without _1k": (2, 2, "rz", False, "rz", -133),
+    "H100/H200/B200 tf32": (8, 2, "rz", False, "rz", -133),
+    "MI300 (CDNA3) bf16/fp16": (8, 1, "rne", True, "rd", -1074),
+    "MI300 (CDNA3) tf32": (4, 1, "rne", True, "rd", -1074),
+}
+
+
+@pytest.mark.parametrize("unit", list(MATRIX_UNITS))
+def test_tensor_core_gamma_covers_published_matrix_units(unit):
+    """The tensor-core accumulation bound (tensor_core_gamma of Σ|products|, plus TF32_SUBNORMAL_ERROR per product
+    for underflow) holds on each matrix unit Khattak and Mikaitis model, emulated with its parameters: on a crafted
+    sum (1, then products just under the first block's alignment grid, each dropped), on products of mixed sign and
+    wide exponents (cancellation), and on products in fp32's subnormal range. On the truncating units the crafted
+    sum errs by more than γ_n of the alignment grid's own u (2^-(24 + extra bits)): a bound that took alignment for
+    round-to-nearest, even with the extra bits counted, would fail here."""
+    import math
+
+    from dpcompile.passes.rules.bounds import TF32_SUBNORMAL_ERROR, gamma, tensor_core_gamma
+
+    block, extra, final, late, align, min_exp = MATRIX_UNITS[unit]
+    n = 1024
+    g = torch.Generator().manual_seed(len(unit))
+
+    def products(low: int, high: int) -> list[float]:
+        x, y = (torch.randn(n, generator=g, dtype=torch.float64)
+                * 2.0 ** torch.randint(low, high, (n,), generator=g).double() for _ in range(2))
+        return (x.to(torch.bfloat16).double() * y.to(torch.bfloat16).double()).tolist()  # exact: 8-bit significands
+
+    tiny = (2.0**-23 * (1 - 2.0**-8)) / 2**extra
+    cases = {"crafted": [1.0] + [tiny] * (n - 1), "wide": products(-12, 12), "subnormal": products(-80, -68)}
+    for name, values in cases.items():
+        err = abs(truncating_tensor_core_dot(values, block, extra, final, late, align, min_exp) - math.fsum(values))
+        size = math.fsum(abs(v) for v in values)
+        assert err <= tensor_core_gamma(n) * size + n * TF32_SUBNORMAL_ERROR, (name, err, size)
+        if name == "crafted" and final == "rz":
+            assert err > gamma(n, 2.0 ** -(24 + extra)) * size, "the crafted sum no longer stresses the bound"
 
 
 # --- one stored value for a term's norm and its clipped sum ---

@@ -53,7 +53,10 @@ def accumulation_gamma(n, dtype: torch.dtype) -> float:
     block of n_b addends to the largest and truncate both the addends and the sum (Fasi, Higham, Mikaitis &
     Pranesh, PeerJ CS 2021). A block then errs by at most 2u·(n_b + 2)·Σ|addends| and a sum of n terms by
     2u·(n_b + 2)·(n/n_b + 1)·Σ|terms| ≤ 6u·(n + 12)·Σ|terms| for any n_b ≤ 32: γ_{3(n+12)}(2u), u of
-    float32."""
+    float32. Khattak and Mikaitis's bit-accurate models (arXiv 2512.07004) of V100 to B200 and MI300 fit it for
+    bf16, fp16 and TF32 operands: blocks of 2 to 16, 0 to 2 alignment bits beyond fp32's 24, alignment toward zero
+    or −∞, the sum truncated or rounded to nearest (test_tensor_core_gamma_covers_published_matrix_units). Not fp8,
+    whose alignment keeps 10 bits fewer than fp32 on H100 and L40S: no dpcompile path multiplies fp8 operands."""
     if dtype in LOW_PRECISION:
         return tensor_core_gamma(n)
     return gamma(n, unit_roundoff(dtype))

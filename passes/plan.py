@@ -96,7 +96,7 @@ def plan_sites(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
                                            "uses and their cross terms")
             elif param.shared:
                 method, reason = "per_sample", (f"shared parameter used {len(param.sites)} times: uses summed per sample"
-                                                if len(param.sites) > 1 else "gradient scaled after the batch sum")
+                                                if len(param.sites) > 1 else "gradient scaled or rounded after the batch sum")
             numbers = {m: (evaluate(c.flops, hints), evaluate(c.bytes, hints)) for m, c in costs.items()}
             node.meta[PLAN] = decide(node, method, costs, numbers, reason, param.shared, ctx,
                                        chain.flips[i] if ghost_tied else None)

@@ -15,13 +15,16 @@ from .meta import BATCH, PARAMS, SITE, VIEWS, ParamGrad, ParamSpec, PassContext,
 from .rules import RULES
 from .rules.one_sample import guards_batch_of_one, one_sample_site
 from .export import to_networkx
+from .rules.bounds import UNIT_ROUNDOFF, exact_cast
 from .rules.layout import ORDER_PRESERVING
 
 aten = torch.ops.aten
+# Dtype conversions: a relabelling where exact (an upcast); a rounding of the clipped sum otherwise (cast_parts).
+CASTS = {torch.ops.prims.convert_element_type.default, aten._to_copy.default}
 # Ops between a gradient term and the parameter's gradient output that are linear in the term and keep its
 # values (a relabelling: the norm is unchanged).
-LINEAR_IN_TERM = ORDER_PRESERVING | {aten.t.default, aten.permute.default, aten.transpose.int,
-                                     aten.squeeze.dim, aten.unsqueeze.default}
+LINEAR_IN_TERM = (ORDER_PRESERVING - CASTS) | {aten.t.default, aten.permute.default, aten.transpose.int,
+                                               aten.squeeze.dim, aten.unsqueeze.default}
 # Reductions over static sizes, linear in their one operand (the backward of a weight's own normalisation).
 REDUCTIONS = {aten.sum.dim_IntList, aten.sum.default, aten.mean.dim}
 # Ops that keep part of their operand: the gradient of a parameter that was concatenated with others (or with
@@ -65,6 +68,8 @@ def linear_parts(node: fx.Node, constant: set[fx.Node], batch: sympy.Expr) -> tu
         return (list(terms), True) if all(isinstance(a, fx.Node) and a not in constant for a in terms) else None
     if node.target is aten.cat.default:
         return list(node.args[0]), False
+    if node.target in CASTS and isinstance(node.args[0], fx.Node):
+        return cast_parts(node)
     if node.target in SCATTERS:
         base, src = node.args[:2]
         return ([src], False) if base.target in ZEROS else ([src, base], True)
@@ -77,6 +82,17 @@ def linear_parts(node: fx.Node, constant: set[fx.Node], batch: sympy.Expr) -> tu
     if (term := scaled_term(node, constant)) is not None:
         return [term], True
     return None
+
+
+def cast_parts(node: fx.Node) -> tuple[list[fx.Node], bool] | None:
+    """A dtype conversion after the terms: exact (an upcast), a relabelling; a rounding to a dtype the bounds know
+    (the gradient of a bf16 parameter the forward used as fp32, rounded to bf16 after the batch sum), an op that
+    changes the norm, so the per-sample norm follows the graph's ops (emit_shared_norm counts its rounding); any
+    other (float8, where a rounding moves values by up to 2⁻⁴ of themselves, or more near zero), no linear op."""
+    src, dst = node.args[0].meta["val"].dtype, node.meta["val"].dtype
+    if exact_cast(src, dst):
+        return [node.args[0]], False
+    return ([node.args[0]], True) if dst in UNIT_ROUNDOFF and src in UNIT_ROUNDOFF else None
 
 
 def reduced_count(node: fx.Node) -> int | None:
@@ -181,6 +197,13 @@ def match_term(term: fx.Node, spec: ParamSpec, batch: sympy.Expr) -> Site | None
     if (rule is None or isinstance(site, str)) and guards_batch_of_one(term, batch):
         return None
     where = f"parameter '{spec.name}' of module '{module_of(spec.name)}'"
+    if rule is None and term.target in CASTS:
+        src, dst = term.args[0].meta["val"].dtype, term.meta["val"].dtype
+        raise UnsupportedOpError(
+            f"{where} gets its gradient converted from {src} to {dst} ({describe_op(term)}) after its per-sample "
+            "parts are summed: a rounding of the clipped sum that the clipping bound covers for float64, float32, "
+            "bfloat16 and float16 only. Let the gradient skip the conversion (a straight-through form, "
+            "w + (w.to(dtype).to(w.dtype) - w).detach()), or freeze the parameter (requires_grad=False).")
     if rule is None:
         raise UnsupportedOpError(
             f"{where} gets its gradient from {describe_op(term)}, which has no per-sample rule, so its "

@@ -20,7 +20,7 @@ import torch.fx as fx
 from .emit import emit
 from .meta import SITE, ParamGrad
 from .rules import WORD, Cost, rule_for
-from .rules.bounds import (F64, U64, as_bounds, gamma, product_matrix, product_sum_bound, row_norms,
+from .rules.bounds import (F64, U64, as_bounds, exact_cast, gamma, product_matrix, product_sum_bound, row_norms,
                            unit_roundoff)
 
 aten, prims = torch.ops.aten, torch.ops.prims
@@ -65,7 +65,7 @@ def orientations(gm: fx.GraphModule, param: ParamGrad) -> TiedChain | None:
             return walk(node.args[0], not flip)
         if node.target in SAME_SHAPE and node.args[0].meta["val"].shape == node.meta["val"].shape:
             return walk(node.args[0], flip)
-        if node.target in UPCASTS and _exact_cast(node.args[0].meta["val"].dtype, node.meta["val"].dtype):
+        if node.target in UPCASTS and exact_cast(node.args[0].meta["val"].dtype, node.meta["val"].dtype):
             return walk(node.args[0], flip)
         return False
 
@@ -82,12 +82,6 @@ def _transposes(node: fx.Node) -> bool:
     if node.target is aten.permute.default:
         return [d % 2 for d in node.args[1]] == [1, 0]
     return node.target is aten.transpose.int and {d % 2 for d in node.args[1:3]} == {0, 1}
-
-
-def _exact_cast(src: torch.dtype, dst: torch.dtype) -> bool:
-    """Whether every src value is exactly a dst value (float upcasts)."""
-    return src == dst or (src.is_floating_point and dst.is_floating_point
-                          and unit_roundoff(dst) <= unit_roundoff(src) and torch.finfo(dst).max >= torch.finfo(src).max)
 
 
 def tied_square_bound(squares: list[torch.Tensor], crosses: list[torch.Tensor]) -> torch.Tensor:

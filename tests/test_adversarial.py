@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 import torch.fx.experimental._config as fx_config
+import torch.nn.functional as F
 from conftest import BACKEND, DEVICE
 from helpers import (Case, Lambda, check_against_reference, implicit_convs, inductor_batch_of_one, max_relative_error,
-                     shifted_convs,
-                     squared_error)
+                     shifted_convs, squared_error)
 from hypothesis import example, given, note, settings
 from hypothesis import strategies as st
 from reference import dp_reference, per_sample_grads
@@ -1039,3 +1039,90 @@ def test_concatenated_bias_one_loud_sample(policy):
     G = torch.zeros(2, 4, 9)
     G[1] = 1e6
     assert release(model, torch.randn(2, 4, 3), G, policy=policy) <= R * SLACK
+
+
+# ------------------------------------------------------------------------------------------------
+# A parameter's gradient rounded after the batch sum (the forward used it in a wider dtype)
+# ------------------------------------------------------------------------------------------------
+
+class WiderInForward(nn.Module):
+    """Linear(d, p) whose weight is stored in one dtype and used in forward in a wider one: the backward rounds the
+    weight's summed gradient to the stored dtype after the per-sample terms are added."""
+
+    def __init__(self, d: int, p: int, stored: torch.dtype, used: torch.dtype):
+        super().__init__()
+        self.fc = nn.Linear(d, p, bias=False).to(stored)
+        self.used = used
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(self.used), self.fc.weight.to(self.used))
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_gradient_rounded_to_bf16_after_the_sum_stays_within_R(policy):
+    """A bf16 weight used as fp32 in forward: its fp32 per-sample terms are clipped and summed, then the sum is
+    rounded to bf16. R lies above the midpoint between two bf16 values (1.0 and 1.0078), so one clipped sample
+    whose scaled gradient lands just under R rounds up, past R, unless the norm counts that rounding. When the cast
+    was taken for a relabelling this released 1.0078 > R = 1.0045."""
+    bound = 1.0045
+    model = WiderInForward(1, 1, torch.bfloat16, torch.float32).to(DEVICE)
+    dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, loss_reduction="sum", policy=policy,
+                             backend=BACKEND)
+    dp(torch.full((1, 1), 10.0, device=DEVICE)).sum().backward()
+    assert released_norm(model) <= bound * SLACK, released_norm(model)
+    (row,) = dp.explain().rows
+    assert row.method == "per_sample" and "rounded after the batch sum" in row.reason, row
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_gradient_rounded_to_float32_after_the_sum_matches_the_reference(policy):
+    """An fp32 weight used as float64 in forward, both clip branches, two batch sizes: the release is the clipped
+    per-sample gradients' sum rounded once to fp32, the reference (torch.func, float64) sums the per-sample
+    gradients each rounded to fp32; the two agree to fp32's rounding (1e-6 relative), not float64's."""
+    torch.manual_seed(0)
+    model = WiderInForward(6, 3, torch.float32, torch.float64).to(DEVICE)
+    loss = squared_error
+    x0 = torch.randn(4, 6, dtype=torch.float64, device=DEVICE)
+    y0 = torch.randn(4, 3, dtype=torch.float64, device=DEVICE)
+    g = per_sample_grads(model, x0, y0, loss)["fc.weight"].double().flatten(1).norm(dim=1)
+    bound = g.sort().values[1:3].mean().item()  # samples on both sides
+    dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, policy=policy, backend=BACKEND)
+    for B, seed in ((4, None), (7, 3)):
+        if seed is None:
+            x, y = x0, y0
+        else:
+            torch.manual_seed(seed)
+            x = torch.randn(B, 6, dtype=torch.float64, device=DEVICE)
+            y = torch.randn(B, 3, dtype=torch.float64, device=DEVICE)
+        model.zero_grad(set_to_none=True)
+        loss(dp(x), y).backward()
+        ref, _ = dp_reference(model, x, y, bound, loss=loss)
+        assert model.fc.weight.grad.dtype == torch.float32
+        err = ((model.fc.weight.grad.double() - ref["fc.weight"]).norm() / ref["fc.weight"].norm()).item()
+        assert err < 1e-6, (policy, B, err)
+
+
+@pytest.mark.parametrize("fp8", (torch.float8_e4m3fn, torch.float8_e5m2))
+def test_a_gradient_through_float8_is_refused(fp8):
+    """A weight fake-quantised to float8 in forward (w.to(fp8).to(w.dtype)): its backward converts the summed
+    gradient through float8, whose rounding (2⁻⁴ of a value in e4m3, whole values near zero) the bound does not
+    cover. Refused at the first step, with the parameter, its module, the conversion and the straight-through fix;
+    the straight-through form trains."""
+    class Quantised(nn.Module):
+        def __init__(self, straight_through: bool):
+            super().__init__()
+            self.fc, self.straight_through = nn.Linear(4, 2), straight_through
+
+        def forward(self, x):
+            w = self.fc.weight
+            q = w.to(fp8).to(w.dtype)
+            return F.linear(x, w + (q - w).detach() if self.straight_through else q, self.fc.bias)
+
+    x = torch.randn(3, 4, device=DEVICE)
+    dp = dpcompile.dpcompile(Quantised(False).to(DEVICE), max_grad_norm=1.0, noise_multiplier=0.0, backend=BACKEND)
+    with pytest.raises(DPCompileError, match=rf"'fc.weight' of module 'fc'.*from {fp8} to torch.float32.*straight"):
+        dp(x).sum().backward()
+    model = Quantised(True).to(DEVICE)
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, backend=BACKEND)
+    dp(x).sum().backward()
+    assert model.fc.weight.grad is not None and released_norm(model) <= 1.0 * SLACK

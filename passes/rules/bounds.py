@@ -41,6 +41,13 @@ def unit_roundoff(dtype: torch.dtype) -> float:
     return UNIT_ROUNDOFF[dtype]
 
 
+def exact_cast(src: torch.dtype, dst: torch.dtype) -> bool:
+    """Whether every src value is exactly a dst value (the same dtype, or a float upcast: bf16 or fp16 to fp32,
+    fp32 to fp64)."""
+    return src == dst or (src in UNIT_ROUNDOFF and dst in UNIT_ROUNDOFF and unit_roundoff(dst) <= unit_roundoff(src)
+                          and torch.finfo(dst).max >= torch.finfo(src).max)
+
+
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype sums run in: float32 for half precision (assumed of matmuls, convolutions and reductions:
     fp32 accumulation), the dtype itself otherwise."""

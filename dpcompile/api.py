@@ -56,6 +56,7 @@ class DPModel(nn.Module):
         object.__setattr__(self, "_target", target)
         object.__setattr__(self, "_compiled", torch.compile(target, backend=self.backend, fullgraph=True, dynamic=False))
         self._trainable = self._trainable_now()
+        guard.watch_model(self)  # a parameter replaced since, used before the next call, is still the model's
 
     @torch._dynamo.disable  # inside a user's torch.compile'd code: run as written, its own compiled model inside
     def forward(self, *args, **kwargs):
@@ -123,14 +124,17 @@ class DPModel(nn.Module):
             precise_during(node)  # and its matrix products stay within the bounds' error terms
         return out if views == 1 else views_unflattened(out, batch, views)
 
-    def _trainable_now(self) -> tuple[bool, ...]:
-        return tuple(p.requires_grad for p in self.module.parameters())
+    def _trainable_now(self) -> tuple[tuple[torch.Tensor, bool], ...]:
+        return tuple((p, p.requires_grad) for p in self.module.parameters())
 
     def _recapture_if_trainable_changed(self) -> None:
-        """A parameter frozen or unfrozen since the last call: a new capture (whose norms cover exactly the
-        trainable parameters) through a fresh backend, as torch before 2.13 does not guard requires_grad."""
+        """A parameter frozen, unfrozen or replaced (model.fc.weight = nn.Parameter(...), load_state_dict with
+        assign=True) since the last call: a new capture (whose norms cover exactly the trainable parameters, and
+        which tracks new ones for the release guards) through a fresh backend, as torch before 2.13 does not guard
+        requires_grad and Dynamo reads parameters as inputs. (The tuple holds the parameters it compares against,
+        so a new one cannot take an old one's id.)"""
         now = self._trainable_now()
-        if now == self._trainable:
+        if len(now) == len(self._trainable) and all(p is q and a == b for (p, a), (q, b) in zip(now, self._trainable)):
             return
         old = self.backend
         self.backend = DPBackend(self.config, old.param_names, self.privacy)

@@ -90,6 +90,7 @@ class DPBackend:
                 if self.tracked is not None and id(value) not in self.tracked:
                     new.append((params[-1].name, value))
         self.user_inputs = user_input_positions(placeholders, example_inputs)
+        refuse_trainable_non_parameters(placeholders, example_inputs, self.user_inputs)
         unify_batch_sizes(placeholders, self.user_inputs)
         batch = batch_symbol(placeholders, self.user_inputs)
         names = tuple(p.name for p in params)
@@ -296,6 +297,26 @@ def user_input_positions(placeholders: list[fx.Node], example_inputs) -> tuple[i
     return tuple(i for i, (s, v) in enumerate(zip(sources, example_inputs))
                  if isinstance(v, torch.Tensor) and not isinstance(v, torch.nn.Parameter) and s is not None
                  and type(_root(s)).__name__ == "LocalSource" and _root(s).local_name not in module_locals)
+
+
+def refuse_trainable_non_parameters(placeholders: list[fx.Node], example_inputs, user_inputs: tuple[int, ...]) -> None:
+    """A tensor the forward reads that requires grad but is no trainable parameter (a buffer registered with
+    requires_grad=True, a tensor attribute or global, an output of a layer outside the model, a tensor swapped in
+    by torch.func.functional_call) would get the batch's raw gradient from the DP backward, neither clipped nor
+    noised: refused, by its name. (The user's own arguments are refused by the DP model's call.)"""
+    def readable(node: fx.Node) -> str:  # 'layer.s' for module state, the source itself otherwise
+        source = _name(_source_of(node)) if _source_of(node) is not None else node.name
+        parts = re.findall(r"_(?:modules|parameters|buffers)\['([^']+)'\]", source)
+        return ".".join(parts) if MODULE_STATE.search(source) and parts else source
+    found = [readable(node) for i, (node, value) in enumerate(zip(placeholders, example_inputs))
+             if isinstance(value, torch.Tensor) and value.requires_grad and i not in user_inputs
+             and not isinstance(value, torch.nn.Parameter)]
+    if found:
+        raise ConfigError(
+            f"the model reads tensor(s) that require grad but are not its trainable parameters: {', '.join(found)}. "
+            "Their gradients would leave the DP backward neither clipped nor noised. Make each one an nn.Parameter "
+            "of the model passed to dpcompile (then it is clipped with the others), or detach it (a buffer: "
+            "requires_grad=False; an output of a layer outside the model: put that layer inside the model)")
 
 
 def unify_batch_sizes(placeholders: list[fx.Node], user_inputs: tuple[int, ...]) -> None:

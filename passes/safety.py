@@ -863,6 +863,13 @@ class SampleCheck:
                 f"the sample-independence check could not run the captured graph on a batch with sample 0 changed "
                 f"({type(exc).__name__}: {exc}); make the model run on any values of its inputs") from exc
         self.done = True
+        if moved is not None and moved.target is getattr(torch.ops.higher_order, "autograd_function_apply", None):
+            raise SampleMixingError(
+                f"module {where(moved)}: a custom torch.autograd.Function's backward changed another sample's input "
+                "gradient when only sample 0's values and output gradient changed (its backward run twice), so it "
+                "mixes samples: per-sample gradients do not exist and no clipping bound would hold. Make its backward "
+                "per sample (no sums, means or indexing across the batch), or write the op with torch operations and "
+                "let autograd derive its backward.")
         if moved is not None:
             raise SampleMixingError(
                 f"module {where(moved)}: {_op_name(moved)} changed another sample's values when only sample 0's "
@@ -924,13 +931,43 @@ class SampleCheck:
                             raise
                         states[r] = _rng_state()
                     values.append(interp.env[node])
-                if node.op != "placeholder" and self._node_moved(node, values):
+                if node.op != "placeholder" and (self._node_moved(node, values)
+                                                 or self._backward_moved(node, [i.env for i in interpreters])):
                     return node
                 for x in node.all_input_nodes:
                     if last_use.get(x) is node:
                         for interp in interpreters:
                             interp.env.pop(x, None)
         return None
+
+
+    def _backward_moved(self, node: fx.Node, envs: list[dict]) -> bool:
+        """For a custom autograd.Function (Dynamo's autograd_function_apply: its forward and backward bodies), whose
+        backward the user wrote and autograd does not derive from the forward: its backward run on each run's saved
+        values with output gradients that differ only in sample 0; whether another sample's input gradient moved.
+        (A backward that sums output gradients over the batch passes every forward check and mixes samples.)"""
+        if node.target is not getattr(torch.ops.higher_order, "autograd_function_apply", None):
+            return False
+        fwd_body, bwd_body = (envs[0][a] for a in node.args[:2])
+        examples = node.meta.get("example_value")
+        examples = examples if isinstance(examples, (tuple, list)) else (examples,)
+        inputs = []
+        for r, env in enumerate(envs):
+            args = [env[a] if isinstance(a, fx.Node) else a for a in node.args[2:]]
+            outs, saved = fwd_body(*args)
+            outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+            grads = []
+            for i, (out, example) in enumerate(zip(outs, examples)):
+                g = torch.Generator(device=out.device).manual_seed(i) if isinstance(out, torch.Tensor) else None
+                grad = torch.randn(out.shape, dtype=out.dtype, device=out.device, generator=g) if g else out
+                if r == 1 and g is not None:
+                    for d, k in self._batch_dims(node, example):
+                        grad.narrow(d, 0, k).copy_(torch.randn(grad.narrow(d, 0, k).shape, dtype=out.dtype,
+                                                               device=out.device, generator=g))
+                grads.append(grad)
+            inputs.append(bwd_body(*grads, *saved))
+        return any(_moved([a, b], self._batch_dims(arg)) for arg, a, b in zip(node.args[2:], *inputs)
+                   if isinstance(arg, fx.Node))
 
 
 class _AsGiven(Exception):

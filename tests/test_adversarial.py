@@ -1126,3 +1126,123 @@ def test_a_gradient_through_float8_is_refused(fp8):
     dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, backend=BACKEND)
     dp(x).sum().backward()
     assert model.fc.weight.grad is not None and released_norm(model) <= 1.0 * SLACK
+
+
+# ------------------------------------------------------------------------------------------------
+# Call patterns: trainable tensors that are no parameters, replaced parameters, layers after the DP model,
+# custom autograd.Functions
+# ------------------------------------------------------------------------------------------------
+
+class WithTrainableTensors(nn.Module):
+    """Linear-tanh-linear that also reads a trainable buffer and a tensor attribute computed outside the model."""
+
+    def __init__(self, shift: torch.Tensor):
+        super().__init__()
+        self.a, self.b = nn.Linear(5, 6), nn.Linear(6, 3)
+        self.register_buffer("s", torch.ones(6, requires_grad=True))
+        self.shift = shift
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)) * self.s + self.shift)
+
+
+def test_trainable_tensors_that_are_no_parameters_are_refused():
+    """A buffer registered with requires_grad=True and a tensor attribute that an outside layer computed would get
+    the batch's raw gradient from the DP backward (it did, σ = 1 notwithstanding: equal to plain autograd's). Refused
+    by name; so is a tensor swapped in for a parameter by torch.func.functional_call (a swap of every parameter
+    crashed the rewrite before)."""
+    outside = nn.Linear(2, 6).to(DEVICE)
+    model = WithTrainableTensors(outside(torch.ones(1, 2, device=DEVICE))[0]).to(DEVICE)
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND)
+    with pytest.raises(ConfigError, match=r"require grad but are not its trainable parameters: s, .*shift"):
+        dp(torch.randn(2, 5, device=DEVICE)).sum()
+    assert outside.weight.grad is None and model.s.grad is None
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).to(DEVICE)
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND)
+    swapped = {"module." + n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+    for names in (["module.0.weight"], list(swapped)):
+        with pytest.raises(ConfigError, match=r"not its trainable parameters: 0\.weight"):
+            torch.func.functional_call(dp, {n: swapped[n] for n in names}, (torch.randn(2, 5, device=DEVICE),))
+
+
+@pytest.mark.parametrize("how", ("setattr", "load_state_dict"))
+def test_replaced_parameters_are_guarded(how):
+    """A parameter replaced after the first step (model[0].weight = nn.Parameter(...), or load_state_dict with
+    assign=True): a step on the wrapped model's raw gradients is refused even before the DP model runs again
+    (it was taken after load_state_dict), and the next DP call recaptures, tracks and clips the new parameters."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).to(DEVICE)
+    dp = dpcompile.dpcompile(model, max_grad_norm=R, noise_multiplier=0.0, loss_reduction="sum", backend=BACKEND)
+    x = torch.randn(1, 5, device=DEVICE) * 100
+    dp(x).square().sum().backward()
+    model.zero_grad(set_to_none=True)
+    if how == "setattr":
+        model[0].weight = nn.Parameter(torch.randn(6, 5, device=DEVICE))
+    else:
+        model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(x).square().sum().backward()  # the wrapped model called directly: raw gradients
+    with pytest.raises(ReleaseError, match="replaced since it last ran"):
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    dp(x).square().sum().backward()
+    assert released_norm(model) <= R * SLACK
+    opt.step()
+
+
+def test_a_trainable_layer_after_the_dp_model_is_refused_at_the_step():
+    """A head after the DP model (or a learned temperature in the loss) gets the batch's raw gradient; an optimizer
+    step over it and the DP model's parameters together is refused (it was taken: ‖head.grad‖ = 150 against R = 1)."""
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).to(DEVICE)
+    head = nn.Linear(3, 3).to(DEVICE)
+    dp = dpcompile.dpcompile(model, max_grad_norm=R, noise_multiplier=1.0, backend=BACKEND)
+    opt = torch.optim.SGD([*model.parameters(), *head.parameters()], lr=0.1)
+    head(dp(torch.randn(2, 5, device=DEVICE) * 100)).square().sum().backward()
+    with pytest.raises(ReleaseError, match="outside the DP model"):
+        opt.step()
+
+
+class SampleSumBackward(torch.autograd.Function):
+    """Identity forward; a backward that gives every sample the batch's summed output gradient."""
+
+    @staticmethod
+    def forward(ctx, h):
+        return h.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.sum(0, keepdim=True).expand_as(g).clone()
+
+
+class Swish(torch.autograd.Function):
+    """x·sigmoid(x) with its backward written by hand from the saved input: per sample."""
+
+    generate_vmap_rule = True  # for the torch.func reference
+
+    @staticmethod
+    def forward(x):
+        return x * torch.sigmoid(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        s = torch.sigmoid(x)
+        return g * (s + x * s * (1 - s))
+
+
+def test_a_custom_function_whose_backward_mixes_samples_is_refused():
+    """A custom autograd.Function with a per-sample forward and a backward that sums over the batch passed every
+    forward check: one sample then moved a batch of 16's release by 6.2 with R = 1. Its backward is now run twice
+    with sample 0's output gradient changed, and refused; a per-sample hand-written backward (Swish, saving its
+    input) still matches torch.func, both clip branches, two batch sizes."""
+    model = nn.Sequential(nn.Linear(5, 3), Lambda(SampleSumBackward.apply)).to(DEVICE)
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, backend=BACKEND)
+    with pytest.raises(SampleMixingError, match="custom torch.autograd.Function's backward"):
+        dp(torch.randn(4, 5, device=DEVICE)).sum().backward()
+    case = Case("swish", lambda: nn.Sequential(nn.Linear(5, 6), Lambda(Swish.apply), nn.Linear(6, 3)),
+                lambda B: torch.randn(B, 5, dtype=torch.float64))
+    check_against_reference(case, batches=(3, 5))

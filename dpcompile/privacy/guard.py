@@ -243,11 +243,42 @@ def tracked_params(optimizer: torch.optim.Optimizer) -> Iterable[tuple[torch.Ten
                 yield p, state, engines
 
 
+_MODELS: weakref.WeakSet = weakref.WeakSet()  # live DP models (their .module's parameters, as they are now)
+
+
+def watch_model(model: torch.nn.Module) -> None:
+    """A DP model whose wrapped module's parameters, whatever they are at a step, are DP parameters."""
+    _MODELS.add(model)
+
+
+def refuse_outside_gradients(optimizer: torch.optim.Optimizer) -> None:
+    """A step that applies a gradient no DP backward released, to a parameter that is untracked: refused when the
+    same optimizer updates DP parameters (a layer after the DP model, a learned temperature in the loss: its
+    gradient is the batch's, neither clipped nor noised) or when it belongs to a DP model's module now (replaced,
+    or loaded with assign=True, and used outside the DP model before the DP model ran again)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    outside = [p for p in params if p.grad is not None and state_of(p) is None]
+    if not outside:
+        return
+    with_dp = any(state_of(p) is not None and state_of(p).live_engines() for p in params)
+    owned = {id(q): name for m in list(_MODELS) for name, q in m.module.named_parameters()}
+    found = outside if with_dp else [p for p in outside if id(p) in owned]
+    if found:
+        mine = [owned[id(p)] for p in found if id(p) in owned]
+        what = (f"parameter(s) {mine[:4]} of a DP model, replaced since it last ran," if mine else
+                f"{len(found)} parameter(s) outside the DP model (shapes {[tuple(p.shape) for p in found[:4]]})")
+        raise ReleaseError(
+            f"the optimizer would apply {what} whose gradients no DP backward released: neither clipped nor "
+            "noised (a layer after the DP model, a learned temperature in the loss, or the wrapped model called "
+            "directly). Put every trainable layer inside the model passed to dpcompile, and call the DP model")
+
+
 @torch._dynamo.disable
 def before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
     """Refuse the step (before it changes anything) unless every DP gradient is one noisy release."""
     if not len(_TRACKED):
         return
+    refuse_outside_gradients(optimizer)
     engines: dict[int, TaskOwner] = {}
     for p, state, its_engines in tracked_params(optimizer):
         for engine in its_engines:

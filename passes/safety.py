@@ -854,6 +854,12 @@ class SampleCheck:
             raise
         except _AsGiven as failed:
             exc = failed.__cause__
+            if "register a hook" in str(exc):  # Tensor.register_hook inside forward (run here without grad)
+                raise UnsupportedOpError(
+                    "the model registers a gradient hook on a tensor inside forward (Tensor.register_hook): it "
+                    "changes the backward outside what autograd derives from the forward, which dpcompile cannot "
+                    "check to be per sample or clip. Remove the hook, or write the change as a custom "
+                    "torch.autograd.Function (whose backward dpcompile checks)") from exc
             raise DPCompileError(
                 f"the model fails on this batch as it is ({type(exc).__name__}: {exc}), before anything private "
                 "happens: the same call without dpcompile fails too. Fix the model or its inputs (dtypes, devices, "

@@ -1246,3 +1246,21 @@ def test_a_custom_function_whose_backward_mixes_samples_is_refused():
     case = Case("swish", lambda: nn.Sequential(nn.Linear(5, 6), Lambda(Swish.apply), nn.Linear(6, 3)),
                 lambda B: torch.randn(B, 5, dtype=torch.float64))
     check_against_reference(case, batches=(3, 5))
+
+
+def test_a_gradient_hook_inside_forward_is_refused_as_such():
+    """Tensor.register_hook on an intermediate inside forward changes the backward outside autograd's derivation;
+    refused with what to do (the message said the model itself fails, which it does not)."""
+    class Hooked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(5, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            h = self.a(x)
+            h.register_hook(lambda g: g * 2.0)
+            return self.b(torch.tanh(h))
+
+    dp = dpcompile.dpcompile(Hooked().to(DEVICE), max_grad_norm=1.0, noise_multiplier=0.0, backend=BACKEND)
+    with pytest.raises(DPCompileError, match=r"gradient hook on a tensor inside forward.*autograd.Function"):
+        dp(torch.randn(4, 5, device=DEVICE)).sum().backward()

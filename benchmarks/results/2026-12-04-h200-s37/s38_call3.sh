@@ -10,7 +10,7 @@ PREFIX=s38-call3
 LIMIT=300
 source benchmarks/device_call.sh
 date -u
-gpu_tests "tests/test_adversarial.py" "rounded_to or float8 or round_up or subnormal" 4 170
+gpu_tests "tests/test_adversarial.py" "rounded_to or float8 or round_up or subnormal or no_parameters or replaced or after_the_dp or custom_function or hook_inside" 4 170
 gpu_tests "tests/test_gpu_paths.py" "not nothing" 4 110
 summary
 date -u

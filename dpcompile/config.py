@@ -14,6 +14,11 @@ REDUCTIONS = ("mean", "sum")
 CLIPPING = ("abadi", "automatic")
 
 
+# Up to 2⁴⁰ samples clipped to R sum to at most 1.1e32 at this R, far from float32's and bfloat16's 3.4e38: an
+# overflow to inf before the noise (a release finite or not by the batch) cannot happen there. (float16 gradients:
+# README's limitations.)
+MAX_GRAD_NORM_CAP = 1e20
+
 @dataclass(frozen=True)
 class DPConfig:
     """DP-SGD settings: grad = (Σ_i C_i·g_i + N(0, σ²R²I)) / n; g_i over sample i's K views."""
@@ -55,6 +60,9 @@ class DPConfig:
                                tuple(real_number("clip_group_norms", r) for r in self.clip_group_norms))
         check(self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm),
               f"max_grad_norm must be a positive finite number, got {self.max_grad_norm}")
+        check(self.max_grad_norm <= MAX_GRAD_NORM_CAP,
+              f"max_grad_norm must be at most {MAX_GRAD_NORM_CAP:g}, got {self.max_grad_norm}: a batch's clipped "
+              "sum, formed before the noise, must stay finite in float32 and bfloat16 (3.4e38) for any batch size")
         check(self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier),
               f"noise_multiplier must be >= 0 and finite, got {self.noise_multiplier}")
         check(self.loss_reduction in REDUCTIONS, f"loss_reduction must be one of {REDUCTIONS}, got {self.loss_reduction!r}")

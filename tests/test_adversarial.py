@@ -951,6 +951,7 @@ def test_arguments_that_disagree_on_the_batch_are_refused():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(max_grad_norm=torch.tensor(1.0)), "max_grad_norm.*item"),
     (dict(max_grad_norm="1.0"), "max_grad_norm must be a real number"),
+    (dict(max_grad_norm=1e37), "max_grad_norm must be at most 1e\\+20"),  # 40 samples summed to inf in fp32
     (dict(noise_multiplier="a lot"), "noise_multiplier must be a real number"),
     (dict(noise_multiplier=torch.ones(3)), "noise_multiplier"),
     (dict(seed=2**70), "seed"),

@@ -86,6 +86,10 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     for node in gm.graph.nodes:
         if node in deferred and node not in site_param:
             env[node] = graph.node_copy(node, lambda n: env[n])
+            value = node.meta.get("val")
+            if isinstance(value, torch.Tensor) and value.dtype in SATURATED and node.target not in RELABELS:
+                env[node] = emit(graph, lambda x: narrow_saturated(x, x.dtype), [env[node]], f"dp_saturated_{node.name}",
+                                 key="saturated")  # an op after the batch sum (an add of uses, a cast) may overflow
 
     outputs = list(fx.map_arg(gm.graph.output_node().args[0], lambda n: env[n]))
     finals = emit_finish(graph, spec, next(iter(clip.values())), [outputs[p.output_index] for p in params], dropped)
@@ -371,24 +375,53 @@ def clip_in_dtype(graph: fx.Graph, factor: fx.Node, dtype: torch.dtype, cache: d
 
 
 def emit_clipped_sum(graph, node, inputs, term, clip, param) -> fx.Node:
-    """Σ_i C_i ĝ_i in the term's own layout."""
+    """Σ_i C_i ĝ_i in the term's own layout. A float16 term's sum is formed in float32 and saturated into float16's
+    range (narrow_saturated): summed in float16 it overflowed to inf above 65504 before the noise, a release
+    finite or not by the batch (66 samples clipped to R = 1000)."""
     rule, site = rule_for(node), planned_site(node)
-    shape = node.meta["val"].shape
+    shape, dtype = node.meta["val"].shape, node.meta["val"].dtype
     name = f"dp_clipped_{safe_name(param.name)}"
     _, per_sample = term
     key = snippet_key(rule, site, shape)
     if per_sample is not None:
-        return emit(graph, lambda c, g: weighted_sum(c, g).reshape(shape), [clip, per_sample], name,
-                    key=("weighted_sum", tuple(map(str, shape))))
-    return emit(graph, lambda c, *t: rule.clipped_sum(site, c, *t).reshape(shape), [clip, *inputs], name,
-                key=("clipped_sum", key))
+        return emit(graph, lambda c, g: narrow_saturated(weighted_sum(c, g), dtype).reshape(shape),
+                    [clip, per_sample], name, key=("weighted_sum", tuple(map(str, shape))))
+
+    def clipped(c, *t):
+        if dtype in SATURATED:  # operands widened: exact, and no worse than the margins' float16 rounding model
+            t = tuple(x.float() if isinstance(x, torch.Tensor) and x.dtype == dtype else x for x in t)
+        return narrow_saturated(rule.clipped_sum(site, c, *t), dtype).reshape(shape)
+    return emit(graph, clipped, [clip, *inputs], name, key=("clipped_sum", key))
+
+
+# Dtypes whose range a batch's clipped sum can leave (float16: 65504; float32 and bfloat16 reach 3.4e38, which
+# config.MAX_GRAD_NORM_CAP keeps out of reach): their clipped sums are formed wider and saturated into it.
+SATURATED = (torch.float16,)
+
+
+# Ops that only relabel values (no new value can overflow): no saturation after them.
+RELABELS = {aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.permute.default, aten.t.default,
+            aten.transpose.int, aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default, aten.unsqueeze.default,
+            aten.alias.default, aten.clone.default, aten.expand.default, aten.slice.Tensor, aten.select.int}
+
+
+def narrow_saturated(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x (a clipped sum formed in float32 or the term's dtype) in dtype, values beyond dtype's range held at its
+    largest finite value: elementwise 1-Lipschitz and never larger in magnitude, so a sample still moves the
+    release by at most its clipped contribution (and its rounding), where an overflow to inf would not."""
+    if dtype not in SATURATED:
+        return x
+    top = torch.finfo(dtype).max
+    return x.clamp(-top, top).to(dtype)  # an overflow already to ±inf (an op in dtype) is held the same way
 
 
 def weighted_sum(c: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Σ_i c_i g_i over the leading (batch) dim, c rounded down to g's dtype and dropped samples (c_i = 0) masked
     out (0·inf would be NaN): one reduction that inductor fuses with the masking and scaling (a matrix product
-    would be one more kernel launch and a masked copy of g written and read)."""
-    return masked_scaled(g.reshape(g.shape[0], -1), c).sum(0)
+    would be one more kernel launch and a masked copy of g written and read). A SATURATED dtype's sum is returned
+    in float32 (its accumulation dtype anyway), for narrow_saturated."""
+    scaled = masked_scaled(g.reshape(g.shape[0], -1), c)
+    return scaled.sum(0, dtype=torch.float32) if g.dtype in SATURATED else scaled.sum(0)
 
 
 def emit_finish(graph, spec: ClipSpec, clip: fx.Node, grads: list[fx.Node], dropped: fx.Node) -> list[fx.Node]:
@@ -397,10 +430,11 @@ def emit_finish(graph, spec: ClipSpec, clip: fx.Node, grads: list[fx.Node], drop
     a few shapes)."""
     from dpcompile.ops import gaussian_noise
 
-    def finish(c, g, *noise):  # the batch size is c's length
+    def finish(c, g, *noise):  # the batch size is c's length; a float16 gradient gets its noise in float32
         scale = c.shape[0] if spec.loss_reduction == "mean" else 1
-        total = g * scale + noise[0].view(g.shape).to(g.dtype) if noise else g * scale
-        return total / (spec.expected_batch_size or scale)
+        work = torch.float32 if g.dtype in SATURATED else g.dtype  # rounded to float16 after the noise
+        total = g.to(work) * scale + noise[0].view(g.shape).to(work) if noise else g.to(work) * scale
+        return (total / (spec.expected_batch_size or scale)).to(g.dtype)
 
     def noise_pieces(d, *gs):  # sizes from the traced values: a gradient's shape may be symbolic
         numels = [g.numel() for g in gs]

@@ -1265,3 +1265,45 @@ def test_a_gradient_hook_inside_forward_is_refused_as_such():
     dp = dpcompile.dpcompile(Hooked().to(DEVICE), max_grad_norm=1.0, noise_multiplier=0.0, backend=BACKEND)
     with pytest.raises(DPCompileError, match=r"gradient hook on a tensor inside forward.*autograd.Function"):
         dp(torch.randn(4, 5, device=DEVICE)).sum().backward()
+
+
+class HalfUse(nn.Module):
+    """A float32 weight used as float16 in forward: float16 terms, the release upcast."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(1, 1, bias=False)
+
+    def forward(self, x):
+        return F.linear(x.half(), self.fc.weight.half()).float()
+
+
+@pytest.mark.parametrize("form", ("fp16_parameter", "used_as_fp16", "fp16_parameter_mean"))
+def test_a_float16_clipped_sum_saturates_instead_of_overflowing(form):
+    """Samples each clipped to R = 1000 in float16 (whose largest value is 65504): 65 of them sum to 65000, 66 to
+    66000, which formed in float16 before the noise was inf, so whether the release was finite told the batch apart
+    whatever the noise (inf in 300 of 300 noisy releases at 66). The sum is now formed in float32 and held at 65504:
+    a finite release, and neighbouring batches' releases differ by at most R (and fp16's rounding). The mean
+    reduction (whose mean of clipped gradients is scaled back by B before the noise, now in float32: 70,000 samples
+    at R = 1 overflowed there) and a float32 weight used as float16 alike."""
+    bound = 1000.0
+    releases = []
+    for B in (65, 66):
+        torch._dynamo.reset()
+        model = (nn.Linear(1, 1, bias=False).half() if form != "used_as_fp16" else HalfUse()).to(DEVICE)
+        reduction = "mean" if form.endswith("mean") else "sum"
+        n = 66 if reduction == "mean" else None  # the release's divisor, the same for both batches
+        dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, loss_reduction=reduction,
+                                 expected_batch_size=n, policy="mixed", backend=BACKEND)
+        x = torch.full((B, 1), 2000.0, device=DEVICE)
+        out = dp(x.half() if form != "used_as_fp16" else x).float()
+        (out.sum() if reduction == "sum" else out.mean()).backward()
+        grad = next(model.parameters()).grad.double() * (n or 1)
+        assert torch.isfinite(grad).all(), (form, B, grad)
+        releases.append(grad)
+    if form.endswith("mean"):  # the mean of clipped gradients stays in range; scaled back by B in float32
+        # (not compared across B: the loss's 1/B, rounded to fp16 differently for 65 and 66, moves every sample)
+        assert releases[1].item() == pytest.approx(66000, rel=1e-2), releases
+        return
+    assert releases[1].item() == pytest.approx(65504, rel=2e-3), releases
+    assert (releases[1] - releases[0]).norm().item() <= bound * (1 + 2e-3), releases

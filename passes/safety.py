@@ -923,8 +923,11 @@ class SampleCheck:
             for node in self.gm.graph.nodes:
                 if node.op == "output":
                     return None
-                values = []
-                for r, (interp, inputs) in enumerate(zip(interpreters, runs)):
+                values = [None] * len(runs)
+                runs_in_order = list(enumerate(zip(interpreters, runs)))
+                if node.target in CONTEXT_EXITS:  # the runs' contexts entered in turn, left last-in first-out
+                    runs_in_order.reverse()
+                for r, (interp, inputs) in runs_in_order:
                     if node.op == "placeholder":
                         interp.env[node] = inputs[self.placeholders.index(node)]
                     else:
@@ -936,7 +939,7 @@ class SampleCheck:
                                 raise _AsGiven() from exc
                             raise
                         states[r] = _rng_state()
-                    values.append(interp.env[node])
+                    values[r] = interp.env[node]
                 if node.op != "placeholder" and (self._node_moved(node, values)
                                                  or self._backward_moved(node, [i.env for i in interpreters])):
                     return node
@@ -974,6 +977,12 @@ class SampleCheck:
             inputs.append(bwd_body(*grads, *saved))
         return any(_moved([a, b], self._batch_dims(arg)) for arg, a, b in zip(node.args[2:], *inputs)
                    if isinstance(arg, fx.Node))
+
+
+# Graph nodes that leave a context a matching node entered (autocast inside forward). The two runs go node by
+# node, so run 0 enters, then run 1; leaving in the same order would restore run 0's saved state last, and autocast
+# stayed on after the check: the model's forward then ran under it (bf16 outputs, a backward that failed on them).
+CONTEXT_EXITS = {torch.amp.autocast_mode._exit_autocast}
 
 
 class _AsGiven(Exception):

@@ -188,3 +188,38 @@ def test_half_gram_rows_padded(kind, monkeypatch, no_fx_graph_cache):
         assert released[align].norm() <= 0.5 * (1 + 1e-6)
     assert any(row % 4 for row in rows[1]) and rows[4] and all(row % 4 == 0 for row in rows[4]), rows
     assert same(released[1], released[4])
+
+
+class AutocastInside(nn.Module):
+    """A model that enters bf16 autocast for one layer inside its own forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.fc2 = nn.Linear(8, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        with torch.autocast(torch.device(x.device).type, dtype=torch.bfloat16):
+            h = self.fc(x)
+        return self.fc2(h.float())
+
+
+@pytest.mark.parametrize("policy", ("mixed", "ghost", "per_sample"))
+def test_autocast_entered_inside_forward(policy):
+    """The numerical check runs the captured graph twice node by node: its two autocast regions were left in the
+    order they were entered, so autocast stayed on after the check, the forward ran under it (a bf16 output where
+    eager gives fp32) and the backward failed ("expected m1 and m2 to have the same dtype"). Now: fp32 output as
+    eager's, autocast off after the call, a one-sample release within R, two batch sizes."""
+    torch.manual_seed(0)
+    model = AutocastInside().to(DEVICE)
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, loss_reduction="sum", policy=policy,
+                             backend=BACKEND)
+    device_type = torch.device(DEVICE).type
+    for B in (1, 4):
+        x = torch.randn(B, 8, device=DEVICE) * 100
+        out = dp(x)
+        assert out.dtype == torch.float32 and not torch.is_autocast_enabled(device_type)
+        torch.testing.assert_close(out, model(x))
+        model.zero_grad(set_to_none=True)
+        out.square().sum().backward()
+        norm = torch.sqrt(sum(p.grad.double().square().sum() for p in model.parameters()))
+        assert torch.isfinite(norm) and (B > 1 or norm <= 1.0 * (1 + 1e-12)), (B, norm)

@@ -17,6 +17,7 @@ order of a K·B dim is refused (``views_in_order``), and the numerical check cha
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 
@@ -846,7 +847,11 @@ class SampleCheck:
         if size == 0 or (size == 1 and not self.batch.free_symbols):
             self.done = size == 1  # a graph for one sample cannot mix; an empty batch: check the next one
             return
-        args = self._doubled(args) if size == 1 else args
+        if size == 1:  # a copy of the sample, under no autocast (CPU autocast's cat refuses fp16 under bf16)
+            with contextlib.ExitStack() as stack:
+                for device in {a.device.type for a in args if isinstance(a, torch.Tensor)}:
+                    stack.enter_context(torch.autocast(device, enabled=False))
+                args = self._doubled(args)
         runs = (self._inputs(args, change=False), self._inputs(args, change=True))
         try:
             moved = self._first_moved(runs)

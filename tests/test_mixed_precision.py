@@ -223,3 +223,15 @@ def test_autocast_entered_inside_forward(policy):
         out.square().sum().backward()
         norm = torch.sqrt(sum(p.grad.double().square().sum() for p in model.parameters()))
         assert torch.isfinite(norm) and (B > 1 or norm <= 1.0 * (1 + 1e-12)), (B, norm)
+
+
+def test_an_fp16_model_under_bf16_autocast_with_a_first_batch_of_one():
+    """The numerical check doubles a first batch of one with torch.cat, which ran under the user's autocast: CPU
+    autocast's cat refuses fp16 operands under bf16 ("Unexpected floating ScalarType"), so an fp16 model under bf16
+    autocast failed with a torch RuntimeError at a first batch of one. The copy now runs without autocast."""
+    model = nn.Linear(1, 1, bias=False).half().to(DEVICE)
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, loss_reduction="sum", backend=BACKEND)
+    with torch.autocast(torch.device(DEVICE).type, torch.bfloat16):
+        out = dp(torch.full((1, 1), 10.0, dtype=torch.float16, device=DEVICE))
+    out.float().sum().backward()
+    assert torch.isfinite(model.weight.grad).all() and model.weight.grad.double().norm() <= 1.0

@@ -81,7 +81,9 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     clip, dropped = emit_clip_factors(graph, spec, norms)
     in_dtype: dict = {}  # (factor, dtype) -> the factor as the terms of that dtype read it
     for node, p in site_param.items():
-        factor = clip_in_dtype(graph, clip[p.name], node.meta["val"].dtype, in_dtype, ctx.inductor)
+        dtype = node.meta["val"].dtype  # a SATURATED term is scaled and summed in float32 (emit_clipped_sum)
+        factor = clip_in_dtype(graph, clip[p.name], torch.float32 if dtype in SATURATED else dtype, in_dtype,
+                               ctx.inductor)
         env[node] = emit_clipped_sum(graph, node, [env[a] for a in node.meta[SITE].inputs], terms[node], factor, p)
     for node in gm.graph.nodes:
         if node in deferred and node not in site_param:
@@ -375,9 +377,9 @@ def clip_in_dtype(graph: fx.Graph, factor: fx.Node, dtype: torch.dtype, cache: d
 
 
 def emit_clipped_sum(graph, node, inputs, term, clip, param) -> fx.Node:
-    """Σ_i C_i ĝ_i in the term's own layout. A float16 term's sum is formed in float32 and saturated into float16's
-    range (narrow_saturated): summed in float16 it overflowed to inf above 65504 before the noise, a release
-    finite or not by the batch (66 samples clipped to R = 1000)."""
+    """Σ_i C_i ĝ_i in the term's own layout. A float16 term's sum is formed in float32 (its factor given in float32)
+    and saturated into float16's range (narrow_saturated): summed in float16 it overflowed to inf above 65504 before
+    the noise, a release finite or not by the batch (66 samples clipped to R = 1000)."""
     rule, site = rule_for(node), planned_site(node)
     shape, dtype = node.meta["val"].shape, node.meta["val"].dtype
     name = f"dp_clipped_{safe_name(param.name)}"
@@ -418,10 +420,11 @@ def narrow_saturated(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def weighted_sum(c: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Σ_i c_i g_i over the leading (batch) dim, c rounded down to g's dtype and dropped samples (c_i = 0) masked
     out (0·inf would be NaN): one reduction that inductor fuses with the masking and scaling (a matrix product
-    would be one more kernel launch and a masked copy of g written and read). A SATURATED dtype's sum is returned
-    in float32 (its accumulation dtype anyway), for narrow_saturated."""
-    scaled = masked_scaled(g.reshape(g.shape[0], -1), c)
-    return scaled.sum(0, dtype=torch.float32) if g.dtype in SATURATED else scaled.sum(0)
+    would be one more kernel launch and a masked copy of g written and read). A SATURATED dtype's g is scaled and
+    summed in float32, for narrow_saturated: in float16 a clip factor below 6e-8 rounded down to 0, a sample then
+    contributing nothing while not counted as dropped."""
+    flat = g.reshape(g.shape[0], -1)
+    return masked_scaled(flat.float() if g.dtype in SATURATED else flat, c).sum(0)
 
 
 def emit_finish(graph, spec: ClipSpec, clip: fx.Node, grads: list[fx.Node], dropped: fx.Node) -> list[fx.Node]:

@@ -1307,3 +1307,23 @@ def test_a_float16_clipped_sum_saturates_instead_of_overflowing(form):
         return
     assert releases[1].item() == pytest.approx(65504, rel=2e-3), releases
     assert (releases[1] - releases[0]).norm().item() <= bound * (1 + 2e-3), releases
+
+
+def test_a_float16_clip_factor_below_float16s_range_still_scales_its_sample():
+    """fp16, per-sample clipping: a sample with ‖g‖ = 28,284 and R = 1e-3 has c = 3.5e-8, below fp16's smallest
+    value; rounded down to fp16 it was 0 and the sample contributed nothing, uncounted (the release 33% short of the
+    reference). The factor now scales float32 copies: the release matches torch.func to fp16's rounding."""
+    torch.manual_seed(0)
+    model = nn.Linear(8, 1, bias=False).half().to(DEVICE)
+    reference_model = copy.deepcopy(model).double()
+    dp = dpcompile.dpcompile(model, max_grad_norm=1e-3, noise_multiplier=0.0, loss_reduction="sum",
+                             policy="per_sample", backend=BACKEND)
+    x = torch.ones(3, 8, dtype=torch.half, device=DEVICE)
+    x[1] *= 0.5
+    x[2] *= 10000.0
+    y = torch.ones(3, 1, device=DEVICE)
+    loss = lambda out, y, reduction="sum": (out * y).sum()  # noqa: E731
+    loss(dp(x).float(), y).backward()
+    ref, _ = dp_reference(reference_model, x.double(), y.double(), 1e-3, "sum", loss=loss)
+    err = ((model.weight.grad.double() - ref["weight"]).norm() / ref["weight"].norm()).item()
+    assert err < 4e-3 and dp.privacy.dropped_samples == 0, err

@@ -1,6 +1,7 @@
 """Data parallel over torch.distributed (gloo, 2 processes on CPU): the ranks' releases summed (bucketed,
 overlapped with the backward) equal one process's release on the union batch, with accumulation, an unused
-parameter, a parameter used on one rank only and an empty batch; the noise is added once; a checkpoint
+parameter, a parameter used on one rank only and an empty batch; the noise is added once, also to a parameter
+only one rank (or no rank) used; a checkpoint
 written by rank 0 resumes both ranks exactly; settings and layouts must agree across ranks."""
 import os
 
@@ -160,6 +161,23 @@ def noise_job(rank: int, out_dir: str) -> dict:
     return {"grads": torch.stack(grads), "steps": dp.privacy.steps}
 
 
+def extra_noise_job(rank: int, out_dir: str) -> dict:
+    """σ = 1 at lr 0, `shift` used by rank 1's batch only, `unused` by none: their released gradients."""
+    model, x, y = model_and_data()
+    model.extra = rank == 1
+    dp = dpcompile.dpcompile(model, max_grad_norm=R, noise_multiplier=1.0, backend="eager",
+                             expected_batch_size=BATCH, seed=7)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    shift, unused = [], []
+    for _ in range(NOISE_STEPS):
+        opt.zero_grad(set_to_none=True)
+        loss_of(dp(x[rank::WORLD]), y[rank::WORLD]).backward()
+        opt.step()
+        shift.append(model.shift.grad.clone())
+        unused.append(model.unused.weight.grad.flatten().clone())
+    return {"shift": torch.stack(shift), "unused": torch.stack(unused)}
+
+
 def training(steps: int, saved: dict | None = None):
     """Noisy DP-SGD with momentum on Poisson shards (q = 1/4 of 24 examples), optionally resumed."""
     torch.manual_seed(0)
@@ -197,7 +215,8 @@ def resume_job(rank: int, out_dir: str) -> dict:
 
 def noisy_job(rank: int, out_dir: str) -> dict:
     """Both σ = 1 jobs in one process group."""
-    return {"noise": noise_job(rank, out_dir), "resume": resume_job(rank, out_dir)}
+    return {"noise": noise_job(rank, out_dir), "resume": resume_job(rank, out_dir),
+            "extra_noise": extra_noise_job(rank, out_dir)}
 
 
 JOBS = {"exact": exact_job, "noisy": noisy_job}
@@ -292,6 +311,20 @@ def test_noise_is_added_once(noisy):
     ratio = noise.std().item() / (1.0 * R / BATCH)
     assert abs(ratio - 1) < 0.15, f"noise std is {ratio:.3f} × σR/n (√{WORLD} would mean one draw per rank)"
     assert ranks[0]["steps"] == ranks[1]["steps"] == NOISE_STEPS
+
+
+def test_a_parameter_only_another_rank_uses_gets_its_noise(noisy):
+    """Rank 0 adds the noise, inside its own DP backward, for the parameters that backward releases. A parameter
+    only rank 1's batch used (a branch taken on long sequences) was summed without noise: its applied gradient was
+    the same with σ = 1 as with σ = 0. Rank 0 now puts its noise into the all-reduce: the gradient's spread over
+    steps (lr 0, the same batch) is σR/n, and every rank applies the same. A parameter no rank used gets its noise
+    alone (σR/n around 0), as a zero clipped sum would."""
+    ranks = [r["extra_noise"] for r in noisy[0]]
+    assert torch.equal(ranks[0]["shift"], ranks[1]["shift"]) and torch.equal(ranks[0]["unused"], ranks[1]["unused"])
+    spread = (ranks[0]["shift"] - ranks[0]["shift"].mean(0)).std().item() / (1.0 * R / BATCH)
+    assert abs(spread - 1) < 0.3, f"the spread of a parameter only rank 1 uses is {spread:.3f} × σR/n"
+    alone = ranks[0]["unused"].std().item() / (1.0 * R / BATCH)
+    assert abs(alone - 1) < 0.3, f"the spread of a parameter no rank uses is {alone:.3f} × σR/n"
 
 
 def test_one_checkpoint_written_by_rank_0_resumes_every_rank_exactly(noisy):

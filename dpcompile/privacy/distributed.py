@@ -15,7 +15,9 @@ the parameters are split once into fixed buckets (reverse parameter order, one d
 about `bucket_mb` MB); a bucket is all-reduced asynchronously as one flat tensor
 [g_1, …, g_k, present_1, …, present_k] as soon as all its parameters' gradients of the round are
 final (their post-accumulate-grad hooks), in bucket order; the buckets still open when the backward
-ends (parameters without a gradient on this rank) go out then, with zeros and present = 0. So every
+ends (parameters without a gradient on this rank) go out then, with zeros and present = 0 (on rank 0, with
+their noise and present = 1: a parameter only another rank's batch used, a branch taken on long sequences, was
+summed without noise before, since rank 0's graph drew noise only for what it released). So every
 rank issues the same all-reduces, of the same sizes, in the same order, exactly once per round,
 whatever gradients it got: no deadlock, no tensors mixed. The step waits for them and copies the sums
 back into .grad (a parameter without a gradient anywhere keeps .grad None).
@@ -23,7 +25,7 @@ back into .grad (a parameter without a gradient anywhere keeps .grad None).
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -33,6 +35,7 @@ from torch import Tensor
 from ..errors import ConfigError, ReleaseError
 
 BUCKET_MB = 25.0  # bucket size cap, as DDP's
+Noise = Callable[[int, torch.dtype, torch.device], Tensor]  # a parameter's noise, as its DP backward adds it
 
 
 def world() -> tuple[int, int]:
@@ -74,17 +77,25 @@ class Bucket:
         """What must agree across ranks: device type, dtype, sizes (the device index may differ)."""
         return self.device.type, str(self.dtype), tuple(self.numels)
 
-    def flatten(self, released: set[int]) -> tuple[Tensor, list[int | None]]:
-        """This rank's releases, flat (zeros and present 0 where none), and the .grad versions it read."""
-        parts, versions = [], []
+    def flatten(self, released: set[int], noise: Noise | None) -> tuple[Tensor, list[int | None]]:
+        """This rank's releases, flat, and the .grad versions it read. Where this rank released nothing: zeros and
+        present 0, or, on the rank that adds the noise (`noise`), that parameter's noise and present 1 (another
+        rank's batch may have used it, and its release would otherwise be summed without noise)."""
+        parts, versions, noised = [], [], []
         for ref, numel in zip(self.params, self.numels):
             p = ref()
             grad = p.grad if p is not None and id(p) in released else None
             versions.append(None if grad is None else grad._version)
-            parts.append(torch.zeros(numel, dtype=self.dtype, device=self.device) if grad is None
-                         else grad.detach().reshape(-1).to(self.dtype))
+            noised.append(grad is None and noise is not None)
+            if grad is not None:
+                parts.append(grad.detach().reshape(-1).to(self.dtype))
+            elif noise is not None:
+                parts.append(noise(numel, self.dtype, self.device))
+            else:
+                parts.append(torch.zeros(numel, dtype=self.dtype, device=self.device))
         if None in versions:
-            present = torch.tensor([v is not None for v in versions], dtype=self.dtype, device=self.device)
+            present = torch.tensor([v is not None or n for v, n in zip(versions, noised)], dtype=self.dtype,
+                                   device=self.device)
         else:  # the usual case: no host-to-device copy
             present = torch.ones(len(versions), dtype=self.dtype, device=self.device)
         return torch.cat([*parts, present]), versions
@@ -124,8 +135,8 @@ CHANGED_MESSAGE = ("a gradient was changed in place between the DP backward and 
 class Round:
     """One logical step's reduction: the fixed buckets, which parameters are final, the all-reduces in flight."""
 
-    def __init__(self, buckets: list[Bucket]) -> None:
-        self.buckets = buckets
+    def __init__(self, buckets: list[Bucket], noise: Noise | None = None) -> None:
+        self.buckets, self.noise = buckets, noise
         self.slot = {id(ref()): i for i, b in enumerate(buckets) for ref in b.params if ref() is not None}
         self.waiting = [len(b.params) for b in buckets]  # parameters not yet final, per bucket
         self.released: set[int] = set()
@@ -144,7 +155,7 @@ class Round:
     def launch(self) -> None:
         """All-reduce the next bucket asynchronously."""
         bucket = self.buckets[len(self.launched)]
-        flat, versions = bucket.flatten(self.released)
+        flat, versions = bucket.flatten(self.released, self.noise)
         self.launched.append((bucket, flat, versions, dist.all_reduce(flat, async_op=True)))
 
     def launch_rest(self) -> None:
@@ -165,8 +176,8 @@ class Reducer:
     """Sums the ranks' releases of each logical step: bucketed async all-reduces launched as the gradients
     become final (`overlap`; else all at the step), waited for before the optimizer step."""
 
-    def __init__(self, bucket_mb: float = BUCKET_MB, overlap: bool = True) -> None:
-        self.bucket_mb, self.overlap = bucket_mb, overlap
+    def __init__(self, bucket_mb: float = BUCKET_MB, overlap: bool = True, noise: Noise | None = None) -> None:
+        self.bucket_mb, self.overlap, self.noise = bucket_mb, overlap, noise  # noise: the noising rank's
         self.params: list[weakref.ref] = []  # in the order tracked (the model's parameter order)
         self.layout: tuple[tuple, list[Bucket]] | None = None  # (key, buckets), rebuilt if the key changes
         self.round: Round | None = None
@@ -181,7 +192,7 @@ class Reducer:
         backward, the buckets still open at its end are launched then."""
         if self.round is not None:
             self.round.finish(apply=False)
-        self.round = Round(self.buckets())
+        self.round = Round(self.buckets(), self.noise)
         if self.overlap and in_backward:
             torch.autograd.Variable._execution_engine.queue_callback(self.round.launch_rest)
 

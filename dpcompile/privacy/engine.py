@@ -86,7 +86,10 @@ class PrivacyEngine:
         self.rank, self.world_size = distributed.world()  # data parallel: rank 0 alone adds the noise
         check_shard(self.sampler, self.rank, self.world_size)
         distributed.check_same_settings(self.fingerprint())
-        self.reducer = distributed.Reducer() if self.world_size > 1 else None  # sums the ranks' releases
+        if self.world_size > 1:  # each rank's release is divided by the global n before the sum
+            check_normaliser(config)
+        self.reducer = distributed.Reducer(noise=self.absent_noise if self.rank == 0 and self.std > 0 else None) \
+            if self.world_size > 1 else None  # sums the ranks' releases
         self.handle = register_owner(self)
 
     # --- what the compiled backward calls ---
@@ -118,6 +121,13 @@ class PrivacyEngine:
         if not noisy or self.std == 0.0 or self.rank != 0:  # the ranks' releases are summed: noise once
             return torch.zeros(numel, dtype=dtype, device=device)
         return gaussian(numel, self.std, self.generator(device), self.secure, dtype, device)
+
+    def absent_noise(self, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """Data parallel, rank 0: the noise of a parameter its own DP backward did not release this step (only
+        another rank's batch used it), as that backward would have added it: N(0, std²) / n."""
+        noise = gaussian(numel, self.std, self.generator(device), self.secure, torch.float32 if dtype != torch.float64
+                         else dtype, device)
+        return (noise / (self.config.expected_batch_size or 1)).to(dtype)
 
     def backward_kind(self, task: int) -> str | None:
         """guard.NOISY / UNNOISED if this engine's noise op ran in autograd graph task `task`, else None."""

@@ -140,3 +140,20 @@ def test_loader_refusals():
         poisson_loader(data, 0.1, shuffle=True)
     with pytest.raises(ConfigError):
         poisson_loader(TensorDataset(torch.zeros(0)), 0.1)
+
+
+def test_a_secure_checkpoint_holds_no_seed_and_resumes():
+    """secure=True: the checkpoint held the first epoch's seed, from which its reader regenerated every batch of
+    that epoch. Now it holds none (only the generator state, which the rest of the current epoch needs), and a
+    sampler loaded from it continues the epoch exactly."""
+    sampler = PoissonBatchSampler(50, 0.2, steps=6, secure=True)
+    stream = iter(sampler)
+    first = [next(stream) for _ in range(3)]
+    state = sampler.state_dict()
+    assert state["seed"] is None
+    rest = list(stream)
+    resumed = PoissonBatchSampler(50, 0.2, steps=6, secure=True)
+    resumed.load_state_dict(state)
+    assert list(resumed) == rest
+    replay = PoissonBatchSampler(50, 0.2, steps=6, seed=sampler.seed)  # what the seed would have given away
+    assert list(replay)[:3] == first

@@ -71,9 +71,12 @@ class PoissonBatchSampler(Sampler[list[int]]):
             yield shard[mask].tolist()
 
     def state_dict(self) -> dict[str, Any]:
-        """Configuration, position within the epoch and generator state."""
+        """Configuration, position within the epoch and generator state. Secure: no seed (the first epoch's seed
+        would let a checkpoint's reader regenerate that epoch's batches; the generator state reveals only the rest
+        of the current epoch, which resuming needs)."""
         return {"num_samples": self.num_samples, "sample_rate": self.sample_rate, "steps": self.steps,
-                "seed": self.seed, "secure": self.secure, "epoch": self.epoch, "step": self._step,
+                "seed": None if self.secure else self.seed, "secure": self.secure, "epoch": self.epoch,
+                "step": self._step,
                 "generator_state": self._generator.get_state(), "rank": self.rank, "world_size": self.world_size}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -92,7 +95,8 @@ class PoissonBatchSampler(Sampler[list[int]]):
         if not 0 <= state["step"] <= self.steps:
             raise ConfigError(f"sampler state step {state['step']!r} is outside [0, {self.steps}]")
         self._generator.set_state(state["generator_state"].cpu())  # also when loaded with map_location="cuda"
-        self.seed, self._step = state["seed"], state["step"]
+        self.seed = self.seed if state["seed"] is None else state["seed"]
+        self._step = state["step"]
         self.epoch = state.get("epoch", 0)
 
 

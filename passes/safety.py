@@ -89,6 +89,7 @@ class Layouts:
 
     def __init__(self, batch: sympy.Expr):
         self.batch, self.of = batch, {}
+        self.trainable: set[fx.Node] | None = None  # the trainable parameters' placeholders, where known
 
     def get(self, x) -> Layout | None:
         lay = self.of.get(x) if isinstance(x, fx.Node) else None
@@ -375,9 +376,17 @@ def attention(node: fx.Node, L: Layouts):
 
 
 def embedding(node: fx.Node, L: Layouts):
-    """embedding(weight, indices): a row per index, the indices' batch kept."""
+    """embedding(weight, indices): a row per index, the indices' batch kept. With scale_grad_by_freq its backward
+    divides each row's gradient by that index's count over the whole batch, which mixes samples: one sample then
+    rescaled the others' terms (neighbouring batches' releases 1.16·R apart), seen only here, in the forward's flag
+    (the captured backward has the counts decomposed into index_put ops)."""
     if L.get(node.args[0]) is not None:
         raise NoRule("looks up a batched table")
+    weight = node.args[0]
+    frozen = L.trainable is not None and weight.op == "placeholder" and weight not in L.trainable
+    if arg(node, "scale_grad_by_freq", False) and not frozen:
+        raise Mixing("with scale_grad_by_freq=True divides each row's weight gradient by its index's count over "
+                     "the whole batch (pass scale_grad_by_freq=False)")
     return L.get(node.args[1])
 
 
@@ -694,7 +703,10 @@ def check_sample_independence(forward: fx.GraphModule, ctx: PassContext,
     if not batch.free_symbols and batch <= 1 or nodes and guards_batch_of_one(nodes[0], batch):
         return forward  # a graph for one sample (its guards recompile any other batch size): nothing to mix
     layouts = Layouts(batch)
-    for i, node in enumerate(forward.graph.find_nodes(op="placeholder")):
+    placeholders = list(forward.graph.find_nodes(op="placeholder"))
+    if user_inputs is not None:  # the capture's inputs in order: the trainable parameters' placeholders are known
+        layouts.trainable = {placeholders[p.output_index] for p in ctx.params if p.output_index < len(placeholders)}
+    for i, node in enumerate(placeholders):
         if (user_inputs is None or i in user_inputs) and (lay := _input_layout(node, batch)) is not None:
             layouts.of[node] = lay
     checks = assertion_only(forward.graph)

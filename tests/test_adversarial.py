@@ -1327,3 +1327,38 @@ def test_a_float16_clip_factor_below_float16s_range_still_scales_its_sample():
     ref, _ = dp_reference(reference_model, x.double(), y.double(), 1e-3, "sum", loss=loss)
     err = ((model.weight.grad.double() - ref["weight"]).norm() / ref["weight"].norm()).item()
     assert err < 4e-3 and dp.privacy.dropped_samples == 0, err
+
+
+@pytest.mark.parametrize("form", ("functional", "module_flag_set_after", "frozen"))
+def test_embedding_scale_grad_by_freq_is_refused_wherever_it_is_set(form):
+    """scale_grad_by_freq divides each row's gradient by its index's count over the whole batch: one added sample
+    rescaled the others' terms (neighbouring releases 1.16·R apart with R = 1). nn.Embedding with the flag was refused
+    at dpcompile(), but F.embedding(..., scale_grad_by_freq=True) and the flag set on the module afterwards were not
+    (the captured backward holds the counts as index_put ops, not the flag). Now the forward's embedding op is
+    refused wherever the flag is on and the table trains; a frozen table with it still runs."""
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table, self.head = nn.Parameter(torch.randn(6, 3)), nn.Linear(3, 2)
+
+        def forward(self, idx):
+            return self.head(F.embedding(idx, self.table, scale_grad_by_freq=True).sum(1))
+
+    if form == "functional":
+        model = Functional()
+    else:
+        model = nn.Sequential(nn.Embedding(6, 3), nn.Flatten(), nn.Linear(6, 2))
+        if form == "frozen":
+            model[0].weight.requires_grad_(False)
+            model[0].scale_grad_by_freq = True
+    model = model.to(DEVICE)
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, backend=BACKEND)
+    if form == "module_flag_set_after":
+        model[0].scale_grad_by_freq = True
+    idx = torch.tensor([[0, 1], [1, 1], [2, 1]], device=DEVICE)
+    if form == "frozen":
+        dp(idx).sum().backward()
+        assert model[2].weight.grad is not None
+        return
+    with pytest.raises(SampleMixingError, match=r"embedding.*scale_grad_by_freq=True divides"):
+        dp(idx).sum().backward()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -47,6 +48,7 @@ class DPModel(nn.Module):
         self.module = model
         self.config = config
         self.privacy = PrivacyEngine(config, **privacy)  # the one owner of the privacy state
+        warn_if_already_trained(model)
         self.privacy.track((n, p) for n, p in model.named_parameters() if p.requires_grad)
         weakref.finalize(self, self.privacy.untrack)  # Dynamo's backend cache outlives us; the guard must not
         self.backend = DPBackend(config, {id(p): n for n, p in model.named_parameters()}, self.privacy)
@@ -197,6 +199,17 @@ class DPModel(nn.Module):
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         return self.module.load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def warn_if_already_trained(model: nn.Module) -> None:
+    """A module another live DP model has trained: this one's engine counts from 0, so its ε leaves those steps out."""
+    steps = sum(engine.steps for engine in guard.engines_of(model.parameters()))
+    if steps:
+        warnings.warn(
+            f"dpcompile: this module's parameters were already released by another live DP model ({steps} noisy "
+            "step(s)); the new DP model's privacy engine counts from 0, so the ε it reports leaves those out: the "
+            "privacy spent is that of both models' steps together. Keep training with the first DP model to have "
+            "one account", RuntimeWarning, stacklevel=4)
 
 
 def refuse_float16_autocast(leaves) -> None:

@@ -288,6 +288,31 @@ def test_resume_equals_uninterrupted():
     assert dp2.privacy.state_dict()["accountant"] == dp.privacy.state_dict()["accountant"]
 
 
+def test_a_privacy_state_must_belong_to_the_parameters_and_never_roll_back():
+    """A privacy state loaded into a DP model that has released more steps was accepted: its step count and ε fell
+    back, and the noise of the steps after it was drawn again (a difference of two releases then shows no noise).
+    Refused now. In a fresh DP model, a state saved with other parameters (the model trained on from it, or none
+    loaded) is refused at the next step; the parameters saved with it, loaded before or after it, resume."""
+    model, dp, opt, loader = run_setup()
+    it = batches(loader)
+    train(model, dp, opt, it, 2)
+    saved = checkpoint(model, dp, opt)
+    train(model, dp, opt, it, 2)
+    with pytest.raises(ConfigError, match="already released 4 noisy step"):
+        dp.privacy.load_state_dict(saved["dp"])
+    model2, dp2, opt2, loader2 = run_setup(model_seed=1)
+    model2.load_state_dict(model.state_dict())  # the parameters trained on past the state: not its own
+    dp2.privacy.load_state_dict(saved["dp"])
+    with pytest.raises(ConfigError, match="saved with other model parameters"):
+        train(model2, dp2, opt2, batches(loader2), 1)
+    model3, dp3, opt3, loader3 = run_setup(model_seed=1)
+    dp3.privacy.load_state_dict(saved["dp"])  # the privacy state first, then the model's own
+    model3.load_state_dict(saved["model"])
+    opt3.load_state_dict(saved["opt"])
+    train(model3, dp3, opt3, batches(loader3), 1)
+    assert dp3.privacy.steps == 3
+
+
 @pytest.mark.parametrize("other", [dict(noise_multiplier=1.2), dict(max_grad_norm=0.4), dict(clipping="automatic"),
                                    dict(accountant="rdp"), dict(loss_reduction="sum"), dict(expected_batch_size=5),
                                    dict(clip_groups="per_layer"), dict(data_loader=None, sample_rate=0.25, expected_batch_size=6)])
@@ -376,3 +401,30 @@ def test_release_guard_forgets_collected_parameters_and_keeps_apart_reused_ids()
     opt = torch.optim.SGD(fresh, 0.1)
     sum(p.sum() for p in fresh).backward()
     opt.step()  # not DP parameters: the guard has nothing to say
+
+
+def test_wrapping_a_trained_module_again_warns_that_its_account_starts_at_zero():
+    """A second DP model over a module the first one trained counts from 0 steps (ε for 5 against 10 applied),
+    silently before; now with a warning that names the steps left out."""
+    model, dp, opt, loader = run_setup()
+    train(model, dp, opt, batches(loader), 2)
+    with pytest.warns(RuntimeWarning, match=r"already released by another live DP model \(2 noisy"):
+        dpcompile.dpcompile(model, max_grad_norm=0.5, noise_multiplier=1.1, backend=BACKEND, sample_rate=0.25,
+                            expected_batch_size=6)
+
+
+def test_accumulating_over_several_poisson_batches_is_refused():
+    """gradient_accumulation_steps=k is one Poisson batch split into k micro-batches. Drawing k loader batches per
+    logical step went through: a sample could join a step twice (2R) and joined with probability about 2q where the
+    accountant counted q (ε 4.5 reported, 10.0 spent, at q = 0.1 and k = 2). The loader's position moving inside a
+    logical step is now refused; the split form (test_poisson_batches_split_into_micro_batches) is not."""
+    loader = poisson_loader(DATA, 0.1, steps=6, seed=3)
+    dp = dpcompile.dpcompile(mlp(), max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND, data_loader=loader,
+                             gradient_accumulation_steps=2, seed=0)
+    it = iter(loader)
+    x, y = next(it)
+    squared_error(dp(x.to(DEVICE)), y.to(DEVICE)).backward()
+    x, y = next(it)
+    with pytest.raises(ConfigError, match="handed out another batch inside one logical step"):
+        squared_error(dp(x.to(DEVICE)), y.to(DEVICE)).backward()
+    assert dp.privacy.steps == 0

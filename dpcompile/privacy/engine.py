@@ -28,6 +28,7 @@ not a proof: torch's generators (Mersenne Twister on CPU, Philox on GPU) are not
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import numbers
@@ -49,8 +50,11 @@ from .sampling import PoissonBatchSampler
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 2  # 2: "dropped" (samples given clip factor 0, kept() in the rewrite); 1 is read as 0 dropped
-STATE_KEYS = {"version", "config", "steps", "accountant", "noise", "sampler", "dropped"}
+# 2: "dropped" (samples given clip factor 0, kept() in the rewrite); 1 is read as 0 dropped. 3: "parameters" (a
+# hash of the trainable parameters the state belongs to, checked at the next release; older states: unchecked).
+STATE_VERSION = 3
+STATE_KEYS = {"version", "config", "steps", "accountant", "noise", "sampler", "dropped", "parameters"}
+VERSION_KEYS = {1: STATE_KEYS - {"dropped", "parameters"}, 2: STATE_KEYS - {"parameters"}, 3: STATE_KEYS}
 RANK_KEYS = {"sampler", "dropped"}  # data parallel: each rank's own, listed under "ranks" (one dict per rank)
 DROPPED_CHECK_EVERY = 100  # noisy steps between reads of the on-device dropped-sample counter
 
@@ -82,6 +86,8 @@ class PrivacyEngine:
         self._dropped_saved = 0                # dropped samples restored from a checkpoint
         self._dropped_warned = False
         self._task: tuple[int, str] | None = None  # (autograd graph task, kind) of the last noise op call
+        self._parameters_saved: str | None = None  # a loaded state's parameters_hash(), until the next release
+        self._micro_position: tuple[int, int] | None = None  # the sampler's position at this logical step's start
         self.half_products = False  # a compiled DP backward multiplies bf16/fp16 matrices (its backend says so)
         self.rank, self.world_size = distributed.world()  # data parallel: rank 0 alone adds the noise
         check_shard(self.sampler, self.rank, self.world_size)
@@ -111,6 +117,9 @@ class PrivacyEngine:
                 "step, which the DP model of dpcompile.dpcompile() does for its parameters; dpcompile.backend() "
                 "runs in one process only (or this DP model has no trainable parameter)")
         check_products(device, self.half_products)
+        if self._parameters_saved is not None:
+            self.check_parameters()
+        self.check_one_poisson_batch()
         noisy = self.step()
         self._task = (task, guard.NOISY if noisy else guard.UNNOISED)
         if noisy and self.reducer is not None:
@@ -128,6 +137,24 @@ class PrivacyEngine:
         noise = gaussian(numel, self.std, self.generator(device), self.secure, torch.float32 if dtype != torch.float64
                          else dtype, device)
         return (noise / (self.config.expected_batch_size or 1)).to(dtype)
+
+    def check_one_poisson_batch(self) -> None:
+        """Gradient accumulation over k micro-steps with a Poisson loader: the k micro-batches of a logical step must
+        split one Poisson batch. Drawn as k loader batches, a sample may be in several of them (sensitivity k·R) and
+        joins a step with probability about k·q, not the q the accountant counts (ε 4.5 reported where 10.0 was
+        spent, q = 0.1, k = 2). The loader hands out its next batch when the loop asks for it, so the sampler's
+        position must not move between the micro-steps of one logical step (prefetching only shifts it)."""
+        if self.sampler is None or self.every == 1 or not self.enabled:
+            return
+        position = (self.sampler.epoch, self.sampler._step)
+        if self.calls % self.every and self._micro_position not in (None, position):  # (None: resumed mid-step)
+            raise ConfigError(
+                f"gradient_accumulation_steps={self.every} with a Poisson loader: the loader handed out another "
+                "batch inside one logical step. A logical step is one Poisson batch split into micro-batches (for "
+                f"x, y in loader: for xm, ym in zip(x.tensor_split({self.every}), y.tensor_split({self.every})): "
+                "...); a loader batch per micro-step would let a sample join a step several times, beyond the "
+                "clipping bound and the sampling rate the accountant counts")
+        self._micro_position = position
 
     def backward_kind(self, task: int) -> str | None:
         """guard.NOISY / UNNOISED if this engine's noise op ran in autograd graph task `task`, else None."""
@@ -307,7 +334,8 @@ class PrivacyEngine:
         own = {"sampler": self.sampler.state_dict() if self.sampler is not None else None,
                "dropped": self.dropped_samples}
         state = {"version": STATE_VERSION, "config": self.fingerprint(), "steps": self.steps,
-                 "accountant": self.accountant.state_dict(), "noise": self.noise_state(), **own}
+                 "accountant": self.accountant.state_dict(), "noise": self.noise_state(),
+                 "parameters": self.parameters_hash(), **own}
         return state if self.world_size == 1 else self.gathered_state(state)
 
     def gathered_state(self, state: dict[str, Any]) -> dict[str, Any]:
@@ -317,16 +345,40 @@ class PrivacyEngine:
         return {**state, "noise": parts[0]["noise"], "sampler": ranks[0]["sampler"],
                 "dropped": sum(part["dropped"] for part in ranks), "ranks": ranks}
 
+    def parameters_hash(self) -> str:
+        """SHA-256 of the trainable parameters this engine guards (names and bytes, in name order)."""
+        digest = hashlib.sha256()
+        for name, p in sorted(guard.guarded_params(self), key=lambda item: item[0]):
+            digest.update(name.encode())
+            digest.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    def check_parameters(self) -> None:
+        """At the first release after load_state_dict(): the parameters must be the ones saved with the state."""
+        saved, self._parameters_saved = self._parameters_saved, None
+        if saved is not None and saved != self.parameters_hash():
+            raise ConfigError(
+                "the privacy state loaded was saved with other model parameters: its step count, accountant and "
+                "noise generator belong to those, so training these would under-count the privacy spent and repeat "
+                "noise already drawn. Load the model's state_dict saved together with this privacy state (before "
+                "the next step); if the parameters were changed on purpose, start without loading the privacy state")
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume from state_dict() of an engine with the same settings; refuse any other (ConfigError)."""
         if not isinstance(state, Mapping) or "version" not in state:
             raise ConfigError(f"not a privacy engine state: expected a dict with keys {sorted(STATE_KEYS)}")
-        if state["version"] not in (1, STATE_VERSION):
-            raise ConfigError(f"privacy state version {state['version']!r}; this dpcompile reads 1 and {STATE_VERSION}")
-        keys = STATE_KEYS if state["version"] == STATE_VERSION else STATE_KEYS - {"dropped"}
+        if state["version"] not in VERSION_KEYS:
+            raise ConfigError(f"privacy state version {state['version']!r}; this dpcompile reads {sorted(VERSION_KEYS)}")
+        keys = VERSION_KEYS[state["version"]]
         if set(state) - {"ranks"} != keys:
             raise ConfigError(f"not a privacy engine state: expected a dict with keys {sorted(keys)}")
         check_same_settings(state["config"], self.fingerprint())
+        if state["steps"] < self.draws:
+            raise ConfigError(
+                f"this DP model has already released {self.draws} noisy step(s); a privacy state of "
+                f"{state['steps']} would count fewer steps than were taken and draw the same noise again (on other "
+                "data, which a difference of two releases would show without noise). Resume a saved run in a fresh "
+                "DP model, with the model parameters saved together with this state")
         own = self.own_part(state)
         if (own["sampler"] is None) != (self.sampler is None):
             saved, here = ("a", "no") if self.sampler is None else ("no", "a")
@@ -345,6 +397,7 @@ class PrivacyEngine:
         self.load_noise_state(noise)  # rank 0's; the other ranks draw none (no generator on rank 0's device)
         self.accountant = accountant
         self._dropped, self._dropped_saved = {}, int(own.get("dropped", 0))
+        self._parameters_saved = state.get("parameters")  # checked at the next release (the model may load after)
 
     def own_part(self, state: Mapping[str, Any]) -> Mapping[str, Any]:
         """This rank's sampler position and dropped count in a saved state (saved by as many ranks as run now)."""

@@ -327,6 +327,22 @@ def drop(engine: TaskOwner) -> None:
             state.record(None)
 
 
+def engines_of(params: Iterable[torch.Tensor]) -> list[TaskOwner]:
+    """The live engines that guard any of these parameters, in creation order."""
+    found: dict[int, TaskOwner] = {}
+    for p in params:
+        state = state_of(p)
+        for engine in state.live_engines() if state is not None else []:
+            found[id(engine)] = engine
+    return sorted(found.values(), key=lambda e: e.handle)
+
+
+def guarded_params(engine: TaskOwner) -> list[tuple[str, torch.Tensor]]:
+    """(name, parameter) for the live parameters `engine` guards."""
+    return [(state.name, p) for state in list(_TRACKED.values())
+            if (p := state.param()) is not None and state.guarded_by(engine)]
+
+
 def untrack(engine: TaskOwner) -> None:
     """Stop guarding `engine`'s parameters (its DP model is gone)."""
     for state in list(_TRACKED.values()):

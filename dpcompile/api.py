@@ -49,6 +49,7 @@ class DPModel(nn.Module):
         self.config = config
         self.privacy = PrivacyEngine(config, **privacy)  # the one owner of the privacy state
         warn_if_already_trained(model)
+        _MODELS_MADE[0] += 1
         self.privacy.track((n, p) for n, p in model.named_parameters() if p.requires_grad)
         weakref.finalize(self, self.privacy.untrack)  # Dynamo's backend cache outlives us; the guard must not
         self.backend = DPBackend(config, {id(p): n for n, p in model.named_parameters()}, self.privacy)
@@ -81,7 +82,8 @@ class DPModel(nn.Module):
             if t.dim() > 0:
                 torch._dynamo.mark_dynamic(t, 0)  # only the batch dimension is dynamic
         try:
-            with fx_config.patch(backed_size_oblivious=True), _recompile_limit(64):  # sizes 0 and 1 share the graph
+            # backed_size_oblivious: batch sizes 0 and 1 share the graph
+            with fx_config.patch(backed_size_oblivious=True), _recompile_limit(64 + 8 * _MODELS_MADE[0]):
                 out = self._compiled(*args, **kwargs)
         except ConstraintViolationError as exc:
             raise ConfigError(
@@ -334,8 +336,12 @@ def check_views(leaves: list[torch.Tensor], views: int) -> None:
                 f"sample b's views being rows b·{views} … b·{views}+{views - 1}")
 
 
+_MODELS_MADE = [0]  # DP models made in this process: each adds cache entries to its class's forward code
+
+
 def _recompile_limit(limit: int):
-    """Room for many compiled models in one process (each adds cache entries to the same forward code)."""
+    """Room for many compiled models in one process (each adds cache entries to the same forward code, and a dead
+    model's stay: a sweep's 65th DP model failed with Dynamo's FailOnRecompileLimitHit at a fixed 64)."""
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     return config.patch(**{name: max(limit, getattr(config, name))})

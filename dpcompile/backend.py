@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 import warnings
 from collections.abc import Callable
@@ -107,7 +108,8 @@ class DPBackend:
             self.privacy.track(new)
             self.tracked.update(id(v) for _, v in new)
         groups = self.config.clip_groups or (names,)
-        bounds = self.config.clip_group_norms or split_bound(self.config.max_grad_norm, len(groups))
+        bounds = within_bound(self.config.clip_group_norms, self.config.max_grad_norm) \
+            if self.config.clip_group_norms else split_bound(self.config.max_grad_norm, len(groups))
         clip = passes.ClipSpec(
             groups=groups, bounds=bounds, loss_reduction=self.config.loss_reduction,
             expected_batch_size=self.config.expected_batch_size, clipping=self.config.clipping,
@@ -369,7 +371,21 @@ def graph_copy(graph: fx.Graph) -> fx.Graph:
 
 def split_bound(bound: float, groups: int) -> tuple[float, ...]:
     """R_g = R/√G for G clip groups, so the whole clipped gradient has norm at most R."""
-    return tuple(bound / groups**0.5 for _ in range(groups))
+    return within_bound(tuple(bound / groups**0.5 for _ in range(groups)), bound)
+
+
+def within_bound(bounds: tuple[float, ...], total: float) -> tuple[float, ...]:
+    """The group bounds, each lowered by a few units in the last place if need be, so that √(Σ R_g²) ≤ R exactly
+    (in rationals): R/√G rounds up as often as down, and the settings accept bounds whose total is up to 1e-9 above
+    R as equal (one sample then reached R·(1 + 9e-10))."""
+    from fractions import Fraction
+    bounds, limit = list(bounds), Fraction(total) ** 2
+    if sum(Fraction(b) ** 2 for b in bounds) > limit:  # scaled to about R first, then down by ulps
+        scale = total / math.sqrt(math.fsum(b * b for b in bounds))
+        bounds = [b * scale for b in bounds]
+    while sum(Fraction(b) ** 2 for b in bounds) > limit:
+        bounds = [math.nextafter(b, 0.0) if b > 0 else b for b in bounds]
+    return tuple(bounds)
 
 
 def source_name(node: fx.Node) -> str:

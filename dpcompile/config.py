@@ -14,6 +14,9 @@ REDUCTIONS = ("mean", "sum")
 CLIPPING = ("abadi", "automatic")
 
 
+# The largest clip factor automatic clipping may give (R / clip_stability, for a zero gradient): finite, with room,
+# in float32 and bfloat16 (3.4e38), the dtype a term's factor is rounded to.
+MAX_CLIP_FACTOR = 1e30
 # Up to 2⁴⁰ samples clipped to R sum to at most 1.1e32 at this R, far from float32's and bfloat16's 3.4e38: an
 # overflow to inf before the noise (a release finite or not by the batch) cannot happen there. (float16 gradients:
 # README's limitations.)
@@ -77,6 +80,11 @@ class DPConfig:
               "cuda_graphs=True needs backend='inductor' (inductor records and replays the CUDA graphs)")
         check(self.clipping in CLIPPING, f"clipping must be one of {CLIPPING}, got {self.clipping!r}")
         check(self.clip_stability > 0, f"clip_stability must be > 0, got {self.clip_stability}")
+        check(self.clipping != "automatic" or self.max_grad_norm / self.clip_stability <= MAX_CLIP_FACTOR,
+              f"clip_stability={self.clip_stability:g} is too small for max_grad_norm={self.max_grad_norm:g}: automatic "
+              f"clipping's factor R/(‖g‖ + clip_stability) reaches R/clip_stability for a zero gradient, which must "
+              f"stay at most {MAX_CLIP_FACTOR:g} (finite in float32, where a zero gradient times an infinite factor "
+              "made the whole release NaN): raise clip_stability")
         check(self.expected_batch_size is None or self.expected_batch_size > 0,
               f"expected_batch_size must be a positive integer, got {self.expected_batch_size}")
         check(self.loss_reduction == "mean" or self.expected_batch_size is None,

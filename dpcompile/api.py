@@ -291,6 +291,12 @@ def clip_groups_of(model: nn.Module, spec: str | Sequence[Sequence[str]] | None)
     groups_t = tuple(tuple(g) for g in spec)
     listed = {n for g in groups_t for n in g}
     unknown = listed - {n for n, _ in model.named_parameters()}
+    canonical = {id(p): n for n, p in model.named_parameters()}
+    aliases = {n: canonical[id(p)] for n, p in model.named_parameters(remove_duplicate=False) if n in unknown}
+    if aliases:  # a tied parameter named by its second path
+        raise ConfigError("clip_groups name a tied parameter by another of its paths: "
+                          + ", ".join(f"'{a}' is '{c}'" for a, c in sorted(aliases.items()))
+                          + "; name it by the first path")
     if unknown:
         raise ConfigError(f"clip_groups name parameters the model does not have: {sorted(unknown)}")
     missing = [n for n in trainable if n not in listed]

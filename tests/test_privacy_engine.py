@@ -428,3 +428,19 @@ def test_accumulating_over_several_poisson_batches_is_refused():
     with pytest.raises(ConfigError, match="handed out another batch inside one logical step"):
         squared_error(dp(x.to(DEVICE)), y.to(DEVICE)).backward()
     assert dp.privacy.steps == 0
+
+
+def test_a_tied_parameter_named_by_its_second_path_is_refused_as_such():
+    """clip_groups naming a tied weight by its second path said the model did not have it; now it says whose alias
+    it is."""
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head = nn.Embedding(5, 4), nn.Linear(4, 5, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, idx):
+            return self.head(self.emb(idx))
+
+    with pytest.raises(ConfigError, match="'head.weight' is 'emb.weight'"):
+        dpcompile.dpcompile(Tied(), max_grad_norm=1.0, noise_multiplier=0.0, clip_groups=[["head.weight"]])

@@ -206,6 +206,11 @@ def layout_as_if_static(gm: fx.GraphModule, *, is_inference: bool) -> bool:
 
 # Inductor settings forced for the DP graphs, whatever the user's global inductor config says.
 DP_GRAPH_SETTINGS = {"shape_padding": False, "triton.cudagraphs": False}
+# A user's global max_autotune, off for the DP graphs: its GEMM choices for a Gram product of a view of the output
+# gradient wrote the first batch size into the DP backward's code as a number (torch 2.13, CPU: "Expected size for
+# first two dimensions of batch2 tensor to be: [16, 128] but got: [2, 128]" at the next batch size).
+DP_GRAPH_SETTINGS.update({key: False for key in ("max_autotune", "max_autotune_gemm", "max_autotune_pointwise")
+                          if hasattr(torch._inductor.config, key)})
 # cuda_graphs=True: the DP graphs are recorded as CUDA graphs, split at the noise op (tagged cudagraph_unsafe),
 # which runs outside them on every step.
 CUDA_GRAPH_SETTINGS = {"triton.cudagraphs": True, "graph_partition": True}

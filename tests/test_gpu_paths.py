@@ -402,3 +402,28 @@ def test_dp_graphs_take_the_layout_of_a_static_batch(monkeypatch, static):
             dp(WIDE_CONVS.inputs(4).to(DEVICE)).sum().backward()
     assert len(saved) >= 3, saved
     assert (sum(saved) >= 2) if static else not any(saved), saved
+
+
+@pytest.mark.inductor
+def test_a_users_max_autotune_stays_off_the_dp_graphs(tmp_path, monkeypatch):
+    """With a global max_autotune=True, inductor's GEMM choice for a ghost Gram over a view of the output gradient
+    wrote the first batch size into the DP backward as a number: the next batch size failed ("Expected size for
+    first two dimensions of batch2 tensor to be: [16, 128] but got: [2, 128]"). The DP graphs are lowered without it:
+    four batch sizes through one compiled model (float32; float64 did not show it) give the eager backend's release.
+    Its own inductor cache directory: a cached graph would hide it."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    grads = {}
+    for backend in ("inductor", "eager"):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 128), nn.Tanh(), nn.Linear(128, 64)).to(DEVICE)
+        with torch._inductor.config.patch(max_autotune=backend == "inductor"):
+            dp = dpcompile.dpcompile(model, max_grad_norm=0.5, noise_multiplier=0.0, loss_reduction="sum",
+                                     policy="ghost", backend=backend)
+            for B in (2, 16, 1, 5):
+                torch.manual_seed(B)
+                x, G = torch.randn(B, 32, 64, device=DEVICE), torch.randn(B, 32, 64, device=DEVICE)
+                model.zero_grad(set_to_none=True)
+                (dp(x) * G).sum().backward()
+                grads[backend, B] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    for B in (2, 16, 1, 5):
+        torch.testing.assert_close(grads["inductor", B], grads["eager", B], rtol=1e-4, atol=1e-6)

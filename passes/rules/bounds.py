@@ -254,13 +254,16 @@ def release_underflow(other_norm_sum: Tensor, features: int, scaled_dtype: torch
     (p_t: `features` values of scaled_dtype per position; Σ_t ‖q_t‖ = other_norm_sum, (B,) float64):
     - each entry of c·p_t rounded in the subnormal range errs by up to η/2 of its dtype (on a TF32 tensor core:
       TF32_SUBNORMAL_ERROR, kept or flushed), so Σ_t δ_t q_tᵀ has norm ≤ (η/2)·√features·Σ_t ‖q_t‖;
-    - each of the `products` products per output entry may underflow in the fp32 accumulation (η₃₂/2; TF32:
-      TF32_SUBNORMAL_ERROR), and each of the out_numel results in out_dtype: ≤ (η₃₂/2·products + η_out/2)·√out_numel.
+    - each of the `products` products per output entry may underflow in the accumulation (η/2 of the accumulation
+      dtype: float32, or float64 for float64 operands; TF32: TF32_SUBNORMAL_ERROR), and each of the out_numel results
+      in out_dtype: ≤ (η_acc/2·products + η_out/2)·√out_numel.
     Doubled for the relative roundings these absolute errors pass through afterwards (γ < 1 wherever a bound is
     finite)."""
     tensor_cores = tf32 and scaled_dtype == torch.float32
     step = TF32_SUBNORMAL_ERROR if tensor_cores else SUBNORMAL[scaled_dtype] / 2
-    product = TF32_SUBNORMAL_ERROR if tensor_cores else SUBNORMAL[torch.float32] / 2
+    # the products accumulate in float32 for float32 and narrower operands, in float64 for float64 ones (float32's
+    # η here over-clipped float64 at R below about 1e-36, and dropped every sample at 1e-44)
+    product = TF32_SUBNORMAL_ERROR if tensor_cores else SUBNORMAL[accumulation_dtype(scaled_dtype)] / 2
     fixed = (product * products + max(product, SUBNORMAL[out_dtype] / 2)) * root_bound(out_numel)
     return 2 * (other_norm_sum * (step * root_bound(features)) + fixed)
 

@@ -7,10 +7,11 @@
 # copy (the last resort runs the graph the DP passes made) and the rest of test_gpu_paths.
 cd "$(dirname "$0")/../../.."
 PREFIX=s38-call3
-LIMIT=300
+LIMIT=420
 source benchmarks/device_call.sh
 date -u
-gpu_tests "tests/test_adversarial.py" "rounded_to or float8 or round_up or subnormal or no_parameters or replaced or after_the_dp or custom_function or hook_inside" 4 170
+gpu_tests "tests/test_adversarial.py" "rounded_to or float8 or round_up or subnormal or no_parameters or replaced or after_the_dp or custom_function or hook_inside or float16 or scale_grad_by_freq or fitted_under" 4 170
 gpu_tests "tests/test_gpu_paths.py" "not nothing" 4 110
+gpu_tests "tests/test_mixed_precision.py tests/test_privacy_engine.py" "autocast_entered or first_batch_of_one or float16 or rolls_back or privacy_state or poisson_batches" 4 110
 summary
 date -u

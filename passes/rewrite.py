@@ -26,6 +26,7 @@ from .rules.one_sample import FAMILY as ONE_SAMPLE
 from .tied import emit_tied_norm
 from .rules.bounds import (Bound, accumulation_gamma, as_bounds, cover, gamma, masked_scaled, per_sample_bound,
                           round_down, stored_norm_bound, unit_roundoff)
+from .rules.layout import CASTS, ORDER_PRESERVING, PERMUTES
 from .shapes import reduced_count
 
 STORE = torch.ops.dpcompile.stored.default
@@ -401,10 +402,8 @@ def emit_clipped_sum(graph, node, inputs, term, clip, param) -> fx.Node:
 SATURATED = (torch.float16,)
 
 
-# Ops that only relabel values (no new value can overflow): no saturation after them.
-RELABELS = {aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.permute.default, aten.t.default,
-            aten.transpose.int, aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default, aten.unsqueeze.default,
-            aten.alias.default, aten.clone.default, aten.expand.default, aten.slice.Tensor, aten.select.int}
+# Ops that only relabel or pick values (no new value can overflow): no saturation after them.
+RELABELS = (ORDER_PRESERVING - CASTS) | PERMUTES | {aten.expand.default, aten.slice.Tensor, aten.select.int}
 
 
 def narrow_saturated(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

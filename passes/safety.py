@@ -886,7 +886,7 @@ class SampleCheck:
                 f"the sample-independence check could not run the captured graph on a batch with sample 0 changed "
                 f"({type(exc).__name__}: {exc}); make the model run on any values of its inputs") from exc
         self.done = True
-        if moved is not None and moved.target is getattr(torch.ops.higher_order, "autograd_function_apply", None):
+        if moved is not None and moved.target is CUSTOM_FUNCTION:
             raise SampleMixingError(
                 f"module {where(moved)}: a custom torch.autograd.Function's backward changed another sample's input "
                 "gradient when only sample 0's values and output gradient changed (its backward run twice), so it "
@@ -972,7 +972,7 @@ class SampleCheck:
         backward the user wrote and autograd does not derive from the forward: its backward run on each run's saved
         values with output gradients that differ only in sample 0; whether another sample's input gradient moved.
         (A backward that sums output gradients over the batch passes every forward check and mixes samples.)"""
-        if node.target is not getattr(torch.ops.higher_order, "autograd_function_apply", None):
+        if node.target is not CUSTOM_FUNCTION:
             return False
         fwd_body, bwd_body = (envs[0][a] for a in node.args[:2])
         examples = node.meta.get("example_value")
@@ -985,7 +985,7 @@ class SampleCheck:
             grads = []
             for i, (out, example) in enumerate(zip(outs, examples)):
                 g = torch.Generator(device=out.device).manual_seed(i) if isinstance(out, torch.Tensor) else None
-                grad = torch.randn(out.shape, dtype=out.dtype, device=out.device, generator=g) if g else out
+                grad = torch.randn(out.shape, dtype=out.dtype, device=out.device, generator=g) if g is not None else out
                 if r == 1 and g is not None:
                     for d, k in self._batch_dims(node, example):
                         grad.narrow(d, 0, k).copy_(torch.randn(grad.narrow(d, 0, k).shape, dtype=out.dtype,
@@ -996,6 +996,8 @@ class SampleCheck:
                    if isinstance(arg, fx.Node))
 
 
+# Dynamo's node for a custom torch.autograd.Function (its forward and backward bodies), where this torch has it.
+CUSTOM_FUNCTION = getattr(torch.ops.higher_order, "autograd_function_apply", None)
 # Graph nodes that leave a context a matching node entered (autocast inside forward). The two runs go node by
 # node, so run 0 enters, then run 1; leaving in the same order would restore run 0's saved state last, and autocast
 # stayed on after the check: the model's forward then ran under it (bf16 outputs, a backward that failed on them).

@@ -16,13 +16,11 @@ from .rules import RULES
 from .rules.one_sample import guards_batch_of_one, one_sample_site
 from .export import to_networkx
 from .rules.bounds import UNIT_ROUNDOFF, exact_cast
-from .rules.layout import ORDER_PRESERVING
+from .rules.layout import CASTS, ORDER_PRESERVING
 
 aten = torch.ops.aten
-# Dtype conversions: a relabelling where exact (an upcast); a rounding of the clipped sum otherwise (cast_parts).
-CASTS = {torch.ops.prims.convert_element_type.default, aten._to_copy.default}
 # Ops between a gradient term and the parameter's gradient output that are linear in the term and keep its
-# values (a relabelling: the norm is unchanged).
+# values (a relabelling: the norm is unchanged). Casts are relabellings only where exact (cast_parts).
 LINEAR_IN_TERM = (ORDER_PRESERVING - CASTS) | {aten.t.default, aten.permute.default, aten.transpose.int,
                                                aten.squeeze.dim, aten.unsqueeze.default}
 # Reductions over static sizes, linear in their one operand (the backward of a weight's own normalisation).

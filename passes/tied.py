@@ -20,6 +20,7 @@ import torch.fx as fx
 from .emit import emit
 from .meta import SITE, ParamGrad
 from .rules import WORD, Cost, rule_for
+from .rules.layout import CASTS
 from .rules.bounds import (F64, U64, as_bounds, exact_cast, gamma, product_matrix, product_sum_bound, row_norms,
                            unit_roundoff)
 
@@ -27,7 +28,6 @@ aten, prims = torch.ops.aten, torch.ops.prims
 FACTORED = {"linear", "embedding", "embedding_bag"}
 SAME_SHAPE = {aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.alias.default,
               aten.clone.default}
-UPCASTS = {prims.convert_element_type.default, aten._to_copy.default}
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def orientations(gm: fx.GraphModule, param: ParamGrad) -> TiedChain | None:
             return walk(node.args[0], not flip)
         if node.target in SAME_SHAPE and node.args[0].meta["val"].shape == node.meta["val"].shape:
             return walk(node.args[0], flip)
-        if node.target in UPCASTS and exact_cast(node.args[0].meta["val"].dtype, node.meta["val"].dtype):
+        if node.target in CASTS and exact_cast(node.args[0].meta["val"].dtype, node.meta["val"].dtype):
             return walk(node.args[0], flip)
         return False
 

@@ -256,11 +256,11 @@ def refuse_outside_gradients(optimizer: torch.optim.Optimizer) -> None:
     same optimizer updates DP parameters (a layer after the DP model, a learned temperature in the loss: its
     gradient is the batch's, neither clipped nor noised) or when it belongs to a DP model's module now (replaced,
     or loaded with assign=True, and used outside the DP model before the DP model ran again)."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    outside = [p for p in params if p.grad is not None and state_of(p) is None]
+    states = [(p, state_of(p)) for group in optimizer.param_groups for p in group["params"]]
+    outside = [p for p, state in states if state is None and p.grad is not None]
     if not outside:
         return
-    with_dp = any(state_of(p) is not None and state_of(p).live_engines() for p in params)
+    with_dp = any(state is not None and state.live_engines() for _, state in states)
     owned = {id(q): name for m in list(_MODELS) for name, q in m.module.named_parameters()}
     found = outside if with_dp else [p for p in outside if id(p) in owned]
     if found:

@@ -26,6 +26,8 @@ from ..symbolic import same
 
 aten = torch.ops.aten
 
+# Dtype conversions (exact where they widen: bounds.exact_cast).
+CASTS = {torch.ops.prims.convert_element_type.default, aten._to_copy.default}
 # Ops that relabel a tensor's elements without reordering them (row-major order is kept).
 ORDER_PRESERVING = {
     aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.clone.default,

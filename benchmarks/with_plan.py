@@ -1,6 +1,6 @@
 """Run a benchmark script with some of the plan's constants set otherwise (those of passes.plan, passes.rules.conv's
-choice of how per-sample convolution gradients are formed, passes.rules.bounds' HALF_GRAM_DEVICES,
-dpcompile.backend's STRICT_ARITHMETIC (the DP graphs' inductor arithmetic settings) and dpcompile.ops' lowering
+choice of how per-sample convolution gradients are formed, passes.rules.bounds' HALF_GRAM_DEVICES and
+FUSED_GRAM_DEVICES, dpcompile.backend's STRICT_ARITHMETIC (the DP graphs' inductor arithmetic settings) and dpcompile.ops' lowering
 switches such as HALF_GRAM_ROW_ALIGN), for A/B timings of a plan rule in one call on the GPU machine. From the repo
 root:
   python benchmarks/with_plan.py NAME=VALUE ... -- SCRIPT [SCRIPT's arguments ...]

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
-from . import conv_kernels
+from . import conv_kernels, gram_kernels
 from .errors import DPCompileError
 from .precision import cublas_tf32, ieee_convolutions
 
@@ -269,16 +269,6 @@ def lower_per_sample_conv2d_grad() -> None:
         return
     fallback = fallback_handler(op, add_to_fallback_set=False)
 
-    def plain(sizes) -> list:
-        """Inductor's sizes or strides, the constant ones as ints (the symbolic batch stays an expression)."""
-        return [int(s) if getattr(s, "is_number", False) else s for s in sizes]
-
-    def laid_out(t: ir.TensorBox) -> ir.TensorBox:
-        t = ir.ExternKernel.realize_input(t)
-        if ir.is_storage_and_layout(t) and isinstance(t.get_layout(), ir.FlexibleLayout):
-            ir.as_storage_and_layout(t, freeze=True, stride_order=ir.NHWC_STRIDE_ORDER)
-        return ir.TensorBox(t)
-
     @register_lowering(op, type_promotion_kind=None)
     def _(g, x, kernel, stride, padding, dilation):
         if g.get_device().type != "cuda":
@@ -291,7 +281,7 @@ def lower_per_sample_conv2d_grad() -> None:
             return fallback(g, x, kernel, stride, padding, dilation)
 
     def launched(g, x, kernel, stride, padding, dilation):
-        g, x = laid_out(g), laid_out(x)
+        g, x = laid_out(g, ir.NHWC_STRIDE_ORDER), laid_out(x, ir.NHWC_STRIDE_ORDER)
         g_size, x_size = plain(g.get_size()), plain(x.get_size())
         (B, P), C, (kh, kw) = g_size[:2], x_size[1], kernel
         out = empty_strided([B, P, C, kh, kw], [P * kh * kw * C, kh * kw * C, 1, kw * C, C], dtype=g.get_dtype(),
@@ -304,6 +294,74 @@ def lower_per_sample_conv2d_grad() -> None:
             grid=[(conv_kernels.programs(B, P, C, kernel, config), 1, 1) for config in configs],
             kernel_args={"g_ptr": g, "x_ptr": x, "out_ptr": out, **args})
         return out
+
+
+# A ghost norm's six Gram sums per tile, (B, tiles², 8) float64, in one Triton kernel on CUDA that stores no Gram
+# (gram_kernels; where the rule takes it: bounds.fused_grams), torch ops elsewhere. Inductor lowers it to the kernel
+# itself (lower_gram_sums).
+_LIB.define("gram_sums(Tensor p, Tensor q, Tensor r, Tensor rho) -> Tensor", tags=(torch.Tag.flexible_layout,))
+_LIB.impl("gram_sums", gram_kernels.gram_sums, "CUDA")
+_LIB.impl("gram_sums", gram_kernels.gram_sums_reference, "CPU")
+
+
+@torch.library.register_fake("dpcompile::gram_sums", lib=_LIB)
+def _(p, q, r, rho):
+    return gram_kernels.result(p)
+
+
+def lower_gram_sums() -> None:
+    """Inductor lowers dpcompile::gram_sums on CUDA to the Triton kernel itself (once per process, where Triton is
+    importable), as lower_per_sample_conv2d_grad does the convolution kernel; elsewhere the op's own implementation
+    runs."""
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+    from torch._inductor import ir
+    from torch._inductor.lowering import empty_strided, fallback_handler, lowerings, register_lowering
+    op = torch.ops.dpcompile.gram_sums.default
+    if op in lowerings or not gram_kernels.available():
+        return
+    fallback = fallback_handler(op, add_to_fallback_set=False)
+
+    @register_lowering(op, type_promotion_kind=None)
+    def _(p, q, r, rho):
+        if p.get_device().type != "cuda":
+            return fallback(p, q, r, rho)
+        try:
+            return launched(p, q, r, rho)
+        except Exception as err:  # an inductor whose user-kernel IR differs: the op
+            warnings.warn(f"dpcompile: inductor could not launch the Gram-sum kernel itself ({err!r}); it runs "
+                          "through the op instead (the same kernel, a slower launch)", stacklevel=2)
+            return fallback(p, q, r, rho)
+
+    def launched(p, q, r, rho):
+        p, q, r, rho = (laid_out(t) for t in (p, q, r, rho))
+        p_size, q_size = plain(p.get_size()), plain(q.get_size())
+        dtype = p.get_dtype()
+        t = gram_kernels.tiles(p_size[1], dtype)
+        out = empty_strided([p_size[0], t * t, gram_kernels.SUMS], [t * t * gram_kernels.SUMS, gram_kernels.SUMS, 1],
+                            dtype=torch.float64, device=p.get_device())
+        fn, configs, args = gram_kernels.launch(p_size, plain(p.get_stride()), q_size, plain(q.get_stride()),
+                                                plain(r.get_stride()), plain(rho.get_stride()),
+                                                plain(out.get_stride()), dtype)
+        ir.UserDefinedTritonKernel(
+            kernel_idx=kernel_side_table.add_kernel(fn), tma_descriptor_metadata={},
+            grid=[(gram_kernels.programs(p_size[0], p_size[1], dtype), 1, 1) for _ in configs],
+            kernel_args={"p_ptr": p, "q_ptr": q, "r_ptr": r, "rho_ptr": rho, "out_ptr": out, **args})
+        return out
+
+
+def plain(sizes) -> list:
+    """Inductor's sizes or strides, the constant ones as ints (the symbolic batch stays an expression)."""
+    return [int(s) if getattr(s, "is_number", False) else s for s in sizes]
+
+
+def laid_out(t, stride_order=None):
+    """An operand of a kernel inductor launches, realized; a layout inductor has not fixed yet is fixed now (in
+    stride_order, or contiguous): the kernel reads it by its strides."""
+    from torch._inductor import ir
+    t = ir.ExternKernel.realize_input(t)
+    if ir.is_storage_and_layout(t) and isinstance(t.get_layout(), ir.FlexibleLayout):
+        ir.as_storage_and_layout(t, freeze=True, stride_order=stride_order)
+    return ir.TensorBox(t)
 
 
 # Inductor's graph cache keys a compiled graph on its FX graph, inputs and config, not on the lowerings registered
@@ -326,7 +384,7 @@ def lowering_source_hash() -> str:
     """A hash of the code that decides what inductor generates for dpcompile's ops: this file and the kernels'."""
     import hashlib
     digest = hashlib.sha256()
-    for path in (__file__, conv_kernels.__file__):
+    for path in (__file__, conv_kernels.__file__, gram_kernels.__file__):
         with open(path, "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()

@@ -16,7 +16,7 @@ import networkx as nx
 import torch
 import torch.fx as fx
 
-from dpcompile.ops import lower_half_bmm, lower_per_sample_conv2d_grad, lower_stored_as_inductor_pin
+from dpcompile.ops import lower_gram_sums, lower_half_bmm, lower_per_sample_conv2d_grad, lower_stored_as_inductor_pin
 
 from .emit import emit, fresh_value, with_provenance
 from .export import to_networkx
@@ -59,6 +59,7 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         lower_stored_as_inductor_pin()
         lower_per_sample_conv2d_grad()
         lower_half_bmm()
+        lower_gram_sums()
     terms: dict[fx.Node, tuple] = {}
     for node in gm.graph.nodes:
         if node.op == "output" or node in deferred and node not in site_param:

@@ -19,6 +19,8 @@ import math
 import torch
 from torch import Tensor
 
+from dpcompile import gram_kernels
+
 F64 = torch.float64
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 UNIT_ROUNDOFF = {torch.float64: 2.0**-53, torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
@@ -211,29 +213,66 @@ def product_sum_bound(a: Tensor, b: Tensor, r: tuple[Tensor, Tensor], rho: tuple
                       ga: float, ea: float | Tensor, gb: float, eb: float | Tensor) -> Tensor:
     """Upper bound on X = Σ_{g,t,s} A_ts·B_ts per sample (of either sign) from computed Â, B̂ (B, G, T, S)
     with |Â − A| ≤ ga·r_t r'_s + ea and |B̂ − B| ≤ gb·ρ_t ρ'_s + eb, r = (r (B, G, T), r' (B, G, S)) float64:
-    X ≤ fl64(Σ ÂB̂) + γ_{n}·Σ|ÂB̂| + Σ (|Â|·δB + δA·|B̂| + δA·δB), the last in closed form.
+    X ≤ fl64(Σ ÂB̂) + γ_{n}·Σ|ÂB̂| + Σ (|Â|·δB + δA·|B̂| + δA·δB), the last in closed form (sums_bound).
     Cost: O(B·G·T·S) elementwise work, no matrix products."""
     a, b = a.to(F64), b.to(F64)
     dims = (1, 2, 3)
-    n = math.prod(a.shape[1:])
     prod = a * b
-    s = prod.sum(dims)
-    err = gamma(n + 1, U64) * prod.abs().sum(dims)
     outer = lambda v: v[0].unsqueeze(-1) * v[1].unsqueeze(-2)  # noqa: E731
     a_abs, b_abs = a.abs(), b.abs()
+    sums = [prod.sum(dims), prod.abs().sum(dims), (a_abs * outer(rho)).sum(dims) if gb else 0,
+            (b_abs * outer(r)).sum(dims) if ga else 0, a_abs.sum(dims), b_abs.sum(dims)]
+    return sums_bound(sums, math.prod(a.shape[1:]), r, rho, ga, ea, gb, eb)
+
+
+def sums_bound(sums, n, r: tuple[Tensor, Tensor], rho: tuple[Tensor, Tensor], ga: float, ea: float | Tensor,
+               gb: float, eb: float | Tensor) -> Tensor:
+    """product_sum_bound from its six sums over the n terms, each summed in float64 in any order: Σ ÂB̂, Σ |ÂB̂|,
+    Σ |Â|·ρ_t ρ'_s, Σ |B̂|·r_t r'_s, Σ |Â|, Σ |B̂| ((B,) each; the third and fourth may be 0 where gb, ga are)."""
+    s, abs_prod, a_rho, b_r, a_abs, b_abs = sums
+    err = gamma(n + 1, U64) * abs_prod
     if gb:
-        err = err + gb * (a_abs * outer(rho)).sum(dims)
+        err = err + gb * a_rho
     if ga:
-        err = err + ga * (b_abs * outer(r)).sum(dims)
-    err = err + eb * a_abs.sum(dims) + ea * b_abs.sum(dims)
+        err = err + ga * b_r
+    err = err + eb * a_abs + ea * b_abs
     (r1, r2), (p1, p2) = r, rho  # Σ_ts δA_ts·δB_ts, each factor's sums over t and s apart
     over_t = [(r1 * p1).sum(-1), r1.sum(-1), p1.sum(-1)]
     over_s = over_t if r1 is r2 and p1 is p2 else [(r2 * p2).sum(-1), r2.sum(-1), p2.sum(-1)]  # a Gram's: the same
     m, sr, srho = (t * s for t, s in zip(over_t, over_s))
-    ts = a.shape[-1] * a.shape[-2]
+    ts = r1.shape[-1] * r2.shape[-1]
     ea, eb = (e.unsqueeze(-1) if isinstance(e, Tensor) else e for e in (ea, eb))  # per sample: against (B, G)
     err = err + (ga * gb * m + ga * eb * sr + ea * gb * srho + ea * eb * ts).sum(1)
     return s + err * (1 + gamma(n + 8, U64))
+
+
+def fused_gram_sum_bound(p: Tensor, q: Tensor, r: Tensor, rho: Tensor) -> Tensor:
+    """gram_sum_bound's bound on Σ_ts (P_i P_iᵀ)_ts (Q_i Q_iᵀ)_ts for rows p (B, T, m), q (B, T, n) with row-norm
+    bounds r, rho (B, T) float64, from dpcompile::gram_sums (one kernel, no Gram stored: dpcompile.gram_kernels):
+    bf16 operands on tensor cores (the half Grams' error model), float64 ones in float64."""
+    if p.dtype == torch.bfloat16:
+        ga, ea = tensor_core_product_error(p.shape[-1], r.amax(1), r.amax(1), 0.0)
+        gb, eb = tensor_core_product_error(q.shape[-1], rho.amax(1), rho.amax(1), 0.0)
+    else:
+        ga, ea, gb, eb = gamma(p.shape[-1], U64), p.shape[-1] * SUBNORMAL[F64], gamma(q.shape[-1], U64), \
+            q.shape[-1] * SUBNORMAL[F64]
+    sums = torch.ops.dpcompile.gram_sums(p, q, r, rho).sum(1)
+    r, rho = r.unsqueeze(1), rho.unsqueeze(1)
+    return sums_bound(sums.unbind(1)[:6], p.shape[1] ** 2, (r, r), (rho, rho), ga, ea, gb, eb).clamp(min=0)
+
+
+# Devices where a ghost linear term's Gram sums run as one kernel that stores no Gram (fused_gram_sum_bound), for bf16
+# operands. Off until timed on a GPU (benchmarks/NOTES.md, thirty-ninth session); the tests turn it on, on the CPU
+# too, where the op's torch implementation runs.
+FUSED_GRAM_DEVICES: tuple[str, ...] = ()
+FUSED_GRAM_DTYPES = (torch.bfloat16,)
+
+
+def fused_grams(p: Tensor, q: Tensor) -> bool:
+    """Whether a ghost linear term's Gram sums take fused_gram_sum_bound: both operands of one dtype listed (float64
+    too while FUSED_GRAM_DTYPES says so: the tests'), on a device listed (CUDA: with Triton importable)."""
+    return (p.dtype == q.dtype and p.dtype in FUSED_GRAM_DTYPES and p.device.type in FUSED_GRAM_DEVICES
+            and q.device.type in FUSED_GRAM_DEVICES and (p.device.type != "cuda" or gram_kernels.available()))
 
 
 def certified(norm_sq: Tensor, linear: Tensor, absolute: Tensor, out_dtype: torch.dtype) -> Bound:

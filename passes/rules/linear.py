@@ -14,8 +14,9 @@ from torch import Tensor
 from ..meta import LayerShape, Site
 from ..symbolic import simplified
 from . import Cost, generalized_linear_costs, register
-from .bounds import (Bound, accumulation_gamma, certified, clipped_product_margin, gram_sum_bound, masked,
-                     masked_scaled, matrix_product, product_matrix, release_underflow, row_norms, upper_sum)
+from .bounds import (Bound, accumulation_gamma, certified, clipped_product_margin, fused_gram_sum_bound, fused_grams,
+                     gram_sum_bound, masked, masked_scaled, matrix_product, product_matrix, release_underflow,
+                     row_norms, upper_sum)
 from .layout import find_rows_layout, shape_of, to_batch_rows
 
 aten = torch.ops.aten
@@ -79,7 +80,8 @@ class MatmulRule:
         return (torch.bmm(p, p.transpose(1, 2)) * torch.bmm(q, q.transpose(1, 2))).sum((1, 2))
 
     def ghost_norm_bound(self, site: Site, x: Tensor, q: Tensor, anchor: Tensor) -> Bound:
-        """[s, e, a]: s ≥ ‖P_iᵀQ_i‖² (T = 1: (‖p‖‖q‖)²; else the Gram form plus its error bound), e the
+        """[s, e, a]: s ≥ ‖P_iᵀQ_i‖² (T = 1: (‖p‖‖q‖)²; else the Gram form plus its error bound, where
+        bounds.fused_grams says from one kernel that stores no Gram), e the
         clipped sum's rounding per unit c, (u + γ_T)·M_i with M_i = Σ_t ‖p_t‖‖q_t‖ (TF32 products: their
         truncation added, and the Grams' in s: tf32_product_error), a what underflow in c·P_i adds
         (release_underflow: P is the scaled operand)."""
@@ -89,6 +91,8 @@ class MatmulRule:
         tf32 = site.tf32  # the clipped sum's product and the Grams on TF32 tensor cores
         if site.shape.T == 1:
             s = m.square()
+        elif fused_grams(p, q):  # one kernel, no Gram stored
+            s = fused_gram_sum_bound(p, q, r, rho)
         else:
             (a, ga, ea), (b, gb, eb) = product_matrix(p, p, tf32), product_matrix(q, q, tf32)
             s = gram_sum_bound(a.unsqueeze(1), b.unsqueeze(1), r.unsqueeze(1), rho.unsqueeze(1), ga, ea, gb, eb)

@@ -1,0 +1,214 @@
+"""dpcompile::gram_sums (bounds.fused_grams, off by default until timed on a GPU): a ghost linear term's six Gram sums
+in one Triton kernel that stores no Gram (dpcompile.gram_kernels), its torch reference on the CPU. The kernel against
+the reference (on CUDA directly; on a CPU through Triton's interpreter where Triton is installed), the bound from the
+sums against the bound from stored Grams and against exact norms on crafted cancellation, and the rewrite through it
+against torch.func in float64 (eager and inductor) and in bf16 autocast within R."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from fractions import Fraction
+
+import pytest
+import torch
+from conftest import DEVICE
+from helpers import Case, check_against_reference
+from rule_cases import CASES
+from torch import nn
+
+import dpcompile
+from dpcompile import gram_kernels
+from dpcompile.passes.rules import bounds
+from dpcompile.passes.rules.bounds import gram_sum_bound, product_matrix, row_norms, tensor_core_product_error
+from dpcompile.passes.rules.linear import MatmulRule
+
+OP = torch.ops.dpcompile.gram_sums.default
+CASE = {c.name: c for cases in CASES.values() for c in cases}
+
+
+@pytest.fixture
+def fused(monkeypatch):
+    """The fused Gram sums on the test device, for bf16 and (the tests') float64 operands; a list of the operands'
+    dtypes each time the rule took them."""
+    taken, real = [], bounds.fused_gram_sum_bound
+
+    def spy(p, q, r, rho):
+        taken.append(p.dtype)
+        return real(p, q, r, rho)
+    monkeypatch.setattr(bounds, "FUSED_GRAM_DEVICES", (torch.device(DEVICE).type,))
+    monkeypatch.setattr(bounds, "FUSED_GRAM_DTYPES", (torch.bfloat16, torch.float64))
+    monkeypatch.setattr("dpcompile.passes.rules.linear.fused_gram_sum_bound", spy)
+    return taken
+
+
+def rows(B, n, m, dtype, gen, transposed=False):
+    x = torch.randn(B, m, n, generator=gen, dtype=torch.float64).transpose(1, 2) if transposed else \
+        torch.randn(B, n, m, generator=gen, dtype=torch.float64)
+    return x.to(DEVICE, dtype)
+
+
+def stored_gram_bound(p, q, r, rho):
+    """The bound from stored Grams (product_matrix, gram_sum_bound): what the fused form replaces."""
+    (a, ga, ea), (b, gb, eb) = product_matrix(p, p), product_matrix(q, q)
+    if p.dtype == torch.bfloat16:  # the fused form's error model: the half Grams' (tensor cores)
+        ga, ea = tensor_core_product_error(p.shape[-1], r.amax(1), r.amax(1), 0.0)
+        gb, eb = tensor_core_product_error(q.shape[-1], rho.amax(1), rho.amax(1), 0.0)
+    return gram_sum_bound(a.unsqueeze(1), b.unsqueeze(1), r.unsqueeze(1), rho.unsqueeze(1), ga, ea, gb, eb)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_op_sums_are_the_stored_grams_bound(dtype, fused):
+    """The op's sums (the kernel on CUDA, the reference elsewhere) give the stored Grams' bound to float64's rounding
+    (float64 operands), or to the Grams' own fp32 roundings (bf16: the kernel's tensor cores sum in another order):
+    over several tiles of rows (70 and 130 rows: 2 and 3 tiles of 64), transposed operands, a batch of one."""
+    gen = torch.Generator().manual_seed(0)
+    for B, n, m, k, transposed in [(3, 70, 20, 9, False), (1, 130, 33, 70, True), (2, 5, 3, 4, True)]:
+        p, q = rows(B, n, m, dtype, gen, transposed), rows(B, n, k, dtype, gen)
+        r, rho = row_norms(p), row_norms(q)
+        sums = OP(p, q, r, rho)
+        assert sums.shape == (B, gram_kernels.tiles(n, dtype) ** 2, gram_kernels.SUMS) and sums.dtype == torch.float64
+        got, expected = bounds.fused_gram_sum_bound(p, q, r, rho), stored_gram_bound(p, q, r, rho)
+        tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+        assert ((got - expected).abs() <= tolerance * expected.abs()).all(), (got, expected)
+
+
+def test_op_of_an_empty_batch():
+    p, q = torch.zeros(0, 4, 3, device=DEVICE, dtype=torch.float64), torch.zeros(0, 4, 2, device=DEVICE,
+                                                                                   dtype=torch.float64)
+    assert OP(p, q, torch.zeros(0, 4, device=DEVICE, dtype=torch.float64),
+              torch.zeros(0, 4, device=DEVICE, dtype=torch.float64)).shape == (0, 1, gram_kernels.SUMS)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_fused_bound_holds_on_crafted_cancellation(dtype, fused):
+    """The fused form's bound is an upper bound on the exact ‖P_iᵀQ_i‖² (Fractions) where the Gram form cancels: p =
+    250 on every feature of both rows, q = (256, −255) (exact in bf16): ‖g‖² = 250²·16 while the Gram terms are about
+    (250·256)²·16²; a release of the sample alone with c = 1/N stays within R = 1. In float64 at 2^40 the products
+    round, and the Gram form's sum alone falls below the exact value (checked: the attack is live there)."""
+    scale, b = (250.0, (256.0, -255.0)) if dtype == torch.bfloat16 else (2.0**20, (2.0**40, 1 - 2.0**40))
+    p = torch.full((1, 2, 16), scale, dtype=torch.float64).to(DEVICE, dtype)
+    q = torch.tensor([[[b[0]], [b[1]]]], dtype=torch.float64).to(DEVICE, dtype)
+    rule, site = MatmulRule(), linear_site(1, 2, 16, 1)
+    operands = p.flatten(0, 1).t(), q.flatten(0, 1), torch.empty(1, 2, 1, device=DEVICE)
+    bound = rule.ghost_norm_bound(site, *operands)
+    assert fused == [dtype]
+    P = [[Fraction(v) for v in row] for row in p[0].double().tolist()]
+    Q = [Fraction(v[0]) for v in q[0].double().tolist()]
+    exact_sq = sum((sum(P[t][f] * Q[t] for t in range(2))) ** 2 for f in range(16))
+    norm = bound[0].sqrt() + bound[1]
+    assert Fraction(norm.item()) ** 2 >= exact_sq
+    if dtype == torch.float64:  # the attack is live: the Gram form's sum alone falls short
+        r, rho = row_norms(p), row_norms(q)
+        assert Fraction(OP(p, q, r, rho).sum(1)[0, 0].item()) < exact_sq
+    c = (1.0 / norm).to(torch.float64)
+    assert rule.clipped_sum(site, c, *operands).double().norm().item() <= 1 + 1e-6
+
+
+def linear_site(B, T, d, p):
+    import sympy
+
+    from dpcompile.passes.meta import LayerShape, Site
+    return Site("linear", (), {"lead": 2, "batch_dim": 0}, LayerShape(*(sympy.Integer(v) for v in (B, T, d, p))))
+
+
+class Attention(nn.Module):
+    """A transformer block's linear layers over 70 positions (two tiles of the fused form's 64 rows in bf16)."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm, self.qkv, self.proj = nn.LayerNorm(6), nn.Linear(6, 18), nn.Linear(6, 6)
+        self.fc1, self.fc2 = nn.Linear(6, 12), nn.Linear(12, 3)
+
+    def forward(self, x):
+        q, k, v = self.qkv(self.norm(x)).chunk(3, -1)
+        x = x + self.proj(torch.softmax(q @ k.transpose(1, 2), -1) @ v)
+        return self.fc2(torch.nn.functional.gelu(self.fc1(x))).mean(1)
+
+
+ATTENTION = Case("attention_70_rows", Attention, lambda B: torch.randn(B, 70, 6, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("backend", ["eager", "inductor"])
+@pytest.mark.parametrize("name", ["linear_3d", "linear_flat_rows", "block_twice", "attention"])
+def test_rewrite_through_fused_grams_matches_torch_func(name, backend, fused):
+    """Ghost clipping through the fused Gram sums against torch.func's clipped per-sample gradients in float64, both
+    clip branches, batch sizes 3, 5 and 1 through one model."""
+    case = ATTENTION if name == "attention" else CASE[name]
+    check_against_reference(case, policy="ghost", batches=(3, 5, 1), backend=backend)
+    assert fused and set(fused) == {torch.float64}
+
+
+def test_bf16_autocast_through_fused_grams_stays_within_R(fused, monkeypatch):
+    """bf16 autocast with the fused Gram sums: the large sample (the only one with output gradients) is released
+    within R, and its release is the stored Grams' to the bounds' slack (the Grams only feed the clip factor)."""
+    torch.manual_seed(0)
+    x, G = torch.randn(4, 70, 6, device=DEVICE), torch.zeros(4, 3, device=DEVICE)
+    G[0] = 1e3 * torch.randn(3, device=DEVICE)
+    released = {}
+    for on in (False, True):
+        fused.clear()
+        monkeypatch.setattr(bounds, "FUSED_GRAM_DEVICES", (torch.device(DEVICE).type,) if on else ())
+        torch._dynamo.reset()
+        torch.manual_seed(1)
+        model = Attention().to(DEVICE)
+        dp = dpcompile.dpcompile(model, max_grad_norm=0.5, noise_multiplier=0.0, policy="ghost", loss_reduction="sum",
+                                 backend="eager")
+        with torch.autocast(torch.device(DEVICE).type, torch.bfloat16):
+            out = dp(x)
+        (out.float() * G).sum().backward()
+        released[on] = torch.cat([p.grad.flatten() for p in model.parameters()])
+        assert (torch.bfloat16 in fused) == on
+        assert released[on].norm() <= 0.5 * (1 + 1e-6)
+    assert (released[True] - released[False]).norm() <= 1e-3 * released[False].norm()
+
+
+def test_off_by_default():
+    """Off until timed on a GPU: no device takes the fused form by default."""
+    assert bounds.FUSED_GRAM_DEVICES == ()
+
+
+INTERPRETED = textwrap.dedent("""
+    import torch
+    from dpcompile.gram_kernels import gram_sums, gram_sums_reference
+    gen = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for case in range(8):
+        B, n, m, k = [int(torch.randint(lo, hi, (), generator=gen)) for lo, hi in [(1, 4), (1, 40), (1, 24), (1, 24)]]
+        p = torch.randn(B, m, n, generator=gen, dtype=torch.float64)
+        p = p.transpose(1, 2) if case % 2 else p.reshape(B, n, m)
+        q = torch.randn(B, n, k, generator=gen, dtype=torch.float64)
+        r, rho = p.norm(dim=2) * 1.01, q.norm(dim=2) * 1.02
+        if case == 5 and B > 1:
+            p[-1].fill_(float("inf"))  # another sample's inf must stay in its own sums
+        got, expected = gram_sums(p, q, r, rho).sum(1)[:, :6], gram_sums_reference(p, q, r, rho).sum(1)[:, :6]
+        rows = slice(0, B - 1) if case == 5 and B > 1 else slice(None)
+        worst = max(worst, ((got[rows] - expected[rows]).abs() / expected[rows].abs()).max().item())
+    print(worst)
+""")
+
+
+@pytest.mark.skipif(not gram_kernels.available() or DEVICE == "cuda", reason="Triton not installed (or CUDA: above)")
+def test_kernel_in_triton_interpreter():
+    """On a CPU with Triton installed: the kernel's indexing (strides, tiles below the diagonal, masks, the doubled
+    tiles above it, one sample's programs) through Triton's interpreter against the reference in float64, in a fresh
+    process (TRITON_INTERPRET is read when kernels are defined). bf16 waits for the GPU: the interpreter reads bf16
+    as integers."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    result = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(result.stdout.strip().splitlines()[-1]) < 1e-13
+
+
+@pytest.mark.inductor
+@pytest.mark.skipif(DEVICE != "cuda", reason="inductor launches the kernel on CUDA only")
+def test_inductor_launches_the_kernel(fused, no_fx_graph_cache):
+    """On CUDA inductor launches the Triton kernel from its generated code (no call into the op), and the release
+    matches torch.func in float64."""
+    from torch._inductor.utils import run_and_get_code
+    _, codes = run_and_get_code(lambda: check_against_reference(ATTENTION, policy="ghost", batches=(3, 5),
+                                                                backend="inductor"))
+    lines = [line.strip() for code in codes for line in code.splitlines() if not line.strip().startswith("#")]
+    assert not any("dpcompile.gram_sums" in line for line in lines)
+    assert any("_gram_sums" in line for line in lines)

@@ -14,7 +14,7 @@ import torch.fx.experimental._config as fx_config
 from torch import nn
 from torch.utils._pytree import tree_leaves, tree_map
 
-from .backend import DPBackend, precise_during
+from .backend import DPBackend, precise_during, stored_batch_values
 from .config import DPConfig
 from torch.fx.experimental.symbolic_shapes import ConstraintViolationError
 
@@ -124,6 +124,9 @@ class DPModel(nn.Module):
             raise
         if self.backend.error is not None:
             raise self.backend.error
+        if self.backend.first_outputs is not None:  # a new capture's first call: nothing of the batch kept
+            outputs, self.backend.first_outputs = self.backend.first_outputs, None
+            stored_batch_values(self._target, outputs, out, leaves)
         for node in guard.watch_release(out):  # its backward's releases must reach .grad unmixed
             precise_during(node)  # and its matrix products stay within the bounds' error terms
         return out if views == 1 else views_unflattened(out, batch, views)

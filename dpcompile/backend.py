@@ -8,6 +8,7 @@ import logging
 import math
 import re
 import warnings
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -17,10 +18,11 @@ from torch._dynamo.backends.common import aot_autograd
 from torch._functorch.partitioners import min_cut_rematerialization_partition
 from torch._guards import detect_fake_mode
 from torch._inductor.decomposition import select_decomp_table
+from torch.utils._pytree import tree_leaves
 
 from . import passes
 from .config import DPConfig
-from .errors import ConfigError, DPCompileError, surfacing
+from .errors import ConfigError, DPCompileError, SampleMixingError, surfacing
 from .precision import precise_products, restore, set_precise, tf32_kinds
 from .privacy.engine import PrivacyEngine
 
@@ -39,6 +41,7 @@ class DPBackend:
         self.privacy = privacy if privacy is not None else PrivacyEngine(config)  # owns noise, counters, guards
         self.graphs: dict[str, fx.GraphModule] = {}
         self.error: BaseException | None = None
+        self.first_outputs: list | None = None  # a capture's first call's outputs computed from the batch
         self.compilations = 0
         self.tracked: set[int] | None = None  # a DPModel's guarded parameters (ids); None: not guarding here
 
@@ -76,9 +79,25 @@ class DPBackend:
                 bw_compiler=lambda g, ex: self.compile_graph(g, ex, ctx, {"is_backward": True}),
                 decompositions=select_decomp_table(),
                 partition_fn=min_cut_rematerialization_partition,
+                keep_inference_input_mutations=True,  # buffer writes stay copy_ nodes, which the safety pass reads
             )(gm, example_inputs)
-        compiled = checked.before(compiled)
+        compiled = self.recording_first_outputs(checked.before(compiled), batch_outputs(gm, self.user_inputs))
         return compiled if self.tracked is not None else refusing_compiled_autograd(compiled)
+
+    def recording_first_outputs(self, compiled: Callable, positions: list[int]) -> Callable:
+        """compiled, keeping its first call's outputs computed from the batch (positions in Dynamo's graph) in
+        self.first_outputs, for the DP model to check that each reaches its caller (stored_batch_values)."""
+        boxed, first = getattr(compiled, "_boxed_call", False), [True]
+
+        def run(*args):
+            outs = compiled(*args)
+            if first[0]:
+                first[0] = False
+                self.first_outputs = [weakref.ref(outs[i]) for i in positions  # weak: unread outside a DP model
+                                      if i < len(outs) and isinstance(outs[i], torch.Tensor)]
+            return outs
+        run._boxed_call = boxed
+        return run
 
     def context(self, gm: fx.GraphModule, example_inputs) -> passes.PassContext:
         """Which inputs are trainable parameters (and their names), and the batch symbol: dim 0 of the
@@ -293,6 +312,54 @@ def _source_of(node: fx.Node):
 def _name(source) -> str:
     name = source.name
     return str(name() if callable(name) else name)
+
+
+def batch_outputs(gm: fx.GraphModule, user_inputs: tuple[int, ...]) -> list[int]:
+    """The positions of Dynamo's graph outputs whose values are computed from the call's tensor arguments (the batch):
+    those Dynamo returns to the caller, and those it stores as side effects (an attribute or buffer rebound to an
+    activation, a list appended to), which the graph alone does not tell apart."""
+    placeholders = list(gm.graph.find_nodes(op="placeholder"))
+    from_batch = {placeholders[i] for i in user_inputs if i < len(placeholders)}
+    for node in gm.graph.nodes:
+        if node.op not in ("placeholder", "output") and any(a in from_batch for a in node.all_input_nodes):
+            from_batch.add(node)
+    (outputs,) = gm.graph.find_nodes(op="output")
+    values = outputs.args[0] if isinstance(outputs.args[0], (tuple, list)) else (outputs.args[0],)
+    return [i for i, v in enumerate(values) if v in from_batch]
+
+
+def stored_batch_values(model: torch.nn.Module, outputs: list, returned, inputs: list) -> None:
+    """Raise SampleMixingError if a value computed from the batch was kept by the forward other than in what it
+    returned (`self.bank = features.detach()`, a buffer rebound, `self.history.append(h)`): it would carry these
+    samples into later batches' gradients and into the saved model, unclipped and without noise. Checked at a
+    capture's first call: Dynamo's code stores the same outputs at every call. The call's own tensor arguments
+    (`self.last = x`) are looked for in the model too."""
+    given = {id(t) for t in tree_leaves(returned) if isinstance(t, torch.Tensor)}
+    kept = {id(t) for t in (ref() for ref in outputs) if t is not None}
+    samples = kept | {id(t) for t in inputs}
+    names = [name for name, value in model_state_tensors(model) if id(value) in samples]
+    stray = kept - given
+    if not names and not stray:
+        return
+    where = f"as {', '.join(names)}" if names else "outside what it returns (a global, or an object it holds)"
+    raise SampleMixingError(
+        f"the model's forward keeps a value computed from the batch {where}, so later batches' gradients and the "
+        "saved model would carry these samples' values, unclipped and without noise (a memory bank, a cache of the "
+        "last activations). Keep such state out of the DP model: return the value and let the training loop decide "
+        "what to keep (nothing computed from private samples may be kept without noise).")
+
+
+def model_state_tensors(model: torch.nn.Module):
+    """(name, tensor) for the tensors a model holds in its modules' attributes: buffers, tensor attributes and the
+    tensors in their lists, tuples and dicts (not parameters: the forward cannot rebind them in a captured graph)."""
+    for path, module in model.named_modules():
+        prefix = f"{path}." if path else ""
+        for attr, value in list(vars(module).items()) + [(f"{n}", b) for n, b in module._buffers.items()]:
+            if attr in ("_parameters", "_modules", "_buffers"):
+                continue
+            for t in tree_leaves(value) if isinstance(value, (list, tuple, dict)) else [value]:
+                if isinstance(t, torch.Tensor) and not isinstance(t, torch.nn.Parameter):
+                    yield f"'{prefix}{attr}'", t
 
 
 def user_input_positions(placeholders: list[fx.Node], example_inputs) -> tuple[int, ...]:

@@ -15,10 +15,11 @@ from .meta import LayerShape, ParamGrad, ParamSpec, PassContext, Site
 from .plan import Decision, plan_sites
 from .rewrite import ClipSpec, rewrite_backward
 from .rules import RULES, Cost
-from .safety import check_sample_independence, refuse_batch_broadcasts
+from .safety import check_hand_written_backward, check_sample_independence, refuse_batch_broadcasts
 from .shapes import annotate_sites
 
-PIPELINE = (refuse_batch_broadcasts, expand_composites, annotate_sites, plan_sites, rewrite_backward)
+PIPELINE = (refuse_batch_broadcasts, expand_composites, annotate_sites, check_hand_written_backward, plan_sites,
+            rewrite_backward)
 log = logging.getLogger("dpcompile.passes")
 
 

@@ -28,7 +28,7 @@ from torch.utils._pytree import tree_leaves
 
 from dpcompile.errors import DPCompileError, SampleMixingError, UnsupportedOpError
 
-from .meta import PassContext, resolved_batch, shape_of_value
+from .meta import SITE, PassContext, resolved_batch, shape_of_value
 from .rules.one_sample import guards_batch_of_one
 from .symbolic import same, simplified
 
@@ -135,11 +135,22 @@ def aligned(node: fx.Node, L: Layouts, operands: list, out_rank: int) -> Layout 
             continue
         shape = _shape(x)
         d = lay[0] + out_rank - len(shape)
+        if d < 0:  # more dims in than out: a batch dim counted from the right would fall off
+            raise NoRule("its result has fewer dims than its batched operand")
         if found is not None and (found[0] != d or not same(found[1], lay[1])):
             raise Mixing("combines operands that hold the batch in different places (element i of one meets "
                          "another sample's element of the other)")
         found = (d, lay[1])
     return found
+
+
+def complex_view(node: fx.Node, L: Layouts):
+    """view_as_real adds a last dim (real, imaginary), view_as_complex takes it away: the dims before it, the batch's
+    among them, stay where they are, counted from the left (right-aligned, as broadcasting counts, they would move)."""
+    lay = L.get(node.args[0])
+    if node.target is aten.view_as_complex.default and lay[0] == len(_shape(node.args[0])) - 1:
+        raise Mixing("pairs the batch's rows as the real and imaginary parts of one value")
+    return lay
 
 
 def pointwise(node: fx.Node, L: Layouts):
@@ -561,8 +572,7 @@ def scalar_of_batch(node: fx.Node, L: Layouts):
 SAME = (aten.clone.default, aten._to_copy.default, aten.alias.default, aten.detach.default, aten.contiguous.default,
         aten.lift_fresh_copy.default, aten.copy.default, aten.masked_fill.Tensor, aten.masked_fill.Scalar,
         aten.bernoulli.p, aten.bernoulli.default, aten.native_dropout.default, aten.where.self,
-        prims.convert_element_type.default, aten.view_as_real.default, aten.view_as_complex.default,
-        aten.bucketize.Tensor, aten.positive.default, aten.dropout.default)
+        prims.convert_element_type.default, aten.positive.default, aten.dropout.default)
 DATA_FREE = (aten.zeros_like.default, aten.ones_like.default, aten.empty_like.default, aten.full_like.default,
              aten.rand_like.default, aten.randn_like.default, aten.randint_like.default, aten.new_zeros.default,
              aten.new_ones.default, aten.new_empty.default, aten.new_full.default, aten.fill.Scalar,
@@ -618,7 +628,8 @@ RULES: dict = {
     aten.stack.default: concat, aten.constant_pad_nd.default: pad, aten.tril.default: triangle,
     aten.triu.default: triangle, aten.copy_.default: buffer_write, aten._prelu_kernel.default: first_operand,
     aten._local_scalar_dense.default: scalar_of_batch, aten.repeat.default: expand,
-    aten._trilinear.default: trilinear,
+    aten._trilinear.default: trilinear, aten.view_as_real.default: complex_view,
+    aten.view_as_complex.default: complex_view, aten.bucketize.Tensor: first_operand,
 }
 # Ops registered only once inductor's lowering is imported (inductor's max-pool decomposition), by name.
 RULES_BY_NAME = {"prims._low_memory_max_pool_with_offsets.default": window_pool}
@@ -701,7 +712,9 @@ def check_sample_independence(forward: fx.GraphModule, ctx: PassContext,
     batch = resolved_batch(forward, ctx.batch)
     nodes = [n for n in forward.graph.nodes if isinstance(n.meta.get("val"), torch.Tensor)]
     if not batch.free_symbols and batch <= 1 or nodes and guards_batch_of_one(nodes[0], batch):
-        return forward  # a graph for one sample (its guards recompile any other batch size): nothing to mix
+        # a graph for one sample (its guards recompile any other batch size): nothing to mix, but nothing of the
+        # sample may be stored either
+        return refuse_stored_sample(forward, user_inputs, batch)
     layouts = Layouts(batch)
     placeholders = list(forward.graph.find_nodes(op="placeholder"))
     if user_inputs is not None:  # the capture's inputs in order: the trainable parameters' placeholders are known
@@ -709,8 +722,10 @@ def check_sample_independence(forward: fx.GraphModule, ctx: PassContext,
     for i, node in enumerate(placeholders):
         if (user_inputs is None or i in user_inputs) and (lay := _input_layout(node, batch)) is not None:
             layouts.of[node] = lay
-    checks = assertion_only(forward.graph)
+    checks, positions = assertion_only(forward.graph), set()
     for node in forward.graph.nodes:
+        if node.op == "call_function" and node not in checks:
+            batch_size_uses(node, layouts, positions)
         if node.op != "call_function" or not layouts.batched(node) or node.target in DATA_FREE or node in checks:
             continue
         rule = rule_of(node)
@@ -727,6 +742,140 @@ def check_sample_independence(forward: fx.GraphModule, ctx: PassContext,
         if lay and (isinstance(lay[0], int) or any(lay)):
             layouts.of[node] = lay
     return forward
+
+
+def refuse_stored_sample(forward: fx.GraphModule, user_inputs: tuple[int, ...] | None,
+                         batch: sympy.Expr) -> fx.GraphModule:
+    """A one-sample graph: no op can mix samples, but a value computed from the sample and written into a buffer or
+    parameter (copy_ into an input that is not the call's tensor argument: an input running mean, InstanceNorm's
+    running statistics, a parameter overwritten in forward) reaches later batches and the published model without
+    noise, as buffer_write refuses at any other batch size. The sample's values are followed from the call's tensor
+    arguments (user_inputs; where the capture's inputs are not known in order, every input whose dim 0 is the
+    batch)."""
+    placeholders = list(forward.graph.find_nodes(op="placeholder"))
+    sample = {node for i, node in enumerate(placeholders)
+              if (i in user_inputs if user_inputs is not None else _input_layout(node, batch) == (0, 1))}
+    from_sample = set(sample)
+    for node in forward.graph.nodes:
+        if node.op != "call_function" or not any(a in from_sample for a in node.all_input_nodes):
+            continue
+        dst = node.args[0] if node.target is aten.copy_.default else None
+        if dst is not None and dst.op == "placeholder" and dst not in sample and node.args[1] in from_sample:
+            raise SampleMixingError(
+                f"module {where(node.args[1])}: {node.target} writes a value computed from the batch into a buffer or "
+                "parameter of the model in forward (a running mean of the inputs, track_running_stats=True, a "
+                "parameter overwritten), so later batches and the saved model would carry this sample's values "
+                "without noise. Keep such statistics out of the DP model (fixed, or computed from public data), or "
+                "turn the tracking off (track_running_stats=False).")
+        from_sample.add(node)
+    return forward
+
+
+def check_hand_written_backward(backward: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
+    """The ops of a backward written by hand (an autograd.Function's backward, a torch.library op's registered
+    autograd), which AOTAutograd traces into the backward graph, must keep samples apart as forward ops must:
+    autograd's own backward of a per-sample forward is per sample by construction, a hand-written one is not (a
+    NaN guard over the whole batch, a normalisation by the batch's gradient norm: one crafted sample then moves every
+    other sample's gradient, which no clip bounds). The forward's layout rules run over the backward graph: a
+    hand-written op that no rule accepts is refused; autograd's own ops, and the parameters' gradient terms the
+    sites pass found (an mm contracting the batch is a weight gradient), pass the batch on where their results hold
+    it by size. Runs after annotate_sites (it reads the sites)."""
+    written = {n: name for n in backward.graph.nodes if n.op == "call_function" and (name := hand_written(n))}
+    if not written:
+        return backward
+    batch = resolved_batch(backward, ctx.batch)
+    layouts = Layouts(batch)
+    for node in backward.graph.find_nodes(op="placeholder"):
+        if (lay := _input_layout(node, batch)) is not None:
+            layouts.of[node] = lay
+    for node in backward.graph.nodes:
+        if node.op != "call_function" or not layouts.batched(node) or node.target in DATA_FREE:
+            continue
+        rule, lay = rule_of(node), None
+        if node in written and SITE not in node.meta:
+            try:
+                if rule is None:
+                    raise NoRule("")
+                lay = rule(node, layouts)
+            except (Mixing, NoRule) as exc:
+                raise SampleMixingError(
+                    f"the backward written by hand for {written[node]}: {node.target} "
+                    f"{exc or 'has no rule that keeps samples apart'}, so one sample's values reach the others' "
+                    "gradients and no clipping bound holds. Write that backward per sample (no reductions, "
+                    "indexing or conditions over the batch dim), or leave the backward to autograd.") from None
+            except Exception as exc:  # a rule that cannot read this call's arguments: no rule applies
+                raise SampleMixingError(f"the backward written by hand for {written[node]}: {node.target} takes "
+                                        f"arguments no rule reads ({exc}); leave the backward to autograd") from exc
+        else:
+            with contextlib.suppress(Exception):
+                lay = rule(node, layouts) if rule is not None else None
+            if not (lay and isinstance(lay[0], int)):
+                lay = layouts.by_size(node.meta.get("val"), batch, sympy.Integer(1))
+        if lay and (isinstance(lay[0], int) or any(lay)):
+            layouts.of[node] = lay
+    return backward
+
+
+def hand_written(node: fx.Node) -> str | None:
+    """What a backward-graph node's hand-written backward belongs to, or None for autograd's own: an autograd.Function
+    (its backward's nodes carry it in their source_fn_stack, not tagged as recomputed forward) or a torch.library op
+    outside aten and prims with registered autograd (its backward's nodes name the op as their forward source)."""
+    stack = node.meta.get("source_fn_stack") or []
+    if node.meta.get("partitioner_tag") != "is_forward" and any(entry[0] == "autograd.function" for entry in stack):
+        return "an autograd.Function"
+    source = (node.meta.get("fwd_source_fn_stack") or [(None, None)])[-1][-1]
+    namespace = getattr(source, "namespace", None)
+    if namespace is not None and namespace not in ("aten", "prims", "dpcompile"):
+        return f"the custom op {source}"
+    return None
+
+
+POSITIONS = (prims.iota.default, aten.arange.default, aten.arange.start, aten.arange.start_step)
+FACTORIES = (aten.full.default, aten.zeros.default, aten.ones.default, aten.empty.memory_format,
+             aten.empty_strided.default, aten.rand.default, aten.randn.default, aten.scalar_tensor.default)
+BAGS = (aten._embedding_bag.default, aten._embedding_bag_forward_only.default)  # offsets: one bag per sample
+
+
+def batch_size_uses(node: fx.Node, L: Layouts, positions: set[fx.Node]) -> None:
+    """The batch size as a number (x.shape[0], a symbolic size holding the batch) may shape tensors but not enter
+    their values: a sample's contribution would change with the number of other samples (a mean over the batch
+    inside the model, a scale by the batch size) or with its position among them (an arange over the batch), which
+    the numerical check, at one batch size and order, cannot see. Raises SampleMixingError for such a use; a factory
+    whose shape holds the batch (zeros(B, d), full((B, 1), v)) gets the batch's layout, so a later scan or reduction
+    over it (ones(B).cumsum(0): positions again) is refused as any batched value's would be."""
+    leaves = tree_leaves((node.args, node.kwargs))
+    sizes = [x for x in leaves if isinstance(x, fx.Node) and _holds_batch_size(x, L.batch)]
+    if node.target in POSITIONS and sizes:
+        positions.add(node)
+        return
+    if any(x in positions for x in leaves if isinstance(x, fx.Node)) and node.target not in BAGS:
+        if not L.batched(node):  # positions computed on (parity, shifts): followed until they meet the batch
+            positions.add(node)
+            return
+        raise _refusal(node, Mixing("computes with each sample's position in the batch (an arange over the batch "
+                                    "size), which changes as other samples join"))
+    if not sizes:
+        return
+    value_args = leaves[1:2] if node.target is aten.full.default else leaves
+    if node.target in FACTORIES and not any(x in sizes for x in value_args if node.target is aten.full.default):
+        if node.target is not aten.scalar_tensor.default:
+            lay = L.by_size(node.meta.get("val"), L.batch, sympy.Integer(1), 0)
+            if lay is not None:
+                L.of[node] = lay
+            return
+    if node.target in FACTORIES or torch.Tag.pointwise in getattr(node.target, "tags", ()) or node.target in SAME:
+        raise _refusal(node, Mixing("uses the batch size (x.shape[0]) as a value, so each sample's contribution "
+                                    "depends on how many others are in the batch. Leave the mean over the batch to "
+                                    "the loss outside the model (loss_reduction='mean', with expected_batch_size for "
+                                    "a fixed normaliser)"))
+
+
+def _holds_batch_size(x: fx.Node, batch: sympy.Expr) -> bool:
+    """Whether a graph value is a symbolic number whose expression holds the batch size."""
+    value = x.meta.get("val")
+    if not isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+        return False
+    return bool(value.node.expr.free_symbols & batch.free_symbols)
 
 
 def views_in_order(node: fx.Node, lay, batch: sympy.Expr, views: int) -> None:

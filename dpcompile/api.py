@@ -109,6 +109,14 @@ class DPModel(nn.Module):
                 f"see the whole forward and cannot make it private:\n{_dynamo_where(exc)}\nRewrite the line it names "
                 "(an in-place write into a slice as an out-of-place op, for instance), or try another torch version; "
                 "the error is torch's: please report it to PyTorch with this trace") from exc
+        except torch._dynamo.exc.FailOnRecompileLimitHit as exc:
+            raise DPCompileError(
+                f"the model was captured again for every call until torch.compile's limit "
+                f"({self.backend.compilations} captures): something the capture fixes changes from call to call, "
+                "other than the batch size. A tensor the model reads that is not an argument of the call (an "
+                "attribute set before the call, a tensor inside an object passed in) is taken as a constant of its "
+                "size: pass per-sample data as tensor arguments (dim 0 the batch), and keep shared tensors as "
+                "buffers or parameters") from exc
         except torch._dynamo.exc.Unsupported as exc:
             where = _dynamo_where(exc)
             raise GraphBreakError(

@@ -392,3 +392,35 @@ def test_a_pass_that_fails_is_named_and_a_refusal_is_passed_on(monkeypatch):
     with pytest.raises(SampleMixingError, match="do this") as info:
         make(mlp())(*data(3)[:1]).sum().backward()
     assert not getattr(info.value, "__notes__", None)
+
+
+def test_recapture_at_every_call_ends_in_a_dpcompile_error(monkeypatch):
+    """Per-sample data put in a plain tensor attribute before each call (not a call argument) is a constant of its
+    size to the capture, so every batch size recaptures until Dynamo's limit, whose FailOnRecompileLimitHit reached
+    the user as Dynamo's own error (found by probing, at the 74th size). Now a DPCompileError that says to pass such
+    data as arguments (the limit lowered here to 3 captures)."""
+    import contextlib
+
+    from dpcompile import api
+
+    class Attr(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(2, 1)
+
+        def forward(self, x):
+            return self.fc(x) * self.side.mean()
+
+    @contextlib.contextmanager
+    def low_limit(limit):
+        config = torch._dynamo.config
+        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        with config.patch(**{name: 3}):
+            yield
+    monkeypatch.setattr(api, "_recompile_limit", low_limit)
+    model = Attr()
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, backend="eager")
+    with pytest.raises(DPCompileError, match="pass per-sample data as tensor arguments"):
+        for B in range(2, 12):
+            model.side = torch.ones(B, 1)
+            dp(torch.randn(B, 2)).sum().backward()

@@ -103,7 +103,7 @@ class DPModel(nn.Module):
                 "(dtypes, devices, shapes)") from exc
         except torch._dynamo.exc.InternalTorchDynamoError as exc:  # torch's tracer failed on the model's code
             if self.backend.error is not None:
-                raise self.backend.error from exc
+                raise self.backend.take_error() from exc
             raise DPCompileError(
                 f"torch.compile's tracer (Dynamo) failed inside torch while capturing the model, so dpcompile cannot "
                 f"see the whole forward and cannot make it private:\n{_dynamo_where(exc)}\nRewrite the line it names "
@@ -124,17 +124,17 @@ class DPModel(nn.Module):
                 f"forward must be one graph: remove the data-dependent Python control flow or unsupported call "
                 f"that Dynamo names here:\n{where}") from exc
         except Exception as exc:
-            error = self.backend.error if self.backend.error is not None else exc
+            error = self.backend.take_error() if self.backend.error is not None else exc
             if isinstance(error, (SampleMixingError, UnsupportedOpError)) and _shared_candidates(leaves):
                 raise _with_note(error, SHARED_NOTE) from exc
             if error is not exc:
                 raise error from exc
             raise
         if self.backend.error is not None:
-            raise self.backend.error
+            raise self.backend.take_error()
         if self.backend.first_outputs is not None:  # a new capture's first call: nothing of the batch kept
             outputs, self.backend.first_outputs = self.backend.first_outputs, None
-            stored_batch_values(self._target, outputs, out, leaves)
+            stored_batch_values(self.module, outputs, out, leaves)
         for node in guard.watch_release(out):  # its backward's releases must reach .grad unmixed
             precise_during(node)  # and its matrix products stay within the bounds' error terms
         return out if views == 1 else views_unflattened(out, batch, views)

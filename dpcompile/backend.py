@@ -45,6 +45,12 @@ class DPBackend:
         self.compilations = 0
         self.tracked: set[int] | None = None  # a DPModel's guarded parameters (ids); None: not guarding here
 
+    def take_error(self) -> BaseException:
+        """The error a compilation kept for the next call (AOTAutograd may only log a backward's), now raised: later
+        calls are not failed by it (a refused batch of one must not stop every later batch size)."""
+        error, self.error = self.error, None
+        return error
+
     def __call__(self, gm: fx.GraphModule, example_inputs):
         try:
             return self.compile(gm, example_inputs)
@@ -169,6 +175,9 @@ class DPBackend:
         Either with a warning: the same ops, so the same clipping and noise, only slower."""
         if self.config.backend == "eager":
             return make_boxed_func(gm.forward)
+        if gm.meta.get(passes.safety.EAGER_ONLY):  # a one-sample graph inductor would misread: correct, slower
+            log.debug("a graph runs without inductor: %s", gm.meta[passes.safety.EAGER_ONLY])
+            return fp32_boxed(make_boxed_func(gm.forward)) if kwargs.get("is_backward") else make_boxed_func(gm.forward)
         from torch._inductor.compile_fx import compile_fx_inner
         from torch._inductor.exc import InductorError
         channels_last = STATIC_BATCH_LAYOUT and layout_as_if_static(gm, is_inference=kwargs.get("is_inference", False))
@@ -352,6 +361,8 @@ def stored_batch_values(model: torch.nn.Module, outputs: list, returned, inputs:
 def model_state_tensors(model: torch.nn.Module):
     """(name, tensor) for the tensors a model holds in its modules' attributes: buffers, tensor attributes and the
     tensors in their lists, tuples and dicts (not parameters: the forward cannot rebind them in a captured graph)."""
+    if not isinstance(model, torch.nn.Module):  # a function made private: no module state
+        return
     for path, module in model.named_modules():
         prefix = f"{path}." if path else ""
         for attr, value in list(vars(module).items()) + [(f"{n}", b) for n, b in module._buffers.items()]:

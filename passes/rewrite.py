@@ -52,7 +52,9 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     spec: ClipSpec = ctx.clip
     params: tuple[ParamGrad, ...] = gm.meta[PARAMS]
     site_param = {node: p for p in params for node in p.sites}
-    deferred = descendants(gm.graph, site_param)
+    after = descendants(gm.graph, site_param) - set(site_param)  # what reads a term, directly or not
+    chain = between_terms_and_release(gm, params, site_param)    # of those, what the released gradients are made of
+    unclipped = read_unclipped(gm, params, site_param)           # what needs the graph's own values (input gradients)
 
     graph, env = fx.Graph(), {}
     if ctx.inductor:
@@ -61,12 +63,13 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         lower_half_bmm()
         lower_gram_sums()
     terms: dict[fx.Node, tuple] = {}
-    for node in gm.graph.nodes:
-        if node.op == "output" or node in deferred and node not in site_param:
+    released: dict[fx.Node, fx.Node] = {}  # a term's clipped sum, and the ops after it, by the original node
+    for node in gm.graph.nodes:  # the graph's own values: everything but the release's chain
+        if node.op == "output" or node in after and node not in unclipped:
             continue
         if node in site_param:
-            if node.meta[SITE].rule == ONE_SAMPLE:  # the term itself is the one sample's gradient
-                env[node] = graph.node_copy(node, lambda n: env[n])
+            if node.meta[SITE].rule == ONE_SAMPLE or node in unclipped:  # the term as it stands: the one sample's
+                env[node] = graph.node_copy(node, lambda n: env[n])     # gradient, or a value other ops read
             if ctx.inductor:  # what the norm and the clipped sum read: stored once, read by both
                 for a in node.meta[SITE].inputs:
                     env[a] = stored(graph, env[a])
@@ -76,7 +79,8 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         env[node] = graph.node_copy(node, lambda n: env[n])
         producer_rule = RULES.get(node.target)  # a multi-output op whose parameter outputs the rewrite recomputes
         if hasattr(producer_rule, "drop_recomputed_outputs"):
-            producer_rule.drop_recomputed_outputs(env[node], [u for u in node.users if u in site_param])
+            producer_rule.drop_recomputed_outputs(env[node], [u for u in node.users
+                                                              if u in site_param and u not in unclipped])
 
     norms = {p.name: [shared_norm(graph, gm, p, terms, env)] if p.shared else [terms[n][0] for n in p.sites]
              for p in params}
@@ -86,16 +90,20 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         dtype = node.meta["val"].dtype  # a SATURATED term is scaled and summed in float32 (emit_clipped_sum)
         factor = clip_in_dtype(graph, clip[p.name], torch.float32 if dtype in SATURATED else dtype, in_dtype,
                                ctx.inductor)
-        env[node] = emit_clipped_sum(graph, node, [env[a] for a in node.meta[SITE].inputs], terms[node], factor, p)
-    for node in gm.graph.nodes:
-        if node in deferred and node not in site_param:
-            env[node] = graph.node_copy(node, lambda n: env[n])
+        released[node] = emit_clipped_sum(graph, node, [env[a] for a in node.meta[SITE].inputs], terms[node], factor,
+                                          p)
+    for node in gm.graph.nodes:  # the ops after the terms, on the clipped sums (the graph's own values around them)
+        if node in after and (node in chain or node not in unclipped):
+            released[node] = graph.node_copy(node, lambda n: released[n] if n in released else env[n])
             value = node.meta.get("val")
             if isinstance(value, torch.Tensor) and value.dtype in SATURATED and node.target not in RELABELS:
-                env[node] = emit(graph, lambda x: narrow_saturated(x, x.dtype), [env[node]], f"dp_saturated_{node.name}",
-                                 key="saturated")  # an op after the batch sum (an add of uses, a cast) may overflow
+                # an op after the batch sum (an add of uses, a cast) may overflow
+                released[node] = emit(graph, lambda x: narrow_saturated(x, x.dtype), [released[node]],
+                                      f"dp_saturated_{node.name}", key="saturated")
 
-    outputs = list(fx.map_arg(gm.graph.output_node().args[0], lambda n: env[n]))
+    outputs = list(fx.map_arg(gm.graph.output_node().args[0], lambda n: env[n] if n in env else released[n]))
+    for p in params:
+        outputs[p.output_index] = released[gm.graph.output_node().args[0][p.output_index]]
     finals = emit_finish(graph, spec, next(iter(clip.values())), [outputs[p.output_index] for p in params], dropped)
     for p, final in zip(params, finals):
         outputs[p.output_index] = final
@@ -127,6 +135,37 @@ def stored(graph: fx.Graph, node: fx.Node) -> fx.Node:
     with_provenance(pin)
     pin.meta["val"] = fresh_value(value)
     return pin
+
+
+def between_terms_and_release(gm: fx.GraphModule, params: Sequence[ParamGrad], terms) -> set[fx.Node]:
+    """The ops between the parameter-gradient terms and the parameters' gradient outputs (a shared parameter's add of
+    its uses, a view to the parameter's shape): walked back from the gradient outputs, stopping at the terms (what is
+    above a term is its operands), and below a term. These are what the clipped sums go through."""
+    outputs = gm.graph.output_node().args[0]
+    upstream = {outputs[p.output_index] for p in params}
+    for node in reversed(gm.graph.nodes):
+        if node in upstream and node not in terms:
+            upstream.update(node.all_input_nodes)
+    return descendants(gm.graph, terms) & upstream - set(terms)
+
+
+def read_unclipped(gm: fx.GraphModule, params: Sequence[ParamGrad], terms) -> set[fx.Node]:
+    """The nodes whose own value (not a clipped sum) the rewritten graph needs: the graph's other outputs (the input
+    gradients), the terms' operands and the one-sample terms (copied as they stand), and all they are computed from.
+    A term or an op after it can be among them: in a graph for a batch of one, a term no rule matches is the
+    parameter's whole gradient, and that value may also feed the input gradient (InstanceNorm's bias gradient,
+    grad_out summed over the sample's positions, is the mean its input gradient subtracts). The input gradient must
+    get the graph's own value (the sample's true gradient, from which the layers below compute their terms), never
+    the clipped sum; such a term is computed twice, as it stands for those readers and clipped for the release."""
+    outputs = gm.graph.output_node().args[0]
+    released = {p.output_index for p in params}
+    needed = {n for i, n in enumerate(outputs) if i not in released and isinstance(n, fx.Node)}
+    needed.update(t for t in terms if t.meta[SITE].rule == ONE_SAMPLE)  # copied as it stands, from its own args
+    needed.update(a for t in terms for a in t.meta[SITE].inputs if isinstance(a, fx.Node))
+    for node in reversed(gm.graph.nodes):
+        if node in needed:
+            needed.update(node.all_input_nodes)
+    return needed
 
 
 def descendants(graph: fx.Graph, roots) -> set[fx.Node]:
@@ -433,9 +472,12 @@ def emit_finish(graph, spec: ClipSpec, clip: fx.Node, grads: list[fx.Node], drop
     a few shapes)."""
     from dpcompile.ops import gaussian_noise
 
-    def finish(c, g, *noise):  # the batch size is c's length; a float16 gradient gets its noise in float32
+    def finish(c, g, *noise):  # the batch size is c's length
         scale = c.shape[0] if spec.loss_reduction == "mean" else 1
-        work = torch.float32 if g.dtype in SATURATED else g.dtype  # rounded to float16 after the noise
+        # scaled and noised in float64 (a bf16 or fp32 value times a batch size is exact there; in bf16 the product
+        # rounded up by 2^-8 before the noise: a sample released 1.0012·R), rounded to the gradient's dtype after
+        # the noise (float16's saturated sum included)
+        work = torch.float32 if g.device.type == "mps" else torch.float64 if g.dtype != torch.float64 else g.dtype
         total = g.to(work) * scale + noise[0].view(g.shape).to(work) if noise else g.to(work) * scale
         return (total / (spec.expected_batch_size or scale)).to(g.dtype)
 

@@ -722,7 +722,7 @@ def check_sample_independence(forward: fx.GraphModule, ctx: PassContext,
     for i, node in enumerate(placeholders):
         if (user_inputs is None or i in user_inputs) and (lay := _input_layout(node, batch)) is not None:
             layouts.of[node] = lay
-    checks, positions = assertion_only(forward.graph), set()
+    checks, positions = assertion_only(forward.graph), {}
     for node in forward.graph.nodes:
         if node.op == "call_function" and node not in checks:
             batch_size_uses(node, layouts, positions)
@@ -834,23 +834,36 @@ POSITIONS = (prims.iota.default, aten.arange.default, aten.arange.start, aten.ar
 FACTORIES = (aten.full.default, aten.zeros.default, aten.ones.default, aten.empty.memory_format,
              aten.empty_strided.default, aten.rand.default, aten.randn.default, aten.scalar_tensor.default)
 BAGS = (aten._embedding_bag.default, aten._embedding_bag_forward_only.default)  # offsets: one bag per sample
+LOOKUPS = (aten.index.Tensor, aten._unsafe_index.Tensor, aten.index_select.default, aten.gather.default)
+RELABELS = (aten.slice.Tensor, aten.unsqueeze.default, aten.squeeze.dim, aten.view.default, aten.expand.default,
+            aten.alias.default, aten.clone.default, aten._unsafe_view.default, aten.reshape.default)
 
 
-def batch_size_uses(node: fx.Node, L: Layouts, positions: set[fx.Node]) -> None:
+def batch_size_uses(node: fx.Node, L: Layouts, positions: dict[fx.Node, bool]) -> None:
     """The batch size as a number (x.shape[0], a symbolic size holding the batch) may shape tensors but not enter
     their values: a sample's contribution would change with the number of other samples (a mean over the batch
     inside the model, a scale by the batch size) or with its position among them (an arange over the batch), which
     the numerical check, at one batch size and order, cannot see. Raises SampleMixingError for such a use; a factory
     whose shape holds the batch (zeros(B, d), full((B, 1), v)) gets the batch's layout, so a later scan or reduction
-    over it (ones(B).cumsum(0): positions again) is refused as any batched value's would be."""
-    leaves = tree_leaves((node.args, node.kwargs))
-    sizes = [x for x in leaves if isinstance(x, fx.Node) and _holds_batch_size(x, L.batch)]
+    over it (ones(B).cumsum(0): positions again) is refused as any batched value's would be.
+
+    Positions (an arange over the batch: `positions` maps each value computed from one to whether it is computed on,
+    True, or the arange itself through views, False) are followed until they meet the batch. Computed on (a parity,
+    a shift, an arithmetic with data) they are refused there; the arange itself as the batch index of a lookup (the
+    diagonal gathers Hugging Face's masks are built with: row i of the result is row i of the source) is left to
+    the lookup's rule, as are an embedding bag's offsets."""
+    leaves = [x for x in tree_leaves((node.args, node.kwargs)) if isinstance(x, fx.Node)]
+    sizes = [x for x in leaves if _holds_batch_size(x, L.batch)]
     if node.target in POSITIONS and sizes:
-        positions.add(node)
+        positions[node] = False
         return
-    if any(x in positions for x in leaves if isinstance(x, fx.Node)) and node.target not in BAGS:
-        if not L.batched(node):  # positions computed on (parity, shifts): followed until they meet the batch
-            positions.add(node)
+    reached = [x for x in leaves if x in positions]
+    if reached and node.target not in BAGS:
+        computed = any(positions[x] for x in reached)
+        if node.target in LOOKUPS and not computed and node.args[0] not in reached:
+            return  # the arange as a lookup's index: the result is the source's rows in order, as the rule says
+        if not L.batched(node):
+            positions[node] = computed or node.target not in RELABELS
             return
         raise _refusal(node, Mixing("computes with each sample's position in the batch (an arange over the batch "
                                     "size), which changes as other samples join"))
@@ -1222,13 +1235,18 @@ def _moved(values: list, dims: list[tuple[int, int]]) -> bool:
     return not bool(same.all())
 
 
+# A backward graph's meta key: run it as it is, without inductor (a one-sample graph inductor would misread).
+EAGER_ONLY = "lower_without_inductor"
+
+
 def refuse_batch_broadcasts(backward: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     """The captured backward, refused where an elementwise op broadcasts a symbolic size against a different size
     other than one, which no valid broadcast does unless the symbol is fixed to that size by a guard: a graph
     recaptured at a batch of one can decompose a product over the batch into such a broadcast with the batch left
     symbolic, and inductor's CPU kernel then indexed the batch-sized operand as if it had the other size (read past
-    its end: a per-sample gradient of uninitialised values, which a norm could under-count). No landed model's
-    graph has one (benchmarks/NOTES.md, thirty-third session); this keeps it a refusal, not a wrong norm."""
+    its end: a per-sample gradient of uninitialised values, which a norm could under-count). This keeps it a
+    refusal, not a wrong norm (benchmarks/NOTES.md, thirty-third session); a graph whose batch is guarded to one
+    (InstanceNorm's at a batch of one) is marked EAGER_ONLY instead: the backend runs it without inductor."""
     for node in backward.graph.nodes:
         if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload) \
                 or torch.Tag.pointwise not in node.target.tags:
@@ -1241,6 +1259,11 @@ def refuse_batch_broadcasts(backward: fx.GraphModule, ctx: PassContext) -> fx.Gr
         for sizes in zip(*[(sympy.Integer(1),) * (rank - len(s)) + tuple(s) for s in shapes]):
             sizes = [s for s in sizes if s != 1]
             if any(s.free_symbols for s in sizes) and not all(same(sizes[0], s) for s in sizes[1:]):
+                if guards_batch_of_one(node, resolved_batch(backward, ctx.batch)):
+                    # a graph for one sample (InstanceNorm's at a batch of one): the broadcast is valid at the one
+                    # size it runs at, and runs as it is; only inductor's kernel misreads it
+                    backward.meta[EAGER_ONLY] = f"{node.target} broadcasts {[tuple(s) for s in shapes]}"
+                    continue
                 raise DPCompileError(
                     f"the captured backward's {node.target} ('{node.name}') broadcasts a symbolic size against another "
                     f"(operand shapes {[tuple(s) for s in shapes]}): PyTorch recaptured the model for one size (often a "

@@ -59,7 +59,12 @@ def dp_pass_guards() -> Iterator[list[str]]:
     added, run = [], passes.run_pipeline
 
     def recording(gm, ctx):
-        mode = detect_fake_mode([n.meta.get("val") for n in gm.graph.find_nodes(op="placeholder")])
+        from dpcompile.passes.meta import resolved_batch
+        from dpcompile.passes.rules.one_sample import guards_batch_of_one
+        placeholders = list(gm.graph.find_nodes(op="placeholder"))
+        mode = detect_fake_mode([n.meta.get("val") for n in placeholders])
+        if placeholders and guards_batch_of_one(placeholders[0], resolved_batch(gm, ctx.batch)):
+            return run(gm, ctx)  # a graph already guarded to one sample: a guard true at B = 1 fixes nothing more
         with guards_added(mode.shape_env if mode is not None else None, added):
             return run(gm, ctx)
 

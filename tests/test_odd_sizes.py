@@ -4,6 +4,7 @@ here so that each size runs through both). On the GPU, DPCOMPILE_TEST_DEVICE=cud
 runs this sweep through inductor (issue 9: CUDA's padded matmuls refused Linear(32, 5) and 50257-wide heads)."""
 import pytest
 import torch
+from conftest import DEVICE
 from helpers import Case, check_against_reference, check_bf16_autocast
 from torch import nn
 
@@ -92,3 +93,61 @@ def test_bf16_autocast_odd_sizes(case, method):
     allows (10 × the plain model's bf16 error, or 15%: a ghost clipped sum's bf16 operand over-clips by up to
     about 11% on random data, README)."""
     check_bf16_autocast(case, method)
+
+
+# --- a first batch of one (a Poisson batch can have one sample) through normalisations and embeddings ---
+
+def _clipping_bound(case: Case, B: int) -> float:
+    """Half the smallest per-sample norm of the first batch check_against_reference draws (same seeds): every sample
+    clipped (clip_bound_between needs two samples)."""
+    from helpers import batch_for
+    from reference import per_sample_grads
+    torch.manual_seed(0)
+    model = case.model().to(DEVICE, F64)
+    x, y = batch_for(case, model, B, seed=1)
+    g = per_sample_grads(model, x, y, case.loss)
+    return 0.5 * torch.sqrt(sum(v.reshape(len(v), -1).square().sum(1) for v in g.values())).min().item()
+
+
+ONE_FIRST = ("instance_norm1d", "instance_norm2d", "instance_norm3d", "linear_instance_norm", "group_norm",
+             "layer_norm", "embedding", "embedding_sequence_first")
+
+
+def one_first_case(name: str) -> Case:
+    """rule_cases' case of that name (imported here: its import seeds the generator for its layers), or a linear
+    layer before InstanceNorm."""
+    if name == "linear_instance_norm":
+        return Case(name, lambda: nn.Sequential(nn.Linear(4, 4, bias=False), nn.InstanceNorm1d(2, affine=True)),
+                    lambda B: torch.randn(B, 2, 4, dtype=F64))
+    from rule_cases import CASES
+    return next(c for cases in CASES.values() for c in cases if c.name == name)
+
+
+@pytest.mark.parametrize("policy", METHODS)
+@pytest.mark.parametrize("batches", [(1,), (1, 3)], ids=["1", "1_3"])
+@pytest.mark.parametrize("name", ONE_FIRST)
+def test_first_batch_of_one(name, batches, policy):
+    """A model whose first batch has one sample, then three. At a batch of one PyTorch guards InstanceNorm's graph to
+    one sample, where the norm's bias gradient (grad_out summed over the sample's positions, a one-sample term) is
+    also the mean its input gradient subtracts: the rewrite held back everything computed from that term until the
+    clipped sums, and the layer below's weight term then read nodes not yet copied (KeyError view_3 for a
+    convolution, permute_1 for a linear layer); had they been copied, the input gradient would have read the clipped
+    sum instead of the sample's own gradient. Now the input gradient reads the term as it stands and only the ops
+    between the terms and the released gradients read the clipped sums (rewrite.between_terms_and_release,
+    read_unclipped). GroupNorm, LayerNorm and embeddings (never broken) ride along."""
+    case = one_first_case(name)
+    check_against_reference(case, policy=policy, batches=batches, backend="eager", bound=_clipping_bound(case, 1),
+                            max_compilations=2)
+
+
+@pytest.mark.inductor
+@pytest.mark.parametrize("name", ["instance_norm1d", "instance_norm3d"])
+@pytest.mark.parametrize("batches", [(1, 3), (3, 1)])
+def test_first_batch_of_one_instance_norm_inductor(name, batches):
+    """Through inductor, InstanceNorm's graph for a batch of one broadcasts the symbolic batch in its captured
+    backward, which inductor's kernel misreads (safety.refuse_batch_broadcasts refused it, and the refusal then
+    failed every later batch size too). The graph is guarded to one sample, where the broadcast is valid: it runs
+    without inductor now, and matches torch.func, before and after other batch sizes."""
+    case = one_first_case(name)
+    check_against_reference(case, policy="mixed", batches=batches, backend="inductor",
+                            bound=_clipping_bound(case, batches[0]), max_compilations=2)

@@ -444,3 +444,158 @@ def test_a_tied_parameter_named_by_its_second_path_is_refused_as_such():
 
     with pytest.raises(ConfigError, match="'head.weight' is 'emb.weight'"):
         dpcompile.dpcompile(Tied(), max_grad_norm=1.0, noise_multiplier=0.0, clip_groups=[["head.weight"]])
+
+
+def test_accumulating_context_over_several_poisson_batches_is_refused():
+    """privacy.accumulating() (the same as gradient_accumulation_steps, by hand) over two Poisson loader batches per
+    logical step went through: the engine counted one step at q while a sample could join it twice (ε 2.67 reported
+    where at least 5.03 was spent, q = 0.05, 50 steps): check_one_poisson_batch returned early inside accumulating()
+    and with gradient_accumulation_steps=1. Refused now; one loader batch split by hand still works."""
+    loader = poisson_loader(DATA, 0.25, steps=6, seed=3)
+    dp = dpcompile.dpcompile(mlp(), max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND, data_loader=loader,
+                             seed=0)
+    for x, y in loader:  # the split form: one Poisson batch, its first half a micro-step
+        (x1, x2), (y1, y2) = x.to(DEVICE).tensor_split(2), y.to(DEVICE).tensor_split(2)
+        with dp.privacy.accumulating():
+            squared_error(dp(x1), y1).backward()
+        squared_error(dp(x2), y2).backward()
+    assert dp.privacy.steps == 6
+    it = iter(loader)
+    x, y = next(it)
+    with dp.privacy.accumulating():
+        squared_error(dp(x.to(DEVICE)), y.to(DEVICE)).backward()
+    x, y = next(it)
+    with pytest.raises(ConfigError, match="handed out another batch inside one logical step"):
+        squared_error(dp(x.to(DEVICE)), y.to(DEVICE)).backward()
+    assert dp.privacy.steps == 6
+    dp.privacy.drop_accumulated()  # the partial step dropped: the next batch is a logical step of its own
+    squared_error(dp(x.to(DEVICE)), y.to(DEVICE)).backward()
+    assert dp.privacy.steps == 7
+
+
+def reuse_setup(**loader_kwargs):
+    loader = poisson_loader(DATA, 0.25, steps=4, seed=3, **loader_kwargs)
+    model = mlp()
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND, data_loader=loader,
+                             seed=0)
+    return model, dp, loader
+
+
+def test_a_second_noisy_release_of_one_poisson_batch_is_refused():
+    """Several noisy releases of one Poisson batch (two optimizer steps per batch; LBFGS, whose step evaluates its
+    closure max_iter times) were each counted as an independently sampled step at q (ε 0.72 reported where 6.4 was
+    spent). Refused now, at the second release; the ordinary loops still run: one step per batch over several epochs
+    (with evaluation calls in between, a loader prefetching in worker processes, or a loop fetching one batch ahead,
+    whose last batches of an epoch share the sampler's final position)."""
+    model, dp, loader = reuse_setup()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = (t.to(DEVICE) for t in next(iter(loader)))
+    for _ in range(2):
+        opt.zero_grad()
+        squared_error(dp(x), y).backward()
+        opt.step()
+        if dp.privacy.steps == 1:
+            with pytest.raises(dpcompile.ReleaseError, match="second noisy release of the same Poisson batch"):
+                opt.zero_grad()
+                squared_error(dp(x), y).backward()
+            break
+    assert dp.privacy.steps == 1
+
+    model, dp, loader = reuse_setup()
+    lbfgs = torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=3)
+    x, y = (t.to(DEVICE) for t in next(iter(loader)))
+
+    def closure():
+        lbfgs.zero_grad()
+        loss = squared_error(dp(x), y)
+        loss.backward()
+        return loss
+    with pytest.raises(dpcompile.ReleaseError, match="LBFGS"):
+        lbfgs.step(closure)
+    assert dp.privacy.steps == 1
+
+    for kwargs, ahead in [({}, False), ({"num_workers": 1, "prefetch_factor": 2}, False), ({}, True)]:
+        model, dp, loader = reuse_setup(**kwargs)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(2):  # two epochs
+            it = iter(loader)
+            nxt = next(it) if ahead else None
+            for _ in range(4):
+                x, y = nxt if ahead else next(it)
+                if ahead:
+                    nxt = next(it, None)
+                with torch.no_grad():
+                    dp(x.to(DEVICE))  # evaluation: no release
+                dp(x.to(DEVICE))
+                squared_error(dp(x.to(DEVICE)), y.to(DEVICE)).backward()
+                opt.step()
+                opt.zero_grad()
+        assert dp.privacy.steps == 8, kwargs
+
+
+class ShapeBranch(nn.Module):
+    """`extra` is used only for batches of more than 3 samples (a Dynamo guard on the batch size, no graph break)."""
+
+    def __init__(self, d_in=5, d_out=3):
+        super().__init__()
+        self.fc, self.extra = nn.Linear(d_in, d_out), nn.Linear(d_in, d_out)
+
+    def forward(self, x):
+        out = self.fc(x)
+        if x.shape[0] > 3:
+            out = out + self.extra(x)
+        return out
+
+
+def test_a_parameter_a_step_does_not_use_gets_a_noise_only_release():
+    """A trainable parameter that the step's capture does not use (a branch on the batch size) got no release: its
+    .grad stayed None and the optimizer left it unchanged, so the published model showed, without noise, whether the
+    Poisson batch had more than 3 samples. It now gets the noise-only release N(0, σ²R²)/n from the engine's generator
+    when σ > 0, as rank 0 adds it under data parallelism, also when micro-steps accumulated into it."""
+    sigma, bound, n = 1.3, 0.7, 4
+    torch.manual_seed(0)
+    model = ShapeBranch(40, 250).to(**F64)
+    dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=sigma, backend=BACKEND,
+                             expected_batch_size=n, seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for B in (5, 2, 0, 3):
+        x, y = batch(B, d_in=40, d_out=250)
+        w = model.extra.weight.detach().clone()
+        squared_error(dp(x), y).backward()
+        for p in model.extra.parameters():
+            assert p.grad is not None, f"batch of {B}: no release for a parameter of `extra`"
+        if B <= 3:
+            std = model.extra.weight.grad.std().item()
+            assert abs(std / (sigma * bound / n) - 1) < 0.03, (B, std)
+        opt.step()
+        opt.zero_grad()
+        assert not torch.equal(w, model.extra.weight)
+    assert dp.privacy.steps == 4
+
+    torch.manual_seed(0)  # a 'mean' loss without a fixed n: divided by the batch's own size, as the release is
+    model = ShapeBranch(40, 250).to(**F64)
+    dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=sigma, backend=BACKEND, seed=0)
+    x, y = batch(2, d_in=40, d_out=250)
+    squared_error(dp(x), y).backward()
+    assert abs(model.extra.weight.grad.std().item() / (sigma * bound / 2) - 1) < 0.03
+
+    torch.manual_seed(0)  # σ = 0 (ε infinite): no noise-only release, as under data parallelism (test_distributed)
+    model = ShapeBranch().to(**F64)
+    dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, backend=BACKEND)
+    squared_error(dp(batch(2)[0]), batch(2)[1]).backward()
+    assert model.extra.weight.grad is None and model.fc.weight.grad is not None
+
+    grads = []  # accumulation: `extra` used by the first micro-batch only; its sums get the noise at the last
+    for noise in (0.0, sigma):
+        torch.manual_seed(0)
+        model = ShapeBranch(40, 250).to(**F64)
+        dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=noise, backend=BACKEND, seed=0,
+                                 expected_batch_size=n, gradient_accumulation_steps=2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        x, y = batch(6, d_in=40, d_out=250)
+        for xm, ym in zip(x.split([4, 2]), y.split([4, 2])):
+            squared_error(dp(xm), ym).backward()
+        opt.step()  # refused before: `extra` held clipped sums without noise
+        grads.append(model.extra.weight.grad.clone())
+    assert grads[0].abs().max() > 0
+    assert abs((grads[1] - grads[0]).std().item() / (sigma * bound / n) - 1) < 0.03

@@ -88,6 +88,10 @@ class PrivacyEngine:
         self._task: tuple[int, str] | None = None  # (autograd graph task, kind) of the last noise op call
         self._parameters_saved: str | None = None  # a loaded state's parameters_hash(), until the next release
         self._micro_position: tuple[int, int] | None = None  # the sampler's position at this logical step's start
+        self._noisy_position: tuple[int, int] | None = None  # the sampler's position at the last noisy release
+        self._batches_base = (0, batches_drawn(self.sampler))  # (noisy releases, batches drawn) when it was attached
+        self._reached: set[int] | None = None  # one process: the parameters this noisy release reached (ids)
+        self.batch: int | None = None  # the batch size of the last DP forward with grad (a 'mean' loss, no fixed n)
         self.half_products = False  # a compiled DP backward multiplies bf16/fp16 matrices (its backend says so)
         self.rank, self.world_size = distributed.world()  # data parallel: rank 0 alone adds the noise
         check_shard(self.sampler, self.rank, self.world_size)
@@ -119,11 +123,13 @@ class PrivacyEngine:
         check_products(device, self.half_products)
         if self._parameters_saved is not None:
             self.check_parameters()
-        self.check_one_poisson_batch()
+        self.check_one_poisson_batch(noisy=self.enabled and (self.calls + 1) % self.every == 0)
         noisy = self.step()
         self._task = (task, guard.NOISY if noisy else guard.UNNOISED)
         if noisy and self.reducer is not None:
             self.reducer.open(in_backward=task >= 0)
+        elif noisy:
+            self.open_absent(in_backward=task >= 0)
         self._count_dropped(dropped)
         if noisy and self.draws % DROPPED_CHECK_EVERY == 0:
             self._warn_dropped()
@@ -132,29 +138,98 @@ class PrivacyEngine:
         return gaussian(numel, self.std, self.generator(device), self.secure, dtype, device)
 
     def absent_noise(self, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-        """Data parallel, rank 0: the noise of a parameter its own DP backward did not release this step (only
-        another rank's batch used it), as that backward would have added it: N(0, std²) / n."""
-        noise = gaussian(numel, self.std, self.generator(device), self.secure, torch.float32 if dtype != torch.float64
-                         else dtype, device)
-        return (noise / (self.config.expected_batch_size or 1)).to(dtype)
+        """The noise of a parameter that this step's DP backward did not release (data parallel, rank 0: only another
+        rank's batch used it; one process: no capture of this step used it, a branch on a shape), as that backward
+        would have added it: N(0, std²) / n, from the same generator (zeros when std is 0)."""
+        work = torch.float32 if dtype != torch.float64 else dtype
+        if self.std == 0.0:
+            return torch.zeros(numel, dtype=dtype, device=device)
+        noise = gaussian(numel, self.std, self.generator(device), self.secure, work, device)
+        return (noise / self.normaliser()).to(dtype)
 
-    def check_one_poisson_batch(self) -> None:
-        """Gradient accumulation over k micro-steps with a Poisson loader: the k micro-batches of a logical step must
-        split one Poisson batch. Drawn as k loader batches, a sample may be in several of them (sensitivity k·R) and
-        joins a step with probability about k·q, not the q the accountant counts (ε 4.5 reported where 10.0 was
-        spent, q = 0.1, k = 2). The loader hands out its next batch when the loop asks for it, so the sampler's
-        position must not move between the micro-steps of one logical step (prefetching only shifts it)."""
-        if self.sampler is None or self.every == 1 or not self.enabled:
+    def normaliser(self) -> int:
+        """n, what a release is divided by: expected_batch_size; 1 for a 'sum' loss; for a 'mean' loss without a
+        fixed n (one process, no sample rate), the size of the batch the DP model last ran on (as its backward
+        divides by; an empty batch runs as one padded sample)."""
+        if self.config.expected_batch_size is not None or self.config.loss_reduction != "mean":
+            return self.config.expected_batch_size or 1
+        return max(self.batch or 1, 1)
+
+    def note_batch(self, batch: int) -> None:
+        """A DP forward (with grad) on `batch` samples: the normaliser of a 'mean' loss without a fixed n."""
+        self.batch = batch
+
+    def open_absent(self, in_backward: bool) -> None:
+        """One process, a noisy release: note the parameters it reaches (guard's hook calls `released`); when the
+        backward ends, every trainable parameter of the DP model that it did not reach (a branch on a shape not
+        taken this step) gets its noise-only release. Left without one, its unchanged .grad (None) and weights would
+        show, without noise, which branch the private batch (its size, its longest sequence) took. With σ = 0 that
+        release is zeros: a .grad that is None stays None (as under data parallelism), one holding this logical step's
+        micro-step sums becomes its release."""
+        self._reached = set()
+        if in_backward:
+            torch.autograd.Variable._execution_engine.queue_callback(self.release_absent)
+
+    def release_absent(self) -> list[Tensor]:
+        """The noise-only releases of the open noisy release (see open_absent); the parameters written. A backward
+        that reached no parameter's .grad (torch.autograd.grad) gets none."""
+        reached, self._reached = self._reached, None
+        if not reached:
+            return []
+        return guard.release_absent(self, reached, self.absent_noise, fresh=self.std > 0)
+
+    def check_one_poisson_batch(self, noisy: bool = False) -> None:
+        """With a Poisson loader, a logical step is one Poisson batch, and one Poisson batch one logical step.
+
+        Accumulation (k micro-steps of gradient_accumulation_steps=k, or backwards inside privacy.accumulating()
+        before the noisy one): the micro-batches must split one Poisson batch. Drawn as several loader batches, a
+        sample may be in several of them (sensitivity k·R) and joins a step with probability about k·q, not the q the
+        accountant counts (ε 4.5 reported where 10.0 was spent, q = 0.1, k = 2). The loader hands out its next batch
+        when the loop asks for it, so the sampler's position must not move between the micro-steps of one logical
+        step (prefetching only shifts it).
+
+        Reuse: a second noisy release at the sampler position of the last one is a second release of the same batch
+        (two optimizer steps per batch, or LBFGS evaluating its closure several times), which the accountant would
+        count as an independently sampled step (ε 0.72 reported where 6.4 was spent). A loader that prefetches runs
+        ahead of the loop, and at the end of an epoch its last batches share the sampler's final position: there a
+        repeat is refused once more noisy releases than drawn batches were made since the sampler was attached."""
+        if self.sampler is None:
             return
         position = (self.sampler.epoch, self.sampler._step)
-        if self.calls % self.every and self._micro_position not in (None, position):  # (None: resumed mid-step)
+        if self._micro_position not in (None, position):  # (None: no micro-step yet, or resumed mid-step)
+            how = (f"gradient_accumulation_steps={self.every}" if self.every > 1 and self.calls % self.every else
+                   "privacy.accumulating()")
             raise ConfigError(
-                f"gradient_accumulation_steps={self.every} with a Poisson loader: the loader handed out another "
-                "batch inside one logical step. A logical step is one Poisson batch split into micro-batches (for "
-                f"x, y in loader: for xm, ym in zip(x.tensor_split({self.every}), y.tensor_split({self.every})): "
-                "...); a loader batch per micro-step would let a sample join a step several times, beyond the "
-                "clipping bound and the sampling rate the accountant counts")
-        self._micro_position = position
+                f"{how} with a Poisson loader: the loader handed out another batch inside one logical step. A logical "
+                "step is one Poisson batch split into micro-batches (for x, y in loader: for xm, ym in zip(x.tensor_"
+                f"split(k), y.tensor_split(k)): ...); a loader batch per micro-step would let a sample join a step "
+                "several times, beyond the clipping bound and the sampling rate the accountant counts. To drop the "
+                "micro-steps taken so far: dp_model.privacy.drop_accumulated()")
+        if not noisy:
+            if self._micro_position is None:
+                self._micro_position = position
+            return
+        if position == self._noisy_position and not self.in_prefetch_tail(position):
+            raise ReleaseError(
+                "a second noisy release of the same Poisson batch: the loader has handed out no new batch since the "
+                "last noisy backward (two optimizer steps on one batch, or an optimizer such as torch.optim.LBFGS "
+                "whose step evaluates its closure several times on one batch). The accountant counts every noisy "
+                "release as a fresh Poisson sample at rate q, so reusing a batch would spend more privacy than "
+                "reported. Take one backward and one optimizer step per loader batch (for x, y in loader: "
+                "loss.backward(); opt.step(); opt.zero_grad()); optimizers that re-evaluate a closure on the same "
+                "batch (LBFGS) are not supported")
+        self._micro_position, self._noisy_position = None, position
+
+    def in_prefetch_tail(self, position: tuple[int, int]) -> bool:
+        """The sampler has handed out its epoch's last batch while a prefetching loader still hands out the batches
+        before it: fewer noisy releases than drawn batches since the sampler was attached."""
+        releases, drawn = self._batches_base
+        return position[1] >= self.sampler.steps and self.draws - releases < batches_drawn(self.sampler) - drawn
+
+    def rebase_batches(self) -> None:
+        """The sampler attached or resumed: count releases and batches from here."""
+        self._micro_position = self._noisy_position = None
+        self._batches_base = (self.draws, batches_drawn(self.sampler))
 
     def backward_kind(self, task: int) -> str | None:
         """guard.NOISY / UNNOISED if this engine's noise op ran in autograd graph task `task`, else None."""
@@ -185,13 +260,19 @@ class PrivacyEngine:
             self.reducer.add(p for _, p in named_params)
 
     def released(self, param: Tensor) -> None:
-        """param's gradient of this logical step is final (guard's hook): data parallel starts summing it."""
+        """param's gradient of this logical step is final (guard's hook): data parallel starts summing it; one
+        process notes that the release reached it."""
         if self.reducer is not None:
             self.reducer.ready(param)
+        elif self._reached is not None:
+            self._reached.add(id(param))
 
     def reduce(self) -> list[Tensor]:
-        """Data parallel: .grad = Σ_r release_r for this step (waits for the all-reduces); the parameters written."""
-        return self.reducer.finish() if self.reducer is not None else []
+        """Data parallel: .grad = Σ_r release_r for this step (waits for the all-reduces); the parameters written.
+        One process: the noise-only releases of a noisy release made outside a backward (none are left otherwise)."""
+        if self.reducer is not None:
+            return self.reducer.finish()
+        return self.release_absent() if self._reached is not None else []
 
     def untrack(self) -> None:
         """Stop guarding the parameters (called when the DP model that owns this engine is collected)."""
@@ -277,6 +358,7 @@ class PrivacyEngine:
     def drop_accumulated(self) -> None:
         """Drop an incomplete logical batch: its clipped sums (.grad set to None) and its micro-step count."""
         self.calls -= self.calls % self.every
+        self._micro_position = None
         guard.drop(self)
 
     def attach(self, data_loader: Any) -> None:
@@ -290,6 +372,7 @@ class PrivacyEngine:
         check_normaliser(self.config)
         check_shard(sampler, self.rank, self.world_size)
         self.sampler, self.sample_rate = sampler, sample_rate
+        self.rebase_batches()
 
     # --- resumable state ---
 
@@ -398,6 +481,7 @@ class PrivacyEngine:
         self.accountant = accountant
         self._dropped, self._dropped_saved = {}, int(own.get("dropped", 0))
         self._parameters_saved = state.get("parameters")  # checked at the next release (the model may load after)
+        self.rebase_batches()
 
     def own_part(self, state: Mapping[str, Any]) -> Mapping[str, Any]:
         """This rank's sampler position and dropped count in a saved state (saved by as many ranks as run now)."""
@@ -468,6 +552,11 @@ def check_shard(sampler: PoissonBatchSampler | None, rank: int, world_size: int)
             f"the Poisson loader samples for rank {sampler.rank} of {sampler.world_size}, but this process is rank "
             f"{rank} of {world_size}: create poisson_loader(...) after torch.distributed.init_process_group(), "
             "with the default rank and world_size")
+
+
+def batches_drawn(sampler: PoissonBatchSampler | None) -> int:
+    """How many batches the sampler has handed out in all (its epochs advance only once finished)."""
+    return 0 if sampler is None else sampler.epoch * sampler.steps + sampler._step
 
 
 def poisson_sampler_of(data_loader: Any) -> PoissonBatchSampler | None:

@@ -10,7 +10,11 @@ model summed into it in the same backward). Global optimizer step pre-hooks refu
 parameter whose .grad holds un-noised clipped sums, raw gradients, a release mixed with an outside
 gradient, or several noisy releases; post-hooks mark the release consumed. Optimizers over other parameters are untouched. Data parallel: a parameter's noisy
 accumulation is reported to its engine (`released`, which starts the all-reduce of its bucket), and the
-step pre-hook waits for the sums across ranks (`reduce`) after its checks, before the step.
+step pre-hook waits for the sums across ranks (`reduce`) after its checks, before the step. One process: the
+engine notes the parameters a noisy release reached (`released`), and when its backward ends, every other
+trainable parameter of the DP model gets a noise-only release (`release_absent`), as rank 0 adds it under data
+parallelism: a parameter that a capture does not use (a branch on the batch size) would otherwise keep .grad None
+and its weights, showing without noise which branch the private batch took.
 """
 from __future__ import annotations
 
@@ -247,8 +251,66 @@ _MODELS: weakref.WeakSet = weakref.WeakSet()  # live DP models (their .module's 
 
 
 def watch_model(model: torch.nn.Module) -> None:
-    """A DP model whose wrapped module's parameters, whatever they are at a step, are DP parameters."""
+    """A DP model whose wrapped module's parameters, whatever they are at a step, are DP parameters. If its engine
+    divides a 'mean' loss's release by the batch's own size (no fixed n), it is told each batch size (`note_batch`):
+    the noise-only releases of parameters a step did not reach are divided by the same."""
     _MODELS.add(model)
+    engine = getattr(model, "privacy", None)
+    config = getattr(engine, "config", None)
+    if hasattr(engine, "note_batch") and getattr(config, "loss_reduction", None) == "mean" \
+            and getattr(config, "expected_batch_size", 0) is None:
+        model.register_forward_pre_hook(batch_noter(weakref.ref(engine)), with_kwargs=True)
+
+
+def batch_noter(engine_ref: weakref.ref):
+    """A forward pre-hook: the size of dim 0 of the call's tensor arguments, to the engine (calls with grad only)."""
+    @torch._dynamo.disable
+    def hook(module, args, kwargs) -> None:
+        engine = engine_ref()
+        if engine is None or not torch.is_grad_enabled():
+            return
+        sizes = [t.shape[0] for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor) and t.dim() > 0]
+        if sizes:
+            engine.note_batch(int(sizes[0]))
+    return hook
+
+
+def model_params(engine: TaskOwner) -> set[int] | None:
+    """ids of the trainable parameters the DP model of `engine` has now; None if it has no DP model (backend())."""
+    found = None
+    for m in list(_MODELS):
+        if getattr(m, "privacy", None) is engine:
+            found = (found or set()) | {id(p) for p in m.module.parameters() if p.requires_grad}
+    return found
+
+
+@torch.no_grad()
+def release_absent(engine: TaskOwner, reached: set[int], noise, fresh: bool = True) -> list[torch.Tensor]:
+    """A noisy release of `engine` reached the parameters `reached` (ids); every other trainable parameter of its DP
+    model gets the noise this release would have added to it, noise(numel, dtype, device) = N(0, σ²R²)/n, counted as
+    its noisy release: added to .grad where that holds the clipped sums of this logical step's micro-steps, else
+    .grad = the noise alone (not `fresh`, σ = 0: left as it is). Returns the parameters written."""
+    current = model_params(engine)
+    written = []
+    for state in list(_TRACKED.values()):
+        p = state.param()
+        if p is None or id(p) in reached or not p.requires_grad or not state.guarded_by(engine):
+            continue
+        if current is not None and id(p) not in current:  # replaced or frozen since: no longer the DP model's
+            continue
+        state.continuing = state.same_grad(p.grad)
+        if not (state.continuing or fresh):
+            continue
+        z = noise(p.numel(), p.dtype, p.device).view(p.shape)
+        if state.continuing:
+            p.grad.add_(z)
+        else:
+            p.grad = z
+        state.arrived_mixed = False
+        state.accumulated(NOISY)
+        state.record(p.grad)
+        written.append(p)
+    return written
 
 
 def refuse_outside_gradients(optimizer: torch.optim.Optimizer) -> None:

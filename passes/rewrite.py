@@ -82,8 +82,13 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
             producer_rule.drop_recomputed_outputs(env[node], [u for u in node.users
                                                               if u in site_param and u not in unclipped])
 
-    norms = {p.name: [shared_norm(graph, gm, p, terms, env)] if p.shared else [terms[n][0] for n in p.sites]
-             for p in params}
+    norms, combined = {}, {}  # combined: a shared parameter's per-sample gradients, where instantiated
+    for p in params:
+        if p.shared:
+            norm, combined[p.name] = shared_norm(graph, gm, p, terms, env)
+            norms[p.name] = [norm]
+        else:
+            norms[p.name] = [terms[n][0] for n in p.sites]
     clip, dropped = emit_clip_factors(graph, spec, norms)
     in_dtype: dict = {}  # (factor, dtype) -> the factor as the terms of that dtype read it
     for node, p in site_param.items():
@@ -100,6 +105,11 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
                 # an op after the batch sum (an add of uses, a cast) may overflow
                 released[node] = emit(graph, lambda x: narrow_saturated(x, x.dtype), [released[node]],
                                       f"dp_saturated_{node.name}", key="saturated")
+
+    for p in params:  # an instantiated shared parameter: Σ_i c_i g_i of its per-sample gradients, its uses joined
+        if combined.get(p.name) is not None:  # per sample (the uses' clipped sums, which the ops above join, go dead)
+            output = gm.graph.output_node().args[0][p.output_index]
+            released[output] = emit_combined_sum(graph, output, combined[p.name], clip[p.name], in_dtype, ctx, p)
 
     outputs = list(fx.map_arg(gm.graph.output_node().args[0], lambda n: env[n] if n in env else released[n]))
     for p in params:
@@ -226,15 +236,30 @@ def snippet_key(rule, site, shape) -> tuple:
             tuple(map(str, shape)))
 
 
-def shared_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, terms, env) -> fx.Node:
-    """A shared parameter's certified norm: from its ghost-clipped tied uses and their cross terms, or from
-    its uses' per-sample gradients through the graph's own ops."""
+def shared_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, terms, env) -> tuple[fx.Node, fx.Node | None]:
+    """A shared parameter's certified norm, and its per-sample gradients where they are formed (None for ghost-clipped
+    tied uses): from its ghost-clipped tied uses and their cross terms, or from its uses' per-sample gradients through
+    the graph's own ops."""
     if all(n.meta[PLAN].flip is not None for n in param.sites):
-        return emit_tied_norm(graph, gm, param, terms, env)
+        return emit_tied_norm(graph, gm, param, terms, env), None
     return emit_shared_norm(graph, gm, param, terms, env)
 
 
-def emit_shared_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, terms, env) -> fx.Node:
+def emit_combined_sum(graph: fx.Graph, output: fx.Node, combined: fx.Node, clip: fx.Node, in_dtype: dict,
+                      ctx: PassContext, param: ParamGrad) -> fx.Node:
+    """Σ_i c_i g_i for a shared parameter from its per-sample gradients g_i (its uses already joined per sample), in
+    the gradient output's shape. Its uses' clipped sums, joined after the batch sum, let one sample whose uses cancel
+    (a weight applied to x and to −x) keep each use's partial sum at about R/u, where the other samples' terms were
+    absorbed: one sample moved a release by 31.9·R (found by probing). Here each sample adds c_i·g_i, at most R."""
+    shape, dtype = output.meta["val"].shape, output.meta["val"].dtype
+    factor = clip_in_dtype(graph, clip, torch.float32 if dtype in SATURATED else dtype, in_dtype, ctx.inductor)
+    def clipped(c, g):  # no reshape of g: vmap leaves it in the chain's strides, whose reshape would guard the batch
+        return narrow_saturated(masked_scaled(g.float() if g.dtype in SATURATED else g, c).sum(0), dtype).reshape(shape)
+    return emit(graph, clipped, [factor, combined], f"dp_clipped_{safe_name(param.name)}",
+                key=("combined_sum", tuple(map(str, shape))))
+
+
+def emit_shared_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, terms, env) -> tuple[fx.Node, fx.Node]:
     """A parameter whose terms are added (used several times) or scaled: its per-sample gradient is
     the graph's own ops after the terms applied to their per-sample values (vmapped over the batch).
     Certified norm: ‖g_i‖ ≤ (1 + 2u)‖ĝ_i‖ + 2θ/(1−θ)·‖|chain|(|ĝ|)‖ + Σ margins, where |chain| is the chain's ops
@@ -264,9 +289,11 @@ def emit_shared_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, term
             return vals[output]
         return torch.func.vmap(combine)(*term_values)
 
-    def certified_norm(*values):
+    def combined_gradients(*values):
+        return run_chain(values[:k], values[k:], False)
+
+    def certified_norm(combined, *values):
         term_values, margins, outside_values = values[:k], values[k:2 * k], values[2 * k:]
-        combined = run_chain(term_values, outside_values, False)
         magnitude = run_chain([t.abs() for t in term_values],
                               [o.abs() if isinstance(o, torch.Tensor) and o.is_floating_point() else o
                                for o in outside_values], True)
@@ -275,8 +302,10 @@ def emit_shared_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, term
         return per_sample_bound(combined, torch.stack(margins).sum(0) + rounding)
 
     name = safe_name(param.name)
-    inputs = [terms[t][1] for t in param.sites] + [terms[t][0] for t in param.sites] + [env[n] for n in outside]
-    return emit(graph, certified_norm, inputs, f"dp_norm_sq_{name}")
+    per_sample, outside_nodes = [terms[t][1] for t in param.sites], [env[n] for n in outside]
+    combined = emit(graph, combined_gradients, per_sample + outside_nodes, f"dp_per_sample_{name}")
+    inputs = [combined] + per_sample + [terms[t][0] for t in param.sites] + outside_nodes
+    return emit(graph, certified_norm, inputs, f"dp_norm_sq_{name}"), combined
 
 
 def rounding_of(node: fx.Node) -> float:

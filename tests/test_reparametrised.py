@@ -157,16 +157,18 @@ def chain_release(policy: str) -> float:
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_scaling_chain_rounding_is_in_the_bound(policy, monkeypatch):
-    """A chain of ops after the term rounds too, by up to θ = Σ_ops u_op: the certified norm counts it. The
-    crafted release stays within R; op by op on a CPU, the same release without that term exceeds R (so this
-    test fails if the term goes)."""
+    """A chain of ops after the term rounds too, by up to θ = Σ_ops u_op: the certified norm counts it, so it bounds
+    the exact gradient's norm. The crafted release stays within R. Until the thirty-ninth session the release was the
+    chain applied to the uses' clipped sums, and without that term it exceeded R (1.005·R op by op on a CPU); it is
+    now the clipped sum of the per-sample gradients the chain gave (rewrite.emit_combined_sum), whose norms the clip
+    factor bounds as computed: without the term it still stays within R."""
     torch._dynamo.reset()
     assert chain_release(policy) <= SLACK
-    if DEVICE == "cpu" and BACKEND == "eager":  # inductor fuses the chain into one rounding: nothing to show
+    if DEVICE == "cpu" and BACKEND == "eager":
         import dpcompile.passes.rewrite as rewrite
         monkeypatch.setattr(rewrite, "rounding_of", lambda node: 0.0)
         torch._dynamo.reset()
-        assert chain_release(policy) > 1.005
+        assert chain_release(policy) <= SLACK
 
 
 CHAIN_OPS = ("scale", "neg", "repeat_sum", "difference", "centre", "concat_halves")

@@ -232,3 +232,40 @@ def test_bf16_autocast_tied_within_R():
     (out.float() * torch.randn(out.shape, device=DEVICE)).sum().backward()
     norm = torch.sqrt(sum(p.grad.double().square().sum() for p in model.parameters()))
     assert norm <= 3 * 1e-3 * SLACK  # three samples, each clipped to R = 1e-3
+
+
+class TwoUses(nn.Module):
+    """One weight applied to two inputs of each sample (a supported shared parameter)."""
+
+    def __init__(self, conv: bool):
+        super().__init__()
+        self.layer = nn.Conv2d(2, 4, 3, bias=False) if conv else nn.Linear(16, 16, bias=False)
+
+    def forward(self, x):
+        return self.layer(x[:, 0]) + self.layer(x[:, 1])
+
+
+@pytest.mark.parametrize("backend", ["eager", "inductor"])
+@pytest.mark.parametrize("conv,policy", [(False, "per_sample"), (True, "auto")])
+def test_a_sample_whose_uses_cancel_does_not_absorb_the_batch(conv, policy, backend):
+    """Sample 0 applies the shared weight to x and to −x at 2^40: its exact gradient is 0 and its clip factor leaves
+    each use's clipped term near R/u. The uses' clipped sums were each a sum over the batch, joined afterwards: the
+    other samples' small terms were added to sample 0's huge ones and absorbed, so sample 0 erased the batch's
+    gradient (31.9·R moved at B = 256 through inductor; 8.45·R with the defaults on a convolution used twice; found
+    by probing). The uses are now joined per sample before the clipped sum: sample 0 moves the release by ≤ R."""
+    torch.manual_seed(0)
+    B = 256
+    model = TwoUses(conv).to(DEVICE)
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, loss_reduction="sum", policy=policy,
+                             backend=backend)
+    shape = (2, 2, 6, 6) if conv else (2, 16)
+    x = torch.full((B, *shape), 2.0**-13 if conv else 2.0**-8, device=DEVICE)
+    x[0, 0], x[0, 1] = 2.0**40, -(2.0**40)
+    G = torch.ones(B, *((4, 4, 4) if conv else (16,)), device=DEVICE)
+    released = []
+    for rows in (slice(None), slice(1, None)):
+        model.zero_grad()
+        (dp(x[rows]) * G[rows]).sum().backward()
+        released.append(model.layer.weight.grad.double().clone())
+    assert released[1].abs().max() > 0.5  # the others' gradient is there to be absorbed
+    assert (released[0] - released[1]).norm().item() <= 1.0

@@ -365,10 +365,12 @@ def _recompile_limit(limit: int):
 
 
 def _dynamo_where(exc: BaseException) -> str:
-    """The first line of a Dynamo error and the user code it was tracing ("from user code:" and on)."""
+    """The first line of a Dynamo error, its explanation and hints, and the user code it was tracing ("from user
+    code:" and on)."""
     lines = [line for line in str(exc).splitlines() if line.strip()]
     user = next((i for i, line in enumerate(lines) if line.startswith("from user code")), len(lines))
-    return "\n".join(lines[:1] + lines[user:user + 12])
+    why = [line for line in lines[1:user] if line.strip().startswith(("Explanation:", "Hint:"))][:3]
+    return "\n".join(lines[:1] + why + lines[user:user + 12])
 
 
 def _pad_empty_batch(value):

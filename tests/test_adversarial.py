@@ -1334,7 +1334,11 @@ def test_a_float16_clipped_sum_saturates_instead_of_overflowing(form):
         # (not compared across B: the loss's 1/B, rounded to fp16 differently for 65 and 66, moves every sample)
         assert releases[1].item() == pytest.approx(66000, rel=1e-2), releases
         return
-    assert releases[1].item() == pytest.approx(65504, rel=2e-3), releases
+    if form == "used_as_fp16":  # a float32 weight's gradient: its per-sample gradients are summed in float32 since
+        # the thirty-ninth session (rewrite.emit_combined_sum), beyond float16's range without saturating
+        assert releases[1].item() > 65504, releases
+    else:
+        assert releases[1].item() == pytest.approx(65504, rel=2e-3), releases
     assert (releases[1] - releases[0]).norm().item() <= bound * (1 + 2e-3), releases
 
 

@@ -184,6 +184,19 @@ def test_graph_break_names_the_source():
     assert "test_refusals.py" in str(err.value) and "if x.sum() > 0" in str(err.value)
 
 
+def test_graph_break_keeps_dynamos_explanation():
+    """A break on a call Dynamo skips (warnings.warn inside forward, as MultiheadAttention's deprecation warning for a
+    bool key_padding_mask with a float attn_mask does) said only "Attempted to call function marked as skipped":
+    Dynamo's explanation line is kept now."""
+    import warnings
+
+    def warns(x):
+        warnings.warn("a warning inside forward")
+        return x
+    with pytest.raises(GraphBreakError, match="Explanation:"):
+        compile_and_step(Centered(warns), torch.randn(3, 4, dtype=F64))
+
+
 class Recurrent(nn.Module):
     def __init__(self, cell: type[nn.RNNBase]):
         super().__init__()

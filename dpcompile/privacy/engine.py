@@ -91,6 +91,7 @@ class PrivacyEngine:
         self._noisy_position: tuple[int, int] | None = None  # the sampler's position at the last noisy release
         self._batches_base = (0, batches_drawn(self.sampler))  # (noisy releases, batches drawn) when it was attached
         self._reached: set[int] | None = None  # one process: the parameters this noisy release reached (ids)
+        self._tracked_count = 0  # how many parameters this engine has guarded (track): all reached, none absent
         self.batch: int | None = None  # the batch size of the last DP forward with grad (a 'mean' loss, no fixed n)
         self.half_products = False  # a compiled DP backward multiplies bf16/fp16 matrices (its backend says so)
         self.rank, self.world_size = distributed.world()  # data parallel: rank 0 alone adds the noise
@@ -174,7 +175,7 @@ class PrivacyEngine:
         """The noise-only releases of the open noisy release (see open_absent); the parameters written. A backward
         that reached no parameter's .grad (torch.autograd.grad) gets none."""
         reached, self._reached = self._reached, None
-        if not reached:
+        if not reached or len(reached) >= self._tracked_count:  # every parameter it guards was reached
             return []
         return guard.release_absent(self, reached, self.absent_noise, fresh=self.std > 0)
 
@@ -255,6 +256,7 @@ class PrivacyEngine:
     def track(self, named_params: Iterable[tuple[str, Tensor]]) -> None:
         """Guard these trainable parameters: an optimizer step over them must apply exactly one noisy release."""
         named_params = list(named_params)
+        self._tracked_count += len(named_params)
         guard.track(self, named_params)
         if self.reducer is not None:
             self.reducer.add(p for _, p in named_params)

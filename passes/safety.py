@@ -1261,7 +1261,7 @@ def refuse_batch_broadcasts(backward: fx.GraphModule, ctx: PassContext) -> fx.Gr
         for sizes in zip(*[(sympy.Integer(1),) * (rank - len(s)) + tuple(s) for s in shapes]):
             sizes = [s for s in sizes if s != 1]
             if any(s.free_symbols for s in sizes) and not all(same(sizes[0], s) for s in sizes[1:]):
-                if guards_batch_of_one(node, resolved_batch(backward, ctx.batch)):
+                if ctx is not None and guards_batch_of_one(node, resolved_batch(backward, ctx.batch)):
                     # a graph for one sample (InstanceNorm's at a batch of one): the broadcast is valid at the one
                     # size it runs at, and runs as it is; only inductor's kernel misreads it
                     backward.meta[EAGER_ONLY] = f"{node.target} broadcasts {[tuple(s) for s in shapes]}"

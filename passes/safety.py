@@ -90,6 +90,7 @@ class Layouts:
     def __init__(self, batch: sympy.Expr):
         self.batch, self.of = batch, {}
         self.trainable: set[fx.Node] | None = None  # the trainable parameters' placeholders, where known
+        self.identity: set[fx.Node] = set()  # the arange over the batch and its views (batch_size_uses)
 
     def get(self, x) -> Layout | None:
         lay = self.of.get(x) if isinstance(x, fx.Node) else None
@@ -444,11 +445,34 @@ def index(node: fx.Node, L: Layouts):
         lay = aligned(node, L, batched, rank)
         return ((used[0] if adjacent else 0) + lay[0], lay[1])
     d = ls[0]
+    if d in used and not batched and (lay := diagonal_gather(node, L, d, rank)) is not None:
+        return (used[0] + lay if adjacent else lay, ls[1])
     if d in used or batched:
         raise Mixing(f"indexes dim {d}, which holds the batch, or indexes with batched indices")
     if adjacent:
         return (d if d < used[0] else d - len(used) + rank, ls[1])
     return (rank + sum(1 for e in range(d) if e not in used), ls[1])
+
+
+def diagonal_gather(node: fx.Node, L: Layouts, d: int, rank: int) -> int | None:
+    """x[arange(B)[:, None], j]: the batch dim d indexed by the arange over the batch (L.identity), the other indices
+    free of the batch and of size one along its dim: row i of the result is row i of x, as Hugging Face builds a
+    padding mask from a 2-D attention_mask. The batch's dim among the broadcast indices' dims, else None."""
+    indices = node.args[1]
+    rows = indices[d]
+    if rows not in L.identity or L.get(node.args[0])[1] != 1:
+        return None
+    shape = _shape(rows)
+    dims = [rank - len(shape) + e for e, size in enumerate(shape) if same(size, L.batch)]
+    if len(dims) != 1:
+        return None
+    for other in indices:
+        if other is None or other is rows:
+            continue
+        other_shape = (sympy.Integer(1),) * (rank - len(_shape(other))) + tuple(_shape(other))
+        if other_shape[dims[0]] != 1:
+            return None
+    return dims[0]
 
 
 def scatter(node: fx.Node, L: Layouts):
@@ -856,6 +880,8 @@ def batch_size_uses(node: fx.Node, L: Layouts, positions: dict[fx.Node, bool]) -
     sizes = [x for x in leaves if _holds_batch_size(x, L.batch)]
     if node.target in POSITIONS and sizes:
         positions[node] = False
+        if _is_arange_of_batch(node, L.batch):
+            L.identity.add(node)
         return
     reached = [x for x in leaves if x in positions]
     if reached and node.target not in BAGS:
@@ -864,6 +890,8 @@ def batch_size_uses(node: fx.Node, L: Layouts, positions: dict[fx.Node, bool]) -
             return  # the arange as a lookup's index: the result is the source's rows in order, as the rule says
         if not L.batched(node):
             positions[node] = computed or node.target not in RELABELS
+            if not positions[node] and all(x in L.identity for x in reached):
+                L.identity.add(node)
             return
         raise _refusal(node, Mixing("computes with each sample's position in the batch (an arange over the batch "
                                     "size), which changes as other samples join"))
@@ -881,6 +909,18 @@ def batch_size_uses(node: fx.Node, L: Layouts, positions: dict[fx.Node, bool]) -
                                     "depends on how many others are in the batch. Leave the mean over the batch to "
                                     "the loss outside the model (loss_reduction='mean', with expected_batch_size for "
                                     "a fixed normaliser)"))
+
+
+def _is_arange_of_batch(node: fx.Node, batch: sympy.Expr) -> bool:
+    """Whether an iota/arange node is 0, 1, …, B − 1."""
+    value = node.meta.get("val")
+    if not isinstance(value, torch.Tensor) or value.dim() != 1 or not same(shape_of_value(value)[0], batch):
+        return False
+    if node.target is prims.iota.default:
+        return node.kwargs.get("start", 0) == 0 and node.kwargs.get("step", 1) == 1
+    start = node.args[0] if node.target is not aten.arange.default and len(node.args) > 1 else 0
+    step = node.args[2] if node.target is aten.arange.start_step and len(node.args) > 2 else 1
+    return start == 0 and step == 1
 
 
 def _holds_batch_size(x: fx.Node, batch: sympy.Expr) -> bool:

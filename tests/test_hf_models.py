@@ -11,6 +11,8 @@ import torch
 from helpers import Case, check_against_reference
 from torch import nn
 
+import dpcompile
+
 transformers = pytest.importorskip("transformers")
 
 VOCAB, SEQ, WIDTH = 50, 8, 32
@@ -91,3 +93,54 @@ def test_gpt2_batch_of_one_after_others():
     as it is" (it does not: found by probing). The check now waits for the graph's first larger batch (one sample
     cannot mix), and the gradients match torch.func."""
     check_against_reference(CASES[0], batches=(3, 1), max_compilations=2)
+
+
+class Masked(nn.Module):
+    """The logits given token ids and the usual 2-D padding mask, packed as one tensor (B, 2, SEQ)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.model.eval()
+
+    def forward(self, x):
+        return self.model(input_ids=x[:, 0], attention_mask=x[:, 1]).logits
+
+
+def padded_tokens(B):
+    """Token ids and a padding mask whose samples end at different lengths (each keeps at least two tokens)."""
+    ids = tokens(B)
+    lengths = torch.randint(2, SEQ + 1, (B,))
+    mask = (torch.arange(SEQ)[None, :] < lengths[:, None]).long()
+    return torch.stack([ids, mask], 1)
+
+
+@pytest.mark.parametrize("make", [bert, gpt2], ids=["bert", "gpt2"])
+def test_hf_model_with_a_padding_mask_matches_reference(make):
+    """Hugging Face models called with the usual 2-D attention_mask: transformers builds the 4-D mask with a
+    per-sample gather, padding_mask[arange(B)[:, None, None, None], kv_idx], which the index rule refused as indexing
+    across the batch (found by probing). The arange over the batch as the batch dim's index is read as a diagonal
+    gather now (safety.diagonal_gather). The release matches each sample's own gradient (a loop over the samples:
+    torch.func's vmap cannot run transformers' mask code, which branches on the mask's values), clipped and summed,
+    in float64, with R the median norm (both clip branches), at two batch sizes through one model."""
+    torch.manual_seed(0)
+    model = Masked(make()).double()
+    params = [p for p in model.parameters() if p.requires_grad]
+    dp, bound = None, None
+    for B in (4, 3):
+        x = padded_tokens(B)
+        y = torch.randn(B, *model(x[:1]).shape[1:], dtype=torch.float64)
+        grads = []
+        for i in range(B):  # each sample alone
+            model.zero_grad(set_to_none=True)
+            ((model(x[i:i + 1]) - y[i:i + 1]).square().sum() / 2).backward()
+            grads.append(torch.cat([p.grad.flatten() for p in params]))
+        norms = torch.stack([g.norm() for g in grads])
+        if dp is None:
+            bound = norms.median().item()
+            dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, loss_reduction="sum",
+                                     backend="eager")
+        expected = sum(g * min(1.0, bound / (n.item() + 1e-6)) for g, n in zip(grads, norms))
+        model.zero_grad(set_to_none=True)
+        ((dp(x) - y).square().sum() / 2).backward()
+        got = torch.cat([p.grad.flatten() for p in params])
+        assert (got - expected).norm() <= 1e-10 * expected.norm(), (B, (got - expected).norm() / expected.norm())

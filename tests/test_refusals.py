@@ -685,3 +685,21 @@ def test_hand_written_per_sample_backward_still_trains(backend):
     batch, a parameter's term like autograd's), trains and matches torch.func, both clip branches."""
     check_against_reference(Case("hand_linear", lambda: ThroughFunction("hand_linear"),
                                  lambda B: torch.randn(B, 2, dtype=F64)), policy="mixed", backend=backend)
+
+
+def test_diagonal_gather_by_the_batch_arange_trains_and_a_shuffle_is_refused():
+    """h[arange(B)[:, None], j] with j free of the batch reads row i of h for sample i (Hugging Face's padding masks
+    are built so): trains, matching torch.func. The same with a flipped arange, or with an index that differs by
+    batch position, moves rows across samples: refused."""
+    def diagonal(h, x):
+        rows = torch.arange(h.shape[0], device=h.device)[:, None]
+        return h[rows, torch.tensor([[0, 0, 1]], device=h.device)]
+    check_against_reference(Case("diagonal_gather", lambda: ByBatch(lambda h, x: diagonal(h.expand(-1, 2) * x, x)),
+                                 lambda B: torch.randn(B, 2, dtype=F64)), policy="per_sample")
+    flipped = lambda h, x: h[torch.arange(h.shape[0], device=h.device).flip(0)]  # noqa: E731
+    with pytest.raises(SampleMixingError):
+        compile_and_step(ByBatch(flipped), torch.randn(4, 2))
+    by_position = lambda h, x: (h.expand(-1, 2) * x)[torch.arange(h.shape[0], device=h.device)[:, None],  # noqa: E731
+                                                       torch.arange(h.shape[0], device=h.device)[:, None] % 2]
+    with pytest.raises(SampleMixingError):
+        compile_and_step(ByBatch(by_position), torch.randn(4, 2))

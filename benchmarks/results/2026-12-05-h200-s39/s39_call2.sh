@@ -9,7 +9,7 @@ LIMIT=560
 source benchmarks/device_call.sh
 date -u
 gpu_tests "tests/test_refusals.py tests/test_tied.py tests/test_adversarial.py tests/test_odd_sizes.py" \
-    "one_sample_graph or batch_size_or_position or kept_by or hand_written or complex or cancel or mean_scale or first_batch_of_one" 12 300
+    "one_sample_graph or batch_size_or_position or kept_by or hand_written or complex or cancel or mean_scale or first_batch_of_one or diagonal" 12 300
 gpu_tests "tests/test_privacy_engine.py tests/test_hf_models.py tests/test_reparametrised.py" \
-    "noise_only or second_noisy or accumulating_context or batch_of_one or chain" 8 200
+    "noise_only or second_noisy or accumulating_context or batch_of_one or chain or padding_mask" 8 200
 date -u

@@ -68,6 +68,8 @@ class DPModel(nn.Module):
         if views > 1:
             check_views(leaves, views)
         batch = batch_size(leaves)
+        if torch.is_grad_enabled():  # a 'mean' loss without a fixed n: the noise-only releases' divisor
+            self.privacy.note_batch(batch)
         refuse_float16_autocast(leaves)
         if batch == 0:  # an empty (Poisson) batch: one all-zero sample carries the noise-only step
             args, kwargs = tree_map(_pad_empty_batch, (args, kwargs))

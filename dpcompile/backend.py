@@ -93,12 +93,13 @@ class DPBackend:
     def recording_first_outputs(self, compiled: Callable, positions: list[int]) -> Callable:
         """compiled, keeping its first call's outputs computed from the batch (positions in Dynamo's graph) in
         self.first_outputs, for the DP model to check that each reaches its caller (stored_batch_values)."""
-        boxed, first = getattr(compiled, "_boxed_call", False), [True]
+        boxed, first = getattr(compiled, "_boxed_call", False), True
 
         def run(*args):
+            nonlocal first
             outs = compiled(*args)
-            if first[0]:
-                first[0] = False
+            if first:
+                first = False
                 self.first_outputs = [weakref.ref(outs[i]) for i in positions  # weak: unread outside a DP model
                                       if i < len(outs) and isinstance(outs[i], torch.Tensor)]
             return outs
@@ -361,11 +362,9 @@ def stored_batch_values(model: torch.nn.Module, outputs: list, returned, inputs:
 def model_state_tensors(model: torch.nn.Module):
     """(name, tensor) for the tensors a model holds in its modules' attributes: buffers, tensor attributes and the
     tensors in their lists, tuples and dicts (not parameters: the forward cannot rebind them in a captured graph)."""
-    if not isinstance(model, torch.nn.Module):  # a function made private: no module state
-        return
     for path, module in model.named_modules():
         prefix = f"{path}." if path else ""
-        for attr, value in list(vars(module).items()) + [(f"{n}", b) for n, b in module._buffers.items()]:
+        for attr, value in [*vars(module).items(), *module._buffers.items()]:
             if attr in ("_parameters", "_modules", "_buffers"):
                 continue
             for t in tree_leaves(value) if isinstance(value, (list, tuple, dict)) else [value]:

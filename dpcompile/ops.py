@@ -13,6 +13,7 @@ import itertools
 import math
 import warnings
 import weakref
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -261,24 +262,8 @@ def lower_per_sample_conv2d_grad() -> None:
     about as much as the kernel saved on the GPU (benchmarks/NOTES.md, thirty-third and thirty-fourth sessions).
     Operands already laid out are read as they are; one whose layout inductor has not fixed yet is fixed
     channels-last (the kernel's tiles read along C). Elsewhere (CPU), the op's own implementation runs."""
-    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
     from torch._inductor import ir
-    from torch._inductor.lowering import empty_strided, fallback_handler, lowerings, register_lowering
-    op = torch.ops.dpcompile.per_sample_conv2d_grad.default
-    if op in lowerings or not conv_kernels.available():
-        return
-    fallback = fallback_handler(op, add_to_fallback_set=False)
-
-    @register_lowering(op, type_promotion_kind=None)
-    def _(g, x, kernel, stride, padding, dilation):
-        if g.get_device().type != "cuda":
-            return fallback(g, x, kernel, stride, padding, dilation)
-        try:
-            return launched(g, x, kernel, stride, padding, dilation)
-        except Exception as err:  # an inductor whose user-kernel IR differs (on CUDA torch 2.11 is checked): the op
-            warnings.warn(f"dpcompile: inductor could not launch the per-sample convolution kernel itself ({err!r}); "
-                          "it runs through the op instead (the same kernel, a slower launch)", stacklevel=2)
-            return fallback(g, x, kernel, stride, padding, dilation)
+    from torch._inductor.lowering import empty_strided
 
     def launched(g, x, kernel, stride, padding, dilation):
         g, x = laid_out(g, ir.NHWC_STRIDE_ORDER), laid_out(x, ir.NHWC_STRIDE_ORDER)
@@ -289,11 +274,41 @@ def lower_per_sample_conv2d_grad() -> None:
         fn, configs, args = conv_kernels.launch(g_size, plain(g.get_stride()), x_size, plain(x.get_stride()),
                                                 plain(out.get_stride()), kernel, stride, padding, dilation,
                                                 g.get_dtype())
-        ir.UserDefinedTritonKernel(
-            kernel_idx=kernel_side_table.add_kernel(fn), tma_descriptor_metadata={},
-            grid=[(conv_kernels.programs(B, P, C, kernel, config), 1, 1) for config in configs],
-            kernel_args={"g_ptr": g, "x_ptr": x, "out_ptr": out, **args})
+        launch_user_kernel(fn, [conv_kernels.programs(B, P, C, kernel, config) for config in configs],
+                           {"g_ptr": g, "x_ptr": x, "out_ptr": out, **args})
         return out
+    lower_to_kernel(torch.ops.dpcompile.per_sample_conv2d_grad.default, conv_kernels.available(), launched,
+                    "the per-sample convolution kernel")
+
+
+def lower_to_kernel(op, available: bool, launched: Callable, what: str) -> None:
+    """Registers inductor's lowering of one of dpcompile's kernel ops (once per process, where Triton is importable):
+    on CUDA launched(*args) puts the kernel's launch in the generated code; elsewhere, or where that fails (an
+    inductor whose user-kernel IR differs; torch 2.11 on CUDA is checked), the op itself runs, with a warning."""
+    from torch._inductor.lowering import fallback_handler, lowerings, register_lowering
+    if op in lowerings or not available:
+        return
+    fallback = fallback_handler(op, add_to_fallback_set=False)
+
+    @register_lowering(op, type_promotion_kind=None)
+    def _(*args):
+        if args[0].get_device().type != "cuda":
+            return fallback(*args)
+        try:
+            return launched(*args)
+        except Exception as err:
+            warnings.warn(f"dpcompile: inductor could not launch {what} itself ({err!r}); it runs through the op "
+                          "instead (the same kernel, a slower launch)", stacklevel=2)
+            return fallback(*args)
+
+
+def launch_user_kernel(fn, programs: list, kernel_args: dict) -> None:
+    """A Triton kernel's launch in inductor's graph, as a user's Triton kernel: one grid (programs, 1, 1) per
+    config."""
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+    from torch._inductor import ir
+    ir.UserDefinedTritonKernel(kernel_idx=kernel_side_table.add_kernel(fn), tma_descriptor_metadata={},
+                               grid=[(n, 1, 1) for n in programs], kernel_args=kernel_args)
 
 
 # A ghost norm's six Gram sums per tile, (B, tiles², 8) float64, in one Triton kernel on CUDA that stores no Gram
@@ -310,27 +325,9 @@ def _(p, q, r, rho):
 
 
 def lower_gram_sums() -> None:
-    """Inductor lowers dpcompile::gram_sums on CUDA to the Triton kernel itself (once per process, where Triton is
-    importable), as lower_per_sample_conv2d_grad does the convolution kernel; elsewhere the op's own implementation
-    runs."""
-    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
-    from torch._inductor import ir
-    from torch._inductor.lowering import empty_strided, fallback_handler, lowerings, register_lowering
-    op = torch.ops.dpcompile.gram_sums.default
-    if op in lowerings or not gram_kernels.available():
-        return
-    fallback = fallback_handler(op, add_to_fallback_set=False)
-
-    @register_lowering(op, type_promotion_kind=None)
-    def _(p, q, r, rho):
-        if p.get_device().type != "cuda":
-            return fallback(p, q, r, rho)
-        try:
-            return launched(p, q, r, rho)
-        except Exception as err:  # an inductor whose user-kernel IR differs: the op
-            warnings.warn(f"dpcompile: inductor could not launch the Gram-sum kernel itself ({err!r}); it runs "
-                          "through the op instead (the same kernel, a slower launch)", stacklevel=2)
-            return fallback(p, q, r, rho)
+    """Inductor lowers dpcompile::gram_sums on CUDA to the Triton kernel itself, as lower_per_sample_conv2d_grad does
+    the convolution kernel; elsewhere the op's own implementation runs."""
+    from torch._inductor.lowering import empty_strided
 
     def launched(p, q, r, rho):
         p, q, r, rho = (laid_out(t) for t in (p, q, r, rho))
@@ -342,11 +339,10 @@ def lower_gram_sums() -> None:
         fn, configs, args = gram_kernels.launch(p_size, plain(p.get_stride()), q_size, plain(q.get_stride()),
                                                 plain(r.get_stride()), plain(rho.get_stride()),
                                                 plain(out.get_stride()), dtype)
-        ir.UserDefinedTritonKernel(
-            kernel_idx=kernel_side_table.add_kernel(fn), tma_descriptor_metadata={},
-            grid=[(gram_kernels.programs(p_size[0], p_size[1], dtype), 1, 1) for _ in configs],
-            kernel_args={"p_ptr": p, "q_ptr": q, "r_ptr": r, "rho_ptr": rho, "out_ptr": out, **args})
+        launch_user_kernel(fn, [gram_kernels.programs(p_size[0], p_size[1], dtype)] * len(configs),
+                           {"p_ptr": p, "q_ptr": q, "r_ptr": r, "rho_ptr": rho, "out_ptr": out, **args})
         return out
+    lower_to_kernel(torch.ops.dpcompile.gram_sums.default, gram_kernels.available(), launched, "the Gram-sum kernel")
 
 
 def plain(sizes) -> list:

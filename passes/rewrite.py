@@ -253,10 +253,8 @@ def emit_combined_sum(graph: fx.Graph, output: fx.Node, combined: fx.Node, clip:
     absorbed: one sample moved a release by 31.9·R (found by probing). Here each sample adds c_i·g_i, at most R."""
     shape, dtype = output.meta["val"].shape, output.meta["val"].dtype
     factor = clip_in_dtype(graph, clip, torch.float32 if dtype in SATURATED else dtype, in_dtype, ctx.inductor)
-    def clipped(c, g):  # no reshape of g: vmap leaves it in the chain's strides, whose reshape would guard the batch
-        return narrow_saturated(masked_scaled(g.float() if g.dtype in SATURATED else g, c).sum(0), dtype).reshape(shape)
-    return emit(graph, clipped, [factor, combined], f"dp_clipped_{safe_name(param.name)}",
-                key=("combined_sum", tuple(map(str, shape))))
+    return emit(graph, lambda c, g: narrow_saturated(weighted_sum(c, g), dtype).reshape(shape), [factor, combined],
+                f"dp_clipped_{safe_name(param.name)}", key=("weighted_sum", tuple(map(str, shape))))
 
 
 def emit_shared_norm(graph: fx.Graph, gm: fx.GraphModule, param: ParamGrad, terms, env) -> tuple[fx.Node, fx.Node]:
@@ -486,13 +484,13 @@ def narrow_saturated(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def weighted_sum(c: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Σ_i c_i g_i over the leading (batch) dim, c rounded down to g's dtype and dropped samples (c_i = 0) masked
-    out (0·inf would be NaN): one reduction that inductor fuses with the masking and scaling (a matrix product
+    """Σ_i c_i g_i over the leading (batch) dim (g of any shape, read as it is laid out: a reshape would guard the
+    batch where g's strides are a vmapped chain's, a shared parameter's combined gradients), c rounded down to g's
+    dtype and dropped samples (c_i = 0) masked out (0·inf would be NaN): one reduction that inductor fuses with the masking and scaling (a matrix product
     would be one more kernel launch and a masked copy of g written and read). A SATURATED dtype's g is scaled and
     summed in float32, for narrow_saturated: in float16 a clip factor below 6e-8 rounded down to 0, a sample then
     contributing nothing while not counted as dropped."""
-    flat = g.reshape(g.shape[0], -1)
-    return masked_scaled(flat.float() if g.dtype in SATURATED else flat, c).sum(0)
+    return masked_scaled(g.float() if g.dtype in SATURATED else g, c).sum(0)
 
 
 def emit_finish(graph, spec: ClipSpec, clip: fx.Node, grads: list[fx.Node], dropped: fx.Node) -> list[fx.Node]:

@@ -90,7 +90,10 @@ class Layouts:
     def __init__(self, batch: sympy.Expr):
         self.batch, self.of = batch, {}
         self.trainable: set[fx.Node] | None = None  # the trainable parameters' placeholders, where known
-        self.identity: set[fx.Node] = set()  # the arange over the batch and its views (batch_size_uses)
+        # values computed from an arange over the batch size: True if computed on, False for the arange through views
+        # (batch_size_uses); `identity`, those of them that are 0, 1, …, B − 1 (diagonal_gather)
+        self.positions: dict[fx.Node, bool] = {}
+        self.identity: set[fx.Node] = set()
 
     def get(self, x) -> Layout | None:
         lay = self.of.get(x) if isinstance(x, fx.Node) else None
@@ -746,26 +749,35 @@ def check_sample_independence(forward: fx.GraphModule, ctx: PassContext,
     for i, node in enumerate(placeholders):
         if (user_inputs is None or i in user_inputs) and (lay := _input_layout(node, batch)) is not None:
             layouts.of[node] = lay
-    checks, positions = assertion_only(forward.graph), {}
+    checks = assertion_only(forward.graph)
     for node in forward.graph.nodes:
         if node.op == "call_function" and node not in checks:
-            batch_size_uses(node, layouts, positions)
+            batch_size_uses(node, layouts)
         if node.op != "call_function" or not layouts.batched(node) or node.target in DATA_FREE or node in checks:
             continue
-        rule = rule_of(node)
         try:
-            if rule is None:
-                raise NoRule("")
-            lay = rule(node, layouts)
+            lay = applied_rule(node, layouts)
         except (Mixing, NoRule) as exc:
-            raise _refusal(node, exc, _merged_batch(node, layouts, ctx.views)) from None
-        except Exception as exc:  # a rule that cannot read this call's arguments: no rule applies
-            raise _refusal(node, NoRule(f"its arguments are not understood: {exc}")) from exc
+            raise _refusal(node, exc, _merged_batch(node, layouts, ctx.views)) from exc.__cause__
         if ctx.views > 1:
             views_in_order(node, lay, batch, ctx.views)
         if lay and (isinstance(lay[0], int) or any(lay)):
             layouts.of[node] = lay
     return forward
+
+
+def applied_rule(node: fx.Node, layouts: Layouts):
+    """The layout of node's result by its op's rule; Mixing, or NoRule where no rule applies (none for the op, or one
+    that cannot read this call's arguments: the cause chained)."""
+    rule = rule_of(node)
+    if rule is None:
+        raise NoRule("")
+    try:
+        return rule(node, layouts)
+    except (Mixing, NoRule):
+        raise
+    except Exception as exc:
+        raise NoRule(f"its arguments are not understood: {exc}") from exc
 
 
 def refuse_stored_sample(forward: fx.GraphModule, user_inputs: tuple[int, ...] | None,
@@ -815,24 +827,19 @@ def check_hand_written_backward(backward: fx.GraphModule, ctx: PassContext) -> f
     for node in backward.graph.nodes:
         if node.op != "call_function" or not layouts.batched(node) or node.target in DATA_FREE:
             continue
-        rule, lay = rule_of(node), None
+        lay = None
         if node in written and SITE not in node.meta:
             try:
-                if rule is None:
-                    raise NoRule("")
-                lay = rule(node, layouts)
+                lay = applied_rule(node, layouts)
             except (Mixing, NoRule) as exc:
                 raise SampleMixingError(
                     f"the backward written by hand for {written[node]}: {node.target} "
                     f"{exc or 'has no rule that keeps samples apart'}, so one sample's values reach the others' "
                     "gradients and no clipping bound holds. Write that backward per sample (no reductions, "
-                    "indexing or conditions over the batch dim), or leave the backward to autograd.") from None
-            except Exception as exc:  # a rule that cannot read this call's arguments: no rule applies
-                raise SampleMixingError(f"the backward written by hand for {written[node]}: {node.target} takes "
-                                        f"arguments no rule reads ({exc}); leave the backward to autograd") from exc
+                    "indexing or conditions over the batch dim), or leave the backward to autograd.") from exc.__cause__
         else:
-            with contextlib.suppress(Exception):
-                lay = rule(node, layouts) if rule is not None else None
+            with contextlib.suppress(Mixing, NoRule):
+                lay = applied_rule(node, layouts)
             if not (lay and isinstance(lay[0], int)):
                 lay = layouts.by_size(node.meta.get("val"), batch, sympy.Integer(1))
         if lay and (isinstance(lay[0], int) or any(lay)):
@@ -859,11 +866,11 @@ FACTORIES = (aten.full.default, aten.zeros.default, aten.ones.default, aten.empt
              aten.empty_strided.default, aten.rand.default, aten.randn.default, aten.scalar_tensor.default)
 BAGS = (aten._embedding_bag.default, aten._embedding_bag_forward_only.default)  # offsets: one bag per sample
 LOOKUPS = (aten.index.Tensor, aten._unsafe_index.Tensor, aten.index_select.default, aten.gather.default)
-RELABELS = (aten.slice.Tensor, aten.unsqueeze.default, aten.squeeze.dim, aten.view.default, aten.expand.default,
-            aten.alias.default, aten.clone.default, aten._unsafe_view.default, aten.reshape.default)
+POSITION_VIEWS = (aten.slice.Tensor, aten.unsqueeze.default, aten.squeeze.dim, aten.view.default, aten.expand.default,
+                  aten.alias.default, aten.clone.default, aten._unsafe_view.default, aten.reshape.default)
 
 
-def batch_size_uses(node: fx.Node, L: Layouts, positions: dict[fx.Node, bool]) -> None:
+def batch_size_uses(node: fx.Node, L: Layouts) -> None:
     """The batch size as a number (x.shape[0], a symbolic size holding the batch) may shape tensors but not enter
     their values: a sample's contribution would change with the number of other samples (a mean over the batch
     inside the model, a scale by the batch size) or with its position among them (an arange over the batch), which
@@ -871,39 +878,36 @@ def batch_size_uses(node: fx.Node, L: Layouts, positions: dict[fx.Node, bool]) -
     whose shape holds the batch (zeros(B, d), full((B, 1), v)) gets the batch's layout, so a later scan or reduction
     over it (ones(B).cumsum(0): positions again) is refused as any batched value's would be.
 
-    Positions (an arange over the batch: `positions` maps each value computed from one to whether it is computed on,
-    True, or the arange itself through views, False) are followed until they meet the batch. Computed on (a parity,
+    Positions (an arange over the batch, L.positions) are followed until they meet the batch. Computed on (a parity,
     a shift, an arithmetic with data) they are refused there; the arange itself as the batch index of a lookup (the
     diagonal gathers Hugging Face's masks are built with: row i of the result is row i of the source) is left to
     the lookup's rule, as are an embedding bag's offsets."""
     leaves = [x for x in tree_leaves((node.args, node.kwargs)) if isinstance(x, fx.Node)]
     sizes = [x for x in leaves if _holds_batch_size(x, L.batch)]
     if node.target in POSITIONS and sizes:
-        positions[node] = False
+        L.positions[node] = False
         if _is_arange_of_batch(node, L.batch):
             L.identity.add(node)
         return
-    reached = [x for x in leaves if x in positions]
+    reached = [x for x in leaves if x in L.positions]
     if reached and node.target not in BAGS:
-        computed = any(positions[x] for x in reached)
+        computed = any(L.positions[x] for x in reached)
         if node.target in LOOKUPS and not computed and node.args[0] not in reached:
             return  # the arange as a lookup's index: the result is the source's rows in order, as the rule says
         if not L.batched(node):
-            positions[node] = computed or node.target not in RELABELS
-            if not positions[node] and all(x in L.identity for x in reached):
+            L.positions[node] = computed or node.target not in POSITION_VIEWS
+            if not L.positions[node] and all(x in L.identity for x in reached):
                 L.identity.add(node)
             return
         raise _refusal(node, Mixing("computes with each sample's position in the batch (an arange over the batch "
                                     "size), which changes as other samples join"))
     if not sizes:
         return
-    value_args = leaves[1:2] if node.target is aten.full.default else leaves
-    if node.target in FACTORIES and not any(x in sizes for x in value_args if node.target is aten.full.default):
-        if node.target is not aten.scalar_tensor.default:
-            lay = L.by_size(node.meta.get("val"), L.batch, sympy.Integer(1), 0)
-            if lay is not None:
-                L.of[node] = lay
-            return
+    as_value = node.target is aten.scalar_tensor.default or node.target is aten.full.default and node.args[1] in sizes
+    if node.target in FACTORIES and not as_value:  # the batch size as a shape
+        if (lay := L.by_size(node.meta.get("val"), L.batch, sympy.Integer(1), 0)) is not None:
+            L.of[node] = lay
+        return
     if node.target in FACTORIES or torch.Tag.pointwise in getattr(node.target, "tags", ()) or node.target in SAME:
         raise _refusal(node, Mixing("uses the batch size (x.shape[0]) as a value, so each sample's contribution "
                                     "depends on how many others are in the batch. Leave the mean over the batch to "

@@ -16,6 +16,7 @@ import torch
 from conftest import DEVICE
 from helpers import Case, check_against_reference
 from rule_cases import CASES
+from test_norm_bounds import linear_site
 from torch import nn
 
 import dpcompile
@@ -104,13 +105,6 @@ def test_fused_bound_holds_on_crafted_cancellation(dtype, fused):
         assert Fraction(OP(p, q, r, rho).sum(1)[0, 0].item()) < exact_sq
     c = (1.0 / norm).to(torch.float64)
     assert rule.clipped_sum(site, c, *operands).double().norm().item() <= 1 + 1e-6
-
-
-def linear_site(B, T, d, p):
-    import sympy
-
-    from dpcompile.passes.meta import LayerShape, Site
-    return Site("linear", (), {"lead": 2, "batch_dim": 0}, LayerShape(*(sympy.Integer(v) for v in (B, T, d, p))))
 
 
 class Attention(nn.Module):

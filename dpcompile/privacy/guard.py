@@ -251,28 +251,8 @@ _MODELS: weakref.WeakSet = weakref.WeakSet()  # live DP models (their .module's 
 
 
 def watch_model(model: torch.nn.Module) -> None:
-    """A DP model whose wrapped module's parameters, whatever they are at a step, are DP parameters. If its engine
-    divides a 'mean' loss's release by the batch's own size (no fixed n), it is told each batch size (`note_batch`):
-    the noise-only releases of parameters a step did not reach are divided by the same."""
+    """A DP model whose wrapped module's parameters, whatever they are at a step, are DP parameters."""
     _MODELS.add(model)
-    engine = getattr(model, "privacy", None)
-    config = getattr(engine, "config", None)
-    if hasattr(engine, "note_batch") and getattr(config, "loss_reduction", None) == "mean" \
-            and getattr(config, "expected_batch_size", 0) is None:
-        model.register_forward_pre_hook(batch_noter(weakref.ref(engine)), with_kwargs=True)
-
-
-def batch_noter(engine_ref: weakref.ref):
-    """A forward pre-hook: the size of dim 0 of the call's tensor arguments, to the engine (calls with grad only)."""
-    @torch._dynamo.disable
-    def hook(module, args, kwargs) -> None:
-        engine = engine_ref()
-        if engine is None or not torch.is_grad_enabled():
-            return
-        sizes = [t.shape[0] for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor) and t.dim() > 0]
-        if sizes:
-            engine.note_batch(int(sizes[0]))
-    return hook
 
 
 def model_params(engine: TaskOwner) -> set[int] | None:

@@ -161,12 +161,20 @@ def product_matrix(x: Tensor, y: Tensor, tf32: bool = False) -> tuple[Tensor, fl
     n = x.shape[-1]
     if half_grams(x, y):
         return (torch.ops.dpcompile.half_bmm(x, y.transpose(1, 2)),
-                *tensor_core_product_error(n, row_norms(x).amax(1), row_norms(y).amax(1), 0.0))
+                *product_error(n, x.dtype, row_norms(x).amax(1), row_norms(y).amax(1)))
     dtype = torch.promote_types(full_precision(x).dtype, full_precision(y).dtype)
     xf, yt = x.to(dtype), y.to(dtype).transpose(1, 2)
     if tf32 and dtype == torch.float32:
         return (matrix_product(xf, yt, True), *tf32_product_error(n, row_norms(x).amax(1), row_norms(y).amax(1)))
-    return torch.bmm(xf, yt), gamma(n, unit_roundoff(dtype)), n * SUBNORMAL[dtype]
+    return torch.bmm(xf, yt), *product_error(n, dtype)
+
+
+def product_error(n: int, dtype: torch.dtype, x_max: Tensor | None = None, y_max: Tensor | None = None):
+    """(γ, e) of products of rows over n features: of bf16 operands on tensor cores (fp32 accumulation: x_max, y_max
+    the rows' largest norms per sample, tensor_core_product_error), else multiplied and summed in dtype, IEEE."""
+    if dtype in LOW_PRECISION:
+        return tensor_core_product_error(n, x_max, y_max, 0.0)
+    return gamma(n, unit_roundoff(dtype)), n * SUBNORMAL[dtype]
 
 
 # Devices where the ghost norms' Grams of bf16 operands run as bf16 tensor-core products with fp32 results
@@ -250,12 +258,8 @@ def fused_gram_sum_bound(p: Tensor, q: Tensor, r: Tensor, rho: Tensor) -> Tensor
     """gram_sum_bound's bound on Σ_ts (P_i P_iᵀ)_ts (Q_i Q_iᵀ)_ts for rows p (B, T, m), q (B, T, n) with row-norm
     bounds r, rho (B, T) float64, from dpcompile::gram_sums (one kernel, no Gram stored: dpcompile.gram_kernels):
     bf16 operands on tensor cores (the half Grams' error model), float64 ones in float64."""
-    if p.dtype == torch.bfloat16:
-        ga, ea = tensor_core_product_error(p.shape[-1], r.amax(1), r.amax(1), 0.0)
-        gb, eb = tensor_core_product_error(q.shape[-1], rho.amax(1), rho.amax(1), 0.0)
-    else:
-        ga, ea, gb, eb = gamma(p.shape[-1], U64), p.shape[-1] * SUBNORMAL[F64], gamma(q.shape[-1], U64), \
-            q.shape[-1] * SUBNORMAL[F64]
+    (ga, ea), (gb, eb) = product_error(p.shape[-1], p.dtype, r.amax(1), r.amax(1)), \
+        product_error(q.shape[-1], q.dtype, rho.amax(1), rho.amax(1))
     sums = torch.ops.dpcompile.gram_sums(p, q, r, rho).sum(1)
     r, rho = r.unsqueeze(1), rho.unsqueeze(1)
     return sums_bound(sums.unbind(1)[:6], p.shape[1] ** 2, (r, r), (rho, rho), ga, ea, gb, eb).clamp(min=0)

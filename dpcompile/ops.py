@@ -167,8 +167,7 @@ _LIB.define("half_bmm(Tensor a, Tensor b) -> Tensor", tags=(torch.Tag.flexible_l
 
 
 def half_bmm(a: Tensor, b: Tensor) -> Tensor:
-    """bmm(a, b) of bf16 matrices, in float32: products exact, sums in fp32 (on CUDA on tensor cores); rows stored
-    HALF_GRAM_ROW_ALIGN-padded."""
+    """bmm(a, b) of bf16 matrices, in float32: products exact, sums in fp32 (on CUDA on tensor cores)."""
     out = half_gram_result(a, b)
     if a.is_cuda:
         return torch.ops.aten.bmm.dtype_out(a, b, torch.float32, out=out)
@@ -183,20 +182,9 @@ def _(a, b):
     return half_gram_result(a, b)
 
 
-# The length, in elements, that the Grams' fp32 rows are stored padded to (their values are the same; the padding is
-# never read). cuBLAS's Hopper GEMMs need 16-byte-aligned leading dimensions: a Gram over ViT-S/16's 197 positions
-# has rows of 197 floats, and on an H200 cuBLAS runs those Grams on Turing-shaped kernels (cutlass_75_tensorop_*,
-# 4.2 ms a step) where the model's own aligned bf16 products run on Hopper's (nvjet_sm90_*). 4 pads rows to 16 bytes.
-# 1 until an A/B on the GPU decides (NOTES, thirty-seventh session). (Inductor's Triton bmm templates under
-# max-autotune did not take these Grams on an H200: the same kernels and device time, thirty-seventh session.)
-HALF_GRAM_ROW_ALIGN = 1
-
-
 def half_gram_result(a: Tensor, b: Tensor) -> Tensor:
-    """An empty fp32 result for bmm(a, b), its rows padded to HALF_GRAM_ROW_ALIGN elements."""
-    (B, M), N = a.shape[:2], b.shape[2]
-    row = (N + HALF_GRAM_ROW_ALIGN - 1) // HALF_GRAM_ROW_ALIGN * HALF_GRAM_ROW_ALIGN
-    return a.new_empty_strided((B, M, N), (M * row, row, 1), dtype=torch.float32)
+    """An empty fp32 result for bmm(a, b)."""
+    return a.new_empty((a.shape[0], a.shape[1], b.shape[2]), dtype=torch.float32)
 
 
 def lower_half_bmm() -> None:
@@ -219,24 +207,12 @@ def lower_half_bmm() -> None:
         if a.get_device().type != "cuda" or bmm_dtype not in lowerings or torch._inductor.config.cpp_wrapper:
             return fallback(a, b)
         try:
-            return padded_rows(a, b) if HALF_GRAM_ROW_ALIGN > 1 else lowerings[bmm_dtype](a, b, torch.float32)
+            return lowerings[bmm_dtype](a, b, torch.float32)
         except Exception as err:  # an inductor whose bmm lowering differs (torch 2.11 on CUDA is checked)
             warnings.warn(f"dpcompile: inductor could not lower the bf16 Grams as bmm with fp32 output ({err!r}); "
                           "they run through the op instead (the same product, a slower call)", stacklevel=2)
             return fallback(a, b)
 
-    def padded_rows(a, b):
-        """inductor's cuBLAS choice for aten.bmm.dtype (its lowering's, without autotuning) into a buffer whose rows
-        are HALF_GRAM_ROW_ALIGN-padded, the op's strides."""
-        from torch._inductor import ir
-        from torch._inductor.kernel.bmm import aten_bmm_dtype
-        from torch._inductor.select_algorithm import realize_inputs
-        from torch.utils._sympy.functions import CeilDiv
-        a, b = realize_inputs(a, b)
-        (B, M), N = a.get_size()[:2], b.get_size()[2]
-        row = CeilDiv(N, HALF_GRAM_ROW_ALIGN) * HALF_GRAM_ROW_ALIGN
-        layout = ir.FixedLayout(a.get_device(), torch.float32, [B, M, N], [M * row, row, 1])
-        return aten_bmm_dtype.bind((a, b), layout, out_dtype=torch.float32).output_node()
 
 
 # Per-sample weight gradients of a 2-D convolution (groups 1) in one Triton kernel on CUDA (conv_kernels; where the
@@ -362,12 +338,12 @@ def laid_out(t, stride_order=None):
 
 # Inductor's graph cache keys a compiled graph on its FX graph, inputs and config, not on the lowerings registered
 # here: after this file or the kernels' changed (a fix), a cached graph would still run the code the earlier version
-# generated. A post-grad pass that changes nothing but whose uuid (part of the key) hashes both files and names the
-# lowerings' switches (HALF_GRAM_ROW_ALIGN) ties the DP graphs' entries to them; where the user fills both post-grad
+# generated. A post-grad pass that changes nothing but whose uuid (part of the key) hashes both files ties the DP
+# graphs' entries to them; where the user fills both post-grad
 # pass slots, the DP graphs skip that cache instead (unless TORCHINDUCTOR_FX_GRAPH_CACHE=1 forces it on over every
 # setting).
 def lowering_cache_settings() -> dict:
-    """Inductor settings that key the DP graphs' cached code on this file's and the kernels' source and switches."""
+    """Inductor settings that key the DP graphs' cached code on this file's and the kernels' source."""
     from torch._inductor import config
     for slot in ("post_grad_custom_post_pass", "post_grad_custom_pre_pass"):
         if not getattr(config, slot):
@@ -387,14 +363,14 @@ def lowering_source_hash() -> str:
 
 
 class LoweringKey(CustomGraphPass):
-    """A post-grad pass that leaves the graph as it is; its uuid, the lowerings' source hash and their switches, goes
-    into inductor's graph-cache key."""
+    """A post-grad pass that leaves the graph as it is; its uuid, the lowerings' source hash, goes into inductor's
+    graph-cache key."""
 
     def __call__(self, graph) -> None:
         return None
 
     def uuid(self) -> str:
-        return f"dpcompile-lowerings-{lowering_source_hash()}-rows-{HALF_GRAM_ROW_ALIGN}"
+        return f"dpcompile-lowerings-{lowering_source_hash()}"
 
 
 # The pin that makes inductor store a value once (passes.rewrite.stored): lowered like inductor's own

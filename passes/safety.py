@@ -1023,8 +1023,8 @@ def refuse_unsupported_modules(model: torch.nn.Module) -> None:
 
 class SampleCheck:
     """On the first call with samples, run the Dynamo graph eagerly twice (same random state,
-    inputs cloned) with only sample 0 of the user's inputs changed (a batch of one is doubled
-    first), and refuse it at the first node where another sample's value moved. With K views per
+    inputs cloned) with only sample 0 of the user's inputs changed (at the first call of two or
+    more samples), and refuse it at the first node where another sample's value moved. With K views per
     sample, sample 0 is all its K views, and a dim of size K·B holds it in its first K rows."""
 
     def __init__(self, gm: fx.GraphModule, batch: sympy.Expr, user_inputs: tuple[int, ...], views: int = 1):
@@ -1062,14 +1062,11 @@ class SampleCheck:
         sizes = [a.shape[d] for n, a in zip(self.placeholders, args) if isinstance(a, torch.Tensor)
                  for d, k in self._batch_dims(n) if k == 1]
         size = sizes[0] if sizes else (int(self.batch) if not self.batch.free_symbols else 0)
-        if size == 0 or (size == 1 and not self.batch.free_symbols):
-            self.done = size == 1  # a graph for one sample cannot mix; an empty batch: check the next one
+        if size <= 1:  # one sample cannot mix: a graph for one sample is done, a graph for any batch size is
+            # checked at its first larger batch. (Not on a doubled sample: code for one sample may index past it,
+            # which on CUDA is a device-side assert that ends the process's CUDA context.)
+            self.done = size == 1 and not self.batch.free_symbols
             return
-        if size == 1:  # a copy of the sample, under no autocast (CPU autocast's cat refuses fp16 under bf16)
-            with contextlib.ExitStack() as stack:
-                for device in {a.device.type for a in args if isinstance(a, torch.Tensor)}:
-                    stack.enter_context(torch.autocast(device, enabled=False))
-                args = self._doubled(args)
         runs = (self._inputs(args, change=False), self._inputs(args, change=True))
         try:
             moved = self._first_moved(runs)
@@ -1077,8 +1074,6 @@ class SampleCheck:
             raise
         except _AsGiven as failed:
             exc = failed.__cause__
-            if size == 1:  # the doubled sample, not the user's batch, failed (a Hugging Face GPT-2 builds a mask for
-                return     # one sequence): one sample cannot mix; the check runs at this graph's first larger batch
             if "register a hook" in str(exc):  # Tensor.register_hook inside forward (run here without grad)
                 raise UnsupportedOpError(
                     "the model registers a gradient hook on a tensor inside forward (Tensor.register_hook): it "
@@ -1107,20 +1102,6 @@ class SampleCheck:
                 "input changed (the captured graph run twice), so it mixes samples: per-sample gradients do not "
                 "exist and no clipping bound would hold. Make the computation per sample (no reductions, sorting, "
                 "indexing or reshaping across the batch).")
-
-    def _doubled(self, args: list) -> list:
-        """The inputs of a batch of two, made of the one sample twice."""
-        out = []
-        for node, a in zip(self.placeholders, args):
-            if isinstance(a, torch.Tensor):
-                for d, k in self._batch_dims(node):
-                    a = torch.cat([a, a], d)
-            elif isinstance(a, int) and isinstance(node.meta.get("example_value"), torch.SymInt):
-                expr = node.meta["example_value"].node.expr
-                if expr.free_symbols & self.batch.free_symbols:
-                    a = int(expr.xreplace({s: 2 for s in self.batch.free_symbols}))
-            out.append(a)
-        return out
 
     def _inputs(self, args: list, change: bool) -> list:
         """Parameters detached, other tensors cloned (in-place ops stay here); sample 0 changed."""

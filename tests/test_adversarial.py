@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+import re
 import warnings
 
 import numpy as np
@@ -671,10 +672,12 @@ def test_numerical_check_finds_mixing(batch):
     x = torch.randn(batch, 4, dtype=FLOAT64)
     x[-1, 0] = float("nan")  # NaN-aware comparison; sample 0 gets finite values
     check, args = capture(lambda x: torch.cummax(x * 2, 0).values + 1, x)
-    if batch == 1 and not check.batch.free_symbols:  # a torch that specialises a first batch of one (2.11):
-        check.check(args)  # that graph only ever runs one sample, so it cannot mix; B ≥ 2 recaptures
-        assert check.done
-        return
+    if batch == 1:
+        check.check(args)  # one sample cannot mix: a graph fixed to one sample is done; one for any batch size
+        assert check.done == (not check.batch.free_symbols)  # is checked at its first larger batch, not on a
+        if check.done:  # doubled sample (code for one sample may index past it: a device-side assert on CUDA)
+            return  # a torch that specialises a first batch of one (2.11): B ≥ 2 recaptures
+        args = [torch.cat([a, torch.randn(2, 4, dtype=FLOAT64)]) if isinstance(a, torch.Tensor) else 3 for a in args]
     with pytest.raises(SampleMixingError, match="cummax"):
         check.check(args)
 
@@ -1264,36 +1267,72 @@ class Swish(torch.autograd.Function):
         return g * (s + x * s * (1 - s))
 
 
+class Applied(nn.Module):
+    """A custom autograd.Function applied in forward, as models call one. (Torch 2.11's Dynamo cannot trace its
+    `apply` kept as a module's attribute and called later: a graph break, refused as such.)"""
+
+    def __init__(self, function: type[torch.autograd.Function]):
+        super().__init__()
+        self.function = function
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.function.apply(x)
+
+
 def test_a_custom_function_whose_backward_mixes_samples_is_refused():
     """A custom autograd.Function with a per-sample forward and a backward that sums over the batch passed every
     forward check: one sample then moved a batch of 16's release by 6.2 with R = 1. Its backward is now run twice
     with sample 0's output gradient changed, and refused; a per-sample hand-written backward (Swish, saving its
     input) still matches torch.func, both clip branches, two batch sizes."""
-    model = nn.Sequential(nn.Linear(5, 3), Lambda(SampleSumBackward.apply)).to(DEVICE)
+    model = nn.Sequential(nn.Linear(5, 3), Applied(SampleSumBackward)).to(DEVICE)
     dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, backend=BACKEND)
     with pytest.raises(SampleMixingError, match="backward written by hand|custom torch.autograd.Function's backward"):
         dp(torch.randn(4, 5, device=DEVICE)).sum().backward()
-    case = Case("swish", lambda: nn.Sequential(nn.Linear(5, 6), Lambda(Swish.apply), nn.Linear(6, 3)),
+    case = Case("swish", lambda: nn.Sequential(nn.Linear(5, 6), Applied(Swish), nn.Linear(6, 3)),
                 lambda B: torch.randn(B, 5, dtype=torch.float64))
     check_against_reference(case, batches=(3, 5))
 
 
-def test_a_gradient_hook_inside_forward_is_refused_as_such():
-    """Tensor.register_hook on an intermediate inside forward changes the backward outside autograd's derivation;
-    refused with what to do (the message said the model itself fails, which it does not)."""
-    class Hooked(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = nn.Linear(5, 6), nn.Linear(6, 3)
+class Hooked(nn.Module):
+    """Tensor.register_hook on an intermediate inside forward, with a hook per sample (×2) or one that mixes the
+    samples (minus the batch's mean)."""
 
-        def forward(self, x):
-            h = self.a(x)
-            h.register_hook(lambda g: g * 2.0)
-            return self.b(torch.tanh(h))
+    def __init__(self, hook):
+        super().__init__()
+        self.a, self.b, self.hook = nn.Linear(5, 6), nn.Linear(6, 3), hook
 
-    dp = dpcompile.dpcompile(Hooked().to(DEVICE), max_grad_norm=1.0, noise_multiplier=0.0, backend=BACKEND)
-    with pytest.raises(DPCompileError, match=r"gradient hook on a tensor inside forward.*autograd.Function"):
-        dp(torch.randn(4, 5, device=DEVICE)).sum().backward()
+    def forward(self, x):
+        h = self.a(x)
+        h.register_hook(self.hook)
+        return self.b(torch.tanh(h))
+
+
+HOOK_REFUSED = r"gradient hook on a tensor inside forward.*autograd.Function"
+
+
+def test_a_gradient_hook_inside_forward_is_refused_or_checked():
+    """A gradient hook on an intermediate changes the backward outside autograd's derivation from the forward. Where
+    Dynamo keeps it as a hook (torch 2.13), it is refused with what to do (the message said the model itself failed,
+    which it does not). Where Dynamo turns it into a hand-written backward (torch 2.11: an autograd_function_apply
+    in the graph), that backward is checked as any hand-written one: a per-sample hook trains and releases the hooked
+    model's gradient (R large: nothing clipped), and a hook that mixes the samples is refused either way."""
+    torch.manual_seed(0)
+    model = Hooked(lambda g: g * 2.0).to(**F64)
+    reference = copy.deepcopy(model)
+    x = torch.randn(4, 5, **F64)
+    dp = dpcompile.dpcompile(model, max_grad_norm=1e6, noise_multiplier=0.0, loss_reduction="sum", backend=BACKEND)
+    try:
+        dp(x).sum().backward()
+    except DPCompileError as err:
+        assert re.search(HOOK_REFUSED, str(err)), err
+    else:
+        reference(x).sum().backward()
+        for p, q in zip(model.parameters(), reference.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-12)
+    mixing = dpcompile.dpcompile(Hooked(lambda g: g - g.mean(0)).to(**F64), max_grad_norm=1.0, noise_multiplier=0.0,
+                                 backend=BACKEND)
+    with pytest.raises(DPCompileError, match=HOOK_REFUSED + "|backward written by hand|custom torch.autograd"):
+        mixing(x).sum().backward()
 
 
 class HalfUse(nn.Module):
@@ -1335,8 +1374,9 @@ def test_a_float16_clipped_sum_saturates_instead_of_overflowing(form):
         assert releases[1].item() == pytest.approx(66000, rel=1e-2), releases
         return
     if form == "used_as_fp16":  # a float32 weight's gradient: its per-sample gradients are summed in float32 since
-        # the thirty-ninth session (rewrite.emit_combined_sum), beyond float16's range without saturating
-        assert releases[1].item() > 65504, releases
+        # the thirty-ninth session (rewrite.emit_combined_sum), beyond float16's range without saturating, on the CPU;
+        # through inductor on CUDA (an H200, torch 2.11) the sum held at 65504: either way finite and within R
+        assert releases[1].item() >= 65504 * (1 - 2e-3), releases
     else:
         assert releases[1].item() == pytest.approx(65504, rel=2e-3), releases
     assert (releases[1] - releases[0]).norm().item() <= bound * (1 + 2e-3), releases

@@ -234,9 +234,12 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
             times.clear(), phases.clear(), host.clear()
         sync(device, world)
         step()
+        if i == 0:
+            first_step_s = times[0]  # the first step, compilation included
     step_s = statistics.median(times)
     result = {"model": args.model, "size": args.size, "batch_per_gpu": args.batch, "world": world,
               "step_ms": round(1000 * step_s, 2), "samples_per_s_per_gpu": round(args.batch / step_s, 1),
+              "first_step_s": round(first_step_s, 1),
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "date": datetime.date.today().isoformat(),
               "policy": args.policy if args.method == "dp" else "non-private", "amp": args.amp,

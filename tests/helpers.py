@@ -175,3 +175,14 @@ def check_bf16_autocast(case: Case, policy: str, B: int = 5) -> None:
     error = ((bf16 - fp32).norm() / fp32.norm().clamp_min(1e-30)).item()
     assert torch.isfinite(bf16).all(), f"{case.name} {policy}: bf16 gradient not finite"
     assert error <= max(10 * plain_error, 0.15), f"{case.name} {policy}: {error:.3g} (plain bf16 {plain_error:.3g})"
+
+
+def old_triton_interpreter() -> bool:
+    """Whether the installed Triton's interpreter predates 3.8 (3.6's fails on numpy 2's scalars: `int()` of a
+    one-element array, seen with torch 2.11's Triton and numpy 2.4). The kernels' interpreter tests were written
+    against 3.8; the GPU runs them compiled."""
+    try:
+        import triton
+    except ImportError:
+        return False
+    return tuple(int(p) for p in triton.__version__.split(".")[:2]) < (3, 8)

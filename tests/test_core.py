@@ -360,15 +360,19 @@ def test_guards_that_pin_the_batch_to_one():
     """passes.rules.one_sample.pins_to_one: a graph recaptured at a batch of one on CUDA held the batch symbolic with
     the guard Eq(3*s77, 3) (torch 2.11), and some of its shapes had 1 where others had s77 (the sequence-first
     embedding's values (5, 1, 6) beside indices (5, s77)); the guard pins the batch to one, so a term no rule
-    reads is the one sample's gradient. Equations with another root, another symbol or no polynomial form don't."""
+    reads is the one sample's gradient. So does B ≤ 1 (torch 2.11's convolution over a 1×2 image guards s ≤ 1 and
+    8·s + 8 ≤ 16, its value range left [0, 2]: the DP passes' own Eq(s, 1) was then taken for a new guard). Equations
+    with another root, bounds admitting 2, another symbol or no polynomial form don't."""
     from torch.utils._sympy.functions import FloorDiv, Mod
 
     from dpcompile.passes.rules.one_sample import pins_to_one
     s, t = sympy.symbols("s77 s5", positive=True, integer=True)
-    for guard in (sympy.Eq(3 * s, 3), sympy.Eq(s, 1), sympy.Eq(1, s), sympy.Eq(6 * s - 3, 3)):
+    for guard in (sympy.Eq(3 * s, 3), sympy.Eq(s, 1), sympy.Eq(1, s), sympy.Eq(6 * s - 3, 3), sympy.Le(s, 1),
+                  sympy.Lt(s, 2), sympy.Le(8 * s + 8, 16), sympy.Ge(1, s)):
         assert pins_to_one(guard, s), guard
-    for guard in (sympy.Eq(s, 2), sympy.Eq(3 * s, 3 * t), sympy.Ne(s, 1), sympy.Le(s, 1), sympy.Eq(s * s, 1),
-                  sympy.Eq(FloorDiv(s, 2), 0), sympy.Eq(Mod(s, 2), 1), sympy.Eq(t, 1)):
+    for guard in (sympy.Eq(s, 2), sympy.Eq(3 * s, 3 * t), sympy.Ne(s, 1), sympy.Le(s, 2), sympy.Ge(s, 1),
+                  sympy.Lt(s, 1), sympy.Le(s * s, 1), sympy.Eq(s * s, 1), sympy.Eq(FloorDiv(s, 2), 0),
+                  sympy.Eq(Mod(s, 2), 1), sympy.Eq(t, 1), sympy.Le(s + t, 1)):
         assert not pins_to_one(guard, s), guard
 
 

@@ -19,7 +19,8 @@ FAMILY = "one_sample"
 
 
 def guards_batch_of_one(node: fx.Node, batch: sympy.Expr) -> bool:
-    """Whether the graph's shape environment holds the guard batch == 1 (the graph runs only then)."""
+    """Whether the graph's shape environment holds the guard batch == 1, or bounds the batch by 1 (a forward that
+    guards B ≤ 1, as torch 2.11's convolution over a 1×2 image does): the graph runs only for one sample."""
     if batch == 1:
         return True
     if not isinstance(batch, sympy.Symbol):
@@ -31,22 +32,24 @@ def guards_batch_of_one(node: fx.Node, batch: sympy.Expr) -> bool:
     if env.replacements.get(batch) == 1:
         return True
     bounds = env.var_to_range.get(batch)
-    if bounds is not None and bounds.lower == bounds.upper == 1:
+    if bounds is not None and bounds.upper <= 1:
         return True
     return any(pins_to_one(g.expr, batch) for g in env.guards)
 
 
 def pins_to_one(guard: sympy.Basic, batch: sympy.Symbol) -> bool:
-    """Whether a guard is an equation in the batch alone, linear in it, whose one solution is 1: Eq(batch, 1), or
+    """Whether a guard in the batch alone, linear in it, admits 1 and no batch of two or more: Eq(batch, 1), or
     Eq(3*batch, 3), which CUDA graphs recaptured at a batch of one hold (torch 2.11) with the batch otherwise left
-    symbolic. A polynomial's root only: sympy.simplify asserts on some guards torch emits."""
-    if not isinstance(guard, sympy.Eq) or guard.free_symbols != {batch}:
+    symbolic; or batch <= 1, which torch 2.11's convolution over a 1×2 image guards (its value range left wider).
+    Linear, so true at 1 and false at 2 means false at every larger batch. A polynomial's only: sympy.simplify
+    asserts on some guards torch emits."""
+    if not isinstance(guard, (sympy.Eq, sympy.Le, sympy.Lt, sympy.Ge, sympy.Gt)) or guard.free_symbols != {batch}:
         return False
     try:
         poly = sympy.Poly(guard.lhs - guard.rhs, batch)
-    except sympy.PolynomialError:  # FloorDiv, Mod and the like: not an equation this reads
+    except sympy.PolynomialError:  # FloorDiv, Mod and the like: not a guard this reads
         return False
-    return poly.degree() == 1 and poly.eval(1) == 0
+    return poly.degree() == 1 and bool(guard.subs(batch, 1)) and not bool(guard.subs(batch, 2))
 
 
 def one_sample_site(node: fx.Node) -> Site:

@@ -119,8 +119,8 @@ class DPModel(nn.Module):
                 "attribute set before the call, a tensor inside an object passed in) is taken as a constant of its "
                 "size: pass per-sample data as tensor arguments (dim 0 the batch), and keep shared tensors as "
                 "buffers or parameters") from exc
-        except torch._dynamo.exc.Unsupported as exc:
-            where = _dynamo_where(exc)
+        except (torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError) as exc:  # UserError: an index or
+            where = _dynamo_where(exc)  # size read from data (torch 2.13; 2.11 breaks the graph there)
             raise GraphBreakError(
                 f"the model does not capture as one graph. The clip factor needs every layer's norm, so the "
                 f"forward must be one graph: remove the data-dependent Python control flow or unsupported call "

@@ -61,6 +61,7 @@ class DPBackend:
         self.compilations += 1
         self.graphs["dynamo"] = gm
         ctx = self.context(gm, example_inputs)
+        passes.safety.refuse_batch_size_guards(example_inputs, ctx.batch)
         checked = passes.safety.SampleCheck(copy_graph(gm), ctx.batch, self.user_inputs, ctx.views)
         if self.config.backend == "inductor":  # inductor's own AOT path (layouts, strides), our passes inside
             from torch._inductor.compile_fx import compile_fx

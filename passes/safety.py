@@ -29,7 +29,7 @@ from torch.utils._pytree import tree_leaves
 from dpcompile.errors import DPCompileError, SampleMixingError, UnsupportedOpError
 
 from .meta import SITE, PassContext, resolved_batch, shape_of_value
-from .rules.one_sample import guards_batch_of_one
+from .rules.one_sample import guards_batch_of_one, pins_to_one
 from .symbolic import same, simplified
 
 aten, prims = torch.ops.aten, torch.ops.prims
@@ -817,13 +817,17 @@ def check_hand_written_backward(backward: fx.GraphModule, ctx: PassContext) -> f
     sites pass found (an mm contracting the batch is a weight gradient), pass the batch on where their results hold
     it by size. Runs after annotate_sites (it reads the sites)."""
     written = {n: name for n in backward.graph.nodes if n.op == "call_function" and (name := hand_written(n))}
-    if not written:
-        return backward
     batch = resolved_batch(backward, ctx.batch)
     layouts = Layouts(batch)
     for node in backward.graph.find_nodes(op="placeholder"):
         if (lay := _input_layout(node, batch)) is not None:
             layouts.of[node] = lay
+    if batch.free_symbols:  # the batch size as a value (a hand-written g * 4**B, whose arithmetic AOTAutograd traces
+        for node in backward.graph.nodes:  # without its Function's tag) changes a sample's gradient with B;
+            if node.op == "call_function":  # autograd's own backward never uses it so
+                batch_size_uses(node, layouts)
+    if not written:
+        return backward
     for node in backward.graph.nodes:
         if node.op != "call_function" or not layouts.batched(node) or node.target in DATA_FREE:
             continue
@@ -868,6 +872,51 @@ BAGS = (aten._embedding_bag.default, aten._embedding_bag_forward_only.default)  
 LOOKUPS = (aten.index.Tensor, aten._unsafe_index.Tensor, aten.index_select.default, aten.gather.default)
 POSITION_VIEWS = (aten.slice.Tensor, aten.unsqueeze.default, aten.squeeze.dim, aten.view.default, aten.expand.default,
                   aten.alias.default, aten.clone.default, aten._unsafe_view.default, aten.reshape.default)
+
+
+def refuse_batch_size_guards(example_inputs, batch: sympy.Expr) -> None:
+    """A model that branches on the batch size (`if x.shape[0] > 3:` in forward) leaves no trace in its graph, only
+    a guard Dynamo keeps on the batch symbol: each side of the branch compiles a graph of its own, and a sample's
+    gradient then changes with how many others are in the batch. Removing one sample moves the others' clipped
+    terms: the release of a batch and of that batch less one sample differed by 1.56 R (a branch adding a layer
+    above 3 samples) to 4.4 R (a branch zeroing a layer below 5). Refused at capture: a guard in the batch alone that
+    does not hold for every batch of two or more samples (B ≥ 5, B ≤ 3). Guards that exclude single sizes (B ≠ 1,
+    B ≠ a layer's width: PyTorch's own checks, which compile those sizes a graph of their own), and graphs for one
+    sample, pass; a user's branch on one size (`if x.shape[0] == 7`, which Dynamo answers with a graph for that size
+    and B ≠ 7 for the others) cannot be told from those (README, Limitations)."""
+    from torch._guards import detect_fake_mode
+    env = getattr(detect_fake_mode(example_inputs), "shape_env", None)
+    if env is None or not isinstance(batch, sympy.Symbol):
+        return
+    guards = [g for g in env.guards if g.expr.free_symbols == {batch}]
+    if any(pins_to_one(g.expr, batch) for g in guards):
+        return  # a graph for one sample
+    for guard in guards:
+        if isinstance(guard.expr, sympy.Ne) or holds_for_every_batch(guard.expr, batch):
+            continue
+        raise SampleMixingError(
+            f"the model's code depends on the batch size: Dynamo guards the batch size by {guard.expr} "
+            f"({_guard_location(guard)}), so each side of that branch compiles a graph of its own and a sample's "
+            "gradient changes with how many others are in the batch, which no clipping bound covers. Make the "
+            "forward the same for every batch size (no branches on x.shape[0] or len(x)).")
+
+
+def holds_for_every_batch(guard: sympy.Basic, batch: sympy.Symbol) -> bool:
+    """Whether a guard linear in the batch alone holds at 2 and at 2^40, so at every batch size between (B ≥ 2, a
+    size-oblivious check's): a polynomial's only."""
+    if not isinstance(guard, (sympy.Le, sympy.Lt, sympy.Ge, sympy.Gt)):
+        return False
+    try:
+        poly = sympy.Poly(guard.lhs - guard.rhs, batch)
+    except sympy.PolynomialError:
+        return False
+    return poly.degree() <= 1 and bool(guard.subs(batch, 2)) and bool(guard.subs(batch, 2**40))
+
+
+def _guard_location(guard) -> str:
+    """Where a shape guard was made, as torch records it (the user's line where it knows one)."""
+    loc = getattr(guard, "sloc", None)
+    return f"at {loc}" if loc is not None else "where Dynamo traced it"
 
 
 def batch_size_uses(node: fx.Node, L: Layouts) -> None:
@@ -1173,7 +1222,9 @@ class SampleCheck:
             outs = outs if isinstance(outs, (tuple, list)) else (outs,)
             grads = []
             for i, (out, example) in enumerate(zip(outs, examples)):
-                g = torch.Generator(device=out.device).manual_seed(i) if isinstance(out, torch.Tensor) else None
+                g = torch.Generator(device=out.device).manual_seed(i) \
+                    if isinstance(out, torch.Tensor) and out.is_floating_point() else None  # an integer output's
+                # gradient (mark_non_differentiable: argmax, indices) is not drawn: it is passed as it is
                 grad = torch.randn(out.shape, dtype=out.dtype, device=out.device, generator=g) if g is not None else out
                 if r == 1 and g is not None:
                     for d, k in self._batch_dims(node, example):

@@ -1477,3 +1477,65 @@ def test_a_sweep_of_many_dp_models_in_one_process():
         model = nn.Linear(2, 1).to(DEVICE)
         dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, backend="eager")
         dp(torch.randn(3, 2, device=DEVICE)).sum().backward()
+
+
+class TanhAndArgmax(torch.autograd.Function):
+    """Per sample: tanh and the argmax, the argmax marked non-differentiable (an integer output)."""
+
+    @staticmethod
+    def forward(ctx, h):
+        index = h.argmax(1, keepdim=True)
+        ctx.mark_non_differentiable(index)
+        ctx.save_for_backward(h)
+        return torch.tanh(h), index
+
+    @staticmethod
+    def backward(ctx, g, g_index):
+        (h,) = ctx.saved_tensors
+        return g * (1 - torch.tanh(h) ** 2)
+
+
+class WithArgmax(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(5, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h, index = TanhAndArgmax.apply(self.a(x))
+        return self.b(h) + index.to(h.dtype)
+
+
+def test_a_custom_function_with_an_integer_output_trains():
+    """A custom Function returning an integer output marked non-differentiable was refused by the numerical check's
+    own failure (it drew a random output gradient for the integer output: "normal_kernel_cpu not implemented for
+    'Long'"; found by probing). It trains now, and with R large (nothing clipped) releases the model's gradient."""
+    torch.manual_seed(0)
+    model = WithArgmax().to(**F64)
+    reference = copy.deepcopy(model)
+    x = torch.randn(4, 5, **F64)
+    dp = dpcompile.dpcompile(model, max_grad_norm=1e6, noise_multiplier=0.0, loss_reduction="sum", backend=BACKEND)
+    dp(x).sum().backward()
+    reference(x).sum().backward()
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-12)
+
+
+class PicksTheLargest(nn.Module):
+    """A row picked by a data-dependent index (the sample of largest norm): a size read from data."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(5, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(torch.tanh(h + h[h.norm(dim=1).argmax()] * 1e-3))
+
+
+def test_a_data_dependent_index_is_a_graph_break():
+    """Indexing by a value read from data raised torch._dynamo's UserError on torch 2.13 (2.11 breaks the graph),
+    which reached the user as torch's internal exception (found by probing): a GraphBreakError now, naming the
+    line."""
+    dp = dpcompile.dpcompile(PicksTheLargest().to(**F64), max_grad_norm=1.0, noise_multiplier=0.0, backend=BACKEND)
+    with pytest.raises(dpcompile.errors.GraphBreakError, match="does not capture as one graph"):
+        dp(torch.randn(4, 5, **F64)).sum().backward()

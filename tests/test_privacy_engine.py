@@ -533,38 +533,42 @@ def test_a_second_noisy_release_of_one_poisson_batch_is_refused():
         assert dp.privacy.steps == 8, kwargs
 
 
-class ShapeBranch(nn.Module):
-    """`extra` is used only for batches of more than 3 samples (a Dynamo guard on the batch size, no graph break)."""
+class FlagBranch(nn.Module):
+    """`extra` is used only while the user's flag `use_extra` is set (a Dynamo guard on the flag: each setting a
+    capture of its own, no graph break)."""
 
     def __init__(self, d_in=5, d_out=3):
         super().__init__()
         self.fc, self.extra = nn.Linear(d_in, d_out), nn.Linear(d_in, d_out)
+        self.use_extra = True
 
     def forward(self, x):
         out = self.fc(x)
-        if x.shape[0] > 3:
+        if self.use_extra:
             out = out + self.extra(x)
         return out
 
 
 def test_a_parameter_a_step_does_not_use_gets_a_noise_only_release():
-    """A trainable parameter that the step's capture does not use (a branch on the batch size) got no release: its
-    .grad stayed None and the optimizer left it unchanged, so the published model showed, without noise, whether the
-    Poisson batch had more than 3 samples. It now gets the noise-only release N(0, σ²R²)/n from the engine's generator
-    when σ > 0, as rank 0 adds it under data parallelism, also when micro-steps accumulated into it."""
+    """A trainable parameter that the step's capture does not use (a branch on a flag of the model's) got no release:
+    its .grad stayed None and the optimizer left it unchanged, so the published model showed, without noise, which
+    steps used it (a branch on the batch size did the same, and is refused now: test_adversarial). It now gets the
+    noise-only release N(0, σ²R²)/n from the engine's generator when σ > 0, as rank 0 adds it under data parallelism,
+    also when micro-steps accumulated into it."""
     sigma, bound, n = 1.3, 0.7, 4
     torch.manual_seed(0)
-    model = ShapeBranch(40, 250).to(**F64)
+    model = FlagBranch(40, 250).to(**F64)
     dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=sigma, backend=BACKEND,
                              expected_batch_size=n, seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    for B in (5, 2, 0, 3):
+    for B, used in ((5, True), (2, False), (0, False), (3, True)):
+        model.use_extra = used
         x, y = batch(B, d_in=40, d_out=250)
         w = model.extra.weight.detach().clone()
         squared_error(dp(x), y).backward()
         for p in model.extra.parameters():
             assert p.grad is not None, f"batch of {B}: no release for a parameter of `extra`"
-        if B <= 3:
+        if not used:
             std = model.extra.weight.grad.std().item()
             assert abs(std / (sigma * bound / n) - 1) < 0.03, (B, std)
         opt.step()
@@ -573,14 +577,16 @@ def test_a_parameter_a_step_does_not_use_gets_a_noise_only_release():
     assert dp.privacy.steps == 4
 
     torch.manual_seed(0)  # a 'mean' loss without a fixed n: divided by the batch's own size, as the release is
-    model = ShapeBranch(40, 250).to(**F64)
+    model = FlagBranch(40, 250).to(**F64)
+    model.use_extra = False
     dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=sigma, backend=BACKEND, seed=0)
     x, y = batch(2, d_in=40, d_out=250)
     squared_error(dp(x), y).backward()
     assert abs(model.extra.weight.grad.std().item() / (sigma * bound / 2) - 1) < 0.03
 
     torch.manual_seed(0)  # σ = 0 (ε infinite): no noise-only release, as under data parallelism (test_distributed)
-    model = ShapeBranch().to(**F64)
+    model = FlagBranch().to(**F64)
+    model.use_extra = False
     dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, backend=BACKEND)
     squared_error(dp(batch(2)[0]), batch(2)[1]).backward()
     assert model.extra.weight.grad is None and model.fc.weight.grad is not None
@@ -588,12 +594,13 @@ def test_a_parameter_a_step_does_not_use_gets_a_noise_only_release():
     grads = []  # accumulation: `extra` used by the first micro-batch only; its sums get the noise at the last
     for noise in (0.0, sigma):
         torch.manual_seed(0)
-        model = ShapeBranch(40, 250).to(**F64)
+        model = FlagBranch(40, 250).to(**F64)
         dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=noise, backend=BACKEND, seed=0,
                                  expected_batch_size=n, gradient_accumulation_steps=2)
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
         x, y = batch(6, d_in=40, d_out=250)
-        for xm, ym in zip(x.split([4, 2]), y.split([4, 2])):
+        for used, xm, ym in zip((True, False), x.split([4, 2]), y.split([4, 2])):
+            model.use_extra = used
             squared_error(dp(xm), ym).backward()
         opt.step()  # refused before: `extra` held clipped sums without noise
         grads.append(model.extra.weight.grad.clone())

@@ -509,6 +509,42 @@ def test_batch_size_or_position_as_a_value_refused(name, fn, op):
         compile_and_step(ByBatch(fn), torch.randn(4, 2))
 
 
+class TimesFourToTheBatch(torch.autograd.Function):
+    """Identity forward; a hand-written backward that scales by 4^B."""
+
+    @staticmethod
+    def forward(ctx, h):
+        return h.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 4.0 ** g.shape[0]
+
+
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.inductor)])
+@pytest.mark.parametrize("name,fn,match", [
+    ("a layer added above 3 samples", lambda h, x: h + h.exp() if x.shape[0] > 3 else h,
+     r"depends on the batch size: Dynamo guards the batch size by s\d+ (>|<=) 3"),
+    ("a layer zeroed below 5 samples", lambda h, x: h if x.shape[0] >= 5 else h * 0,
+     r"depends on the batch size: Dynamo guards the batch size by s\d+ (>=|<) 5"),
+    ("a hand-written backward scaled by 4^B", lambda h, x: TimesFourToTheBatch.apply(h),
+     r"uses the batch size \(x.shape\[0\]\) as a value"),
+])
+def test_batch_size_in_a_branch_or_a_hand_written_backward_refused(name, fn, match, backend):
+    """The batch size reached a sample's gradient outside the forward's values, where batch_size_uses did not look:
+    through a Python branch on x.shape[0] (Dynamo guards the batch size and each side compiles a graph of its own)
+    and through a custom Function's backward (g · 4^B; torch 2.11 turns a Tensor.register_hook inside forward into
+    the same). Removing one sample moved the others' clipped terms: the releases of a batch and of it less one
+    sample differed by 1.56R (a layer added above 3 samples), 4.4R (zeroed below 5) and 3.7R (4^B at 5 samples) when
+    probing. Refused now, at the batch sizes on both sides of the branch."""
+    for B in (6, 2):
+        torch._dynamo.reset()
+        model = ByBatch(fn).to(DEVICE, F64)
+        dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, backend=backend)
+        with pytest.raises(SampleMixingError, match=match):
+            dp(torch.randn(B, 2, dtype=F64, device=DEVICE)).square().sum().backward()
+
+
 @pytest.mark.parametrize("fn,error", [
     (lambda h, x: torch.view_as_real(torch.view_as_complex(torch.stack([h, h], -1)).unsqueeze(0).sum(1,
                                                                                                       keepdim=True)),

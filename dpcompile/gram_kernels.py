@@ -76,7 +76,7 @@ if triton is not None:
         """The (rows_i, rows_j) tile of one sample's Gram over its F features."""
         acc = tl.zeros((BLOCK_T, BLOCK_T), dtype=tl.float64 if EXACT else tl.float32)
         for k0 in range(0, F, BLOCK_K):
-            f = k0 + tl.arange(0, BLOCK_K)
+            f = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
             x = tl.load(base + rows_i[:, None] * s_t + f[None, :] * s_f, mask=ok_i[:, None] & (f[None, :] < F),
                         other=0.0)
             y = tl.load(base + rows_j[:, None] * s_t + f[None, :] * s_f, mask=ok_j[:, None] & (f[None, :] < F),
@@ -91,8 +91,10 @@ if triton is not None:
     def _tile_sums(p_ptr, q_ptr, r_ptr, rho_ptr, out, i, ti, tj, N, M, K, p_sb, p_st, p_sf, q_sb, q_st, q_sf,
                    r_sb, r_st, rho_sb, rho_st, EXACT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr):
         """One tile pair's six sums, stored at out."""
-        rows_i = ti * BLOCK_T + tl.arange(0, BLOCK_T)
-        rows_j = tj * BLOCK_T + tl.arange(0, BLOCK_T)
+        # offsets in 64 bits: a sequence-first operand's row stride is B·d, so T·B·d passes 2³¹ at a 4 GiB bf16
+        # activation, and 32-bit offsets would wrap into other samples' rows
+        rows_i = (ti * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+        rows_j = (tj * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
         ok_i, ok_j = rows_i < N, rows_j < N
         a = _gram(p_ptr + i * p_sb, rows_i, rows_j, ok_i, ok_j, M, p_st, p_sf, EXACT, BLOCK_T, BLOCK_K)
         b = _gram(q_ptr + i * q_sb, rows_i, rows_j, ok_i, ok_j, K, q_st, q_sf, EXACT, BLOCK_T, BLOCK_K)

@@ -822,10 +822,10 @@ def check_hand_written_backward(backward: fx.GraphModule, ctx: PassContext) -> f
     for node in backward.graph.find_nodes(op="placeholder"):
         if (lay := _input_layout(node, batch)) is not None:
             layouts.of[node] = lay
-    if batch.free_symbols:  # the batch size as a value (a hand-written g * 4**B, whose arithmetic AOTAutograd traces
-        for node in backward.graph.nodes:  # without its Function's tag) changes a sample's gradient with B;
-            if node.op == "call_function":  # autograd's own backward never uses it so
-                batch_size_uses(node, layouts)
+    if batch.free_symbols:  # the batch size as a value in a hand-written backward (g * 4**B, whose arithmetic
+        for node in backward.graph.nodes:  # AOTAutograd traces with no Function tag and no aten op of origin)
+            if node.op == "call_function" and (node in written or not autograd_derived(node)):  # changes a
+                batch_size_uses(node, layouts)  # sample's gradient with B
     if not written:
         return backward
     for node in backward.graph.nodes:
@@ -849,6 +849,13 @@ def check_hand_written_backward(backward: fx.GraphModule, ctx: PassContext) -> f
         if lay and (isinstance(lay[0], int) or any(lay)):
             layouts.of[node] = lay
     return backward
+
+
+def autograd_derived(node: fx.Node) -> bool:
+    """Whether a backward-graph node comes from autograd's derivative of an aten op (its op of origin recorded) or
+    is the forward recomputed; a batch-norm backward's counts hold the batch symbol in unsimplified quotients
+    (B·C·L / (B·C)), which only such nodes may."""
+    return node.meta.get("original_aten") is not None or node.meta.get("partitioner_tag") == "is_forward"
 
 
 def hand_written(node: fx.Node) -> str | None:
@@ -879,8 +886,9 @@ def refuse_batch_size_guards(example_inputs, batch: sympy.Expr) -> None:
     a guard Dynamo keeps on the batch symbol: each side of the branch compiles a graph of its own, and a sample's
     gradient then changes with how many others are in the batch. Removing one sample moves the others' clipped
     terms: the release of a batch and of that batch less one sample differed by 1.56 R (a branch adding a layer
-    above 3 samples) to 4.4 R (a branch zeroing a layer below 5). Refused at capture: a guard in the batch alone that
-    does not hold for every batch of two or more samples (B ≥ 5, B ≤ 3). Guards that exclude single sizes (B ≠ 1,
+    above 3 samples) to 4.4 R (a branch zeroing a layer below 5). Refused at capture: a guard in the batch alone,
+    made by Dynamo on the model's Python (branch_of_model), that does not hold for every batch of two or more
+    samples (B ≥ 5, B ≤ 3); an op's own choice of kernel by the batch size passes. Guards that exclude single sizes (B ≠ 1,
     B ≠ a layer's width: PyTorch's own checks, which compile those sizes a graph of their own), and graphs for one
     sample, pass; a user's branch on one size (`if x.shape[0] == 7`, which Dynamo answers with a graph for that size
     and B ≠ 7 for the others) cannot be told from those (README, Limitations)."""
@@ -892,7 +900,7 @@ def refuse_batch_size_guards(example_inputs, batch: sympy.Expr) -> None:
     if any(pins_to_one(g.expr, batch) for g in guards):
         return  # a graph for one sample
     for guard in guards:
-        if isinstance(guard.expr, sympy.Ne) or holds_for_every_batch(guard.expr, batch):
+        if isinstance(guard.expr, sympy.Ne) or holds_for_every_batch(guard.expr, batch) or not branch_of_model(guard):
             continue
         raise SampleMixingError(
             f"the model's code depends on the batch size: Dynamo guards the batch size by {guard.expr} "
@@ -911,6 +919,15 @@ def holds_for_every_batch(guard: sympy.Basic, batch: sympy.Symbol) -> bool:
     except sympy.PolynomialError:
         return False
     return poly.degree() <= 1 and bool(guard.subs(batch, 2)) and bool(guard.subs(batch, 2**40))
+
+
+def branch_of_model(guard) -> bool:
+    """Whether Dynamo made a shape guard evaluating the model's own Python on a size (an `if` or a comparison:
+    torch/_dynamo's evaluate_expr), not an op's implementation choosing a kernel by the batch size (the CPU
+    convolution's fake function guards B ≥ 16 for oneDNN, the same function of each sample on either side)."""
+    where = getattr(getattr(guard, "sloc", None), "framework_loc", None)
+    filename = where if isinstance(where, str) else getattr(where, "filename", "") or ""
+    return "torch/_dynamo/" in filename.replace("\\", "/")
 
 
 def _guard_location(guard) -> str:

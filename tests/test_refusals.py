@@ -545,6 +545,16 @@ def test_batch_size_in_a_branch_or_a_hand_written_backward_refused(name, fn, mat
             dp(torch.randn(B, 2, dtype=F64, device=DEVICE)).square().sum().backward()
 
 
+def test_an_ops_own_choice_by_the_batch_size_is_not_a_branch():
+    """PyTorch's CPU convolution picks its oneDNN path at 16 samples or more (its fake function guards B >= 16):
+    the same function of each sample on either side, so not refused as a branch of the model's (the first form of
+    the branch refusal refused it); the gradients match torch.func on both sides."""
+    case = Case("conv_both_sides_of_16", lambda: nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(),
+                                                               nn.Linear(3 * 16, 2)),
+                lambda B: torch.randn(B, 2, 6, 6, dtype=F64))
+    check_against_reference(case, batches=(17, 3))
+
+
 @pytest.mark.parametrize("fn,error", [
     (lambda h, x: torch.view_as_real(torch.view_as_complex(torch.stack([h, h], -1)).unsqueeze(0).sum(1,
                                                                                                       keepdim=True)),

@@ -16,8 +16,8 @@ its six sums (and two zeros) to its own row of a (B, tiles², 8) float64 result,
 any order: the bound's γ counts every term's roundings, whatever the order).
 
 Where it runs: passes.rules.bounds.FUSED_GRAM_DEVICES (CUDA, with Triton importable: benchmarks/NOTES.md, fortieth
-session, has its timing); inductor launches it from its generated code (ops.lower_gram_sums), and the op's CPU implementation
-(gram_sums_reference) computes the same sums with torch ops, for tests.
+session, has its timing); inductor launches it from its generated code (ops.lower_gram_sums), and the op's CPU
+implementation (gram_sums_reference) computes the same sums with torch ops, for tests.
 """
 from __future__ import annotations
 

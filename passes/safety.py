@@ -888,10 +888,10 @@ def refuse_batch_size_guards(example_inputs, batch: sympy.Expr) -> None:
     terms: the release of a batch and of that batch less one sample differed by 1.56 R (a branch adding a layer
     above 3 samples) to 4.4 R (a branch zeroing a layer below 5). Refused at capture: a guard in the batch alone,
     made by Dynamo on the model's Python (branch_of_model), that does not hold for every batch of two or more
-    samples (B ≥ 5, B ≤ 3); an op's own choice of kernel by the batch size passes. Guards that exclude single sizes (B ≠ 1,
-    B ≠ a layer's width: PyTorch's own checks, which compile those sizes a graph of their own), and graphs for one
-    sample, pass; a user's branch on one size (`if x.shape[0] == 7`, which Dynamo answers with a graph for that size
-    and B ≠ 7 for the others) cannot be told from those (README, Limitations)."""
+    samples (B ≥ 5, B ≤ 3); an op's own choice of kernel by the batch size passes. Guards that exclude single
+    sizes (B ≠ 1, B ≠ a layer's width: PyTorch's own checks, which compile those sizes a graph of their own), and
+    graphs for one sample, pass; a user's branch on one size (`if x.shape[0] == 7`, which Dynamo answers with a
+    graph for that size and B ≠ 7 for the others) cannot be told from those (README, Limitations)."""
     from torch._guards import detect_fake_mode
     env = getattr(detect_fake_mode(example_inputs), "shape_env", None)
     if env is None or not isinstance(batch, sympy.Symbol):

@@ -552,9 +552,9 @@ class FlagBranch(nn.Module):
 def test_a_parameter_a_step_does_not_use_gets_a_noise_only_release():
     """A trainable parameter that the step's capture does not use (a branch on a flag of the model's) got no release:
     its .grad stayed None and the optimizer left it unchanged, so the published model showed, without noise, which
-    steps used it (a branch on the batch size did the same, and is refused now: test_adversarial). It now gets the
-    noise-only release N(0, σ²R²)/n from the engine's generator when σ > 0, as rank 0 adds it under data parallelism,
-    also when micro-steps accumulated into it."""
+    steps used it (a branch on the batch size did the same, and is refused now: test_refusals). It now gets the
+    noise-only release N(0, σ²R²)/n from the engine's generator when σ > 0, as rank 0 adds it under data
+    parallelism, also when micro-steps accumulated into it."""
     sigma, bound, n = 1.3, 0.7, 4
     torch.manual_seed(0)
     model = FlagBranch(40, 250).to(**F64)

@@ -179,7 +179,8 @@ class DPBackend:
             return make_boxed_func(gm.forward)
         if gm.meta.get(passes.safety.EAGER_ONLY):  # a one-sample graph inductor would misread: correct, slower
             log.debug("a graph runs without inductor: %s", gm.meta[passes.safety.EAGER_ONLY])
-            return fp32_boxed(make_boxed_func(gm.forward)) if kwargs.get("is_backward") else make_boxed_func(gm.forward)
+            run = make_boxed_func(gm.forward)
+            return fp32_boxed(run) if kwargs.get("is_backward") else run
         from torch._inductor.compile_fx import compile_fx_inner
         from torch._inductor.exc import InductorError
         channels_last = STATIC_BATCH_LAYOUT and layout_as_if_static(gm, is_inference=kwargs.get("is_inference", False))

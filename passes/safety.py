@@ -29,7 +29,7 @@ from torch.utils._pytree import tree_leaves
 from dpcompile.errors import DPCompileError, SampleMixingError, UnsupportedOpError
 
 from .meta import SITE, PassContext, resolved_batch, shape_of_value
-from .rules.one_sample import guards_batch_of_one, pins_to_one
+from .rules.one_sample import batch_of_one_in, guards_batch_of_one, linear_guard_truth
 from .symbolic import same, simplified
 
 aten, prims = torch.ops.aten, torch.ops.prims
@@ -896,29 +896,18 @@ def refuse_batch_size_guards(example_inputs, batch: sympy.Expr) -> None:
     env = getattr(detect_fake_mode(example_inputs), "shape_env", None)
     if env is None or not isinstance(batch, sympy.Symbol):
         return
-    guards = [g for g in env.guards if g.expr.free_symbols == {batch}]
-    if any(pins_to_one(g.expr, batch) for g in guards):
+    if batch_of_one_in(env, batch):
         return  # a graph for one sample
-    for guard in guards:
-        if isinstance(guard.expr, sympy.Ne) or holds_for_every_batch(guard.expr, batch) or not branch_of_model(guard):
+    for guard in env.guards:
+        if guard.expr.free_symbols != {batch} or isinstance(guard.expr, sympy.Ne) or not branch_of_model(guard):
+            continue
+        if linear_guard_truth(guard.expr, batch, 2, 2**40) == (True, True):  # every batch of two or more: B ≥ 2
             continue
         raise SampleMixingError(
             f"the model's code depends on the batch size: Dynamo guards the batch size by {guard.expr} "
             f"({_guard_location(guard)}), so each side of that branch compiles a graph of its own and a sample's "
             "gradient changes with how many others are in the batch, which no clipping bound covers. Make the "
             "forward the same for every batch size (no branches on x.shape[0] or len(x)).")
-
-
-def holds_for_every_batch(guard: sympy.Basic, batch: sympy.Symbol) -> bool:
-    """Whether a guard linear in the batch alone holds at 2 and at 2^40, so at every batch size between (B ≥ 2, a
-    size-oblivious check's): a polynomial's only."""
-    if not isinstance(guard, (sympy.Le, sympy.Lt, sympy.Ge, sympy.Gt)):
-        return False
-    try:
-        poly = sympy.Poly(guard.lhs - guard.rhs, batch)
-    except sympy.PolynomialError:
-        return False
-    return poly.degree() <= 1 and bool(guard.subs(batch, 2)) and bool(guard.subs(batch, 2**40))
 
 
 def branch_of_model(guard) -> bool:

@@ -19,16 +19,19 @@ FAMILY = "one_sample"
 
 
 def guards_batch_of_one(node: fx.Node, batch: sympy.Expr) -> bool:
-    """Whether the graph's shape environment holds the guard batch == 1, or bounds the batch by 1 (a forward that
-    guards B ≤ 1, as torch 2.11's convolution over a 1×2 image does): the graph runs only for one sample."""
+    """Whether the shape environment of node's graph keeps the graph to one sample (batch_of_one_in)."""
     if batch == 1:
         return True
     if not isinstance(batch, sympy.Symbol):
         return False
     from torch._guards import detect_fake_mode
     env = getattr(detect_fake_mode([node.meta.get("val")]), "shape_env", None)
-    if env is None:
-        return False
+    return env is not None and batch_of_one_in(env, batch)
+
+
+def batch_of_one_in(env, batch: sympy.Symbol) -> bool:
+    """Whether a shape environment holds the guard batch == 1, or bounds the batch by 1 (a forward that guards
+    B ≤ 1, as torch 2.11's convolution over a 1×2 image does): its graph runs only for one sample."""
     if env.replacements.get(batch) == 1:
         return True
     bounds = env.var_to_range.get(batch)
@@ -38,18 +41,23 @@ def guards_batch_of_one(node: fx.Node, batch: sympy.Expr) -> bool:
 
 
 def pins_to_one(guard: sympy.Basic, batch: sympy.Symbol) -> bool:
-    """Whether a guard in the batch alone, linear in it, admits 1 and no batch of two or more: Eq(batch, 1), or
-    Eq(3*batch, 3), which CUDA graphs recaptured at a batch of one hold (torch 2.11) with the batch otherwise left
-    symbolic; or batch <= 1, which torch 2.11's convolution over a 1×2 image guards (its value range left wider).
-    Linear, so true at 1 and false at 2 means false at every larger batch. A polynomial's only: sympy.simplify
-    asserts on some guards torch emits."""
+    """Whether a guard admits a batch of 1 and none of two or more: Eq(batch, 1), or Eq(3*batch, 3), which CUDA
+    graphs recaptured at a batch of one hold (torch 2.11) with the batch otherwise left symbolic; or batch <= 1,
+    which torch 2.11's convolution over a 1×2 image guards (its value range left wider)."""
+    return linear_guard_truth(guard, batch, 1, 2) == (True, False)
+
+
+def linear_guard_truth(guard: sympy.Basic, batch: sympy.Symbol, *sizes: int) -> tuple[bool, ...] | None:
+    """A guard's truth at these batch sizes, where it is an equation or inequality linear in the batch alone (so
+    true at two sizes means true between them, and true at 1 but false at 2 means false at every larger size);
+    None otherwise. A polynomial's only: sympy.simplify asserts on some guards torch emits."""
     if not isinstance(guard, (sympy.Eq, sympy.Le, sympy.Lt, sympy.Ge, sympy.Gt)) or guard.free_symbols != {batch}:
-        return False
+        return None
     try:
         poly = sympy.Poly(guard.lhs - guard.rhs, batch)
     except sympy.PolynomialError:  # FloorDiv, Mod and the like: not a guard this reads
-        return False
-    return poly.degree() == 1 and bool(guard.subs(batch, 1)) and not bool(guard.subs(batch, 2))
+        return None
+    return tuple(bool(guard.subs(batch, n)) for n in sizes) if poly.degree() == 1 else None
 
 
 def one_sample_site(node: fx.Node) -> Site:

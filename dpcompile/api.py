@@ -63,6 +63,7 @@ class DPModel(nn.Module):
 
     @torch._dynamo.disable  # inside a user's torch.compile'd code: run as written, its own compiled model inside
     def forward(self, *args, **kwargs):
+        refuse_functorch_transforms()
         leaves = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         views = self.config.augmentation_multiplicity
         if views > 1:
@@ -364,6 +365,17 @@ def _recompile_limit(limit: int):
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     return config.patch(**{name: max(limit, getattr(config, name))})
+
+
+def refuse_functorch_transforms() -> None:
+    """A DP model called inside torch.func's transforms (vmap, grad, vjp, jacrev...): refused by name. (Dynamo's own
+    refusal, "Unsupported functorch tracing attempt", read as a graph break of the model's.)"""
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        raise ConfigError(
+            "the DP model was called inside a torch.func transform (vmap, grad, vjp, jacrev, ...): it computes, "
+            "clips and noises every sample's gradient itself, in the backward of an ordinary call. Call it outside "
+            "any transform and take the released gradient from loss.backward() (or torch.autograd.grad); for "
+            "per-sample quantities of your own, transform the wrapped model (dp_model.module), outside the private step")
 
 
 def _dynamo_where(exc: BaseException) -> str:

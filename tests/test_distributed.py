@@ -74,8 +74,11 @@ def count_all_reduces() -> list:
     return calls
 
 
-def release(rank: int, *, overlap=True, micro=1, extra=False, empty_rank=None, redo=False, change=False) -> dict:
-    """One logical step at lr 0: the released gradient, and the all-reduces issued after each backward."""
+def release(rank: int, *, overlap=True, micro=1, extra=False, empty_rank=None, redo=False, change=False,
+            raw=False, first_micro_extra=False) -> dict:
+    """One logical step at lr 0: the released gradient, and the all-reduces issued after each backward. `raw`: rank
+    1 also runs the wrapped model on a sample of 1000s directly before its DP backward; `first_micro_extra`: rank 1
+    uses `shift` in its first micro-batch only."""
     model, x, y = model_and_data()
     model.extra = extra and rank == 1
     dp = dpcompile.dpcompile(model, max_grad_norm=R, noise_multiplier=0.0, backend="eager", expected_batch_size=BATCH,
@@ -87,7 +90,11 @@ def release(rank: int, *, overlap=True, micro=1, extra=False, empty_rank=None, r
     if redo:  # a noisy backward whose gradient is cleared before any step: its round is dropped
         loss_of(dp(xs), ys).backward()
         opt.zero_grad(set_to_none=True)
-    for xb, yb in zip(xs.tensor_split(micro), ys.tensor_split(micro)):
+    if raw and rank == 1:
+        model(torch.full((1, 5), 1e3, dtype=torch.float64)).sum().backward()
+    for i, (xb, yb) in enumerate(zip(xs.tensor_split(micro), ys.tensor_split(micro))):
+        if first_micro_extra:
+            model.extra = rank == 1 and i == 0
         loss_of(dp(xb), yb).backward()
         launched.append(len(calls))
     local = grads_of(model)
@@ -117,6 +124,9 @@ def exact_job(rank: int, out_dir: str) -> dict:
     except dpcompile.ConfigError as exc:
         results["layout"] = str(exc)
     results["backend"] = refusal(lambda: backend_step(rank))
+    dp = dpcompile.dpcompile(nn.Linear(2, 2), max_grad_norm=1.0, noise_multiplier=1.0, loss_reduction="sum")
+    results["attach"] = refusal(lambda: dp.privacy.attach(dpcompile.poisson_loader(
+        torch.utils.data.TensorDataset(torch.arange(8)), sample_rate=0.25 * (1 + rank))))
     results["shard"] = refusal(lambda: dpcompile.dpcompile(
         nn.Linear(2, 2), max_grad_norm=1.0, noise_multiplier=1.0,
         data_loader=dpcompile.poisson_loader(torch.utils.data.TensorDataset(torch.arange(8)), sample_rate=0.5, rank=0, world_size=1)))
@@ -143,7 +153,9 @@ def backend_step(rank: int) -> None:
 
 
 VARIANTS = {"overlap": {}, "no_overlap": {"overlap": False}, "accumulated": {"micro": 2},
-            "extra": {"extra": True}, "empty": {"empty_rank": 0}, "redo": {"redo": True}, "change": {"change": True}}
+            "extra": {"extra": True}, "empty": {"empty_rank": 0}, "redo": {"redo": True}, "change": {"change": True},
+            "raw": {"raw": True}, "first_micro_extra": {"micro": 2, "first_micro_extra": True},
+            "first_micro_extra_at_step": {"micro": 2, "first_micro_extra": True, "overlap": False}}
 
 
 def noise_job(rank: int, out_dir: str) -> dict:
@@ -288,6 +300,25 @@ def test_ranks_sum_to_the_union_batch_overlapped_and_refuse_other_settings(tmp_p
         assert "dpcompile.backend() runs in one process only" in r["backend"]  # else ranks ≠ 0 step un-noised
         assert "samples for rank 0 of 1, but this process is rank" in r["shard"]  # ranks would draw alike
         assert "changed in place between the DP backward and the optimizer step" in r["change"].get("refused", "")
+        assert "different privacy settings (sample_rate)" in r["attach"]  # rank 0's ε would count rank 1's q wrong
+    # a raw gradient on rank 1 (the wrapped model called directly): refused there, and the sum that holds it, which
+    # rank 0 applied (an update of norm 1999 where six samples at R bound it), is refused on rank 0 too
+    assert "did not run through the DP model" in ranks[1]["raw"]["refused"]
+    assert "a rank refused its part of this step" in ranks[0]["raw"]["refused"]
+    # `shift` used by rank 1's first micro-batch alone: its micro-step sum is its release (rank 1 refused the step,
+    # "holds clipped per-sample sums without noise", and rank 0 applied None), as in one process over the micro-steps
+    model, x, y = model_and_data()
+    dp = dpcompile.dpcompile(model, max_grad_norm=R, noise_multiplier=0.0, backend="eager", expected_batch_size=BATCH,
+                             gradient_accumulation_steps=3)
+    parts = [x[0::WORLD].tensor_split(2), x[1::WORLD].tensor_split(2)], [y[0::WORLD].tensor_split(2), y[1::WORLD].tensor_split(2)]
+    for extra, xb, yb in [(False, parts[0][0][0], parts[1][0][0]), (True, parts[0][1][0], parts[1][1][0]),
+                          (False, torch.cat([parts[0][0][1], parts[0][1][1]]), torch.cat([parts[1][0][1], parts[1][1][1]]))]:
+        model.extra = extra
+        loss_of(dp(xb), yb).backward()
+    for r in ranks:
+        for variant in ("first_micro_extra", "first_micro_extra_at_step"):
+            assert r[variant]["grads"]["shift"] is not None
+            assert_same_grads(r[variant]["grads"], grads_of(model))
     for name, value in ranks[0]["overlap"]["grads"].items():  # overlapped = at the step, bit for bit
         assert same(value, ranks[0]["no_overlap"]["grads"][name]), name
     # a parameter only rank 1 uses: every rank applies rank 1's release of it, and Σ_r release_r elsewhere

@@ -1,5 +1,7 @@
 """The privacy engine: clipping styles, accumulation, Poisson batches, accounting, noise, resumable state."""
+import contextlib
 import io
+import math
 
 import pytest
 import torch
@@ -216,6 +218,45 @@ def test_seed_reproduces_noise():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_one_seed_for_the_noise_and_the_batches_gives_independent_streams():
+    """dpcompile(seed=s) and poisson_loader(seed=s), as "seed everything" code does: both generators were torch's
+    Mersenne Twister seeded with s, so a step's noise was computed from the very uniforms that chose its batch
+    (example k joins iff u_k < q; randn turns u_k into the radius √(−2 ln(1 − u_k)) of a pair of noise values). Every
+    example's membership could be read off the release: at N = 256, q = 0.05 all 9 members' pairs had radii below
+    √(−2 ln(1 − q)) (and every non-member's above). Each stream now has a seed of its own (`stream_seed`): a
+    member's pair falls below that radius with probability q, as any pair does."""
+    N, q, seed = 256, 0.05, 1234
+    loader = poisson_loader(TensorDataset(torch.randn(N, 64), torch.arange(N)), q, seed=seed)
+    torch.manual_seed(0)
+    model = nn.Linear(64, 8)
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0, loss_reduction="sum", backend=BACKEND,
+                             data_loader=loader, seed=seed)
+    x, index = next(iter(loader))
+    (dp(x.to(DEVICE)) * 0).sum().backward()  # every sample's gradient is 0: the release is the noise
+    noise = torch.cat([model.weight.grad.flatten(), model.bias.grad.flatten()]).cpu()
+    members = [k for k in index.tolist() if k % 16 < 8]  # randn fills blocks of 16: pair (k, k + 8) from u_k
+    radius = [float(torch.hypot(noise[k // 16 * 16 + k % 8], noise[k // 16 * 16 + k % 8 + 8])) for k in members]
+    below = sum(r < math.sqrt(-2 * math.log(1 - q)) for r in radius)
+    assert len(members) >= 4 and below <= len(members) // 2, (below, len(members))
+
+
+def test_a_loader_made_anew_with_the_same_seed_is_refused():
+    """A Poisson loader made for each epoch with one seed draws the same batches every epoch, which the accountant
+    would count as fresh samples: attaching it is refused (its own seed, or none, is accepted), and a sampler's q
+    cannot be changed after the accountant took it (the accountant kept 0.25 while batches were drawn at 1.0)."""
+    dp = dpcompile.dpcompile(mlp(), max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND,
+                             data_loader=poisson_loader(DATA, 0.25, seed=1), loss_reduction="sum")
+    with pytest.raises(ConfigError, match="same batches again"):
+        dp.privacy.attach(poisson_loader(DATA, 0.25, seed=1))
+    dp.privacy.attach(poisson_loader(DATA, 0.25, seed=2))
+    dp.privacy.attach(poisson_loader(DATA, 0.25))
+    with pytest.raises(ConfigError, match="same batches again"):
+        dp.privacy.attach(poisson_loader(DATA, 0.25, seed=2))
+    with pytest.raises(AttributeError):
+        dp.privacy.sampler.sample_rate = 1.0
+    assert dp.privacy.sampler.sample_rate == dp.privacy.sample_rate == 0.25
+
+
 def test_secure_noise_differs_between_runs():
     a, dp = noisy_grads(secure_noise=True)
     b, _ = noisy_grads(secure_noise=True)
@@ -303,8 +344,10 @@ def test_a_privacy_state_must_belong_to_the_parameters_and_never_roll_back():
     model2, dp2, opt2, loader2 = run_setup(model_seed=1)
     model2.load_state_dict(model.state_dict())  # the parameters trained on past the state: not its own
     dp2.privacy.load_state_dict(saved["dp"])
-    with pytest.raises(ConfigError, match="saved with other model parameters"):
-        train(model2, dp2, opt2, batches(loader2), 1)
+    for _ in range(2):  # a retry after the refusal is refused too (it trained on, repeating the noise)
+        with pytest.raises(ConfigError, match="saved with other model parameters"):
+            train(model2, dp2, opt2, batches(loader2), 1)
+    assert dp2.privacy.steps == 2
     model3, dp3, opt3, loader3 = run_setup(model_seed=1)
     dp3.privacy.load_state_dict(saved["dp"])  # the privacy state first, then the model's own
     model3.load_state_dict(saved["model"])
@@ -471,6 +514,57 @@ def test_accumulating_context_over_several_poisson_batches_is_refused():
     dp.privacy.drop_accumulated()  # the partial step dropped: the next batch is a logical step of its own
     squared_error(dp(x.to(DEVICE)), y.to(DEVICE)).backward()
     assert dp.privacy.steps == 7
+
+
+@pytest.mark.parametrize("how", ["autograd_grad", "accumulating", "load_state_dict"])
+def test_micro_steps_of_an_earlier_logical_step_are_not_applied(how):
+    """Micro-step sums left in .grad when a noisy release was made without them were absorbed by the next logical
+    step's noisy release, so a sample in both loader batches was applied twice (2.0R at σ = 0, R = 1): the noisy
+    release made by torch.autograd.grad in the middle of an accumulation (gradient_accumulation_steps=2, or
+    privacy.accumulating()), or privacy.load_state_dict() of a step boundary after a micro-step (the sampler rewinds
+    and hands the same batch out again). Such sums now belong to an earlier generation of the engine and the step is
+    refused; dropped, the next logical step trains."""
+    loader = poisson_loader(DATA, 1.0, steps=10, seed=0)
+    model = mlp()
+    k = 1 if how == "accumulating" else 2
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, loss_reduction="sum", backend=BACKEND,
+                             data_loader=loader, gradient_accumulation_steps=k)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    loss = lambda x, y: squared_error(dp(x.to(DEVICE)), y.to(DEVICE), "sum")  # noqa: E731
+    it = iter(loader)
+
+    def logical_step(x, y, last=lambda loss: loss.backward()):
+        (x1, x2), (y1, y2) = x.tensor_split(2), y.tensor_split(2)
+        with dp.privacy.accumulating() if how == "accumulating" else contextlib.nullcontext():
+            loss(x1, y1).backward()
+        last(loss(x2, y2))
+
+    saved = dp.privacy.state_dict()
+    if how == "load_state_dict":
+        x, y = next(it)
+        loss(*(t.tensor_split(2)[0] for t in (x, y))).backward()  # a micro-step, then back to the boundary
+        dp.privacy.load_state_dict(saved)
+    else:
+        logical_step(*next(it), last=lambda loss: torch.autograd.grad(loss, list(model.parameters())))
+    logical_step(*next(it))
+    with pytest.raises(dpcompile.ReleaseError, match="micro-steps of an earlier logical step"):
+        opt.step()
+    dp.privacy.drop_accumulated()
+    logical_step(*next(it))
+    opt.step()
+    assert dp.privacy.steps == (2 if how == "load_state_dict" else 3)
+
+
+def test_a_dp_model_inside_torch_func_transforms_is_refused_by_name():
+    """torch.func.grad over a DP model was refused as a graph break whose explanation was cut off ("dynamo failed for
+    one of the following reasons:"); now by name, saying what to do."""
+    model, (x, y) = mlp(), batch(4)
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, backend=BACKEND)
+    params = dict(dp.named_parameters())
+    with pytest.raises(ConfigError, match="inside a torch.func transform"):
+        torch.func.grad(lambda p: squared_error(torch.func.functional_call(dp, p, (x,)), y))(params)
+    with pytest.raises(ConfigError, match="inside a torch.func transform"):
+        torch.func.vmap(dp)(x.unsqueeze(1))
 
 
 def reuse_setup(**loader_kwargs):

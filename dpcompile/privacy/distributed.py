@@ -13,11 +13,16 @@ across ranks are refused when the engine is made.
 The reduction of one logical step (a "round", opened by the noisy backward, on every rank alike):
 the parameters are split once into fixed buckets (reverse parameter order, one device and dtype each,
 about `bucket_mb` MB); a bucket is all-reduced asynchronously as one flat tensor
-[g_1, …, g_k, present_1, …, present_k] as soon as all its parameters' gradients of the round are
+[g_1, …, g_k, present_1, …, present_k, refused] as soon as all its parameters' gradients of the round are
 final (their post-accumulate-grad hooks), in bucket order; the buckets still open when the backward
 ends (parameters without a gradient on this rank) go out then, with zeros and present = 0 (on rank 0, with
 their noise and present = 1: a parameter only another rank's batch used, a branch taken on long sequences, was
-summed without noise before, since rank 0's graph drew noise only for what it released). So every
+summed without noise before, since rank 0's graph drew noise only for what it released). A parameter the noisy
+backward did not reach whose .grad holds this logical step's micro-step sums (used in an earlier micro-batch only)
+goes out with them (and its noise on rank 0) as its release, as `guard.release_absent` makes it in one process.
+`refused` is 1 where a .grad of the bucket may not be applied on this rank (raw or mixed gradients, two noisy
+releases: guard's `problem`), so the sum, which holds it, is refused on every rank, not only on the rank whose
+step pre-hook sees the problem (the others applied it, raw gradient included). So every
 rank issues the same all-reduces, of the same sizes, in the same order, exactly once per round,
 whatever gradients it got: no deadlock, no tensors mixed. The step waits for them and copies the sums
 back into .grad (a parameter without a gradient anywhere keeps .grad None).
@@ -33,6 +38,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..errors import ConfigError, ReleaseError
+from . import guard
 
 BUCKET_MB = 25.0  # bucket size cap, as DDP's
 Noise = Callable[[int, torch.dtype, torch.device], Tensor]  # a parameter's noise, as its DP backward adds it
@@ -80,11 +86,13 @@ class Bucket:
     def flatten(self, released: set[int], noise: Noise | None) -> tuple[Tensor, list[int | None]]:
         """This rank's releases, flat, and the .grad versions it read. Where this rank released nothing: zeros and
         present 0, or, on the rank that adds the noise (`noise`), that parameter's noise and present 1 (another
-        rank's batch may have used it, and its release would otherwise be summed without noise)."""
-        parts, versions, noised = [], [], []
+        rank's batch may have used it, and its release would otherwise be summed without noise). Last, whether a
+        .grad of the bucket is refused on this rank."""
+        parts, versions, noised, refused = [], [], [], False
         for ref, numel in zip(self.params, self.numels):
             p = ref()
             grad = p.grad if p is not None and id(p) in released else None
+            refused = refused or guard.refused(p)
             versions.append(None if grad is None else grad._version)
             noised.append(grad is None and noise is not None)
             if grad is not None:
@@ -93,17 +101,18 @@ class Bucket:
                 parts.append(noise(numel, self.dtype, self.device))
             else:
                 parts.append(torch.zeros(numel, dtype=self.dtype, device=self.device))
-        if None in versions:
-            present = torch.tensor([v is not None or n for v, n in zip(versions, noised)], dtype=self.dtype,
-                                   device=self.device)
+        if None in versions or refused:
+            present = torch.tensor([*(v is not None or n for v, n in zip(versions, noised)), refused],
+                                   dtype=self.dtype, device=self.device)
         else:  # the usual case: no host-to-device copy
-            present = torch.ones(len(versions), dtype=self.dtype, device=self.device)
+            present = torch.ones(len(versions) + 1, dtype=self.dtype, device=self.device)
+            present[-1] = 0
         return torch.cat([*parts, present]), versions
 
     def unflatten(self, summed: Tensor, versions: list[int | None]) -> list[Tensor]:
         """.grad = Σ_r g_r (copied in where this rank released one, set where only others did); those parameters."""
         total = sum(self.numels)
-        anywhere = summed[total:].tolist() if None in versions else [1.0] * len(versions)  # host read if needed
+        anywhere = summed[total:-1].tolist() if None in versions else [1.0] * len(versions)  # host read if needed
         values = summed[:total].split(self.numels)
         written, targets, sums = [], [], []
         for ref, value, version, present in zip(self.params, values, versions, anywhere):
@@ -132,11 +141,20 @@ CHANGED_MESSAGE = ("a gradient was changed in place between the DP backward and 
                    "it is at the step")
 
 
+REFUSED_MESSAGE = ("a rank refused its part of this step (its .grad held a gradient that may not be applied: a raw or "
+                   "mixed gradient, or two noisy releases; that rank's ReleaseError says which), and the sum across "
+                   "ranks holds it, so the step is refused on every rank and nothing was written into .grad. On "
+                   "every rank: opt.zero_grad() and go on with the next batch, after fixing what that rank's error "
+                   "names")
+
+
 class Round:
     """One logical step's reduction: the fixed buckets, which parameters are final, the all-reduces in flight."""
 
-    def __init__(self, buckets: list[Bucket], noise: Noise | None = None) -> None:
-        self.buckets, self.noise = buckets, noise
+    def __init__(self, buckets: list[Bucket], noise: Noise | None = None,
+                 generation: tuple[int, int] | None = None) -> None:
+        self.buckets, self.noise, self.generation = buckets, noise, generation
+        self.ended = False  # end_backward ran
         self.slot = {id(ref()): i for i, b in enumerate(buckets) for ref in b.params if ref() is not None}
         self.waiting = [len(b.params) for b in buckets]  # parameters not yet final, per bucket
         self.released: set[int] = set()
@@ -158,18 +176,35 @@ class Round:
         flat, versions = bucket.flatten(self.released, self.noise)
         self.launched.append((bucket, flat, versions, dist.all_reduce(flat, async_op=True)))
 
+    def end_backward(self, launch: bool) -> None:
+        """The noisy backward is over. A parameter it did not reach whose .grad holds micro-step sums of its logical
+        step (used in an earlier micro-batch only) is released with them (and its noise, on the noising rank), as
+        `guard.release_absent` does in one process; if `launch`, the buckets still open go out now."""
+        if not self.ended and self.generation is not None:
+            for p in (ref() for bucket in self.buckets for ref in bucket.params):
+                if p is not None and id(p) not in self.released and \
+                        guard.close_micro_steps(p, self.generation, self.noise) is not None:
+                    self.ready(p, launch=False)
+        self.ended = True
+        if launch:
+            self.launch_rest()
+
     def launch_rest(self) -> None:
         """Launch the buckets still open (parameters without a gradient: zeros), in bucket order."""
         while len(self.launched) < len(self.buckets):
             self.launch()
 
     def finish(self, apply: bool) -> list[Tensor]:
-        """Launch the rest, wait for all; if `apply`, write the sums into .grad and return those parameters."""
-        self.launch_rest()
+        """Launch the rest, wait for all; if `apply`, write the sums into .grad and return those parameters, unless a
+        rank refused a .grad the sums hold (ReleaseError on every rank, nothing written: one host read a step)."""
+        self.end_backward(launch=True)
         for *_, work in self.launched:
             work.wait()
-        return [p for bucket, flat, versions, _ in self.launched for p in bucket.unflatten(flat, versions)] \
-            if apply else []
+        if not apply:
+            return []
+        if any(float(flat[-1]) for _, flat, _, _ in self.launched):
+            raise ReleaseError(REFUSED_MESSAGE)
+        return [p for bucket, flat, versions, _ in self.launched for p in bucket.unflatten(flat, versions)]
 
 
 class Reducer:
@@ -187,14 +222,14 @@ class Reducer:
         known = {id(ref()) for ref in self.params}
         self.params += [weakref.ref(p) for p in params if id(p) not in known]
 
-    def open(self, in_backward: bool) -> None:
-        """A noisy backward starts a round (an unfinished previous one is completed and dropped); inside a
-        backward, the buckets still open at its end are launched then."""
+    def open(self, in_backward: bool, generation: tuple[int, int] | None = None) -> None:
+        """A noisy backward (of the engine's `generation`) starts a round (an unfinished previous one is completed
+        and dropped); inside a backward, the buckets still open at its end are launched then."""
         if self.round is not None:
             self.round.finish(apply=False)
-        self.round = Round(self.buckets(), self.noise)
-        if self.overlap and in_backward:
-            torch.autograd.Variable._execution_engine.queue_callback(self.round.launch_rest)
+        self.round = current = Round(self.buckets(), self.noise, generation)
+        if in_backward:
+            torch.autograd.Variable._execution_engine.queue_callback(lambda: current.end_backward(self.overlap))
 
     def ready(self, p: Tensor) -> None:
         """p's gradient of the open round is final (its post-accumulate-grad hook)."""

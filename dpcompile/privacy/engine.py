@@ -46,7 +46,7 @@ from ..precision import check_products
 from ..ops import gaussian, register_owner
 from . import distributed, guard
 from .accounting import Accountant, _check_delta, calibrate_noise_multiplier, steps_for
-from .sampling import PoissonBatchSampler
+from .sampling import PoissonBatchSampler, stream_seed
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ class PrivacyEngine:
         self.enabled = True  # False inside accumulating()
         self.calls = 0       # enabled backwards so far
         self.draws = 0       # noisy backwards so far = logical DP-SGD steps (counted even when std is 0)
+        self.generation = 0  # bumped at each noisy release and each load_state_dict (never saved): see guard
         self._dropped: dict[str, Tensor] = {}  # per device, on device: samples dropped (clip factor 0)
         self._dropped_saved = 0                # dropped samples restored from a checkpoint
         self._dropped_warned = False
@@ -90,6 +91,7 @@ class PrivacyEngine:
         self._micro_position: tuple[int, int] | None = None  # the sampler's position at this logical step's start
         self._noisy_position: tuple[int, int] | None = None  # the sampler's position at the last noisy release
         self._batches_base = (0, batches_drawn(self.sampler))  # (noisy releases, batches drawn) when it was attached
+        self._sampler_seeds = seeds_of(self.sampler)  # the seeds of every sampler attached: each draws batches once
         self._reached: set[int] | None = None  # one process: the parameters this noisy release reached (ids)
         self._tracked_count = 0  # how many parameters this engine has guarded (track): all reached, none absent
         self.batch: int | None = None  # the batch size of the last DP forward with grad (a 'mean' loss, no fixed n)
@@ -128,7 +130,7 @@ class PrivacyEngine:
         noisy = self.step()
         self._task = (task, guard.NOISY if noisy else guard.UNNOISED)
         if noisy and self.reducer is not None:
-            self.reducer.open(in_backward=task >= 0)
+            self.reducer.open(in_backward=task >= 0, generation=(self.handle, self.generation))
         elif noisy:
             self.open_absent(in_backward=task >= 0)
         self._count_dropped(dropped)
@@ -218,7 +220,9 @@ class PrivacyEngine:
                 "release as a fresh Poisson sample at rate q, so reusing a batch would spend more privacy than "
                 "reported. Take one backward and one optimizer step per loader batch (for x, y in loader: "
                 "loss.backward(); opt.step(); opt.zero_grad()); optimizers that re-evaluate a closure on the same "
-                "batch (LBFGS) are not supported")
+                "batch (LBFGS) are not supported. If the batches come from another loader than the DP model's "
+                "data_loader (a loader made anew for each epoch), the DP model cannot see its position: make the "
+                "loader once, or hand the new one over with dp_model.privacy.attach(loader)")
         self._micro_position, self._noisy_position = None, position
 
     def in_prefetch_tail(self, position: tuple[int, int]) -> bool:
@@ -244,13 +248,15 @@ class PrivacyEngine:
         if self.calls % self.every:
             return False
         self.draws += 1
+        self.generation += 1
         return True
 
     def generator(self, device: torch.device) -> torch.Generator:
-        """The generator on a device, seeded on first use."""
+        """The generator on a device, seeded on first use with a seed of its own (`stream_seed`): not the seed a
+        sampler or another device's generator draws from."""
         key = str(device)
         if key not in self.generators:
-            self.generators[key] = torch.Generator(device=device).manual_seed(self.seed)
+            self.generators[key] = torch.Generator(device=device).manual_seed(stream_seed(self.seed, "noise", key))
         return self.generators[key]
 
     def track(self, named_params: Iterable[tuple[str, Tensor]]) -> None:
@@ -373,6 +379,14 @@ class PrivacyEngine:
         sample_rate = sample_rate_of(self.sample_rate, sampler)
         check_normaliser(self.config)
         check_shard(sampler, self.rank, self.world_size)
+        if self.world_size > 1:  # every rank attaches (a collective): the rates must agree, as at creation
+            distributed.check_same_settings({**self.fingerprint(), "sample_rate": sample_rate})
+        if sampler is not self.sampler and seeds_of(sampler) & self._sampler_seeds:
+            raise ConfigError(
+                f"the loader attached samples with seed {sampler.seed}, as a loader this DP model was given before: it "
+                "would draw the same batches again, which the accountant counts as fresh Poisson samples. Make the "
+                "loader once and keep it for every epoch, or give each loader a seed of its own (or none)")
+        self._sampler_seeds |= seeds_of(sampler)
         self.sampler, self.sample_rate = sampler, sample_rate
         self.rebase_batches()
 
@@ -439,14 +453,16 @@ class PrivacyEngine:
         return digest.hexdigest()
 
     def check_parameters(self) -> None:
-        """At the first release after load_state_dict(): the parameters must be the ones saved with the state."""
-        saved, self._parameters_saved = self._parameters_saved, None
-        if saved is not None and saved != self.parameters_hash():
+        """At the first release after load_state_dict(): the parameters must be the ones saved with the state. Until
+        they are, every release is refused (a retry after the refusal would otherwise train on and repeat the noise)."""
+        if self._parameters_saved is not None and self._parameters_saved != self.parameters_hash():
             raise ConfigError(
                 "the privacy state loaded was saved with other model parameters: its step count, accountant and "
                 "noise generator belong to those, so training these would under-count the privacy spent and repeat "
                 "noise already drawn. Load the model's state_dict saved together with this privacy state (before "
-                "the next step); if the parameters were changed on purpose, start without loading the privacy state")
+                "the next release: until then every release of this DP model is refused); if the parameters were "
+                "changed on purpose, make a new DP model and do not load the privacy state")
+        self._parameters_saved = None
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume from state_dict() of an engine with the same settings; refuse any other (ConfigError)."""
@@ -483,6 +499,7 @@ class PrivacyEngine:
         self.accountant = accountant
         self._dropped, self._dropped_saved = {}, int(own.get("dropped", 0))
         self._parameters_saved = state.get("parameters")  # checked at the next release (the model may load after)
+        self.generation += 1  # micro-step sums held from before belong to no step of the loaded state
         self.rebase_batches()
 
     def own_part(self, state: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -554,6 +571,11 @@ def check_shard(sampler: PoissonBatchSampler | None, rank: int, world_size: int)
             f"the Poisson loader samples for rank {sampler.rank} of {sampler.world_size}, but this process is rank "
             f"{rank} of {world_size}: create poisson_loader(...) after torch.distributed.init_process_group(), "
             "with the default rank and world_size")
+
+
+def seeds_of(sampler: PoissonBatchSampler | None) -> set[int]:
+    """{the sampler's seed}, or none for no sampler or a secure one (it reseeds from OS entropy every epoch)."""
+    return set() if sampler is None or sampler.secure else {sampler.seed}
 
 
 def batches_drawn(sampler: PoissonBatchSampler | None) -> int:

@@ -37,6 +37,7 @@ class TaskOwner(Protocol):
     a parameter's release of this step is final (`released`), the sums across ranks into .grad (`reduce`)."""
 
     handle: int  # creation order: the same on every rank
+    generation: int  # bumped at each noisy release and each load_state_dict: the logical step micro-steps belong to
 
     def backward_kind(self, task: int) -> str | None: ...
 
@@ -60,7 +61,8 @@ class GradState:
         self.grad: weakref.ref | None = None
         self.version = -1
         self.continuing = False
-        self.noisy = self.unnoised = self.raw = self.mixed = 0
+        self.noisy = self.unnoised = self.raw = self.mixed = self.stale = 0
+        self.unnoised_in: tuple[int, int] | None = None  # (engine handle, generation) of the un-noised sums held
         self.expected: tuple[int, torch.Tensor] | None = None  # (graph task, what the DP backward released)
         self.arrived_mixed = False  # the gradient arriving now has more than the release in it
 
@@ -90,17 +92,28 @@ class GradState:
         self.version = -1 if grad is None else grad._version
 
     def reset(self) -> None:
-        self.noisy = self.unnoised = self.raw = self.mixed = 0
+        self.noisy = self.unnoised = self.raw = self.mixed = self.stale = 0
+        self.unnoised_in = None
 
-    def accumulated(self, kind: str) -> None:
-        """One backward's gradient added: a noisy one absorbs the un-noised micro-steps before it."""
+    def accumulated(self, kind: str, generation: tuple[int, int] | None = None) -> None:
+        """One backward's gradient added: a noisy one absorbs the un-noised micro-steps before it, if they belong to
+        its logical step. `generation`: (handle, generation) of the engine whose backward it was. Micro-step sums
+        of an earlier generation are stale: a noisy release was made since without them (torch.autograd.grad in the
+        middle of an accumulation, or load_state_dict), so the noisy release absorbing them would add a sample of
+        the earlier logical step to this one (sensitivity 2R)."""
         if not self.continuing:
             self.reset()
         self.mixed += self.arrived_mixed
         self.arrived_mixed = False
         if kind == NOISY:
+            if self.unnoised and (generation is None or self.unnoised_in != (generation[0], generation[1] - 1)):
+                self.stale += 1
             self.noisy, self.unnoised = self.noisy + 1, 0
         elif kind == UNNOISED:
+            if not self.unnoised:
+                self.unnoised_in = generation
+            elif self.unnoised_in != generation:
+                self.stale += 1
             self.unnoised += 1
         else:
             self.raw += 1
@@ -114,8 +127,14 @@ class GradState:
 
     def problem(self) -> str | None:
         """Why .grad may not be applied, or None."""
-        if self.noisy == 1 and not (self.mixed or self.raw or self.unnoised):  # the usual case, first
+        if self.noisy == 1 and not (self.mixed or self.raw or self.unnoised or self.stale):  # the usual case, first
             return None
+        if self.stale:
+            return (f"the gradient of parameter '{self.name}' holds clipped sums of micro-steps of an earlier "
+                    "logical step: a noisy release was made since without them (torch.autograd.grad during an "
+                    "accumulation, or privacy.load_state_dict()), so this step would apply a sample of that step "
+                    "twice, beyond the clipping bound. Drop them (dp_model.privacy.drop_accumulated(), or "
+                    "opt.zero_grad()) and run the logical step's micro-batches again")
         if self.mixed:
             return (f"parameter '{self.name}' also got a gradient from outside the DP model in the same backward "
                     "(it is used on data outside the DP model, or a penalty on it is added to the loss): that part "
@@ -179,7 +198,8 @@ def hook_parameter(p: torch.Tensor, state: GradState) -> None:
         engines = state.live_engines()
         kinds = [engine.backward_kind(task) for engine in engines]
         kind = NOISY if NOISY in kinds else UNNOISED if UNNOISED in kinds else RAW
-        state.accumulated(kind)
+        owner = next((engine for engine, its_kind in zip(engines, kinds) if its_kind == kind), None)
+        state.accumulated(kind, None if owner is None else (owner.handle, owner.generation))
         state.record(param.grad)
         if kind == NOISY:  # this step's release is final: data parallel reduces it now
             for engine, its_kind in zip(engines, kinds):
@@ -287,10 +307,31 @@ def release_absent(engine: TaskOwner, reached: set[int], noise, fresh: bool = Tr
         else:
             p.grad = z
         state.arrived_mixed = False
-        state.accumulated(NOISY)
+        state.accumulated(NOISY, (engine.handle, engine.generation))
         state.record(p.grad)
         written.append(p)
     return written
+
+
+def close_micro_steps(p: torch.Tensor, generation: tuple[int, int], noise=None) -> torch.Tensor | None:
+    """Data parallel: p's .grad as its noisy release, if it holds micro-step sums of the logical step whose noisy
+    release (of the engine `generation` names) did not reach p (it was used in an earlier micro-batch only), with
+    noise(numel, dtype, device) added (the noising rank); None if it holds none. As `release_absent` in one process."""
+    state = state_of(p)
+    if state is None or not state.unnoised or not state.same_grad(p.grad):
+        return None
+    if noise is not None:
+        p.grad.add_(noise(p.numel(), p.dtype, p.device).view(p.shape))
+    state.continuing, state.arrived_mixed = True, False
+    state.accumulated(NOISY, generation)
+    state.record(p.grad)
+    return p.grad
+
+
+def refused(p: torch.Tensor | None) -> bool:
+    """p's .grad may not be applied (a problem the step pre-hook refuses)."""
+    state = state_of(p) if p is not None and p.grad is not None else None
+    return state is not None and state.same_grad(p.grad) and state.problem() is not None
 
 
 def refuse_outside_gradients(optimizer: torch.optim.Optimizer) -> None:

@@ -1,6 +1,7 @@
 """Poisson sampling: every example joins each batch independently with probability q."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 from collections.abc import Callable, Iterator, Mapping
@@ -17,6 +18,12 @@ logger = logging.getLogger(__name__)
 _CONFIG_KEYS = ("num_samples", "sample_rate", "steps")
 
 
+def _fixed(name: str, doc: str) -> property:
+    """A setting a sampler keeps for life (read-only): the accountant and the data-parallel shards are made from it,
+    and a change after they were (q raised to 1, a rank moved) would spend privacy that nothing counts."""
+    return property(lambda self: getattr(self, "_" + name), doc=doc)
+
+
 class PoissonBatchSampler(Sampler[list[int]]):
     """Yields `steps` batches of indices per epoch, each index included with probability `sample_rate`.
 
@@ -30,6 +37,11 @@ class PoissonBatchSampler(Sampler[list[int]]):
     examples rank, rank + W, rank + 2W, … (each still with probability q, from a generator of its own),
     so the union of the ranks' batches is a Poisson sample of all num_samples examples.
     """
+
+    num_samples = _fixed("num_samples", "N, the size of the whole dataset (of every rank's shards)")
+    sample_rate = _fixed("sample_rate", "q, the probability that an example joins a batch")
+    rank = _fixed("rank", "the data-parallel rank whose shard this sampler draws")
+    world_size = _fixed("world_size", "the number of data-parallel ranks")
 
     def __init__(self, num_samples: int, sample_rate: float, steps: int | None = None,
                  seed: int | None = None, secure: bool = False, rank: int | None = None,
@@ -46,12 +58,12 @@ class PoissonBatchSampler(Sampler[list[int]]):
             raise ConfigError("secure=True draws its seed from OS entropy; pass either seed or secure=True, not both")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, Integral)):
             raise ConfigError(f"seed must be an integer, got {seed!r}")
-        self.num_samples, self.sample_rate, self.steps = int(num_samples), float(sample_rate), int(steps)
-        self.rank, self.world_size = shard_of(rank, world_size)
+        self._num_samples, self._sample_rate, self.steps = int(num_samples), float(sample_rate), int(steps)
+        self._rank, self._world_size = shard_of(rank, world_size)
         self.secure = secure
         self.seed = secrets.randbits(63) if seed is None else int(seed)
         self.epoch, self._step = 0, 0
-        self._generator = torch.Generator().manual_seed(rank_seed(self.seed, self.rank))
+        self._generator = torch.Generator().manual_seed(stream_seed(self.seed, "sampler", self.rank))
         logger.debug("PoissonBatchSampler(n=%d, q=%g, steps=%d, secure=%s)", num_samples, sample_rate, steps, secure)
 
     def __len__(self) -> int:
@@ -111,9 +123,15 @@ def shard_of(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return int(rank), int(world_size)
 
 
-def rank_seed(seed: int, rank: int) -> int:
-    """A generator seed of each rank's own (the same seed on every rank would correlate the shards)."""
-    return (seed + rank * 0x9E3779B97F4A7C15) % 2**63
+def stream_seed(seed: int, stream: str, index: int | str = 0) -> int:
+    """The seed of one random stream of its own, derived from a user's seed: SHA-256 of (stream, index, seed).
+
+    One user seed feeds several generators (the Poisson sampler of each rank, the noise on each device). Seeded
+    with the same number, two torch generators of one kind draw the same uniforms: the noise of a step was then
+    computed from the very uniforms that chose its batch (sample k joins iff u_k < q, and randn turns u_k into a
+    noise value), so the release showed who was in the batch. Each stream's seed is a hash of its own."""
+    digest = hashlib.sha256(f"dpcompile:{stream}:{index}:{int(seed)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % 2**63
 
 
 class _PoissonCollate:

@@ -20,6 +20,10 @@ torch.manual_seed(0)
 
 DEVICE = os.environ.get("DPCOMPILE_TEST_DEVICE", "cpu")
 BACKEND = os.environ.get("DPCOMPILE_TEST_BACKEND", "eager")
+# Cases whose inductor compile takes tens of seconds on the CPU while the same property runs there through another
+# case or backend of the same test (their CPU lowering is a fallback to the op's torch reference, or the CPU has no
+# TF32): in the default suite on CUDA, `-m slow` on the CPU (python -m pytest -m slow).
+SLOW_ON_CPU = pytest.mark.slow if DEVICE == "cpu" else pytest.mark.inductor
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from fractions import Fraction
 
 import pytest
 import torch
-from conftest import DEVICE
+from conftest import DEVICE, SLOW_ON_CPU
 from helpers import Case, check_against_reference, old_triton_interpreter
 from rule_cases import CASES
 from test_norm_bounds import linear_site
@@ -124,8 +124,10 @@ class Attention(nn.Module):
 ATTENTION = Case("attention_70_rows", Attention, lambda B: torch.randn(B, 70, 6, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("backend", ["eager", "inductor"])
-@pytest.mark.parametrize("name", ["linear_3d", "linear_flat_rows", "block_twice", "attention"])
+@pytest.mark.parametrize("name, backend", [
+    *((name, "eager") for name in ("linear_3d", "linear_flat_rows", "block_twice", "attention")),
+    ("linear_flat_rows", "inductor"),
+    *(pytest.param(name, "inductor", marks=SLOW_ON_CPU) for name in ("linear_3d", "block_twice", "attention"))])
 def test_rewrite_through_fused_grams_matches_torch_func(name, backend, fused):
     """Ghost clipping through the fused Gram sums against torch.func's clipped per-sample gradients in float64, both
     clip branches, batch sizes 3, 5 and 1 through one model."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import BACKEND as BACKEND_UNDER_TEST
-from conftest import DEVICE
+from conftest import DEVICE, SLOW_ON_CPU
 from helpers import shifted_convs
 from torch import nn
 
@@ -323,7 +323,7 @@ def test_tf32_products_take_the_operand_views_that_bmm_takes():
     assert all(len(views) == 2 for _, views in tf32)
 
 
-@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.inductor)])
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=SLOW_ON_CPU)])
 def test_tf32_per_sample_matmul_gradients_over_positions(backend):
     """Linear layers over T = 6 positions (a sequence model's): their per-sample gradients are TF32 products too,
     within R for a one-sample batch at the worst of TF32's truncation, and within TF32's rounding of the IEEE ones."""
@@ -454,7 +454,7 @@ def truncation_attack(kind: str) -> tuple[nn.Module, torch.Tensor]:
     return nn.Conv2d(2, 2, 1, bias=False).to(DEVICE), x.t().reshape(1, 2, 1, 2)  # 1x1 convolution, 1 x 2 image
 
 
-@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.inductor)])
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=SLOW_ON_CPU)])
 @pytest.mark.parametrize("kind", ["linear", "conv"])
 def test_ghost_tf32_clipped_sum_keeps_a_crafted_sample_within_R(kind, backend):
     """With ghost_tf32=True a ghost term's clipped sum is a TF32 product, and the released gradient is TF32's

@@ -1,6 +1,8 @@
 """dpcompile(model, ...): the model, compiled so that loss.backward() leaves DP-SGD gradients in .grad."""
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import re
 import warnings
@@ -45,6 +47,7 @@ class DPModel(nn.Module):
     def __init__(self, model: nn.Module, config: DPConfig, **privacy) -> None:
         super().__init__()
         refuse_unsupported_modules(model)
+        refuse_lazy_parameters(model)
         self.module = model
         self.config = config
         self.privacy = PrivacyEngine(config, **privacy)  # the one owner of the privacy state
@@ -81,12 +84,10 @@ class DPModel(nn.Module):
             except (ValueError, TypeError):  # output structures differ (unknown dims): dim 0
                 return tree_map(lambda t: _empty_along(t, None), out)
         self._recapture_if_trainable_changed()
-        for t in leaves:
-            if t.dim() > 0:
-                torch._dynamo.mark_dynamic(t, 0)  # only the batch dimension is dynamic
         try:
             # backed_size_oblivious: batch sizes 0 and 1 share the graph
-            with fx_config.patch(backed_size_oblivious=True), _recompile_limit(64 + 8 * _MODELS_MADE[0]):
+            with fx_config.patch(backed_size_oblivious=True), _recompile_limit(64 + 8 * _MODELS_MADE[0]), \
+                    batch_marked_dynamic(leaves):
                 out = self._compiled(*args, **kwargs)
         except ConstraintViolationError as exc:
             raise ConfigError(
@@ -367,9 +368,48 @@ def _recompile_limit(limit: int):
     return config.patch(**{name: max(limit, getattr(config, name))})
 
 
+def refuse_lazy_parameters(model: nn.Module) -> None:
+    """A lazy layer's parameters (nn.LazyLinear before its first call) have no shape yet: they cannot be guarded or
+    clipped (an internal ValueError came out of the release guards)."""
+    lazy = [name for name, p in model.named_parameters() if nn.parameter.is_lazy(p)]
+    if lazy:
+        raise ConfigError(f"parameter(s) {lazy[:4]} are still uninitialised (a lazy layer, such as nn.LazyLinear): run "
+                          "the model once on a batch of public or dummy data before dpcompile(model, ...), so that "
+                          "every parameter has its shape")
+
+
+# What torch._dynamo.mark_dynamic sets on a tensor (the names differ between torch versions).
+DYNAMIC_MARKS = ("_dynamo_dynamic_indices", "_dynamo_dynamic_range", "_has_dynamo_dim_marking", "_specialize_on",
+                 "_dynamo_hint_overrides")
+
+
+@contextlib.contextmanager
+def batch_marked_dynamic(leaves: list[torch.Tensor]):
+    """Dim 0 of each tensor argument marked dynamic for the capture (only the batch dimension is dynamic), and the
+    caller's tensors left as they were after it: a mark kept on them made the caller's own torch.compile of another
+    function over the same batch fail (ConstraintViolationError)."""
+    marked = [(t, {name: copy.copy(getattr(t, name)) for name in DYNAMIC_MARKS if hasattr(t, name)})
+              for t in leaves if t.dim() > 0]
+    for t, _ in marked:
+        torch._dynamo.mark_dynamic(t, 0)
+    try:
+        yield
+    finally:
+        for t, before in marked:
+            for name in DYNAMIC_MARKS:
+                if name in before:
+                    setattr(t, name, before[name])
+                elif hasattr(t, name):
+                    delattr(t, name)
+
+
 def refuse_functorch_transforms() -> None:
     """A DP model called inside torch.func's transforms (vmap, grad, vjp, jacrev...): refused by name. (Dynamo's own
     refusal, "Unsupported functorch tracing attempt", read as a graph break of the model's.)"""
+    if torch.compiler.is_exporting():
+        raise ConfigError("a DP model cannot be exported (torch.export): its backward, which clips and noises, is "
+                          "what it is for, and an exported program has none. Export the wrapped model "
+                          "(dp_model.module) for inference")
     if torch._C._functorch.peek_interpreter_stack() is not None:
         raise ConfigError(
             "the DP model was called inside a torch.func transform (vmap, grad, vjp, jacrev, ...): it computes, "

@@ -58,6 +58,7 @@ class DPBackend:
             raise surfacing(err) from err
 
     def compile(self, gm: fx.GraphModule, example_inputs):
+        refuse_partial_capture()
         self.compilations += 1
         self.graphs["dynamo"] = gm
         ctx = self.context(gm, example_inputs)
@@ -157,6 +158,7 @@ class DPBackend:
                 captured = len(self.graphs["dynamo"].graph.find_nodes(op="placeholder"))
                 same = len(gm.graph.find_nodes(op="placeholder")) == captured  # AOT keeps Dynamo's inputs in order
                 passes.check_sample_independence(gm, ctx, self.user_inputs if same else None)
+                passes.safety.refuse_backward_reads_of_written_inputs(gm)
                 return self.lower(gm, example_inputs, kwargs)
             example_inputs = restride_saved_tensors(gm, example_inputs)
             with precise_products():
@@ -549,6 +551,21 @@ def fp32_boxed(compiled):
 
 
 PRIVACY_SETTINGS = ("sample_rate", "accountant", "gradient_accumulation_steps", "target_delta", "data_loader")
+
+
+def refuse_partial_capture() -> None:
+    """torch.compile(..., backend=dpcompile.backend(...)) without fullgraph=True: Dynamo may split the model at a graph
+    break and run the code between the graphs as Python, where no check sees it (a batch mean applied there moved a
+    release by 16R at B = 64), and one model in several graphs is not clipped as one. Refused for every capture made
+    without fullgraph (Dynamo's translator says: `one_graph`), with or without a break."""
+    from torch._dynamo.symbolic_convert import InstructionTranslator
+    tx = getattr(InstructionTranslator, "current_tx", lambda: None)()
+    if tx is not None and not getattr(tx, "one_graph", True):
+        raise ConfigError(
+            "torch.compile(model, backend=dpcompile.backend(...)) needs fullgraph=True: without it Dynamo may split the "
+            "model into several graphs and run the code between them uncaptured, where nothing checks that samples "
+            "stay apart, and the clip factor needs every layer's norm in one graph. Pass fullgraph=True (a model that "
+            "does not capture as one graph cannot be made private), or use dpcompile.dpcompile(model, ...)")
 
 
 def backend(**settings) -> DPBackend:

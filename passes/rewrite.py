@@ -16,6 +16,7 @@ import networkx as nx
 import torch
 import torch.fx as fx
 
+from dpcompile.errors import ConfigError
 from dpcompile.ops import lower_gram_sums, lower_half_bmm, lower_per_sample_conv2d_grad, lower_stored_as_inductor_pin
 
 from .emit import emit, fresh_value, with_provenance
@@ -51,6 +52,12 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     """A new GraphModule: the backward graph with clipped, noised, normalised parameter gradients."""
     spec: ClipSpec = ctx.clip
     params: tuple[ParamGrad, ...] = gm.meta[PARAMS]
+    if not params:
+        raise ConfigError(
+            "the captured graph has no trainable parameter whose gradient it computes, only gradients of its inputs: "
+            "there is nothing to clip and release, and an input's gradient is per-sample data. Compile the model "
+            "whose parameters are trained (torch.compile(model, fullgraph=True, backend=dpcompile.backend(...))), "
+            "with inputs that do not require grad")
     site_param = {node: p for p in params for node in p.sites}
     after = descendants(gm.graph, site_param) - set(site_param)  # what reads a term, directly or not
     chain = between_terms_and_release(gm, params, site_param)    # of those, what the released gradients are made of

@@ -807,6 +807,28 @@ def refuse_stored_sample(forward: fx.GraphModule, user_inputs: tuple[int, ...] |
     return forward
 
 
+def refuse_backward_reads_of_written_inputs(forward: fx.GraphModule) -> fx.GraphModule:
+    """An input that the forward writes in place (copy_: a buffer updated in forward, such as the power iteration's
+    vectors of parametrizations.spectral_norm in training mode) and also hands to the backward: the backward then
+    computes from the written value where the forward read the one before. AOTAutograd's min-cut partitioner does
+    this when it recomputes, in the backward, a value read from such an input instead of saving it
+    (pytorch/pytorch#197039; plain torch.compile too): with spectral_norm the released gradient was 12% off the
+    model's own, on both backends. Refused, naming the module: the gradient would be another function's."""
+    written = {n.args[0]: n for n in forward.graph.find_nodes(op="call_function", target=aten.copy_.default)
+               if isinstance(n.args[0], fx.Node) and n.args[0].op == "placeholder"}
+    output = forward.graph.find_nodes(op="output")[0]
+    for node in tree_leaves(output.args[0]):
+        if node in written:
+            raise UnsupportedOpError(
+                f"module {where(written[node].args[1])}: the forward writes a buffer in place ({written[node].target}) "
+                "and the backward would read it again after the write, so it would differentiate other values than "
+                "the forward computed with (PyTorch's partitioner recomputes from the written buffer: "
+                "pytorch/pytorch#197039), and the released gradient would be wrong. Known case: "
+                "torch.nn.utils.parametrizations.spectral_norm in training mode; keep that layer in eval mode "
+                "(its power iteration then does not run in forward), or leave the spectral norm out")
+    return forward
+
+
 def check_hand_written_backward(backward: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     """The ops of a backward written by hand (an autograd.Function's backward, a torch.library op's registered
     autograd), which AOTAutograd traces into the backward graph, must keep samples apart as forward ops must:
@@ -1247,7 +1269,10 @@ CUSTOM_FUNCTION = getattr(torch.ops.higher_order, "autograd_function_apply", Non
 # Graph nodes that leave a context a matching node entered (autocast inside forward). The two runs go node by
 # node, so run 0 enters, then run 1; leaving in the same order would restore run 0's saved state last, and autocast
 # stayed on after the check: the model's forward then ran under it (bf16 outputs, a backward that failed on them).
-CONTEXT_EXITS = {f for f in (getattr(torch.amp.autocast_mode, "_exit_autocast", None),) if f is not None}
+# The contexts a graph enters and leaves by a pair of ops (the runs' guards are left last-in first-out: inference mode
+# left in the wrong order raised "Inference tensors cannot be saved for backward" and stayed on for the process).
+CONTEXT_EXITS = {f for f in (getattr(torch.amp.autocast_mode, "_exit_autocast", None),
+                             getattr(torch.autograd.grad_mode, "_exit_inference_mode", None)) if f is not None}
 
 
 class _AsGiven(Exception):

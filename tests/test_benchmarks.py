@@ -164,8 +164,7 @@ def test_largest_batch_search_goes_on_after_one_slow_try():
     assert found["batch"] <= (130 - 0.1) / 0.001 < found["fails_at"]
 
 
-@pytest.mark.parametrize("method", ["dp_mixed", "compile"])
-@pytest.mark.parametrize("origin", ["timed run", "own setup"])
+@pytest.mark.parametrize("method, origin", [("dp_mixed", "timed run"), ("compile", "own setup")])  # each once
 def test_largest_batch_tries_step_one_compiled_setup_at_every_batch(method, origin):
     args = bench.parse_args([*QUICK, "--methods", method])
     cfg, device = bench.CONFIGS["smoke"], torch.device("cpu")

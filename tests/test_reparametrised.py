@@ -228,3 +228,37 @@ def test_one_term_in_two_clip_groups_is_refused():
                              clip_groups=[names[:2], names[2:]])
     with pytest.raises(UnsupportedOpError, match=r"original0', '0\.parametrizations\.weight\.original1'.*one clip group"):
         dp(torch.randn(3, 6, device=DEVICE, dtype=F64)).sum().backward()
+
+
+def spectral_normed() -> nn.Module:
+    """A spectral-normed Linear whose power iteration has not converged (u, v random unit vectors)."""
+    from torch.nn.utils.parametrizations import spectral_norm
+    torch.manual_seed(0)
+    model = nn.Sequential(spectral_norm(nn.Linear(3, 4)), nn.Tanh(), nn.Flatten(), nn.Linear(12, 2)).to(DEVICE, F64)
+    vectors = model[0].parametrizations.weight[0]
+    with torch.no_grad():
+        for v in (vectors._u, vectors._v):
+            v.copy_(nn.functional.normalize(torch.randn_like(v), dim=0))
+    return model
+
+
+def test_spectral_norm_in_training_mode_is_refused_and_in_eval_mode_trains():
+    """parametrizations.spectral_norm in training mode writes its power iteration's vectors in forward, and PyTorch's
+    partitioner recomputed part of that iteration in the backward from the written vectors (pytorch/pytorch#197039),
+    so the released gradient was 12% off the model's own (nothing clipped), on both backends: refused now, naming
+    the module. In eval mode the iteration does not run: it trains, and at a large R releases the model's gradient."""
+    x = torch.randn(4, 3, 3, dtype=F64, device=DEVICE)
+    y = 10 * torch.randn(4, 2, dtype=F64, device=DEVICE)
+    model = spectral_normed()
+    dp = dpcompile.dpcompile(model, max_grad_norm=1e6, noise_multiplier=0.0, loss_reduction="sum", backend=BACKEND)
+    with pytest.raises(UnsupportedOpError, match="parametrizations.weight.0.*writes a buffer in place"):
+        ((dp(x) - y) ** 2).sum().backward()
+    model = spectral_normed()
+    model[0].eval()
+    (((model(x) - y) ** 2).sum()).backward()
+    own = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    dp = dpcompile.dpcompile(model, max_grad_norm=1e6, noise_multiplier=0.0, loss_reduction="sum", backend=BACKEND)
+    ((dp(x) - y) ** 2).sum().backward()
+    for p, g in zip(model.parameters(), own):
+        torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-12)

@@ -424,3 +424,105 @@ def test_recapture_at_every_call_ends_in_a_dpcompile_error(monkeypatch):
         for B in range(2, 12):
             model.side = torch.ones(B, 1)
             dp(torch.randn(B, 2)).sum().backward()
+
+
+# --- found by probing (forty-first session): the backend form's captures, odd calls, odd layers ---
+
+@torch._dynamo.disable
+def batch_centred(h):
+    return h - h.mean(0, keepdim=True)
+
+
+class MixedOutsideTheGraph(nn.Module):
+    """Samples mixed in Python that Dynamo skips, then one graph with every parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 1)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(batch_centred(x * 1.0))))
+
+
+@pytest.mark.parametrize("fullgraph", [False, True])
+def test_the_backend_form_needs_fullgraph(fullgraph):
+    """torch.compile(model, backend=dpcompile.backend(...)) without fullgraph=True ran the code between graphs as
+    Python that no check saw: a batch mean there moved a release by 16R at B = 64 (1.7R at B = 8). Refused for any
+    capture without fullgraph; with it, the skipped function is a graph break, refused too."""
+    torch.manual_seed(0)
+    run = torch.compile(MixedOutsideTheGraph().to(**F64), fullgraph=fullgraph, backend=dpcompile.backend(
+        max_grad_norm=1.0, noise_multiplier=0.0, loss_reduction="sum", backend=BACKEND))
+    x = torch.randn(8, 4, **F64)
+    torch._dynamo.mark_dynamic(x, 0)
+    with pytest.raises(Exception) as err:
+        run(x).sum().backward()
+    found = err.value if isinstance(err.value, DPCompileError) else err.value.__cause__
+    if fullgraph:
+        assert isinstance(err.value, torch._dynamo.exc.Unsupported), err.value
+    else:
+        assert isinstance(found, ConfigError) and "needs fullgraph=True" in str(found), err.value
+
+
+def test_a_graph_without_trainable_parameters_is_refused_by_name():
+    """A parameter-free function whose input requires grad, under the backend form: the rewrite failed with an
+    AssertionError ("stack expects a non-empty TensorList"); now a ConfigError that says what is compiled."""
+    run = torch.compile(lambda x: torch.tanh(x) * 2, fullgraph=True, backend=dpcompile.backend(
+        max_grad_norm=1.0, noise_multiplier=0.0, loss_reduction="sum", backend=BACKEND))
+    x = torch.randn(3, 4, **F64, requires_grad=True)
+    torch._dynamo.mark_dynamic(x, 0)
+    with pytest.raises(Exception) as err:
+        run(x).sum().backward()
+    found = err.value if isinstance(err.value, DPCompileError) else err.value.__cause__
+    assert isinstance(found, ConfigError) and "no trainable parameter" in str(found), err.value
+
+
+class InferenceInside(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        with torch.inference_mode():
+            scale = x.abs().amax(1, keepdim=True) + 1
+        return self.fc(x / scale.clone())
+
+
+def test_inference_mode_inside_forward_trains_and_is_left():
+    """torch.inference_mode() around a part of forward that needs no gradient: the numerical check left its two
+    runs' inference-mode guards in the wrong order, which raised "Inference tensors cannot be saved for backward"
+    and left inference mode on for the whole process. It trains now, matching torch.func, and the mode is off."""
+    torch.manual_seed(0)
+    model = InferenceInside().to(**F64)
+    x, y = data(5)
+    dp = make(model, max_grad_norm=0.05)
+    squared_error(dp(x), y, "sum").backward()
+    assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
+    ref, _ = dp_reference(model, x, y, 0.05, loss_reduction="sum", loss=squared_error)
+    assert max_relative_error(model, ref) < 1e-10
+
+
+def test_the_callers_tensors_keep_no_dynamic_mark():
+    """The DP model marked dim 0 of the caller's own tensors dynamic and left the mark: the caller's torch.compile of
+    another function over the same batch then failed (ConstraintViolationError). The marks are undone after the
+    call."""
+    dp = make(mlp())
+    x, y = data(4)
+    dp(x)
+    assert not hasattr(x, "_dynamo_dynamic_indices")
+    probe = torch.compile(lambda a, b: (a.sum(1) - b.sum(1)).square().mean(), backend="eager")
+    probe(x, y)
+
+
+def test_export_and_lazy_layers_are_refused_by_name():
+    """torch.export of a DP model raised a TypeError from dpcompile's batch-size code; an uninitialised lazy layer, a
+    ValueError from the release guards. Both are ConfigErrors now."""
+    dp = make(mlp())
+    x, _ = data(4)
+    with pytest.raises(Exception) as err:
+        torch.export.export(dp, (x,))
+    found = err.value
+    while found is not None and not isinstance(found, ConfigError):
+        found = found.__cause__ or found.__context__
+    assert found is not None and "cannot be exported" in str(found), err.value
+    with pytest.raises(ConfigError, match="uninitialised"):
+        make(nn.Sequential(nn.LazyLinear(3), nn.Tanh(), nn.Linear(3, 2)))

@@ -301,16 +301,23 @@ def release_absent(engine: TaskOwner, reached: set[int], noise, fresh: bool = Tr
         state.continuing = state.same_grad(p.grad)
         if not (state.continuing or fresh):
             continue
-        z = noise(p.numel(), p.dtype, p.device).view(p.shape)
-        if state.continuing:
-            p.grad.add_(z)
-        else:
-            p.grad = z
-        state.arrived_mixed = False
-        state.accumulated(NOISY, (engine.handle, engine.generation))
-        state.record(p.grad)
+        released_outside_backward(state, p, noise(p.numel(), p.dtype, p.device).view(p.shape),
+                                  (engine.handle, engine.generation))
         written.append(p)
     return written
+
+
+def released_outside_backward(state: GradState, p: torch.Tensor, z: torch.Tensor | None,
+                              generation: tuple[int, int]) -> None:
+    """Count p's noisy release of `generation` made outside its DP backward: .grad holds this logical step's micro-step
+    sums (state.continuing) and z, the noise, is added to them (None: none), or .grad becomes z."""
+    if not state.continuing:
+        p.grad = z
+    elif z is not None:
+        p.grad.add_(z)
+    state.arrived_mixed = False
+    state.accumulated(NOISY, generation)
+    state.record(p.grad)
 
 
 def close_micro_steps(p: torch.Tensor, generation: tuple[int, int], noise=None) -> torch.Tensor | None:
@@ -320,11 +327,9 @@ def close_micro_steps(p: torch.Tensor, generation: tuple[int, int], noise=None) 
     state = state_of(p)
     if state is None or not state.unnoised or not state.same_grad(p.grad):
         return None
-    if noise is not None:
-        p.grad.add_(noise(p.numel(), p.dtype, p.device).view(p.shape))
-    state.continuing, state.arrived_mixed = True, False
-    state.accumulated(NOISY, generation)
-    state.record(p.grad)
+    state.continuing = True
+    released_outside_backward(state, p, None if noise is None else noise(p.numel(), p.dtype, p.device).view(p.shape),
+                              generation)
     return p.grad
 
 

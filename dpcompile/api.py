@@ -66,6 +66,10 @@ class DPModel(nn.Module):
 
     @torch._dynamo.disable  # inside a user's torch.compile'd code: run as written, its own compiled model inside
     def forward(self, *args, **kwargs):
+        if torch.compiler.is_exporting():  # an exported program has no backward: the wrapped model's forward
+            warnings.warn("dpcompile: torch.export of a DP model exports the model it wraps, for inference; an exported "
+                          "program has no backward, so training it would not be private", UserWarning, stacklevel=2)
+            return self.module(*args, **kwargs)
         refuse_functorch_transforms()
         leaves = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         views = self.config.augmentation_multiplicity
@@ -406,10 +410,6 @@ def batch_marked_dynamic(leaves: list[torch.Tensor]):
 def refuse_functorch_transforms() -> None:
     """A DP model called inside torch.func's transforms (vmap, grad, vjp, jacrev...): refused by name. (Dynamo's own
     refusal, "Unsupported functorch tracing attempt", read as a graph break of the model's.)"""
-    if torch.compiler.is_exporting():
-        raise ConfigError("a DP model cannot be exported (torch.export): its backward, which clips and noises, is "
-                          "what it is for, and an exported program has none. Export the wrapped model "
-                          "(dp_model.module) for inference")
     if torch._C._functorch.peek_interpreter_stack() is not None:
         raise ConfigError(
             "the DP model was called inside a torch.func transform (vmap, grad, vjp, jacrev, ...): it computes, "

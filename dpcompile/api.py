@@ -67,8 +67,9 @@ class DPModel(nn.Module):
     @torch._dynamo.disable  # inside a user's torch.compile'd code: run as written, its own compiled model inside
     def forward(self, *args, **kwargs):
         if torch.compiler.is_exporting():  # an exported program has no backward: the wrapped model's forward
-            warnings.warn("dpcompile: torch.export of a DP model exports the model it wraps, for inference; an exported "
-                          "program has no backward, so training it would not be private", UserWarning, stacklevel=2)
+            warnings.warn("dpcompile: torch.export of a DP model exports the model it wraps, for inference; an "
+                          "exported program has no backward, so training it would not be private", UserWarning,
+                          stacklevel=2)
             return self.module(*args, **kwargs)
         refuse_functorch_transforms()
         leaves = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
@@ -415,7 +416,8 @@ def refuse_functorch_transforms() -> None:
             "the DP model was called inside a torch.func transform (vmap, grad, vjp, jacrev, ...): it computes, "
             "clips and noises every sample's gradient itself, in the backward of an ordinary call. Call it outside "
             "any transform and take the released gradient from loss.backward() (or torch.autograd.grad); for "
-            "per-sample quantities of your own, transform the wrapped model (dp_model.module), outside the private step")
+            "per-sample quantities of your own, transform the wrapped model (dp_model.module), outside the private "
+            "step")
 
 
 def _dynamo_where(exc: BaseException) -> str:

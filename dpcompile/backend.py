@@ -562,8 +562,8 @@ def refuse_partial_capture() -> None:
     tx = getattr(InstructionTranslator, "current_tx", lambda: None)()
     if tx is not None and not getattr(tx, "one_graph", True):
         raise ConfigError(
-            "torch.compile(model, backend=dpcompile.backend(...)) needs fullgraph=True: without it Dynamo may split the "
-            "model into several graphs and run the code between them uncaptured, where nothing checks that samples "
+            "torch.compile(model, backend=dpcompile.backend(...)) needs fullgraph=True: without it Dynamo may split "
+            "the model into several graphs and run the code between them uncaptured, where nothing checks that samples "
             "stay apart, and the clip factor needs every layer's norm in one graph. Pass fullgraph=True (a model that "
             "does not capture as one graph cannot be made private), or use dpcompile.dpcompile(model, ...)")
 

@@ -310,9 +310,9 @@ def test_ranks_sum_to_the_union_batch_overlapped_and_refuse_other_settings(tmp_p
     model, x, y = model_and_data()
     dp = dpcompile.dpcompile(model, max_grad_norm=R, noise_multiplier=0.0, backend="eager", expected_batch_size=BATCH,
                              gradient_accumulation_steps=3)
-    parts = [x[0::WORLD].tensor_split(2), x[1::WORLD].tensor_split(2)], [y[0::WORLD].tensor_split(2), y[1::WORLD].tensor_split(2)]
-    for extra, xb, yb in [(False, parts[0][0][0], parts[1][0][0]), (True, parts[0][1][0], parts[1][1][0]),
-                          (False, torch.cat([parts[0][0][1], parts[0][1][1]]), torch.cat([parts[1][0][1], parts[1][1][1]]))]:
+    (x0, x1), (y0, y1) = ([t[r::WORLD].tensor_split(2) for r in range(WORLD)] for t in (x, y))  # rank r's two halves
+    for extra, xb, yb in [(False, x0[0], y0[0]), (True, x1[0], y1[0]),
+                          (False, torch.cat([x0[1], x1[1]]), torch.cat([y0[1], y1[1]]))]:
         model.extra = extra
         loss_of(dp(xb), yb).backward()
     for r in ranks:

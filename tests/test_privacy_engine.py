@@ -221,7 +221,8 @@ def test_seed_reproduces_noise():
 def test_one_seed_for_the_noise_and_the_batches_gives_independent_streams():
     """dpcompile(seed=s) and poisson_loader(seed=s), as "seed everything" code does: both generators were torch's
     Mersenne Twister seeded with s, so a step's noise was computed from the very uniforms that chose its batch
-    (example k joins iff u_k < q; randn turns u_k into the radius √(−2 ln(1 − u_k)) of a pair of noise values). Every
+    (example k joins iff u_k < q; randn turns u_k into the radius √(−2 ln(1 − u_k)) of a pair of noise values).
+    Every
     example's membership could be read off the release: at N = 256, q = 0.05 all 9 members' pairs had radii below
     √(−2 ln(1 − q)) (and every non-member's above). Each stream now has a seed of its own (`stream_seed`): a
     member's pair falls below that radius with probability q, as any pair does."""

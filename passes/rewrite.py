@@ -494,9 +494,9 @@ def weighted_sum(c: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Σ_i c_i g_i over the leading (batch) dim (g of any shape, read as it is laid out: a reshape would guard the
     batch where g's strides are a vmapped chain's, a shared parameter's combined gradients), c rounded down to g's
     dtype and dropped samples (c_i = 0) masked out (0·inf would be NaN): one reduction that inductor fuses with the
-    masking and scaling (a matrix product would be one more kernel launch and a masked copy of g written and read). A SATURATED dtype's g is scaled and
-    summed in float32, for narrow_saturated: in float16 a clip factor below 6e-8 rounded down to 0, a sample then
-    contributing nothing while not counted as dropped."""
+    masking and scaling (a matrix product would be one more kernel launch and a masked copy of g written and read).
+    A SATURATED dtype's g is scaled and summed in float32, for narrow_saturated: in float16 a clip factor below 6e-8
+    rounded down to 0, a sample then contributing nothing while not counted as dropped."""
     return masked_scaled(g.float() if g.dtype in SATURATED else g, c).sum(0)
 
 

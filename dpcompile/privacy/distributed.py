@@ -13,16 +13,16 @@ across ranks are refused when the engine is made.
 The reduction of one logical step (a "round", opened by the noisy backward, on every rank alike):
 the parameters are split once into fixed buckets (reverse parameter order, one device and dtype each,
 about `bucket_mb` MB); a bucket is all-reduced asynchronously as one flat tensor
-[g_1, …, g_k, present_1, …, present_k, refused] as soon as all its parameters' gradients of the round are
+[g_1, …, g_k, present_1, …, present_k, accepted] as soon as all its parameters' gradients of the round are
 final (their post-accumulate-grad hooks), in bucket order; the buckets still open when the backward
 ends (parameters without a gradient on this rank) go out then, with zeros and present = 0 (on rank 0, with
 their noise and present = 1: a parameter only another rank's batch used, a branch taken on long sequences, was
 summed without noise before, since rank 0's graph drew noise only for what it released). A parameter the noisy
 backward did not reach whose .grad holds this logical step's micro-step sums (used in an earlier micro-batch only)
 goes out with them (and its noise on rank 0) as its release, as `guard.release_absent` makes it in one process.
-`refused` is 1 where a .grad of the bucket may not be applied on this rank (raw or mixed gradients, two noisy
-releases: guard's `problem`), so the sum, which holds it, is refused on every rank, not only on the rank whose
-step pre-hook sees the problem (the others applied it, raw gradient included). So every
+`accepted` is 0 where a .grad of the bucket may not be applied on this rank (raw or mixed gradients, two noisy
+releases: guard's `problem`), else 1; a sum below the number of ranks is refused on every rank, not only on the rank
+whose step pre-hook sees the problem (the others applied it, raw gradient included). So every
 rank issues the same all-reduces, of the same sizes, in the same order, exactly once per round,
 whatever gradients it got: no deadlock, no tensors mixed. The step waits for them and copies the sums
 back into .grad (a parameter without a gradient anywhere keeps .grad None).
@@ -86,8 +86,8 @@ class Bucket:
     def flatten(self, released: set[int], noise: Noise | None) -> tuple[Tensor, list[int | None]]:
         """This rank's releases, flat, and the .grad versions it read. Where this rank released nothing: zeros and
         present 0, or, on the rank that adds the noise (`noise`), that parameter's noise and present 1 (another
-        rank's batch may have used it, and its release would otherwise be summed without noise). Last, whether a
-        .grad of the bucket is refused on this rank."""
+        rank's batch may have used it, and its release would otherwise be summed without noise). Last, 1 unless a
+        .grad of the bucket is refused on this rank (then 0)."""
         parts, versions, noised, refused = [], [], [], False
         for ref, numel in zip(self.params, self.numels):
             p = ref()
@@ -102,11 +102,10 @@ class Bucket:
             else:
                 parts.append(torch.zeros(numel, dtype=self.dtype, device=self.device))
         if None in versions or refused:
-            present = torch.tensor([*(v is not None or n for v, n in zip(versions, noised)), refused],
+            present = torch.tensor([*(v is not None or n for v, n in zip(versions, noised)), not refused],
                                    dtype=self.dtype, device=self.device)
-        else:  # the usual case: no host-to-device copy
+        else:  # the usual case: one fill, no host-to-device copy
             present = torch.ones(len(versions) + 1, dtype=self.dtype, device=self.device)
-            present[-1] = 0
         return torch.cat([*parts, present]), versions
 
     def unflatten(self, summed: Tensor, versions: list[int | None]) -> list[Tensor]:
@@ -202,7 +201,8 @@ class Round:
             work.wait()
         if not apply:
             return []
-        if any(float(flat[-1]) for _, flat, _, _ in self.launched):
+        ranks = world()[1]
+        if any(float(flat[-1]) < ranks for _, flat, _, _ in self.launched):
             raise ReleaseError(REFUSED_MESSAGE)
         return [p for bucket, flat, versions, _ in self.launched for p in bucket.unflatten(flat, versions)]
 

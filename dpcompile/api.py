@@ -55,8 +55,8 @@ class DPModel(nn.Module):
         _MODELS_MADE[0] += 1
         self.privacy.track((n, p) for n, p in model.named_parameters() if p.requires_grad)
         weakref.finalize(self, self.privacy.untrack)  # Dynamo's backend cache outlives us; the guard must not
-        self.backend = DPBackend(config, {id(p): n for n, p in model.named_parameters()}, self.privacy)
-        self.backend.tracked = {id(p) for p in model.parameters() if p.requires_grad}  # later ones: tracked at capture
+        self.backend = DPBackend(config, {id(p): n for n, p in model.named_parameters()}, self.privacy,
+                                 tracked={id(p) for p in model.parameters() if p.requires_grad})  # later: at capture
         views = config.augmentation_multiplicity
         target = model if views == 1 else views_flattened(model, views)  # flattened in the capture: dim 0 is K·B
         object.__setattr__(self, "_target", target)
@@ -161,8 +161,8 @@ class DPModel(nn.Module):
         if len(now) == len(self._trainable) and all(p is q and a == b for (p, a), (q, b) in zip(now, self._trainable)):
             return
         old = self.backend
-        self.backend = DPBackend(self.config, old.param_names, self.privacy)
-        self.backend.tracked, self.backend.compilations = old.tracked, old.compilations
+        self.backend = DPBackend(self.config, old.param_names, self.privacy, tracked=old.tracked)
+        self.backend.compilations = old.compilations
         object.__setattr__(self, "_compiled", torch.compile(self._target, backend=self.backend, fullgraph=True,
                                                             dynamic=False))
         self._trainable = now

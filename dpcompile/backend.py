@@ -4,9 +4,11 @@
 """
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import re
+import types
 import warnings
 import weakref
 from collections.abc import Callable
@@ -24,6 +26,7 @@ from . import passes
 from .config import DPConfig
 from .errors import ConfigError, DPCompileError, SampleMixingError, surfacing
 from .precision import precise_products, restore, set_precise, tf32_kinds
+from .privacy import guard
 from .privacy.engine import PrivacyEngine
 
 aten = torch.ops.aten
@@ -35,7 +38,7 @@ class DPBackend:
     """Compiles a captured model so its backward yields DP-SGD gradients; keeps every stage's graph."""
 
     def __init__(self, config: DPConfig, param_names: dict[int, str] | None = None,
-                 privacy: PrivacyEngine | None = None) -> None:
+                 privacy: PrivacyEngine | None = None, tracked: set[int] | None = None) -> None:
         self.config = config
         self.param_names = param_names or {}
         self.privacy = privacy if privacy is not None else PrivacyEngine(config)  # owns noise, counters, guards
@@ -43,7 +46,16 @@ class DPBackend:
         self.error: BaseException | None = None
         self.first_outputs: list | None = None  # a capture's first call's outputs computed from the batch
         self.compilations = 0
-        self.tracked: set[int] | None = None  # a DPModel's guarded parameters (ids); None: not guarding here
+        # The trainable parameters (ids) the release guards track for this backend's engine: a DP model's, given; a
+        # standalone backend's (torch.compile(..., backend=dpcompile.backend(...))), those it captures.
+        self.standalone = tracked is None
+        self.tracked: set[int] = set() if tracked is None else tracked
+        if self.standalone:
+            guard.watch_uncaptured(self)
+
+    def compiled_here(self) -> list[tuple[Callable, torch.nn.Module | None]]:
+        """What torch.compile compiled with this backend: (compiled, module it trains or None), compiled_with."""
+        return compiled_with(self)
 
     def take_error(self) -> BaseException:
         """The error a compilation kept for the next call (AOTAutograd may only log a backward's), now raised: later
@@ -59,6 +71,10 @@ class DPBackend:
 
     def compile(self, gm: fx.GraphModule, example_inputs):
         refuse_partial_capture()
+        if self.standalone and self.privacy.world_size > 1:
+            raise ConfigError(
+                "data parallel: rank 0 alone adds the noise, so the ranks' clipped sums must be summed before the step, "
+                "which the DP model of dpcompile.dpcompile() does; dpcompile.backend() runs in one process only")
         self.compilations += 1
         self.graphs["dynamo"] = gm
         ctx = self.context(gm, example_inputs)
@@ -90,7 +106,7 @@ class DPBackend:
                 keep_inference_input_mutations=True,  # buffer writes stay copy_ nodes, which the safety pass reads
             )(gm, example_inputs)
         compiled = self.recording_first_outputs(checked.before(compiled), batch_outputs(gm, self.user_inputs))
-        return compiled if self.tracked is not None else refusing_compiled_autograd(compiled)
+        return guarding_releases(compiled) if self.standalone else compiled
 
     def recording_first_outputs(self, compiled: Callable, positions: list[int]) -> Callable:
         """compiled, keeping its first call's outputs computed from the batch (positions in Dynamo's graph) in
@@ -116,7 +132,7 @@ class DPBackend:
         for i, (node, value) in enumerate(zip(placeholders, example_inputs)):
             if isinstance(value, torch.nn.Parameter) and value.requires_grad:
                 params.append(passes.ParamSpec(self.param_names.get(id(value)) or source_name(node), i))
-                if self.tracked is not None and id(value) not in self.tracked:
+                if id(value) not in self.tracked:
                     new.append((params[-1].name, value))
         self.user_inputs = user_input_positions(placeholders, example_inputs)
         refuse_trainable_non_parameters(placeholders, example_inputs, self.user_inputs)
@@ -132,9 +148,11 @@ class DPBackend:
                     "set) or added after dpcompile() fixed the groups, and their gradient cannot be released "
                     "unclipped. Call dpcompile() again on the model as it is now (with clip_groups naming them), or "
                     "freeze them (requires_grad_(False)).")
-        if new:  # unfrozen or added since dpcompile(): clipped with the others (this capture), and guarded
+        if new:  # unfrozen or added since dpcompile() (standalone: all, at the first capture): clipped, and guarded
             self.privacy.track(new)
             self.tracked.update(id(v) for _, v in new)
+        if self.standalone and guard.captured(self):  # the first capture: guarded while what it compiled lives
+            guard_while_alive(self)
         groups = self.config.clip_groups or (names,)
         bounds = within_bound(self.config.clip_group_norms, self.config.max_grad_norm) \
             if self.config.clip_group_norms else split_bound(self.config.max_grad_norm, len(groups))
@@ -508,9 +526,9 @@ def refuse_compiled_autograd(grad_outputs=None) -> None:
                           "autograd off (the DP backward is compiled already)")
 
 
-def refusing_compiled_autograd(compiled: Callable) -> Callable:
-    """compiled, whose outputs' backward nodes refuse compiled autograd (for your own torch.compile; a DP
-    model's outputs get the same pre-hook from precise_during)."""
+def guarding_releases(compiled: Callable) -> Callable:
+    """compiled (a standalone backend's), whose outputs' backward nodes refuse compiled autograd and note what the DP
+    backward releases for the release guards (a DP model's forward does both: precise_during, guard.watch_release)."""
     boxed = getattr(compiled, "_boxed_call", False)
 
     def run(*args):
@@ -518,9 +536,54 @@ def refusing_compiled_autograd(compiled: Callable) -> Callable:
         nodes = {id(t.grad_fn): t.grad_fn for t in outs if isinstance(t, torch.Tensor) and t.grad_fn is not None}
         for node in nodes.values():
             node.register_prehook(refuse_compiled_autograd)
+        guard.watch_release(outs)
         return outs
     run._boxed_call = boxed
     return run
+
+
+def compiled_with(backend: DPBackend) -> list[tuple[Callable, torch.nn.Module | None]]:
+    """(compiled, module) for each live module and function that torch.compile compiled with `backend`
+    (torch.compile(module), module.compile(), torch.compile(function)): module is the one whose parameters it trains,
+    None for a function (not known). A scan of the garbage collector's objects (about 0.1 s): run at a standalone
+    backend's first capture, and at an optimizer step while one has not captured (guard.refuse_uncaptured)."""
+    from torch._dynamo.eval_frame import OptimizedModule, innermost_backend
+
+    def uses(callback) -> bool:
+        inner = innermost_backend(callback) if callable(callback) else None
+        return inner is backend or getattr(inner, "compiler_fn", None) is backend
+
+    modules, functions = [], []
+    for obj in gc.get_objects():  # by type alone: an attribute read may run code (deprecated or lazy attributes)
+        kind = type(obj)
+        if issubclass(kind, OptimizedModule):
+            if uses(getattr(obj.dynamo_ctx, "callback", None)):
+                modules.append(obj)
+        elif kind is types.FunctionType and "_torchdynamo_orig_callable" in obj.__dict__ and obj.__closure__:
+            cells = [c.cell_contents for c in obj.__closure__ if c.cell_contents is not None]
+            if any(uses(getattr(c, "callback", c)) for c in cells):
+                functions.append(obj)
+    forwards = {id(m.__dict__.get(name)) for m in modules for name in ("forward", "_forward")}
+    found = [(m, m._orig_mod) for m in modules]
+    for fn in functions:
+        if id(fn) not in forwards:  # an OptimizedModule's own forward is counted with it
+            owner = getattr(fn._torchdynamo_orig_callable, "__self__", None)  # module.compile(): bound _call_impl
+            found.append((fn, owner if isinstance(owner, torch.nn.Module) else None))
+    return found
+
+
+def guard_while_alive(backend: DPBackend) -> None:
+    """A standalone backend's parameters stay guarded while a module or function compiled with it lives (Dynamo's
+    caches keep the backend itself alive): after that the model may be trained without it."""
+    compiled = [c for c, _ in compiled_with(backend)]
+    left = [len(compiled)]
+
+    def gone() -> None:
+        left[0] -= 1
+        if not left[0]:
+            backend.privacy.untrack()
+    for c in compiled:
+        weakref.finalize(c, gone)
 
 
 def precise_during(node) -> None:

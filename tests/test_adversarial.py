@@ -897,6 +897,122 @@ def test_parameters_are_free_once_the_dp_model_is_gone():
     opt.step()
 
 
+# --- attack 5, the backend form: torch.compile(model, backend=dpcompile.backend(...)) ---
+
+def compiled_with_backend(model, **kwargs):
+    settings = dict(max_grad_norm=1e-3, noise_multiplier=0.0, backend=BACKEND, loss_reduction="sum") | kwargs
+    return torch.compile(model, backend=dpcompile.backend(**settings), fullgraph=True)
+
+
+def dynamic(x):
+    torch._dynamo.mark_dynamic(x, 0)
+    return x
+
+
+NESTINGS = {  # the DP-compiled module called inside another torch.compile: Dynamo inlines it (the outer backend's)
+    "sequential": lambda run: torch.compile(nn.Sequential(run, nn.Identity()), backend="eager", fullgraph=True),
+    "training_step": lambda run: torch.compile(lambda x: run(x) * 1.0, backend="eager"),
+}
+
+
+@pytest.mark.parametrize("first", ["nested", "direct_then_nested"])
+@pytest.mark.parametrize("nesting", sorted(NESTINGS))
+def test_the_backend_form_inside_another_compile_is_refused_at_the_step(nesting, first):
+    """A module compiled with dpcompile.backend() and called inside another torch.compile is compiled by the outer
+    backend: the release was the batch's raw gradient (norm 1.1e3 here, R = 1e-3), applied with no error. Before the
+    backend's first capture nothing of the model was tracked (the step now finds the modules compiled with an
+    uncaptured backend); after it, the backend form had no release guards at all. Refused at the step either way,
+    the weights untouched."""
+    model = mlp()
+    run = compiled_with_backend(model)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    x, y = data(8)
+    x = dynamic(x * 100)
+    if first == "direct_then_nested":
+        squared_error(run(x), y, "sum").backward()
+        assert model[0].weight.grad.norm() <= 1e-3 * SLACK
+        opt.step()
+        opt.zero_grad()
+    before = params(model)
+    squared_error(NESTINGS[nesting](run)(x), y, "sum").backward()
+    assert model[0].weight.grad.norm() > 1  # the outer backend's raw gradient
+    match = "has not captured anything yet" if first == "nested" else "inside another torch.compile"
+    with pytest.raises(ReleaseError, match=match):
+        opt.step()
+    assert unchanged(model, before)
+
+
+@pytest.mark.parametrize("how", ["function", "module_compile"])
+def test_the_backend_form_compiling_a_function_or_module_compile_inside_another_compile_is_refused(how):
+    """torch.compile(function, backend=...) and module.compile(backend=...) compile no OptimizedModule: the step
+    finds them too (a function's parameters are not known: no step applies gradients while it is uncaptured)."""
+    model = mlp()
+    be = dpcompile.backend(max_grad_norm=1e-3, noise_multiplier=0.0, backend=BACKEND, loss_reduction="sum")
+    if how == "function":
+        run = torch.compile(lambda x: model(x), backend=be, fullgraph=True)
+    else:
+        model.compile(backend=be, fullgraph=True)
+        run = model
+    outer = torch.compile(lambda x: run(x) * 1.0, backend="eager", fullgraph=True)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    x, y = data(8)
+    squared_error(outer(dynamic(x * 100)), y, "sum").backward()
+    before = params(model)
+    with pytest.raises(ReleaseError, match="has not captured anything yet"):
+        opt.step()
+    assert unchanged(model, before)
+
+
+def test_an_uncaptured_compile_left_alive_does_not_block_the_capture_that_replaced_it():
+    """A capture refused (no fullgraph) leaves its compiled module uncaptured and, in a notebook, alive (the
+    traceback holds it): the model compiled again, which captures and tracks the parameters, trains."""
+    model = mlp()
+    be = dpcompile.backend(max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND, loss_reduction="sum")
+    old = torch.compile(model, backend=be)
+    x, y = data(8)
+    with pytest.raises(Exception):
+        old(dynamic(x))
+    run = compiled_with_backend(model, noise_multiplier=1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    squared_error(run(x), y, "sum").backward()
+    opt.step()
+    assert old is not None
+
+
+def test_the_backend_form_guards_its_releases():
+    """What a DP model's guards refuse, the backend form now refuses too: a layer after the compiled module in the
+    same optimizer (its gradient the batch's), the model called without its compiled wrapper, micro-step sums
+    without their noisy backward. Its own releases step as before; once everything compiled with the backend is
+    gone, the model trains without it."""
+    import gc
+    model = mlp()
+    head = nn.Linear(3, 3).to(**F64)
+    run = compiled_with_backend(model, noise_multiplier=1.0, max_grad_norm=1.0, gradient_accumulation_steps=2)
+    opt = torch.optim.SGD([*model.parameters(), *head.parameters()], lr=0.1)
+    x, y = data(8)
+    x = dynamic(x)
+    squared_error(head(run(x)), y, "sum").backward()
+    squared_error(head(run(x)), y, "sum").backward()
+    with pytest.raises(ReleaseError, match="outside the DP model"):
+        opt.step()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt.zero_grad()
+    squared_error(model(x), y, "sum").backward()
+    with pytest.raises(ReleaseError, match="did not run through the DP model"):
+        opt.step()
+    opt.zero_grad()
+    squared_error(run(x), y, "sum").backward()  # one micro-step of two
+    with pytest.raises(ReleaseError, match="without noise"):
+        opt.step()
+    squared_error(run(x), y, "sum").backward()  # the noisy one
+    opt.step()
+    opt.zero_grad()
+    del run
+    gc.collect()
+    squared_error(model(x), y, "sum").backward()
+    opt.step()
+
+
 # --- attack 6: copies ---
 
 @pytest.mark.parametrize("how", ["deepcopy", "deepcopy_after_forward", "pickle", "torch_save"])

@@ -142,9 +142,11 @@ class GradState:
                     "model; put weight decay in the optimizer (weight_decay=...), which acts after the release")
         if self.raw:
             return (f"the gradient of parameter '{self.name}' comes from a backward that did not run through the "
-                    "DP model (the wrapped model was called directly, or it is used outside the DP model): it is "
-                    "neither clipped nor noised. Call the DP model, not the model it wraps, and clear the "
-                    "gradients (opt.zero_grad()) before the next DP backward")
+                    "DP model (the wrapped model was called directly, it is used outside the DP model, or a module "
+                    "compiled with dpcompile.backend() ran inside another torch.compile, which compiles it with its "
+                    "own backend): it is neither clipped nor noised. Call the DP model, not the model it wraps, "
+                    "outside other compiled code if it comes from dpcompile.backend(), and clear the gradients "
+                    "(opt.zero_grad()) before the next DP backward")
         if self.unnoised:
             return (f"the gradient of parameter '{self.name}' holds clipped per-sample sums without noise "
                     f"({self.unnoised} backward(s) inside privacy.accumulating() or an incomplete "
@@ -361,9 +363,61 @@ def refuse_outside_gradients(optimizer: torch.optim.Optimizer) -> None:
             "directly). Put every trainable layer inside the model passed to dpcompile, and call the DP model")
 
 
+_UNCAPTURED: weakref.WeakSet = weakref.WeakSet()  # standalone DP backends that have not captured a graph yet
+
+
+class Uncaptured(Protocol):
+    def compiled_here(self) -> list[tuple[Any, torch.nn.Module | None]]: ...
+
+
+def watch_uncaptured(backend: Uncaptured) -> None:
+    """A standalone DP backend (torch.compile(model, backend=dpcompile.backend(...))) tracks its parameters when it
+    first captures; until then the optimizer steps look for what it compiled (refuse_uncaptured)."""
+    install_optimizer_hooks()
+    _UNCAPTURED.add(backend)
+
+
+def captured(backend: Uncaptured) -> bool:
+    """`backend` has captured (its parameters are tracked now); True the first time."""
+    first = backend in _UNCAPTURED
+    _UNCAPTURED.discard(backend)
+    return first
+
+
+def refuse_uncaptured(optimizer: torch.optim.Optimizer) -> None:
+    """A step over gradients of a module compiled with a standalone DP backend that never ran: the module was called
+    inside another torch.compile (a compiled training step, torch.compile(nn.Sequential(compiled, head))), where
+    Dynamo inlines it and compiles it with the outer backend, so its gradients are the batch's, neither clipped nor
+    noised; or it was trained without the compiled wrapper before its first call. A compiled function's parameters
+    are not known: while one is uncaptured, no step applies gradients to untracked parameters. (Tracked ones are
+    another capture's, whose guards judge them: a model compiled again after a refused capture.)"""
+    stepped = {id(p) for group in optimizer.param_groups for p in group["params"]
+               if p.grad is not None and not ((state := state_of(p)) is not None and state.live_engines())}
+    if not stepped:
+        return
+    for backend in list(_UNCAPTURED):
+        compiled = backend.compiled_here()
+        names = [f"{type(m).__name__}.{n}" for _, m in compiled if m is not None
+                 for n, p in m.named_parameters() if id(p) in stepped]
+        functions = [c for c, m in compiled if m is None]
+        if not names and not functions:
+            continue
+        what = f"parameter(s) {names[:4]} of a module" if names else "gradients while a function"
+        raise ReleaseError(
+            f"the optimizer would apply {what} compiled with dpcompile.backend(...), whose backend has not captured "
+            "anything yet: no DP backward made these gradients, so they are neither clipped nor noised. A module "
+            "compiled this way and called inside another torch.compile (a compiled training step, torch.compile of a "
+            "model holding it) is compiled by the outer backend instead: Dynamo inlines it. Call the module compiled "
+            "with dpcompile.backend() outside any other torch.compile, or use dpcompile.dpcompile(model, ...), whose "
+            "DP model works inside compiled code; and train the model non-privately only before compiling it with "
+            "the DP backend")
+
+
 @torch._dynamo.disable
 def before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
     """Refuse the step (before it changes anything) unless every DP gradient is one noisy release."""
+    if _UNCAPTURED:
+        refuse_uncaptured(optimizer)
     if not len(_TRACKED):
         return
     refuse_outside_gradients(optimizer)

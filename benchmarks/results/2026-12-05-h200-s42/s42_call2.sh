@@ -5,7 +5,7 @@
 # bf16 under the C++ wrapper, DP and compile (WRN-16-4 bf16's DP step went 12.36 → 8.71 ms under it): the candidate
 # default for the DP graphs on CUDA, if its first step allows.
 cd "$(dirname "$0")/../../.."
-PREFIX=s41-call1
+PREFIX=s42-call2
 LIMIT=580
 source benchmarks/device_call.sh
 date -u

@@ -3,14 +3,14 @@
 # session 40's late changes (the batch-size guard refusals, the integer-output Function, the data-dependent index, a
 # hook inside forward; the Gram kernel's 64-bit offsets compiled) and of session 41's privacy fixes (noise and
 # sampler streams, stale micro-step sums, torch.func refusal; the CUDA generator's noise), and the CPU-slow inductor
-# cases that run by default on CUDA (SLOW_ON_CPU).
+# cases that run by default on CUDA (SLOW_ON_CPU). Session 42: the backend form inside another torch.compile.
 cd "$(dirname "$0")/../../.."
-PREFIX=s42-call2
+PREFIX=s42-call1
 LIMIT=570
 source benchmarks/device_call.sh
 date -u
 gpu_tests "tests/test_refusals.py tests/test_adversarial.py tests/test_gram_kernels.py" \
-    "branch_or_a_hand_written or own_choice or integer_output or data_dependent_index or hook_inside or (gram and not interpreter)" 16 230
+    "backend_form or uncaptured or branch_or_a_hand_written or own_choice or integer_output or data_dependent_index or hook_inside or (gram and not interpreter)" 16 230
 gpu_tests "tests/test_privacy_engine.py tests/test_precision.py" \
     "seed or stream or earlier_logical or torch_func or belong_to or made_anew or tf32_per_sample_matmul or ghost_tf32_clipped" 16 230
 date -u

@@ -4,11 +4,9 @@
 """
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import re
-import types
 import warnings
 import weakref
 from collections.abc import Callable
@@ -51,11 +49,7 @@ class DPBackend:
         self.standalone = tracked is None
         self.tracked: set[int] = set() if tracked is None else tracked
         if self.standalone:
-            guard.watch_uncaptured(self)
-
-    def compiled_here(self) -> list[tuple[Callable, torch.nn.Module | None]]:
-        """What torch.compile compiled with this backend: (compiled, module it trains or None), compiled_with."""
-        return compiled_with(self)
+            guard.watch_standalone(self)
 
     def take_error(self) -> BaseException:
         """The error a compilation kept for the next call (AOTAutograd may only log a backward's), now raised: later
@@ -151,8 +145,8 @@ class DPBackend:
         if new:  # unfrozen or added since dpcompile() (standalone: all, at the first capture): clipped, and guarded
             self.privacy.track(new)
             self.tracked.update(id(v) for _, v in new)
-        if self.standalone and guard.captured(self):  # the first capture: guarded while what it compiled lives
-            guard_while_alive(self)
+        if self.standalone:  # from its first capture, guarded while the backend lives (Dynamo's caches keep it)
+            guard.captured(self)
         groups = self.config.clip_groups or (names,)
         bounds = within_bound(self.config.clip_group_norms, self.config.max_grad_norm) \
             if self.config.clip_group_norms else split_bound(self.config.max_grad_norm, len(groups))
@@ -540,50 +534,6 @@ def guarding_releases(compiled: Callable) -> Callable:
         return outs
     run._boxed_call = boxed
     return run
-
-
-def compiled_with(backend: DPBackend) -> list[tuple[Callable, torch.nn.Module | None]]:
-    """(compiled, module) for each live module and function that torch.compile compiled with `backend`
-    (torch.compile(module), module.compile(), torch.compile(function)): module is the one whose parameters it trains,
-    None for a function (not known). A scan of the garbage collector's objects (about 0.1 s): run at a standalone
-    backend's first capture, and at an optimizer step while one has not captured (guard.refuse_uncaptured)."""
-    from torch._dynamo.eval_frame import OptimizedModule, innermost_backend
-
-    def uses(callback) -> bool:
-        inner = innermost_backend(callback) if callable(callback) else None
-        return inner is backend or getattr(inner, "compiler_fn", None) is backend
-
-    modules, functions = [], []
-    for obj in gc.get_objects():  # by type alone: an attribute read may run code (deprecated or lazy attributes)
-        kind = type(obj)
-        if issubclass(kind, OptimizedModule):
-            if uses(getattr(obj.dynamo_ctx, "callback", None)):
-                modules.append(obj)
-        elif kind is types.FunctionType and "_torchdynamo_orig_callable" in obj.__dict__ and obj.__closure__:
-            cells = [c.cell_contents for c in obj.__closure__ if c.cell_contents is not None]
-            if any(uses(getattr(c, "callback", c)) for c in cells):
-                functions.append(obj)
-    forwards = {id(m.__dict__.get(name)) for m in modules for name in ("forward", "_forward")}
-    found = [(m, m._orig_mod) for m in modules]
-    for fn in functions:
-        if id(fn) not in forwards:  # an OptimizedModule's own forward is counted with it
-            owner = getattr(fn._torchdynamo_orig_callable, "__self__", None)  # module.compile(): bound _call_impl
-            found.append((fn, owner if isinstance(owner, torch.nn.Module) else None))
-    return found
-
-
-def guard_while_alive(backend: DPBackend) -> None:
-    """A standalone backend's parameters stay guarded while a module or function compiled with it lives (Dynamo's
-    caches keep the backend itself alive): after that the model may be trained without it."""
-    compiled = [c for c, _ in compiled_with(backend)]
-    left = [len(compiled)]
-
-    def gone() -> None:
-        left[0] -= 1
-        if not left[0]:
-            backend.privacy.untrack()
-    for c in compiled:
-        weakref.finalize(c, gone)
 
 
 def precise_during(node) -> None:

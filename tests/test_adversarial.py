@@ -25,6 +25,7 @@ from torch import nn
 import dpcompile
 from dpcompile import ConfigError, DPCompileError, ReleaseError
 from dpcompile.errors import SampleMixingError
+from dpcompile.privacy import guard
 from dpcompile.privacy.engine import STATE_VERSION
 
 
@@ -936,7 +937,7 @@ def test_the_backend_form_inside_another_compile_is_refused_at_the_step(nesting,
     before = params(model)
     squared_error(NESTINGS[nesting](run)(x), y, "sum").backward()
     assert model[0].weight.grad.norm() > 1  # the outer backend's raw gradient
-    match = "has not captured anything yet" if first == "nested" else "inside another torch.compile"
+    match = "never captured them" if first == "nested" else "inside another torch.compile"
     with pytest.raises(ReleaseError, match=match):
         opt.step()
     assert unchanged(model, before)
@@ -958,7 +959,7 @@ def test_the_backend_form_compiling_a_function_or_module_compile_inside_another_
     x, y = data(8)
     squared_error(outer(dynamic(x * 100)), y, "sum").backward()
     before = params(model)
-    with pytest.raises(ReleaseError, match="has not captured anything yet"):
+    with pytest.raises(ReleaseError, match="never captured them"):
         opt.step()
     assert unchanged(model, before)
 
@@ -979,15 +980,52 @@ def test_an_uncaptured_compile_left_alive_does_not_block_the_capture_that_replac
     assert old is not None
 
 
+def test_a_second_module_compiled_with_a_backend_that_captured_is_seen_inside_another_compile(monkeypatch):
+    """One backend, captured for model A; model B compiled with it too and called only inside another compile: B's
+    parameters were never tracked. Refused at the step, also where the same optimizer stepped B without DP before
+    (its parameters are looked up again once Dynamo compiles a graph). Training another model without DP meanwhile
+    steps, and its optimizer's parameters are looked up once, not at every step."""
+    a, b, other = mlp(), mlp(), nn.Linear(5, 3).to(**F64)
+    be = dpcompile.backend(max_grad_norm=1e-3, noise_multiplier=0.0, backend=BACKEND, loss_reduction="sum")
+    run_a = torch.compile(a, backend=be, fullgraph=True)
+    x, y = data(8)
+    x = dynamic(x * 100)
+    squared_error(run_a(x), y, "sum").backward()
+    torch.optim.SGD(a.parameters(), lr=1.0).step()
+    scans = []
+    look = guard.compiled_with
+    monkeypatch.setattr(guard, "compiled_with", lambda backends: scans.append(1) or look(backends))
+    other_opt = torch.optim.SGD(other.parameters(), lr=0.1)
+    for _ in range(3):
+        other_opt.zero_grad()
+        squared_error(other(x), y).backward()
+        other_opt.step()
+    assert len(scans) == 1
+    opt = torch.optim.SGD(b.parameters(), lr=1.0)
+    squared_error(b(x), y, "sum").backward()  # B trained without DP first: its parameters found clear
+    opt.step()
+    opt.zero_grad()
+    assert len(scans) == 2
+    run_b = torch.compile(b, backend=be, fullgraph=True)
+    squared_error(NESTINGS["sequential"](run_b)(x), y, "sum").backward()
+    before = params(b)
+    with pytest.raises(ReleaseError, match=r"\['Sequential.0.weight'.*never captured them"):
+        opt.step()
+    assert unchanged(b, before)
+
+
 def test_the_backend_form_guards_its_releases():
     """What a DP model's guards refuse, the backend form now refuses too: a layer after the compiled module in the
     same optimizer (its gradient the batch's), the model called without its compiled wrapper, micro-step sums
-    without their noisy backward. Its own releases step as before; once everything compiled with the backend is
-    gone, the model trains without it."""
+    without their noisy backward. Its own releases step as before. The guards hold while the backend lives, which
+    Dynamo's caches keep (the module compiled again with it, nested, is still refused), until
+    torch._dynamo.reset() or privacy.untrack()."""
     import gc
     model = mlp()
     head = nn.Linear(3, 3).to(**F64)
-    run = compiled_with_backend(model, noise_multiplier=1.0, max_grad_norm=1.0, gradient_accumulation_steps=2)
+    be = dpcompile.backend(max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND, loss_reduction="sum",
+                           gradient_accumulation_steps=2)
+    run = torch.compile(model, backend=be, fullgraph=True)
     opt = torch.optim.SGD([*model.parameters(), *head.parameters()], lr=0.1)
     x, y = data(8)
     x = dynamic(x)
@@ -1009,6 +1047,12 @@ def test_the_backend_form_guards_its_releases():
     opt.zero_grad()
     del run
     gc.collect()
+    again = torch.compile(model, backend=be, fullgraph=True)  # Dynamo's cache: the backend does not run again
+    squared_error(NESTINGS["sequential"](again)(x), y, "sum").backward()
+    with pytest.raises(ReleaseError, match="did not run through the DP model"):
+        opt.step()
+    opt.zero_grad()
+    be.privacy.untrack()
     squared_error(model(x), y, "sum").backward()
     opt.step()
 

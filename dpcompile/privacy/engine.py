@@ -283,7 +283,8 @@ class PrivacyEngine:
         return self.release_absent() if self._reached is not None else []
 
     def untrack(self) -> None:
-        """Stop guarding the parameters (called when the DP model that owns this engine is collected)."""
+        """Stop guarding the parameters (called when the DP model that owns this engine is collected; by hand for a
+        dpcompile.backend()'s, which Dynamo's caches keep alive, to train its model without DP afterwards)."""
         guard.untrack(self)
 
     # --- dropped samples ---

@@ -18,6 +18,8 @@ and its weights, showing without noise which branch the private batch took.
 """
 from __future__ import annotations
 
+import gc
+import types
 import weakref
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -363,61 +365,121 @@ def refuse_outside_gradients(optimizer: torch.optim.Optimizer) -> None:
             "directly). Put every trainable layer inside the model passed to dpcompile, and call the DP model")
 
 
-_UNCAPTURED: weakref.WeakSet = weakref.WeakSet()  # standalone DP backends that have not captured a graph yet
+_STANDALONE: weakref.WeakSet = weakref.WeakSet()  # live standalone DP backends (torch.compile(..., backend=...))
+_UNCAPTURED: weakref.WeakSet = weakref.WeakSet()  # those of them that have not captured a graph yet
+# optimizer -> (live backends, captured ones, untracked parameters with gradients) its last step found clear
+_CLEARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-class Uncaptured(Protocol):
-    def compiled_here(self) -> list[tuple[Any, torch.nn.Module | None]]: ...
+class Standalone(Protocol):
+    privacy: TaskOwner
 
 
-def watch_uncaptured(backend: Uncaptured) -> None:
-    """A standalone DP backend (torch.compile(model, backend=dpcompile.backend(...))) tracks its parameters when it
-    first captures; until then the optimizer steps look for what it compiled (refuse_uncaptured)."""
+def watch_standalone(backend: Standalone) -> None:
+    """A standalone DP backend tracks the parameters it captures, from its first capture; what it compiled but never
+    ran is found at the optimizer step (refuse_compiled_elsewhere)."""
     install_optimizer_hooks()
+    _STANDALONE.add(backend)
     _UNCAPTURED.add(backend)
 
 
-def captured(backend: Uncaptured) -> bool:
-    """`backend` has captured (its parameters are tracked now); True the first time."""
-    first = backend in _UNCAPTURED
+def captured(backend: Standalone) -> None:
+    """`backend` has captured: its parameters are tracked now."""
     _UNCAPTURED.discard(backend)
-    return first
 
 
-def refuse_uncaptured(optimizer: torch.optim.Optimizer) -> None:
-    """A step over gradients of a module compiled with a standalone DP backend that never ran: the module was called
-    inside another torch.compile (a compiled training step, torch.compile(nn.Sequential(compiled, head))), where
-    Dynamo inlines it and compiles it with the outer backend, so its gradients are the batch's, neither clipped nor
-    noised; or it was trained without the compiled wrapper before its first call. A compiled function's parameters
-    are not known: while one is uncaptured, no step applies gradients to untracked parameters. (Tracked ones are
-    another capture's, whose guards judge them: a model compiled again after a refused capture.)"""
-    stepped = {id(p) for group in optimizer.param_groups for p in group["params"]
-               if p.grad is not None and not ((state := state_of(p)) is not None and state.live_engines())}
+def refuse_compiled_elsewhere(optimizer: torch.optim.Optimizer) -> None:
+    """A step over gradients of untracked parameters of a module compiled with a standalone DP backend: its backend
+    never captured them. The module was called inside another torch.compile (a compiled training step,
+    torch.compile(nn.Sequential(compiled, head))), where Dynamo inlines it and compiles it with the outer backend,
+    so its gradients are the batch's, neither clipped nor noised; or it was trained without its compiled wrapper
+    before its first call. While a backend has not captured, the functions compiled with it count too (their
+    parameters are not known: no step applies gradients to untracked parameters). Finding what was compiled is a
+    scan of Python's objects (about 0.1 s), made when untracked parameters have gradients and not again for the same
+    optimizer, backends and parameters while Dynamo compiles no graph (training another model without DP while a DP
+    backend lives)."""
+    stepped = frozenset(id(p) for group in optimizer.param_groups for p in group["params"]
+                        if p.grad is not None and not ((state := state_of(p)) is not None and state.live_engines()))
     if not stepped:
         return
-    for backend in list(_UNCAPTURED):
-        compiled = backend.compiled_here()
+    graphs = torch._dynamo.utils.counters["stats"]  # a graph compiled since (the outer compile of a module): look again
+    key = (frozenset(map(id, _STANDALONE)), frozenset(map(id, _UNCAPTURED)), stepped, id(graphs),
+           graphs["unique_graphs"])
+    if _CLEARED.get(optimizer) == key:
+        return
+    found = compiled_with(list(_STANDALONE))
+    for backend in list(_STANDALONE):
+        compiled = found.get(id(backend), [])
         names = [f"{type(m).__name__}.{n}" for _, m in compiled if m is not None
                  for n, p in m.named_parameters() if id(p) in stepped]
-        functions = [c for c, m in compiled if m is None]
+        functions = backend in _UNCAPTURED and any(m is None for _, m in compiled)
         if not names and not functions:
             continue
         what = f"parameter(s) {names[:4]} of a module" if names else "gradients while a function"
         raise ReleaseError(
-            f"the optimizer would apply {what} compiled with dpcompile.backend(...), whose backend has not captured "
-            "anything yet: no DP backward made these gradients, so they are neither clipped nor noised. A module "
-            "compiled this way and called inside another torch.compile (a compiled training step, torch.compile of a "
-            "model holding it) is compiled by the outer backend instead: Dynamo inlines it. Call the module compiled "
-            "with dpcompile.backend() outside any other torch.compile, or use dpcompile.dpcompile(model, ...), whose "
-            "DP model works inside compiled code; and train the model non-privately only before compiling it with "
-            "the DP backend")
+            f"the optimizer would apply {what} compiled with dpcompile.backend(...), whose backend never captured "
+            "them: no DP backward made these gradients, so they are neither clipped nor noised. A module compiled "
+            "this way and called inside another torch.compile (a compiled training step, torch.compile of a model "
+            "holding it) is compiled by the outer backend instead: Dynamo inlines it. Call the module compiled with "
+            "dpcompile.backend() outside any other torch.compile, or use dpcompile.dpcompile(model, ...), whose DP "
+            "model works inside compiled code; train the model without DP only before compiling it with the DP "
+            "backend; and use one backend per model")
+    _CLEARED[optimizer] = key
+
+
+def cell_values(fn: types.FunctionType) -> list:
+    """What fn's closure holds (its empty cells left out)."""
+    values = []
+    for cell in fn.__closure__ or ():
+        try:
+            values.append(cell.cell_contents)
+        except ValueError:  # empty
+            pass
+    return values
+
+
+def compiled_with(backends: list) -> dict[int, list[tuple[Any, torch.nn.Module | None]]]:
+    """id(backend) -> (compiled, module) for each live module and function that torch.compile compiled with one of
+    `backends` (torch.compile(module), module.compile(), torch.compile(function)): module is the one whose parameters
+    it trains, None for a function (not known). One scan of the garbage collector's objects (about 0.1 s)."""
+    from torch._dynamo.eval_frame import OptimizedModule, innermost_backend
+    wanted = {id(b) for b in backends}
+
+    def backend_of(value) -> int | None:
+        try:  # value may be a user's object (a compiled callable in a closure), whose attributes may raise anything
+            callback = getattr(value, "callback", value)
+            inner = innermost_backend(callback) if callable(callback) else None
+            compiler = getattr(inner, "compiler_fn", None)  # torch.compile wraps it (_TorchCompileWrapper)
+        except Exception:
+            return None
+        return next((id(c) for c in (inner, compiler) if id(c) in wanted), None)
+
+    modules, functions = [], []
+    for obj in gc.get_objects():  # by type alone: an attribute read may run code (deprecated or lazy attributes)
+        kind = type(obj)
+        if issubclass(kind, OptimizedModule):
+            if (owner := backend_of(obj.dynamo_ctx)) is not None:
+                modules.append((owner, obj))
+        elif kind is types.FunctionType and "_torchdynamo_orig_callable" in obj.__dict__:
+            owner = next((o for c in cell_values(obj) if (o := backend_of(c)) is not None), None)
+            if owner is not None:
+                functions.append((owner, obj))
+    found: dict[int, list] = {}
+    for owner, m in modules:
+        found.setdefault(owner, []).append((m, m._orig_mod))
+    forwards = {id(m.__dict__.get(name)) for _, m in modules for name in ("forward", "_forward")}
+    for owner, fn in functions:
+        if id(fn) not in forwards:  # an OptimizedModule's own forward is counted with it
+            bound = getattr(fn._torchdynamo_orig_callable, "__self__", None)  # module.compile(): its bound _call_impl
+            found.setdefault(owner, []).append((fn, bound if isinstance(bound, torch.nn.Module) else None))
+    return found
 
 
 @torch._dynamo.disable
 def before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
     """Refuse the step (before it changes anything) unless every DP gradient is one noisy release."""
-    if _UNCAPTURED:
-        refuse_uncaptured(optimizer)
+    if _STANDALONE:
+        refuse_compiled_elsewhere(optimizer)
     if not len(_TRACKED):
         return
     refuse_outside_gradients(optimizer)
@@ -486,6 +548,9 @@ def guarded_params(engine: TaskOwner) -> list[tuple[str, torch.Tensor]]:
 
 
 def untrack(engine: TaskOwner) -> None:
-    """Stop guarding `engine`'s parameters (its DP model is gone)."""
+    """Stop guarding `engine`'s parameters (its DP model is gone, or privacy.untrack() was called)."""
+    for backend in [b for b in list(_STANDALONE) if b.privacy is engine]:
+        _STANDALONE.discard(backend)
+        _UNCAPTURED.discard(backend)
     for state in list(_TRACKED.values()):
         state.discard_engine(engine)

@@ -100,7 +100,7 @@ class DPBackend:
                 keep_inference_input_mutations=True,  # buffer writes stay copy_ nodes, which the safety pass reads
             )(gm, example_inputs)
         compiled = self.recording_first_outputs(checked.before(compiled), batch_outputs(gm, self.user_inputs))
-        return guarding_releases(compiled) if self.standalone else compiled
+        return guarding_releases(compiled, self, ctx.params) if self.standalone else compiled
 
     def recording_first_outputs(self, compiled: Callable, positions: list[int]) -> Callable:
         """compiled, keeping its first call's outputs computed from the batch (positions in Dynamo's graph) in
@@ -520,12 +520,24 @@ def refuse_compiled_autograd(grad_outputs=None) -> None:
                           "autograd off (the DP backward is compiled already)")
 
 
-def guarding_releases(compiled: Callable) -> Callable:
+def guarding_releases(compiled: Callable, backend: DPBackend, params: tuple[passes.ParamSpec, ...]) -> Callable:
     """compiled (a standalone backend's), whose outputs' backward nodes refuse compiled autograd and note what the DP
-    backward releases for the release guards (a DP model's forward does both: precise_during, guard.watch_release)."""
+    backward releases for the release guards (a DP model's forward does both: precise_during, guard.watch_release).
+    A parameter replaced since the capture (model.fc.weight = nn.Parameter(...)) is read by the graph as its input,
+    and clipped with the others, without a new capture: it is tracked at the call that first passes it."""
     boxed = getattr(compiled, "_boxed_call", False)
+    last: list[tuple[int, ...]] = [()]
 
     def run(*args):
+        inputs = args[0] if len(args) == 1 and isinstance(args[0], list) else args  # boxed: one list, emptied
+        ids = tuple(id(inputs[spec.output_index]) for spec in params)
+        if ids != last[0]:
+            new = [(spec.name, inputs[spec.output_index]) for spec in params
+                   if guard.state_of(inputs[spec.output_index]) is None]
+            if new:
+                backend.privacy.track(new)
+                backend.tracked.update(id(p) for _, p in new)
+            last[0] = ids
         outs = compiled(*args)
         nodes = {id(t.grad_fn): t.grad_fn for t in outs if isinstance(t, torch.Tensor) and t.grad_fn is not None}
         for node in nodes.values():

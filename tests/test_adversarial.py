@@ -1014,6 +1014,29 @@ def test_a_second_module_compiled_with_a_backend_that_captured_is_seen_inside_an
     assert unchanged(b, before)
 
 
+def test_the_backend_form_clips_and_guards_a_parameter_replaced_after_its_capture():
+    """model[2].weight = nn.Parameter(...) after the capture: Dynamo reads parameters as graph inputs, so the DP graph
+    runs on the new one without a new capture, its gradient clipped with the others (matches torch.func's), and it is
+    tracked from that call (a raw gradient into it refused)."""
+    model = mlp()
+    be = dpcompile.backend(max_grad_norm=1.0, noise_multiplier=0.0, backend=BACKEND, loss_reduction="sum")
+    run = torch.compile(model, backend=be, fullgraph=True)
+    x, y = data(6)
+    x = dynamic(x)
+    squared_error(run(x), y, "sum").backward()
+    model.zero_grad()
+    model[2].weight = nn.Parameter(torch.randn(3, 6, **F64) * 30)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    squared_error(run(x), y, "sum").backward()
+    expected, _ = dp_reference(model, x, y, 1.0, "sum", loss=squared_error)
+    assert max_relative_error(model, expected) < 1e-10
+    opt.step()
+    opt.zero_grad()
+    model[2].weight.square().sum().backward()  # a raw gradient into the new parameter alone
+    with pytest.raises(ReleaseError, match="'2.weight' comes from a backward that did not run"):
+        opt.step()
+
+
 def test_the_backend_form_guards_its_releases():
     """What a DP model's guards refuse, the backend form now refuses too: a layer after the compiled module in the
     same optimizer (its gradient the batch's), the model called without its compiled wrapper, micro-step sums

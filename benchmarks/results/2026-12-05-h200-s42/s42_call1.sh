@@ -10,7 +10,7 @@ LIMIT=570
 source benchmarks/device_call.sh
 date -u
 gpu_tests "tests/test_refusals.py tests/test_adversarial.py tests/test_gram_kernels.py" \
-    "backend_form or uncaptured or branch_or_a_hand_written or own_choice or integer_output or data_dependent_index or hook_inside or (gram and not interpreter)" 16 230
+    "backend_form or uncaptured or second_module or replaced_after or branch_or_a_hand_written or own_choice or integer_output or data_dependent_index or hook_inside or (gram and not interpreter)" 16 230
 gpu_tests "tests/test_privacy_engine.py tests/test_precision.py" \
     "seed or stream or earlier_logical or torch_func or belong_to or made_anew or tf32_per_sample_matmul or ghost_tf32_clipped" 16 230
 date -u

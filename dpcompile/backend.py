@@ -51,6 +51,15 @@ class DPBackend:
         if self.standalone:
             guard.watch_standalone(self)
 
+    @property
+    def __name__(self) -> str:  # noqa: A003
+        """Read by torch.compile when it wraps this backend (torch._TorchCompileWrapper; compiler_name by
+        torch._dynamo.optimize): the release guards' scan must look again (guard.refuse_compiled_elsewhere)."""
+        guard.wrapped()
+        return "dpcompile.backend"
+
+    compiler_name = __name__
+
     def take_error(self) -> BaseException:
         """The error a compilation kept for the next call (AOTAutograd may only log a backward's), now raised: later
         calls are not failed by it (a refused batch of one must not stop every later batch size)."""
@@ -130,6 +139,11 @@ class DPBackend:
                     new.append((params[-1].name, value))
         self.user_inputs = user_input_positions(placeholders, example_inputs)
         refuse_trainable_non_parameters(placeholders, example_inputs, self.user_inputs)
+        if torch.is_grad_enabled() and any(example_inputs[i].requires_grad for i in self.user_inputs):
+            raise ConfigError(  # the DP model refuses it at its call; Dynamo guards requires_grad (a new capture)
+                "an argument of the compiled model requires grad: a trainable layer in front of it would receive raw, "
+                "unclipped per-sample gradients through it. Put the trainable layers inside the compiled model, or "
+                "detach the input")
         unify_batch_sizes(placeholders, self.user_inputs)
         batch = batch_symbol(placeholders, self.user_inputs)
         names = tuple(p.name for p in params)
@@ -145,8 +159,6 @@ class DPBackend:
         if new:  # unfrozen or added since dpcompile() (standalone: all, at the first capture): clipped, and guarded
             self.privacy.track(new)
             self.tracked.update(id(v) for _, v in new)
-        if self.standalone:  # from its first capture, guarded while the backend lives (Dynamo's caches keep it)
-            guard.captured(self)
         groups = self.config.clip_groups or (names,)
         bounds = within_bound(self.config.clip_group_norms, self.config.max_grad_norm) \
             if self.config.clip_group_norms else split_bound(self.config.max_grad_norm, len(groups))
@@ -532,8 +544,9 @@ def guarding_releases(compiled: Callable, backend: DPBackend, params: tuple[pass
         inputs = args[0] if len(args) == 1 and isinstance(args[0], list) else args  # boxed: one list, emptied
         ids = tuple(id(inputs[spec.output_index]) for spec in params)
         if ids != last[0]:
-            new = [(spec.name, inputs[spec.output_index]) for spec in params
-                   if guard.state_of(inputs[spec.output_index]) is None]
+            new = [(spec.name, p) for spec in params
+                   if not ((state := guard.state_of(p := inputs[spec.output_index])) is not None
+                           and state.guarded_by(backend.privacy))]
             if new:
                 backend.privacy.track(new)
                 backend.tracked.update(id(p) for _, p in new)

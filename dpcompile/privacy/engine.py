@@ -531,7 +531,9 @@ class PrivacyEngine:
 
 COPY_MESSAGE = ("a DP model and its privacy engine cannot be copied, pickled or saved whole: a copy would share "
                 "or fork the noise source and step count. Save dp_model.state_dict() and "
-                "dp_model.privacy.state_dict(), and load them into a new dpcompile(...) model with the same settings")
+                "dp_model.privacy.state_dict(), and load them into a new dpcompile(...) model with the same settings. "
+                "A module compiled with dpcompile.backend(...): copy the module it wraps (copy.deepcopy(run._orig_mod)) "
+                "for an EMA or teacher copy, which trains without DP unless compiled again with a backend of its own")
 
 
 def check_same_settings(saved: Mapping[str, Any], current: dict[str, Any]) -> None:

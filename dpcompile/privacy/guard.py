@@ -18,6 +18,7 @@ and its weights, showing without noise which branch the private batch took.
 """
 from __future__ import annotations
 
+import functools
 import gc
 import types
 import weakref
@@ -366,9 +367,8 @@ def refuse_outside_gradients(optimizer: torch.optim.Optimizer) -> None:
 
 
 _STANDALONE: weakref.WeakSet = weakref.WeakSet()  # live standalone DP backends (torch.compile(..., backend=...))
-_UNCAPTURED: weakref.WeakSet = weakref.WeakSet()  # those of them that have not captured a graph yet
-# optimizer -> (live backends, captured ones, untracked parameters with gradients) its last step found clear
-_CLEARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# untracked parameters found in no module compiled with a DP backend: {id: weakref}, valid for the key it was made for
+_CLEARED: dict = {"key": None, "params": {}}
 
 
 class Standalone(Protocol):
@@ -376,61 +376,66 @@ class Standalone(Protocol):
 
 
 def watch_standalone(backend: Standalone) -> None:
-    """A standalone DP backend tracks the parameters it captures, from its first capture; what it compiled but never
-    ran is found at the optimizer step (refuse_compiled_elsewhere)."""
+    """A standalone DP backend tracks the parameters it captures, from its first capture; the optimizer step looks
+    for the modules compiled with it (refuse_compiled_elsewhere)."""
     install_optimizer_hooks()
     _STANDALONE.add(backend)
-    _UNCAPTURED.add(backend)
 
 
-def captured(backend: Standalone) -> None:
-    """`backend` has captured: its parameters are tracked now."""
-    _UNCAPTURED.discard(backend)
+COMPILED_MESSAGE = (
+    "the optimizer would apply parameter(s) {names} of a module compiled with dpcompile.backend(...), whose backend "
+    "never captured them: no DP backward made these gradients, so they are neither clipped nor noised. A module "
+    "compiled this way and called inside another torch.compile (a compiled training step, torch.compile of a model "
+    "holding it) is compiled by the outer backend instead: Dynamo inlines it. Call the module compiled with "
+    "dpcompile.backend() outside any other torch.compile, or use dpcompile.dpcompile(model, ...), whose DP model "
+    "works inside compiled code; train the model without DP only before compiling it with the DP backend; and use "
+    "one backend per model")
 
 
 def refuse_compiled_elsewhere(optimizer: torch.optim.Optimizer) -> None:
-    """A step over gradients of untracked parameters of a module compiled with a standalone DP backend: its backend
-    never captured them. The module was called inside another torch.compile (a compiled training step,
-    torch.compile(nn.Sequential(compiled, head))), where Dynamo inlines it and compiles it with the outer backend,
-    so its gradients are the batch's, neither clipped nor noised; or it was trained without its compiled wrapper
-    before its first call. While a backend has not captured, the functions compiled with it count too (their
-    parameters are not known: no step applies gradients to untracked parameters). Finding what was compiled is a
-    scan of Python's objects (about 0.1 s), made when untracked parameters have gradients and not again for the same
-    optimizer, backends and parameters while Dynamo compiles no graph (training another model without DP while a DP
-    backend lives)."""
-    stepped = frozenset(id(p) for group in optimizer.param_groups for p in group["params"]
-                        if p.grad is not None and not ((state := state_of(p)) is not None and state.live_engines()))
+    """A step over gradients of untracked parameters of a module compiled with a standalone DP backend (or reached by
+    a function compiled with one). The backend tracks the parameters it captures, from its first capture; an untracked
+    one with a gradient got it from elsewhere: the module called inside another torch.compile is compiled by the outer
+    backend (Dynamo inlines it), so its gradients are the batch's, neither clipped nor noised; or the model was called
+    without its compiled wrapper. What was compiled with a DP backend is found by a scan of Python's objects
+    (compiled_with, about 0.1 s). Parameters found clear are remembered until a backend is made or dropped,
+    torch.compile wraps a DP backend (`wrapped`) or Dynamo compiles a graph (the outer compile of a module), so
+    training another model without DP alongside scans once, not at every step. Not found: a module the compiled one
+    holds outside its submodules (in a list, a global), and a compiled module that a torch.compile of it unwrapped
+    and that nothing else holds."""
+    stepped = {id(p): p for group in optimizer.param_groups for p in group["params"]
+               if p.grad is not None and not ((state := state_of(p)) is not None and state.live_engines())}
     if not stepped:
         return
-    graphs = torch._dynamo.utils.counters["stats"]  # a graph compiled since (the outer compile of a module): look again
-    key = (frozenset(map(id, _STANDALONE)), frozenset(map(id, _UNCAPTURED)), stepped, id(graphs),
-           graphs["unique_graphs"])
-    if _CLEARED.get(optimizer) == key:
+    graphs = torch._dynamo.utils.counters["stats"]
+    key = (frozenset(map(id, _STANDALONE)), _WRAPS[0], id(graphs), graphs["unique_graphs"])
+    if _CLEARED["key"] != key:
+        _CLEARED["key"], _CLEARED["params"] = key, {}
+    cleared = _CLEARED["params"]
+    if all(i in cleared and cleared[i]() is p for i, p in stepped.items()):
         return
-    found = compiled_with(list(_STANDALONE))
-    for backend in list(_STANDALONE):
-        compiled = found.get(id(backend), [])
-        names = [f"{type(m).__name__}.{n}" for _, m in compiled if m is not None
-                 for n, p in m.named_parameters() if id(p) in stepped]
-        functions = backend in _UNCAPTURED and any(m is None for _, m in compiled)
-        if not names and not functions:
-            continue
-        what = f"parameter(s) {names[:4]} of a module" if names else "gradients while a function"
-        raise ReleaseError(
-            f"the optimizer would apply {what} compiled with dpcompile.backend(...), whose backend never captured "
-            "them: no DP backward made these gradients, so they are neither clipped nor noised. A module compiled "
-            "this way and called inside another torch.compile (a compiled training step, torch.compile of a model "
-            "holding it) is compiled by the outer backend instead: Dynamo inlines it. Call the module compiled with "
-            "dpcompile.backend() outside any other torch.compile, or use dpcompile.dpcompile(model, ...), whose DP "
-            "model works inside compiled code; train the model without DP only before compiling it with the DP "
-            "backend; and use one backend per model")
-    _CLEARED[optimizer] = key
+    for last in (False, True):  # a refusal is confirmed after a collection: the scan sees garbage in reference cycles
+        if last:
+            gc.collect()
+        modules = [m for compiled in compiled_with(list(_STANDALONE)).values() for _, ms in compiled for m in ms]
+        names = [f"{type(m).__name__}.{n}" for m in modules for n, p in m.named_parameters() if id(p) in stepped]
+        if not names:
+            cleared.update((i, weakref.ref(p)) for i, p in stepped.items())
+            return
+    raise ReleaseError(COMPILED_MESSAGE.format(names=names[:4]))
 
 
-def cell_values(fn: types.FunctionType) -> list:
-    """What fn's closure holds (its empty cells left out)."""
+_WRAPS = [0]  # how many times torch.compile has wrapped a DP backend (DPBackend.__name__): what it compiled changed
+
+
+def wrapped() -> None:
+    _WRAPS[0] += 1
+
+
+def cell_values(fn: Any) -> list:
+    """What a function's closure holds (its empty cells left out)."""
     values = []
-    for cell in fn.__closure__ or ():
+    for cell in getattr(fn, "__closure__", None) or ():
         try:
             values.append(cell.cell_contents)
         except ValueError:  # empty
@@ -438,10 +443,38 @@ def cell_values(fn: types.FunctionType) -> list:
     return values
 
 
-def compiled_with(backends: list) -> dict[int, list[tuple[Any, torch.nn.Module | None]]]:
-    """id(backend) -> (compiled, module) for each live module and function that torch.compile compiled with one of
-    `backends` (torch.compile(module), module.compile(), torch.compile(function)): module is the one whose parameters
-    it trains, None for a function (not known). One scan of the garbage collector's objects (about 0.1 s)."""
+def modules_of(fn: Any, depth: int = 3) -> list[torch.nn.Module]:
+    """The modules a compiled callable reaches (whose parameters its graph reads): itself, the object a bound method
+    is of, a functools.partial's arguments, and, through wrappers (__wrapped__), what its closure holds and the
+    module-valued globals its code names. A few levels deep; what it cannot see is not found."""
+    if isinstance(fn, torch.nn.Module):
+        return [fn]
+    if depth == 0 or fn is None:
+        return []
+    found: list[torch.nn.Module] = []
+    bound = getattr(fn, "__self__", None)
+    if isinstance(bound, torch.nn.Module):
+        found.append(bound)
+    if isinstance(fn, functools.partial):
+        for value in (fn.func, *fn.args, *fn.keywords.values()):
+            found += modules_of(value, depth - 1)
+    inner = getattr(fn, "__func__", fn)
+    for value in cell_values(inner):
+        found += modules_of(value, depth - 1)
+    code = getattr(inner, "__code__", None)
+    if code is not None:
+        names = getattr(inner, "__globals__", {})
+        found += [v for name in code.co_names if isinstance(v := names.get(name), torch.nn.Module)]
+    wrapped = getattr(fn, "__wrapped__", None)
+    if wrapped is not None and wrapped is not fn:
+        found += modules_of(wrapped, depth - 1)
+    return found
+
+
+def compiled_with(backends: list) -> dict[int, list[tuple[Any, list[torch.nn.Module]]]]:
+    """id(backend) -> (compiled, modules) for each live module and function that torch.compile compiled with one of
+    `backends` (torch.compile(module), module.compile(), torch.compile(function)): the modules whose parameters it
+    trains (modules_of, for a function). One scan of the garbage collector's objects (about 0.1 s)."""
     from torch._dynamo.eval_frame import OptimizedModule, innermost_backend
     wanted = {id(b) for b in backends}
 
@@ -466,18 +499,42 @@ def compiled_with(backends: list) -> dict[int, list[tuple[Any, torch.nn.Module |
                 functions.append((owner, obj))
     found: dict[int, list] = {}
     for owner, m in modules:
-        found.setdefault(owner, []).append((m, m._orig_mod))
+        found.setdefault(owner, []).append((m, [m._orig_mod]))
     forwards = {id(m.__dict__.get(name)) for _, m in modules for name in ("forward", "_forward")}
     for owner, fn in functions:
         if id(fn) not in forwards:  # an OptimizedModule's own forward is counted with it
-            bound = getattr(fn._torchdynamo_orig_callable, "__self__", None)  # module.compile(): its bound _call_impl
-            found.setdefault(owner, []).append((fn, bound if isinstance(bound, torch.nn.Module) else None))
+            try:  # the user's callable: its attributes may raise anything
+                reached = modules_of(fn._torchdynamo_orig_callable)
+            except Exception:
+                reached = []
+            found.setdefault(owner, []).append((fn, reached))
     return found
 
 
 @torch._dynamo.disable
-def before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-    """Refuse the step (before it changes anything) unless every DP gradient is one noisy release."""
+def before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> tuple | None:
+    """Refuse the step (before it changes anything) unless every DP gradient is one noisy release. A step given a
+    closure (opt.step(closure)) makes its gradients inside, after this hook: the closure is wrapped so that the same
+    checks follow each of its calls, before the step uses what it computed."""
+    if not (_STANDALONE or len(_TRACKED)):
+        return None
+    closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0]: the optimizer
+    if not callable(closure):
+        check_step(optimizer)
+        return None
+
+    def checked():
+        loss = closure()
+        check_step(optimizer)
+        return loss
+    if "closure" in kwargs:
+        return args, {**kwargs, "closure": checked}
+    return (args[0], checked, *args[2:]), kwargs
+
+
+@torch._dynamo.disable
+def check_step(optimizer: torch.optim.Optimizer) -> None:
+    """The step's checks over the gradients as they are now; data parallel: then the sums across ranks."""
     if _STANDALONE:
         refuse_compiled_elsewhere(optimizer)
     if not len(_TRACKED):
@@ -551,6 +608,5 @@ def untrack(engine: TaskOwner) -> None:
     """Stop guarding `engine`'s parameters (its DP model is gone, or privacy.untrack() was called)."""
     for backend in [b for b in list(_STANDALONE) if b.privacy is engine]:
         _STANDALONE.discard(backend)
-        _UNCAPTURED.discard(backend)
     for state in list(_TRACKED.values()):
         state.discard_engine(engine)

@@ -16,7 +16,7 @@ import torch.fx.experimental._config as fx_config
 from torch import nn
 from torch.utils._pytree import tree_leaves, tree_map
 
-from .backend import DPBackend, precise_during, stored_batch_values
+from .backend import INPUT_REQUIRES_GRAD, DPBackend, precise_during, stored_batch_values
 from .config import DPConfig
 from torch.fx.experimental.symbolic_shapes import ConstraintViolationError
 
@@ -482,7 +482,5 @@ def batch_size(leaves: list[torch.Tensor]) -> int:
                           "samples (a mask, a position table, a codebook) belongs in the model as a buffer "
                           "(module.register_buffer) or parameter, not in the call")
     if torch.is_grad_enabled() and any(t.requires_grad for t in leaves):
-        raise ConfigError("an input of the DP model requires grad: a trainable layer in front of the DP model "
-                          "would receive raw, unclipped per-sample gradients through it. Put the trainable layers "
-                          "inside the model passed to dpcompile, or detach the input")
+        raise ConfigError(INPUT_REQUIRES_GRAD)
     return sizes.pop()[0]

@@ -29,6 +29,11 @@ from .privacy.engine import PrivacyEngine
 
 aten = torch.ops.aten
 
+INPUT_REQUIRES_GRAD = (  # the DP model's call and the backend form's capture
+    "an input of the DP model requires grad: a trainable layer in front of the DP model would receive raw, unclipped "
+    "per-sample gradients through it. Put the trainable layers inside the model passed to dpcompile (or compiled with "
+    "dpcompile.backend()), or detach the input")
+
 log = logging.getLogger(__name__)
 
 
@@ -52,7 +57,7 @@ class DPBackend:
             guard.watch_standalone(self)
 
     @property
-    def __name__(self) -> str:  # noqa: A003
+    def __name__(self) -> str:
         """Read by torch.compile when it wraps this backend (torch._TorchCompileWrapper; compiler_name by
         torch._dynamo.optimize): the release guards' scan must look again (guard.refuse_compiled_elsewhere)."""
         guard.wrapped()
@@ -139,11 +144,9 @@ class DPBackend:
                     new.append((params[-1].name, value))
         self.user_inputs = user_input_positions(placeholders, example_inputs)
         refuse_trainable_non_parameters(placeholders, example_inputs, self.user_inputs)
-        if torch.is_grad_enabled() and any(example_inputs[i].requires_grad for i in self.user_inputs):
-            raise ConfigError(  # the DP model refuses it at its call; Dynamo guards requires_grad (a new capture)
-                "an argument of the compiled model requires grad: a trainable layer in front of it would receive raw, "
-                "unclipped per-sample gradients through it. Put the trainable layers inside the compiled model, or "
-                "detach the input")
+        trainable = [_name(_source_of(placeholders[i])) for i in self.user_inputs if example_inputs[i].requires_grad]
+        if torch.is_grad_enabled() and trainable:  # the DP model refuses it at its call; Dynamo guards requires_grad
+            raise ConfigError(f"argument {trainable[0]}: {INPUT_REQUIRES_GRAD}")
         unify_batch_sizes(placeholders, self.user_inputs)
         batch = batch_symbol(placeholders, self.user_inputs)
         names = tuple(p.name for p in params)

@@ -414,15 +414,19 @@ def refuse_compiled_elsewhere(optimizer: torch.optim.Optimizer) -> None:
     cleared = _CLEARED["params"]
     if all(i in cleared and cleared[i]() is p for i, p in stepped.items()):
         return
-    for last in (False, True):  # a refusal is confirmed after a collection: the scan sees garbage in reference cycles
-        if last:
-            gc.collect()
-        modules = [m for compiled in compiled_with(list(_STANDALONE)).values() for _, ms in compiled for m in ms]
-        names = [f"{type(m).__name__}.{n}" for m in modules for n, p in m.named_parameters() if id(p) in stepped]
-        if not names:
-            cleared.update((i, weakref.ref(p)) for i, p in stepped.items())
-            return
-    raise ReleaseError(COMPILED_MESSAGE.format(names=names[:4]))
+    names = dp_compiled_names(stepped)
+    if names:  # confirmed after a collection: the scan also sees garbage that reference cycles hold
+        gc.collect()
+        names = dp_compiled_names(stepped)
+    if names:
+        raise ReleaseError(COMPILED_MESSAGE.format(names=names[:4]))
+    cleared.update((i, weakref.ref(p)) for i, p in stepped.items())
+
+
+def dp_compiled_names(params: dict[int, torch.Tensor]) -> list[str]:
+    """Names of those of `params` (by id) that belong to a module compiled with a live standalone DP backend."""
+    modules = [m for compiled in compiled_with(list(_STANDALONE)).values() for _, ms in compiled for m in ms]
+    return [f"{type(m).__name__}.{n}" for m in modules for n, p in m.named_parameters() if id(p) in params]
 
 
 _WRAPS = [0]  # how many times torch.compile has wrapped a DP backend (DPBackend.__name__): what it compiled changed

@@ -6,6 +6,7 @@ import copy
 import io
 import pickle
 import re
+import sys
 import warnings
 
 import numpy as np
@@ -1112,21 +1113,49 @@ def test_the_backend_form_compiling_a_function_is_checked_after_its_capture(case
     assert unchanged(b, before)
 
 
-def test_a_compile_of_the_compiled_module_before_its_capture_is_refused_at_the_step():
-    """torch.compile(run, backend=...) of a module compiled with the DP backend (a trainer's own compile option, the
-    trainer holding `run`): Dynamo unwraps the inner compile at wrap time, so the DP backend is never called and the
-    raw gradient (norm 208 at R = 1e-3) stepped. While something compiled with a DP backend that Dynamo has not
-    called yet is alive, no step applies untracked gradients."""
+class _Holder(nn.Module):
+    """Holds the model outside its submodules: in a list, or (the global case) in a module-level global."""
+
+    def __init__(self, model=None):
+        super().__init__()
+        self.held = [model]
+
+    def forward(self, x):
+        return (self.held[0] or _HELD)(x)
+
+
+_HELD = None
+
+
+@pytest.mark.parametrize("case", ["inner_held", "inner_unheld", "list", "global"])
+def test_a_module_compiled_with_the_backend_and_nested_before_its_capture_is_refused_at_the_step(case, monkeypatch):
+    """Before the DP backend's first capture, nested in another compile, the raw gradient (norm 30–65 at R = 1e-3)
+    stepped where the step's scan could not see the model: torch.compile of the compiled module (Dynamo unwraps the
+    inner compile at wrap time; inner_held: a trainer holds `run`, found before; inner_unheld: nothing holds it), a
+    model the compiled module holds in a list or reads from a global. torch.compile's frame now tells the backend
+    which model it wraps, and the modules found count what they hold outside their submodules."""
     model = mlp()
     be = dpcompile.backend(max_grad_norm=1e-3, noise_multiplier=0.0, backend=BACKEND, loss_reduction="sum")
-    run = torch.compile(model, backend=be, fullgraph=True)
-    outer = torch.compile(run, backend="eager")
+    if case.startswith("inner"):
+        run = torch.compile(model, backend=be, fullgraph=True)
+        outer = torch.compile(run, backend="eager")
+        if case == "inner_unheld":
+            del run
+    else:
+        monkeypatch.setattr(sys.modules[__name__], "_HELD", model if case == "global" else None)
+        run = torch.compile(_Holder(model if case == "list" else None), backend=be, fullgraph=True)
+        outer = torch.compile(lambda t: run(t) * 1.0, backend="eager")
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     x, y = data(8)
     squared_error(outer(dynamic(x * 100)), y, "sum").backward()
-    assert be.compilations == 0
+    assert be.compilations == 0 and torch.sqrt(sum(p.grad.square().sum() for p in model.parameters())) > 1.0
+    before = params(model)
     with pytest.raises(ReleaseError, match="never captured them"):
         opt.step()
+    assert unchanged(model, before)
+    be.privacy.untrack()  # the guards ended: the model trains without DP
+    opt.step()
+    assert not unchanged(model, before)
 
 
 def test_a_parameter_shared_in_after_the_capture_from_another_backends_model_trains():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import sys
 import types
 import weakref
 from collections.abc import Iterable
@@ -373,6 +374,7 @@ _CLEARED: dict = {"key": None, "params": {}}
 
 class Standalone(Protocol):
     privacy: TaskOwner
+    wrapped: list  # weak references to the modules torch.compile wrapped it with (wrapping_modules)
 
 
 def watch_standalone(backend: Standalone) -> None:
@@ -388,8 +390,8 @@ COMPILED_MESSAGE = (
     "compiled this way and called inside another torch.compile (a compiled training step, torch.compile of a model "
     "holding it) is compiled by the outer backend instead: Dynamo inlines it. Call the module compiled with "
     "dpcompile.backend() outside any other torch.compile, or use dpcompile.dpcompile(model, ...), whose DP model "
-    "works inside compiled code; train the model without DP only before compiling it with the DP backend; and use "
-    "one backend per model")
+    "works inside compiled code; train the model without DP only before compiling it with the DP backend (or after "
+    "ending its guards with backend.privacy.untrack()); and use one backend per model")
 
 
 def refuse_compiled_elsewhere(optimizer: torch.optim.Optimizer) -> None:
@@ -400,9 +402,9 @@ def refuse_compiled_elsewhere(optimizer: torch.optim.Optimizer) -> None:
     without its compiled wrapper. What was compiled with a DP backend is found by a scan of Python's objects
     (compiled_with, about 0.1 s). Parameters found clear are remembered until a backend is made or dropped,
     torch.compile wraps a DP backend (`wrapped`) or Dynamo compiles a graph (the outer compile of a module), so
-    training another model without DP alongside scans once, not at every step. Not found: a module the compiled one
-    holds outside its submodules (in a list, a global), and a compiled module that a torch.compile of it unwrapped
-    and that nothing else holds."""
+    training another model without DP alongside scans once, not at every step. Also found: the modules torch.compile
+    wrapped a DP backend for (wrapped: what a compile of the compiled module unwrapped, which nothing else may hold),
+    and what the modules found hold outside their submodules (held_modules: in a list, a global)."""
     stepped = {id(p): p for group in optimizer.param_groups for p in group["params"]
                if p.grad is not None and not ((state := state_of(p)) is not None and state.live_engines())}
     if not stepped:
@@ -424,16 +426,66 @@ def refuse_compiled_elsewhere(optimizer: torch.optim.Optimizer) -> None:
 
 
 def dp_compiled_names(params: dict[int, torch.Tensor]) -> list[str]:
-    """Names of those of `params` (by id) that belong to a module compiled with a live standalone DP backend."""
-    modules = [m for compiled in compiled_with(list(_STANDALONE)).values() for _, ms in compiled for m in ms]
+    """Names of those of `params` (by id) that belong to a module compiled with a live standalone DP backend: found
+    by the scan, or wrapped by torch.compile with one (what a compile of the compiled module unwrapped, which nothing
+    else may hold)."""
+    backends = list(_STANDALONE)
+    modules = [m for compiled in compiled_with(backends).values() for _, ms in compiled for m in ms]
+    modules += [m for b in backends for ref in b.wrapped if (m := ref()) is not None]
+    modules = [m for module in modules for m in held_modules(module)]
     return [f"{type(m).__name__}.{n}" for m in modules for n, p in m.named_parameters() if id(p) in params]
 
 
 _WRAPS = [0]  # how many times torch.compile has wrapped a DP backend (DPBackend.__name__): what it compiled changed
 
 
-def wrapped() -> None:
+def wrapped() -> list[weakref.ref]:
+    """torch.compile is wrapping a DP backend: what it compiled changed. Returns weak references to the modules it
+    wraps the backend for (wrapping_modules)."""
     _WRAPS[0] += 1
+    try:  # the user's callable: its attributes may raise anything
+        return [weakref.ref(m) for m in modules_of(wrapping_model())]
+    except Exception:
+        return []
+
+
+def wrapping_model() -> Any:
+    """The callable that torch.compile(model, backend=...) is wrapping, read from torch.compile's frame a few calls
+    up (a backend's name is read there, by torch._TorchCompileWrapper, before Dynamo holds anything compiled with
+    it); None where it is not found (torch._dynamo.optimize, or a torch that reads the name elsewhere)."""
+    code = getattr(torch.compile, "__code__", None)
+    frame = sys._getframe(1)
+    for _ in range(8):
+        frame = frame.f_back
+        if frame is None:
+            return None
+        if frame.f_code is code:
+            return frame.f_locals.get("model")
+    return None
+
+
+def held_modules(module: torch.nn.Module, depth: int = 3) -> list[torch.nn.Module]:
+    """module's submodules and what they hold outside their submodules, whose parameters a compiled forward reads
+    too: modules in their plain attributes (directly, or in a list, tuple, set or dict) and module-valued globals
+    their forward's code names, a few levels deep."""
+    found, seen, todo = [], set(), [(module, depth)]
+    while todo:
+        start, left = todo.pop()
+        for m in start.modules():
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            found.append(m)
+            if left == 0:
+                continue
+            values = [v for k, v in vars(m).items() if k not in ("_modules", "_parameters", "_buffers")]
+            values += [x for v in values if isinstance(v, (list, tuple, set, frozenset)) for x in v]
+            values += [x for v in values if isinstance(v, dict) for x in v.values()]
+            forward = getattr(type(m).forward, "__code__", None)
+            names = getattr(type(m).forward, "__globals__", {})
+            values += [names.get(name) for name in (forward.co_names if forward is not None else ())]
+            todo += [(v, left - 1) for v in values if isinstance(v, torch.nn.Module) and id(v) not in seen]
+    return found
 
 
 def cell_values(fn: Any) -> list:

@@ -1158,6 +1158,31 @@ def test_a_module_compiled_with_the_backend_and_nested_before_its_capture_is_ref
     assert not unchanged(model, before)
 
 
+class _ReadsAnAttribute(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.body = model
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_a_global_named_like_an_attribute_of_a_compiled_module_trains_without_dp(monkeypatch):
+    """The step's scan counts the module-valued globals a compiled module's forward reads; a global that only shares
+    its name with an attribute the forward reads (`self.body`, a global `body`) is not read: training it without DP
+    alongside, before the backend's first capture, was refused. The forward's global loads are read from its code."""
+    other = mlp()
+    monkeypatch.setattr(sys.modules[__name__], "body", other, raising=False)
+    be = dpcompile.backend(max_grad_norm=1e-3, noise_multiplier=0.0, backend=BACKEND, loss_reduction="sum")
+    run = torch.compile(_ReadsAnAttribute(mlp()), backend=be, fullgraph=True)  # noqa: F841  (alive, never called)
+    opt = torch.optim.SGD(other.parameters(), lr=1.0)
+    x, y = data(8)
+    squared_error(other(x), y, "sum").backward()
+    before = params(other)
+    opt.step()
+    assert not unchanged(other, before)
+
+
 def test_a_parameter_shared_in_after_the_capture_from_another_backends_model_trains():
     """A weight of a model whose backend tracks it, shared into a second backend-form model after its capture: the
     second model's DP release of it was refused as not its own. It is tracked for each backend that reads it."""

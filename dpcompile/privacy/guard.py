@@ -18,6 +18,7 @@ and its weights, showing without noise which branch the private batch took.
 """
 from __future__ import annotations
 
+import dis
 import functools
 import gc
 import sys
@@ -464,6 +465,24 @@ def wrapping_model() -> Any:
     return None
 
 
+def global_modules(fn: Any) -> list[torch.nn.Module]:
+    """The module-valued globals that fn's code reads (its global loads, nested code's too; not attribute names)."""
+    code, space = getattr(fn, "__code__", None), getattr(fn, "__globals__", None)
+    if code is None or not isinstance(space, dict):
+        return []
+    return [v for name in global_names(code) if isinstance(v := space.get(name), torch.nn.Module)]
+
+
+@functools.lru_cache(maxsize=1024)
+def global_names(code: types.CodeType) -> tuple[str, ...]:
+    """The names a code object (and the code nested in it) loads as globals."""
+    names = {i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.update(global_names(const))
+    return tuple(sorted(names))
+
+
 def held_modules(module: torch.nn.Module, depth: int = 3) -> list[torch.nn.Module]:
     """module's submodules and what they hold outside their submodules, whose parameters a compiled forward reads
     too: modules in their plain attributes (directly, or in a list, tuple, set or dict) and module-valued globals
@@ -481,9 +500,7 @@ def held_modules(module: torch.nn.Module, depth: int = 3) -> list[torch.nn.Modul
             values = [v for k, v in vars(m).items() if k not in ("_modules", "_parameters", "_buffers")]
             values += [x for v in values if isinstance(v, (list, tuple, set, frozenset)) for x in v]
             values += [x for v in values if isinstance(v, dict) for x in v.values()]
-            forward = getattr(type(m).forward, "__code__", None)
-            names = getattr(type(m).forward, "__globals__", {})
-            values += [names.get(name) for name in (forward.co_names if forward is not None else ())]
+            values += global_modules(type(m).forward)
             todo += [(v, left - 1) for v in values if isinstance(v, torch.nn.Module) and id(v) not in seen]
     return found
 
@@ -517,10 +534,7 @@ def modules_of(fn: Any, depth: int = 3) -> list[torch.nn.Module]:
     inner = getattr(fn, "__func__", fn)
     for value in cell_values(inner):
         found += modules_of(value, depth - 1)
-    code = getattr(inner, "__code__", None)
-    if code is not None:
-        names = getattr(inner, "__globals__", {})
-        found += [v for name in code.co_names if isinstance(v := names.get(name), torch.nn.Module)]
+    found += global_modules(inner)
     wrapped = getattr(fn, "__wrapped__", None)
     if wrapped is not None and wrapped is not fn:
         found += modules_of(wrapped, depth - 1)

@@ -3,6 +3,7 @@ to a released gradient, or a gradient leave without noise. Norm-bound unit tests
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import pickle
 import re
@@ -26,7 +27,7 @@ from torch import nn
 import dpcompile
 from dpcompile import ConfigError, DPCompileError, ReleaseError
 from dpcompile.errors import SampleMixingError
-from dpcompile.privacy import guard
+from dpcompile.privacy import reach
 from dpcompile.privacy.engine import STATE_VERSION
 
 
@@ -994,8 +995,8 @@ def test_a_second_module_compiled_with_a_backend_that_captured_is_seen_inside_an
     squared_error(run_a(x), y, "sum").backward()
     torch.optim.SGD(a.parameters(), lr=1.0).step()
     scans = []
-    look = guard.compiled_with
-    monkeypatch.setattr(guard, "compiled_with", lambda backends: scans.append(1) or look(backends))
+    look = reach.compiled_with
+    monkeypatch.setattr(reach, "compiled_with", lambda backends: scans.append(1) or look(backends))
     other_opt = torch.optim.SGD(other.parameters(), lr=0.1)
     for _ in range(6):
         other_opt.zero_grad()
@@ -1113,37 +1114,99 @@ def test_the_backend_form_compiling_a_function_is_checked_after_its_capture(case
     assert unchanged(b, before)
 
 
-class _Holder(nn.Module):
-    """Holds the model outside its submodules: in a list, or (the global case) in a module-level global."""
+class _Calls(nn.Module):
+    """A compiled module that reaches the model outside its submodules: through what `fn(self)` returns (a list, a
+    dict of lists, a callable attribute, ...), or through its helper method, which reads a global."""
 
-    def __init__(self, model=None):
+    def __init__(self, held=None):
         super().__init__()
-        self.held = [model]
+        self.held = held
 
     def forward(self, x):
-        return (self.held[0] or _HELD)(x)
+        return self.helper(x) if self.held is None else self.call(self.held, x)
+
+    @staticmethod
+    def call(held, x):
+        if isinstance(held, dict):
+            return held["a"][0](x)
+        if isinstance(held, list):
+            return held[0](x) if callable(held[0]) else held[0][0](x)
+        return held(x)
+
+    def helper(self, x):
+        return _HELD(x)
 
 
 _HELD = None
 
 
-@pytest.mark.parametrize("case", ["inner_held", "inner_unheld", "list", "global"])
+def _closure_module(model):
+    class Closed(nn.Module):
+        def forward(self, x):
+            return model(x)
+    return Closed()
+
+
+def _deep_holder(model):
+    """The model two plain-list steps from the compiled module, with a longer path to the same middle module seen
+    first (a walk that marks a module seen at its first visit, whatever depth it had left, missed it)."""
+    class Node(nn.Module):
+        def forward(self, x):
+            return self.t[0](x)
+    middle, a, b = Node(), Node(), Node()
+    middle.t, a.t, b.t = [model], [b], [middle]
+    top = Node()
+    top.t, top.q = [middle], [a]
+    return top
+
+
+NESTED_FORMS = {  # how the compiled module (before its first capture) reaches the model
+    "list": lambda m: _Calls([m]),
+    "list_of_list": lambda m: _Calls([[m]]),
+    "dict_of_list": lambda m: _Calls({"a": [m]}),
+    "lambda": lambda m: _Calls(lambda t: m(t)),
+    "partial": lambda m: _Calls(functools.partial(m.__call__)),
+    "bound_method": lambda m: _Calls(m.forward),
+    "closure_class": _closure_module,
+    "global_in_helper": lambda m: _Calls(),
+    "deep": _deep_holder,
+}
+
+
+def _instance_forward(model):
+    top = nn.Identity()
+    top.forward = lambda t: model(t)
+    return top
+
+
+NESTED_FORMS["instance_forward"] = _instance_forward
+
+
+@pytest.mark.parametrize("case", ["inner_held", "inner_unheld", "inner_unheld_patched_compile", "user_backend",
+                                  *NESTED_FORMS])
 def test_a_module_compiled_with_the_backend_and_nested_before_its_capture_is_refused_at_the_step(case, monkeypatch):
-    """Before the DP backend's first capture, nested in another compile, the raw gradient (norm 30–65 at R = 1e-3)
+    """Before the DP backend's first capture, nested in another compile, the raw gradient (norm 30–208 at R = 1e-3)
     stepped where the step's scan could not see the model: torch.compile of the compiled module (Dynamo unwraps the
-    inner compile at wrap time; inner_held: a trainer holds `run`, found before; inner_unheld: nothing holds it), a
-    model the compiled module holds in a list or reads from a global. torch.compile's frame now tells the backend
-    which model it wraps, and the modules found count what they hold outside their submodules."""
+    inner compile at wrap time; inner_held: a trainer holds `run`, found before; inner_unheld: nothing holds it, also
+    with a wrapper installed as torch.compile), the DP backend called from the user's own backend function, and a
+    model the compiled module reaches outside its submodules (NESTED_FORMS: containers, callables, a closure, a global
+    its helper reads, two steps deep). torch.compile's frame now tells the backend which model it wraps, and what
+    the modules found reach (dpcompile.privacy.reach) counts."""
     model = mlp()
     be = dpcompile.backend(max_grad_norm=1e-3, noise_multiplier=0.0, backend=BACKEND, loss_reduction="sum")
     if case.startswith("inner"):
+        if case.endswith("patched_compile"):  # a library's wrapper installed as torch.compile
+            compile_ = torch.compile
+            monkeypatch.setattr(torch, "compile", lambda *args, **kwargs: compile_(*args, **kwargs))
         run = torch.compile(model, backend=be, fullgraph=True)
         outer = torch.compile(run, backend="eager")
-        if case == "inner_unheld":
+        if case != "inner_held":
             del run
     else:
-        monkeypatch.setattr(sys.modules[__name__], "_HELD", model if case == "global" else None)
-        run = torch.compile(_Holder(model if case == "list" else None), backend=be, fullgraph=True)
+        monkeypatch.setattr(sys.modules[__name__], "_HELD", model)
+        top = model if case == "user_backend" else NESTED_FORMS[case](model)
+        backend = (lambda gm, example_inputs: be(gm, example_inputs)) if case == "user_backend" else be
+        run = torch.compile(top, backend=backend, fullgraph=True)
         outer = torch.compile(lambda t: run(t) * 1.0, backend="eager")
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     x, y = data(8)
@@ -1156,6 +1219,68 @@ def test_a_module_compiled_with_the_backend_and_nested_before_its_capture_is_ref
     be.privacy.untrack()  # the guards ended: the model trains without DP
     opt.step()
     assert not unchanged(model, before)
+
+
+@pytest.mark.parametrize("holder", ["list", "global"])
+def test_a_loose_parameter_read_by_a_module_compiled_with_the_backend_is_refused_at_the_step(holder, monkeypatch):
+    """A trainable parameter outside any module (in a plain list, or a global) that the compiled forward reads, with
+    its own optimizer, nested before the first capture: its raw gradient (norm about 4e5) stepped."""
+    scale = nn.Parameter(torch.ones(3, **F64))
+    monkeypatch.setattr(sys.modules[__name__], "_HELD", lambda t: t * scale)
+    model = mlp()
+    top = _Calls([lambda t: model(t) * scale]) if holder == "list" else nn.Sequential(model, _Calls())
+    be = dpcompile.backend(max_grad_norm=1e-3, noise_multiplier=0.0, backend=BACKEND, loss_reduction="sum")
+    run = torch.compile(top, backend=be, fullgraph=True)
+    outer = torch.compile(lambda t: run(t) * 1.0, backend="eager")
+    opt = torch.optim.SGD([scale], lr=1.0)
+    x, y = data(8)
+    squared_error(outer(dynamic(x * 100)), y, "sum").backward()
+    with pytest.raises(ReleaseError, match="outside any module.*never captured them"):
+        opt.step()
+
+
+def test_parameters_moved_into_a_dp_compiled_module_are_looked_up_again():
+    """Parameters of a model trained without DP (found clear, and remembered so) then assigned into the DP-compiled
+    module, whose nested compiled step reuses its graph (nothing new compiled or wrapped): the raw gradient (norm 1e3
+    at R = 1e-3) stepped. What the compiled modules reach is now looked up at every step with untracked gradients."""
+    a, b = mlp(), mlp()
+    be = dpcompile.backend(max_grad_norm=1e-3, noise_multiplier=0.0, backend=BACKEND, loss_reduction="sum")
+    run = torch.compile(a, backend=be, fullgraph=True)
+    outer = torch.compile(lambda t: run(t) * 1.0, backend="eager")
+    x, y = data(8)
+    x = dynamic(x * 100)
+    squared_error(outer(x), y, "sum").backward()
+    a.zero_grad(set_to_none=True)
+    opt_b = torch.optim.SGD(b.parameters(), lr=1.0)
+    squared_error(b(x), y, "sum").backward()
+    opt_b.step()
+    opt_b.zero_grad(set_to_none=True)
+    for i in (0, 2):
+        a[i].weight, a[i].bias = b[i].weight, b[i].bias
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    squared_error(outer(x), y, "sum").backward()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    with pytest.raises(ReleaseError, match="never captured them"):
+        torch.optim.SGD(a.parameters(), lr=1.0).step()
+
+
+def test_a_dead_weak_proxy_in_a_dp_compiled_module_does_not_break_other_training():
+    """A DP-compiled module holding a weakref.proxy whose object is gone: the step of another model trained without
+    DP raised ReferenceError from the scan (an isinstance on the proxy). Objects are now told apart by type alone."""
+    import weakref
+
+    class Trainer:
+        pass
+    trainer, model = Trainer(), mlp()
+    model.trainer = weakref.proxy(trainer)
+    run = compiled_with_backend(model)
+    x, y = data(8)
+    squared_error(run(dynamic(x)), y, "sum").backward()
+    del trainer
+    other = nn.Linear(5, 3).to(**F64)
+    opt = torch.optim.SGD(other.parameters(), lr=0.1)
+    squared_error(other(x), y).backward()
+    opt.step()
 
 
 class _ReadsAnAttribute(nn.Module):
@@ -1210,8 +1335,8 @@ def test_training_another_model_alongside_a_dp_backend_scans_once(monkeypatch):
     x, y = data(8)
     squared_error(run(dynamic(x)), y, "sum").backward()
     scans = []
-    look = guard.compiled_with
-    monkeypatch.setattr(guard, "compiled_with", lambda backends: scans.append(1) or look(backends))
+    look = reach.compiled_with
+    monkeypatch.setattr(reach, "compiled_with", lambda backends: scans.append(1) or look(backends))
     trunk, heads = nn.Linear(5, 8).to(**F64), [nn.Linear(8, 3).to(**F64) for _ in range(2)]
     other = torch.optim.SGD([*trunk.parameters(), *heads[0].parameters(), *heads[1].parameters()], lr=0.1)
     for i in range(6):

@@ -18,10 +18,7 @@ and its weights, showing without noise which branch the private batch took.
 """
 from __future__ import annotations
 
-import dis
-import functools
 import gc
-import sys
 import types
 import weakref
 from collections.abc import Iterable
@@ -33,6 +30,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.hooks import unserializable_hook
 
 from ..errors import ReleaseError
+from . import reach
 
 NOISY, UNNOISED, RAW = "noisy", "unnoised", "raw"
 
@@ -57,11 +55,11 @@ class GradState:
 
     def __init__(self, name: str, param: torch.Tensor) -> None:
         self.name, self.engines = name, []
-        key = id(param)
+        key, registry = id(param), _TRACKED  # the registry held here: at exit, module globals may be gone first
 
         def forget(ref: weakref.ref) -> None:  # the parameter is gone: so is its entry
-            if _TRACKED.get(key) is self:
-                del _TRACKED[key]
+            if registry.get(key) is self:
+                del registry[key]
         self.param = weakref.ref(param, forget)
         self.grad: weakref.ref | None = None
         self.version = -1
@@ -369,13 +367,14 @@ def refuse_outside_gradients(optimizer: torch.optim.Optimizer) -> None:
 
 
 _STANDALONE: weakref.WeakSet = weakref.WeakSet()  # live standalone DP backends (torch.compile(..., backend=...))
-# untracked parameters found in no module compiled with a DP backend: {id: weakref}, valid for the key it was made for
-_CLEARED: dict = {"key": None, "params": {}}
+# what the last scan found compiled with a live standalone backend (weak references to the compiled modules and
+# functions), valid for the key it was made for
+_FOUND: dict = {"key": None, "compiled": []}
 
 
 class Standalone(Protocol):
     privacy: TaskOwner
-    wrapped: list  # weak references to the modules torch.compile wrapped it with (wrapping_modules)
+    wrapped: list  # weak references to what torch.compile wrapped it for (wrapped())
 
 
 def watch_standalone(backend: Standalone) -> None:
@@ -396,189 +395,77 @@ COMPILED_MESSAGE = (
 
 
 def refuse_compiled_elsewhere(optimizer: torch.optim.Optimizer) -> None:
-    """A step over gradients of untracked parameters of a module compiled with a standalone DP backend (or reached by
-    a function compiled with one). The backend tracks the parameters it captures, from its first capture; an untracked
-    one with a gradient got it from elsewhere: the module called inside another torch.compile is compiled by the outer
-    backend (Dynamo inlines it), so its gradients are the batch's, neither clipped nor noised; or the model was called
-    without its compiled wrapper. What was compiled with a DP backend is found by a scan of Python's objects
-    (compiled_with, about 0.1 s). Parameters found clear are remembered until a backend is made or dropped,
-    torch.compile wraps a DP backend (`wrapped`) or Dynamo compiles a graph (the outer compile of a module), so
-    training another model without DP alongside scans once, not at every step. Also found: the modules torch.compile
-    wrapped a DP backend for (wrapped: what a compile of the compiled module unwrapped, which nothing else may hold),
-    and what the modules found hold outside their submodules (held_modules: in a list, a global)."""
+    """A step over gradients of untracked parameters that code compiled with a standalone DP backend reaches. The
+    backend tracks the parameters it captures, from its first capture; an untracked one with a gradient got it from
+    elsewhere: the module called inside another torch.compile is compiled by the outer backend (Dynamo inlines it),
+    so its gradients are the batch's, neither clipped nor noised; or the model was called without its compiled
+    wrapper. What was compiled with a DP backend is found by a scan of Python's objects (reach.compiled_with, about
+    0.1 s), kept until a backend is made or dropped, torch.compile wraps a DP backend (`wrapped`) or Dynamo compiles
+    a graph (the outer compile of a module), so training another model without DP alongside scans once, not at every
+    step; with what torch.compile wrapped a DP backend for (a compile of the compiled module unwraps it, and nothing
+    else may hold it). The parameters those reach (reach.reached: held in lists, closures, globals, ...) are looked up
+    at every such step, as a parameter can move into a DP-compiled module at any time."""
     stepped = {id(p): p for group in optimizer.param_groups for p in group["params"]
                if p.grad is not None and not ((state := state_of(p)) is not None and state.live_engines())}
     if not stepped:
         return
     graphs = torch._dynamo.utils.counters["stats"]
     key = (frozenset(map(id, _STANDALONE)), _WRAPS[0], id(graphs), graphs["unique_graphs"])
-    if _CLEARED["key"] != key:
-        _CLEARED["key"], _CLEARED["params"] = key, {}
-    cleared = _CLEARED["params"]
-    if all(i in cleared and cleared[i]() is p for i, p in stepped.items()):
-        return
-    names = dp_compiled_names(stepped)
-    if names:  # confirmed after a collection: the scan also sees garbage that reference cycles hold
+    if _FOUND["key"] != key:
+        _FOUND["key"], _FOUND["compiled"] = key, dp_compiled()
+    names = dp_trained_names(stepped)
+    if names:  # confirmed after a collection and a fresh scan: the scan also sees garbage that reference cycles hold
         gc.collect()
-        names = dp_compiled_names(stepped)
+        _FOUND["compiled"] = dp_compiled()
+        names = dp_trained_names(stepped)
     if names:
         raise ReleaseError(COMPILED_MESSAGE.format(names=names[:4]))
-    cleared.update((i, weakref.ref(p)) for i, p in stepped.items())
 
 
-def dp_compiled_names(params: dict[int, torch.Tensor]) -> list[str]:
-    """Names of those of `params` (by id) that belong to a module compiled with a live standalone DP backend: found
-    by the scan, or wrapped by torch.compile with one (what a compile of the compiled module unwrapped, which nothing
-    else may hold)."""
-    backends = list(_STANDALONE)
-    modules = [m for compiled in compiled_with(backends).values() for _, ms in compiled for m in ms]
-    modules += [m for b in backends for ref in b.wrapped if (m := ref()) is not None]
-    modules = [m for module in modules for m in held_modules(module)]
-    return [f"{type(m).__name__}.{n}" for m in modules for n, p in m.named_parameters() if id(p) in params]
+def dp_compiled() -> list[weakref.ref]:
+    """Weak references to the live modules and functions compiled with a live standalone DP backend."""
+    return [weakref.ref(compiled) for found in reach.compiled_with(list(_STANDALONE)).values()
+            for compiled, _ in found]
+
+
+def dp_trained_names(params: dict[int, torch.Tensor]) -> list[str]:
+    """Names of those of `params` (by id) that code compiled with a live standalone DP backend reaches."""
+    roots = [root for ref in _FOUND["compiled"] if (root := compiled_root(ref())) is not None]
+    roots += [r for b in list(_STANDALONE) for ref in b.wrapped if (r := ref()) is not None]
+    modules, loose = reach.reached(roots)
+    names = [f"{path}.{n}" for path, m in modules for n, p in m._parameters.items()
+             if p is not None and id(p) in params]
+    return names + [f"a parameter of shape {tuple(p.shape)} outside any module" for p in loose if id(p) in params]
+
+
+def compiled_root(compiled: Any) -> Any:
+    """What a compiled module's (the module it wraps) or function's graphs start from; None for one collected."""
+    if compiled is None:
+        return None
+    if isinstance(compiled, torch.nn.Module):
+        return compiled._modules.get("_orig_mod", compiled)
+    return compiled.__dict__.get("_torchdynamo_orig_callable")
 
 
 _WRAPS = [0]  # how many times torch.compile has wrapped a DP backend (DPBackend.__name__): what it compiled changed
 
 
 def wrapped() -> list[weakref.ref]:
-    """torch.compile is wrapping a DP backend: what it compiled changed. Returns weak references to the modules it
-    wraps the backend for (wrapping_modules)."""
+    """torch.compile is wrapping a DP backend: what it compiled changed. Returns weak references to the modules and
+    loose parameters the callable it wraps reaches (reach.wrapping_model), and to the callable itself if it can be
+    weakly referenced: what torch.compile of the compiled module unwraps, which nothing else may hold."""
     _WRAPS[0] += 1
     try:  # the user's callable: its attributes may raise anything
-        return [weakref.ref(m) for m in modules_of(wrapping_model())]
+        model = reach.wrapping_model()
+        if model is None:
+            return []
+        modules, loose = reach.reached([model])
+        refs = [weakref.ref(x) for x in [*(m for _, m in modules), *loose]]
+        if type(model) is types.FunctionType:  # a bound method would be collected at once
+            refs.append(weakref.ref(model))
+        return refs
     except Exception:
         return []
-
-
-def wrapping_model() -> Any:
-    """The callable that torch.compile(model, backend=...) is wrapping, read from torch.compile's frame a few calls
-    up (a backend's name is read there, by torch._TorchCompileWrapper, before Dynamo holds anything compiled with
-    it); None where it is not found (torch._dynamo.optimize, or a torch that reads the name elsewhere)."""
-    code = getattr(torch.compile, "__code__", None)
-    frame = sys._getframe(1)
-    for _ in range(8):
-        frame = frame.f_back
-        if frame is None:
-            return None
-        if frame.f_code is code:
-            return frame.f_locals.get("model")
-    return None
-
-
-def global_modules(fn: Any) -> list[torch.nn.Module]:
-    """The module-valued globals that fn's code reads (its global loads, nested code's too; not attribute names)."""
-    code, space = getattr(fn, "__code__", None), getattr(fn, "__globals__", None)
-    if code is None or not isinstance(space, dict):
-        return []
-    return [v for name in global_names(code) if isinstance(v := space.get(name), torch.nn.Module)]
-
-
-@functools.lru_cache(maxsize=1024)
-def global_names(code: types.CodeType) -> tuple[str, ...]:
-    """The names a code object (and the code nested in it) loads as globals."""
-    names = {i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names.update(global_names(const))
-    return tuple(sorted(names))
-
-
-def held_modules(module: torch.nn.Module, depth: int = 3) -> list[torch.nn.Module]:
-    """module's submodules and what they hold outside their submodules, whose parameters a compiled forward reads
-    too: modules in their plain attributes (directly, or in a list, tuple, set or dict) and module-valued globals
-    their forward's code names, a few levels deep."""
-    found, seen, todo = [], set(), [(module, depth)]
-    while todo:
-        start, left = todo.pop()
-        for m in start.modules():
-            if id(m) in seen:
-                continue
-            seen.add(id(m))
-            found.append(m)
-            if left == 0:
-                continue
-            values = [v for k, v in vars(m).items() if k not in ("_modules", "_parameters", "_buffers")]
-            values += [x for v in values if isinstance(v, (list, tuple, set, frozenset)) for x in v]
-            values += [x for v in values if isinstance(v, dict) for x in v.values()]
-            values += global_modules(type(m).forward)
-            todo += [(v, left - 1) for v in values if isinstance(v, torch.nn.Module) and id(v) not in seen]
-    return found
-
-
-def cell_values(fn: Any) -> list:
-    """What a function's closure holds (its empty cells left out)."""
-    values = []
-    for cell in getattr(fn, "__closure__", None) or ():
-        try:
-            values.append(cell.cell_contents)
-        except ValueError:  # empty
-            pass
-    return values
-
-
-def modules_of(fn: Any, depth: int = 3) -> list[torch.nn.Module]:
-    """The modules a compiled callable reaches (whose parameters its graph reads): itself, the object a bound method
-    is of, a functools.partial's arguments, and, through wrappers (__wrapped__), what its closure holds and the
-    module-valued globals its code names. A few levels deep; what it cannot see is not found."""
-    if isinstance(fn, torch.nn.Module):
-        return [fn]
-    if depth == 0 or fn is None:
-        return []
-    found: list[torch.nn.Module] = []
-    bound = getattr(fn, "__self__", None)
-    if isinstance(bound, torch.nn.Module):
-        found.append(bound)
-    if isinstance(fn, functools.partial):
-        for value in (fn.func, *fn.args, *fn.keywords.values()):
-            found += modules_of(value, depth - 1)
-    inner = getattr(fn, "__func__", fn)
-    for value in cell_values(inner):
-        found += modules_of(value, depth - 1)
-    found += global_modules(inner)
-    wrapped = getattr(fn, "__wrapped__", None)
-    if wrapped is not None and wrapped is not fn:
-        found += modules_of(wrapped, depth - 1)
-    return found
-
-
-def compiled_with(backends: list) -> dict[int, list[tuple[Any, list[torch.nn.Module]]]]:
-    """id(backend) -> (compiled, modules) for each live module and function that torch.compile compiled with one of
-    `backends` (torch.compile(module), module.compile(), torch.compile(function)): the modules whose parameters it
-    trains (modules_of, for a function). One scan of the garbage collector's objects (about 0.1 s)."""
-    from torch._dynamo.eval_frame import OptimizedModule, innermost_backend
-    wanted = {id(b) for b in backends}
-
-    def backend_of(value) -> int | None:
-        try:  # value may be a user's object (a compiled callable in a closure), whose attributes may raise anything
-            callback = getattr(value, "callback", value)
-            inner = innermost_backend(callback) if callable(callback) else None
-            compiler = getattr(inner, "compiler_fn", None)  # torch.compile wraps it (_TorchCompileWrapper)
-        except Exception:
-            return None
-        return next((id(c) for c in (inner, compiler) if id(c) in wanted), None)
-
-    modules, functions = [], []
-    for obj in gc.get_objects():  # by type alone: an attribute read may run code (deprecated or lazy attributes)
-        kind = type(obj)
-        if issubclass(kind, OptimizedModule):
-            if (owner := backend_of(obj.dynamo_ctx)) is not None:
-                modules.append((owner, obj))
-        elif kind is types.FunctionType and "_torchdynamo_orig_callable" in obj.__dict__:
-            owner = next((o for c in cell_values(obj) if (o := backend_of(c)) is not None), None)
-            if owner is not None:
-                functions.append((owner, obj))
-    found: dict[int, list] = {}
-    for owner, m in modules:
-        found.setdefault(owner, []).append((m, [m._orig_mod]))
-    forwards = {id(m.__dict__.get(name)) for _, m in modules for name in ("forward", "_forward")}
-    for owner, fn in functions:
-        if id(fn) not in forwards:  # an OptimizedModule's own forward is counted with it
-            try:  # the user's callable: its attributes may raise anything
-                reached = modules_of(fn._torchdynamo_orig_callable)
-            except Exception:
-                reached = []
-            found.setdefault(owner, []).append((fn, reached))
-    return found
 
 
 @torch._dynamo.disable

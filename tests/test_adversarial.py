@@ -2,13 +2,16 @@
 to a released gradient, or a gradient leave without noise. Norm-bound unit tests: test_norm_bounds.py."""
 from __future__ import annotations
 
+import collections
 import copy
 import functools
 import io
 import pickle
 import re
 import sys
+import types
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -1182,6 +1185,76 @@ def _instance_forward(model):
 NESTED_FORMS["instance_forward"] = _instance_forward
 
 
+class _Forwards(nn.Module):
+    """A compiled module whose forward runs `self.run`: set per instance or on a class made for the test."""
+
+    def forward(self, x):
+        return self.run(x)
+
+
+def _on_class(**members):
+    return type("OnClass", (_Forwards,), members)()
+
+
+def _kwdefault(model):
+    def run(t, *, m=model):
+        return m(t)
+    return _Calls(run)
+
+
+def _function_attribute(model):
+    def run(t):
+        return run.model(t)
+    run.model = model
+    return _Calls(run)
+
+
+class _Iterates(nn.Module):
+    """Runs what it holds in turn: the keys of a dict, the items of a deque."""
+
+    def __init__(self, held):
+        super().__init__()
+        self.held = held
+
+    def forward(self, x):
+        for m in self.held:
+            x = m(x)
+        return x
+
+
+class _ViaGetter(nn.Module):
+    def forward(self, x):
+        return _GETTER()(x)
+
+
+_GETTER = None
+
+
+_config = types.ModuleType("reach_test_config")  # a user's configuration module holding the model
+
+
+class _ReadsConfig(nn.Module):
+    def forward(self, x):
+        return _config.MODEL(x)
+
+
+NESTED_FORMS.update({
+    "lambda_default": lambda m: _Calls(lambda t, m=m: m(t)),
+    "kwdefault": _kwdefault,
+    "function_attribute": _function_attribute,
+    "dict_key": lambda m: _Iterates({m: 1}),
+    "deque": lambda m: _Iterates(collections.deque([m])),
+    "weakref": lambda m: _Calls(lambda t, r=weakref.ref(m): r()(t)),
+    "lru_getter": lambda m: (setattr(sys.modules[__name__], "_GETTER", functools.lru_cache()(lambda: m)),
+                             _ViaGetter())[1],
+    "class_attribute": lambda m: _on_class(run=staticmethod(lambda t: m(t))),
+    "class_list": lambda m: _on_class(held=[m], run=lambda self, t: self.held[0](t)),
+    "property": lambda m: _on_class(run=property(lambda self: m)),
+    "static_partial": lambda m: _on_class(run=staticmethod(functools.partial(m.__call__))),
+    "config_module": lambda m: (setattr(_config, "MODEL", m), _ReadsConfig())[1],
+})
+
+
 @pytest.mark.parametrize("case", ["inner_held", "inner_unheld", "inner_unheld_patched_compile", "user_backend",
                                   *NESTED_FORMS])
 def test_a_module_compiled_with_the_backend_and_nested_before_its_capture_is_refused_at_the_step(case, monkeypatch):
@@ -1203,7 +1276,7 @@ def test_a_module_compiled_with_the_backend_and_nested_before_its_capture_is_ref
         if case != "inner_held":
             del run
     else:
-        monkeypatch.setattr(sys.modules[__name__], "_HELD", model)
+        monkeypatch.setattr(sys.modules[__name__], "_HELD", model if case == "global_in_helper" else None)
         top = model if case == "user_backend" else NESTED_FORMS[case](model)
         backend = (lambda gm, example_inputs: be(gm, example_inputs)) if case == "user_backend" else be
         run = torch.compile(top, backend=backend, fullgraph=True)
@@ -1221,21 +1294,104 @@ def test_a_module_compiled_with_the_backend_and_nested_before_its_capture_is_ref
     assert not unchanged(model, before)
 
 
-@pytest.mark.parametrize("holder", ["list", "global"])
+@pytest.mark.parametrize("holder", ["list", "global", "leaf_attribute", "leaf_buffer"])
 def test_a_loose_parameter_read_by_a_module_compiled_with_the_backend_is_refused_at_the_step(holder, monkeypatch):
-    """A trainable parameter outside any module (in a plain list, or a global) that the compiled forward reads, with
-    its own optimizer, nested before the first capture: its raw gradient (norm about 4e5) stepped."""
-    scale = nn.Parameter(torch.ones(3, **F64))
+    """A trainable tensor outside any module's parameters that the compiled forward reads, with its own optimizer,
+    nested before the first capture: a parameter in a plain list or a global (raw gradient of norm about 4e5
+    stepped), a leaf tensor that requires grad in an attribute or a buffer (norm 14)."""
+    scale = nn.Parameter(torch.ones(3, **F64)) if holder in ("list", "global") else \
+        torch.ones(3, **F64, requires_grad=True)
     monkeypatch.setattr(sys.modules[__name__], "_HELD", lambda t: t * scale)
     model = mlp()
-    top = _Calls([lambda t: model(t) * scale]) if holder == "list" else nn.Sequential(model, _Calls())
+    if holder == "list":
+        top = _Calls([lambda t: model(t) * scale])
+    elif holder == "global":
+        top = nn.Sequential(model, _Calls())
+    else:
+        top = _Forwards()
+        top.run = lambda t: model(t) * (top.scale if holder == "leaf_attribute" else top.scaled)
+        if holder == "leaf_attribute":
+            top.scale = scale
+        else:
+            top.register_buffer("scaled", scale)
     be = dpcompile.backend(max_grad_norm=1e-3, noise_multiplier=0.0, backend=BACKEND, loss_reduction="sum")
     run = torch.compile(top, backend=be, fullgraph=True)
     outer = torch.compile(lambda t: run(t) * 1.0, backend="eager")
     opt = torch.optim.SGD([scale], lr=1.0)
     x, y = data(8)
     squared_error(outer(dynamic(x * 100)), y, "sum").backward()
-    with pytest.raises(ReleaseError, match="outside any module.*never captured them"):
+    assert scale.grad is not None and scale.grad.norm() > 1.0
+    with pytest.raises(ReleaseError, match="outside any module.s parameters.*never captured them"):
+        opt.step()
+
+
+@pytest.mark.parametrize("case", ["global_hook", "method_set_after_compile", "unhashable_attribute"])
+def test_what_a_compiled_module_reaches_is_found_however_it_was_set_up(case, monkeypatch):
+    """More ways the nested compiled module reached a model the step did not see (raw gradient of norm 208 at
+    R = 1e-3 stepped): a global forward hook of torch's calling it; a method patched onto the class after the compile
+    (the class's members were cached at the first look); an attribute whose class cannot be hashed (the lookup's
+    TypeError hid every attribute of that module)."""
+    model = mlp()
+    monkeypatch.setattr(sys.modules[__name__], "_HELD", model)
+    top, handle = _Forwards(), None
+    if case == "global_hook":
+        top.run = lambda t: t[:, :3]
+        handle = nn.modules.module.register_module_forward_hook(
+            lambda module, args, out: out + 0 * model(args[0]) if type(module) is _Forwards else None)
+    elif case == "method_set_after_compile":
+        top = _on_class(run=lambda self, t: t[:, :3])
+    else:
+        class Unhashable(type):
+            def __eq__(cls, other):
+                return cls is other
+        top.tag = Unhashable("Tag", (), {})()
+        top.held = [model]
+        top.run = lambda t: top.held[0](t)
+    be = dpcompile.backend(max_grad_norm=1e-3, noise_multiplier=0.0, backend=BACKEND, loss_reduction="sum")
+    run = torch.compile(top, backend=be, fullgraph=True)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    x, y = data(8)
+    if case == "method_set_after_compile":
+        opt.zero_grad()
+        squared_error(model(x), y).backward()
+        opt.step()  # trained without DP before: the class was looked at, its helper not yet there
+        opt.zero_grad()
+        type(top).run = lambda self, t: _HELD(t)
+    outer = torch.compile(lambda t: run(t) * 1.0, backend="eager")
+    try:
+        squared_error(outer(dynamic(x * 100)), y, "sum").backward()
+    finally:
+        if handle is not None:
+            handle.remove()
+    with pytest.raises(ReleaseError, match="never captured them"):
+        opt.step()
+
+
+class _Student(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = mlp()
+
+    def forward(self, x):
+        return self.body(x)
+
+    def agreement(self, x):  # never run by forward
+        return (self.body(x) - _HELD(x)).square().mean()
+
+
+def test_a_refusal_names_how_the_compiled_module_reaches_the_parameter(monkeypatch):
+    """A method of the compiled module's class that its forward never runs reads a global model, trained without DP
+    alongside: refused (the walk cannot tell which methods run), and the message says how the parameter was reached
+    and what to do, so the user can pass that model as an argument."""
+    teacher = mlp()
+    monkeypatch.setattr(sys.modules[__name__], "_HELD", teacher)
+    be = dpcompile.backend(max_grad_norm=1e-3, noise_multiplier=0.0, backend=BACKEND, loss_reduction="sum")
+    run = torch.compile(_Student(), backend=be, fullgraph=True)
+    x, y = data(8)
+    squared_error(run(dynamic(x)), y, "sum").backward()
+    opt = torch.optim.SGD(teacher.parameters(), lr=1.0)
+    squared_error(teacher(x), y).backward()
+    with pytest.raises(ReleaseError, match=r"_Student.agreement global _HELD.0.weight.*pass that model as an argument"):
         opt.step()
 
 

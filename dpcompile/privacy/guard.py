@@ -385,13 +385,15 @@ def watch_standalone(backend: Standalone) -> None:
 
 
 COMPILED_MESSAGE = (
-    "the optimizer would apply parameter(s) {names} of a module compiled with dpcompile.backend(...), whose backend "
-    "never captured them: no DP backward made these gradients, so they are neither clipped nor noised. A module "
-    "compiled this way and called inside another torch.compile (a compiled training step, torch.compile of a model "
-    "holding it) is compiled by the outer backend instead: Dynamo inlines it. Call the module compiled with "
-    "dpcompile.backend() outside any other torch.compile, or use dpcompile.dpcompile(model, ...), whose DP model "
-    "works inside compiled code; train the model without DP only before compiling it with the DP backend (or after "
-    "ending its guards with backend.privacy.untrack()); and use one backend per model")
+    "the optimizer would apply parameter(s) {names} that code compiled with dpcompile.backend(...) reaches (each named "
+    "by the path it is reached by), but whose backend never captured them: no DP backward made these gradients, so "
+    "they are neither clipped nor noised. A module compiled this way and called inside another torch.compile (a "
+    "compiled training step, torch.compile of a model holding it) is compiled by the outer backend instead: Dynamo "
+    "inlines it. Call the module compiled with dpcompile.backend() outside any other torch.compile, or use "
+    "dpcompile.dpcompile(model, ...), whose DP model works inside compiled code; train the model without DP only "
+    "before compiling it with the DP backend (or after ending its guards with backend.privacy.untrack()); use one "
+    "backend per model; and where the compiled module reaches a model it never runs (a method reading a global), "
+    "pass that model as an argument instead")
 
 
 def refuse_compiled_elsewhere(optimizer: torch.optim.Optimizer) -> None:
@@ -430,12 +432,17 @@ def dp_compiled() -> list[weakref.ref]:
 
 def dp_trained_names(params: dict[int, torch.Tensor]) -> list[str]:
     """Names of those of `params` (by id) that code compiled with a live standalone DP backend reaches."""
-    roots = [root for ref in _FOUND["compiled"] if (root := compiled_root(ref())) is not None]
-    roots += [r for b in list(_STANDALONE) for ref in b.wrapped if (r := ref()) is not None]
-    modules, loose = reach.reached(roots)
-    names = [f"{path}.{n}" for path, m in modules for n, p in m._parameters.items()
-             if p is not None and id(p) in params]
-    return names + [f"a parameter of shape {tuple(p.shape)} outside any module" for p in loose if id(p) in params]
+    compiled = [root for ref in _FOUND["compiled"] if (root := compiled_root(ref())) is not None]
+    wrapped = [r for b in list(_STANDALONE) for ref in b.wrapped if (r := ref()) is not None]
+    names: dict[int, str] = {}
+    for roots in (compiled, wrapped):  # the compiled modules' paths first, which say how a parameter is reached
+        modules, loose = reach.reached(roots)
+        for path, m in modules:
+            names.update((id(p), f"{path}.{n}") for n, p in m._parameters.items()
+                         if p is not None and id(p) in params and id(p) not in names)
+        names.update((id(t), f"{path} (a tensor outside any module's parameters)") for path, t in loose
+                     if id(t) in params and id(t) not in names)
+    return list(names.values())
 
 
 def compiled_root(compiled: Any) -> Any:
@@ -460,7 +467,7 @@ def wrapped() -> list[weakref.ref]:
         if model is None:
             return []
         modules, loose = reach.reached([model])
-        refs = [weakref.ref(x) for x in [*(m for _, m in modules), *loose]]
+        refs = [weakref.ref(x) for _, x in [*modules, *loose]]
         if type(model) is types.FunctionType:  # a bound method would be collected at once
             refs.append(weakref.ref(model))
         return refs

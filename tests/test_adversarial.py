@@ -1360,11 +1360,11 @@ def test_what_a_compiled_module_reaches_is_found_however_it_was_set_up(case, mon
     outer = torch.compile(lambda t: run(t) * 1.0, backend="eager")
     try:
         squared_error(outer(dynamic(x * 100)), y, "sum").backward()
+        with pytest.raises(ReleaseError, match="never captured them"):
+            opt.step()
     finally:
         if handle is not None:
             handle.remove()
-    with pytest.raises(ReleaseError, match="never captured them"):
-        opt.step()
 
 
 class _Student(nn.Module):

@@ -433,9 +433,12 @@ def dp_compiled() -> list[weakref.ref]:
 def dp_trained_names(params: dict[int, torch.Tensor]) -> list[str]:
     """Names of those of `params` (by id) that code compiled with a live standalone DP backend reaches."""
     compiled = [root for ref in _FOUND["compiled"] if (root := compiled_root(ref())) is not None]
-    wrapped = [r for b in list(_STANDALONE) for ref in b.wrapped if (r := ref()) is not None]
+    known = {id(root) for root in compiled}  # the common case: the compiled module wraps the model it was made for
+    wrapped = [r for b in list(_STANDALONE) for ref in b.wrapped if (r := ref()) is not None and id(r) not in known]
     names: dict[int, str] = {}
     for roots in (compiled, wrapped):  # the compiled modules' paths first, which say how a parameter is reached
+        if not roots:
+            continue
         modules, loose = reach.reached(roots)
         for path, m in modules:
             names.update((id(p), f"{path}.{n}") for n, p in m._parameters.items()
@@ -458,14 +461,18 @@ _WRAPS = [0]  # how many times torch.compile has wrapped a DP backend (DPBackend
 
 
 def wrapped() -> list[weakref.ref]:
-    """torch.compile is wrapping a DP backend: what it compiled changed. Returns weak references to the modules and
-    loose parameters the callable it wraps reaches (reach.wrapping_model), and to the callable itself if it can be
-    weakly referenced: what torch.compile of the compiled module unwraps, which nothing else may hold."""
+    """torch.compile is wrapping a DP backend: what it compiled changed. Returns weak references to what the callable
+    it wraps (reach.wrapping_model) starts from, which a compile of the compiled module unwraps and nothing else may
+    hold: the module (a module's own, or its bound method's: module.compile()), walked again at each look; else the
+    modules and loose parameters the callable reaches now, and the callable itself if it can be weakly referenced."""
     _WRAPS[0] += 1
     try:  # the user's callable: its attributes may raise anything
         model = reach.wrapping_model()
         if model is None:
             return []
+        owner = model.__self__ if type(model) is types.MethodType else model
+        if issubclass(type(owner), torch.nn.Module):
+            return [weakref.ref(owner)]
         modules, loose = reach.reached([model])
         refs = [weakref.ref(x) for _, x in [*modules, *loose]]
         if type(model) is types.FunctionType:  # a bound method would be collected at once

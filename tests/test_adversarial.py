@@ -1255,6 +1255,61 @@ NESTED_FORMS.update({
 })
 
 
+class _TiedView(nn.Module):
+    """Reads the model's weights through tensors computed from them (a tied weight's transpose, a slice)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.w0, self.b0 = model[0].weight.t(), model[0].bias[:]
+        self.w2, self.b2 = 2 * model[2].weight, model[2].bias + 0
+
+    def forward(self, x):
+        return torch.tanh(x @ self.w0 + self.b0) @ self.w2.t() + self.b2
+
+
+class _Slotted(nn.Module):
+    __slots__ = ("held",)
+
+    def __init__(self, model):
+        super().__init__()
+        self.held = [model]
+
+    def forward(self, x):
+        return self.held[0](x)
+
+
+class _HidesChildren(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.body = model
+
+    def named_modules(self, memo=None, prefix="", remove_duplicate=True):
+        yield prefix, self
+
+    def forward(self, x):
+        return self.body(x)
+
+
+_package = types.ModuleType("reach_test_package")  # a user's package whose submodule holds the model
+_package.models = types.ModuleType("reach_test_package.models")
+
+
+class _ReadsPackage(nn.Module):
+    def forward(self, x):
+        return getattr(_package.models, "TEACHER")(x)
+
+
+NESTED_FORMS.update({
+    "tied_views": _TiedView,
+    "builtin_method": lambda m: _Calls(lambda t, g={"m": m}.get: g("m")(t)),
+    "method_wrapper": lambda m: _Calls(lambda t, g=[m].__getitem__: g(0)(t)),
+    "mapping_proxy": lambda m: _Calls(lambda t, d=types.MappingProxyType({"m": m}): d["m"](t)),
+    "package_submodule": lambda m: (setattr(_package.models, "TEACHER", m), _ReadsPackage())[1],
+    "slots": _Slotted,
+    "hides_children": _HidesChildren,
+})
+
+
 @pytest.mark.parametrize("case", ["inner_held", "inner_unheld", "inner_unheld_patched_compile", "user_backend",
                                   *NESTED_FORMS])
 def test_a_module_compiled_with_the_backend_and_nested_before_its_capture_is_refused_at_the_step(case, monkeypatch):
@@ -1283,7 +1338,10 @@ def test_a_module_compiled_with_the_backend_and_nested_before_its_capture_is_ref
         outer = torch.compile(lambda t: run(t) * 1.0, backend="eager")
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     x, y = data(8)
-    squared_error(outer(dynamic(x * 100)), y, "sum").backward()
+    try:
+        squared_error(outer(dynamic(x * 100)), y, "sum").backward()
+    except torch._dynamo.exc.Unsupported:  # torch 2.11's Dynamo traces no built-in bound method: no such attack there
+        pytest.skip(f"this torch's Dynamo cannot trace the {case} form")
     assert be.compilations == 0 and torch.sqrt(sum(p.grad.square().sum() for p in model.parameters())) > 1.0
     before = params(model)
     with pytest.raises(ReleaseError, match="never captured them"):
@@ -1418,6 +1476,23 @@ def test_parameters_moved_into_a_dp_compiled_module_are_looked_up_again():
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
     with pytest.raises(ReleaseError, match="never captured them"):
         torch.optim.SGD(a.parameters(), lr=1.0).step()
+
+
+def test_a_half_made_module_held_by_a_dp_compiled_module_does_not_break_other_training():
+    """A module whose Module.__init__ never ran, held in a list by a DP-compiled module: the step of another model
+    trained without DP raised AttributeError ('_parameters') from the walk."""
+    class HalfMade(nn.Module):
+        def __init__(self):  # no super().__init__()
+            pass
+    model = mlp()
+    model.extra = [HalfMade()]
+    run = compiled_with_backend(model)
+    x, y = data(8)
+    squared_error(run(dynamic(x)), y, "sum").backward()
+    other = nn.Linear(5, 3).to(**F64)
+    opt = torch.optim.SGD(other.parameters(), lr=0.1)
+    squared_error(other(x), y).backward()
+    opt.step()
 
 
 def test_a_dead_weak_proxy_in_a_dp_compiled_module_does_not_break_other_training():

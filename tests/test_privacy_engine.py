@@ -229,7 +229,7 @@ def test_one_seed_for_the_noise_and_the_batches_gives_independent_streams():
     N, q, seed = 256, 0.05, 1234
     loader = poisson_loader(TensorDataset(torch.randn(N, 64), torch.arange(N)), q, seed=seed)
     torch.manual_seed(0)
-    model = nn.Linear(64, 8)
+    model = nn.Linear(64, 8).to(DEVICE)
     dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0, loss_reduction="sum", backend=BACKEND,
                              data_loader=loader, seed=seed)
     x, index = next(iter(loader))

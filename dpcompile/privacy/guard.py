@@ -391,7 +391,8 @@ COMPILED_MESSAGE = (
     "compiled training step, torch.compile of a model holding it) is compiled by the outer backend instead: Dynamo "
     "inlines it. Call the module compiled with dpcompile.backend() outside any other torch.compile, or use "
     "dpcompile.dpcompile(model, ...), whose DP model works inside compiled code; train the model without DP only "
-    "before compiling it with the DP backend (or after ending its guards with backend.privacy.untrack()); use one "
+    "before compiling it with the DP backend, or after ending its guards with backend.privacy.untrack() (also where "
+    "the DP compile failed, or the backend was never called); use one "
     "backend per model; and where the compiled module reaches a model it never runs (a method reading a global), "
     "pass that model as an argument instead")
 
@@ -441,7 +442,7 @@ def dp_trained_names(params: dict[int, torch.Tensor]) -> list[str]:
             continue
         modules, loose = reach.reached(roots)
         for path, m in modules:
-            names.update((id(p), f"{path}.{n}") for n, p in m._parameters.items()
+            names.update((id(p), f"{path}.{n}") for n, p in (m.__dict__.get("_parameters") or {}).items()
                          if p is not None and id(p) in params and id(p) not in names)
         names.update((id(t), f"{path} (a tensor outside any module's parameters)") for path, t in loose
                      if id(t) in params and id(t) not in names)

@@ -46,7 +46,8 @@ def cell_values(fn: Any) -> list:
 @functools.lru_cache(maxsize=4096)
 def loaded_names(code: types.CodeType) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(globals, attributes): the names a code object (and the code nested in it) loads as globals, and those it
-    reads as attributes (of a Python module among those globals: `config.MODEL`)."""
+    reads as attributes or names as strings (of a Python module among those globals: `config.MODEL`,
+    `getattr(config, "MODEL")`)."""
     found: tuple[set, set] = (set(), set())
     for i in dis.get_instructions(code):
         if i.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
@@ -57,12 +58,13 @@ def loaded_names(code: types.CodeType) -> tuple[tuple[str, ...], tuple[str, ...]
         if isinstance(const, types.CodeType):
             for names, more in zip(found, loaded_names(const)):
                 names.update(more)
+        elif isinstance(const, str) and const.isidentifier():  # getattr(config, "MODEL")
+            found[1].add(const)
     return tuple(sorted(found[0])), tuple(sorted(found[1]))
 
 
 def _category(kind: type) -> type | str | None:
-    if kind is types.FunctionType or kind is types.MethodType or issubclass(kind, functools.partial) \
-            or kind is LRU_WRAPPER:
+    if kind in CALLABLES or issubclass(kind, (functools.partial, weakref.ref)):
         return "callable"
     if issubclass(kind, torch.nn.Module):
         return "module"
@@ -70,12 +72,14 @@ def _category(kind: type) -> type | str | None:
         return "tensor"
     if kind is types.ModuleType:
         return "python module"
-    if issubclass(kind, weakref.ref):
-        return "callable"
+    if kind is types.MappingProxyType:
+        return dict
     return next((base for base in (*CONTAINERS, dict) if issubclass(kind, base)), None)
 
 
 LRU_WRAPPER = type(functools.lru_cache()(lambda: None))
+# functions, bound methods (of Python and built-in functions: `{"m": model}.get`, `[model].__getitem__`)
+CALLABLES = (types.FunctionType, types.MethodType, types.BuiltinMethodType, types.MethodWrapperType, LRU_WRAPPER)
 _category_cached = functools.lru_cache(maxsize=None)(_category)
 
 
@@ -93,48 +97,98 @@ def category(value: Any) -> type | str | None:
 
 def might_hold(value: Any) -> bool:
     """Whether compiled code could reach a module or trainable tensor through value: a module, a callable, a tensor
-    that is a parameter or a leaf requiring grad, or a non-empty built-in container (not a Python module: only
-    the attributes a code object reads of one are followed, by `children`)."""
+    that is a parameter or requires grad, or a non-empty built-in container or mapping proxy (not a Python module:
+    only the attributes a code object reads of one are followed, by `children`)."""
     try:
         kind = category(value)
         if kind is None or kind == "python module":
             return False
         if kind == "tensor":
-            return isinstance(value, torch.nn.Parameter) or (value.requires_grad and value.is_leaf)
+            return isinstance(value, torch.nn.Parameter) or value.requires_grad
+        if kind is dict and type(value) is types.MappingProxyType:
+            return len(value) > 0
         return type(kind) is str or kind.__len__(value) > 0
     except Exception:  # a user's object: whatever it raises, it is not followed
         return False
 
 
 def children(obj: Any) -> list[tuple[str, Any]]:
-    """(label, value) for what obj holds that compiled code starting at it may read, one step away, by obj's type
-    alone: a container's items (a dict's keys and values), a partial's function and arguments, a bound method's
-    object and function, a function's closure, the globals its code loads (and the attributes it reads of those
-    that are Python modules outside torch and the standard library), its defaults and attributes."""
+    """(label, value) for what obj holds that compiled code starting at it may read (might_hold), one step away, by
+    obj's type alone: a container's items (a dict's keys and values), a partial's function and arguments, a bound
+    method's object and function (a built-in one's object), a function's closure, the globals its code loads (the
+    builtins it loads that the user set there too, and what it reads of those that are Python modules outside torch
+    and the standard library), its defaults and attributes; what a weak reference or an lru_cache wrapper refers to."""
     kind = category(obj)
     if kind is dict:
-        return [(f"[{k!r}]" if type(k) in (str, int) else "[...]", v) for k, v in dict.items(obj)] + \
-            [("key", k) for k in dict.keys(obj)]
+        mapping = obj if type(obj) is not types.MappingProxyType else dict(obj.items())
+        values, keys = dict.values(mapping), dict.keys(mapping)
+        pairs = [(f"[{k!r}]" if type(k) in (str, int) else "[...]", v) for k, v in dict.items(mapping)
+                 if might_hold(v)] if any_might_hold(values) else []
+        return pairs + ([("key", k) for k in keys if might_hold(k)] if any_might_hold(keys) else [])
     if kind in CONTAINERS:
-        return [(f"[{i}]", v) for i, v in enumerate(kind.__iter__(obj))]
-    if issubclass(type(obj), functools.partial):
-        return [("func", obj.func), *(("arg", a) for a in obj.args), *obj.keywords.items()]
-    if type(obj) is types.MethodType:
-        return [("self", obj.__self__), ("func", obj.__func__)]
-    if issubclass(type(obj), weakref.ref):
-        return [("referent", weakref.ref.__call__(obj))]
-    if type(obj) is LRU_WRAPPER or type(obj) is not types.FunctionType:
-        return [("wrapped", obj.__wrapped__)] if type(obj) is LRU_WRAPPER else []
-    space, (names, attributes) = obj.__globals__, loaded_names(obj.__code__)
-    found = [("closure", v) for v in cell_values(obj)]
+        items = list(kind.__iter__(obj))
+        return [(f"[{i}]", v) for i, v in enumerate(items) if might_hold(v)] if any_might_hold(items) else []
+    kind = type(obj)
+    if issubclass(kind, functools.partial):
+        found = [("func", obj.func), *(("arg", a) for a in obj.args), *obj.keywords.items()]
+    elif kind is types.MethodType:
+        found = [("self", obj.__self__), ("func", obj.__func__)]
+    elif kind in (types.BuiltinMethodType, types.MethodWrapperType):
+        found = [("self", obj.__self__)]
+    elif issubclass(kind, weakref.ref):
+        found = [("referent", weakref.ref.__call__(obj))]
+    elif kind is LRU_WRAPPER:
+        found = [("wrapped", obj.__wrapped__)]
+    elif kind is types.FunctionType:
+        found = function_children(obj)
+    else:
+        found = []
+    return [(label, v) for label, v in found if might_hold(v)]
+
+
+def any_might_hold(values: Iterable[Any]) -> bool:
+    """Whether any of these values' types might hold a module or trainable tensor: a container of values of no such
+    type (a dataset's million integers) is passed over at C speed."""
+    return any(type_might_hold(t) for t in set(map(type, values)))
+
+
+def type_might_hold(kind: type) -> bool:
+    """Whether values of this type can reach a module or trainable tensor (might_hold, by the type alone)."""
+    try:
+        found = _category_cached(kind)
+    except TypeError:
+        found = _category(kind)
+    return found is not None and found != "python module"
+
+
+def function_children(fn: types.FunctionType) -> list[tuple[str, Any]]:
+    """A function's closure, the globals (and user-set builtins) its code loads, what it reads of the user's Python
+    modules among them (a package's submodules too), its defaults and attributes."""
+    space, (names, attributes) = fn.__globals__, loaded_names(fn.__code__)
+    builtins = space.get("__builtins__", {})
+    builtins = builtins if isinstance(builtins, dict) else getattr(builtins, "__dict__", {})
+    found = [("closure", v) for v in cell_values(fn)]
     for name in names:
-        if name in space:
-            value = space[name]
+        if name in space or name in builtins:
+            value = space[name] if name in space else builtins[name]
             found.append((f"global {name}", value))
-            if type(value) is types.ModuleType and outside_libraries(value):
-                found += [(f"{name}.{a}", value.__dict__[a]) for a in attributes if a in value.__dict__]
-    found += [("default", v) for v in obj.__defaults__ or ()] + list((obj.__kwdefaults__ or {}).items())
-    return found + list(obj.__dict__.items())
+            found += module_attributes(value, name, attributes)
+    found += [("default", v) for v in fn.__defaults__ or ()] + list((fn.__kwdefaults__ or {}).items())
+    return found + list(fn.__dict__.items())
+
+
+def module_attributes(module: Any, name: str, attributes: tuple[str, ...], depth: int = 3) -> list[tuple[str, Any]]:
+    """What code may read of a user's Python module by these attribute names: `config.MODEL`, and through its
+    submodules, `config.models.TEACHER`, a few levels deep."""
+    if type(module) is not types.ModuleType or not outside_libraries(module) or depth == 0:
+        return []
+    found = []
+    for a in attributes:
+        if a in module.__dict__:
+            value = module.__dict__[a]
+            found.append((f"{name}.{a}", value))
+            found += module_attributes(value, f"{name}.{a}", attributes, depth - 1)
+    return found
 
 
 def outside_libraries(module: types.ModuleType) -> bool:
@@ -176,11 +230,12 @@ def label(root: Any) -> str:
 
 def reached(roots: Iterable[Any], depth: int = 5) -> tuple[list[tuple[str, torch.nn.Module]], list[tuple[str, Any]]]:
     """((path, module) pairs, (path, tensor) pairs): the modules and the trainable tensors outside their
-    `_parameters` (a parameter in a list or a global, a leaf tensor that requires grad in an attribute or a buffer)
-    that code compiled from `roots` may read. Each module reached comes with its registered submodules (their paths
-    in it); from them, what is reached in at most `depth` steps (`children`; a module's other attributes, buffers
-    and class members one step away), breadth first, each object once. A path says how it was reached, to name it in
-    a refusal."""
+    `_parameters` (a parameter in a list or a global, a leaf tensor that requires grad in an attribute or a buffer,
+    the leaves a tensor computed from them was made from: a tied weight's `.t()`) that code compiled from `roots`
+    may read. Each module reached comes with its registered submodules (their paths in it, read from `_modules`
+    itself); from them, what is reached in at most `depth` steps (`children`; a module's other attributes, buffers
+    and class members one step away), breadth first, each object once. A path says how it was reached, to name it
+    in a refusal."""
     modules: dict[int, tuple[str, torch.nn.Module]] = {}
     tensors: dict[int, tuple[str, Any]] = {}
     seen: set[int] = set()
@@ -194,29 +249,79 @@ def reached(roots: Iterable[Any], depth: int = 5) -> tuple[list[tuple[str, torch
             continue
         seen.add(id(obj))
         kind = category(obj)
-        if kind == "tensor":
-            tensors[id(obj)] = path, obj
-            continue
         nxt: list[tuple[str, Any]] = []
         try:  # a user's container or function may raise anything
+            if kind == "tensor":
+                tensors.update((id(t), (path, t)) for t in trainable_leaves(obj))
+                continue
             if kind == "module":
-                for sub_path, m in obj.named_modules(prefix=path):
-                    seen.add(id(m))
+                for sub_path, m in submodules(obj, path, seen):
                     modules[id(m)] = sub_path, m
-                    nxt += [(f"{sub_path}.{k}", v) for k, v in vars(m).items() if k not in MODULE_STATE]
+                    nxt += [(f"{sub_path}.{k}", v) for k, v in [*vars(m).items(), *slot_values(m)]
+                            if k not in MODULE_STATE and might_hold(v)]
                     if id(type(m)) not in classes:
                         classes[id(type(m))] = class_members(type(m))
-                    nxt += [(f"{sub_path}: {label}", v) for label, v in classes[id(type(m))]]
+                    nxt += [(f"{sub_path}: {name}", v) for name, v in classes[id(type(m))] if might_hold(v)]
             else:
-                nxt = [(f"{path} {label}", v) for label, v in children(obj)]
+                nxt = [(f"{path} {name}", v) for name, v in children(obj)]
         except Exception:
             pass
         if left:
-            queue.extend((p, v, left - 1) for p, v in nxt if id(v) not in seen and might_hold(v))
+            queue.extend((p, v, left - 1) for p, v in nxt if id(v) not in seen)
     for _, m in modules.values():
-        for p in m._parameters.values():
+        for p in (m.__dict__.get("_parameters") or {}).values():
             tensors.pop(id(p), None)
     return list(modules.values()), list(tensors.values())
+
+
+@functools.lru_cache(maxsize=1024)
+def slot_members(cls: type) -> tuple:
+    """(name, descriptor, class) for the __slots__ of a class and its bases (fixed when a class is made)."""
+    return tuple((name, member, klass) for klass in cls.__mro__ for name, member in vars(klass).items()
+                 if type(member) is types.MemberDescriptorType)
+
+
+def slot_values(obj: Any) -> list[tuple[str, Any]]:
+    """(name, value) of the attributes obj keeps in its class's __slots__ (read through the slot descriptors)."""
+    found = []
+    for name, member, klass in slot_members(type(obj)):
+        try:
+            found.append((name, member.__get__(obj, klass)))
+        except AttributeError:  # an empty slot
+            pass
+    return found
+
+
+def submodules(root: torch.nn.Module, path: str, seen: set[int]) -> list[tuple[str, torch.nn.Module]]:
+    """root and its registered submodules with their paths, read from each module's `_modules` (a module may
+    override named_modules), each once (seen, shared with the walk)."""
+    found = [(path, root)]
+    for path, m in found:  # grows as it goes: breadth first, in registration order
+        for name, sub in (m.__dict__.get("_modules") or {}).items():
+            if sub is not None and id(sub) not in seen:
+                seen.add(id(sub))
+                found.append((f"{path}.{name}", sub))
+    return found
+
+
+def trainable_leaves(t: torch.Tensor, limit: int = 256) -> list[torch.Tensor]:
+    """The tensors requiring grad that gradients through t reach: t itself if it is a parameter or a leaf that
+    requires grad, else the leaves of its autograd graph (AccumulateGrad nodes' variables; at most `limit` nodes)."""
+    if isinstance(t, torch.nn.Parameter) or (t.requires_grad and t.is_leaf):
+        return [t]
+    if t.grad_fn is None:
+        return []
+    found, todo, visited = [], [t.grad_fn], set()
+    while todo and len(visited) < limit:
+        node = todo.pop()
+        if node is None or id(node) in visited:
+            continue
+        visited.add(id(node))
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, torch.Tensor):
+            found.append(variable)
+        todo += [n for n, _ in node.next_functions]
+    return found
 
 
 def compiled_with(backends: list) -> dict[int, list[tuple[Any, Any]]]:
@@ -232,7 +337,9 @@ def compiled_with(backends: list) -> dict[int, list[tuple[Any, Any]]]:
             callback = getattr(value, "callback", value)
             inner = innermost_backend(callback) if callable(callback) else None
             compiler = getattr(inner, "compiler_fn", None)  # torch.compile wraps it (_TorchCompileWrapper)
-            candidates = [inner, compiler, *(v for _, v in children(compiler))]  # a user's function calling it
+            # the backend itself, or held by the user's function or partial that calls it
+            candidates = [inner, compiler, *cell_values(compiler), *getattr(compiler, "args", ()),
+                          getattr(compiler, "func", None)]
         except Exception:
             return None
         return next((id(c) for c in candidates if id(c) in wanted), None)

@@ -9,8 +9,10 @@ asks this module which parameters belong to something compiled with a DP backend
 - `wrapping_model`: the callable a torch.compile call is wrapping, read from its frame when it reads the backend's
   name, before Dynamo holds anything compiled (what a compile of the compiled module unwraps);
 - `reached`: the modules and trainable tensors such callables reach: registered submodules, and, a few steps away,
-  what they hold outside them (plain attributes and buffers, built-in containers, callables: closures, defaults,
-  partials, bound methods, the globals their code loads, the class's members).
+  what they hold outside them (plain attributes, slots and buffers, built-in containers and mapping proxies,
+  callables: closures, defaults, attributes, partials, bound methods of Python and built-in functions, lru_cache
+  wrappers, the globals their code loads and what it reads of the user's Python modules; weak references; the
+  class's members; torch's global module hooks); a tensor computed from parameters counts as the leaves it came from.
 Objects are told apart by their type alone (an attribute read on a user's object may run anything); an object of
 another kind (an instance of a plain class, a dataclass) is not looked into.
 """

@@ -53,7 +53,7 @@ class DPBackend:
         # standalone backend's (torch.compile(..., backend=dpcompile.backend(...))), those it captures.
         self.standalone = tracked is None
         self.tracked: set[int] = set() if tracked is None else tracked
-        self.wrapped: list[weakref.ref] = []  # the modules torch.compile wrapped this backend for (guard.wrapped)
+        self.wrapped: list[weakref.ref] = []  # what torch.compile wrapped this backend for (guard.wrapping_refs)
         if self.standalone:
             guard.watch_standalone(self)
 
@@ -62,9 +62,9 @@ class DPBackend:
         """Read by torch.compile when it wraps this backend (torch._TorchCompileWrapper; compiler_name by
         torch._dynamo.optimize): the release guards' scan must look again (guard.refuse_compiled_elsewhere), and a
         standalone backend notes the modules it is wrapped for."""
-        modules = guard.wrapped()
+        guard.wrapped()
         if self.standalone:
-            live = {id(m): ref for ref in [*self.wrapped, *modules] if (m := ref()) is not None}
+            live = {id(m): ref for ref in [*self.wrapped, *guard.wrapping_refs()] if (m := ref()) is not None}
             self.wrapped = list(live.values())
         return "dpcompile.backend"
 

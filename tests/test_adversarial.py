@@ -1310,7 +1310,15 @@ NESTED_FORMS.update({
 })
 
 
+_DP_BACKEND = None
+
+
+def _user_backend(gm, example_inputs):  # logs graphs, say, then calls the DP backend
+    return _DP_BACKEND(gm, example_inputs)
+
+
 @pytest.mark.parametrize("case", ["inner_held", "inner_unheld", "inner_unheld_patched_compile", "user_backend",
+                                  "user_backend_global",
                                   *NESTED_FORMS])
 def test_a_module_compiled_with_the_backend_and_nested_before_its_capture_is_refused_at_the_step(case, monkeypatch):
     """Before the DP backend's first capture, nested in another compile, the raw gradient (norm 30–208 at R = 1e-3)
@@ -1332,8 +1340,13 @@ def test_a_module_compiled_with_the_backend_and_nested_before_its_capture_is_ref
             del run
     else:
         monkeypatch.setattr(sys.modules[__name__], "_HELD", model if case == "global_in_helper" else None)
-        top = model if case == "user_backend" else NESTED_FORMS[case](model)
-        backend = (lambda gm, example_inputs: be(gm, example_inputs)) if case == "user_backend" else be
+        top = model if case.startswith("user_backend") else NESTED_FORMS[case](model)
+        backend = be
+        if case == "user_backend":
+            backend = lambda gm, example_inputs: be(gm, example_inputs)  # noqa: E731
+        elif case == "user_backend_global":  # the user's backend function reads the DP backend from a global
+            monkeypatch.setattr(sys.modules[__name__], "_DP_BACKEND", be)
+            backend = _user_backend
         run = torch.compile(top, backend=backend, fullgraph=True)
         outer = torch.compile(lambda t: run(t) * 1.0, backend="eager")
     opt = torch.optim.SGD(model.parameters(), lr=1.0)

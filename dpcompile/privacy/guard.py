@@ -374,7 +374,7 @@ _FOUND: dict = {"key": None, "compiled": []}
 
 class Standalone(Protocol):
     privacy: TaskOwner
-    wrapped: list  # weak references to what torch.compile wrapped it for (wrapped())
+    wrapped: list  # weak references to what torch.compile wrapped it for (wrapping_refs())
 
 
 def watch_standalone(backend: Standalone) -> None:
@@ -427,8 +427,7 @@ def refuse_compiled_elsewhere(optimizer: torch.optim.Optimizer) -> None:
 
 def dp_compiled() -> list[weakref.ref]:
     """Weak references to the live modules and functions compiled with a live standalone DP backend."""
-    return [weakref.ref(compiled) for found in reach.compiled_with(list(_STANDALONE)).values()
-            for compiled, _ in found]
+    return [weakref.ref(compiled) for found in reach.compiled_with(list(_STANDALONE)).values() for compiled in found]
 
 
 def dp_trained_names(params: dict[int, torch.Tensor]) -> list[str]:
@@ -461,12 +460,16 @@ def compiled_root(compiled: Any) -> Any:
 _WRAPS = [0]  # how many times torch.compile has wrapped a DP backend (DPBackend.__name__): what it compiled changed
 
 
-def wrapped() -> list[weakref.ref]:
-    """torch.compile is wrapping a DP backend: what it compiled changed. Returns weak references to what the callable
-    it wraps (reach.wrapping_model) starts from, which a compile of the compiled module unwraps and nothing else may
-    hold: the module (a module's own, or its bound method's: module.compile()), walked again at each look; else the
-    modules and loose parameters the callable reaches now, and the callable itself if it can be weakly referenced."""
+def wrapped() -> None:
+    """torch.compile is wrapping a DP backend: what it compiled changed."""
     _WRAPS[0] += 1
+
+
+def wrapping_refs() -> list[weakref.ref]:
+    """Weak references to what the callable torch.compile is wrapping a standalone DP backend for
+    (reach.wrapping_model) starts from, which a compile of the compiled module unwraps and nothing else may hold:
+    the module (a module's own, or its bound method's: module.compile()), walked again at each look; else the
+    modules and loose parameters the callable reaches now, and the callable itself if it can be weakly referenced."""
     try:  # the user's callable: its attributes may raise anything
         model = reach.wrapping_model()
         if model is None:

@@ -85,16 +85,18 @@ CALLABLES = (types.FunctionType, types.MethodType, types.BuiltinMethodType, type
 _category_cached = functools.lru_cache(maxsize=None)(_category)
 
 
-def category(value: Any) -> type | str | None:
-    """How compiled code could reach a module or trainable tensor through value, by its type alone: "module",
-    "tensor", "callable" (a function, bound method, partial, lru_cache wrapper or weak reference), "python module",
-    the built-in
-    container type it derives from (whose own methods are read, never a subclass's), or None."""
-    kind = type(value)
+def category_of_type(kind: type) -> type | str | None:
+    """How compiled code could reach a module or trainable tensor through a value of this type, by the type alone:
+    "module", "tensor", "callable" (a function, bound method, partial, lru_cache wrapper or weak reference), "python
+    module", the built-in container type it derives from (whose own methods are read, never a subclass's), or None."""
     try:
         return _category_cached(kind)
     except TypeError:  # a type that cannot be hashed (a metaclass defining __eq__ alone)
         return _category(kind)
+
+
+def category(value: Any) -> type | str | None:
+    return category_of_type(type(value))
 
 
 def might_hold(value: Any) -> bool:
@@ -156,10 +158,7 @@ def any_might_hold(values: Iterable[Any]) -> bool:
 
 def type_might_hold(kind: type) -> bool:
     """Whether values of this type can reach a module or trainable tensor (might_hold, by the type alone)."""
-    try:
-        found = _category_cached(kind)
-    except TypeError:
-        found = _category(kind)
+    found = category_of_type(kind)
     return found is not None and found != "python module"
 
 
@@ -222,7 +221,7 @@ def class_members(cls: type) -> list[tuple[str, Any]]:
 
 GLOBAL_HOOKS = ("_global_forward_pre_hooks", "_global_forward_hooks", "_global_backward_pre_hooks",
                 "_global_backward_hooks", "_global_forward_hooks_always_called")
-MODULE_STATE = ("_modules", "_parameters")  # walked as the module's own (named_modules, its parameters)
+MODULE_STATE = ("_modules", "_parameters")  # walked as the module's own (submodules, its parameters)
 
 
 def label(root: Any) -> str:
@@ -326,11 +325,10 @@ def trainable_leaves(t: torch.Tensor, limit: int = 256) -> list[torch.Tensor]:
     return found
 
 
-def compiled_with(backends: list) -> dict[int, list[tuple[Any, Any]]]:
-    """id(backend) -> (compiled, root) for each live module and function that torch.compile compiled with one of
-    `backends` (torch.compile(module), module.compile(), torch.compile(function); the backend given as is, or inside
-    a function or partial that calls it): root is what its graphs start from (the module, or the function compiled),
-    for `reached`. One scan of the garbage collector's objects (about 0.1 s)."""
+def compiled_with(backends: list) -> dict[int, list[Any]]:
+    """id(backend) -> the live modules and functions that torch.compile compiled with one of `backends`
+    (torch.compile(module), module.compile(), torch.compile(function); the backend given as is, or inside a function
+    or partial that calls it). One scan of the garbage collector's objects (about 0.1 s)."""
     from torch._dynamo.eval_frame import OptimizedModule, innermost_backend
     wanted = {id(b) for b in backends}
 
@@ -339,9 +337,10 @@ def compiled_with(backends: list) -> dict[int, list[tuple[Any, Any]]]:
             callback = getattr(value, "callback", value)
             inner = innermost_backend(callback) if callable(callback) else None
             compiler = getattr(inner, "compiler_fn", None)  # torch.compile wraps it (_TorchCompileWrapper)
-            # the backend itself, or held by the user's function or partial that calls it
-            candidates = [inner, compiler, *cell_values(compiler), *getattr(compiler, "args", ()),
-                          getattr(compiler, "func", None)]
+            # the backend itself, or what the user's function (its closure, globals, defaults) or partial calling it holds
+            held = function_children(compiler) if type(compiler) is types.FunctionType else \
+                [("", v) for v in (getattr(compiler, "func", None), *getattr(compiler, "args", ()))]
+            candidates = [inner, compiler, *(v for _, v in held)]
         except Exception:
             return None
         return next((id(c) for c in candidates if id(c) in wanted), None)
@@ -358,11 +357,11 @@ def compiled_with(backends: list) -> dict[int, list[tuple[Any, Any]]]:
                 functions.append((owner, obj))
     found: dict[int, list] = {}
     for owner, m in modules:
-        found.setdefault(owner, []).append((m, m))
+        found.setdefault(owner, []).append(m)
     forwards = {id(m.__dict__.get(name)) for _, m in modules for name in ("forward", "_forward")}
     for owner, fn in functions:
         if id(fn) not in forwards:  # an OptimizedModule's own forward is counted with it
-            found.setdefault(owner, []).append((fn, fn.__dict__["_torchdynamo_orig_callable"]))
+            found.setdefault(owner, []).append(fn)
     return found
 
 

@@ -1,6 +1,7 @@
 """Test settings: float64, the device and backend under test (env DPCOMPILE_TEST_DEVICE / _BACKEND); every test
 fails if the DP passes add a guard that fixes or bounds the batch size (dp_pass_guards)."""
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -79,12 +80,22 @@ def dp_pass_guards() -> Iterator[list[str]]:
         passes.run_pipeline = run
 
 
+def complements(guard: str, earlier: list[str]) -> bool:
+    """Whether guard is Eq(b, k) and an earlier graph's passes excluded that size (Ne(b', k)): the batch of k then
+    compiles a graph of its own, and that graph is specific to k by the same check. Seen once in a full run, three
+    hypothesis examples of test_each_sample_contribution_is_bounded in one xdist worker and in no other order tried:
+    the passes added Ne(s33, 1) at batch 2 to 6 and Eq(s33, 1) at the single-sample recompile."""
+    found = re.fullmatch(r"Eq\((\w+), (-?\d+)\)", guard)
+    return found is not None and any(re.fullmatch(rf"Ne\(\w+, {found[2]}\)", g) for g in earlier)
+
+
 @pytest.fixture(autouse=True)
 def _dp_passes_fix_no_batch_size():
     """Every test: the DP passes add no guard that fixes the batch size or bounds it (dp_pass_guards). Excluding
     one size (B != k) is what some of PyTorch's own decompositions and view checks do (a batch of one, or of a
-    layer's width, then compiles a graph of its own: README, Limitations); anything else fails the test."""
+    layer's width, then compiles a graph of its own, which the same check may keep to that size: complements);
+    anything else fails the test."""
     with dp_pass_guards() as added:
         yield
-    fixing = [g for g in added if not g.startswith("Ne(")]
+    fixing = [g for i, g in enumerate(added) if not g.startswith("Ne(") and not complements(g, added[:i])]
     assert not fixing, f"the DP passes added guards {fixing} (of {added}): the graph is specific to those batch sizes"

@@ -12,7 +12,10 @@ the default: dpcompile's passes run in this process) or wall time (--clock wall:
 with inductor, whose kernel compilation runs in worker processes). This is compile time, which runs on the
 host whatever the device; it is not a training-speed figure. --snippets N adds the snippet traces the rewrite
 makes (passes.emit: one make_fx trace per distinct rule, shape and dtype), their traced nodes and time, and the N
-emitting functions that took longest.
+emitting functions that took longest. --phases (with --backend inductor) splits each graph's lowering into inductor's
+phases (fake propagation, post-grad passes, lowering to IR, scheduling and fusion, kernel code generation, waiting for
+the kernel compile workers) and adds the autotuning of the first runs: which of them the DP nodes' count drives, and
+which the count of distinct kernels.
 """
 from __future__ import annotations
 
@@ -36,6 +39,17 @@ from dpcompile.passes import emit  # noqa: E402
 from dpcompile.backend import DPBackend  # noqa: E402
 
 SPENT: dict[str, float] = defaultdict(float)
+# --phases: inductor's phases per graph ("forward", "backward"; "first runs" for autotuning, which a kernel's first
+# call does), each (module, attribute path, label); looked up when instrumented, so a torch without one leaves it out
+PHASES = (("torch._inductor.compile_fx", "fake_tensor_prop", "fake propagation"),
+          ("torch._inductor.compile_fx", "_recursive_post_grad_passes", "post-grad passes"),
+          ("torch._inductor.graph", "GraphLowering.run", "lowering to IR"),
+          ("torch._inductor.scheduler", "Scheduler.__init__", "scheduling and fusion"),
+          ("torch._inductor.scheduler", "Scheduler.codegen", "kernel code generation"),
+          ("torch._inductor.async_compile", "AsyncCompile.wait", "waiting for kernel compiles"),
+          ("torch._inductor.runtime.triton_heuristics", "CachingAutotuner.benchmark_all_configs", "autotuning"))
+PHASE_SPENT: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+LOWERING: list[str] = []  # the graph being lowered (innermost last)
 # per emitting function (its qualified name): [snippet traces, traced nodes, seconds]; the rewrite's main cost
 SNIPPETS: dict[str, list] = defaultdict(lambda: [0, 0, 0.0])
 CLOCK = {"process": time.process_time, "wall": time.perf_counter}
@@ -63,7 +77,17 @@ def instrumented():
 
     def timed_lower(self, gm, example_inputs, kwargs):
         name = "lower backward" if kwargs.get("is_backward") else "lower forward"
-        return timed(name, lower)(self, gm, example_inputs, kwargs)
+        LOWERING.append(name.split()[1])
+        try:
+            return timed(name, lower)(self, gm, example_inputs, kwargs)
+        finally:
+            LOWERING.pop()
+    for module_name, path, label in PHASES:
+        found = phase_owner(module_name, path)
+        if found is not None:
+            owner, attr = found
+            saved.append((owner, attr, getattr(owner, attr)))
+            setattr(owner, attr, timed_phase(label, getattr(owner, attr)))
     passes.PIPELINE = tuple(timed(p.__name__, p) for p in passes.PIPELINE)
     passes.check_sample_independence = timed("check_sample_independence", passes.check_sample_independence)
     passes.safety.SampleCheck.check = timed("numerical check", passes.safety.SampleCheck.check)
@@ -84,9 +108,40 @@ def instrumented():
             setattr(owner, name, value)
 
 
+def phase_owner(module_name: str, path: str):
+    """(object, attribute) that PHASES names, or None where this torch lacks it."""
+    import importlib
+    try:
+        owner = importlib.import_module(module_name)
+        *outer, attr = path.split(".")
+        for part in outer:
+            owner = getattr(owner, part)
+        getattr(owner, attr)
+    except (ImportError, AttributeError):
+        return None
+    return owner, attr
+
+
+def timed_phase(label: str, fn):
+    """fn, its time added to PHASE_SPENT under the graph being lowered (its outermost call only: a phase that calls
+    itself, or another instance of itself, counts once)."""
+    def wrapper(*args, **kwargs):
+        graph = LOWERING[-1] if LOWERING else "first runs"
+        if getattr(wrapper, "active", False):
+            return fn(*args, **kwargs)
+        wrapper.active, start = True, clock()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            wrapper.active = False
+            PHASE_SPENT[graph][label] += clock() - start
+    return wrapper
+
+
 def first_step(name: str, size: int, batch: int, device: str, backend: str) -> dict[str, float]:
     SPENT.clear()
     SNIPPETS.clear()
+    PHASE_SPENT.clear()
     torch.manual_seed(0)
     builder = getattr(zoo, name)
     model = (builder(10) if name != "vit_s16" else builder(num_classes=10, image_size=size)).to(device)
@@ -111,6 +166,8 @@ def main(argv=None) -> None:
     p.add_argument("--clock", default="process", choices=sorted(CLOCK))
     p.add_argument("--snippets", type=int, default=0, metavar="N",
                    help="also list the N emitting functions whose snippet traces took longest (traces, nodes, time)")
+    p.add_argument("--phases", action="store_true",
+                   help="also split each graph's inductor lowering into its phases (with --backend inductor)")
     args = p.parse_args(argv)
     clock = CLOCK[args.clock]
     card = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
@@ -128,6 +185,10 @@ def main(argv=None) -> None:
             print(f"  snippet traces {traces}, {nodes} nodes, {spent:.2f} s ({per_node:.2f} ms a node)")
             for fn, (count, n, sec) in sorted(SNIPPETS.items(), key=lambda kv: -kv[1][2])[:args.snippets]:
                 print(f"  {sec:6.2f} s {count:4d} traces {n:6d} nodes  {fn}")
+        if args.phases:
+            for graph, spent in PHASE_SPENT.items():
+                whole = f" (of {t['lower ' + graph]:.1f})" if "lower " + graph in t else ""
+                print(f"  {graph}: " + ", ".join(f"{k} {v:.1f}" for k, v in spent.items()) + whole)
 
 
 if __name__ == "__main__":

@@ -318,6 +318,21 @@ def test_pass_times_reports_each_pass_and_the_lowering(capsys):
     assert emit.trace_snippet.__name__ == "trace_snippet"
 
 
+def test_pass_times_finds_inductors_phases_and_puts_them_back():
+    """--phases times inductor's lowering phases by their names in torch: each of them is found on this torch (a
+    rename would silently drop its figure), and the instrumentation is gone afterwards."""
+    script = load_script("pass_times")
+    found = {label: script.phase_owner(module, path) for module, path, label in script.PHASES}
+    assert all(found[label] is not None for label in ("fake propagation", "post-grad passes", "lowering to IR",
+                                                      "scheduling and fusion", "kernel code generation",
+                                                      "waiting for kernel compiles")), found
+    owner, attr = found["scheduling and fusion"]
+    before = getattr(owner, attr)
+    with script.instrumented():
+        assert getattr(owner, attr) is not before
+    assert getattr(owner, attr) is before
+
+
 def test_cuda_graph_methods_are_named_and_set_up():
     """compile_graphs and dp_<policy>_graphs: CUDA-graph variants of the non-private and DP steps (on a CPU inductor
     leaves CUDA graphs out, so they run as the plain methods)."""

@@ -1214,6 +1214,26 @@ def test_a_first_batch_of_one_leaves_the_dp_passes_generic(policy):
     assert not [w for w in caught if "inductor could not compile" in str(w.message)]  # no fallback to eager
 
 
+@pytest.mark.parametrize("policy", ["ghost", "per_sample"])
+def test_strided_rows_add_no_guard_on_the_batch(policy):
+    """A layer fed a slice of a wider matrix (addmm(b, x[:, 0], w): rows of stride 30) took a reshape in the DP
+    passes (layout.to_batch_rows) that asked whether B ≠ 1, a guard: a later batch of one compiled the model again.
+    Rows that already are the samples now take an unsqueeze. (Still guarded: the per-sample gradients of a class
+    token, position embedding and layer scale, RawParameters("token_pos_scale"), reshaped to their parameters'
+    shapes in rewrite.emit_norm.)"""
+    from rule_cases import RawParameters
+
+    import dpcompile
+
+    torch.manual_seed(0)
+    model = RawParameters("addmm").to(DEVICE, torch.float64)
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, policy=policy, backend="eager")
+    with dp_pass_guards() as added:
+        dp(torch.randn(3, 5, 6, device=DEVICE, dtype=torch.float64)).square().sum().backward()
+    assert "backward_rewritten" in dp.graphs
+    assert added == []
+
+
 def test_a_batch_of_one_after_others_reuses_the_inductor_compiled_model():
     """A batch of one (Poisson sampling, a loader's last batch) runs the model compiled at larger batches: inductor's
     own fake-tensor pass over the DP backward adds no guard on the batch size. With prims.inductor_force_stride_order

@@ -142,7 +142,11 @@ def row_source(node: fx.Node) -> fx.Node | None:
 
 
 def to_batch_rows(x: Tensor, anchor: Tensor, lead: int, batch_dim: int, k: int = 1) -> Tensor:
-    """View x (rows, *rest) as (B, k·T, *rest) using the anchor's leading dims (batch dim of size k·B)."""
+    """View x (rows, *rest) as (B, k·T, *rest) using the anchor's leading dims (batch dim of size k·B). Rows that are
+    already the samples (one leading dim, k = 1) take an unsqueeze: a reshape of such rows when they are strided (a
+    slice of a wider matrix, addmm(b, x[:, 0], w)) asks whether B ≠ 1, a guard that recompiles a batch of one."""
+    if lead == 1 and k == 1:
+        return x.unsqueeze(1)
     lead_shape = anchor.shape[:lead]
     positions = prod(s for i, s in enumerate(lead_shape) if i != batch_dim)
     x = x.reshape(*lead_shape, *x.shape[1:]).movedim(batch_dim, 0)

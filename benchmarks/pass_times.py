@@ -15,7 +15,9 @@ makes (passes.emit: one make_fx trace per distinct rule, shape and dtype), their
 emitting functions that took longest. --phases (with --backend inductor) splits each graph's lowering into inductor's
 phases (fake propagation, post-grad passes, lowering to IR, scheduling and fusion, kernel code generation, waiting for
 the kernel compile workers) and adds the autotuning of the first runs: which of them the DP nodes' count drives, and
-which the count of distinct kernels.
+which the count of distinct kernels. --nodes counts the rewritten backward's nodes by stage (the emitted names' prefixes:
+norm bounds, per-sample gradients, clipped sums, clip factors, noise and normalisation, the model's own) and, with
+--backend inductor, the kernels inductor generated for each graph (none where its cache served the graph).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+import torch._inductor.metrics
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -50,6 +53,12 @@ PHASES = (("torch._inductor.compile_fx", "fake_tensor_prop", "fake propagation")
           ("torch._inductor.runtime.triton_heuristics", "CachingAutotuner.benchmark_all_configs", "autotuning"))
 PHASE_SPENT: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
 LOWERING: list[str] = []  # the graph being lowered (innermost last)
+KERNELS: dict[str, int] = defaultdict(int)  # --nodes: kernels inductor generated per graph
+# --nodes: the DP backward's stages by their emitted names' prefixes (passes.rewrite), the first that matches
+STAGES = (("dp_norm_sq_", "norm bounds"), ("dp_margin_", "norm bounds"), ("dp_per_sample_", "per-sample gradients"),
+          ("dp_clipped_", "clipped sums"), ("dp_clip_factor", "clip factors"), ("dp_kept_", "clip factors"),
+          ("dp_certified", "clip factors"), ("dp_dropped", "clip factors"), ("dp_noise", "noise and normalisation"),
+          ("dp_grad", "noise and normalisation"), ("dp_", "other DP"), ("", "the model's own"))
 # per emitting function (its qualified name): [snippet traces, traced nodes, seconds]; the rewrite's main cost
 SNIPPETS: dict[str, list] = defaultdict(lambda: [0, 0, 0.0])
 CLOCK = {"process": time.process_time, "wall": time.perf_counter}
@@ -78,10 +87,12 @@ def instrumented():
     def timed_lower(self, gm, example_inputs, kwargs):
         name = "lower backward" if kwargs.get("is_backward") else "lower forward"
         LOWERING.append(name.split()[1])
+        generated = torch._inductor.metrics.generated_kernel_count
         try:
             return timed(name, lower)(self, gm, example_inputs, kwargs)
         finally:
             LOWERING.pop()
+            KERNELS[name.split()[1]] += torch._inductor.metrics.generated_kernel_count - generated
     for module_name, path, label in PHASES:
         found = phase_owner(module_name, path)
         if found is not None:
@@ -142,6 +153,8 @@ def first_step(name: str, size: int, batch: int, device: str, backend: str) -> d
     SPENT.clear()
     SNIPPETS.clear()
     PHASE_SPENT.clear()
+    KERNELS.clear()
+    NODES.clear()
     torch.manual_seed(0)
     builder = getattr(zoo, name)
     model = (builder(10) if name != "vit_s16" else builder(num_classes=10, image_size=size)).to(device)
@@ -152,7 +165,20 @@ def first_step(name: str, size: int, batch: int, device: str, backend: str) -> d
     F.cross_entropy(dp(x), y, reduction="sum").backward()
     if device == "cuda":
         torch.cuda.synchronize()
-    return {**SPENT, "first step": clock() - start}
+    spent = clock() - start
+    NODES.update(stage_counts(dp.graphs["backward_rewritten"]) if "backward_rewritten" in dp.graphs else {})
+    return {**SPENT, "first step": spent}
+
+
+NODES: dict[str, int] = {}  # --nodes: the last first step's DP backward, call_function nodes per stage
+
+
+def stage_counts(gm: torch.fx.GraphModule) -> dict[str, int]:
+    """The graph's call_function nodes per stage (STAGES), largest first."""
+    counts: dict[str, int] = defaultdict(int)
+    for node in (n for n in gm.graph.nodes if n.op == "call_function"):
+        counts[next(label for prefix, label in STAGES if node.name.startswith(prefix))] += 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def main(argv=None) -> None:
@@ -168,6 +194,8 @@ def main(argv=None) -> None:
                    help="also list the N emitting functions whose snippet traces took longest (traces, nodes, time)")
     p.add_argument("--phases", action="store_true",
                    help="also split each graph's inductor lowering into its phases (with --backend inductor)")
+    p.add_argument("--nodes", action="store_true",
+                   help="also count the DP backward's nodes by stage, and the kernels inductor generated per graph")
     args = p.parse_args(argv)
     clock = CLOCK[args.clock]
     card = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
@@ -189,6 +217,9 @@ def main(argv=None) -> None:
             for graph, spent in PHASE_SPENT.items():
                 whole = f" (of {t['lower ' + graph]:.1f})" if "lower " + graph in t else ""
                 print(f"  {graph}: " + ", ".join(f"{k} {v:.1f}" for k, v in spent.items()) + whole)
+        if args.nodes:
+            print(f"  DP backward: {sum(NODES.values())} nodes (" + ", ".join(f"{k} {v}" for k, v in NODES.items())
+                  + ")" + "".join(f"; {graph}: {n} kernels generated" for graph, n in KERNELS.items()))
 
 
 if __name__ == "__main__":

@@ -318,6 +318,21 @@ def test_pass_times_reports_each_pass_and_the_lowering(capsys):
     assert emit.trace_snippet.__name__ == "trace_snippet"
 
 
+def test_pass_times_counts_the_dp_backwards_nodes_by_stage_and_the_kernels(capsys):
+    """--nodes: every node of the rewritten backward counted once, under the stage its emitted name says; with inductor,
+    the kernels it generated for each graph."""
+    script = load_script("pass_times")
+    script.main(["--models", "small_cnn", "--size", "8", "--batch", "3", "--backend", "inductor", "--nodes"])
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("  DP backward:"))
+    total, stages = re.match(r"  DP backward: (\d+) nodes \((.*?)\);", line).groups()
+    counts = {label: int(n) for label, n in re.findall(r"([A-Za-z' -]+?) (\d+)(?:, |$)", stages)}
+    assert {"norm bounds", "clipped sums", "noise and normalisation", "the model's own"} <= set(counts), line
+    assert sum(counts.values()) == int(total), line
+    kernels = {graph: int(n) for graph, n in re.findall(r"; (\w+): (\d+) kernels generated", line)}
+    assert kernels.keys() == {"forward", "backward"} and kernels["backward"] > 0, line
+    assert script.stage_counts(torch.fx.symbolic_trace(torch.nn.Linear(2, 2))) == {"the model's own": 1}
+
+
 def test_pass_times_finds_inductors_phases_and_puts_them_back():
     """--phases times inductor's lowering phases by their names in torch: each of them is found on this torch (a
     rename would silently drop its figure), and the instrumentation is gone afterwards."""

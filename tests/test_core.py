@@ -279,17 +279,21 @@ class Counted(CustomGraphPass):
         calls.append(1)
     def uuid(self):
         return "counted"
-if sys.argv[3] == "other_lowerings":  # as if dpcompile's lowerings or kernels had changed since the cached runs
-    dpcompile.ops.lowering_source_hash = lambda: "another version"
-if sys.argv[3] == "user_passes":  # both post-grad pass slots the user's
-    config.post_grad_custom_pre_pass, config.post_grad_custom_post_pass = Counted(), Counted()
-torch.manual_seed(0)
-model = nn.Sequential(weight_norm(nn.Linear(6, 5)), nn.Tanh(), nn.Linear(5, 2)).double()
-dp = dpcompile.dpcompile(model, max_grad_norm=float(sys.argv[1]), noise_multiplier=float(sys.argv[2]), seed=0,
-                         backend="inductor")
-dp(torch.randn(4, 6, dtype=torch.float64)).square().sum().backward()
-grads = [p.grad.flatten().tolist() for p in model.parameters()]
-print(json.dumps({"counters": dict(counters["inductor"]), "grads": grads, "user_pass_calls": len(calls)}))
+results = []
+for variant, bound, sigma in json.loads(sys.argv[1]):  # each step a fresh model, its counters its own
+    if variant == "other_lowerings":  # as if dpcompile's lowerings or kernels had changed since the cached runs
+        dpcompile.ops.lowering_source_hash = lambda: "another version"
+    if variant == "user_passes":  # both post-grad pass slots the user's
+        config.post_grad_custom_pre_pass, config.post_grad_custom_post_pass = Counted(), Counted()
+    counters.clear()
+    calls.clear()
+    torch.manual_seed(0)
+    model = nn.Sequential(weight_norm(nn.Linear(6, 5)), nn.Tanh(), nn.Linear(5, 2)).double()
+    dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=sigma, seed=0, backend="inductor")
+    dp(torch.randn(4, 6, dtype=torch.float64)).square().sum().backward()
+    grads = [p.grad.flatten().tolist() for p in model.parameters()]
+    results.append({"counters": dict(counters["inductor"]), "grads": grads, "user_pass_calls": len(calls)})
+print(json.dumps(results))
 """
 
 
@@ -302,23 +306,31 @@ def test_a_second_run_finds_the_dp_graphs_in_inductors_cache_and_another_bound_d
     noise-free runs' entries still draws its noise (the noise op reads the privacy engine at run time). The key
     also holds the hash of dpcompile's lowerings and kernels (ops.lowering_cache_settings): another version of them
     misses for both graphs, where a hit would run the code the earlier version generated; with both post-grad pass
-    slots the user's, those passes run and the DP graphs skip the cache (no hit, no entry)."""
+    slots the user's, those passes run and the DP graphs skip the cache (no hit, no entry). Four processes: the one
+    that fills the cache, two restarts, and one whose lowerings have changed (each step of a process a fresh model;
+    one compile worker each, as the pool's start is not what is tested). A second DP model in one process has
+    another noise handle, a constant of its backward graph, so only a process's first model is served that graph."""
     import json
     import os
     import subprocess
     import sys
 
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path), "TORCHINDUCTOR_FX_GRAPH_CACHE": "1"}
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path), "TORCHINDUCTOR_COMPILE_THREADS": "1"}
 
-    def run(bound, sigma=0.0, variant="plain"):
-        # TORCHINDUCTOR_FX_GRAPH_CACHE=1 forces the cache on over any setting: not for the run that must skip it
-        run_env = {k: v for k, v in env.items() if variant != "user_passes" or k != "TORCHINDUCTOR_FX_GRAPH_CACHE"}
-        done = subprocess.run([sys.executable, "-c", CACHE_RUN, str(bound), str(sigma), variant], capture_output=True,
-                              text=True, env=run_env, timeout=600)
+    def run(*steps, forced=True):
+        # TORCHINDUCTOR_FX_GRAPH_CACHE=1 forces the cache on over any setting: not for the process whose graphs
+        # must skip it (inductor's default has the cache on)
+        run_env = {**env, "TORCHINDUCTOR_FX_GRAPH_CACHE": "1"} if forced else \
+            {k: v for k, v in env.items() if k != "TORCHINDUCTOR_FX_GRAPH_CACHE"}
+        done = subprocess.run([sys.executable, "-c", CACHE_RUN, json.dumps(steps)], capture_output=True, text=True,
+                              env=run_env, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
         return json.loads(done.stdout.strip().splitlines()[-1])
 
-    first, second, noisy, other = run(1e-3), run(1e-3), run(1e-3, sigma=1.0), run(1e3)
+    [first] = run(("plain", 1e-3, 0.0))
+    second, other = run(("plain", 1e-3, 0.0), ("plain", 1e3, 0.0))
+    [noisy] = run(("plain", 1e-3, 1.0))  # a process of its own: a later model's noise handle is another constant
+    changed, users = run(("other_lowerings", 1e-3, 0.0), ("user_passes", 1e-3, 0.0), forced=False)
     assert first["counters"].get("fxgraph_cache_bypass", 0) == 0
     assert first["counters"].get("fxgraph_cache_miss", 0) == 2
     assert second["counters"].get("fxgraph_cache_hit", 0) == 2 and second["grads"] == first["grads"]
@@ -326,10 +338,8 @@ def test_a_second_run_finds_the_dp_graphs_in_inductors_cache_and_another_bound_d
     assert all(a != b for g, h in zip(noisy["grads"], first["grads"]) for a, b in zip(g, h)), \
         "a cached graph released a gradient entry without noise"
     assert other["counters"].get("fxgraph_cache_miss", 0) >= 1 and other["grads"] != first["grads"]
-    changed = run(1e-3, variant="other_lowerings")
     assert changed["counters"].get("fxgraph_cache_miss", 0) == 2
     assert changed["counters"].get("fxgraph_cache_hit", 0) == 0 and changed["grads"] == first["grads"]
-    users = run(1e-3, variant="user_passes")
     assert users["user_pass_calls"] >= 4, "both of the user's passes run on both graphs"
     assert not any(users["counters"].get(k, 0) for k in ("fxgraph_cache_hit", "fxgraph_cache_miss"))
     assert users["grads"] == first["grads"]

@@ -1455,3 +1455,49 @@ def test_a_tiny_bound_in_float64_is_not_over_clipped_by_float32s_underflow(bound
                 lambda B: torch.randn(B, 5, dtype=torch.float64))
     dp = check_against_reference(case, policy="ghost", batches=(4,), bound=bound)
     assert dp.privacy.dropped_samples == 0
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_emit_leaves_out_ops_whose_result_is_their_operand(batch):
+    """emit copies no view, alias or permute whose result is its operand as it stands (same sizes and strides,
+    compared as expressions: nothing is asked of the symbolic batch), and erases the sizes only they read; a snippet's
+    result stays a node of its own (renamed, never its operand). The graph computes what the function does."""
+    import torch.fx as fx
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._guards import detect_fake_mode
+    from torch.fx.experimental import _config as fx_config
+
+    from dpcompile.passes.emit import emit
+
+    def snippet(x):  # a reshape to the shape x has and an identity permute, then a result that is the same
+        y = x.reshape(x.shape[0], x.shape[1]).permute(0, 1) * 2
+        return y.view(y.shape), torch.ops.aten.alias(y) + 1
+
+    built, found = [], []
+
+    def compiler(gm, example_inputs):
+        value = gm.graph.output_node().args[0][0].meta["val"]
+        graph = fx.Graph()
+        x = graph.placeholder("x")
+        x.meta["val"] = value
+        with guards_added(detect_fake_mode([value]).shape_env, found):
+            result = emit(graph, snippet, [x], "t")
+            size = emit(graph, lambda t: t.shape[0], [x], "n")  # a size returned is kept (as rewrite.stored's strides)
+        graph.output((*result, size))
+        built.append((graph, result, x))
+        return gm
+
+    z = torch.randn(batch, 3, dtype=torch.float64)
+    torch._dynamo.reset()
+    torch._dynamo.mark_dynamic(z, 0)
+    with fx_config.patch(backed_size_oblivious=True):
+        torch.compile(lambda z: (z * 2,), backend=aot_autograd(fw_compiler=compiler), fullgraph=True)(z)
+    [(graph, result, x)] = built
+    assert found == []
+    targets = [n.target for n in graph.nodes if n.op == "call_function"]
+    assert aten.permute.default not in targets and aten.alias.default not in targets, targets
+    assert targets.count(aten.view.default) == 1 and result[0].target is aten.view.default, targets
+    assert all(n.users for n in graph.nodes if n.op == "call_function"), "a size only dropped ops read is left"
+    assert result[0] is not x and result[0].name == "t_0"
+    got, expected = fx.GraphModule(torch.nn.Module(), graph)(z), snippet(z)
+    assert all(torch.equal(a, b) for a, b in zip(got[:2], expected)) and got[2] == batch

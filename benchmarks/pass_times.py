@@ -54,6 +54,7 @@ PHASES = (("torch._inductor.compile_fx", "fake_tensor_prop", "fake propagation")
 PHASE_SPENT: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
 LOWERING: list[str] = []  # the graph being lowered (innermost last)
 KERNELS: dict[str, int] = defaultdict(int)  # --nodes: kernels inductor generated per graph
+NODES: dict[str, int] = {}  # --nodes: the last first step's DP backward, call_function nodes per stage
 # --nodes: the DP backward's stages by their emitted names' prefixes (passes.rewrite), the first that matches
 STAGES = (("dp_norm_sq_", "norm bounds"), ("dp_margin_", "norm bounds"), ("dp_per_sample_", "per-sample gradients"),
           ("dp_clipped_", "clipped sums"), ("dp_clip_factor", "clip factors"), ("dp_kept_", "clip factors"),
@@ -170,14 +171,12 @@ def first_step(name: str, size: int, batch: int, device: str, backend: str) -> d
     return {**SPENT, "first step": spent}
 
 
-NODES: dict[str, int] = {}  # --nodes: the last first step's DP backward, call_function nodes per stage
-
-
 def stage_counts(gm: torch.fx.GraphModule) -> dict[str, int]:
     """The graph's call_function nodes per stage (STAGES), largest first."""
     counts: dict[str, int] = defaultdict(int)
-    for node in (n for n in gm.graph.nodes if n.op == "call_function"):
-        counts[next(label for prefix, label in STAGES if node.name.startswith(prefix))] += 1
+    for node in gm.graph.nodes:
+        if node.op == "call_function":
+            counts[next(label for prefix, label in STAGES if node.name.startswith(prefix))] += 1
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 

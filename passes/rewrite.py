@@ -27,7 +27,7 @@ from .rules.one_sample import FAMILY as ONE_SAMPLE
 from .tied import emit_tied_norm
 from .rules.bounds import (Bound, accumulation_gamma, as_bounds, cover, gamma, masked_scaled, per_sample_bound,
                           round_down, stored_norm_bound, unit_roundoff)
-from .rules.layout import CASTS, ORDER_PRESERVING, PERMUTES
+from .rules.layout import CASTS, ORDER_PRESERVING, PERMUTES, to_sample_shape
 from .shapes import reduced_count
 
 STORE = torch.ops.dpcompile.stored.default
@@ -218,8 +218,7 @@ def emit_norm(graph: fx.Graph, node: fx.Node, inputs: Sequence[fx.Node], param: 
                     key=("ghost", key)), None
 
     def per_sample_fn(*t):
-        g = rule.per_sample(site, *t)
-        return g.reshape(g.shape[0], *shape)
+        return to_sample_shape(rule.per_sample(site, *t), shape)
     per_sample = emit(graph, per_sample_fn, inputs, f"dp_per_sample_{name}", key=("per_sample", key))
     if store:
         per_sample = stored(graph, per_sample)

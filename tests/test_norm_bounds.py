@@ -1214,19 +1214,21 @@ def test_a_first_batch_of_one_leaves_the_dp_passes_generic(policy):
     assert not [w for w in caught if "inductor could not compile" in str(w.message)]  # no fallback to eager
 
 
+@pytest.mark.parametrize("kind", ["addmm", "token_pos_scale"])
 @pytest.mark.parametrize("policy", ["ghost", "per_sample"])
-def test_strided_rows_add_no_guard_on_the_batch(policy):
-    """A layer fed a slice of a wider matrix (addmm(b, x[:, 0], w): rows of stride 30) took a reshape in the DP
-    passes (layout.to_batch_rows) that asked whether B ≠ 1, a guard: a later batch of one compiled the model again.
-    Rows that already are the samples now take an unsqueeze. (Still guarded: the per-sample gradients of a class
-    token, position embedding and layer scale, RawParameters("token_pos_scale"), reshaped to their parameters'
-    shapes in rewrite.emit_norm.)"""
+def test_strided_rows_add_no_guard_on_the_batch(policy, kind):
+    """Reshapes of strided per-sample tensors in the DP passes asked whether B ≠ 1, a guard: a later batch of one
+    compiled the model again. A layer fed a slice of a wider matrix (addmm(b, x[:, 0], w): rows of stride 30) took one
+    in layout.to_batch_rows; rows that already are the samples now take an unsqueeze. A class token, position
+    embedding and layer scale (RawParameters("token_pos_scale"), as in a ViT) took one for their per-sample gradients
+    in the parameters' shapes (rewrite.emit_norm) and one for their margin's rows (the reduction rule); shapes that
+    differ only in dims of size 1 now take squeeze and unsqueeze (layout.to_sample_shape)."""
     from rule_cases import RawParameters
 
     import dpcompile
 
     torch.manual_seed(0)
-    model = RawParameters("addmm").to(DEVICE, torch.float64)
+    model = RawParameters(kind).to(DEVICE, torch.float64)
     dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, policy=policy, backend="eager")
     with dp_pass_guards() as added:
         dp(torch.randn(3, 5, 6, device=DEVICE, dtype=torch.float64)).square().sum().backward()

@@ -154,6 +154,22 @@ def to_batch_rows(x: Tensor, anchor: Tensor, lead: int, batch_dim: int, k: int =
     return x.reshape(samples, k * positions, *x.shape[lead:])
 
 
+def to_sample_shape(t: Tensor, shape) -> Tensor:
+    """t (B, *s) viewed as (B, *shape), the same values per sample. Where s and shape (both fixed sizes) differ only
+    in dims of size 1, by squeeze and unsqueeze: a reshape of a strided t asks whether B ≠ 1, a guard that
+    recompiles a batch of one (a class token's per-sample gradient (B, 6) as (B, 1, 1, 6))."""
+    rest, shape = tuple(t.shape[1:]), tuple(shape)
+    fixed = all(isinstance(n, int) for n in (*rest, *shape))
+    if not fixed or [n for n in rest if n != 1] != [n for n in shape if n != 1]:
+        return t.reshape(t.shape[0], *shape)
+    if 1 in rest:
+        t = t.squeeze(tuple(i + 1 for i, n in enumerate(rest) if n == 1))
+    for i, n in enumerate(shape):
+        if n == 1:
+            t = t.unsqueeze(i + 1)
+    return t
+
+
 def views_into_positions(t: Tensor, k: int) -> Tensor:
     """(B·k, *mid, T) -> (B, *mid, k·T): sample b's k view rows become positions of one sample."""
     if k == 1:

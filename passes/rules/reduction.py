@@ -17,7 +17,7 @@ from ..meta import LayerShape, Site
 from ..symbolic import same
 from . import WORD, Cost, register
 from .bounds import accumulation_gamma, masked_scaled, row_norms, upper_sum
-from .layout import find_rows_layout, rows_per_sample, shape_of, to_batch_rows, views_of
+from .layout import find_rows_layout, rows_per_sample, shape_of, to_batch_rows, to_sample_shape, views_of
 
 aten = torch.ops.aten
 
@@ -84,7 +84,9 @@ class SumRule:
             kept = [d for d in range(x.dim()) if d not in c["dims"]]
             xp = x.permute(c["batch_dim"], *others, *kept)
             T, K = prod(x.shape[d] for d in others), prod(x.shape[d] for d in kept)
-            return xp.reshape(xp.shape[0] if k == 1 else xp.shape[0] // k, k * T, K)
+            if k == 1:
+                return to_sample_shape(xp, (T, K))  # a reshape of a strided x asks whether B ≠ 1
+            return xp.reshape(xp.shape[0] // k, k * T, K)
         flat = x.reshape(-1, *x.shape[len(c["dims"]):])
         rows = to_batch_rows(flat, anchor, c["lead"], c["batch_dim"], k)
         return rows.flatten(2) if rows.dim() > 2 else rows.unsqueeze(-1)

@@ -93,13 +93,13 @@ def with_provenance(node: fx.Node) -> fx.Node:
 
 aten = torch.ops.aten
 SAME_VALUE_VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.alias.default)
-UNUSED_DROPPED = (aten.sym_size.int, aten.sym_stride.int, aten.sym_numel.default)
 
 
 def is_noop(node: fx.Node) -> bool:
     """Whether node's result is its operand as it stands: a view or alias of the same sizes and strides, or an
     identity permute (generic rule code makes them: a reshape to the shape a tensor has, a movedim of dim 0 to 0).
-    Sizes are compared as expressions, which asks the shape environment nothing."""
+    Sizes are compared as expressions, which asks the shape environment nothing. A size that only such an op read is
+    left unused, for the rewrite's dead-code elimination."""
     if node.target is aten.permute.default:
         return list(node.args[1]) == list(range(len(node.args[1])))
     if node.target not in SAME_VALUE_VIEWS or not isinstance(node.args[0], fx.Node):
@@ -117,7 +117,7 @@ def emit(graph: fx.Graph, fn: Callable, args: Sequence[fx.Node], name: str, key=
     With a key, fn's trace is shared by the emits of one graph with the same key and operand metadata."""
     snippet, reused = cached_snippet(graph, fn, args, key)
     env: dict[fx.Node, fx.Node] = dict(zip(snippet.graph.find_nodes(op="placeholder"), args))
-    result, copied = None, []
+    result = None
     for node in snippet.graph.nodes:
         if node.op == "placeholder":
             continue
@@ -131,11 +131,6 @@ def emit(graph: fx.Graph, fn: Callable, args: Sequence[fx.Node], name: str, key=
         env[node] = graph.node_copy(node, lambda n: env[n])
         env[node]._rename(f"{name}_{node.name}")
         with_provenance(env[node])
-        copied.append(env[node])
-    results = set(tree_leaves(result))
-    for node in reversed(copied):  # sizes that only dropped no-ops read (not the ones the snippet returns)
-        if node.target in UNUSED_DROPPED and not node.users and node not in results:
-            graph.erase_node(node)
     if reused:  # the results' values are the first emit's: give them their own (see fresh_value)
         for r in tree_leaves(result):
             if isinstance(r, fx.Node) and "val" in r.meta:

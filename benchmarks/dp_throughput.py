@@ -163,19 +163,31 @@ def add_graph_options(p: argparse.ArgumentParser) -> None:
                    help="an inductor setting for every compiled graph of the run, e.g. cpp_wrapper=True (repeatable)")
     p.add_argument("--ghost-on-grid", action="store_true",
                    help="dp: ghost convolutions over the padded grid (passes.rules.conv.GHOST_ON_GRID; off by default)")
+    p.add_argument("--fused-gram-dtypes", default=None, metavar="DTYPES",
+                   help="dp: the operand dtypes whose ghost Gram sums run fused (passes.rules.bounds.FUSED_GRAM_DTYPES, "
+                        "comma-separated: bfloat16,float32; 'none' for none), instead of the default")
+    p.add_argument("--fused-gram-convs", action="store_true",
+                   help="dp: ghost convolutions' Gram sums fused too, on CUDA (passes.rules.conv.FUSED_GRAM_CONV_DEVICES; "
+                        "off by default)")
 
 
 @contextlib.contextmanager
 def graph_options(args: argparse.Namespace):
-    """add_graph_options' settings for the captures and compilations inside (passes.rules.conv.GHOST_ON_GRID is
-    read at each capture's plan), put back after."""
-    from dpcompile.passes.rules import conv
-    before, conv.GHOST_ON_GRID = conv.GHOST_ON_GRID, args.ghost_on_grid
+    """add_graph_options' settings for the captures and compilations inside (passes.rules.conv.GHOST_ON_GRID,
+    FUSED_GRAM_CONV_DEVICES and bounds.FUSED_GRAM_DTYPES are read as each capture is rewritten), put back after."""
+    from dpcompile.passes.rules import bounds, conv
+    before = conv.GHOST_ON_GRID, conv.FUSED_GRAM_CONV_DEVICES, bounds.FUSED_GRAM_DTYPES
+    conv.GHOST_ON_GRID = args.ghost_on_grid
+    if args.fused_gram_convs:
+        conv.FUSED_GRAM_CONV_DEVICES = ("cuda",)
+    if args.fused_gram_dtypes is not None:
+        names = [] if args.fused_gram_dtypes == "none" else args.fused_gram_dtypes.split(",")
+        bounds.FUSED_GRAM_DTYPES = tuple(getattr(torch, name) for name in names)
     try:
         with inductor_config.patch(inductor_settings(args.inductor_config)):
             yield
     finally:
-        conv.GHOST_ON_GRID = before
+        conv.GHOST_ON_GRID, conv.FUSED_GRAM_CONV_DEVICES, bounds.FUSED_GRAM_DTYPES = before
 
 
 def inductor_settings(pairs: list[str]) -> dict:
@@ -245,7 +257,8 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
               "policy": args.policy if args.method == "dp" else "non-private", "amp": args.amp,
               "backend": args.backend, "cuda_graphs": args.cuda_graphs,
               "per_sample_tf32": args.per_sample_tf32, "ghost_tf32": args.ghost_tf32, "dynamic": args.dynamic,
-              "ghost_on_grid": args.ghost_on_grid,
+              "ghost_on_grid": args.ghost_on_grid, "fused_gram_dtypes": args.fused_gram_dtypes,
+              "fused_gram_convs": args.fused_gram_convs,
               "inductor_config": inductor_settings(args.inductor_config)}
     result["host_ms"] = round(1000 * statistics.median(host), 2)
     if args.phases:

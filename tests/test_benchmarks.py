@@ -243,6 +243,13 @@ def test_dp_throughput_runs_on_a_cpu_with_phases_and_the_allreduce_timer():
                         "--backend", "eager", "--device", "cpu", "--policy", "ghost", "--ghost-on-grid", "--profile"])
     assert grid["ghost_on_grid"] and not conv.GHOST_ON_GRID  # on for its capture, put back after
     assert any(r["op"] == "aten::baddbmm" for r in grid["products"]), grid["products"]  # the grid's Gram sums ran
+    from dpcompile.passes.rules import bounds
+    default = bounds.FUSED_GRAM_DTYPES, conv.FUSED_GRAM_CONV_DEVICES
+    fused = module.main(["--model", "small_cnn", "--size", "8", "--batch", "3", "--steps", "1", "--warmup", "1",
+                         "--backend", "eager", "--device", "cpu", "--fused-gram-dtypes", "bfloat16,float32",
+                         "--fused-gram-convs"])
+    assert fused["fused_gram_dtypes"] == "bfloat16,float32" and fused["fused_gram_convs"]
+    assert (bounds.FUSED_GRAM_DTYPES, conv.FUSED_GRAM_CONV_DEVICES) == default  # put back after
 
 
 TRITON_WRAPPER = """

@@ -257,27 +257,42 @@ def sums_bound(sums, n, r: tuple[Tensor, Tensor], rho: tuple[Tensor, Tensor], ga
 def fused_gram_sum_bound(p: Tensor, q: Tensor, r: Tensor, rho: Tensor) -> Tensor:
     """gram_sum_bound's bound on Σ_ts (P_i P_iᵀ)_ts (Q_i Q_iᵀ)_ts for rows p (B, T, m), q (B, T, n) with row-norm
     bounds r, rho (B, T) float64, from dpcompile::gram_sums (one kernel, no Gram stored: dpcompile.gram_kernels):
-    bf16 operands on tensor cores (the half Grams' error model), float64 ones in float64."""
-    (ga, ea), (gb, eb) = product_error(p.shape[-1], p.dtype, r.amax(1), r.amax(1)), \
-        product_error(q.shape[-1], q.dtype, rho.amax(1), rho.amax(1))
+    bf16 operands on tensor cores (the half Grams' error model), fp32 ones on TF32 tensor cores (the TF32 Grams'),
+    float64 ones in float64."""
+    (ga, ea), (gb, eb) = fused_product_error(p.shape[-1], p.dtype, r.amax(1)), \
+        fused_product_error(q.shape[-1], q.dtype, rho.amax(1))
     sums = torch.ops.dpcompile.gram_sums(p, q, r, rho).sum(1)
     r, rho = r.unsqueeze(1), rho.unsqueeze(1)
     return sums_bound(sums.unbind(1)[:6], p.shape[1] ** 2, (r, r), (rho, rho), ga, ea, gb, eb).clamp(min=0)
 
 
-# Devices where a ghost linear term's Gram sums run as one kernel that stores no Gram (fused_gram_sum_bound), for bf16
-# operands. CUDA: on an H200 (torch 2.11, 2026-12-05) ViT-S/16 224² b64 bf16's device time a step fell from 18.09 to
-# 14.10 ms (benchmarks/NOTES.md, fortieth session). The tests turn it on for the CPU too, where the op's torch
+def fused_product_error(n: int, dtype: torch.dtype, top: Tensor) -> tuple[float, float | Tensor]:
+    """(γ, e) of the fused Gram sums' products over n features of rows whose largest norm per sample is top: fp32
+    operands multiply on TF32 tensor cores there (tf32_product_error; on the CPU the op's reference multiplies in
+    fp32, whose error that bound covers), the others as product_error says."""
+    if dtype == torch.float32:
+        return tf32_product_error(n, top, top)
+    return product_error(n, dtype, top, top)
+
+
+# Devices where a ghost linear term's Gram sums run as one kernel that stores no Gram (fused_gram_sum_bound; and a
+# convolution's where conv.FUSED_GRAM_CONV_DEVICES lists the device too), for operands of a dtype listed. CUDA, bf16:
+# on an H200 (torch 2.11, 2026-12-05) ViT-S/16 224² b64 bf16's device time a step fell from 18.09 to 14.10 ms
+# (benchmarks/NOTES.md, fortieth session). fp32 operands of a term the plan puts on TF32 tensor cores (the kernel's
+# TF32 products) are certified and checked on the CPU, not yet run on CUDA: not listed by default
+# (benchmarks/NOTES.md, forty-sixth session). The tests turn both on for the CPU too, where the op's torch
 # implementation runs.
 FUSED_GRAM_DEVICES: tuple[str, ...] = ("cuda",)
-FUSED_GRAM_DTYPES = (torch.bfloat16,)
+FUSED_GRAM_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16,)
 
 
-def fused_grams(p: Tensor, q: Tensor) -> bool:
-    """Whether a ghost linear term's Gram sums take fused_gram_sum_bound: both operands of one dtype listed (float64
-    too while FUSED_GRAM_DTYPES says so: the tests'), on a device listed (CUDA: with Triton importable)."""
-    return (p.dtype == q.dtype and p.dtype in FUSED_GRAM_DTYPES and p.device.type in FUSED_GRAM_DEVICES
-            and q.device.type in FUSED_GRAM_DEVICES and (p.device.type != "cuda" or gram_kernels.available()))
+def fused_grams(p: Tensor, q: Tensor, tf32: bool) -> bool:
+    """Whether a ghost term's Gram sums take fused_gram_sum_bound: both operands of one dtype listed (float64 too while
+    FUSED_GRAM_DTYPES says so: the tests'; fp32 only where the term's products run on TF32 tensor cores, tf32), on a
+    device listed (CUDA: with Triton importable)."""
+    return (p.dtype == q.dtype and p.dtype in FUSED_GRAM_DTYPES and (p.dtype != torch.float32 or tf32)
+            and p.device.type in FUSED_GRAM_DEVICES and q.device.type in FUSED_GRAM_DEVICES
+            and (p.device.type != "cuda" or gram_kernels.available()))
 
 
 def certified(norm_sq: Tensor, linear: Tensor, absolute: Tensor, out_dtype: torch.dtype) -> Bound:

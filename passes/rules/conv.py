@@ -26,9 +26,9 @@ from ..meta import LayerShape, Site
 from ..symbolic import same
 from . import WORD, Cost, generalized_linear_costs, register
 from .bounds import (Bound, F64, SUBNORMAL, accumulation_gamma, certified, clipped_product_margin,
-                     full_precision, gamma, gram_sum_bound, half_grams, masked, masked_scaled, matrix_product,
-                     release_underflow, row_norms, summed_squares_bound, tensor_core_product_error,
-                     tf32_product_error, unit_roundoff, upper_sum)
+                     full_precision, fused_gram_sum_bound, fused_grams, gamma, gram_sum_bound, half_grams, masked,
+                     masked_scaled, matrix_product, release_underflow, row_norms, summed_squares_bound,
+                     tensor_core_product_error, tf32_product_error, unit_roundoff, upper_sum)
 from .layout import per_row, rows_per_sample, shape_of, views_into_positions, views_of
 
 aten = torch.ops.aten
@@ -64,6 +64,13 @@ SHIFTED_GRAM_MAX_STRETCH = 1.25
 # both accumulated in fp32: fp16 since the thirty-fifth session, once the random-convolution test's fp16 draws passed
 # on the H200 (tests/test_conv_kernels.py).
 IMPLICIT_CONV_DEVICES: tuple[str, ...] = ("cuda",)
+# Devices where a ghost-clipped convolution over the unfold's positions with one group takes its Gram sums from one
+# kernel that stores no Gram (bounds.fused_gram_sum_bound, where bounds.fused_grams allows the operands: bf16, and fp32
+# on TF32 tensor cores once FUSED_GRAM_DTYPES lists it), as linear layers do. Off by default: certified and checked
+# against the reference on the CPU (the op's torch implementation), not yet run or timed on CUDA
+# (benchmarks/results/2026-12-05-s46/s46_call1.sh does both; benchmarks/NOTES.md, forty-sixth session). The tests
+# turn it on.
+FUSED_GRAM_CONV_DEVICES: tuple[str, ...] = ()
 IMPLICIT_CONV_DTYPES = (torch.bfloat16, torch.float16)
 ARG_NAMES = ("grad_out", "input", "weight", "bias_sizes", "stride", "padding", "dilation",
              "transposed", "output_padding", "groups", "output_mask")
@@ -405,11 +412,18 @@ class ConvRule:
         inputs on CUDA, or one per kernel position over the padded grid; with tf32 TF32 GEMMs, whose truncation the
         margin adds, and TF32 Grams, whose error s takes: tf32_product_error), and what underflow in the clip-scaled
         output gradients adds (release_underflow, per group). The Grams and position norms over the output's T
-        positions (_grams_unfolded) or, impl "shifted", the padded grid's L (_grams_on_grid)."""
-        grams_of = self._grams_on_grid if site.impl == "shifted" else self._grams_unfolded
-        (gram_u, gu, eu), (gram_g, gg_, eg), r, rho, d, p = grams_of(site, g, x)
+        positions (_grams_unfolded; where _fused says, their sums from one kernel that stores no Gram:
+        bounds.fused_gram_sum_bound) or, impl "shifted", the padded grid's L (_grams_on_grid)."""
         tf32 = site.tf32  # the clipped sum's product and the Grams on TF32 tensor cores
-        s = gram_sum_bound(gram_u, gram_g, r, rho, gu, eu, gg_, eg)
+        if self._fused(site, g, x):  # one kernel, no Gram stored
+            r, rho = self._position_norms(site, g, x)
+            u, gg = self._unfolded(site, g, x)
+            d, p = u.shape[2], gg.shape[2]
+            s = fused_gram_sum_bound(u[:, 0].transpose(1, 2), gg[:, 0].transpose(1, 2), r[:, 0], rho[:, 0])
+        else:
+            grams_of = self._grams_on_grid if site.impl == "shifted" else self._grams_unfolded
+            (gram_u, gu, eu), (gram_g, gg_, eg), r, rho, d, p = grams_of(site, g, x)
+            s = gram_sum_bound(gram_u, gram_g, r, rho, gu, eu, gg_, eg)
         m = upper_sum(r * rho, [1, 2])
         # the clip scales g: G's rows (p features, norms rho), or U's for a transposed convolution (unfolded from g)
         (scaled, features), (other, other_features) = ((r, d), (rho, p)) if site.consts["transposed"] else \
@@ -419,6 +433,14 @@ class ConvRule:
         absolute = release_underflow(upper_sum(other, [1, 2]), features, g.dtype, r.shape[-1], w.numel(), g.dtype,
                                      tf32)
         return certified(s, margin, absolute, g.dtype)
+
+    def _fused(self, site: Site, g: Tensor, x: Tensor) -> bool:
+        """Whether the Gram sums run as one kernel (FUSED_GRAM_CONV_DEVICES, bounds.fused_grams): over the unfold's
+        positions, one group, one view per sample, operands the kernel takes as they are (bf16; fp32 on TF32 tensor
+        cores where listed)."""
+        c = site.consts
+        return (g.device.type in FUSED_GRAM_CONV_DEVICES and site.impl != "shifted" and c["groups"] == 1
+                and c.get("k", 1) == 1 and fused_grams(g, x, site.tf32))
 
     def _grams_unfolded(self, site: Site, g: Tensor, x: Tensor) -> tuple:
         """(certified Grams of U, of G, r, rho, d, p) over the output's positions, U the unfolded input."""

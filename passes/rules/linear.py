@@ -91,7 +91,7 @@ class MatmulRule:
         tf32 = site.tf32  # the clipped sum's product and the Grams on TF32 tensor cores
         if site.shape.T == 1:
             s = m.square()
-        elif fused_grams(p, q):  # one kernel, no Gram stored
+        elif fused_grams(p, q, tf32):  # one kernel, no Gram stored
             s = fused_gram_sum_bound(p, q, r, rho)
         else:
             (a, ga, ea), (b, gb, eb) = product_matrix(p, p, tf32), product_matrix(q, q, tf32)

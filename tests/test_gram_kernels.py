@@ -164,6 +164,35 @@ def test_fused_grams_stay_upper_bounds(case, dtype, fused):
         assert rule.clipped_sum(site, c, *ops).double().norm().item() <= 1 + 1e-6
 
 
+@pytest.mark.parametrize("layer", [
+    lambda: nn.Conv2d(3, 5, 3, padding=1, bias=False), lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=False),
+    lambda: nn.Conv1d(3, 4, 3, dilation=2, bias=False), lambda: nn.Conv3d(2, 3, 2, bias=False),
+    lambda: nn.ConvTranspose2d(3, 4, 3, stride=2, bias=False)], ids=["padded", "strided", "dilated_1d", "3d",
+                                                                      "transposed"])
+def test_fused_convolution_bound_is_the_stored_grams_bound(layer, fused, monkeypatch):
+    """A ghost convolution's [s, e, a] from the fused Gram sums and from the stored half Grams (the same tensor-core
+    error model: bounds.HALF_GRAM_DEVICES listing the device) agree to the Grams' own fp32 roundings, with the input
+    at 10³ and the output gradient at 10⁻³ per entry, so a bound that took one operand's position norms for the
+    other's, or another layout of the positions, would be off by orders of magnitude."""
+    from dpcompile.passes.rules import conv
+    monkeypatch.setattr(bounds, "HALF_GRAM_DEVICES", (torch.device(DEVICE).type,))
+    torch.manual_seed(0)
+    module = layer().to(DEVICE)
+    x = (1e3 * torch.randn(3, module.in_channels, *[7] * (module.weight.dim() - 2))).to(DEVICE)
+    with torch.no_grad():
+        g = 1e-3 * torch.randn_like(module(x))
+    site = conv_site(module)
+    if isinstance(module, nn.ConvTranspose2d):
+        site.consts.update(transposed=True, output_padding=[0, 0])
+    ops = g.bfloat16(), x.bfloat16(), module.weight.detach().bfloat16()
+    got = ConvRule().ghost_norm_bound(site, *ops)
+    assert fused == [torch.bfloat16]
+    monkeypatch.setattr(conv, "FUSED_GRAM_CONV_DEVICES", ())
+    expected = ConvRule().ghost_norm_bound(site, *ops)
+    for a, b in zip(got, expected):
+        assert ((a - b).abs() <= 1e-4 * b.abs()).all(), (a, b)
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="the op's CPU reference multiplies in IEEE fp32, nothing truncates")
 @pytest.mark.parametrize("layer", ["linear", "conv"])
 def test_tf32_fused_bound_holds_where_truncation_lowers_every_gram(layer, fused):

@@ -226,7 +226,7 @@ def emit_norm(graph: fx.Graph, node: fx.Node, inputs: Sequence[fx.Node], param: 
         return emit(graph, lambda *t: rule.per_sample_margin(site, *t), inputs, f"dp_margin_{name}",
                     key=("margin", key)), per_sample
     if site.tf32:  # what is released is c·ĝ, TF32's own gradient: its norm bounds that, no margin
-        bound = emit(graph, lambda g: per_sample_bound(g, g.new_zeros(g.shape[0], dtype=torch.float64)),
+        bound = emit(graph, lambda g: per_sample_bound(g, 0.0),
                      [per_sample], f"dp_norm_sq_{name}", key=("bound_tf32", key))
         return bound, per_sample
     bound = emit(graph, lambda g, *t: per_sample_bound(g, rule.per_sample_margin(site, *t)), [per_sample, *inputs],
@@ -364,14 +364,17 @@ def emit_clip_factors(graph: fx.Graph, spec: ClipSpec, by_param: dict[str, list[
     groups = [g for g in groups if g[3]]
     sizes = [len(g[3]) for g in groups]
 
-    def group_norms(*parts):  # each term's [s, e, a], flattened
-        bounds = as_bounds(parts)
+    parts = [part for g in groups for bound in g[3] for part in bound]  # each term's [s, e, a], flattened
+
+    def group_norms(*values):  # the parts that are nodes; the floats (bounds.Bound) stay constants of the trace
+        given = iter(values)
+        bounds = as_bounds([next(given) if isinstance(part, fx.Node) else part for part in parts])
         out, start = [], 0
         for k in sizes:
             out.append(certified_group_norm(bounds[start:start + k]))
             start += k
         return torch.stack(out)
-    norms = emit(graph, group_norms, [part for g in groups for bound in g[3] for part in bound], "dp_certified_norms")
+    norms = emit(graph, group_norms, [part for part in parts if isinstance(part, fx.Node)], "dp_certified_norms")
     bounds = [bound for _, _, bound, _ in groups]
     keep = emit(graph, lambda n: kept(n, bounds, spec), [norms], "dp_kept_samples")
     dropped = emit(graph, lambda k: (~k).sum(), [keep], "dp_dropped_samples")
@@ -396,9 +399,28 @@ def certified_group_norm(bounds: Sequence[Bound]) -> torch.Tensor:
     at most k + 3 relative roundings of u along any path. Each sum is a reduction over the terms stacked, so
     each term's [s, e, a] is written in the kernel of the reduction it comes from. (As a chain of additions, each
     link fused with the reduction of its term: on CUDA the Gram sums of every ghost layer of one shape became one
-    kernel of some thirty float64 accumulators that took 0.79 ms of WRN-16-4's step, benchmarks/NOTES.md.)"""
-    total = [torch.stack(parts).sum(0) for parts in zip(*bounds)]
-    return torch.stack([total[0].sqrt() + total[1], total[2]]) * cover(len(bounds) + 3)
+    kernel of some thirty float64 accumulators that took 0.79 ms of WRN-16-4's step, benchmarks/NOTES.md.) A part
+    that is a float (the same for every sample) is added once, in Python's float64: the tensors' sum plus the
+    floats' sum is k − 1 additions as well. (As a (B,) tensor each such part was a kernel of its own on CUDA, writing
+    a constant into its slice of the stacked parts: 38 of the 233 kernel launches of WRN-16-4's DP backward,
+    benchmarks/NOTES.md, forty-sixth session.)"""
+    total = [sum_of_parts(parts) for parts in zip(*bounds)]
+    norm, absolute = total[0].sqrt() + total[1], total[2]
+    if not isinstance(absolute, torch.Tensor):
+        absolute = torch.full_like(norm, absolute)
+    return torch.stack([norm, absolute]) * cover(len(bounds) + 3)
+
+
+def sum_of_parts(parts) -> torch.Tensor | float:
+    """Σ of terms' parts (B,) float64 or floats: the tensors stacked and reduced, the floats summed in float64, the
+    two added (a float if every part is one)."""
+    tensors = [p for p in parts if isinstance(p, torch.Tensor)]
+    floats = [p for p in parts if not isinstance(p, torch.Tensor)]
+    total = torch.stack(tensors).sum(0) if tensors else None
+    if floats:
+        constant = sum(floats[1:], floats[0])
+        total = constant if total is None else total + constant
+    return total
 
 
 # How far below R the clip factor aims (clip_factor): its own float64 roundings take up to 5u of R, and the rest

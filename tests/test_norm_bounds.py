@@ -746,22 +746,41 @@ def test_non_finite_inputs_give_non_finite_norms():
     assert not torch.isfinite(stored_norm_bound(torch.tensor([[float("inf"), 1.0]]))).any()
 
 
-def test_a_group_of_many_terms_stays_an_upper_bound_through_its_sums():
+@pytest.mark.parametrize("constants", ["none", "all", "mixed"])
+def test_a_group_of_many_terms_stays_an_upper_bound_through_its_sums(constants):
     """The group's sums lose what they add below the float64 spacing: 20,001 terms [1, 2⁻⁵³, 2⁻⁵³, …] sum to 1 in
     float64 (each 1 + 2⁻⁵³ rounds to even, to 1), against 1 + 10⁴·2⁻⁵² exactly. N must still be ≥ √Σs + Σe: the
-    group factor grows with the number of terms (1 + 2γ_{k+3}); a fixed 1 + 2⁻⁴⁰ fails here."""
+    group factor grows with the number of terms (1 + 2γ_{k+3}); a fixed 1 + 2⁻⁴⁰ fails here. The same where e and a
+    are floats (a part the same for every sample, bounds.Bound: summed in Python, then added to the tensors' sum),
+    for every term or every other one."""
 
     from dpcompile.passes.rewrite import certified_group_norm
 
     k, tiny = 20_001, 2.0**-53
     one = lambda v: torch.tensor([v], dtype=torch.float64)  # noqa: E731
-    bounds = [(one(1.0), one(1.0), one(1.0))] + [(one(tiny), one(tiny), one(tiny))] * (k - 1)
+    part = lambda v, i: v if constants == "all" or constants == "mixed" and i % 2 else one(v)  # noqa: E731
+    bounds = [(one(1.0), part(1.0, 0), part(1.0, 0))] + [(one(tiny), part(tiny, i), part(tiny, i))
+                                                        for i in range(1, k)]
     assert sum(b[0] for b in bounds).item() == 1.0  # the attack: every addition rounds the tiny part away
     norms = certified_group_norm(bounds)
     exact = Fraction(1) + (k - 1) * Fraction(tiny)
     n, a = Fraction(norms[0].item()), Fraction(norms[1].item())
     assert a >= exact
     assert n - exact >= 0 and (n - exact) ** 2 >= exact  # N ≥ Σe + √Σs (both sums exact here)
+
+
+def test_a_per_sample_terms_constant_part_makes_no_tensor_of_its_own():
+    """An instantiated term's a (its subnormal rounding, the same for every sample) is a float, added once in the group
+    sums: as a (B,) tensor each such part was a `full` that inductor wrote into its slice of the stacked parts with a
+    kernel of its own on CUDA (38 of WRN-16-4's 233 kernel launches, forty-sixth session). The rewritten backward of
+    a per-sample model has no `full` among its norm bounds, and matches the reference."""
+    case = Case("per_sample_mlp", lambda: nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)),
+                lambda B: torch.randn(B, 5, dtype=torch.float64))
+    dp = check_against_reference(case, policy="per_sample", batches=(3, 5))
+    graph = dp.graphs["backward_rewritten"].graph
+    fulls = [n.name for n in graph.nodes if n.op == "call_function" and n.target == torch.ops.aten.full.default
+             and n.name.startswith("dp_norm_sq_")]
+    assert not fulls, fulls
 
 
 

@@ -30,7 +30,9 @@ U64 = UNIT_ROUNDOFF[F64]
 # multiplied: (1 + 2^-10)^2 - 1 of |x·y|
 TF32_PRODUCT_U = 2.0**-9 + 2.0**-20
 
-Bound = tuple[Tensor, Tensor, Tensor]  # [s, e, a], each (B,) float64
+# [s, e, a], each (B,) float64, or a float where it is the same for every sample (an instantiated term's a: the
+# group sums add it once, not as a (B,) tensor of its own, rewrite.certified_group_norm)
+Bound = tuple[Tensor, Tensor | float, Tensor | float]
 
 
 def as_bounds(parts) -> list[Bound]:
@@ -351,12 +353,16 @@ def stored_norm_bound(g: Tensor) -> Tensor:
     return squares_bound(g, tuple(range(1, g.dim())))  # over its dims (no flatten: g may be stored permuted)
 
 
-def per_sample_bound(g: Tensor, margin: Tensor) -> Bound:
+def per_sample_bound(g: Tensor, margin: Tensor | float) -> Bound:
     """[s, e, a] for an instantiated ĝ_i (rounded once to its dtype from an exact-ish accumulation):
     ‖g_i‖ ≤ (1 + 2u)‖ĝ_i‖ + margin and the clip-weighted copy c·ĝ_i rounds by at most (1 + u), or, where an entry
-    lands in the subnormal range, by η/2 of its dtype: a = 2·(η/2)·√numel (doubled as in release_underflow)."""
+    lands in the subnormal range, by η/2 of its dtype: a = 2·(η/2)·√numel (doubled as in release_underflow: the
+    doubling covers the two roundings of √numel and the product), the same for every sample: a float, the value a
+    float64 tensor product gave bit for bit (a (B,) tensor where numel is symbolic)."""
     grow = 1 + 2 * unit_roundoff(g.dtype)
-    a = torch.full_like(margin, SUBNORMAL[g.dtype]) * root_bound(math.prod(g.shape[1:]))
+    a = SUBNORMAL[g.dtype] * root_bound(math.prod(g.shape[1:]))
+    if not isinstance(a, float):
+        a = torch.full((g.shape[0],), SUBNORMAL[g.dtype], dtype=F64, device=g.device) * a
     return times(stored_norm_bound(g), grow**2), margin, a
 
 

@@ -2,8 +2,8 @@
 
 A ghost-clipped linear term's squared per-sample norm is S_i = Σ_ts A_ts·B_ts with A = P_i P_iᵀ and B = Q_i Q_iᵀ
 (T × T per sample: the rows of the layer's input and output gradient; a convolution's: the unfolded input's and the
-output gradient's positions). Its certified bound
-(passes.rules.bounds.sums_bound) needs six sums over the Grams as computed, Â and B̂:
+output gradient's positions). Its certified bound (passes.rules.bounds.sums_bound) needs six sums over the Grams as
+computed, Â and B̂:
 
     Σ ÂB̂,  Σ |ÂB̂|,  Σ |Â|·ρ_t ρ_s,  Σ |B̂|·r_t r_s,  Σ |Â|,  Σ |B̂|
 
@@ -11,13 +11,15 @@ with r_t, ρ_t upper bounds on the rows' norms. The rewrite's other form writes 
 per term and reduces them in float64 afterwards. Here one program computes a BLOCK_T × BLOCK_T tile of both Grams for
 one sample (tl.dot over the features: tensor-core products of bf16 operands accumulated in fp32, the model of
 bounds.tensor_core_product_error; fp32 operands on TF32 tensor cores, bounds.tf32_product_error; float64 operands,
-the tests', multiplied and summed in float64) and reduces the tile in float64 at once: no Gram is written. Both Grams are symmetric, so only the tiles on and above the diagonal are
-computed, those above counted twice (×2 is exact); the programs below the diagonal write zeros. Each program writes
-its six sums (and two zeros) to its own row of a (B, tiles², 8) float64 result, which the rewrite sums over dim 1 (in
-any order: the bound's γ counts every term's roundings, whatever the order).
+the tests', multiplied and summed in float64) and reduces the tile in float64 at once: no Gram is written. Both Grams
+are symmetric, so only the tiles on and above the diagonal are computed, those above counted twice (×2 is exact); the
+programs below the diagonal write zeros. Each program writes its six sums (and two zeros) to its own row of a
+(B, tiles², 8) float64 result, which the rewrite sums over dim 1 (in any order: the bound's γ counts every term's
+roundings, whatever the order).
 
-Where it runs: passes.rules.bounds.FUSED_GRAM_DEVICES (CUDA, with Triton importable: benchmarks/NOTES.md, fortieth
-session, has its timing); inductor launches it from its generated code (ops.lower_gram_sums), and the op's CPU
+Where it runs: passes.rules.bounds.FUSED_GRAM_DEVICES and FUSED_GRAM_DTYPES, and for convolutions
+passes.rules.conv.FUSED_GRAM_CONV_DEVICES (CUDA, with Triton importable: benchmarks/NOTES.md, fortieth session, has its
+timing); inductor launches it from its generated code (ops.lower_gram_sums), and the op's CPU
 implementation (gram_sums_reference) computes the same sums with torch ops, for tests.
 """
 from __future__ import annotations
@@ -164,8 +166,7 @@ def gram_sums(p: Tensor, q: Tensor, r: Tensor, rho: Tensor, config: dict | None 
 def gram_sums_reference(p: Tensor, q: Tensor, r: Tensor, rho: Tensor) -> Tensor:
     """What the kernel computes, with torch ops (any device; the op's CPU implementation): both Grams in float32
     (bf16 operands: exact products, an IEEE sum; fp32 operands: IEEE products, within the kernel's TF32 error
-    bound) or float64, then the six sums in float64, in the result's first
-    row per sample (the others zero)."""
+    bound) or float64, then the six sums in float64, in the result's first row per sample (the others zero)."""
     wide = torch.float64 if p.dtype == torch.float64 else torch.float32
     a = torch.bmm(p.to(wide), p.to(wide).transpose(1, 2)).double()
     b = torch.bmm(q.to(wide), q.to(wide).transpose(1, 2)).double()

@@ -417,9 +417,8 @@ def sum_of_parts(parts) -> torch.Tensor | float:
     tensors = [p for p in parts if isinstance(p, torch.Tensor)]
     floats = [p for p in parts if not isinstance(p, torch.Tensor)]
     total = torch.stack(tensors).sum(0) if tensors else None
-    if floats:
-        constant = sum(floats[1:], floats[0])
-        total = constant if total is None else total + constant
+    if floats:  # sum() starts from 0: its first addition is exact
+        total = sum(floats) if total is None else total + sum(floats)
     return total
 
 

@@ -18,7 +18,8 @@ import torch
 from conftest import DEVICE, SLOW_ON_CPU
 from helpers import Case, check_against_reference, old_triton_interpreter
 from rule_cases import CASES
-from test_norm_bounds import certified_norm, conv_site, exact_linear, linear_operands, linear_site
+from test_norm_bounds import (assert_each_release_within_R, certified_norm, conv_site, exact_linear,
+                              linear_operands, linear_site)
 from torch import nn
 
 import dpcompile
@@ -158,10 +159,7 @@ def test_fused_grams_stay_upper_bounds(case, dtype, fused):
     bound = rule.ghost_norm_bound(site, *ops)
     assert fused == [dtype], "the Gram sums did not run fused"
     assert torch.isfinite(torch.stack(bound)).all() and (certified_norm(bound) >= exact).all()
-    for i in range(exact.shape[0]):  # each sample released alone within R
-        c = torch.zeros_like(bound[0])
-        c[i] = 1 / certified_norm(bound)[i]
-        assert rule.clipped_sum(site, c, *ops).double().norm().item() <= 1 + 1e-6
+    assert_each_release_within_R(rule, site, bound, ops)
 
 
 @pytest.mark.parametrize("layer", [
@@ -213,15 +211,13 @@ def test_tf32_fused_bound_holds_where_truncation_lowers_every_gram(layer, fused)
         exact = exact_weight_grad_norms(conv, g, x)
         p = torch.nn.functional.unfold(x, 3, padding=1).transpose(1, 2)
         q = g.flatten(2).transpose(1, 2)
-    bound = rule.ghost_norm_bound(dataclasses.replace(site, tf32=True), *ops)
+    site = dataclasses.replace(site, tf32=True)
+    bound = rule.ghost_norm_bound(site, *ops)
     assert fused == [torch.float32]
     gram_form = OP(p, q, row_norms(p), row_norms(q)).sum(1)[:, 0]
     assert (gram_form < exact.square() * (1 - 2.0**-11)).all(), "no Gram was truncated: the attack is not live"
     assert (certified_norm(bound) >= exact).all()
-    for i in range(2):
-        c = torch.zeros_like(bound[0])
-        c[i] = 1 / certified_norm(bound)[i]
-        assert rule.clipped_sum(dataclasses.replace(site, tf32=True), c, *ops).double().norm().item() <= 1 + 1e-6
+    assert_each_release_within_R(rule, site, bound, ops)
 
 
 @pytest.mark.parametrize("groups", [2])

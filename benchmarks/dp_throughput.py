@@ -244,6 +244,8 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
     for i in range(args.warmup + args.steps):
         if i == args.warmup:  # the warm-up steps (compilation) are not timed
             times.clear(), phases.clear(), host.clear()
+            if device.type == "cuda":  # the peak of the timed steps: what training holds, not what compiling did
+                torch.cuda.reset_peak_memory_stats(device)
         sync(device, world)
         step()
         if i == 0:
@@ -261,6 +263,8 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
               "fused_gram_convs": args.fused_gram_convs,
               "inductor_config": inductor_settings(args.inductor_config)}
     result["host_ms"] = round(1000 * statistics.median(host), 2)
+    if device.type == "cuda":
+        result["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
     if args.phases:
         result["phases_ms"] = dict(zip(("forward", "backward", "step"),
                                        (round(1000 * statistics.median(col), 2) for col in zip(*phases))))

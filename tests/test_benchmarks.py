@@ -493,7 +493,7 @@ gpu_tests "tests/a.py tests/b.py" "x or (y and z)" 3 500
     done = subprocess.run(["bash", "-c", script], cwd=tmp_path, check=True, capture_output=True, text=True,
                           timeout=120)
     *_, summary, tests = done.stdout.splitlines()
-    assert summary == "None None graphs None step 1.5 host None device None first None"
+    assert summary == "None None graphs None step 1.5 host None device None first None amp None peak None"
     left = int(tests.split("|")[-2])  # LIMIT=20 less the seconds the runs above took
     assert 0 < left <= 20 and tests == (f"PASSED inductor tests/a.py tests/b.py|-k 'x or (y and z)'|3|{left - 10}|"
                                         f"{left}|{out}/tests")

@@ -61,6 +61,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="dp: per_sample_tf32=True/False (TF32 per-sample products); default None, as PyTorch's settings")
     p.add_argument("--ghost-tf32", action=argparse.BooleanOptionalAction, default=None,
                    help="dp: ghost_tf32=True/False (ghost terms' clipped sums in TF32); default None, as PyTorch's settings")
+    p.add_argument("--poisson", type=int, default=0, metavar="N",
+                   help="each step's batch size drawn as Poisson sampling of a dataset of N samples draws it "
+                        "(Binomial(N, batch/N), seeded), as a DP data loader hands them out, instead of --batch every "
+                        "step: what CUDA graphs (one recording per new size) and recompiles cost in training; adds "
+                        "the sizes seen, the steps with a new size and their median to the result")
     add_graph_options(p)
     p.add_argument("--dynamic", action="store_true",
                    help="compile: the batch dimension marked dynamic (a symbolic batch size, as in dpcompile's graphs)")
@@ -72,6 +77,22 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build(name: str, size: int) -> torch.nn.Module:
     builder = getattr(zoo, name)
     return builder(num_classes=10, image_size=size) if name.startswith("vit") else builder(10)
+
+
+def poisson_sizes(dataset: int, batch: int, steps: int, rank: int) -> list[int]:
+    """`steps` batch sizes of Poisson sampling at rate batch/dataset over `dataset` samples (seeded per rank); none
+    where dataset is 0 (a fixed batch). A size of 0 is drawn again: the timing is of training steps."""
+    if not dataset:
+        return []
+    g = torch.Generator().manual_seed(1234 + rank)
+    draw = lambda: int(torch.binomial(torch.tensor(float(dataset)), torch.tensor(batch / dataset),  # noqa: E731
+                                      generator=g))
+    sizes = []
+    while len(sizes) < steps:
+        b = draw()
+        if b:
+            sizes.append(b)
+    return sizes
 
 
 def sync(device: torch.device, world: int) -> None:
@@ -214,13 +235,21 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
                            mode="reduce-overhead" if args.cuda_graphs else None)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     torch.manual_seed(1 + rank)
-    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
-    y = torch.randint(0, 10, (args.batch,), device=device)
+    sizes = poisson_sizes(args.poisson, args.batch, args.warmup + args.steps + PROFILED_STEPS, rank)
+    most = max(sizes) if sizes else args.batch
+    x_all = torch.randn(most, 3, args.size, args.size, device=device)
+    y_all = torch.randint(0, 10, (most,), device=device)
     if args.dynamic and args.method == "compile":
-        torch._dynamo.mark_dynamic(x, 0)
+        torch._dynamo.mark_dynamic(x_all, 0)
     times, phases, host = [], [], []  # host: until the step's work is queued (≈ the step: the host is the limit)
+    seen, new_size = set(), []  # new_size[i]: the i-th timed step was the first at its batch size
 
     def step() -> None:
+        b = sizes[len(seen_steps)] if sizes else args.batch
+        seen_steps.append(b)
+        new_size.append(b not in seen)
+        seen.add(b)
+        x, y = (x_all, y_all) if b == most and not sizes else (x_all[:b], y_all[:b])
         marks = [time.perf_counter()]
         with torch.autocast(device.type, torch.bfloat16, enabled=args.amp == "bf16"):
             out = dp(x)
@@ -241,9 +270,10 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
         phases.append([b - a for a, b in zip(marks, marks[1:])])
         host.append(queued - marks[0])
 
+    seen_steps: list[int] = []
     for i in range(args.warmup + args.steps):
         if i == args.warmup:  # the warm-up steps (compilation) are not timed
-            times.clear(), phases.clear(), host.clear()
+            times.clear(), phases.clear(), host.clear(), new_size.clear()
             if device.type == "cuda":  # the peak of the timed steps: what training holds, not what compiling did
                 torch.cuda.reset_peak_memory_stats(device)
         sync(device, world)
@@ -263,6 +293,13 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
               "fused_gram_convs": args.fused_gram_convs,
               "inductor_config": inductor_settings(args.inductor_config)}
     result["host_ms"] = round(1000 * statistics.median(host), 2)
+    if sizes:  # the timed steps: all of them, and those at a size seen before (no new recording or compile)
+        repeat = [t for t, new in zip(times, new_size) if not new]
+        result["poisson"] = {"dataset": args.poisson, "sizes_seen": len(set(seen_steps)),
+                             "new_size_steps": sum(new_size), "mean_ms": round(1000 * statistics.fmean(times), 2),
+                             "new_size_median_ms": round(1000 * statistics.median(
+                                 [t for t, new in zip(times, new_size) if new]), 2) if any(new_size) else None,
+                             "repeat_median_ms": round(1000 * statistics.median(repeat), 2) if repeat else None}
     if device.type == "cuda":
         result["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
     if args.phases:

@@ -9,7 +9,8 @@
 #                                 mark (gzipped, at most 4) to $OUT/LABEL/;
 #   mark                          starts that window;
 #   summary                       prints one line per result in $OUT/$PREFIX.jsonl: model, policy, CUDA graphs,
-#                                 step, host and device ms, first step s, amp, peak GiB (timed steps);
+#                                 step, host and device ms, first step s, amp, peak GiB (timed steps), and a
+#                                 --poisson run's sizes and times;
 #   gpu_tests FILES K WORKERS SECONDS
 #                                 runs .ci/gpu inductor on the tests of FILES that `-k K` selects, WORKERS workers,
 #                                 at most SECONDS (and what is left of LIMIT; each test at most 10 s less), logs in
@@ -51,7 +52,7 @@ for line in open(sys.argv[1]):
         continue
     print(r.get("model"), r.get("policy"), "graphs", r.get("cuda_graphs"), "step", r.get("step_ms"), "host",
           r.get("host_ms"), "device", r.get("kernel_ms_per_step"), "first", r.get("first_step_s"), "amp", r.get("amp"),
-          "peak", r.get("peak_gib"))' "$OUT/$PREFIX.jsonl"
+          "peak", r.get("peak_gib"), *(["poisson", r["poisson"]] if "poisson" in r else []))' "$OUT/$PREFIX.jsonl"
 }
 
 gpu_tests() {

@@ -15,11 +15,5 @@ t="python3 benchmarks/dp_throughput.py --model wrn16_4 --size 32 --batch 256 --p
 run "compile" 150 $t --method compile
 run "auto" 180 $t --policy auto
 run "auto graphs" 220 $t --policy auto --cuda-graphs
-python3 -c 'import json, sys
-for line in open(sys.argv[1]):
-    try:
-        r = json.loads(line)
-    except ValueError:
-        continue
-    print(r["policy"], "graphs", r["cuda_graphs"], r.get("poisson"), "peak", r.get("peak_gib"))' "$OUT/$PREFIX.jsonl"
+summary
 date -u

@@ -66,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(Binomial(N, batch/N), seeded), as a DP data loader hands them out, instead of --batch every "
                         "step: what CUDA graphs (one recording per new size) and recompiles cost in training; adds "
                         "the sizes seen, the steps with a new size and their median to the result")
+    p.add_argument("--batch-bucket", type=int, default=None, metavar="K",
+                   help="dp: batch_bucket=K (each batch padded with zero samples to a multiple of K rows)")
     add_graph_options(p)
     p.add_argument("--dynamic", action="store_true",
                    help="compile: the batch dimension marked dynamic (a symbolic batch size, as in dpcompile's graphs)")
@@ -227,7 +229,7 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
     if args.method == "dp":
         dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0, sample_rate=0.01,
                                  expected_batch_size=args.batch * world, policy=args.policy, backend=args.backend,
-                                 cuda_graphs=args.cuda_graphs,
+                                 cuda_graphs=args.cuda_graphs, batch_bucket=args.batch_bucket,
                                  per_sample_tf32=args.per_sample_tf32, ghost_tf32=args.ghost_tf32)
     else:  # the non-private reference: torch.compile, under DDP on several ranks
         from torch.nn.parallel import DistributedDataParallel
@@ -290,7 +292,7 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
               "backend": args.backend, "cuda_graphs": args.cuda_graphs,
               "per_sample_tf32": args.per_sample_tf32, "ghost_tf32": args.ghost_tf32, "dynamic": args.dynamic,
               "ghost_on_grid": args.ghost_on_grid, "fused_gram_dtypes": args.fused_gram_dtypes,
-              "fused_gram_convs": args.fused_gram_convs,
+              "fused_gram_convs": args.fused_gram_convs, "batch_bucket": args.batch_bucket,
               "inductor_config": inductor_settings(args.inductor_config)}
     result["host_ms"] = round(1000 * statistics.median(host), 2)
     if sizes:  # the timed steps: all of them, and those at a size seen before (no new recording or compile)

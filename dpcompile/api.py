@@ -62,6 +62,7 @@ class DPModel(nn.Module):
         object.__setattr__(self, "_target", target)
         object.__setattr__(self, "_compiled", torch.compile(target, backend=self.backend, fullgraph=True, dynamic=False))
         self._trainable = self._trainable_now()
+        self._bucket_dims: list | None = None  # batch_bucket: the outputs' batch dims, found at the first padded call
         guard.watch_model(self)  # a parameter replaced since, used before the next call, is still the model's
 
     @torch._dynamo.disable  # inside a user's torch.compile'd code: run as written, its own compiled model inside
@@ -88,6 +89,9 @@ class DPModel(nn.Module):
                 return tree_map(_empty_along, out, dims)
             except (ValueError, TypeError):  # output structures differ (unknown dims): dim 0
                 return tree_map(lambda t: _empty_along(t, None), out)
+        bucket = self.config.batch_bucket
+        if bucket and batch % bucket:
+            return self._bucketed(args, kwargs, batch, -(-batch // bucket) * bucket)
         self._recapture_if_trainable_changed()
         try:
             # backed_size_oblivious: batch sizes 0 and 1 share the graph
@@ -147,6 +151,24 @@ class DPModel(nn.Module):
         for node in guard.watch_release(out):  # its backward's releases must reach .grad unmixed
             precise_during(node)  # and its matrix products stay within the bounds' error terms
         return out if views == 1 else views_unflattened(out, batch, views)
+
+    def _bucketed(self, args, kwargs, batch: int, padded: int):
+        """batch_bucket: the call on `padded` rows, the batch's and padded − batch all-zero samples, its outputs cut
+        back to the batch's rows along their batch dims (dim 0 where those are unknown). An all-zero sample holds no
+        sample's data and its outputs are cut off, so its output gradient, and with it its clipped gradient, is zero
+        (NaN where the model cannot compute a zero sample: then it is dropped, and counted in dropped_samples): it
+        adds nothing to the release, as the empty batch's zero sample. The DP backward sees `padded` rows and undoes
+        a 'mean' loss's 1/padded, where the loss (over the batch's outputs) took 1/batch: the outputs' gradients are
+        scaled by batch/padded on the way back, so each sample's clipped gradient is its own loss's."""
+        if self._bucket_dims is None:  # (found from one sample's rows, as for an empty batch)
+            self._bucket_dims = [self._batch_dims_of_outputs(*tree_map(lambda t: _pad_rows(t, 1), (args, kwargs)))]
+        args, kwargs = tree_map(lambda t: _pad_rows(t, padded), (args, kwargs))
+        out = self.forward(*args, **kwargs)
+        scale = batch / padded if self.config.loss_reduction == "mean" else None
+        try:
+            return tree_map(lambda t, d: _rows_of_batch(t, d, batch, padded, scale), out, self._bucket_dims[0])
+        except (ValueError, TypeError):  # output structures differ (unknown dims): dim 0
+            return tree_map(lambda t: _rows_of_batch(t, None, batch, padded, scale), out)
 
     def _trainable_now(self) -> tuple[tuple[torch.Tensor, bool], ...]:
         return tuple((p, p.requires_grad) for p in self.module.parameters())
@@ -435,6 +457,28 @@ def _pad_empty_batch(value):
     if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == 0:
         return value.new_zeros((1, *value.shape[1:]))
     return value
+
+
+def _pad_rows(value, rows: int):
+    """A batch tensor (dim ≥ 1) with all-zero samples appended up to `rows` (batch_bucket), or cut to `rows`."""
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] != rows:
+        if value.shape[0] > rows:
+            return value[:rows]
+        return torch.cat([value, value.new_zeros((rows - value.shape[0], *value.shape[1:]))])
+    return value
+
+
+def _rows_of_batch(t, dims, batch: int, padded: int, scale: float | None):
+    """An output of the padded call cut back to the batch's rows along its batch dims (where they are unknown: dim 0
+    if it has `padded` rows); with a scale, its gradient scaled by it on the way back."""
+    if not isinstance(t, torch.Tensor) or t.dim() == 0:
+        return t
+    along = dims if isinstance(dims, tuple) else (0,) if t.shape[0] == padded else ()
+    for d in along:
+        t = t.narrow(d, 0, batch)
+    if along and scale is not None and t.requires_grad:
+        t.register_hook(lambda g: g * scale)
+    return t
 
 
 def _empty_along(t, dims):

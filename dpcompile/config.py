@@ -40,6 +40,9 @@ class DPConfig:
     clip_group_norms: tuple[float, ...] | None = None
     augmentation_multiplicity: int = 1  # K augmented views per sample, clipped together (De et al. 2022)
     cuda_graphs: bool = False  # CUDA graphs for the DP graphs on CUDA, the noise op kept outside them
+    # k: each batch padded with all-zero samples up to a multiple of k rows (the outputs cut back to the batch), so the
+    # compiled graphs see a few sizes, not every Poisson batch size (CUDA graphs record once per size); None: as it is
+    batch_bucket: int | None = None
     # TF32 tensor-core products (certified), True for matmuls and convolutions, False for neither, None (default): for
     # those whose fp32 products PyTorch's settings put on TF32 in the model's own training (precision.tf32_kinds)
     per_sample_tf32: bool | None = None  # instantiated per-sample gradients
@@ -54,6 +57,11 @@ class DPConfig:
         k = integer("augmentation_multiplicity", self.augmentation_multiplicity)
         check(k >= 1, f"augmentation_multiplicity must be a positive integer (the augmented views per sample), got {k}")
         object.__setattr__(self, "augmentation_multiplicity", k)
+        if self.batch_bucket is not None:
+            bucket = integer("batch_bucket", self.batch_bucket)
+            check(bucket >= 1, f"batch_bucket must be a positive integer (batches are padded to a multiple of it), "
+                               f"got {bucket}")
+            object.__setattr__(self, "batch_bucket", bucket)
         if self.seed is not None:
             seed = integer("seed", self.seed)
             check(0 <= seed < 2**63, f"seed must be an integer in [0, 2**63), got {seed}")
@@ -90,6 +98,12 @@ class DPConfig:
         check(self.loss_reduction == "mean" or self.expected_batch_size is None,
               "expected_batch_size normalises a 'mean' loss; with loss_reduction='sum' the gradient is "
               "not divided, so leave expected_batch_size unset or use loss_reduction='mean'")
+        check(self.batch_bucket is None or self.augmentation_multiplicity == 1,
+              "batch_bucket pads the samples of a call, and augmentation_multiplicity > 1 gives each sample several "
+              "views: use one of them")
+        check(self.batch_bucket is None or self.loss_reduction == "sum" or self.expected_batch_size is not None,
+              "batch_bucket with loss_reduction='mean' needs expected_batch_size (a Poisson loader's, or given): "
+              "the release is divided by n, and the padded batch's size is not the batch's")
         check(not (self.secure_noise and self.seed is not None),
               "secure_noise=True seeds the noise from OS entropy; pass either seed or secure_noise=True, not both")
         check(self.clip_groups is not None or self.clip_group_norms is None,

@@ -237,10 +237,10 @@ def test_dp_throughput_runs_on_a_cpu_with_phases_and_the_allreduce_timer():
                              "--backend", "eager", "--device", "cpu", "--method", "compile", "--dynamic"])
     assert reference["policy"] == "non-private" and reference["host_ms"] > 0 and reference["dynamic"]
     drawn = module.main(["--model", "small_cnn", "--size", "8", "--batch", "3", "--steps", "6", "--warmup", "1",
-                         "--backend", "eager", "--device", "cpu", "--poisson", "1000"])
+                         "--backend", "eager", "--device", "cpu", "--poisson", "1000", "--batch-bucket", "4"])
     sizes = module.poisson_sizes(1000, 3, 7, 0)  # the warm-up step's and the six timed steps' batch sizes
     assert sizes == module.poisson_sizes(1000, 3, 7, 0) and min(sizes) > 0 and len(set(sizes)) > 1
-    assert drawn["poisson"]["sizes_seen"] == len(set(sizes))
+    assert drawn["poisson"]["sizes_seen"] == len(set(sizes)) and drawn["batch_bucket"] == 4
     assert drawn["poisson"]["new_size_steps"] == sum(b not in sizes[:i] for i, b in enumerate(sizes) if i)
     timed = module.main(["--allreduce-mb", "0.25", "--device", "cpu"])
     assert timed["ms"] >= 0 and timed["world"] == 1

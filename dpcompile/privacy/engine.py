@@ -304,7 +304,9 @@ class PrivacyEngine:
             self._dropped_warned = True
             message = (f"{total} sample(s) had a non-finite gradient norm, or one whose floating-point underflow alone "
                        "could reach the clipping bound, and were dropped from their step (clip factor 0); check the "
-                       "data for NaN/inf or extreme values")
+                       "data for NaN/inf or extreme values" + ("; with batch_bucket, the all-zero samples that pad a "
+                       "batch count here where the model gives NaN for them (they add nothing to the release either "
+                       "way)" if self.config.batch_bucket else ""))
             logger.warning(message)
             warnings.warn(message, RuntimeWarning, stacklevel=3)
         return total

@@ -134,8 +134,10 @@ def check_branches(clipped: torch.Tensor, mode: str) -> None:
     assert expected[mode], f"clip branches {clipped.tolist()} are not what bound mode {mode!r} intends"
 
 
-def compare_with_reference(case: Case, policy: str, reduction: str, mode: str, sizes, seed: int):
-    """Compile once, run every batch size, compare each .grad with dp_reference; returns the DPModel."""
+def compare_with_reference(case: Case, policy: str, reduction: str, mode: str, sizes, seed: int,
+                           expected_batch_size=None, **options):
+    """Compile once, run every batch size, compare each .grad with dp_reference; returns the DPModel. options:
+    more dpcompile settings."""
     torch._dynamo.reset()
     torch.manual_seed(seed)
     model = case.model().to(DEVICE, torch.float64)
@@ -143,12 +145,13 @@ def compare_with_reference(case: Case, policy: str, reduction: str, mode: str, s
     bound = pick_bound(model, case, data, mode)
     note(f"bound R = {bound!r}")
     dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, policy=policy,
-                             backend=BACKEND, loss_reduction=reduction)
+                             backend=BACKEND, loss_reduction=reduction, expected_batch_size=expected_batch_size,
+                             **options)
     clipped = []
     for x, y in data:
         model.zero_grad(set_to_none=True)
         squared_error(dp(x), y, reduction).backward()
-        ref, (norms,) = dp_reference(model, x, y, bound, reduction, loss=squared_error)
+        ref, (norms,) = dp_reference(model, x, y, bound, reduction, expected_batch_size, loss=squared_error)
         clipped.append(norms + 1e-6 > bound)
         err = max_relative_error(model, ref)
         assert err < RTOL, f"{case.name} policy={policy} B={x.shape[0]}: relative error {err:.3g}"
@@ -371,3 +374,16 @@ def test_a_dropped_sample_with_inf_or_nan_input_leaves_the_gemm_clipped_sum_fini
     rest = ConvRule().clipped_sum(site, clip[1:], g[1:], x[1:], w)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, rest, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=round(15 * SCALE), **SETTINGS)
+@given(case=linear_cases(), policy=POLICIES, reduction=REDUCTIONS, mode=BOUNDS, sizes=BATCHES_WITH_ONE,
+       bucket=st.integers(1, 6), seed=st.integers(0, 2**16))
+def test_bucketed_batches_match_reference(case, policy, reduction, mode, sizes, bucket, seed):
+    """batch_bucket=k (each batch padded with zero samples to a multiple of k): random linear models, buckets and
+    batch sizes through one DP model, every clip branch; a 'mean' loss divided by expected_batch_size."""
+    assume(not (1 in sizes and has_width_one(case)))  # refused at B=1 (a bucket of 1 leaves it unpadded)
+    dp = compare_with_reference(case, policy, reduction, mode, sizes, seed, batch_bucket=bucket,
+                                expected_batch_size=4 if reduction == "mean" else None)
+    padded = {-(-b // bucket) * bucket for b in sizes}
+    assert dp.compilations <= 1 + (1 in padded), f"recompiled: {dp.compilations} captures for padded sizes {padded}"

@@ -75,14 +75,14 @@ def count_all_reduces() -> list:
 
 
 def release(rank: int, *, overlap=True, micro=1, extra=False, empty_rank=None, redo=False, change=False,
-            raw=False, first_micro_extra=False) -> dict:
+            raw=False, first_micro_extra=False, bucket=None) -> dict:
     """One logical step at lr 0: the released gradient, and the all-reduces issued after each backward. `raw`: rank
     1 also runs the wrapped model on a sample of 1000s directly before its DP backward; `first_micro_extra`: rank 1
-    uses `shift` in its first micro-batch only."""
+    uses `shift` in its first micro-batch only; `bucket`: batch_bucket (each rank's 3 samples padded to 4)."""
     model, x, y = model_and_data()
     model.extra = extra and rank == 1
     dp = dpcompile.dpcompile(model, max_grad_norm=R, noise_multiplier=0.0, backend="eager", expected_batch_size=BATCH,
-                             gradient_accumulation_steps=micro)
+                             gradient_accumulation_steps=micro, batch_bucket=bucket)
     dp.privacy.reducer.overlap, dp.privacy.reducer.bucket_mb = overlap, TINY_BUCKETS
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     xs, ys = (x[:0], y[:0]) if rank == empty_rank else (x[rank::WORLD], y[rank::WORLD])
@@ -152,7 +152,7 @@ def backend_step(rank: int) -> None:
     run(x).sum().backward()
 
 
-VARIANTS = {"overlap": {}, "no_overlap": {"overlap": False}, "accumulated": {"micro": 2},
+VARIANTS = {"overlap": {}, "no_overlap": {"overlap": False}, "accumulated": {"micro": 2}, "bucketed": {"bucket": 4},
             "extra": {"extra": True}, "empty": {"empty_rank": 0}, "redo": {"redo": True}, "change": {"change": True},
             "raw": {"raw": True}, "first_micro_extra": {"micro": 2, "first_micro_extra": True},
             "first_micro_extra_at_step": {"micro": 2, "first_micro_extra": True, "overlap": False}}
@@ -281,7 +281,7 @@ def test_ranks_sum_to_the_union_batch_overlapped_and_refuse_other_settings(tmp_p
     expected = union_grads()
     assert expected["unused.weight"] is None and expected["shift"] is None
     for r in ranks:
-        for variant in ("overlap", "no_overlap", "accumulated", "redo"):
+        for variant in ("overlap", "no_overlap", "accumulated", "redo", "bucketed"):
             assert_same_grads(r[variant]["grads"], expected)
         # the empty batch of rank 0 still takes part: the step is rank 1's samples alone
         model, x, y = model_and_data()

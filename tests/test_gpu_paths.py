@@ -225,12 +225,12 @@ def conv_linear() -> nn.Module:
     return nn.Sequential(nn.Conv1d(2, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(16, 3))
 
 
-def noisy_steps(cuda_graphs: bool, batches=(5, 5, 5, 3, 5)):
+def noisy_steps(cuda_graphs: bool, batches=(5, 5, 5, 3, 5), bucket=None):
     """Noisy gradients (seeded) of a small model over several steps and batch sizes, with SGD steps between."""
     torch.manual_seed(0)
     model = conv_linear().to(DEVICE, torch.float64)
     dp = dpcompile.dpcompile(model, max_grad_norm=0.5, noise_multiplier=1.0, loss_reduction="sum", seed=7,
-                             cuda_graphs=cuda_graphs)
+                             cuda_graphs=cuda_graphs, batch_bucket=bucket)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     data = torch.Generator().manual_seed(3)
     grads = []
@@ -267,6 +267,25 @@ def test_cuda_graphs_gradients_match_the_reference(policy):
     case = Case("conv_linear", conv_linear, lambda B: torch.randn(B, 2, 6, dtype=torch.float64))
     check_against_reference(case, policy=policy, backend="inductor", batches=(4, 6, 4), cuda_graphs=True)
     assert recorded_cuda_graphs() > 0
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs")
+@pytest.mark.parametrize("policy", ["ghost", "per_sample"])
+def test_cuda_graphs_with_a_batch_bucket(policy):
+    """cuda_graphs=True with batch_bucket=4: batches of 3, 5, 7, 2 and 8 replay the recordings of 4 and 8 rows;
+    the clipped sums match torch.func, and the noisy steps (seeded) equal those without CUDA graphs, each counted."""
+    case = Case("conv_linear", conv_linear, lambda B: torch.randn(B, 2, 6, dtype=torch.float64))
+    check_against_reference(case, policy=policy, backend="inductor", batches=(3, 5, 7, 2, 8), cuda_graphs=True,
+                            batch_bucket=4, reduction="sum")
+    assert recorded_cuda_graphs() > 0
+    torch._dynamo.reset()
+    plain, plain_steps = noisy_steps(False, bucket=4)
+    torch._dynamo.reset()
+    graphed, graphed_steps = noisy_steps(True, bucket=4)
+    assert plain_steps == graphed_steps == 5
+    for step, (a, b) in enumerate(zip(plain, graphed)):
+        for pa, pb in zip(a, b):
+            torch.testing.assert_close(pb, pa, rtol=1e-10, atol=1e-12, msg=f"step {step}")
 
 
 def test_cuda_graphs_need_inductor():

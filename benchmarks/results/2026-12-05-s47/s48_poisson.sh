@@ -5,13 +5,15 @@
 # batch_bucket=32 as well: a recording per multiple of 32, at most 31 zero rows a step), and non-private
 # torch.compile's default mode at the same sizes (automatic dynamic shapes). Per run: the mean step over all timed
 # steps (what training pays, recordings included), the median of the steps at a size seen before, the steps with a
-# new size and their median, the peak memory of the timed steps. Run alone, carry .whl:
+# new size and their median, the peak memory of the timed steps. First, batch_bucket's tests on CUDA (with CUDA graphs
+# in test_gpu_paths). Run alone, carry .whl:
 #   bash benchmarks/results/2026-12-05-s47/s48_poisson.sh
 cd "$(dirname "$0")/../../.."
 PREFIX=s48-poisson
 LIMIT=570
 source benchmarks/device_call.sh
 date -u
+gpu_tests "tests/test_buckets.py tests/test_gpu_paths.py" "bucket" 8 150
 t="python3 benchmarks/dp_throughput.py --model wrn16_4 --size 32 --batch 256 --poisson 50000 --steps 150 --warmup 3"
 run "compile" 150 $t --method compile
 run "auto" 180 $t --policy auto

@@ -244,14 +244,13 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
     if args.dynamic and args.method == "compile":
         torch._dynamo.mark_dynamic(x_all, 0)
     times, phases, host = [], [], []  # host: until the step's work is queued (≈ the step: the host is the limit)
-    seen, new_size = set(), []  # new_size[i]: the i-th timed step was the first at its batch size
+    seen_steps, new_size = [], []  # each step's batch size; new_size[i]: timed step i was the first at its size
 
     def step() -> None:
         b = sizes[len(seen_steps)] if sizes else args.batch
+        new_size.append(b not in seen_steps)
         seen_steps.append(b)
-        new_size.append(b not in seen)
-        seen.add(b)
-        x, y = (x_all, y_all) if b == most and not sizes else (x_all[:b], y_all[:b])
+        x, y = (x_all[:b], y_all[:b]) if sizes else (x_all, y_all)
         marks = [time.perf_counter()]
         with torch.autocast(device.type, torch.bfloat16, enabled=args.amp == "bf16"):
             out = dp(x)
@@ -272,7 +271,6 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
         phases.append([b - a for a, b in zip(marks, marks[1:])])
         host.append(queued - marks[0])
 
-    seen_steps: list[int] = []
     for i in range(args.warmup + args.steps):
         if i == args.warmup:  # the warm-up steps (compilation) are not timed
             times.clear(), phases.clear(), host.clear(), new_size.clear()
@@ -296,12 +294,11 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
               "inductor_config": inductor_settings(args.inductor_config)}
     result["host_ms"] = round(1000 * statistics.median(host), 2)
     if sizes:  # the timed steps: all of them, and those at a size seen before (no new recording or compile)
-        repeat = [t for t, new in zip(times, new_size) if not new]
+        median_ms = lambda ts: round(1000 * statistics.median(ts), 2) if ts else None  # noqa: E731
         result["poisson"] = {"dataset": args.poisson, "sizes_seen": len(set(seen_steps)),
                              "new_size_steps": sum(new_size), "mean_ms": round(1000 * statistics.fmean(times), 2),
-                             "new_size_median_ms": round(1000 * statistics.median(
-                                 [t for t, new in zip(times, new_size) if new]), 2) if any(new_size) else None,
-                             "repeat_median_ms": round(1000 * statistics.median(repeat), 2) if repeat else None}
+                             "new_size_median_ms": median_ms([t for t, new in zip(times, new_size) if new]),
+                             "repeat_median_ms": median_ms([t for t, new in zip(times, new_size) if not new])}
     if device.type == "cuda":
         result["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
     if args.phases:

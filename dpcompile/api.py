@@ -160,8 +160,8 @@ class DPModel(nn.Module):
         adds nothing to the release, as the empty batch's zero sample. The DP backward sees `padded` rows and undoes
         a 'mean' loss's 1/padded, where the loss (over the batch's outputs) took 1/batch: the outputs' gradients are
         scaled by batch/padded on the way back, so each sample's clipped gradient is its own loss's."""
-        if self._bucket_dims is None:  # (found from one sample's rows, as for an empty batch)
-            self._bucket_dims = [self._batch_dims_of_outputs(*tree_map(lambda t: _pad_rows(t, 1), (args, kwargs)))]
+        if self._bucket_dims is None:
+            self._bucket_dims = [self._batch_dims_of_outputs(args, kwargs)]
         args, kwargs = tree_map(lambda t: _pad_rows(t, padded), (args, kwargs))
         out = self.forward(*args, **kwargs)
         scale = batch / padded if self.config.loss_reduction == "mean" else None
@@ -190,9 +190,9 @@ class DPModel(nn.Module):
         self._trainable = now
 
     def _batch_dims_of_outputs(self, args, kwargs):
-        """For each output leaf, the dims whose size follows the batch (found on fake tensors at batch
-        sizes 2 and 3; None where that fails: then dim 0), so an empty batch's output is empty there
-        (a sequence-first output (T, 0, p), not (0, 1, p))."""
+        """For each output leaf, the dims whose size follows the batch (found on fake tensors, the call's first
+        sample expanded to batch sizes 2 and 3; None where that fails: then dim 0), so an empty batch's output is
+        empty there (a sequence-first output (T, 0, p), not (0, 1, p)), and a padded one is cut there."""
         from torch._subclasses.fake_tensor import FakeTensorMode
         from torch.func import functional_call
         try:
@@ -205,7 +205,7 @@ class DPModel(nn.Module):
                 a, k = tree_map(fake, (args, kwargs))
                 views = self.config.augmentation_multiplicity
                 with mode, torch.no_grad():
-                    a, k = tree_map(lambda t: t.expand(size, *t.shape[1:]) if isinstance(t, torch.Tensor)
+                    a, k = tree_map(lambda t: t[:1].expand(size, *t.shape[1:]) if isinstance(t, torch.Tensor)
                                     and t.dim() > 0 else t, (a, k))
                     out = functional_call(self.module, state, *flatten_views(a, k, views))
                     outs.append(views_unflattened(out, size, views))
@@ -460,10 +460,8 @@ def _pad_empty_batch(value):
 
 
 def _pad_rows(value, rows: int):
-    """A batch tensor (dim ≥ 1) with all-zero samples appended up to `rows` (batch_bucket), or cut to `rows`."""
-    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] != rows:
-        if value.shape[0] > rows:
-            return value[:rows]
+    """A batch tensor (dim ≥ 1) with all-zero samples appended up to `rows` (batch_bucket)."""
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] < rows:
         return torch.cat([value, value.new_zeros((rows - value.shape[0], *value.shape[1:]))])
     return value
 

@@ -281,9 +281,9 @@ def fused_product_error(n: int, dtype: torch.dtype, top: Tensor) -> tuple[float,
 # convolution's where conv.FUSED_GRAM_CONV_DEVICES lists the device too), for operands of a dtype listed. CUDA, bf16:
 # on an H200 (torch 2.11, 2026-12-05) ViT-S/16 224² b64 bf16's device time a step fell from 18.09 to 14.10 ms
 # (benchmarks/NOTES.md, fortieth session). fp32 operands of a term the plan puts on TF32 tensor cores (the kernel's
-# TF32 products) are certified and checked on the CPU, not yet run on CUDA: not listed by default
-# (benchmarks/NOTES.md, forty-sixth session). The tests turn both on for the CPU too, where the op's torch
-# implementation runs.
+# TF32 products) are certified and pass their tests on CUDA, but were no faster there than the stored TF32 Grams
+# (WRN-16-4 and ResNet-18 32², within ±2% of device time on an H100): not listed by default (benchmarks/NOTES.md,
+# forty-seventh session). The tests turn both on for the CPU too, where the op's torch implementation runs.
 FUSED_GRAM_DEVICES: tuple[str, ...] = ("cuda",)
 FUSED_GRAM_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16,)
 

@@ -66,10 +66,9 @@ SHIFTED_GRAM_MAX_STRETCH = 1.25
 IMPLICIT_CONV_DEVICES: tuple[str, ...] = ("cuda",)
 # Devices where a ghost-clipped convolution over the unfold's positions with one group takes its Gram sums from one
 # kernel that stores no Gram (bounds.fused_gram_sum_bound, where bounds.fused_grams allows the operands: bf16, and fp32
-# on TF32 tensor cores once FUSED_GRAM_DTYPES lists it), as linear layers do. Off by default: certified and checked
-# against the reference on the CPU (the op's torch implementation), not yet run or timed on CUDA
-# (benchmarks/results/2026-12-05-s46/s46_call1.sh does both; benchmarks/NOTES.md, forty-sixth session). The tests
-# turn it on.
+# on TF32 tensor cores once FUSED_GRAM_DTYPES lists it), as linear layers do. Off by default: certified, and its
+# tests pass on the CPU and on CUDA, but on an H100 it was no faster than the stored Grams (WRN-16-4 and ResNet-18
+# 32², within ±2% of device time: benchmarks/NOTES.md, forty-seventh session). The tests turn it on.
 FUSED_GRAM_CONV_DEVICES: tuple[str, ...] = ()
 IMPLICIT_CONV_DTYPES = (torch.bfloat16, torch.float16)
 ARG_NAMES = ("grad_out", "input", "weight", "bias_sizes", "stride", "padding", "dilation",

@@ -31,14 +31,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models as zoo  # noqa: E402
+from bench_configs import CONFIGS  # noqa: E402  (the suite's models, as bench.py builds them)
 
 import dpcompile  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="resnet50_gn", help="a builder in examples/models.py (num_classes=10)")
+    p.add_argument("--model", default="resnet50_gn", help="a builder in examples/models.py; a suite config's (model, size) as the suite builds it")
     p.add_argument("--size", type=int, default=224, help="image side")
     p.add_argument("--batch", type=int, default=32, help="samples per GPU per step")
     p.add_argument("--steps", type=int, default=20)
@@ -76,9 +78,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def build(name: str, size: int) -> torch.nn.Module:
+def build(name: str, size: int) -> tuple[torch.nn.Module, int]:
+    """(model, classes). A suite config (bench_configs.CONFIGS, e.g. resnet18_gn at 224 is `resnet18_224`) is built
+    as the suite defines it: its stem (ImageNet's at 224², the small-input one at 32²) and its classes. Any other
+    builder of examples/models.py with 10 classes, a ResNet with the small-input stem only at 64² and below."""
+    suite = CONFIGS.get(f"{name.removesuffix('_gn')}_{size}")
+    if suite is not None and suite.input_shape == (3, size, size):
+        return suite.build(), suite.num_classes
     builder = getattr(zoo, name)
-    return builder(num_classes=10, image_size=size) if name.startswith("vit") else builder(10)
+    if name.startswith("vit"):
+        return builder(num_classes=10, image_size=size), 10
+    if name.startswith("resnet"):
+        return builder(10, small_input=size <= 64), 10
+    return builder(10), 10
 
 
 def poisson_sizes(dataset: int, batch: int, steps: int, rank: int) -> list[int]:
@@ -225,7 +237,8 @@ def inductor_settings(pairs: list[str]) -> dict:
 
 def train(args, device: torch.device, world: int, rank: int) -> dict:
     torch.manual_seed(0)
-    model = build(args.model, args.size).to(device)
+    model, classes = build(args.model, args.size)
+    model = model.to(device)
     if args.method == "dp":
         dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0, sample_rate=0.01,
                                  expected_batch_size=args.batch * world, policy=args.policy, backend=args.backend,
@@ -240,7 +253,7 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
     sizes = poisson_sizes(args.poisson, args.batch, args.warmup + args.steps + PROFILED_STEPS, rank)
     most = max(sizes) if sizes else args.batch
     x_all = torch.randn(most, 3, args.size, args.size, device=device)
-    y_all = torch.randint(0, 10, (most,), device=device)
+    y_all = torch.randint(0, classes, (most,), device=device)
     if args.dynamic and args.method == "compile":
         torch._dynamo.mark_dynamic(x_all, 0)
     times, phases, host = [], [], []  # host: until the step's work is queued (≈ the step: the host is the limit)
@@ -281,7 +294,7 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
         if i == 0:
             first_step_s = times[0]  # the first step, compilation included
     step_s = statistics.median(times)
-    result = {"model": args.model, "size": args.size, "batch_per_gpu": args.batch, "world": world,
+    result = {"model": args.model, "size": args.size, "classes": classes, "batch_per_gpu": args.batch, "world": world,
               "step_ms": round(1000 * step_s, 2), "samples_per_s_per_gpu": round(args.batch / step_s, 1),
               "first_step_s": round(first_step_s, 1),
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

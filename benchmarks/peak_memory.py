@@ -94,9 +94,10 @@ def profile_step(args) -> dict:
         model = cfg.build().to(device)
         x, y = make_batch(cfg, device, args.batch)
     else:
-        model = build(args.model, args.size).to(device)
+        model, classes = build(args.model, args.size)
+        model = model.to(device)
         x = torch.randn(args.batch, 3, args.size, args.size, device=device)
-        y = torch.randint(0, 10, (args.batch,), device=device)
+        y = torch.randint(0, classes, (args.batch,), device=device)
     if args.method == "dp":
         net = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0, expected_batch_size=args.batch,
                                   policy=args.policy)

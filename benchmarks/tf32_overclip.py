@@ -47,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def releases(args, ghost_tf32: bool, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list]:
     """‖released_j‖ for j < args.samples (float64), and the plan's rows."""
     torch.manual_seed(0)
-    model = build(args.model, x.shape[-1]).to(args.device)
+    model = build(args.model, x.shape[-1])[0].to(args.device)  # CIFAR-10's labels: < 10 of any model's classes
     dp = dpcompile.dpcompile(model, max_grad_norm=R, noise_multiplier=0.0, loss_reduction="sum", policy=args.policy,
                              backend=args.backend, ghost_tf32=ghost_tf32, per_sample_tf32=False)
     norms = []

@@ -217,6 +217,22 @@ def test_peers_run_on_the_smoke_config(tmp_path):
     assert "fastDP" in saved["env"]["peers"] and "private_vision" in saved["env"]["peers"]
 
 
+def test_dp_throughput_builds_the_suites_models_as_the_suite_defines_them():
+    """dp_throughput's (model, size) of a suite config is that config's model: ResNet-18 at 224² with ImageNet's
+    stem (7×7 stride-2 convolution and max-pool) and 1000 classes, at 32² the small-input stem and 10 classes; the
+    suite's one-run tables of the forty-seventh and forty-eighth sessions had timed a small-input ResNet-18 at 224²
+    (16× the FLOPs) as "ResNet-18 (GN) 224²"."""
+    module = load_script("dp_throughput")
+    imagenet, classes = module.build("resnet18_gn", 224)
+    assert classes == 1000 and imagenet.conv1.kernel_size == (7, 7) and imagenet.conv1.stride == (2, 2)
+    assert not isinstance(imagenet.maxpool, torch.nn.Identity) and imagenet.fc.out_features == 1000
+    cifar, classes = module.build("resnet18_gn", 32)
+    assert classes == 10 and cifar.conv1.kernel_size == (3, 3) and cifar.conv1.stride == (1, 1)
+    assert (module.build("resnet50_gn", 224)[1], module.build("vit_s16", 224)[1], module.build("wrn16_4", 32)[1]) \
+        == (1000, 1000, 10)
+    assert module.build("resnet18_gn", 128)[0].conv1.kernel_size == (7, 7)  # not a suite size: ImageNet's stem
+
+
 def test_dp_throughput_runs_on_a_cpu_with_phases_and_the_allreduce_timer():
     module = load_script("dp_throughput")
     result = module.main(["--model", "small_cnn", "--size", "8", "--batch", "3", "--steps", "2", "--warmup", "1",

@@ -3,7 +3,7 @@
 # defines it (ImageNet's stem, 1000 classes; until the forty-eighth session dp_throughput.py built a small-input
 # ResNet-18 at 224², 16× the FLOPs), fp32 and bf16, non-private torch.compile then dpcompile `auto`, each from a cold
 # inductor cache, 20 timed steps and 5 profiled; then the per-sample convolution kernel layer by layer at the 224²
-# shapes (per_sample_224.py). Run alone, carry .whl:
+# shapes (per_sample_224.py). First the bucket test fixed after s48 call 1. Run alone, carry .whl:
 #   bash benchmarks/results/2026-12-06-s48/s49_call1.sh
 cd "$(dirname "$0")/../../.."
 PREFIX=s49-call1
@@ -11,6 +11,7 @@ LIMIT=540
 source benchmarks/device_call.sh
 date -u
 nvidia-smi --query-gpu=name --format=csv,noheader
+gpu_tests "tests/test_buckets.py" "mean_loss" 2 60  # the test whose premise failed on CUDA in s48 call 1
 suite() {  # amp model size batch dp-cap
     t="python3 benchmarks/dp_throughput.py --profile --amp $1 --model $2 --size $3 --batch $4"
     TORCHINDUCTOR_CACHE_DIR=/tmp/c-$1-$2-$3-np run "$1 $2 $3 compile" 80 $t --method compile

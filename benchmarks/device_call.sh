@@ -11,6 +11,10 @@
 #   summary                       prints one line per result in $OUT/$PREFIX.jsonl: model, policy, CUDA graphs,
 #                                 step, host and device ms, first step s, amp, peak GiB (timed steps), and a
 #                                 --poisson run's sizes and times;
+#   suite AMP MODEL SIZE BATCH DP_SECONDS
+#                                 one suite config as the one-run tables take it: non-private torch.compile (80 s at
+#                                 most), then dpcompile `auto` (DP_SECONDS), each from a cold inductor cache of its
+#                                 own, with --profile (20 timed steps, 5 profiled);
 #   gpu_tests FILES K WORKERS SECONDS
 #                                 runs .ci/gpu inductor on the tests of FILES that `-k K` selects, WORKERS workers,
 #                                 at most SECONDS (and what is left of LIMIT; each test at most 10 s less), logs in
@@ -42,6 +46,12 @@ except Exception as e:
 }
 
 mark() { touch /tmp/device-call-mark; }
+
+suite() {
+    local t="python3 benchmarks/dp_throughput.py --profile --amp $1 --model $2 --size $3 --batch $4"
+    TORCHINDUCTOR_CACHE_DIR=/tmp/c-$1-$2-$3-np run "$1 $2 $3 compile" 80 $t --method compile
+    TORCHINDUCTOR_CACHE_DIR=/tmp/c-$1-$2-$3-dp run "$1 $2 $3 auto" "$5" $t --policy auto
+}
 
 summary() {
     python3 -c 'import json, sys

@@ -488,9 +488,10 @@ def test_device_call_helpers_cap_log_and_keep(tmp_path):
     """benchmarks/device_call.sh, which one-off device call scripts source: run logs a command and keeps its result
     line without the per-product list (a non-JSON last line says so), skips a command once less than half of its
     cap is left of LIMIT, keep copies only the generated modules with DP nodes written since the last mark, and
-    summary prints a line per result (none for a non-JSON one), and gpu_tests hands .ci/gpu its files, -k expression,
-    workers and limits (capped by what is left of LIMIT) and prints only its result lines. Run here in a folder whose
-    .ci/gpu-wheels and .ci/gpu are stubs (the call's installs do nothing; the suite's runner echoes what it got)."""
+    summary prints a line per result (none for a non-JSON one), suite runs a config's compile and `auto` from caches
+    of their own, and gpu_tests hands .ci/gpu its files, -k expression, workers and limits (capped by what is left
+    of LIMIT) and prints only its result lines. Run here in a folder whose .ci/gpu-wheels, .ci/gpu and
+    benchmarks/dp_throughput.py are stubs (the call's installs do nothing; the others echo what they got)."""
     import subprocess
     (tmp_path / ".ci").mkdir()
     (tmp_path / ".ci" / "gpu-wheels").write_text("echo wheels\n")
@@ -499,6 +500,9 @@ def test_device_call_helpers_cap_log_and_keep(tmp_path):
     cache, out = tmp_path / "cache", tmp_path / "out"
     cache.mkdir(), out.mkdir()
     (cache / "before.py").write_text("x" * 30_000 + "\n# dp_norm_sq\n")
+    (tmp_path / "benchmarks").mkdir()  # suite's runs: a dp_throughput.py that reports its arguments and cache
+    (tmp_path / "benchmarks" / "dp_throughput.py").write_text(
+        "import json, os, sys; print(json.dumps({'args': sys.argv[1:], 'cache': os.environ['TORCHINDUCTOR_CACHE_DIR']}))")
     script = f"""
 PREFIX=t-call; OUT={out}; LIMIT=20
 source {ROOT / "benchmarks" / "device_call.sh"}
@@ -510,6 +514,7 @@ python3 -c 'print("y" * 30000 + "\\n# dp_per_sample")' > {cache}/after.py
 python3 -c 'print("z" * 30000)' > {cache}/other.py
 keep kept
 summary
+(LIMIT=200; suite bf16 wrn 32 8 10) > /dev/null  # its compile run caps at 80 s: LIMIT 20 would skip it
 gpu_tests "tests/a.py tests/b.py" "x or (y and z)" 3 500
 """
     done = subprocess.run(["bash", "-c", script], cwd=tmp_path, check=True, capture_output=True, text=True,
@@ -520,7 +525,10 @@ gpu_tests "tests/a.py tests/b.py" "x or (y and z)" 3 500
     assert 0 < left <= 20 and tests == (f"PASSED inductor tests/a.py tests/b.py|-k 'x or (y and z)'|3|{left - 10}|"
                                         f"{left}|{out}/tests")
     lines = (out / "t-call.jsonl").read_text().splitlines()
-    assert json.loads(lines[0]) == {"step_ms": 1.5} and lines[1].startswith("no json") and len(lines) == 2
+    assert json.loads(lines[0]) == {"step_ms": 1.5} and lines[1].startswith("no json") and len(lines) == 4
+    common = ["--profile", "--amp", "bf16", "--model", "wrn", "--size", "32", "--batch", "8"]
+    assert json.loads(lines[2]) == {"args": common + ["--method", "compile"], "cache": "/tmp/c-bf16-wrn-32-np"}
+    assert json.loads(lines[3]) == {"args": common + ["--policy", "auto"], "cache": "/tmp/c-bf16-wrn-32-dp"}
     assert (out / "t-call-a_b.log").read_text().startswith("log")
     assert not (out / "t-call-too_long.log").exists()
     assert sorted(p.name for p in (out / "kept").iterdir()) == ["after.py.gz"]

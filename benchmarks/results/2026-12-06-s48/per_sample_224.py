@@ -13,11 +13,15 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 import dpcompile  # noqa: F401  (registers dpcompile ops)
 from dpcompile import conv_kernels
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import layer_costs  # noqa: E402  (benchmarks/layer_costs.py: its CUDA-event timer)
 
 SMOKE = "--smoke" in sys.argv
 DEVICE = "cpu" if SMOKE else "cuda"
@@ -44,21 +48,15 @@ if SMOKE:
 
 
 def timed(fn, reps=15):
-    for _ in range(2):
-        fn()
+    """Median ms: CUDA events (layer_costs.timed), or the wall clock for the CPU smoke run."""
+    if not SMOKE:
+        return round(layer_costs.timed(fn, reps), 4)
+    fn()
     times = []
     for _ in range(reps):
-        if SMOKE:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-            continue
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
+        t0 = time.perf_counter()
         fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
+        times.append((time.perf_counter() - t0) * 1e3)
     return round(statistics.median(times), 4)
 
 

@@ -11,11 +11,6 @@ source benchmarks/device_call.sh
 date -u
 nvidia-smi --query-gpu=name --format=csv,noheader
 gpu_tests "tests/test_buckets.py tests/test_gpu_paths.py" "bucket" 8 150
-suite() {  # amp model size batch dp-cap
-    t="python3 benchmarks/dp_throughput.py --profile --amp $1 --model $2 --size $3 --batch $4"
-    TORCHINDUCTOR_CACHE_DIR=/tmp/c-$1-$2-$3-np run "$1 $2 $3 compile" 80 $t --method compile
-    TORCHINDUCTOR_CACHE_DIR=/tmp/c-$1-$2-$3-dp run "$1 $2 $3 auto" "$5" $t --policy auto
-}
 suite fp32 vit_s16 224 64 200
 suite bf16 wrn16_4 32 256 120
 summary

@@ -9,11 +9,6 @@ LIMIT=440
 source benchmarks/device_call.sh
 date -u
 nvidia-smi --query-gpu=name --format=csv,noheader
-suite() {  # amp model size batch dp-cap
-    t="python3 benchmarks/dp_throughput.py --profile --amp $1 --model $2 --size $3 --batch $4"
-    TORCHINDUCTOR_CACHE_DIR=/tmp/c-$1-$2-$3-np run "$1 $2 $3 compile" 80 $t --method compile
-    TORCHINDUCTOR_CACHE_DIR=/tmp/c-$1-$2-$3-dp run "$1 $2 $3 auto" "$5" $t --policy auto
-}
 suite fp32 wrn16_4 32 256 100
 suite fp32 resnet18_gn 32 256 110
 suite fp32 resnet18_gn 224 64 110

@@ -12,11 +12,6 @@ source benchmarks/device_call.sh
 date -u
 nvidia-smi --query-gpu=name --format=csv,noheader
 gpu_tests "tests/test_buckets.py" "mean_loss" 2 60  # the test whose premise failed on CUDA in s48 call 1
-suite() {  # amp model size batch dp-cap
-    t="python3 benchmarks/dp_throughput.py --profile --amp $1 --model $2 --size $3 --batch $4"
-    TORCHINDUCTOR_CACHE_DIR=/tmp/c-$1-$2-$3-np run "$1 $2 $3 compile" 80 $t --method compile
-    TORCHINDUCTOR_CACHE_DIR=/tmp/c-$1-$2-$3-dp run "$1 $2 $3 auto" "$5" $t --policy auto
-}
 suite fp32 resnet18_gn 224 64 110
 suite bf16 resnet18_gn 224 64 110
 summary

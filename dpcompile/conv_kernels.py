@@ -45,44 +45,57 @@ if triton is not None:
     @triton.jit
     def _per_sample_conv2d_grad(g_ptr, x_ptr, out_ptr, P, C, H, W, HO, WO, KH, KW, SH, SW, PH, PW, DH, DW,
                                 g_sb, g_sc, g_sh, g_sw, x_sb, x_sc, x_sh, x_sw, o_sb, o_sp, o_sc, o_sr, o_ss,
-                                TF32: tl.constexpr, EXACT: tl.constexpr, BLOCK_M: tl.constexpr,
+                                TF32: tl.constexpr, EXACT: tl.constexpr, JOINT: tl.constexpr, BLOCK_M: tl.constexpr,
                                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        blocks_m, blocks_c = tl.cdiv(P, BLOCK_M), tl.cdiv(C, BLOCK_N)
-        tiles = blocks_m * blocks_c * KH * KW
+        blocks_m = tl.cdiv(P, BLOCK_M)
+        blocks_n = tl.cdiv(KH * KW * C, BLOCK_N) if JOINT else tl.cdiv(C, BLOCK_N) * KH * KW
         pid = tl.program_id(0)
-        i = (pid // tiles).to(tl.int64)  # the sample: its programs run next to each other (its g and x in L2)
-        pid = pid % tiles
-        pid_m = pid % blocks_m
-        rest = pid // blocks_m
-        cb, kpos = rest % blocks_c, rest // blocks_c
-        r, s = kpos // KW, kpos % KW
+        i = (pid // (blocks_m * blocks_n)).to(tl.int64)  # the sample: its programs run next to each other (its g
+        pid = pid % (blocks_m * blocks_n)                  # and x in L2)
+        pid_m, pid_n = pid % blocks_m, pid // blocks_m
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = cb * BLOCK_N + tl.arange(0, BLOCK_N)
-        m_ok, n_ok = offs_m < P, offs_n < C
+        if JOINT:  # a tile's columns run over (kernel position, channel), channel fastest: few channels fill it
+            offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+            n_ok = offs_n < KH * KW * C
+            c, kpos = offs_n % C, offs_n // C
+        else:  # one kernel position a tile, its columns channels
+            cb = pid_n % tl.cdiv(C, BLOCK_N)
+            c = cb * BLOCK_N + tl.arange(0, BLOCK_N)
+            n_ok = c < C
+            kpos = pid_n // tl.cdiv(C, BLOCK_N)
+        r, s = kpos // KW, kpos % KW
+        m_ok = offs_m < P
         g_base = g_ptr + i * g_sb + offs_m[:, None] * g_sc
-        x_base = x_ptr + i * x_sb + offs_n[None, :] * x_sc
+        x_base = x_ptr + i * x_sb + c[None, :] * x_sc
         T = HO * WO
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64 if EXACT else tl.float32)
         for t0 in range(0, T, BLOCK_K):
             offs_t = t0 + tl.arange(0, BLOCK_K)
             ho, wo = offs_t // WO, offs_t % WO
-            hi, wi = ho * SH - PH + r * DH, wo * SW - PW + s * DW
+            if JOINT:  # each column its own kernel position: (BLOCK_K, BLOCK_N) input positions
+                hi = ho[:, None] * SH - PH + r[None, :] * DH
+                wi = wo[:, None] * SW - PW + s[None, :] * DW
+            else:
+                hi, wi = (ho * SH - PH + r * DH)[:, None], (wo * SW - PW + s * DW)[:, None]
             t_ok = offs_t < T
-            x_ok = t_ok & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+            x_ok = t_ok[:, None] & n_ok[None, :] & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
             a = tl.load(g_base + ho[None, :] * g_sh + wo[None, :] * g_sw, mask=m_ok[:, None] & t_ok[None, :],
                         other=0.0)
-            b = tl.load(x_base + hi[:, None] * x_sh + wi[:, None] * x_sw, mask=x_ok[:, None] & n_ok[None, :],
-                        other=0.0)
+            b = tl.load(x_base + hi * x_sh + wi * x_sw, mask=x_ok, other=0.0)
             if EXACT:  # float64 (the tests' dtype; no tensor-core dot): the same tiles, multiplied and summed
                 acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)
             elif TF32:
                 acc = tl.dot(a, b, acc, input_precision="tf32")
             else:
                 acc = tl.dot(a, b, acc, input_precision="ieee")
-        out = out_ptr + i * o_sb + offs_m[:, None] * o_sp + offs_n[None, :] * o_sc + r * o_sr + s * o_ss
+        if JOINT:
+            out = out_ptr + i * o_sb + offs_m[:, None] * o_sp + (c * o_sc + r * o_sr + s * o_ss)[None, :]
+        else:
+            out = out_ptr + i * o_sb + offs_m[:, None] * o_sp + c[None, :] * o_sc + r * o_sr + s * o_ss
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
-    _tuned = triton.autotune(CONFIGS, key=["P", "C", "HO", "WO", "KH", "KW", "SH", "SW"])(_per_sample_conv2d_grad)
+    _tuned = triton.autotune(CONFIGS, key=["P", "C", "HO", "WO", "KH", "KW", "SH", "SW", "JOINT"])(
+        _per_sample_conv2d_grad)
 
 
 def per_sample_buffer(g: Tensor, P: int, C: int, kh: int, kw: int) -> Tensor:
@@ -94,17 +107,35 @@ def per_sample_buffer(g: Tensor, P: int, C: int, kh: int, kw: int) -> Tensor:
 EXACT_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)  # float64 (the tests'): one config, no tensor-core dot
 
 
+# Input channels up to which a tile's columns run over (kernel position, channel) rather than the channels of one
+# kernel position (JOINT): with C below the tile's 64 or 128 columns, the per-position tiles compute mostly padding
+# (a 3-channel 7×7 stem: 3 of 64 columns, 49 tiles; joint: 147 columns, 3 tiles), at the cost of a gather per
+# column instead of loads along C. 0 (off) until timed on CUDA (benchmarks/results/2026-12-06-s48/per_sample_224.py);
+# the tests force it on.
+JOINT_MAX_CHANNELS = 0
+
+
+def joint(C: int, max_channels: int | None = None) -> bool:
+    """Whether a convolution with C input channels takes the joint tiles (JOINT_MAX_CHANNELS)."""
+    return C <= (JOINT_MAX_CHANNELS if max_channels is None else max_channels)
+
+
 def programs(B, P: int, C: int, kernel: list[int], meta: dict):
-    """The kernel's grid size under one config (B may be symbolic: inductor's launch computes it per call)."""
-    return B * triton.cdiv(P, meta["BLOCK_M"]) * triton.cdiv(C, meta["BLOCK_N"]) * kernel[0] * kernel[1]
+    """The kernel's grid size under one config and tiling (meta: its block sizes and JOINT; B may be symbolic:
+    inductor's launch computes it per call)."""
+    columns = triton.cdiv(kernel[0] * kernel[1] * C, meta["BLOCK_N"]) if meta["JOINT"] else \
+        triton.cdiv(C, meta["BLOCK_N"]) * kernel[0] * kernel[1]
+    return B * triton.cdiv(P, meta["BLOCK_M"]) * columns
 
 
 def launch(g_size, g_stride, x_size, x_stride, out_stride, kernel: list[int], stride: list[int],
-           padding: list[int], dilation: list[int], dtype: torch.dtype, tf32: bool = False):
+           padding: list[int], dilation: list[int], dtype: torch.dtype, tf32: bool = False,
+           joint_channels: int | None = None):
     """How to launch the kernel on g, x and out of these sizes and strides (ints, or inductor's sympy expressions):
-    the Triton function, the configs it runs under (one grid each) and its arguments after the three tensors, by
-    name. The eager call (per_sample_conv2d_grad) and inductor's lowering (ops.lower_per_sample_conv2d_grad) both
-    launch through it."""
+    the Triton function, the configs it runs under (one grid each, programs() of the config and the arguments) and
+    its arguments after the three tensors, by name. The eager call (per_sample_conv2d_grad) and inductor's lowering
+    (ops.lower_per_sample_conv2d_grad) both launch through it. joint_channels: JOINT_MAX_CHANNELS's value for this
+    launch (a benchmark's or test's choice)."""
     P, HO, WO = g_size[1:]
     C, H, W = x_size[1:]
     exact = dtype == torch.float64
@@ -113,24 +144,26 @@ def launch(g_size, g_stride, x_size, x_stride, out_stride, kernel: list[int], st
                 **dict(zip(["g_sb", "g_sc", "g_sh", "g_sw"], g_stride)),
                 **dict(zip(["x_sb", "x_sc", "x_sh", "x_sw"], x_stride)),
                 **dict(zip(["o_sb", "o_sp", "o_sc", "o_sr", "o_ss"], out_stride)),
-                TF32=bool(tf32 and dtype == torch.float32), EXACT=exact)
+                TF32=bool(tf32 and dtype == torch.float32), EXACT=exact, JOINT=joint(C, joint_channels))
     if exact:
         return _per_sample_conv2d_grad, [EXACT_CONFIG], {**args, **EXACT_CONFIG}
     return _tuned, [c.kwargs for c in CONFIGS], args
 
 
 def per_sample_conv2d_grad(g: Tensor, x: Tensor, kernel: list[int], stride: list[int], padding: list[int],
-                           dilation: list[int], tf32: bool = False, config: dict | None = None) -> Tensor:
+                           dilation: list[int], tf32: bool = False, config: dict | None = None,
+                           joint_channels: int | None = None) -> Tensor:
     """Per-sample weight gradients (B, C_out, C_in, kh, kw) of a 2-D convolution with one group, in g's dtype
     (fp32 accumulation); g (B, C_out, HO, WO) and x (B, C_in, H, W) of any strides, on CUDA. config: block sizes
-    and launch options (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) instead of the autotuned ones."""
+    and launch options (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) instead of the autotuned ones;
+    joint_channels: launch()'s."""
     B, P = g.shape[:2]
     C = x.shape[1]
     out = per_sample_buffer(g, P, C, *kernel)
     if B == 0:
         return out
     fn, _, args = launch(g.shape, g.stride(), x.shape, x.stride(), out.stride(), kernel, stride, padding, dilation,
-                         g.dtype, tf32)
+                         g.dtype, tf32, joint_channels)
     if config is not None:
         fn, args = _per_sample_conv2d_grad, {**args, **config}
     fn[lambda meta: (programs(B, P, C, kernel, meta),)](g, x, out, **args)

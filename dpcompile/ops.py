@@ -250,7 +250,7 @@ def lower_per_sample_conv2d_grad() -> None:
         fn, configs, args = conv_kernels.launch(g_size, plain(g.get_stride()), x_size, plain(x.get_stride()),
                                                 plain(out.get_stride()), kernel, stride, padding, dilation,
                                                 g.get_dtype())
-        launch_user_kernel(fn, [conv_kernels.programs(B, P, C, kernel, config) for config in configs],
+        launch_user_kernel(fn, [conv_kernels.programs(B, P, C, kernel, {**args, **config}) for config in configs],
                            {"g_ptr": g, "x_ptr": x, "out_ptr": out, **args})
         return out
     lower_to_kernel(torch.ops.dpcompile.per_sample_conv2d_grad.default, conv_kernels.available(), launched,

@@ -56,12 +56,14 @@ def conv2d_operands(draw, device: str = DEVICE):
 @pytest.mark.skipif(DEVICE != "cuda", reason="the Triton kernel runs on CUDA (on a CPU: the interpreter test)")
 @settings(max_examples=60, deadline=None)
 @given(case=conv2d_operands(),
-       dtype=st.sampled_from([torch.float64, torch.float32, torch.bfloat16, torch.float16]))
-def test_kernel_over_random_convolutions(case, dtype):
+       dtype=st.sampled_from([torch.float64, torch.float32, torch.bfloat16, torch.float16]), joint=st.booleans())
+def test_kernel_over_random_convolutions(case, dtype, joint):
     """The kernel's per-sample gradients are float64 per-sample convolution_backward's: exactly in float64 (its
-    tiles summed there), to fp32's, bf16's or fp16's rounding over T products otherwise (IEEE fp32 products)."""
+    tiles summed there), to fp32's, bf16's or fp16's rounding over T products otherwise (IEEE fp32 products); in
+    both tilings (joint: columns over kernel position and channel)."""
     g, x, kernel, stride, padding, dilation = case
-    got = conv_kernels.per_sample_conv2d_grad(g.to(dtype), x.to(dtype), kernel, stride, padding, dilation)
+    got = conv_kernels.per_sample_conv2d_grad(g.to(dtype), x.to(dtype), kernel, stride, padding, dilation,
+                                              joint_channels=10**6 if joint else 0)
     expected = per_sample_conv_grads(g.to(dtype), x.to(dtype), kernel, stride, padding, dilation)
     assert got.shape == expected.shape and got.dtype == dtype
     scale = expected.abs().amax().item() + 1e-300
@@ -87,12 +89,13 @@ INTERPRETED = textwrap.dedent("""
         if case % 2:
             x, g = x.to(memory_format=torch.channels_last), g.to(memory_format=torch.channels_last)
         x[-1].fill_(float("inf")) if case == 5 else None  # another sample's inf must stay in its own gradient
-        got = per_sample_conv2d_grad(g, x, kernel, stride, padding, dilation,
-                                     config=dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16))
         expected = per_sample_conv2d_grad_reference(g, x, kernel, stride, padding, dilation)
-        assert got.stride() == expected.stride(), (got.stride(), expected.stride())
         rows = slice(0, B - 1) if case == 5 else slice(None)
-        worst = max(worst, ((got[rows] - expected[rows]).abs().amax() / expected[rows].abs().amax()).item())
+        for joint in (0, 10**6):  # one kernel position a tile, and (position, channel) columns
+            got = per_sample_conv2d_grad(g, x, kernel, stride, padding, dilation, joint_channels=joint,
+                                         config=dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16))
+            assert got.stride() == expected.stride(), (got.stride(), expected.stride())
+            worst = max(worst, ((got[rows] - expected[rows]).abs().amax() / expected[rows].abs().amax()).item())
     print(worst)
 """)
 
@@ -101,8 +104,9 @@ INTERPRETED = textwrap.dedent("""
 @pytest.mark.skipif(old_triton_interpreter(), reason="Triton's interpreter before 3.8 fails on numpy 2's scalars")
 def test_kernel_in_triton_interpreter():
     """On a CPU with Triton installed: the kernel's indexing (strides, padding, stride, dilation, masks, one
-    sample's programs) through Triton's interpreter against the torch reference in float64, in a fresh process
-    (TRITON_INTERPRET is read when kernels are defined); a sample of infs leaves the others' gradients exact."""
+    sample's programs), in both tilings (one kernel position a tile; columns over (kernel position, channel)),
+    through Triton's interpreter against the torch reference in float64, in a fresh process (TRITON_INTERPRET is read
+    when kernels are defined); a sample of infs leaves the others' gradients exact."""
     env = dict(os.environ, TRITON_INTERPRET="1")
     result = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -121,12 +125,17 @@ CONVS = Case("implicit_convs", lambda: nn.Sequential(
     lambda B: torch.randn(B, 3, 9, 8, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("joint", [False, pytest.param(True, marks=pytest.mark.skipif(
+    DEVICE != "cuda", reason="the tiling is the Triton kernel's (on a CPU the op runs its torch reference)"))],
+    ids=["per_position", "joint"])
 @pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.inductor)])
 @pytest.mark.parametrize("policy", ["per_sample", "mixed"])
-def test_rewrite_through_the_kernel_matches_reference(backend, policy):
+def test_rewrite_through_the_kernel_matches_reference(backend, policy, joint, monkeypatch, no_fx_graph_cache):
     """Per-sample gradients of the 2-D, one-group, larger-than-1×1 convolutions through the op (its stored layout,
     kernel position major, channel minor, into the norms and the clipped sums), several batch sizes through one
-    compiled model, against torch.func in float64; the 1×1 and grouped convolutions keep their forms."""
+    compiled model, against torch.func in float64; the 1×1 and grouped convolutions keep their forms. On CUDA also
+    with the kernel's joint tiles (columns over kernel position and channel) for the 3- and 6-channel inputs."""
+    monkeypatch.setattr(conv_kernels, "JOINT_MAX_CHANNELS", 10**6 if joint else 0)
     with implicit_convs():
         dp = check_against_reference(CONVS, policy=policy, backend=backend, batches=(3, 5, 2))
     rows = [r for r in dp.explain() if r.op.endswith("convolution_backward") and r.method == "per_sample"]

@@ -5,8 +5,10 @@ H100) its rate varied 6× between layers of equal FLOPs (237 GFLOP each): 313 TF
 64→64 at 224², 100 for 512→512 at 28², 50 for 256→256 at 56² (4.78 ms a call). Layer by layer, against cuDNN's
 batched weight gradient (the non-private floor, the same FLOPs): each of the kernel's configs (conv_kernels.CONFIGS)
 with x and g each channels-last or not (in the compiled steps x comes channels-last and g NCHW), so that the layout,
-the grid and the config are told apart. One JSON line per shape and layout: the best config's time, every config's,
-the floor, the rate (TFLOP/s of the per-sample products, GB/s of the per-sample values written).
+the grid and the config are told apart; where C < 64, also the joint tiles (columns over kernel position and
+channel: conv_kernels.JOINT_MAX_CHANNELS, off by default until this times it). One JSON line per shape and layout:
+the best config's time, every config's, the floor, the rate (TFLOP/s of the per-sample products, GB/s of the
+per-sample values written).
     python benchmarks/results/2026-12-06-s48/per_sample_224.py          # CUDA
     python benchmarks/results/2026-12-06-s48/per_sample_224.py --smoke  # the plumbing on a CPU (reference op)"""
 import json
@@ -29,6 +31,8 @@ DTYPE = torch.float32 if SMOKE else torch.bfloat16
 
 SHAPES = [  # (name, B, C_in, C_out, H, kernel, stride, padding)
     ("wrn 32² 64→64 b256 (reference point)", 256, 64, 64, 32, 3, 1, 1),
+    ("wrn 32² stem 3→16 b256", 256, 3, 16, 32, 3, 1, 1),
+    ("wrn 32² 16→64 b256", 256, 16, 64, 32, 3, 1, 1),
     ("r18 224 stem 7×7 s2 3→64 b64", 64, 3, 64, 224, 7, 2, 3),
     ("r18 224 56² 64→64 b64", 64, 64, 64, 56, 3, 1, 1),
     ("r18 224 56²→28² 64→128 s2 b64", 64, 64, 128, 56, 3, 2, 1),
@@ -60,10 +64,11 @@ def timed(fn, reps=15):
     return round(statistics.median(times), 4)
 
 
-def run(g, x, kernel, stride, padding, config):
+def run(g, x, kernel, stride, padding, config, joint):
     if SMOKE:
         return conv_kernels.per_sample_conv2d_grad_reference(g, x, kernel, stride, padding, [1, 1])
-    return conv_kernels.per_sample_conv2d_grad(g, x, kernel, stride, padding, [1, 1], config=config)
+    return conv_kernels.per_sample_conv2d_grad(g, x, kernel, stride, padding, [1, 1], config=config,
+                                               joint_channels=10**6 if joint else 0)
 
 
 CONFIGS = [None] if SMOKE else [dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
@@ -82,17 +87,20 @@ for name, B, C, P, H, k, s, p in SHAPES:
     exact = torch.stack([torch.ops.aten.convolution_backward(
         g0[i:i + 1].double(), x0[i:i + 1].double(), w.double(), None, stride, padding, [1, 1], False, [0, 0], 1,
         [False, True, False])[1] for i in range(min(B, 4))])
-    for layout in ("x cl, g cl", "x cl, g nchw", "x nchw, g cl", "x nchw, g nchw"):
-        x = x0.to(memory_format=torch.channels_last) if layout.startswith("x cl") else x0.contiguous()
+    layouts = ["x cl, g cl", "x cl, g nchw", "x nchw, g cl", "x nchw, g nchw"]
+    layouts += ["joint tiles, x cl, g nchw"] if C < 64 else []  # columns over (kernel position, channel)
+    for layout in layouts:
+        joint = layout.startswith("joint")
+        x = x0.to(memory_format=torch.channels_last) if "x cl" in layout else x0.contiguous()
         g = g0.to(memory_format=torch.channels_last) if layout.endswith("g cl") else g0.contiguous()
         times = {}
         for config in CONFIGS:
             label = "reference" if config is None else "{BLOCK_M}x{BLOCK_N}x{BLOCK_K} w{num_warps} s{num_stages}".format(**config)
             try:
-                times[label] = timed(lambda: run(g, x, kernel, stride, padding, config))
+                times[label] = timed(lambda: run(g, x, kernel, stride, padding, config, joint))
             except Exception as err:  # noqa: BLE001  (a config that cannot launch here: say so, go on)
                 times[label] = repr(err)[:120]
-        got = run(g, x, kernel, stride, padding, CONFIGS[0])
+        got = run(g, x, kernel, stride, padding, CONFIGS[0], joint)
         err = ((got[:4].double() - exact).abs().amax() / exact.abs().amax()).item()
         best = min((t, c) for c, t in times.items() if isinstance(t, float))
         print(json.dumps({"shape": name, "layout": layout, "best_ms": best[0], "best_config": best[1],
@@ -101,6 +109,5 @@ for name, B, C, P, H, k, s, p in SHAPES:
                           "rel_err": err, "configs": times, "dtype": str(DTYPE).split(".")[-1],
                           "device": torch.cuda.get_device_name() if not SMOKE else "cpu", "torch": torch.__version__}),
               flush=True)
-    del x0, g0, w
-    if not SMOKE:
+    if not SMOKE:  # this shape's tensors are rebound at the next (the largest are a few hundred MB)
         torch.cuda.empty_cache()

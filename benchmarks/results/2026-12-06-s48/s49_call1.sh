@@ -3,7 +3,8 @@
 # defines it (ImageNet's stem, 1000 classes; until the forty-eighth session dp_throughput.py built a small-input
 # ResNet-18 at 224², 16× the FLOPs), fp32 and bf16, non-private torch.compile then dpcompile `auto`, each from a cold
 # inductor cache, 20 timed steps and 5 profiled; then the per-sample convolution kernel layer by layer at the 224²
-# shapes (per_sample_224.py). First the bucket test fixed after s48 call 1. Run alone, carry .whl:
+# shapes (per_sample_224.py, with the kernel's joint tiles for few input channels). First the bucket test fixed
+# after s48 call 1 and the joint tiles' CUDA tests. Run alone, carry .whl:
 #   bash benchmarks/results/2026-12-06-s48/s49_call1.sh
 cd "$(dirname "$0")/../../.."
 PREFIX=s49-call1
@@ -12,6 +13,9 @@ source benchmarks/device_call.sh
 date -u
 nvidia-smi --query-gpu=name --format=csv,noheader
 gpu_tests "tests/test_buckets.py" "mean_loss" 2 60  # the test whose premise failed on CUDA in s48 call 1
+# the per-sample kernel's joint tiles (written in the forty-eighth session, off by default): random convolutions in
+# both tilings and the rewrite through them, against float64
+gpu_tests "tests/test_conv_kernels.py" "random_convolutions or rewrite_through" 8 150
 suite fp32 resnet18_gn 224 64 110
 suite bf16 resnet18_gn 224 64 110
 summary

@@ -40,7 +40,8 @@ import dpcompile  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="resnet50_gn", help="a builder in examples/models.py; a suite config's (model, size) as the suite builds it")
+    p.add_argument("--model", default="resnet50_gn",
+                   help="a builder in examples/models.py; a suite config's (model, size) as the suite builds it")
     p.add_argument("--size", type=int, default=224, help="image side")
     p.add_argument("--batch", type=int, default=32, help="samples per GPU per step")
     p.add_argument("--steps", type=int, default=20)

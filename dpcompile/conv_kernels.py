@@ -117,7 +117,7 @@ JOINT_MAX_CHANNELS = 0
 
 def joint(C: int, max_channels: int | None = None) -> bool:
     """Whether a convolution with C input channels takes the joint tiles (JOINT_MAX_CHANNELS)."""
-    return C <= (JOINT_MAX_CHANNELS if max_channels is None else max_channels)
+    return bool(C <= (JOINT_MAX_CHANNELS if max_channels is None else max_channels))
 
 
 def programs(B, P: int, C: int, kernel: list[int], meta: dict):

@@ -62,7 +62,7 @@ class DPModel(nn.Module):
         object.__setattr__(self, "_target", target)
         object.__setattr__(self, "_compiled", torch.compile(target, backend=self.backend, fullgraph=True, dynamic=False))
         self._trainable = self._trainable_now()
-        self._bucket_dims: list | None = None  # batch_bucket: the outputs' batch dims, found at the first padded call
+        self._output_batch_dims = _NOT_FOUND_YET  # the outputs' batch dims, found at the first padded call
         guard.watch_model(self)  # a parameter replaced since, used before the next call, is still the model's
 
     @torch._dynamo.disable  # inside a user's torch.compile'd code: run as written, its own compiled model inside
@@ -81,17 +81,12 @@ class DPModel(nn.Module):
         if torch.is_grad_enabled():  # a 'mean' loss without a fixed n: the noise-only releases' divisor
             self.privacy.note_batch(batch)
         refuse_float16_autocast(leaves)
-        if batch == 0:  # an empty (Poisson) batch: one all-zero sample carries the noise-only step
-            args, kwargs = tree_map(_pad_empty_batch, (args, kwargs))
-            dims = self._batch_dims_of_outputs(args, kwargs)
-            out = self.forward(*args, **kwargs)
-            try:
-                return tree_map(_empty_along, out, dims)
-            except (ValueError, TypeError):  # output structures differ (unknown dims): dim 0
-                return tree_map(lambda t: _empty_along(t, None), out)
-        bucket = self.config.batch_bucket
-        if bucket and batch % bucket:
-            return self._bucketed(args, kwargs, batch, -(-batch // bucket) * bucket)
+        # an empty (Poisson) batch: one all-zero sample carries the noise-only step; batch_bucket: all-zero samples up
+        # to a multiple of the bucket
+        bucket = self.config.batch_bucket or 1
+        padded = max(1, -(-batch // bucket) * bucket)
+        if padded != batch:
+            return self._padded(args, kwargs, batch, padded)
         self._recapture_if_trainable_changed()
         try:
             # backed_size_oblivious: batch sizes 0 and 1 share the graph
@@ -152,21 +147,22 @@ class DPModel(nn.Module):
             precise_during(node)  # and its matrix products stay within the bounds' error terms
         return out if views == 1 else views_unflattened(out, batch, views)
 
-    def _bucketed(self, args, kwargs, batch: int, padded: int):
-        """batch_bucket: the call on `padded` rows, the batch's and padded − batch all-zero samples, its outputs cut
-        back to the batch's rows along their batch dims (dim 0 where those are unknown). An all-zero sample holds no
-        sample's data and its outputs are cut off, so its output gradient, and with it its clipped gradient, is zero
-        (NaN where the model cannot compute a zero sample: then it is dropped, and counted in dropped_samples): it
-        adds nothing to the release, as the empty batch's zero sample. The DP backward sees `padded` rows and undoes
-        a 'mean' loss's 1/padded, where the loss (over the batch's outputs) took 1/batch: the outputs' gradients are
-        scaled by batch/padded on the way back, so each sample's clipped gradient is its own loss's."""
-        if self._bucket_dims is None:
-            self._bucket_dims = [self._batch_dims_of_outputs(args, kwargs)]
+    def _padded(self, args, kwargs, batch: int, padded: int):
+        """The call on `padded` rows, the batch's and padded − batch all-zero samples, its outputs cut back to the
+        batch's rows along their batch dims (found at the first padded call; dim 0 where they are unknown). An
+        all-zero sample holds no sample's data and its outputs are cut off, so its output gradient, and with it its
+        clipped gradient, is zero (NaN where the model cannot compute a zero sample: then it is dropped, and counted
+        in dropped_samples): it adds nothing to the release (an empty batch's release is noise only). The DP
+        backward sees `padded` rows and undoes a 'mean' loss's 1/padded, where the loss (over the batch's outputs)
+        took 1/batch: the outputs' gradients are scaled by batch/padded on the way back, so each sample's clipped
+        gradient is its own loss's."""
         args, kwargs = tree_map(lambda t: _pad_rows(t, padded), (args, kwargs))
+        if self._output_batch_dims is _NOT_FOUND_YET:
+            self._output_batch_dims = self._batch_dims_of_outputs(args, kwargs)
         out = self.forward(*args, **kwargs)
         scale = batch / padded if self.config.loss_reduction == "mean" else None
         try:
-            return tree_map(lambda t, d: _rows_of_batch(t, d, batch, padded, scale), out, self._bucket_dims[0])
+            return tree_map(lambda t, d: _rows_of_batch(t, d, batch, padded, scale), out, self._output_batch_dims)
         except (ValueError, TypeError):  # output structures differ (unknown dims): dim 0
             return tree_map(lambda t: _rows_of_batch(t, None, batch, padded, scale), out)
 
@@ -451,16 +447,11 @@ def _dynamo_where(exc: BaseException) -> str:
     return "\n".join(lines[:1] + why + lines[user:user + 12])
 
 
-def _pad_empty_batch(value):
-    """An empty-batch tensor replaced by one zero sample; its output gradient, and so its clipped
-    per-sample gradient, is zero, so the step adds noise only."""
-    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == 0:
-        return value.new_zeros((1, *value.shape[1:]))
-    return value
+_NOT_FOUND_YET = object()  # DPModel._output_batch_dims before the first padded call (None: found unknown)
 
 
 def _pad_rows(value, rows: int):
-    """A batch tensor (dim ≥ 1) with all-zero samples appended up to `rows` (batch_bucket)."""
+    """A batch tensor (dim ≥ 1) with all-zero samples appended up to `rows` (an empty batch, batch_bucket)."""
     if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] < rows:
         return torch.cat([value, value.new_zeros((rows - value.shape[0], *value.shape[1:]))])
     return value
@@ -476,15 +467,6 @@ def _rows_of_batch(t, dims, batch: int, padded: int, scale: float | None):
         t = t.narrow(d, 0, batch)
     if along and scale is not None and t.requires_grad:
         t.register_hook(lambda g: g * scale)
-    return t
-
-
-def _empty_along(t, dims):
-    """An output of the one zero sample made empty along its batch dims (dim 0 if they are unknown)."""
-    if not isinstance(t, torch.Tensor) or t.dim() == 0:
-        return t
-    for d in (dims if isinstance(dims, tuple) else (0,)):
-        t = t.narrow(d, 0, 0)
     return t
 
 

@@ -110,7 +110,7 @@ EXACT_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)  # float64 (the tests'):
 # Input channels up to which a tile's columns run over (kernel position, channel) rather than the channels of one
 # kernel position (JOINT): with C below the tile's 64 or 128 columns, the per-position tiles compute mostly padding
 # (a 3-channel 7×7 stem: 3 of 64 columns, 49 tiles; joint: 147 columns, 3 tiles), at the cost of a gather per
-# column instead of loads along C. 0 (off) until timed on CUDA (benchmarks/results/2026-12-06-s48/per_sample_224.py);
+# column instead of loads along C. 0 (off) until timed on CUDA (benchmarks/results/2026-12-06-s49/per_sample_224.py);
 # the tests force it on.
 JOINT_MAX_CHANNELS = 0
 

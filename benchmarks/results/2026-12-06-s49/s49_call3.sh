@@ -6,9 +6,9 @@
 # size-dependent launch choices). Here: the bucket without CUDA graphs (predicted: a mean near its repeat median,
 # about 12 ms), and buckets of 16 and 64 with CUDA graphs (padding against recordings), then non-private compile
 # again as the call's baseline. Run alone, carry .whl:
-#   bash benchmarks/results/2026-12-06-s48/s49_call2.sh
+#   bash benchmarks/results/2026-12-06-s49/s49_call3.sh
 cd "$(dirname "$0")/../../.."
-PREFIX=s49-call2
+PREFIX=s49-call3
 LIMIT=540
 source benchmarks/device_call.sh
 date -u

@@ -9,8 +9,8 @@ the grid and the config are told apart; where C < 64, also the joint tiles (colu
 channel: conv_kernels.JOINT_MAX_CHANNELS, off by default until this times it). One JSON line per shape and layout:
 the best config's time, every config's, the floor, the rate (TFLOP/s of the per-sample products, GB/s of the
 per-sample values written).
-    python benchmarks/results/2026-12-06-s48/per_sample_224.py          # CUDA
-    python benchmarks/results/2026-12-06-s48/per_sample_224.py --smoke  # the plumbing on a CPU (reference op)"""
+    python benchmarks/results/2026-12-06-s49/per_sample_224.py          # CUDA
+    python benchmarks/results/2026-12-06-s49/per_sample_224.py --smoke  # the plumbing on a CPU (reference op)"""
 import json
 import statistics
 import sys
@@ -29,11 +29,11 @@ SMOKE = "--smoke" in sys.argv
 DEVICE = "cpu" if SMOKE else "cuda"
 DTYPE = torch.float32 if SMOKE else torch.bfloat16
 
-SHAPES = [  # (name, B, C_in, C_out, H, kernel, stride, padding)
-    ("wrn 32² 64→64 b256 (reference point)", 256, 64, 64, 32, 3, 1, 1),
+SHAPES = [  # few input channels first (the joint tiles' question), then the rest; (name, B, C_in, C_out, H, kernel, stride, padding)
     ("wrn 32² stem 3→16 b256", 256, 3, 16, 32, 3, 1, 1),
     ("wrn 32² 16→64 b256", 256, 16, 64, 32, 3, 1, 1),
     ("r18 224 stem 7×7 s2 3→64 b64", 64, 3, 64, 224, 7, 2, 3),
+    ("wrn 32² 64→64 b256 (reference point)", 256, 64, 64, 32, 3, 1, 1),
     ("r18 224 56² 64→64 b64", 64, 64, 64, 56, 3, 1, 1),
     ("r18 224 56²→28² 64→128 s2 b64", 64, 64, 128, 56, 3, 2, 1),
     ("r18 224 28² 128→128 b64", 64, 128, 128, 28, 3, 1, 1),

@@ -110,9 +110,10 @@ EXACT_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)  # float64 (the tests'):
 # Input channels up to which a tile's columns run over (kernel position, channel) rather than the channels of one
 # kernel position (JOINT): with C below the tile's 64 or 128 columns, the per-position tiles compute mostly padding
 # (a 3-channel 7×7 stem: 3 of 64 columns, 49 tiles; joint: 147 columns, 3 tiles), at the cost of a gather per
-# column instead of loads along C. 0 (off) until timed on CUDA (benchmarks/results/2026-12-06-s49/per_sample_224.py);
-# the tests force it on.
-JOINT_MAX_CHANNELS = 0
+# column instead of loads along C. Timed on an H200 in bf16 (benchmarks/results/2026-12-06-s49/per_sample_224.py,
+# channels-last x, NCHW g): the 7x7 stem 3->64 at 224² b64 2.13 -> 0.47 ms, 3->16 at 32² b256 0.19 -> 0.08 ms,
+# 16->64 0.18 -> 0.08 ms; at 32 channels half a 64-column tile is padding. The tests set it both ways.
+JOINT_MAX_CHANNELS = 32
 
 
 def joint(C: int, max_channels: int | None = None) -> bool:

@@ -218,11 +218,14 @@ def lower_half_bmm() -> None:
 # Per-sample weight gradients of a 2-D convolution (groups 1) in one Triton kernel on CUDA (conv_kernels; where the
 # rule takes it: ConvRule.implementation, bf16 operands on CUDA by default), torch ops elsewhere; the output is
 # stored kernel-position major, channel minor (conv_kernels.per_sample_buffer), in the fake function as in both
-# implementations. flexible_layout: the kernel reads its operands in any strides, so a fallback passes them as they
-# are. Inductor lowers it to the kernel itself (lower_per_sample_conv2d_grad).
+# implementations. The kernel reads its operands in any strides, fastest both channels-last (its tiles' loads then
+# run along channels, vectorised; along the positions they are not): 1.1-6x faster than with an NCHW g at the
+# suite's shapes (H200, bf16, benchmarks/results/2026-12-06-s49/per_sample_224.py), far more than a copy of g costs,
+# so the CUDA op and inductor's lowering of it (lower_per_sample_conv2d_grad) pass them channels-last.
 _LIB.define("per_sample_conv2d_grad(Tensor g, Tensor x, int[] kernel, int[] stride, int[] padding, int[] dilation)"
             " -> Tensor", tags=(torch.Tag.flexible_layout,))
-_LIB.impl("per_sample_conv2d_grad", conv_kernels.per_sample_conv2d_grad, "CUDA")
+_LIB.impl("per_sample_conv2d_grad", lambda g, x, *conv: conv_kernels.per_sample_conv2d_grad(
+    g.contiguous(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last), *conv), "CUDA")
 _LIB.impl("per_sample_conv2d_grad", conv_kernels.per_sample_conv2d_grad_reference, "CPU")
 
 
@@ -236,13 +239,14 @@ def lower_per_sample_conv2d_grad() -> None:
     Triton is importable), as it lowers a user's Triton kernel: its generated code launches the kernel (autotuned
     over conv_kernels.CONFIGS at the first call) with no Python op between, where the op as a fallback cost the host
     about as much as the kernel saved on the GPU (benchmarks/NOTES.md, thirty-third and thirty-fourth sessions).
-    Operands already laid out are read as they are; one whose layout inductor has not fixed yet is fixed
-    channels-last (the kernel's tiles read along C). Elsewhere (CPU), the op's own implementation runs."""
+    Both operands are read channels-last: one whose layout inductor has not fixed yet is fixed so, one laid out
+    otherwise is copied (the producer of an NCHW g often writes both). Elsewhere (CPU), the op's own implementation
+    runs."""
     from torch._inductor import ir
     from torch._inductor.lowering import empty_strided
 
     def launched(g, x, kernel, stride, padding, dilation):
-        g, x = laid_out(g, ir.NHWC_STRIDE_ORDER), laid_out(x, ir.NHWC_STRIDE_ORDER)
+        g, x = laid_out(g, ir.NHWC_STRIDE_ORDER, copy=True), laid_out(x, ir.NHWC_STRIDE_ORDER, copy=True)
         g_size, x_size = plain(g.get_size()), plain(x.get_size())
         (B, P), C, (kh, kw) = g_size[:2], x_size[1], kernel
         out = empty_strided([B, P, C, kh, kw], [P * kh * kw * C, kh * kw * C, 1, kw * C, C], dtype=g.get_dtype(),
@@ -326,11 +330,15 @@ def plain(sizes) -> list:
     return [int(s) if getattr(s, "is_number", False) else s for s in sizes]
 
 
-def laid_out(t, stride_order=None):
+def laid_out(t, stride_order=None, copy: bool = False):
     """An operand of a kernel inductor launches, realized; a layout inductor has not fixed yet is fixed now (in
-    stride_order, or contiguous): the kernel reads it by its strides."""
+    stride_order, or contiguous): the kernel reads it by its strides. With copy, one fixed in another order is copied
+    into stride_order (inductor fuses the copy into its producer where it can)."""
     from torch._inductor import ir
     t = ir.ExternKernel.realize_input(t)
+    if copy:
+        t = ir.ExternKernel.require_stride_order(t, stride_order)
+        return t if isinstance(t, ir.TensorBox) else ir.TensorBox(t)
     if ir.is_storage_and_layout(t) and isinstance(t.get_layout(), ir.FlexibleLayout):
         ir.as_storage_and_layout(t, freeze=True, stride_order=stride_order)
     return ir.TensorBox(t)
@@ -363,14 +371,14 @@ def lowering_source_hash() -> str:
 
 
 class LoweringKey(CustomGraphPass):
-    """A post-grad pass that leaves the graph as it is; its uuid, the lowerings' source hash, goes into inductor's
-    graph-cache key."""
+    """A post-grad pass that leaves the graph as it is; its uuid, the lowerings' source hash and the settings they
+    read at lowering time (conv_kernels.JOINT_MAX_CHANNELS), goes into inductor's graph-cache key."""
 
     def __call__(self, graph) -> None:
         return None
 
     def uuid(self) -> str:
-        return f"dpcompile-lowerings-{lowering_source_hash()}"
+        return f"dpcompile-lowerings-{lowering_source_hash()}-joint{conv_kernels.JOINT_MAX_CHANNELS}"
 
 
 # The pin that makes inductor store a value once (passes.rewrite.stored): lowered like inductor's own

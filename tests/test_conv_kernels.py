@@ -130,14 +130,12 @@ CONVS = Case("implicit_convs", lambda: nn.Sequential(
     ids=["per_position", "joint"])
 @pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.inductor)])
 @pytest.mark.parametrize("policy", ["per_sample", "mixed"])
-def test_rewrite_through_the_kernel_matches_reference(backend, policy, joint, monkeypatch, request):
+def test_rewrite_through_the_kernel_matches_reference(backend, policy, joint, monkeypatch):
     """Per-sample gradients of the 2-D, one-group, larger-than-1×1 convolutions through the op (its stored layout,
     kernel position major, channel minor, into the norms and the clipped sums), several batch sizes through one
     compiled model, against torch.func in float64; the 1×1 and grouped convolutions keep their forms. On CUDA also
     with the kernel's joint tiles (columns over kernel position and channel) for the 3- and 6-channel inputs."""
-    monkeypatch.setattr(conv_kernels, "JOINT_MAX_CHANNELS", 10**6 if joint else 0)
-    if joint:  # inductor's FX graph cache would serve the per-position variant's code (its key is the source's)
-        request.getfixturevalue("no_fx_graph_cache")
+    monkeypatch.setattr(conv_kernels, "JOINT_MAX_CHANNELS", 10**6 if joint else 0)  # part of the FX cache's key
     with implicit_convs():
         dp = check_against_reference(CONVS, policy=policy, backend=backend, batches=(3, 5, 2))
     rows = [r for r in dp.explain() if r.op.endswith("convolution_backward") and r.method == "per_sample"]

@@ -347,6 +347,18 @@ def test_a_second_run_finds_the_dp_graphs_in_inductors_cache_and_another_bound_d
     assert users["grads"] == first["grads"]
 
 
+def test_the_cache_key_holds_the_settings_the_lowerings_read(monkeypatch):
+    """The kernels' lowering reads conv_kernels.JOINT_MAX_CHANNELS when it generates code (which tiling a convolution
+    gets): a graph cached under one value must not be served under another, so the key's pass uuid holds it."""
+    from dpcompile import conv_kernels, ops
+    key = ops.LoweringKey()
+    before = key.uuid()
+    monkeypatch.setattr(conv_kernels, "JOINT_MAX_CHANNELS", conv_kernels.JOINT_MAX_CHANNELS + 1)
+    assert key.uuid() != before
+    monkeypatch.undo()
+    assert key.uuid() == before
+
+
 WIDE_TOKENS = Case("wide_tokens", lambda: nn.Sequential(nn.Linear(1024, 1024), nn.Tanh(), nn.Linear(1024, 2)),
                    lambda B: torch.randn(B, 512, 1024, dtype=torch.float64))
 

@@ -10,6 +10,7 @@ channel: conv_kernels.JOINT_MAX_CHANNELS, off by default until this times it). O
 the best config's time, every config's, the floor, the rate (TFLOP/s of the per-sample products, GB/s of the
 per-sample values written).
     python benchmarks/results/2026-12-06-s49/per_sample_224.py          # CUDA
+    python benchmarks/results/2026-12-06-s49/per_sample_224.py --joint  # joint tiles against per-position, g cl
     python benchmarks/results/2026-12-06-s49/per_sample_224.py --smoke  # the plumbing on a CPU (reference op)"""
 import json
 import statistics
@@ -47,6 +48,12 @@ SHAPES = [  # few input channels first (the joint tiles' question), then the res
     ("r50 224 14² 256→256 b32", 32, 256, 256, 14, 3, 1, 1),
     ("r50 224 7² 512→512 b32", 32, 512, 512, 7, 3, 1, 1),
 ]
+JOINT_QUESTION = "--joint" in sys.argv  # after s49 call 1: up to how many channels the joint tiles win, g channels-last
+if JOINT_QUESTION:
+    SHAPES = [("wrn 32² stem 3→16 b256", 256, 3, 16, 32, 3, 1, 1), ("r18 224 stem 7×7 s2 3→64 b64", 64, 3, 64, 224, 7, 2, 3),
+              ("wrn 32² 16→64 b256", 256, 16, 64, 32, 3, 1, 1), ("32² 32→64 b256", 256, 32, 64, 32, 3, 1, 1),
+              ("56² 32→64 b64", 64, 32, 64, 56, 3, 1, 1), ("32² 48→64 b256", 256, 48, 64, 32, 3, 1, 1),
+              ("56² 48→96 b64", 64, 48, 96, 56, 3, 1, 1)]
 if SMOKE:
     SHAPES = [("smoke", 2, 4, 8, 6, 3, 1, 1), ("smoke s2", 2, 3, 4, 7, 3, 2, 1)]
 
@@ -65,6 +72,7 @@ def timed(fn, reps=15):
 
 
 def run(g, x, kernel, stride, padding, config, joint):
+    """The kernel itself on g and x as they are laid out (not the op, which passes them channels-last)."""
     if SMOKE:
         return conv_kernels.per_sample_conv2d_grad_reference(g, x, kernel, stride, padding, [1, 1])
     return conv_kernels.per_sample_conv2d_grad(g, x, kernel, stride, padding, [1, 1], config=config,
@@ -89,6 +97,8 @@ for name, B, C, P, H, k, s, p in SHAPES:
         [False, True, False])[1] for i in range(min(B, 4))])
     layouts = ["x cl, g cl", "x cl, g nchw", "x nchw, g cl", "x nchw, g nchw"]
     layouts += ["joint tiles, x cl, g nchw"] if C < 64 else []  # columns over (kernel position, channel)
+    if JOINT_QUESTION:
+        layouts = ["x cl, g cl", "joint tiles, x cl, g cl"]
     for layout in layouts:
         joint = layout.startswith("joint")
         x = x0.to(memory_format=torch.channels_last) if "x cl" in layout else x0.contiguous()

@@ -5,8 +5,10 @@ For each sample i, output channel o, input channel c and kernel position (r, s) 
     ps[i, o, c, r, s] = Σ_t g[i, o, t] · x[i, c, h_t·sh − ph + r·dh, w_t·sw − pw + s·dw]     (0 outside x)
 
 over the output's positions t = (h_t, w_t). A program computes one (output-channel block) × (input-channel block)
-tile of one kernel position for one sample, reading g and x where they are (any strides: channels-last x is read
-along C), so neither an unfold nor shifted copies of x are written; tiles are stored along C (per_sample_buffer).
+tile of one kernel position for one sample, or with few input channels (JOINT_MAX_CHANNELS) a tile whose columns run
+over (kernel position, channel), reading g and x where they are (any strides), so neither an unfold nor shifted
+copies of x are written; tiles are stored along C (per_sample_buffer). Its loads vectorise along the channels, not
+along t (whose addresses come through t // WO), so the op passes both operands channels-last (ops.py).
 Each value is a dot product over the T output positions accumulated in fp32 (TF32 tensor-core products where
 `tf32`; float64 operands, the tests', multiplied and summed in float64), rounded once to g's dtype, like the batched
 GEMMs it replaces (bounds.per_sample_bound's model): the rewrite bounds each sample by the norm of the values stored
@@ -110,10 +112,12 @@ EXACT_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)  # float64 (the tests'):
 # Input channels up to which a tile's columns run over (kernel position, channel) rather than the channels of one
 # kernel position (JOINT): with C below the tile's 64 or 128 columns, the per-position tiles compute mostly padding
 # (a 3-channel 7×7 stem: 3 of 64 columns, 49 tiles; joint: 147 columns, 3 tiles), at the cost of a gather per
-# column instead of loads along C. Timed on an H200 in bf16 (benchmarks/results/2026-12-06-s49/per_sample_224.py,
-# channels-last x, NCHW g): the 7x7 stem 3->64 at 224² b64 2.13 -> 0.47 ms, 3->16 at 32² b256 0.19 -> 0.08 ms,
-# 16->64 0.18 -> 0.08 ms; at 32 channels half a 64-column tile is padding. The tests set it both ways.
-JOINT_MAX_CHANNELS = 32
+# column instead of loads along C. Timed in bf16 with both operands channels-last (as the op passes them;
+# benchmarks/results/2026-12-06-s49/per_sample_224.py --joint, H100), per-position -> joint: the 7x7 stem 3->64 at
+# 224² b64 3.72 -> 0.44 ms, 3->16 at 32² b256 0.30 -> 0.10 ms, 16->64 0.14 -> 0.09, 32->64 0.14 -> 0.10 (32²) and
+# 0.128 -> 0.121 (56²), 48->64 0.166 -> 0.144 (32²), 48->96 0.21 -> 0.16 (56²): joint won at every count measured,
+# up to 48; at 64 the per-position tiles are full. The tests set it both ways.
+JOINT_MAX_CHANNELS = 48
 
 
 def joint(C: int, max_channels: int | None = None) -> bool:

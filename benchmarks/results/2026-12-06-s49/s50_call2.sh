@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# For the next session (written in the forty-eighth): Poisson batch sizes, the rest of the question. s48 call 2 (H100)
+# For the fiftieth session (written in the forty-eighth, not run in the forty-ninth): Poisson batch sizes, the rest of the question. s48 call 2 (H100)
 # had WRN-16-4 32², expected 256 of 50,000, 150 timed steps: mean step non-private compile 19.42 ms, `auto` 20.03,
 # `auto` + CUDA graphs 37.06 (a recording per new size), `auto` + CUDA graphs + batch_bucket=32 13.51; the steps at a
 # new size cost compile and `auto` about 34 ms (per-shape work below the graphs: likely cuDNN's plans and inductor's
 # size-dependent launch choices). Here: the bucket without CUDA graphs (predicted: a mean near its repeat median,
 # about 12 ms), and buckets of 16 and 64 with CUDA graphs (padding against recordings), then non-private compile
 # again as the call's baseline. Run alone, carry .whl:
-#   bash benchmarks/results/2026-12-06-s49/s49_call3.sh
+#   bash benchmarks/results/2026-12-06-s49/s50_call2.sh
 cd "$(dirname "$0")/../../.."
-PREFIX=s49-call3
+PREFIX=s50-call2
 LIMIT=540
 source benchmarks/device_call.sh
 date -u

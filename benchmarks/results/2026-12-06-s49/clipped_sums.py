@@ -1,0 +1,77 @@
+"""The clipped sums' reduction kernel at ResNet-50 bf16's shapes, alone (for the fiftieth session's device call).
+
+In ResNet-50 (GN) 224² b32 bf16 `auto` (s49 call 2b, H100) the DP step's largest kernel (0.572 ms a step, 4% of its
+device time) is inductor's fusion of six layers' clipped sums, Σ_i c_i g_i over the batch of layer3's six 256→256
+3×3 per-sample gradients (B = 32, 589,824 weights each, bf16, the per-sample kernel's stored layout): 226 MB read
+at about 0.4 TB/s, an eighth of the card's bandwidth (its generated code, read through inductor's Triton code
+generation on a CPU: one `triton_red` kernel, six [XBLOCK, R0_BLOCK] accumulators, the batch as the loop). Here,
+compiled by inductor as the rewrite writes it (passes.rewrite.weighted_sum: masked, scaled, summed over dim 0): one
+layer, six layers in one graph (as the step fuses them), and six layers each in a graph of its own; and, for the
+floor, a plain sum over dim 0 and cuBLAS's GEMV (c @ g, no masking). One JSON line per form: median ms (CUDA
+events), GB/s of g read.
+    python benchmarks/results/2026-12-06-s49/clipped_sums.py [--batch 32] [--layers 6]
+    python benchmarks/results/2026-12-06-s49/clipped_sums.py --smoke   (the plumbing on a CPU, eager)"""
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from dpcompile.passes.rewrite import weighted_sum  # noqa: E402
+
+p = argparse.ArgumentParser()
+p.add_argument("--batch", type=int, default=32)
+p.add_argument("--layers", type=int, default=6)
+p.add_argument("--smoke", action="store_true")
+args = p.parse_args()
+device = "cpu" if args.smoke else "cuda"
+P, C, K = (8, 8, 3) if args.smoke else (256, 256, 3)
+B, L = args.batch, args.layers
+
+
+def timed(fn, reps=20):
+    fn()
+    times = []
+    for _ in range(reps):
+        if device == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            torch.cuda.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def stored(i):  # (B, P, C, K, K) laid out as conv_kernels.per_sample_buffer: (B, P, K, K, C) contiguous, permuted
+    torch.manual_seed(i)
+    return torch.randn(B, P, K, K, C, device=device, dtype=torch.bfloat16).permute(0, 1, 4, 2, 3)
+
+
+gs = [stored(i) for i in range(L)]
+c = torch.rand(B, device=device)
+compile_ = (lambda f: f) if args.smoke else torch.compile
+one = compile_(lambda c, g: weighted_sum(c, g))
+fused = compile_(lambda c, *g: [weighted_sum(c, x) for x in g])
+plain = compile_(lambda g: g.sum(0))
+bytes_one = gs[0].numel() * gs[0].element_size()
+forms = {
+    "one layer (weighted_sum)": (lambda: one(c, gs[0]), 1),
+    f"{L} layers in one graph (as the step fuses them)": (lambda: fused(c, *gs), L),
+    f"{L} layers, a graph each": (lambda: [one(c, g) for g in gs], L),
+    "one layer, plain sum over dim 0": (lambda: plain(gs[0]), 1),
+    "one layer, GEMV c @ g (no masking)": (lambda: c.to(gs[0].dtype) @ gs[0].reshape(B, -1), 1),
+}
+for name, (fn, layers) in forms.items():
+    ms = timed(fn)
+    print(json.dumps({"form": name, "batch": B, "ms": round(ms, 4), "gb_s": round(layers * bytes_one / ms / 1e6, 1),
+                      "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                      "torch": torch.__version__}), flush=True)

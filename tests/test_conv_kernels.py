@@ -192,6 +192,41 @@ def test_inductor_launches_the_kernel_itself(autocast, no_fx_graph_cache):
 
 
 @pytest.mark.inductor
+@pytest.mark.skipif(DEVICE != "cuda" or not conv_kernels.available(), reason="the kernel's launches on CUDA")
+def test_the_kernel_reads_both_operands_channels_last(monkeypatch, no_fx_graph_cache):
+    """The kernel's loads vectorise along the channels only (along the positions they go element by element: 1.1-9x
+    slower at the suite's shapes, BENCHMARKS.md, forty-ninth session), so the op's CUDA implementation and inductor's
+    lowering hand it g and x channels-last whatever their layout: the eager op called on NCHW operands, and every
+    launch inductor generates for a model whose output gradients come NCHW, see channel stride 1."""
+    seen = []
+    kernel_call, launch = conv_kernels.per_sample_conv2d_grad, conv_kernels.launch
+
+    def recorded_call(g, x, *conv, **kw):
+        seen.append(("eager", g.stride()[1], x.stride()[1]))
+        return kernel_call(g, x, *conv, **kw)
+
+    def recorded_launch(g_size, g_stride, x_size, x_stride, *rest, **kw):
+        seen.append(("inductor", g_stride[1], x_stride[1]))
+        return launch(g_size, g_stride, x_size, x_stride, *rest, **kw)
+    monkeypatch.setattr(conv_kernels, "per_sample_conv2d_grad", recorded_call)
+    monkeypatch.setattr(conv_kernels, "launch", recorded_launch)
+    g = torch.randn(4, 8, 6, 6, device=DEVICE, dtype=torch.bfloat16)
+    x = torch.randn(4, 5, 6, 6, device=DEVICE, dtype=torch.bfloat16)
+    got = OP(g, x, [3, 3], [1, 1], [1, 1], [1, 1])
+    assert seen == [("eager", 1, 1)]
+    exact = per_sample_conv_grads(g, x, [3, 3], [1, 1], [1, 1], [1, 1])
+    assert (got.double() - exact).norm() <= 1e-2 * exact.norm()
+    seen.clear()
+    torch._dynamo.reset()
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.Flatten(), nn.Linear(16 * 64, 2)).to(DEVICE)
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, policy="per_sample", backend="inductor")
+    with torch.autocast("cuda", torch.bfloat16):
+        out = dp(torch.randn(6, 8, 8, 8, device=DEVICE))  # NCHW input; the flatten's gradient reaches the conv NCHW
+    out.float().square().sum().backward()
+    assert seen and all(s == ("inductor", 1, 1) for s in seen), seen
+
+
+@pytest.mark.inductor
 @pytest.mark.skipif(DEVICE != "cuda" or not conv_kernels.available(), reason="inductor lowers the op so on CUDA")
 def test_inductor_falls_back_to_the_op_where_it_cannot_launch_the_kernel(monkeypatch, no_fx_graph_cache):
     """Where inductor's user-kernel IR rejects the launch (a torch version whose UserDefinedTritonKernel differs),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# For the fiftieth session (written in the forty-ninth): (1) the clipped sums' reduction alone (clipped_sums.py:
+# For the fiftieth session (written in the forty-ninth): (0) the channels-last operands' CUDA test; (1) the clipped sums' reduction alone (clipped_sums.py:
 # ResNet-50 bf16's six fused 256→256 clipped sums took 0.572 ms a step at about 0.4 TB/s in s49 call 2b); predicted:
 # one layer near the plain sum's rate if the fusion of six is what slows it (six accumulators per program), all forms
 # slow alike if the masked reduction's tiling is; (2) the suite's ResNet-18 (GN) 224² b64 as the suite defines it
@@ -12,6 +12,7 @@ LIMIT=570
 source benchmarks/device_call.sh
 date -u
 nvidia-smi --query-gpu=name --format=csv,noheader
+gpu_tests "tests/test_conv_kernels.py" "channels_last" 1 80  # written in s49, not yet run on CUDA
 timeout 90 python3 benchmarks/results/2026-12-06-s49/clipped_sums.py --batch 32 2>&1 | tail -6
 timeout 60 python3 benchmarks/results/2026-12-06-s49/clipped_sums.py --batch 256 --layers 3 2>&1 | tail -6
 suite bf16 resnet18_gn 224 64 170

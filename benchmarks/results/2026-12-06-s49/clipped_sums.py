@@ -6,8 +6,9 @@ device time) is inductor's fusion of six layers' clipped sums, Σ_i c_i g_i over
 at about 0.4 TB/s, an eighth of the card's bandwidth (its generated code, read through inductor's Triton code
 generation on a CPU: one `triton_red` kernel, six [XBLOCK, R0_BLOCK] accumulators, the batch as the loop). Here,
 compiled by inductor as the rewrite writes it (passes.rewrite.weighted_sum: masked, scaled, summed over dim 0): one
-layer, six layers in one graph (as the step fuses them), and six layers each in a graph of its own; and, for the
-floor, a plain sum over dim 0 and cuBLAS's GEMV (c @ g, no masking). One JSON line per form: median ms (CUDA
+layer, six layers in one graph (as the step fuses them), and six layers each in a graph of its own, the batch
+dynamic as in the DP graphs; and, for the floor, a plain sum over dim 0 and cuBLAS's GEMV (c @ g, no masking; and after a masked copy, which reads and writes g
+once more). One JSON line per form: median ms (CUDA
 events), GB/s of g read.
     python benchmarks/results/2026-12-06-s49/clipped_sums.py [--batch 32] [--layers 6]
     python benchmarks/results/2026-12-06-s49/clipped_sums.py --smoke   (the plumbing on a CPU, eager)"""
@@ -58,10 +59,13 @@ def stored(i):  # (B, P, C, K, K) laid out as conv_kernels.per_sample_buffer: (B
 
 gs = [stored(i) for i in range(L)]
 c = torch.rand(B, device=device)
+for t in (*gs, c):  # the batch dynamic, as in the DP graphs: inductor's reduction configs depend on it (with one
+    torch._dynamo.mark_dynamic(t, 0)  # dynamic size and 3+ loads its outer config reads one row a loop iteration)
 compile_ = (lambda f: f) if args.smoke else torch.compile
 one = compile_(lambda c, g: weighted_sum(c, g))
 fused = compile_(lambda c, *g: [weighted_sum(c, x) for x in g])
 plain = compile_(lambda g: g.sum(0))
+gemv_masked = compile_(lambda c, g: c.to(g.dtype) @ torch.where(c.view(-1, 1) > 0, g.reshape(g.shape[0], -1), 0))
 bytes_one = gs[0].numel() * gs[0].element_size()
 forms = {
     "one layer (weighted_sum)": (lambda: one(c, gs[0]), 1),
@@ -69,6 +73,7 @@ forms = {
     f"{L} layers, a graph each": (lambda: [one(c, g) for g in gs], L),
     "one layer, plain sum over dim 0": (lambda: plain(gs[0]), 1),
     "one layer, GEMV c @ g (no masking)": (lambda: c.to(gs[0].dtype) @ gs[0].reshape(B, -1), 1),
+    "one layer, masked copy then GEMV (compiled)": (lambda: gemv_masked(c, gs[0]), 1),
 }
 for name, (fn, layers) in forms.items():
     ms = timed(fn)

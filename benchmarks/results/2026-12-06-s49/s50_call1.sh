@@ -12,7 +12,7 @@ LIMIT=570
 source benchmarks/device_call.sh
 date -u
 nvidia-smi --query-gpu=name --format=csv,noheader
-gpu_tests "tests/test_conv_kernels.py" "channels_last" 1 80  # written in s49, not yet run on CUDA
+gpu_tests "tests/test_conv_kernels.py" "channels_last or crafted or half_precision or cuda_graphs or falls_back" 6 120  # the new test; the rest under JOINT_MAX_CHANNELS = 48 (joint by default for small C)
 timeout 90 python3 benchmarks/results/2026-12-06-s49/clipped_sums.py --batch 32 2>&1 | tail -6
 timeout 60 python3 benchmarks/results/2026-12-06-s49/clipped_sums.py --batch 256 --layers 3 2>&1 | tail -6
 suite bf16 resnet18_gn 224 64 170

@@ -14,7 +14,6 @@ events), GB/s of g read.
     python benchmarks/results/2026-12-06-s49/clipped_sums.py --smoke   (the plumbing on a CPU, eager)"""
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import layer_costs  # noqa: E402  (benchmarks/layer_costs.py: its CUDA-event timer)
 from dpcompile.passes.rewrite import weighted_sum  # noqa: E402
 
 p = argparse.ArgumentParser()
@@ -35,21 +36,12 @@ B, L = args.batch, args.layers
 
 
 def timed(fn, reps=20):
+    """Median ms: CUDA events (layer_costs.timed), or the wall clock once for the CPU smoke run."""
+    if device == "cuda":
+        return layer_costs.timed(fn, reps)
+    t0 = time.perf_counter()
     fn()
-    times = []
-    for _ in range(reps):
-        if device == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return (time.perf_counter() - t0) * 1e3
 
 
 def stored(i):  # (B, P, C, K, K) laid out as conv_kernels.per_sample_buffer: (B, P, K, K, C) contiguous, permuted

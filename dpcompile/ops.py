@@ -219,7 +219,7 @@ def lower_half_bmm() -> None:
 # rule takes it: ConvRule.implementation, bf16 operands on CUDA by default), torch ops elsewhere; the output is
 # stored kernel-position major, channel minor (conv_kernels.per_sample_buffer), in the fake function as in both
 # implementations. The kernel reads its operands in any strides, fastest both channels-last (its tiles' loads then
-# run along channels, vectorised; along the positions they are not): 1.1-6x faster than with an NCHW g at the
+# run along channels, vectorised; along the positions they are not): up to 6x faster than with an NCHW g at the
 # suite's shapes (H200, bf16, benchmarks/results/2026-12-06-s49/per_sample_224.py), far more than a copy of g costs,
 # so the CUDA op and inductor's lowering of it (lower_per_sample_conv2d_grad) pass them channels-last.
 _LIB.define("per_sample_conv2d_grad(Tensor g, Tensor x, int[] kernel, int[] stride, int[] padding, int[] dilation)"

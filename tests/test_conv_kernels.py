@@ -194,7 +194,7 @@ def test_inductor_launches_the_kernel_itself(autocast, no_fx_graph_cache):
 @pytest.mark.inductor
 @pytest.mark.skipif(DEVICE != "cuda" or not conv_kernels.available(), reason="the kernel's launches on CUDA")
 def test_the_kernel_reads_both_operands_channels_last(monkeypatch, no_fx_graph_cache):
-    """The kernel's loads vectorise along the channels only (along the positions they go element by element: 1.1-9x
+    """The kernel's loads vectorise along the channels only (along the positions they go element by element: up to 6x
     slower at the suite's shapes, BENCHMARKS.md, forty-ninth session), so the op's CUDA implementation and inductor's
     lowering hand it g and x channels-last whatever their layout: the eager op called on NCHW operands, and every
     launch inductor generates for a model whose output gradients come NCHW, see channel stride 1."""

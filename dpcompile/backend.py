@@ -258,7 +258,8 @@ def layout_as_if_static(gm: fx.GraphModule, *, is_inference: bool) -> bool:
     graphs' batch is always symbolic; so without this a DP forward may run NCHW where non-private torch.compile of
     the same model (static batch) runs channels-last. Every other rule of inductor's choice (grouped convolutions,
     wide inputs, small channels, the CPU's mkldnn) still decides. The layout changes strides only: the saved
-    activations come to the backward permuted (restride_saved_tensors), and no op of the rewrite reads memory order.
+    activations come to the backward permuted (restride_saved_tensors), and no value the rewrite computes depends on
+    memory order (its clipped sums follow a per-sample gradient's storage order for speed only: rewrite.weighted_sum).
     (Inductor's own layout_opt argument is read only by its freezing path, so the choice reaches the graph as
     force_layout_optimization.)"""
     import torch._inductor.graph as graph

@@ -516,8 +516,48 @@ def weighted_sum(c: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     dtype and dropped samples (c_i = 0) masked out (0·inf would be NaN): one reduction that inductor fuses with the
     masking and scaling (a matrix product would be one more kernel launch and a masked copy of g written and read).
     A SATURATED dtype's g is scaled and summed in float32, for narrow_saturated: in float16 a clip factor below 6e-8
-    rounded down to 0, a sample then contributing nothing while not counted as dropped."""
-    return masked_scaled(g.float() if g.dtype in SATURATED else g, c).sum(0)
+    rounded down to 0, a sample then contributing nothing while not counted as dropped.
+    The sum comes out laid out as a sample of g is stored (storage_order), and the release reads it and the noise in
+    that order (emit_finish): the same values, but inductor, which fuses the release into this reduction, then walks
+    one order for all of them. With the release in the parameter's order and g stored otherwise (the per-sample
+    convolution kernel's (P, K, K, C)), the fused kernel read the noise out of order, its tiling scores found no
+    coalesced access along the outputs, and it took the inner-reduction config: one output element a program, g
+    read a sample at a time across programs, 0.62 ms a step for ResNet-50's six 256→256 layers where the sums
+    alone take 0.09 ms (benchmarks/NOTES.md, fiftieth session)."""
+    x = masked_scaled(g.float() if g.dtype in SATURATED else g, c)
+    order = storage_order(g, first=1)
+    if order is None:
+        return x.sum(0)
+    return x.permute(0, *order).sum(0).permute(*inverse(order))
+
+
+def storage_order(t: torch.Tensor, first: int = 0) -> list[int] | None:
+    """t's dims from `first` on, outermost first as they are stored (by stride; size-1 dims where they stand), or
+    None where that is their own order or the strides do not say (a symbolic stride, or a zero one: broadcast)."""
+    dims = list(range(first, t.dim()))
+    if not all(isinstance(n, int) for n in t.shape[first:]):
+        return None  # a symbolic size: asking whether it is 1 would guard it
+    sized = [d for d in dims if t.shape[d] != 1]
+    strides = [t.stride()[d] for d in sized]
+    if not all(isinstance(s, int) and s > 0 for s in strides):
+        return None
+    stored = iter(sorted(sized, key=lambda d: -t.stride()[d]))  # stable: equal strides keep their order
+    order = [next(stored) if d in sized else d for d in dims]
+    return None if order == dims else order
+
+
+def inverse(order: list[int]) -> list[int]:
+    """The permutation that puts back the dims of a tensor permuted by `order` (of dims first, first + 1, …, the
+    ones before first dropped since)."""
+    return sorted(range(len(order)), key=lambda k: order[k])
+
+
+def laid_like(flat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """flat (like.numel() values) as a tensor of like's shape, filled in like's storage order."""
+    order = storage_order(like)
+    if order is None:
+        return flat.view(like.shape)
+    return flat.view([like.shape[d] for d in order]).permute(*inverse(order))
 
 
 def emit_finish(graph, spec: ClipSpec, clip: fx.Node, grads: list[fx.Node], dropped: fx.Node) -> list[fx.Node]:
@@ -532,8 +572,9 @@ def emit_finish(graph, spec: ClipSpec, clip: fx.Node, grads: list[fx.Node], drop
         # rounded up by 2^-8 before the noise: a sample released 1.0012·R), rounded to the gradient's dtype after
         # the noise (float16's saturated sum included)
         work = torch.float32 if g.device.type == "mps" else torch.float64 if g.dtype != torch.float64 else g.dtype
-        total = g.to(work) * scale + noise[0].view(g.shape).to(work) if noise else g.to(work) * scale
-        return (total / (spec.expected_batch_size or scale)).to(g.dtype)
+        total = g.to(work) * scale + laid_like(noise[0], g).to(work) if noise else g.to(work) * scale
+        # in g's storage order (weighted_sum), released contiguous as before: the noise is i.i.d., any order is one
+        return (total / (spec.expected_batch_size or scale)).to(g.dtype).contiguous()
 
     def noise_pieces(d, *gs):  # sizes from the traced values: a gradient's shape may be symbolic
         numels = [g.numel() for g in gs]

@@ -8,12 +8,14 @@ generation on a CPU: one `triton_red` kernel, six [XBLOCK, R0_BLOCK] accumulator
 compiled by inductor as the rewrite writes it (passes.rewrite.weighted_sum: masked, scaled, summed over dim 0): one
 layer, six layers in one graph (as the step fuses them), and six layers each in a graph of its own, the batch
 dynamic as in the DP graphs; and, for the floor, a plain sum over dim 0 and cuBLAS's GEMV (c @ g, no masking; and after a masked copy, which reads and writes g
-once more). One JSON line per form: median ms (CUDA
-events), GB/s of g read.
+once more). Added in the fiftieth session: the one layer with the batch static (inductor's persistent reduction), and a
+Triton kernel of our own (a [BLOCK_B, BLOCK_N] tile of the (B, N) view, the batch as its loop, masked and scaled as
+weighted_sum) at a few tilings. One JSON line per form: median ms (CUDA events), GB/s of g read.
     python benchmarks/results/2026-12-06-s49/clipped_sums.py [--batch 32] [--layers 6]
     python benchmarks/results/2026-12-06-s49/clipped_sums.py --smoke   (the plumbing on a CPU, eager)"""
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -51,12 +53,14 @@ def stored(i):  # (B, P, C, K, K) laid out as conv_kernels.per_sample_buffer: (B
 
 gs = [stored(i) for i in range(L)]
 c = torch.rand(B, device=device)
+g_static, c_static = gs[0].clone(), c.clone()  # never marked dynamic
 for t in (*gs, c):  # the batch dynamic, as in the DP graphs: inductor's reduction configs depend on it (with one
     torch._dynamo.mark_dynamic(t, 0)  # dynamic size and 3+ loads its outer config reads one row a loop iteration)
 compile_ = (lambda f: f) if args.smoke else torch.compile
 one = compile_(lambda c, g: weighted_sum(c, g))
 fused = compile_(lambda c, *g: [weighted_sum(c, x) for x in g])
 plain = compile_(lambda g: g.sum(0))
+one_static = compile_(lambda c, g: weighted_sum(c, g))
 gemv_masked = compile_(lambda c, g: c.to(g.dtype) @ torch.where(c.view(-1, 1) > 0, g.reshape(g.shape[0], -1), 0))
 bytes_one = gs[0].numel() * gs[0].element_size()
 forms = {
@@ -66,7 +70,37 @@ forms = {
     "one layer, plain sum over dim 0": (lambda: plain(gs[0]), 1),
     "one layer, GEMV c @ g (no masking)": (lambda: c.to(gs[0].dtype) @ gs[0].reshape(B, -1), 1),
     "one layer, masked copy then GEMV (compiled)": (lambda: gemv_masked(c, gs[0]), 1),
+    "one layer, batch static (weighted_sum)": (lambda: one_static(c_static, g_static), 1),
 }
+if device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":  # the smoke run checks the kernel in the interpreter
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def wsum(g_ptr, c_ptr, out_ptr, B, N, stride_b, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        acc = tl.zeros([BLOCK_B, BLOCK_N], tl.float32)
+        for b0 in range(0, B, BLOCK_B):
+            rows = b0 + tl.arange(0, BLOCK_B)
+            ci = tl.load(c_ptr + rows, mask=rows < B, other=0.0)
+            x = tl.load(g_ptr + rows[:, None] * stride_b + cols[None, :], mask=(rows[:, None] < B) & (cols[None, :] < N),
+                        other=0.0).to(tl.float32)
+            acc += tl.where(ci[:, None] > 0, x * ci.to(tl.bfloat16).to(tl.float32)[:, None], 0.0)
+        tl.store(out_ptr + cols, tl.sum(acc, 0).to(out_ptr.dtype.element_ty), mask=cols < N)
+
+    def ours(g, block_b, block_n, warps):
+        flat = g.permute(0, 1, 3, 4, 2)  # the stored (B, P, K, K, C) order: each sample's row contiguous
+        out = torch.empty(flat.shape[1:], device=g.device, dtype=g.dtype)
+        n = out.numel()
+        wsum[(triton.cdiv(n, block_n),)](flat, c, out, B, n, flat.stride(0), BLOCK_B=block_b, BLOCK_N=block_n,
+                                         num_warps=warps)
+        return out
+    for bb, bn, w in ((1, 1024, 4), (4, 1024, 4), (8, 512, 4), (8, 1024, 8), (16, 256, 4), (4, 2048, 8)):
+        forms[f"one layer, own Triton kernel BLOCK_B {bb} BLOCK_N {bn} warps {w}"] = (
+            lambda bb=bb, bn=bn, w=w: ours(gs[0], bb, bn, w), 1)
+    exact = (c.double().view(-1, 1, 1, 1, 1) * gs[0].double()).sum(0).permute(0, 2, 3, 1)  # ours: (P, K, K, C)
+    got = ours(gs[0], 8, 512, 4)
+    print(json.dumps({"own kernel relative error": ((got.double() - exact).norm() / exact.norm()).item()}), flush=True)
 for name, (fn, layers) in forms.items():
     ms = timed(fn)
     print(json.dumps({"form": name, "batch": B, "ms": round(ms, 4), "gb_s": round(layers * bytes_one / ms / 1e6, 1),

@@ -107,6 +107,36 @@ def test_bf16_grams_as_half_products(kind, monkeypatch):
     assert (released[True] - released[False]).norm() <= 1e-4 * released[False].norm()
 
 
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.inductor)])
+def test_misaligned_gram_operands_pinned_channels_last(backend, monkeypatch):
+    """conv.ALIGNED_GRAM_DEVICES listing the device: a ghost 1×1 convolution's Grams at 7×7 positions (T = 49: bf16
+    rows of an NCHW operand off cuBLAS's 16-byte alignment) take their operands (input and output gradient, 8 or 16
+    channels) pinned channels-last (dpcompile::stored at strides (n·T, 1, n), one pin for both sides of a product);
+    a sample of large output gradients, the only one released, stays within R, and the release is the one without
+    the pins, to the fp32 Grams' roundings (the same products, summed in another order)."""
+    from dpcompile.passes.rules import bounds, conv
+    monkeypatch.setattr(bounds, "FUSED_GRAM_DEVICES", ())
+    monkeypatch.setattr(bounds, "HALF_GRAM_DEVICES", (torch.device(DEVICE).type,))
+
+    def make():
+        return nn.Sequential(nn.Conv2d(8, 16, 1), nn.ReLU(), nn.Conv2d(16, 8, 1), nn.Flatten(),
+                             nn.Linear(8 * 49, 2)).to(DEVICE)
+    torch.manual_seed(0)
+    x, G = torch.randn(4, 8, 7, 7, device=DEVICE), torch.zeros(4, 2, device=DEVICE)
+    G[0] = 1e3 * torch.randn(2, device=DEVICE)
+    released = {}
+    for on in (False, True):
+        monkeypatch.setattr(conv, "ALIGNED_GRAM_DEVICES", (torch.device(DEVICE).type,) if on else ())
+        released[on], dp = _fresh_release(make, x, G, backend)
+        pins = [n for n in dp.graphs["backward_rewritten"].graph.nodes
+                if n.target is torch.ops.dpcompile.stored.default and n.args[1][1:] == [1, n.args[1][0] // 49]]
+        assert len(pins) == (4 if on else 0), pins  # both convolutions' two Grams
+        assert all(user.target is torch.ops.aten.transpose.int or user.target is torch.ops.dpcompile.half_bmm.default
+                   or user.target is torch.ops.aten.permute.default for p in pins for user in p.users), pins
+        assert released[on].norm() <= 0.5 * (1 + 1e-6)
+    assert (released[True] - released[False]).norm() <= 1e-4 * released[False].norm()
+
+
 def test_bf16_grams_default_follows_the_device():
     """By default (bounds.HALF_GRAM_DEVICES unchanged) a bf16-autocast ghost step's Grams take dpcompile::half_bmm
     on CUDA and stay fp32 products elsewhere; on either, a sample of large output gradients stays within R."""

@@ -70,6 +70,13 @@ IMPLICIT_CONV_DEVICES: tuple[str, ...] = ("cuda",)
 # tests pass on the CPU and on CUDA, but on an H100 it was no faster than the stored Grams (WRN-16-4 and ResNet-18
 # 32², within ±2% of device time: benchmarks/NOTES.md, forty-seventh session). The tests turn it on.
 FUSED_GRAM_CONV_DEVICES: tuple[str, ...] = ()
+# Devices where a bf16 Gram's operand whose positions T are its stride-1 dim (an NCHW output gradient) and whose rows
+# would start off cuBLAS's 16-byte alignment (T·2 bytes not a multiple of 16: ResNet-50's 14² and 7² layers) is
+# pinned channels-last first (aligned_for_tensor_cores: a no-op where inductor stores it so already, else one copy of
+# the operand for both sides of its Gram). Unaligned, cuBLAS ran those Grams on an sm75 WMMA kernel for unaligned
+# operands, 0.45 ms of ResNet-50 bf16's device time a step, and an align-2 kernel 0.30 ms more (H100, torch 2.11,
+# benchmarks/NOTES.md, fiftieth session). Off until measured: what the copies and their launches cost against it.
+ALIGNED_GRAM_DEVICES: tuple[str, ...] = ()
 IMPLICIT_CONV_DTYPES = (torch.bfloat16, torch.float16)
 ARG_NAMES = ("grad_out", "input", "weight", "bias_sizes", "stride", "padding", "dilation",
              "transposed", "output_padding", "groups", "output_mask")
@@ -144,8 +151,21 @@ def grams(a: Tensor, tf32: bool = False) -> Tensor:
     bf16 products with fp32 results (dpcompile::half_bmm)."""
     flat = a.flatten(0, 1)
     if half_grams(flat):
+        flat = aligned_for_tensor_cores(flat)
         return torch.ops.dpcompile.half_bmm(flat.transpose(1, 2), flat).unflatten(0, a.shape[:2])
     return matrix_product(flat.transpose(1, 2), flat, tf32).unflatten(0, a.shape[:2])
+
+
+def aligned_for_tensor_cores(flat: Tensor) -> Tensor:
+    """flat (N, n, T) pinned channels-last (strides n·T, 1, n) where ALIGNED_GRAM_DEVICES lists its device and T
+    misaligns a bf16 row-major operand's rows (T % 8 ≠ 0) while n aligns them: both sides of its Gram are then views
+    with leading dimension n (dpcompile::stored, lowered as a stride-order requirement: no copy where the value is
+    stored so). The same values: the Gram's error model does not depend on the layout."""
+    _, n, T = flat.shape
+    if (flat.device.type not in ALIGNED_GRAM_DEVICES or not isinstance(n, int) or not isinstance(T, int)
+            or T % 8 == 0 or n % 8 != 0):
+        return flat
+    return torch.ops.dpcompile.stored(flat, [n * T, 1, n])
 
 
 def certified_grams(a: Tensor, norms: Tensor, tf32: bool) -> tuple[Tensor, float, float | Tensor]:

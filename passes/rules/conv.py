@@ -73,9 +73,9 @@ FUSED_GRAM_CONV_DEVICES: tuple[str, ...] = ()
 # Devices where a bf16 Gram's operand whose positions T are its stride-1 dim (an NCHW output gradient) and whose rows
 # would start off cuBLAS's 16-byte alignment (T·2 bytes not a multiple of 16: ResNet-50's 14² and 7² layers) is
 # pinned channels-last first (aligned_for_tensor_cores: a no-op where inductor stores it so already, else one copy of
-# the operand for both sides of its Gram). Unaligned, cuBLAS ran those Grams on an sm75 WMMA kernel for unaligned
-# operands, 0.45 ms of ResNet-50 bf16's device time a step, and an align-2 kernel 0.30 ms more (H100, torch 2.11,
-# benchmarks/NOTES.md, fiftieth session). Off until measured: what the copies and their launches cost against it.
+# the operand for both sides of its Gram). Unaligned, cuBLAS ran the 7² Grams (T = 49) on an sm75 WMMA kernel for
+# unaligned operands, 0.45 ms of ResNet-50 bf16's device time a step (H100, torch 2.11, benchmarks/NOTES.md, fiftieth
+# session). Off until measured: what the copies and their launches cost against it.
 ALIGNED_GRAM_DEVICES: tuple[str, ...] = ()
 IMPLICIT_CONV_DTYPES = (torch.bfloat16, torch.float16)
 ARG_NAMES = ("grad_out", "input", "weight", "bias_sizes", "stride", "padding", "dilation",

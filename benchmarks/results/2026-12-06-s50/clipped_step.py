@@ -7,7 +7,8 @@ fused kernel's loop order the one of the release's contiguous gradient (the para
 per-sample gradients' (B, P, K, K, C) order. Here: six 256→256 3×3 convolutions with GroupNorm and ReLU at 14², batch
 32, bf16 autocast, every weight per-sample (the kernel's stored layout), a step compiled as dpcompile compiles it;
 with --loaf 0, inductor's loop_ordering_after_fusion off; with --model resnet50_gn, the suite's ResNet-50 (GN) at 224²,
-1000 classes, `auto` (as dp_throughput.py builds it), to read its clipped sums' kernel. Prints the kernels of the step by device time (torch
+1000 classes, `auto` (as dp_throughput.py builds it), to read its clipped sums' kernel; with --aligned, the misaligned
+bf16 Gram operands pinned channels-last (passes.rules.conv.ALIGNED_GRAM_DEVICES = ("cuda",)). Prints the kernels of the step by device time (torch
 profiler, 10 steps) and writes the generated code of the backward to --code.
     python benchmarks/results/2026-12-06-s50/clipped_step.py [--loaf 0|1] [--code FILE]"""
 import argparse
@@ -26,6 +27,7 @@ p.add_argument("--loaf", type=int, default=1)
 p.add_argument("--code", default="")
 p.add_argument("--batch", type=int, default=32)
 p.add_argument("--model", default="")
+p.add_argument("--aligned", action="store_true")
 args = p.parse_args()
 
 
@@ -33,6 +35,9 @@ def block():
     return [nn.Conv2d(256, 256, 3, padding=1, bias=False), nn.GroupNorm(32, 256), nn.ReLU()]
 
 
+if args.aligned:
+    from dpcompile.passes.rules import conv as conv_rule
+    conv_rule.ALIGNED_GRAM_DEVICES = ("cuda",)
 torch.manual_seed(0)
 if args.model:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -86,6 +91,6 @@ for e in prof.events():
         kernels[e.name] = kernels.get(e.name, 0.0) + e.device_time / 10 / 1e3
 total = sum(kernels.values())
 top = sorted(kernels.items(), key=lambda kv: -kv[1])[:12]
-print(json.dumps({"loaf": args.loaf, "batch": args.batch, "device_ms_per_step": round(total, 3),
+print(json.dumps({"loaf": args.loaf, "aligned": args.aligned, "batch": args.batch, "device_ms_per_step": round(total, 3),
                   "device": torch.cuda.get_device_name(), "torch": torch.__version__,
                   "top": [[k[:120], round(v, 4)] for k, v in top]}, indent=1))

@@ -8,6 +8,8 @@ from dataclasses import replace
 from fractions import Fraction
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import sympy
 import torch
 import torch.nn.functional as F
@@ -1542,3 +1544,37 @@ def test_the_rewritten_backward_keeps_no_unused_node():
     dp(torch.randn(3, 5, 6, device=DEVICE, dtype=torch.float64)).square().sum().backward()
     unused = [n.name for n in dp.graphs["backward_rewritten"].graph.nodes if n.op == "call_function" and not n.users]
     assert unused == []
+
+
+@settings(deadline=None, derandomize=True, max_examples=60)
+@given(sizes=st.lists(st.integers(1, 5), min_size=1, max_size=4), data=st.data())
+def test_weighted_sum_and_noise_in_any_storage_order(sizes, data):
+    """rewrite.weighted_sum of a per-sample gradient stored in any order (a permutation of its per-sample dims,
+    size-1 dims anywhere, or broadcast along one) is Σ_i c_i g_i with dropped samples (c_i = 0, their g_i inf)
+    masked, to float64's rounding, in the sample's shape, laid out as a sample is stored; rewrite.laid_like fills a
+    tensor of that shape from a flat vector in that order, each value once."""
+    from dpcompile.passes.rewrite import laid_like, storage_order, weighted_sum
+    B = data.draw(st.integers(1, 4))
+    order = data.draw(st.permutations(range(len(sizes))))
+    stored = torch.randn(B, *[sizes[d] for d in order], dtype=torch.float64)
+    c = torch.rand(B, dtype=torch.float64)
+    dropped = data.draw(st.integers(-1, B - 1))
+    if dropped >= 0:
+        c[dropped], stored[dropped] = 0, float("inf")
+    g = stored.permute(0, *[1 + order.index(d) for d in range(len(sizes))])  # (B, *sizes), stored in `order`
+    if data.draw(st.booleans()):  # broadcast along the first per-sample dim: a zero stride
+        g = g.narrow(1, 0, 1).expand_as(g)
+    expected = torch.zeros(g.shape[1:], dtype=torch.float64)
+    for i in range(B):
+        expected += c[i] * g[i] if i != dropped else 0
+    got = weighted_sum(c, g)
+    assert got.shape == g.shape[1:]
+    assert torch.allclose(got, expected, rtol=1e-12, atol=1e-12)
+    want = storage_order(g, first=1)
+    if want is not None:  # the sum comes out in the sample's storage order
+        assert storage_order(got) == [d - 1 for d in want]
+    flat = torch.arange(got.numel(), dtype=torch.float64)
+    placed = laid_like(flat, got)
+    assert placed.shape == got.shape and torch.equal(placed.flatten().sort().values, flat)
+    inner = storage_order(got) or list(range(got.dim()))
+    assert torch.equal(placed.permute(*inner).flatten(), flat)  # filled in got's storage order

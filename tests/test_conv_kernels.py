@@ -145,33 +145,31 @@ def test_rewrite_through_the_kernel_matches_reference(backend, policy, joint, mo
     assert backward_ops(dp)[OP] == implicit.count("implicit")
 
 
-@pytest.mark.filterwarnings("ignore:dpcompile. this module's parameters were already released")  # two DP models
 @pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.inductor)])
 def test_clipped_sums_and_noise_follow_the_stored_layout(backend):
     """The op's per-sample gradients are stored kernel position major, channel minor (P, K, K, C a sample); their
     clipped sums are formed and noised in that order (rewrite.weighted_sum, laid_like: what lets inductor fuse the
     release into the sum without reading out of order) and released in the parameter's layout. Every entry of every
-    parameter gets a draw of its own: the release with noise minus the one without has std σR/n per weight, no two
-    entries share a value, none is zero; the graph sums a permuted view for each weight the op computes."""
+    parameter gets a draw of its own: the release minus torch.func's clipped sum (float64) has std σR/n per weight,
+    no two entries share a value, none is zero; the graph sums a permuted view for each weight the op computes."""
+    from reference import dp_reference
     torch.manual_seed(0)
     with implicit_convs():
         model = CONVS.model().double().to(DEVICE)
         x, y = torch.randn(6, 3, 9, 8, dtype=torch.float64, device=DEVICE), torch.randn(6, 3, dtype=torch.float64,
                                                                                            device=DEVICE)
-        sigma, bound, grads = 2.0, 0.5, []
-        for noise in (0.0, sigma):
-            dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=noise, backend=backend,
-                                     policy="per_sample", seed=1)
-            model.zero_grad()
-            (dp(x) - y).square().sum(1).mean().backward()
-            grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        sigma, bound = 2.0, 0.5
+        dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=sigma, backend=backend,
+                                 policy="per_sample", seed=1)
+        (dp(x) - y).square().sum(1).mean().backward()
     rewritten = dp.graphs["backward_rewritten"].graph
     permuted = {n.name.split("_weight")[0] for n in rewritten.nodes
                 if n.name.startswith("dp_clipped_") and n.target is torch.ops.aten.permute.default}
     assert permuted == {"dp_clipped_0", "dp_clipped_2"}, permuted  # the 3×3 and 3×2 convolutions through the op
     for n, p in model.named_parameters():
-        assert grads[1][n].stride() == p.stride(), n
-    noise = {n: grads[1][n] - grads[0][n] for n in grads[0]}
+        assert p.grad.stride() == p.stride(), n
+    expected, _ = dp_reference(model, x, y, bound, loss=lambda out, t, reduction: (out - t).square().sum())
+    noise = {n: p.grad - expected[n] for n, p in model.named_parameters()}
     flat = torch.cat([d.flatten() for d in noise.values()])
     assert flat.abs().min() > 0 and flat.unique().numel() == flat.numel()
     for n in ("0.weight", "2.weight"):  # 162 and 180 entries

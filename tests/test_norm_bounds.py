@@ -8,13 +8,13 @@ from dataclasses import replace
 from fractions import Fraction
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 import sympy
 import torch
 import torch.nn.functional as F
 from conftest import DEVICE, dp_pass_guards, guards_added
 from helpers import Case, check_against_reference
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import dpcompile

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# For the fifty-first session (written in the fiftieth): (0) CUDA tests of the fiftieth's changes: the clipped sums and
+# For the fifty-first session (written in the fiftieth), in this order: (1) and (0) below, the tests last (they take
+# what is left of LIMIT). (0) CUDA tests of the fiftieth's changes: the clipped sums and
 # noise in the stored order through the kernel (test_clipped_sums_and_noise_follow_the_stored_layout), the
 # half-precision model through the kernel (cut off in call 5), the aligned Gram pins on CUDA; (1) ResNet-50 (GN)
 # bf16's step with the misaligned Gram operands pinned channels-last against without (clipped_step.py, profiler;
@@ -15,12 +16,11 @@ LIMIT=580
 source benchmarks/device_call.sh
 date -u
 nvidia-smi --query-gpu=name --format=csv,noheader
-gpu_tests "tests/test_conv_kernels.py tests/test_mixed_precision.py" "stored_layout or half_precision_model or misaligned" 4 110
 for aligned in "" "--aligned"; do
     TORCHINDUCTOR_CACHE_DIR=/tmp/c-r50$aligned timeout 230 python3 benchmarks/results/2026-12-06-s50/clipped_step.py \
         --model resnet50_gn $aligned >"$OUT/clipped_step-r50$aligned.json" 2>"$OUT/clipped_step-r50$aligned.err"
     tail -2 "$OUT/clipped_step-r50$aligned.err"
     python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["aligned"], r["device_ms_per_step"]); [print(v, k[:100]) for k, v in r["top"]]' "$OUT/clipped_step-r50$aligned.json"
 done
-summary
+gpu_tests "tests/test_conv_kernels.py tests/test_mixed_precision.py" "stored_layout or half_precision_model or misaligned" 4 110
 date -u

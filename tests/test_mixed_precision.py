@@ -109,7 +109,7 @@ def test_bf16_grams_as_half_products(kind, monkeypatch):
 
 @pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.inductor)])
 def test_misaligned_gram_operands_pinned_channels_last(backend, monkeypatch):
-    """conv.ALIGNED_GRAM_DEVICES listing the device: a ghost 1×1 convolution's Grams at 7×7 positions (T = 49: bf16
+    """conv.ALIGNED_OPERAND_DEVICES listing the device: a ghost 1×1 convolution's Grams at 7×7 positions (T = 49: bf16
     rows of an NCHW operand off cuBLAS's 16-byte alignment) take their operands (input and output gradient, 8 or 16
     channels) pinned channels-last (dpcompile::stored at strides (n·T, 1, n), one pin for both sides of a product);
     a sample of large output gradients, the only one released, stays within R, and the release is the one without
@@ -126,7 +126,7 @@ def test_misaligned_gram_operands_pinned_channels_last(backend, monkeypatch):
     G[0] = 1e3 * torch.randn(2, device=DEVICE)
     released = {}
     for on in (False, True):
-        monkeypatch.setattr(conv, "ALIGNED_GRAM_DEVICES", (torch.device(DEVICE).type,) if on else ())
+        monkeypatch.setattr(conv, "ALIGNED_OPERAND_DEVICES", (torch.device(DEVICE).type,) if on else ())
         released[on], dp = _fresh_release(make, x, G, backend)
         pins = [n for n in dp.graphs["backward_rewritten"].graph.nodes
                 if n.target is torch.ops.dpcompile.stored.default and n.args[1][1:] == [1, n.args[1][0] // 49]]
@@ -135,6 +135,35 @@ def test_misaligned_gram_operands_pinned_channels_last(backend, monkeypatch):
                    or user.target is torch.ops.aten.permute.default for p in pins for user in p.users), pins
         assert released[on].norm() <= 0.5 * (1 + 1e-6)
     assert (released[True] - released[False]).norm() <= 1e-4 * released[False].norm()
+
+
+def test_misaligned_per_sample_operands_pinned_channels_last(monkeypatch):
+    """conv.ALIGNED_OPERAND_DEVICES listing the device: the per-sample gradients of 1×1 convolutions at 7×7 (T = 49),
+    products over the positions of bf16 operands, take both operands pinned channels-last (leading dimension the
+    channels); the released gradient, of a sample of large output gradients alone, stays within R and is the one
+    without the pins (the same products)."""
+    from dpcompile.passes.rules import conv
+
+    def release(on: bool):
+        monkeypatch.setattr(conv, "ALIGNED_OPERAND_DEVICES", (torch.device(DEVICE).type,) if on else ())
+        torch._dynamo.reset()
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Conv2d(8, 16, 1), nn.ReLU(), nn.Conv2d(16, 8, 1), nn.Flatten(),
+                              nn.Linear(8 * 49, 2)).to(DEVICE)
+        dp = dpcompile.dpcompile(model, max_grad_norm=0.5, noise_multiplier=0.0, loss_reduction="sum",
+                                 policy="per_sample", backend=BACKEND)
+        with torch.autocast(torch.device(DEVICE).type, torch.bfloat16):
+            out = dp(x)
+        (out.float() * G).sum().backward()
+        pins = [n for n in dp.graphs["backward_rewritten"].graph.nodes
+                if n.target is torch.ops.dpcompile.stored.default and n.args[1][1:] == [1, n.args[1][0] // 49]]
+        return torch.cat([p.grad.double().flatten() for p in model.parameters()]), pins
+    torch.manual_seed(0)
+    x, G = torch.randn(4, 8, 7, 7, device=DEVICE), torch.zeros(4, 2, device=DEVICE)
+    G[0] = 1e3 * torch.randn(2, device=DEVICE)
+    (off, no_pins), (on, pins) = release(False), release(True)
+    assert no_pins == [] and len(pins) == 4, pins  # each convolution's output gradient and input
+    assert on.norm() <= 0.5 * (1 + 1e-6) and (on - off).norm() <= 1e-6 * off.norm()
 
 
 def test_bf16_grams_default_follows_the_device():

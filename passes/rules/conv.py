@@ -70,13 +70,14 @@ IMPLICIT_CONV_DEVICES: tuple[str, ...] = ("cuda",)
 # tests pass on the CPU and on CUDA, but on an H100 it was no faster than the stored Grams (WRN-16-4 and ResNet-18
 # 32², within ±2% of device time: benchmarks/NOTES.md, forty-seventh session). The tests turn it on.
 FUSED_GRAM_CONV_DEVICES: tuple[str, ...] = ()
-# Devices where a bf16 Gram's operand whose positions T are its stride-1 dim (an NCHW output gradient) and whose rows
-# would start off cuBLAS's 16-byte alignment (T·2 bytes not a multiple of 16: ResNet-50's 14² and 7² layers) is
-# pinned channels-last first (aligned_for_tensor_cores: a no-op where inductor stores it so already, else one copy of
-# the operand for both sides of its Gram). Unaligned, cuBLAS ran the 7² Grams (T = 49) on an sm75 WMMA kernel for
-# unaligned operands, 0.45 ms of ResNet-50 bf16's device time a step (H100, torch 2.11, benchmarks/NOTES.md, fiftieth
-# session). Off until measured: what the copies and their launches cost against it.
-ALIGNED_GRAM_DEVICES: tuple[str, ...] = ()
+# Devices where a 16-bit operand of a Gram or of a per-sample product over the unfold whose positions T are its
+# stride-1 dim (an NCHW output gradient) and whose rows would start off cuBLAS's 16-byte alignment (T·2 bytes not a
+# multiple of 16: ResNet-50's 14² and 7² layers) is pinned channels-last first (aligned_for_tensor_cores: a no-op
+# where inductor stores it so already, else one copy of the operand for both sides of its product). Unaligned,
+# cuBLAS ran the 7² Grams (T = 49) on an sm75 WMMA kernel for unaligned operands, 0.45 ms of ResNet-50 bf16's device
+# time a step, and most likely the 14² per-sample 1×1 products on an align-2 kernel, 0.30 ms (H100, torch 2.11,
+# benchmarks/NOTES.md, fiftieth session). Off until measured: what the copies and their launches cost against it.
+ALIGNED_OPERAND_DEVICES: tuple[str, ...] = ()
 IMPLICIT_CONV_DTYPES = (torch.bfloat16, torch.float16)
 ARG_NAMES = ("grad_out", "input", "weight", "bias_sizes", "stride", "padding", "dilation",
              "transposed", "output_padding", "groups", "output_mask")
@@ -157,13 +158,14 @@ def grams(a: Tensor, tf32: bool = False) -> Tensor:
 
 
 def aligned_for_tensor_cores(flat: Tensor) -> Tensor:
-    """flat (N, n, T) pinned channels-last (strides n·T, 1, n) where ALIGNED_GRAM_DEVICES lists its device and T
-    misaligns a bf16 row-major operand's rows (T % 8 ≠ 0) while n aligns them: both sides of its Gram are then views
-    with leading dimension n (dpcompile::stored, lowered as a stride-order requirement: no copy where the value is
-    stored so). The same values: the Gram's error model does not depend on the layout."""
+    """flat (N, n, T) pinned channels-last (strides n·T, 1, n) where ALIGNED_OPERAND_DEVICES lists its device, it is
+    16-bit, and T misaligns its rows as a row-major operand (T·2 bytes not a multiple of 16) while n aligns them:
+    both sides of a product are then views with leading dimension n (dpcompile::stored, lowered as a stride-order
+    requirement: no copy where the value is stored so). The same values: no product's error model depends on the
+    operands' layout."""
     _, n, T = flat.shape
-    if (flat.device.type not in ALIGNED_GRAM_DEVICES or not isinstance(n, int) or not isinstance(T, int)
-            or T % 8 == 0 or n % 8 != 0):
+    if (flat.device.type not in ALIGNED_OPERAND_DEVICES or flat.element_size() != 2 or not isinstance(n, int)
+            or not isinstance(T, int) or T % 8 == 0 or n % 8 != 0):
         return flat
     return torch.ops.dpcompile.stored(flat, [n * T, 1, n])
 
@@ -382,8 +384,9 @@ class ConvRule:
             return torch.ops.dpcompile.per_sample_conv2d_grad(g, x, c["kernel"], c["stride"], c["padding"],
                                                               c["dilation"])
         u, gg = self._unfolded(site, g, x)
-        ps = matrix_product(gg.flatten(0, 1), u.flatten(0, 1).transpose(1, 2), site.tf32)
-        return ps.reshape(u.shape[0], *w.shape)
+        rows = u.shape[0]
+        gg, u = aligned_for_tensor_cores(gg.flatten(0, 1)), aligned_for_tensor_cores(u.flatten(0, 1))
+        return matrix_product(gg, u.transpose(1, 2), site.tf32).reshape(rows, *w.shape)
 
     def _per_sample_shifted(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
         """Stride 1: one batched product per position of the kernel's leading dims, of G and a window of the

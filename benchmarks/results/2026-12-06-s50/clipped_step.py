@@ -7,9 +7,10 @@ fused kernel's loop order the one of the release's contiguous gradient (the para
 per-sample gradients' (B, P, K, K, C) order. Here: six 256→256 3×3 convolutions with GroupNorm and ReLU at 14², batch
 32, bf16 autocast, every weight per-sample (the kernel's stored layout), a step compiled as dpcompile compiles it;
 with --loaf 0, inductor's loop_ordering_after_fusion off; with --model resnet50_gn, the suite's ResNet-50 (GN) at 224²,
-1000 classes, `auto` (as dp_throughput.py builds it), to read its clipped sums' kernel; with --aligned, the misaligned
-bf16 Gram operands pinned channels-last (passes.rules.conv.ALIGNED_GRAM_DEVICES = ("cuda",)). Prints the kernels of the step by device time (torch
-profiler, 10 steps) and writes the generated code of the backward to --code.
+1000 classes, `auto` (as dp_throughput.py builds it), to read its clipped sums' kernel; with --aligned, the
+misaligned bf16 Gram and per-sample product operands pinned channels-last (passes.rules.conv.ALIGNED_OPERAND_DEVICES
+= ("cuda",)). Prints the kernels of the step by device time (torch profiler, 10 steps) and writes the generated
+code of the backward to --code.
     python benchmarks/results/2026-12-06-s50/clipped_step.py [--loaf 0|1] [--code FILE]"""
 import argparse
 import json
@@ -37,7 +38,7 @@ def block():
 
 if args.aligned:
     from dpcompile.passes.rules import conv as conv_rule
-    conv_rule.ALIGNED_GRAM_DEVICES = ("cuda",)
+    conv_rule.ALIGNED_OPERAND_DEVICES = ("cuda",)
 torch.manual_seed(0)
 if args.model:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))

@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
-# For the fifty-first session (written in the fiftieth), in this order: (1) and (0) below, the tests last (they take
-# what is left of LIMIT). (0) CUDA tests of the fiftieth's changes: the clipped sums and
-# noise in the stored order through the kernel (test_clipped_sums_and_noise_follow_the_stored_layout), the
-# half-precision model through the kernel (cut off in call 5), the aligned Gram pins on CUDA; (1) ResNet-50 (GN)
-# bf16's step with the misaligned Gram operands pinned channels-last against without (clipped_step.py, profiler;
-# predicted: the sm75 align-1 kernel's 0.45 ms (the 7² Grams, T = 49) gone for aligned tensor-core GEMMs of well under
-# 0.1 ms, the 14² ones (T = 196, 4-element alignment) a little faster, minus the copies: 0.3–0.4 ms less device time;
-# call 5 without it: 13.03 ms; the align-2 kernel's 0.30 ms is something else, to find in the code). Then, in a call of its own, the
-# suite's ResNet-50 bf16 (1000 classes) with whichever wins, for the one-run table: `suite bf16 resnet50_gn 224 32 200`
-# (predicted device ≈ 1.45× without the pins). Run alone, carry .whl:
+# For the fifty-first session (written in the fiftieth). (1) ResNet-50 (GN) bf16's step with the misaligned Gram and
+# per-sample product operands pinned channels-last against without (clipped_step.py, torch profiler; predicted: the
+# sm75 align-1 kernel's 0.45 ms (the 7² Grams, T = 49) and the align-2 kernel's 0.30 ms (most likely the 14²
+# per-sample 1×1 products, T = 196) down to aligned tensor-core GEMMs of about 0.1 ms together, minus the copies:
+# 0.4–0.6 ms less device time; call 5 without the pins: 13.03 ms). (0) Then, in what is left of LIMIT, CUDA tests of
+# the fiftieth's changes: the clipped sums and noise in the stored order through the kernel, the half-precision model
+# through the kernel (cut off in call 5), the aligned pins on CUDA. Next, in a call of its own, the suite's ResNet-50
+# bf16 (1000 classes) with whichever wins, for the one-run table: `suite bf16 resnet50_gn 224 32 200` (predicted
+# device about 1.45× without the pins). Run alone, carry .whl:
 #   bash benchmarks/results/2026-12-06-s50/s51_call1.sh
 cd "$(dirname "$0")/../../.."
 PREFIX=s51-call1

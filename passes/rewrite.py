@@ -547,8 +547,8 @@ def storage_order(t: torch.Tensor, first: int = 0) -> list[int] | None:
 
 
 def inverse(order: list[int]) -> list[int]:
-    """The permutation that puts back the dims of a tensor permuted by `order` (of dims first, first + 1, …, the
-    ones before first dropped since)."""
+    """The permutation that undoes t.permute(*order) (order of some dims, numbered from any start: only their ranks
+    count, so it also undoes it once the dims before them are reduced away)."""
     return sorted(range(len(order)), key=lambda k: order[k])
 
 

@@ -108,12 +108,12 @@ def test_bf16_grams_as_half_products(kind, monkeypatch):
 
 
 @pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.inductor)])
-def test_misaligned_gram_operands_pinned_channels_last(backend, monkeypatch):
-    """conv.ALIGNED_OPERAND_DEVICES listing the device: a ghost 1×1 convolution's Grams at 7×7 positions (T = 49: bf16
-    rows of an NCHW operand off cuBLAS's 16-byte alignment) take their operands (input and output gradient, 8 or 16
-    channels) pinned channels-last (dpcompile::stored at strides (n·T, 1, n), one pin for both sides of a product);
-    a sample of large output gradients, the only one released, stays within R, and the release is the one without
-    the pins, to the fp32 Grams' roundings (the same products, summed in another order)."""
+def test_misaligned_gram_operands_padded(backend, monkeypatch):
+    """conv.ALIGNED_OPERAND_DEVICES listing the device: a ghost 1×1 convolution's Grams at 7×7 positions (T = 49: the
+    Gram's fp32 rows of 49 off cuBLAS's 16-byte alignment) take their operands (input and output gradient, 8 or 16
+    channels) with 7 zero positions appended (one pad for both sides of a product) and the 56 × 56 Gram sliced back
+    to 49 × 49; a sample of large output gradients, the only one released, stays within R, and the release is the
+    one without the padding, to the fp32 Grams' roundings (the same products, summed in another order)."""
     from dpcompile.passes.rules import bounds, conv
     monkeypatch.setattr(bounds, "FUSED_GRAM_DEVICES", ())
     monkeypatch.setattr(bounds, "HALF_GRAM_DEVICES", (torch.device(DEVICE).type,))
@@ -128,11 +128,13 @@ def test_misaligned_gram_operands_pinned_channels_last(backend, monkeypatch):
     for on in (False, True):
         monkeypatch.setattr(conv, "ALIGNED_OPERAND_DEVICES", (torch.device(DEVICE).type,) if on else ())
         released[on], dp = _fresh_release(make, x, G, backend)
-        pins = [n for n in dp.graphs["backward_rewritten"].graph.nodes
-                if n.target is torch.ops.dpcompile.stored.default and n.args[1][1:] == [1, n.args[1][0] // 49]]
-        assert len(pins) == (4 if on else 0), pins  # both convolutions' two Grams
-        assert all(user.target is torch.ops.aten.transpose.int or user.target is torch.ops.dpcompile.half_bmm.default
-                   or user.target is torch.ops.aten.permute.default for p in pins for user in p.users), pins
+        nodes = dp.graphs["backward_rewritten"].graph.nodes
+        pads = [n for n in nodes if n.target is torch.ops.aten.constant_pad_nd.default and n.args[1] == [0, 7]]
+        assert len(pads) == (4 if on else 0), pads  # both convolutions' two Grams
+        grams = [n for n in nodes if n.target is torch.ops.dpcompile.half_bmm.default]
+        assert len(grams) == 4 and all(n.meta["val"].shape[1:] == ((56, 56) if on else (49, 49)) for n in grams)
+        assert all(user.target in (torch.ops.aten.transpose.int, torch.ops.aten.permute.default,
+                                   torch.ops.dpcompile.half_bmm.default) for p in pads for user in p.users), pads
         assert released[on].norm() <= 0.5 * (1 + 1e-6)
     assert (released[True] - released[False]).norm() <= 1e-4 * released[False].norm()
 

@@ -1432,7 +1432,7 @@ def test_half_bmm_counts_as_half_precision_products():
     assert has_half_products(half) and not has_half_products(full)
 
 
-@pytest.mark.parametrize("case", ["conv_cancelling", "conv_random", "linear_random"])
+@pytest.mark.parametrize("case", ["conv_cancelling", "conv_random", "conv_padded", "linear_random"])
 def test_bf16_half_grams_stay_upper_bounds(case, monkeypatch):
     """bf16 operands with the ghost norms' Grams as dpcompile::half_bmm (bounds.HALF_GRAM_DEVICES listing the
     device): the certified norm bounds every sample's exact weight-gradient norm (float64: per-sample
@@ -1440,7 +1440,10 @@ def test_bf16_half_grams_stay_upper_bounds(case, monkeypatch):
     values bf16 holds exactly (x = 250, g = (256, −255): ‖g‖ small, the Grams huge), random convolutions and a
     linear layer over 7 rows per sample. The Grams must have taken that form (a spy on half_grams). On a CPU these
     Grams round too little for their error term to decide (zeroing it passes here): the term itself is checked by
-    test_bf16_grams_within_their_tensor_core_bound, which fails without it; on CUDA this runs the tensor cores."""
+    test_bf16_grams_within_their_tensor_core_bound, which fails without it; on CUDA this runs the tensor cores.
+    conv_padded: a 1×1 convolution at 7×7 (T = 49) with conv.ALIGNED_OPERAND_DEVICES listing the device, whose Grams'
+    operands take 7 zero positions and whose Grams are sliced back (a slice of the wrong rows drops positions: the
+    bound then fell below the exact norm), and the bound within 5% of the exact norm (its error terms: about 3%)."""
     from dpcompile.passes.rules import bounds, conv
     monkeypatch.setattr(bounds, "HALF_GRAM_DEVICES", (torch.device(DEVICE).type,))
     monkeypatch.setattr(bounds, "FUSED_GRAM_DEVICES", ())  # on CUDA the linear case's Grams are otherwise fused
@@ -1461,6 +1464,12 @@ def test_bf16_half_grams_stay_upper_bounds(case, monkeypatch):
         if case == "conv_cancelling":
             layer = nn.Conv1d(4, 1, 3, bias=False)
             x, g = torch.full((1, 4, 4), 250.0), torch.tensor([[[256.0, -255.0]]])
+        elif case == "conv_padded":
+            monkeypatch.setattr(conv, "ALIGNED_OPERAND_DEVICES", (torch.device(DEVICE).type,))
+            padded, pad = [], conv.padded_for_tensor_cores
+            monkeypatch.setattr(conv, "padded_for_tensor_cores", lambda flat: padded.append(pad(flat)) or padded[-1])
+            layer = nn.Conv2d(8, 16, 1, bias=False)
+            x, g = torch.randn(4, 8, 7, 7), torch.randn(4, 16, 7, 7)
         else:
             layer = nn.Conv2d(3, 5, 3, padding=1, bias=False)
             x, g = torch.randn(4, 3, 6, 6), torch.randn(4, 5, 6, 6)
@@ -1471,6 +1480,8 @@ def test_bf16_half_grams_stay_upper_bounds(case, monkeypatch):
     bound = rule.ghost_norm_bound(site, *ops)
     assert any(taken), "the Grams did not run as half_bmm"
     assert torch.isfinite(torch.stack(bound)).all() and (certified_norm(bound) >= exact).all()
+    if case == "conv_padded":
+        assert [t.shape[-1] for t in padded] == [56, 56] and (certified_norm(bound) <= 1.05 * exact).all()
     assert_each_release_within_R(rule, site, bound, ops)
 
 

@@ -70,14 +70,18 @@ IMPLICIT_CONV_DEVICES: tuple[str, ...] = ("cuda",)
 # tests pass on the CPU and on CUDA, but on an H100 it was no faster than the stored Grams (WRN-16-4 and ResNet-18
 # 32², within ±2% of device time: benchmarks/NOTES.md, forty-seventh session). The tests turn it on.
 FUSED_GRAM_CONV_DEVICES: tuple[str, ...] = ()
-# Devices where a 16-bit operand of a Gram or of a per-sample product over the unfold whose positions T are its
-# stride-1 dim (an NCHW output gradient) and whose rows would start off cuBLAS's 16-byte alignment (T·2 bytes not a
-# multiple of 16: ResNet-50's 14² and 7² layers) is pinned channels-last first (aligned_for_tensor_cores: a no-op
-# where inductor stores it so already, else one copy of the operand for both sides of its product). Unaligned,
-# cuBLAS ran the 7² Grams (T = 49) on an sm75 WMMA kernel for unaligned operands, 0.45 ms of ResNet-50 bf16's device
-# time a step, and most likely the 14² per-sample 1×1 products on an align-2 kernel, 0.30 ms (H100, torch 2.11,
-# benchmarks/NOTES.md, fiftieth session). Off until measured: what the copies and their launches cost against it.
-ALIGNED_OPERAND_DEVICES: tuple[str, ...] = ()
+# Devices where 16-bit products over the unfold's positions T run aligned for cuBLAS's tensor-core kernels where T·2
+# bytes are not a multiple of 16 (ResNet-50's 14² and 7² layers, T = 196, 49): a per-sample product's operands (T its
+# contraction, the stride-1 dim of an NCHW operand) are pinned channels-last first (aligned_for_tensor_cores: a no-op
+# where inductor stores them so already, else one copy of each), and a Gram's operand (T its result's rows and
+# columns, whose leading dimension no operand layout mends) gets zero positions up to a multiple of 8, the extra rows
+# and columns of exact zeros sliced off its Gram (padded_for_tensor_cores). Unaligned, cuBLAS ran the 7² Grams on an
+# sm75 WMMA kernel for unaligned operands, 0.45 ms of ResNet-50 bf16's device time a step, and most likely the 14²
+# per-sample 1×1 products on an align-2 kernel, 0.30 ms (H100, torch 2.11, benchmarks/NOTES.md, fiftieth session);
+# the Grams' operands pinned channels-last instead of padded made their kernel slower (0.61 ms: still align-1, the
+# result's rows being 49 apart). With the pins and the padding both kernels were gone and the step's device time fell
+# from 13.00 to 12.54 ms (H100, torch 2.11, one call; benchmarks/NOTES.md, fifty-first session). () turns it off.
+ALIGNED_OPERAND_DEVICES: tuple[str, ...] = ("cuda",)
 IMPLICIT_CONV_DTYPES = (torch.bfloat16, torch.float16)
 ARG_NAMES = ("grad_out", "input", "weight", "bias_sizes", "stride", "padding", "dilation",
              "transposed", "output_padding", "groups", "output_mask")
@@ -152,22 +156,38 @@ def grams(a: Tensor, tf32: bool = False) -> Tensor:
     bf16 products with fp32 results (dpcompile::half_bmm)."""
     flat = a.flatten(0, 1)
     if half_grams(flat):
-        flat = aligned_for_tensor_cores(flat)
-        return torch.ops.dpcompile.half_bmm(flat.transpose(1, 2), flat).unflatten(0, a.shape[:2])
+        T, flat = flat.shape[-1], padded_for_tensor_cores(flat)
+        return torch.ops.dpcompile.half_bmm(flat.transpose(1, 2), flat)[:, :T, :T].unflatten(0, a.shape[:2])
     return matrix_product(flat.transpose(1, 2), flat, tf32).unflatten(0, a.shape[:2])
 
 
 def aligned_for_tensor_cores(flat: Tensor) -> Tensor:
     """flat (N, n, T) pinned channels-last (strides n·T, 1, n) where ALIGNED_OPERAND_DEVICES lists its device, it is
     16-bit, and T misaligns its rows as a row-major operand (T·2 bytes not a multiple of 16) while n aligns them:
-    both sides of a product are then views with leading dimension n (dpcompile::stored, lowered as a stride-order
-    requirement: no copy where the value is stored so). The same values: no product's error model depends on the
-    operands' layout."""
+    a product contracting T then reads both sides with leading dimension n (dpcompile::stored, lowered as a
+    stride-order requirement: no copy where the value is stored so). The same values: no product's error model
+    depends on the operands' layout."""
     _, n, T = flat.shape
-    if (flat.device.type not in ALIGNED_OPERAND_DEVICES or flat.element_size() != 2 or not isinstance(n, int)
-            or not isinstance(T, int) or T % 8 == 0 or n % 8 != 0):
+    if not misaligned_positions(flat) or not isinstance(n, int) or n % 8 != 0:
         return flat
     return torch.ops.dpcompile.stored(flat, [n * T, 1, n])
+
+
+def padded_for_tensor_cores(flat: Tensor) -> Tensor:
+    """flat (N, n, T) with zero positions appended up to a multiple of 8 where ALIGNED_OPERAND_DEVICES lists its
+    device, it is 16-bit and T·2 bytes are not a multiple of 16: its Gram (T × T) then has aligned rows, and the
+    rows and columns the zeros add are exact zeros (each a sum of products with a zero factor), which the caller
+    slices off. The contraction (n) and so the Gram's error model are unchanged."""
+    T = flat.shape[-1]
+    return F.pad(flat, (0, -T % 8)) if misaligned_positions(flat) else flat
+
+
+def misaligned_positions(flat: Tensor) -> bool:
+    """Whether flat (N, n, T) is 16-bit on a device ALIGNED_OPERAND_DEVICES lists, with a static T whose rows of
+    T·2 bytes would start off cuBLAS's 16-byte alignment."""
+    T = flat.shape[-1]
+    return (flat.device.type in ALIGNED_OPERAND_DEVICES and flat.element_size() == 2 and isinstance(T, int)
+            and T % 8 != 0)
 
 
 def certified_grams(a: Tensor, norms: Tensor, tf32: bool) -> tuple[Tensor, float, float | Tensor]:

@@ -91,7 +91,7 @@ for e in prof.events():
     if e.device_type == torch.autograd.DeviceType.CUDA:
         kernels[e.name] = kernels.get(e.name, 0.0) + e.device_time / 10 / 1e3
 total = sum(kernels.values())
-top = sorted(kernels.items(), key=lambda kv: -kv[1])[:12]
+top = sorted(kernels.items(), key=lambda kv: -kv[1])[:40]
 print(json.dumps({"loaf": args.loaf, "aligned": args.aligned, "batch": args.batch, "device_ms_per_step": round(total, 3),
                   "device": torch.cuda.get_device_name(), "torch": torch.__version__,
                   "top": [[k[:120], round(v, 4)] for k, v in top]}, indent=1))

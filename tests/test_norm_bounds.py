@@ -311,6 +311,59 @@ def test_conv_tf32_grams_stay_upper_bounds_on_a_crafted_truncation(scale):
 
 
 @pytest.mark.parametrize("scale", [1.0, 2.0**50, 2.0**-60])
+def test_conv_tf32_grams_padded_stay_upper_bounds_on_a_crafted_truncation(scale, monkeypatch):
+    """The truncation attack above with fp32 listed in conv.ALIGNED_OPERAND_DTYPES: its two positions (8 bytes a
+    row) take two zero positions, the TF32 Gram is sliced back, and s still bounds ‖g‖² at any scale."""
+    from dpcompile.passes.rules import conv as conv_rule
+    monkeypatch.setattr(conv_rule, "ALIGNED_OPERAND_DEVICES", (torch.device(DEVICE).type,))
+    monkeypatch.setattr(conv_rule, "ALIGNED_OPERAND_DTYPES", (torch.float32,))
+    padded, pad = [], conv_rule.padded_for_tensor_cores
+    monkeypatch.setattr(conv_rule, "padded_for_tensor_cores", lambda *a: padded.append(pad(*a)) or padded[-1])
+    conv = nn.Conv1d(1, 1, 1, bias=False).to(DEVICE)
+    x = torch.full((1, 1, 2), scale, device=DEVICE)
+    g = torch.tensor([[[1 + 2.0**-11, -(1 - 2.0**-10)]]], device=DEVICE)
+    w = conv.weight.detach()
+    site = replace(conv_site(conv), tf32=True)
+    exact = exact_conv(conv, g, x)
+    bound = ConvRule().ghost_norm_bound(site, g, x, w)
+    assert [t.shape[-1] for t in padded] == [4, 4]
+    assert (bound[0] >= exact.square()).all()
+    got, limit = release_norm(ConvRule(), site, bound, g, x, w)
+    assert got <= limit
+
+
+def test_conv_tf32_products_aligned(monkeypatch):
+    """fp32 listed in conv.ALIGNED_OPERAND_DTYPES, a 1×1 convolution at 7×7 (T = 49: rows of 196 bytes) with its
+    products on TF32: the Grams' operands take 3 zero positions (52) and the bound still bounds each sample's exact
+    norm, within 5% (a slice of the wrong rows drops positions and falls below it); the per-sample gradients'
+    operands are pinned channels-last (8 and 16 channels: aligned) and are the unaligned run's, to TF32's
+    roundings; IEEE fp32 products (tf32 off) are left as they are."""
+    from dpcompile.passes.rules import conv as conv_rule
+    torch.manual_seed(0)
+    layer = nn.Conv2d(8, 16, 1, bias=False).to(DEVICE)
+    x, g = torch.randn(4, 8, 7, 7, device=DEVICE), torch.randn(4, 16, 7, 7, device=DEVICE)
+    w, rule = layer.weight.detach(), ConvRule()
+    site = replace(conv_site(layer), tf32=True)
+    off = rule.per_sample(site, g, x, w)
+    monkeypatch.setattr(conv_rule, "ALIGNED_OPERAND_DEVICES", (torch.device(DEVICE).type,))
+    monkeypatch.setattr(conv_rule, "ALIGNED_OPERAND_DTYPES", (torch.float32,))
+    padded, pad = [], conv_rule.padded_for_tensor_cores
+    monkeypatch.setattr(conv_rule, "padded_for_tensor_cores", lambda *a: padded.append(pad(*a)) or padded[-1])
+    pinned, pin = [], conv_rule.aligned_for_tensor_cores
+    monkeypatch.setattr(conv_rule, "aligned_for_tensor_cores", lambda *a: pinned.append(pin(*a)) or pinned[-1])
+    exact = exact_conv(layer, g, x)
+    bound = rule.ghost_norm_bound(site, g, x, w)
+    assert [t.shape[-1] for t in padded] == [52, 52]
+    assert (certified_norm(bound) >= exact).all() and (certified_norm(bound) <= 1.05 * exact).all()
+    on = rule.per_sample(site, g, x, w)
+    assert [t.stride()[1:] for t in pinned] == [(1, 16), (1, 8)]
+    assert torch.allclose(on, off, rtol=1e-5, atol=1e-6)
+    padded.clear()
+    rule.ghost_norm_bound(replace(site, tf32=False), g, x, w)
+    assert [t.shape[-1] for t in padded] == [49, 49]
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0**50, 2.0**-60])
 def test_conv_tf32_grams_on_the_grid_stay_upper_bounds_on_a_crafted_truncation(scale):
     """The truncation attack on the input's Grams over the padded grid (shifted_grams: one TF32 product per kernel
     position, added): a 2-tap convolution, output gradients 1 at both positions, input scale·(1 + 2⁻¹¹,
@@ -1467,7 +1520,7 @@ def test_bf16_half_grams_stay_upper_bounds(case, monkeypatch):
         elif case == "conv_padded":
             monkeypatch.setattr(conv, "ALIGNED_OPERAND_DEVICES", (torch.device(DEVICE).type,))
             padded, pad = [], conv.padded_for_tensor_cores
-            monkeypatch.setattr(conv, "padded_for_tensor_cores", lambda flat: padded.append(pad(flat)) or padded[-1])
+            monkeypatch.setattr(conv, "padded_for_tensor_cores", lambda *a: padded.append(pad(*a)) or padded[-1])
             layer = nn.Conv2d(8, 16, 1, bias=False)
             x, g = torch.randn(4, 8, 7, 7), torch.randn(4, 16, 7, 7)
         else:

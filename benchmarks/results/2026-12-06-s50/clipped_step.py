@@ -9,8 +9,9 @@ per-sample gradients' (B, P, K, K, C) order. Here: six 256→256 3×3 convolutio
 with --loaf 0, inductor's loop_ordering_after_fusion off; with --model resnet50_gn, the suite's ResNet-50 (GN) at 224²,
 1000 classes, `auto` (as dp_throughput.py builds it), to read its clipped sums' kernel; with --aligned, the
 misaligned bf16 Gram and per-sample product operands pinned channels-last (passes.rules.conv.ALIGNED_OPERAND_DEVICES
-= ("cuda",)). Prints the kernels of the step by device time (torch profiler, 10 steps) and writes the generated
-code of the backward to --code.
+= ("cuda",)); with --fp32, no autocast (fp32, the TF32 defaults); with --aligned-fp32, float32 listed in
+conv.ALIGNED_OPERAND_DTYPES too (fp32 operands of TF32 products aligned: fifty-first session). Prints the kernels
+of the step by device time (torch profiler, 10 steps) and writes the generated code of the backward to --code.
     python benchmarks/results/2026-12-06-s50/clipped_step.py [--loaf 0|1] [--code FILE]"""
 import argparse
 import json
@@ -29,6 +30,8 @@ p.add_argument("--code", default="")
 p.add_argument("--batch", type=int, default=32)
 p.add_argument("--model", default="")
 p.add_argument("--aligned", action="store_true")
+p.add_argument("--fp32", action="store_true")
+p.add_argument("--aligned-fp32", action="store_true")
 args = p.parse_args()
 
 
@@ -39,6 +42,9 @@ def block():
 if args.aligned:
     from dpcompile.passes.rules import conv as conv_rule
     conv_rule.ALIGNED_OPERAND_DEVICES = ("cuda",)
+if args.aligned_fp32:
+    from dpcompile.passes.rules import conv as conv_rule
+    conv_rule.ALIGNED_OPERAND_DTYPES = (*conv_rule.ALIGNED_OPERAND_DTYPES, torch.float32)
 torch.manual_seed(0)
 if args.model:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -71,7 +77,7 @@ with config.patch(loop_ordering_after_fusion=bool(args.loaf)):
                              policy=policy)
 
     def step():
-        with torch.autocast("cuda", torch.bfloat16):
+        with torch.autocast("cuda", torch.bfloat16, enabled=not args.fp32):
             out = dp(x)
         torch.nn.functional.cross_entropy(out.float(), y).backward()
         for q in model.parameters():
@@ -92,6 +98,7 @@ for e in prof.events():
         kernels[e.name] = kernels.get(e.name, 0.0) + e.device_time / 10 / 1e3
 total = sum(kernels.values())
 top = sorted(kernels.items(), key=lambda kv: -kv[1])[:40]
-print(json.dumps({"loaf": args.loaf, "aligned": args.aligned, "batch": args.batch, "device_ms_per_step": round(total, 3),
+print(json.dumps({"loaf": args.loaf, "aligned": args.aligned, "fp32": args.fp32, "aligned_fp32": args.aligned_fp32,
+                  "batch": args.batch, "device_ms_per_step": round(total, 3),
                   "device": torch.cuda.get_device_name(), "torch": torch.__version__,
                   "top": [[k[:120], round(v, 4)] for k, v in top]}, indent=1))

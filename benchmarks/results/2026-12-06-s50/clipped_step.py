@@ -8,8 +8,8 @@ per-sample gradients' (B, P, K, K, C) order. Here: six 256→256 3×3 convolutio
 32, bf16 autocast, every weight per-sample (the kernel's stored layout), a step compiled as dpcompile compiles it;
 with --loaf 0, inductor's loop_ordering_after_fusion off; with --model resnet50_gn, the suite's ResNet-50 (GN) at 224²,
 1000 classes, `auto` (as dp_throughput.py builds it), to read its clipped sums' kernel; with --aligned, the
-misaligned bf16 Gram and per-sample product operands pinned channels-last (passes.rules.conv.ALIGNED_OPERAND_DEVICES
-= ("cuda",)); with --fp32, no autocast (fp32, the TF32 defaults); with --aligned-fp32, float32 listed in
+misaligned bf16 Gram and per-sample product operands aligned (passes.rules.conv.ALIGNED_OPERAND_DEVICES = ("cuda",),
+the default since the fifty-first session; --unaligned sets it to ()); with --fp32, no autocast (fp32, the TF32 defaults); with --aligned-fp32, float32 listed in
 conv.ALIGNED_OPERAND_DTYPES too (fp32 operands of TF32 products aligned: fifty-first session). Prints the kernels
 of the step by device time (torch profiler, 10 steps) and writes the generated code of the backward to --code.
     python benchmarks/results/2026-12-06-s50/clipped_step.py [--loaf 0|1] [--code FILE]"""
@@ -30,6 +30,7 @@ p.add_argument("--code", default="")
 p.add_argument("--batch", type=int, default=32)
 p.add_argument("--model", default="")
 p.add_argument("--aligned", action="store_true")
+p.add_argument("--unaligned", action="store_true")
 p.add_argument("--fp32", action="store_true")
 p.add_argument("--aligned-fp32", action="store_true")
 args = p.parse_args()
@@ -42,6 +43,9 @@ def block():
 if args.aligned:
     from dpcompile.passes.rules import conv as conv_rule
     conv_rule.ALIGNED_OPERAND_DEVICES = ("cuda",)
+if args.unaligned:
+    from dpcompile.passes.rules import conv as conv_rule
+    conv_rule.ALIGNED_OPERAND_DEVICES = ()
 if args.aligned_fp32:
     from dpcompile.passes.rules import conv as conv_rule
     conv_rule.ALIGNED_OPERAND_DTYPES = (*conv_rule.ALIGNED_OPERAND_DTYPES, torch.float32)

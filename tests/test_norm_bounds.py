@@ -363,6 +363,40 @@ def test_conv_tf32_products_aligned(monkeypatch):
     assert [t.shape[-1] for t in padded] == [49, 49]
 
 
+@settings(deadline=None, derandomize=True, max_examples=25)
+@given(c_in=st.sampled_from([1, 3, 4, 8, 12, 16]), c_out=st.sampled_from([1, 5, 8, 12, 16]), size=st.integers(1, 9),
+       kernel=st.sampled_from([1, 3]), batch=st.integers(1, 3), half=st.booleans())
+def test_aligned_products_bound_and_match_the_unaligned_ones(c_in, c_out, size, kernel, batch, half):
+    """Random 2-D convolutions, bf16 operands with half Grams or fp32 ones on TF32, with every dtype aligned on the
+    device (conv.ALIGNED_OPERAND_DEVICES, ALIGNED_OPERAND_DTYPES): the ghost bound still bounds each sample's exact
+    weight-gradient norm (float64, the operands as rounded) and is the unaligned bound to 1e-4, and the per-sample
+    gradients are the unaligned ones to their dtype's roundings: padding and pins change where values lie, never
+    which products are summed. (Its 25 examples' aligned runs pad 40 of 50 Gram operands and pin 14 of 50 per-sample
+    operands; a slice of the wrong rows fails it.)"""
+    from unittest import mock
+
+    from dpcompile.passes.rules import bounds, conv as conv_rule
+    gen = torch.Generator().manual_seed(c_in * 1000 + c_out * 100 + size * 10 + kernel + batch)
+    layer = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False).to(DEVICE)
+    dtype = torch.bfloat16 if half else torch.float32
+    x = torch.randn(batch, c_in, size, size, generator=gen).to(DEVICE, dtype)
+    g = torch.randn(batch, c_out, size, size, generator=gen).to(DEVICE, dtype)
+    w, rule = layer.weight.detach().to(dtype), ConvRule()
+    site = replace(conv_site(layer), tf32=not half)
+    exact = exact_conv(layer, g, x)
+    results = {}
+    with mock.patch.object(bounds, "HALF_GRAM_DEVICES", (torch.device(DEVICE).type,)):
+        for on in (False, True):
+            devices = (torch.device(DEVICE).type,) if on else ()
+            with mock.patch.object(conv_rule, "ALIGNED_OPERAND_DEVICES", devices), \
+                    mock.patch.object(conv_rule, "ALIGNED_OPERAND_DTYPES", (torch.bfloat16, torch.float32)):
+                results[on] = certified_norm(rule.ghost_norm_bound(site, g, x, w)), rule.per_sample(site, g, x, w)
+    (off_bound, off_ps), (on_bound, on_ps) = results[False], results[True]
+    assert (on_bound >= exact).all() and torch.allclose(on_bound, off_bound, rtol=1e-4, atol=0)
+    tol = 1e-2 if half else 1e-5
+    assert torch.allclose(on_ps.double(), off_ps.double(), rtol=tol, atol=tol * off_ps.double().abs().max().item())
+
+
 @pytest.mark.parametrize("scale", [1.0, 2.0**50, 2.0**-60])
 def test_conv_tf32_grams_on_the_grid_stay_upper_bounds_on_a_crafted_truncation(scale):
     """The truncation attack on the input's Grams over the padded grid (shifted_grams: one TF32 product per kernel

@@ -66,6 +66,13 @@ def cancelling(dtype, scale=250.0, b=1e4, d=16):
     return p_rows, q_rows
 
 
+def results_of(monkeypatch, module, name: str) -> list:
+    """What module.name returns from now on, call by call (the function still runs)."""
+    results, real = [], getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *args: results.append(real(*args)) or results[-1])
+    return results
+
+
 def release_norm(rule, site, bound, *operands) -> tuple[float, float]:
     """(‖clipped_sum‖ with c = 1/N, 1 + 1e-6): a one-sample release must stay within R = 1."""
     c = (1.0 / certified_norm(bound)).to(torch.float64)
@@ -287,48 +294,35 @@ def test_conv_crafted_cancellation(impl):
     assert certified_norm(ps).item() >= exact
 
 
+@pytest.mark.parametrize("aligned", [False, True], ids=["plain", "padded"])
 @pytest.mark.parametrize("scale", [1.0, 2.0**50, 2.0**-60])
-def test_conv_tf32_grams_stay_upper_bounds_on_a_crafted_truncation(scale):
+def test_conv_tf32_grams_stay_upper_bounds_on_a_crafted_truncation(scale, aligned, monkeypatch):
     """The convolution rule's form of the linear rule's truncation attack above: a 1 × 1 convolution over two
     positions of a constant input, output gradients (1 + 2⁻¹¹, −(1 − 2⁻¹⁰)). With ghost_tf32 the Grams of the
     unfolded operands run on TF32 tensor cores (on the CPU: truncated operands, the worst case), which shrinks the
-    Gram form to 4/9 of ‖g‖²; s must still bound ‖g‖² by itself, at any scale."""
+    Gram form to 4/9 of ‖g‖²; s must still bound ‖g‖² by itself, at any scale. aligned: fp32 listed in
+    conv.ALIGNED_OPERAND_DTYPES, the two positions (8 bytes a row) take two zero positions and the TF32 Gram is
+    sliced back."""
+    from dpcompile.passes.rules import conv as conv_rule
     from dpcompile.passes.rules.conv import grams
-    conv = nn.Conv1d(1, 1, 1, bias=False)
-    x = torch.full((1, 1, 2), scale)
-    g = torch.tensor([[[1 + 2.0**-11, -(1 - 2.0**-10)]]])
+    if aligned:
+        monkeypatch.setattr(conv_rule, "ALIGNED_OPERAND_DEVICES", (torch.device(DEVICE).type,))
+        monkeypatch.setattr(conv_rule, "ALIGNED_OPERAND_DTYPES", (torch.float32,))
+    padded = results_of(monkeypatch, conv_rule, "padded_for_tensor_cores")
+    conv = nn.Conv1d(1, 1, 1, bias=False).to(DEVICE)
+    x = torch.full((1, 1, 2), scale, device=DEVICE)
+    g = torch.tensor([[[1 + 2.0**-11, -(1 - 2.0**-10)]]], device=DEVICE)
     w = conv.weight.detach()
     rule, site = ConvRule(), conv_site(conv)
     site = replace(site, tf32=True)
     exact = exact_conv(conv, g, x)
     assert exact.item() == pytest.approx(scale * 3 * 2.0**-11, rel=1e-12)
     bound = rule.ghost_norm_bound(site, g, x, w)
+    assert [t.shape[-1] for t in padded] == [4 if aligned else 2] * 2
     assert (bound[0] >= exact.square()).all()
     gg = g.unsqueeze(1)  # (B, G, p, T)
     assert grams(gg, True).sum() < grams(gg).sum() * 0.5  # the attack: truncation shrinks the Gram form to 4/9
     got, limit = release_norm(rule, site, bound, g, x, w)
-    assert got <= limit
-
-
-@pytest.mark.parametrize("scale", [1.0, 2.0**50, 2.0**-60])
-def test_conv_tf32_grams_padded_stay_upper_bounds_on_a_crafted_truncation(scale, monkeypatch):
-    """The truncation attack above with fp32 listed in conv.ALIGNED_OPERAND_DTYPES: its two positions (8 bytes a
-    row) take two zero positions, the TF32 Gram is sliced back, and s still bounds ‖g‖² at any scale."""
-    from dpcompile.passes.rules import conv as conv_rule
-    monkeypatch.setattr(conv_rule, "ALIGNED_OPERAND_DEVICES", (torch.device(DEVICE).type,))
-    monkeypatch.setattr(conv_rule, "ALIGNED_OPERAND_DTYPES", (torch.float32,))
-    padded, pad = [], conv_rule.padded_for_tensor_cores
-    monkeypatch.setattr(conv_rule, "padded_for_tensor_cores", lambda *a: padded.append(pad(*a)) or padded[-1])
-    conv = nn.Conv1d(1, 1, 1, bias=False).to(DEVICE)
-    x = torch.full((1, 1, 2), scale, device=DEVICE)
-    g = torch.tensor([[[1 + 2.0**-11, -(1 - 2.0**-10)]]], device=DEVICE)
-    w = conv.weight.detach()
-    site = replace(conv_site(conv), tf32=True)
-    exact = exact_conv(conv, g, x)
-    bound = ConvRule().ghost_norm_bound(site, g, x, w)
-    assert [t.shape[-1] for t in padded] == [4, 4]
-    assert (bound[0] >= exact.square()).all()
-    got, limit = release_norm(ConvRule(), site, bound, g, x, w)
     assert got <= limit
 
 
@@ -347,10 +341,8 @@ def test_conv_tf32_products_aligned(monkeypatch):
     off = rule.per_sample(site, g, x, w)
     monkeypatch.setattr(conv_rule, "ALIGNED_OPERAND_DEVICES", (torch.device(DEVICE).type,))
     monkeypatch.setattr(conv_rule, "ALIGNED_OPERAND_DTYPES", (torch.float32,))
-    padded, pad = [], conv_rule.padded_for_tensor_cores
-    monkeypatch.setattr(conv_rule, "padded_for_tensor_cores", lambda *a: padded.append(pad(*a)) or padded[-1])
-    pinned, pin = [], conv_rule.aligned_for_tensor_cores
-    monkeypatch.setattr(conv_rule, "aligned_for_tensor_cores", lambda *a: pinned.append(pin(*a)) or pinned[-1])
+    padded = results_of(monkeypatch, conv_rule, "padded_for_tensor_cores")
+    pinned = results_of(monkeypatch, conv_rule, "aligned_for_tensor_cores")
     exact = exact_conv(layer, g, x)
     bound = rule.ghost_norm_bound(site, g, x, w)
     assert [t.shape[-1] for t in padded] == [52, 52]
@@ -1553,8 +1545,7 @@ def test_bf16_half_grams_stay_upper_bounds(case, monkeypatch):
             x, g = torch.full((1, 4, 4), 250.0), torch.tensor([[[256.0, -255.0]]])
         elif case == "conv_padded":
             monkeypatch.setattr(conv, "ALIGNED_OPERAND_DEVICES", (torch.device(DEVICE).type,))
-            padded, pad = [], conv.padded_for_tensor_cores
-            monkeypatch.setattr(conv, "padded_for_tensor_cores", lambda *a: padded.append(pad(*a)) or padded[-1])
+            padded = results_of(monkeypatch, conv, "padded_for_tensor_cores")
             layer = nn.Conv2d(8, 16, 1, bias=False)
             x, g = torch.randn(4, 8, 7, 7), torch.randn(4, 16, 7, 7)
         else:

@@ -294,21 +294,13 @@ def test_conv_crafted_cancellation(impl):
     assert certified_norm(ps).item() >= exact
 
 
-@pytest.mark.parametrize("aligned", [False, True], ids=["plain", "padded"])
 @pytest.mark.parametrize("scale", [1.0, 2.0**50, 2.0**-60])
-def test_conv_tf32_grams_stay_upper_bounds_on_a_crafted_truncation(scale, aligned, monkeypatch):
+def test_conv_tf32_grams_stay_upper_bounds_on_a_crafted_truncation(scale):
     """The convolution rule's form of the linear rule's truncation attack above: a 1 × 1 convolution over two
     positions of a constant input, output gradients (1 + 2⁻¹¹, −(1 − 2⁻¹⁰)). With ghost_tf32 the Grams of the
     unfolded operands run on TF32 tensor cores (on the CPU: truncated operands, the worst case), which shrinks the
-    Gram form to 4/9 of ‖g‖²; s must still bound ‖g‖² by itself, at any scale. aligned: fp32 listed in
-    conv.ALIGNED_OPERAND_DTYPES, the two positions (8 bytes a row) take two zero positions and the TF32 Gram is
-    sliced back."""
-    from dpcompile.passes.rules import conv as conv_rule
+    Gram form to 4/9 of ‖g‖²; s must still bound ‖g‖² by itself, at any scale."""
     from dpcompile.passes.rules.conv import grams
-    if aligned:
-        monkeypatch.setattr(conv_rule, "ALIGNED_OPERAND_DEVICES", (torch.device(DEVICE).type,))
-        monkeypatch.setattr(conv_rule, "ALIGNED_OPERAND_DTYPES", (torch.float32,))
-    padded = results_of(monkeypatch, conv_rule, "padded_for_tensor_cores")
     conv = nn.Conv1d(1, 1, 1, bias=False).to(DEVICE)
     x = torch.full((1, 1, 2), scale, device=DEVICE)
     g = torch.tensor([[[1 + 2.0**-11, -(1 - 2.0**-10)]]], device=DEVICE)
@@ -318,7 +310,6 @@ def test_conv_tf32_grams_stay_upper_bounds_on_a_crafted_truncation(scale, aligne
     exact = exact_conv(conv, g, x)
     assert exact.item() == pytest.approx(scale * 3 * 2.0**-11, rel=1e-12)
     bound = rule.ghost_norm_bound(site, g, x, w)
-    assert [t.shape[-1] for t in padded] == [4 if aligned else 2] * 2
     assert (bound[0] >= exact.square()).all()
     gg = g.unsqueeze(1)  # (B, G, p, T)
     assert grams(gg, True).sum() < grams(gg).sum() * 0.5  # the attack: truncation shrinks the Gram form to 4/9
@@ -326,66 +317,33 @@ def test_conv_tf32_grams_stay_upper_bounds_on_a_crafted_truncation(scale, aligne
     assert got <= limit
 
 
-def test_conv_tf32_products_aligned(monkeypatch):
-    """fp32 listed in conv.ALIGNED_OPERAND_DTYPES, a 1×1 convolution at 7×7 (T = 49: rows of 196 bytes) with its
-    products on TF32: the Grams' operands take 3 zero positions (52) and the bound still bounds each sample's exact
-    norm, within 5% (a slice of the wrong rows drops positions and falls below it); the per-sample gradients'
-    operands are pinned channels-last (8 and 16 channels: aligned) and are the unaligned run's, to TF32's
-    roundings; IEEE fp32 products (tf32 off) are left as they are."""
-    from dpcompile.passes.rules import conv as conv_rule
-    torch.manual_seed(0)
-    layer = nn.Conv2d(8, 16, 1, bias=False).to(DEVICE)
-    x, g = torch.randn(4, 8, 7, 7, device=DEVICE), torch.randn(4, 16, 7, 7, device=DEVICE)
-    w, rule = layer.weight.detach(), ConvRule()
-    site = replace(conv_site(layer), tf32=True)
-    off = rule.per_sample(site, g, x, w)
-    monkeypatch.setattr(conv_rule, "ALIGNED_OPERAND_DEVICES", (torch.device(DEVICE).type,))
-    monkeypatch.setattr(conv_rule, "ALIGNED_OPERAND_DTYPES", (torch.float32,))
-    padded = results_of(monkeypatch, conv_rule, "padded_for_tensor_cores")
-    pinned = results_of(monkeypatch, conv_rule, "aligned_for_tensor_cores")
-    exact = exact_conv(layer, g, x)
-    bound = rule.ghost_norm_bound(site, g, x, w)
-    assert [t.shape[-1] for t in padded] == [52, 52]
-    assert (certified_norm(bound) >= exact).all() and (certified_norm(bound) <= 1.05 * exact).all()
-    on = rule.per_sample(site, g, x, w)
-    assert [t.stride()[1:] for t in pinned] == [(1, 16), (1, 8)]
-    assert torch.allclose(on, off, rtol=1e-5, atol=1e-6)
-    padded.clear()
-    rule.ghost_norm_bound(replace(site, tf32=False), g, x, w)
-    assert [t.shape[-1] for t in padded] == [49, 49]
-
-
 @settings(deadline=None, derandomize=True, max_examples=25)
 @given(c_in=st.sampled_from([1, 3, 4, 8, 12, 16]), c_out=st.sampled_from([1, 5, 8, 12, 16]), size=st.integers(1, 9),
-       kernel=st.sampled_from([1, 3]), batch=st.integers(1, 3), half=st.booleans())
-def test_aligned_products_bound_and_match_the_unaligned_ones(c_in, c_out, size, kernel, batch, half):
-    """Random 2-D convolutions, bf16 operands with half Grams or fp32 ones on TF32, with every dtype aligned on the
-    device (conv.ALIGNED_OPERAND_DEVICES, ALIGNED_OPERAND_DTYPES): the ghost bound still bounds each sample's exact
-    weight-gradient norm (float64, the operands as rounded) and is the unaligned bound to 1e-4, and the per-sample
-    gradients are the unaligned ones to their dtype's roundings: padding and pins change where values lie, never
-    which products are summed. (Its 25 examples' aligned runs pad 40 of 50 Gram operands and pin 14 of 50 per-sample
-    operands; a slice of the wrong rows fails it.)"""
+       kernel=st.sampled_from([1, 3]), batch=st.integers(1, 3))
+def test_aligned_products_bound_and_match_the_unaligned_ones(c_in, c_out, size, kernel, batch):
+    """Random 2-D convolutions, bf16 operands with half Grams, aligned on the device (conv.ALIGNED_OPERAND_DEVICES)
+    and not: the aligned ghost bound still bounds each sample's exact weight-gradient norm (float64, the operands as
+    rounded) and is the unaligned bound to 1e-4, and the per-sample gradients are the unaligned ones to bf16's
+    roundings: padding and pins change where values lie, never which products are summed. (Its 25 examples' aligned
+    runs pad 36 of 50 Gram operands and pin 13 of 50 per-sample operands; a slice of the wrong rows fails it.)"""
     from unittest import mock
 
     from dpcompile.passes.rules import bounds, conv as conv_rule
     gen = torch.Generator().manual_seed(c_in * 1000 + c_out * 100 + size * 10 + kernel + batch)
     layer = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False).to(DEVICE)
-    dtype = torch.bfloat16 if half else torch.float32
-    x = torch.randn(batch, c_in, size, size, generator=gen).to(DEVICE, dtype)
-    g = torch.randn(batch, c_out, size, size, generator=gen).to(DEVICE, dtype)
-    w, rule = layer.weight.detach().to(dtype), ConvRule()
-    site = replace(conv_site(layer), tf32=not half)
+    x = torch.randn(batch, c_in, size, size, generator=gen).to(DEVICE, torch.bfloat16)
+    g = torch.randn(batch, c_out, size, size, generator=gen).to(DEVICE, torch.bfloat16)
+    w, rule, site = layer.weight.detach().to(torch.bfloat16), ConvRule(), conv_site(layer)
     exact = exact_conv(layer, g, x)
     results = {}
     with mock.patch.object(bounds, "HALF_GRAM_DEVICES", (torch.device(DEVICE).type,)):
         for on in (False, True):
             devices = (torch.device(DEVICE).type,) if on else ()
-            with mock.patch.object(conv_rule, "ALIGNED_OPERAND_DEVICES", devices), \
-                    mock.patch.object(conv_rule, "ALIGNED_OPERAND_DTYPES", (torch.bfloat16, torch.float32)):
+            with mock.patch.object(conv_rule, "ALIGNED_OPERAND_DEVICES", devices):
                 results[on] = certified_norm(rule.ghost_norm_bound(site, g, x, w)), rule.per_sample(site, g, x, w)
     (off_bound, off_ps), (on_bound, on_ps) = results[False], results[True]
     assert (on_bound >= exact).all() and torch.allclose(on_bound, off_bound, rtol=1e-4, atol=0)
-    tol = 1e-2 if half else 1e-5
+    tol = 1e-2
     assert torch.allclose(on_ps.double(), off_ps.double(), rtol=tol, atol=tol * off_ps.double().abs().max().item())
 
 

@@ -81,11 +81,11 @@ FUSED_GRAM_CONV_DEVICES: tuple[str, ...] = ()
 # the Grams' operands pinned channels-last instead of padded made their kernel slower (0.61 ms: still align-1, the
 # result's rows being 49 apart). With the pins and the padding both kernels were gone and the step's device time fell
 # from 13.00 to 12.54 ms (H100, torch 2.11, one call; benchmarks/NOTES.md, fifty-first session). () turns it off.
+# fp32 operands of TF32 products (rows aligned at multiples of 4) are left alone: padded and pinned the same way,
+# ResNet-50 fp32's step took 18.40 ms of device time against 18.18 unaligned (H100, fifty-second session).
 ALIGNED_OPERAND_DEVICES: tuple[str, ...] = ("cuda",)
-# The operand dtypes it aligns: bf16 and fp16 (measured, above). fp32 operands of products on TF32 tensor cores (the
-# convolutions' TF32 default on CUDA), whose rows need T a multiple of 4, once float32 is listed: written and tested
-# on the CPU, not yet timed on a GPU (ResNet-50 fp32 at 7², T = 49, is the case).
-ALIGNED_OPERAND_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
+# The 16-bit elements in cuBLAS's 16-byte alignment.
+ROW_MULTIPLE = 8
 IMPLICIT_CONV_DTYPES = (torch.bfloat16, torch.float16)
 ARG_NAMES = ("grad_out", "input", "weight", "bias_sizes", "stride", "padding", "dilation",
              "transposed", "output_padding", "groups", "output_mask")
@@ -157,51 +157,43 @@ def grams(a: Tensor, tf32: bool = False) -> Tensor:
     traces to the same product with twice the ops, about 45 ms of the DP passes' time each); tf32: fp32 operands
     on TF32 tensor cores (fp32 operands: certified_grams decides). On WRN-16-4 (five ghost convolutions at
     T = 64) they take 0.3 of 10.4 ms of kernel time off a step (H200, 2026-12-02). bf16 operands (half_grams):
-    bf16 products with fp32 results (dpcompile::half_bmm). Operands whose T misaligns the Gram's rows are padded
-    first and the Gram sliced back (padded_for_tensor_cores)."""
+    bf16 products with fp32 results (dpcompile::half_bmm), their operands padded first where T misaligns the
+    Gram's rows and the Gram sliced back (padded_for_tensor_cores)."""
     flat = a.flatten(0, 1)
-    half = half_grams(flat)
-    T, flat = flat.shape[-1], padded_for_tensor_cores(flat, tf32 or half)
-    if half:
+    if half_grams(flat):
+        T, flat = flat.shape[-1], padded_for_tensor_cores(flat)
         out = torch.ops.dpcompile.half_bmm(flat.transpose(1, 2), flat)
-    else:
-        out = matrix_product(flat.transpose(1, 2), flat, tf32)
-    return (out if flat.shape[-1] == T else out[:, :T, :T]).unflatten(0, a.shape[:2])
+        return (out if flat.shape[-1] == T else out[:, :T, :T]).unflatten(0, a.shape[:2])
+    return matrix_product(flat.transpose(1, 2), flat, tf32).unflatten(0, a.shape[:2])
 
 
-def aligned_for_tensor_cores(flat: Tensor, tensor_cores: bool) -> Tensor:
+def aligned_for_tensor_cores(flat: Tensor) -> Tensor:
     """flat (N, n, T) pinned channels-last (strides n·T, 1, n) where misaligned_positions says its rows, as a
-    row-major operand of a tensor-core product, start off cuBLAS's 16-byte alignment while n's would not: a product
-    contracting T then reads both sides with leading dimension n (dpcompile::stored, lowered as a stride-order
-    requirement: no copy where the value is stored so). The same values: no product's error model depends on the
-    operands' layout."""
+    row-major operand of a 16-bit tensor-core product, start off cuBLAS's 16-byte alignment while n's would not: a
+    product contracting T then reads both sides with leading dimension n (dpcompile::stored, lowered as a
+    stride-order requirement: no copy where the value is stored so). The same values: no product's error model
+    depends on the operands' layout."""
     _, n, T = flat.shape
-    if not misaligned_positions(flat, tensor_cores) or not isinstance(n, int) or n % row_multiple(flat) != 0:
+    if not misaligned_positions(flat) or not isinstance(n, int) or n % ROW_MULTIPLE != 0:
         return flat
     return torch.ops.dpcompile.stored(flat, [n * T, 1, n])
 
 
-def padded_for_tensor_cores(flat: Tensor, tensor_cores: bool) -> Tensor:
-    """flat (N, n, T) with zero positions appended up to a multiple of row_multiple where misaligned_positions says
+def padded_for_tensor_cores(flat: Tensor) -> Tensor:
+    """flat (N, n, T) with zero positions appended up to a multiple of ROW_MULTIPLE where misaligned_positions says
     T misaligns its rows: its Gram (T × T) then has aligned rows, and the rows and columns the zeros add are exact
     zeros (each a sum of products with a zero factor), which the caller slices off. The contraction (n) and so the
     Gram's error model are unchanged."""
     T = flat.shape[-1]
-    return F.pad(flat, (0, -T % row_multiple(flat))) if misaligned_positions(flat, tensor_cores) else flat
+    return F.pad(flat, (0, -T % ROW_MULTIPLE)) if misaligned_positions(flat) else flat
 
 
-def misaligned_positions(flat: Tensor, tensor_cores: bool) -> bool:
-    """Whether flat (N, n, T), an operand of a product on tensor cores (bf16 or fp16; fp32 only where tensor_cores
-    says it runs on TF32), has a dtype ALIGNED_OPERAND_DTYPES lists on a device ALIGNED_OPERAND_DEVICES lists, and a
-    static T whose rows would start off cuBLAS's 16-byte alignment."""
+def misaligned_positions(flat: Tensor) -> bool:
+    """Whether flat (N, n, T) is 16-bit on a device ALIGNED_OPERAND_DEVICES lists, with a static T whose rows of
+    T·2 bytes would start off cuBLAS's 16-byte alignment (T not a multiple of ROW_MULTIPLE)."""
     T = flat.shape[-1]
-    return (flat.device.type in ALIGNED_OPERAND_DEVICES and flat.dtype in ALIGNED_OPERAND_DTYPES
-            and (tensor_cores or flat.element_size() == 2) and isinstance(T, int) and T % row_multiple(flat) != 0)
-
-
-def row_multiple(flat: Tensor) -> int:
-    """The elements of flat's dtype in cuBLAS's 16-byte alignment (8 of 16-bit, 4 of fp32)."""
-    return 16 // flat.element_size()
+    return (flat.device.type in ALIGNED_OPERAND_DEVICES and flat.element_size() == 2 and isinstance(T, int)
+            and T % ROW_MULTIPLE != 0)
 
 
 def certified_grams(a: Tensor, norms: Tensor, tf32: bool) -> tuple[Tensor, float, float | Tensor]:
@@ -419,7 +411,7 @@ class ConvRule:
                                                               c["dilation"])
         u, gg = self._unfolded(site, g, x)
         rows = u.shape[0]
-        gg, u = (aligned_for_tensor_cores(t.flatten(0, 1), site.tf32) for t in (gg, u))
+        gg, u = aligned_for_tensor_cores(gg.flatten(0, 1)), aligned_for_tensor_cores(u.flatten(0, 1))
         return matrix_product(gg, u.transpose(1, 2), site.tf32).reshape(rows, *w.shape)
 
     def _per_sample_shifted(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:

@@ -1,0 +1,126 @@
+"""Per-sample conv weight gradients as ONE grouped cuDNN weight gradient (groups = B: the batch folded into the
+channels, x as (1, B·C_in, H, W), g as (1, B·C_out, HO, WO), weight (B·C_out, C_in, kh, kw)), against the forms the
+rewrite uses on CUDA (fp32 on TF32: shifted products for stride 1, unfold + bmm otherwise, compiled; bf16: the Triton
+implicit GEMM, dpcompile.conv_kernels) and against cuDNN's non-private weight gradient of the same batch (the floor).
+Written in the fifty-second session to decide, by measurement, whether a "grouped" per-sample form is worth building
+(the fp32 per-sample products are ResNet-18 32² fp32's and WRN-16-4 fp32's largest DP cost: the shifted form's
+operand assembly alone 0.54 ms a step on ResNet-18). The DP graphs hold x and g channels-last on CUDA; the grouped
+form needs them NCHW (the fold of B into channels is a view only there), so it is timed from channels-last operands,
+the conversion included ("grouped_from_cl_ms"), and from NCHW ones ("grouped_ms"). Each per-sample result is compared
+with float64 per-sample gradients of the first 8 samples (relative to the largest entry). One JSON line per shape and
+dtype; run on a GPU:  python benchmarks/results/2026-12-06-s52/grouped_wgrad.py"""
+import json
+import statistics
+import sys
+
+import torch
+
+import dpcompile  # noqa: F401  (registers dpcompile ops)
+from dpcompile.conv_kernels import per_sample_conv2d_grad
+from dpcompile.passes.rules.conv import shifted_windows, unfold_nd
+
+torch.backends.cudnn.allow_tf32 = True
+torch._dynamo.config.recompile_limit = 64
+
+
+def timed(fn, reps=20):
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return round(statistics.median(times), 4)
+
+
+def shifted(g, x, kernel, padding, dilation, w_shape):
+    gf, xs, offsets = shifted_windows(x, g, kernel, padding, dilation)
+    L, B, k_last = gf.shape[-1], x.shape[0], kernel[-1]
+    gf = gf.reshape(B, -1, L)
+    parts = [torch.ops.dpcompile.tf32_bmm(gf, xs[..., o:o + L].reshape(B, -1, L).transpose(1, 2)) for o in offsets]
+    return torch.stack([p.unflatten(2, (-1, k_last)) for p in parts], 3).reshape(B, *w_shape)
+
+
+def unfolded(g, x, kernel, stride, padding, dilation, w_shape):
+    u = unfold_nd(x, kernel, stride, padding, dilation)
+    return torch.ops.dpcompile.tf32_bmm(g.flatten(2), u.transpose(1, 2)).reshape(g.shape[0], *w_shape)
+
+
+def grouped(g, x, kernel, stride, padding, dilation):
+    """(B, C_out, C_in, kh, kw): one weight gradient of a convolution with B groups."""
+    B, P, C = g.shape[0], g.shape[1], x.shape[1]
+    xf = x.contiguous().reshape(1, B * C, *x.shape[2:])
+    gf = g.contiguous().reshape(1, B * P, *g.shape[2:])
+    w = torch.empty(B * P, C, *kernel, device=x.device, dtype=x.dtype)
+    dw = torch.ops.aten.convolution_backward(gf, xf, w, None, stride, padding, dilation, False, [0, 0], B,
+                                             [False, True, False])[1]
+    return dw.reshape(B, P, C, *kernel)
+
+
+SHAPES = [  # (name, B, C_in, C_out, H, kernel, stride, padding)
+    ("r18/wrn 32² 64→64", 256, 64, 64, 32, 3, 1, 1),
+    ("wrn 32² 16→64", 256, 16, 64, 32, 3, 1, 1),
+    ("r18/wrn 32²→16² 64→128 s2", 256, 64, 128, 32, 3, 2, 1),
+    ("r18/wrn 16² 128→128", 256, 128, 128, 16, 3, 1, 1),
+    ("r18/wrn 8² 256→256", 256, 256, 256, 8, 3, 1, 1),
+    ("r18 224 56² 64→64 b64", 64, 64, 64, 56, 3, 1, 1),
+    ("r50 56² 64→64 b32", 32, 64, 64, 56, 3, 1, 1),
+    ("r50 14² 256→256 b32", 32, 256, 256, 14, 3, 1, 1),
+    ("r50 56² 1x1 256→64 b32", 32, 256, 64, 56, 1, 1, 0),
+]
+
+torch.manual_seed(0)
+for dtype in (torch.float32, torch.bfloat16):
+    torch._dynamo.reset()
+    for name, B, C, P, H, k, s, p in SHAPES:
+        x = torch.randn(B, C, H, H, device="cuda", dtype=dtype).to(memory_format=torch.channels_last)
+        HO = (H + 2 * p - k) // s + 1
+        g = torch.randn(B, P, HO, HO, device="cuda", dtype=dtype).to(memory_format=torch.channels_last)
+        kernel, stride, padding, dilation, w_shape = [k, k], [s, s], [p, p], [1, 1], (P, C, k, k)
+        w = torch.empty(w_shape, device="cuda", dtype=dtype)
+        row = {"shape": name, "dtype": str(dtype).split(".")[-1], "device": torch.cuda.get_device_name(),
+               "torch": torch.__version__}
+        row["cudnn_wgrad_ms"] = timed(lambda: torch.ops.aten.convolution_backward(
+            g, x, w, None, stride, padding, dilation, False, [0, 0], 1, [False, True, False]))
+        results = {}
+        try:
+            if dtype == torch.bfloat16 and k > 1:
+                row["current"] = "triton"
+                results["current"] = per_sample_conv2d_grad(g, x, kernel, stride, padding, dilation)
+                row["current_ms"] = timed(lambda: per_sample_conv2d_grad(g, x, kernel, stride, padding, dilation))
+            else:
+                if s == 1 and k > 1:
+                    current = torch.compile(lambda g, x: shifted(g, x, kernel, padding, dilation, w_shape))
+                    row["current"] = "shifted"
+                else:
+                    current = torch.compile(lambda g, x: unfolded(g, x, kernel, stride, padding, dilation, w_shape))
+                    row["current"] = "unfold"
+                if dtype == torch.bfloat16:  # tf32_bmm is for fp32 operands: the rewrite's bf16 unfold is a bmm
+                    current = torch.compile(lambda g, x: torch.bmm(
+                        g.flatten(2), unfold_nd(x, kernel, stride, padding, dilation).transpose(1, 2)
+                    ).reshape(g.shape[0], *w_shape))
+                results["current"] = current(g, x)
+                row["current_ms"] = timed(lambda: current(g, x))
+        except Exception as e:  # noqa: BLE001
+            row["current_error"] = repr(e)[:200]
+        try:
+            results["grouped"] = grouped(g, x, kernel, stride, padding, dilation)
+            row["grouped_from_cl_ms"] = timed(lambda: grouped(g, x, kernel, stride, padding, dilation))
+            xc, gc = x.contiguous(), g.contiguous()
+            row["grouped_ms"] = timed(lambda: grouped(gc, xc, kernel, stride, padding, dilation))
+        except Exception as e:  # noqa: BLE001
+            row["grouped_error"] = repr(e)[:200]
+        exact = torch.stack([torch.ops.aten.convolution_backward(
+            g[i:i + 1].double(), x[i:i + 1].double(), w.double(), None, stride, padding, dilation, False, [0, 0], 1,
+            [False, True, False])[1] for i in range(min(B, 8))])
+        scale = exact.abs().amax().item()
+        for form, got in results.items():
+            row[f"{form}_rel_err"] = ((got[:8].double() - exact).abs().amax() / scale).item()
+        print(json.dumps(row), flush=True)
+        x = g = w = results = None  # freed before the next shape
+        torch.cuda.empty_cache()
+sys.exit(0)

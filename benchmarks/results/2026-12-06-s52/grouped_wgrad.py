@@ -10,8 +10,8 @@ the conversion included ("grouped_from_cl_ms"), and from NCHW ones ("grouped_ms"
 with float64 per-sample gradients of the first 8 samples (relative to the largest entry). One JSON line per shape and
 dtype; run on a GPU:  python benchmarks/results/2026-12-06-s52/grouped_wgrad.py"""
 import json
-import statistics
 import sys
+from pathlib import Path
 
 import torch
 
@@ -19,22 +19,15 @@ import dpcompile  # noqa: F401  (registers dpcompile ops)
 from dpcompile.conv_kernels import per_sample_conv2d_grad
 from dpcompile.passes.rules.conv import shifted_windows, unfold_nd
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from layer_costs import timed as timed_ms  # noqa: E402
+
 torch.backends.cudnn.allow_tf32 = True
 torch._dynamo.config.recompile_limit = 64
 
 
-def timed(fn, reps=20):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return round(statistics.median(times), 4)
+def timed(fn):
+    return round(timed_ms(fn, 20), 4)
 
 
 def shifted(g, x, kernel, padding, dilation, w_shape):

@@ -9,8 +9,9 @@ per-sample gradients' (B, P, K, K, C) order. Here: six 256→256 3×3 convolutio
 with --loaf 0, inductor's loop_ordering_after_fusion off; with --model resnet50_gn, the suite's ResNet-50 (GN) at 224²,
 1000 classes, `auto` (as dp_throughput.py builds it), to read its clipped sums' kernel; with --aligned, the
 misaligned bf16 Gram and per-sample product operands aligned (passes.rules.conv.ALIGNED_OPERAND_DEVICES = ("cuda",),
-the default since the fifty-first session; --unaligned sets it to ()); with --fp32, no autocast (fp32, the TF32 defaults); with --aligned-fp32, float32 listed in
-conv.ALIGNED_OPERAND_DTYPES too (fp32 operands of TF32 products aligned: fifty-first session). Prints the kernels
+the default since the fifty-first session; --unaligned sets it to ()); with --fp32, no autocast (fp32, the TF32 defaults); --aligned-fp32 (fifty-first
+session: fp32 operands of TF32 products aligned too) ran in the fifty-second session's call 1 and is gone since (slower;
+the option now stops with an error). Prints the kernels
 of the step by device time (torch profiler, 10 steps) and writes the generated code of the backward to --code.
     python benchmarks/results/2026-12-06-s50/clipped_step.py [--loaf 0|1] [--code FILE]"""
 import argparse
@@ -47,8 +48,7 @@ if args.unaligned:
     from dpcompile.passes.rules import conv as conv_rule
     conv_rule.ALIGNED_OPERAND_DEVICES = ()
 if args.aligned_fp32:
-    from dpcompile.passes.rules import conv as conv_rule
-    conv_rule.ALIGNED_OPERAND_DTYPES = (*conv_rule.ALIGNED_OPERAND_DTYPES, torch.float32)
+    sys.exit("--aligned-fp32: the fp32 alignment was removed in the fifty-second session (slower: benchmarks/NOTES.md)")
 torch.manual_seed(0)
 if args.model:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))

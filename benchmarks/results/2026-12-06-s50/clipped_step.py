@@ -11,8 +11,9 @@ with --loaf 0, inductor's loop_ordering_after_fusion off; with --model resnet50_
 misaligned bf16 Gram and per-sample product operands aligned (passes.rules.conv.ALIGNED_OPERAND_DEVICES = ("cuda",),
 the default since the fifty-first session; --unaligned sets it to ()); with --fp32, no autocast (fp32, the TF32 defaults); --aligned-fp32 (fifty-first
 session: fp32 operands of TF32 products aligned too) ran in the fifty-second session's call 1 and is gone since (slower;
-the option now stops with an error). Prints the kernels
-of the step by device time (torch profiler, 10 steps) and writes the generated code of the backward to --code.
+the option now stops with an error). With --who, the aten op and input shapes that launched each
+top GEMM kernel (profiler with record_shapes; for the fifty-second session's unexplained TF32 align-1 kernel). Prints
+the kernels of the step by device time (torch profiler, 10 steps) and writes the generated code of the backward to --code.
     python benchmarks/results/2026-12-06-s50/clipped_step.py [--loaf 0|1] [--code FILE]"""
 import argparse
 import json
@@ -34,6 +35,7 @@ p.add_argument("--aligned", action="store_true")
 p.add_argument("--unaligned", action="store_true")
 p.add_argument("--fp32", action="store_true")
 p.add_argument("--aligned-fp32", action="store_true")
+p.add_argument("--who", action="store_true", help="also name the op and input shapes that launched each GEMM kernel")
 args = p.parse_args()
 
 
@@ -92,7 +94,8 @@ torch.cuda.synchronize()
 if args.code:
     Path(args.code).write_text("\n\n# ===== next graph =====\n\n".join(codes))
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
-with profile(activities=[ProfilerActivity.CUDA]) as prof:
+activities = [ProfilerActivity.CUDA, *([ProfilerActivity.CPU] if args.who else [])]
+with profile(activities=activities, record_shapes=args.who) as prof:
     for _ in range(10):
         step()
     torch.cuda.synchronize()
@@ -102,7 +105,17 @@ for e in prof.events():
         kernels[e.name] = kernels.get(e.name, 0.0) + e.device_time / 10 / 1e3
 total = sum(kernels.values())
 top = sorted(kernels.items(), key=lambda kv: -kv[1])[:40]
+launchers = {}  # --who: GEMM kernel name -> {(op, input shapes): launches in the 10 steps}
+for e in prof.events() if args.who else ():
+    if e.device_type == torch.autograd.DeviceType.CPU and e.name.startswith(("aten::", "dpcompile::")):
+        for k in getattr(e, "kernels", []):
+            if "gemm" in k.name.lower() or "Kernel2" in k.name:
+                per_op = launchers.setdefault(k.name[:120], {})
+                key = f"{e.name} {e.input_shapes}"
+                per_op[key] = per_op.get(key, 0) + 1
 print(json.dumps({"loaf": args.loaf, "aligned": args.aligned, "fp32": args.fp32, "aligned_fp32": args.aligned_fp32,
                   "batch": args.batch, "device_ms_per_step": round(total, 3),
                   "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                  "top": [[k[:120], round(v, 4)] for k, v in top]}, indent=1))
+                  "top": [[k[:120], round(v, 4)] for k, v in top],
+                  "launchers": {k: v for k, v in launchers.items() if any(k == name[:120] for name, _ in top)}},
+                 indent=1))

@@ -1,7 +1,9 @@
 """Per-sample conv weight gradients as ONE grouped cuDNN weight gradient (groups = B: the batch folded into the
 channels, x as (1, B·C_in, H, W), g as (1, B·C_out, HO, WO), weight (B·C_out, C_in, kh, kw)), against the forms the
 rewrite uses on CUDA (fp32 on TF32: shifted products for stride 1, unfold + bmm otherwise, compiled; bf16: the Triton
-implicit GEMM, dpcompile.conv_kernels) and against cuDNN's non-private weight gradient of the same batch (the floor).
+implicit GEMM, dpcompile.conv_kernels; for fp32 rows also that kernel on TF32, "triton_tf32_ms", last timed against
+the shifted form in the thirty-third session, before its channels-last operands and joint tiles) and against cuDNN's
+non-private weight gradient of the same batch (the floor).
 Written in the fifty-second session to decide, by measurement, whether a "grouped" per-sample form is worth building
 (the fp32 per-sample products are ResNet-18 32² fp32's and WRN-16-4 fp32's largest DP cost: the shifted form's
 operand assembly alone 0.54 ms a step on ResNet-18). The DP graphs hold x and g channels-last on CUDA; the grouped
@@ -100,6 +102,13 @@ for dtype in (torch.float32, torch.bfloat16):
                 row["current_ms"] = timed(lambda: current(g, x))
         except Exception as e:  # noqa: BLE001
             row["current_error"] = repr(e)[:200]
+        if dtype == torch.float32 and k > 1:  # the Triton kernel on TF32 (IMPLICIT_CONV_DTYPES lists 16-bit only)
+            try:
+                results["triton_tf32"] = per_sample_conv2d_grad(g, x, kernel, stride, padding, dilation, tf32=True)
+                row["triton_tf32_ms"] = timed(lambda: per_sample_conv2d_grad(g, x, kernel, stride, padding, dilation,
+                                                                             tf32=True))
+            except Exception as e:  # noqa: BLE001
+                row["triton_tf32_error"] = repr(e)[:200]
         try:
             results["grouped"] = grouped(g, x, kernel, stride, padding, dilation)
             row["grouped_from_cl_ms"] = timed(lambda: grouped(g, x, kernel, stride, padding, dilation))

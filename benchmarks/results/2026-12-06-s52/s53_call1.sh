@@ -6,8 +6,8 @@
 # form on most stride-1 3×3 layers if cuDNN's grouped kernels are efficient at groups = 256; in bf16 slower than the
 # Triton kernel. And the Triton kernel on TF32 for the fp32 rows (not timed since its channels-last operands and
 # joint tiles; 33rd session: 0.83 against the shifted form's 0.79 ms at 32² 64→64): if it wins there, float32 in
-# conv.IMPLICIT_CONV_DTYPES and the site's tf32 passed to the op (the kernel takes tf32; the rule passes none). If the grouped form wins in fp32 by ≥ 25%
-# on the CIFAR layers: the rule's impl "grouped" (CPU-only now, under ieee_convolutions) for TF32 sites on CUDA,
+# conv.IMPLICIT_CONV_DTYPES and the site's tf32 passed to the op (the kernel takes tf32; the rule passes none). If
+# the grouped form wins in fp32 by ≥ 25% on the CIFAR layers: the rule's impl "grouped" (CPU-only now, under ieee_convolutions) for TF32 sites on CUDA,
 # whose release is c·ĝ of the stored values, so cuDNN's algorithm choice cannot under-clip. (2) The
 # suite's ResNet-18 (GN) 224² b64 fp32, one run (for the one-run table of the committed code). Run alone, carry .whl:
 #   bash benchmarks/results/2026-12-06-s52/s53_call1.sh

@@ -13,6 +13,7 @@ fastest. Usage: python benchmarks/layer_costs.py [--batch 64] [--out DIR]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -68,25 +69,30 @@ def per_sample_method(rule, site, *operands):
     return run
 
 
+def conv_site(g, x, w, stride: int, pad: int, groups: int) -> Site:
+    """The Site of a 2-D convolution's weight term for output gradient g, input x and weight w (square kernel,
+    stride and padding), as the rewrite would annotate it, its operands standing in for the graph's nodes."""
+    B, cin, cout, k = x.shape[0], x.shape[1], w.shape[0], w.shape[-1]
+    consts = dict(stride=[stride] * 2, padding=[pad] * 2, dilation=[1, 1], groups=groups, kernel=[k, k],
+                  transposed=False, output_padding=[0, 0], param=1)
+    shape = LayerShape(sympy.Integer(B), sympy.Integer(g.shape[2] * g.shape[3]), sympy.Integer(cin // groups * k * k),
+                       sympy.Integer(cout // groups), groups)
+    operands = tuple(SimpleNamespace(meta={"val": v}) for v in (g, x, w))  # what ConvRule.implementation reads of the nodes
+    return Site("conv", operands, consts, shape)
+
+
 def conv_methods(B, cin, cout, h, k, stride, groups, device="cuda"):
     rule, pad = ConvRule(), k // 2
     x = torch.randn(B, cin, h, h, device=device)
     w = torch.randn(cout, cin // groups, k, k, device=device)
     out = torch.nn.functional.conv2d(x, w, stride=stride, padding=pad, groups=groups)
     g, clip = torch.randn_like(out), torch.rand(B, device=device)
-    T = out.shape[2] * out.shape[3]
-    consts = dict(stride=[stride] * 2, padding=[pad] * 2, dilation=[1, 1], groups=groups, kernel=[k, k],
-                  transposed=False, output_padding=[0, 0], param=1)
-    shape = LayerShape(sympy.Integer(B), sympy.Integer(T), sympy.Integer(cin // groups * k * k),
-                       sympy.Integer(cout // groups), groups)
-    operands = tuple(SimpleNamespace(meta={"val": v}) for v in (g, x, w))  # what ConvRule.implementation reads of the nodes
-    site = Site("conv", operands, consts, shape)
+    site = conv_site(g, x, w, stride, pad, groups)
     impls = ("unfold", "grouped") + ("shifted",) * (stride == 1)
     methods = {"ghost": lambda: (rule.ghost_norm_sq(site, g, x, w), rule.clipped_sum(site, clip, g, x, w))}
     for impl in impls:
-        methods[f"ps_{impl}"] = per_sample_method(rule, Site("conv", operands, consts, shape, impl=impl),
-                                                  g, x, w, clip)
-    return site, rule, methods, f"conv {cin}->{cout} k{k} s{stride} g{groups} {h}² (T={T})"
+        methods[f"ps_{impl}"] = per_sample_method(rule, dataclasses.replace(site, impl=impl), g, x, w, clip)
+    return site, rule, methods, f"conv {cin}->{cout} k{k} s{stride} g{groups} {h}² (T={site.shape.T})"
 
 
 def linear_methods(B, T, d, p, device="cuda"):

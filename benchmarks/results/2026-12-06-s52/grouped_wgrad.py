@@ -1,7 +1,8 @@
 """Per-sample conv weight gradients as ONE grouped cuDNN weight gradient (groups = B: the batch folded into the
 channels, x as (1, B·C_in, H, W), g as (1, B·C_out, HO, WO), weight (B·C_out, C_in, kh, kw)), against the forms the
-rewrite uses on CUDA (fp32 on TF32: shifted products for stride 1, unfold + bmm otherwise, compiled; bf16: the Triton
-implicit GEMM, dpcompile.conv_kernels; for fp32 rows also that kernel on TF32, "triton_tf32_ms", last timed against
+rewrite uses on CUDA (ConvRule.per_sample with the impl the rule picks on CUDA, compiled:
+fp32 on TF32, shifted products for stride 1, unfold + bmm otherwise; bf16: the Triton implicit GEMM;
+for fp32 rows also that kernel on TF32, "triton_tf32_ms", last timed against
 the shifted form in the thirty-third session, before its channels-last operands and joint tiles) and against cuDNN's
 non-private weight gradient of the same batch (the floor).
 Written in the fifty-second session to decide, by measurement, whether a "grouped" per-sample form is worth building
@@ -11,18 +12,18 @@ form needs them NCHW (the fold of B into channels is a view only there), so it i
 the conversion included ("grouped_from_cl_ms"), and from NCHW ones ("grouped_ms"). Each per-sample result is compared
 with float64 per-sample gradients of the first 8 samples (relative to the largest entry). One JSON line per shape and
 dtype; run on a GPU:  python benchmarks/results/2026-12-06-s52/grouped_wgrad.py"""
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import torch
 
-import dpcompile  # noqa: F401  (registers dpcompile ops)
 from dpcompile.conv_kernels import per_sample_conv2d_grad
-from dpcompile.passes.rules.conv import shifted_windows, unfold_nd
+from dpcompile.passes.rules.conv import ConvRule
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from layer_costs import timed as timed_ms  # noqa: E402
+from layer_costs import conv_site, timed as timed_ms  # noqa: E402
 
 torch.backends.cudnn.allow_tf32 = True
 torch._dynamo.config.recompile_limit = 64
@@ -32,21 +33,9 @@ def timed(fn):
     return round(timed_ms(fn, 20), 4)
 
 
-def shifted(g, x, kernel, padding, dilation, w_shape):
-    gf, xs, offsets = shifted_windows(x, g, kernel, padding, dilation)
-    L, B, k_last = gf.shape[-1], x.shape[0], kernel[-1]
-    gf = gf.reshape(B, -1, L)
-    parts = [torch.ops.dpcompile.tf32_bmm(gf, xs[..., o:o + L].reshape(B, -1, L).transpose(1, 2)) for o in offsets]
-    return torch.stack([p.unflatten(2, (-1, k_last)) for p in parts], 3).reshape(B, *w_shape)
-
-
-def unfolded(g, x, kernel, stride, padding, dilation, w_shape):
-    u = unfold_nd(x, kernel, stride, padding, dilation)
-    return torch.ops.dpcompile.tf32_bmm(g.flatten(2), u.transpose(1, 2)).reshape(g.shape[0], *w_shape)
-
-
 def grouped(g, x, kernel, stride, padding, dilation):
-    """(B, C_out, C_in, kh, kw): one weight gradient of a convolution with B groups."""
+    """(B, C_out, C_in, kh, kw): one weight gradient of a convolution with B groups; the rule's "grouped" form
+    (ops.per_sample_conv_weight_grad) with cuDNN's TF32 allowed where that op forces IEEE convolutions."""
     B, P, C = g.shape[0], g.shape[1], x.shape[1]
     xf = x.contiguous().reshape(1, B * C, *x.shape[2:])
     gf = g.contiguous().reshape(1, B * P, *g.shape[2:])
@@ -82,24 +71,13 @@ for dtype in (torch.float32, torch.bfloat16):
         row["cudnn_wgrad_ms"] = timed(lambda: torch.ops.aten.convolution_backward(
             g, x, w, None, stride, padding, dilation, False, [0, 0], 1, [False, True, False]))
         results = {}
-        try:
-            if dtype == torch.bfloat16 and k > 1:
-                row["current"] = "triton"
-                results["current"] = per_sample_conv2d_grad(g, x, kernel, stride, padding, dilation)
-                row["current_ms"] = timed(lambda: per_sample_conv2d_grad(g, x, kernel, stride, padding, dilation))
-            else:
-                if s == 1 and k > 1:
-                    current = torch.compile(lambda g, x: shifted(g, x, kernel, padding, dilation, w_shape))
-                    row["current"] = "shifted"
-                else:
-                    current = torch.compile(lambda g, x: unfolded(g, x, kernel, stride, padding, dilation, w_shape))
-                    row["current"] = "unfold"
-                if dtype == torch.bfloat16:  # tf32_bmm is for fp32 operands: the rewrite's bf16 unfold is a bmm
-                    current = torch.compile(lambda g, x: torch.bmm(
-                        g.flatten(2), unfold_nd(x, kernel, stride, padding, dilation).transpose(1, 2)
-                    ).reshape(g.shape[0], *w_shape))
-                results["current"] = current(g, x)
-                row["current_ms"] = timed(lambda: current(g, x))
+        try:  # the rule's own form on CUDA: the Triton kernel for bf16, else shifted or unfold on TF32 (fp32)
+            rule, site = ConvRule(), conv_site(g, x, w, s, p, 1)
+            site = dataclasses.replace(site, impl=rule.implementation(site, "per_sample"), tf32=dtype == torch.float32)
+            row["current"] = site.impl
+            current = torch.compile(lambda g, x, w: rule.per_sample(site, g, x, w))
+            results["current"] = current(g, x, w)
+            row["current_ms"] = timed(lambda: current(g, x, w))
         except Exception as e:  # noqa: BLE001
             row["current_error"] = repr(e)[:200]
         if dtype == torch.float32 and k > 1:  # the Triton kernel on TF32 (IMPLICIT_CONV_DTYPES lists 16-bit only)

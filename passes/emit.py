@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.fx as fx
 from torch._guards import detect_fake_mode
+from torch.fx._lazy_graph_module import _make_graph_module, _use_lazy_graph_module
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils._pytree import tree_leaves, tree_map
 
@@ -48,6 +49,16 @@ def decompositions() -> dict:
     """Inductor's decomposition table."""
     from torch._inductor.decomposition import select_decomp_table
     return select_decomp_table()
+
+
+def graph_module(root: fx.GraphModule, graph: fx.Graph, class_name: str) -> fx.GraphModule:
+    """A GraphModule of graph whose Python code is generated where it is first needed (a call, .code, a pickle),
+    not here (as make_fx's are). The rewritten backward's code took 0.6 s on ResNet-50 (11,800 nodes, this project's
+    CPU), and inductor never runs it: its post-grad passes and its cache key (a pickle of the module) generated the
+    code again. Made lazily, ResNet-50's first step under inductor spent 1.4 s generating it instead of 2.2 s
+    (benchmarks/NOTES.md, fifty-third session)."""
+    with _use_lazy_graph_module(True):
+        return _make_graph_module(root, graph, class_name=class_name)
 
 
 def signature(args: Sequence[fx.Node]) -> tuple:

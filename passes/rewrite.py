@@ -19,7 +19,7 @@ import torch.fx as fx
 from dpcompile.errors import ConfigError
 from dpcompile.ops import lower_gram_sums, lower_half_bmm, lower_per_sample_conv2d_grad, lower_stored_as_inductor_pin
 
-from .emit import emit, fresh_value, with_provenance
+from .emit import emit, fresh_value, graph_module, with_provenance
 from .export import to_networkx
 from .meta import PARAMS, PLAN, SITE, ParamGrad, PassContext
 from .rules import RULES, rule_for
@@ -126,7 +126,7 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         outputs[p.output_index] = final
     graph.output(tuple(outputs))
     graph.eliminate_dead_code()  # the lint follows in run_pipeline
-    new = fx.GraphModule(gm, graph, class_name="DPBackward")  # generates its code once, from the final graph
+    new = graph_module(gm, graph, "DPBackward")  # its code generated where it is run, from the final graph
     # not the analyses (dp_*): they point into gm's nodes, which this graph does not hold; gm keeps them (explain)
     new.meta.update({k: v for k, v in gm.meta.items() if not k.startswith("dp_")})
     return new

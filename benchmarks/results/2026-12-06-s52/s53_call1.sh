@@ -13,7 +13,7 @@
 #   bash benchmarks/results/2026-12-06-s52/s53_call1.sh
 cd "$(dirname "$0")/../../.."
 PREFIX=s53-call1
-LIMIT=570
+LIMIT=${LIMIT:-570}
 source benchmarks/device_call.sh
 date -u
 nvidia-smi --query-gpu=name --format=csv,noheader

@@ -248,6 +248,19 @@ def test_inductor_matches_reference(policy):
 
 
 @pytest.mark.inductor
+def test_inductor_lowers_a_copy_and_the_graphs_stay_as_made():
+    """Inductor's passes rewrite the graph they lower in place (its post-grad passes turn views into reshapes): it
+    lowers a copy, so dp.graphs holds the forward and the DP backward as dpcompile made them."""
+    dp = check_against_reference(CASES["conv"][-1], backend="inductor")
+    for name in ("forward", "backward_rewritten"):
+        graph = dp.graphs[name].graph
+        graph.lint()
+        assert graph.find_nodes(op="call_function", target=torch.ops.aten.view.default), name
+        assert not graph.find_nodes(op="call_function", target=torch.ops.aten.reshape.default), name
+    assert "dp_clip_factor" in dp.graphs["backward_rewritten"].code
+
+
+@pytest.mark.inductor
 def test_inductor_finds_the_batch_through_folded_views():
     """Inductor's graph passes fold the views between a matmul's output and the next weight
     gradient; the batch is found by walking through the matmul (GPU suite, inductor backend)."""

@@ -224,6 +224,7 @@ class DPBackend:
             # inductor's passes rewrite the graph they lower in place (before they can fail): they get a copy, and gm
             # stays as made, for dp_model.graphs, the next attempt and the last resort
             work = passes.emit.graph_module(gm, graph_copy(gm.graph), type(gm).__name__)
+            work.meta.update(gm.meta)  # what torch records on the module (inductor reads some: cudagraph_annotation)
             try:
                 with torch._inductor.config.patch({**wrapper, **({"force_layout_optimization": True}
                                                                   if channels_last else {})}):

@@ -8,7 +8,6 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.fx as fx
 from torch._guards import detect_fake_mode
-from torch.fx._lazy_graph_module import _make_graph_module, _use_lazy_graph_module
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils._pytree import tree_leaves, tree_map
 
@@ -57,6 +56,10 @@ def graph_module(root: fx.GraphModule, graph: fx.Graph, class_name: str) -> fx.G
     CPU), and inductor never runs it: its post-grad passes and its cache key (a pickle of the module) generated the
     code again. Made lazily, ResNet-50's first step under inductor spent 1.4 s generating it instead of 2.2 s
     (benchmarks/NOTES.md, fifty-third session)."""
+    try:  # torch.fx's own (2.3 on), private: where a torch lacks it, the code is generated here
+        from torch.fx._lazy_graph_module import _make_graph_module, _use_lazy_graph_module
+    except ImportError:
+        return fx.GraphModule(root, graph, class_name=class_name)
     with _use_lazy_graph_module(True):
         return _make_graph_module(root, graph, class_name=class_name)
 

@@ -483,8 +483,9 @@ def copy_graph(gm: fx.GraphModule) -> fx.GraphModule:
 
 
 def graph_copy(graph: fx.Graph) -> fx.Graph:
-    """A graph's nodes and meta (shallow) in a new graph: 0.1 s for ResNet-50's 12k-node DP backward (a GraphModule of
-    it generates its code only where it runs: passes.emit.graph_module)."""
+    """A graph's nodes and meta (shallow) in a new graph: 0.6-0.7 s for ResNet-50's 11.6k-node DP backward (64², this
+    project's CPU, torch 2.13: fx's node copies; a GraphModule of it generates its code only where it runs:
+    passes.emit.graph_module)."""
     copy = fx.Graph()
     copy.output(copy.graph_copy(graph, {}))
     return copy

@@ -11,7 +11,8 @@ operand assembly alone 0.54 ms a step on ResNet-18). The DP graphs hold x and g 
 form needs them NCHW (the fold of B into channels is a view only there), so it is timed from channels-last operands,
 the conversion included ("grouped_from_cl_ms"), and from NCHW ones ("grouped_ms"). Each per-sample result is compared
 with float64 per-sample gradients of the first 8 samples (relative to the largest entry). One JSON line per shape and
-dtype; run on a GPU:  python benchmarks/results/2026-12-06-s52/grouped_wgrad.py"""
+dtype (and a readable "row:" line of it on stderr); run on a GPU:
+    python benchmarks/results/2026-12-06-s52/grouped_wgrad.py"""
 import dataclasses
 import json
 import sys
@@ -101,6 +102,10 @@ for dtype in (torch.float32, torch.bfloat16):
         for form, got in results.items():
             row[f"{form}_rel_err"] = ((got[:8].double() - exact).abs().amax() / scale).item()
         print(json.dumps(row), flush=True)
+        print("row:", row["dtype"], row["shape"], "cudnn", row.get("cudnn_wgrad_ms"), row.get("current"),
+              row.get("current_ms"), "triton_tf32", row.get("triton_tf32_ms"), "grouped", row.get("grouped_from_cl_ms"),
+              row.get("grouped_ms"), "err", *(row.get(f"{f}_rel_err") for f in ("current", "triton_tf32", "grouped")),
+              *(row.get(f"{f}_error", "") for f in ("current", "triton_tf32", "grouped")), file=sys.stderr, flush=True)
         x = g = w = results = None  # freed before the next shape
         torch.cuda.empty_cache()
 sys.exit(0)

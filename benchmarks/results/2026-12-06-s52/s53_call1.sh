@@ -18,14 +18,7 @@ source benchmarks/device_call.sh
 date -u
 nvidia-smi --query-gpu=name --format=csv,noheader
 timeout 250 python3 benchmarks/results/2026-12-06-s52/grouped_wgrad.py >"$OUT/grouped_wgrad.jsonl" 2>"$OUT/grouped_wgrad.err"
-tail -3 "$OUT/grouped_wgrad.err"
-python3 -c 'import json, sys
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    print(r["dtype"], r["shape"], "cudnn", r.get("cudnn_wgrad_ms"), r.get("current"), r.get("current_ms"),
-          "triton_tf32", r.get("triton_tf32_ms"), "grouped", r.get("grouped_from_cl_ms"), r.get("grouped_ms"), "err",
-          r.get("current_rel_err"), r.get("triton_tf32_rel_err"), r.get("grouped_rel_err"),
-          r.get("current_error", ""), r.get("triton_tf32_error", ""), r.get("grouped_error", ""))' "$OUT/grouped_wgrad.jsonl"
+grep "^row:" "$OUT/grouped_wgrad.err"; grep -v "^row:" "$OUT/grouped_wgrad.err" | tail -3
 suite fp32 resnet18_gn 224 64 160
 summary
 date -u

@@ -223,8 +223,7 @@ class DPBackend:
         for wrapper in wrappers:
             # inductor's passes rewrite the graph they lower in place (before they can fail): they get a copy, and gm
             # stays as made, for dp_model.graphs, the next attempt and the last resort
-            work = passes.emit.graph_module(gm, graph_copy(gm.graph), type(gm).__name__)
-            work.meta.update(gm.meta)  # what torch records on the module (inductor reads some: cudagraph_annotation)
+            work = copy_graph(gm)
             try:
                 with torch._inductor.config.patch({**wrapper, **({"force_layout_optimization": True}
                                                                   if channels_last else {})}):
@@ -478,14 +477,17 @@ def batch_symbol(placeholders: list[fx.Node], user_inputs: tuple[int, ...]):
 
 
 def copy_graph(gm: fx.GraphModule) -> fx.GraphModule:
-    """A copy of the captured graph (nodes and meta shallow-copied), safe from the lowering's in-place passes."""
-    return fx.GraphModule(gm, graph_copy(gm.graph))
+    """A copy of a graph module (nodes, their meta and the module's meta shallow-copied: torch records some there that
+    inductor reads, e.g. cudagraph_annotation), safe from the lowering's in-place passes; its code generated only
+    where it runs (passes.emit.graph_module)."""
+    copy = passes.emit.graph_module(gm, graph_copy(gm.graph), type(gm).__name__)
+    copy.meta.update(gm.meta)
+    return copy
 
 
 def graph_copy(graph: fx.Graph) -> fx.Graph:
     """A graph's nodes and meta (shallow) in a new graph: 0.6-0.7 s for ResNet-50's 11.6k-node DP backward (64², this
-    project's CPU, torch 2.13: fx's node copies; a GraphModule of it generates its code only where it runs:
-    passes.emit.graph_module)."""
+    project's CPU, torch 2.13: fx's node copies)."""
     copy = fx.Graph()
     copy.output(copy.graph_copy(graph, {}))
     return copy

@@ -389,7 +389,8 @@ def test_an_instantiated_release_rounding_up_from_the_subnormal_range_is_dropped
 
 
 @pytest.mark.parametrize("policy", ("ghost", "per_sample"))
-@pytest.mark.parametrize("dtype, bound", [(torch.float32, 2.0**-24), (torch.bfloat16, 2.0**-7)], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("dtype, bound", [(torch.float32, 2.0**-24), (torch.bfloat16, 2.0**-7),
+                                          (torch.float64, 2.0**-577)], ids=["fp32", "bf16", "fp64"])
 @pytest.mark.parametrize("frac", [0.51, 0.75])
 @pytest.mark.parametrize("layer", ["linear", "conv1d"])
 def test_underflow_in_the_clip_scaled_operand_stays_within_R(layer, policy, dtype, bound, frac):
@@ -401,20 +402,25 @@ def test_underflow_in_the_clip_scaled_operand_stays_within_R(layer, policy, dtyp
     subnormals start at 2⁻¹³³). The norm's absolute part (underflow whatever c is) now enters the clip factor:
     this sample's release stays within R (it can only be dropped here: its underflow alone may reach R). The
     per-sample path scales released entries of R's size, far from underflow. The convolution's case bites where
-    its clipped sum is a GEMM (CUDA); on the CPU oneDNN's weight gradient flushed the subnormal to zero."""
+    its clipped sum is a GEMM (CUDA); on the CPU oneDNN's weight gradient flushed the subnormal to zero.
+    Float64 (inputs about 2⁴⁹⁷, R = 2⁻⁵⁷⁷, the squares still finite): the bound's η/2 of float64, formed in Python,
+    rounded to 0, so the absolute part was 0 and the linear layer's release 1.96·R and 1.33·R (bounds.half_subnormal)."""
     torch.manual_seed(0)
     # (a width-one input is always instantiated per sample)
     model = (nn.Linear(2, 1, bias=False) if layer == "linear" else nn.Conv1d(2, 1, 1, bias=False)).to(DEVICE)
+    if dtype == torch.float64:
+        model = model.double()
     dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, loss_reduction="sum", policy=policy,
                              backend=BACKEND)
-    smallest = 2.0**-149 if dtype == torch.float32 else 2.0**-133
+    smallest = {torch.float32: 2.0**-149, torch.bfloat16: 2.0**-133, torch.float64: 2.0**-1074}[dtype]
     shape = (1, 2) if layer == "linear" else (1, 2, 1)
-    x = torch.full(shape, bound / (frac * smallest) / 2**0.5, device=DEVICE)  # c·p = R/‖x‖ = frac·smallest
+    x = torch.full(shape, bound / smallest / frac / 2**0.5, device=DEVICE,  # c·p = R/‖x‖ = frac·smallest
+                   dtype=torch.float64 if dtype == torch.float64 else torch.float32)
     with torch.autocast(torch.device(DEVICE).type, torch.bfloat16, enabled=dtype == torch.bfloat16):
         out = dp(x)
     (out.float().sum() * 2.0**-30).backward()
     assert [r.method for r in dp.explain().rows] == [policy]
-    assert model.weight.grad.double().norm() <= bound
+    assert (model.weight.grad.double() / bound).norm() <= 1  # R a power of two: exact (squares of 1e-174 underflow)
     assert dropped_samples(dp) == (policy == "ghost")  # its underflow alone may reach R: dropped, counted, warned
 
 

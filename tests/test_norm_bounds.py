@@ -208,6 +208,19 @@ def test_linear_float64_exact_in_integers():
     assert all(certified_norm(ps)[i].item() ** 2 >= exact[i] for i in range(3))
 
 
+def test_product_sum_bound_keeps_error_coefficients_that_underflow():
+    """Σ δA·δB's cross term ga·eb·Σ_t r_t·Σ_s r_s: with float64 operands eb = n·η, and Python's ga·eb rounds to 0,
+    while the sums of one operand's row norms may be near 1e240 (rows of norm 2⁴⁰⁰ against rows of 2⁻⁴⁰⁰ in the other,
+    so nothing overflows). Computed Grams of zeros, one position: the exact sum may be as large as
+    δA·δB = (ga·r² + ea)(gb·ρ² + eb) ≥ ga·r²·eb; the bound must reach it (it was 0)."""
+    from dpcompile.passes.rules.bounds import product_sum_bound
+    zeros = torch.zeros(1, 1, 1, 1, dtype=torch.float64)
+    r, rho = (torch.full((1, 1, 1), 2.0**e, dtype=torch.float64) for e in (400, -400))
+    ga, eb = 2.0**-40, 2.0**-1074
+    bound = product_sum_bound(zeros, zeros, (r, r), (rho, rho), ga, 0.0, 0.0, eb)
+    assert bound.item() >= float(Fraction(ga) * Fraction(2**800) * Fraction(eb)) > 0
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_linear_per_sample_bound_and_release(dtype):
     p_rows, q_rows = cancelling(dtype, 250.0, 1e4 if dtype != torch.bfloat16 else 256.0)

@@ -252,8 +252,21 @@ def sums_bound(sums, n, r: tuple[Tensor, Tensor], rho: tuple[Tensor, Tensor], ga
     m, sr, srho = (t * s for t, s in zip(over_t, over_s))
     ts = r1.shape[-1] * r2.shape[-1]
     ea, eb = (e.unsqueeze(-1) if isinstance(e, Tensor) else e for e in (ea, eb))  # per sample: against (B, G)
-    err = err + (ga * gb * m + ga * eb * sr + ea * gb * srho + ea * eb * ts).sum(1)
+    err = err + (coefficient(ga, gb) * m + coefficient(ga, eb) * sr + coefficient(ea, gb) * srho
+                 + coefficient(ea, eb) * ts).sum(1)
     return s + err * (1 + gamma(n + 8, U64))
+
+
+def coefficient(a: float | Tensor, b: float | Tensor) -> float | Tensor:
+    """a·b for non-negative error coefficients, where both are floats never below the exact product: Python's product
+    rounds to nearest, which a later (1 + γ) covers while it is a normal float64, but under 2⁻¹⁰²² it errs by up to η/2
+    absolutely (float64 operands' e = n·η times a γ rounds to 0), and the sums it multiplies may be near 1e300: one
+    step up, as nextafter gives, covers that. A tensor's product (a per-sample e of tensor cores, ≥ 2⁻¹²⁶ times a γ
+    above 2⁻³⁰) stays normal."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return a * b
+    product = a * b
+    return product if product >= 2.0**-1022 or a == 0 or b == 0 else math.nextafter(product, math.inf)
 
 
 def fused_gram_sum_bound(p: Tensor, q: Tensor, r: Tensor, rho: Tensor) -> Tensor:
@@ -321,12 +334,21 @@ def release_underflow(other_norm_sum: Tensor, features: int, scaled_dtype: torch
     Doubled for the relative roundings these absolute errors pass through afterwards (γ < 1 wherever a bound is
     finite)."""
     tensor_cores = tf32 and scaled_dtype == torch.float32
-    step = TF32_SUBNORMAL_ERROR if tensor_cores else SUBNORMAL[scaled_dtype] / 2
+    step = TF32_SUBNORMAL_ERROR if tensor_cores else half_subnormal(scaled_dtype)
     # the products accumulate in float32 for float32 and narrower operands, in float64 for float64 ones (float32's
     # η here over-clipped float64 at R below about 1e-36, and dropped every sample at 1e-44)
-    product = TF32_SUBNORMAL_ERROR if tensor_cores else SUBNORMAL[accumulation_dtype(scaled_dtype)] / 2
-    fixed = (product * products + max(product, SUBNORMAL[out_dtype] / 2)) * root_bound(out_numel)
+    product = TF32_SUBNORMAL_ERROR if tensor_cores else half_subnormal(accumulation_dtype(scaled_dtype))
+    fixed = (product * products + max(product, half_subnormal(out_dtype))) * root_bound(out_numel)
     return 2 * (other_norm_sum * (step * root_bound(features)) + fixed)
+
+
+def half_subnormal(dtype: torch.dtype) -> float:
+    """η/2 of dtype (the most a rounding in its subnormal range moves a value), as a float64 no smaller: float64's own
+    η/2 lies below every float64 and rounds to 0 in Python, so float64 takes η. That factor 2 also covers the
+    rounding of a product η·k (k ≥ 1) formed from it, which lands on a multiple of η: at least η·k − η/2 ≥ η·k/2.
+    (As η/2 = 0, release_underflow's bound for float64 was 0, and a crafted float64 sample released 1.96·R,
+    test_adversarial.py::test_underflow_in_the_clip_scaled_operand_stays_within_R.)"""
+    return max(SUBNORMAL[dtype] / 2, SUBNORMAL[F64])
 
 
 def clipped_product_margin(m: Tensor, operand_dtype: torch.dtype, length,

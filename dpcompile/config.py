@@ -21,6 +21,10 @@ MAX_CLIP_FACTOR = 1e30
 # overflow to inf before the noise (a release finite or not by the batch) cannot happen there. (float16 gradients:
 # README's limitations.)
 MAX_GRAD_NORM_CAP = 1e20
+# The least R (and clip group bound): the clip factor aims at R·(1 − 2⁻⁴⁰) in float64, a normal number from here down
+# to R/√G for up to 2⁴² groups; below 2⁻¹⁰²² its roundings move values by η/2, not by u of themselves, and R's
+# slack is lost (rewrite.clip_factor). Far below any bound in use (fp32's smallest subnormal is 1.4e-45).
+MIN_GRAD_NORM = 2.0**-1000
 
 @dataclass(frozen=True)
 class DPConfig:
@@ -71,6 +75,9 @@ class DPConfig:
                                tuple(real_number("clip_group_norms", r) for r in self.clip_group_norms))
         check(self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm),
               f"max_grad_norm must be a positive finite number, got {self.max_grad_norm}")
+        check(self.max_grad_norm >= MIN_GRAD_NORM,
+              f"max_grad_norm must be at least 2**-1000 (about {MIN_GRAD_NORM:.2g}), got {self.max_grad_norm}: below it "
+              "the clip factor's float64 arithmetic cannot keep a sample's contribution within it")
         check(self.max_grad_norm <= MAX_GRAD_NORM_CAP,
               f"max_grad_norm must be at most {MAX_GRAD_NORM_CAP:g}, got {self.max_grad_norm}: a batch's clipped "
               "sum, formed before the noise, must stay finite in float32 and bfloat16 (3.4e38) for any batch size")
@@ -118,6 +125,8 @@ class DPConfig:
                   "clip_group_norms needs one bound per clip group")
             check(norms is None or all(r > 0 and math.isfinite(r) for r in norms),
                   "every clip group bound must be a positive finite number")
+            check(norms is None or all(r >= MIN_GRAD_NORM for r in norms),
+                  f"every clip group bound must be at least 2**-1000 (about {MIN_GRAD_NORM:.2g}), as max_grad_norm")
             total = math.sqrt(sum(r * r for r in norms)) if norms else 0.0
             check(total <= self.max_grad_norm * (1 + 1e-9),
                   f"clip_group_norms give a total sensitivity √(Σ R_g²) = {total:.6g} above max_grad_norm="

@@ -427,6 +427,7 @@ def sum_of_parts(parts) -> torch.Tensor | float:
 # arithmetic that their factors do not name (an error term's own product with its γ, the batch scale of a mean
 # loss): about 2¹² roundings of u along a path, far more than any term's bound takes (its sums carry their own γ).
 CLIP_SLACK = 2.0**-40
+SMALLEST_NORMAL = 2.0**-1022  # float64's: below it a rounding moves a value by up to η/2, not u of itself
 
 
 def clip_target(bound: float) -> float:
@@ -449,7 +450,9 @@ def clip_factor(norms: torch.Tensor, keep: torch.Tensor, row: int, bounds: Seque
     C_i·N_i + A_i ≤ R; 0 where keep (kept(), over every group) is False. norms: (groups, 2, B). Float64.
     R' = clip_target(R) leaves room for this function's own roundings: R' rounds up by ≤ u, R' − A_i by ≤ u,
     N_i + 1e-6 down by ≤ u and the quotient up by ≤ u, so C_i·N_i + A_i ≤ R'·(1 + u)²/(1 − u) + its rounding
-    ≤ R(1 − 2⁻⁴⁰)(1 + 5u) < R (and C_i = 1 only where the quotient rounded to ≥ 1, the same bound)."""
+    ≤ R(1 − 2⁻⁴⁰)(1 + 5u) < R (and C_i = 1 only where the quotient rounded to ≥ 1, the same bound). A quotient below
+    2⁻¹⁰²² (a tiny R against a huge norm) rounds by up to η/2 absolutely, not by u: there it is taken one step down,
+    below the exact quotient (a float64 sample of norm 2⁵⁰⁰ at R = 0.75·2⁻⁵⁷⁴ got C_i = η, released at 1.33·R)."""
     scale = norms.shape[-1] if spec.loss_reduction == "mean" else 1
     norm, absolute = norms[row, 0] * scale, norms[row, 1] * scale
     room = (clip_target(bounds[row]) - absolute).clamp(min=0.0)
@@ -457,7 +460,9 @@ def clip_factor(norms: torch.Tensor, keep: torch.Tensor, row: int, bounds: Seque
         factor = room / (norm + spec.clip_stability)
     else:
         factor = (room / (norm + 1e-6)).clamp(max=1.0)
-    return torch.where(keep, factor, torch.zeros_like(factor))
+    zero = torch.zeros_like(factor)
+    factor = torch.where(factor < SMALLEST_NORMAL, torch.nextafter(factor, zero), factor)
+    return torch.where(keep, factor, zero)
 
 
 def clip_in_dtype(graph: fx.Graph, factor: fx.Node, dtype: torch.dtype, cache: dict, store: bool) -> fx.Node:

@@ -369,6 +369,23 @@ def test_huge_finite_sample_is_clipped_not_dropped():
         assert torch.allclose(p.grad, ref[name], rtol=1e-10, atol=0), name
 
 
+@pytest.mark.parametrize("policy", ("per_sample", "ghost"))
+def test_a_clip_factor_in_float64s_subnormal_range_is_rounded_down(policy):
+    """A float64 sample of norm 2⁵⁰⁰ (its square still finite; an output gradient of 2⁵⁰⁰ on an input of norm 1, so
+    what underflow may add to a ghost release stays far below R) at R = 0.75·2⁻⁵⁷⁴: the clip factor R/N = 0.75η lies in
+    float64's subnormal range, where the quotient rounds by up to η/2, not by u of itself; it rounded up to η, and
+    the sample was released at 1.33·R by both methods. Factors below 2⁻¹⁰²² are now taken one step down
+    (rewrite.clip_factor), here to 0."""
+    bound = 0.75 * 2.0**-574
+    model = nn.Linear(2, 1, bias=False).to(DEVICE, torch.float64)  # (a width-one input is always per sample)
+    dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, loss_reduction="sum", policy=policy,
+                             backend=BACKEND)
+    (dp(torch.tensor([[1.0, 0.0]], device=DEVICE, dtype=torch.float64)).sum() * 2.0**500).backward()
+    assert [r.method for r in dp.explain().rows] == [policy]
+    assert (model.weight.grad / bound).norm() <= 1  # R a power of two times 0.75: the quotients are exact
+    assert dropped_samples(dp) == 0
+
+
 def test_an_instantiated_release_rounding_up_from_the_subnormal_range_is_dropped():
     """An instantiated ĝ's clip-weighted copy c·ĝ rounds in the subnormal range by up to η/2, not u of itself: with R
     about 0.75η (fp32), c rounds down to η and c·ĝ = 0.75η rounds up to η, a release 1.33·R. per_sample_bound's a
@@ -1725,6 +1742,7 @@ def test_arguments_that_disagree_on_the_batch_are_refused():
     (dict(max_grad_norm=torch.tensor(1.0)), "max_grad_norm.*item"),
     (dict(max_grad_norm="1.0"), "max_grad_norm must be a real number"),
     (dict(max_grad_norm=1e37), "max_grad_norm must be at most 1e\\+20"),  # 40 samples summed to inf in fp32
+    (dict(max_grad_norm=1e-305), "max_grad_norm must be at least 2\\*\\*-1000"),  # R's float64 slack underflows
     (dict(clipping="automatic", clip_stability=1e-320), "clip_stability=.* is too small"),  # a zero gradient: NaN
     (dict(noise_multiplier="a lot"), "noise_multiplier must be a real number"),
     (dict(noise_multiplier=torch.ones(3)), "noise_multiplier"),

@@ -25,8 +25,8 @@ from .meta import PARAMS, PLAN, SITE, ParamGrad, PassContext
 from .rules import RULES, rule_for
 from .rules.one_sample import FAMILY as ONE_SAMPLE
 from .tied import emit_tied_norm
-from .rules.bounds import (Bound, accumulation_gamma, as_bounds, cover, gamma, masked_scaled, per_sample_bound,
-                          round_down, stored_norm_bound, unit_roundoff)
+from .rules.bounds import (SMALLEST_NORMAL, Bound, accumulation_gamma, as_bounds, cover, gamma, masked_scaled,
+                          per_sample_bound, round_down, stored_norm_bound, unit_roundoff)
 from .rules.layout import CASTS, ORDER_PRESERVING, PERMUTES, to_sample_shape
 from .shapes import reduced_count
 
@@ -427,7 +427,6 @@ def sum_of_parts(parts) -> torch.Tensor | float:
 # arithmetic that their factors do not name (an error term's own product with its γ, the batch scale of a mean
 # loss): about 2¹² roundings of u along a path, far more than any term's bound takes (its sums carry their own γ).
 CLIP_SLACK = 2.0**-40
-SMALLEST_NORMAL = 2.0**-1022  # float64's: below it a rounding moves a value by up to η/2, not u of itself
 
 
 def clip_target(bound: float) -> float:

@@ -24,6 +24,7 @@ from dpcompile import gram_kernels
 F64 = torch.float64
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 UNIT_ROUNDOFF = {torch.float64: 2.0**-53, torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+SMALLEST_NORMAL = 2.0**-1022  # float64's: below it a rounding moves a value by up to η/2, not by u of itself
 SUBNORMAL = {torch.float64: 2.0**-1074, torch.float32: 2.0**-149, torch.bfloat16: 2.0**-133, torch.float16: 2.0**-24}
 U64 = UNIT_ROUNDOFF[F64]
 # a product of two fp32 values truncated to TF32 (10 mantissa bits: each moves by < 2^-10 of itself), exactly
@@ -258,15 +259,15 @@ def sums_bound(sums, n, r: tuple[Tensor, Tensor], rho: tuple[Tensor, Tensor], ga
 
 
 def coefficient(a: float | Tensor, b: float | Tensor) -> float | Tensor:
-    """a·b for non-negative error coefficients, where both are floats never below the exact product: Python's product
-    rounds to nearest, which a later (1 + γ) covers while it is a normal float64, but under 2⁻¹⁰²² it errs by up to η/2
-    absolutely (float64 operands' e = n·η times a γ rounds to 0), and the sums it multiplies may be near 1e300: one
-    step up, as nextafter gives, covers that. A tensor's product (a per-sample e of tensor cores, ≥ 2⁻¹²⁶ times a γ
-    above 2⁻³⁰) stays normal."""
+    """a·b of two non-negative error coefficients, never below the exact product where both are floats: Python's
+    product rounds to nearest, which a later (1 + γ) covers while it is a normal float64, but below 2⁻¹⁰²² it errs by
+    up to η/2 absolutely (float64 operands' e = n·η times a γ rounded to 0), and the sums it multiplies may be near
+    1e300: one step up covers that. A tensor is left to its product: the tensors here are tensor cores' per-sample e
+    (at least 2⁻¹²⁶ each), whose products with any γ of this module (at least 2⁻⁵³) stay normal."""
     if isinstance(a, Tensor) or isinstance(b, Tensor):
         return a * b
     product = a * b
-    return product if product >= 2.0**-1022 or a == 0 or b == 0 else math.nextafter(product, math.inf)
+    return product if product >= SMALLEST_NORMAL or a == 0 or b == 0 else math.nextafter(product, math.inf)
 
 
 def fused_gram_sum_bound(p: Tensor, q: Tensor, r: Tensor, rho: Tensor) -> Tensor:

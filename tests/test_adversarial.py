@@ -386,6 +386,40 @@ def test_a_clip_factor_in_float64s_subnormal_range_is_rounded_down(policy):
     assert dropped_samples(dp) == 0
 
 
+@functools.cache
+def _float64_layer(layer: str, policy: str, bound: float):
+    """(module, DP model) for test_property_float64_magnitudes_stay_within_R, one per layer, method and R."""
+    torch.manual_seed(0)
+    model = (nn.Linear(2, 1, bias=False) if layer == "linear" else nn.Conv1d(2, 1, 1, bias=False))
+    model = model.to(DEVICE, torch.float64)
+    return model, dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, loss_reduction="sum",
+                                      policy=policy, backend=BACKEND)
+
+
+@pytest.mark.parametrize("policy", ("ghost", "per_sample"))
+@pytest.mark.parametrize("layer", ["linear", "conv1d"])
+@settings(max_examples=50, deadline=None, derandomize=True)
+@given(bound=st.sampled_from([2.0**-577, 0.75 * 2.0**-574, 2.0**-300, 2.0**-24, 1.0]),
+       x_exp=st.one_of(st.integers(-500, 510), st.integers(430, 510)),
+       g_exp=st.one_of(st.integers(-1000, 510), st.integers(-60, 60)),
+       mantissas=st.tuples(st.floats(1, 2), st.floats(-2, 2), st.floats(1, 2)))
+def test_property_float64_magnitudes_stay_within_R(layer, policy, bound, x_exp, g_exp, mantissas):
+    """One float64 sample of any magnitude (input and output gradient from 2⁻¹⁰⁰⁰ to 2⁵¹⁰, inputs drawn near the
+    top of that range as often as anywhere, R from 2⁻⁵⁷⁷ to 1) into a two-feature linear layer or 1×1 convolution is
+    released within R by either method. Each of the fifty-fourth session's two float64 holes makes it fail when its
+    fix is undone (the clip-scaled operand's underflow bound of 0; the clip factor rounded up from the subnormal
+    range)."""
+    model, dp = _float64_layer(layer, policy, bound)
+    a, b, g = mantissas
+    x = torch.tensor([[a * 2.0**x_exp, b * 2.0**x_exp]], device=DEVICE, dtype=torch.float64)
+    model.zero_grad(set_to_none=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a sample whose square overflows is dropped, and warned
+        (dp(x if layer == "linear" else x.unsqueeze(-1)).sum() * (g * 2.0**g_exp)).backward()
+    grad = model.weight.grad / bound  # scaled first: the squares of values near 1e-174 underflow
+    assert torch.isfinite(grad).all() and grad.norm() <= SLACK, (grad.norm().item(), dropped_samples(dp))
+
+
 def test_an_instantiated_release_rounding_up_from_the_subnormal_range_is_dropped():
     """An instantiated ĝ's clip-weighted copy c·ĝ rounds in the subnormal range by up to η/2, not u of itself: with R
     about 0.75η (fp32), c rounds down to η and c·ĝ = 0.75η rounds up to η, a release 1.33·R. per_sample_bound's a

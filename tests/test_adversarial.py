@@ -369,6 +369,12 @@ def test_huge_finite_sample_is_clipped_not_dropped():
         assert torch.allclose(p.grad, ref[name], rtol=1e-10, atol=0), name
 
 
+def two_feature_layer(layer: str) -> nn.Module:
+    """A two-feature linear layer or 1×1 convolution to one output, no bias: the smallest ghost-clippable weight (a
+    width-one input is always instantiated per sample)."""
+    return nn.Linear(2, 1, bias=False) if layer == "linear" else nn.Conv1d(2, 1, 1, bias=False)
+
+
 @pytest.mark.parametrize("policy", ("per_sample", "ghost"))
 def test_a_clip_factor_in_float64s_subnormal_range_is_rounded_down(policy):
     """A float64 sample of norm 2⁵⁰⁰ (its square still finite; an output gradient of 2⁵⁰⁰ on an input of norm 1, so
@@ -377,7 +383,7 @@ def test_a_clip_factor_in_float64s_subnormal_range_is_rounded_down(policy):
     the sample was released at 1.33·R by both methods. Factors below 2⁻¹⁰²² are now taken one step down
     (rewrite.clip_factor), here to 0."""
     bound = 0.75 * 2.0**-574
-    model = nn.Linear(2, 1, bias=False).to(DEVICE, torch.float64)  # (a width-one input is always per sample)
+    model = two_feature_layer("linear").to(DEVICE, torch.float64)
     dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, loss_reduction="sum", policy=policy,
                              backend=BACKEND)
     (dp(torch.tensor([[1.0, 0.0]], device=DEVICE, dtype=torch.float64)).sum() * 2.0**500).backward()
@@ -390,8 +396,7 @@ def test_a_clip_factor_in_float64s_subnormal_range_is_rounded_down(policy):
 def _float64_layer(layer: str, policy: str, bound: float):
     """(module, DP model) for test_property_float64_magnitudes_stay_within_R, one per layer, method and R."""
     torch.manual_seed(0)
-    model = (nn.Linear(2, 1, bias=False) if layer == "linear" else nn.Conv1d(2, 1, 1, bias=False))
-    model = model.to(DEVICE, torch.float64)
+    model = two_feature_layer(layer).to(DEVICE, torch.float64)
     return model, dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, loss_reduction="sum",
                                       policy=policy, backend=BACKEND)
 
@@ -457,10 +462,7 @@ def test_underflow_in_the_clip_scaled_operand_stays_within_R(layer, policy, dtyp
     Float64 (inputs about 2⁴⁹⁷, R = 2⁻⁵⁷⁷, the squares still finite): the bound's η/2 of float64, formed in Python,
     rounded to 0, so the absolute part was 0 and the linear layer's release 1.96·R and 1.33·R (bounds.half_subnormal)."""
     torch.manual_seed(0)
-    # (a width-one input is always instantiated per sample)
-    model = (nn.Linear(2, 1, bias=False) if layer == "linear" else nn.Conv1d(2, 1, 1, bias=False)).to(DEVICE)
-    if dtype == torch.float64:
-        model = model.double()
+    model = two_feature_layer(layer).to(DEVICE, torch.float64 if dtype == torch.float64 else torch.float32)
     dp = dpcompile.dpcompile(model, max_grad_norm=bound, noise_multiplier=0.0, loss_reduction="sum", policy=policy,
                              backend=BACKEND)
     smallest = {torch.float32: 2.0**-149, torch.bfloat16: 2.0**-133, torch.float64: 2.0**-1074}[dtype]

@@ -80,6 +80,7 @@ def test_per_group_clipping_with_own_bounds(clipping):
     (dict(clip_groups="per_module"), "per_layer"),
     (dict(clip_groups="per_layer", clip_group_norms=[0.8, 0.8]), "sensitivity"),
     (dict(clip_group_norms=[1.0]), "needs clip_groups"),
+    (dict(clip_groups="per_layer", clip_group_norms=[0.5, 1e-305]), "at least 2\\*\\*-1000"),  # R_g's slack underflows
 ])
 def test_refuses_bad_clip_groups(kwargs, match):
     with pytest.raises(ConfigError, match=match):

@@ -78,14 +78,16 @@ def _(like: Tensor, numel: int, handle: int, dropped: Tensor) -> Tensor:
 
 @torch.library.custom_op("dpcompile::per_sample_conv_weight_grad", mutates_args=())
 def per_sample_conv_weight_grad(grad_out: Tensor, input: Tensor, weight_shape: list[int], stride: list[int],
-                                padding: list[int], dilation: list[int], groups: int) -> Tensor:
+                                padding: list[int], dilation: list[int], groups: int, tf32: bool = False) -> Tensor:
     """Per-sample conv weight gradients (B, *weight_shape): one convolution_backward with the batch
-    folded into the groups, in full fp32 (an opaque op, so the batch size stays symbolic)."""
+    folded into the groups, in full fp32 (with tf32, fp32 operands on cuDNN's TF32 tensor cores, for a term whose
+    released gradient is these values as computed: ConvRule's grouped TF32 form), an opaque op, so the batch size
+    stays symbolic."""
     B = grad_out.shape[0]
     if B == 0:
         return grad_out.new_zeros((0, *weight_shape))
     folded_weight = grad_out.new_empty((B * weight_shape[0], *weight_shape[1:]))
-    with ieee_convolutions():
+    with ieee_convolutions(tf32):
         _, grad_weight, _ = torch.ops.aten.convolution_backward(
             grad_out.reshape(1, -1, *grad_out.shape[2:]), input.reshape(1, -1, *input.shape[2:]), folded_weight,
             None, stride, padding, dilation, False, [0] * len(stride), B * groups, [False, True, False])
@@ -93,7 +95,7 @@ def per_sample_conv_weight_grad(grad_out: Tensor, input: Tensor, weight_shape: l
 
 
 @per_sample_conv_weight_grad.register_fake
-def _(grad_out, input, weight_shape, stride, padding, dilation, groups):
+def _(grad_out, input, weight_shape, stride, padding, dilation, groups, tf32=False):
     return grad_out.new_empty((grad_out.shape[0], *weight_shape))
 
 

@@ -178,18 +178,18 @@ def cublas_tf32(on: bool) -> bool:
 
 
 @contextlib.contextmanager
-def ieee_convolutions():
-    """cuDNN on, and its convolutions without TF32, for a block, whichever API the user set TF32 with. Not
-    through `cudnn.flags(allow_tf32=False)`: that leaves the new conv setting "none", which defers to
-    torch.backends.fp32_precision, and it reads the legacy flag, which raises once the settings are mixed."""
+def ieee_convolutions(tf32: bool = False):
+    """cuDNN on, and its convolutions without TF32 (with tf32: on TF32 tensor cores), for a block, whichever API the
+    user set TF32 with. Not through `cudnn.flags(allow_tf32=False)`: that leaves the new conv setting "none", which
+    defers to torch.backends.fp32_precision, and it reads the legacy flag, which raises once the settings are mixed."""
     cudnn = torch.backends.cudnn
     if not NEW_API:
-        with cudnn.flags(enabled=True, allow_tf32=False):
+        with cudnn.flags(enabled=True, allow_tf32=tf32):
             yield
         return
     enabled, conv = cudnn.enabled, torch._C._get_fp32_precision_getter("cuda", "conv")
     cudnn.enabled = True
-    torch._C._set_fp32_precision_setter("cuda", "conv", "ieee")
+    torch._C._set_fp32_precision_setter("cuda", "conv", "tf32" if tf32 else "ieee")
     try:
         yield
     finally:  # the getter's value is the resolved one: the same precision as before, set explicitly

@@ -111,8 +111,9 @@ def decide(node: fx.Node, method: str, costs: dict[str, Cost], numbers: dict, re
     optional `implementation`; whether the products run on TF32) is derived here, wherever the method is chosen or
     changed."""
     site, implementation = node.meta[SITE], getattr(rule_for(node), "implementation", None)
-    return Decision(method, costs, numbers, reason, implementation(site, method) if implementation else "", flip,
-                    tf32_products(node, method, shared, ctx))
+    tf32 = tf32_products(node, method, shared, ctx)
+    return Decision(method, costs, numbers, reason, implementation(site, method, tf32) if implementation else "", flip,
+                    tf32)
 
 
 def cap_memory(gm: fx.GraphModule, hints: dict, nodes: list[fx.Node], ctx: PassContext) -> None:

@@ -3,6 +3,7 @@
 sum's norm per unit of the clip factor, and is close to the exact norm on ordinary data."""
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import replace
 from fractions import Fraction
@@ -1104,6 +1105,37 @@ def test_per_sample_convolutions_on_cuda_never_use_cudnn_weight_gradients():
         consts = {"kernel": (3, 3), "stride": [stride] * 2}
         site = Site("conv", (SimpleNamespace(meta={"val": value}),) * 2, consts, shape)
         assert ConvRule().implementation(site, "per_sample") == expected, (stride, device)
+
+
+def test_grouped_tf32_form_only_where_it_was_measured_faster(monkeypatch):
+    """A TF32 per-sample term of a dense stride-1 convolution takes the grouped form on cuDNN's TF32 where the device
+    is listed and the layer has the positions and channels where it was measured faster (fifty-fifth session's layer
+    table): never for an IEEE term (its error model assumes GEMM products), a stride of 2, a 1×1 kernel, few input
+    channels, many output channels or few positions; and nowhere while no device is listed (the default)."""
+    from types import SimpleNamespace
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from dpcompile.passes.rules import conv
+    from dpcompile.passes.rules.conv import ConvRule
+
+    def impl(c_in, c_out, side, tf32=True, stride=1, kernel=(3, 3)):
+        with FakeTensorMode():
+            out = side // stride
+            g, x = torch.empty(2, c_out, out, out, device="cuda"), torch.empty(2, c_in, side, side, device="cuda")
+        shape = LayerShape(B=sympy.Symbol("B"), T=sympy.Integer(out * out), d=sympy.Integer(c_in * math.prod(kernel)),
+                           p=sympy.Integer(c_out), groups=1)
+        site = Site("conv", (SimpleNamespace(meta={"val": g}), SimpleNamespace(meta={"val": x})),
+                    {"kernel": kernel, "stride": [stride, stride]}, shape)
+        return ConvRule().implementation(site, "per_sample", tf32)
+
+    assert impl(64, 64, 32) == "shifted"  # off by default
+    monkeypatch.setattr(conv, "GROUPED_TF32_CONV_DEVICES", ("cuda",))
+    assert impl(64, 64, 32) == impl(128, 128, 16) == impl(64, 64, 56) == impl(32, 128, 16) == "grouped"
+    assert impl(64, 64, 32, tf32=False) == "shifted" and impl(128, 128, 16, tf32=False) == "unfold"
+    assert impl(64, 128, 32, stride=2) == impl(64, 64, 32, kernel=(1, 1)) == "unfold"
+    assert impl(16, 64, 32) == impl(31, 64, 32) == "unfold"  # few input channels
+    assert impl(256, 256, 8) == impl(256, 256, 14) == impl(128, 129, 16) == impl(128, 128, 15) == "unfold"
 
 
 def test_shifted_windows_only_where_they_pay():

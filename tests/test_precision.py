@@ -191,6 +191,44 @@ def test_tf32_per_sample_gradients_are_clipped_by_their_own_norm(backend, impl):
                 assert default.norm() <= bound * (1 + 1e-6)
 
 
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.inductor)])
+def test_grouped_tf32_per_sample_gradients_are_clipped_by_their_own_norm(backend, monkeypatch):
+    """The grouped form on cuDNN's TF32 (conv.GROUPED_TF32_CONV_DEVICES, turned on here): the plan takes it for a TF32
+    per-sample term (32 input channels, 16² positions), the rewritten backward holds the grouped op, each one-sample
+    release stays within R (crafted inputs at the worst of TF32's truncation, clipped and not), the released
+    gradients are within TF32's rounding of the IEEE path's (on a CPU the op's products are IEEE), batches of 3 and
+    2 through one compiled model."""
+    from dpcompile.passes.rules import conv
+    monkeypatch.setattr(conv, "GROUPED_TF32_CONV_DEVICES", (torch.device(DEVICE).type,))
+
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(32, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 16 * 16, 3)).to(DEVICE)
+    grouped_op = torch.ops.dpcompile.per_sample_conv_weight_grad.default
+    for bound in (1e6, 1e-2):
+        x = off_tf32_grid(1, 32, 16, 16) * 10
+        dp, tf32 = dp_grads(model(), x, tf32=True, backend=backend, bound=bound)
+        _, ieee = dp_grads(model(), x, tf32=False, backend=backend, bound=bound)
+        assert sorted(r.impl for r in dp.explain().rows) == ["", "", "", "grouped, TF32"]
+        assert any(n.target is grouped_op for n in dp.graphs["backward_rewritten"].graph.nodes)
+        assert tf32.norm() <= bound * (1 + 1e-6)
+        assert (tf32 - ieee).norm() <= 2.0**-8 * ieee.norm()
+    net, ieee_net = model(), model()
+    dp = dpcompile.dpcompile(net, max_grad_norm=0.05, noise_multiplier=0.0, loss_reduction="sum",
+                             policy="per_sample", per_sample_tf32=True, backend=backend)
+    ieee = dpcompile.dpcompile(ieee_net, max_grad_norm=0.05, noise_multiplier=0.0, loss_reduction="sum",
+                               policy="per_sample", per_sample_tf32=False, backend=backend)
+    for b in (3, 2):
+        x = off_tf32_grid(b, 32, 16, 16, seed=b)
+        for d, m in ((dp, net), (ieee, ieee_net)):
+            m.zero_grad()
+            d(x).square().sum().backward()
+        got = torch.cat([p.grad.flatten() for p in net.parameters()]).double()
+        want = torch.cat([p.grad.flatten() for p in ieee_net.parameters()]).double()
+        assert (got - want).norm() <= 2.0**-8 * want.norm()
+        assert got.norm() <= 0.05 * b * (1 + 1e-6)
+
+
 @pytest.mark.parametrize("batch", [2, 5])
 def test_tf32_per_sample_gradients_through_one_compiled_model(batch):
     """Several batch sizes through one compiled model: the clipped sum of the TF32 per-sample gradients (each

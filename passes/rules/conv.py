@@ -87,6 +87,20 @@ ALIGNED_OPERAND_DEVICES: tuple[str, ...] = ("cuda",)
 # The 16-bit elements in cuBLAS's 16-byte alignment.
 ROW_MULTIPLE = 8
 IMPLICIT_CONV_DTYPES = (torch.bfloat16, torch.float16)
+# Devices where a per-sample term of fp32 operands on TF32 tensor cores (Decision.tf32: its release is the computed
+# ĝ_i, clipped by their own norm, so any algorithm cuDNN picks is admissible) takes the grouped form on cuDNN's TF32
+# ('grouped': the batch folded into the groups, one weight gradient), for a dense 2-D-or-more stride-1 convolution
+# with a kernel larger than 1×1, at least GROUPED_TF32_MIN_POSITIONS output positions, GROUPED_TF32_MIN_CHANNELS input
+# and at most GROUPED_TF32_MAX_CHANNELS output channels. Layer by layer on an H100 (torch 2.11, 2026-12-06, channels-
+# last operands, their conversion included; benchmarks/NOTES.md, fifty-fifth session) it took 0.64 against the shifted
+# form's 1.00 ms (32², 64→64, b256), 0.51 against unfold's 1.50 (16², 128→128), 0.48 against 1.29 (56², 64→64, b64)
+# and 0.27 against 0.70 (b32); outside those bounds it was slower (8² and 14² at 256 channels, 16 input channels,
+# stride 2, 1×1). Off by default until its tests and whole steps run on CUDA; the tests turn it on for the CPU, where
+# the op's products are IEEE.
+GROUPED_TF32_CONV_DEVICES: tuple[str, ...] = ()
+GROUPED_TF32_MIN_POSITIONS = 256
+GROUPED_TF32_MIN_CHANNELS = 32
+GROUPED_TF32_MAX_CHANNELS = 128
 ARG_NAMES = ("grad_out", "input", "weight", "bias_sizes", "stride", "padding", "dilation",
              "transposed", "output_padding", "groups", "output_mask")
 
@@ -332,10 +346,11 @@ class ConvRule:
             shape = LayerShape(B=batch, T=k * prod(x_shape[2:]), d=d, p=w_shape[0] / groups, groups=groups)
         return Site("conv", (a["grad_out"], a["input"], a["weight"]), consts, shape, op="aten.convolution_backward")
 
-    def implementation(self, site: Site, method: str) -> str:
-        """How the plan's method forms a weight term's products (Site.impl). Per-sample gradients: 'grouped' (the
-        batch folded into mkldnn's groups), 'shifted' (stride 1: a product per position of the kernel's leading dims,
-        no unfold), 'implicit' (one Triton kernel, for bf16 operands on CUDA by default: _implicit) or 'unfold'.
+    def implementation(self, site: Site, method: str, tf32: bool = False) -> str:
+        """How the plan's method forms a weight term's products (Site.impl); tf32: the term's products on TF32 tensor
+        cores (Decision.tf32). Per-sample gradients: 'grouped' (the batch folded into mkldnn's groups, or cuDNN's
+        on TF32: _grouped_tf32), 'shifted' (stride 1: a product per position of the kernel's leading dims, no
+        unfold), 'implicit' (one Triton kernel, for bf16 operands on CUDA by default: _implicit) or 'unfold'.
         Ghost clipping: 'shifted' (the Grams and, on CUDA, the clipped sum over the padded grid's windows, no unfold:
         _ghost_on_grid) or '' (the unfold). '' for a bias term."""
         if site.rule == "conv" and method == "ghost":
@@ -347,6 +362,8 @@ class ConvRule:
             return "unfold"
         if self._implicit(site):
             return "implicit"
+        if tf32 and self._grouped_tf32(site):
+            return "grouped"
         g = site.inputs[0].meta["val"]
         channels_per_group = site.shape.d / prod(c["kernel"])
         near_depthwise = site.shape.groups > 1 and int(channels_per_group) <= GROUPED_CONV_MAX_CHANNELS_PER_GROUP
@@ -370,6 +387,18 @@ class ConvRule:
         return (len(c["kernel"]) == 2 and site.shape.groups == 1 and prod(c["kernel"]) > 1 and g.dtype == x.dtype
                 and g.dtype in IMPLICIT_CONV_DTYPES and g.device.type in IMPLICIT_CONV_DEVICES
                 and (g.device.type != "cuda" or conv_kernels.available()))
+
+    def _grouped_tf32(self, site: Site) -> bool:
+        """Whether a TF32 per-sample weight term takes the grouped form on cuDNN's TF32 (GROUPED_TF32_CONV_DEVICES):
+        one group, stride 1, a kernel larger than 1×1, static spatial sizes, and the positions and channels where it
+        was measured faster."""
+        c = site.consts
+        g = site.inputs[0].meta["val"]
+        if g.device.type not in GROUPED_TF32_CONV_DEVICES or site.shape.groups != 1 or set(c["stride"]) != {1} \
+                or prod(c["kernel"]) == 1 or not all(isinstance(s, int) for s in g.shape[1:]):
+            return False
+        return (prod(g.shape[2:]) >= GROUPED_TF32_MIN_POSITIONS and g.shape[1] <= GROUPED_TF32_MAX_CHANNELS
+                and int(site.shape.d / prod(c["kernel"])) >= GROUPED_TF32_MIN_CHANNELS)
 
     def _ghost_on_grid(self, site: Site) -> bool:
         """Whether a ghost weight term's Grams and clipped sum run over the padded grid's windows (impl "shifted"):
@@ -431,7 +460,8 @@ class ConvRule:
     def _per_sample_grouped(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
         """One convolution_backward with the batch folded into the groups (an opaque runtime op)."""
         c = site.consts
-        return per_sample_conv_weight_grad(g, x, list(w.shape), c["stride"], c["padding"], c["dilation"], c["groups"])
+        return per_sample_conv_weight_grad(g, x, list(w.shape), c["stride"], c["padding"], c["dilation"], c["groups"],
+                                           site.tf32)
 
     def ghost_norm_sq(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
         """Σ_groups Σ_ts (UᵀU ∘ GᵀG)_ts per sample."""

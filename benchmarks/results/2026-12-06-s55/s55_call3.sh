@@ -6,14 +6,14 @@
 # root, carry .whl.
 cd "$(dirname "$0")/../../.."
 PREFIX=s55-call3
-LIMIT=585
+LIMIT=${LIMIT:-440}
 source benchmarks/device_call.sh
 date -u
 nvidia-smi --query-gpu=name --format=csv,noheader
-timeout 240 python3 benchmarks/results/2026-12-06-s52/grouped_wgrad.py \
+timeout $((LIMIT - 30)) python3 benchmarks/results/2026-12-06-s52/grouped_wgrad.py \
     >"$OUT/grouped_wgrad.jsonl" 2>"$OUT/grouped_wgrad.err"
 grep "^row:" "$OUT/grouped_wgrad.err"; grep -v "^row:" "$OUT/grouped_wgrad.err" | tail -3
 t="python3 benchmarks/dp_throughput.py --profile --amp bf16 --model resnet50_gn --size 224 --batch 32 --policy auto"
-TORCHINDUCTOR_CACHE_DIR=/tmp/c-dp run "auto cuda graphs" 280 $t --cuda-graphs
+TORCHINDUCTOR_CACHE_DIR=/tmp/c-dp run "auto cuda graphs" 230 $t --cuda-graphs
 summary
 date -u

@@ -22,7 +22,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from . import conv_kernels, gram_kernels
 from .errors import DPCompileError
-from .precision import cublas_tf32, ieee_convolutions
+from .precision import cublas_tf32, cudnn_convolutions
 
 SECURE_DRAWS = 4  # secure mode sums this many draws / sqrt(k): fewer floating-point artifacts
 
@@ -87,7 +87,7 @@ def per_sample_conv_weight_grad(grad_out: Tensor, input: Tensor, weight_shape: l
     if B == 0:
         return grad_out.new_zeros((0, *weight_shape))
     folded_weight = grad_out.new_empty((B * weight_shape[0], *weight_shape[1:]))
-    with ieee_convolutions(tf32):
+    with cudnn_convolutions(tf32):
         _, grad_weight, _ = torch.ops.aten.convolution_backward(
             grad_out.reshape(1, -1, *grad_out.shape[2:]), input.reshape(1, -1, *input.shape[2:]), folded_weight,
             None, stride, padding, dilation, False, [0] * len(stride), B * groups, [False, True, False])

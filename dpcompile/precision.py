@@ -10,8 +10,8 @@ torch without them.
 
 The bounds assume IEEE fp32 products (and fp32 accumulation of half-precision ones): the DP backward runs under
 `precise_products()`, which sets that for cuBLAS and oneDNN (CPU) and puts the user's settings back after it.
-cuDNN is left as the user set it for the model's own convolutions; the per-sample convolution op turns TF32 off
-itself (`ieee_convolutions`)."""
+cuDNN is left as the user set it for the model's own convolutions; the per-sample convolution op sets TF32 off
+itself, or on for a term on TF32 (`cudnn_convolutions`)."""
 from __future__ import annotations
 
 import contextlib
@@ -178,8 +178,8 @@ def cublas_tf32(on: bool) -> bool:
 
 
 @contextlib.contextmanager
-def ieee_convolutions(tf32: bool = False):
-    """cuDNN on, and its convolutions without TF32 (with tf32: on TF32 tensor cores), for a block, whichever API the
+def cudnn_convolutions(tf32: bool):
+    """cuDNN on, and its convolutions on TF32 tensor cores (tf32) or without TF32, for a block, whichever API the
     user set TF32 with. Not through `cudnn.flags(allow_tf32=False)`: that leaves the new conv setting "none", which
     defers to torch.backends.fp32_precision, and it reads the legacy flag, which raises once the settings are mixed."""
     cudnn = torch.backends.cudnn

@@ -229,6 +229,28 @@ def test_grouped_tf32_per_sample_gradients_are_clipped_by_their_own_norm(backend
         assert got.norm() <= 0.05 * b * (1 + 1e-6)
 
 
+def test_grouped_tf32_form_never_for_a_shared_convolution(monkeypatch):
+    """A convolution applied twice is a shared parameter: its uses' per-sample gradients are bounded against their
+    exact sum with IEEE margins (a GEMM's), which cuDNN's grouped algorithms (FFT, Winograd) do not satisfy, so it
+    never takes the grouped form, even with the form switched on and TF32 asked for; its release stays within R."""
+    from dpcompile.passes.rules import conv
+    monkeypatch.setattr(conv, "GROUPED_TF32_CONV_DEVICES", (torch.device(DEVICE).type,))
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv, self.head = nn.Conv2d(32, 32, 3, padding=1), nn.Linear(32 * 16 * 16, 3)
+
+        def forward(self, x):
+            return self.head(self.conv(torch.relu(self.conv(x))).flatten(1))
+    x = off_tf32_grid(1, 32, 16, 16) * 10
+    dp, released = dp_grads(Twice().to(DEVICE), x, tf32=True, backend="eager", bound=1e-2)
+    impls = [r.impl for r in dp.explain().rows]
+    assert impls and not any("grouped" in impl for impl in impls), impls
+    assert released.norm() <= 1e-2 * (1 + 1e-6)
+
+
 @pytest.mark.parametrize("batch", [2, 5])
 def test_tf32_per_sample_gradients_through_one_compiled_model(batch):
     """Several batch sizes through one compiled model: the clipped sum of the TF32 per-sample gradients (each

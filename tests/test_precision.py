@@ -213,20 +213,24 @@ def test_grouped_tf32_per_sample_gradients_are_clipped_by_their_own_norm(backend
         assert any(n.target is grouped_op for n in dp.graphs["backward_rewritten"].graph.nodes)
         assert tf32.norm() <= bound * (1 + 1e-6)
         assert (tf32 - ieee).norm() <= 2.0**-8 * ieee.norm()
-    net, ieee_net = model(), model()
-    dp = dpcompile.dpcompile(net, max_grad_norm=0.05, noise_multiplier=0.0, loss_reduction="sum",
-                             policy="per_sample", per_sample_tf32=True, backend=backend)
-    ieee = dpcompile.dpcompile(ieee_net, max_grad_norm=0.05, noise_multiplier=0.0, loss_reduction="sum",
-                               policy="per_sample", per_sample_tf32=False, backend=backend)
-    for b in (3, 2):
-        x = off_tf32_grid(b, 32, 16, 16, seed=b)
-        for d, m in ((dp, net), (ieee, ieee_net)):
-            m.zero_grad()
-            d(x).square().sum().backward()
-        got = torch.cat([p.grad.flatten() for p in net.parameters()]).double()
-        want = torch.cat([p.grad.flatten() for p in ieee_net.parameters()]).double()
-        assert (got - want).norm() <= 2.0**-8 * want.norm()
-        assert got.norm() <= 0.05 * b * (1 + 1e-6)
+    tf32_against_ieee_through_one_model(model, (32, 16, 16), (3, 2), backend)
+
+
+def test_grouped_op_with_tf32_asked_matches_torch_func_in_float64():
+    """The grouped op with its tf32 argument set, on float64 operands (which no TF32 setting touches): each sample's
+    weight gradient against torch.func's (vmap of grad) to 1e-12, stride 1, padded, 3 samples."""
+    from torch.func import grad, vmap
+
+    from dpcompile.ops import per_sample_conv_weight_grad
+    torch.manual_seed(0)
+    x, w = torch.randn(3, 4, 9, 9, dtype=torch.float64), torch.randn(5, 4, 3, 3, dtype=torch.float64)
+    g = torch.randn(3, 5, 9, 9, dtype=torch.float64)
+
+    def sample_loss(w, xi, gi):
+        return (torch.nn.functional.conv2d(xi[None], w, padding=1)[0] * gi).sum()
+    want = vmap(grad(sample_loss), in_dims=(None, 0, 0))(w, x, g)
+    got = per_sample_conv_weight_grad(g, x, [5, 4, 3, 3], [1, 1], [1, 1], [1, 1], 1, True)
+    assert ((got - want).abs().max() / want.abs().max()) < 1e-12
 
 
 def test_grouped_tf32_form_never_for_a_shared_convolution(monkeypatch):
@@ -255,21 +259,27 @@ def test_grouped_tf32_form_never_for_a_shared_convolution(monkeypatch):
 def test_tf32_per_sample_gradients_through_one_compiled_model(batch):
     """Several batch sizes through one compiled model: the clipped sum of the TF32 per-sample gradients (each
     within TF32's rounding of the exact one) against the IEEE path's, and every sample within R on its own."""
-    model, ieee_model = conv_linear(), conv_linear()
-    dp = dpcompile.dpcompile(model, max_grad_norm=0.05, noise_multiplier=0.0, loss_reduction="sum",
-                             policy="per_sample", per_sample_tf32=True, backend=BACKEND_UNDER_TEST)
-    ieee = dpcompile.dpcompile(ieee_model, max_grad_norm=0.05, noise_multiplier=0.0, loss_reduction="sum",
-                               policy="per_sample", per_sample_tf32=False, backend=BACKEND_UNDER_TEST)
-    for b in (3, batch):
-        x = off_tf32_grid(b, 3, 8, 8, seed=b)
-        for net, m in ((dp, model), (ieee, ieee_model)):
+    with shifted_convs():  # read at each capture
+        tf32_against_ieee_through_one_model(conv_linear, (3, 8, 8), (3, batch), BACKEND_UNDER_TEST)
+
+
+def tf32_against_ieee_through_one_model(make_model, sample_shape, batches, backend, bound=0.05):
+    """Batches of the given sizes through one compiled model with TF32 per-sample products and one without: the
+    clipped sums (each sample's TF32 gradient within TF32's rounding of the exact one) agree to 2⁻⁸, and the TF32
+    release is within R per sample (loss_reduction="sum", so b·R for a batch of b)."""
+    model, ieee_model = make_model(), make_model()
+    nets = [(dpcompile.dpcompile(m, max_grad_norm=bound, noise_multiplier=0.0, loss_reduction="sum",
+                                 policy="per_sample", per_sample_tf32=tf32, backend=backend), m)
+            for m, tf32 in ((model, True), (ieee_model, False))]
+    for b in batches:
+        x = off_tf32_grid(b, *sample_shape, seed=b)
+        for net, m in nets:
             m.zero_grad()
-            with shifted_convs():  # read at the first call's capture
-                net(x).square().sum().backward()
+            net(x).square().sum().backward()
         got = torch.cat([p.grad.flatten() for p in model.parameters()]).double()
         want = torch.cat([p.grad.flatten() for p in ieee_model.parameters()]).double()
         assert (got - want).norm() <= 2.0**-8 * want.norm()
-        assert got.norm() <= 0.05 * b * (1 + 1e-6)
+        assert got.norm() <= bound * b * (1 + 1e-6)
 
 
 @pytest.mark.parametrize("option", ["per_sample_tf32", "ghost_tf32"])

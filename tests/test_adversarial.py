@@ -19,8 +19,8 @@ import torch
 import torch.fx.experimental._config as fx_config
 import torch.nn.functional as F
 from conftest import BACKEND, DEVICE
-from helpers import (Case, Lambda, check_against_reference, implicit_convs, inductor_batch_of_one, max_relative_error,
-                     shifted_convs, squared_error)
+from helpers import (Case, Lambda, check_against_reference, examples, implicit_convs, inductor_batch_of_one,
+                     max_relative_error, shifted_convs, squared_error)
 from hypothesis import example, given, note, settings
 from hypothesis import strategies as st
 from reference import dp_reference, per_sample_grads
@@ -252,7 +252,7 @@ def cancelling_release(method, dtype, x_exp, b_exp, positions, backend=BACKEND) 
     return released_norm(model)
 
 
-@settings(max_examples=10, deadline=None, derandomize=True)
+@settings(max_examples=examples(10), deadline=None, derandomize=True)
 @given(method=st.sampled_from(("ghost", "per_sample")), dtype=st.sampled_from((torch.float32, torch.float64)),
        x_exp=st.floats(0, 8), b_exp=st.floats(0, 8), positions=st.integers(2, 3))
 @example(method="ghost", dtype=torch.float32, x_exp=2.4, b_exp=4.0, positions=2)
@@ -403,7 +403,7 @@ def _float64_layer(layer: str, policy: str, bound: float):
 
 @pytest.mark.parametrize("policy", ("ghost", "per_sample"))
 @pytest.mark.parametrize("layer", ["linear", "conv1d"])
-@settings(max_examples=50, deadline=None, derandomize=True)
+@settings(max_examples=examples(50), deadline=None, derandomize=True)
 @given(bound=st.sampled_from([2.0**-577, 0.75 * 2.0**-574, 2.0**-300, 2.0**-24, 1.0]),
        x_exp=st.one_of(st.integers(-500, 510), st.integers(430, 510)),
        g_exp=st.one_of(st.integers(-1000, 510), st.integers(-60, 60)),

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import BACKEND, DEVICE
-from helpers import RTOL, Case, Lambda, inductor_batch_of_one, max_relative_error
-from hypothesis import given, note, settings
+from helpers import RTOL, Case, Lambda, examples, inductor_batch_of_one, max_relative_error
+from hypothesis import example, given, note, settings
 from hypothesis import strategies as st
 from rule_cases import Attention, Positions, images, seq, sequences, tokens
-from test_properties import SETTINGS, conv_cases, has_width_one, linear_cases
+from test_properties import SETTINGS, conv_cases, has_width_one, linear_case, linear_cases
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
@@ -43,13 +43,17 @@ def per_sample_grads(model, x, y) -> dict[str, torch.Tensor]:
     return vmap(grad(sample_loss), in_dims=(None, 0, 0))(params, x, y)
 
 
-def reference(model, x, y, bound, reduction="mean"):
-    """(Σ_i C_i g_i) / n, n = B for 'mean' (samples, not views); and the per-sample norms."""
+def reference(model, x, y, bound, reduction="mean", terms=False):
+    """(Σ_i C_i g_i) / n, n = B for 'mean' (samples, not views); and the per-sample norms; with terms, also
+    Σ_i ‖C_i g_i‖ / n per parameter (max_relative_error's scale where the terms cancel)."""
     g = per_sample_grads(model, x, y)
     norms = torch.sqrt(sum(v.flatten(1).square().sum(1) for v in g.values()))
     c = (bound / (norms + 1e-6)).clamp(max=1.0)
     n = x.shape[0] if reduction == "mean" else 1
-    return {k: torch.einsum("b,b...->...", c, v) / n for k, v in g.items()}, norms
+    sums = {k: torch.einsum("b,b...->...", c, v) / n for k, v in g.items()}
+    if not terms:
+        return sums, norms
+    return sums, norms, {k: (c * v.flatten(1).norm(dim=1)).sum() / n for k, v in g.items()}
 
 
 def views_of(case: Case, B: int, k: int = K, seed: int = 0) -> torch.Tensor:
@@ -82,9 +86,9 @@ def check_views(case: Case, policy="mixed", reduction="mean", batches=(3, 1, 5),
         out = dp(x) if k > 1 else dp(x[:, 0]).unsqueeze(1)  # K = 1: today's (B, ...) call
         assert out.shape[:2] == x.shape[:2], f"output {tuple(out.shape)} for input {tuple(x.shape)}"
         views_loss(out, y, reduction).backward()
-        ref, norms = reference(model, x, y, bound, reduction)
+        ref, norms, terms = reference(model, x, y, bound, reduction, terms=True)
         clipped.append(norms + 1e-6 > bound)
-        err = max_relative_error(model, ref)
+        err = max_relative_error(model, ref, terms)
         assert err < RTOL, f"{case.name} policy={policy} K={k} B={x.shape[0]}: relative error {err:.3g}"
     assert dp.compilations <= max_compilations + inductor_batch_of_one(batches, backend), \
         f"recompiled: {dp.compilations} captures for batch sizes {batches}"
@@ -379,12 +383,16 @@ def test_every_argument_has_views_and_dict_inputs_work():
 # Random shapes
 # ------------------------------------------------------------------------------------------------
 
-@settings(max_examples=6, **SETTINGS)
+@settings(max_examples=examples(6), **SETTINGS)
 @given(case=st.one_of(linear_cases(max_layers=2), conv_cases()), k=st.integers(1, 3),
        policy=st.sampled_from(("mixed", "ghost", "per_sample")), reduction=st.sampled_from(("mean", "sum")),
        batches=st.tuples(st.integers(2, 4), st.integers(1, 4)))
+@example(case=linear_case((), [1, 1], [False], "tanh"), k=1, policy="mixed", reduction="mean", batches=(2, 2))
 def test_property_views_match_reference(case, k, policy, reduction, batches):
-    """Random linear and conv stacks, K in 1..3: every .grad equals the clipped mean-over-views reference."""
+    """Random linear and conv stacks, K in 1..3: every .grad equals the clipped mean-over-views reference. The
+    explicit example (found by a run at DPCOMPILE_TEST_EXAMPLES=6): a 1→1 linear layer whose two samples' scalar
+    gradients cancel to a thousandth of each, one clipped; measured against ‖ref‖ alone, the clip factor's 2⁻⁴⁰
+    slack showed as a relative error of 9e-10 (max_relative_error's terms)."""
     note(f"K={k}")
     torch._dynamo.reset()
     check_views(case, policy, reduction, batches=batches, k=k, max_compilations=2 + has_width_one(case))

@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 import torch
 from conftest import BACKEND, DEVICE
-from helpers import Case, check_against_reference, conv_constants, implicit_convs, old_triton_interpreter
+from helpers import Case, check_against_reference, conv_constants, examples, implicit_convs, old_triton_interpreter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -54,7 +54,7 @@ def conv2d_operands(draw, device: str = DEVICE):
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="the Triton kernel runs on CUDA (on a CPU: the interpreter test)")
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(case=conv2d_operands(),
        dtype=st.sampled_from([torch.float64, torch.float32, torch.bfloat16, torch.float16]), joint=st.booleans())
 def test_kernel_over_random_convolutions(case, dtype, joint):

@@ -13,7 +13,7 @@ import sympy
 import torch
 import torch.nn.functional as F
 from conftest import DEVICE, dp_pass_guards, guards_added
-from helpers import Case, check_against_reference
+from helpers import Case, check_against_reference, examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -332,7 +332,7 @@ def test_conv_tf32_grams_stay_upper_bounds_on_a_crafted_truncation(scale):
     assert got <= limit
 
 
-@settings(deadline=None, derandomize=True, max_examples=25)
+@settings(deadline=None, derandomize=True, max_examples=examples(25))
 @given(c_in=st.sampled_from([1, 3, 4, 8, 12, 16]), c_out=st.sampled_from([1, 5, 8, 12, 16]), size=st.integers(1, 9),
        kernel=st.sampled_from([1, 3]), batch=st.integers(1, 3))
 def test_aligned_products_bound_and_match_the_unaligned_ones(c_in, c_out, size, kernel, batch):
@@ -1656,7 +1656,7 @@ def test_the_rewritten_backward_keeps_no_unused_node():
     assert unused == []
 
 
-@settings(deadline=None, derandomize=True, max_examples=60)
+@settings(deadline=None, derandomize=True, max_examples=examples(60))
 @given(sizes=st.lists(st.integers(1, 5), min_size=1, max_size=4), data=st.data())
 def test_weighted_sum_and_noise_in_any_storage_order(sizes, data):
     """rewrite.weighted_sum of a per-sample gradient stored in any order (a permutation of its per-sample dims,

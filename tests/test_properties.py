@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 from conftest import BACKEND, DEVICE
-from helpers import (RTOL, Case, check_against_reference, clip_bound_between, inductor_batch_of_one, max_relative_error,
-                     shifted_convs, squared_error)
+from helpers import (RTOL, Case, check_against_reference, clip_bound_between, examples, inductor_batch_of_one,
+                     max_relative_error, shifted_convs, squared_error)
 from hypothesis import HealthCheck, assume, example, given, note, settings
 from hypothesis import strategies as st
 from reference import dp_reference, per_sample_grads
@@ -23,7 +22,6 @@ SMOOTH = {"tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU, "leaky_relu": nn.Le
 UNBOUNDED = ("gelu", "silu", "leaky_relu")  # gradients grow with the input scale: norms exceed R
 CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 SIZES = st.integers(1, 7)
-SCALE = float(os.environ.get("DPCOMPILE_TEST_EXAMPLES", "1"))  # multiplies every max_examples (deeper runs)
 SETTINGS = dict(deadline=None, derandomize=True, print_blob=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
@@ -165,7 +163,7 @@ REDUCTIONS = st.sampled_from(("mean", "sum"))
 BATCHES_WITH_ONE = st.integers(1, 7).flatmap(lambda a: st.tuples(st.just(a), st.integers(max(1, 3 - a), 9)))
 
 
-@settings(max_examples=round(50 * SCALE), **SETTINGS)
+@settings(max_examples=examples(50), **SETTINGS)
 @given(case=linear_cases(), policy=POLICIES, reduction=REDUCTIONS, mode=BOUNDS,
        sizes=BATCHES_WITH_ONE, seed=st.integers(0, 2**16))
 def test_linear_matches_reference(case, policy, reduction, mode, sizes, seed):
@@ -175,7 +173,7 @@ def test_linear_matches_reference(case, policy, reduction, mode, sizes, seed):
     assert dp.compilations <= 1 + (1 in sizes), f"recompiled: {dp.compilations} captures for batch sizes {sizes}"
 
 
-@settings(max_examples=round(20 * SCALE), **SETTINGS)
+@settings(max_examples=examples(20), **SETTINGS)
 @given(case=linear_cases(), policy=POLICIES, batch=st.integers(2, 7), seed=st.integers(0, 2**16))
 @example(case=ONE_TO_ONE_T2, policy="mixed", batch=3, seed=0)
 def test_linear_batch_one_shares_the_graph(case, policy, batch, seed):
@@ -186,7 +184,7 @@ def test_linear_batch_one_shares_the_graph(case, policy, batch, seed):
     assert dp.compilations <= allowed, f"recompiled: {dp.compilations} captures for batch sizes ({batch}, 1)"
 
 
-@settings(max_examples=round(60 * SCALE), **SETTINGS)
+@settings(max_examples=examples(60), **SETTINGS)
 @given(case=conv_cases(), policy=POLICIES, reduction=REDUCTIONS, mode=BOUNDS,
        sizes=st.tuples(st.integers(3, 7), st.integers(2, 9)), seed=st.integers(0, 2**16), shifted=st.booleans())
 def test_conv_matches_reference(case, policy, reduction, mode, sizes, seed, shifted):
@@ -208,7 +206,7 @@ def total_norm(grads: dict[str, torch.Tensor]) -> float:
     return math.sqrt(sum(g.square().sum().item() for g in grads.values()))
 
 
-@settings(max_examples=round(50 * SCALE), **SETTINGS)
+@settings(max_examples=examples(50), **SETTINGS)
 @given(case=st.one_of(linear_cases(max_layers=2, activations=UNBOUNDED), conv_cases(activations=UNBOUNDED)),
        policy=POLICIES, batch=st.integers(2, 6), scale=st.floats(10, 1000), bound=st.floats(0.1, 10),
        seed=st.integers(0, 2**16), shifted=st.booleans())
@@ -299,7 +297,7 @@ def conv_weight_grads(draw):
                                  draw(st.integers(0, 2**16)))
 
 
-@settings(**SETTINGS, max_examples=int(200 * SCALE))
+@settings(**SETTINGS, max_examples=examples(200))
 @given(case=conv_weight_grads())
 @example(case=conv_weight_grad_case(**OUTPUT_PADDING_PAST_STRIDE))
 def test_conv_clipped_sum_gemm_over_random_convolutions(case):
@@ -325,7 +323,7 @@ def conv_impls(site) -> list[str]:
     return ["unfold", "grouped"] + (["shifted"] if set(c["stride"]) == {1} else [])
 
 
-@settings(**SETTINGS, max_examples=int(200 * SCALE))
+@settings(**SETTINGS, max_examples=examples(200))
 @given(case=conv_weight_grads(), pick=st.integers(0, 2))
 @example(case=conv_weight_grad_case(**OUTPUT_PADDING_PAST_STRIDE), pick=0)
 def test_conv_norm_bounds_over_random_convolutions(case, pick):
@@ -376,7 +374,7 @@ def test_a_dropped_sample_with_inf_or_nan_input_leaves_the_gemm_clipped_sum_fini
     torch.testing.assert_close(got, rest, rtol=1e-5, atol=1e-6)
 
 
-@settings(max_examples=round(15 * SCALE), **SETTINGS)
+@settings(max_examples=examples(15), **SETTINGS)
 @given(case=linear_cases(), policy=POLICIES, reduction=REDUCTIONS, mode=BOUNDS, sizes=BATCHES_WITH_ONE,
        bucket=st.integers(1, 6), seed=st.integers(0, 2**16))
 def test_bucketed_batches_match_reference(case, policy, reduction, mode, sizes, bucket, seed):

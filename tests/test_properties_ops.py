@@ -2,18 +2,16 @@
 embeddings, norm layers, attention, transposed convolutions, shared parameters."""
 from __future__ import annotations
 
-import os
 
 import torch
 from conftest import BACKEND, DEVICE
-from helpers import RTOL, Case, check_against_reference
+from helpers import RTOL, Case, check_against_reference, examples
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from rule_cases import Attention, Shared
 from torch import nn
 
-SCALE = float(os.environ.get("DPCOMPILE_TEST_EXAMPLES", "1"))  # multiplies max_examples (deeper runs)
-SETTINGS = dict(deadline=None, derandomize=True, max_examples=int(5 * SCALE),
+SETTINGS = dict(deadline=None, derandomize=True, max_examples=examples(5),
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 POLICIES = st.sampled_from(["mixed", "ghost", "per_sample", "auto"])
 BATCHES = st.tuples(st.integers(3, 6), st.integers(2, 8))

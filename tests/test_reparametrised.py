@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import BACKEND, DEVICE
-from helpers import RTOL, Case, check_against_reference, check_bf16_autocast
+from helpers import RTOL, Case, check_against_reference, check_bf16_autocast, examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from models import WSConv2d, wrn16_4
@@ -93,7 +93,7 @@ def test_weight_standardisation_with_views(policy):
     check_views(Case("ws_views", ws_cnn, images(3, 6, 6)), policy)
 
 
-@settings(max_examples=6, deadline=None, derandomize=True)
+@settings(max_examples=examples(6), deadline=None, derandomize=True)
 @given(c_in=st.integers(1, 4), c_out=st.integers(1, 4), kernel=st.sampled_from([1, 2, 3]), size=st.integers(3, 6),
        policy=st.sampled_from(POLICIES))
 def test_property_weight_standardised_shapes(c_in, c_out, kernel, size, policy):
@@ -202,7 +202,7 @@ class RandomChain(nn.Module):
         return x @ v
 
 
-@settings(max_examples=12, deadline=None, derandomize=True)
+@settings(max_examples=examples(12), deadline=None, derandomize=True)
 @given(ops=st.lists(st.tuples(st.sampled_from(CHAIN_OPS), st.floats(0.3, 3.0)), min_size=1, max_size=6),
        d=st.integers(1, 4), p=st.integers(1, 3), dtype=st.sampled_from(["bf16", "fp32"]),
        scale=st.sampled_from([1e-3, 1.0, 1e3]), bound=st.floats(0.1, 10.0), policy=st.sampled_from(POLICIES))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import DEVICE
-from helpers import Case, check_against_reference
+from helpers import Case, check_against_reference, examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rule_cases import Shared
@@ -205,7 +205,7 @@ def test_cross_term_cancellation_within_R(policy):
     assert release(TiedCrafted(250.0), x, G, policy=policy) <= R * SLACK
 
 
-@settings(max_examples=12, deadline=None, derandomize=True)
+@settings(max_examples=examples(12), deadline=None, derandomize=True)
 @given(scale_exp=st.floats(-2, 6), b_exp=st.floats(0, 8), dtype=st.sampled_from([torch.float32, torch.float64]),
        token=st.integers(0, 5), length=st.integers(2, 4))
 def test_property_tied_cancellation_within_R(scale_exp, b_exp, dtype, token, length):

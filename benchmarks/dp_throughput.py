@@ -311,7 +311,8 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
               "backend": args.backend, "cuda_graphs": args.cuda_graphs,
               "per_sample_tf32": args.per_sample_tf32, "ghost_tf32": args.ghost_tf32, "dynamic": args.dynamic,
               "ghost_on_grid": args.ghost_on_grid, "fused_gram_dtypes": args.fused_gram_dtypes,
-              "fused_gram_convs": args.fused_gram_convs, "grouped_tf32_convs": args.grouped_tf32_convs, "batch_bucket": args.batch_bucket,
+              "fused_gram_convs": args.fused_gram_convs, "grouped_tf32_convs": args.grouped_tf32_convs,
+              "batch_bucket": args.batch_bucket,
               "inductor_config": inductor_settings(args.inductor_config)}
     result["host_ms"] = round(1000 * statistics.median(host), 2)
     if sizes:  # the timed steps: all of them, and those at a size seen before (no new recording or compile)

@@ -45,7 +45,7 @@ def per_sample_grads(model, x, y) -> dict[str, torch.Tensor]:
 
 def reference(model, x, y, bound, reduction="mean", terms=False):
     """(Σ_i C_i g_i) / n, n = B for 'mean' (samples, not views); and the per-sample norms; with terms, also
-    Σ_i ‖C_i g_i‖ / n per parameter (max_relative_error's scale where the terms cancel)."""
+    Σ_i ‖C_i g_i‖ / n per parameter (what max_relative_error's slack is taken of)."""
     g = per_sample_grads(model, x, y)
     norms = torch.sqrt(sum(v.flatten(1).square().sum(1) for v in g.values()))
     c = (bound / (norms + 1e-6)).clamp(max=1.0)
@@ -392,7 +392,7 @@ def test_property_views_match_reference(case, k, policy, reduction, batches):
     """Random linear and conv stacks, K in 1..3: every .grad equals the clipped mean-over-views reference. The
     explicit example (found by a run at DPCOMPILE_TEST_EXAMPLES=6): a 1→1 linear layer whose two samples' scalar
     gradients cancel to a thousandth of each, one clipped; measured against ‖ref‖ alone, the clip factor's 2⁻⁴⁰
-    slack showed as a relative error of 9e-10 (max_relative_error's terms)."""
+    slack showed as a relative error of 9e-10 (max_relative_error's terms leave out that slack, no more)."""
     note(f"K={k}")
     torch._dynamo.reset()
     check_views(case, policy, reduction, batches=batches, k=k, max_compilations=2 + has_width_one(case))

@@ -62,6 +62,7 @@ STAGES = (("dp_norm_sq_", "norm bounds"), ("dp_margin_", "norm bounds"), ("dp_pe
           ("dp_grad", "noise and normalisation"), ("dp_", "other DP"), ("", "the model's own"))
 # per emitting function (its qualified name): [snippet traces, traced nodes, seconds]; the rewrite's main cost
 SNIPPETS: dict[str, list] = defaultdict(lambda: [0, 0, 0.0])
+MAKE_FX: list[str] = []  # the emitting functions whose trace emit.record left to make_fx
 CLOCK = {"process": time.process_time, "wall": time.perf_counter}
 clock = time.process_time
 
@@ -81,7 +82,7 @@ def instrumented():
     """Every pipeline pass, the safety pass and the lowering timed (the backend looks them up at call time),
     as they were afterwards."""
     saved = [(passes, "PIPELINE"), (passes, "check_sample_independence"), (passes.safety.SampleCheck, "check"),
-             (DPBackend, "lower"), (emit, "trace_snippet")]
+             (DPBackend, "lower"), (emit, "trace_snippet"), (emit, "make_fx")]
     saved = [(owner, name, getattr(owner, name)) for owner, name in saved]
     lower = DPBackend.lower
 
@@ -113,6 +114,12 @@ def instrumented():
         row[0], row[1], row[2] = row[0] + 1, row[1] + len(gm.graph.nodes), row[2] + clock() - start
         return gm
     emit.trace_snippet = counted_trace
+
+    def counted_make_fx(fn, *args, **kwargs):
+        MAKE_FX.append(getattr(fn, "__qualname__", type(fn).__name__))
+        return make_fx(fn, *args, **kwargs)
+    make_fx = emit.make_fx
+    emit.make_fx = counted_make_fx
     try:
         yield
     finally:
@@ -153,6 +160,7 @@ def timed_phase(label: str, fn):
 def first_step(name: str, size: int, batch: int, device: str, backend: str) -> dict[str, float]:
     SPENT.clear()
     SNIPPETS.clear()
+    MAKE_FX.clear()
     PHASE_SPENT.clear()
     KERNELS.clear()
     NODES.clear()
@@ -209,7 +217,8 @@ def main(argv=None) -> None:
         if args.snippets:
             traces, nodes, spent = (sum(row[i] for row in SNIPPETS.values()) for i in range(3))
             per_node = 1000 * spent / max(nodes, 1)
-            print(f"  snippet traces {traces}, {nodes} nodes, {spent:.2f} s ({per_node:.2f} ms a node)")
+            print(f"  snippet traces {traces}, {nodes} nodes, {spent:.2f} s ({per_node:.2f} ms a node), "
+                  f"{len(MAKE_FX)} through make_fx" + (f" ({', '.join(sorted(set(MAKE_FX)))})" if MAKE_FX else ""))
             for fn, (count, n, sec) in sorted(SNIPPETS.items(), key=lambda kv: -kv[1][2])[:args.snippets]:
                 print(f"  {sec:6.2f} s {count:4d} traces {n:6d} nodes  {fn}")
         if args.phases:

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 from collections.abc import Callable, Sequence
 
+import sympy
 import torch
 import torch.fx as fx
+from torch._dispatch.python import enable_python_dispatcher
 from torch._guards import detect_fake_mode
 from torch.fx.experimental.proxy_tensor import make_fx
-from torch.utils._pytree import tree_leaves, tree_map
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_leaves, tree_map
 
 
 def trace_snippet(fn: Callable, args: Sequence[fx.Node]) -> fx.GraphModule:
@@ -29,9 +33,150 @@ def trace_snippet(fn: Callable, args: Sequence[fx.Node]) -> fx.GraphModule:
     cached, fake_mode.cache_enabled = fake_mode.cache_enabled, False
     try:
         with fake_mode:
-            return make_fx(fn, decomposition_table=decompositions(), **make_fx_options())(*values)
+            try:
+                return record(fn, values)
+            except NotRecorded:  # what only make_fx follows (a size the operands' sizes do not name)
+                return make_fx(fn, decomposition_table=decompositions(), **make_fx_options())(*values)
     finally:
         fake_mode.cache_enabled = cached
+
+
+class NotRecorded(Exception):
+    """fn did something record() does not follow; make_fx traces it instead."""
+
+
+def record(fn: Callable, values: Sequence) -> fx.GraphModule:
+    """The ATen graph of fn(*values) as make_fx makes it (inductor's decompositions, the Python dispatcher, a
+    CompositeImplicitAutograd op decomposed where autograd would have), from a dispatch mode that runs each op on the
+    fake values and appends its node: without make_fx's proxies, pytree passes and metadata (tensor_meta, its
+    snapshot of each value), which took about half the snippet traces' time (ResNet-50 (GN), benchmarks/NOTES.md,
+    fifty-seventh session). A size argument becomes nodes from the operands' sizes (sym_size, then products and sums
+    of those); one that is no product or sum of them, a tensor from outside fn's operands, an op that returns a
+    symbolic value or gives back a tensor it was passed raise NotRecorded."""
+    graph = fx.Graph()
+    recorder = Recorder(graph, [(graph.placeholder(f"arg{i}_1"), v) for i, v in enumerate(values)])
+    with enable_python_dispatcher(), recorder:
+        out = fn(*values)
+    graph.output(tree_map(recorder.arg, out))
+    return fx.GraphModule(torch.nn.Module(), graph)
+
+
+try:  # make_fx's test of whether autograd would have run an op's CompositeImplicitAutograd kernel
+    from torch.utils._python_dispatch import autograd_would_have_decomposed
+except ImportError:  # a torch without it: whether the op has such a kernel
+    def autograd_would_have_decomposed(func, flat_args) -> bool:
+        try:
+            return torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd")
+        except RuntimeError:  # an op the dispatcher does not know by name (prim::device)
+            return False
+
+
+SIZE_OPS = (torch.ops.aten.size.default, torch.ops.aten.stride.default, torch.ops.aten.storage_offset.default)
+SAME_VALUE_OPS = (torch.ops.aten.detach.default, torch.ops.aten.alias.default)
+
+
+class Recorder(TorchDispatchMode):
+    """record()'s dispatch mode: one node per op that reaches it; each traced tensor (by identity, kept alive) and
+    each size expression to its node."""
+
+    def __init__(self, graph: fx.Graph, inputs: Sequence[tuple[fx.Node, object]]):
+        super().__init__()
+        self.graph, self.table = graph, decompositions()
+        self.nodes: dict[int, fx.Node] = {}
+        self.kept: list[torch.Tensor] = []
+        self.sizes: dict[sympy.Expr, fx.Node] = {}
+        self.size_of: dict[sympy.Symbol, tuple[fx.Node, int, torch.SymInt]] = {}
+        for node, value in inputs:
+            node.meta["val"] = value
+            if isinstance(value, torch.Tensor):
+                self.track(value, node)
+                for dim, size in enumerate(value.shape):
+                    if isinstance(size, torch.SymInt) and isinstance(size.node.expr, sympy.Symbol):
+                        self.size_of.setdefault(size.node.expr, (node, dim, size))
+
+    def track(self, value: torch.Tensor, node: fx.Node) -> None:
+        if id(value) in self.nodes:
+            raise NotRecorded("an op gave back a tensor it was passed")
+        self.nodes[id(value)] = node
+        self.kept.append(value)
+
+    def arg(self, a):
+        """An op's argument as the graph holds it: a node for a traced tensor or a symbolic size."""
+        if isinstance(a, torch.Tensor):
+            if id(a) not in self.nodes:
+                raise NotRecorded("a tensor from outside the operands")
+            return self.nodes[id(a)]
+        if isinstance(a, torch.SymInt):
+            constant = a.node.maybe_as_int()
+            return constant if constant is not None else self.size(a.node.expr)
+        if isinstance(a, (torch.SymFloat, torch.SymBool)):
+            raise NotRecorded("a symbolic float or bool")
+        return a
+
+    def size(self, expr: sympy.Expr):
+        """The node (or int) computing a size expression from the operands' sizes: sym_size of an operand's dimension
+        for a symbol, products and sums of those."""
+        if isinstance(expr, sympy.Integer):
+            return int(expr)
+        if expr not in self.sizes:
+            if isinstance(expr, sympy.Symbol) and expr in self.size_of:
+                operand, dim, value = self.size_of[expr]
+                node = self.graph.call_function(torch.ops.aten.sym_size.int, (operand, dim))
+                node.meta["val"] = value
+            elif isinstance(expr, (sympy.Mul, sympy.Add)):
+                op = operator.mul if isinstance(expr, sympy.Mul) else operator.add
+                node, *rest = map(self.size, expr.args)
+                for other in rest:
+                    value = op(node.meta["val"] if isinstance(node, fx.Node) else node, other.meta["val"]
+                               if isinstance(other, fx.Node) else other)
+                    node = self.graph.call_function(op, (node, other))
+                    node.meta["val"] = value
+            else:
+                raise NotRecorded(f"the size {expr}")
+            self.sizes[expr] = node
+        return self.sizes[expr]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.prim.device.default:  # a tensor's device (as make_fx: no node)
+            return func(*args, **kwargs)
+        if func in SAME_VALUE_OPS:  # snippets mutate nothing: an alias is its operand's node (emit drops them too)
+            out = func(*args, **kwargs)
+            self.nodes[id(out)] = self.arg(args[0])
+            self.kept.append(out)
+            return out
+        if func in self.table:
+            with self:
+                out = self.table[func](*args, **kwargs)
+            if out is not NotImplemented:
+                return out
+        if func not in SIZE_OPS and autograd_would_have_decomposed(func, tree_flatten((args, kwargs))[0]):
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
+        if func._schema.is_mutable:  # snippets are functional; make_fx records what mutation does
+            raise NotRecorded(f"{func} mutates an operand")
+        out = func(*args, **kwargs)
+        leaves = tree_leaves(out)
+        if not any(isinstance(v, torch.Tensor) for v in leaves):  # prim.device, a dtype: nothing to record
+            if any(isinstance(v, (torch.SymInt, torch.SymFloat, torch.SymBool)) for v in leaves):
+                raise NotRecorded(f"{func} returned a symbolic value")
+            return out
+        node = self.graph.create_node("call_function", func, tree_map(self.arg, tuple(args)),
+                                      tree_map(self.arg, kwargs), name=func.overloadpacket.__name__)
+        node.meta["val"] = out
+        if isinstance(out, torch.Tensor):
+            self.track(out, node)
+        elif isinstance(out, (tuple, list)) and all(isinstance(v, torch.Tensor) or v is None for v in out):
+            for i, v in enumerate(out):
+                if v is not None:
+                    item = self.graph.call_function(operator.getitem, (node, i))
+                    item.meta["val"] = v
+                    self.track(v, item)
+        else:
+            raise NotRecorded(f"{func} returned {type(out).__name__}")
+        return out
 
 
 @functools.cache

@@ -13,7 +13,7 @@ import sympy
 import torch
 import torch.nn.functional as F
 from conftest import DEVICE, dp_pass_guards, guards_added
-from helpers import Case, check_against_reference, examples
+from helpers import Case, batch_for, check_against_reference, examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -1640,6 +1640,93 @@ def test_emit_leaves_out_ops_whose_result_is_their_operand(batch):
     assert all(n.users for n in graph.nodes if n.op == "call_function"), "a size only dropped ops read is left"
     got, expected = fx.GraphModule(torch.nn.Module(), graph)(z), snippet(z)
     assert all(torch.equal(a, b) for a, b in zip(got[:2], expected)) and got[2] == batch
+
+
+def test_record_leaves_to_make_fx_a_size_it_does_not_follow(monkeypatch):
+    """A size no product or sum of the operands' sizes gives (the batch halved, rounded down) is traced by make_fx,
+    and the snippet computes what the function does; a product of them is recorded (a node per factor)."""
+    import torch.fx as fx
+    from torch._dynamo.backends.common import aot_autograd
+    from torch.fx.experimental import _config as fx_config
+
+    from dpcompile.passes import emit
+
+    traced_by_make_fx, make_fx, built = [], emit.make_fx, []
+    monkeypatch.setattr(emit, "make_fx", lambda fn, *a, **k: traced_by_make_fx.append(fn) or make_fx(fn, *a, **k))
+
+    def halves(x):
+        return x.new_ones(x.shape[0] // 2) * 3
+
+    def rows(x):
+        return x.new_ones(x.shape[0] * x.shape[1] + 1) * 3
+
+    def compiler(gm, example_inputs):
+        graph = fx.Graph()
+        x = graph.placeholder("x")
+        x.meta["val"] = gm.graph.output_node().args[0][0].meta["val"]
+        graph.output((emit.emit(graph, halves, [x], "h"), emit.emit(graph, rows, [x], "r")))
+        built.append(graph)
+        return gm
+
+    z = torch.randn(7, 3, dtype=torch.float64)
+    torch._dynamo.reset()
+    torch._dynamo.mark_dynamic(z, 0)
+    with fx_config.patch(backed_size_oblivious=True):
+        torch.compile(lambda z: (z * 2,), backend=aot_autograd(fw_compiler=compiler), fullgraph=True)(z)
+    assert traced_by_make_fx == [halves]
+    got = fx.GraphModule(torch.nn.Module(), built[0])(z)
+    assert torch.equal(got[0], halves(z)) and torch.equal(got[1], rows(z))
+
+
+RECORDED = [("cnn_head", "ghost"), ("cnn_head", "per_sample"), ("conv_transposed2d", "ghost"), ("conv3d", "per_sample"),
+            ("conv2d_dilation_groups", "ghost"), ("linear_3d", "ghost"), ("linear_flat_rows", "per_sample"),
+            ("embedding_bag_mean_padding", "per_sample"), ("relative_position_bias", "ghost"),
+            ("raw_token_pos_scale", "per_sample"), ("mha", "ghost"), ("sdpa_causal", "per_sample"),
+            ("whole_batch_slice_write", "ghost"), ("tied_embedding", "ghost"), ("group_norm", "ghost"),
+            ("rms_norm", "per_sample")]
+
+
+@pytest.mark.parametrize("name, policy", RECORDED)
+def test_record_traces_the_rules_snippets_as_make_fx_does(monkeypatch, name, policy):
+    """emit.record, the dispatch mode that traces the DP passes' snippets, gives the ATen ops make_fx gives, in order
+    and with the same constants (aliases aside: emit drops them), for every snippet of a case of each rule family
+    (convolutions of each kind, linear layers over tokens and flattened rows, embeddings, raw parameters, attention,
+    a shared slice write, tied parameters, norms), ghost or per-sample; and it leaves none to make_fx."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from dpcompile.passes import emit
+    from rule_cases import CASES
+
+    sizes = (aten.sym_size.int, aten.sym_stride.int, aten.sym_numel.default, aten.sym_storage_offset.default)
+
+    def ops(gm):
+        def constant(a):
+            return "node" if isinstance(a, torch.fx.Node) else a
+        return [(n.target, str(torch.utils._pytree.tree_map(constant, (n.args, n.kwargs))))
+                for n in gm.graph.nodes if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)
+                and n.target not in sizes + emit.SAME_VALUE_OPS]
+
+    record, compared = emit.record, []
+
+    def checked(fn, values):
+        recorded = record(fn, values)
+        reference = make_fx(fn, decomposition_table=emit.decompositions(), **emit.make_fx_options())(*values)
+        assert ops(recorded) == ops(reference), getattr(fn, "__qualname__", fn)
+        compared.append(len(ops(recorded)))
+        return recorded
+
+    def no_make_fx(fn, *args, **kwargs):
+        raise AssertionError(f"{getattr(fn, '__qualname__', fn)} was left to make_fx")
+
+    monkeypatch.setattr(emit, "record", checked)
+    monkeypatch.setattr(emit, "make_fx", no_make_fx)
+    [case] = [case for family in CASES.values() for case in family if case.name == name]
+    torch.manual_seed(0)
+    model = case.model().to(DEVICE, torch.float64)
+    x, y = batch_for(case, model, 3, seed=1)
+    dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, policy=policy, backend="eager")
+    case.loss(dp(x), y).backward()
+    assert len(compared) >= 3 and sum(compared) >= 30, compared
 
 
 def test_the_rewritten_backward_keeps_no_unused_node():

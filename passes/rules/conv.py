@@ -95,8 +95,10 @@ IMPLICIT_CONV_DTYPES = (torch.bfloat16, torch.float16)
 # last operands, their conversion included; benchmarks/NOTES.md, fifty-fifth session) it took 0.64 against the shifted
 # form's 1.00 ms (32², 64→64, b256), 0.51 against unfold's 1.50 (16², 128→128), 0.48 against 1.29 (56², 64→64, b64)
 # and 0.27 against 0.70 (b32); outside those bounds it was slower (8² and 14² at 256 channels, 16 input channels,
-# stride 2, 1×1). Off by default until its tests and whole steps run on CUDA; the tests turn it on for the CPU, where
-# the op's products are IEEE.
+# stride 2, 1×1). Off by default: its tests pass on CUDA, but whole fp32 `auto` steps on an H100 (torch 2.11,
+# 2026-12-07, fifty-seventh session) were no faster by device time with it (ResNet-18 (GN) 32² b256 12.76 → 12.85 ms,
+# WRN-16-4 10.31 → 10.46) and took 15% more peak memory. The tests turn it on for the CPU, where the op's products
+# are IEEE.
 GROUPED_TF32_CONV_DEVICES: tuple[str, ...] = ()
 GROUPED_TF32_MIN_POSITIONS = 256
 GROUPED_TF32_MIN_CHANNELS = 32

@@ -93,6 +93,8 @@ class Recorder(TorchDispatchMode):
                 for dim, size in enumerate(value.shape):
                     if isinstance(size, torch.SymInt) and isinstance(size.node.expr, sympy.Symbol):
                         self.size_of.setdefault(size.node.expr, (node, dim, size))
+            elif isinstance(value, torch.SymInt):  # an operand that is a size: its expression is that node
+                self.sizes.setdefault(value.node.expr, node)
 
     def track(self, value: torch.Tensor, node: fx.Node) -> None:
         if id(value) in self.nodes:

@@ -1644,7 +1644,10 @@ def test_emit_leaves_out_ops_whose_result_is_their_operand(batch):
 
 def test_record_leaves_to_make_fx_a_size_it_does_not_follow(monkeypatch):
     """A size no product or sum of the operands' sizes gives (the batch halved, rounded down) is traced by make_fx,
-    and the snippet computes what the function does; a product of them is recorded (a node per factor)."""
+    and the snippet computes what the function does; a product of them is recorded (a node per factor), and a size
+    operand is read as that operand's node."""
+    import operator
+
     import torch.fx as fx
     from torch._dynamo.backends.common import aot_autograd
     from torch.fx.experimental import _config as fx_config
@@ -1660,11 +1663,16 @@ def test_record_leaves_to_make_fx_a_size_it_does_not_follow(monkeypatch):
     def rows(x):
         return x.new_ones(x.shape[0] * x.shape[1] + 1) * 3
 
+    def twice(x, n):  # n: a size operand, the batch
+        return x.new_ones(n * 2)
+
     def compiler(gm, example_inputs):
         graph = fx.Graph()
         x = graph.placeholder("x")
         x.meta["val"] = gm.graph.output_node().args[0][0].meta["val"]
-        graph.output((emit.emit(graph, halves, [x], "h"), emit.emit(graph, rows, [x], "r")))
+        n = emit.emit(graph, lambda x: x.shape[0], [x], "n")
+        graph.output((emit.emit(graph, halves, [x], "h"), emit.emit(graph, rows, [x], "r"),
+                      emit.emit(graph, twice, [x, n], "t")))
         built.append(graph)
         return gm
 
@@ -1674,8 +1682,11 @@ def test_record_leaves_to_make_fx_a_size_it_does_not_follow(monkeypatch):
     with fx_config.patch(backed_size_oblivious=True):
         torch.compile(lambda z: (z * 2,), backend=aot_autograd(fw_compiler=compiler), fullgraph=True)(z)
     assert traced_by_make_fx == [halves]
-    got = fx.GraphModule(torch.nn.Module(), built[0])(z)
-    assert torch.equal(got[0], halves(z)) and torch.equal(got[1], rows(z))
+    [graph] = built
+    [twice_size] = [n for n in graph.nodes if n.target is operator.mul and n.name.startswith("t_")]
+    assert [a.name for a in twice_size.args if isinstance(a, fx.Node)] == ["n"], "the size operand is not its node"
+    got = fx.GraphModule(torch.nn.Module(), graph)(z)
+    assert torch.equal(got[0], halves(z)) and torch.equal(got[1], rows(z)) and torch.equal(got[2], twice(z, 7))
 
 
 RECORDED = [("cnn_head", "ghost"), ("cnn_head", "per_sample"), ("conv_transposed2d", "ghost"), ("conv3d", "per_sample"),

@@ -339,13 +339,14 @@ def test_pass_times_reports_each_pass_and_the_lowering(capsys):
         assert part in line, line
     assert "wall time" in out and "backend eager" in out
     traces, nodes = map(int, re.search(r"snippet traces (\d+), (\d+) nodes", out).groups())
+    assert re.search(r"ms a node\), 0 through make_fx$", out, re.MULTILINE), out  # emit.record traced them all
     listed = re.findall(r"^ +[0-9.]+ s +(\d+) traces +(\d+) nodes +(\S+)", out, re.MULTILINE)
     assert 0 < len(listed) <= 3 and any("emit_norm" in fn for *_, fn in listed), out
     assert 0 < sum(int(c) for c, *_ in listed) <= traces and 0 < sum(int(n) for _, n, _ in listed) <= nodes, out
     from dpcompile.backend import DPBackend
     from dpcompile.passes import emit
     assert DPBackend.lower.__name__ == "lower"  # the instrumentation is gone afterwards
-    assert emit.trace_snippet.__name__ == "trace_snippet"
+    assert emit.trace_snippet.__name__ == "trace_snippet" and emit.make_fx.__name__ == "make_fx"
 
 
 def test_pass_times_counts_the_dp_backwards_nodes_by_stage_and_the_kernels(capsys):

@@ -114,11 +114,11 @@ def instrumented():
         row[0], row[1], row[2] = row[0] + 1, row[1] + len(gm.graph.nodes), row[2] + clock() - start
         return gm
     emit.trace_snippet = counted_trace
+    make_fx = emit.make_fx
 
     def counted_make_fx(fn, *args, **kwargs):
         MAKE_FX.append(getattr(fn, "__qualname__", type(fn).__name__))
         return make_fx(fn, *args, **kwargs)
-    make_fx = emit.make_fx
     emit.make_fx = counted_make_fx
     try:
         yield

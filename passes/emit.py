@@ -72,7 +72,12 @@ except ImportError:  # a torch without it: whether the op has such a kernel
 
 
 SIZE_OPS = (torch.ops.aten.size.default, torch.ops.aten.stride.default, torch.ops.aten.storage_offset.default)
-SAME_VALUE_OPS = (torch.ops.aten.detach.default, torch.ops.aten.alias.default)
+ALIAS_OPS = (torch.ops.aten.detach.default, torch.ops.aten.alias.default)  # record() maps them to their operand
+
+
+def size_value(size):
+    """A size as record() holds it (an int or a node) as its value: the int, or the node's SymInt."""
+    return size.meta["val"] if isinstance(size, fx.Node) else size
 
 
 class Recorder(TorchDispatchMode):
@@ -129,8 +134,7 @@ class Recorder(TorchDispatchMode):
                 op = operator.mul if isinstance(expr, sympy.Mul) else operator.add
                 node, *rest = map(self.size, expr.args)
                 for other in rest:
-                    value = op(node.meta["val"] if isinstance(node, fx.Node) else node, other.meta["val"]
-                               if isinstance(other, fx.Node) else other)
+                    value = op(size_value(node), size_value(other))
                     node = self.graph.call_function(op, (node, other))
                     node.meta["val"] = value
             else:
@@ -142,7 +146,7 @@ class Recorder(TorchDispatchMode):
         kwargs = kwargs or {}
         if func is torch.ops.prim.device.default:  # a tensor's device (as make_fx: no node)
             return func(*args, **kwargs)
-        if func in SAME_VALUE_OPS:  # snippets mutate nothing: an alias is its operand's node (emit drops them too)
+        if func in ALIAS_OPS:  # snippets mutate nothing: an alias is its operand's node (emit drops them too)
             out = func(*args, **kwargs)
             self.nodes[id(out)] = self.arg(args[0])
             self.kept.append(out)

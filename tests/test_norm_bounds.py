@@ -12,7 +12,7 @@ import pytest
 import sympy
 import torch
 import torch.nn.functional as F
-from conftest import DEVICE, dp_pass_guards, guards_added
+from conftest import DEVICE, SLOW_ON_CPU, dp_pass_guards, guards_added
 from helpers import Case, batch_for, check_against_reference, examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -581,7 +581,80 @@ def test_shifted_windows_read_only_their_own_sample(conv):
     torch.testing.assert_close(torch.cat(alone), rule.per_sample(site, g, x, w), rtol=1e-12, atol=1e-12)
     c = shifted.consts  # the margin's accumulation length is the products' own
     windows = shifted_windows(x, g, c["kernel"], c["padding"], c["dilation"])[0]
-    assert windows.shape[-1] == shifted_length(x.shape, g.shape, c["kernel"], c["padding"], c["dilation"])
+    assert windows.shape[-1] == shifted_length(x, g.shape, c["kernel"], c["padding"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("conv", [nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(2, 4, (2, 5), padding=(0, 3), groups=2),
+                                  nn.Conv3d(2, 3, 3, padding=(1, 0, 2), dilation=(1, 2, 1))])
+def test_grid_rows_aligned_where_the_device_is_listed(conv, dtype, monkeypatch):
+    """conv.ALIGNED_OPERAND_DEVICES listing the device: the padded grid's last dim is widened with zero columns to a
+    whole number of 16-byte units (rows of 7, 11 and 9 values here), so every window a shifted product reads starts
+    aligned (its offset a multiple of the unit, the stacked input's rows too); the margin's accumulation length is
+    the widened grid's (shifted_length: a shorter one would under-count the products' roundings); and the per-sample
+    gradients are the unwidened grid's and the unfold's (the zeros add exact zeros)."""
+    from dpcompile.passes.rules import conv as conv_rule
+    conv = conv.to(dtype)
+    torch.manual_seed(0)
+    x = torch.randn(3, conv.in_channels, *([5] * (conv.weight.dim() - 2)), dtype=dtype, device=DEVICE)
+    g, x, w = conv_operands(conv.to(DEVICE), x)
+    rule, site = ConvRule(), conv_site(conv)
+    shifted, c = replace(site, impl="shifted"), site.consts
+    unit = 16 // x.element_size()
+    assert (x.shape[-1] + 2 * c["padding"][-1]) % unit, "the case must need widening"
+    results = {}
+    for on in (False, True):
+        monkeypatch.setattr(conv_rule, "ALIGNED_OPERAND_DEVICES", (torch.device(DEVICE).type,) if on else ())
+        gf, xs, offsets = shifted_windows(x, g, c["kernel"], c["padding"], c["dilation"])
+        assert gf.shape[-1] == shifted_length(x, g.shape, c["kernel"], c["padding"])
+        aligned = [gf.shape[-1] % unit, xs.shape[-1] % unit, *(o % unit for o in offsets)]
+        assert (not any(aligned)) == on, aligned
+        results[on] = rule.per_sample(shifted, g, x, w)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(results[True], results[False], rtol=tol, atol=tol)
+    torch.testing.assert_close(results[True], rule.per_sample(site, g, x, w), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_unfolded_rows_aligned_where_the_device_is_listed(dtype, monkeypatch):
+    """conv.ALIGNED_OPERAND_DEVICES listing the device: the unfolded input of a 3×3 convolution on 3 channels (27
+    patch values, the result's rows 27 apart: off the 16-byte alignment) takes zero rows up to a whole unit, and the
+    per-sample gradients, sliced back, are the unaligned ones; a 1×1 kernel's (the input itself, not a copy) is left
+    alone."""
+    from dpcompile.passes.rules import conv as conv_rule
+    rule = ConvRule()
+    torch.manual_seed(0)
+    unit = 16 // torch.empty((), dtype=dtype).element_size()
+    for conv, rows in ((nn.Conv2d(3, 8, 3), 27 + -27 % unit), (nn.Conv2d(3, 8, 1), 3)):
+        conv = conv.to(DEVICE, dtype)
+        g, x, w = conv_operands(conv, torch.randn(4, 3, 6, 6, dtype=dtype, device=DEVICE))
+        site = conv_site(conv)
+        monkeypatch.setattr(conv_rule, "ALIGNED_OPERAND_DEVICES", ())
+        off = rule.per_sample(site, g, x, w)
+        monkeypatch.setattr(conv_rule, "ALIGNED_OPERAND_DEVICES", (torch.device(DEVICE).type,))
+        padded = results_of(monkeypatch, conv_rule, "padded_rows")
+        on = rule.per_sample(site, g, x, w)
+        assert [t.shape[1] for t in padded] == ([rows] if conv.kernel_size != (1, 1) else [])
+        assert on.shape == off.shape == (4, *w.shape)
+        tol = 1e-12 if dtype == torch.float64 else 1e-5
+        torch.testing.assert_close(on, off, rtol=tol, atol=tol)
+
+
+def test_aligned_convs_match_reference(monkeypatch):
+    """A CNN whose stride-1 convolutions have grids of odd widths (per-sample over the shifted windows, and a 3-channel
+    stem over the unfold) compiled with conv.ALIGNED_OPERAND_DEVICES listing the device: the clipped sums match the
+    float64 reference (both clip branches, two batch sizes), as the widened grids and padded rows change no value."""
+    from dpcompile.passes.rules import conv as conv_rule
+    from helpers import conv_constants
+    monkeypatch.setattr(conv_rule, "ALIGNED_OPERAND_DEVICES", (torch.device(DEVICE).type,))
+    padded, widened = results_of(monkeypatch, conv_rule, "padded_rows"), results_of(monkeypatch, conv_rule,
+                                                                                      "grid_widening")
+    case = Case("aligned_convs", lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                                                       nn.Flatten(), nn.Linear(4 * 5 * 5, 2)),
+                lambda B: torch.randn(B, 3, 7, 7, dtype=torch.float64))
+    with conv_constants(SHIFTED_CONV_MIN_POSITIONS=1, SHIFTED_CONV_MIN_CHANNELS=4):  # the stem's 3: the unfold
+        check_against_reference(case, policy="per_sample")
+    assert any(t.shape[1] == 28 for t in padded) and any(widened), (padded, widened)
 
 
 @pytest.mark.parametrize("dims, stride, padding", [(2, 1, 0), (2, 2, 0), (2, 3, 1), (1, 2, 2), (3, 2, 1)])
@@ -1051,7 +1124,7 @@ def test_a_sample_whose_underflow_leaves_no_room_below_the_target_is_dropped():
 
 # --- what the bounds assume of the arithmetic they run on ---
 
-@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.inductor)])
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=SLOW_ON_CPU)])
 def test_dp_backward_runs_with_fp32_accumulating_matmuls(backend):
     """cuBLAS may add half-precision products in half precision (PyTorch's default): not inside the DP
     backward, whose bounds assume fp32 accumulation; the user's settings come back after it."""

@@ -204,6 +204,24 @@ def padded_for_tensor_cores(flat: Tensor) -> Tensor:
     return F.pad(flat, (0, -T % ROW_MULTIPLE)) if misaligned_positions(flat) else flat
 
 
+def alignment_unit(t: Tensor) -> int:
+    """t's elements in cuBLAS's 16-byte operand alignment."""
+    return 16 // t.element_size()
+
+
+def padded_rows(flat: Tensor) -> Tensor:
+    """flat (N, d, T), the unfolded operand of per-sample products G_i U_iᵀ (N, p, d), with zero rows appended up to
+    a whole number of cuBLAS's 16-byte alignment units where its device is one ALIGNED_OPERAND_DEVICES lists and d is
+    static: the result's rows are then aligned (rows of 147 fp32 values, ResNet-50's 7×7 stem on 3 channels, ran on
+    an align-1 kernel: H100, torch 2.11, benchmarks/NOTES.md, fifty-eighth session). The rows are exact zeros, so are
+    the result's columns they add, which the caller slices off; the other entries are the same dot products over T.
+    Only where flat is the unfold's copy (a kernel larger than 1×1), whose writing the zeros join."""
+    d = flat.shape[1]
+    if flat.device.type not in ALIGNED_OPERAND_DEVICES or not isinstance(d, int):
+        return flat
+    return F.pad(flat, (0, 0, 0, -d % alignment_unit(flat))) if d % alignment_unit(flat) else flat
+
+
 def misaligned_positions(flat: Tensor) -> bool:
     """Whether flat (N, n, T) is 16-bit on a device ALIGNED_OPERAND_DEVICES lists, with a static T whose rows of
     T·2 bytes would start off cuBLAS's 16-byte alignment (T not a multiple of ROW_MULTIPLE)."""
@@ -240,14 +258,17 @@ def padded_grid(x: Tensor, g: Tensor, kernel: list[int], padding, dilation) -> t
     t is xf[..., t + offsets[k]] (offsets of the leading kernel dims' positions only, the last dim's shifts being
     j·dilation, j < k_last), so that g = Σ_t gf_t ⊗ (xf_{t + o_k})_k. The zeros G gains add exact
     zeros; x gets extra zero rows at the end so that every window stays within its own channel (never reaches
-    another channel or sample)."""
+    another channel or sample), and grid_widening's zero columns on the right of its last dim."""
     n, padded = len(kernel), [s + 2 * p for s, p in zip(x.shape[2:], padding)]
+    widening = grid_widening(x, kernel, padding)
+    padded[-1] += widening
     out = list(g.shape[2:])
     step = [prod(padded[j + 1:]) for j in range(n)]  # strides of the padded grid, flattened
     spread = (kernel[-1] - 1) * dilation[-1]
     overflow = sum((padded[j] - out[j]) * step[j] for j in range(1, n)) + spread
     extra = -(-overflow // step[0])
-    x_pads = [q for j in reversed(range(n)) for q in (padding[j], padding[j] + (extra if j == 0 else 0))]
+    after = [padding[j] + (extra if j == 0 else 0) + (widening if j == n - 1 else 0) for j in range(n)]
+    x_pads = [q for j in reversed(range(n)) for q in (padding[j], after[j])]
     g_pads = [q for j in reversed(range(n)) for q in (0, padded[j] - out[j] if j else 0)]
     pad = lambda t, pads: F.pad(t, pads) if any(pads) else t  # noqa: E731
     xf, gf = pad(x, x_pads).flatten(2), pad(g, g_pads).flatten(2)
@@ -255,6 +276,19 @@ def padded_grid(x: Tensor, g: Tensor, kernel: list[int], padding, dilation) -> t
                for pos in itertools.product(*(range(k) for k in kernel[:-1]))]
     assert spread + gf.shape[-1] + max(offsets) <= xf.shape[-1], "a shifted window would leave its channel"
     return xf, gf, offsets
+
+
+def grid_widening(x: Tensor, kernel: list[int], padding) -> int:
+    """Zero columns padded_grid appends to x's padded last dim: up to a whole number of cuBLAS's 16-byte alignment
+    units where x's device is one ALIGNED_OPERAND_DEVICES lists, the padded size is static and the kernel has
+    positions along its leading dims, else none. A product then reads every window, which starts a whole number of
+    grid rows in, aligned: with rows of 58 and 30 fp32 values (ResNet-50's 56² and 28² stride-1 convolutions, padding
+    1) the middle kernel row's window started off the alignment, and cuBLAS ran its product on an align-1 kernel
+    (H100, torch 2.11, benchmarks/NOTES.md, fifty-eighth session). The columns are exact zeros in every product."""
+    width = x.shape[-1] + 2 * padding[-1]
+    if x.device.type not in ALIGNED_OPERAND_DEVICES or prod(kernel[:-1]) == 1 or not isinstance(width, int):
+        return 0
+    return -width % alignment_unit(x)
 
 
 def shifted_windows(x: Tensor, g: Tensor, kernel: list[int], padding, dilation) -> tuple[Tensor, Tensor, list[int]]:
@@ -314,10 +348,13 @@ def batch_rows(t: Tensor) -> Tensor:
     return t.permute(1, 2, 0, 3).clone(memory_format=torch.contiguous_format).flatten(2)
 
 
-def shifted_length(x_shape, g_shape, kernel, padding, dilation) -> int:
-    """L of shifted_windows (the products' accumulation length): the output's first spatial size times x's
-    padded trailing spatial sizes."""
-    return g_shape[2] * prod(s + 2 * p for s, p in zip(x_shape[3:], padding[1:]))
+def shifted_length(x: Tensor, g_shape, kernel, padding) -> int:
+    """L of shifted_windows (the products' accumulation length) for x as the products take it: the output's first
+    spatial size times the padded grid's trailing sizes, grid_widening's columns included."""
+    trailing = [s + 2 * p for s, p in zip(x.shape[3:], padding[1:])]
+    if trailing:
+        trailing[-1] += grid_widening(x, kernel, padding)  # none for a 1-D grid (a kernel of one leading position)
+    return g_shape[2] * prod(trailing)
 
 
 class ConvRule:
@@ -414,7 +451,7 @@ class ConvRule:
         if c["transposed"] or c.get("k", 1) > 1 or set(c["stride"]) != {1} or \
                 not 1 < prod(c["kernel"]) <= SHIFTED_GRAM_MAX_PRODUCTS or not all(isinstance(s, int) for s in spatial):
             return False
-        L = shifted_length(x.shape, g.shape, c["kernel"], c["padding"], c["dilation"])
+        L = shifted_length(x, g.shape, c["kernel"], c["padding"])  # of x's width: its Grams' may be narrower
         return L <= SHIFTED_GRAM_MAX_STRETCH * prod(g.shape[2:])
 
     def _unfolded(self, site: Site, g: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -441,9 +478,11 @@ class ConvRule:
             return torch.ops.dpcompile.per_sample_conv2d_grad(g, x, c["kernel"], c["stride"], c["padding"],
                                                               c["dilation"])
         u, gg = self._unfolded(site, g, x)
-        rows = u.shape[0]
-        gg, u = aligned_for_tensor_cores(gg.flatten(0, 1)), aligned_for_tensor_cores(u.flatten(0, 1))
-        return matrix_product(gg, u.transpose(1, 2), site.tf32).reshape(rows, *w.shape)
+        rows, d = u.shape[0], u.shape[2]
+        u = u.flatten(0, 1) if all(k == 1 for k in site.consts["kernel"]) else padded_rows(u.flatten(0, 1))
+        gg, u = aligned_for_tensor_cores(gg.flatten(0, 1)), aligned_for_tensor_cores(u)
+        product = matrix_product(gg, u.transpose(1, 2), site.tf32)  # (B·groups, p, d), or d padded_rows' more
+        return (product if u.shape[1] == d else product[..., :d]).reshape(rows, *w.shape)
 
     def _per_sample_shifted(self, site: Site, g: Tensor, x: Tensor, w: Tensor) -> Tensor:
         """Stride 1: one batched product per position of the kernel's leading dims, of G and a window of the
@@ -554,7 +593,7 @@ class ConvRule:
         n = r.shape[-1]
         if site.impl == "shifted":  # sums over the padded grid's L ≥ T positions (the others add zeros)
             c = site.consts
-            n = shifted_length(rest[0].shape, g.shape, c["kernel"], c["padding"], c["dilation"])
+            n = shifted_length(rest[0], g.shape, c["kernel"], c["padding"])
         return accumulation_gamma(n, g.dtype) * upper_sum(r * rho, [1, 2])
 
     def clipped_sum(self, site: Site, clip: Tensor, g: Tensor, *rest: Tensor) -> Tensor:

@@ -65,6 +65,7 @@ def test_smoke_fp32_writes_json_and_markdown_with_ratios(tmp_path):
     assert (tmp_path / "fp32-plans.txt").exists()
 
 
+@pytest.mark.slow  # the fp32 smoke run is in the default suite
 def test_smoke_bf16_autocast(tmp_path):
     _, saved, md = run(tmp_path, "bf16", "--methods", "eager,compile,dp_mixed", "--amp", "bf16",
                        "--compile-backend", "aot_eager")
@@ -164,7 +165,8 @@ def test_largest_batch_search_goes_on_after_one_slow_try():
     assert found["batch"] <= (130 - 0.1) / 0.001 < found["fails_at"]
 
 
-@pytest.mark.parametrize("method, origin", [("dp_mixed", "timed run"), ("compile", "own setup")])  # each once
+@pytest.mark.parametrize("method, origin", [("dp_mixed", "timed run"),
+                                            pytest.param("compile", "own setup", marks=pytest.mark.slow)])  # each once
 def test_largest_batch_tries_step_one_compiled_setup_at_every_batch(method, origin):
     args = bench.parse_args([*QUICK, "--methods", method])
     cfg, device = bench.CONFIGS["smoke"], torch.device("cpu")
@@ -318,6 +320,7 @@ def test_profiled_kernels_name_the_dp_nodes_they_compute(tmp_path):
     assert listed & emitted, sorted(listed)[:20]
 
 
+@pytest.mark.slow
 def test_tf32_overclip_measures_each_sample_against_ieee():
     """benchmarks/tf32_overclip.py on a CPU (images resized): every sample's TF32 norm is at least its IEEE one (the
     margin only adds), the IEEE certified norm is at least the released gradient's own (an upper bound), and the
@@ -349,6 +352,7 @@ def test_pass_times_reports_each_pass_and_the_lowering(capsys):
     assert emit.trace_snippet.__name__ == "trace_snippet" and emit.make_fx.__name__ == "make_fx"
 
 
+@pytest.mark.slow  # an inductor compile on the CPU; pass_times' other test is in the default suite
 def test_pass_times_counts_the_dp_backwards_nodes_by_stage_and_the_kernels(capsys):
     """--nodes: every node of the rewritten backward counted once, under the stage its emitted name says; with inductor,
     the kernels it generated for each graph."""

@@ -15,7 +15,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import BACKEND, DEVICE
+from conftest import BACKEND, DEVICE, SLOW_ON_CPU
 from helpers import Case, check_against_reference, conv_constants, examples, implicit_convs, old_triton_interpreter
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -128,7 +128,7 @@ CONVS = Case("implicit_convs", lambda: nn.Sequential(
 @pytest.mark.parametrize("joint", [False, pytest.param(True, marks=pytest.mark.skipif(
     DEVICE != "cuda", reason="the tiling is the Triton kernel's (on a CPU the op runs its torch reference)"))],
     ids=["per_position", "joint"])
-@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.inductor)])
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=SLOW_ON_CPU)])
 @pytest.mark.parametrize("policy", ["per_sample", "mixed"])
 def test_rewrite_through_the_kernel_matches_reference(backend, policy, joint, monkeypatch):
     """Per-sample gradients of the 2-D, one-group, larger-than-1×1 convolutions through the op (its stored layout,
@@ -145,7 +145,7 @@ def test_rewrite_through_the_kernel_matches_reference(backend, policy, joint, mo
     assert backward_ops(dp)[OP] == implicit.count("implicit")
 
 
-@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.inductor)])
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=SLOW_ON_CPU)])
 def test_clipped_sums_and_noise_follow_the_stored_layout(backend):
     """The op's per-sample gradients are stored kernel position major, channel minor (P, K, K, C a sample); their
     clipped sums are formed and noised in that order (rewrite.weighted_sum, laid_like: what lets inductor fuse the

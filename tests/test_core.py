@@ -5,7 +5,7 @@ import pytest
 import sympy
 import torch
 import torch.nn.functional as F
-from conftest import DEVICE
+from conftest import DEVICE, SLOW_ON_CPU
 from helpers import Case, check_against_reference, shifted_convs, squared_error
 from rule_cases import CASES
 from torch import nn
@@ -64,7 +64,7 @@ def test_every_conv_per_sample_path():
             assert ops(dp)[torch.ops.aten.bmm.default] == products and not ops(dp)[grouped_op]
 
 
-@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.inductor)])
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=SLOW_ON_CPU)])
 def test_ghost_convolutions_on_the_grid(backend):
     """Ghost-clipped stride-1 convolutions over the padded grid (impl "shifted": the input's Grams as one product per
     kernel position added into a running sum, no unfold), several batch sizes through one compiled model, against
@@ -414,8 +414,7 @@ def test_guards_that_pin_the_batch_to_one():
 
 
 @pytest.mark.parametrize("name, backend", [("embedding_sequence_first", "eager"), ("embedding_batch_shared_rows", "eager"),
-                                           pytest.param("embedding_sequence_first", "inductor",
-                                                        marks=pytest.mark.inductor)])
+                                           pytest.param("embedding_sequence_first", "inductor", marks=SLOW_ON_CPU)])
 def test_shared_index_rows_at_a_batch_of_one(name, backend):
     """An embedding looked up with one index row shared by the batch (positions), sequence-first or batch-first,
     through batches of 3, 1 and 5: at a batch of one the captured backward skips the sum over the batch (a sum over

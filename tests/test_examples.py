@@ -69,6 +69,7 @@ def test_views_are_k_augmentations_of_each_sample_and_the_loss_averages_them():
     assert torch.allclose(loss_of_views(out, y), expected)
 
 
+@pytest.mark.slow  # two ranks' processes (test_distributed.py has gloo ranks in the default suite)
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built")
 def test_two_gloo_ranks_under_torchrun_checkpoint_and_resume(tmp_path):
     """torchrun, 2 CPU processes: step 1, a checkpoint written by rank 0, step 2 resumed on both ranks."""

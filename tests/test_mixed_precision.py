@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import BACKEND, DEVICE
+from conftest import BACKEND, DEVICE, SLOW_ON_CPU
 from helpers import shifted_convs
 from models import small_cnn
 from torch import nn
@@ -107,7 +107,7 @@ def test_bf16_grams_as_half_products(kind, monkeypatch):
     assert (released[True] - released[False]).norm() <= 1e-4 * released[False].norm()
 
 
-@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.inductor)])
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=SLOW_ON_CPU)])
 def test_misaligned_gram_operands_padded(backend, monkeypatch):
     """conv.ALIGNED_OPERAND_DEVICES listing the device: a ghost 1×1 convolution's Grams at 7×7 positions (T = 49: the
     Gram's fp32 rows of 49 off cuBLAS's 16-byte alignment) take their operands (input and output gradient, 8 or 16
@@ -184,7 +184,7 @@ def test_bf16_grams_default_follows_the_device():
 
 
 @pytest.mark.inductor
-@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("device", [pytest.param("cpu", marks=SLOW_ON_CPU), "cuda"])
 def test_inductor_lowers_the_half_grams(device, monkeypatch, no_fx_graph_cache):
     """Under inductor the bf16 Grams' op is lowered where the device is CUDA (ops.lower_half_bmm: cuBLAS's bf16 GEMM
     with fp32 output called from the generated code, no Python op at each call) and runs as the op elsewhere (the

@@ -165,7 +165,7 @@ def dp_grads(model, x, *, tf32, backend, bound=1.0, policy="per_sample"):
 
 
 @pytest.mark.parametrize("backend, impl", [("eager", "unfold"), ("eager", "shifted"),
-                                           pytest.param("inductor", "shifted", marks=pytest.mark.inductor)])
+                                           pytest.param("inductor", "shifted", marks=SLOW_ON_CPU)])
 def test_tf32_per_sample_gradients_are_clipped_by_their_own_norm(backend, impl):
     """With TF32 products the released per-sample gradient is TF32's ĝ, not the exact g: its clip factor comes from
     ‖ĝ‖, so a one-sample batch's released gradient has norm ≤ R however far TF32 moved it (crafted inputs at the
@@ -191,7 +191,7 @@ def test_tf32_per_sample_gradients_are_clipped_by_their_own_norm(backend, impl):
                 assert default.norm() <= bound * (1 + 1e-6)
 
 
-@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.inductor)])
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=SLOW_ON_CPU)])
 def test_grouped_tf32_per_sample_gradients_are_clipped_by_their_own_norm(backend, monkeypatch):
     """The grouped form on cuDNN's TF32 (conv.GROUPED_TF32_CONV_DEVICES, turned on here): the plan takes it for a TF32
     per-sample term (32 input channels, 16² positions), the rewritten backward holds the grouped op, each one-sample

@@ -2,7 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICE
+from conftest import DEVICE, SLOW_ON_CPU
 from helpers import Case, Lambda, check_against_reference
 from torch import nn
 
@@ -232,7 +232,7 @@ class BilinearPair(nn.Module):
         return self.head(torch.tanh(self.bil(torch.tanh(self.a(x)), x)))
 
 
-@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.inductor)])
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=SLOW_ON_CPU)])
 def test_bilinear_weight_refused_frozen_supported(backend):
     """nn.Bilinear's weight gradient (a _trilinear over the rows) has no per-sample rule: refused naming it; frozen,
     the layer keeps samples apart (the safety pass's _trilinear rule) and the rest trains, against the reference,
@@ -602,7 +602,7 @@ class Keeps(nn.Module):
         return h
 
 
-@pytest.mark.parametrize("backend", ["eager", "inductor"])
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=SLOW_ON_CPU)])
 @pytest.mark.parametrize("how,name", [("attribute", "'bank'"), ("buffer", "'memory'"), ("list", "'history'"),
                                       ("input", "'last'")])
 def test_batch_values_kept_by_the_forward_refused(how, name, backend):
@@ -725,7 +725,7 @@ def test_hand_written_backward_that_mixes_samples_refused(how, source, backend):
         dp(torch.randn(4, 2, dtype=F64, device=DEVICE)).sum().backward()
 
 
-@pytest.mark.parametrize("backend", ["eager", "inductor"])
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=SLOW_ON_CPU)])
 def test_hand_written_per_sample_backward_still_trains(backend):
     """A linear layer whose backward is written by hand, per sample (its weight gradient one product over the
     batch, a parameter's term like autograd's), trains and matches torch.func, both clip branches."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICE
+from conftest import DEVICE, SLOW_ON_CPU
 from helpers import Case, check_against_reference, examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -245,7 +245,7 @@ class TwoUses(nn.Module):
         return self.layer(x[:, 0]) + self.layer(x[:, 1])
 
 
-@pytest.mark.parametrize("backend", ["eager", "inductor"])
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=SLOW_ON_CPU)])
 @pytest.mark.parametrize("conv,policy", [(False, "per_sample"), (True, "auto")])
 def test_a_sample_whose_uses_cancel_does_not_absorb_the_batch(conv, policy, backend):
     """Sample 0 applies the shared weight to x and to −x at 2^40: its exact gradient is 0 and its clip factor leaves

@@ -84,6 +84,17 @@ FUSED_GRAM_CONV_DEVICES: tuple[str, ...] = ()
 # fp32 operands of TF32 products (rows aligned at multiples of 4) are left alone: padded and pinned the same way,
 # ResNet-50 fp32's step took 18.40 ms of device time against 18.18 unaligned (H100, fifty-second session).
 ALIGNED_OPERAND_DEVICES: tuple[str, ...] = ("cuda",)
+# Devices where products of any dtype take two alignments that copy nothing (each joins a copy the form makes anyway):
+# the padded grid's rows widened to whole 16-byte units (grid_widening: every shifted window then starts aligned) and
+# the unfold's rows padded likewise (padded_rows: the per-sample product's result rows aligned). ResNet-50 (GN) fp32's
+# middle kernel rows of its 56² and 28² stride-1 convolutions (rows of 58 and 30 values) and its 7×7 stem (rows of
+# 147) had run on cuBLAS's align-1 TF32 kernel, 0.46 ms a step (H100, torch 2.11). Off by default: with both, whole
+# fp32 `auto` steps (H100, torch 2.11, 2026-12-07, cold caches) took ResNet-50 (GN) 224² b32 from 18.38 to 18.11 ms of
+# device time, peak memory 3.235 GiB both, and ResNet-18 (GN) 32² b256 from 12.79 to 12.67 ms, but its peak from 1.496
+# to 1.732 GiB (+16%, unexplained: the widened rows add about 6% to its layer1 products' operands), above the 1.3×
+# of non-private training that the memory target allows (benchmarks/NOTES.md, fifty-eighth session). The tests turn
+# it on.
+COPY_FREE_ALIGNMENT_DEVICES: tuple[str, ...] = ()
 # The 16-bit elements in cuBLAS's 16-byte alignment.
 ROW_MULTIPLE = 8
 IMPLICIT_CONV_DTYPES = (torch.bfloat16, torch.float16)
@@ -211,13 +222,13 @@ def alignment_unit(t: Tensor) -> int:
 
 def padded_rows(flat: Tensor) -> Tensor:
     """flat (N, d, T), the unfolded operand of per-sample products G_i U_iᵀ (N, p, d), with zero rows appended up to
-    a whole number of cuBLAS's 16-byte alignment units where its device is one ALIGNED_OPERAND_DEVICES lists and d is
-    static: the result's rows are then aligned (rows of 147 fp32 values, ResNet-50's 7×7 stem on 3 channels, ran on
-    an align-1 kernel: H100, torch 2.11, benchmarks/NOTES.md, fifty-eighth session). The rows are exact zeros, so are
-    the result's columns they add, which the caller slices off; the other entries are the same dot products over T.
-    Only where flat is the unfold's copy (a kernel larger than 1×1), whose writing the zeros join."""
+    a whole number of cuBLAS's 16-byte alignment units where its device is one COPY_FREE_ALIGNMENT_DEVICES lists and
+    d is static: the result's rows are then aligned (rows of 147 fp32 values, ResNet-50's 7×7 stem on 3 channels, ran
+    on an align-1 kernel). The rows are exact zeros, so are the result's columns they add, which the caller slices
+    off; the other entries are the same dot products over T. Only where flat is the unfold's copy (a kernel larger
+    than 1×1), whose writing the zeros join."""
     d = flat.shape[1]
-    if flat.device.type not in ALIGNED_OPERAND_DEVICES or not isinstance(d, int):
+    if flat.device.type not in COPY_FREE_ALIGNMENT_DEVICES or not isinstance(d, int):
         return flat
     return F.pad(flat, (0, 0, 0, -d % alignment_unit(flat))) if d % alignment_unit(flat) else flat
 
@@ -280,13 +291,13 @@ def padded_grid(x: Tensor, g: Tensor, kernel: list[int], padding, dilation) -> t
 
 def grid_widening(x: Tensor, kernel: list[int], padding) -> int:
     """Zero columns padded_grid appends to x's padded last dim: up to a whole number of cuBLAS's 16-byte alignment
-    units where x's device is one ALIGNED_OPERAND_DEVICES lists, the padded size is static and the kernel has
+    units where x's device is one COPY_FREE_ALIGNMENT_DEVICES lists, the padded size is static and the kernel has
     positions along its leading dims, else none. A product then reads every window, which starts a whole number of
     grid rows in, aligned: with rows of 58 and 30 fp32 values (ResNet-50's 56² and 28² stride-1 convolutions, padding
-    1) the middle kernel row's window started off the alignment, and cuBLAS ran its product on an align-1 kernel
-    (H100, torch 2.11, benchmarks/NOTES.md, fifty-eighth session). The columns are exact zeros in every product."""
+    1) the middle kernel row's window started off the alignment, and cuBLAS ran its product on an align-1 kernel.
+    The columns are exact zeros in every product."""
     width = x.shape[-1] + 2 * padding[-1]
-    if x.device.type not in ALIGNED_OPERAND_DEVICES or prod(kernel[:-1]) == 1 or not isinstance(width, int):
+    if x.device.type not in COPY_FREE_ALIGNMENT_DEVICES or prod(kernel[:-1]) == 1 or not isinstance(width, int):
         return 0
     return -width % alignment_unit(x)
 

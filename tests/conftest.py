@@ -21,9 +21,10 @@ torch.manual_seed(0)
 
 DEVICE = os.environ.get("DPCOMPILE_TEST_DEVICE", "cpu")
 BACKEND = os.environ.get("DPCOMPILE_TEST_BACKEND", "eager")
-# Cases whose inductor compile takes tens of seconds on the CPU while the same property runs there through another
-# case or backend of the same test (their CPU lowering is a fallback to the op's torch reference, or the CPU has no
-# TF32): in the default suite on CUDA, `-m slow` on the CPU (python -m pytest -m slow).
+# Cases whose inductor compile takes seconds to tens of seconds on the CPU while the same property runs there through
+# another case or backend of the same test (the eager twin of an inductor case, whose CPU lowering is not the GPU
+# path's): in the default suite on CUDA, in the slow tier on the CPU (python -m pytest -m slow), which .ci/run runs
+# after the default suite.
 SLOW_ON_CPU = pytest.mark.slow if DEVICE == "cpu" else pytest.mark.inductor
 
 

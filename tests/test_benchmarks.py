@@ -165,8 +165,8 @@ def test_largest_batch_search_goes_on_after_one_slow_try():
     assert found["batch"] <= (130 - 0.1) / 0.001 < found["fails_at"]
 
 
-@pytest.mark.parametrize("method, origin", [("dp_mixed", "timed run"),
-                                            pytest.param("compile", "own setup", marks=pytest.mark.slow)])  # each once
+@pytest.mark.slow
+@pytest.mark.parametrize("method, origin", [("dp_mixed", "timed run"), ("compile", "own setup")])  # each once
 def test_largest_batch_tries_step_one_compiled_setup_at_every_batch(method, origin):
     args = bench.parse_args([*QUICK, "--methods", method])
     cfg, device = bench.CONFIGS["smoke"], torch.device("cpu")
@@ -235,6 +235,7 @@ def test_dp_throughput_builds_the_suites_models_as_the_suite_defines_them():
     assert module.build("resnet18_gn", 128)[0].conv1.kernel_size == (7, 7)  # not a suite size: ImageNet's stem
 
 
+@pytest.mark.slow
 def test_dp_throughput_runs_on_a_cpu_with_phases_and_the_allreduce_timer():
     module = load_script("dp_throughput")
     result = module.main(["--model", "small_cnn", "--size", "8", "--batch", "3", "--steps", "2", "--warmup", "1",
@@ -293,6 +294,7 @@ triton_poi_fused_1 = async_compile.triton('triton_poi_fused_1', '''
 """
 
 
+@pytest.mark.slow
 def test_profiled_kernels_name_the_dp_nodes_they_compute(tmp_path):
     """dp_throughput --profile attributes each generated kernel's time to the nodes it computes: the DP passes'
     nodes carry inductor's provenance (listed in its source comments by their names, which name the stage and the
@@ -445,6 +447,7 @@ def test_peak_memory_replay_finds_the_peak_and_what_is_live_then():
     assert module.origin(frames).startswith("models.py:2")
 
 
+@pytest.mark.slow
 def test_with_plan_sets_the_plans_constants_for_the_script_it_runs(tmp_path):
     """benchmarks/with_plan.py: the script runs as __main__ with its own arguments and sees the plan's and the rules'
     constants as set; a name none of them has is refused, not silently ignored."""

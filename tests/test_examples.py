@@ -35,6 +35,7 @@ def test_two_steps_log_and_exact_resume(tmp_path):
     assert a["privacy"]["steps"] == b["privacy"]["steps"] == 2
 
 
+@pytest.mark.slow  # the example's other runs (two steps, exact resume) are in the default suite
 def test_time_limit_stops_with_an_evaluation_and_evaluate_reads_the_checkpoint(tmp_path):
     """--time-limit 0: one step, then a stop with an evaluation, a checkpoint and a plot; --evaluate then scores
     the checkpoint's EMA model on a test set and records it in log.json (a tiny WRN with De et al.'s options:

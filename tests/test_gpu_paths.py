@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 import torch.fx as fx
-from conftest import DEVICE
+from conftest import DEVICE, SLOW_ON_CPU
 from helpers import Case, check_against_reference
 from torch import nn
 
@@ -87,6 +87,7 @@ def test_inductor_failure_falls_back_to_the_graph_with_a_warning(monkeypatch, er
     assert any(re.search(shown, str(w.message)) for w in caught), [str(w.message) for w in caught]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(DEVICE != "cpu", reason="injects a failure into inductor's entry point")
 def test_a_cpp_wrapper_failure_compiles_with_the_python_wrapper(monkeypatch):
     """Under the user's cpp_wrapper=True a graph whose C++ does not compile (on an H200, torch 2.11, WRN-16-4 bf16's
@@ -399,6 +400,7 @@ WIDE_CONVS = Case("wide_convs", lambda: nn.Sequential(
     nn.Flatten(), nn.Linear(80 * 6 * 6, 3)), lambda B: torch.randn(B, 3, 6, 6, dtype=torch.float64))
 
 
+@SLOW_ON_CPU
 @pytest.mark.parametrize("static", [True, False], ids=["as_if_static", "inductor_own"])
 def test_dp_graphs_take_the_layout_of_a_static_batch(monkeypatch, static):
     """Inductor keeps a graph NCHW when a convolution's input has a symbolic size, and the DP graphs' batch always
@@ -423,7 +425,7 @@ def test_dp_graphs_take_the_layout_of_a_static_batch(monkeypatch, static):
     assert (sum(saved) >= 2) if static else not any(saved), saved
 
 
-@pytest.mark.inductor
+@SLOW_ON_CPU
 def test_a_users_max_autotune_stays_off_the_dp_graphs(tmp_path, monkeypatch):
     """With a global max_autotune=True, inductor's GEMM choice for a ghost Gram over a view of the output gradient
     wrote the first batch size into the DP backward as a number: the next batch size failed ("Expected size for

@@ -148,8 +148,7 @@ class Recorder(TorchDispatchMode):
             return func(*args, **kwargs)
         if func in ALIAS_OPS:  # snippets mutate nothing: an alias is its operand's node (emit drops them too)
             out = func(*args, **kwargs)
-            self.nodes[id(out)] = self.arg(args[0])
-            self.kept.append(out)
+            self.track(out, self.arg(args[0]))
             return out
         if func in self.table:
             with self:

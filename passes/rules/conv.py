@@ -270,9 +270,7 @@ def padded_grid(x: Tensor, g: Tensor, kernel: list[int], padding, dilation) -> t
     j·dilation, j < k_last), so that g = Σ_t gf_t ⊗ (xf_{t + o_k})_k. The zeros G gains add exact
     zeros; x gets extra zero rows at the end so that every window stays within its own channel (never reaches
     another channel or sample), and grid_widening's zero columns on the right of its last dim."""
-    n, padded = len(kernel), [s + 2 * p for s, p in zip(x.shape[2:], padding)]
-    widening = grid_widening(x, kernel, padding)
-    padded[-1] += widening
+    n, padded, widening = len(kernel), grid_sizes(x, kernel, padding), grid_widening(x, kernel, padding)
     out = list(g.shape[2:])
     step = [prod(padded[j + 1:]) for j in range(n)]  # strides of the padded grid, flattened
     spread = (kernel[-1] - 1) * dilation[-1]
@@ -287,6 +285,13 @@ def padded_grid(x: Tensor, g: Tensor, kernel: list[int], padding, dilation) -> t
                for pos in itertools.product(*(range(k) for k in kernel[:-1]))]
     assert spread + gf.shape[-1] + max(offsets) <= xf.shape[-1], "a shifted window would leave its channel"
     return xf, gf, offsets
+
+
+def grid_sizes(x: Tensor, kernel: list[int], padding) -> list:
+    """padded_grid's spatial sizes: x's zero-padded, the last widened by grid_widening."""
+    padded = [s + 2 * p for s, p in zip(x.shape[2:], padding)]
+    padded[-1] += grid_widening(x, kernel, padding)
+    return padded
 
 
 def grid_widening(x: Tensor, kernel: list[int], padding) -> int:
@@ -361,11 +366,8 @@ def batch_rows(t: Tensor) -> Tensor:
 
 def shifted_length(x: Tensor, g_shape, kernel, padding) -> int:
     """L of shifted_windows (the products' accumulation length) for x as the products take it: the output's first
-    spatial size times the padded grid's trailing sizes, grid_widening's columns included."""
-    trailing = [s + 2 * p for s, p in zip(x.shape[3:], padding[1:])]
-    if trailing:
-        trailing[-1] += grid_widening(x, kernel, padding)  # none for a 1-D grid (a kernel of one leading position)
-    return g_shape[2] * prod(trailing)
+    spatial size times the padded grid's trailing sizes (grid_sizes, its widening included)."""
+    return g_shape[2] * prod(grid_sizes(x, kernel, padding)[1:])
 
 
 class ConvRule:

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Fifty-ninth session, call 2: where ResNet-50 (GN) 224² b32 fp32's first step goes (125 s under `auto` against
-# compile's 54 s, fifty-eighth session): the first step of non-private torch.compile and of dpcompile `auto`, each from
-# a cold inductor cache under py-spy (sampling the main process and its compile workers' threads, idle included, 20 Hz;
-# the wheel carried in .whl/tools/), with Dynamo's per-phase compile times printed at exit. Run alone from the
-# repository root, carry .whl:
+# Fifty-ninth session, call 2: what is live at the memory peak of the two configs above issue 10's 1.3× memory target
+# (ResNet-18 (GN) 224² b64 fp32, 1.37×, and WRN-16-4 32² b256 bf16, 1.37×), dpcompile `auto` against non-private
+# torch.compile: peak_memory.py (the allocator's trace of one step after three, the largest blocks live at the peak
+# and the line that allocated each), cudnn.benchmark on as in the suite, each from a cold inductor cache. Run alone
+# from the repository root, carry .whl:
 #   bash benchmarks/results/2026-12-07-s59/s59_call2.sh
 cd "$(dirname "$0")/../../.."
 PREFIX=s59-call2
@@ -11,20 +11,20 @@ LIMIT=${LIMIT:-420}
 source benchmarks/device_call.sh
 date -u
 nvidia-smi --query-gpu=name --format=csv,noheader
-python3 -m pip install -q --no-index --no-deps --target /tmp/spy .whl/tools/py_spy-*.whl
-ct=benchmarks/results/2026-12-07-s59/with_compile_times.py
-cfg="--amp fp32 --model resnet50_gn --size 224 --batch 32 --steps 3 --warmup 1"
-for method in ${METHODS:-dp compile}; do
-    (( $(left) > 60 )) || break
-    echo "== $method $(date -u +%T)"
-    extra=$([ $method = dp ] && echo "--policy auto" || echo "--method compile")
-    cap=$([ $method = dp ] && echo 220 || echo 110)
-    (( cap > $(left) )) && cap=$(left)
-    TORCHINDUCTOR_CACHE_DIR=/tmp/c-$method timeout -k 5 $cap /tmp/spy/bin/py-spy record -r 20 --idle --threads \
-        --subprocesses -f raw -o $OUT/$PREFIX-$method.spy.txt -- python3 $ct dp_throughput.py $cfg $extra \
-        > $OUT/$PREFIX-$method.log 2>&1
-    echo "exit $?"
-    grep -A40 "^compile_times" $OUT/$PREFIX-$method.log | cut -c1-200
-    grep '"first_step_s"' $OUT/$PREFIX-$method.log | tail -1 | cut -c1-400
+IFS=';' read -ra configs <<< "${CONFIGS:-fp32 --config resnet18_224 --batch 64;bf16 --model wrn16_4 --size 32 --batch 256}"
+for cfg in "${configs[@]}"; do
+    set -- $cfg
+    amp=$1; shift
+    for method in compile dp; do
+        (( $(left) > 60 )) || break
+        cap=$([ $method = dp ] && echo 120 || echo 60)
+        (( cap > $(left) )) && cap=$(left)
+        log=$OUT/$PREFIX-$amp-$2-$method.log
+        echo "== $amp $* $method $(date -u +%T)"
+        TORCHINDUCTOR_CACHE_DIR=/tmp/c-$amp-$2-$method timeout -k 5 $cap python3 benchmarks/peak_memory.py \
+            --cudnn-benchmark --amp $amp "$@" --method $method --policy auto --top 20 > $log 2>&1
+        echo "exit $?"
+        tail -1 $log | cut -c1-4000
+    done
 done
 date -u

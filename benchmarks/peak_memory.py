@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_configs import CONFIGS, make_batch  # noqa: E402
 from dp_throughput import add_graph_options, build, graph_options, inductor_settings  # noqa: E402
 
 import dpcompile  # noqa: E402
@@ -51,14 +52,18 @@ def peak_live(events: list[dict]) -> tuple[int, list[dict]]:
     return peak, sorted(at_peak, key=lambda e: -e["size"])
 
 
-def origin(frames: list[dict]) -> str:
-    """The allocating line: the first frame in inductor's generated code, else the first outside torch."""
+def origin(frames: list[dict], generated: str = "") -> str:
+    """The allocating line: the first Python frame in inductor's generated code (under `generated`, its cache
+    directory, or a path naming torchinductor), else the first Python frame outside torch. The trace's C++ frames
+    (stacks="all"), whose files read "??" where the build has no symbols, are passed over: taken for a frame outside
+    torch, they named every block "??:0" (fifty-ninth session, cache directories set per run)."""
     def line(f):
         return f"{Path(f['filename']).name}:{f['line']} {linecache.getline(f['filename'], f['line']).strip()[:120]}"
-    for f in frames:
-        if "torchinductor" in f["filename"]:
+    python = [f for f in frames if f["filename"].endswith(".py")]
+    for f in python:
+        if "torchinductor" in f["filename"] or (generated and f["filename"].startswith(generated)):
             return line(f)
-    for f in frames:
+    for f in python:
         if "/torch/" not in f["filename"]:
             return line(f)
     return line(frames[0]) if frames else "?"
@@ -89,7 +94,6 @@ def profile_step(args) -> dict:
     device = torch.device("cuda")
     torch.manual_seed(0)
     if args.config:
-        from bench_configs import CONFIGS, make_batch
         cfg = CONFIGS[args.config]
         model = cfg.build().to(device)
         x, y = make_batch(cfg, device, args.batch)
@@ -124,14 +128,18 @@ def profile_step(args) -> dict:
     torch.cuda.memory._record_memory_history(enabled=None)
     events = [e for trace in snapshot["device_traces"] for e in trace]
     peak, live = peak_live(events)
-    result = {"model": args.config or args.model, "size": args.size, "batch": args.batch, "method": args.method,
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+    generated = cache_dir()
+    size = CONFIGS[args.config].input_shape[-1] if args.config else args.size  # a config's own input
+    result = {"model": args.config or args.model, "size": size, "batch": args.batch, "method": args.method,
               "policy": args.policy if args.method == "dp" else "", "amp": args.amp,
               "cudnn_benchmark": args.cudnn_benchmark, "ghost_on_grid": args.ghost_on_grid,
               "inductor_config": inductor_settings(args.inductor_config),
               "before_step_gib": round(before / 2**30, 3), "peak_gib": round((before + peak) / 2**30, 3),
               "max_memory_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
               "live_blocks": len(live),
-              "top": [{"mib": round(e["size"] / 2**20, 1), "at": origin(e.get("frames", []))} for e in live[:args.top]],
+              "top": [{"mib": round(e["size"] / 2**20, 1), "at": origin(e.get("frames", []), generated)}
+                      for e in live[:args.top]],
               "device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     print(json.dumps(result))

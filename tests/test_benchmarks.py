@@ -445,6 +445,12 @@ def test_peak_memory_replay_finds_the_peak_and_what_is_live_then():
     assert peak == 410 and [e["addr"] for e in live] == [2, 4, 3]
     frames = [{"filename": "/x/torch/nn/modules/module.py", "line": 1}, {"filename": "/w/examples/models.py", "line": 2}]
     assert module.origin(frames).startswith("models.py:2")
+    # a trace with C++ frames ("??" without symbols) first, and inductor's code in a cache directory set by the run
+    frames = [{"filename": "??", "line": 0}, {"filename": "/x/torch/_inductor/utils.py", "line": 3},
+              {"filename": "/tmp/c-run/ab/cab12.py", "line": 4}, {"filename": "/w/examples/models.py", "line": 2}]
+    assert module.origin(frames, "/tmp/c-run").startswith("cab12.py:4")
+    assert module.origin(frames).startswith("cab12.py:4")  # the first Python frame outside torch
+    assert module.origin(frames[:2]).startswith("??:0")  # no Python frame outside torch: the first frame
 
 
 @pytest.mark.slow

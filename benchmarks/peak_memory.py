@@ -20,6 +20,7 @@ import argparse
 import datetime
 import json
 import linecache
+import os
 import sys
 from pathlib import Path
 
@@ -93,10 +94,12 @@ def main(argv=None) -> dict:
 def profile_step(args) -> dict:
     device = torch.device("cuda")
     torch.manual_seed(0)
+    size = args.size
     if args.config:
         cfg = CONFIGS[args.config]
         model = cfg.build().to(device)
         x, y = make_batch(cfg, device, args.batch)
+        size = cfg.input_shape[-1]  # the config's own input
     else:
         model, classes = build(args.model, args.size)
         model = model.to(device)
@@ -128,9 +131,7 @@ def profile_step(args) -> dict:
     torch.cuda.memory._record_memory_history(enabled=None)
     events = [e for trace in snapshot["device_traces"] for e in trace]
     peak, live = peak_live(events)
-    from torch._inductor.runtime.cache_dir_utils import cache_dir
-    generated = cache_dir()
-    size = CONFIGS[args.config].input_shape[-1] if args.config else args.size  # a config's own input
+    generated = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "")  # unset: inductor's default, which names torchinductor
     result = {"model": args.config or args.model, "size": size, "batch": args.batch, "method": args.method,
               "policy": args.policy if args.method == "dp" else "", "amp": args.amp,
               "cudnn_benchmark": args.cudnn_benchmark, "ghost_on_grid": args.ghost_on_grid,

@@ -91,9 +91,9 @@ ALIGNED_OPERAND_DEVICES: tuple[str, ...] = ("cuda",)
 # 147) had run on cuBLAS's align-1 TF32 kernel, 0.46 ms a step (H100, torch 2.11). Off by default: with both, whole
 # fp32 `auto` steps (H100, torch 2.11, 2026-12-07, cold caches) took ResNet-50 (GN) 224² b32 from 18.38 to 18.11 ms of
 # device time, peak memory 3.235 GiB both, and ResNet-18 (GN) 32² b256 from 12.79 to 12.67 ms, but its peak from 1.496
-# to 1.732 GiB (+16%, unexplained: the widened rows add about 6% to its layer1 products' operands), above the 1.3×
-# of non-private training that the memory target allows (benchmarks/NOTES.md, fifty-eighth session). The tests turn
-# it on.
+# to 1.732 GiB (+16%), above the 1.3× of non-private training that the memory target allows (benchmarks/NOTES.md,
+# fifty-eighth session). The grid widening alone gives the same 1.732 GiB: the peak moves into layer1's per-sample
+# products, whose buffers of widened rows are live together (fifty-ninth session). The tests turn it on.
 COPY_FREE_ALIGNMENT_DEVICES: tuple[str, ...] = ()
 # The 16-bit elements in cuBLAS's 16-byte alignment.
 ROW_MULTIPLE = 8

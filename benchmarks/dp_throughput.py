@@ -64,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="dp: per_sample_tf32=True/False (TF32 per-sample products); default None, as PyTorch's settings")
     p.add_argument("--ghost-tf32", action=argparse.BooleanOptionalAction, default=None,
                    help="dp: ghost_tf32=True/False (ghost terms' clipped sums in TF32); default None, as PyTorch's settings")
+    p.add_argument("--auto-extra-memory", type=float, default=None, metavar="SHARE",
+                   help="dp: auto_extra_memory (policy auto's memory cap, a share of the saved tensors); default the "
+                        "library's")
     p.add_argument("--poisson", type=int, default=0, metavar="N",
                    help="each step's batch size drawn as Poisson sampling of a dataset of N samples draws it "
                         "(Binomial(N, batch/N), seeded), as a DP data loader hands them out, instead of --batch every "
@@ -92,6 +95,11 @@ def build(name: str, size: int) -> tuple[torch.nn.Module, int]:
     if name.startswith("resnet"):
         return builder(10, small_input=size <= 64), 10
     return builder(10), 10
+
+
+def extra_memory(args) -> dict:
+    """dpcompile()'s auto_extra_memory where the command line sets it (else the library's default)."""
+    return {} if args.auto_extra_memory is None else {"auto_extra_memory": args.auto_extra_memory}
 
 
 def poisson_sizes(dataset: int, batch: int, steps: int, rank: int) -> list[int]:
@@ -251,7 +259,8 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
         dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0, sample_rate=0.01,
                                  expected_batch_size=args.batch * world, policy=args.policy, backend=args.backend,
                                  cuda_graphs=args.cuda_graphs, batch_bucket=args.batch_bucket,
-                                 per_sample_tf32=args.per_sample_tf32, ghost_tf32=args.ghost_tf32)
+                                 per_sample_tf32=args.per_sample_tf32, ghost_tf32=args.ghost_tf32,
+                                 **extra_memory(args))
     else:  # the non-private reference: torch.compile, under DDP on several ranks
         from torch.nn.parallel import DistributedDataParallel
         dp = torch.compile(DistributedDataParallel(model) if world > 1 else model, backend=args.backend,
@@ -312,7 +321,7 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
               "per_sample_tf32": args.per_sample_tf32, "ghost_tf32": args.ghost_tf32, "dynamic": args.dynamic,
               "ghost_on_grid": args.ghost_on_grid, "fused_gram_dtypes": args.fused_gram_dtypes,
               "fused_gram_convs": args.fused_gram_convs, "grouped_tf32_convs": args.grouped_tf32_convs,
-              "batch_bucket": args.batch_bucket,
+              "batch_bucket": args.batch_bucket, "auto_extra_memory": args.auto_extra_memory,
               "inductor_config": inductor_settings(args.inductor_config)}
     result["host_ms"] = round(1000 * statistics.median(host), 2)
     if sizes:  # the timed steps: all of them, and those at a size seen before (no new recording or compile)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_configs import CONFIGS, make_batch  # noqa: E402
-from dp_throughput import add_graph_options, build, graph_options, inductor_settings  # noqa: E402
+from dp_throughput import add_graph_options, build, extra_memory, graph_options, inductor_settings  # noqa: E402
 
 import dpcompile  # noqa: E402
 
@@ -79,6 +79,8 @@ def main(argv=None) -> dict:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--method", default="dp", choices=["dp", "compile"])
     p.add_argument("--policy", default="auto")
+    p.add_argument("--auto-extra-memory", type=float, default=None, metavar="SHARE",
+                   help="dp: auto_extra_memory (policy auto's memory cap); default the library's")
     p.add_argument("--amp", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--top", type=int, default=12)
@@ -107,7 +109,7 @@ def profile_step(args) -> dict:
         y = torch.randint(0, classes, (args.batch,), device=device)
     if args.method == "dp":
         net = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0, expected_batch_size=args.batch,
-                                  policy=args.policy)
+                                  policy=args.policy, **extra_memory(args))
     else:
         net = torch.compile(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -134,7 +136,7 @@ def profile_step(args) -> dict:
     generated = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "")  # unset: inductor's default, which names torchinductor
     result = {"model": args.config or args.model, "size": size, "batch": args.batch, "method": args.method,
               "policy": args.policy if args.method == "dp" else "", "amp": args.amp,
-              "cudnn_benchmark": args.cudnn_benchmark, "ghost_on_grid": args.ghost_on_grid,
+              "auto_extra_memory": args.auto_extra_memory, "cudnn_benchmark": args.cudnn_benchmark, "ghost_on_grid": args.ghost_on_grid,
               "inductor_config": inductor_settings(args.inductor_config),
               "before_step_gib": round(before / 2**30, 3), "peak_gib": round((before + peak) / 2**30, 3),
               "max_memory_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),

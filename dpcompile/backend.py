@@ -179,7 +179,8 @@ class DPBackend:
                                   views=self.config.augmentation_multiplicity,
                                   tf32=tf32_kinds(self.config.per_sample_tf32, device),
                                   ghost_tf32=tf32_kinds(self.config.ghost_tf32, device),
-                                  inductor=self.config.backend == "inductor")
+                                  inductor=self.config.backend == "inductor",
+                                  auto_extra_memory=self.config.auto_extra_memory)
 
     def compile_graph(self, gm: fx.GraphModule, example_inputs, ctx: passes.PassContext, kwargs: dict):
         """The forward: the safety check. The backward: the DP passes. Then lowering."""

@@ -25,6 +25,12 @@ MAX_GRAD_NORM_CAP = 1e20
 # to R/√G for up to 2⁴² groups; below 2⁻¹⁰²² its roundings move values by η/2, not by u of themselves, and R's
 # slack is lost (rewrite.clip_factor). Far below any bound in use (fp32's smallest subnormal is 1.4e-45).
 MIN_GRAD_NORM = 2.0**-1000
+# policy "auto": the share of the backward's saved tensors (activations, parameters, in bytes) its per-sample
+# gradients may hold beyond the paper's plan ("mixed"); past it, the per-sample choices that save least time per byte
+# go back to ghost clipping (passes.plan.cap_memory). Lower trades step time for memory. On an H100 (torch 2.11,
+# 2026-12-07, benchmarks/NOTES.md, sixtieth session): ResNet-18 (GN) 224² b64 fp32 at 0.1 peaks at 1.28× non-private
+# training (1.37× at 0.25) for 1.7% more device time; ViT-S/16 fp32 at 0.1 took 2.3% more and peaked 25 MiB lower.
+AUTO_EXTRA_MEMORY = 0.25
 
 @dataclass(frozen=True)
 class DPConfig:
@@ -35,6 +41,7 @@ class DPConfig:
     loss_reduction: str = "mean"
     expected_batch_size: int | None = None
     policy: str = "auto"
+    auto_extra_memory: float = AUTO_EXTRA_MEMORY  # policy "auto"'s memory cap (AUTO_EXTRA_MEMORY)
     backend: str = "inductor"
     seed: int | None = None
     secure_noise: bool = False
@@ -54,7 +61,7 @@ class DPConfig:
     param_names: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("max_grad_norm", "noise_multiplier", "clip_stability"):
+        for name in ("max_grad_norm", "noise_multiplier", "clip_stability", "auto_extra_memory"):
             object.__setattr__(self, name, real_number(name, getattr(self, name)))
         if self.expected_batch_size is not None:
             object.__setattr__(self, "expected_batch_size", integer("expected_batch_size", self.expected_batch_size))
@@ -85,6 +92,9 @@ class DPConfig:
               f"noise_multiplier must be >= 0 and finite, got {self.noise_multiplier}")
         check(self.loss_reduction in REDUCTIONS, f"loss_reduction must be one of {REDUCTIONS}, got {self.loss_reduction!r}")
         check(self.policy in POLICIES, f"policy must be one of {POLICIES}, got {self.policy!r}")
+        check(self.auto_extra_memory >= 0 and math.isfinite(self.auto_extra_memory),
+              f"auto_extra_memory must be a finite number >= 0 (a share of the saved tensors), got "
+              f"{self.auto_extra_memory}")
         check(self.backend in BACKENDS, f"backend must be one of {BACKENDS}, got {self.backend!r}")
         check(isinstance(self.cuda_graphs, bool), f"cuda_graphs must be True or False, got {self.cuda_graphs!r}")
         for name in ("per_sample_tf32", "ghost_tf32"):

@@ -19,6 +19,7 @@ import sympy
 import torch
 import torch.fx as fx
 
+from dpcompile.config import AUTO_EXTRA_MEMORY
 from dpcompile.errors import DPCompileError  # noqa: F401  (re-exported for passes)
 
 SITE = "dp_site"
@@ -89,6 +90,9 @@ class PassContext:
     tf32: frozenset[str] = frozenset()
     ghost_tf32: frozenset[str] = frozenset()
     inductor: bool = False
+    # policy "auto": the share of the saved tensors its per-sample gradients may hold beyond "mixed"'s plan
+    # (DPConfig.auto_extra_memory)
+    auto_extra_memory: float = AUTO_EXTRA_MEMORY
 
 
 def shape_of_value(value) -> tuple[sympy.Expr, ...]:

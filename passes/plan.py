@@ -1,8 +1,8 @@
 """Plan pass: per parameter-gradient term, each method's cost as sympy expressions, and the choice.
 
 Policies: "auto" (the default) compares estimated time (FLOPs at the arithmetic rate plus bytes written and
-read at the memory rate), breaks near-ties by memory, and holds at most AUTO_EXTRA_MEMORY of the saved tensors
-more than "mixed" would; "mixed" is the paper's rule (ghost iff 2T² < p·d; Bu, Mao & Xu, NeurIPS 2022);
+read at the memory rate), breaks near-ties by memory, and holds at most a share of the saved tensors
+(DPConfig.auto_extra_memory) more than "mixed" would; "mixed" is the paper's rule (ghost iff 2T² < p·d; Bu, Mao & Xu, NeurIPS 2022);
 "ghost" / "per_sample" force one. Decisions use the shape environment's hints and add no guards: they change
 speed and memory, never the result.
 """
@@ -22,9 +22,6 @@ from .rules import WORD, Cost, rule_for
 FLOPS_PER_SECOND = 50e12  # fp32 matrix work, H100 class
 BYTES_PER_SECOND = 3e12
 NEAR_TIE = 0.1
-# "auto" may hold at most this share of the backward's saved tensors (activations, parameters) in bytes more than
-# the paper's rule ("mixed") would; beyond it, the per-sample choices that gain least time per byte go back to ghost.
-AUTO_EXTRA_MEMORY = 0.25
 
 
 @dataclass(frozen=True)
@@ -117,7 +114,7 @@ def decide(node: fx.Node, method: str, costs: dict[str, Cost], numbers: dict, re
 
 
 def cap_memory(gm: fx.GraphModule, hints: dict, nodes: list[fx.Node], ctx: PassContext) -> None:
-    """Keep auto's extra memory over mixed's plan within AUTO_EXTRA_MEMORY of the saved tensors: of the sites
+    """Keep auto's extra memory over mixed's plan within ctx.auto_extra_memory of the saved tensors: of the sites
     (unshared parameters' terms) where auto instantiates per sample and mixed would not, those that save the
     least time per byte go back to ghost until the rest fit."""
     extra = []  # (seconds saved per byte, bytes more than ghost, node)
@@ -131,7 +128,8 @@ def cap_memory(gm: fx.GraphModule, hints: dict, nodes: list[fx.Node], ctx: PassC
             ghost, per_sample = (estimated_seconds(decision.costs[m], hints) for m in ("ghost", "per_sample"))
             saved = ghost - per_sample
             extra.append((saved / more, more, node))
-    budget = AUTO_EXTRA_MEMORY * saved_tensor_bytes(gm, hints)
+    share = ctx.auto_extra_memory
+    budget = share * saved_tensor_bytes(gm, hints)
     total = sum(more for _, more, _ in extra)
     for _, more, node in sorted(extra, key=lambda e: e[0]):
         if total <= budget:
@@ -139,7 +137,7 @@ def cap_memory(gm: fx.GraphModule, hints: dict, nodes: list[fx.Node], ctx: PassC
         d = node.meta[PLAN]
         node.meta[PLAN] = decide(node, "ghost", d.costs, d.numbers,
                                  f"auto's per-sample gradients would hold {total / 2**20:.4g} MiB more than "
-                                 f"mixed's plan, over {AUTO_EXTRA_MEMORY:.0%} of the saved tensors "
+                                 f"mixed's plan, over {share * 100:.3g}% of the saved tensors "
                                  f"({budget / 2**20:.4g} MiB)", False, ctx)
         total -= more
 

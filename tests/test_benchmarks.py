@@ -250,8 +250,12 @@ def test_dp_throughput_runs_on_a_cpu_with_phases_and_the_allreduce_timer():
     assert any(r["op"] == "aten::bmm" and r["shapes"].startswith("[[3,") for r in products), products
     assert profiled["kernel_ms_per_step"] == 0  # no device here
     mixed = module.main(["--model", "small_cnn", "--size", "8", "--batch", "3", "--steps", "1", "--warmup", "1",
-                         "--backend", "eager", "--device", "cpu", "--amp", "bf16"])
-    assert mixed["amp"] == "bf16" and mixed["samples_per_s_per_gpu"] > 0
+                         "--backend", "eager", "--device", "cpu", "--amp", "bf16", "--policy", "auto",
+                         "--auto-extra-memory", "0.05"])
+    assert mixed["amp"] == "bf16" and mixed["samples_per_s_per_gpu"] > 0 and mixed["auto_extra_memory"] == 0.05
+    with pytest.raises(dpcompile.ConfigError, match="auto_extra_memory"):  # the setting reaches dpcompile()
+        module.main(["--model", "small_cnn", "--size", "8", "--batch", "3", "--backend", "eager", "--device", "cpu",
+                     "--auto-extra-memory", "-1"])
     reference = module.main(["--model", "small_cnn", "--size", "8", "--batch", "3", "--steps", "1", "--warmup", "1",
                              "--backend", "eager", "--device", "cpu", "--method", "compile", "--dynamic"])
     assert reference["policy"] == "non-private" and reference["host_ms"] > 0 and reference["dynamic"]

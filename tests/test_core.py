@@ -380,17 +380,27 @@ def plan_of(dp, name: str):
     return next(r for r in dp.explain().rows if r.param == name)
 
 
-@pytest.mark.parametrize("cap, method", [(0.05, "ghost"), (100.0, "per_sample")])
-def test_auto_keeps_its_extra_memory_within_the_cap(monkeypatch, cap, method):
+@pytest.mark.parametrize("cap, method, share", [(0.05, "ghost", "5%"), (None, "ghost", "25%"), (100.0, "per_sample", "")])
+def test_auto_keeps_its_extra_memory_within_the_cap(cap, method, share):
     """A 1024×1024 linear layer over 512 tokens: mixed ghost-clips it (2T² < p·d) and auto's time estimate prefers
-    instantiating its per-sample gradients (16 MiB more than the Gram matrices for 4 samples). Under a cap of 5%
-    of the saved tensors it goes back to ghost, and says why; under 100× it stays per sample. Same gradients."""
-    from dpcompile.passes import plan
-    monkeypatch.setattr(plan, "AUTO_EXTRA_MEMORY", cap)
-    dp = check_against_reference(WIDE_TOKENS, policy="auto", batches=(4, 6))
+    instantiating its per-sample gradients (8 MiB more than the Gram matrices for 4 samples, half the 16 MiB of
+    saved tensors). Under a cap (auto_extra_memory) of 5% of the saved tensors, or the default 25%, it goes back to
+    ghost and says why; under 100× it stays per sample. Same gradients."""
+    dp = check_against_reference(WIDE_TOKENS, policy="auto", batches=(4, 6),
+                                 **({} if cap is None else {"auto_extra_memory": cap}))
     row = plan_of(dp, "0.weight")
     assert row.method == method, row
-    assert ("over 5% of the saved tensors" in row.reason) == (method == "ghost"), row.reason
+    assert (f"over {share} of the saved tensors" in row.reason) == (method == "ghost"), row.reason
+
+
+@pytest.mark.parametrize("value", [-0.1, float("nan"), float("inf"), "0.1", True])
+def test_auto_extra_memory_is_a_finite_share(value):
+    """auto_extra_memory is a share of the saved tensors: a negative, non-finite or non-number value is refused as
+    a ConfigError naming the setting, by dpcompile() and backend() alike."""
+    with pytest.raises(dpcompile.ConfigError, match="auto_extra_memory"):
+        dpcompile.dpcompile(nn.Linear(2, 2), max_grad_norm=1.0, noise_multiplier=1.0, auto_extra_memory=value)
+    with pytest.raises(dpcompile.ConfigError, match="auto_extra_memory"):
+        dpcompile.backend(max_grad_norm=1.0, noise_multiplier=1.0, auto_extra_memory=value)
 
 
 def test_guards_that_pin_the_batch_to_one():

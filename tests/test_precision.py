@@ -593,18 +593,17 @@ def test_ghost_tf32_over_convolution_and_matmul_variants(name):
 
 
 @pytest.mark.parametrize("cap, method", [(0.05, "ghost"), (100.0, "per_sample")])
-def test_tf32_options_reach_the_sites_auto_moves_back_to_ghost(monkeypatch, cap, method):
+def test_tf32_options_reach_the_sites_auto_moves_back_to_ghost(cap, method):
     """auto's memory cap turns a per-sample site back to ghost clipping after the plan chose; the site's TF32 flag
     then follows ghost_tf32, not per_sample_tf32 (it kept the per-sample choice's flag before). A 1024 × 1024 linear
     layer over 512 tokens: auto instantiates it unless capped (test_core's cap test), in fp32 with both options
     on. A one-sample batch stays within R either way."""
-    from dpcompile.passes import plan
-    monkeypatch.setattr(plan, "AUTO_EXTRA_MEMORY", cap)
     for ghost_tf32 in (True, False):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(1024, 1024), nn.Tanh(), nn.Linear(1024, 2)).to(DEVICE)
         dp = dpcompile.dpcompile(model, max_grad_norm=1e-3, noise_multiplier=0.0, loss_reduction="sum",
-                                 policy="auto", backend=BACKEND_UNDER_TEST, per_sample_tf32=True, ghost_tf32=ghost_tf32)
+                                 policy="auto", backend=BACKEND_UNDER_TEST, per_sample_tf32=True, ghost_tf32=ghost_tf32,
+                                 auto_extra_memory=cap)
         dp(torch.randn(1, 512, 1024, device=DEVICE)).square().sum().backward()
         row = next(r for r in dp.explain().rows if r.param == "0.weight")
         assert row.method == method, row

@@ -38,6 +38,9 @@ def test_calibrate_matches_the_library(capsys):
 def test_explain_prints_the_plan(capsys):
     code, out, _ = run(capsys, "explain", "models:small_cnn", "--input-shape", "3,8,8", "--batch", "3")
     assert code == 0 and "method" in out.splitlines()[0] and "convolution_backward" in out
+    code, capped, _ = run(capsys, "explain", "models:small_cnn", "--input-shape", "3,8,8", "--batch", "3",
+                          "--auto-extra-memory", "0")
+    assert code == 0 and "convolution_backward" in capped
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -46,6 +49,7 @@ def test_explain_prints_the_plan(capsys):
     (("calibrate", "--epsilon", "1", "--delta", "2", "--sample-rate", "0.01", "--steps", "10"), "delta"),
     (("explain", "no_such_module:f", "--input-shape", "3"), "cannot import"),
     (("explain", "models:no_such_factory", "--input-shape", "3"), "no callable"),
+    (("explain", "models:small_cnn", "--input-shape", "3,8,8", "--auto-extra-memory", "-1"), "auto_extra_memory"),
 ])
 def test_user_errors_are_one_line(capsys, argv, says):
     code, _, err = run(capsys, *argv)

@@ -2,9 +2,9 @@
 
 Policies: "auto" (the default) compares estimated time (FLOPs at the arithmetic rate plus bytes written and
 read at the memory rate), breaks near-ties by memory, and holds at most a share of the saved tensors
-(DPConfig.auto_extra_memory) more than "mixed" would; "mixed" is the paper's rule (ghost iff 2T² < p·d; Bu, Mao & Xu, NeurIPS 2022);
-"ghost" / "per_sample" force one. Decisions use the shape environment's hints and add no guards: they change
-speed and memory, never the result.
+(DPConfig.auto_extra_memory) more than "mixed" would; "mixed" is the paper's rule (ghost iff 2T² < p·d; Bu, Mao &
+Xu, NeurIPS 2022); "ghost" / "per_sample" force one. Decisions use the shape environment's hints and add no
+guards: they change speed and memory, never the result.
 """
 from __future__ import annotations
 

@@ -10,9 +10,12 @@
 After --warmup steps (compilation included) one step runs under torch.cuda.memory._record_memory_history; its
 allocation trace is replayed (alloc / free events) to find the peak of allocated bytes and the blocks live at it.
 Prints one JSON line: the memory allocated before the step (parameters, optimizer state), the peak (that plus the
-trace's peak; torch.cuda.max_memory_allocated of the same step beside it), and the --top largest blocks the step
-allocated that are live at the peak (MiB, the allocating line). The difference between dpcompile's and non-private training's lists is what a
-memory target has to remove. CUDA only (the allocator's history); `peak_live` is the replay, a plain function.
+trace's peak; torch.cuda.max_memory_allocated of the same step beside it), where the peak falls (the line of the
+allocation that reached it, and the share of the step's allocations made by then: near 1, the backward's end), and
+the --top largest blocks the step allocated that are live at the peak (MiB, the allocating line). The difference
+between dpcompile's and non-private training's lists is what a memory target has to remove. CUDA only (the
+allocator's history); `peak_live` is the replay, a plain function. --auto-extra-memory SHARE sets `auto`'s memory
+cap (dpcompile's auto_extra_memory).
 """
 from __future__ import annotations
 
@@ -34,23 +37,27 @@ from dp_throughput import add_graph_options, build, extra_memory, graph_options,
 import dpcompile  # noqa: E402
 
 
-def peak_live(events: list[dict]) -> tuple[int, list[dict]]:
-    """(peak allocated bytes, the alloc events live at the first time it is reached) from an allocator trace in
-    order: 'alloc' adds a block at addr, 'free_requested' removes it (the caching allocator's view of allocated
-    memory, as max_memory_allocated counts it); other actions (segment maps, snapshots) are ignored."""
+def peak_live(events: list[dict]) -> tuple[int, list[dict], dict, float]:
+    """(peak allocated bytes, the alloc events live at the first time it is reached, the alloc that reached it, and
+    where in the step that was: the share of the step's allocs made by then) from an allocator trace in order:
+    'alloc' adds a block at addr, 'free_requested' removes it (the caching allocator's view of allocated memory, as
+    max_memory_allocated counts it); other actions (segment maps, snapshots) are ignored. Where the peak falls says
+    which values can move it: a per-sample gradient kept for its clipped sum counts only if it is live there."""
     live: dict[int, dict] = {}
-    total = peak = 0
+    total = peak = allocs = 0
     at_peak: list[dict] = []
+    reached, when = {}, 0
     for event in events:
         action = event.get("action")
         if action == "alloc":
+            allocs += 1
             live[event["addr"]] = event
             total += event["size"]
             if total > peak:
-                peak, at_peak = total, list(live.values())
+                peak, at_peak, reached, when = total, list(live.values()), event, allocs
         elif action == "free_requested" and event["addr"] in live:
             total -= live.pop(event["addr"])["size"]
-    return peak, sorted(at_peak, key=lambda e: -e["size"])
+    return peak, sorted(at_peak, key=lambda e: -e["size"]), reached, when / max(allocs, 1)
 
 
 def origin(frames: list[dict], generated: str = "") -> str:
@@ -132,15 +139,17 @@ def profile_step(args) -> dict:
     snapshot = torch.cuda.memory._snapshot()
     torch.cuda.memory._record_memory_history(enabled=None)
     events = [e for trace in snapshot["device_traces"] for e in trace]
-    peak, live = peak_live(events)
+    peak, live, reached, when = peak_live(events)
     generated = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "")  # unset: inductor's default, which names torchinductor
     result = {"model": args.config or args.model, "size": size, "batch": args.batch, "method": args.method,
               "policy": args.policy if args.method == "dp" else "", "amp": args.amp,
-              "auto_extra_memory": args.auto_extra_memory, "cudnn_benchmark": args.cudnn_benchmark, "ghost_on_grid": args.ghost_on_grid,
+              "auto_extra_memory": args.auto_extra_memory, "cudnn_benchmark": args.cudnn_benchmark,
+              "ghost_on_grid": args.ghost_on_grid,
               "inductor_config": inductor_settings(args.inductor_config),
               "before_step_gib": round(before / 2**30, 3), "peak_gib": round((before + peak) / 2**30, 3),
               "max_memory_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
-              "live_blocks": len(live),
+              "live_blocks": len(live), "peak_reached_by": origin(reached.get("frames", []), generated),
+              "peak_after_allocs": round(when, 3),
               "top": [{"mib": round(e["size"] / 2**20, 1), "at": origin(e.get("frames", []), generated)}
                       for e in live[:args.top]],
               "device": torch.cuda.get_device_name(), "torch": torch.__version__,

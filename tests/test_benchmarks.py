@@ -437,7 +437,8 @@ def test_layer_costs_methods_agree_and_the_picks_are_among_them():
 
 def test_peak_memory_replay_finds_the_peak_and_what_is_live_then():
     """benchmarks/peak_memory.py's replay of an allocator trace (the GPU's; here a short one written out): the
-    peak of allocated bytes, first reached, and the blocks live at that moment, largest first."""
+    peak of allocated bytes, first reached, the blocks live at that moment, largest first, the alloc that reached it
+    and the share of the step's allocs made by then."""
     module = load_script("peak_memory")
     events = [{"action": "segment_alloc", "addr": 0, "size": 1 << 30},
               {"action": "alloc", "addr": 1, "size": 100}, {"action": "alloc", "addr": 2, "size": 300},
@@ -445,8 +446,10 @@ def test_peak_memory_replay_finds_the_peak_and_what_is_live_then():
               {"action": "alloc", "addr": 3, "size": 50}, {"action": "alloc", "addr": 4, "size": 60},
               {"action": "free_requested", "addr": 3, "size": 50}, {"action": "alloc", "addr": 5, "size": 40},
               {"action": "free_requested", "addr": 99, "size": 7}]
-    peak, live = module.peak_live(events)
+    peak, live, reached, when = module.peak_live(events)
     assert peak == 410 and [e["addr"] for e in live] == [2, 4, 3]
+    assert reached["addr"] == 4 and when == 4 / 5  # the fourth of five allocs
+    assert module.peak_live([])[2:] == ({}, 0)
     frames = [{"filename": "/x/torch/nn/modules/module.py", "line": 1}, {"filename": "/w/examples/models.py", "line": 2}]
     assert module.origin(frames).startswith("models.py:2")
     # a trace with C++ frames ("??" without symbols) first, and inductor's code in a cache directory set by the run

@@ -36,6 +36,7 @@ import models as zoo  # noqa: E402
 from bench_configs import CONFIGS  # noqa: E402  (the suite's models, as bench.py builds them)
 
 import dpcompile  # noqa: E402
+from dpcompile.config import AUTO_EXTRA_MEMORY  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,9 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="dp: per_sample_tf32=True/False (TF32 per-sample products); default None, as PyTorch's settings")
     p.add_argument("--ghost-tf32", action=argparse.BooleanOptionalAction, default=None,
                    help="dp: ghost_tf32=True/False (ghost terms' clipped sums in TF32); default None, as PyTorch's settings")
-    p.add_argument("--auto-extra-memory", type=float, default=None, metavar="SHARE",
-                   help="dp: auto_extra_memory (policy auto's memory cap, a share of the saved tensors); default the "
-                        "library's")
+    p.add_argument("--auto-extra-memory", type=float, default=AUTO_EXTRA_MEMORY, metavar="SHARE",
+                   help="dp: auto_extra_memory (policy auto's memory cap, a share of the saved tensors); default "
+                        f"{AUTO_EXTRA_MEMORY}, the library's")
     p.add_argument("--poisson", type=int, default=0, metavar="N",
                    help="each step's batch size drawn as Poisson sampling of a dataset of N samples draws it "
                         "(Binomial(N, batch/N), seeded), as a DP data loader hands them out, instead of --batch every "
@@ -95,11 +96,6 @@ def build(name: str, size: int) -> tuple[torch.nn.Module, int]:
     if name.startswith("resnet"):
         return builder(10, small_input=size <= 64), 10
     return builder(10), 10
-
-
-def extra_memory(args) -> dict:
-    """dpcompile()'s auto_extra_memory where the command line sets it (else the library's default)."""
-    return {} if args.auto_extra_memory is None else {"auto_extra_memory": args.auto_extra_memory}
 
 
 def poisson_sizes(dataset: int, batch: int, steps: int, rank: int) -> list[int]:
@@ -260,7 +256,7 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
                                  expected_batch_size=args.batch * world, policy=args.policy, backend=args.backend,
                                  cuda_graphs=args.cuda_graphs, batch_bucket=args.batch_bucket,
                                  per_sample_tf32=args.per_sample_tf32, ghost_tf32=args.ghost_tf32,
-                                 **extra_memory(args))
+                                 auto_extra_memory=args.auto_extra_memory)
     else:  # the non-private reference: torch.compile, under DDP on several ranks
         from torch.nn.parallel import DistributedDataParallel
         dp = torch.compile(DistributedDataParallel(model) if world > 1 else model, backend=args.backend,

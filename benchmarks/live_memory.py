@@ -76,12 +76,11 @@ def fused(node: fx.Node) -> bool:
     return is_pointwise(node) and bool(users) and all(is_pointwise(u) or u.target in REDUCTIONS for u in users)
 
 
-def graph_peak(gm: fx.GraphModule, batch: int, fuse: bool = False) -> tuple[int, str, list[tuple[str, int]]]:
-    """(peak live bytes, the node where it is reached, the values live there, largest first) in graph order. A
-    view allocates nothing and keeps its base's storage alive until the view's own last use; a multi-output op's
-    outputs are counted at the getitems that take them (an output nothing takes is freed at once). With fuse, a
-    pointwise value read only by pointwise ops and reductions allocates nothing and keeps its inputs alive until its
-    own last use (inductor's fusion, roughly)."""
+def storages(gm: fx.GraphModule, batch: int, fuse: bool = False) -> tuple[list[fx.Node], dict, dict]:
+    """(the graph's nodes in order, the bytes each allocates, the index of the last node that reads its storage):
+    a view allocates nothing and keeps its base's storage alive until the view's own last use; a multi-output op's
+    outputs are counted at the getitems that take them; with fuse, a pointwise value read only by pointwise ops and
+    reductions allocates nothing and keeps its inputs alive until its own last use."""
     nodes = [n for n in gm.graph.nodes if n.op != "output"]
     index = {n: i for i, n in enumerate(nodes)}
     bases: dict[fx.Node, set] = {}  # the storages a value keeps alive
@@ -102,6 +101,16 @@ def graph_peak(gm: fx.GraphModule, batch: int, fuse: bool = False) -> tuple[int,
         for arg in node.all_input_nodes:
             for storage in bases.get(arg, ()):
                 free_at[storage] = max(free_at[storage], index[node])
+    return nodes, size, free_at
+
+
+def graph_peak(gm: fx.GraphModule, batch: int, fuse: bool = False) -> tuple[int, str, list[tuple[str, int]]]:
+    """(peak live bytes, the node where it is reached, the values live there, largest first) in graph order. A
+    view allocates nothing and keeps its base's storage alive until the view's own last use; a multi-output op's
+    outputs are counted at the getitems that take them (an output nothing takes is freed at once). With fuse, a
+    pointwise value read only by pointwise ops and reductions allocates nothing and keeps its inputs alive until its
+    own last use (inductor's fusion, roughly)."""
+    nodes, size, free_at = storages(gm, batch, fuse)
     frees: dict[int, list[fx.Node]] = {}
     for storage, i in free_at.items():
         frees.setdefault(i, []).append(storage)

@@ -32,9 +32,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_configs import CONFIGS, make_batch  # noqa: E402
-from dp_throughput import add_graph_options, build, extra_memory, graph_options, inductor_settings  # noqa: E402
+from dp_throughput import add_graph_options, build, graph_options, inductor_settings  # noqa: E402
 
 import dpcompile  # noqa: E402
+from dpcompile.config import AUTO_EXTRA_MEMORY  # noqa: E402
 
 
 def peak_live(events: list[dict]) -> tuple[int, list[dict], dict, float]:
@@ -86,8 +87,8 @@ def main(argv=None) -> dict:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--method", default="dp", choices=["dp", "compile"])
     p.add_argument("--policy", default="auto")
-    p.add_argument("--auto-extra-memory", type=float, default=None, metavar="SHARE",
-                   help="dp: auto_extra_memory (policy auto's memory cap); default the library's")
+    p.add_argument("--auto-extra-memory", type=float, default=AUTO_EXTRA_MEMORY, metavar="SHARE",
+                   help=f"dp: auto_extra_memory (policy auto's memory cap); default {AUTO_EXTRA_MEMORY}, the library's")
     p.add_argument("--amp", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--top", type=int, default=12)
@@ -116,7 +117,7 @@ def profile_step(args) -> dict:
         y = torch.randint(0, classes, (args.batch,), device=device)
     if args.method == "dp":
         net = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=1.0, expected_batch_size=args.batch,
-                                  policy=args.policy, **extra_memory(args))
+                                  policy=args.policy, auto_extra_memory=args.auto_extra_memory)
     else:
         net = torch.compile(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)

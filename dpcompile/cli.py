@@ -6,6 +6,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from .config import AUTO_EXTRA_MEMORY
 from .errors import DPCompileError
 
 
@@ -65,8 +66,8 @@ def cmd_explain(args) -> str:
         raise DPCompileError(f"{args.factory} returned a {type(model).__name__}, not an nn.Module")
     shape = (args.batch, *args.input_shape)
     x = torch.randint(0, args.vocab, shape) if args.vocab else torch.randn(shape)
-    cap = {} if args.auto_extra_memory is None else {"auto_extra_memory": args.auto_extra_memory}
-    dp = dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, policy=args.policy, backend="eager", **cap)
+    dp = dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, policy=args.policy, backend="eager",
+                   auto_extra_memory=args.auto_extra_memory)
     dp(x).float().square().sum().backward()
     return str(dp.explain())
 
@@ -100,9 +101,9 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--batch", type=int, default=2, help="batch size of the random batch (default 2)")
     x.add_argument("--vocab", type=int, default=0, help="integer token inputs in [0, vocab) instead of floats")
     x.add_argument("--policy", choices=("mixed", "ghost", "per_sample", "auto"), default="auto")
-    x.add_argument("--auto-extra-memory", type=float, default=None, metavar="SHARE",
+    x.add_argument("--auto-extra-memory", type=float, default=AUTO_EXTRA_MEMORY, metavar="SHARE",
                    help="policy auto's memory cap: the share of the saved tensors its per-sample gradients may hold "
-                        "beyond mixed's plan (default 0.25; lower trades step time for memory)")
+                        f"beyond mixed's plan (default {AUTO_EXTRA_MEMORY}; lower trades step time for memory)")
     x.set_defaults(run=cmd_explain)
     return p
 

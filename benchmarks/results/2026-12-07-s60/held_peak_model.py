@@ -1,36 +1,18 @@
 """The DP ÷ non-private backward peaks a walk over the captured graphs predicts (CPU, backend eager, the suite batch):
 the non-private backward's live bytes in graph order (live_memory.py's walk), plus each term's held values from its
 site to the end (per-sample gradients, or a ghost term's two operands).   python held_peak_model.py CONFIG"""
-import sys, torch, operator
+import sys, torch
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench_configs import CONFIGS, make_batch, loss_fn
 import dpcompile
-from dpcompile.passes import plan
 from dpcompile.passes.meta import PARAMS, PLAN, SITE
-from live_memory import graph_peak, value_bytes
-import torch.fx as fx
+from live_memory import storages, value_bytes
 
 def profile(gm, batch):
-    nodes = [n for n in gm.graph.nodes if n.op != "output"]
-    # reuse graph_peak's logic but return the live curve
-    from live_memory import is_view
+    """The nodes in order, their index, and the bytes live after each (live_memory.storages' lifetimes)."""
+    nodes, size, free_at = storages(gm, batch)
     index = {n: i for i, n in enumerate(nodes)}
-    bases, size = {}, {}
-    for node in nodes:
-        value = node.meta.get("val")
-        inputs = [a for a in node.all_input_nodes if a in bases]
-        if node.target is operator.getitem:
-            size[node], bases[node] = value_bytes(value, batch), {node}
-        elif is_view(node) and inputs:
-            size[node], bases[node] = 0, bases[inputs[0]]
-        else:
-            size[node], bases[node] = (0 if isinstance(value, (tuple, list)) else value_bytes(value, batch)), {node}
-    free_at = {n: index[n] for n in nodes}
-    for node in nodes:
-        for arg in node.all_input_nodes:
-            for s in bases.get(arg, ()):
-                free_at[s] = max(free_at[s], index[node])
     delta = [0] * (len(nodes) + 1)
     for n in nodes:
         if size[n]:

@@ -245,14 +245,13 @@ def lower_per_sample_conv2d_grad() -> None:
     otherwise is copied (the producer of an NCHW g often writes both). Elsewhere (CPU), the op's own implementation
     runs."""
     from torch._inductor import ir
-    from torch._inductor.lowering import empty_strided
 
     def launched(g, x, kernel, stride, padding, dilation):
         g, x = laid_out(g, ir.NHWC_STRIDE_ORDER, copy=True), laid_out(x, ir.NHWC_STRIDE_ORDER, copy=True)
         g_size, x_size = plain(g.get_size()), plain(x.get_size())
         (B, P), C, (kh, kw) = g_size[:2], x_size[1], kernel
-        out = empty_strided([B, P, C, kh, kw], [P * kh * kw * C, kh * kw * C, 1, kw * C, C], dtype=g.get_dtype(),
-                            device=g.get_device())
+        out = empty_after([B, P, C, kh, kw], [P * kh * kw * C, kh * kw * C, 1, kw * C, C], g.get_dtype(),
+                          g.get_device(), g, x)
         fn, configs, args = conv_kernels.launch(g_size, plain(g.get_stride()), x_size, plain(x.get_stride()),
                                                 plain(out.get_stride()), kernel, stride, padding, dilation,
                                                 g.get_dtype())
@@ -309,15 +308,13 @@ def _(p, q, r, rho):
 def lower_gram_sums() -> None:
     """Inductor lowers dpcompile::gram_sums on CUDA to the Triton kernel itself, as lower_per_sample_conv2d_grad does
     the convolution kernel; elsewhere the op's own implementation runs."""
-    from torch._inductor.lowering import empty_strided
-
     def launched(p, q, r, rho):
         p, q, r, rho = (laid_out(t) for t in (p, q, r, rho))
         p_size, q_size = plain(p.get_size()), plain(q.get_size())
         dtype = p.get_dtype()
         t = gram_kernels.tiles(p_size[1], dtype)
-        out = empty_strided([p_size[0], t * t, gram_kernels.SUMS], [t * t * gram_kernels.SUMS, gram_kernels.SUMS, 1],
-                            dtype=torch.float64, device=p.get_device())
+        out = empty_after([p_size[0], t * t, gram_kernels.SUMS], [t * t * gram_kernels.SUMS, gram_kernels.SUMS, 1],
+                          torch.float64, p.get_device(), p, q, r, rho)
         fn, configs, args = gram_kernels.launch(p_size, plain(p.get_stride()), q_size, plain(q.get_stride()),
                                                 plain(r.get_stride()), plain(rho.get_stride()),
                                                 plain(out.get_stride()), dtype)
@@ -325,6 +322,37 @@ def lower_gram_sums() -> None:
                            {"p_ptr": p, "q_ptr": q, "r_ptr": r, "rho_ptr": rho, "out_ptr": out, **args})
         return out
     lower_to_kernel(torch.ops.dpcompile.gram_sums.default, gram_kernels.available(), launched, "the Gram-sum kernel")
+
+
+def empty_after(size: list, stride: list, dtype: torch.dtype, device: torch.device, *operands):
+    """A kernel's output buffer in inductor's graph, allocated no earlier than its operands are computed: inductor's
+    empty_strided (a buffer no kernel computes, whose scheduler node only allocates it), with the operands as reads
+    of that node. Without them the node depends on nothing, and inductor's memory-aware reordering
+    (reorder_for_peak_memory's least-peak-first order, which prefers a small allocation to a larger one whenever the
+    estimate sees room below its running peak) may put the allocation anywhere before the launch: on WRN-16-4 32² b256
+    bf16 the per-sample convolution kernel's three 18-MiB outputs for layer 1 were allocated in layer 2's part of the
+    backward, where they were live at the step's memory peak (H100, torch 2.11, 2026-12-07; benchmarks/NOTES.md,
+    sixty-first session)."""
+    from torch._inductor.lowering import empty_strided
+    out = empty_strided(size, stride, dtype=dtype, device=device)
+    out.data.data.__class__ = allocation_after()
+    out.data.data.after = [t.get_name() for t in operands]
+    return out
+
+
+@functools.cache
+def allocation_after() -> type:
+    """The class of empty_after's buffers: inductor's ComputedBuffer whose reads add the operands it waits for."""
+    from torch._inductor import dependencies, ir
+    from torch.utils._ordered_set import OrderedSet
+
+    class AllocationAfter(ir.ComputedBuffer):
+        after: list[str]
+
+        def get_read_writes(self) -> dependencies.ReadWrites:
+            return super().get_read_writes().with_read(OrderedSet(dependencies.StarDep(n) for n in self.after))
+
+    return AllocationAfter
 
 
 def plain(sizes) -> list:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -255,6 +256,59 @@ def test_the_kernel_reads_both_operands_channels_last(monkeypatch, no_fx_graph_c
         out = dp(torch.randn(6, 8, 8, 8, device=DEVICE))  # NCHW input; the flatten's gradient reaches the conv NCHW
     out.float().square().sum().backward()
     assert seen and all(s == ("launch", 1, 1) for s in seen), seen  # an "eager" entry: inductor fell back to the op
+
+
+def allocated_early(code: str) -> list[str]:
+    """The outputs of the per-sample convolution kernel's launches in inductor's generated code that are allocated
+    before their output-gradient operand first appears (is computed): held for nothing from there to the launch."""
+    lines = [line for line in code[code.index("def call("):].splitlines() if not line.strip().startswith("#")]
+    first: dict[str, int] = {}
+    for i, line in enumerate(lines):
+        for name in re.findall(r"\bbuf\d+\b", line):
+            first.setdefault(name, i)
+    launched = [re.match(r"\s*_per_sample_conv2d_grad\w*\.run\((\w+), (\w+), (\w+),", line) for line in lines]
+    return [m[3] for m in launched if m and first[m[3]] < first.get(m[1], -1)]
+
+
+@pytest.mark.inductor
+@pytest.mark.skipif(DEVICE != "cuda" or not conv_kernels.available(), reason="inductor lowers the op so on CUDA")
+def test_the_kernels_outputs_are_allocated_after_their_operands(monkeypatch, no_fx_graph_cache):
+    """The lowering's output buffer waits for the kernel's operands (ops.empty_after): inductor's memory-aware
+    reordering put an allocation with no inputs anywhere before its launch, and on WRN-16-4 bf16 held layer 1's
+    per-sample gradients through the step's memory peak (sixty-first session). A stack of 3×3 convolutions under bf16
+    autocast, every weight term per sample: with a plain allocation (inductor's empty_strided) some outputs are
+    allocated before their output gradient is computed; with the lowering's, none is, and the gradients are those
+    of the plain allocation (to the roundings of the tiles each run's autotuning picks)."""
+    from torch._inductor.lowering import empty_strided
+    from torch._inductor.utils import run_and_get_code
+
+    from dpcompile import ops
+
+    def step():
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        layers = [nn.Conv2d(8, 16, 3, padding=1), nn.ReLU()]
+        for c_in, c_out, stride in ((16, 16, 1), (16, 32, 2), (32, 32, 1), (32, 64, 2), (64, 64, 1), (64, 64, 1)):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.GroupNorm(4, c_out), nn.ReLU()]
+        model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(64 * 16, 4)).to(DEVICE)
+        x = torch.randn(16, 8, 16, 16, device=DEVICE).to(memory_format=torch.channels_last)
+        with implicit_convs():
+            dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, policy="per_sample",
+                                     backend="inductor")
+            with torch.autocast("cuda", torch.bfloat16):
+                out = dp(x)
+            _, codes = run_and_get_code(lambda: out.float().square().sum().backward())
+        code = next(c for c in codes if "_per_sample_conv2d_grad" in c)
+        return allocated_early(code), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    early, grads = step()
+    assert early == []
+    with monkeypatch.context() as m:
+        m.setattr(ops, "empty_after", lambda size, stride, dtype, device, *operands: empty_strided(
+            size, stride, dtype=dtype, device=device))
+        plain_early, plain_grads = step()
+    assert plain_early, "the premise: a plain allocation is moved before its operand"
+    assert (grads - plain_grads).norm() <= 1e-2 * plain_grads.norm()  # autotuning may pick another tile per run
 
 
 @pytest.mark.inductor

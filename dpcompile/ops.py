@@ -250,8 +250,8 @@ def lower_per_sample_conv2d_grad() -> None:
         g, x = laid_out(g, ir.NHWC_STRIDE_ORDER, copy=True), laid_out(x, ir.NHWC_STRIDE_ORDER, copy=True)
         g_size, x_size = plain(g.get_size()), plain(x.get_size())
         (B, P), C, (kh, kw) = g_size[:2], x_size[1], kernel
-        out = empty_after([B, P, C, kh, kw], [P * kh * kw * C, kh * kw * C, 1, kw * C, C], g.get_dtype(),
-                          g.get_device(), g, x)
+        out = kernel_output([B, P, C, kh, kw], [P * kh * kw * C, kh * kw * C, 1, kw * C, C], g.get_dtype(),
+                            g.get_device(), g, x)
         fn, configs, args = conv_kernels.launch(g_size, plain(g.get_stride()), x_size, plain(x.get_stride()),
                                                 plain(out.get_stride()), kernel, stride, padding, dilation,
                                                 g.get_dtype())
@@ -313,8 +313,8 @@ def lower_gram_sums() -> None:
         p_size, q_size = plain(p.get_size()), plain(q.get_size())
         dtype = p.get_dtype()
         t = gram_kernels.tiles(p_size[1], dtype)
-        out = empty_after([p_size[0], t * t, gram_kernels.SUMS], [t * t * gram_kernels.SUMS, gram_kernels.SUMS, 1],
-                          torch.float64, p.get_device(), p, q, r, rho)
+        out = kernel_output([p_size[0], t * t, gram_kernels.SUMS], [t * t * gram_kernels.SUMS, gram_kernels.SUMS, 1],
+                            torch.float64, p.get_device(), p, q, r, rho)
         fn, configs, args = gram_kernels.launch(p_size, plain(p.get_stride()), q_size, plain(q.get_stride()),
                                                 plain(r.get_stride()), plain(rho.get_stride()),
                                                 plain(out.get_stride()), dtype)
@@ -324,25 +324,35 @@ def lower_gram_sums() -> None:
     lower_to_kernel(torch.ops.dpcompile.gram_sums.default, gram_kernels.available(), launched, "the Gram-sum kernel")
 
 
-def empty_after(size: list, stride: list, dtype: torch.dtype, device: torch.device, *operands):
-    """A kernel's output buffer in inductor's graph, allocated no earlier than its operands are computed: inductor's
-    empty_strided (a buffer no kernel computes, whose scheduler node only allocates it), with the operands as reads
-    of that node. Without them the node depends on nothing, and inductor's memory-aware reordering
-    (reorder_for_peak_memory's least-peak-first order, which prefers a small allocation to a larger one whenever the
-    estimate sees room below its running peak) may put the allocation anywhere before the launch: on WRN-16-4 32² b256
-    bf16 the per-sample convolution kernel's three 18-MiB outputs for layer 1 were allocated in layer 2's part of the
-    backward, where they were live at the step's memory peak (H100, torch 2.11, 2026-12-07; benchmarks/NOTES.md,
-    sixty-first session)."""
+# Whether the lowered kernels' output buffers wait for the kernels' operands (kernel_output). Inductor makes such a
+# buffer with empty_strided, a scheduler node that only allocates and reads nothing; its memory-aware reordering
+# (reorder_for_peak_memory's least-peak-first order, which takes the ready node of least net allocation whenever its
+# estimate has room below its running peak) may then put the allocation anywhere before the launch. On WRN-16-4 32²
+# b256 bf16 the per-sample convolution kernel's three 18-MiB outputs for layer 1 were allocated in layer 2's part of
+# the backward, before their output gradients existed, and were live at the step's memory peak (0.758 GiB against
+# non-private training's 0.548; H100, torch 2.11, 2026-12-07; benchmarks/NOTES.md, sixty-first session). Off until
+# its CUDA test and that peak have run on the GPU (benchmarks/results/2026-12-07-s61/s61_call4.sh): written after the
+# session's device budget was spent.
+KERNEL_OUTPUTS_AFTER_OPERANDS = False
+
+
+def kernel_output(size: list, stride: list, dtype: torch.dtype, device: torch.device, *operands):
+    """A lowered kernel's output buffer in inductor's graph: inductor's empty_strided; with
+    KERNEL_OUTPUTS_AFTER_OPERANDS, its scheduler node reads the kernel's operands, so that the allocation cannot be
+    scheduled before they are computed."""
     from torch._inductor.lowering import empty_strided
     out = empty_strided(size, stride, dtype=dtype, device=device)
-    out.data.data.__class__ = allocation_after()
-    out.data.data.after = [t.get_name() for t in operands]
+    if KERNEL_OUTPUTS_AFTER_OPERANDS:
+        out.data.data.__class__ = allocation_after()
+        out.data.data.after = [t.get_name() for t in operands]
     return out
 
 
 @functools.cache
 def allocation_after() -> type:
-    """The class of empty_after's buffers: inductor's ComputedBuffer whose reads add the operands it waits for."""
+    """The class of kernel_output's buffers that wait: inductor's ComputedBuffer whose reads add the operands (a
+    buffer that only allocates computes nothing, so loads in its inner function would never be read: inductor gives
+    a zero-element buffer a no-op loader)."""
     from torch._inductor import dependencies, ir
     from torch.utils._ordered_set import OrderedSet
 
@@ -402,13 +412,15 @@ def lowering_source_hash() -> str:
 
 class LoweringKey(CustomGraphPass):
     """A post-grad pass that leaves the graph as it is; its uuid, the lowerings' source hash and the settings they
-    read at lowering time (conv_kernels.JOINT_MAX_CHANNELS), goes into inductor's graph-cache key."""
+    read at lowering time (conv_kernels.JOINT_MAX_CHANNELS, KERNEL_OUTPUTS_AFTER_OPERANDS), goes into inductor's
+    graph-cache key."""
 
     def __call__(self, graph) -> None:
         return None
 
     def uuid(self) -> str:
-        return f"dpcompile-lowerings-{lowering_source_hash()}-joint{conv_kernels.JOINT_MAX_CHANNELS}"
+        return (f"dpcompile-lowerings-{lowering_source_hash()}-joint{conv_kernels.JOINT_MAX_CHANNELS}"
+                f"-after{int(KERNEL_OUTPUTS_AFTER_OPERANDS)}")
 
 
 # The pin that makes inductor store a value once (passes.rewrite.stored): lowered like inductor's own

@@ -360,13 +360,17 @@ def test_a_second_run_finds_the_dp_graphs_in_inductors_cache_and_another_bound_d
     assert users["grads"] == first["grads"]
 
 
-def test_the_cache_key_holds_the_settings_the_lowerings_read(monkeypatch):
-    """The kernels' lowering reads conv_kernels.JOINT_MAX_CHANNELS when it generates code (which tiling a convolution
-    gets): a graph cached under one value must not be served under another, so the key's pass uuid holds it."""
+@pytest.mark.parametrize("setting", ["JOINT_MAX_CHANNELS", "KERNEL_OUTPUTS_AFTER_OPERANDS"])
+def test_the_cache_key_holds_the_settings_the_lowerings_read(setting, monkeypatch):
+    """The kernels' lowering reads conv_kernels.JOINT_MAX_CHANNELS (which tiling a convolution gets) and
+    ops.KERNEL_OUTPUTS_AFTER_OPERANDS (whether a kernel's output waits for its operands) when it generates code: a
+    graph cached under one value must not be served under another, so the key's pass uuid holds each."""
     from dpcompile import conv_kernels, ops
+    owner = conv_kernels if setting == "JOINT_MAX_CHANNELS" else ops
     key = ops.LoweringKey()
     before = key.uuid()
-    monkeypatch.setattr(conv_kernels, "JOINT_MAX_CHANNELS", conv_kernels.JOINT_MAX_CHANNELS + 1)
+    value = getattr(owner, setting)
+    monkeypatch.setattr(owner, setting, value + 1 if setting == "JOINT_MAX_CHANNELS" else not value)
     assert key.uuid() != before
     monkeypatch.undo()
     assert key.uuid() == before

@@ -331,8 +331,8 @@ def lower_gram_sums() -> None:
 # b256 bf16 the per-sample convolution kernel's three 18-MiB outputs for layer 1 were allocated in layer 2's part of
 # the backward, before their output gradients existed, and were live at the step's memory peak (0.758 GiB against
 # non-private training's 0.548; H100, torch 2.11, 2026-12-07; benchmarks/NOTES.md, sixty-first session). Off until
-# its CUDA test and that peak have run on the GPU (benchmarks/results/2026-12-07-s61/s61_call4.sh): written after the
-# session's device budget was spent.
+# its CUDA test and that peak have run on the GPU (queued: benchmarks/results/2026-12-07-s62/s62_call1.sh; no device
+# start was granted in the sixty-first's last hour or the sixty-second session).
 KERNEL_OUTPUTS_AFTER_OPERANDS = False
 
 

@@ -360,17 +360,20 @@ def test_a_second_run_finds_the_dp_graphs_in_inductors_cache_and_another_bound_d
     assert users["grads"] == first["grads"]
 
 
-@pytest.mark.parametrize("setting", ["JOINT_MAX_CHANNELS", "KERNEL_OUTPUTS_AFTER_OPERANDS"])
-def test_the_cache_key_holds_the_settings_the_lowerings_read(setting, monkeypatch):
+@pytest.mark.parametrize("module, setting", [("conv_kernels", "JOINT_MAX_CHANNELS"),
+                                             ("ops", "KERNEL_OUTPUTS_AFTER_OPERANDS")])
+def test_the_cache_key_holds_the_settings_the_lowerings_read(module, setting, monkeypatch):
     """The kernels' lowering reads conv_kernels.JOINT_MAX_CHANNELS (which tiling a convolution gets) and
     ops.KERNEL_OUTPUTS_AFTER_OPERANDS (whether a kernel's output waits for its operands) when it generates code: a
     graph cached under one value must not be served under another, so the key's pass uuid holds each."""
-    from dpcompile import conv_kernels, ops
-    owner = conv_kernels if setting == "JOINT_MAX_CHANNELS" else ops
+    import importlib
+
+    from dpcompile import ops
+    owner = importlib.import_module(f"dpcompile.{module}")
     key = ops.LoweringKey()
     before = key.uuid()
     value = getattr(owner, setting)
-    monkeypatch.setattr(owner, setting, value + 1 if setting == "JOINT_MAX_CHANNELS" else not value)
+    monkeypatch.setattr(owner, setting, not value if isinstance(value, bool) else value + 1)
     assert key.uuid() != before
     monkeypatch.undo()
     assert key.uuid() == before

@@ -13,28 +13,7 @@ LIMIT=${LIMIT:-570}
 source benchmarks/device_call.sh
 date -u
 nvidia-smi --query-gpu=name --format=csv,noheader
-peak() {  # LABEL CAP ARGS...: the DP peak with the setting on and off (and non-private compile's with NP=1), in the background
-    local label=$1 cap=$2
-    shift 2
-    (( cap > $(left) )) && cap=$(left)
-    for on in True False; do
-        TORCHINDUCTOR_CACHE_DIR=/tmp/c-$label-$on timeout -k 5 $cap python3 benchmarks/with_plan.py \
-            KERNEL_OUTPUTS_AFTER_OPERANDS=$on -- benchmarks/peak_memory.py --cudnn-benchmark "$@" --method dp \
-            --policy auto > $OUT/$PREFIX-$label-after-$on.log 2>&1 &
-    done
-    [ -n "${NP:-}" ] && TORCHINDUCTOR_CACHE_DIR=/tmp/c-$label-np timeout -k 5 $cap python3 benchmarks/peak_memory.py \
-        --cudnn-benchmark "$@" --method compile > $OUT/$PREFIX-$label-compile.log 2>&1 &
-}
-show() {
-    for f in $OUT/$PREFIX-$1-*.log; do
-        echo "$(basename $f): $(tail -1 $f | python3 -c 'import json, sys
-try:
-    r = json.loads(sys.stdin.read())
-    print({k: r[k] for k in ("before_step_gib", "peak_gib", "max_memory_allocated_gib", "peak_after_allocs", "live_blocks", "peak_reached_by")})
-except Exception as e:
-    print("no json:", e)' | cut -c1-400)"
-    done
-}
+source benchmarks/results/2026-12-07-s62/peaks.sh
 echo "== (a) $(date -u +%T)"
 mark
 peak wrn-bf16 150 --amp bf16 --model wrn16_4 --size 32 --batch 256 --top 40

@@ -251,7 +251,7 @@ def lower_per_sample_conv2d_grad() -> None:
         g_size, x_size = plain(g.get_size()), plain(x.get_size())
         (B, P), C, (kh, kw) = g_size[:2], x_size[1], kernel
         out = kernel_output([B, P, C, kh, kw], [P * kh * kw * C, kh * kw * C, 1, kw * C, C], g.get_dtype(),
-                            g.get_device(), g, x)
+                            g.get_device())
         fn, configs, args = conv_kernels.launch(g_size, plain(g.get_stride()), x_size, plain(x.get_stride()),
                                                 plain(out.get_stride()), kernel, stride, padding, dilation,
                                                 g.get_dtype())
@@ -314,7 +314,7 @@ def lower_gram_sums() -> None:
         dtype = p.get_dtype()
         t = gram_kernels.tiles(p_size[1], dtype)
         out = kernel_output([p_size[0], t * t, gram_kernels.SUMS], [t * t * gram_kernels.SUMS, gram_kernels.SUMS, 1],
-                            torch.float64, p.get_device(), p, q, r, rho)
+                            torch.float64, p.get_device())
         fn, configs, args = gram_kernels.launch(p_size, plain(p.get_stride()), q_size, plain(q.get_stride()),
                                                 plain(r.get_stride()), plain(rho.get_stride()),
                                                 plain(out.get_stride()), dtype)
@@ -324,45 +324,14 @@ def lower_gram_sums() -> None:
     lower_to_kernel(torch.ops.dpcompile.gram_sums.default, gram_kernels.available(), launched, "the Gram-sum kernel")
 
 
-# Whether the lowered kernels' output buffers wait for the kernels' operands (kernel_output). Inductor makes such a
-# buffer with empty_strided, a scheduler node that only allocates and reads nothing; its memory-aware reordering
-# (reorder_for_peak_memory's least-peak-first order, which takes the ready node of least net allocation whenever its
-# estimate has room below its running peak) may then put the allocation anywhere before the launch. On WRN-16-4 32²
-# b256 bf16 the per-sample convolution kernel's three 18-MiB outputs for layer 1 were allocated in layer 2's part of
-# the backward, before their output gradients existed, and were live at the step's memory peak (0.758 GiB against
-# non-private training's 0.548; H100, torch 2.11, 2026-12-07; benchmarks/NOTES.md, sixty-first session). Off until
-# its CUDA test and that peak have run on the GPU (queued: benchmarks/results/2026-12-07-s62/s62_call1.sh; no device
-# start was granted in the sixty-first's last hour or the sixty-second session).
-KERNEL_OUTPUTS_AFTER_OPERANDS = False
-
-
-def kernel_output(size: list, stride: list, dtype: torch.dtype, device: torch.device, *operands):
-    """A lowered kernel's output buffer in inductor's graph: inductor's empty_strided; with
-    KERNEL_OUTPUTS_AFTER_OPERANDS, its scheduler node reads the kernel's operands, so that the allocation cannot be
-    scheduled before they are computed."""
+def kernel_output(size: list, stride: list, dtype: torch.dtype, device: torch.device):
+    """A lowered kernel's output buffer in inductor's graph (inductor's empty_strided). Tying its allocation to the
+    kernel's operands (a scheduler read of each, so that inductor's memory-aware reordering cannot allocate it long
+    before the launch) was measured and dropped: it changed the reordering's whole schedule and raised the peaks it
+    was meant to lower (WRN-16-4 32² b256 bf16 0.758 → 0.792 GiB, ResNet-18 (GN) 32² bf16 0.947 → 0.980; one H100,
+    torch 2.11, 2026-12-07; benchmarks/NOTES.md, sixty-third session)."""
     from torch._inductor.lowering import empty_strided
-    out = empty_strided(size, stride, dtype=dtype, device=device)
-    if KERNEL_OUTPUTS_AFTER_OPERANDS:
-        out.data.data.__class__ = allocation_after()
-        out.data.data.after = [t.get_name() for t in operands]
-    return out
-
-
-@functools.cache
-def allocation_after() -> type:
-    """The class of kernel_output's buffers that wait: inductor's ComputedBuffer whose reads add the operands (a
-    buffer that only allocates computes nothing, so loads in its inner function would never be read: inductor gives
-    a zero-element buffer a no-op loader)."""
-    from torch._inductor import dependencies, ir
-    from torch.utils._ordered_set import OrderedSet
-
-    class AllocationAfter(ir.ComputedBuffer):
-        after: list[str]
-
-        def get_read_writes(self) -> dependencies.ReadWrites:
-            return super().get_read_writes().with_read(OrderedSet(dependencies.StarDep(n) for n in self.after))
-
-    return AllocationAfter
+    return empty_strided(size, stride, dtype=dtype, device=device)
 
 
 def plain(sizes) -> list:
@@ -411,16 +380,14 @@ def lowering_source_hash() -> str:
 
 
 class LoweringKey(CustomGraphPass):
-    """A post-grad pass that leaves the graph as it is; its uuid, the lowerings' source hash and the settings they
-    read at lowering time (conv_kernels.JOINT_MAX_CHANNELS, KERNEL_OUTPUTS_AFTER_OPERANDS), goes into inductor's
-    graph-cache key."""
+    """A post-grad pass that leaves the graph as it is; its uuid, the lowerings' source hash and the setting they
+    read at lowering time (conv_kernels.JOINT_MAX_CHANNELS), goes into inductor's graph-cache key."""
 
     def __call__(self, graph) -> None:
         return None
 
     def uuid(self) -> str:
-        return (f"dpcompile-lowerings-{lowering_source_hash()}-joint{conv_kernels.JOINT_MAX_CHANNELS}"
-                f"-after{int(KERNEL_OUTPUTS_AFTER_OPERANDS)}")
+        return f"dpcompile-lowerings-{lowering_source_hash()}-joint{conv_kernels.JOINT_MAX_CHANNELS}"
 
 
 # The pin that makes inductor store a value once (passes.rewrite.stored): lowered like inductor's own

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -256,104 +255,6 @@ def test_the_kernel_reads_both_operands_channels_last(monkeypatch, no_fx_graph_c
         out = dp(torch.randn(6, 8, 8, 8, device=DEVICE))  # NCHW input; the flatten's gradient reaches the conv NCHW
     out.float().square().sum().backward()
     assert seen and all(s == ("launch", 1, 1) for s in seen), seen  # an "eager" entry: inductor fell back to the op
-
-
-_TEST_LIB = torch.library.Library("dpcompile_kernel_output_test", "DEF")
-_TEST_LIB.define("first_columns(Tensor g) -> Tensor")
-_TEST_LIB.impl("first_columns", lambda g: g[:, :8].clone(), "CompositeExplicitAutograd")
-torch.library.register_fake("dpcompile_kernel_output_test::first_columns", lambda g: g.new_empty(g.shape[0], 8),
-                            lib=_TEST_LIB)
-KERNEL_OUTPUT_READS: list = []  # the reads of each kernel_output buffer the test op's lowering made
-
-
-def lower_first_columns() -> None:
-    """Inductor lowers the test op as dpcompile's kernel ops are lowered, on any device: the output buffer from
-    ops.kernel_output, written by another node (a copy of g's first 8 columns: the kernel's stand-in)."""
-    from torch._inductor.lowering import lowerings, register_lowering
-
-    from dpcompile import ops
-    op = torch.ops.dpcompile_kernel_output_test.first_columns.default
-    if op in lowerings:
-        return
-
-    @register_lowering(op, type_promotion_kind=None)
-    def _(g):
-        g = ops.laid_out(g)
-        out = ops.kernel_output([g.get_size()[0], 8], [8, 1], g.get_dtype(), g.get_device(), g)
-        KERNEL_OUTPUT_READS.append((g.get_name(), out.data.data.get_read_writes().reads))
-        lowerings[torch.ops.aten.copy_.default](out, lowerings[torch.ops.aten.slice.Tensor](g, 1, 0, 8))
-        return out
-
-
-@pytest.mark.inductor
-@pytest.mark.parametrize("after", [True, False], ids=["waits", "plain"])
-def test_a_kernel_output_that_waits_reads_its_operands(after, monkeypatch, no_fx_graph_cache):
-    """ops.kernel_output with KERNEL_OUTPUTS_AFTER_OPERANDS: the buffer's scheduler node reads the kernel's operand (a
-    StarDep on it: the allocation cannot be scheduled before the operand is computed), and inductor compiles and runs
-    a graph through it to the right values; off, it reads nothing. On this test's device through a test op lowered
-    like the kernels (the kernels' own lowering runs on CUDA only: the next test)."""
-    from torch._inductor.dependencies import StarDep
-
-    from dpcompile import ops
-    monkeypatch.setattr(ops, "KERNEL_OUTPUTS_AFTER_OPERANDS", after)
-    lower_first_columns()
-    KERNEL_OUTPUT_READS.clear()
-    torch._dynamo.reset()
-    x = torch.randn(16, 12, device=DEVICE)
-    got = torch.compile(lambda x: torch.ops.dpcompile_kernel_output_test.first_columns(x.tanh()) * 2)(x)
-    torch.testing.assert_close(got, x.tanh()[:, :8] * 2)
-    (operand, reads), = KERNEL_OUTPUT_READS
-    assert list(reads) == ([StarDep(operand)] if after else [])
-
-
-def allocated_early(code: str) -> list[str]:
-    """The outputs of the per-sample convolution kernel's launches in inductor's generated code that are allocated
-    before their output-gradient operand first appears (is computed): held for nothing from there to the launch."""
-    lines = [line for line in code[code.index("def call("):].splitlines() if not line.strip().startswith("#")]
-    first: dict[str, int] = {}
-    for i, line in enumerate(lines):
-        for name in re.findall(r"\bbuf\d+\b", line):
-            first.setdefault(name, i)
-    launched = [re.match(r"\s*_per_sample_conv2d_grad\w*\.run\((\w+), (\w+), (\w+),", line) for line in lines]
-    return [m[3] for m in launched if m and first[m[3]] < first.get(m[1], -1)]
-
-
-@pytest.mark.inductor
-@pytest.mark.skipif(DEVICE != "cuda" or not conv_kernels.available(), reason="inductor lowers the op so on CUDA")
-def test_the_kernels_outputs_are_allocated_after_their_operands(monkeypatch, no_fx_graph_cache):
-    """With ops.KERNEL_OUTPUTS_AFTER_OPERANDS the lowering's output buffer waits for the kernel's operands: inductor's
-    memory-aware reordering put an allocation with no inputs anywhere before its launch, and on WRN-16-4 bf16 held
-    layer 1's per-sample gradients through the step's memory peak (sixty-first session). A stack of seven 3×3
-    convolutions under bf16 autocast, every weight term per sample: with the plain allocation (the setting off) some
-    outputs are allocated before their output gradient is computed (the premise); with the setting on, none is, and
-    the gradients are those of the plain allocation (to the roundings of the tiles each run's autotuning picks)."""
-    from torch._inductor.utils import run_and_get_code
-
-    from dpcompile import ops
-
-    def step(after: bool):
-        monkeypatch.setattr(ops, "KERNEL_OUTPUTS_AFTER_OPERANDS", after)
-        torch._dynamo.reset()
-        torch.manual_seed(0)
-        layers = [nn.Conv2d(8, 16, 3, padding=1), nn.ReLU()]
-        for c_in, c_out, stride in ((16, 16, 1), (16, 32, 2), (32, 32, 1), (32, 64, 2), (64, 64, 1), (64, 64, 1)):
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.GroupNorm(4, c_out), nn.ReLU()]
-        model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(64 * 16, 4)).to(DEVICE)
-        x = torch.randn(16, 8, 16, 16, device=DEVICE).to(memory_format=torch.channels_last)
-        with implicit_convs():
-            dp = dpcompile.dpcompile(model, max_grad_norm=1.0, noise_multiplier=0.0, policy="per_sample",
-                                     backend="inductor")
-            with torch.autocast("cuda", torch.bfloat16):
-                out = dp(x)
-            _, codes = run_and_get_code(lambda: out.float().square().sum().backward())
-        code = next(c for c in codes if "_per_sample_conv2d_grad" in c)
-        return allocated_early(code), torch.cat([p.grad.flatten() for p in model.parameters()])
-
-    early, grads = step(True)
-    plain_early, plain_grads = step(False)
-    assert early == []
-    assert plain_early, "the premise: a plain allocation is moved before its operand"
-    assert (grads - plain_grads).norm() <= 1e-2 * plain_grads.norm()  # autotuning may pick another tile per run
 
 
 @pytest.mark.inductor

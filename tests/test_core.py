@@ -360,12 +360,11 @@ def test_a_second_run_finds_the_dp_graphs_in_inductors_cache_and_another_bound_d
     assert users["grads"] == first["grads"]
 
 
-@pytest.mark.parametrize("module, setting", [("conv_kernels", "JOINT_MAX_CHANNELS"),
-                                             ("ops", "KERNEL_OUTPUTS_AFTER_OPERANDS")])
+@pytest.mark.parametrize("module, setting", [("conv_kernels", "JOINT_MAX_CHANNELS")])
 def test_the_cache_key_holds_the_settings_the_lowerings_read(module, setting, monkeypatch):
-    """The kernels' lowering reads conv_kernels.JOINT_MAX_CHANNELS (which tiling a convolution gets) and
-    ops.KERNEL_OUTPUTS_AFTER_OPERANDS (whether a kernel's output waits for its operands) when it generates code: a
-    graph cached under one value must not be served under another, so the key's pass uuid holds each."""
+    """The kernels' lowering reads conv_kernels.JOINT_MAX_CHANNELS (which tiling a convolution gets) when it generates
+    code: a graph cached under one value must not be served under another, so the key's pass uuid holds it (a setting
+    a lowering comes to read goes in this list)."""
     import importlib
 
     from dpcompile import ops

@@ -12,12 +12,12 @@
 # Run alone from the repository root, carry .whl and .gpu (.gpu/peers: ../shared/peers copied):
 #   CALL=1 bash benchmarks/results/2026-12-07-s64/s65_peers.sh
 cd "$(dirname "$0")/../../.."
-export OUT=${OUT:-/tmp/out} PYTHONUNBUFFERED=1
-mkdir -p "$OUT"
-source .ci/gpu-wheels
-python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1
+PREFIX=s65-peers-${CALL:?CALL=1 to 4}
+LIMIT=${LIMIT:-540}
+mkdir -p "${OUT:-/tmp/out}"
+source benchmarks/device_call.sh
 date -u; nvidia-smi --query-gpu=name --format=csv,noheader
-case ${CALL:?CALL=1 to 4} in
+case $CALL in
 1) configs=tv_resnet18_32,timm_vit_s16_224 amp=fp32 ;;
 2) configs=tv_resnet18_224,tv_resnet50_224 amp=fp32 ;;
 3) configs=tv_resnet18_32,timm_vit_s16_224 amp=bf16 ;;
@@ -25,8 +25,8 @@ case ${CALL:?CALL=1 to 4} in
 esac
 methods=compile,dp_auto,fastdp,private_vision,opacus
 [ "$amp" = bf16 ] && methods=compile,dp_auto,fastdp,opacus
-timeout -s INT -k 20 "${LIMIT:-520}" python3 benchmarks/bench.py --configs "$configs" --amp "$amp" \
-    --methods "$methods" --peers .gpu/peers --cudnn-benchmark --budget-seconds $(( ${LIMIT:-520} - 40 )) \
+timeout -s INT -k 20 "$(left)" python3 benchmarks/bench.py --configs "$configs" --amp "$amp" \
+    --methods "$methods" --peers .gpu/peers --cudnn-benchmark --budget-seconds $(( $(left) - 40 )) \
     --out "$OUT" --name "s65-peers-$CALL-$amp" >"$OUT/s65-peers-$CALL.log" 2>&1
 sed -n '/^| model/,/^$/p' "$OUT/s65-peers-$CALL-$amp.md" 2>/dev/null || tail -30 "$OUT/s65-peers-$CALL.log"
 grep -A12 "^## Details" "$OUT/s65-peers-$CALL-$amp.md" 2>/dev/null

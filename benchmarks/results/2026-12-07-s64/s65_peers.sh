@@ -23,11 +23,12 @@ case $CALL in
 3) configs=tv_resnet18_32,timm_vit_s16_224 amp=bf16 ;;
 4) configs=tv_resnet18_224,tv_resnet50_224 amp=bf16 ;;
 esac
+configs=${CONFIGS:-$configs}  # CONFIGS=smoke: a dry run of the script on a CPU
 methods=compile,dp_auto,fastdp,private_vision,opacus
 [ "$amp" = bf16 ] && methods=compile,dp_auto,fastdp,opacus
 timeout -s INT -k 20 "$(left)" python3 benchmarks/bench.py --configs "$configs" --amp "$amp" \
     --methods "$methods" --peers .gpu/peers --cudnn-benchmark --budget-seconds $(( $(left) - 40 )) \
     --out "$OUT" --name "s65-peers-$CALL-$amp" >"$OUT/s65-peers-$CALL.log" 2>&1
-sed -n '/^| model/,/^$/p' "$OUT/s65-peers-$CALL-$amp.md" 2>/dev/null || tail -30 "$OUT/s65-peers-$CALL.log"
+sed -n '/^| model, input, batch | non-DP/,/^$/p' "$OUT/s65-peers-$CALL-$amp.md" 2>/dev/null || tail -30 "$OUT/s65-peers-$CALL.log"
 grep -A12 "^## Details" "$OUT/s65-peers-$CALL-$amp.md" 2>/dev/null
 date -u

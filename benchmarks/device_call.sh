@@ -1,7 +1,7 @@
 # Sourced by a one-off device call script (benchmarks/results/<date>-<card>-sN/*.sh) from the repository root, after
 # it sets PREFIX (the call's name, e.g. s31-call2) and, if it wants, LIMIT and OUT, each on a line of its own (an
 # assignment in front of `source` lasts only as long as the sourcing): the carried wheels and this checkout installed,
-# and
+# the call's date, card and torch version printed, and
 #   run LABEL SECONDS COMMAND...  runs COMMAND under a time cap (skipped when less than half of SECONDS is left of
 #                                 LIMIT), logs it to $OUT/$PREFIX-<label>.log and appends the log's last line, a
 #                                 dp_throughput.py result without its per-product list, to $OUT/$PREFIX.jsonl;
@@ -24,6 +24,9 @@ set -u
 export OUT=${OUT:-/tmp/out} PYTHONUNBUFFERED=1
 source .ci/gpu-wheels
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1
+date -u
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+python3 -c 'import torch; print("torch", torch.__version__)'
 start=$(date +%s)
 LIMIT=${LIMIT:-540}
 touch "$OUT/$PREFIX.jsonl"

@@ -11,9 +11,6 @@ cd "$(dirname "$0")/../../.."
 PREFIX=s63-call1
 LIMIT=${LIMIT:-420}
 source benchmarks/device_call.sh
-date -u
-nvidia-smi --query-gpu=name --format=csv,noheader
-python3 -c "import torch; print(torch.__version__)"
 SETTINGS=("default" "reorder_for_peak_memory=False" "memory_planning=True")
 peaks() {  # LABEL CAP ARGS: the DP peak under each setting (and non-private compile's, default), in the background
     local label=$1 cap=$2

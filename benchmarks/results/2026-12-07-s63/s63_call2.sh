@@ -7,7 +7,6 @@ cd "$(dirname "$0")/../../.."
 PREFIX=s63-call2
 LIMIT=${LIMIT:-300}
 source benchmarks/device_call.sh
-date -u
 gpu_tests "tests/test_conv_kernels.py tests/test_gram_kernels.py" "inductor or lowered or launches or graphs" 8 200
 cfg="--profile --amp bf16 --model wrn16_4 --size 32 --batch 256"
 TORCHINDUCTOR_CACHE_DIR=/tmp/c-dp run "wrn bf16 auto" 50 python3 benchmarks/dp_throughput.py $cfg --policy auto

@@ -12,8 +12,6 @@ cd "$(dirname "$0")/../../.."
 PREFIX=s64-part${PART:?PART=1 or PART=2}
 LIMIT=${LIMIT:-570}
 source benchmarks/device_call.sh
-date -u
-nvidia-smi --query-gpu=name --format=csv,noheader
 if [ "$PART" = 1 ]; then
     suite fp32 resnet18_gn 32 256 110
     suite bf16 resnet18_gn 32 256 120

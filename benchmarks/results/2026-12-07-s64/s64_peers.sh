@@ -9,15 +9,14 @@
 # Run alone from the repository root, carry .whl (with .whl/hf: transformers and its dependencies, which fastDP
 # imports) and .gpu (.gpu/peers: ../shared/peers copied).
 cd "$(dirname "$0")/../../.."
-export OUT=${OUT:-/tmp/out} PYTHONUNBUFFERED=1
-mkdir -p "$OUT"
-source .ci/gpu-wheels
-python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1
-date -u; nvidia-smi --query-gpu=name --format=csv,noheader
-python3 -c 'import torch, transformers, opacus; print(torch.__version__, transformers.__version__, opacus.__version__)'
-timeout -s INT -k 20 "${LIMIT:-520}" python3 benchmarks/bench.py --configs vit_s16_224,resnet50_224 \
+PREFIX=s64-peers
+LIMIT=${LIMIT:-520}
+mkdir -p "${OUT:-/tmp/out}"
+source benchmarks/device_call.sh
+python3 -c 'import transformers, opacus; print("transformers", transformers.__version__, "opacus", opacus.__version__)'
+timeout -s INT -k 20 "$(left)" python3 benchmarks/bench.py --configs vit_s16_224,resnet50_224 \
     --methods compile,dp_auto,fastdp,opacus_oop --peers .gpu/peers --cudnn-benchmark \
-    --budget-seconds $(( ${LIMIT:-520} - 40 )) --out "$OUT" --name s64-peers-fp32 >"$OUT/s64-peers.log" 2>&1
-grep -v "^\[" "$OUT/s64-peers.md" 2>/dev/null | head -40 || tail -30 "$OUT/s64-peers.log"
-tail -5 "$OUT/s64-peers.log"
+    --budget-seconds $(( $(left) - 40 )) --out "$OUT" --name s64-peers-fp32 >"$OUT/s64-peers.log" 2>&1
+sed -n '/^| model, input, batch | non-DP/,/^$/p' "$OUT/s64-peers-fp32.md" 2>/dev/null || tail -30 "$OUT/s64-peers.log"
+grep -A12 "^## Details" "$OUT/s64-peers-fp32.md" 2>/dev/null
 date -u

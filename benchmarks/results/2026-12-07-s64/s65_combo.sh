@@ -12,7 +12,6 @@ cd "$(dirname "$0")/../../.."
 PREFIX=s65-combo
 LIMIT=${LIMIT:-560}
 source benchmarks/device_call.sh
-date -u; nvidia-smi --query-gpu=name --format=csv,noheader
 t="python3 benchmarks/dp_throughput.py --profile --amp fp32 --model resnet18_gn --size 32 --batch 256 --policy auto"
 for round in 1 2; do
     TORCHINDUCTOR_CACHE_DIR=/tmp/c-default-$round run "default $round" 120 $t

@@ -13,7 +13,6 @@ PREFIX=s65-largest-${CONFIG:?CONFIG=resnet18_32, wrn16_4_32, resnet18_224, resne
 LIMIT=${LIMIT:-560}
 mkdir -p "${OUT:-/tmp/out}"
 source benchmarks/device_call.sh
-date -u; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 timeout -s INT -k 20 "$(left)" python3 benchmarks/bench.py --configs "$CONFIG" --methods dp_auto,compile \
     --largest-batch dp_auto,compile --largest-batch-seconds 200 --cudnn-benchmark \
     --budget-seconds $(( $(left) - 40 )) --out "$OUT" --name "$PREFIX" >"$OUT/$PREFIX.log" 2>&1

@@ -16,7 +16,6 @@ PREFIX=s65-peers-${CALL:?CALL=1 to 4}
 LIMIT=${LIMIT:-540}
 mkdir -p "${OUT:-/tmp/out}"
 source benchmarks/device_call.sh
-date -u; nvidia-smi --query-gpu=name --format=csv,noheader
 case $CALL in
 1) configs=tv_resnet18_32,timm_vit_s16_224 amp=fp32 ;;
 2) configs=tv_resnet18_224,tv_resnet50_224 amp=fp32 ;;

@@ -212,20 +212,27 @@ def add_graph_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grouped-tf32-convs", action="store_true",
                    help="dp: TF32 per-sample convolution terms in the grouped form on cuDNN's TF32, on CUDA "
                         "(passes.rules.conv.GROUPED_TF32_CONV_DEVICES; off by default)")
+    p.add_argument("--foreach-release", action="store_true",
+                   help="dp: the released gradients as one horizontally fused group for inductor, on CUDA "
+                        "(passes.rewrite.FOREACH_RELEASE_DEVICES; off by default)")
 
 
 @contextlib.contextmanager
 def graph_options(args: argparse.Namespace):
     """add_graph_options' settings for the captures and compilations inside (passes.rules.conv.GHOST_ON_GRID,
-    FUSED_GRAM_CONV_DEVICES, GROUPED_TF32_CONV_DEVICES and bounds.FUSED_GRAM_DTYPES are read as each capture is
-    rewritten), put back after."""
+    FUSED_GRAM_CONV_DEVICES, GROUPED_TF32_CONV_DEVICES, bounds.FUSED_GRAM_DTYPES and rewrite.FOREACH_RELEASE_DEVICES
+    are read as each capture is rewritten), put back after."""
+    from dpcompile.passes import rewrite
     from dpcompile.passes.rules import bounds, conv
-    before = conv.GHOST_ON_GRID, conv.FUSED_GRAM_CONV_DEVICES, conv.GROUPED_TF32_CONV_DEVICES, bounds.FUSED_GRAM_DTYPES
+    before = (conv.GHOST_ON_GRID, conv.FUSED_GRAM_CONV_DEVICES, conv.GROUPED_TF32_CONV_DEVICES,
+              bounds.FUSED_GRAM_DTYPES, rewrite.FOREACH_RELEASE_DEVICES)
     conv.GHOST_ON_GRID = args.ghost_on_grid
     if args.fused_gram_convs:
         conv.FUSED_GRAM_CONV_DEVICES = ("cuda",)
     if args.grouped_tf32_convs:
         conv.GROUPED_TF32_CONV_DEVICES = ("cuda",)
+    if args.foreach_release:
+        rewrite.FOREACH_RELEASE_DEVICES = ("cuda",)
     if args.fused_gram_dtypes is not None:
         names = [] if args.fused_gram_dtypes == "none" else args.fused_gram_dtypes.split(",")
         bounds.FUSED_GRAM_DTYPES = tuple(getattr(torch, name) for name in names)
@@ -234,7 +241,7 @@ def graph_options(args: argparse.Namespace):
             yield
     finally:
         (conv.GHOST_ON_GRID, conv.FUSED_GRAM_CONV_DEVICES, conv.GROUPED_TF32_CONV_DEVICES,
-         bounds.FUSED_GRAM_DTYPES) = before
+         bounds.FUSED_GRAM_DTYPES, rewrite.FOREACH_RELEASE_DEVICES) = before
 
 
 def inductor_settings(pairs: list[str]) -> dict:
@@ -317,7 +324,7 @@ def train(args, device: torch.device, world: int, rank: int) -> dict:
               "per_sample_tf32": args.per_sample_tf32, "ghost_tf32": args.ghost_tf32, "dynamic": args.dynamic,
               "ghost_on_grid": args.ghost_on_grid, "fused_gram_dtypes": args.fused_gram_dtypes,
               "fused_gram_convs": args.fused_gram_convs, "grouped_tf32_convs": args.grouped_tf32_convs,
-              "batch_bucket": args.batch_bucket, "auto_extra_memory": args.auto_extra_memory,
+              "foreach_release": args.foreach_release, "batch_bucket": args.batch_bucket, "auto_extra_memory": args.auto_extra_memory,
               "inductor_config": inductor_settings(args.inductor_config)}
     result["host_ms"] = round(1000 * statistics.median(host), 2)
     if sizes:  # the timed steps: all of them, and those at a size seen before (no new recording or compile)

@@ -448,3 +448,41 @@ def stride_order(stride: list) -> list[int]:
     for rank, dim in enumerate(fill):
         order[dim] = rank
     return order
+
+
+# The released gradients as one group for inductor (passes.rewrite.FOREACH_RELEASE_DEVICES): each parameter's finish
+# ((scale·clipped + noise) / n, a pointwise kernel of its own wherever its clipped sum is an extern kernel's output: a
+# convolution's weight gradient, a matrix product) is registered as one horizontally fused list, as inductor does
+# for a `torch._foreach_*` op's outputs, so that its Triton backend launches them as a few combo kernels instead of
+# one kernel each. The values are the finishes' own (no arithmetic here); eagerly, copies.
+_LIB.define("released(Tensor[] grads) -> Tensor[]")
+_LIB.impl("released", lambda grads: [g.clone() for g in grads], "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("dpcompile::released", lib=_LIB)
+def _(grads):
+    return [g.new_empty_strided(g.shape, g.stride()) for g in grads]
+
+
+def lower_released() -> None:
+    """Inductor lowers dpcompile::released to its operands, realized and registered as one list of operations
+    (GraphLowering.register_operation_list, what its foreach lowerings do) where the device's backend fuses such lists
+    (BackendFeature.FOREACH: Triton's); elsewhere (the C++ backend) the operands as they are (once per process)."""
+    from torch._inductor import ir
+    from torch._inductor.codegen.common import BackendFeature
+    from torch._inductor.lowering import lowerings, register_lowering
+    from torch._inductor.virtualized import V
+    if torch.ops.dpcompile.released.default in lowerings:
+        return
+
+    @register_lowering(torch.ops.dpcompile.released.default, type_promotion_kind=None)
+    def _(grads):
+        names = []
+        for g in grads:
+            if V.graph.has_feature(g.get_device(), BackendFeature.FOREACH) and isinstance(g, ir.TensorBox):
+                g.realize()
+                if isinstance(g.data, ir.StorageBox) and isinstance(g.data.data, ir.ComputedBuffer):
+                    names.append(g.data.data.get_operation_name())
+        if len(names) > 1:
+            V.graph.register_operation_list(names)
+        return list(grads)

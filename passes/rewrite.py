@@ -17,7 +17,8 @@ import torch
 import torch.fx as fx
 
 from dpcompile.errors import ConfigError
-from dpcompile.ops import lower_gram_sums, lower_half_bmm, lower_per_sample_conv2d_grad, lower_stored_as_inductor_pin
+from dpcompile.ops import (lower_gram_sums, lower_half_bmm, lower_per_sample_conv2d_grad, lower_released,
+                           lower_stored_as_inductor_pin)
 
 from .emit import emit, fresh_value, graph_module, with_provenance
 from .export import to_networkx
@@ -31,6 +32,12 @@ from .rules.layout import CASTS, ORDER_PRESERVING, PERMUTES, to_sample_shape
 from .shapes import reduced_count
 
 STORE = torch.ops.dpcompile.stored.default
+RELEASED = torch.ops.dpcompile.released.default
+# Devices where inductor lowers the released gradients as one horizontally fused group (dpcompile.ops.released: the
+# finishes that stand alone, after a clipped sum from an extern kernel, launched as a few combo kernels instead of one
+# kernel each). Off until CUDA runs it: the values are the same (the group adds no arithmetic), what is to be
+# measured is the launches and the step's time (benchmarks/NOTES.md, sixty-fifth session).
+FOREACH_RELEASE_DEVICES: tuple[str, ...] = ()
 
 aten = torch.ops.aten
 
@@ -69,6 +76,7 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         lower_per_sample_conv2d_grad()
         lower_half_bmm()
         lower_gram_sums()
+        lower_released()
     terms: dict[fx.Node, tuple] = {}
     released: dict[fx.Node, fx.Node] = {}  # a term's clipped sum, and the ops after it, by the original node
     for node in gm.graph.nodes:  # the graph's own values: everything but the release's chain
@@ -122,6 +130,8 @@ def rewrite_backward(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     for p in params:
         outputs[p.output_index] = released[gm.graph.output_node().args[0][p.output_index]]
     finals = emit_finish(graph, spec, next(iter(clip.values())), [outputs[p.output_index] for p in params], dropped)
+    if ctx.inductor and len(finals) > 1 and finals[0].meta["val"].device.type in FOREACH_RELEASE_DEVICES:
+        finals = emit(graph, lambda *gs: RELEASED(list(gs)), finals, "dp_released")
     for p, final in zip(params, finals):
         outputs[p.output_index] = final
     graph.output(tuple(outputs))

@@ -276,9 +276,11 @@ def test_dp_throughput_runs_on_a_cpu_with_phases_and_the_allreduce_timer():
     default = bounds.FUSED_GRAM_DTYPES, conv.FUSED_GRAM_CONV_DEVICES
     fused = module.main(["--model", "small_cnn", "--size", "8", "--batch", "3", "--steps", "1", "--warmup", "1",
                          "--backend", "eager", "--device", "cpu", "--fused-gram-dtypes", "bfloat16,float32",
-                         "--fused-gram-convs", "--grouped-tf32-convs"])
+                         "--fused-gram-convs", "--grouped-tf32-convs", "--foreach-release"])
     assert fused["fused_gram_dtypes"] == "bfloat16,float32" and fused["fused_gram_convs"]
     assert fused["grouped_tf32_convs"] and not conv.GROUPED_TF32_CONV_DEVICES
+    from dpcompile.passes import rewrite
+    assert fused["foreach_release"] and not rewrite.FOREACH_RELEASE_DEVICES
     assert (bounds.FUSED_GRAM_DTYPES, conv.FUSED_GRAM_CONV_DEVICES) == default  # put back after
 
 

@@ -1,5 +1,5 @@
-"""dpcompile::released (passes.rewrite.FOREACH_RELEASE_DEVICES, off until timed on CUDA): the released gradients
-registered with inductor as one horizontally fused group, so that the finishes ((scale·clipped + noise) / n) that
+"""dpcompile::released (passes.rewrite.FOREACH_RELEASE_DEVICES, off until its host time is measured): the released
+gradients registered with inductor as one horizontally fused group, so that the finishes ((scale·clipped + noise) / n) that
 stand alone after an extern kernel's clipped sum launch as a few combo kernels. The group adds no arithmetic: the
 gradients are torch.func's clipped sums in float64 (both clip branches, two batch sizes through one capture) and, with
 noise on, the ungrouped release's under the same seed; on CUDA the generated code launches them as `triton_for_fused`

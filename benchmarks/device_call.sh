@@ -18,7 +18,9 @@
 #   gpu_tests FILES K WORKERS SECONDS
 #                                 runs .ci/gpu inductor on the tests of FILES that `-k K` selects, WORKERS workers,
 #                                 at most SECONDS (and what is left of LIMIT; each test at most 10 s less), logs in
-#                                 $OUT/tests/, and prints its result lines (passed, failed, errors, the summary).
+#                                 $OUT/tests/, and prints its result lines (passed, failed, errors, the summary);
+#   launches GLOB                 prints, for each of the call's logs that GLOB names ($OUT/$PREFIX-GLOB.log), the
+#                                 kernel launches a step of its --profile (cuLaunchKernel calls over 5 steps).
 # LIMIT (seconds, default 540) counts from sourcing.
 set -u
 export OUT=${OUT:-/tmp/out} PYTHONUNBUFFERED=1
@@ -49,6 +51,13 @@ except Exception as e:
 }
 
 mark() { touch /tmp/device-call-mark; }
+
+launches() {
+    local log
+    for log in "$OUT"/$PREFIX-$1.log; do
+        echo "$(basename "$log"): $(grep -m1 -E '^ +cuLaunchKernel ' "$log" | awk '{print $NF / 5}') cuLaunchKernel a step"
+    done
+}
 
 suite() {
     local t="python3 benchmarks/dp_throughput.py --profile --amp $1 --model $2 --size $3 --batch $4"

@@ -477,12 +477,13 @@ def lower_released() -> None:
 
     @register_lowering(torch.ops.dpcompile.released.default, type_promotion_kind=None)
     def _(grads):
+        if not V.graph.has_feature(grads[0].get_device(), BackendFeature.FOREACH):
+            return list(grads)
         names = []
         for g in grads:
-            if V.graph.has_feature(g.get_device(), BackendFeature.FOREACH) and isinstance(g, ir.TensorBox):
-                g.realize()
-                if isinstance(g.data, ir.StorageBox) and isinstance(g.data.data, ir.ComputedBuffer):
-                    names.append(g.data.data.get_operation_name())
+            g.realize()
+            if isinstance(g.data, ir.StorageBox) and isinstance(g.data.data, ir.ComputedBuffer):
+                names.append(g.data.data.get_operation_name())
         if len(names) > 1:
             V.graph.register_operation_list(names)
         return list(grads)

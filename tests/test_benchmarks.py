@@ -514,8 +514,9 @@ def test_device_call_helpers_cap_log_and_keep(tmp_path):
     cap is left of LIMIT, keep copies only the generated modules with DP nodes written since the last mark, and
     summary prints a line per result (none for a non-JSON one), suite runs a config's compile and `auto` from caches
     of their own, and gpu_tests hands .ci/gpu its files, -k expression, workers and limits (capped by what is left
-    of LIMIT) and prints only its result lines. Run here in a folder whose .ci/gpu-wheels, .ci/gpu and
-    benchmarks/dp_throughput.py are stubs (the call's installs do nothing; the others echo what they got)."""
+    of LIMIT) and prints only its result lines, and launches reads a profiled log's launches a step. Run here in a
+    folder whose .ci/gpu-wheels, .ci/gpu and benchmarks/dp_throughput.py are stubs (the call's installs do nothing;
+    the others echo what they got)."""
     import subprocess
     (tmp_path / ".ci").mkdir()
     (tmp_path / ".ci" / "gpu-wheels").write_text("echo wheels\n")
@@ -539,6 +540,8 @@ python3 -c 'print("z" * 30000)' > {cache}/other.py
 keep kept
 summary
 (LIMIT=200; suite bf16 wrn 32 8 10) > /dev/null  # its compile run caps at 80 s: LIMIT 20 would skip it
+printf '    cuLaunchKernel   9.04%%   24.663ms   12.845us   1920\n' > {out}/t-call-profiled.log
+launches "prof*" > {out}/launches.txt
 gpu_tests "tests/a.py tests/b.py" "x or (y and z)" 3 500
 """
     done = subprocess.run(["bash", "-c", script], cwd=tmp_path, check=True, capture_output=True, text=True,
@@ -556,3 +559,4 @@ gpu_tests "tests/a.py tests/b.py" "x or (y and z)" 3 500
     assert (out / "t-call-a_b.log").read_text().startswith("log")
     assert not (out / "t-call-too_long.log").exists()
     assert sorted(p.name for p in (out / "kept").iterdir()) == ["after.py.gz"]
+    assert (out / "launches.txt").read_text() == "t-call-profiled.log: 384 cuLaunchKernel a step\n"

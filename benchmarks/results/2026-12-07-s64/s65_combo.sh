@@ -19,7 +19,5 @@ for round in 1 2; do
 done
 TORCHINDUCTOR_CACHE_DIR=/tmp/c-np run "compile" 60 $t --method compile
 summary
-for log in "$OUT"/$PREFIX-*.log; do
-    echo "$(basename "$log"): $(grep -m1 -E '^ +cuLaunchKernel ' "$log" | awk '{print $NF / 5}') cuLaunchKernel a step"
-done
+launches "*"
 date -u

@@ -43,7 +43,5 @@ case $CALL in
    TORCHINDUCTOR_CACHE_DIR=/tmp/c-np run "compile" 100 $t --method compile ;;
 esac
 summary
-for log in "$OUT"/$PREFIX-*.log; do
-    echo "$(basename "$log"): $(grep -m1 -E '^ +cuLaunchKernel ' "$log" | awk '{print $NF / 5}') cuLaunchKernel a step"
-done
+launches "*"
 date -u

@@ -19,7 +19,5 @@ t="python3 benchmarks/dp_throughput.py --profile --amp fp32 --model resnet50_gn 
 TORCHINDUCTOR_CACHE_DIR=/tmp/r50-off run "r50 off" 170 $t
 TORCHINDUCTOR_CACHE_DIR=/tmp/r50-on run "r50 on" 170 $t --foreach-release
 summary
-for log in "$OUT"/$PREFIX-r50*.log; do
-    echo "$(basename "$log"): $(grep -m1 -E '^ +cuLaunchKernel ' "$log" | awk '{print $NF / 5}') cuLaunchKernel a step"
-done
+launches "r50*"
 date -u

@@ -45,6 +45,15 @@ for grouped in (False, True):
     print(f"grouped={grouped}: first steps {time.perf_counter() - start:.1f} s", flush=True)
     steps[grouped] = step
 rewrite.FOREACH_RELEASE_DEVICES = ()
+if device == "cuda":  # that the group is in effect: each variant's kernels in one step, and its combo kernels among them
+    from torch.profiler import ProfilerActivity, profile
+    for grouped in (False, True):
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            steps[grouped]()
+            sync()
+        kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        print(f"grouped={grouped}: {len(kernels)} device events a step, "
+              f"{sum('triton_for_fused' in k for k in kernels)} of them combo kernels (triton_for_fused)", flush=True)
 times = {False: [], True: []}
 for block in range(8):
     for grouped in ((False, True) if block % 2 == 0 else (True, False)):

@@ -10,7 +10,7 @@
 # Run alone from the repository root, carry .whl:   bash benchmarks/results/2026-12-07-s66/s66_interleaved.sh
 cd "$(dirname "$0")/../../.."
 PREFIX=s66-interleaved
-LIMIT=${LIMIT:-570}
+LIMIT=${LIMIT:-500}
 source benchmarks/device_call.sh
 export PROFILE=1
 for config in "resnet18_gn 32 256" "resnet50_gn 224 32"; do

@@ -58,8 +58,10 @@ def test_grouped_release_is_the_ungrouped_one(policy, monkeypatch, no_fx_graph_c
     assert combos == ([True, False] if DEVICE == "cuda" else [False, False])
 
 
-@pytest.mark.parametrize("policy", ["ghost", "per_sample", "mixed"])
+@pytest.mark.parametrize("policy", [pytest.param("ghost", marks=SLOW_ON_CPU),
+                                    pytest.param("per_sample", marks=SLOW_ON_CPU), "mixed"])
 def test_grouped_release_matches_the_reference(policy, grouped, no_fx_graph_cache):
     """torch.func's clipped sums in float64 over two batch sizes through one capture, R between the samples' norms
-    (both branches of the clip)."""
+    (both branches of the clip). On the CPU (no foreach fusion: the lowering passes its operands on) the default suite
+    keeps `mixed`, which has ghost and per-sample terms; the slow tier has the other two."""
     check_against_reference(CNN, policy=policy, backend="inductor", batches=(3, 5))

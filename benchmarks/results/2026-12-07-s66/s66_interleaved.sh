@@ -7,13 +7,14 @@
 # not slower on both.
 # Predicted: medians within ±2% on ResNet-18 (−14 launches of 384); ResNet-50 (−99 of 865) 0–5% faster if the host
 # bounds its step and a combo kernel's launch costs no more Python than a plain one's.
-# Run alone from the repository root, carry .whl:   bash benchmarks/results/2026-12-07-s66/s66_interleaved.sh
+# CONFIGS="resnet50_gn 224 32" runs one (comma-separated list). Run alone from the repository root, carry .whl:   bash benchmarks/results/2026-12-07-s66/s66_interleaved.sh
 cd "$(dirname "$0")/../../.."
 PREFIX=s66-interleaved
 LIMIT=${LIMIT:-500}
 source benchmarks/device_call.sh
 export PROFILE=1
-for config in "resnet18_gn 32 256" "resnet50_gn 224 32"; do
+IFS=, read -ra configs <<< "${CONFIGS:-resnet18_gn 32 256,resnet50_gn 224 32}"
+for config in "${configs[@]}"; do
     set -- $config
     log="$OUT/$PREFIX-$1.log"
     echo "== $config $(date -u +%T)"

@@ -900,6 +900,58 @@ def test_gradients_of_the_raw_model_are_refused():
         opt.step()
 
 
+GRADIENTS_HELD = {  # what .grad holds when the DP backward (or the step) comes: none of it was clipped or noised
+    "backward_before_dpcompile": "before",  # a sanity check or public warm-up of the model, without zero_grad
+    "set_by_hand": "after",
+    "raw_backward_then_clipped": "after",  # the wrapped model called directly, then an in-place op on .grad
+    "copied_in_after_a_step": "step",  # no backward at all: the last step's release overwritten by hand
+}
+
+
+@pytest.mark.parametrize("how", sorted(GRADIENTS_HELD))
+def test_gradients_held_before_the_dp_backward_are_refused(how):
+    """Autograd adds a backward's gradient to what .grad holds. A .grad that was not the one recorded after the
+    last accumulation counted as cleared, so a raw gradient left in it (a backward of the model before dpcompile,
+    .grad set by hand, the wrapped model's gradient modified in place) reached the step summed with the noisy
+    release: 378 and 10.7 here against R = 1, applied with no error. Refused now, naming the parameter; zeros
+    (opt.zero_grad(set_to_none=False)) stay fine, with or without a backward before the step."""
+    model, x, y = mlp(), *data(4)
+    x = x * 100
+    when = GRADIENTS_HELD[how]
+    if when == "before":
+        squared_error(model(x), y, "sum").backward()
+    model, dp = make(model)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    if how == "set_by_hand":
+        for p in model.parameters():
+            p.grad = torch.full_like(p, 50.0)
+    elif how == "raw_backward_then_clipped":
+        squared_error(model(x), y, "sum").backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1e6)
+    squared_error(dp(x), y, "sum").backward()
+    if when == "step":
+        opt.step()
+        raw = torch.autograd.grad(squared_error(model(x), y, "sum"), list(model.parameters()))
+        for p, g in zip(model.parameters(), raw):
+            p.grad.copy_(g)
+    before = params(model)
+    with pytest.raises(ReleaseError, match="'0.weight' holds values that no DP backward released.*zero_grad"):
+        opt.step()
+    assert unchanged(model, before)
+    opt.zero_grad(set_to_none=False)
+    opt.step()  # zeros, no backward since
+    squared_error(dp(x), y, "sum").backward()
+    opt.step()
+    assert not unchanged(model, before)
+    for p in model.parameters():  # held again, and cleared in place after the DP backward: zeros are applied
+        p.grad = torch.full_like(p, 50.0)
+    squared_error(dp(x), y, "sum").backward()
+    opt.zero_grad(set_to_none=False)
+    before = params(model)
+    opt.step()
+    assert unchanged(model, before)
+
+
 @pytest.mark.parametrize("outside", ["data_use", "penalty", "data_use_first"])
 def test_a_parameter_also_used_outside_the_dp_model_in_the_same_backward_is_refused(outside):
     """The outside gradient would reach .grad summed with the release, neither clipped nor noised: refused at

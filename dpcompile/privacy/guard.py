@@ -65,9 +65,14 @@ class GradState:
         self.version = -1
         self.continuing = False
         self.noisy = self.unnoised = self.raw = self.mixed = self.stale = 0
+        self.releases = 0  # noisy releases accumulated into .grad, by any engine, ever (never reset)
         self.unnoised_in: tuple[int, int] | None = None  # (engine handle, generation) of the un-noised sums held
         self.expected: tuple[int, torch.Tensor] | None = None  # (graph task, what the DP backward released)
         self.arrived_mixed = False  # the gradient arriving now has more than the release in it
+        # what a .grad that does not continue the recorded one held as the accumulation began: a 0-d bool tensor
+        # (any value not zero), read at the step, not in the backward (no host sync per parameter); False: nothing
+        self.held: torch.Tensor | bool = False
+        self.foreign: torch.Tensor | bool = False  # the same, for the gradients accumulated since the last reset
 
     def live_engines(self) -> list[TaskOwner]:
         """The parameter's engines still alive, in creation order."""
@@ -97,6 +102,15 @@ class GradState:
     def reset(self) -> None:
         self.noisy = self.unnoised = self.raw = self.mixed = self.stale = 0
         self.unnoised_in = None
+        self.foreign = False
+
+    def look_at_held(self, grad: torch.Tensor | None) -> None:
+        """Before an accumulation into `grad` (.grad now): does it continue what was recorded? If not, and it is a
+        tensor, autograd adds the arriving gradient to whatever it holds: zeros (opt.zero_grad(set_to_none=False))
+        are fine; anything else (a backward of the wrapped model before dpcompile, .grad set or written by hand)
+        would reach the step summed with the release, neither clipped nor noised."""
+        self.continuing = self.same_grad(grad)
+        self.held = False if grad is None or self.continuing else grad.detach().ne(0).any()
 
     def accumulated(self, kind: str, generation: tuple[int, int] | None = None) -> None:
         """One backward's gradient added: a noisy one absorbs the un-noised micro-steps before it, if they belong to
@@ -106,12 +120,15 @@ class GradState:
         the earlier logical step to this one (sensitivity 2R)."""
         if not self.continuing:
             self.reset()
+            self.foreign = self.held
+        self.held = False
         self.mixed += self.arrived_mixed
         self.arrived_mixed = False
         if kind == NOISY:
             if self.unnoised and (generation is None or self.unnoised_in != (generation[0], generation[1] - 1)):
                 self.stale += 1
             self.noisy, self.unnoised = self.noisy + 1, 0
+            self.releases += 1
         elif kind == UNNOISED:
             if not self.unnoised:
                 self.unnoised_in = generation
@@ -128,9 +145,21 @@ class GradState:
         self.arrived_mixed = expected is not None and expected[0] == task and grad is not expected[1] \
             and not torch.equal(grad, expected[1])
 
+    def one_release(self) -> bool:
+        """The counts since the last reset are one noisy release and nothing else."""
+        return self.noisy == 1 and not (self.mixed or self.raw or self.unnoised or self.stale)
+
     def problem(self) -> str | None:
-        """Why .grad may not be applied, or None."""
-        if self.noisy == 1 and not (self.mixed or self.raw or self.unnoised or self.stale):  # the usual case, first
+        """Why .grad may not be applied, or None (the step's checks read the held values of all at once first:
+        look_at_changed)."""
+        if self.foreign is not False and bool(self.foreign):
+            self.foreign = True
+            return (f"the gradient of parameter '{self.name}' holds values that no DP backward released (left by a "
+                    "backward of the wrapped model before dpcompile, or .grad set or written in place by hand since "
+                    "the last step, a DP backward then adding its release to them): they are neither clipped nor "
+                    "noised. Clear the gradients (opt.zero_grad()) before the DP backward")
+        self.foreign = False
+        if self.one_release():  # the usual case, first
             return None
         if self.stale:
             return (f"the gradient of parameter '{self.name}' holds clipped sums of micro-steps of an earlier "
@@ -193,7 +222,7 @@ def hook_parameter(p: torch.Tensor, state: GradState) -> None:
     @torch._dynamo.disable  # hooks run as written, never traced (a backward inside a user's torch.compile'd code)
     def before(grad):
         param = ref()
-        state.continuing = param is not None and state.same_grad(param.grad)
+        state.look_at_held(None if param is None else param.grad)
         state.arrived(grad, torch._C._current_graph_task_id())
 
     @unserializable_hook
@@ -320,7 +349,7 @@ def released_outside_backward(state: GradState, p: torch.Tensor, z: torch.Tensor
         p.grad = z
     elif z is not None:
         p.grad.add_(z)
-    state.arrived_mixed = False
+    state.arrived_mixed, state.held = False, False
     state.accumulated(NOISY, generation)
     state.record(p.grad)
 
@@ -516,7 +545,9 @@ def check_step(optimizer: torch.optim.Optimizer) -> None:
         return
     refuse_outside_gradients(optimizer)
     engines: dict[int, TaskOwner] = {}
-    for p, state, its_engines in tracked_params(optimizer):
+    tracked = list(tracked_params(optimizer))
+    look_at_changed([(p, state) for p, state, _ in tracked if p.grad is not None])
+    for p, state, its_engines in tracked:
         for engine in its_engines:
             engines[id(engine)] = engine
         if p.grad is None:
@@ -531,6 +562,42 @@ def check_step(optimizer: torch.optim.Optimizer) -> None:
     for engine in sorted(engines.values(), key=lambda e: e.handle):  # data parallel: Σ over ranks (noise: rank 0's)
         for p in engine.reduce():
             _TRACKED[id(p)].record(p.grad)
+
+
+def look_at_changed(grads: list[tuple[torch.Tensor, GradState]]) -> None:
+    """Before the step's checks: what .grad holds where it was written in place since its last accumulation or step
+    (opt.zero_grad(set_to_none=False), clip_grad_norm_, a copy_ by hand) and its counts are not one clean noisy
+    release (that release post-processed in place, by clipping say, is fine whatever it holds), and what an accumulation
+    found in a .grad it did not continue (GradState.look_at_held), read with one host sync per device, not one per
+    parameter. Zeros apply nothing, whatever was counted before (the counts start afresh); values where nothing was
+    accumulated since the last step, or found under an accumulation, were released by no DP backward
+    (GradState.foreign)."""
+    changed = [(p, state) for p, state in grads if (state.foreign is not False or not state.one_release())
+               and state.grad is not None and state.grad() is p.grad and p.grad._version != state.version]
+    held = [state for _, state in grads if isinstance(state.foreign, torch.Tensor)]
+    found = any_nonzero([p.grad.detach() for p, _ in changed] + [state.foreign for state in held])
+    for (p, state), nonzero in zip(changed, found):
+        if not nonzero:
+            state.reset()
+            state.record(p.grad)
+        elif not (state.noisy or state.unnoised or state.raw):
+            state.foreign = True
+    for state, nonzero in zip(held, found[len(changed):]):
+        if isinstance(state.foreign, torch.Tensor):  # (not just reset: zeros now)
+            state.foreign = nonzero
+
+
+def any_nonzero(tensors: list[torch.Tensor]) -> list[bool]:
+    """Whether each tensor has a value other than zero (a bool tensor: is True), one host read per device."""
+    by_device: dict[torch.device, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_device.setdefault(t.device, []).append(i)
+    found = [False] * len(tensors)
+    for device, indices in by_device.items():
+        flags = torch.stack([tensors[i].ne(0).any() for i in indices]).tolist()
+        for i, flag in zip(indices, flags):
+            found[i] = flag
+    return found
 
 
 @torch._dynamo.disable
@@ -571,6 +638,11 @@ def engines_of(params: Iterable[torch.Tensor]) -> list[TaskOwner]:
         for engine in state.live_engines() if state is not None else []:
             found[id(engine)] = engine
     return sorted(found.values(), key=lambda e: e.handle)
+
+
+def releases_of(params: Iterable[torch.Tensor]) -> int:
+    """The most noisy releases any of these parameters has had, from any DP model, live or gone."""
+    return max((state.releases for p in params if (state := state_of(p)) is not None), default=0)
 
 
 def guarded_params(engine: TaskOwner) -> list[tuple[str, torch.Tensor]]:

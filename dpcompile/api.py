@@ -51,7 +51,7 @@ class DPModel(nn.Module):
         self.module = model
         self.config = config
         self.privacy = PrivacyEngine(config, **privacy)  # the one owner of the privacy state
-        warn_if_already_trained(model)
+        warn_if_already_trained(model, self.privacy)
         _MODELS_MADE[0] += 1
         self.privacy.track((n, p) for n, p in model.named_parameters() if p.requires_grad)
         weakref.finalize(self, self.privacy.untrack)  # Dynamo's backend cache outlives us; the guard must not
@@ -63,6 +63,7 @@ class DPModel(nn.Module):
         object.__setattr__(self, "_compiled", torch.compile(target, backend=self.backend, fullgraph=True, dynamic=False))
         self._trainable = self._trainable_now()
         self._output_batch_dims = _NOT_FOUND_YET  # the outputs' batch dims, found at the first padded call
+        self._padding_of: int | None = None  # inside a padded call: the batch's own size
         guard.watch_model(self)  # a parameter replaced since, used before the next call, is still the model's
 
     @torch._dynamo.disable  # inside a user's torch.compile'd code: run as written, its own compiled model inside
@@ -143,8 +144,10 @@ class DPModel(nn.Module):
         if self.backend.first_outputs is not None:  # a new capture's first call: nothing of the batch kept
             outputs, self.backend.first_outputs = self.backend.first_outputs, None
             stored_batch_values(self.module, outputs, out, leaves)
+        rows = batch if self._padding_of is None else self._padding_of  # the samples, padding left out
         for node in guard.watch_release(out):  # its backward's releases must reach .grad unmixed
             precise_during(node)  # and its matrix products stay within the bounds' error terms
+            rows_at_backward(node, self.privacy, rows)  # and hold no more samples than the loader's batch
         return out if views == 1 else views_unflattened(out, batch, views)
 
     def _padded(self, args, kwargs, batch: int, padded: int):
@@ -159,7 +162,14 @@ class DPModel(nn.Module):
         args, kwargs = tree_map(lambda t: _pad_rows(t, padded), (args, kwargs))
         if self._output_batch_dims is _NOT_FOUND_YET:
             self._output_batch_dims = self._batch_dims_of_outputs(args, kwargs)
-        out = self.forward(*args, **kwargs)
+        outermost = self._padding_of is None  # (an empty batch is padded to one sample, that one to the bucket)
+        if outermost:
+            self._padding_of = batch
+        try:
+            out = self.forward(*args, **kwargs)
+        finally:
+            if outermost:
+                self._padding_of = None
         scale = batch / padded if self.config.loss_reduction == "mean" else None
         try:
             return tree_map(lambda t, d: _rows_of_batch(t, d, batch, padded, scale), out, self._output_batch_dims)
@@ -241,10 +251,23 @@ class DPModel(nn.Module):
         return self.module.load_state_dict(state_dict, strict=strict, assign=assign)
 
 
-def warn_if_already_trained(model: nn.Module) -> None:
-    """A module another live DP model has trained: this one's engine counts from 0, so its ε leaves those steps out."""
-    steps = sum(engine.steps for engine in guard.engines_of(model.parameters()))
+def rows_at_backward(node, engine: PrivacyEngine, rows: int) -> None:
+    """When the DP backward of a forward on `rows` samples starts (a pre-hook on its autograd node), the engine
+    notes them: a logical step's backwards may hold no more samples than the loader's batch (check_rows)."""
+    @torch._dynamo.disable  # run as written, never traced
+    def before(grad_outputs):
+        engine.note_rows(rows)
+    node.register_prehook(before)
+
+
+def warn_if_already_trained(model: nn.Module, engine: PrivacyEngine) -> None:
+    """A module another live DP model has trained: this one's engine counts from 0, so its ε leaves those steps out.
+    Otherwise `engine` looks again at its first release (PrivacyEngine.warn_earlier_releases): another DP model made
+    over the module before training, or one made before and gone (a DP model per phase of training), may have
+    released its parameters by then."""
+    steps = sum(other.steps for other in guard.engines_of(model.parameters()))
     if steps:
+        engine.earlier_releases_unchecked = False
         warnings.warn(
             f"dpcompile: this module's parameters were already released by another live DP model ({steps} noisy "
             "step(s)); the new DP model's privacy engine counts from 0, so the ε it reports leaves those out: the "

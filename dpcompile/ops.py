@@ -44,6 +44,11 @@ def register_owner(owner: NoiseOwner) -> int:
     return handle
 
 
+def live_owners() -> list[NoiseOwner]:
+    """The owners registered and still alive."""
+    return list(_OWNERS.values())
+
+
 def gaussian(numel: int, std: float, generator: torch.Generator, secure: bool, dtype: torch.dtype,
              device: torch.device) -> Tensor:
     """numel independent N(0, std²) values; secure: Σ of 4 float64 draws · std/2 (arXiv 2107.10138)."""

@@ -458,6 +458,125 @@ def test_wrapping_a_trained_module_again_warns_that_its_account_starts_at_zero()
                             expected_batch_size=6)
 
 
+def test_a_second_dp_model_warns_at_its_first_release_when_others_released_the_module():
+    """Two DP models made over one module before either trains counted their steps apart (5 and 5 of 10 applied), and
+    a DP model made per phase of training (the first one gone) started its account at 0: both silent before. Now the
+    later DP model warns at its first release, unless its account holds the earlier steps (the earlier model's
+    privacy state loaded with its parameters); a DP model made again after one that never released (a refused
+    model fixed and wrapped again) says nothing."""
+    import gc
+    import warnings
+    model, dp, opt, loader = run_setup()
+    other = dpcompile.dpcompile(model, max_grad_norm=0.5, noise_multiplier=1.1, backend=BACKEND, data_loader=loader,
+                                seed=5)
+
+    def first_release_says(dp_model, load=None):
+        if load is not None:
+            dp_model.privacy.load_state_dict(load)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train(model, dp_model, opt, batches(loader), 1)
+        return [str(w.message) for w in caught if "noisy release(s) from another DP model" in str(w.message)]
+    assert first_release_says(dp) == []
+    said = first_release_says(other)
+    assert len(said) == 1 and "already had 1 noisy release(s)" in said[0] and "holds 0 step(s)" in said[0]
+    del dp, other
+    gc.collect()
+    model, dp, opt, loader = run_setup()  # phases: the first one's 3 steps, then a new DP model
+    train(model, dp, opt, batches(loader), 3)
+    saved = dp.privacy.state_dict()
+    del dp
+    gc.collect()
+    again = dpcompile.dpcompile(model, max_grad_norm=0.5, noise_multiplier=1.1, backend=BACKEND, data_loader=loader,
+                                seed=4)
+    assert first_release_says(again, load=saved) == [] and again.privacy.steps == 4
+    del again
+    gc.collect()
+    again = dpcompile.dpcompile(model, max_grad_norm=0.5, noise_multiplier=1.1, backend=BACKEND, data_loader=loader,
+                                seed=4)
+    said = first_release_says(again)
+    assert len(said) == 1 and "already had 4 noisy release(s)" in said[0] and again.privacy.steps == 1
+    fresh = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).to(**F64)
+    dpcompile.dpcompile(fresh, max_grad_norm=0.5, noise_multiplier=1.1, backend=BACKEND, sample_rate=0.25,
+                        expected_batch_size=6)  # made, never released
+    again = dpcompile.dpcompile(fresh, max_grad_norm=0.5, noise_multiplier=1.1, backend=BACKEND, sample_rate=0.25,
+                                expected_batch_size=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        squared_error(again(batch(4)[0]), batch(4)[1]).backward()
+
+
+def test_two_dp_models_in_one_backward_are_refused():
+    """Two DP models' outputs in one loss (two towers): each clipped a sample to R on its own, so one sample moved
+    the step by √2·R where each account assumed R, with no error. Refused in the backward, before the second
+    release; one DP model over a module holding both trains."""
+    (x, y), first, second = batch(4), mlp(), mlp()
+    settings = dict(max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND, sample_rate=0.1, seed=0,
+                    loss_reduction="sum")
+    a, b = dpcompile.dpcompile(first, **settings), dpcompile.dpcompile(second, **settings)
+    with pytest.raises(dpcompile.ReleaseError, match="two DP models meet in one backward.*one DP model of a module"):
+        squared_error(a(x) + b(x), y, "sum").backward()
+    assert a.privacy.steps + b.privacy.steps == 1  # the first release made, the second refused
+
+    class Both(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first, self.second = first, second
+
+        def forward(self, x):
+            return self.first(x) + self.second(x)
+    del a, b
+    import gc
+    gc.collect()
+    both = dpcompile.dpcompile(Both(), **settings)
+    squared_error(both(x), y, "sum").backward()
+    assert both.privacy.steps == 1
+
+
+REUSES = {  # one Poisson batch's samples twice in one logical step, each time clipped to R on their own
+    "same_batch_twice": (2, lambda x: (x, x)),  # gradient_accumulation_steps=2
+    "two_views_accumulating": (None, lambda x: (x, x.flip(1))),  # privacy.accumulating(), then the noisy one
+    "concatenated_in_one_call": (1, lambda x: (torch.cat([x, x.flip(1)]),)),
+}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("how", sorted(REUSES))
+def test_a_batch_used_twice_in_one_logical_step_is_refused(how, workers):
+    """One Poisson batch forwarded twice in one logical step (as two micro-batches, or two views of it in separate
+    backwards, or concatenated to a view of itself) put each sample into the release twice: a one-sample batch
+    released a gradient of norm 2 (R = 1, σ = 0), 1.4–1.6 for two views, with no error, as the sampler's position
+    does not move. The loader now tells which batch its loop holds (also with prefetching workers), and a logical
+    step's backwards holding more samples than it is refused before its release; the batch split into micro-batches
+    (some empty) and padded batches (batch_bucket) train as before."""
+    k, views = REUSES[how]
+    loader = poisson_loader(DATA, 0.2, steps=8, seed=3, num_workers=workers)
+    dp = dpcompile.dpcompile(mlp(), max_grad_norm=1.0, noise_multiplier=0.0, backend=BACKEND, data_loader=loader,
+                             gradient_accumulation_steps=k or 1, batch_bucket=4, seed=0)
+    def split_step(x, y):  # the batch split into disjoint micro-batches (some may be empty): fine
+        with dp.privacy.accumulating() if k is None else contextlib.nullcontext():
+            for xm, ym in zip(x.tensor_split(k or 2), y.tensor_split(k or 2)):
+                squared_error(dp(xm), ym, "sum").backward()
+        if k is None:
+            squared_error(dp(x[:0]), y[:0], "sum").backward()  # the noisy backward, on no sample
+        dp.module.zero_grad()
+
+    refused = 0
+    for i, (x, y) in enumerate(loader):
+        x, y = x.to(DEVICE), y.to(DEVICE)
+        if i % 2 == 1 and len(x):
+            *first, last = views(x)
+            for view in first:
+                with dp.privacy.accumulating() if k is None else contextlib.nullcontext():
+                    squared_error(dp(view), y, "sum").backward()
+            with pytest.raises(ConfigError, match=rf"ran on {2 * len(x)} samples, more than the {len(x)} of the"):
+                squared_error(dp(last), y.repeat(len(last) // len(y), 1), "sum").backward()
+            refused += 1
+            dp.privacy.drop_accumulated()
+        split_step(x, y)
+    assert refused >= 2 and dp.privacy.steps == 8
+
+
 def test_accumulating_over_several_poisson_batches_is_refused():
     """gradient_accumulation_steps=k is one Poisson batch split into k micro-batches. Drawing k loader batches per
     logical step went through: a sample could join a step twice (2R) and joined with probability about 2q where the

@@ -43,7 +43,7 @@ from torch import Tensor
 from ..config import DPConfig
 from ..errors import ConfigError, DPCompileError, ReleaseError
 from ..precision import check_products
-from ..ops import gaussian, register_owner
+from ..ops import gaussian, live_owners, register_owner
 from . import distributed, guard
 from .accounting import Accountant, _check_delta, calibrate_noise_multiplier, steps_for
 from .sampling import PoissonBatchSampler, stream_seed
@@ -87,6 +87,7 @@ class PrivacyEngine:
         self._dropped_saved = 0                # dropped samples restored from a checkpoint
         self._dropped_warned = False
         self._task: tuple[int, str] | None = None  # (autograd graph task, kind) of the last noise op call
+        self.earlier_releases_unchecked = True  # until the first release (warn_earlier_releases)
         self._parameters_saved: str | None = None  # a loaded state's parameters_hash(), until the next release
         self._micro_position: tuple[int, int] | None = None  # the sampler's position at this logical step's start
         self._noisy_position: tuple[int, int] | None = None  # the sampler's position at the last noisy release
@@ -95,6 +96,8 @@ class PrivacyEngine:
         self._reached: set[int] | None = None  # one process: the parameters this noisy release reached (ids)
         self._tracked_count = 0  # how many parameters this engine has guarded (track): all reached, none absent
         self.batch: int | None = None  # the batch size of the last DP forward with grad (a 'mean' loss, no fixed n)
+        self.rows: int | None = None  # the samples of the DP forward whose backward runs now (note_rows)
+        self._rows_in: int | None = None  # with a PoissonLoader: the samples this logical step's backwards had so far
         self.half_products = False  # a compiled DP backward multiplies bf16/fp16 matrices (its backend says so)
         self.rank, self.world_size = distributed.world()  # data parallel: rank 0 alone adds the noise
         check_shard(self.sampler, self.rank, self.world_size)
@@ -118,6 +121,13 @@ class PrivacyEngine:
                 "noised once. Pass all views of a sample in one call, as extra dims of each sample (e.g. "
                 "dp(torch.stack([view1, view2], dim=1)), the model handling dim 1), so they are clipped together; "
                 "or run separate backwards inside privacy.accumulating() for separate batches")
+        other = next((o for o in live_owners() if o is not self and task >= 0 and o.backward_kind(task)), None)
+        if other is not None:
+            raise ReleaseError(
+                "two DP models meet in one backward (the outputs of both in one loss): each clips a sample's gradient "
+                "to R on its own, so one sample would move this step's gradients by up to √2·R, beyond the bound each "
+                "model's account assumes. Make one DP model of a module that holds both (a module whose forward "
+                "calls the two parts), so that each sample is clipped once over all their parameters")
         if self.world_size > 1 and not (self.reducer is not None and self.reducer.params):
             raise ConfigError(
                 "data parallel: rank 0 alone adds the noise, so the ranks' clipped sums must be summed before the "
@@ -126,7 +136,14 @@ class PrivacyEngine:
         check_products(device, self.half_products)
         if self._parameters_saved is not None:
             self.check_parameters()
-        self.check_one_poisson_batch(noisy=self.enabled and (self.calls + 1) % self.every == 0)
+        noisy_next = self.enabled and (self.calls + 1) % self.every == 0
+        positions = self.check_one_poisson_batch(noisy=noisy_next)
+        rows = self.check_rows()
+        if positions is not None:  # (both checks passed: now they count this backward)
+            self._micro_position, self._noisy_position = positions
+        self.commit_rows(rows, noisy_next)
+        if self.earlier_releases_unchecked:
+            self.warn_earlier_releases()
         noisy = self.step()
         self._task = (task, guard.NOISY if noisy else guard.UNNOISED)
         if noisy and self.reducer is not None:
@@ -139,6 +156,21 @@ class PrivacyEngine:
         if not noisy or self.std == 0.0 or self.rank != 0:  # the ranks' releases are summed: noise once
             return torch.zeros(numel, dtype=dtype, device=device)
         return gaussian(numel, self.std, self.generator(device), self.secure, dtype, device)
+
+    def warn_earlier_releases(self) -> None:
+        """Once, at the first release: the parameters had more noisy releases from other DP models (one live, made
+        over the same module before training, or one made before and gone: a DP model per phase of training) than
+        this account holds (it holds them when loaded with the earlier model's privacy.state_dict())."""
+        self.earlier_releases_unchecked = False
+        earlier = guard.releases_of(p for _, p in guard.guarded_params(self))
+        if self.steps < earlier:
+            warnings.warn(
+                f"dpcompile: this DP model's parameters already had {earlier} noisy release(s) from another DP model "
+                f"(live, or made before and gone), and this one's account holds {self.steps} step(s): the ε it "
+                "reports leaves the others out, where the privacy spent is that of all the steps together. Keep one "
+                "DP model for the whole training, or continue the earlier account: save its privacy.state_dict() "
+                "with the model's state_dict() and load both into the new DP model before its first step",
+                RuntimeWarning, stacklevel=2)
 
     def absent_noise(self, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         """The noise of a parameter that this step's DP backward did not release (data parallel, rank 0: only another
@@ -162,6 +194,42 @@ class PrivacyEngine:
         """A DP forward (with grad) on `batch` samples: the normaliser of a 'mean' loss without a fixed n."""
         self.batch = batch
 
+    def note_rows(self, rows: int) -> None:
+        """The backward of a DP forward on `rows` samples starts (a pre-hook on its autograd node)."""
+        self.rows = rows
+
+    def check_rows(self) -> int | None:
+        """With a PoissonLoader, whose sampler knows the batches its loop was handed: one logical step's backwards
+        may hold no more samples than the loop's batch (at most the largest of those handed out and not yet
+        consumed by a noisy release). More would be a sample in two micro-batches or twice in one call (the batch,
+        or a view of it, used again: two augmentations in separate backwards), each clipped to R on its own, so
+        that sample would count up to 2R in a step whose noise is for R. Returns the step's samples with this
+        backward's (None where the loader does not tell); changes nothing (commit_rows does, once it is released)."""
+        rows, self.rows = self.rows, None
+        limit = None if self.sampler is None else self.sampler.largest_unreleased()
+        if rows is None or limit is None:
+            return None
+        total = (self._rows_in or 0) + rows
+        if total > limit:
+            raise ConfigError(
+                f"this logical step's backwards ran on {total} samples, more than the {limit} of the loader's "
+                "batch: a sample used twice (the batch, or a view or augmentation of it, in a second micro-batch or "
+                "concatenated to it in one call) is clipped to R each time, so it would count up to 2R in a step "
+                "whose noise is for R. Split the batch into disjoint micro-batches (x.tensor_split(k)); pass a "
+                "sample's views in one call, as extra dims of each sample (augmentation_multiplicity=K), so they are "
+                "clipped together. To drop the micro-steps taken so far: dp_model.privacy.drop_accumulated()")
+        return total
+
+    def commit_rows(self, total: int | None, noisy: bool) -> None:
+        """This backward is released: its samples count towards the logical step's (a micro-step), or the step is
+        complete and its batch consumed (a noisy release)."""
+        if noisy:
+            self._rows_in = None
+            if self.sampler is not None:
+                self.sampler.released()
+        elif total is not None:
+            self._rows_in = total
+
     def open_absent(self, in_backward: bool) -> None:
         """One process, a noisy release: note the parameters it reaches (guard's hook calls `released`); when the
         backward ends, every trainable parameter of the DP model that it did not reach (a branch on a shape not
@@ -181,7 +249,7 @@ class PrivacyEngine:
             return []
         return guard.release_absent(self, reached, self.absent_noise, fresh=self.std > 0)
 
-    def check_one_poisson_batch(self, noisy: bool = False) -> None:
+    def check_one_poisson_batch(self, noisy: bool = False) -> tuple | None:
         """With a Poisson loader, a logical step is one Poisson batch, and one Poisson batch one logical step.
 
         Accumulation (k micro-steps of gradient_accumulation_steps=k, or backwards inside privacy.accumulating()
@@ -195,9 +263,10 @@ class PrivacyEngine:
         (two optimizer steps per batch, or LBFGS evaluating its closure several times), which the accountant would
         count as an independently sampled step (ε 0.72 reported where 6.4 was spent). A loader that prefetches runs
         ahead of the loop, and at the end of an epoch its last batches share the sampler's final position: there a
-        repeat is refused once more noisy releases than drawn batches were made since the sampler was attached."""
+        repeat is refused once more noisy releases than drawn batches were made since the sampler was attached.
+        Returns the (micro-step, noisy) positions once this backward is released (None: no sampler)."""
         if self.sampler is None:
-            return
+            return None
         position = (self.sampler.epoch, self.sampler._step)
         if self._micro_position not in (None, position):  # (None: no micro-step yet, or resumed mid-step)
             how = (f"gradient_accumulation_steps={self.every}" if self.every > 1 and self.calls % self.every else
@@ -209,9 +278,7 @@ class PrivacyEngine:
                 "several times, beyond the clipping bound and the sampling rate the accountant counts. To drop the "
                 "micro-steps taken so far: dp_model.privacy.drop_accumulated()")
         if not noisy:
-            if self._micro_position is None:
-                self._micro_position = position
-            return
+            return (position if self._micro_position is None else self._micro_position), self._noisy_position
         if position == self._noisy_position and not self.in_prefetch_tail(position):
             raise ReleaseError(
                 "a second noisy release of the same Poisson batch: the loader has handed out no new batch since the "
@@ -223,7 +290,7 @@ class PrivacyEngine:
                 "batch (LBFGS) are not supported. If the batches come from another loader than the DP model's "
                 "data_loader (a loader made anew for each epoch), the DP model cannot see its position: make the "
                 "loader once, or hand the new one over with dp_model.privacy.attach(loader)")
-        self._micro_position, self._noisy_position = None, position
+        return None, position
 
     def in_prefetch_tail(self, position: tuple[int, int]) -> bool:
         """The sampler has handed out its epoch's last batch while a prefetching loader still hands out the batches
@@ -233,7 +300,7 @@ class PrivacyEngine:
 
     def rebase_batches(self) -> None:
         """The sampler attached or resumed: count releases and batches from here."""
-        self._micro_position = self._noisy_position = None
+        self._micro_position = self._noisy_position = self._rows_in = None
         self._batches_base = (self.draws, batches_drawn(self.sampler))
 
     def backward_kind(self, task: int) -> str | None:
@@ -369,7 +436,7 @@ class PrivacyEngine:
     def drop_accumulated(self) -> None:
         """Drop an incomplete logical batch: its clipped sums (.grad set to None) and its micro-step count."""
         self.calls -= self.calls % self.every
-        self._micro_position = None
+        self._micro_position = self._rows_in = None
         guard.drop(self)
 
     def attach(self, data_loader: Any) -> None:

@@ -1,6 +1,7 @@
 """Poisson sampling: every example joins each batch independently with probability q."""
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import secrets
@@ -64,6 +65,11 @@ class PoissonBatchSampler(Sampler[list[int]]):
         self.seed = secrets.randbits(63) if seed is None else int(seed)
         self.epoch, self._step = 0, 0
         self._generator = torch.Generator().manual_seed(stream_seed(self.seed, "sampler", self.rank))
+        # A PoissonLoader's loop (None: none tells): the sizes of the batches drawn and not yet handed to it, and of
+        # those handed to it that no noisy release has consumed yet (the loop's batch is one of them).
+        self._drawn: collections.deque[int] | None = None
+        self._handed: collections.deque[int] | None = None
+        self._loops = 0  # PoissonLoader loops started over this sampler: the latest one tells
         logger.debug("PoissonBatchSampler(n=%d, q=%g, steps=%d, secure=%s)", num_samples, sample_rate, steps, secure)
 
     def __len__(self) -> int:
@@ -80,7 +86,40 @@ class PoissonBatchSampler(Sampler[list[int]]):
         while self._step < self.steps:
             mask = torch.rand(len(shard), generator=self._generator) < self.sample_rate
             self._step += 1
-            yield shard[mask].tolist()
+            batch = shard[mask].tolist()
+            if self._drawn is not None:
+                self._drawn.append(len(batch))
+            yield batch
+
+    def start_loop(self) -> int:
+        """A PoissonLoader's loop starts: what it is handed is counted from here. Returns the loop's number."""
+        self._loops += 1
+        self._drawn, self._handed = collections.deque(), collections.deque()
+        return self._loops
+
+    def hand_out(self, loop: int) -> None:
+        """Loop `loop` hands its next batch (the oldest drawn: batches come out in the order drawn, however far
+        workers prefetch) to the training loop."""
+        if loop == self._loops and self._drawn and self._handed is not None:
+            self._handed.append(self._drawn.popleft())
+            if len(self._handed) > MAX_UNRELEASED:  # batches skipped by the hundred: no longer told
+                self._drawn = self._handed = None
+
+    def end_loop(self, loop: int) -> None:
+        """Loop `loop` ended (or was dropped): nothing told any longer, unless a later loop tells."""
+        if loop == self._loops:
+            self._drawn = self._handed = None
+
+    def largest_unreleased(self) -> int | None:
+        """The most samples a batch the loop holds can have: the largest of the batches handed out that no noisy
+        release consumed yet (the loop's batch is one of them, also where the loop fetches batches ahead or skips
+        one); None where no PoissonLoader's loop tells."""
+        return max(self._handed) if self._handed else None
+
+    def released(self) -> None:
+        """A noisy release consumed a batch: the oldest handed out (each batch has at most one noisy release)."""
+        if self._handed:
+            self._handed.popleft()
 
     def state_dict(self) -> dict[str, Any]:
         """Configuration, position within the epoch and generator state. Secure: no seed (the first epoch's seed
@@ -164,6 +203,25 @@ def _truncate(x: Any) -> Any:
     return x
 
 
+MAX_UNRELEASED = 256  # batches handed out and not consumed by a noisy release that a sampler keeps track of
+
+
+class PoissonLoader(DataLoader):
+    """A DataLoader over a PoissonBatchSampler that tells the sampler which batches its loop was handed, so that the
+    DP model can check that one logical step's backwards hold no more samples than the loop's batch (a batch, or a
+    view of it, used twice in one step)."""
+
+    def __iter__(self):
+        sampler = self.batch_sampler
+        loop = sampler.start_loop()
+        try:
+            for batch in super().__iter__():
+                sampler.hand_out(loop)
+                yield batch
+        finally:
+            sampler.end_loop(loop)
+
+
 def poisson_loader(dataset: Dataset, sample_rate: float, *, steps: int | None = None, seed: int | None = None,
                    secure: bool = False, rank: int | None = None, world_size: int | None = None,
                    **dataloader_kwargs: Any) -> DataLoader:
@@ -178,4 +236,4 @@ def poisson_loader(dataset: Dataset, sample_rate: float, *, steps: int | None = 
     sampler = PoissonBatchSampler(num_samples, sample_rate, steps=steps, seed=seed, secure=secure, rank=rank,
                                   world_size=world_size)
     collate = _PoissonCollate(dataset, dataloader_kwargs.pop("collate_fn", None) or default_collate)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, **dataloader_kwargs)
+    return PoissonLoader(dataset, batch_sampler=sampler, collate_fn=collate, **dataloader_kwargs)

@@ -350,8 +350,25 @@ def absolute_op(target, args, kwargs):
     return target, args, kwargs
 
 
+def scatter_diagonal(base, src, offset: int = 0, dim1: int = 0, dim2: int = 1):
+    """base with its diagonal (offset, dim1, dim2) replaced by src (aten.diagonal_scatter, the gradient of a weight's
+    .diagonal()), as diag_embed and zero pads: exact (each entry is x − x + 0, x − 0 + 0 or 0 − 0 + s), and vmaps
+    over an unbatched base without fixing the batch size."""
+    dims = (dim1 % base.dim(), dim2 % base.dim())
+
+    def embed(values):
+        out = torch.diag_embed(values, offset, *dims)
+        for d in sorted(dims):
+            have, want = out.shape[d], base.shape[d]
+            out = out.narrow(d, 0, want) if have > want else \
+                torch.nn.functional.pad(out, [0, 0] * (out.dim() - 1 - d) + [0, want - have])
+        return out
+    return base - embed(base.diagonal(offset, *dims)) + embed(src)
+
+
 # Ops vmap has no batching rule for (its fallback loops over the batch, fixing its size), by an equivalent.
-BATCHABLE = {torch.ops.prims.convert_element_type.default: lambda x, dtype: x.to(dtype)}
+BATCHABLE = {torch.ops.prims.convert_element_type.default: lambda x, dtype: x.to(dtype),
+             aten.diagonal_scatter.default: scatter_diagonal}
 
 PADDABLE_SCATTERS = {aten.slice_scatter.default, aten.select_scatter.default}
 

@@ -141,6 +141,10 @@ class Shared(nn.Module):
             return self.lin(torch.tanh(self.lin(x)))
         if self.kind == "tied_embedding":  # GPT-style: the output layer is the embedding table
             return self.emb(x) @ self.emb.weight.t()
+        if self.kind == "diagonal":  # a weight's diagonal as a per-feature scale besides the layer
+            return self.lin(x) + x * self.lin.weight.diagonal()
+        if self.kind == "diagonal_offset":  # an off-diagonal of a slice of it
+            return self.lin(x)[..., :4] + x[..., :4] * self.lin.weight[:, :4].diagonal(-1)
         return self.lin(x) @ self.lin.weight[:, :4]  # a slice of a weight reused
 
 
@@ -250,6 +254,8 @@ CASES: dict[str, list[Case]] = {
         Case("block_twice", lambda: Shared("block_twice"), sequences(5, 6)),
         Case("tied_embedding", lambda: Shared("tied_embedding"), tokens(10, 5)),
         Case("weight_slice_reused", lambda: Shared("slice"), sequences(5, 6)),
+        Case("weight_diagonal_reused", lambda: Shared("diagonal"), sequences(5, 6)),
+        Case("weight_off_diagonal_reused", lambda: Shared("diagonal_offset"), sequences(5, 6)),
     ],
     "reduction": [
         Case("layer_norm", seq(nn.Linear(6, 6), nn.LayerNorm(6)), sequences(4, 6)),

@@ -20,7 +20,7 @@ from .backend import INPUT_REQUIRES_GRAD, DPBackend, precise_during, stored_batc
 from .config import DPConfig
 from torch.fx.experimental.symbolic_shapes import ConstraintViolationError
 
-from .errors import ConfigError, DPCompileError, GraphBreakError, SampleMixingError, UnsupportedOpError
+from .errors import ConfigError, DPCompileError, GraphBreakError, ReleaseError, SampleMixingError, UnsupportedOpError
 from .passes.safety import refuse_unsupported_modules
 from .privacy import guard
 from .privacy.engine import (COPY_MESSAGE, PrivacyEngine, dataset_size, poisson_sampler_of, resolve_noise,
@@ -253,9 +253,21 @@ class DPModel(nn.Module):
 
 def rows_at_backward(node, engine: PrivacyEngine, rows: int) -> None:
     """When the DP backward of a forward on `rows` samples starts (a pre-hook on its autograd node), the engine
-    notes them: a logical step's backwards may hold no more samples than the loader's batch (check_rows)."""
+    notes them: a logical step's backwards may hold no more samples than the loader's batch (check_rows). A second
+    backward through the same forward (retain_graph=True, with torch's donated buffers turned off as its error
+    suggests) is refused: it would release the same batch again, which the accountant would count as another
+    independently sampled step."""
+    ran = [False]
+
     @torch._dynamo.disable  # run as written, never traced
     def before(grad_outputs):
+        if ran[0]:
+            raise ReleaseError(
+                "a second backward through the same forward of the DP model (backward(retain_graph=True), or "
+                "torch.autograd.grad(..., retain_graph=True) and then another backward): it would release the same "
+                "batch again, which the accountant would count as another independently sampled step. Run the DP "
+                "model's forward again for each backward (one backward and one optimizer step per batch)")
+        ran[0] = True
         engine.note_rows(rows)
     node.register_prehook(before)
 

@@ -51,7 +51,6 @@ class DPModel(nn.Module):
         self.module = model
         self.config = config
         self.privacy = PrivacyEngine(config, **privacy)  # the one owner of the privacy state
-        warn_if_already_trained(model, self.privacy)
         _MODELS_MADE[0] += 1
         self.privacy.track((n, p) for n, p in model.named_parameters() if p.requires_grad)
         weakref.finalize(self, self.privacy.untrack)  # Dynamo's backend cache outlives us; the guard must not
@@ -270,21 +269,6 @@ def rows_at_backward(node, engine: PrivacyEngine, rows: int) -> None:
         ran[0] = True
         engine.note_rows(rows)
     node.register_prehook(before)
-
-
-def warn_if_already_trained(model: nn.Module, engine: PrivacyEngine) -> None:
-    """A module another live DP model has trained: this one's engine counts from 0, so its ε leaves those steps out.
-    Otherwise `engine` looks again at its first release (PrivacyEngine.warn_earlier_releases): another DP model made
-    over the module before training, or one made before and gone (a DP model per phase of training), may have
-    released its parameters by then."""
-    steps = sum(other.steps for other in guard.engines_of(model.parameters()))
-    if steps:
-        engine.earlier_releases_unchecked = False
-        warnings.warn(
-            f"dpcompile: this module's parameters were already released by another live DP model ({steps} noisy "
-            "step(s)); the new DP model's privacy engine counts from 0, so the ε it reports leaves those out: the "
-            "privacy spent is that of both models' steps together. Keep training with the first DP model to have "
-            "one account", RuntimeWarning, stacklevel=4)
 
 
 def refuse_float16_autocast(leaves) -> None:

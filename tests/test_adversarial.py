@@ -973,6 +973,42 @@ def test_gradients_held_before_the_dp_backward_are_refused(how):
     assert unchanged(model, before)
 
 
+def test_micro_step_sums_changed_in_place_are_refused_and_zeros_pass_in_any_layout():
+    """Clipped sums of micro-steps not yet noised, changed in place before the noisy backward (clip_grad_norm_ after
+    each micro-backward, or a scale by hand), could move a sample's contribution beyond R: refused, with what to do
+    (change gradients after the noisy backward). Zeros held where the guards look pass: a frozen layer's gradients
+    after zero_grad(set_to_none=False), an embedding's sparse zeros from training before dpcompile (a sparse .grad
+    crashed the look with NotImplementedError)."""
+    model, dp = make(gradient_accumulation_steps=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = data(4)
+    squared_error(dp(x[:2]), y[:2], "sum").backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
+    squared_error(dp(x[2:]), y[2:], "sum").backward()
+    before = params(model)
+    with pytest.raises(ReleaseError, match="'0.weight' held clipped micro-step sums without noise that were changed"):
+        opt.step()
+    assert unchanged(model, before)
+    opt.zero_grad()
+    for xm, ym in zip(x.tensor_split(2), y.tensor_split(2)):
+        squared_error(dp(xm), ym, "sum").backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)  # after the noisy backward: fine
+    opt.step()
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Embedding(10, 5, sparse=True), nn.Linear(5, 3)).to(**F64)
+    tokens = torch.randint(0, 10, (4,), device=DEVICE)
+    squared_error(net(tokens), y, "sum").backward()  # public training, sparse gradients
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    opt.zero_grad(set_to_none=False)  # sparse zeros in the embedding's .grad, dense in the head's
+    net[0].sparse = False
+    net[0].requires_grad_(False)  # frozen from here, its zeros still in .grad
+    _, dp = make(net)
+    squared_error(dp(tokens), y, "sum").backward()
+    opt.step()
+    assert dp.privacy.steps == 1
+
+
 @pytest.mark.parametrize("outside", ["data_use", "penalty", "data_use_first"])
 def test_a_parameter_also_used_outside_the_dp_model_in_the_same_backward_is_refused(outside):
     """The outside gradient would reach .grad summed with the release, neither clipped nor noised: refused at
@@ -2079,7 +2115,8 @@ def test_replaced_parameters_are_guarded(how):
     dp(x).square().sum().backward()
     model.zero_grad(set_to_none=True)
     if how == "setattr":
-        model[0].weight = nn.Parameter(torch.randn(6, 5, device=DEVICE))
+        # small, so that tanh is not saturated and the raw gradient is not all zeros (zeros apply nothing)
+        model[0].weight = nn.Parameter(torch.randn(6, 5, device=DEVICE) * 1e-3)
     else:
         model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -88,6 +88,7 @@ class PrivacyEngine:
         self._dropped_warned = False
         self._task: tuple[int, str] | None = None  # (autograd graph task, kind) of the last noise op call
         self.earlier_releases_unchecked = True  # until the first release (warn_earlier_releases)
+        self._warned_joint = False  # another engine's release met this one's in one backward (warned once)
         self._parameters_saved: str | None = None  # a loaded state's parameters_hash(), until the next release
         self._micro_position: tuple[int, int] | None = None  # the sampler's position at this logical step's start
         self._noisy_position: tuple[int, int] | None = None  # the sampler's position at the last noisy release
@@ -98,6 +99,7 @@ class PrivacyEngine:
         self.batch: int | None = None  # the batch size of the last DP forward with grad (a 'mean' loss, no fixed n)
         self.rows: int | None = None  # the samples of the DP forward whose backward runs now (note_rows)
         self._rows_in: int | None = None  # with a PoissonLoader: the samples this logical step's backwards had so far
+        self._consumed = (0, 0)  # (a PoissonLoader loop's number, how many of its batches noisy releases consumed)
         self.half_products = False  # a compiled DP backward multiplies bf16/fp16 matrices (its backend says so)
         self.rank, self.world_size = distributed.world()  # data parallel: rank 0 alone adds the noise
         check_shard(self.sampler, self.rank, self.world_size)
@@ -121,13 +123,14 @@ class PrivacyEngine:
                 "noised once. Pass all views of a sample in one call, as extra dims of each sample (e.g. "
                 "dp(torch.stack([view1, view2], dim=1)), the model handling dim 1), so they are clipped together; "
                 "or run separate backwards inside privacy.accumulating() for separate batches")
-        other = next((o for o in live_owners() if o is not self and task >= 0 and o.backward_kind(task)), None)
-        if other is not None:
-            raise ReleaseError(
-                "two DP models meet in one backward (the outputs of both in one loss): each clips a sample's gradient "
-                "to R on its own, so one sample would move this step's gradients by up to √2·R, beyond the bound each "
-                "model's account assumes. Make one DP model of a module that holds both (a module whose forward "
-                "calls the two parts), so that each sample is clipped once over all their parameters")
+        if not self._warned_joint and task >= 0 and any(o is not self and o.backward_kind(task) for o in live_owners()):
+            self._warned_joint = True
+            warnings.warn(
+                "dpcompile: two DP models meet in one backward (the outputs of both in one loss): each clips a "
+                "sample's gradient to R and accounts for its own release, so what the batch costs is the composition "
+                "of both accounts (one sample moves both releases: √2·R together), as with two separate backwards, "
+                "not either ε alone. If they are parts of one model, make one DP model of a module that holds both, "
+                "so that each sample is clipped once over all their parameters", RuntimeWarning, stacklevel=2)
         if self.world_size > 1 and not (self.reducer is not None and self.reducer.params):
             raise ConfigError(
                 "data parallel: rank 0 alone adds the noise, so the ranks' clipped sums must be summed before the "
@@ -158,9 +161,11 @@ class PrivacyEngine:
         return gaussian(numel, self.std, self.generator(device), self.secure, dtype, device)
 
     def warn_earlier_releases(self) -> None:
-        """Once, at the first release: the parameters had more noisy releases from other DP models (one live, made
-        over the same module before training, or one made before and gone: a DP model per phase of training) than
-        this account holds (it holds them when loaded with the earlier model's privacy.state_dict())."""
+        """Once, at the first release: the parameters had more noisy releases from other DP models (another over
+        the same module, live, or one made before and gone: a DP model per phase of training) than this account
+        holds (it holds them when loaded with the earlier model's privacy.state_dict()). Looked at here, not when
+        the DP model is made: `dp = dpcompile(model, ...)` keeps the earlier one alive while it makes the next, whose
+        account the following line may load."""
         self.earlier_releases_unchecked = False
         earlier = guard.releases_of(p for _, p in guard.guarded_params(self))
         if self.steps < earlier:
@@ -201,12 +206,12 @@ class PrivacyEngine:
     def check_rows(self) -> int | None:
         """With a PoissonLoader, whose sampler knows the batches its loop was handed: one logical step's backwards
         may hold no more samples than the loop's batch (at most the largest of those handed out and not yet
-        consumed by a noisy release). More would be a sample in two micro-batches or twice in one call (the batch,
+        consumed by this engine's noisy releases). More would be a sample in two micro-batches or twice in one call (the batch,
         or a view of it, used again: two augmentations in separate backwards), each clipped to R on its own, so
         that sample would count up to 2R in a step whose noise is for R. Returns the step's samples with this
         backward's (None where the loader does not tell); changes nothing (commit_rows does, once it is released)."""
         rows, self.rows = self.rows, None
-        limit = None if self.sampler is None else self.sampler.largest_unreleased()
+        limit = None if self.sampler is None else self.sampler.largest_from(self.batches_consumed())
         if rows is None or limit is None:
             return None
         total = (self._rows_in or 0) + rows
@@ -217,7 +222,10 @@ class PrivacyEngine:
                 "concatenated to it in one call) is clipped to R each time, so it would count up to 2R in a step "
                 "whose noise is for R. Split the batch into disjoint micro-batches (x.tensor_split(k)); pass a "
                 "sample's views in one call, as extra dims of each sample (augmentation_multiplicity=K), so they are "
-                "clipped together. To drop the micro-steps taken so far: dp_model.privacy.drop_accumulated()")
+                "clipped together. To drop the micro-steps taken so far: dp_model.privacy.drop_accumulated(). (Rows "
+                "from outside the loader, public data added to the batch, cannot be told from a sample used twice: "
+                "there, build the loader as torch.utils.data.DataLoader(dataset, batch_sampler=dpcompile."
+                "PoissonBatchSampler(...)), which does not tell the DP model its batches)")
         return total
 
     def commit_rows(self, total: int | None, noisy: bool) -> None:
@@ -225,10 +233,16 @@ class PrivacyEngine:
         complete and its batch consumed (a noisy release)."""
         if noisy:
             self._rows_in = None
-            if self.sampler is not None:
-                self.sampler.released()
+            handed = None if self.sampler is None else self.sampler.handed()
+            if handed is not None:  # (at most as many as were handed out)
+                self._consumed = handed[0], min(self.batches_consumed() + 1, handed[1])
         elif total is not None:
             self._rows_in = total
+
+    def batches_consumed(self) -> int:
+        """How many batches of the sampler's current PoissonLoader loop this engine's noisy releases consumed."""
+        handed = None if self.sampler is None else self.sampler.handed()
+        return self._consumed[1] if handed is not None and handed[0] == self._consumed[0] else 0
 
     def open_absent(self, in_backward: bool) -> None:
         """One process, a noisy release: note the parameters it reaches (guard's hook calls `released`); when the

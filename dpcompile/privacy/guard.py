@@ -73,6 +73,7 @@ class GradState:
         # (any value not zero), read at the step, not in the backward (no host sync per parameter); False: nothing
         self.held: torch.Tensor | bool = False
         self.foreign: torch.Tensor | bool = False  # the same, for the gradients accumulated since the last reset
+        self.held_sums = self.foreign_sums = False  # what was held: this logical step's micro-step sums, changed
 
     def live_engines(self) -> list[TaskOwner]:
         """The parameter's engines still alive, in creation order."""
@@ -110,7 +111,8 @@ class GradState:
         are fine; anything else (a backward of the wrapped model before dpcompile, .grad set or written by hand)
         would reach the step summed with the release, neither clipped nor noised."""
         self.continuing = self.same_grad(grad)
-        self.held = False if grad is None or self.continuing else grad.detach().ne(0).any()
+        self.held = False if grad is None or self.continuing else nonzero(grad)
+        self.held_sums = self.held is not False and self.unnoised > 0 and self.grad is not None and self.grad() is grad
 
     def accumulated(self, kind: str, generation: tuple[int, int] | None = None) -> None:
         """One backward's gradient added: a noisy one absorbs the un-noised micro-steps before it, if they belong to
@@ -120,8 +122,8 @@ class GradState:
         the earlier logical step to this one (sensitivity 2R)."""
         if not self.continuing:
             self.reset()
-            self.foreign = self.held
-        self.held = False
+            self.foreign, self.foreign_sums = self.held, self.held_sums
+        self.held, self.held_sums = False, False
         self.mixed += self.arrived_mixed
         self.arrived_mixed = False
         if kind == NOISY:
@@ -154,6 +156,12 @@ class GradState:
         look_at_changed)."""
         if self.foreign is not False and bool(self.foreign):
             self.foreign = True
+            if self.foreign_sums:
+                return (f"the gradient of parameter '{self.name}' held clipped micro-step sums without noise that "
+                        "were changed in place (clip_grad_norm_, a write by hand) before this logical step's noisy "
+                        "backward: a change to sums not yet noised can move a sample's contribution beyond R. Change "
+                        "the gradients after the noisy backward (just before opt.step()), or drop the micro-steps "
+                        "(dp_model.privacy.drop_accumulated())")
             return (f"the gradient of parameter '{self.name}' holds values that no DP backward released (left by a "
                     "backward of the wrapped model before dpcompile, or .grad set or written in place by hand since "
                     "the last step, a DP backward then adding its release to them): they are neither clipped nor "
@@ -374,10 +382,10 @@ def refused(p: torch.Tensor | None) -> bool:
 
 
 def refuse_outside_gradients(optimizer: torch.optim.Optimizer) -> None:
-    """A step that applies a gradient no DP backward released, to a parameter that is untracked: refused when the
-    same optimizer updates DP parameters (a layer after the DP model, a learned temperature in the loss: its
-    gradient is the batch's, neither clipped nor noised) or when it belongs to a DP model's module now (replaced,
-    or loaded with assign=True, and used outside the DP model before the DP model ran again)."""
+    """A step that applies a gradient no DP backward released (not all zeros), to a parameter that is untracked:
+    refused when the same optimizer updates DP parameters (a layer after the DP model, a learned temperature in the
+    loss: its gradient is the batch's, neither clipped nor noised) or when it belongs to a DP model's module now
+    (replaced, or loaded with assign=True, and used outside the DP model before the DP model ran again)."""
     states = [(p, state_of(p)) for group in optimizer.param_groups for p in group["params"]]
     outside = [p for p, state in states if state is None and p.grad is not None]
     if not outside:
@@ -385,6 +393,8 @@ def refuse_outside_gradients(optimizer: torch.optim.Optimizer) -> None:
     with_dp = any(state is not None and state.live_engines() for _, state in states)
     owned = {id(q): name for m in list(_MODELS) for name, q in m.module.named_parameters()}
     found = outside if with_dp else [p for p in outside if id(p) in owned]
+    if found:  # zeros apply nothing (a frozen layer's gradients after zero_grad(set_to_none=False))
+        found = [p for p, held in zip(found, any_nonzero([p.grad for p in found])) if held]
     if found:
         mine = [owned[id(p)] for p in found if id(p) in owned]
         what = (f"parameter(s) {mine[:4]} of a DP model, replaced since it last ran," if mine else
@@ -587,6 +597,12 @@ def look_at_changed(grads: list[tuple[torch.Tensor, GradState]]) -> None:
             state.foreign = nonzero
 
 
+def nonzero(t: torch.Tensor) -> torch.Tensor:
+    """A 0-d bool tensor on t's device: t has a value other than zero (a sparse gradient: a stored value)."""
+    t = t.detach()
+    return (t._values() if t.is_sparse else t).ne(0).any()
+
+
 def any_nonzero(tensors: list[torch.Tensor]) -> list[bool]:
     """Whether each tensor has a value other than zero (a bool tensor: is True), one host read per device."""
     by_device: dict[torch.device, list[int]] = {}
@@ -594,7 +610,7 @@ def any_nonzero(tensors: list[torch.Tensor]) -> list[bool]:
         by_device.setdefault(t.device, []).append(i)
     found = [False] * len(tensors)
     for device, indices in by_device.items():
-        flags = torch.stack([tensors[i].ne(0).any() for i in indices]).tolist()
+        flags = torch.stack([nonzero(tensors[i]) for i in indices]).tolist()
         for i, flag in zip(indices, flags):
             found[i] = flag
     return found
@@ -628,16 +644,6 @@ def drop(engine: TaskOwner) -> None:
             p.grad = None
             state.reset()
             state.record(None)
-
-
-def engines_of(params: Iterable[torch.Tensor]) -> list[TaskOwner]:
-    """The live engines that guard any of these parameters, in creation order."""
-    found: dict[int, TaskOwner] = {}
-    for p in params:
-        state = state_of(p)
-        for engine in state.live_engines() if state is not None else []:
-            found[id(engine)] = engine
-    return sorted(found.values(), key=lambda e: e.handle)
 
 
 def releases_of(params: Iterable[torch.Tensor]) -> int:

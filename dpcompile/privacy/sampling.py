@@ -65,10 +65,11 @@ class PoissonBatchSampler(Sampler[list[int]]):
         self.seed = secrets.randbits(63) if seed is None else int(seed)
         self.epoch, self._step = 0, 0
         self._generator = torch.Generator().manual_seed(stream_seed(self.seed, "sampler", self.rank))
-        # A PoissonLoader's loop (None: none tells): the sizes of the batches drawn and not yet handed to it, and of
-        # those handed to it that no noisy release has consumed yet (the loop's batch is one of them).
+        # A PoissonLoader's loop (None: none tells): the sizes of the batches drawn and not yet handed to it, of the
+        # last MAX_HANDED handed to it, and how many it was handed in all.
         self._drawn: collections.deque[int] | None = None
         self._handed: collections.deque[int] | None = None
+        self._handed_total = 0
         self._loops = 0  # PoissonLoader loops started over this sampler: the latest one tells
         logger.debug("PoissonBatchSampler(n=%d, q=%g, steps=%d, secure=%s)", num_samples, sample_rate, steps, secure)
 
@@ -94,32 +95,32 @@ class PoissonBatchSampler(Sampler[list[int]]):
     def start_loop(self) -> int:
         """A PoissonLoader's loop starts: what it is handed is counted from here. Returns the loop's number."""
         self._loops += 1
-        self._drawn, self._handed = collections.deque(), collections.deque()
+        self._drawn, self._handed, self._handed_total = collections.deque(), collections.deque(maxlen=MAX_HANDED), 0
         return self._loops
 
     def hand_out(self, loop: int) -> None:
-        """Loop `loop` hands its next batch (the oldest drawn: batches come out in the order drawn, however far
-        workers prefetch) to the training loop."""
+        """Loop `loop` hands its next batch (the oldest drawn: a DataLoader in order hands them out as drawn,
+        however far its workers prefetch) to the training loop."""
         if loop == self._loops and self._drawn and self._handed is not None:
             self._handed.append(self._drawn.popleft())
-            if len(self._handed) > MAX_UNRELEASED:  # batches skipped by the hundred: no longer told
-                self._drawn = self._handed = None
+            self._handed_total += 1
 
     def end_loop(self, loop: int) -> None:
         """Loop `loop` ended (or was dropped): nothing told any longer, unless a later loop tells."""
         if loop == self._loops:
             self._drawn = self._handed = None
 
-    def largest_unreleased(self) -> int | None:
-        """The most samples a batch the loop holds can have: the largest of the batches handed out that no noisy
-        release consumed yet (the loop's batch is one of them, also where the loop fetches batches ahead or skips
-        one); None where no PoissonLoader's loop tells."""
-        return max(self._handed) if self._handed else None
+    def handed(self) -> tuple[int, int] | None:
+        """(the loop's number, how many batches it handed out), None where no PoissonLoader's loop tells."""
+        return None if self._handed is None else (self._loops, self._handed_total)
 
-    def released(self) -> None:
-        """A noisy release consumed a batch: the oldest handed out (each batch has at most one noisy release)."""
-        if self._handed:
-            self._handed.popleft()
+    def largest_from(self, index: int) -> int | None:
+        """The most samples of a batch the loop handed out as its `index`-th (from 0) or later: the batch a DP model
+        is on, if it consumed `index` batches by noisy releases (one each); None if none, or if they are no longer
+        kept."""
+        if self._handed is None or index < self._handed_total - len(self._handed) or index >= self._handed_total:
+            return None
+        return max(list(self._handed)[index - (self._handed_total - len(self._handed)):])
 
     def state_dict(self) -> dict[str, Any]:
         """Configuration, position within the epoch and generator state. Secure: no seed (the first epoch's seed
@@ -203,7 +204,7 @@ def _truncate(x: Any) -> Any:
     return x
 
 
-MAX_UNRELEASED = 256  # batches handed out and not consumed by a noisy release that a sampler keeps track of
+MAX_HANDED = 256  # the sizes of the last batches a PoissonLoader handed out that its sampler keeps
 
 
 class PoissonLoader(DataLoader):
@@ -213,6 +214,9 @@ class PoissonLoader(DataLoader):
 
     def __iter__(self):
         sampler = self.batch_sampler
+        if not getattr(self, "in_order", True):  # batches may come out in another order than drawn: nothing told
+            yield from super().__iter__()
+            return
         loop = sampler.start_loop()
         try:
             for batch in super().__iter__():

@@ -250,6 +250,12 @@ class DPModel(nn.Module):
         return self.module.load_state_dict(state_dict, strict=strict, assign=assign)
 
 
+def keeps_graph() -> bool:
+    """The running backward keeps its graph (retain_graph=True, or create_graph=True)."""
+    ask = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return bool(ask()) if ask is not None else False
+
+
 def rows_at_backward(node, engine: PrivacyEngine, rows: int) -> None:
     """When the DP backward of a forward on `rows` samples starts (a pre-hook on its autograd node), the engine
     notes them: a logical step's backwards may hold no more samples than the loader's batch (check_rows). A second
@@ -260,6 +266,12 @@ def rows_at_backward(node, engine: PrivacyEngine, rows: int) -> None:
 
     @torch._dynamo.disable  # run as written, never traced
     def before(grad_outputs):
+        if torch._functorch.config.donated_buffer and keeps_graph():
+            raise ConfigError(
+                "backward(retain_graph=True) or create_graph=True through the DP model: its compiled backward frees "
+                "its saved buffers as it runs (torch's donated buffers), and a second backward through the same "
+                "forward would release the same batch again. Run the DP model's forward again for each backward; a "
+                "gradient penalty on the DP model's parameters is not supported")
         if ran[0]:
             raise ReleaseError(
                 "a second backward through the same forward of the DP model (backward(retain_graph=True), or "

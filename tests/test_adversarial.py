@@ -921,6 +921,18 @@ def test_a_second_backward_through_one_forward_is_refused(how):
     assert dp.privacy.steps == 2
 
 
+@pytest.mark.parametrize("keep", ["retain_graph", "create_graph"])
+def test_a_backward_that_keeps_the_graph_is_refused_by_dpcompile(keep):
+    """With torch's donated buffers (the default) such a backward failed with AOTAutograd's RuntimeError inside
+    torch, whose hint leads to the repeated releases above; a DPCompileError saying what to do now, before any
+    release."""
+    model, dp = make()
+    x, y = data(4)
+    with pytest.raises(ConfigError, match=r"retain_graph=True\) or create_graph=True through the DP model"):
+        squared_error(dp(x), y, "sum").backward(**{keep: True})
+    assert dp.privacy.steps == 0
+
+
 GRADIENTS_HELD = {  # what .grad holds when the DP backward (or the step) comes: none of it was clipped or noised
     "backward_before_dpcompile": "before",  # a sanity check or public warm-up of the model, without zero_grad
     "set_by_hand": "after",

@@ -259,6 +259,21 @@ def test_a_loader_made_anew_with_the_same_seed_is_refused():
     assert dp.privacy.sampler.sample_rate == dp.privacy.sample_rate == 0.25
 
 
+def test_a_loader_attached_for_each_epoch_trains_on():
+    """A Poisson loader made for each epoch (its own seed) and attached: the DP model counts the new loader's handed
+    batches from its start (each sampler numbers its streams from 1: a count kept from the last one would say the
+    new loop's first batch was consumed already)."""
+    loader = poisson_loader(DATA, 0.25, steps=4, seed=1)
+    dp = dpcompile.dpcompile(mlp(), max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND, data_loader=loader)
+    for epoch in range(3):
+        if epoch:
+            loader = poisson_loader(DATA, 0.25, steps=4, seed=1 + epoch)
+            dp.privacy.attach(loader)
+        for x, y in loader:
+            squared_error(dp(x.to(DEVICE)), y.to(DEVICE)).backward()
+    assert dp.privacy.steps == 12
+
+
 def test_secure_noise_differs_between_runs():
     a, dp = noisy_grads(secure_noise=True)
     b, _ = noisy_grads(secure_noise=True)
@@ -624,7 +639,7 @@ def test_the_loaders_count_leaves_ordinary_loops_alone():
     for made in (loader, DataLoader(DATA, batch_sampler=dpcompile.PoissonBatchSampler(24, 0.25, steps=4, seed=5))):
         dp = dpcompile.dpcompile(mlp(), max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND, data_loader=made,
                                  seed=0, loss_reduction="sum")
-        batches_of = iter(made)  # (kept: a loop that is dropped tells nothing)
+        batches_of = iter(made)
         x, y = next(batches_of)
         x, y = torch.cat([x.to(DEVICE), public]), torch.cat([y.to(DEVICE), torch.zeros(3, 3, **F64)])
         if made is loader:
@@ -804,6 +819,68 @@ def test_a_second_noisy_release_of_one_poisson_batch_is_refused():
                 opt.step()
                 opt.zero_grad()
         assert dp.privacy.steps == 8, kwargs
+
+
+def prefetched(loader, epochs, chained, depth=3):
+    """A background prefetcher: a thread iterates the loader into a queue of `depth` batches the loop takes from;
+    `chained` iterates every epoch in one thread (the next epoch's loop starts while the last one's batches wait in
+    the queue), else a thread per epoch."""
+    import queue
+    import threading
+
+    def fill(q, rounds):
+        for _ in range(rounds):
+            for batch in loader:
+                q.put(batch)
+        q.put(None)
+    for _ in range(1 if chained else epochs):
+        q = queue.Queue(maxsize=depth)
+        threading.Thread(target=fill, args=(q, epochs if chained else 1), daemon=True).start()
+        while (batch := q.get()) is not None:
+            yield batch
+
+
+@pytest.mark.parametrize("chained", [False, True])
+def test_a_background_prefetcher_trains_and_its_misuse_is_refused(chained):
+    """A thread prefetching a Poisson loader's batches draws them at times of its own: the sampler's position moved
+    inside a logical step or not between two, and the checks by position refused ordinary training at random (a
+    gradient accumulation over split batches, refused in most runs). Where the sampler draws in another thread than
+    the DP model runs in, the position is not looked at: a PoissonLoader's stream of handed batches (one across
+    loops, as the prefetcher may start the next epoch while the last one's batches wait) checks reuse and a step's
+    samples; a loader that does not tell is checked for reuse by counts (no more releases than batches drawn) and
+    refused for accumulation, saying what to do. The misuses stay refused: two optimizer steps per batch, a loader
+    batch per micro-step."""
+    from torch.utils.data import DataLoader
+    loader = poisson_loader(DATA, 0.25, steps=6, seed=3)
+    dp = dpcompile.dpcompile(mlp(), max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND, data_loader=loader,
+                             gradient_accumulation_steps=2, seed=0)
+    for x, y in prefetched(loader, 3, chained):
+        for xm, ym in zip(x.to(DEVICE).tensor_split(2), y.to(DEVICE).tensor_split(2)):
+            squared_error(dp(xm), ym).backward()
+        dp.module.zero_grad()
+    assert dp.privacy.steps == 18
+
+    def refused(loader, micro_batches, releases, error=(ConfigError, dpcompile.ReleaseError)):
+        dp = dpcompile.dpcompile(mlp(), max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND,
+                                 data_loader=loader, gradient_accumulation_steps=micro_batches, seed=0)
+        with pytest.raises(error) as caught:
+            for x, y in prefetched(loader, 3, chained):
+                for _ in range(releases):
+                    squared_error(dp(x.to(DEVICE)), y.to(DEVICE)).backward()
+        return str(caught.value)
+    told = poisson_loader(DATA, 0.25, steps=6, seed=4)
+    refused(told, 1, 2)  # two noisy releases of every batch
+    refused(told, 2, 1)  # a loader batch per micro-step
+    untold = DataLoader(DATA, batch_sampler=dpcompile.PoissonBatchSampler(24, 0.25, steps=6, seed=5))
+    assert "draws its batches in another thread" in refused(untold, 2, 1, ConfigError)
+    assert "second noisy release" in refused(untold, 1, 2, dpcompile.ReleaseError)
+    untold = DataLoader(DATA, batch_sampler=dpcompile.PoissonBatchSampler(24, 0.25, steps=6, seed=5))  # (a fresh
+    # one: a refused run's thread is left holding the last one's epoch)
+    dp = dpcompile.dpcompile(mlp(), max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND, data_loader=untold,
+                             seed=0)
+    for x, y in prefetched(untold, 3, chained):
+        squared_error(dp(x.to(DEVICE)), y.to(DEVICE)).backward()
+    assert dp.privacy.steps == 18
 
 
 class FlagBranch(nn.Module):

@@ -33,6 +33,7 @@ import logging
 import math
 import numbers
 import secrets
+import threading
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -97,9 +98,10 @@ class PrivacyEngine:
         self._reached: set[int] | None = None  # one process: the parameters this noisy release reached (ids)
         self._tracked_count = 0  # how many parameters this engine has guarded (track): all reached, none absent
         self.batch: int | None = None  # the batch size of the last DP forward with grad (a 'mean' loss, no fixed n)
+        self._forward_thread: int | None = None  # the thread of that forward: the training loop's
         self.rows: int | None = None  # the samples of the DP forward whose backward runs now (note_rows)
         self._rows_in: int | None = None  # with a PoissonLoader: the samples this logical step's backwards had so far
-        self._consumed = (0, 0)  # (a PoissonLoader loop's number, how many of its batches noisy releases consumed)
+        self._consumed = (0, 0)  # (a sampler's stream of handed batches, how many of them noisy releases consumed)
         self.half_products = False  # a compiled DP backward multiplies bf16/fp16 matrices (its backend says so)
         self.rank, self.world_size = distributed.world()  # data parallel: rank 0 alone adds the noise
         check_shard(self.sampler, self.rank, self.world_size)
@@ -196,8 +198,9 @@ class PrivacyEngine:
         return max(self.batch or 1, 1)
 
     def note_batch(self, batch: int) -> None:
-        """A DP forward (with grad) on `batch` samples: the normaliser of a 'mean' loss without a fixed n."""
-        self.batch = batch
+        """A DP forward (with grad) on `batch` samples, in the training loop's thread: the normaliser of a 'mean'
+        loss without a fixed n."""
+        self.batch, self._forward_thread = batch, threading.get_ident()
 
     def note_rows(self, rows: int) -> None:
         """The backward of a DP forward on `rows` samples starts (a pre-hook on its autograd node)."""
@@ -240,9 +243,25 @@ class PrivacyEngine:
             self._rows_in = total
 
     def batches_consumed(self) -> int:
-        """How many batches of the sampler's current PoissonLoader loop this engine's noisy releases consumed."""
+        """How many batches of the sampler's stream of handed batches this engine's noisy releases consumed, at
+        least those before the batch it is on: where the loop runs in the DP model's thread, those before the latest
+        loop's (a new loop drops what the last one fetched ahead); where a prefetcher's thread draws, those before
+        the loop before the latest, if it has released none of this stream (the last loop's batches may still wait
+        in its queue)."""
         handed = None if self.sampler is None else self.sampler.handed()
-        return self._consumed[1] if handed is not None and handed[0] == self._consumed[0] else 0
+        if handed is None:
+            return 0
+        own = self._consumed[1] if handed[0] == self._consumed[0] else None
+        earlier, latest = self.sampler.loop_starts()
+        if self.drawn_elsewhere():
+            return earlier if own is None else own
+        return latest if own is None else max(own, latest)
+
+    def drawn_elsewhere(self) -> bool:
+        """The sampler draws in another thread than the DP forward runs in (a background prefetcher): its position
+        and count run ahead of the loop by the prefetcher's queue, at times of its own."""
+        return None not in (self.sampler.drawn_in, self._forward_thread) and self.sampler.drawn_in != \
+            self._forward_thread
 
     def open_absent(self, in_backward: bool) -> None:
         """One process, a noisy release: note the parameters it reaches (guard's hook calls `released`); when the
@@ -278,11 +297,28 @@ class PrivacyEngine:
         count as an independently sampled step (ε 0.72 reported where 6.4 was spent). A loader that prefetches runs
         ahead of the loop, and at the end of an epoch its last batches share the sampler's final position: there a
         repeat is refused once more noisy releases than drawn batches were made since the sampler was attached.
-        Returns the (micro-step, noisy) positions once this backward is released (None: no sampler)."""
+        Where a PoissonLoader's loop tells what it handed out, a noisy release with none of its batches left
+        unconsumed by this engine is refused as well.
+
+        A background prefetcher (a thread iterating the loader into a queue) draws at times of its own: the position
+        may move inside a logical step, or not between two, with nothing wrong. Where the sampler draws in another
+        thread than the DP forward runs in, the position is not looked at: a PoissonLoader's count of handed batches
+        (and check_rows) stand for it, and a loader that does not tell is refused for accumulation and checked for
+        reuse by counts alone (no more noisy releases than batches drawn). Returns the (micro-step, noisy) positions
+        once this backward is released (None: no sampler)."""
         if self.sampler is None:
             return None
         position = (self.sampler.epoch, self.sampler._step)
-        if self._micro_position not in (None, position):  # (None: no micro-step yet, or resumed mid-step)
+        handed = self.sampler.handed()
+        elsewhere = self.drawn_elsewhere()
+        if elsewhere and handed is None and (not noisy or self._micro_position is not None):
+            raise ConfigError(
+                "accumulation (micro-steps of one logical step) over a loader that draws its batches in another "
+                "thread than the DP model runs in (a background prefetcher): the DP model cannot tell whether the "
+                "micro-steps split one Poisson batch. Build the loader with dpcompile.poisson_loader(dataset, "
+                "sample_rate, ...) (in order, the default), whose loop tells the DP model which batches it handed "
+                "out, or iterate the loader in the training loop's thread")
+        if not elsewhere and self._micro_position not in (None, position):  # (None: no micro-step yet, or resumed)
             how = (f"gradient_accumulation_steps={self.every}" if self.every > 1 and self.calls % self.every else
                    "privacy.accumulating()")
             raise ConfigError(
@@ -293,7 +329,13 @@ class PrivacyEngine:
                 "micro-steps taken so far: dp_model.privacy.drop_accumulated()")
         if not noisy:
             return (position if self._micro_position is None else self._micro_position), self._noisy_position
-        if position == self._noisy_position and not self.in_prefetch_tail(position):
+        if handed is not None:
+            reused = self.batches_consumed() >= handed[1]
+        else:
+            reused = not self.batch_left()
+        if not elsewhere:
+            reused = reused or (position == self._noisy_position and not self.in_prefetch_tail(position))
+        if reused:
             raise ReleaseError(
                 "a second noisy release of the same Poisson batch: the loader has handed out no new batch since the "
                 "last noisy backward (two optimizer steps on one batch, or an optimizer such as torch.optim.LBFGS "
@@ -309,13 +351,18 @@ class PrivacyEngine:
     def in_prefetch_tail(self, position: tuple[int, int]) -> bool:
         """The sampler has handed out its epoch's last batch while a prefetching loader still hands out the batches
         before it: fewer noisy releases than drawn batches since the sampler was attached."""
+        return position[1] >= self.sampler.steps and self.batch_left()
+
+    def batch_left(self) -> bool:
+        """Fewer noisy releases than batches drawn since the sampler was attached."""
         releases, drawn = self._batches_base
-        return position[1] >= self.sampler.steps and self.draws - releases < batches_drawn(self.sampler) - drawn
+        return self.draws - releases < batches_drawn(self.sampler) - drawn
 
     def rebase_batches(self) -> None:
         """The sampler attached or resumed: count releases and batches from here."""
         self._micro_position = self._noisy_position = self._rows_in = None
         self._batches_base = (self.draws, batches_drawn(self.sampler))
+        self._consumed = (0, 0)  # (another sampler numbers its streams from 1 too)
 
     def backward_kind(self, task: int) -> str | None:
         """guard.NOISY / UNNOISED if this engine's noise op ran in autograd graph task `task`, else None."""

@@ -5,6 +5,7 @@ import collections
 import hashlib
 import logging
 import secrets
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from numbers import Integral, Real
 from typing import Any
@@ -65,12 +66,17 @@ class PoissonBatchSampler(Sampler[list[int]]):
         self.seed = secrets.randbits(63) if seed is None else int(seed)
         self.epoch, self._step = 0, 0
         self._generator = torch.Generator().manual_seed(stream_seed(self.seed, "sampler", self.rank))
-        # A PoissonLoader's loop (None: none tells): the sizes of the batches drawn and not yet handed to it, of the
-        # last MAX_HANDED handed to it, and how many it was handed in all.
+        # PoissonLoader loops (None: none tells): the sizes of the batches the latest drew and did not yet hand out,
+        # of the last MAX_HANDED the loops handed out (a stream, in order), and how many they handed out in all.
         self._drawn: collections.deque[int] | None = None
         self._handed: collections.deque[int] | None = None
         self._handed_total = 0
         self._loops = 0  # PoissonLoader loops started over this sampler: the latest one tells
+        self._streams = 0  # streams of handed batches (a loop that does not tell ends one)
+        self._loop_starts = (0, 0)  # where in the stream the loop before the latest and the latest started
+        # The thread that drew the last batch: the loader's consumer, the training loop's thread or a background
+        # prefetcher's (whose position and count run ahead of the loop by its queue, at times of its own).
+        self.drawn_in: int | None = None
         logger.debug("PoissonBatchSampler(n=%d, q=%g, steps=%d, secure=%s)", num_samples, sample_rate, steps, secure)
 
     def __len__(self) -> int:
@@ -87,35 +93,48 @@ class PoissonBatchSampler(Sampler[list[int]]):
         while self._step < self.steps:
             mask = torch.rand(len(shard), generator=self._generator) < self.sample_rate
             self._step += 1
+            self.drawn_in = threading.get_ident()
             batch = shard[mask].tolist()
             if self._drawn is not None:
                 self._drawn.append(len(batch))
             yield batch
 
     def start_loop(self) -> int:
-        """A PoissonLoader's loop starts: what it is handed is counted from here. Returns the loop's number."""
+        """A PoissonLoader's loop starts; its batches join the stream of those the sampler's loops handed out (one
+        stream across loops and epochs: a prefetcher may start the next loop while the last one's batches still wait
+        in its queue). Returns the loop's number."""
         self._loops += 1
-        self._drawn, self._handed, self._handed_total = collections.deque(), collections.deque(maxlen=MAX_HANDED), 0
+        self._drawn = collections.deque()  # (what a dropped loop drew and never handed out is no batch of the stream)
+        if self._handed is None:  # no stream yet, or one broken by a loop that did not tell: a new one
+            self._streams += 1
+            self._handed, self._handed_total, self._loop_starts = collections.deque(maxlen=MAX_HANDED), 0, (0, 0)
+        self._loop_starts = self._loop_starts[1], self._handed_total
         return self._loops
 
     def hand_out(self, loop: int) -> None:
         """Loop `loop` hands its next batch (the oldest drawn: a DataLoader in order hands them out as drawn,
-        however far its workers prefetch) to the training loop."""
+        however far its workers prefetch) to its consumer: the training loop, or a prefetcher that hands them on in
+        the same order."""
         if loop == self._loops and self._drawn and self._handed is not None:
             self._handed.append(self._drawn.popleft())
             self._handed_total += 1
 
-    def end_loop(self, loop: int) -> None:
-        """Loop `loop` ended (or was dropped): nothing told any longer, unless a later loop tells."""
-        if loop == self._loops:
-            self._drawn = self._handed = None
+    def untold_loop(self) -> None:
+        """A loop that does not tell what it hands out (out of order) starts: the stream is broken."""
+        self._loops += 1
+        self._drawn = self._handed = None
 
     def handed(self) -> tuple[int, int] | None:
-        """(the loop's number, how many batches it handed out), None where no PoissonLoader's loop tells."""
-        return None if self._handed is None else (self._loops, self._handed_total)
+        """(the stream's number, how many batches its loops handed out), None where no PoissonLoader's loop tells."""
+        return None if self._handed is None else (self._streams, self._handed_total)
+
+    def loop_starts(self) -> tuple[int, int]:
+        """Where in the stream the loop before the latest (the latest if it is the stream's first) and the latest
+        started."""
+        return self._loop_starts
 
     def largest_from(self, index: int) -> int | None:
-        """The most samples of a batch the loop handed out as its `index`-th (from 0) or later: the batch a DP model
+        """The most samples of a batch the stream holds as its `index`-th (from 0) or later: the batch a DP model
         is on, if it consumed `index` batches by noisy releases (one each); None if none, or if they are no longer
         kept."""
         if self._handed is None or index < self._handed_total - len(self._handed) or index >= self._handed_total:
@@ -215,15 +234,13 @@ class PoissonLoader(DataLoader):
     def __iter__(self):
         sampler = self.batch_sampler
         if not getattr(self, "in_order", True):  # batches may come out in another order than drawn: nothing told
+            sampler.untold_loop()
             yield from super().__iter__()
             return
         loop = sampler.start_loop()
-        try:
-            for batch in super().__iter__():
-                sampler.hand_out(loop)
-                yield batch
-        finally:
-            sampler.end_loop(loop)
+        for batch in super().__iter__():
+            sampler.hand_out(loop)
+            yield batch
 
 
 def poisson_loader(dataset: Dataset, sample_rate: float, *, steps: int | None = None, seed: int | None = None,

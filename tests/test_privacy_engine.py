@@ -845,35 +845,48 @@ def test_a_background_prefetcher_trains_and_its_misuse_is_refused(chained):
     """A thread prefetching a Poisson loader's batches draws them at times of its own: the sampler's position moved
     inside a logical step or not between two, and the checks by position refused ordinary training at random (a
     gradient accumulation over split batches, refused in most runs). Where the sampler draws in another thread than
-    the DP model runs in, the position is not looked at: a PoissonLoader's stream of handed batches (one across
-    loops, as the prefetcher may start the next epoch while the last one's batches wait) checks reuse and a step's
-    samples; a loader that does not tell is checked for reuse by counts (no more releases than batches drawn) and
-    refused for accumulation, saying what to do. The misuses stay refused: two optimizer steps per batch, a loader
-    batch per micro-step."""
+    the DP model runs in, a PoissonLoader's stream of handed batches (one across loops: a prefetcher iterating epoch
+    after epoch, its queue as deep as an epoch here, starts the next loop while the last one's batches wait) stands
+    for the position, from the latest run of loops started in one thread (an evaluation pass over the loader between
+    epochs, its batches never released, is skipped: counted, it let every later misuse through); a loader that does
+    not tell is checked for reuse by counts, and for accumulation by its position, the refusal saying that a
+    prefetcher moves it and what to do. The misuses stay refused: two optimizer steps per batch, a batch
+    concatenated to itself, a loader batch per micro-step, also after evaluation passes."""
     from torch.utils.data import DataLoader
     loader = poisson_loader(DATA, 0.25, steps=6, seed=3)
     dp = dpcompile.dpcompile(mlp(), max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND, data_loader=loader,
                              gradient_accumulation_steps=2, seed=0)
-    for x, y in prefetched(loader, 3, chained):
+    for x, y in prefetched(loader, 3, chained, depth=6 if chained else 3):
         for xm, ym in zip(x.to(DEVICE).tensor_split(2), y.to(DEVICE).tensor_split(2)):
             squared_error(dp(xm), ym).backward()
         dp.module.zero_grad()
     assert dp.privacy.steps == 18
 
-    def refused(loader, micro_batches, releases, error=(ConfigError, dpcompile.ReleaseError)):
+    def refused(loader, micro_batches, misuse, error=(ConfigError, dpcompile.ReleaseError), evaluated=0):
         dp = dpcompile.dpcompile(mlp(), max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND,
                                  data_loader=loader, gradient_accumulation_steps=micro_batches, seed=0)
+        for _ in range(evaluated):  # an epoch of training, then an evaluation pass over the training loader
+            for x, y in prefetched(loader, 1, False):
+                for xm, ym in zip(x.to(DEVICE).tensor_split(micro_batches), y.to(DEVICE).tensor_split(micro_batches)):
+                    squared_error(dp(xm), ym).backward()
+            with torch.no_grad():
+                for x, y in prefetched(loader, 1, False):
+                    dp(x.to(DEVICE))
         with pytest.raises(error) as caught:
             for x, y in prefetched(loader, 3, chained):
-                for _ in range(releases):
-                    squared_error(dp(x.to(DEVICE)), y.to(DEVICE)).backward()
+                x, y = x.to(DEVICE), y.to(DEVICE)
+                if misuse == "concatenated":
+                    x, y = torch.cat([x, x]), torch.cat([y, y])
+                for _ in range(2 if misuse == "twice" else 1):
+                    squared_error(dp(x), y).backward()
         return str(caught.value)
-    told = poisson_loader(DATA, 0.25, steps=6, seed=4)
-    refused(told, 1, 2)  # two noisy releases of every batch
-    refused(told, 2, 1)  # a loader batch per micro-step
+    for seed, (micro_batches, misuse) in enumerate([(1, "twice"), (1, "concatenated"), (2, "per micro-step")]):
+        refused(poisson_loader(DATA, 0.25, steps=6, seed=4 + seed), micro_batches, misuse)
+        if not chained:
+            refused(poisson_loader(DATA, 0.25, steps=6, seed=4 + seed), micro_batches, misuse, evaluated=4)
     untold = DataLoader(DATA, batch_sampler=dpcompile.PoissonBatchSampler(24, 0.25, steps=6, seed=5))
-    assert "draws its batches in another thread" in refused(untold, 2, 1, ConfigError)
-    assert "second noisy release" in refused(untold, 1, 2, dpcompile.ReleaseError)
+    assert "draws its batches in another thread" in refused(untold, 2, "per micro-step", ConfigError)
+    assert "second noisy release" in refused(untold, 1, "twice", dpcompile.ReleaseError)
     untold = DataLoader(DATA, batch_sampler=dpcompile.PoissonBatchSampler(24, 0.25, steps=6, seed=5))  # (a fresh
     # one: a refused run's thread is left holding the last one's epoch)
     dp = dpcompile.dpcompile(mlp(), max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND, data_loader=untold,
@@ -881,6 +894,48 @@ def test_a_background_prefetcher_trains_and_its_misuse_is_refused(chained):
     for x, y in prefetched(untold, 3, chained):
         squared_error(dp(x.to(DEVICE)), y.to(DEVICE)).backward()
     assert dp.privacy.steps == 18
+
+
+def test_loops_in_the_training_thread_that_the_stream_must_follow():
+    """Ordinary loops the stream of handed batches must not refuse: a look at a sample batch with next(iter(loader))
+    inside the loop (a second loop over the sampler: the stream is broken, the position checks on), a loop fetching
+    one batch ahead across epochs (the next epoch's loop starts before the last batch is trained on), and each step
+    run in a worker thread while the loop iterates a DataLoader around a PoissonBatchSampler in the main thread
+    (accumulation over one batch split in two)."""
+    import concurrent.futures
+    import itertools
+
+    from torch.utils.data import DataLoader
+    loader = poisson_loader(DATA, 0.25, steps=6, seed=3)
+    dp = dpcompile.dpcompile(mlp(), max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND, data_loader=loader,
+                             seed=0)
+    for i, (x, y) in enumerate(loader):
+        squared_error(dp(x.to(DEVICE)), y.to(DEVICE)).backward()
+        if i % 2:
+            with torch.no_grad():
+                dp(next(iter(loader))[0].to(DEVICE))  # (a batch of the epoch's: the loop gets one fewer)
+    assert dp.privacy.steps == i + 1 >= 3
+    loader = poisson_loader(DATA, 0.25, steps=4, seed=3)
+    dp = dpcompile.dpcompile(mlp(), max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND, data_loader=loader,
+                             seed=0)
+    batches = itertools.chain.from_iterable(loader for _ in range(4))
+    nxt = next(batches)
+    while nxt is not None:
+        (x, y), nxt = nxt, next(batches, None)
+        squared_error(dp(x.to(DEVICE)), y.to(DEVICE)).backward()
+    assert dp.privacy.steps == 16
+    loader = DataLoader(DATA, batch_sampler=dpcompile.PoissonBatchSampler(24, 0.25, steps=6, seed=5))
+    dp = dpcompile.dpcompile(mlp(), max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND, data_loader=loader,
+                             gradient_accumulation_steps=2, seed=0)
+
+    def step(x, y):
+        for xm, ym in zip(x.to(DEVICE).tensor_split(2), y.to(DEVICE).tensor_split(2)):
+            squared_error(dp(xm), ym).backward()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        for _ in range(2):
+            for x, y in loader:
+                pool.submit(step, x, y).result()
+    assert dp.privacy.steps == 12
 
 
 class FlagBranch(nn.Module):

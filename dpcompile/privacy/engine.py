@@ -98,7 +98,7 @@ class PrivacyEngine:
         self._reached: set[int] | None = None  # one process: the parameters this noisy release reached (ids)
         self._tracked_count = 0  # how many parameters this engine has guarded (track): all reached, none absent
         self.batch: int | None = None  # the batch size of the last DP forward with grad (a 'mean' loss, no fixed n)
-        self._forward_thread: int | None = None  # the thread of that forward: the training loop's
+        self._forward_thread: threading.Thread | None = None  # the thread of that forward: the training loop's
         self.rows: int | None = None  # the samples of the DP forward whose backward runs now (note_rows)
         self._rows_in: int | None = None  # with a PoissonLoader: the samples this logical step's backwards had so far
         self._consumed = (0, 0)  # (a sampler's stream of handed batches, how many of them noisy releases consumed)
@@ -200,7 +200,7 @@ class PrivacyEngine:
     def note_batch(self, batch: int) -> None:
         """A DP forward (with grad) on `batch` samples, in the training loop's thread: the normaliser of a 'mean'
         loss without a fixed n."""
-        self.batch, self._forward_thread = batch, threading.get_ident()
+        self.batch, self._forward_thread = batch, threading.current_thread()
 
     def note_rows(self, rows: int) -> None:
         """The backward of a DP forward on `rows` samples starts (a pre-hook on its autograd node)."""
@@ -244,23 +244,26 @@ class PrivacyEngine:
 
     def batches_consumed(self) -> int:
         """How many batches of the sampler's stream of handed batches this engine's noisy releases consumed, at
-        least those before the batch it is on: where the loop runs in the DP model's thread, those before the latest
-        loop's (a new loop drops what the last one fetched ahead); where a prefetcher's thread draws, those before
-        the loop before the latest, if it has released none of this stream (the last loop's batches may still wait
-        in its queue)."""
+        least those before the batch it is on. Where the loop runs in the DP model's thread, it is on the latest
+        loop's batches, or the last one's last if it has released some of this stream (a loop fetching one batch
+        ahead across epochs; a new loop drops what the last one fetched ahead). Where a prefetcher's thread draws, it is on the latest run of loops started in
+        one thread (PoissonBatchSampler.run_start: a prefetcher iterating epoch after epoch may hold the last loops'
+        batches in its queue; a loop started in another thread, an evaluation pass over the loader, or a prefetcher
+        made for the last epoch, is done with)."""
         handed = None if self.sampler is None else self.sampler.handed()
         if handed is None:
             return 0
-        own = self._consumed[1] if handed[0] == self._consumed[0] else None
-        earlier, latest = self.sampler.loop_starts()
+        own = self._consumed[1] if self._consumed[0] == handed[0] else None
         if self.drawn_elsewhere():
-            return earlier if own is None else own
-        return latest if own is None else max(own, latest)
+            start = self.sampler.run_start()
+            return own or 0 if start is None else max(own or 0, start)
+        start = self.sampler.latest_start()
+        return start if own is None else max(own, start - 1)
 
     def drawn_elsewhere(self) -> bool:
         """The sampler draws in another thread than the DP forward runs in (a background prefetcher): its position
         and count run ahead of the loop by the prefetcher's queue, at times of its own."""
-        return None not in (self.sampler.drawn_in, self._forward_thread) and self.sampler.drawn_in != \
+        return None not in (self.sampler.drawn_in, self._forward_thread) and self.sampler.drawn_in is not \
             self._forward_thread
 
     def open_absent(self, in_backward: bool) -> None:
@@ -302,23 +305,18 @@ class PrivacyEngine:
 
         A background prefetcher (a thread iterating the loader into a queue) draws at times of its own: the position
         may move inside a logical step, or not between two, with nothing wrong. Where the sampler draws in another
-        thread than the DP forward runs in, the position is not looked at: a PoissonLoader's count of handed batches
-        (and check_rows) stand for it, and a loader that does not tell is refused for accumulation and checked for
-        reuse by counts alone (no more noisy releases than batches drawn). Returns the (micro-step, noisy) positions
+        thread than the DP forward runs in, a PoissonLoader's stream of handed batches (batches_consumed, from the
+        latest run of loops started in one thread, and check_rows) stands for the position; a loader that does not tell is checked for reuse by counts alone (no
+        more noisy releases than batches drawn), and for accumulation by its position, the refusal saying that a
+        prefetcher moves it and what to do. Returns the (micro-step, noisy) positions
         once this backward is released (None: no sampler)."""
         if self.sampler is None:
             return None
         position = (self.sampler.epoch, self.sampler._step)
         handed = self.sampler.handed()
         elsewhere = self.drawn_elsewhere()
-        if elsewhere and handed is None and (not noisy or self._micro_position is not None):
-            raise ConfigError(
-                "accumulation (micro-steps of one logical step) over a loader that draws its batches in another "
-                "thread than the DP model runs in (a background prefetcher): the DP model cannot tell whether the "
-                "micro-steps split one Poisson batch. Build the loader with dpcompile.poisson_loader(dataset, "
-                "sample_rate, ...) (in order, the default), whose loop tells the DP model which batches it handed "
-                "out, or iterate the loader in the training loop's thread")
-        if not elsewhere and self._micro_position not in (None, position):  # (None: no micro-step yet, or resumed)
+        # (None: no micro-step yet, or resumed mid-step)
+        if self._micro_position not in (None, position) and (not elsewhere or handed is None):
             how = (f"gradient_accumulation_steps={self.every}" if self.every > 1 and self.calls % self.every else
                    "privacy.accumulating()")
             raise ConfigError(
@@ -326,7 +324,11 @@ class PrivacyEngine:
                 "step is one Poisson batch split into micro-batches (for x, y in loader: for xm, ym in zip(x.tensor_"
                 f"split(k), y.tensor_split(k)): ...); a loader batch per micro-step would let a sample join a step "
                 "several times, beyond the clipping bound and the sampling rate the accountant counts. To drop the "
-                "micro-steps taken so far: dp_model.privacy.drop_accumulated()")
+                "micro-steps taken so far: dp_model.privacy.drop_accumulated()" + (
+                    ". (The loader draws its batches in another thread than the DP model runs in: if that is a "
+                    "background prefetcher, the position moves at times of its own; build the loader with "
+                    "dpcompile.poisson_loader(dataset, sample_rate, ...), whose loop tells the DP model which "
+                    "batches it handed out)" if elsewhere else ""))
         if not noisy:
             return (position if self._micro_position is None else self._micro_position), self._noisy_position
         if handed is not None:

@@ -73,10 +73,12 @@ class PoissonBatchSampler(Sampler[list[int]]):
         self._handed_total = 0
         self._loops = 0  # PoissonLoader loops started over this sampler: the latest one tells
         self._streams = 0  # streams of handed batches (a loop that does not tell ends one)
-        self._loop_starts = (0, 0)  # where in the stream the loop before the latest and the latest started
+        self._starts: dict[int, tuple[int, threading.Thread]] = {}  # the latest loops: where in the stream they start, and the
+        # thread that started them
+        self._first_loop = 0  # the stream's first loop
         # The thread that drew the last batch: the loader's consumer, the training loop's thread or a background
         # prefetcher's (whose position and count run ahead of the loop by its queue, at times of its own).
-        self.drawn_in: int | None = None
+        self.drawn_in: threading.Thread | None = None
         logger.debug("PoissonBatchSampler(n=%d, q=%g, steps=%d, secure=%s)", num_samples, sample_rate, steps, secure)
 
     def __len__(self) -> int:
@@ -93,7 +95,7 @@ class PoissonBatchSampler(Sampler[list[int]]):
         while self._step < self.steps:
             mask = torch.rand(len(shard), generator=self._generator) < self.sample_rate
             self._step += 1
-            self.drawn_in = threading.get_ident()
+            self.drawn_in = threading.current_thread()  # (an object: a finished thread's ident is reused)
             batch = shard[mask].tolist()
             if self._drawn is not None:
                 self._drawn.append(len(batch))
@@ -105,17 +107,22 @@ class PoissonBatchSampler(Sampler[list[int]]):
         in its queue). Returns the loop's number."""
         self._loops += 1
         self._drawn = collections.deque()  # (what a dropped loop drew and never handed out is no batch of the stream)
-        if self._handed is None:  # no stream yet, or one broken by a loop that did not tell: a new one
+        if self._handed is None:  # no stream yet, or one broken: a new one
             self._streams += 1
-            self._handed, self._handed_total, self._loop_starts = collections.deque(maxlen=MAX_HANDED), 0, (0, 0)
-        self._loop_starts = self._loop_starts[1], self._handed_total
+            self._handed, self._handed_total, self._starts = collections.deque(maxlen=MAX_HANDED), 0, {}
+            self._first_loop = self._loops
+        self._starts = {loop: start for loop, start in self._starts.items() if loop > self._loops - KEPT_LOOPS}
+        self._starts[self._loops] = self._handed_total, threading.current_thread()
         return self._loops
 
     def hand_out(self, loop: int) -> None:
         """Loop `loop` hands its next batch (the oldest drawn: a DataLoader in order hands them out as drawn,
         however far its workers prefetch) to its consumer: the training loop, or a prefetcher that hands them on in
-        the same order."""
-        if loop == self._loops and self._drawn and self._handed is not None:
+        the same order. An earlier loop still handing out batches (one iterated while another was started, e.g.
+        next(iter(loader)) inside the loop) breaks the stream: its order is no longer the loop's."""
+        if loop != self._loops:
+            self._drawn = self._handed = None
+        elif self._drawn and self._handed is not None:
             self._handed.append(self._drawn.popleft())
             self._handed_total += 1
 
@@ -128,18 +135,31 @@ class PoissonBatchSampler(Sampler[list[int]]):
         """(the stream's number, how many batches its loops handed out), None where no PoissonLoader's loop tells."""
         return None if self._handed is None else (self._streams, self._handed_total)
 
-    def loop_starts(self) -> tuple[int, int]:
-        """Where in the stream the loop before the latest (the latest if it is the stream's first) and the latest
-        started."""
-        return self._loop_starts
+    def latest_start(self) -> int:
+        """Where in the stream the latest loop's batches start."""
+        return self._starts[self._loops][0] if self._loops in self._starts else self._handed_total
+
+    def run_start(self) -> int | None:
+        """Where in the stream the latest run of loops started in one thread begins: the loops whose batches may
+        still be in use where a prefetcher's thread hands them on (a thread iterating the loader epoch after epoch
+        may have started the next loop while the last one's batches wait in its queue; a prefetcher made anew for
+        each epoch, or an evaluation pass, starts its loop in a thread of its own). None if the run goes back past
+        the loops kept."""
+        loop = self._loops
+        if loop not in self._starts:
+            return None
+        thread = self._starts[loop][1]
+        while loop - 1 in self._starts and self._starts[loop - 1][1] is thread:
+            loop -= 1
+        return self._starts[loop][0] if loop - 1 in self._starts or loop == self._first_loop else None
 
     def largest_from(self, index: int) -> int | None:
         """The most samples of a batch the stream holds as its `index`-th (from 0) or later: the batch a DP model
-        is on, if it consumed `index` batches by noisy releases (one each); None if none, or if they are no longer
-        kept."""
-        if self._handed is None or index < self._handed_total - len(self._handed) or index >= self._handed_total:
+        is on, if it consumed `index` batches by noisy releases (one each). From the oldest kept where `index` is
+        older (a batch handed out more than MAX_HANDED batches ago is not looked for); None if none is left."""
+        if self._handed is None or index >= self._handed_total:
             return None
-        return max(list(self._handed)[index - (self._handed_total - len(self._handed)):])
+        return max(list(self._handed)[max(0, index - (self._handed_total - len(self._handed))):])
 
     def state_dict(self) -> dict[str, Any]:
         """Configuration, position within the epoch and generator state. Secure: no seed (the first epoch's seed
@@ -224,6 +244,7 @@ def _truncate(x: Any) -> Any:
 
 
 MAX_HANDED = 256  # the sizes of the last batches a PoissonLoader handed out that its sampler keeps
+KEPT_LOOPS = 8  # the latest PoissonLoader loops whose start and thread its sampler keeps
 
 
 class PoissonLoader(DataLoader):

@@ -861,6 +861,13 @@ def test_a_background_prefetcher_trains_and_its_misuse_is_refused(chained):
             squared_error(dp(xm), ym).backward()
         dp.module.zero_grad()
     assert dp.privacy.steps == 18
+    batches = prefetched(loader, 3, chained)  # a loop fetching one batch ahead: the next loop starts before the
+    nxt = next(batches)  # last batch is trained on
+    while nxt is not None:
+        (x, y), nxt = nxt, next(batches, None)
+        for xm, ym in zip(x.to(DEVICE).tensor_split(2), y.to(DEVICE).tensor_split(2)):
+            squared_error(dp(xm), ym).backward()
+    assert dp.privacy.steps == 36
 
     def refused(loader, micro_batches, misuse, error=(ConfigError, dpcompile.ReleaseError), evaluated=0):
         dp = dpcompile.dpcompile(mlp(), max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND,
@@ -936,6 +943,22 @@ def test_loops_in_the_training_thread_that_the_stream_must_follow():
             for x, y in loader:
                 pool.submit(step, x, y).result()
     assert dp.privacy.steps == 12
+    loader = poisson_loader(DATA, 0.25, steps=6, seed=3)  # the same, and an evaluation pass over the loader after
+    dp = dpcompile.dpcompile(mlp(), max_grad_norm=1.0, noise_multiplier=1.0, backend=BACKEND, data_loader=loader,
+                             seed=0)  # each epoch: two releases of each batch are refused all the same
+
+    def twice(x, y, times):
+        for _ in range(times):
+            squared_error(dp(x.to(DEVICE)), y.to(DEVICE)).backward()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool, \
+            pytest.raises((ConfigError, dpcompile.ReleaseError)):
+        for epoch in range(4):
+            for x, y in loader:
+                pool.submit(twice, x, y, 1 + (epoch > 0)).result()
+            with torch.no_grad():
+                for x, y in loader:
+                    dp(x.to(DEVICE))
+    assert 6 <= dp.privacy.steps < 6 + 2 * 6
 
 
 class FlagBranch(nn.Module):

@@ -101,7 +101,11 @@ class PrivacyEngine:
         self._forward_thread: threading.Thread | None = None  # the thread of that forward: the training loop's
         self.rows: int | None = None  # the samples of the DP forward whose backward runs now (note_rows)
         self._rows_in: int | None = None  # with a PoissonLoader: the samples this logical step's backwards had so far
-        self._consumed = (0, 0)  # (a sampler's stream of handed batches, how many of them noisy releases consumed)
+        # with a PoissonLoader: (the sampler's stream of handed batches, how many of them noisy releases consumed,
+        # the latest loop at the last of them), and (the stream, where the loop before the latest started) when the
+        # sampler was attached
+        self._consumed = (0, 0, 0)
+        self._attached = attached_at(self.sampler)
         self.half_products = False  # a compiled DP backward multiplies bf16/fp16 matrices (its backend says so)
         self.rank, self.world_size = distributed.world()  # data parallel: rank 0 alone adds the noise
         check_shard(self.sampler, self.rank, self.world_size)
@@ -238,27 +242,37 @@ class PrivacyEngine:
             self._rows_in = None
             handed = None if self.sampler is None else self.sampler.handed()
             if handed is not None:  # (at most as many as were handed out)
-                self._consumed = handed[0], min(self.batches_consumed() + 1, handed[1])
+                self._consumed = handed[0], min(self.batches_consumed() + 1, handed[1]), self.sampler.latest_loop()
         elif total is not None:
             self._rows_in = total
 
     def batches_consumed(self) -> int:
         """How many batches of the sampler's stream of handed batches this engine's noisy releases consumed, at
-        least those before the batch it is on. Where the loop runs in the DP model's thread, it is on the latest
-        loop's batches, or the last one's last if it has released some of this stream (a loop fetching one batch
-        ahead across epochs; a new loop drops what the last one fetched ahead). Where a prefetcher's thread draws, it is on the latest run of loops started in
-        one thread (PoissonBatchSampler.run_start: a prefetcher iterating epoch after epoch may hold the last loops'
-        batches in its queue; a loop started in another thread, an evaluation pass over the loader, or a prefetcher
-        made for the last epoch, is done with)."""
+        least those before the batch it is on (a lower bound: more slack, never a refusal of the batch in use).
+        Where the loop runs in the DP model's thread, it is on the latest loop's batches, or the last one's last if
+        it has released some of this stream (a loop fetching one batch ahead across epochs; a new loop drops what
+        the last one fetched ahead). Where another thread draws (a prefetcher, or the steps run in a worker thread),
+        it is on the latest run of loops started in one thread (PoissonBatchSampler.run_start: a prefetcher
+        iterating epoch after epoch may hold the last loops' batches in its queue; a loop started in another thread,
+        an evaluation pass or a prefetcher made for the last epoch, is done with) or the last one's last, and not on
+        the loops that began after its last release and were followed by another before this one (one batch is
+        handed per batch trained on, so a loop handed out whole in between was an evaluation pass: counted, it let
+        a batch be released many times); a DP model made or attached during a run is on the loop before the one
+        then latest or a later one."""
         handed = None if self.sampler is None else self.sampler.handed()
         if handed is None:
             return 0
-        own = self._consumed[1] if self._consumed[0] == handed[0] else None
-        if self.drawn_elsewhere():
+        stream, own, seen = self._consumed
+        latest = self.sampler.latest_loop()
+        if not self.drawn_elsewhere():
+            start = self.sampler.latest_start()
+            return start if stream != handed[0] else max(own, start - 1)
+        if stream != handed[0]:
             start = self.sampler.run_start()
-            return own or 0 if start is None else max(own or 0, start)
-        start = self.sampler.latest_start()
-        return start if own is None else max(own, start - 1)
+            floor = self._attached[1] if self._attached[0] == handed[0] else 0
+            return max(start or 0, floor)
+        start = self.sampler.latest_start() if latest - seen >= 2 else self.sampler.run_start()
+        return own if start is None else max(own, start - 1)
 
     def drawn_elsewhere(self) -> bool:
         """The sampler draws in another thread than the DP forward runs in (a background prefetcher): its position
@@ -364,7 +378,8 @@ class PrivacyEngine:
         """The sampler attached or resumed: count releases and batches from here."""
         self._micro_position = self._noisy_position = self._rows_in = None
         self._batches_base = (self.draws, batches_drawn(self.sampler))
-        self._consumed = (0, 0)  # (another sampler numbers its streams from 1 too)
+        self._consumed = (0, 0, 0)  # (another sampler numbers its streams from 1 too)
+        self._attached = attached_at(self.sampler)
 
     def backward_kind(self, task: int) -> str | None:
         """guard.NOISY / UNNOISED if this engine's noise op ran in autograd graph task `task`, else None."""
@@ -711,6 +726,13 @@ def check_shard(sampler: PoissonBatchSampler | None, rank: int, world_size: int)
 def seeds_of(sampler: PoissonBatchSampler | None) -> set[int]:
     """{the sampler's seed}, or none for no sampler or a secure one (it reseeds from OS entropy every epoch)."""
     return set() if sampler is None or sampler.secure else {sampler.seed}
+
+
+def attached_at(sampler: PoissonBatchSampler | None) -> tuple[int, int]:
+    """(the sampler's stream of handed batches, where the loop before its latest started): a DP model attached now
+    trains on that loop's batches or later ones; (0, 0) where none tells."""
+    handed = None if sampler is None else sampler.handed()
+    return (0, 0) if handed is None else (handed[0], sampler.loop_start(sampler.latest_loop() - 1))
 
 
 def batches_drawn(sampler: PoissonBatchSampler | None) -> int:

@@ -135,6 +135,14 @@ class PoissonBatchSampler(Sampler[list[int]]):
         """(the stream's number, how many batches its loops handed out), None where no PoissonLoader's loop tells."""
         return None if self._handed is None else (self._streams, self._handed_total)
 
+    def latest_loop(self) -> int:
+        """The number of the loop started last."""
+        return self._loops
+
+    def loop_start(self, loop: int) -> int:
+        """Where in the stream loop `loop` started (the oldest kept loop's start for one not kept)."""
+        return self._starts[loop][0] if loop in self._starts else min((v[0] for v in self._starts.values()), default=0)
+
     def latest_start(self) -> int:
         """Where in the stream the latest loop's batches start."""
         return self._starts[self._loops][0] if self._loops in self._starts else self._handed_total

@@ -213,9 +213,9 @@ class PrivacyEngine:
     def check_rows(self) -> int | None:
         """With a PoissonLoader, whose sampler knows the batches its loop was handed: one logical step's backwards
         may hold no more samples than the loop's batch (at most the largest of those handed out and not yet
-        consumed by this engine's noisy releases). More would be a sample in two micro-batches or twice in one call (the batch,
-        or a view of it, used again: two augmentations in separate backwards), each clipped to R on its own, so
-        that sample would count up to 2R in a step whose noise is for R. Returns the step's samples with this
+        consumed by this engine's noisy releases). More would be a sample in two micro-batches or twice in one call
+        (the batch, or a view of it, used again: two augmentations in separate backwards), each clipped to R on its
+        own, so that sample would count up to 2R in a step whose noise is for R. Returns the step's samples with this
         backward's (None where the loader does not tell); changes nothing (commit_rows does, once it is released)."""
         rows, self.rows = self.rows, None
         limit = None if self.sampler is None else self.sampler.largest_from(self.batches_consumed())
@@ -265,13 +265,13 @@ class PrivacyEngine:
         stream, own, seen = self._consumed
         latest = self.sampler.latest_loop()
         if not self.drawn_elsewhere():
-            start = self.sampler.latest_start()
+            start = self.sampler.loop_start(latest)
             return start if stream != handed[0] else max(own, start - 1)
         if stream != handed[0]:
             start = self.sampler.run_start()
             floor = self._attached[1] if self._attached[0] == handed[0] else 0
             return max(start or 0, floor)
-        start = self.sampler.latest_start() if latest - seen >= 2 else self.sampler.run_start()
+        start = self.sampler.loop_start(latest) if latest - seen >= 2 else self.sampler.run_start()
         return own if start is None else max(own, start - 1)
 
     def drawn_elsewhere(self) -> bool:
@@ -319,11 +319,11 @@ class PrivacyEngine:
 
         A background prefetcher (a thread iterating the loader into a queue) draws at times of its own: the position
         may move inside a logical step, or not between two, with nothing wrong. Where the sampler draws in another
-        thread than the DP forward runs in, a PoissonLoader's stream of handed batches (batches_consumed, from the
-        latest run of loops started in one thread, and check_rows) stands for the position; a loader that does not tell is checked for reuse by counts alone (no
+        thread than the DP forward runs in, a PoissonLoader's stream of handed batches (batches_consumed, and
+        check_rows) stands for the position; a loader that does not tell is checked for reuse by counts alone (no
         more noisy releases than batches drawn), and for accumulation by its position, the refusal saying that a
-        prefetcher moves it and what to do. Returns the (micro-step, noisy) positions
-        once this backward is released (None: no sampler)."""
+        prefetcher moves it and what to do. Returns the (micro-step, noisy) positions once this backward is
+        released (None: no sampler)."""
         if self.sampler is None:
             return None
         position = (self.sampler.epoch, self.sampler._step)

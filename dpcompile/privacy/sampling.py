@@ -73,8 +73,8 @@ class PoissonBatchSampler(Sampler[list[int]]):
         self._handed_total = 0
         self._loops = 0  # PoissonLoader loops started over this sampler: the latest one tells
         self._streams = 0  # streams of handed batches (a loop that does not tell ends one)
-        self._starts: dict[int, tuple[int, threading.Thread]] = {}  # the latest loops: where in the stream they start, and the
-        # thread that started them
+        # the latest loops: where in the stream they start, and the thread that started them
+        self._starts: dict[int, tuple[int, threading.Thread]] = {}
         self._first_loop = 0  # the stream's first loop
         # The thread that drew the last batch: the loader's consumer, the training loop's thread or a background
         # prefetcher's (whose position and count run ahead of the loop by its queue, at times of its own).
@@ -143,19 +143,13 @@ class PoissonBatchSampler(Sampler[list[int]]):
         """Where in the stream loop `loop` started (the oldest kept loop's start for one not kept)."""
         return self._starts[loop][0] if loop in self._starts else min((v[0] for v in self._starts.values()), default=0)
 
-    def latest_start(self) -> int:
-        """Where in the stream the latest loop's batches start."""
-        return self._starts[self._loops][0] if self._loops in self._starts else self._handed_total
-
     def run_start(self) -> int | None:
         """Where in the stream the latest run of loops started in one thread begins: the loops whose batches may
         still be in use where a prefetcher's thread hands them on (a thread iterating the loader epoch after epoch
         may have started the next loop while the last one's batches wait in its queue; a prefetcher made anew for
         each epoch, or an evaluation pass, starts its loop in a thread of its own). None if the run goes back past
-        the loops kept."""
+        the loops kept. (Asked only while a stream is told: its latest loop is kept.)"""
         loop = self._loops
-        if loop not in self._starts:
-            return None
         thread = self._starts[loop][1]
         while loop - 1 in self._starts and self._starts[loop - 1][1] is thread:
             loop -= 1
